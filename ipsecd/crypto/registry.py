@@ -1,0 +1,220 @@
+"""Transform registry: IANA transform ids <-> algorithm descriptions.
+
+One table per transform type (RFC 7296 §3.3.2, IANA "IKEv2 Transform Type N
+Values").  The names are the strongSwan proposal keywords operators already
+know, so a config token maps to exactly one entry here.  Nothing in this module
+does crypto; the cipher, PRF and key-exchange modules build objects from these
+descriptions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class TransformType(IntEnum):
+    """RFC 7296 §3.3.2 transform types."""
+
+    ENCR = 1
+    PRF = 2
+    INTEG = 3
+    KE = 4  # "D-H" in RFC 7296, renamed "Key Exchange Method" by RFC 9370
+    ESN = 5
+
+
+class EncrId(IntEnum):
+    ENCR_AES_CBC = 12
+    ENCR_AES_GCM_16 = 20
+    ENCR_CHACHA20_POLY1305 = 28
+
+
+class PrfId(IntEnum):
+    PRF_HMAC_SHA2_256 = 5
+    PRF_HMAC_SHA2_384 = 6
+    PRF_HMAC_SHA2_512 = 7
+
+
+class IntegId(IntEnum):
+    NONE = 0
+    AUTH_HMAC_SHA2_256_128 = 12
+    AUTH_HMAC_SHA2_384_192 = 13
+    AUTH_HMAC_SHA2_512_256 = 14
+
+
+class KeId(IntEnum):
+    NONE = 0
+    MODP_2048 = 14
+    MODP_3072 = 15
+    MODP_4096 = 16
+    ECP_256 = 19
+    ECP_384 = 20
+    CURVE25519 = 31
+
+
+class EsnId(IntEnum):
+    NO_ESN = 0
+    ESN = 1
+
+
+# Transform attribute type for the key length of variable-length ciphers (RFC 7296 §3.3.5).
+ATTR_KEY_LENGTH = 14
+
+
+@dataclass(frozen=True)
+class EncrAlgorithm:
+    """An encryption transform, AEAD or not.
+
+    ``key_len`` is the cipher key in bytes; ``salt_len`` the extra bytes of
+    keying material an AEAD takes as the implicit nonce part (RFC 4106 §8.1,
+    RFC 7634 §2), so ``keymat_len = key_len + salt_len`` bytes come from prf+.
+    """
+
+    name: str
+    transform_id: EncrId
+    key_bits: int
+    aead: bool
+    block_size: int  # padding unit on the wire (RFC 4303 §2.4)
+    iv_size: int  # explicit IV carried in each packet
+    icv_size: int  # AEAD tag size (0 for non-AEAD: the INTEG transform supplies it)
+    salt_len: int = 0
+    key_length_attribute: bool = True  # AES carries a Key Length attribute; ChaCha20 must not
+
+    @property
+    def key_len(self) -> int:
+        return self.key_bits // 8
+
+    @property
+    def keymat_len(self) -> int:
+        return self.key_len + self.salt_len
+
+
+@dataclass(frozen=True)
+class IntegAlgorithm:
+    """An integrity transform: HMAC with a truncated output (RFC 4868)."""
+
+    name: str
+    transform_id: IntegId
+    hash_name: str  # name of the cryptography hash class: SHA256, SHA384, SHA512
+    key_len: int
+    icv_len: int
+
+
+@dataclass(frozen=True)
+class PrfAlgorithm:
+    """A pseudo-random function: HMAC with the full hash output (RFC 4868 §2.1.2)."""
+
+    name: str
+    transform_id: PrfId
+    hash_name: str
+    key_len: int  # preferred key size (= output size)
+    output_len: int
+
+
+@dataclass(frozen=True)
+class KeAlgorithm:
+    """A key exchange method (RFC 7296 §3.3.2 D-H groups, RFC 8031 Curve25519)."""
+
+    name: str
+    transform_id: KeId
+    kind: str  # "modp", "ecp" or "x25519"
+    public_len: int  # bytes of the KE payload's key exchange data
+
+
+ENCRYPTION: dict[str, EncrAlgorithm] = {
+    a.name: a
+    for a in (
+        EncrAlgorithm("aes128", EncrId.ENCR_AES_CBC, 128, False, 16, 16, 0),
+        EncrAlgorithm("aes256", EncrId.ENCR_AES_CBC, 256, False, 16, 16, 0),
+        EncrAlgorithm("aes128gcm16", EncrId.ENCR_AES_GCM_16, 128, True, 4, 8, 16, 4),
+        EncrAlgorithm("aes256gcm16", EncrId.ENCR_AES_GCM_16, 256, True, 4, 8, 16, 4),
+        EncrAlgorithm(
+            "chacha20poly1305",
+            EncrId.ENCR_CHACHA20_POLY1305,
+            256,
+            True,
+            4,
+            8,
+            16,
+            4,
+            key_length_attribute=False,
+        ),
+    )
+}
+
+INTEGRITY: dict[str, IntegAlgorithm] = {
+    a.name: a
+    for a in (
+        IntegAlgorithm("sha256", IntegId.AUTH_HMAC_SHA2_256_128, "SHA256", 32, 16),
+        IntegAlgorithm("sha384", IntegId.AUTH_HMAC_SHA2_384_192, "SHA384", 48, 24),
+        IntegAlgorithm("sha512", IntegId.AUTH_HMAC_SHA2_512_256, "SHA512", 64, 32),
+    )
+}
+
+PRF: dict[str, PrfAlgorithm] = {
+    a.name: a
+    for a in (
+        PrfAlgorithm("prfsha256", PrfId.PRF_HMAC_SHA2_256, "SHA256", 32, 32),
+        PrfAlgorithm("prfsha384", PrfId.PRF_HMAC_SHA2_384, "SHA384", 48, 48),
+        PrfAlgorithm("prfsha512", PrfId.PRF_HMAC_SHA2_512, "SHA512", 64, 64),
+    )
+}
+
+KEY_EXCHANGE: dict[str, KeAlgorithm] = {
+    a.name: a
+    for a in (
+        KeAlgorithm("modp2048", KeId.MODP_2048, "modp", 256),
+        KeAlgorithm("modp3072", KeId.MODP_3072, "modp", 384),
+        KeAlgorithm("modp4096", KeId.MODP_4096, "modp", 512),
+        KeAlgorithm("ecp256", KeId.ECP_256, "ecp", 64),
+        KeAlgorithm("ecp384", KeId.ECP_384, "ecp", 96),
+        KeAlgorithm("x25519", KeId.CURVE25519, "x25519", 32),
+    )
+}
+
+# strongSwan spellings that mean the same transform.
+ALIASES: dict[str, str] = {
+    "aes128gcm128": "aes128gcm16",
+    "aes256gcm128": "aes256gcm16",
+    "chacha20poly1305": "chacha20poly1305",
+    "sha2_256": "sha256",
+    "sha2_384": "sha384",
+    "sha2_512": "sha512",
+    "prfsha2_256": "prfsha256",
+    "prfsha2_384": "prfsha384",
+    "prfsha2_512": "prfsha512",
+    "curve25519": "x25519",
+}
+
+# Integrity name -> the PRF strongSwan derives from it when a proposal names no PRF.
+PRF_FOR_INTEG: dict[str, str] = {
+    "sha256": "prfsha256",
+    "sha384": "prfsha384",
+    "sha512": "prfsha512",
+}
+
+
+def encr_by_id(transform_id: int, key_bits: int | None) -> EncrAlgorithm | None:
+    """Find the encryption algorithm for a received transform (id + Key Length attribute)."""
+    for alg in ENCRYPTION.values():
+        if alg.transform_id != transform_id:
+            continue
+        if not alg.key_length_attribute:
+            if key_bits is None:
+                return alg
+            continue
+        if key_bits == alg.key_bits:
+            return alg
+    return None
+
+
+def integ_by_id(transform_id: int) -> IntegAlgorithm | None:
+    return next((a for a in INTEGRITY.values() if a.transform_id == transform_id), None)
+
+
+def prf_by_id(transform_id: int) -> PrfAlgorithm | None:
+    return next((a for a in PRF.values() if a.transform_id == transform_id), None)
+
+
+def ke_by_id(transform_id: int) -> KeAlgorithm | None:
+    return next((a for a in KEY_EXCHANGE.values() if a.transform_id == transform_id), None)
