@@ -1,0 +1,148 @@
+"""The ProtocolError family: one exception per RFC 7296 error notify.
+
+Exchanges raise these while processing a message; the IKE SA turns the error
+into the notify it must send back (RFC 7296 §3.10.1 error types) and into an
+operator-readable ``NegotiationFailed`` reason.  ``str(error)`` is that reason:
+it says what was offered, what was expected, and by which side.
+"""
+
+from __future__ import annotations
+
+# RFC 7296 §3.10.1 error notify message types (IANA "IKEv2 Notify Message Types").
+UNSUPPORTED_CRITICAL_PAYLOAD = 1
+INVALID_IKE_SPI = 4
+INVALID_MAJOR_VERSION = 5
+INVALID_SYNTAX = 7
+INVALID_MESSAGE_ID = 9
+INVALID_SPI = 11
+NO_PROPOSAL_CHOSEN = 14
+INVALID_KE_PAYLOAD = 17
+AUTHENTICATION_FAILED = 24
+SINGLE_PAIR_REQUIRED = 34
+NO_ADDITIONAL_SAS = 35
+TS_UNACCEPTABLE = 38
+TEMPORARY_FAILURE = 43
+CHILD_SA_NOT_FOUND = 44
+
+NOTIFY_NAMES: dict[int, str] = {
+    UNSUPPORTED_CRITICAL_PAYLOAD: "UNSUPPORTED_CRITICAL_PAYLOAD",
+    INVALID_IKE_SPI: "INVALID_IKE_SPI",
+    INVALID_MAJOR_VERSION: "INVALID_MAJOR_VERSION",
+    INVALID_SYNTAX: "INVALID_SYNTAX",
+    INVALID_MESSAGE_ID: "INVALID_MESSAGE_ID",
+    INVALID_SPI: "INVALID_SPI",
+    NO_PROPOSAL_CHOSEN: "NO_PROPOSAL_CHOSEN",
+    INVALID_KE_PAYLOAD: "INVALID_KE_PAYLOAD",
+    AUTHENTICATION_FAILED: "AUTHENTICATION_FAILED",
+    SINGLE_PAIR_REQUIRED: "SINGLE_PAIR_REQUIRED",
+    NO_ADDITIONAL_SAS: "NO_ADDITIONAL_SAS",
+    TS_UNACCEPTABLE: "TS_UNACCEPTABLE",
+    TEMPORARY_FAILURE: "TEMPORARY_FAILURE",
+    CHILD_SA_NOT_FOUND: "CHILD_SA_NOT_FOUND",
+}
+
+
+def notify_name(notify_type: int) -> str:
+    return NOTIFY_NAMES.get(notify_type, f"notify {notify_type}")
+
+
+class ProtocolError(Exception):
+    """A message we cannot accept; ``notify_type`` is the error notify to answer with.
+
+    ``notify_data`` is the notification data to carry (e.g. the group for
+    INVALID_KE_PAYLOAD, RFC 7296 §1.3).  ``fatal`` says whether the IKE SA
+    must be torn down (errors in IKE_SA_INIT/IKE_AUTH) or only the exchange
+    fails (e.g. a CREATE_CHILD_SA that found no proposal, §1.3).
+    """
+
+    notify_type: int = INVALID_SYNTAX
+
+    def __init__(self, reason: str, *, notify_data: bytes = b"", fatal: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.notify_data = notify_data
+        self.fatal = fatal
+
+    @property
+    def notify_name(self) -> str:
+        return notify_name(self.notify_type)
+
+
+class InvalidSyntax(ProtocolError):
+    """RFC 7296 §3.10.1 INVALID_SYNTAX: a message missing required payloads or malformed."""
+
+    notify_type = INVALID_SYNTAX
+
+
+class UnsupportedCriticalPayload(ProtocolError):
+    """RFC 7296 §2.5: a payload we do not know with the critical bit set.
+
+    The notification data is the one-octet payload type (§3.10.1).
+    """
+
+    notify_type = UNSUPPORTED_CRITICAL_PAYLOAD
+
+    def __init__(self, payload_type: int) -> None:
+        super().__init__(
+            f"unsupported critical payload type {payload_type}",
+            notify_data=bytes([payload_type & 0xFF]),
+        )
+        self.payload_type = payload_type
+
+
+class NoProposalChosen(ProtocolError):
+    """RFC 7296 §2.7: none of the offered proposals is acceptable."""
+
+    notify_type = NO_PROPOSAL_CHOSEN
+
+
+class InvalidKePayload(ProtocolError):
+    """RFC 7296 §1.3 / §2.7: the KE payload's group is not the one we select.
+
+    The notification data is the two-octet group number we want.
+    """
+
+    notify_type = INVALID_KE_PAYLOAD
+
+    def __init__(self, reason: str, group: int) -> None:
+        super().__init__(reason, notify_data=group.to_bytes(2, "big"))
+        self.group = group
+
+
+class AuthenticationFailed(ProtocolError):
+    """RFC 7296 §2.15: the AUTH payload or the identity did not verify."""
+
+    notify_type = AUTHENTICATION_FAILED
+
+
+class TsUnacceptable(ProtocolError):
+    """RFC 7296 §2.9: no part of the proposed traffic selectors fits our policy."""
+
+    notify_type = TS_UNACCEPTABLE
+
+
+class ChildSaNotFound(ProtocolError):
+    """RFC 7296 §2.25 CHILD_SA_NOT_FOUND (used by rekeying)."""
+
+    notify_type = CHILD_SA_NOT_FOUND
+
+
+class TemporaryFailure(ProtocolError):
+    """RFC 7296 §2.25 TEMPORARY_FAILURE: try again later (e.g. collision)."""
+
+    notify_type = TEMPORARY_FAILURE
+
+
+class InvalidSpi(ProtocolError):
+    """RFC 7296 §3.10.1 INVALID_SPI."""
+
+    notify_type = INVALID_SPI
+
+
+class PeerError(Exception):
+    """The peer answered our request with an error notify (RFC 7296 §2.21)."""
+
+    def __init__(self, notify_type: int, reason: str) -> None:
+        super().__init__(reason)
+        self.notify_type = notify_type
+        self.reason = reason
