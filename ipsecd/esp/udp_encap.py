@@ -1,0 +1,58 @@
+"""UDP encapsulation of ESP and IKE on port 4500 (RFC 3948 §2).
+
+One UDP port carries three things, told apart by their first bytes:
+
+* a NAT-keepalive: exactly one byte 0xFF (RFC 3948 §2.3);
+* an IKE message: the 4-byte non-ESP marker (all zero) then the IKE header
+  (RFC 3948 §2.2, RFC 7296 §2.23);
+* an ESP packet: a non-zero SPI then the sequence number (RFC 3948 §2.1).
+
+Anything else is malformed.  ``classify`` is sans-I/O and never raises.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+NAT_T_PORT = 4500
+NON_ESP_MARKER = b"\x00\x00\x00\x00"  # RFC 3948 §2.2
+NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3
+IKE_HEADER_LEN = 28  # RFC 7296 §3.1
+ESP_HEADER_LEN = 8  # SPI + sequence number, RFC 4303 §2
+
+
+class DatagramKind(StrEnum):
+    """What a datagram on the NAT-T port carries (compares equal to its string)."""
+
+    ESP = "esp"
+    IKE = "ike"
+    KEEPALIVE = "keepalive"
+    MALFORMED = "malformed"
+
+
+def classify(datagram: bytes) -> tuple[DatagramKind, bytes]:
+    """Demultiplex one UDP/4500 payload (RFC 3948 §2.2).
+
+    Returns ``(kind, payload)``: for ``esp`` the whole datagram (the ESP packet
+    starts at the SPI), for ``ike`` the IKE message without the non-ESP marker,
+    for ``keepalive`` and ``malformed`` an empty payload.
+    """
+    n = len(datagram)
+    if n == 1:
+        if datagram[0] == 0xFF:
+            return DatagramKind.KEEPALIVE, b""
+        return DatagramKind.MALFORMED, b""
+    if n < 4:
+        return DatagramKind.MALFORMED, b""
+    if datagram[:4] == NON_ESP_MARKER:
+        if n < 4 + IKE_HEADER_LEN:
+            return DatagramKind.MALFORMED, b""
+        return DatagramKind.IKE, datagram[4:]
+    if n < ESP_HEADER_LEN:
+        return DatagramKind.MALFORMED, b""
+    return DatagramKind.ESP, datagram
+
+
+def frame_ike(message: bytes) -> bytes:
+    """Prefix an IKE message with the non-ESP marker for port 4500 (RFC 3948 §2.2)."""
+    return NON_ESP_MARKER + message
