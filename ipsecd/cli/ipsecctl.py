@@ -1,0 +1,133 @@
+"""``ipsecctl``: talk to a running ipsecd over its control socket and format the answer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ipsecd.daemon.control import request
+
+DEFAULT_SOCKET = "/run/ipsecd/ipsecd.sock"
+
+
+class Style:
+    """ANSI colours, only when writing to a terminal."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def _c(self, code: str, text: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.tty else text
+
+    def bold(self, t: str) -> str:
+        return self._c("1", t)
+
+    def good(self, t: str) -> str:
+        return self._c("32", t)
+
+    def bad(self, t: str) -> str:
+        return self._c("31", t)
+
+    def dim(self, t: str) -> str:
+        return self._c("2", t)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _rows(pairs: list[tuple[str, str]], indent: str) -> list[str]:
+    width = max((len(k) for k, _ in pairs), default=0)
+    return [f"{indent}{k + ':':<{width + 1}} {v}" for k, v in pairs]
+
+
+def format_status(status: dict[str, Any], style: Style) -> str:
+    lines = [
+        f"{style.bold('ipsecd')}  tun {status['tun']} (mtu {status['mtu']}), "
+        f"listening on {', '.join(status['listen'])}, up {status['uptime_seconds']:.0f}s"
+    ]
+    for peer in status["peers"]:
+        state = peer["state"]
+        shown = style.good(state) if peer["up"] else style.bad(state)
+        lines.append("")
+        lines.append(
+            f"{style.bold('peer ' + peer['name'])}: {shown}  {peer['local']} <-> {peer['remote']}"
+        )
+        pairs = [("selectors", f"{peer['local_ts']} === {peer['remote_ts']}")]
+        ike = peer.get("ike") or {}
+        if ike.get("spi_i"):
+            pairs.append(
+                ("ike sa", f"{ike['spi_i']}_i {ike.get('spi_r', '')}_r {ike.get('algorithm', '')}")
+            )
+        if ike.get("nat"):
+            pairs.append(("nat", str(ike["nat"])))
+        if peer.get("last_error"):
+            pairs.append(("last error", style.bad(peer["last_error"])))
+        lines += _rows(pairs, "  ")
+        for child in peer["children"]:
+            lines.append(
+                f"  child {child['spi_in']}_in {child['spi_out']}_out  {child['algorithm']}  "
+                f"established {child['established_seconds']:.0f}s ago"
+            )
+            cpairs = [
+                ("in", f"{_size(child['bytes_in'])}, {child['packets_in']} packets"),
+                ("out", f"{_size(child['bytes_out'])}, {child['packets_out']} packets"),
+                ("selectors", f"{child['local_ts']} === {child['remote_ts']}"),
+            ]
+            if child["drops"]:
+                cpairs.append(("drops", ", ".join(f"{k} {v}" for k, v in child["drops"].items())))
+            lines += _rows(cpairs, "    ")
+    if status.get("drops"):
+        lines.append("")
+        lines.append("drops: " + ", ".join(f"{k} {v}" for k, v in status["drops"].items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ipsecctl", description="control a running ipsecd")
+    parser.add_argument("--socket", "-s", default=DEFAULT_SOCKET, help="control socket path")
+    sub = parser.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("status", help="show peers, SAs, counters")
+    st.add_argument("--json", action="store_true")
+    for name in ("up", "down", "rekey"):
+        p = sub.add_parser(name, help=f"{name} the tunnel to PEER")
+        p.add_argument("peer")
+    sub.add_parser("reload", help="re-read the config file")
+    lv = sub.add_parser("log-level", help="change the log level")
+    lv.add_argument("level", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+
+    payload: dict[str, Any] = {"cmd": args.command}
+    if args.command in ("up", "down", "rekey"):
+        payload["peer"] = args.peer
+    if args.command == "log-level":
+        payload["level"] = args.level
+    try:
+        response = request(args.socket, payload)
+    except OSError as exc:
+        print(
+            f"ipsecctl: cannot reach ipsecd at {args.socket}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 3
+    if not response.get("ok"):
+        print(f"ipsecctl: {response.get('error', 'failed')}", file=sys.stderr)
+        return 1
+    if args.command == "status":
+        if args.json:
+            print(json.dumps(response["status"], indent=2))
+        else:
+            print(format_status(response["status"], Style(sys.stdout.isatty())))
+    elif "plan" in response:
+        print(json.dumps(response["plan"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""The asyncio shell: owns TUN, UDP sockets, timers, signals and the control socket.
+
+Everything protocol-shaped lives in the sans-I/O cores (``esp``, ``ike``,
+``dataplane.processor``); this module only wires file descriptors to them.
+Readers drain a whole burst per wake-up, so there is one Python callback per
+burst, not per packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ipsecd.config import Config, PeerConfig, load_config
+from ipsecd.config.errors import ConfigError
+from ipsecd.daemon import logs
+from ipsecd.daemon.control import ControlServer
+from ipsecd.daemon.sdnotify import Notifier
+from ipsecd.dataplane.mtu import tun_mtu
+from ipsecd.dataplane.processor import PacketProcessor
+from ipsecd.dataplane.sad import Address, SaDatabase, TunnelSa
+from ipsecd.dataplane.tun import TunDevice
+from ipsecd.dataplane.udp import UdpSocket
+from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
+
+BURST = 64
+
+
+def manual_tunnel(config: Config, peer: PeerConfig) -> TunnelSa:
+    """Build the static SA pair of a ``manual`` peer (RFC 4301 §4.5)."""
+    m = peer.manual
+    assert m is not None
+    n = m.encr.keymat_len
+    common = {"encr": m.encr, "integ": m.integ, "esn": m.esn}
+    inbound = InboundEspSa(
+        m.spi_in,
+        encr_keymat=m.key_in[:n],
+        integ_key=m.key_in[n:],
+        src_selectors=peer.remote_ts,
+        dst_selectors=peer.local_ts,
+        **common,
+    )
+    outbound = OutboundEspSa(
+        m.spi_out, encr_keymat=m.key_out[:n], integ_key=m.key_out[n:], **common
+    )
+    return TunnelSa(
+        peer=peer.name,
+        inbound=inbound,
+        outbound=outbound,
+        local_ts=peer.local_ts,
+        remote_ts=peer.remote_ts,
+        local=(str(peer.local_address), config.gateway.port),
+        remote=(str(peer.remote_address), config.gateway.port),
+        installed_at=time.monotonic(),
+    )
+
+
+class Daemon:
+    """One running ipsecd: a TUN device, its sockets, its SAs."""
+
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.log = logs.get_logger()
+        self.sad = SaDatabase()
+        self.processor = PacketProcessor(self.sad)
+        self.tun: TunDevice | None = None
+        self.sockets: dict[Address, UdpSocket] = {}
+        self.ike: Any = None
+        self._ike_timer: asyncio.TimerHandle | None = None
+        self._stop = asyncio.Event()
+        self._control: ControlServer | None = None
+        self.started_at = time.monotonic()
+        self.counters: Counter[str] = Counter()
+        self.last_error: dict[str, str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- start-up --------------------------------------------------------------------------
+    def mtu(self) -> int:
+        gw = self.config.gateway
+        if gw.mtu is not None:
+            return gw.mtu
+        proposals = []
+        versions = set()
+        for peer in self.config.peers:
+            versions.add(peer.remote_address.version)
+            if peer.manual is not None:
+                from ipsecd.crypto.proposals import Proposal
+
+                proposals.append(
+                    Proposal(
+                        "esp",
+                        (peer.manual.encr,),
+                        (peer.manual.integ,) if peer.manual.integ else (),
+                        (),
+                        (),
+                    )
+                )
+            else:
+                proposals.extend(peer.esp_proposals)
+        return min(tun_mtu(proposals, v) for v in versions or {4})
+
+    def _open(self) -> None:
+        gw = self.config.gateway
+        self.tun = TunDevice(gw.tun)
+        self.tun.configure(self.mtu(), gw.addresses)
+        for address in gw.listen:
+            for port in (gw.port, gw.ike_port):
+                sock = UdpSocket(str(address), port)
+                self.sockets[sock.local] = sock
+                self._loop.add_reader(sock.fd, self._on_udp, sock)
+        self._loop.add_reader(self.tun.fd, self._on_tun)
+        for peer in self.config.peers:
+            for ts in peer.remote_ts:
+                for net in ts.networks():
+                    self.tun.add_route(net)
+            if peer.manual is not None:
+                self.sad.install(manual_tunnel(self.config, peer))
+                self.log.info("manual SA installed", peer=peer.name)
+        if any(p.manual is None for p in self.config.peers):
+            from ipsecd.ike.manager import IkeManager
+
+            self.ike = IkeManager(self.config, time.monotonic())
+
+    # -- packet paths ----------------------------------------------------------------------
+    def _on_tun(self) -> None:
+        tun = self.tun
+        assert tun is not None
+        packets = tun.read_batch(BURST)
+        if not packets:
+            return
+        for (local, remote), datagrams in self.processor.from_tun(packets).items():
+            sock = self.sockets.get(local)
+            if sock is None:
+                self.counters["no_socket"] += len(datagrams)
+                continue
+            sock.send_batch(datagrams, remote)
+
+    def _on_udp(self, sock: UdpSocket) -> None:
+        datagrams = sock.recv_batch(BURST)
+        if not datagrams:
+            return
+        if (
+            sock.local[1] == self.config.gateway.ike_port
+            and sock.local[1] != self.config.gateway.port
+        ):
+            for data, remote in datagrams:
+                self._ike_receive(data, sock.local, remote)
+            return
+        to_tun, ike, moved = self.processor.from_udp(datagrams)
+        if to_tun:
+            self.tun.write_batch(to_tun)
+        for data, remote in ike:
+            self._ike_receive(data, sock.local, remote)
+        for sa, remote in moved:
+            self.counters["esp_from_new_address"] += 1
+            if self.ike is None:
+                continue  # manual SAs keep their configured endpoint
+            sa.remote = remote
+
+    # -- IKE -------------------------------------------------------------------------------
+    def _ike_receive(self, data: bytes, local: Address, remote: Address) -> None:
+        if self.ike is None:
+            self.counters["ike_without_ike_peers"] += 1
+            return
+        self.ike.receive_datagram(data, local, remote, time.monotonic())
+        self._pump_ike()
+
+    def _pump_ike(self) -> None:
+        """Send what the IKE layer queued, apply its events, re-arm its timer."""
+        if self.ike is None:
+            return
+        from ipsecd.daemon.ike_glue import apply_event, send_datagrams
+
+        send_datagrams(self, self.ike.datagrams_to_send())
+        while (event := self.ike.next_event()) is not None:
+            apply_event(self, event)
+        send_datagrams(self, self.ike.datagrams_to_send())
+        when = self.ike.get_timer()
+        if self._ike_timer is not None:
+            self._ike_timer.cancel()
+            self._ike_timer = None
+        if when is not None:
+            delay = max(0.0, when - time.monotonic())
+            self._ike_timer = self._loop.call_later(delay, self._on_ike_timer)
+
+    def _on_ike_timer(self) -> None:
+        self._ike_timer = None
+        if self.ike is not None:
+            self.ike.handle_timer(time.monotonic())
+            self._pump_ike()
+
+    # -- control ---------------------------------------------------------------------------
+    async def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        from ipsecd.daemon.status import build_status
+
+        cmd = request.get("cmd")
+        now = time.monotonic()
+        if cmd == "status":
+            return {"ok": True, "status": build_status(self)}
+        if cmd == "log-level":
+            logs.set_level(str(request.get("level")))
+            return {"ok": True}
+        if cmd == "reload":
+            return await self.reload()
+        if cmd in ("up", "down", "rekey"):
+            peer = str(request.get("peer"))
+            if self.ike is None or peer not in {p.name for p in self.config.peers}:
+                return {"ok": False, "error": f"no IKE peer named {peer!r}"}
+            if cmd == "up":
+                self.ike.initiate(peer, now)
+            elif cmd == "down":
+                self.ike.terminate(peer, now)
+            else:
+                rekey = getattr(self.ike, "rekey", None)
+                if rekey is None:
+                    return {"ok": False, "error": "rekeying is not implemented yet"}
+                rekey(peer, now)
+            self._pump_ike()
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file; a bad file is refused and the running config kept."""
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as exc:
+            self.log.error("reload refused, keeping the running config", error=str(exc))
+            return {"ok": False, "error": str(exc)}
+        if new == self.config:
+            self.log.info("reload: nothing changed")
+            return {"ok": True, "plan": {"unchanged": [p.name for p in new.peers]}}
+        self.log.warning("reload: config changed; restart ipsecd to apply it")
+        return {"ok": False, "error": "live reload of changed peers is not implemented yet"}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        try:
+            self._open()
+        except OSError as exc:
+            self.log.error("cannot open the tunnel device or sockets", error=str(exc))
+            self._close()
+            return 1
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self.stop)
+        self._loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        self._control = ControlServer(Path(self.config.gateway.control_socket), self.handle_request)
+        await self._control.start()
+        if self.ike is not None:
+            self.ike.start(time.monotonic())
+            self._pump_ike()
+        self.log.info(
+            "ipsecd running",
+            tun=self.tun.name,
+            mtu=self.mtu(),
+            listen=[f"{a}:{p}" for a, p in self.sockets],
+            peers=[p.name for p in self.config.peers],
+        )
+        self.notifier.notify(ready=1, status=self._status_line())
+        watchdog = self.notifier.watchdog_interval()
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=watchdog or 5.0)
+            self.notifier.notify(watchdog=1, status=self._status_line())
+        self.notifier.notify(stopping=1)
+        await self._shutdown()
+        return 0
+
+    def _status_line(self) -> str:
+        peers = {sa.peer for sa in self.sad}
+        return f"{len(peers)} of {len(self.config.peers)} tunnels up"
+
+    async def _shutdown(self) -> None:
+        self.log.info("shutting down")
+        if self.ike is not None:
+            self.ike.shutdown(time.monotonic())
+            from ipsecd.daemon.ike_glue import send_datagrams
+
+            send_datagrams(self, self.ike.datagrams_to_send())
+        if self._control is not None:
+            await self._control.close()
+        self._close()
+
+    def _close(self) -> None:
+        if self._ike_timer is not None:
+            self._ike_timer.cancel()
+        for sock in self.sockets.values():
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(sock.fd)
+            sock.close()
+        self.sockets.clear()
+        if self.tun is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self.tun.fd)
+            self.tun.close()
+            self.tun = None
+
+
+def run_daemon(config_path: str) -> int:
+    config = load_config(config_path)
+    logs.configure(config.log.level, config.log.format)
+    return asyncio.run(Daemon(config).run())

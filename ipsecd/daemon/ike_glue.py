@@ -1,0 +1,118 @@
+"""Wiring between the sans-I/O IKE layer and the data plane.
+
+IKE events install and remove CHILD_SAs in the SA database; IKE datagrams go
+out on the socket bound to their local endpoint, with the RFC 3948 non-ESP
+marker when they travel on the NAT-T port.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from ipsecd.dataplane.sad import TunnelSa
+from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
+from ipsecd.ike import events as ev
+from ipsecd.selectors import format_selectors
+
+if TYPE_CHECKING:
+    from ipsecd.daemon.app import Daemon
+
+NON_ESP_MARKER = b"\x00\x00\x00\x00"
+NAT_KEEPALIVE = b"\xff"
+
+
+def send_datagrams(daemon: Daemon, datagrams: list[Any]) -> None:
+    port_natt = daemon.config.gateway.port
+    for item in datagrams:
+        if isinstance(item, tuple):
+            data, local, remote = item[0], item[1], item[2]
+            marker = None
+        else:
+            data, local, remote = item.data, item.local, item.remote
+            marker = getattr(item, "marker", None)
+        local = (str(local[0]), int(local[1]))
+        remote = (str(remote[0]), int(remote[1]))
+        sock = daemon.sockets.get(local)
+        if sock is None:
+            daemon.counters["ike_no_socket"] += 1
+            continue
+        if marker is None:
+            marker = local[1] == port_natt and data != NAT_KEEPALIVE
+        sock.send(NON_ESP_MARKER + data if marker else data, remote)
+
+
+def child_tunnel(daemon: Daemon, peer_name: str, child: Any) -> TunnelSa:
+    peer = daemon.config.peer(peer_name)
+    inbound = InboundEspSa(
+        child.spi_in,
+        encr=child.encr,
+        integ=child.integ,
+        encr_keymat=child.encr_key_in,
+        integ_key=child.integ_key_in,
+        esn=child.esn,
+        src_selectors=tuple(child.remote_ts),
+        dst_selectors=tuple(child.local_ts),
+    )
+    outbound = OutboundEspSa(
+        child.spi_out,
+        encr=child.encr,
+        integ=child.integ,
+        encr_keymat=child.encr_key_out,
+        integ_key=child.integ_key_out,
+        esn=child.esn,
+    )
+    remote = getattr(child, "remote", None) or (str(peer.remote_address), daemon.config.gateway.port)
+    return TunnelSa(
+        peer=peer_name,
+        inbound=inbound,
+        outbound=outbound,
+        local_ts=tuple(child.local_ts),
+        remote_ts=tuple(child.remote_ts),
+        local=(str(peer.local_address), daemon.config.gateway.port),
+        remote=(str(remote[0]), int(remote[1])),
+        installed_at=time.monotonic(),
+    )
+
+
+def apply_event(daemon: Daemon, event: Any) -> None:
+    log = daemon.log
+    if isinstance(event, ev.ChildSaEstablished):
+        sa = child_tunnel(daemon, event.peer, event.child)
+        daemon.sad.install(sa)
+        daemon.last_error.pop(event.peer, None)
+        daemon.counters["child_sa_installed"] += 1
+        log.info(
+            "CHILD_SA installed",
+            peer=event.peer,
+            spi_in=f"{sa.inbound.spi:08x}",
+            spi_out=f"{sa.outbound.spi:08x}",
+            algorithm=sa.outbound.encr.name
+            + (f"-{sa.outbound.integ.name}" if sa.outbound.integ else ""),
+            local_ts=format_selectors(sa.local_ts),
+            remote_ts=format_selectors(sa.remote_ts),
+            remote=f"{sa.remote[0]}:{sa.remote[1]}",
+        )
+        daemon.notifier.notify(status=daemon._status_line())
+    elif isinstance(event, ev.ChildSaDeleted):
+        if daemon.sad.remove(event.spi_in) is not None:
+            log.info(
+                "CHILD_SA removed",
+                peer=event.peer,
+                spi_in=f"{event.spi_in:08x}",
+                reason=getattr(event, "reason", ""),
+            )
+        daemon.notifier.notify(status=daemon._status_line())
+    elif isinstance(event, ev.IkeSaDeleted):
+        for sa in daemon.sad.remove_peer(event.peer):
+            log.info("CHILD_SA removed with its IKE SA", peer=event.peer, spi_in=f"{sa.inbound.spi:08x}")
+        log.info("IKE SA deleted", peer=event.peer, reason=event.reason)
+        daemon.notifier.notify(status=daemon._status_line())
+    elif isinstance(event, ev.IkeSaEstablished):
+        log.info("IKE SA established", peer=event.peer, remote=str(event.remote))
+    elif isinstance(event, ev.NegotiationFailed):
+        daemon.last_error[event.peer] = event.reason
+        daemon.counters["negotiation_failed"] += 1
+        log.warning("negotiation failed", peer=event.peer, reason=event.reason)
+    else:
+        log.debug("IKE event", event=type(event).__name__)

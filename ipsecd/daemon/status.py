@@ -1,0 +1,88 @@
+"""The status document served on the control socket (``ipsecctl status``).
+
+Plain JSON-able dicts: the CLI only formats them.  Never includes keys.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from ipsecd.selectors import format_selectors
+
+if TYPE_CHECKING:
+    from ipsecd.daemon.app import Daemon
+    from ipsecd.dataplane.sad import TunnelSa
+
+
+def _algorithm(sa: TunnelSa) -> str:
+    out = sa.outbound
+    name = out.encr.name
+    if getattr(out, "integ", None) is not None:
+        name += f"-{out.integ.name}"
+    if getattr(out, "esn", False):
+        name += "-esn"
+    return name
+
+
+def child_status(sa: TunnelSa, now: float) -> dict[str, Any]:
+    drops = {str(k): v for k, v in sa.inbound.drops.items() if v}
+    return {
+        "spi_in": f"{sa.inbound.spi:08x}",
+        "spi_out": f"{sa.outbound.spi:08x}",
+        "algorithm": _algorithm(sa),
+        "local_ts": format_selectors(sa.local_ts),
+        "remote_ts": format_selectors(sa.remote_ts),
+        "local": f"{sa.local[0]}:{sa.local[1]}",
+        "remote": f"{sa.remote[0]}:{sa.remote[1]}",
+        "established_seconds": round(now - sa.installed_at, 1),
+        "packets_in": sa.inbound.packets,
+        "bytes_in": sa.inbound.bytes,
+        "packets_out": sa.outbound.packets,
+        "bytes_out": sa.outbound.bytes,
+        "drops": drops,
+    }
+
+
+def build_status(daemon: Daemon) -> dict[str, Any]:
+    now = time.monotonic()
+    ike_status: dict[str, dict[str, Any]] = {}
+    if daemon.ike is not None:
+        for entry in daemon.ike.status():
+            ike_status[entry.get("peer", "")] = entry
+    peers = []
+    for peer in daemon.config.peers:
+        children = [child_status(sa, now) for sa in daemon.sad.for_peer(peer.name)]
+        ike = ike_status.get(peer.name)
+        if peer.manual is not None:
+            state = "manual" if children else "down"
+        elif ike is not None:
+            state = str(ike.get("state", "unknown"))
+        else:
+            state = "down"
+        peers.append(
+            {
+                "name": peer.name,
+                "mode": "manual" if peer.manual is not None else "ike",
+                "state": state,
+                "up": bool(children),
+                "remote": f"{peer.remote_address}:{peer.remote_port}",
+                "local": str(peer.local_address),
+                "local_ts": format_selectors(peer.local_ts),
+                "remote_ts": format_selectors(peer.remote_ts),
+                "ike": ike,
+                "children": children,
+                "last_error": daemon.last_error.get(peer.name) or (ike or {}).get("last_error"),
+            }
+        )
+    drops = {str(k): v for k, v in daemon.processor.drops.items() if v}
+    return {
+        "tun": daemon.tun.name if daemon.tun else None,
+        "mtu": daemon.mtu(),
+        "uptime_seconds": round(now - daemon.started_at, 1),
+        "listen": [f"{a}:{p}" for a, p in daemon.sockets],
+        "peers": peers,
+        "drops": drops,
+        "counters": dict(daemon.counters),
+        "ike_counters": dict(getattr(daemon.ike, "counters", {}) or {}),
+    }
