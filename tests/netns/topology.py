@@ -1,0 +1,820 @@
+"""Site-to-site test topology in Linux network namespaces (root only).
+
+Layout (``nat=False``)::
+
+    hostA ---- gwA ====== internet 192.0.2.0/24 ====== gwB ---- hostB
+    10.1.0.2   10.1.0.1 | 192.0.2.1      192.0.2.2 | 10.2.0.1   10.2.0.2
+
+With ``nat=True`` a NAT namespace sits between gwA and the internet::
+
+    hostA -- gwA ==== 198.51.100.0/24 ==== nat ==== 192.0.2.0/24 ==== gwB -- hostB
+             198.51.100.2     198.51.100.1 | 192.0.2.3        192.0.2.2
+
+Namespace names are unique per run (``ipd<pid%10000><4 hex>-<role>``), so two runs can
+share a machine.  Interfaces are created directly inside their namespaces (never in the
+root namespace), so their short fixed names (``eth0``, ``lan``, ``wan``, ``in``, ``out``)
+cannot collide either.
+
+The gateways forward (``ip_forward=1``) but have NO route to the other site: the tunnel
+daemon under test adds it through its TUN device.  :meth:`Topology.add_plain_routes`
+adds static routes for the plain-routing baseline instead.
+
+IPv6 is disabled in every namespace so captures hold only the traffic a test makes
+(no router solicitations, no MLD reports).
+
+Teardown (:meth:`Topology.close`) kills every spawned process by process group, kills
+whatever else still runs in the namespaces, and deletes them.  It runs from ``__exit__``
+(also on exceptions and KeyboardInterrupt), from an ``atexit`` hook, and on SIGTERM if
+:func:`install_sigterm_handler` was called.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+
+# --- addresses -------------------------------------------------------------------------
+
+SITE_A = "10.1.0.0/24"
+SITE_B = "10.2.0.0/24"
+INTERNET = "192.0.2.0/24"
+NAT_INSIDE = "198.51.100.0/24"
+
+HOST_A_IP = "10.1.0.2"
+GW_A_LAN_IP = "10.1.0.1"
+GW_A_WAN_IP = "192.0.2.1"  # without NAT
+GW_A_NAT_IP = "198.51.100.2"  # gwA's uplink address behind the NAT
+NAT_INSIDE_IP = "198.51.100.1"
+NAT_OUTSIDE_IP = "192.0.2.3"
+GW_B_WAN_IP = "192.0.2.2"
+GW_B_LAN_IP = "10.2.0.1"
+HOST_B_IP = "10.2.0.2"
+
+DEFAULT_TIMEOUT = 30.0
+
+_LIVE: weakref.WeakSet[Topology] = weakref.WeakSet()
+
+
+class CommandError(RuntimeError):
+    """A command in a namespace failed; the message carries its output."""
+
+    def __init__(self, ns: str | None, cmd: Sequence[str], returncode: int, out: str, err: str):
+        self.ns, self.cmd, self.returncode, self.stdout, self.stderr = (
+            ns,
+            list(cmd),
+            returncode,
+            out,
+            err,
+        )
+        where = f"in netns {ns}" if ns else "in the root namespace"
+        super().__init__(
+            f"{' '.join(cmd)!r} {where} exited {returncode}\n"
+            f"--- stdout ---\n{out.strip()}\n--- stderr ---\n{err.strip()}"
+        )
+
+
+def netns_cmd(ns: str | None, cmd: Sequence[str]) -> list[str]:
+    """The argv that runs ``cmd`` inside namespace ``ns`` (``None``: the root namespace)."""
+    return list(cmd) if ns is None else ["ip", "netns", "exec", ns, *cmd]
+
+
+def run(
+    ns: str | None,
+    *cmd: str,
+    check: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` in namespace ``ns`` and return its result (text stdout/stderr).
+
+    Raises :class:`CommandError` (with both outputs) if ``check`` and the exit code is not
+    0, and ``subprocess.TimeoutExpired`` after ``timeout`` seconds (the child is killed).
+    """
+    argv = netns_cmd(ns, cmd)
+    res = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, input=input, check=False
+    )
+    if check and res.returncode != 0:
+        raise CommandError(ns, argv, res.returncode, res.stdout, res.stderr)
+    return res
+
+
+def list_namespaces() -> list[str]:
+    """Names of all network namespaces (``ip netns list``)."""
+    out = run(None, "ip", "netns", "list").stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def kill_process_group(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
+    """SIGTERM the process group of ``proc``, SIGKILL it after ``grace`` seconds."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+    # The leader may be gone while group members live on: SIGKILL the group regardless.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(grace)
+
+
+def install_sigterm_handler() -> None:
+    """Make SIGTERM raise SystemExit so context managers and atexit hooks tear down.
+
+    Only installed from the main thread and only if SIGTERM still has its default action.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+
+        def _raise(signum: int, _frame: object) -> None:
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, _raise)
+
+
+@atexit.register
+def _teardown_all() -> None:
+    for topo in list(_LIVE):
+        with contextlib.suppress(Exception):
+            topo.close()
+
+
+# --- results ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PingStats:
+    """Result of :meth:`Topology.ping`; RTTs in milliseconds (``nan`` when none came back)."""
+
+    transmitted: int
+    received: int
+    rtt_min: float
+    rtt_avg: float
+    rtt_max: float
+    rtts: tuple[float, ...]
+
+    @property
+    def loss(self) -> float:
+        """Lost fraction, 0.0 .. 1.0."""
+        return 1.0 - self.received / self.transmitted if self.transmitted else 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferResult:
+    """Result of :meth:`Topology.tcp_transfer`."""
+
+    nbytes: int
+    sent_sha256: str
+    received_bytes: int
+    received_sha256: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        """Every byte arrived intact."""
+        return self.received_bytes == self.nbytes and self.sent_sha256 == self.received_sha256
+
+
+@dataclasses.dataclass(frozen=True)
+class IperfResult:
+    """Result of :meth:`Topology.iperf3` (receiver side figures)."""
+
+    gbits_per_second: float
+    retransmits: int
+    seconds: float
+    streams: int
+    raw: dict[str, object] = dataclasses.field(repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class CapturedPacket:
+    """One IPv4 packet from a capture; ``sport``/``dport`` are 0 for non-TCP/UDP."""
+
+    time: float
+    src: str
+    dst: str
+    proto: int  # IP protocol number: 1 ICMP, 6 TCP, 17 UDP, 50 ESP
+    sport: int
+    dport: int
+    payload: bytes  # transport payload (after the UDP/TCP header), or the IP payload
+
+
+# --- pcap ------------------------------------------------------------------------------
+
+_LINKTYPE_ETHERNET = 1
+_LINKTYPE_RAW = 101
+_LINKTYPE_LINUX_SLL = 113
+
+
+def read_pcap(path: str | os.PathLike[str]) -> list[CapturedPacket]:
+    """Parse the IPv4 packets of a classic pcap file (Ethernet, raw IP or Linux SLL)."""
+    data = Path(path).read_bytes()
+    if len(data) < 24:
+        return []
+    magic = data[:4]
+    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+        endian = "<"
+    elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+        endian = ">"
+    else:
+        raise ValueError(f"{path}: not a pcap file (magic {magic.hex()})")
+    nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+    linktype = struct.unpack(endian + "I", data[20:24])[0]
+    offset, packets = 24, []
+    while offset + 16 <= len(data):
+        ts_s, ts_frac, incl, _orig = struct.unpack(endian + "IIII", data[offset : offset + 16])
+        frame = data[offset + 16 : offset + 16 + incl]
+        offset += 16 + incl
+        ts = ts_s + ts_frac / (1e9 if nano else 1e6)
+        if linktype == _LINKTYPE_ETHERNET:
+            ethertype, ip = int.from_bytes(frame[12:14], "big"), frame[14:]
+            if ethertype == 0x8100:  # one VLAN tag
+                ethertype, ip = int.from_bytes(frame[16:18], "big"), frame[18:]
+        elif linktype == _LINKTYPE_LINUX_SLL:
+            ethertype, ip = int.from_bytes(frame[14:16], "big"), frame[16:]
+        elif linktype == _LINKTYPE_RAW:
+            ethertype, ip = 0x0800, frame
+        else:
+            raise ValueError(f"{path}: unsupported pcap link type {linktype}")
+        if ethertype != 0x0800 or len(ip) < 20 or ip[0] >> 4 != 4:
+            continue
+        ihl = (ip[0] & 0x0F) * 4
+        total = int.from_bytes(ip[2:4], "big")
+        proto = ip[9]
+        body = ip[ihl : max(total, ihl)]
+        frag_off = int.from_bytes(ip[6:8], "big") & 0x1FFF
+        sport = dport = 0
+        if frag_off == 0 and proto == 17 and len(body) >= 8:
+            sport, dport = struct.unpack("!HH", body[:4])
+            body = body[8:]
+        elif frag_off == 0 and proto == 6 and len(body) >= 20:
+            sport, dport = struct.unpack("!HH", body[:4])
+            body = body[(body[12] >> 4) * 4 :]
+        packets.append(
+            CapturedPacket(
+                ts,
+                socket.inet_ntoa(ip[12:16]),
+                socket.inet_ntoa(ip[16:20]),
+                proto,
+                sport,
+                dport,
+                bytes(body),
+            )
+        )
+    return packets
+
+
+class Capture:
+    """A running ``tcpdump -w`` in a namespace; stop it (or leave the ``with``) to read it."""
+
+    def __init__(self, topo: Topology, ns: str, iface: str, bpf: str, path: Path):
+        self.path = path
+        self.ns, self.iface, self.bpf = ns, iface, bpf
+        self._log = path.with_suffix(".tcpdump.log")
+        cmd = ["tcpdump", "-i", iface, "-n", "-s", "0", "-U", "--immediate-mode", "-Z", "root"]
+        cmd += ["-w", str(path)]
+        cmd += bpf.split() if bpf else []
+        self._proc = topo.spawn(ns, cmd, self._log)
+        deadline = time.monotonic() + 10
+        while "listening on" not in self._log.read_text(errors="replace"):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                kill_process_group(self._proc)
+                raise RuntimeError(
+                    f"tcpdump on {ns}/{iface} did not start:\n{self._log.read_text()}"
+                )
+            time.sleep(0.02)
+
+    def stop(self) -> list[CapturedPacket]:
+        """Stop tcpdump (SIGINT flushes the file) and return the captured IPv4 packets."""
+        if self._proc.poll() is None:
+            time.sleep(0.1)  # let the last packets reach the socket buffer
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGINT)
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                kill_process_group(self._proc)
+        return self.packets()
+
+    def packets(self) -> list[CapturedPacket]:
+        """The IPv4 packets written so far."""
+        return read_pcap(self.path) if self.path.exists() else []
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --- helper programs run inside namespaces ---------------------------------------------
+
+_PING_PY = r"""
+import json, os, select, socket, struct, sys, time
+dst, count, interval, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+ident = os.getpid() & 0xFFFF
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b)); t = (t >> 16) + (t & 0xFFFF); t += t >> 16
+    return ~t & 0xFFFF
+sent, rtts, pending = 0, [], {}
+payload = bytes(range(56))
+next_send = time.monotonic()
+end = None
+while True:
+    now = time.monotonic()
+    if sent < count and now >= next_send:
+        hdr = struct.pack("!BBHHH", 8, 0, 0, ident, sent)
+        pkt = struct.pack("!BBHHH", 8, 0, csum(hdr + payload), ident, sent) + payload
+        pending[sent] = time.perf_counter()
+        s.sendto(pkt, (dst, 0)); sent += 1; next_send = now + interval
+        if sent == count: end = now + wait
+    if end is not None and (now >= end or not pending): break
+    timeout = max(0.0, min(next_send if sent < count else end, end or next_send) - now)
+    r, _, _ = select.select([s], [], [], timeout)
+    if r:
+        data, addr = s.recvfrom(65535)
+        t = time.perf_counter()
+        ihl = (data[0] & 15) * 4
+        typ, _c, _k, i, seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+        if typ == 0 and i == ident and addr[0] == dst and seq in pending:
+            rtts.append((t - pending.pop(seq)) * 1000.0)
+print(json.dumps({"transmitted": sent, "rtts": rtts}))
+"""
+
+_SINK_PY = r"""
+import hashlib, json, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 0)); s.listen(1); s.settimeout(float(sys.argv[2]))
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept(); c.settimeout(float(sys.argv[2]))
+h, n = hashlib.sha256(), 0
+while True:
+    b = c.recv(1 << 20)
+    if not b: break
+    h.update(b); n += len(b)
+c.sendall(b"done"); c.close()
+print(json.dumps({"bytes": n, "sha256": h.hexdigest()}), flush=True)
+"""
+
+_SOURCE_PY = r"""
+import hashlib, json, os, socket, sys, time
+dst, port, nbytes, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+c = socket.create_connection((dst, port), timeout=timeout)
+h, left, t0 = hashlib.sha256(), nbytes, time.monotonic()
+while left:
+    b = os.urandom(min(left, 1 << 20)); h.update(b); c.sendall(b); left -= len(b)
+c.shutdown(socket.SHUT_WR)
+ack = c.recv(16)
+print(json.dumps({"sha256": h.hexdigest(), "seconds": time.monotonic() - t0, "ack": ack.decode()}))
+"""
+
+
+# --- the topology ----------------------------------------------------------------------
+
+
+class Topology:
+    """hostA — gwA ══ internet ══ gwB — hostB in fresh namespaces (optionally gwA behind NAT).
+
+    Use as a context manager (or call :meth:`build` / :meth:`close`).  Attributes after
+    construction: ``host_a``, ``gw_a``, ``gw_b``, ``host_b``, ``nat`` (``None`` without NAT)
+    are namespace names; ``gw_a_wan_ip`` is gwA's own uplink address, ``gw_a_public_ip``
+    the address gwB sees (the NAT's outside address behind NAT); ``workdir`` holds logs.
+
+    Interfaces: hosts ``eth0``; gateways ``lan`` (site side) and ``wan`` (uplink); the NAT
+    namespace ``in`` (towards gwA) and ``out`` (the internet).
+    """
+
+    HOST_IFACE = "eth0"
+    LAN_IFACE = "lan"
+    WAN_IFACE = "wan"
+    NAT_IN_IFACE = "in"
+    NAT_OUT_IFACE = "out"
+
+    def __init__(
+        self,
+        nat: bool = False,
+        workdir: str | os.PathLike[str] | None = None,
+        prefix: str | None = None,
+    ) -> None:
+        self.prefix = prefix or f"ipd{os.getpid() % 10000}{secrets.token_hex(2)}"
+        self.with_nat = nat
+        self.host_a = f"{self.prefix}-ha"
+        self.gw_a = f"{self.prefix}-ga"
+        self.gw_b = f"{self.prefix}-gb"
+        self.host_b = f"{self.prefix}-hb"
+        self.nat: str | None = f"{self.prefix}-nat" if nat else None
+        self.gw_a_wan_ip = GW_A_NAT_IP if nat else GW_A_WAN_IP
+        self.gw_a_public_ip = NAT_OUTSIDE_IP if nat else GW_A_WAN_IP
+        self.gw_b_wan_ip = GW_B_WAN_IP
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"{self.prefix}-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._created: list[str] = []
+        self._closed = False
+        self._lock = threading.Lock()
+        self._seq = 0
+
+    # -- names --------------------------------------------------------------------------
+
+    @property
+    def namespaces(self) -> list[str]:
+        """All namespaces of this topology, hostA first."""
+        names = [self.host_a, self.gw_a]
+        if self.nat:
+            names.append(self.nat)
+        return [*names, self.gw_b, self.host_b]
+
+    @property
+    def internet_ends(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """(namespace, interface) at both ends of the 192.0.2.0/24 link."""
+        a_side = (self.nat, self.NAT_OUT_IFACE) if self.nat else (self.gw_a, self.WAN_IFACE)
+        return a_side, (self.gw_b, self.WAN_IFACE)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def __enter__(self) -> Topology:
+        self.build()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(keep_workdir=exc_type is not None)
+
+    def build(self) -> Topology:
+        """Create namespaces, links, addresses, routes and sysctls."""
+        _LIVE.add(self)
+        try:
+            self._build()
+        except BaseException:
+            self.close(keep_workdir=True)
+            raise
+        return self
+
+    def _add_ns(self, ns: str) -> None:
+        run(None, "ip", "netns", "add", ns)
+        self._created.append(ns)
+        for key in ("all", "default"):
+            run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
+        run(None, "ip", "-n", ns, "link", "set", "lo", "up")
+
+    def _veth(self, ns1: str, if1: str, ip1: str, ns2: str, if2: str, ip2: str) -> None:
+        run(None, "ip", "-n", ns1, "link", "add", if1, "type", "veth", "peer", "name", if2,
+            "netns", ns2)  # fmt: skip
+        for ns, ifname, ip in ((ns1, if1, ip1), (ns2, if2, ip2)):
+            run(None, "ip", "-n", ns, "addr", "add", ip, "dev", ifname)
+            run(None, "ip", "-n", ns, "link", "set", ifname, "up")
+
+    def _build(self) -> None:
+        for ns in self.namespaces:
+            self._add_ns(ns)
+        self._veth(self.host_a, "eth0", f"{HOST_A_IP}/24", self.gw_a, "lan", f"{GW_A_LAN_IP}/24")
+        self._veth(self.gw_b, "lan", f"{GW_B_LAN_IP}/24", self.host_b, "eth0", f"{HOST_B_IP}/24")
+        if self.nat:
+            self._veth(self.gw_a, "wan", f"{GW_A_NAT_IP}/24", self.nat, "in", f"{NAT_INSIDE_IP}/24")
+            self._veth(
+                self.nat, "out", f"{NAT_OUTSIDE_IP}/24", self.gw_b, "wan", f"{GW_B_WAN_IP}/24"
+            )
+            run(None, "ip", "-n", self.gw_a, "route", "add", "default", "via", NAT_INSIDE_IP)
+            # So replies to site A's own internet traffic (masqueraded too) find their way.
+            run(None, "ip", "-n", self.nat, "route", "add", SITE_A, "via", GW_A_NAT_IP)
+            run(self.nat, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            ruleset = (
+                "table ip ipd_nat {\n"
+                "  chain postrouting {\n"
+                "    type nat hook postrouting priority srcnat; policy accept;\n"
+                f'    oifname "{self.NAT_OUT_IFACE}" masquerade\n'
+                "  }\n"
+                "}\n"
+            )
+            run(self.nat, "nft", "-f", "-", input=ruleset)
+        else:
+            self._veth(self.gw_a, "wan", f"{GW_A_WAN_IP}/24", self.gw_b, "wan", f"{GW_B_WAN_IP}/24")
+        run(None, "ip", "-n", self.host_a, "route", "add", "default", "via", GW_A_LAN_IP)
+        run(None, "ip", "-n", self.host_b, "route", "add", "default", "via", GW_B_LAN_IP)
+        for gw in (self.gw_a, self.gw_b):
+            run(gw, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            for key in ("all", "default"):
+                run(gw, "sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=0")
+
+    def close(self, keep_workdir: bool = False) -> None:
+        """Kill spawned processes and everything left in the namespaces; delete them.
+
+        Idempotent and safe to call from any failure path.  The work directory is removed
+        only if this object created it and ``keep_workdir`` is false.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        _LIVE.discard(self)
+        for proc in reversed(self._procs):
+            with contextlib.suppress(Exception):
+                kill_process_group(proc, grace=2.0)
+        for ns in reversed(self._created):
+            with contextlib.suppress(Exception):
+                pids = run(None, "ip", "netns", "pids", ns, check=False, timeout=10).stdout
+                for pid in pids.split():
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.kill(int(pid), signal.SIGKILL)
+            for _ in range(20):
+                with contextlib.suppress(Exception):
+                    if run(None, "ip", "netns", "del", ns, check=False, timeout=10).returncode == 0:
+                        break
+                    if ns not in list_namespaces():
+                        break
+                time.sleep(0.1)
+        if self._own_workdir and not keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        elif keep_workdir:
+            print(f"topology {self.prefix}: logs kept in {self.workdir}", file=sys.stderr)
+
+    # -- processes ----------------------------------------------------------------------
+
+    def log_path(self, name: str) -> Path:
+        """A fresh file name in the work directory (``name`` made unique)."""
+        with self._lock:
+            self._seq += 1
+            return self.workdir / f"{self._seq:03d}-{name}"
+
+    def run(
+        self,
+        ns: str | None,
+        *cmd: str,
+        check: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """:func:`run` (module level), for convenience."""
+        return run(ns, *cmd, check=check, timeout=timeout, input=input)
+
+    def spawn(
+        self,
+        ns: str | None,
+        cmd: Sequence[str],
+        log_path: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+        stdout_pipe: bool = False,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``cmd`` in ``ns`` in its own process group; stdout+stderr go to ``log_path``.
+
+        With ``stdout_pipe`` stdout is a pipe (stderr still goes to the log).  The process
+        is killed (whole group) at teardown unless it ended before.
+        """
+        log = Path(log_path) if log_path else self.log_path(Path(cmd[0]).name + ".log")
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen(
+                netns_cmd(ns, cmd),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if stdout_pipe else fh,
+                stderr=fh,
+                start_new_session=True,
+                env=env,
+            )
+        self._procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = 3.0) -> int | None:
+        """Kill ``proc``'s process group now; return its exit code."""
+        kill_process_group(proc, grace)
+        return proc.returncode
+
+    # -- configuration helpers ----------------------------------------------------------
+
+    def add_plain_routes(self) -> None:
+        """Static routes between the sites over the internet link (plain-routing baseline).
+
+        Not available behind the NAT (site A's addresses would be masqueraded one way only).
+        """
+        if self.nat:
+            raise RuntimeError("plain routes make no sense through the NAT namespace")
+        run(None, "ip", "-n", self.gw_a, "route", "add", SITE_B, "via", GW_B_WAN_IP)
+        run(None, "ip", "-n", self.gw_b, "route", "add", SITE_A, "via", GW_A_WAN_IP)
+
+    def remove_plain_routes(self) -> None:
+        """Undo :meth:`add_plain_routes`."""
+        run(None, "ip", "-n", self.gw_a, "route", "del", SITE_B, check=False)
+        run(None, "ip", "-n", self.gw_b, "route", "del", SITE_A, check=False)
+
+    def set_loss(self, percent: int) -> None:
+        """Drop ``percent`` % of packets on the internet link, each direction independently.
+
+        nftables ``numgen random mod 100 < N drop`` on the ingress hook of both ends of the
+        192.0.2.0/24 link; ``percent=0`` removes the rule.
+        """
+        if not 0 <= percent <= 100:
+            raise ValueError(f"loss percent must be 0..100, got {percent}")
+        for ns, iface in self.internet_ends:
+            run(ns, "nft", "delete", "table", "netdev", "ipd_loss", check=False)
+            if percent:
+                # 100 % is a plain drop: nft rejects "< 100" for a mod-100 value.
+                rule = "drop" if percent == 100 else f"numgen random mod 100 < {percent} drop"
+                ruleset = (
+                    "table netdev ipd_loss {\n"
+                    "  chain ingress {\n"
+                    f'    type filter hook ingress device "{iface}" priority 0; policy accept;\n'
+                    f"    {rule}\n"
+                    "  }\n"
+                    "}\n"
+                )
+                run(ns, "nft", "-f", "-", input=ruleset)
+
+    # -- traffic ------------------------------------------------------------------------
+
+    def ping(
+        self,
+        src_ns: str,
+        dst_ip: str,
+        count: int = 5,
+        interval: float = 0.05,
+        wait: float = 1.0,
+    ) -> PingStats:
+        """ICMP echo from ``src_ns`` to ``dst_ip`` (a raw-socket pinger; no iputils needed).
+
+        ``wait`` is how long to wait for replies after the last request.  Never raises on
+        loss: look at ``.loss``.
+        """
+        res = run(
+            src_ns,
+            sys.executable,
+            "-c",
+            _PING_PY,
+            dst_ip,
+            str(count),
+            str(interval),
+            str(wait),
+            timeout=count * interval + wait + 20,
+        )
+        data = json.loads(res.stdout)
+        rtts = tuple(float(r) for r in data["rtts"])
+        nan = float("nan")
+        return PingStats(
+            transmitted=int(data["transmitted"]),
+            received=len(rtts),
+            rtt_min=min(rtts) if rtts else nan,
+            rtt_avg=sum(rtts) / len(rtts) if rtts else nan,
+            rtt_max=max(rtts) if rtts else nan,
+            rtts=rtts,
+        )
+
+    def wait_ping(self, src_ns: str, dst_ip: str, timeout: float = 10.0) -> bool:
+        """Ping once per attempt until a reply comes back or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ping(src_ns, dst_ip, count=1, wait=0.5).received:
+                return True
+        return False
+
+    def tcp_transfer(
+        self,
+        src_ns: str,
+        dst_ns: str,
+        dst_ip: str,
+        nbytes: int,
+        timeout: float = 60.0,
+    ) -> TransferResult:
+        """Send ``nbytes`` random bytes over TCP from ``src_ns`` to ``dst_ip`` in ``dst_ns``.
+
+        Both ends hash what they saw (SHA-256); compare with ``result.ok``.  Raises
+        ``RuntimeError`` with the helper's log if either end fails.
+        """
+        log = self.log_path("tcp-sink.log")
+        sink = self.spawn(
+            dst_ns, [sys.executable, "-c", _SINK_PY, dst_ip, str(timeout)], log, stdout_pipe=True
+        )
+        try:
+            assert sink.stdout is not None
+            port_line = sink.stdout.readline().decode().strip()
+            if not port_line.isdigit():
+                sink.wait(5)
+                raise RuntimeError(f"tcp sink in {dst_ns} failed: {log.read_text()}")
+            try:
+                src = run(
+                    src_ns,
+                    sys.executable,
+                    "-c",
+                    _SOURCE_PY,
+                    dst_ip,
+                    port_line,
+                    str(nbytes),
+                    str(timeout),
+                    timeout=timeout + 10,
+                )
+            except (CommandError, subprocess.TimeoutExpired) as exc:
+                raise RuntimeError(f"tcp source in {src_ns} failed: {exc}") from exc
+            out, _ = sink.communicate(timeout=timeout)
+            recv = json.loads(out.decode().strip().splitlines()[-1])
+            sent = json.loads(src.stdout)
+        finally:
+            kill_process_group(sink, grace=1.0)
+        return TransferResult(
+            nbytes=nbytes,
+            sent_sha256=sent["sha256"],
+            received_bytes=int(recv["bytes"]),
+            received_sha256=recv["sha256"],
+            seconds=float(sent["seconds"]),
+        )
+
+    def iperf3(
+        self,
+        client_ns: str,
+        server_ns: str,
+        server_ip: str,
+        seconds: float = 10.0,
+        streams: int = 1,
+        extra: Sequence[str] = (),
+    ) -> IperfResult:
+        """TCP throughput from ``client_ns`` to an iperf3 server on ``server_ip``.
+
+        Returns the receiver's bit rate in Gbit/s and the sender's TCP retransmits.
+        """
+        port = 20000 + secrets.randbelow(20000)
+        log = self.log_path("iperf3-server.log")
+        server = self.spawn(
+            server_ns, ["iperf3", "-s", "-1", "-B", server_ip, "-p", str(port)], log
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while f":{port}" not in run(server_ns, "ss", "-ltnH").stdout:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"iperf3 server in {server_ns} failed: {log.read_text()}")
+                time.sleep(0.05)
+            res = run(
+                client_ns,
+                "iperf3", "-c", server_ip, "-p", str(port), "-t", str(seconds),
+                "-P", str(streams), "--json", *extra,
+                check=False,
+                timeout=seconds + 30,
+            )  # fmt: skip
+            try:
+                data = json.loads(res.stdout)
+            except json.JSONDecodeError as exc:
+                raise RuntimeError(f"iperf3 client: {res.stdout}\n{res.stderr}") from exc
+            if "error" in data:
+                raise RuntimeError(f"iperf3 client in {client_ns}: {data['error']}")
+        finally:
+            kill_process_group(server, grace=1.0)
+        end = data["end"]
+        received = end["sum_received"]
+        return IperfResult(
+            gbits_per_second=received["bits_per_second"] / 1e9,
+            retransmits=int(end.get("sum_sent", {}).get("retransmits", 0)),
+            seconds=float(received["seconds"]),
+            streams=streams,
+            raw=data,
+        )
+
+    def start_capture(
+        self, ns: str, iface: str, bpf: str = "", path: str | os.PathLike[str] | None = None
+    ) -> Capture:
+        """Start ``tcpdump -w`` on ``ns``/``iface`` (BPF filter ``bpf``); returns when live."""
+        pcap = Path(path) if path else self.log_path(f"{iface}.pcap")
+        return Capture(self, ns, iface, bpf, pcap)
+
+    def capture(
+        self,
+        ns: str,
+        iface: str,
+        bpf: str = "",
+        seconds: float = 1.0,
+        path: str | os.PathLike[str] | None = None,
+    ) -> list[CapturedPacket]:
+        """Capture for ``seconds`` and return the IPv4 packets (the pcap stays in ``path``)."""
+        cap = self.start_capture(ns, iface, bpf, path)
+        time.sleep(seconds)
+        return cap.stop()
+
+
+@contextlib.contextmanager
+def topology(
+    nat: bool = False, workdir: str | os.PathLike[str] | None = None
+) -> Iterator[Topology]:
+    """``with topology() as t:`` — build a :class:`Topology`, always tear it down."""
+    topo = Topology(nat=nat, workdir=workdir)
+    with topo:
+        yield topo
