@@ -67,6 +67,11 @@ class ProtocolError(Exception):
     def notify_name(self) -> str:
         return notify_name(self.notify_type)
 
+    def non_fatal(self) -> ProtocolError:
+        """Mark the error as ending only the exchange, not the IKE SA (RFC 7296 §1.3)."""
+        self.fatal = False
+        return self
+
 
 class InvalidSyntax(ProtocolError):
     """RFC 7296 §3.10.1 INVALID_SYNTAX: a message missing required payloads or malformed."""

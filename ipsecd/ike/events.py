@@ -112,3 +112,15 @@ class NegotiationFailed(Event):
 
     peer: str
     reason: str
+
+
+@dataclass(frozen=True)
+class PeerAddressChanged(Event):
+    """The peer's address or port changed (NAT rebinding, RFC 7296 §2.23).
+
+    The shell must send ESP of this peer's CHILD_SAs to ``remote`` from now on.
+    """
+
+    peer: str
+    local: Address
+    remote: Address

@@ -1,0 +1,381 @@
+"""IkeManager: every IKE SA of the daemon, driven by the shell (sans-I/O).
+
+The API is the one in docs/CONTRACTS.md: the shell feeds datagrams and clock
+values, drains :meth:`IkeManager.datagrams_to_send` and
+:meth:`IkeManager.next_event`, and calls :meth:`IkeManager.handle_timer` at
+:meth:`IkeManager.get_timer`.  The manager
+
+* dispatches messages to IKE SAs by our SPI (RFC 7296 §2.6); an IKE_SA_INIT
+  request with a zero responder SPI creates a responder SA for the peer
+  matched by source address (the peer is confirmed by its ID in IKE_AUTH);
+* initiates peers with ``start: initiate`` and retries them after a pause
+  when a negotiation fails or the peer stops answering;
+* sends NAT-keepalives every 20 s from the side behind a NAT (RFC 3948 §4);
+* never raises out of :meth:`receive_datagram`: bad input is counted in
+  :attr:`IkeManager.counters` and dropped.
+
+Datagrams are :class:`~ipsecd.ike.events.OutgoingDatagram`: ``marker`` tells
+the shell to prepend the 4-byte non-ESP marker (IKE on port 4500, RFC 3948
+§2.2); keepalives (``b"\\xff"``, ``keepalive=True``) go out raw on port 4500.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from ipsecd.ike.events import (
+    NAT_KEEPALIVE,
+    Address,
+    Event,
+    NegotiationFailed,
+    OutgoingDatagram,
+)
+from ipsecd.ike.exchanges import base
+from ipsecd.ike.sa import IkeSa, IkeState, RetransmitPolicy
+
+NAT_KEEPALIVE_INTERVAL = 20.0  # RFC 3948 §4: default 20 seconds
+
+
+@dataclass
+class _PeerState:
+    retry_at: float | None = None
+    last_error: str | None = None
+    wanted: bool = False  # the operator (or start: initiate) wants this peer up
+
+
+def _addr(value: Any) -> str:
+    return str(value)
+
+
+class IkeManager:
+    """All IKE SAs (RFC 7296) of one daemon; see the module docstring."""
+
+    def __init__(
+        self,
+        config: Any,
+        now: float,
+        *,
+        policy: RetransmitPolicy | None = None,
+        keepalive_interval: float = NAT_KEEPALIVE_INTERVAL,
+    ) -> None:
+        self.config = config
+        self.policy = policy or RetransmitPolicy()
+        self.keepalive_interval = keepalive_interval
+        self.peers = {p.name: p for p in config.peers if getattr(p, "manual", None) is None}
+        self.peer_state = {name: _PeerState() for name in self.peers}
+        self.sas: dict[int, IkeSa] = {}  # by our SPI
+        self.half_open: dict[tuple[str, int], IkeSa] = {}  # (remote ip, SPIi) -> responder SA
+        self.counters: dict[str, int] = {}
+        self._outgoing: list[OutgoingDatagram] = []
+        self._events: deque[Event] = deque()
+        self._retired: list[IkeSa] = []
+        gw = config.gateway
+        self.natt_port = int(getattr(gw, "port", 4500))
+        self.ike_port = int(getattr(gw, "ike_port", 500))
+
+    # ---- contract API ----------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Initiate every peer with ``start: initiate``."""
+        for name, peer in self.peers.items():
+            if peer.start == "initiate":
+                self.initiate(name, now)
+
+    def initiate(self, peer: str, now: float) -> None:
+        """Bring ``peer`` up (no-op if an IKE SA for it is up or being set up)."""
+        if peer not in self.peers:
+            raise KeyError(f"no IKE peer named {peer!r}")
+        state = self.peer_state[peer]
+        state.wanted = True
+        state.retry_at = None
+        if self._sa_for(peer) is not None:
+            return
+        config = self.peers[peer]
+        remote_port = int(getattr(config, "remote_port", None) or self.ike_port)
+        local_port = self.natt_port if remote_port == self.natt_port else self.ike_port
+        sa = IkeSa(
+            peer=config,
+            initiator=True,
+            local=(_addr(config.local_address), local_port),
+            remote=(_addr(config.remote_address), remote_port),
+            natt_port=self.natt_port,
+            policy=self.policy,
+            created_at=now,
+            counters=self.counters,
+        )
+        from ipsecd.ike.exchanges.sa_init import IkeSaInit
+
+        sa.tasks.append(IkeSaInit(tuple(config.ike_proposals)))
+        sa.kick(now)  # assigns SPIi while building the request
+        self.sas[sa.local_spi] = sa
+        self._collect(sa, now)
+
+    def terminate(self, peer: str, now: float) -> None:
+        """Delete the IKE SA of ``peer`` (RFC 7296 §1.4.1) and stop retrying it."""
+        from ipsecd.ike.exchanges.informational import DeleteIkeSa
+
+        if peer in self.peer_state:
+            self.peer_state[peer].wanted = False
+            self.peer_state[peer].retry_at = None
+        for sa in [s for s in self.sas.values() if s.peer_name == peer]:
+            if sa.state is IkeState.ESTABLISHED:
+                sa.tasks.clear()
+                sa.outstanding = None  # window 1: the Delete replaces whatever was pending
+                sa.queue(DeleteIkeSa("terminated by operator"), now)
+            else:
+                sa.deleted("terminated by operator")
+            self._collect(sa, now)
+
+    def shutdown(self, now: float) -> None:
+        """Delete every IKE SA (one Delete each; the shell exits afterwards)."""
+        for peer in list(self.peers):
+            self.terminate(peer, now)
+
+    def receive_datagram(
+        self, data: bytes, local: tuple[str, int], remote: tuple[str, int], now: float
+    ) -> None:
+        """One IKE message (without non-ESP marker).  Never raises: drops are counted."""
+        local = (str(local[0]), int(local[1]))
+        remote = (str(remote[0]), int(remote[1]))
+        try:
+            self._receive(data, local, remote, now)
+        except Exception:  # a bug or hostile input must not take the daemon down
+            self._count("internal_error")
+
+    def datagrams_to_send(self) -> list[OutgoingDatagram]:
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        times = [t for sa in self.sas.values() if (t := self._sa_timer(sa)) is not None]
+        times += [s.retry_at for s in self.peer_state.values() if s.retry_at is not None]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        for sa in list(self.sas.values()):
+            sa.handle_timer(now)
+            if (
+                sa.state is IkeState.ESTABLISHED
+                and sa.nat_local
+                and now >= sa.last_keepalive + self.keepalive_interval
+            ):
+                self._keepalive(sa, now)
+            self._collect(sa, now)
+        for name, state in self.peer_state.items():
+            if state.retry_at is not None and now >= state.retry_at:
+                state.retry_at = None
+                self._count("connection_retries")
+                self.initiate(name, now)
+
+    def status(self) -> list[dict[str, Any]]:
+        """One entry per IKE peer, for ipsecctl (plain data, no objects)."""
+        entries: list[dict[str, Any]] = []
+        for name in self.peers:
+            state = self.peer_state[name]
+            sa = self._sa_for(name)
+            entry: dict[str, Any] = {"peer": name, "last_error": state.last_error}
+            if sa is None:
+                entry["state"] = "connecting" if state.retry_at is not None else "down"
+                if state.retry_at is not None:
+                    entry["retry_at"] = state.retry_at
+            else:
+                algs = sa.ike_algorithms
+                entry.update(
+                    state=sa.state.value,
+                    role="initiator" if sa.initiator else "responder",
+                    local=f"{sa.local[0]}:{sa.local[1]}",
+                    remote=f"{sa.remote[0]}:{sa.remote[1]}",
+                    local_spi=f"{sa.local_spi:016x}",
+                    remote_spi=f"{sa.remote_spi:016x}",
+                    nat_local=sa.nat_local,
+                    nat_remote=sa.nat_remote,
+                    algorithm=str(algs) if algs is not None else "",
+                    established_at=sa.established_at,
+                    children=[c.describe() for c in sa.children.values()],
+                )
+            entries.append(entry)
+        return entries
+
+    # ---- beyond the contract (tests, ipsecctl rekey/extra children later) --
+
+    def create_child(
+        self,
+        peer: str,
+        now: float,
+        local_ts: tuple[Any, ...] | None = None,
+        remote_ts: tuple[Any, ...] | None = None,
+        proposals: tuple[Any, ...] | None = None,
+    ) -> None:
+        """Negotiate one more CHILD_SA with CREATE_CHILD_SA (RFC 7296 §1.3.1)."""
+        from ipsecd.ike.exchanges.create_child import CreateChildSa
+
+        sa = self._established(peer)
+        cfg = self.peers[peer]
+        sa.queue(
+            CreateChildSa(
+                tuple(local_ts or cfg.local_ts),
+                tuple(remote_ts or cfg.remote_ts),
+                tuple(proposals or cfg.esp_proposals),
+            ),
+            now,
+        )
+        self._collect(sa, now)
+
+    def delete_child(self, peer: str, spi_in: int, now: float) -> None:
+        """Delete one CHILD_SA by our inbound SPI (RFC 7296 §1.4.1)."""
+        from ipsecd.ike.exchanges.informational import DeleteChildSa
+
+        sa = self._established(peer)
+        sa.queue(DeleteChildSa([spi_in]), now)
+        self._collect(sa, now)
+
+    def check_liveness(self, peer: str, now: float) -> None:
+        """Send an empty INFORMATIONAL request (RFC 7296 §2.4)."""
+        sa = self._established(peer)
+        sa.queue_liveness_check(now)
+        self._collect(sa, now)
+
+    def ike_sa(self, peer: str) -> IkeSa | None:
+        return self._sa_for(peer)
+
+    # ---- internals -------------------------------------------------------
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _sa_for(self, peer: str) -> IkeSa | None:
+        found = [s for s in self.sas.values() if s.peer_name == peer and s.alive]
+        for preferred in (IkeState.ESTABLISHED, IkeState.AUTH_SENT, IkeState.INIT_SENT):
+            for sa in found:
+                if sa.state is preferred:
+                    return sa
+        return found[0] if found else None
+
+    def _established(self, peer: str) -> IkeSa:
+        sa = self._sa_for(peer)
+        if sa is None or sa.state is not IkeState.ESTABLISHED:
+            raise KeyError(f"no established IKE SA for peer {peer!r}")
+        return sa
+
+    def _sa_timer(self, sa: IkeSa) -> float | None:
+        times = [t for t in (sa.next_timer(),) if t is not None]
+        if sa.state is IkeState.ESTABLISHED and sa.nat_local:
+            times.append(sa.last_keepalive + self.keepalive_interval)
+        return min(times) if times else None
+
+    def _keepalive(self, sa: IkeSa, now: float) -> None:
+        """RFC 3948 §2.3 NAT-keepalive: one 0xFF octet on the NAT-T port, no marker."""
+        sa.last_keepalive = now
+        self._count("nat_keepalives")
+        self._outgoing.append(
+            OutgoingDatagram(
+                NAT_KEEPALIVE,
+                (sa.local[0], self.natt_port),
+                (sa.remote[0], sa.remote[1] if sa.remote[1] != self.ike_port else self.natt_port),
+                marker=False,
+                keepalive=True,
+            )
+        )
+
+    def _receive(self, data: bytes, local: Address, remote: Address, now: float) -> None:
+        try:
+            header = base.parse_header(data)
+        except base.DecodeError:
+            self._count("malformed")
+            return
+        if header.exchange == base.IKE_SA_INIT and not header.response and header.spi_r == 0:
+            self._receive_init_request(data, header, local, remote, now)
+            return
+        # The I flag says whether the sender is the original initiator (§3.1).
+        spi = header.spi_r if header.initiator_flag else header.spi_i
+        sa = self.sas.get(spi)
+        if sa is None or not sa.alive:
+            self._count("unknown_spi")
+            return
+        if header.exchange == base.IKE_SA_INIT and header.response and sa.spi_r == 0:
+            pass  # our IKE_SA_INIT answered: the responder SPI is learned by the task
+        elif sa.remote_spi and sa.remote_spi != (header.spi_i if sa.initiator else header.spi_r):
+            self._count("unknown_spi")
+            return
+        sa.receive(data, header, local, remote, now)
+        self._collect(sa, now)
+
+    def _receive_init_request(
+        self, data: bytes, header: Any, local: Address, remote: Address, now: float
+    ) -> None:
+        key = (remote[0], header.spi_i)
+        existing = self.half_open.get(key)
+        if existing is not None and existing.alive:
+            existing.receive(data, header, local, remote, now)  # retransmit -> cached answer
+            self._collect(existing, now)
+            return
+        candidates = self._candidates(remote[0])
+        if not candidates:
+            self._count("unknown_peer")
+            return
+        # Place for half-open limits and COOKIE challenges (RFC 7296 §2.6), later issue.
+        sa = IkeSa(
+            peer=candidates[0],
+            initiator=False,
+            local=local,
+            remote=remote,
+            natt_port=self.natt_port,
+            policy=self.policy,
+            created_at=now,
+            counters=self.counters,
+            candidates=tuple(candidates),
+        )
+        sa.spi_i = header.spi_i
+        sa.receive(data, header, local, remote, now)
+        if sa.alive:
+            self.half_open[key] = sa
+            self.sas[sa.local_spi] = sa
+        self._collect(sa, now)
+
+    def _candidates(self, address: str) -> list[Any]:
+        """Peers an IKE_SA_INIT from ``address`` may belong to (confirmed by ID later)."""
+
+        def same(a: Any, b: str) -> bool:
+            try:
+                return ipaddress.ip_address(str(a)) == ipaddress.ip_address(b)
+            except ValueError:
+                return str(a) in ("%any", "any", "0.0.0.0", "::")
+
+        by_address = [p for p in self.peers.values() if same(p.remote_address, address)]
+        return by_address or [p for p in self.peers.values() if p.auth is not None]
+
+    def _collect(self, sa: IkeSa, now: float) -> None:
+        """Move an SA's datagrams/events out and handle its end of life."""
+        if sa.outgoing:
+            self._outgoing.extend(sa.outgoing)
+            sa.outgoing.clear()
+        state = self.peer_state.get(sa.peer_name)
+        for event in sa.events:
+            self._events.append(event)
+            if isinstance(event, NegotiationFailed) and state is not None:
+                state.last_error = event.reason
+        sa.events.clear()
+        if sa.state is IkeState.ESTABLISHED and state is not None:
+            if sa.last_error is None:
+                state.last_error = None
+            if sa.last_keepalive == 0.0:
+                sa.last_keepalive = now
+        if sa.state is IkeState.ESTABLISHED:
+            self.half_open = {k: v for k, v in self.half_open.items() if v is not sa}
+        if not sa.alive:
+            self.sas.pop(sa.local_spi, None)
+            self.half_open = {k: v for k, v in self.half_open.items() if v is not sa}
+            if (
+                state is not None
+                and state.wanted
+                and sa.initiator
+                and state.retry_at is None
+                and self._sa_for(sa.peer_name) is None
+            ):
+                state.retry_at = now + self.policy.retry_pause
