@@ -149,3 +149,50 @@ def test_manual_peers_are_ignored(fake_codec):
     manual.manual = object()
     mgr = IkeManager(config(peer(), manual), 0.0)
     assert [s["peer"] for s in mgr.status()] == ["east"]
+
+
+def test_responder_answers_retransmitted_request_from_cache(monkeypatch, fake_codec):
+    calls = []
+
+    def handler(sa, message, now):
+        calls.append(message.message_id)
+        return []
+
+    monkeypatch.setattr(base, "responder_for", lambda exchange: handler)
+    monkeypatch.setattr(
+        base,
+        "decode",
+        lambda sa, data, header: base.Incoming(
+            header.spi_i, header.spi_r, header.exchange, header.message_id, False, [], data
+        ),
+    )
+    sa = IkeSa(
+        peer(),
+        False,
+        ("192.0.2.1", 4500),
+        ("192.0.2.2", 4500),
+        4500,
+        RetransmitPolicy(),
+        0.0,
+        spi_i=1,
+        spi_r=2,
+        state=IkeState.ESTABLISHED,
+    )
+    sa.expected_request_id = 2
+
+    def request(mid):
+        return base.Header(1, 2, base.INFORMATIONAL, mid, True, False)
+
+    sa.receive(b"req2", request(2), sa.local, sa.remote, 1.0)
+    first = list(sa.outgoing)
+    assert len(first) == 1 and first[0].marker is True  # IKE on 4500 carries the marker
+    sa.outgoing.clear()
+    sa.receive(b"req2", request(2), sa.local, sa.remote, 2.0)  # retransmission
+    assert [d.data for d in sa.outgoing] == [first[0].data]
+    assert calls == [2]  # processed once
+    assert sa.counters["retransmit_answered"] == 1
+    sa.outgoing.clear()
+    sa.receive(b"old", request(0), sa.local, sa.remote, 3.0)  # replayed old id
+    sa.receive(b"future", request(7), sa.local, sa.remote, 3.0)
+    assert sa.outgoing == [] and calls == [2]
+    assert sa.counters["invalid_message_id"] == 2
