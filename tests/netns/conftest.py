@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns.topology import Topology
+from tests.netns.topology import Topology, install_sigterm_handler
 
 CHARON = "/usr/lib/ipsec/charon"
 NETNS_DIR = Path(__file__).resolve().parent
@@ -68,6 +68,11 @@ def strongswan_problem() -> str | None:
     if not plugin.exists():
         return f"{plugin} missing (install libcharon-extra-plugins)"
     return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI timeout, say) unwinds like Ctrl-C so namespaces get torn down."""
+    install_sigterm_handler()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -136,6 +136,14 @@ def kill_process_group(proc: subprocess.Popen[bytes], grace: float = 3.0) -> Non
         proc.wait(grace)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
 def install_sigterm_handler() -> None:
     """Make SIGTERM raise SystemExit so context managers and atexit hooks tear down.
 
@@ -794,6 +802,7 @@ class Topology:
     ) -> Capture:
         """Start ``tcpdump -w`` on ``ns``/``iface`` (BPF filter ``bpf``); returns when live."""
         pcap = Path(path) if path else self.log_path(f"{iface}.pcap")
+        pcap.parent.mkdir(parents=True, exist_ok=True)
         return Capture(self, ns, iface, bpf, pcap)
 
     def capture(
