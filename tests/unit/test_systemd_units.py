@@ -1,0 +1,144 @@
+"""systemd/ipsecd.service and ipsecd@.service: `systemd-analyze verify` and the hardening.
+
+``systemd-analyze verify`` (systemd-analyze(1)) loads a unit file the way PID 1
+would and reports unknown keys, bad values and missing executables.  Its exit
+status stays 0 for many of those ("…, ignoring"), so any diagnostic line that
+names the unit file fails the test too.  The units are copied to a temporary
+directory with ``/usr/local/bin/ipsecd`` replaced by an executable that exists
+here, so the check does not depend on ipsecd being installed system-wide.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+UNITS = Path(__file__).resolve().parents[2] / "systemd"
+INSTALLED_BINARY = "/usr/local/bin/ipsecd"
+UNIT_NAMES = ["ipsecd.service", "ipsecd@.service"]
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "false", "0", "no")
+
+
+def _systemd_analyze() -> str:
+    path = shutil.which("systemd-analyze") or (
+        "/usr/bin/systemd-analyze" if Path("/usr/bin/systemd-analyze").exists() else None
+    )
+    if path is None:
+        reason = "systemd-analyze not installed (scripts/setup-debian.sh installs systemd)"
+        if _in_ci():
+            pytest.fail(f"CI must verify the unit files, but: {reason}", pytrace=False)
+        pytest.skip(reason)
+    return path
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """Sections → key → values, in order (systemd.syntax(7): keys may repeat; no continuations)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        assert current is not None, f"assignment outside a section: {raw!r}"
+        assert not line.endswith("\\"), "line continuations are not expected in our units"
+        key, sep, value = line.partition("=")
+        assert sep, f"not an assignment: {raw!r}"
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def _unit(name: str) -> dict[str, dict[str, list[str]]]:
+    return parse_unit((UNITS / name).read_text())
+
+
+def _one(unit: dict[str, dict[str, list[str]]], section: str, key: str) -> str:
+    values = unit.get(section, {}).get(key)
+    assert values, f"[{section}] {key}= missing"
+    return values[-1]
+
+
+@pytest.mark.parametrize(
+    ("source", "instance"),
+    [("ipsecd.service", "ipsecd.service"), ("ipsecd@.service", "ipsecd@site-a.service")],
+)
+def test_systemd_analyze_verify(tmp_path: Path, source: str, instance: str) -> None:
+    analyze = _systemd_analyze()
+    text = (UNITS / source).read_text()
+    assert INSTALLED_BINARY in text
+    stand_in = Path(sys.executable).resolve()  # any existing executable will do
+    unit_path = tmp_path / instance
+    unit_path.write_text(text.replace(INSTALLED_BINARY, str(stand_in)))
+    result = subprocess.run(
+        [analyze, "verify", "--man=no", str(unit_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": ""},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    about_unit = [line for line in output.splitlines() if instance in line or str(tmp_path) in line]
+    assert about_unit == [], "\n".join(about_unit)
+
+
+@pytest.mark.parametrize("name", UNIT_NAMES)
+def test_notify_watchdog_restart_reload(name: str) -> None:
+    unit = _unit(name)
+    assert _one(unit, "Service", "Type") == "notify"
+    assert _one(unit, "Service", "NotifyAccess") == "main"
+    watchdog = _one(unit, "Service", "WatchdogSec")
+    assert watchdog.endswith("s") and int(watchdog[:-1]) > 0
+    assert _one(unit, "Service", "Restart") == "on-failure"
+    assert _one(unit, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"  # SIGHUP = reload
+    start = _one(unit, "Service", "ExecStart")
+    assert start.startswith(f"{INSTALLED_BINARY} run --config /etc/ipsecd/")
+    pre = _one(unit, "Service", "ExecStartPre")
+    assert pre.startswith(f"{INSTALLED_BINARY} check /etc/ipsecd/")
+    assert _one(unit, "Install", "WantedBy") == "multi-user.target"
+
+
+@pytest.mark.parametrize("name", UNIT_NAMES)
+def test_hardening(name: str) -> None:
+    unit = _unit(name)
+
+    def one(key: str) -> str:
+        return _one(unit, "Service", key)
+
+    assert one("NoNewPrivileges") == "yes"
+    assert one("ProtectSystem") == "strict"
+    assert one("ProtectHome") == "yes"
+    assert one("PrivateTmp") == "yes"
+    assert set(one("CapabilityBoundingSet").split()) == {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"}
+    assert set(one("RestrictAddressFamilies").split()) == {
+        "AF_INET",
+        "AF_INET6",
+        "AF_NETLINK",
+        "AF_UNIX",
+    }
+    assert one("DevicePolicy") == "closed"
+    assert unit["Service"]["DeviceAllow"] == ["/dev/net/tun rw"]
+
+
+def test_runtime_directory_holds_the_control_socket() -> None:
+    """ProtectSystem=strict leaves only RuntimeDirectory= writable for the control socket."""
+    from ipsecd.cli.ipsecctl import DEFAULT_SOCKET
+
+    plain = _unit("ipsecd.service")
+    assert _one(plain, "Service", "RuntimeDirectory") == "ipsecd"
+    assert _one(plain, "Service", "RuntimeDirectoryMode") == "0700"
+    assert DEFAULT_SOCKET.startswith("/run/ipsecd/")
+    template = _unit("ipsecd@.service")
+    assert _one(template, "Service", "RuntimeDirectory") == "ipsecd/%i"
+    assert _one(template, "Service", "RuntimeDirectoryMode") == "0700"
+    assert "%i" in _one(template, "Service", "ExecStart")
