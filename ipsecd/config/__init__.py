@@ -1,0 +1,33 @@
+"""ipsecd configuration: YAML file -> validated, immutable ``Config``.
+
+``load_config(path)`` is the one entry point the daemon and ``ipsecd check``
+use; every problem is a ``ConfigError`` reading ``FILE:LINE: key.path: message``.
+The schema is documented in ``etc/ipsecd.yaml`` and ``docs/configuration.md``.
+"""
+
+from ipsecd.config.errors import ConfigError
+from ipsecd.config.fields import parse_duration
+from ipsecd.config.loader import load_config, parse_config
+from ipsecd.config.schema import (
+    AuthConfig,
+    Config,
+    GatewayConfig,
+    Identity,
+    LogConfig,
+    ManualSaConfig,
+    PeerConfig,
+)
+
+__all__ = [
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "GatewayConfig",
+    "Identity",
+    "LogConfig",
+    "ManualSaConfig",
+    "PeerConfig",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+]

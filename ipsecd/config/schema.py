@@ -1,0 +1,198 @@
+"""The typed, immutable configuration the rest of ipsecd reads.
+
+Built only by the loader (``ipsecd.config.load_config``), after every value
+has been checked; code that receives a ``Config`` trusts it.  Secrets (the
+PSK, manual SA keys) live in fields with ``repr=False`` so logging a config
+object never prints them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ipsecd.crypto.proposals import Proposal
+from ipsecd.crypto.registry import EncrAlgorithm, IntegAlgorithm
+from ipsecd.selectors import TrafficSelector
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+# RFC 7296 §3.5 Identification payload ID types (the ones ipsecd configures).
+ID_TYPE_NUMBERS: dict[str, int] = {
+    "IPV4_ADDR": 1,
+    "FQDN": 2,
+    "RFC822_ADDR": 3,
+    "IPV6_ADDR": 5,
+    "KEY_ID": 11,
+}
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An IKE identity (RFC 7296 §3.5), written the way strongSwan writes them.
+
+    ``type`` is the RFC name without ``ID_`` (``IPV4_ADDR``, ``FQDN``, ...);
+    ``value`` is the text for addresses, FQDNs and e-mail addresses, raw bytes
+    for KEY_ID.  ``str()`` gives back text that ``Identity.parse`` accepts.
+    """
+
+    type: str
+    value: str | bytes
+
+    @classmethod
+    def parse(cls, text: str) -> Identity:
+        """strongSwan rules: IP literal, ``@#hex`` (KEY_ID), ``@fqdn``, ``user@host``, else FQDN.
+
+        Raises ValueError with an operator-readable message.
+        """
+        text = text.strip()
+        if not text:
+            raise ValueError("identity is empty")
+        if any(c.isspace() for c in text):
+            raise ValueError(f"identity {text!r} contains whitespace")
+        if text.startswith("@#"):
+            try:
+                data = bytes.fromhex(text[2:])
+            except ValueError:
+                raise ValueError(f"identity {text!r}: @# must be followed by hex digits") from None
+            if not data:
+                raise ValueError(f"identity {text!r}: @# must be followed by hex digits")
+            return cls("KEY_ID", data)
+        if text.startswith("@"):
+            name = text[1:]
+            if not name or "@" in name:
+                raise ValueError(f"identity {text!r}: write @host.example or user@host.example")
+            return cls("FQDN", name)
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            pass
+        else:
+            return cls.from_address(address)
+        if "@" in text:
+            user, _, host = text.partition("@")
+            if not user or not host or "@" in host:
+                raise ValueError(f"identity {text!r} is not a valid user@host address")
+            return cls("RFC822_ADDR", text)
+        return cls("FQDN", text)
+
+    @classmethod
+    def from_address(cls, address: IpAddress) -> Identity:
+        return cls("IPV4_ADDR" if address.version == 4 else "IPV6_ADDR", str(address))
+
+    @property
+    def id_type(self) -> int:
+        """The ID Type number of the Identification payload."""
+        return ID_TYPE_NUMBERS[self.type]
+
+    @property
+    def data(self) -> bytes:
+        """The Identification Data as it goes on the wire."""
+        if isinstance(self.value, bytes):
+            return self.value
+        if self.type in ("IPV4_ADDR", "IPV6_ADDR"):
+            return ipaddress.ip_address(self.value).packed
+        return self.value.encode("utf-8")
+
+    def __str__(self) -> str:
+        if isinstance(self.value, bytes):
+            return "@#" + self.value.hex()
+        return self.value
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"  # debug | info | warning | error
+    format: str = "auto"  # auto | console | json
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    tun: str
+    mtu: int | None  # None: computed from the transform overhead
+    addresses: tuple[IpInterface, ...]
+    listen: tuple[IpAddress, ...]
+    port: int  # NAT-T / ESP-in-UDP (RFC 3948)
+    ike_port: int
+    control_socket: Path
+    metrics: tuple[str, int] | None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """IKE authentication with a pre-shared key (RFC 7296 §2.15)."""
+
+    psk: bytes = field(repr=False)
+    psk_file: Path
+    local_id: Identity
+    remote_id: Identity
+
+
+@dataclass(frozen=True)
+class ManualSaConfig:
+    """A static ESP SA pair without IKE (RFC 4301 §4.5).
+
+    ``key_in`` / ``key_out`` are the encryption keying material (key plus salt
+    for AEADs, RFC 4106 §8.1) followed by the integrity key, if any.
+    """
+
+    encr: EncrAlgorithm
+    integ: IntegAlgorithm | None
+    esn: bool
+    spi_in: int
+    spi_out: int
+    key_in: bytes = field(repr=False)
+    key_out: bytes = field(repr=False)
+    key_file: Path
+
+    @property
+    def key_len(self) -> int:
+        """Bytes of keying material per direction."""
+        return self.encr.keymat_len + (self.integ.key_len if self.integ else 0)
+
+    def split(self, key: bytes) -> tuple[bytes, bytes]:
+        """``key`` -> (encryption keymat incl. salt, integrity key)."""
+        n = self.encr.keymat_len
+        return key[:n], key[n:]
+
+    @property
+    def keys_in(self) -> tuple[bytes, bytes]:
+        """(encr_keymat, integ_key) of the inbound SA."""
+        return self.split(self.key_in)
+
+    @property
+    def keys_out(self) -> tuple[bytes, bytes]:
+        """(encr_keymat, integ_key) of the outbound SA."""
+        return self.split(self.key_out)
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    name: str
+    remote_address: IpAddress
+    remote_port: int
+    local_address: IpAddress
+    start: str  # initiate | respond | trap
+    local_ts: tuple[TrafficSelector, ...]
+    remote_ts: tuple[TrafficSelector, ...]
+    ike_proposals: tuple[Proposal, ...]  # empty for manual peers
+    esp_proposals: tuple[Proposal, ...]  # empty for manual peers
+    auth: AuthConfig | None  # None iff manual is set
+    manual: ManualSaConfig | None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    log: LogConfig
+    gateway: GatewayConfig
+    peers: tuple[PeerConfig, ...]
+
+    def peer(self, name: str) -> PeerConfig:
+        """The peer called ``name``; KeyError if there is none."""
+        for peer in self.peers:
+            if peer.name == name:
+                return peer
+        raise KeyError(f"no peer named {name!r}")

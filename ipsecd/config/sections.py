@@ -1,0 +1,293 @@
+"""The config schema as tables, and the checks that span several keys.
+
+Each section of the YAML file is one ``Section`` table below; adding an
+option is adding a ``Field`` line here and a field to the dataclass in
+``schema.py``.  ``build_config`` turns the read tables into ``Config`` and
+performs the checks a single field cannot: local address vs. listen
+addresses, auth vs. manual, unique names, SPIs and remote endpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ipsecd.config.fields import (
+    REQUIRED,
+    At,
+    Field,
+    Section,
+    Values,
+    auto_or,
+    boolean,
+    choice,
+    file_path,
+    host_port,
+    identity,
+    integer,
+    ip_address,
+    ip_interface,
+    list_of,
+    optional,
+    port,
+    prefix,
+    proposal,
+    section,
+    socket_path,
+    spi,
+    text,
+)
+from ipsecd.config.schema import (
+    AuthConfig,
+    Config,
+    GatewayConfig,
+    Identity,
+    LogConfig,
+    ManualSaConfig,
+    PeerConfig,
+)
+from ipsecd.config.secretfiles import decode_psk, read_key_file, read_secret_file
+from ipsecd.crypto.proposals import Proposal, parse_proposal
+
+DEFAULT_IKE_PROPOSALS = ("aes256gcm16-prfsha256-x25519", "aes128-sha256-ecp256")
+DEFAULT_ESP_PROPOSALS = ("aes256gcm16", "aes128-sha256")
+DEFAULT_CONTROL_SOCKET = "/run/ipsecd/ipsecd.sock"
+
+PEER_NAME = r"[A-Za-z0-9_.-]+"
+TUN_NAME = r"[A-Za-z0-9_.-]{1,15}"  # IFNAMSIZ - 1; no '/', no whitespace
+
+
+def manual_algorithm() -> Any:
+    """One ESP transform set for a static SA: exactly one cipher (+ one integrity if not AEAD)."""
+    as_proposal = proposal("esp")
+
+    def convert(value: Any, at: At) -> Proposal:
+        p = as_proposal(value, at)
+        tokens = p.text.lower().split("-")
+        if len(p.encryption) != 1 or len(p.integrity) > 1:
+            raise at.error(
+                f"{p.text!r}: a manual SA uses exactly one cipher (and one integrity algorithm"
+                " unless the cipher is an AEAD), e.g. aes128gcm16 or aes128-sha256"
+            )
+        if p.ke:
+            raise at.error(f"{p.text!r}: a manual SA has no key exchange; drop {p.ke[0].name}")
+        if "esn" in tokens or "noesn" in tokens:
+            raise at.error(f"{p.text!r}: write esn: true or esn: false instead of an esn token")
+        return p
+
+    return convert
+
+
+LOG = Section(
+    Field("level", choice("debug", "info", "warning", "error"), "info"),
+    Field("format", choice("auto", "console", "json"), "auto"),
+)
+
+GATEWAY = Section(
+    Field("tun", text(TUN_NAME, "a device name (letters, digits, _.-)", max_len=15), "ipsec0"),
+    Field("mtu", auto_or(integer(576, 9000)), None),
+    Field("addresses", list_of(ip_interface(), unique=True), ()),
+    Field("listen", list_of(ip_address(), min_items=1, unique=True), REQUIRED),
+    Field("port", port(), 4500),
+    Field("ike_port", port(), 500),
+    Field("control_socket", socket_path(), Path(DEFAULT_CONTROL_SOCKET)),
+    Field("metrics", optional(host_port()), None),
+)
+
+DEFAULT_IKE = tuple(parse_proposal(p, "ike") for p in DEFAULT_IKE_PROPOSALS)
+DEFAULT_ESP = tuple(parse_proposal(p, "esp") for p in DEFAULT_ESP_PROPOSALS)
+
+IKE = Section(Field("proposals", list_of(proposal("ike"), min_items=1), DEFAULT_IKE))
+ESP = Section(Field("proposals", list_of(proposal("esp"), min_items=1), DEFAULT_ESP))
+
+AUTH = Section(
+    Field("psk_file", file_path(), REQUIRED),
+    Field("local_id", identity(), None),
+    Field("remote_id", identity(), None),
+)
+
+MANUAL = Section(
+    Field("algorithm", manual_algorithm(), REQUIRED),
+    Field("esn", boolean(), False),
+    Field("spi_in", spi(), REQUIRED),
+    Field("spi_out", spi(), REQUIRED),
+    Field("key_file", file_path(), REQUIRED),
+)
+
+PEER = Section(
+    Field("name", text(PEER_NAME, "a peer name (letters, digits, _.-)"), REQUIRED),
+    Field("remote_address", ip_address(), REQUIRED),
+    Field("remote_port", port(), 500),
+    Field("local_address", ip_address(), None),
+    Field("start", choice("initiate", "respond", "trap"), "initiate"),
+    Field("local_ts", list_of(prefix(), min_items=1, unique=True), REQUIRED),
+    Field("remote_ts", list_of(prefix(), min_items=1, unique=True), REQUIRED),
+    Field("ike", section(IKE), None),
+    Field("esp", section(ESP), None),
+    Field("auth", section(AUTH), None),
+    Field("manual", section(MANUAL), None),
+)
+
+TOP = Section(
+    Field("log", section(LOG), None),
+    Field("gateway", section(GATEWAY), REQUIRED),
+    Field("peers", list_of(section(PEER), min_items=1), REQUIRED),
+    what="a mapping at the top level",
+)
+
+
+def _build_gateway(v: Values) -> GatewayConfig:
+    if v["port"] == v["ike_port"]:
+        raise v.at("ike_port").error(
+            f"ike_port and port are both {v['port']}; IKE needs its own port (500) besides the"
+            " NAT-T port (4500)"
+        )
+    return GatewayConfig(
+        tun=v["tun"],
+        mtu=v["mtu"],
+        addresses=v["addresses"],
+        listen=v["listen"],
+        port=v["port"],
+        ike_port=v["ike_port"],
+        control_socket=v["control_socket"],
+        metrics=v["metrics"],
+    )
+
+
+def _build_manual(v: Values) -> ManualSaConfig:
+    algorithm: Proposal = v["algorithm"]
+    encr = algorithm.encryption[0]
+    integ = algorithm.integrity[0] if algorithm.integrity else None
+    key_in, key_out = read_key_file(v["key_file"], v.at("key_file"), encr, integ)
+    return ManualSaConfig(
+        encr=encr,
+        integ=integ,
+        esn=v["esn"],
+        spi_in=v["spi_in"],
+        spi_out=v["spi_out"],
+        key_in=key_in,
+        key_out=key_out,
+        key_file=v["key_file"],
+    )
+
+
+def _build_auth(v: Values, local: Any, remote: Any) -> AuthConfig:
+    psk_file = v["psk_file"]
+    at = v.at("psk_file")
+    psk = decode_psk(read_secret_file(psk_file, "psk", at), psk_file, at)
+    return AuthConfig(
+        psk=psk,
+        psk_file=psk_file,
+        local_id=v["local_id"] or Identity.from_address(local),
+        remote_id=v["remote_id"] or Identity.from_address(remote),
+    )
+
+
+def _build_peer(v: Values, gateway: GatewayConfig) -> PeerConfig:
+    name, remote = v["name"], v["remote_address"]
+    local = v["local_address"]
+    if local is None:
+        local = next((a for a in gateway.listen if a.version == remote.version), None)
+        if local is None:
+            raise v.at("remote_address").error(
+                f"peer {name!r}: {remote} is IPv{remote.version} but gateway.listen has no"
+                f" IPv{remote.version} address; add one or set local_address"
+            )
+    elif local not in gateway.listen:
+        listen = ", ".join(str(a) for a in gateway.listen)
+        raise v.at("local_address").error(
+            f"{local} is not one of gateway.listen ({listen}); ipsecd only sends from addresses"
+            " it listens on"
+        )
+    elif local.version != remote.version:
+        raise v.at("local_address").error(
+            f"{local} is IPv{local.version} but remote_address {remote} is IPv{remote.version}"
+        )
+
+    auth = manual = None
+    ike: tuple[Proposal, ...] = ()
+    esp: tuple[Proposal, ...] = ()
+    if v["manual"] is not None:
+        manual_line = v.at("manual").line
+        for key in ("auth", "ike", "esp", "start"):
+            if v.given(key):
+                raise v.at(key).error(
+                    f"peer {name!r} uses static SAs (manual: at line {manual_line}), which"
+                    f" take no {key}; remove one of the two"
+                )
+        manual = _build_manual(v["manual"])
+    elif v["auth"] is None:
+        raise v.here.error(
+            f"peer {name!r} needs an auth: section (IKE with a PSK) or a manual: section"
+            " (static SAs)"
+        )
+    else:
+        auth = _build_auth(v["auth"], local, remote)
+        ike = v["ike"]["proposals"] if v["ike"] is not None else DEFAULT_IKE
+        esp = v["esp"]["proposals"] if v["esp"] is not None else DEFAULT_ESP
+    return PeerConfig(
+        name=name,
+        remote_address=remote,
+        remote_port=v["remote_port"],
+        local_address=local,
+        start=v["start"],
+        local_ts=v["local_ts"],
+        remote_ts=v["remote_ts"],
+        ike_proposals=ike,
+        esp_proposals=esp,
+        auth=auth,
+        manual=manual,
+    )
+
+
+def _also_used(at: At, what: str, first: Values) -> Exception:
+    return at.error(
+        f"{what} is also used by peer {first['name']!r} ({first.here.path}, line {first.here.line})"
+    )
+
+
+def _check_unique(peers: tuple[Values, ...], built: list[PeerConfig]) -> None:
+    """Names, remote endpoints and SPIs identify a peer or an SA: each must be unique.
+
+    Inbound SPIs are unique gateway-wide (the SA lookup of RFC 4301 §4.1 goes by
+    SPI); outbound SPIs only per remote address (the peer's own lookup).
+    """
+    names: dict[str, Values] = {}
+    remotes: dict[tuple[Any, int], Values] = {}
+    spis_in: dict[int, Values] = {}
+    spis_out: dict[tuple[Any, int], Values] = {}
+    for v, peer in zip(peers, built, strict=True):
+        if peer.name in names:
+            raise _also_used(v.at("name"), f"peer name {peer.name!r}", names[peer.name])
+        names[peer.name] = v
+        endpoint = (peer.remote_address, peer.remote_port)
+        if endpoint in remotes:
+            what = f"remote {peer.remote_address} port {peer.remote_port}"
+            raise _also_used(v.at("remote_address"), what, remotes[endpoint])
+        remotes[endpoint] = v
+        if peer.manual is None:
+            continue
+        m, mv = peer.manual, v["manual"]
+        if m.spi_in in spis_in:
+            raise _also_used(mv.at("spi_in"), f"spi_in {m.spi_in:#010x}", spis_in[m.spi_in])
+        spis_in[m.spi_in] = v
+        out = (peer.remote_address, m.spi_out)
+        if out in spis_out:
+            what = f"spi_out {m.spi_out:#010x} towards {peer.remote_address}"
+            raise _also_used(mv.at("spi_out"), what, spis_out[out])
+        spis_out[out] = v
+
+
+def build_config(tree: Any, file: str) -> Config:
+    """Validate a YAML tree (from ``yamltree.load_yaml``) and build the ``Config``."""
+    line = getattr(tree, "line", 1)
+    if tree is None:
+        raise At(file, "", 1).error(
+            "the file is empty; it needs at least a gateway: and a peers: section"
+        )
+    top = TOP.read(tree, At(file, "", line))
+    log = LogConfig(**top["log"]) if top["log"] is not None else LogConfig()
+    gateway = _build_gateway(top["gateway"])
+    peers = [_build_peer(v, gateway) for v in top["peers"]]
+    _check_unique(top["peers"], peers)
+    return Config(path=Path(file), log=log, gateway=gateway, peers=tuple(peers))
