@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Provision one ipsecd gateway: install ipsecd, write its config and PSK, start the service.
+#
+#   vagrant/provision.sh [options] ROLE          ROLE is left or right
+#
+# Vagrant runs it as root in each VM (see Vagrantfile).  The tests run the same script with
+# a temporary root and without systemd, then start the daemon themselves in a namespace:
+#
+#   IPSECD_NO_INSTALL=1 IPSECD_NO_SYSTEMD=1 IPSECD_PSK_SOURCE=/tmp/t/shared.psk \
+#       vagrant/provision.sh --root /tmp/t/left left
+#   ipsecd run --config /tmp/t/left/etc/ipsecd/ipsecd.yaml
+#
+# Options (each also an environment variable):
+#   --root DIR          IPSECD_ROOT        prefix for every path written (default /)
+#   --etc DIR           IPSECD_ETC         config directory (default ROOT/etc/ipsecd)
+#   --run DIR           IPSECD_RUN         directory of the control socket (default ROOT/run/ipsecd,
+#                                          the unit's RuntimeDirectory)
+#   --psk-source FILE   IPSECD_PSK_SOURCE  the PSK both gateways share; created if missing
+#                                          (default vagrant/.psk in the source tree, gitignored)
+#   --no-install        IPSECD_NO_INSTALL=1  skip apt/pip (ipsecd already importable)
+#   --no-systemd        IPSECD_NO_SYSTEMD=1  skip the unit install and systemctl
+#   IPSECD_SRC  the ipsecd source tree (default: the parent of this script's directory)
+#
+# On success it prints the paths it wrote, one "name: path" per line.
+set -euo pipefail
+
+usage() {
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
+  exit "${1:-2}"
+}
+die() { echo "provision.sh: $*" >&2; exit 1; }
+say() { echo "provision.sh: $*" >&2; }
+truthy() { case "${1:-}" in 1|yes|true|on) return 0 ;; *) return 1 ;; esac; }
+
+SRC=${IPSECD_SRC:-$(cd "$(dirname "$0")/.." && pwd)}
+ROOT=${IPSECD_ROOT:-/}
+ETC=${IPSECD_ETC:-}
+RUN=${IPSECD_RUN:-}
+PSK_SOURCE=${IPSECD_PSK_SOURCE:-}
+NO_INSTALL=${IPSECD_NO_INSTALL:-0}
+NO_SYSTEMD=${IPSECD_NO_SYSTEMD:-0}
+ROLE=
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --root) ROOT=${2:?--root needs a directory}; shift 2 ;;
+    --root=*) ROOT=${1#*=}; shift ;;
+    --etc) ETC=${2:?--etc needs a directory}; shift 2 ;;
+    --etc=*) ETC=${1#*=}; shift ;;
+    --run) RUN=${2:?--run needs a directory}; shift 2 ;;
+    --run=*) RUN=${1#*=}; shift ;;
+    --psk-source) PSK_SOURCE=${2:?--psk-source needs a file}; shift 2 ;;
+    --psk-source=*) PSK_SOURCE=${1#*=}; shift ;;
+    --no-install) NO_INSTALL=1; shift ;;
+    --no-systemd) NO_SYSTEMD=1; shift ;;
+    -h|--help) usage 0 ;;
+    -*) echo "provision.sh: unknown option $1" >&2; usage ;;
+    *) [ -z "$ROLE" ] || die "one ROLE only (got $ROLE and $1)"; ROLE=$1; shift ;;
+  esac
+done
+
+[ -n "$ROLE" ] || usage
+TEMPLATE="$SRC/vagrant/templates/$ROLE.yaml"
+[ -f "$TEMPLATE" ] || die "no template for role '$ROLE' ($TEMPLATE); roles: $(
+  cd "$SRC/vagrant/templates" && ls ./*.yaml | sed 's|^\./||; s|\.yaml$||' | tr '\n' ' ')"
+
+ROOT=${ROOT%/}
+ETC=${ETC:-$ROOT/etc/ipsecd}
+RUN=${RUN:-$ROOT/run/ipsecd}
+PSK_SOURCE=${PSK_SOURCE:-$SRC/vagrant/.psk}
+case "$ETC$RUN" in *@*|*'|'*) die "paths may not contain '@' or '|': $ETC $RUN" ;; esac
+[ "$(id -u)" = 0 ] || truthy "$NO_SYSTEMD" || die "run as root (or with IPSECD_NO_SYSTEMD=1)"
+
+# -- 1. install ipsecd ---------------------------------------------------------------------------
+# A virtualenv in /opt/ipsecd (Debian 12's python is externally managed, PEP 668), with the
+# commands linked where the unit file expects them.  python-pytun builds a C extension.
+if ! truthy "$NO_INSTALL"; then
+  say "installing ipsecd from $SRC"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends \
+    python3 python3-venv python3-dev gcc libc6-dev iproute2 iputils-ping curl >/dev/null
+  [ -x /opt/ipsecd/bin/python ] || python3 -m venv /opt/ipsecd
+  /opt/ipsecd/bin/pip install -q --upgrade pip
+  # Copy the tree first: pip must not write build/ or *.egg-info into the synced folder.
+  build=$(mktemp -d)
+  trap 'rm -rf "$build"' EXIT
+  tar -C "$SRC" --exclude=.git --exclude=vagrant/.psk --exclude=.vagrant --exclude=build \
+    --exclude='*.egg-info' --exclude=__pycache__ --exclude=.ruff_cache -cf - . \
+    | tar -C "$build" -xf -
+  /opt/ipsecd/bin/pip install -q --upgrade "$build"
+  ln -sf /opt/ipsecd/bin/ipsecd /usr/local/bin/ipsecd
+  ln -sf /opt/ipsecd/bin/ipsecctl /usr/local/bin/ipsecctl
+fi
+
+if command -v ipsecd >/dev/null 2>&1; then
+  IPSECD=(ipsecd)
+else  # a source checkout (the tests): run the module from the tree
+  IPSECD=(env "PYTHONPATH=$SRC${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m ipsecd.cli.ipsecd)
+fi
+
+# -- 2. the shared PSK ---------------------------------------------------------------------------
+# Generated once (the Vagrantfile already does it on the host, because an rsync'ed synced folder
+# does not carry files back from a VM), then copied into each gateway's private file.  "0s"
+# marks base64, so the key is the 32 random bytes (strongSwan's convention).
+umask 077
+if [ ! -s "$PSK_SOURCE" ]; then
+  mkdir -p "$(dirname "$PSK_SOURCE")"
+  tmp="$PSK_SOURCE.$$"
+  printf '0s%s\n' "$(head -c 32 /dev/urandom | base64 -w0)" >"$tmp"
+  # Whoever comes first wins; a concurrent second provision keeps the first key.
+  mv -n "$tmp" "$PSK_SOURCE" 2>/dev/null || true
+  rm -f "$tmp"
+  say "generated a new PSK in $PSK_SOURCE"
+fi
+mkdir -p "$ETC"
+chmod 0700 "$ETC"
+install -m 0600 "$PSK_SOURCE" "$ETC/psk.secret"
+
+# -- 3. the config -------------------------------------------------------------------------------
+umask 022
+mkdir -p "$RUN"
+chmod 0700 "$RUN"
+sed -e "s|@ETC_DIR@|$ETC|g" -e "s|@RUN_DIR@|$RUN|g" "$TEMPLATE" >"$ETC/ipsecd.yaml.new"
+if grep -n '@[A-Z_]*@' "$ETC/ipsecd.yaml.new" >&2; then
+  die "unfilled placeholder in $TEMPLATE (above)"
+fi
+chmod 0644 "$ETC/ipsecd.yaml.new"
+if ! "${IPSECD[@]}" check "$ETC/ipsecd.yaml.new" >&2; then
+  rm -f "$ETC/ipsecd.yaml.new"
+  die "the config from $TEMPLATE does not validate; $ETC/ipsecd.yaml left as it was"
+fi
+mv -f "$ETC/ipsecd.yaml.new" "$ETC/ipsecd.yaml"
+
+# -- 4. systemd ----------------------------------------------------------------------------------
+if truthy "$NO_SYSTEMD"; then
+  say "IPSECD_NO_SYSTEMD set: not installing the unit; start it with:" \
+    "${IPSECD[*]} run --config $ETC/ipsecd.yaml"
+else
+  mkdir -p "$ROOT/etc/systemd/system" "$ROOT/etc/sysctl.d"
+  install -m 0644 "$SRC/systemd/ipsecd.service" "$ROOT/etc/systemd/system/ipsecd.service"
+  # Forward between the site network and the tunnel (a gateway, not just a host).
+  printf 'net.ipv4.ip_forward = 1\n' >"$ROOT/etc/sysctl.d/60-ipsecd.conf"
+  if [ "$ROOT" = "" ]; then
+    sysctl -q -p /etc/sysctl.d/60-ipsecd.conf
+    systemctl daemon-reload
+    systemctl enable --now ipsecd
+    # enable --now leaves a running daemon alone: restart it so a re-provision applies.
+    systemctl restart ipsecd
+    say "ipsecd is $(systemctl is-active ipsecd)"
+  else
+    say "--root $ROOT: unit installed there, systemctl not run"
+  fi
+fi
+
+echo "config: $ETC/ipsecd.yaml"
+echo "psk: $ETC/psk.secret"
+echo "control_socket: $RUN/ipsecd.sock"
