@@ -1,0 +1,130 @@
+"""vagrant/provision.sh, the config part: run against a temporary root without systemd or apt.
+
+The namespace stand-in for the two VMs (tests/netns) starts daemons from what this
+writes; here only the files are checked: both configs load, both gateways hold the
+same PSK in a private file, and a bad role or template is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ipsecd.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "vagrant" / "provision.sh"
+
+
+def _provision(
+    role: str, root: Path, psk_source: Path, src: Path = REPO
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "IPSECD_NO_INSTALL": "1",
+        "IPSECD_NO_SYSTEMD": "1",
+        "IPSECD_PSK_SOURCE": str(psk_source),
+        "IPSECD_SRC": str(src),
+        "PYTHON": sys.executable,
+    }
+    return subprocess.run(
+        ["bash", str(SCRIPT), "--root", str(root), role],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def _paths(stdout: str) -> dict[str, Path]:
+    return {k: Path(v.strip()) for k, _, v in (line.partition(":") for line in stdout.splitlines())}
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_both_roles_write_loadable_configs_with_one_psk(tmp_path: Path) -> None:
+    shared = tmp_path / "shared.psk"
+    left = _provision("left", tmp_path / "left", shared)
+    assert left.returncode == 0, left.stderr
+    right = _provision("right", tmp_path / "right", shared)
+    assert right.returncode == 0, right.stderr
+
+    lp, rp = _paths(left.stdout), _paths(right.stdout)
+    assert lp["config"] == tmp_path / "left/etc/ipsecd/ipsecd.yaml"
+    assert lp["control_socket"] == tmp_path / "left/run/ipsecd/ipsecd.sock"
+
+    assert shared.read_text().startswith("0s") and _mode(shared) == 0o600
+    for paths in (lp, rp):
+        assert paths["psk"].read_bytes() == shared.read_bytes()
+        assert _mode(paths["psk"]) == 0o600
+        assert _mode(paths["config"].parent) == 0o700
+
+    lc, rc = load_config(lp["config"]), load_config(rp["config"])
+    assert lc.peers[0].auth.psk == rc.peers[0].auth.psk
+    assert len(lc.peers[0].auth.psk) == 32  # 0s = base64 of 32 random bytes
+    assert lc.gateway.control_socket == lp["control_socket"]
+    assert rc.gateway.control_socket == rp["control_socket"]
+    assert [str(a) for a in lc.gateway.listen] == ["192.0.2.1"]
+    assert [str(a) for a in rc.gateway.listen] == ["192.0.2.2"]
+    assert (lc.peers[0].name, rc.peers[0].name) == ("right", "left")
+    assert str(lc.peers[0].remote_address) == "192.0.2.2"
+    assert str(rc.peers[0].remote_address) == "192.0.2.1"
+    assert lc.peers[0].local_ts == rc.peers[0].remote_ts
+    assert lc.peers[0].remote_ts == rc.peers[0].local_ts
+    assert (lc.peers[0].start, rc.peers[0].start) == ("initiate", "respond")
+    assert lc.gateway.metrics == ("127.0.0.1", 9810)
+    # No systemd step: nothing outside the config and run directories.
+    assert not (tmp_path / "left/etc/systemd").exists()
+
+
+def test_existing_psk_is_kept_and_reprovision_is_idempotent(tmp_path: Path) -> None:
+    shared = tmp_path / "shared.psk"
+    shared.write_text("0sAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n")
+    shared.chmod(0o600)
+    for _ in range(2):
+        result = _provision("left", tmp_path / "left", shared)
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "left/etc/ipsecd/psk.secret").read_bytes() == shared.read_bytes()
+
+
+def test_unknown_role_is_refused(tmp_path: Path) -> None:
+    result = _provision("middle", tmp_path / "x", tmp_path / "shared.psk")
+    assert result.returncode != 0
+    assert "no template for role 'middle'" in result.stderr
+    assert "left" in result.stderr and "right" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_invalid_template_keeps_the_previous_config(tmp_path: Path) -> None:
+    """A template that fails `ipsecd check` is refused; the running config file stays."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "vagrant", src / "vagrant")
+    shutil.copytree(REPO / "ipsecd", src / "ipsecd")
+    shared = tmp_path / "shared.psk"
+    ok = _provision("left", tmp_path / "left", shared, src=src)
+    assert ok.returncode == 0, ok.stderr
+    config = tmp_path / "left/etc/ipsecd/ipsecd.yaml"
+    before = config.read_text()
+    template = src / "vagrant/templates/left.yaml"
+    template.write_text(template.read_text().replace("start: initiate", "start: sometimes"))
+    bad = _provision("left", tmp_path / "left", shared, src=src)
+    assert bad.returncode != 0
+    assert "does not validate" in bad.stderr
+    assert "sometimes" in bad.stderr  # the loader's message reaches the operator
+    assert config.read_text() == before
+    assert not config.with_suffix(".yaml.new").exists()
+
+
+@pytest.mark.parametrize("role", ["left", "right"])
+def test_templates_have_only_known_placeholders(role: str) -> None:
+    text = (REPO / "vagrant" / "templates" / f"{role}.yaml").read_text()
+    assert set(re.findall(r"@[A-Z_]+@", text)) == {"@ETC_DIR@", "@RUN_DIR@"}
