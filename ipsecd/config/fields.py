@@ -104,6 +104,8 @@ class Values(Mapping[str, Any]):
 def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
     """`` (did you mean 'x'?)`` or a list of the valid choices."""
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if not close and len(word) >= 3:  # `psk` for `psk_file`, `proposal` for `proposals`
+        close = [c for c in choices if c.startswith(word) or word.startswith(c)][:1]
     if close:
         return f"did you mean {close[0]!r}?"
     return "expected one of: " + ", ".join(choices)
@@ -195,10 +197,10 @@ def text(
 
     def convert(value: Any, at: At) -> str:
         s = _expect_str(value, at, what)
-        if regex is not None and not regex.fullmatch(s):
-            raise at.error(f"{s!r} is not {what}")
         if max_len is not None and len(s) > max_len:
             raise at.error(f"{s!r} is longer than {max_len} characters")
+        if regex is not None and not regex.fullmatch(s):
+            raise at.error(f"{s!r} is not {what}")
         return s
 
     return convert

@@ -42,8 +42,8 @@ def read_secret_file(path: Path, what: str, at: At) -> bytes:
         raise at.error(f"{what} file {path} does not exist") from None
     except OSError as exc:
         raise at.error(f"cannot open {what} file {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())  # the file we opened, not whatever the path points to now
+    try:
+        st = os.fstat(fd)  # the file we opened, not whatever the path points to now
         if not stat.S_ISREG(st.st_mode):
             raise at.error(f"{what} file {path} is not a regular file")
         mode = stat.S_IMODE(st.st_mode)
@@ -52,7 +52,14 @@ def read_secret_file(path: Path, what: str, at: At) -> bytes:
                 f"{what} file {path} is {_exposure(mode)} by group/others (mode {mode:04o});"
                 " chmod 600 it"
             )
-        data = f.read(MAX_SECRET_FILE + 1)
+        chunks = []
+        while chunk := os.read(fd, MAX_SECRET_FILE + 1):
+            chunks.append(chunk)
+            if sum(map(len, chunks)) > MAX_SECRET_FILE:
+                break
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
     if len(data) > MAX_SECRET_FILE:
         raise at.error(f"{what} file {path} is larger than {MAX_SECRET_FILE} bytes")
     return data

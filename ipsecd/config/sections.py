@@ -54,7 +54,7 @@ DEFAULT_ESP_PROPOSALS = ("aes256gcm16", "aes128-sha256")
 DEFAULT_CONTROL_SOCKET = "/run/ipsecd/ipsecd.sock"
 
 PEER_NAME = r"[A-Za-z0-9_.-]+"
-TUN_NAME = r"[A-Za-z0-9_.-]{1,15}"  # IFNAMSIZ - 1; no '/', no whitespace
+TUN_NAME = r"[A-Za-z0-9_.-]+"  # at most IFNAMSIZ - 1 = 15; no '/', no whitespace
 
 
 def manual_algorithm() -> Any:

@@ -38,21 +38,43 @@ def _line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 
 
+def _key_text(key_node: yaml.Node) -> str:
+    if not isinstance(key_node, yaml.ScalarNode):
+        raise yaml.constructor.ConstructorError(
+            None, None, "a mapping key must be a plain name", key_node.start_mark
+        )
+    return str(key_node.value)  # the text as written: `yes:` stays "yes", `1:` stays "1"
+
+
 def _construct_mapping(loader: yaml.BaseLoader, node: yaml.MappingNode) -> LineMap:
-    if isinstance(loader, yaml.SafeLoader):
-        loader.flatten_mapping(node)  # resolve YAML merge keys (<<: *anchor)
     result = LineMap(_line(node))
+    sources: list[LineMap] = []
     for key_node, value_node in node.value:
-        if not isinstance(key_node, yaml.ScalarNode):
-            raise yaml.constructor.ConstructorError(
-                None, None, "a mapping key must be a plain name", key_node.start_mark
-            )
-        key = str(key_node.value)  # the text as written: `yes:` stays "yes", `1:` stays "1"
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` (SafeLoader only)
+            nodes = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for source in nodes:
+                if not isinstance(source, yaml.MappingNode):
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        "<< must merge a mapping or a list of mappings",
+                        source.start_mark,
+                    )
+                sources.append(loader.construct_object(source, deep=True))
+            continue
+        key = _key_text(key_node)
         if key in result:
             result.duplicates.append((key, _line(key_node)))
             continue
         result[key] = loader.construct_object(value_node, deep=True)
         result.lines[key] = _line(key_node)
+    # YAML merge keys: the mapping's own keys win, then earlier merge sources over later ones.
+    # Overriding a merged key is the point of merging, not a duplicate.
+    for source in sources:
+        for key, value in source.items():
+            if key not in result:
+                result[key] = value
+                result.lines[key] = source.lines[key]
     return result
 
 

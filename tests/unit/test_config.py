@@ -1,0 +1,374 @@
+"""Config loading: a complete file round trip, the example configs, identities, durations."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+
+import pytest
+
+from ipsecd.config import (
+    AuthConfig,
+    Config,
+    GatewayConfig,
+    Identity,
+    LogConfig,
+    ManualSaConfig,
+    load_config,
+    parse_duration,
+)
+from ipsecd.crypto.registry import ENCRYPTION, INTEGRITY
+from ipsecd.selectors import TrafficSelector
+from tests.unit.test_config_support import (
+    BASE,
+    PSK,
+    parse,
+    write_keys,
+    write_secret,
+)
+
+ETC = Path(__file__).resolve().parents[2] / "etc"
+
+FULL = """\
+log:
+  level: debug
+  format: json
+gateway:
+  tun: vpn0
+  mtu: 1400
+  addresses: [10.1.0.1/24, "2001:db8:1::1/64"]
+  listen: [192.0.2.1, "2001:db8::1"]
+  port: 14500
+  ike_port: 1500
+  control_socket: /tmp/ipsecd.sock
+  metrics: "[::1]:9810"
+peers:
+  - name: site-b
+    remote_address: 192.0.2.2
+    remote_port: 4500
+    local_address: 192.0.2.1
+    start: respond
+    local_ts: [10.1.0.0/24, "2001:db8:1::/64"]
+    remote_ts:
+      - 10.2.0.0/24
+      - 10.3.0.7
+    ike:
+      proposals: [aes128gcm16-prfsha384-ecp384]
+    esp:
+      proposals: [chacha20poly1305, aes256-sha512-modp3072-esn]
+    auth:
+      psk_file: b.psk
+      local_id: "@gw-a.example.org"
+      remote_id: admin@example.org
+  - name: lab
+    remote_address: "2001:db8::2"
+    local_ts: ["2001:db8:1::/64"]
+    remote_ts: ["2001:db8:2::/64"]
+    manual:
+      algorithm: aes128-sha256
+      esn: true
+      spi_in: 0x1001
+      spi_out: "0x1002"
+      key_file: lab.keys
+"""
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_secret(tmp_path / "b.psk", PSK + b"\n")
+    return tmp_path
+
+
+def test_full_file_round_trip(in_tmp):
+    cbc_in = bytes(range(16)) + bytes(range(32, 64))  # aes128 key + sha256 key
+    cbc_out = bytes(range(100, 148))
+    write_keys(in_tmp / "lab.keys", cbc_in, cbc_out)
+    config = parse(FULL)
+
+    assert config.path == Path("t.yaml")
+    assert config.log == LogConfig("debug", "json")
+    assert config.gateway == GatewayConfig(
+        tun="vpn0",
+        mtu=1400,
+        addresses=(
+            ipaddress.ip_interface("10.1.0.1/24"),
+            ipaddress.ip_interface("2001:db8:1::1/64"),
+        ),
+        listen=(ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("2001:db8::1")),
+        port=14500,
+        ike_port=1500,
+        control_socket=Path("/tmp/ipsecd.sock"),
+        metrics=("::1", 9810),
+    )
+    b, lab = config.peers
+    assert config.peer("lab") is lab
+    assert b.name == "site-b"
+    assert b.remote_address == ipaddress.ip_address("192.0.2.2")
+    assert (b.remote_port, b.local_address, b.start) == (
+        4500,
+        ipaddress.ip_address("192.0.2.1"),
+        "respond",
+    )
+    assert b.local_ts == (
+        TrafficSelector.from_prefix("10.1.0.0/24"),
+        TrafficSelector.from_prefix("2001:db8:1::/64"),
+    )
+    assert b.remote_ts == (
+        TrafficSelector.from_prefix("10.2.0.0/24"),
+        TrafficSelector.from_prefix("10.3.0.7/32"),
+    )
+    assert [str(p) for p in b.ike_proposals] == ["aes128gcm16-prfsha384-ecp384"]
+    assert [p.encryption[0].name for p in b.esp_proposals] == ["chacha20poly1305", "aes256"]
+    assert b.esp_proposals[1].esn == (True,)
+    assert b.auth == AuthConfig(
+        psk=PSK,
+        psk_file=Path("b.psk"),
+        local_id=Identity("FQDN", "gw-a.example.org"),
+        remote_id=Identity("RFC822_ADDR", "admin@example.org"),
+    )
+    assert b.manual is None
+
+    assert lab.local_address == ipaddress.ip_address("2001:db8::1")  # first IPv6 listen
+    assert (lab.remote_port, lab.start) == (500, "initiate")
+    assert lab.auth is None and lab.ike_proposals == () and lab.esp_proposals == ()
+    assert lab.manual == ManualSaConfig(
+        encr=ENCRYPTION["aes128"],
+        integ=INTEGRITY["sha256"],
+        esn=True,
+        spi_in=0x1001,
+        spi_out=0x1002,
+        key_in=cbc_in,
+        key_out=cbc_out,
+        key_file=Path("lab.keys"),
+    )
+    assert lab.manual.keys_in == (bytes(range(16)), bytes(range(32, 64)))
+    assert lab.manual.keys_out == (cbc_out[:16], cbc_out[16:])
+    assert lab.manual.key_len == 48
+
+
+def test_defaults():
+    config = parse(BASE)
+    assert config.log == LogConfig("info", "auto")
+    gw = config.gateway
+    assert (gw.tun, gw.mtu, gw.addresses, gw.port, gw.ike_port, gw.metrics) == (
+        "ipsec0",
+        None,
+        (),
+        4500,
+        500,
+        None,
+    )
+    assert gw.control_socket == Path("/run/ipsecd/ipsecd.sock")
+    (peer,) = config.peers
+    assert (peer.remote_port, peer.start) == (500, "initiate")
+    assert peer.local_address == ipaddress.ip_address("192.0.2.1")
+    assert [str(p) for p in peer.ike_proposals] == [
+        "aes256gcm16-prfsha256-x25519",
+        "aes128-sha256-ecp256",
+    ]
+    assert [str(p) for p in peer.esp_proposals] == ["aes256gcm16", "aes128-sha256"]
+    assert peer.auth.local_id == Identity("IPV4_ADDR", "192.0.2.1")
+    assert peer.auth.remote_id == Identity("IPV4_ADDR", "192.0.2.2")
+    assert peer.auth.psk == PSK  # stripped of the trailing newline
+
+
+def test_config_is_frozen_and_comparable():
+    a, b = parse(BASE), parse(BASE)
+    assert a == b  # the daemon's reload compares configs
+    with pytest.raises(AttributeError):
+        a.peers[0].name = "x"  # type: ignore[misc]
+    with pytest.raises(KeyError, match="no peer named 'nope'"):
+        a.peer("nope")
+
+
+def test_null_section_means_defaults():
+    assert parse("log:\n" + BASE).log == LogConfig()
+
+
+def test_merge_keys_and_anchors_work():
+    text = """\
+gateway:
+  listen: [192.0.2.1]
+peers:
+  - &b
+    name: site-b
+    remote_address: 192.0.2.2
+    local_ts: [10.1.0.0/24]
+    remote_ts: [10.2.0.0/24]
+    auth: {psk_file: b.psk}
+  - <<: *b
+    name: site-c
+    remote_address: 192.0.2.3
+"""
+    b, c = parse(text).peers
+    assert c.local_ts == b.local_ts and c.auth.psk == PSK
+    assert c.remote_address == ipaddress.ip_address("192.0.2.3")
+
+
+@pytest.mark.parametrize(
+    ("content", "psk"),
+    [
+        (b"  plain text key \n", b"plain text key"),
+        (
+            b"0x00112233445566778899aabbccddeeff\n",
+            bytes.fromhex("00112233445566778899aabbccddeeff"),
+        ),
+        (b"0X0011:2233\n", bytes.fromhex("00112233")),
+        (b"0sc2VjcmV0LWtleQ==\n", b"secret-key"),
+        (b"short", b"short"),  # strongSwan does not enforce a length either
+    ],
+)
+def test_psk_file_formats(in_tmp, content, psk):
+    write_secret(in_tmp / "b.psk", content, 0o400)
+    assert parse(BASE).peers[0].auth.psk == psk
+
+
+def test_relative_secret_paths_follow_the_config_file(tmp_path):
+    sub = tmp_path / "conf"
+    sub.mkdir()
+    (sub / "ipsecd.yaml").write_text(BASE)
+    write_secret(sub / "b.psk", "sub-dir key")
+    config = load_config(sub / "ipsecd.yaml")
+    assert config.peers[0].auth.psk == b"sub-dir key"
+    assert config.peers[0].auth.psk_file == sub / "b.psk"
+
+
+def test_secrets_never_in_repr(in_tmp):
+    write_keys(in_tmp / "lab.keys", bytes(range(48)), bytes(range(100, 148)))
+    config = parse(FULL)
+    text = repr(config) + str(config)
+    lab = config.peer("lab").manual
+    for secret in (PSK, lab.key_in, lab.key_out, *lab.keys_in, *lab.keys_out):
+        assert secret.hex() not in text
+        assert repr(secret) not in text
+    assert PSK.decode() not in text
+
+
+# -- example configs in etc/ ----------------------------------------------------------------
+
+
+def _install_examples(tmp_path: Path) -> None:
+    """Copy etc/*.yaml with /etc/ipsecd/ pointing at tmp_path, plus their secret files."""
+    for src in ETC.glob("*.yaml"):
+        text = src.read_text().replace("/etc/ipsecd/", f"{tmp_path}/")
+        (tmp_path / src.name).write_text(text)
+    for name in ("site-b.psk", "site-a-b.psk"):
+        write_secret(tmp_path / name, "0x" + "5a" * 32)
+    example = (ETC / "site.keys.example").read_text()
+    write_secret(tmp_path / "site-a.keys", example)
+    key_in = re.search(r"^in: (.*)$", example, re.M)[1]
+    key_out = re.search(r"^out: (.*)$", example, re.M)[1]
+    write_secret(tmp_path / "site-b.keys", f"in: {key_out}\nout: {key_in}\n")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ipsecd.yaml",
+        "site-a.psk.yaml",
+        "site-b.psk.yaml",
+        "site-a.manual.yaml",
+        "site-b.manual.yaml",
+    ],
+)
+def test_example_configs_load(tmp_path, name):
+    _install_examples(tmp_path)
+    config = load_config(tmp_path / name)
+    assert config.peers
+
+
+def test_example_sites_mirror_each_other(tmp_path):
+    _install_examples(tmp_path)
+    for kind in ("psk", "manual"):
+        a = load_config(tmp_path / f"site-a.{kind}.yaml").peers[0]
+        b = load_config(tmp_path / f"site-b.{kind}.yaml").peers[0]
+        assert (a.local_address, a.remote_address) == (b.remote_address, b.local_address)
+        assert (a.local_ts, a.remote_ts) == (b.remote_ts, b.local_ts)
+        if kind == "psk":
+            assert a.auth.psk == b.auth.psk
+            assert {a.start, b.start} == {"initiate", "respond"}
+        else:
+            assert (a.manual.spi_in, a.manual.spi_out) == (b.manual.spi_out, b.manual.spi_in)
+            assert (a.manual.key_in, a.manual.key_out) == (b.manual.key_out, b.manual.key_in)
+
+
+def test_reference_config_documents_every_key():
+    """etc/ipsecd.yaml is the operator's reference: every schema key appears in it."""
+    from ipsecd.config import sections
+
+    text = (ETC / "ipsecd.yaml").read_text()
+    doc = (ETC.parent / "docs" / "configuration.md").read_text()
+    for table in (
+        sections.LOG,
+        sections.GATEWAY,
+        sections.PEER,
+        sections.IKE,
+        sections.AUTH,
+        sections.MANUAL,
+    ):
+        for key in table.by_key:
+            assert re.search(rf"^\s*#?\s*(- )?{key}:", text, re.M), key
+            assert f"`{key}`" in doc, key
+
+
+# -- identities -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "type_", "id_type", "data", "shown"),
+    [
+        ("192.0.2.1", "IPV4_ADDR", 1, bytes([192, 0, 2, 1]), "192.0.2.1"),
+        ("2001:DB8::1", "IPV6_ADDR", 5, ipaddress.ip_address("2001:db8::1").packed, "2001:db8::1"),
+        ("@gw.example.org", "FQDN", 2, b"gw.example.org", "gw.example.org"),
+        ("gw.example.org", "FQDN", 2, b"gw.example.org", "gw.example.org"),
+        ("site-b", "FQDN", 2, b"site-b", "site-b"),
+        ("admin@example.org", "RFC822_ADDR", 3, b"admin@example.org", "admin@example.org"),
+        ("@#0a1B2c", "KEY_ID", 11, b"\x0a\x1b\x2c", "@#0a1b2c"),
+    ],
+)
+def test_identity_parse(text, type_, id_type, data, shown):
+    ident = Identity.parse(text)
+    assert (ident.type, ident.id_type, ident.data, str(ident)) == (type_, id_type, data, shown)
+    assert Identity.parse(str(ident)) == ident
+
+
+@pytest.mark.parametrize("text", ["", "@", "@#", "@#zz", "a b", "@a@b", "@x", "user@"])
+def test_identity_parse_rejects(text):
+    if text == "@x":  # a one-letter FQDN is fine
+        assert Identity.parse(text) == Identity("FQDN", "x")
+        return
+    with pytest.raises(ValueError):
+        Identity.parse(text)
+
+
+# -- durations (ready for rekey_time, dpd_delay, ...) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (0, 0),
+        (90, 90),
+        ("45", 45),
+        ("30s", 30),
+        ("5m", 300),
+        ("1h", 3600),
+        ("1d", 86400),
+        ("1h30m", 5400),
+        (" 2H ", 7200),
+    ],
+)
+def test_parse_duration(value, seconds):
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["", "1w", "1.5h", "-5", "h", "5 m", True, None, -1, 1.5])
+def test_parse_duration_rejects(value):
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+def test_config_type_is_exported():
+    assert Config.__dataclass_params__.frozen
