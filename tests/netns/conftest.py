@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns.topology import Topology, install_sigterm_handler
+from tests.netns.topology import Topology, cleanup_stale, install_sigterm_handler
 
 CHARON = "/usr/lib/ipsec/charon"
 NETNS_DIR = Path(__file__).resolve().parent
@@ -52,6 +52,7 @@ def netns_problem() -> str | None:
         return f"`ip netns` unavailable: {exc}"
     finally:
         subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=10)
+    cleanup_stale()  # namespaces of earlier runs that were SIGKILLed
     return None
 
 

@@ -70,6 +70,7 @@ HOST_B_IP = "10.2.0.2"
 DEFAULT_TIMEOUT = 30.0
 
 _LIVE: weakref.WeakSet[Topology] = weakref.WeakSet()
+_OWNERS = Path("/run/ipsecd-netns")  # <prefix> -> owner pid, for cleanup_stale()
 
 
 class CommandError(RuntimeError):
@@ -145,18 +146,64 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def install_sigterm_handler() -> None:
-    """Make SIGTERM raise SystemExit so context managers and atexit hooks tear down.
+    """Make SIGTERM raise KeyboardInterrupt so ``with`` blocks and atexit hooks tear down.
 
-    Only installed from the main thread and only if SIGTERM still has its default action.
+    KeyboardInterrupt (not SystemExit) so pytest stops the session instead of counting
+    one failed test and going on.  Only installed from the main thread and only if
+    SIGTERM still has its default action.
     """
     if threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
 
         def _raise(signum: int, _frame: object) -> None:
-            raise SystemExit(128 + signum)
+            raise KeyboardInterrupt(f"signal {signum}")
 
         signal.signal(signal.SIGTERM, _raise)
+
+
+def _kill_netns_pids(ns: str) -> None:
+    pids = run(None, "ip", "netns", "pids", ns, check=False, timeout=10).stdout
+    for pid in pids.split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def _delete_netns(ns: str) -> None:
+    for _ in range(20):
+        if run(None, "ip", "netns", "del", ns, check=False, timeout=10).returncode == 0:
+            return
+        if ns not in list_namespaces():
+            return
+        time.sleep(0.1)
+
+
+def cleanup_stale() -> list[str]:
+    """Delete namespaces left by topologies whose process died without teardown (SIGKILL).
+
+    Each live topology records its owner pid in ``/run/ipsecd-netns/<prefix>``; namespaces
+    of prefixes whose owner is gone are deleted.  Returns the names deleted.
+    """
+    deleted: list[str] = []
+    if not _OWNERS.is_dir():
+        return deleted
+    existing = list_namespaces()
+    for marker in _OWNERS.iterdir():
+        try:
+            pid = int(marker.read_text().split()[0])
+            os.kill(pid, 0)
+            continue  # owner alive
+        except ProcessLookupError:
+            pass
+        except (ValueError, IndexError, OSError):
+            continue
+        for ns in existing:
+            if ns.startswith(marker.name + "-"):
+                _kill_netns_pids(ns)
+                _delete_netns(ns)
+                deleted.append(ns)
+        marker.unlink(missing_ok=True)
+    return deleted
 
 
 @atexit.register
@@ -477,6 +524,8 @@ class Topology:
     def build(self) -> Topology:
         """Create namespaces, links, addresses, routes and sysctls."""
         _LIVE.add(self)
+        _OWNERS.mkdir(parents=True, exist_ok=True)
+        _OWNERS.joinpath(self.prefix).write_text(f"{os.getpid()}\n")
         try:
             self._build()
         except BaseException:
@@ -485,8 +534,8 @@ class Topology:
         return self
 
     def _add_ns(self, ns: str) -> None:
+        self._created.append(ns)  # first: an interrupt may land while `ip netns add` runs
         run(None, "ip", "netns", "add", ns)
-        self._created.append(ns)
         for key in ("all", "default"):
             run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
         run(None, "ip", "-n", ns, "link", "set", "lo", "up")
@@ -533,34 +582,46 @@ class Topology:
     def close(self, keep_workdir: bool = False) -> None:
         """Kill spawned processes and everything left in the namespaces; delete them.
 
-        Idempotent and safe to call from any failure path.  The work directory is removed
-        only if this object created it and ``keep_workdir`` is false.
+        Idempotent and safe to call from any failure path.  A KeyboardInterrupt (Ctrl-C,
+        or SIGTERM via :func:`install_sigterm_handler`) arriving meanwhile does not cut the
+        teardown short: it is re-raised once everything is gone.  The work directory is
+        removed only if this object created it and ``keep_workdir`` is false.
         """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
         _LIVE.discard(self)
+        interrupted: BaseException | None = None
+
+        def step(fn: object, *args: object) -> None:
+            nonlocal interrupted
+            try:
+                fn(*args)  # type: ignore[operator]
+            except KeyboardInterrupt as exc:
+                interrupted = interrupted or exc
+            except Exception:  # noqa: BLE001 - teardown goes on whatever fails
+                pass
+
         for proc in reversed(self._procs):
-            with contextlib.suppress(Exception):
-                kill_process_group(proc, grace=2.0)
+            step(kill_process_group, proc, 2.0)
         for ns in reversed(self._created):
-            with contextlib.suppress(Exception):
-                pids = run(None, "ip", "netns", "pids", ns, check=False, timeout=10).stdout
-                for pid in pids.split():
-                    with contextlib.suppress(ProcessLookupError, ValueError):
-                        os.kill(int(pid), signal.SIGKILL)
-            for _ in range(20):
-                with contextlib.suppress(Exception):
-                    if run(None, "ip", "netns", "del", ns, check=False, timeout=10).returncode == 0:
-                        break
-                    if ns not in list_namespaces():
-                        break
-                time.sleep(0.1)
+            step(_kill_netns_pids, ns)
+            step(_delete_netns, ns)
+        step(self._delete_strays)
+        step(_OWNERS.joinpath(self.prefix).unlink, True)
         if self._own_workdir and not keep_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            step(shutil.rmtree, self.workdir, True)
         elif keep_workdir:
             print(f"topology {self.prefix}: logs kept in {self.workdir}", file=sys.stderr)
+        if interrupted is not None:
+            raise interrupted
+
+    def _delete_strays(self) -> None:
+        for ns in list_namespaces():
+            if ns.startswith(self.prefix + "-"):
+                _kill_netns_pids(ns)
+                _delete_netns(ns)
 
     # -- processes ----------------------------------------------------------------------
 
