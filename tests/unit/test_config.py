@@ -10,7 +10,6 @@ import pytest
 
 from ipsecd.config import (
     AuthConfig,
-    Config,
     GatewayConfig,
     Identity,
     LogConfig,
@@ -334,11 +333,8 @@ def test_identity_parse(text, type_, id_type, data, shown):
     assert Identity.parse(str(ident)) == ident
 
 
-@pytest.mark.parametrize("text", ["", "@", "@#", "@#zz", "a b", "@a@b", "@x", "user@"])
+@pytest.mark.parametrize("text", ["", "@", "@#", "@#zz", "a b", "@a@b", "user@"])
 def test_identity_parse_rejects(text):
-    if text == "@x":  # a one-letter FQDN is fine
-        assert Identity.parse(text) == Identity("FQDN", "x")
-        return
     with pytest.raises(ValueError):
         Identity.parse(text)
 
@@ -368,7 +364,3 @@ def test_parse_duration(value, seconds):
 def test_parse_duration_rejects(value):
     with pytest.raises(ValueError):
         parse_duration(value)
-
-
-def test_config_type_is_exported():
-    assert Config.__dataclass_params__.frozen
