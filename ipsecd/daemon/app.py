@@ -20,6 +20,7 @@ from ipsecd.config import Config, PeerConfig, load_config
 from ipsecd.config.errors import ConfigError
 from ipsecd.daemon import logs
 from ipsecd.daemon.control import ControlServer
+from ipsecd.daemon.metrics import MetricsServer
 from ipsecd.daemon.sdnotify import Notifier
 from ipsecd.dataplane.mtu import tun_mtu
 from ipsecd.dataplane.processor import PacketProcessor
@@ -75,6 +76,7 @@ class Daemon:
         self._ike_timer: asyncio.TimerHandle | None = None
         self._stop = asyncio.Event()
         self._control: ControlServer | None = None
+        self._metrics: MetricsServer | None = None
         self.started_at = time.monotonic()
         self.counters: Counter[str] = Counter()
         self.last_error: dict[str, str] = {}
@@ -105,10 +107,10 @@ class Daemon:
                 proposals.extend(peer.esp_proposals)
         return min(tun_mtu(proposals, v) for v in versions or {4})
 
-    def _open(self) -> None:
+    async def _open(self) -> None:
         gw = self.config.gateway
         self.tun = TunDevice(gw.tun)
-        self.tun.configure(self.mtu(), gw.addresses)
+        await self.tun.configure(self.mtu(), gw.addresses)
         for address in gw.listen:
             for port in (gw.port, gw.ike_port):
                 sock = UdpSocket(str(address), port)
@@ -118,7 +120,7 @@ class Daemon:
         for peer in self.config.peers:
             for ts in peer.remote_ts:
                 for net in ts.networks():
-                    self.tun.add_route(net)
+                    await self.tun.add_route(net)
             if peer.manual is not None:
                 self.sad.install(manual_tunnel(self.config, peer))
                 self.log.info("manual SA installed", peer=peer.name)
@@ -245,16 +247,28 @@ class Daemon:
     async def run(self) -> int:
         self._loop = asyncio.get_running_loop()
         try:
-            self._open()
+            await self._open()
         except OSError as exc:
             self.log.error("cannot open the tunnel device or sockets", error=str(exc))
-            self._close()
+            await self._close()
             return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.stop)
         self._loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         self._control = ControlServer(Path(self.config.gateway.control_socket), self.handle_request)
         await self._control.start()
+        if self.config.gateway.metrics is not None:
+            from ipsecd.daemon.status import build_status
+
+            host, port = self.config.gateway.metrics
+            self._metrics = MetricsServer(host, port, lambda: build_status(self))
+            try:
+                await self._metrics.start()
+            except OSError as exc:
+                self.log.error("cannot open the metrics endpoint", error=str(exc))
+                await self._control.close()
+                await self._close()
+                return 1
         if self.ike is not None:
             self.ike.start(time.monotonic())
             self._pump_ike()
@@ -288,9 +302,11 @@ class Daemon:
             send_datagrams(self, self.ike.datagrams_to_send())
         if self._control is not None:
             await self._control.close()
-        self._close()
+        if self._metrics is not None:
+            await self._metrics.close()
+        await self._close()
 
-    def _close(self) -> None:
+    async def _close(self) -> None:
         if self._ike_timer is not None:
             self._ike_timer.cancel()
         for sock in self.sockets.values():
@@ -301,7 +317,7 @@ class Daemon:
         if self.tun is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self.tun.fd)
-            self.tun.close()
+            await self.tun.close()
             self.tun = None
 
 

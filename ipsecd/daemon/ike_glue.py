@@ -62,7 +62,10 @@ def child_tunnel(daemon: Daemon, peer_name: str, child: Any) -> TunnelSa:
         integ_key=child.integ_key_out,
         esn=child.esn,
     )
-    remote = getattr(child, "remote", None) or (str(peer.remote_address), daemon.config.gateway.port)
+    remote = getattr(child, "remote", None) or (
+        str(peer.remote_address),
+        daemon.config.gateway.port,
+    )
     return TunnelSa(
         peer=peer_name,
         inbound=inbound,
@@ -105,7 +108,9 @@ def apply_event(daemon: Daemon, event: Any) -> None:
         daemon.notifier.notify(status=daemon._status_line())
     elif isinstance(event, ev.IkeSaDeleted):
         for sa in daemon.sad.remove_peer(event.peer):
-            log.info("CHILD_SA removed with its IKE SA", peer=event.peer, spi_in=f"{sa.inbound.spi:08x}")
+            log.info(
+                "CHILD_SA removed with its IKE SA", peer=event.peer, spi_in=f"{sa.inbound.spi:08x}"
+            )
         log.info("IKE SA deleted", peer=event.peer, reason=event.reason)
         daemon.notifier.notify(status=daemon._status_line())
     elif isinstance(event, ev.IkeSaEstablished):

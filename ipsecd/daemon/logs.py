@@ -13,7 +13,12 @@ from typing import Any
 
 import structlog
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": 40}
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 _SECRET_WORDS = ("psk", "secret", "key_in", "key_out", "keymat", "password")
 _state: dict[str, Any] = {"format": "auto", "level": "info", "stream": None}
 
@@ -25,8 +30,18 @@ def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _filter_level(_logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Drop events below the current level; read at every call so set_level reaches
+    loggers bound before the change."""
+    if LEVELS.get(method, logging.INFO) < LEVELS[_state["level"]]:
+        raise structlog.DropEvent
+    return event
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     """(Re)configure structlog; ``fmt`` is auto, console or json."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown log level {level!r} (one of {', '.join(LEVELS)})")
     stream = stream or _state["stream"] or sys.stderr
     _state.update(format=fmt, level=level, stream=stream)
     console = fmt == "console" or (fmt == "auto" and stream.isatty())
@@ -37,13 +52,14 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     )
     structlog.configure(
         processors=[
+            _filter_level,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )

@@ -28,7 +28,10 @@ class Notifier:
     def notify(self, **fields: str | int) -> bool:
         if self._sock is None or self.address is None:
             return False
-        message = "\n".join(f"{k.upper()}={v}" for k, v in fields.items())
+        # A newline inside a value would start a new field: flatten it.
+        message = "\n".join(
+            f"{k.upper()}={str(v).replace(chr(10), ' ')}" for k, v in fields.items()
+        )
         try:
             self._sock.sendto(message.encode(), self.address)
         except OSError:
@@ -42,9 +45,10 @@ class Notifier:
         if not usec or (pid and pid != str(os.getpid())):
             return None
         try:
-            return int(usec) / 2_000_000
+            value = int(usec)
         except ValueError:
             return None
+        return value / 2_000_000 if value > 0 else None
 
     def close(self) -> None:
         if self._sock is not None:

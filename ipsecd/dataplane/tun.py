@@ -1,9 +1,10 @@
 """The TUN device: the kernel's side of the tunnel.
 
-Wraps python-pytun for opening the device and pyroute2 for its addresses, MTU
-and routes.  Reads and writes are batch-shaped (``read_batch``/``write_batch``)
-so the packet loop makes one Python call per burst even while each packet is
-still one system call underneath (wireguard-go's ``tun.Device`` shape).
+Wraps python-pytun for opening the device and pyroute2 (its asyncio API, since
+the daemon's event loop is running) for its addresses, MTU and routes.  Reads
+and writes are batch-shaped (``read_batch``/``write_batch``) so the packet loop
+makes one Python call per burst even while each packet is still one system
+call underneath (wireguard-go's ``tun.Device`` shape).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 from collections.abc import Iterable
 
 import pytun
-from pyroute2 import IPRoute
+from pyroute2 import AsyncIPRoute
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -28,31 +29,32 @@ class TunDevice:
         self.name: str = self._dev.name
         self.fd: int = self._dev.fileno()
         os.set_blocking(self.fd, False)
-        self._ipr = IPRoute()
-        self.index: int = self._ipr.link_lookup(ifname=self.name)[0]
+        self._ipr = AsyncIPRoute()
+        self.index = 0
         self._routes: list[IpNetwork] = []
         self.write_errors = 0
 
     # -- configuration (pyroute2) ---------------------------------------------------------
-    def configure(self, mtu: int, addresses: Iterable[IpInterface]) -> None:
+    async def configure(self, mtu: int, addresses: Iterable[IpInterface]) -> None:
         """Set MTU and addresses, then bring the link up."""
-        self._ipr.link("set", index=self.index, mtu=mtu)
+        self.index = (await self._ipr.link_lookup(ifname=self.name))[0]
+        await self._ipr.link("set", index=self.index, mtu=mtu)
         for iface in addresses:
-            self._ipr.addr(
+            await self._ipr.addr(
                 "add",
                 index=self.index,
                 address=str(iface.ip),
                 prefixlen=iface.network.prefixlen,
             )
-        self._ipr.link("set", index=self.index, state="up")
+        await self._ipr.link("set", index=self.index, state="up")
 
-    def set_mtu(self, mtu: int) -> None:
-        self._ipr.link("set", index=self.index, mtu=mtu)
+    async def set_mtu(self, mtu: int) -> None:
+        await self._ipr.link("set", index=self.index, mtu=mtu)
 
-    def add_route(self, network: IpNetwork) -> None:
+    async def add_route(self, network: IpNetwork) -> None:
         """Route ``network`` into the tunnel; replaces an existing route to the same prefix."""
         family = 2 if network.version == 4 else 10
-        self._ipr.route(
+        await self._ipr.route(
             "replace",
             dst=str(network.network_address),
             dst_len=network.prefixlen,
@@ -62,10 +64,10 @@ class TunDevice:
         if network not in self._routes:
             self._routes.append(network)
 
-    def remove_route(self, network: IpNetwork) -> None:
+    async def remove_route(self, network: IpNetwork) -> None:
         family = 2 if network.version == 4 else 10
         with contextlib.suppress(Exception):  # already gone (the link went down first)
-            self._ipr.route(
+            await self._ipr.route(
                 "del",
                 dst=str(network.network_address),
                 dst_len=network.prefixlen,
@@ -102,10 +104,10 @@ class TunDevice:
             except OSError:
                 self.write_errors += 1
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Remove our routes and the device (closing a non-persistent TUN deletes it)."""
         for network in list(self._routes):
-            self.remove_route(network)
+            await self.remove_route(network)
         try:
             self._dev.close()
         finally:

@@ -108,11 +108,6 @@ def test_set_level_changes_filtering_for_new_loggers() -> None:
     assert logs._state["level"] == "error"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="logs.get_logger() binds eagerly, so a logger obtained before set_level (Daemon.log, "
-    "created in __init__) keeps the old level: `ipsecctl log-level debug` has no effect on it",
-)
 def test_set_level_reaches_loggers_obtained_earlier() -> None:
     stream = io.StringIO()
     logs.configure("info", stream=stream)

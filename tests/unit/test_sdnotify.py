@@ -153,12 +153,6 @@ def test_no_watchdog(monkeypatch: pytest.MonkeyPatch, usec: str | None) -> None:
     assert Notifier().watchdog_interval() is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sdnotify.watchdog_interval accepts WATCHDOG_USEC <= 0 (returns 0.0 or a negative "
-    "interval, so the daemon loop would ping without pause); sd_watchdog_enabled(3) treats "
-    "a non-positive value as invalid",
-)
 @pytest.mark.parametrize("usec", ["0", "-5"])
 def test_non_positive_watchdog_usec_is_no_watchdog(
     monkeypatch: pytest.MonkeyPatch, usec: str
