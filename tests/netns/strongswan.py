@@ -179,9 +179,14 @@ def site_to_site(topo: Topology, **kwargs: object) -> tuple[SwanConnection, Swan
 
 
 def strongswan_conf(
-    directory: Path, retransmit_tries: int = 3, retransmit_timeout: float = 1.0
+    directory: Path,
+    retransmit_tries: int = 3,
+    retransmit_timeout: float = 1.0,
+    socket: Path | None = None,
 ) -> str:
-    """A self-contained strongswan.conf for a test charon whose files live in ``directory``."""
+    """A self-contained strongswan.conf for a test charon whose files live in ``directory``
+    (the vici socket at ``socket``, default ``directory/charon.vici``)."""
+    socket = socket or directory / "charon.vici"
     plugins = [p for p in PLUGINS if (PLUGIN_DIR / f"libstrongswan-{p}.so").exists()]
     return f"""\
 charon {{
@@ -225,7 +230,7 @@ charon {{
       load = no
     }}
     vici {{
-      socket = unix://{directory}/charon.vici
+      socket = unix://{socket}
     }}
   }}
 }}
@@ -309,9 +314,12 @@ class Charon:
         self.conf_path = self.dir / "strongswan.conf"
         self.swanctl_path = self.dir / "swanctl.conf"
         self.log = self.dir / "charon.log"
-        self.socket = self.dir / "charon.vici"
+        # Not in self.dir: a unix socket path must stay under 108 bytes.
+        self.socket = topo.socket_path(f"{ns.rsplit('-', 1)[-1]}-{self.dir.name[:3]}.vici")
         self.uri = f"unix://{self.socket}"
-        self.conf_path.write_text(strongswan_conf(self.dir, retransmit_tries, retransmit_timeout))
+        self.conf_path.write_text(
+            strongswan_conf(self.dir, retransmit_tries, retransmit_timeout, self.socket)
+        )
         self.env = {**os.environ, "STRONGSWAN_CONF": str(self.conf_path)}
         self.proc: subprocess.Popen[bytes] | None = None
         self.connections: list[SwanConnection] = []

@@ -485,6 +485,7 @@ class Topology:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"{self.prefix}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.rundir = Path(tempfile.gettempdir()) / self.prefix  # see socket_path()
         self._procs: list[subprocess.Popen[bytes]] = []
         self._created: list[str] = []
         self._closed = False
@@ -610,6 +611,7 @@ class Topology:
             step(_delete_netns, ns)
         step(self._delete_strays)
         step(_OWNERS.joinpath(self.prefix).unlink, True)
+        step(shutil.rmtree, self.rundir, True)
         if self._own_workdir and not keep_workdir:
             step(shutil.rmtree, self.workdir, True)
         elif keep_workdir:
@@ -622,6 +624,16 @@ class Topology:
             if ns.startswith(self.prefix + "-"):
                 _kill_netns_pids(ns)
                 _delete_netns(ns)
+
+    def socket_path(self, name: str) -> Path:
+        """A short path for a unix socket (``sun_path`` holds only 107 bytes, and pytest's
+        ``tmp_path`` alone can use most of them): ``/tmp/<prefix>/<name>``, removed at
+        teardown."""
+        self.rundir.mkdir(mode=0o700, exist_ok=True)
+        path = self.rundir / name
+        if len(str(path).encode()) > 107:
+            raise ValueError(f"socket path too long: {path}")
+        return path
 
     # -- processes ----------------------------------------------------------------------
 
