@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -535,11 +534,3 @@ def capture_ike_sa_init(
     """
     request, _ = capture_ike_sa_init_exchange(topo, ike_proposals=ike_proposals, out_dir=out_dir)
     return request
-
-
-def which_missing() -> list[str]:
-    """Tools this module needs that are not installed."""
-    missing = [t for t in ("swanctl", "unshare") if shutil.which(t) is None]
-    if not os.access(CHARON, os.X_OK):
-        missing.append(CHARON)
-    return missing

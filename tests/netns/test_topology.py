@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 
@@ -104,3 +105,15 @@ def test_two_topologies_do_not_collide() -> None:
     assert len({t.prefix for t in topos}) == 2
     left = set(list_namespaces())
     assert not [ns for t in topos for ns in t.namespaces if ns in left]
+
+
+def test_nat_random_ports_remaps_4500(tmp_path: Path) -> None:
+    send = (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        f"s.bind(('{GW_A_NAT_IP}', 4500)); s.sendto(b'x', ('{GW_B_WAN_IP}', 9999))"
+    )
+    with Topology(nat=True, nat_random_ports=True, workdir=tmp_path) as topo:
+        with topo.start_capture(topo.gw_b, "wan", "udp port 9999") as cap:
+            topo.run(topo.gw_a, sys.executable, "-c", send)
+        (pkt,) = cap.packets()
+    assert pkt.src == NAT_OUTSIDE_IP and pkt.sport != 4500

@@ -456,6 +456,9 @@ class Topology:
     are namespace names; ``gw_a_wan_ip`` is gwA's own uplink address, ``gw_a_public_ip``
     the address gwB sees (the NAT's outside address behind NAT); ``workdir`` holds logs.
 
+    ``nat_random_ports``: the NAT maps source ports randomly (``masquerade random``), so
+    gwA's UDP/4500 shows up at gwB from another port, as behind many real NATs.
+
     Interfaces: hosts ``eth0``; gateways ``lan`` (site side) and ``wan`` (uplink); the NAT
     namespace ``in`` (towards gwA) and ``out`` (the internet).
     """
@@ -471,9 +474,11 @@ class Topology:
         nat: bool = False,
         workdir: str | os.PathLike[str] | None = None,
         prefix: str | None = None,
+        nat_random_ports: bool = False,
     ) -> None:
         self.prefix = prefix or f"ipd{os.getpid() % 10000}{secrets.token_hex(2)}"
         self.with_nat = nat
+        self.nat_random_ports = nat_random_ports
         self.host_a = f"{self.prefix}-ha"
         self.gw_a = f"{self.prefix}-ga"
         self.gw_b = f"{self.prefix}-gb"
@@ -562,11 +567,13 @@ class Topology:
             # So replies to site A's own internet traffic (masqueraded too) find their way.
             run(None, "ip", "-n", self.nat, "route", "add", SITE_A, "via", GW_A_NAT_IP)
             run(self.nat, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            # "random": map source ports randomly, as many real NATs do (4500 -> other).
             ruleset = (
                 "table ip ipd_nat {\n"
                 "  chain postrouting {\n"
                 "    type nat hook postrouting priority srcnat; policy accept;\n"
-                f'    oifname "{self.NAT_OUT_IFACE}" masquerade\n'
+                f'    oifname "{self.NAT_OUT_IFACE}" masquerade'
+                f"{' random' if self.nat_random_ports else ''}\n"
                 "  }\n"
                 "}\n"
             )
