@@ -40,8 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.netns.strongswan import start_pair  # noqa: E402
-from tests.netns.topology import (  # noqa: E402
+from ipsecd.lab.topology import (  # noqa: E402
     GW_A_LAN_IP,
     GW_B_LAN_IP,
     HOST_B_IP,
@@ -52,6 +51,7 @@ from tests.netns.topology import (  # noqa: E402
     install_sigterm_handler,
     process_cpu_seconds,
 )
+from tests.netns.strongswan import start_pair  # noqa: E402
 
 BACKENDS = ("plain", "strongswan", "ipsecd")
 LABELS = {"plain": "plain", "strongswan": "strongSwan", "ipsecd": "ipsecd"}

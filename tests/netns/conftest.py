@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns.topology import Topology, cleanup_stale, install_sigterm_handler
+from ipsecd.lab.topology import Topology, cleanup_stale, install_sigterm_handler
 
 CHARON = "/usr/lib/ipsec/charon"
 NETNS_DIR = Path(__file__).resolve().parent

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from tests.netns.topology import SITE_A, SITE_B, Topology, kill_process_group, process_cpu_seconds
+from ipsecd.lab.topology import SITE_A, SITE_B, Topology, kill_process_group, process_cpu_seconds
 
 CHARON = "/usr/lib/ipsec/charon"
 PLUGIN_DIR = Path("/usr/lib/ipsec/plugins")

@@ -21,7 +21,7 @@ import yaml
 
 from ipsecd.crypto.registry import ENCRYPTION, INTEGRITY
 from ipsecd.daemon.control import request
-from tests.netns.topology import (
+from ipsecd.lab.topology import (
     GW_A_LAN_IP,
     GW_B_LAN_IP,
     SITE_A,
@@ -163,7 +163,7 @@ def _gateway_section(spec: GatewaySpec, socket: Path) -> dict[str, Any]:
 
 
 def write_config(topo: Topology, spec: GatewaySpec, peer: dict[str, Any]) -> tuple[Path, Path]:
-    socket = topo.workdir / f"ipsecd-{spec.name}.sock"
+    socket = topo.socket_path(f"ipsecd-{spec.name}.sock")
     config = {
         "log": {"level": "debug", "format": "json"},
         "gateway": _gateway_section(spec, socket),
