@@ -1,0 +1,404 @@
+"""IKEv2 messages: header, payload chains, SK protection (RFC 7296 §3.1, §3.2, §3.14).
+
+Sans-I/O.  The API::
+
+    parse_header(data) -> Header                    # 28-byte header only, for dispatch
+    parse_message(data) -> Message                  # whole message, SK left encrypted
+    decrypt(message, keys, sender_is_initiator=None) -> Message   # SK opened, ICV checked
+    decode(data, keys=None, sender_is_initiator=None) -> Message  # parse (+ decrypt if keys)
+    encode(message, keys=None, sender_is_initiator=None) -> bytes # (+ SK if keys)
+    Message.encode(keys=None) -> bytes
+
+``keys`` is either an :class:`ipsecd.ike.sk.SkKeys` for the one direction or
+anything with a ``sk_keys(sender_is_initiator: bool) -> SkKeys`` method (the
+:class:`ipsecd.ike.keys.IkeKeys` of an IKE SA).  ``sender_is_initiator``
+defaults to the message's I flag (§3.1: set by the original initiator).
+
+Errors: every problem with the bytes raises :class:`MalformedMessage`
+(``reason`` says what); a bad ICV raises its subclass
+:class:`~ipsecd.ike.sk.IntegrityCheckFailed`.  An unknown payload with the
+critical bit set (§2.5) is not an error of :func:`parse_message`: the message
+comes back with ``unsupported_critical`` = that payload type so the caller can
+answer UNSUPPORTED_CRITICAL_PAYLOAD; :func:`decode` raises
+:class:`CriticalPayloadUnsupported` (a MalformedMessage) for it instead.
+
+``Message.raw`` keeps the exact bytes a message was parsed from: the AUTH
+computation needs the first message as sent (§2.15 RealMessage1/2).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from ipsecd.ike import sk as _sk
+from ipsecd.ike.constants import (
+    GENERIC_PAYLOAD_HEADER_LEN,
+    IKE_HEADER_LEN,
+    IKE_MAJOR_VERSION,
+    ExchangeType,
+    HeaderFlag,
+    PayloadType,
+    enum_or_int,
+)
+from ipsecd.ike.payloads import (
+    PAYLOAD_CLASSES,
+    RAW_KNOWN_TYPES,
+    Encrypted,
+    EncryptedFragment,
+    MalformedMessage,
+    Notify,
+    Payload,
+    RawPayload,
+    decode_fragment,
+)
+from ipsecd.ike.sk import IntegrityCheckFailed, SkKeys
+
+__all__ = [
+    "Header",
+    "Message",
+    "MalformedMessage",
+    "IntegrityCheckFailed",
+    "CriticalPayloadUnsupported",
+    "parse_header",
+    "parse_message",
+    "decrypt",
+    "decode",
+    "encode",
+    "encode_payload_chain",
+]
+
+P = TypeVar("P", bound=Payload)
+_CRITICAL = 0x80
+
+
+class CriticalPayloadUnsupported(MalformedMessage):
+    """RFC 7296 §2.5: an unknown payload with the critical bit set (raised by :func:`decode`)."""
+
+    def __init__(self, payload_type: int) -> None:
+        super().__init__(f"unsupported critical payload type {payload_type}")
+        self.payload_type = payload_type
+
+
+@dataclass(frozen=True)
+class Header:
+    """The fixed IKE header (RFC 7296 §3.1)."""
+
+    spi_i: int
+    spi_r: int
+    next_payload: int
+    major_version: int
+    minor_version: int
+    exchange_type: int
+    flags: int
+    message_id: int
+    length: int
+
+    @property
+    def initiator(self) -> bool:
+        """I flag: sent by the original initiator of the IKE SA."""
+        return bool(self.flags & HeaderFlag.INITIATOR)
+
+    @property
+    def response(self) -> bool:
+        return bool(self.flags & HeaderFlag.RESPONSE)
+
+    @property
+    def version_flag(self) -> bool:
+        return bool(self.flags & HeaderFlag.VERSION)
+
+    def encode(self) -> bytes:
+        return struct.pack(
+            "!QQBBBBII",
+            self.spi_i,
+            self.spi_r,
+            self.next_payload,
+            (self.major_version << 4) | self.minor_version,
+            self.exchange_type,
+            self.flags,
+            self.message_id,
+            self.length,
+        )
+
+
+def parse_header(data: bytes) -> Header:
+    """Parse the 28-byte IKE header and check the length field against ``len(data)``.
+
+    The major version is not checked here (the caller may want to answer
+    INVALID_MAJOR_VERSION, §2.5); :func:`parse_message` rejects anything but 2.
+    """
+    if len(data) < IKE_HEADER_LEN:
+        raise MalformedMessage(f"{len(data)} bytes is shorter than the IKE header")
+    spi_i, spi_r, next_payload, version, exchange, flags, message_id, length = struct.unpack_from(
+        "!QQBBBBII", data
+    )
+    if length != len(data):
+        raise MalformedMessage(f"IKE header length {length} but the datagram has {len(data)}")
+    return Header(
+        spi_i,
+        spi_r,
+        next_payload,
+        version >> 4,
+        version & 0x0F,
+        enum_or_int(ExchangeType, exchange),
+        flags,
+        message_id,
+        length,
+    )
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded or to-be-encoded IKE message (RFC 7296 §3.1).
+
+    ``payloads`` are in wire order.  After :func:`parse_message` an encrypted
+    message ends with an :class:`Encrypted` (or :class:`EncryptedFragment`)
+    payload; after :func:`decrypt`/:func:`decode` the payloads are the ones
+    from inside SK and ``encrypted`` is True.
+    """
+
+    spi_i: int
+    spi_r: int
+    exchange_type: int
+    message_id: int
+    initiator: bool = False
+    response: bool = False
+    payloads: Sequence[Payload] = ()
+    version_flag: bool = False
+    unsupported_critical: int | None = None
+    encrypted: bool = False
+    raw: bytes = field(default=b"", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.payloads, tuple):
+            object.__setattr__(self, "payloads", tuple(self.payloads))
+
+    @property
+    def flags(self) -> int:
+        return (
+            (HeaderFlag.INITIATOR if self.initiator else 0)
+            | (HeaderFlag.RESPONSE if self.response else 0)
+            | (HeaderFlag.VERSION if self.version_flag else 0)
+        )
+
+    def find(self, cls: type[P]) -> P | None:
+        """The first payload of class ``cls``, or None."""
+        return next((p for p in self.payloads if isinstance(p, cls)), None)
+
+    def find_all(self, cls: type[P]) -> list[P]:
+        return [p for p in self.payloads if isinstance(p, cls)]
+
+    def notifies(self, notify_type: int | None = None) -> list[Notify]:
+        return [
+            p
+            for p in self.payloads
+            if isinstance(p, Notify) and (notify_type is None or p.notify_type == notify_type)
+        ]
+
+    def encode(self, keys: Any = None, sender_is_initiator: bool | None = None) -> bytes:
+        return encode(self, keys, sender_is_initiator)
+
+
+# ---- encoding --------------------------------------------------------------------
+
+
+def _generic_header(next_payload: int, critical: bool, length: int) -> bytes:
+    if length > 0xFFFF:
+        raise ValueError(f"payload of {length} bytes does not fit the 16-bit length")
+    return struct.pack("!BBH", next_payload, _CRITICAL if critical else 0, length)
+
+
+def encode_payload_chain(payloads: Sequence[Payload]) -> bytes:
+    """The payloads with generic headers, each announcing the next (RFC 7296 §3.2)."""
+    out = []
+    for i, p in enumerate(payloads):
+        body = p.encode_body()
+        nxt = payloads[i + 1].payload_type if i + 1 < len(payloads) else PayloadType.NONE
+        critical = isinstance(p, RawPayload) and p.critical
+        out.append(_generic_header(nxt, critical, GENERIC_PAYLOAD_HEADER_LEN + len(body)) + body)
+    return b"".join(out)
+
+
+def _first_type(payloads: Sequence[Payload]) -> int:
+    return payloads[0].payload_type if payloads else PayloadType.NONE
+
+
+def _resolve_keys(keys: Any, sender_is_initiator: bool) -> SkKeys:
+    if isinstance(keys, SkKeys):
+        return keys
+    return keys.sk_keys(sender_is_initiator)
+
+
+def encode(message: Message, keys: Any = None, sender_is_initiator: bool | None = None) -> bytes:
+    """Serialize ``message``; with ``keys`` every payload goes inside one SK payload.
+
+    Without keys (IKE_SA_INIT, §3.14 exception) the payloads are sent in clear.
+    """
+    header = Header(
+        message.spi_i,
+        message.spi_r,
+        0,
+        IKE_MAJOR_VERSION,
+        0,
+        message.exchange_type,
+        message.flags,
+        message.message_id,
+        0,
+    )
+    if keys is None:
+        chain = encode_payload_chain(message.payloads)
+        header = replace(
+            header, next_payload=_first_type(message.payloads), length=IKE_HEADER_LEN + len(chain)
+        )
+        return header.encode() + chain
+    sender = message.initiator if sender_is_initiator is None else sender_is_initiator
+    sk_keys = _resolve_keys(keys, sender)
+    plaintext = _sk.pad(sk_keys, encode_payload_chain(message.payloads))
+    sk_len = GENERIC_PAYLOAD_HEADER_LEN + _sk.body_length(sk_keys, len(plaintext))
+    header = replace(header, next_payload=PayloadType.SK, length=IKE_HEADER_LEN + sk_len)
+    prefix = header.encode() + _generic_header(_first_type(message.payloads), False, sk_len)
+    return prefix + _sk.seal(sk_keys, prefix, plaintext)
+
+
+# ---- decoding ----------------------------------------------------------------------
+
+
+@dataclass
+class _Chain:
+    payloads: list[Payload]
+    unsupported_critical: int | None
+    sk_offset: int | None  # offset of the SK/SKF generic header, if the chain ends with one
+
+
+def _parse_chain(data: bytes, offset: int, first_type: int, inner: bool) -> _Chain:
+    """Parse payloads from ``offset`` to the end of ``data`` (RFC 7296 §3.2)."""
+    payloads: list[Payload] = []
+    critical_unknown: int | None = None
+    sk_offset: int | None = None
+    next_type = first_type
+    end = len(data)
+    while next_type != PayloadType.NONE:
+        if end - offset < GENERIC_PAYLOAD_HEADER_LEN:
+            raise MalformedMessage(
+                f"payload type {next_type} announced at offset {offset}"
+                f" but only {end - offset} bytes remain"
+            )
+        following, flags, length = struct.unpack_from("!BBH", data, offset)
+        if length < GENERIC_PAYLOAD_HEADER_LEN or offset + length > end:
+            raise MalformedMessage(
+                f"payload type {next_type} at offset {offset}: length {length} does not fit"
+                f" the {end - offset} remaining bytes"
+            )
+        body = data[offset + GENERIC_PAYLOAD_HEADER_LEN : offset + length]
+        if next_type in (PayloadType.SK, PayloadType.SKF):
+            if inner:
+                raise MalformedMessage("an SK/SKF payload inside an SK payload")
+            if offset + length != end:
+                raise MalformedMessage("the SK/SKF payload is not the last payload (§3.14)")
+            sk_offset = offset
+            if next_type == PayloadType.SK:
+                payloads.append(Encrypted(enum_or_int(PayloadType, following), body))
+            else:
+                payloads.append(decode_fragment(enum_or_int(PayloadType, following), body))
+            offset += length
+            break
+        cls = PAYLOAD_CLASSES.get(next_type)
+        if cls is not None:
+            try:
+                payloads.append(cls.decode_body(body))
+            except MalformedMessage as exc:
+                raise MalformedMessage(f"{PayloadType(next_type).name} payload: {exc}") from None
+        else:
+            critical = bool(flags & _CRITICAL)
+            if critical and next_type not in RAW_KNOWN_TYPES and critical_unknown is None:
+                critical_unknown = next_type
+            payloads.append(RawPayload(enum_or_int(PayloadType, next_type), body, critical))
+        offset += length
+        next_type = following
+    if offset != end:
+        raise MalformedMessage(f"{end - offset} bytes after the last payload")
+    return _Chain(payloads, critical_unknown, sk_offset)
+
+
+def parse_message(data: bytes) -> Message:
+    """Parse a whole IKE message without decrypting its SK payload.
+
+    Raises :class:`MalformedMessage` for anything that does not parse,
+    including an IKE major version other than 2.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedMessage(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    header = parse_header(data)
+    if header.major_version != IKE_MAJOR_VERSION:
+        raise MalformedMessage(f"IKE major version {header.major_version}, expected 2")
+    chain = _parse_chain(data, IKE_HEADER_LEN, header.next_payload, inner=False)
+    return Message(
+        spi_i=header.spi_i,
+        spi_r=header.spi_r,
+        exchange_type=header.exchange_type,
+        message_id=header.message_id,
+        initiator=header.initiator,
+        response=header.response,
+        payloads=tuple(chain.payloads),
+        version_flag=header.version_flag,
+        unsupported_critical=chain.unsupported_critical,
+        encrypted=False,
+        raw=data,
+    )
+
+
+def _sk_offset(message: Message) -> int:
+    """Offset of the SK generic header in ``message.raw`` (it is the last payload)."""
+    last = message.payloads[-1]
+    assert isinstance(last, Encrypted)
+    return len(message.raw) - GENERIC_PAYLOAD_HEADER_LEN - len(last.data)
+
+
+def decrypt(message: Message, keys: Any, sender_is_initiator: bool | None = None) -> Message:
+    """Verify and open the SK payload of a parsed message (RFC 7296 §3.14).
+
+    Returns a copy whose payloads are the clear payloads before SK (normally
+    none) followed by the ones inside it, with ``encrypted=True``.  Raises
+    :class:`IntegrityCheckFailed` on a bad ICV/tag and :class:`MalformedMessage`
+    when there is no SK payload or its contents do not parse.  An SKF
+    (fragment, RFC 7383) is reported as MalformedMessage: reassembly is not
+    supported.
+    """
+    if not message.payloads or not isinstance(message.payloads[-1], Encrypted):
+        if message.payloads and isinstance(message.payloads[-1], EncryptedFragment):
+            raise MalformedMessage("IKE fragments (RFC 7383 SKF) are not supported")
+        raise MalformedMessage("message is not protected by an SK payload")
+    sender = message.initiator if sender_is_initiator is None else sender_is_initiator
+    sk_keys = _resolve_keys(keys, sender)
+    encrypted = message.payloads[-1]
+    assert isinstance(encrypted, Encrypted)
+    offset = _sk_offset(message)
+    prefix = message.raw[: offset + GENERIC_PAYLOAD_HEADER_LEN]
+    inner = _sk.open_sk(sk_keys, prefix, encrypted.data)
+    chain = _parse_chain(inner, 0, encrypted.next_inner, inner=True)
+    critical = message.unsupported_critical
+    if critical is None:
+        critical = chain.unsupported_critical
+    return replace(
+        message,
+        payloads=tuple(message.payloads[:-1]) + tuple(chain.payloads),
+        unsupported_critical=critical,
+        encrypted=True,
+    )
+
+
+def decode(data: bytes, keys: Any = None, sender_is_initiator: bool | None = None) -> Message:
+    """:func:`parse_message`, then :func:`decrypt` when ``keys`` are given.
+
+    Raises :class:`CriticalPayloadUnsupported` if an unknown critical payload
+    was found (in clear or inside SK, after the ICV verified).
+    """
+    message = parse_message(data)
+    if keys is not None:
+        message = decrypt(message, keys, sender_is_initiator)
+    if message.unsupported_critical is not None:
+        raise CriticalPayloadUnsupported(message.unsupported_critical)
+    return message
