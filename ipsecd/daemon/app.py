@@ -159,11 +159,10 @@ class Daemon:
             self.tun.write_batch(to_tun)
         for data, remote in ike:
             self._ike_receive(data, sock.local, remote)
-        for sa, remote in moved:
-            self.counters["esp_from_new_address"] += 1
-            if self.ike is None:
-                continue  # manual SAs keep their configured endpoint
-            sa.remote = remote
+        if moved:
+            # Authentic ESP from an unexpected endpoint: counted; the endpoint itself only
+            # follows authenticated IKE (PeerAddressChanged), as strongSwan does.
+            self.counters["esp_from_new_address"] += len(moved)
 
     # -- IKE -------------------------------------------------------------------------------
     def _ike_receive(self, data: bytes, local: Address, remote: Address) -> None:

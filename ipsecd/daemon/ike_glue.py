@@ -115,6 +115,13 @@ def apply_event(daemon: Daemon, event: Any) -> None:
         daemon.notifier.notify(status=daemon._status_line())
     elif isinstance(event, ev.IkeSaEstablished):
         log.info("IKE SA established", peer=event.peer, remote=str(event.remote))
+    elif isinstance(event, ev.PeerAddressChanged):
+        # RFC 7296 §2.23: follow the peer behind a NAT, as learned from authenticated IKE.
+        for sa in daemon.sad.for_peer(event.peer):
+            sa.remote = (str(event.remote[0]), int(event.remote[1]))
+        log.info(
+            "peer address changed", peer=event.peer, remote=f"{event.remote[0]}:{event.remote[1]}"
+        )
     elif isinstance(event, ev.NegotiationFailed):
         daemon.last_error[event.peer] = event.reason
         daemon.counters["negotiation_failed"] += 1
