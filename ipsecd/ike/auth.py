@@ -1,0 +1,88 @@
+"""Pre-shared key authentication (RFC 7296 §2.15).
+
+::
+
+    InitiatorSignedOctets = RealMessage1 | NonceRData | MACedIDForI
+    MACedIDForI = prf(SK_pi, RestOfInitIDPayload)
+    ResponderSignedOctets = RealMessage2 | NonceIData | MACedIDForR
+    MACedIDForR = prf(SK_pr, RestOfRespIDPayload)
+    AUTH = prf( prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>)
+
+RealMessage1/2 are the IKE_SA_INIT request/response exactly as sent (the
+bytes on the wire, header included); NonceRData/NonceIData are the body of
+the other side's Nonce payload; RestOf...IDPayload is the ID payload body
+(ID type, 3 reserved bytes, data).  Received AUTH values are compared in
+constant time.
+
+API::
+
+    signed_octets(keys, of_initiator, message, peer_nonce, id_type, id_data) -> bytes
+    psk_auth(keys, psk, of_initiator, message, peer_nonce, id_type, id_data) -> bytes
+    verify_psk_auth(keys, psk, of_initiator, message, peer_nonce, id_type, id_data,
+                    received) -> bool
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from ipsecd.crypto.prf import Prf
+from ipsecd.ike.keys import IkeKeys
+from ipsecd.ike.payloads import Identification
+
+__all__ = ["KEY_PAD", "signed_octets", "psk_auth", "verify_psk_auth"]
+
+KEY_PAD = b"Key Pad for IKEv2"  # RFC 7296 §2.15, 17 ASCII octets, no NUL
+
+
+def _id_octets(id_type: int, id_data: bytes) -> bytes:
+    return Identification(id_type, id_data).auth_octets
+
+
+def signed_octets(
+    keys: IkeKeys,
+    of_initiator: bool,
+    message: bytes,
+    peer_nonce: bytes,
+    id_type: int,
+    id_data: bytes,
+) -> bytes:
+    """<InitiatorSignedOctets> or <ResponderSignedOctets> (RFC 7296 §2.15).
+
+    ``message`` is that side's IKE_SA_INIT message; ``peer_nonce`` the OTHER
+    side's nonce (Nr for the initiator's AUTH, Ni for the responder's).
+    """
+    sk_p = keys.sk_pi if of_initiator else keys.sk_pr
+    return message + peer_nonce + Prf(keys.prf).prf(sk_p, _id_octets(id_type, id_data))
+
+
+def psk_auth(
+    keys: IkeKeys,
+    psk: bytes | str,
+    of_initiator: bool,
+    message: bytes,
+    peer_nonce: bytes,
+    id_type: int,
+    id_data: bytes,
+) -> bytes:
+    """AUTH = prf(prf(PSK, "Key Pad for IKEv2"), <SignedOctets>) (RFC 7296 §2.15)."""
+    if isinstance(psk, str):
+        psk = psk.encode()
+    prf = Prf(keys.prf)
+    octets = signed_octets(keys, of_initiator, message, peer_nonce, id_type, id_data)
+    return prf.prf(prf.prf(psk, KEY_PAD), octets)
+
+
+def verify_psk_auth(
+    keys: IkeKeys,
+    psk: bytes | str,
+    of_initiator: bool,
+    message: bytes,
+    peer_nonce: bytes,
+    id_type: int,
+    id_data: bytes,
+    received: bytes,
+) -> bool:
+    """Constant-time check of a received AUTH payload body against the expected value."""
+    expected = psk_auth(keys, psk, of_initiator, message, peer_nonce, id_type, id_data)
+    return hmac.compare_digest(expected, bytes(received))
