@@ -18,7 +18,9 @@ from ipsecd.crypto.registry import PrfAlgorithm
 
 __all__ = ["Prf", "PrfPlusTooLong"]
 
-_HASHLIB_NAMES = {"SHA256": "sha256", "SHA384": "sha384", "SHA512": "sha512"}
+# SHA1 is not negotiable (not in the registry); it is here for the NIST CAVP IKEv2 KDF
+# known-answer vectors, which use PRF_HMAC_SHA1.
+_HASHLIB_NAMES = {"SHA1": "sha1", "SHA256": "sha256", "SHA384": "sha384", "SHA512": "sha512"}
 
 
 class PrfPlusTooLong(ValueError):
