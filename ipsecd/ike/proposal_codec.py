@@ -308,9 +308,19 @@ def _transform_name(t: Transform) -> str:
     return name
 
 
+_DESCRIBE_ORDER = {
+    TransformType.ENCR: 0,
+    TransformType.INTEG: 1,
+    TransformType.PRF: 2,
+    TransformType.KE: 3,
+    TransformType.ESN: 4,
+}
+
+
 def describe(proposal: SaProposal) -> str:
-    """A received proposal in strongSwan syntax, unknown transforms as ``ENCR#3``."""
-    return "-".join(_transform_name(t) for t in proposal.transforms) or "(empty)"
+    """A received proposal in strongSwan syntax (encr-integ-prf-ke-esn), unknowns as ``ENCR#3``."""
+    ordered = sorted(proposal.transforms, key=lambda t: _DESCRIBE_ORDER.get(t.transform_type, 9))
+    return "-".join(_transform_name(t) for t in ordered) or "(empty)"
 
 
 def to_proposal(proposal: SaProposal, protocol: str) -> Proposal:
