@@ -300,7 +300,7 @@ class IkeManager:
             return
         if header.exchange == base.IKE_SA_INIT and header.response and sa.spi_r == 0:
             pass  # our IKE_SA_INIT answered: the responder SPI is learned by the task
-        elif sa.remote_spi and sa.remote_spi != (header.spi_i if sa.initiator else header.spi_r):
+        elif sa.remote_spi and sa.remote_spi != (header.spi_r if sa.initiator else header.spi_i):
             self._count("unknown_spi")
             return
         sa.receive(data, header, local, remote, now)

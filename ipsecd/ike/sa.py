@@ -353,6 +353,9 @@ class IkeSa:
                 self.last_error = error.reason
                 self.events.append(NegotiationFailed(self.peer_name, error.reason))
         response = base.encode(self, header.exchange, header.message_id, True, payloads)
+        if header.exchange == base.IKE_SA_INIT and error is None:
+            # The responder's AUTH signs its own IKE_SA_INIT response (RFC 7296 §2.15).
+            self.exchange_data["init_response"] = response
         self.expected_request_id = header.message_id + 1
         self.cached_response = (header.message_id, [response])
         self.outgoing.append(

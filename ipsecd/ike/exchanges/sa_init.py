@@ -66,10 +66,11 @@ def detect_nat(sa: IkeSa, message: base.Incoming, local: tuple[str, int]) -> Non
     if not sources and not dests:
         return
     if dests:
-        expected = base.natd_hash(sa.spi_i, sa.spi_r, local)
+        # The hashes use the SPIs of the message that carried them (SPIr = 0 in a request).
+        expected = base.natd_hash(message.spi_i, message.spi_r, local)
         sa.nat_local = all(d != expected for d in dests)
     if sources:
-        expected = base.natd_hash(sa.spi_i, sa.spi_r, sa.remote)
+        expected = base.natd_hash(message.spi_i, message.spi_r, sa.remote)
         sa.nat_remote = all(s != expected for s in sources)
 
 
