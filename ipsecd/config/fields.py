@@ -232,6 +232,19 @@ def integer(min_value: int | None = None, max_value: int | None = None) -> Conve
     return convert
 
 
+def number(min_value: float, max_value: float) -> Converter:
+    """A real number (int or float) within [min_value, max_value]."""
+
+    def convert(value: Any, at: At) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise at.error(f"expected a number, got {describe(value)}")
+        if not min_value <= value <= max_value:
+            raise at.error(f"{value} is out of range {min_value}..{max_value}")
+        return float(value)
+
+    return convert
+
+
 def port() -> Converter:
     return integer(1, 65535)
 

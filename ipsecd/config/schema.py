@@ -118,6 +118,10 @@ class GatewayConfig:
     ike_port: int
     control_socket: Path
     metrics: tuple[str, int] | None
+    # IKE request retransmission (RFC 7296 §2.1): first wait, doubling each time.
+    retransmit_timeout: float = 0.5
+    retransmit_tries: int = 7
+    retry_interval: int = 30  # seconds before an initiator tries again after giving up
 
 
 @dataclass(frozen=True)

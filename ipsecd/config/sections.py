@@ -21,6 +21,7 @@ from ipsecd.config.fields import (
     auto_or,
     boolean,
     choice,
+    duration,
     file_path,
     host_port,
     identity,
@@ -28,6 +29,7 @@ from ipsecd.config.fields import (
     ip_address,
     ip_interface,
     list_of,
+    number,
     optional,
     port,
     prefix,
@@ -92,6 +94,9 @@ GATEWAY = Section(
     Field("ike_port", port(), 500),
     Field("control_socket", socket_path(), Path(DEFAULT_CONTROL_SOCKET)),
     Field("metrics", optional(host_port()), None),
+    Field("retransmit_timeout", number(0.05, 30.0), 0.5),
+    Field("retransmit_tries", integer(0, 20), 7),
+    Field("retry_interval", duration(1, 86400), 30),
 )
 
 DEFAULT_IKE = tuple(parse_proposal(p, "ike") for p in DEFAULT_IKE_PROPOSALS)
@@ -151,6 +156,9 @@ def _build_gateway(v: Values) -> GatewayConfig:
         ike_port=v["ike_port"],
         control_socket=v["control_socket"],
         metrics=v["metrics"],
+        retransmit_timeout=v["retransmit_timeout"],
+        retransmit_tries=v["retransmit_tries"],
+        retry_interval=v["retry_interval"],
     )
 
 

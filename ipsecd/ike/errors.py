@@ -58,6 +58,10 @@ class ProtocolError(Exception):
     notify_type: int = INVALID_SYNTAX
 
     def __init__(self, reason: str, *, notify_data: bytes = b"", fatal: bool = True) -> None:
+        # Operators grep for the RFC name of the failure: make sure the text carries it.
+        name = notify_name(self.notify_type)
+        if name not in reason and self.notify_type != INVALID_SYNTAX:
+            reason = f"{name}: {reason}"
         super().__init__(reason)
         self.reason = reason
         self.notify_data = notify_data

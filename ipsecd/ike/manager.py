@@ -62,7 +62,12 @@ class IkeManager:
         keepalive_interval: float = NAT_KEEPALIVE_INTERVAL,
     ) -> None:
         self.config = config
-        self.policy = policy or RetransmitPolicy()
+        gw = config.gateway
+        self.policy = policy or RetransmitPolicy(
+            initial=getattr(gw, "retransmit_timeout", 0.5),
+            max_retransmits=getattr(gw, "retransmit_tries", 7),
+            retry_pause=float(getattr(gw, "retry_interval", 30)),
+        )
         self.keepalive_interval = keepalive_interval
         self.peers = {p.name: p for p in config.peers if getattr(p, "manual", None) is None}
         self.peer_state = {name: _PeerState() for name in self.peers}

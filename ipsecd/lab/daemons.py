@@ -49,6 +49,7 @@ class GatewaySpec:
     local_id: str | None = None
     remote_id: str | None = None
     peer_extra: dict[str, Any] = field(default_factory=dict)
+    gateway_extra: dict[str, Any] = field(default_factory=dict)
 
 
 def site_specs(topo: Topology) -> tuple[GatewaySpec, GatewaySpec]:
@@ -71,6 +72,8 @@ def site_specs(topo: Topology) -> tuple[GatewaySpec, GatewaySpec]:
         [SITE_A],
         f"{GW_B_LAN_IP}/32",
         start="respond",
+        # Behind the NAT gwA still calls itself by its own (private) address.
+        remote_id=topo.gw_a_wan_ip if topo.with_nat else None,
     )
     return a, b
 
@@ -159,6 +162,7 @@ def _gateway_section(spec: GatewaySpec, socket: Path) -> dict[str, Any]:
     }
     if spec.tun_address:
         gateway["addresses"] = [spec.tun_address]
+    gateway.update(spec.gateway_extra)
     return gateway
 
 
