@@ -61,12 +61,19 @@ def format_status(status: dict[str, Any], style: Style) -> str:
         )
         pairs = [("selectors", f"{peer['local_ts']} === {peer['remote_ts']}")]
         ike = peer.get("ike") or {}
-        if ike.get("spi_i"):
+        if ike.get("local_spi"):
             pairs.append(
-                ("ike sa", f"{ike['spi_i']}_i {ike.get('spi_r', '')}_r {ike.get('algorithm', '')}")
+                (
+                    "ike sa",
+                    f"{ike['local_spi']}_local {ike.get('remote_spi', '')}_remote"
+                    f"  {ike.get('algorithm', '')}  {ike.get('role', '')}"
+                    f"  {ike.get('local', '')} <-> {ike.get('remote', '')}",
+                )
             )
-        if ike.get("nat"):
-            pairs.append(("nat", str(ike["nat"])))
+            if ike.get("nat_local"):
+                pairs.append(("nat", "we are behind a NAT (sending keepalives)"))
+            elif ike.get("nat_remote"):
+                pairs.append(("nat", "peer behind a NAT or forcing UDP encapsulation"))
         if peer.get("last_error"):
             pairs.append(("last error", style.bad(peer["last_error"])))
         lines += _rows(pairs, "  ")
