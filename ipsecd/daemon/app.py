@@ -227,17 +227,75 @@ class Daemon:
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     async def reload(self) -> dict[str, Any]:
-        """Re-read the config file; a bad file is refused and the running config kept."""
+        """Re-read the config file and apply the difference (SIGHUP, ``ipsecctl reload``).
+
+        A file that fails validation is refused and the running config kept.
+        Unchanged peers keep their SAs and lose no packet; changed peers are
+        re-negotiated; new peers start; removed peers get a Delete.  The
+        gateway section (device, addresses, ports) needs a restart.
+        """
+        self.notifier.notify(reloading=1)
         try:
-            new = load_config(self.config.path)
+            result = await self._reload()
+        finally:
+            self.notifier.notify(ready=1, status=self._status_line())
+        return result
+
+    async def _reload(self) -> dict[str, Any]:
+        path = self.config.path
+        try:
+            new = load_config(path)
         except ConfigError as exc:
             self.log.error("reload refused, keeping the running config", error=str(exc))
-            return {"ok": False, "error": str(exc)}
-        if new == self.config:
-            self.log.info("reload: nothing changed")
-            return {"ok": True, "plan": {"unchanged": [p.name for p in new.peers]}}
-        self.log.warning("reload: config changed; restart ipsecd to apply it")
-        return {"ok": False, "error": "live reload of changed peers is not implemented yet"}
+            return {"ok": False, "error": f"reload refused, running config kept: {exc}"}
+        if new.gateway != self.config.gateway:
+            message = (
+                f"{path}: the gateway section changed; restart ipsecd to apply it"
+                " (running config kept)"
+            )
+            self.log.error("reload refused", error=message)
+            return {"ok": False, "error": message}
+        old_peers = {p.name: p for p in self.config.peers}
+        new_peers = {p.name: p for p in new.peers}
+        plan: dict[str, list[str]] = {
+            "added": [n for n in new_peers if n not in old_peers],
+            "removed": [n for n in old_peers if n not in new_peers],
+            "changed": [n for n in new_peers if n in old_peers and new_peers[n] != old_peers[n]],
+        }
+        plan["unchanged"] = [n for n in new_peers if n in old_peers and n not in plan["changed"]]
+        self.log.info("reload plan", **plan)
+        now = time.monotonic()
+        for name in plan["removed"] + plan["changed"]:
+            old = old_peers[name]
+            if old.manual is not None:
+                self.sad.remove_peer(name)
+            for ts in old.remote_ts:
+                for net in ts.networks():
+                    await self.tun.remove_route(net)
+        if self.ike is not None:
+            self.ike.reconfigure(new, now)
+        elif any(p.manual is None for p in new.peers):
+            from ipsecd.ike.manager import IkeManager
+
+            self.ike = IkeManager(new, now)
+        self.config = new
+        logs.set_level(new.log.level)
+        for name in plan["added"] + plan["changed"]:
+            peer = new_peers[name]
+            for ts in peer.remote_ts:
+                for net in ts.networks():
+                    await self.tun.add_route(net)
+            if peer.manual is not None:
+                self.sad.install(manual_tunnel(new, peer))
+            elif peer.start == "initiate":
+                self.ike.initiate(name, now)
+        # Routes of unchanged peers may have been shared with a removed one: put them back.
+        for name in plan["unchanged"]:
+            for ts in new_peers[name].remote_ts:
+                for net in ts.networks():
+                    await self.tun.add_route(net)
+        self._pump_ike()
+        return {"ok": True, "plan": plan}
 
     # -- lifecycle -------------------------------------------------------------------------
     def stop(self) -> None:

@@ -107,10 +107,8 @@ def apply_event(daemon: Daemon, event: Any) -> None:
             )
         daemon.notifier.notify(status=daemon._status_line())
     elif isinstance(event, ev.IkeSaDeleted):
-        for sa in daemon.sad.remove_peer(event.peer):
-            log.info(
-                "CHILD_SA removed with its IKE SA", peer=event.peer, spi_in=f"{sa.inbound.spi:08x}"
-            )
+        # Its CHILD_SAs came as ChildSaDeleted events first; a new IKE SA of the same peer
+        # (reload, restart) may already have installed its own, so nothing else goes here.
         log.info("IKE SA deleted", peer=event.peer, reason=event.reason)
         daemon.notifier.notify(status=daemon._status_line())
     elif isinstance(event, ev.IkeSaEstablished):

@@ -77,6 +77,7 @@ class IkeManager:
         self._outgoing: list[OutgoingDatagram] = []
         self._events: deque[Event] = deque()
         self._retired: list[IkeSa] = []
+        self._retiring: set[int] = set()  # SPIs of SAs being deleted after a config change
         gw = config.gateway
         self.natt_port = int(getattr(gw, "port", 4500))
         self.ike_port = int(getattr(gw, "ike_port", 500))
@@ -133,6 +134,36 @@ class IkeManager:
             else:
                 sa.deleted("terminated by operator")
             self._collect(sa, now)
+
+    def reconfigure(self, config: Any, now: float) -> dict[str, list[str]]:
+        """Adopt a reloaded config (live reload).
+
+        Peers whose config is unchanged keep their SAs untouched; removed and
+        changed peers get a Delete for their IKE SA (RFC 7296 §1.4.1); changed
+        and added peers are known from now on (the caller starts them).
+        Returns the IKE peers by kind: added, changed, removed, unchanged.
+        """
+        new = {p.name: p for p in config.peers if getattr(p, "manual", None) is None}
+        plan: dict[str, list[str]] = {"added": [], "changed": [], "removed": [], "unchanged": []}
+        for name, old in self.peers.items():
+            if name not in new:
+                plan["removed"].append(name)
+            elif new[name] != old:
+                plan["changed"].append(name)
+            else:
+                plan["unchanged"].append(name)
+        plan["added"] = [name for name in new if name not in self.peers]
+        for name in plan["removed"] + plan["changed"]:
+            self.terminate(name, now)
+            # The old IKE SA finishes its Delete on its own; a new one may start beside it.
+            self._retiring |= {s.local_spi for s in self.sas.values() if s.peer_name == name}
+        self.config = config
+        self.peers = new
+        self.peer_state = {
+            name: self.peer_state[name] if name in plan["unchanged"] else _PeerState()
+            for name in new
+        }
+        return plan
 
     def shutdown(self, now: float) -> None:
         """Delete every IKE SA (one Delete each; the shell exits afterwards)."""
@@ -255,7 +286,11 @@ class IkeManager:
         self.counters[name] = self.counters.get(name, 0) + 1
 
     def _sa_for(self, peer: str) -> IkeSa | None:
-        found = [s for s in self.sas.values() if s.peer_name == peer and s.alive]
+        found = [
+            s
+            for s in self.sas.values()
+            if s.peer_name == peer and s.alive and s.local_spi not in self._retiring
+        ]
         for preferred in (IkeState.ESTABLISHED, IkeState.AUTH_SENT, IkeState.INIT_SENT):
             for sa in found:
                 if sa.state is preferred:
@@ -375,6 +410,7 @@ class IkeManager:
             self.half_open = {k: v for k, v in self.half_open.items() if v is not sa}
         if not sa.alive:
             self.sas.pop(sa.local_spi, None)
+            self._retiring.discard(sa.local_spi)
             self.half_open = {k: v for k, v in self.half_open.items() if v is not sa}
             if (
                 state is not None

@@ -1,0 +1,111 @@
+"""Live reload (SIGHUP / ``ipsecctl reload``) with a tunnel up, in namespaces."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import yaml
+
+from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from ipsecd.lab.topology import HOST_B_IP, Topology, run
+
+
+def _edit(daemon: IpsecdProcess, change) -> None:
+    config = yaml.safe_load(daemon.config.read_text())
+    change(config)
+    daemon.config.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def _child_spis(daemon: IpsecdProcess) -> list[str]:
+    return [c["spi_in"] for c in daemon.peer_status()["children"]]
+
+
+def _up(topology: Topology) -> tuple[IpsecdProcess, IpsecdProcess]:
+    a, b = site_specs(topology)
+    gw_a, gw_b = start_psk_pair(topology, a, b)
+    gw_a.wait_up()
+    gw_b.wait_up()
+    assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=10)
+    return gw_a, gw_b
+
+
+def test_bad_file_is_refused_and_running_config_kept(topology: Topology) -> None:
+    gw_a, _ = _up(topology)
+    spis = _child_spis(gw_a)
+    good = gw_a.config.read_text()
+    gw_a.config.write_text(
+        good.replace("remote_ts:\n  - 10.2.0.0/24", "remote_ts:\n  - 10.2.0.0/33")
+    )
+    response = gw_a.control({"cmd": "reload"})
+    assert not response["ok"]
+    assert "running config kept" in response["error"]
+    assert f"{gw_a.config}:" in response["error"] and "remote_ts[0]" in response["error"]
+    assert _child_spis(gw_a) == spis
+    assert topology.ping(topology.host_a, HOST_B_IP, count=5).loss == 0.0
+
+
+def test_unchanged_peer_keeps_its_sas_and_loses_no_packet(topology: Topology) -> None:
+    gw_a, _ = _up(topology)
+    spis = _child_spis(gw_a)
+    _edit(gw_a, lambda c: c["log"].update(level="info"))  # only the log level changes
+    result: dict = {}
+    pinger = threading.Thread(
+        target=lambda: result.update(
+            stats=topology.ping(topology.host_a, HOST_B_IP, count=100, interval=0.01)
+        )
+    )
+    pinger.start()
+    time.sleep(0.2)
+    response = gw_a.control({"cmd": "reload"})
+    gw_a.proc.send_signal(signal.SIGHUP)  # the other way in
+    pinger.join()
+    assert response["ok"], response
+    assert response["plan"]["unchanged"] == ["b"] and response["plan"]["changed"] == []
+    assert result["stats"].loss == 0.0, result["stats"]
+    assert _child_spis(gw_a) == spis
+
+
+def test_changed_peer_is_renegotiated(topology: Topology) -> None:
+    gw_a, gw_b = _up(topology)
+    spis = _child_spis(gw_a)
+    _edit(gw_a, lambda c: c["peers"][0]["esp"].update(proposals=["aes128gcm16", "aes256gcm16"]))
+    response = gw_a.control({"cmd": "reload"})
+    assert response["ok"] and response["plan"]["changed"] == ["b"], response
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        now = _child_spis(gw_a)
+        if now and now != spis and gw_a.peer_status()["up"]:
+            break
+        time.sleep(0.1)
+    assert _child_spis(gw_a) and _child_spis(gw_a) != spis, gw_a.log_text()
+    assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=10)
+
+
+def test_removed_peer_gets_a_delete_and_added_peer_starts(topology: Topology) -> None:
+    gw_a, gw_b = _up(topology)
+
+    def swap(config: dict) -> None:
+        peer = config["peers"][0]
+        config["peers"] = [
+            {
+                **peer,
+                "name": "other",
+                "remote_address": "192.0.2.77",
+                "start": "respond",
+                "remote_ts": ["10.77.0.0/24"],
+            }
+        ]
+
+    _edit(gw_a, swap)
+    response = gw_a.control({"cmd": "reload"})
+    assert response["ok"], response
+    assert response["plan"]["removed"] == ["b"] and response["plan"]["added"] == ["other"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and gw_b.peer_status()["children"]:
+        time.sleep(0.1)
+    assert gw_b.peer_status()["children"] == [], "gwB never got the Delete"
+    routes = run(topology.gw_a, "ip", "route").stdout
+    assert "10.2.0.0/24" not in routes and "10.77.0.0/24 dev ipseca" in routes
+    assert [p["name"] for p in gw_a.status()["peers"]] == ["other"]
