@@ -183,3 +183,22 @@ def test_peer_not_answering(topology: Topology) -> None:
     assert "2 retransmits" in message
     _assert_no_child(gw_a)
     assert gw_a.peer_status()["state"] != "established"
+
+
+def test_no_secret_in_any_log_line(topology: Topology) -> None:
+    """A full run at debug level: up, traffic, status, reload, down; grep for the PSK."""
+    psk = "log-grep-psk-" + "q7" * 12
+    a, b = site_specs(topology)
+    gw_a, gw_b = start_psk_pair(topology, a, b, psk_a=psk, psk_b=psk)
+    gw_a.wait_up()
+    _traffic(topology)
+    gw_a.status()
+    assert gw_a.control({"cmd": "reload"})["ok"]
+    gw_a.control({"cmd": "down", "peer": "b"})
+    gw_a.stop()
+    gw_b.stop()
+    for daemon in (gw_a, gw_b):
+        text = daemon.log_text()
+        assert '"level": "debug"' in text or '"level": "info"' in text
+        for needle in (psk, psk.encode().hex(), psk[:12]):
+            assert needle not in text, f"secret material in {daemon.log}"

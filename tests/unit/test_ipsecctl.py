@@ -1,0 +1,105 @@
+"""ipsecctl formats the daemon's status document; colours only on a TTY."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ipsecd.cli import ipsecctl
+from ipsecd.cli.ipsecctl import Style, format_status
+
+STATUS = {
+    "tun": "ipsec0",
+    "mtu": 1438,
+    "uptime_seconds": 42.0,
+    "listen": ["192.0.2.1:4500", "192.0.2.1:500"],
+    "peers": [
+        {
+            "name": "site-b",
+            "mode": "ike",
+            "state": "established",
+            "up": True,
+            "remote": "192.0.2.2:500",
+            "local": "192.0.2.1",
+            "local_ts": "10.1.0.0/24",
+            "remote_ts": "10.2.0.0/24",
+            "ike": {
+                "local_spi": "00112233aabbccdd",
+                "remote_spi": "8899aabbccddeeff",
+                "algorithm": "aes256gcm16-prfsha256-x25519",
+                "role": "initiator",
+                "local": "192.0.2.1:4500",
+                "remote": "192.0.2.2:4500",
+                "nat_local": True,
+                "nat_remote": False,
+            },
+            "children": [
+                {
+                    "spi_in": "c0ffee01",
+                    "spi_out": "c0ffee02",
+                    "algorithm": "aes256gcm16",
+                    "local_ts": "10.1.0.0/24",
+                    "remote_ts": "10.2.0.0/24",
+                    "established_seconds": 12.0,
+                    "packets_in": 10,
+                    "bytes_in": 2048,
+                    "packets_out": 11,
+                    "bytes_out": 4096,
+                    "drops": {"replay": 2},
+                }
+            ],
+            "last_error": None,
+        },
+        {
+            "name": "site-c",
+            "mode": "ike",
+            "state": "connecting",
+            "up": False,
+            "remote": "192.0.2.3:500",
+            "local": "192.0.2.1",
+            "local_ts": "10.1.0.0/24",
+            "remote_ts": "10.3.0.0/24",
+            "ike": None,
+            "children": [],
+            "last_error": "AUTHENTICATION_FAILED: peer site-c rejected our authentication",
+        },
+    ],
+    "drops": {"no_sa": 3},
+}
+
+
+def test_plain_text_is_aligned_and_complete() -> None:
+    text = format_status(STATUS, Style(False))
+    assert "\033[" not in text
+    assert "peer site-b: established  192.0.2.1 <-> 192.0.2.2:500" in text
+    assert "00112233aabbccdd_local 8899aabbccddeeff_remote" in text
+    assert "we are behind a NAT" in text
+    assert "child c0ffee01_in c0ffee02_out  aes256gcm16" in text
+    assert "    in:        2.0 KiB, 10 packets" in text
+    assert "    drops:     replay 2" in text
+    assert "last error: AUTHENTICATION_FAILED" in text
+    assert text.rstrip().endswith("drops: no_sa 3")
+
+
+def test_colour_only_on_a_tty() -> None:
+    assert "\033[32mestablished\033[0m" in format_status(STATUS, Style(True))
+
+
+def test_json_output_and_unreachable_socket(monkeypatch, capsys, tmp_path) -> None:
+    monkeypatch.setattr(ipsecctl, "request", lambda path, payload: {"ok": True, "status": STATUS})
+    assert ipsecctl.main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == STATUS
+    monkeypatch.undo()
+    assert ipsecctl.main(["--socket", str(tmp_path / "none.sock"), "status"]) == 3
+    assert "cannot reach ipsecd" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cmd", [["up", "b"], ["down", "b"], ["reload"], ["log-level", "debug"]])
+def test_commands_send_requests(monkeypatch, cmd) -> None:
+    sent = []
+    monkeypatch.setattr(
+        ipsecctl, "request", lambda path, payload: sent.append(payload) or {"ok": True}
+    )
+    assert ipsecctl.main(cmd) == 0
+    assert sent[0]["cmd"] == cmd[0]
