@@ -2,7 +2,7 @@
 
 ``load_config(path)`` is the one entry point the daemon and ``ipsecd check``
 use; every problem is a ``ConfigError`` reading ``FILE:LINE: key.path: message``.
-The schema is documented in ``etc/ipsecd.yaml`` and ``docs/configuration.md``.
+The schema is documented in ``etc/ipsecd.yaml`` and the README (Configuration reference).
 """
 
 from ipsecd.config.errors import ConfigError
