@@ -173,6 +173,30 @@ class ManualSaConfig:
 
 
 @dataclass(frozen=True)
+class IkeLifetime:
+    """When the IKE SA is rekeyed (RFC 7296 §2.18): ``rekey_time`` minus a random
+    0..``rand_time`` seconds after it was established; 0 means never."""
+
+    rekey_time: int = 4 * 3600
+    rand_time: int = 1440
+
+
+@dataclass(frozen=True)
+class ChildLifetime:
+    """CHILD_SA lifetimes (RFC 7296 §2.8): soft limits start a rekey, the hard limit deletes.
+
+    Soft: ``rekey_time`` minus a random 0..``rand_time`` seconds, ``rekey_bytes``
+    or ``rekey_packets`` (0 = no such limit); hard: ``life_time`` seconds.
+    """
+
+    rekey_time: int = 3600
+    life_time: float = 3960.0
+    rand_time: int = 360
+    rekey_bytes: int = 0
+    rekey_packets: int = 0
+
+
+@dataclass(frozen=True)
 class PeerConfig:
     name: str
     remote_address: IpAddress
@@ -185,6 +209,8 @@ class PeerConfig:
     esp_proposals: tuple[Proposal, ...]  # empty for manual peers
     auth: AuthConfig | None  # None iff manual is set
     manual: ManualSaConfig | None
+    ike_lifetime: IkeLifetime = IkeLifetime()
+    child_lifetime: ChildLifetime = ChildLifetime()
 
 
 @dataclass(frozen=True)

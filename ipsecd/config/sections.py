@@ -41,9 +41,11 @@ from ipsecd.config.fields import (
 )
 from ipsecd.config.schema import (
     AuthConfig,
+    ChildLifetime,
     Config,
     GatewayConfig,
     Identity,
+    IkeLifetime,
     LogConfig,
     ManualSaConfig,
     PeerConfig,
@@ -102,8 +104,19 @@ GATEWAY = Section(
 DEFAULT_IKE = tuple(parse_proposal(p, "ike") for p in DEFAULT_IKE_PROPOSALS)
 DEFAULT_ESP = tuple(parse_proposal(p, "esp") for p in DEFAULT_ESP_PROPOSALS)
 
-IKE = Section(Field("proposals", list_of(proposal("ike"), min_items=1), DEFAULT_IKE))
-ESP = Section(Field("proposals", list_of(proposal("esp"), min_items=1), DEFAULT_ESP))
+IKE = Section(
+    Field("proposals", list_of(proposal("ike"), min_items=1), DEFAULT_IKE),
+    Field("rekey_time", duration(0, 10 * 365 * 86400), 4 * 3600),
+    Field("rand_time", optional(duration(0, 10 * 365 * 86400)), None),
+)
+ESP = Section(
+    Field("proposals", list_of(proposal("esp"), min_items=1), DEFAULT_ESP),
+    Field("rekey_time", duration(0, 10 * 365 * 86400), 3600),
+    Field("life_time", optional(duration(1, 10 * 365 * 86400)), None),
+    Field("rand_time", optional(duration(0, 10 * 365 * 86400)), None),
+    Field("rekey_bytes", integer(0, 2**63), 0),
+    Field("rekey_packets", integer(0, 2**63), 0),
+)
 
 AUTH = Section(
     Field("psk_file", file_path(), REQUIRED),
@@ -159,6 +172,42 @@ def _build_gateway(v: Values) -> GatewayConfig:
         retransmit_timeout=v["retransmit_timeout"],
         retransmit_tries=v["retransmit_tries"],
         retry_interval=v["retry_interval"],
+    )
+
+
+def _build_ike_lifetime(v: Values | None) -> IkeLifetime:
+    if v is None:
+        return IkeLifetime()
+    rekey = v["rekey_time"]
+    rand = v["rand_time"] if v["rand_time"] is not None else rekey // 10
+    if rekey and rand >= rekey:
+        raise v.at("rand_time").error(
+            f"rand_time ({rand}s) must be shorter than rekey_time ({rekey}s)"
+        )
+    return IkeLifetime(rekey_time=rekey, rand_time=rand)
+
+
+def _build_child_lifetime(v: Values | None) -> ChildLifetime:
+    if v is None:
+        return ChildLifetime()
+    rekey = v["rekey_time"]
+    rand = v["rand_time"] if v["rand_time"] is not None else rekey // 10
+    life = float(v["life_time"]) if v["life_time"] is not None else rekey * 1.1
+    if rekey and rand >= rekey:
+        raise v.at("rand_time").error(
+            f"rand_time ({rand}s) must be shorter than rekey_time ({rekey}s)"
+        )
+    if rekey and life <= rekey:
+        raise v.at("life_time").error(
+            f"life_time ({life:g}s) must be longer than rekey_time ({rekey}s): the SA is"
+            " rekeyed at rekey_time and deleted at life_time"
+        )
+    return ChildLifetime(
+        rekey_time=rekey,
+        life_time=life,
+        rand_time=rand,
+        rekey_bytes=v["rekey_bytes"],
+        rekey_packets=v["rekey_packets"],
     )
 
 
@@ -245,6 +294,8 @@ def _build_peer(v: Values, gateway: GatewayConfig) -> PeerConfig:
         esp_proposals=esp,
         auth=auth,
         manual=manual,
+        ike_lifetime=_build_ike_lifetime(v["ike"]),
+        child_lifetime=_build_child_lifetime(v["esp"]),
     )
 
 

@@ -193,7 +193,11 @@ class Daemon:
     def _on_ike_timer(self) -> None:
         self._ike_timer = None
         if self.ike is not None:
-            self.ike.handle_timer(time.monotonic())
+            from ipsecd.daemon.ike_glue import report_usage
+
+            now = time.monotonic()
+            report_usage(self, now)
+            self.ike.handle_timer(now)
             self._pump_ike()
 
     # -- control ---------------------------------------------------------------------------

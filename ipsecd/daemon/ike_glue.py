@@ -82,7 +82,8 @@ def apply_event(daemon: Daemon, event: Any) -> None:
     log = daemon.log
     if isinstance(event, ev.ChildSaEstablished):
         sa = child_tunnel(daemon, event.peer, event.child)
-        daemon.sad.install(sa)
+        outbound = getattr(event, "outbound_active", True)
+        daemon.sad.install(sa, outbound=outbound)
         daemon.last_error.pop(event.peer, None)
         daemon.counters["child_sa_installed"] += 1
         log.info(
@@ -95,8 +96,13 @@ def apply_event(daemon: Daemon, event: Any) -> None:
             local_ts=format_selectors(sa.local_ts),
             remote_ts=format_selectors(sa.remote_ts),
             remote=f"{sa.remote[0]}:{sa.remote[1]}",
+            outbound="active" if outbound else "after the old SA is deleted",
         )
         daemon.notifier.notify(status=daemon._status_line())
+    elif isinstance(event, ev.ChildSaOutboundActivated):
+        # RFC 7296 §2.8: the rekeyed SA is gone; the new one now carries our traffic.
+        if daemon.sad.activate_outbound(event.spi_in) is not None:
+            log.info("CHILD_SA outbound active", peer=event.peer, spi_in=f"{event.spi_in:08x}")
     elif isinstance(event, ev.ChildSaDeleted):
         if daemon.sad.remove(event.spi_in) is not None:
             log.info(
@@ -126,3 +132,26 @@ def apply_event(daemon: Daemon, event: Any) -> None:
         log.warning("negotiation failed", peer=event.peer, reason=event.reason)
     else:
         log.debug("IKE event", event=type(event).__name__)
+
+
+def report_usage(daemon: Daemon, now: float) -> None:
+    """Tell the IKE layer how much each CHILD_SA carried (soft/hard limits, RFC 7296 §2.8).
+
+    Called before every IKE timer run; the manager wakes that timer at least every
+    ``ipsecd.ike.manager.USAGE_INTERVAL`` seconds while CHILD_SAs exist.
+    """
+    usage = getattr(daemon.ike, "child_usage", None)
+    if usage is None:
+        return
+    for sa in daemon.sad:
+        if daemon.ike is None:
+            return
+        inbound, outbound = sa.inbound, sa.outbound
+        usage(
+            sa.peer,
+            inbound.spi,
+            max(inbound.bytes, outbound.bytes),
+            max(inbound.packets, outbound.packets),
+            now,
+            seq_out=getattr(outbound, "seq", 0),
+        )

@@ -55,11 +55,24 @@ class SaDatabase:
         self._outbound: list[TunnelSa] = []  # newest first
         self._cache: dict[tuple[int, int, int], TunnelSa | None] = {}
 
-    def install(self, sa: TunnelSa) -> None:
-        """Install inbound first, then let the outbound side take over (RFC 7296 §2.8)."""
+    def install(self, sa: TunnelSa, outbound: bool = True) -> None:
+        """Install inbound first, then let the outbound side take over (RFC 7296 §2.8).
+
+        ``outbound=False`` installs the inbound SA only (a rekey responder keeps
+        sending on the old SA); :meth:`activate_outbound` adds the outbound side later.
+        """
         self.by_spi[sa.inbound.spi] = sa
-        self._outbound.insert(0, sa)
-        self._cache.clear()
+        if outbound:
+            self._outbound.insert(0, sa)
+            self._cache.clear()
+
+    def activate_outbound(self, spi_in: int) -> TunnelSa | None:
+        """Start sending with an SA installed with ``outbound=False``."""
+        sa = self.by_spi.get(spi_in)
+        if sa is not None and all(s is not sa for s in self._outbound):
+            self._outbound.insert(0, sa)
+            self._cache.clear()
+        return sa
 
     def remove(self, spi_in: int) -> TunnelSa | None:
         sa = self.by_spi.pop(spi_in, None)
@@ -90,10 +103,13 @@ class SaDatabase:
         return self.by_spi.get(spi)
 
     def for_peer(self, peer: str) -> list[TunnelSa]:
-        return [s for s in self._outbound if s.peer == peer]
+        """The peer's SAs, the ones in outbound use first (newest first), then inbound-only."""
+        sending = [s for s in self._outbound if s.peer == peer]
+        return sending + [s for s in self.by_spi.values() if s.peer == peer and s not in sending]
 
     def __iter__(self):
-        return iter(list(self._outbound))
+        sending = list(self._outbound)
+        return iter(sending + [s for s in self.by_spi.values() if s not in sending])
 
     def __len__(self) -> int:
         return len(self.by_spi)

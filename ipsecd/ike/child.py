@@ -10,6 +10,12 @@ States of a CHILD_SA, in one table (h11 style)::
     CREATING  --failed------->  DELETED
     INSTALLED --delete rcvd-->  DELETED
     DELETING  --response----->  DELETED
+    INSTALLED --rekey started-> REKEYING  --rekey failed-->  INSTALLED
+    REKEYING  --rekeyed------>  REKEYED   --delete sent/rcvd--> DELETING/DELETED
+    INSTALLED --rekeyed (by the peer)-->  REKEYED
+
+A REKEYED child has been replaced (RFC 7296 §2.8) and only waits for the
+Delete of whoever initiated the surviving rekey; it keeps decrypting until then.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from ipsecd.selectors import TrafficSelector, format_selectors
 class ChildState(Enum):
     CREATING = "creating"
     INSTALLED = "installed"
+    REKEYING = "rekeying"  # our CREATE_CHILD_SA with N(REKEY_SA) is outstanding
+    REKEYED = "rekeyed"  # replaced by a new CHILD_SA, waiting for the Delete
     DELETING = "deleting"
     DELETED = "deleted"
 
@@ -41,7 +49,23 @@ CHILD_TRANSITIONS: dict[tuple[ChildState, str], ChildState] = {
     (ChildState.INSTALLED, "ike_gone"): ChildState.DELETED,
     (ChildState.DELETING, "ike_gone"): ChildState.DELETED,
     (ChildState.CREATING, "ike_gone"): ChildState.DELETED,
+    (ChildState.INSTALLED, "rekey_started"): ChildState.REKEYING,
+    (ChildState.REKEYING, "rekey_failed"): ChildState.INSTALLED,
+    (ChildState.REKEYING, "rekeyed"): ChildState.REKEYED,
+    (ChildState.INSTALLED, "rekeyed"): ChildState.REKEYED,
+    (ChildState.REKEYED, "rekeyed"): ChildState.REKEYED,
+    (ChildState.REKEYING, "delete_sent"): ChildState.DELETING,
+    (ChildState.REKEYED, "delete_sent"): ChildState.DELETING,
+    (ChildState.REKEYING, "delete_received"): ChildState.DELETED,
+    (ChildState.REKEYED, "delete_received"): ChildState.DELETED,
+    (ChildState.REKEYING, "ike_gone"): ChildState.DELETED,
+    (ChildState.REKEYED, "ike_gone"): ChildState.DELETED,
 }
+
+#: States in which the data plane holds the SA (it was announced by ChildSaEstablished).
+LIVE_STATES = frozenset(
+    {ChildState.INSTALLED, ChildState.REKEYING, ChildState.REKEYED, ChildState.DELETING}
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +90,22 @@ class ChildSa:
     algorithms: ChildAlgorithms | None = None
     params: ChildSaParams | None = field(default=None, repr=False)
     created_at: float = 0.0
+    # Lifetimes (set by the manager when the child is installed; None = no limit).
+    rekey_at: float | None = None
+    expire_at: float | None = None
+    lifetime_set: bool = False
+    rekey_queued: bool = False
+    bytes: int = 0  # usage reported by the data plane (larger direction)
+    packets: int = 0
+    # Rekeying (RFC 7296 §2.8): the spi_in of the child this one replaces; whether our
+    # outbound SA is in use (a rekey responder waits for the old SA's Delete).
+    replaces: int | None = None
+    outbound_active: bool = True
+    redundant: bool = False  # lost a simultaneous rekey (§2.8.1): deleted by its creator
+    was_rekeyed: bool = False
+    # A rekey of this child the peer started while ours was outstanding (§2.8.1):
+    # (spi_in of the child it created, lowest nonce of that exchange).
+    peer_rekey: tuple[int, bytes] | None = None
 
     def transition(self, trigger: str) -> None:
         try:

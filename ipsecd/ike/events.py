@@ -82,10 +82,27 @@ class IkeSaEstablished(Event):
 
 @dataclass(frozen=True)
 class ChildSaEstablished(Event):
-    """A CHILD_SA is fully negotiated and may be installed."""
+    """A CHILD_SA is fully negotiated and may be installed.
+
+    ``outbound_active`` False: install the inbound SA only and keep sending
+    with the SA this one replaces until :class:`ChildSaOutboundActivated`
+    (the responder of a rekey, RFC 7296 §2.8: the initiator may not have
+    the new inbound SA yet, and a redundant SA of a simultaneous rekey is
+    never used).
+    """
 
     peer: str
     child: ChildSaParams
+    outbound_active: bool = True
+
+
+@dataclass(frozen=True)
+class ChildSaOutboundActivated(Event):
+    """Start sending with the CHILD_SA whose inbound SPI is ``spi_in`` (installed earlier
+    with ``outbound_active=False``): the SA it replaced is gone."""
+
+    peer: str
+    spi_in: int
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,10 @@ values, drains :meth:`IkeManager.datagrams_to_send` and
 * initiates peers with ``start: initiate`` and retries them after a pause
   when a negotiation fails or the peer stops answering;
 * sends NAT-keepalives every 20 s from the side behind a NAT (RFC 3948 §4);
+* rekeys CHILD_SAs and IKE SAs at their soft lifetime (time minus random
+  jitter, bytes, packets, outbound sequence number nearing its end) and
+  deletes CHILD_SAs at their hard lifetime (RFC 7296 §2.8, §2.18); the
+  shell reports data-plane usage with :meth:`IkeManager.child_usage`;
 * never raises out of :meth:`receive_datagram`: bad input is counted in
   :attr:`IkeManager.counters` and dropped.
 
@@ -26,6 +30,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from ipsecd.config.schema import ChildLifetime, IkeLifetime
+from ipsecd.ike.child import LIVE_STATES, ChildSa, ChildState
 from ipsecd.ike.events import (
     NAT_KEEPALIVE,
     Address,
@@ -34,9 +40,25 @@ from ipsecd.ike.events import (
     OutgoingDatagram,
 )
 from ipsecd.ike.exchanges import base
+from ipsecd.ike.exchanges.rekey import random_unit
 from ipsecd.ike.sa import IkeSa, IkeState, RetransmitPolicy
 
 NAT_KEEPALIVE_INTERVAL = 20.0  # RFC 3948 §4: default 20 seconds
+USAGE_INTERVAL = 1.0  # how often the shell should report CHILD_SA usage (child_usage)
+REKEYED_IKE_GRACE = 30.0  # a replaced IKE SA the peer does not delete is deleted by us
+MAX_SEQ_32 = 2**32 - 1
+MAX_SEQ_64 = 2**64 - 1
+
+
+def seq_rekey_threshold(esn: bool) -> int:
+    """Outbound sequence number at which a CHILD_SA is rekeyed: 7/8 of the space (RFC 4303
+    §3.3.3 forbids wrapping; the SA must be replaced well before the last number)."""
+    top = MAX_SEQ_64 if esn else MAX_SEQ_32
+    return top - top // 8
+
+
+DEFAULT_CHILD_LIFETIME = ChildLifetime()
+DEFAULT_IKE_LIFETIME = IkeLifetime()
 
 
 @dataclass
@@ -81,6 +103,7 @@ class IkeManager:
         gw = config.gateway
         self.natt_port = int(getattr(gw, "port", 4500))
         self.ike_port = int(getattr(gw, "ike_port", 500))
+        self._last_usage_check = now
 
     # ---- contract API ----------------------------------------------------
 
@@ -199,10 +222,14 @@ class IkeManager:
             if (
                 sa.state is IkeState.ESTABLISHED
                 and sa.nat_local
+                and sa.rekeyed_to is None
                 and now >= sa.last_keepalive + self.keepalive_interval
             ):
                 self._keepalive(sa, now)
+            self._lifetimes(sa, now)
             self._collect(sa, now)
+        if now >= self._usage_due:  # the shell reports usage when we wake it (child_usage)
+            self._last_usage_check = now
         for name, state in self.peer_state.items():
             if state.retry_at is not None and now >= state.retry_at:
                 state.retry_at = None
@@ -280,6 +307,55 @@ class IkeManager:
     def ike_sa(self, peer: str) -> IkeSa | None:
         return self._sa_for(peer)
 
+    def rekey(self, peer: str, now: float) -> None:
+        """Rekey every CHILD_SA of ``peer`` now (RFC 7296 §2.8; ``ipsecctl rekey``)."""
+        sa = self._established(peer)
+        for child in list(sa.children.values()):
+            self._rekey_child(sa, child, now)
+        self._collect(sa, now)
+
+    def rekey_ike(self, peer: str, now: float) -> None:
+        """Rekey the IKE SA of ``peer`` now (RFC 7296 §2.18)."""
+        sa = self._established(peer)
+        self._rekey_ike(sa, now)
+        self._collect(sa, now)
+
+    def child_usage(
+        self,
+        peer: str,
+        spi_in: int,
+        bytes: int,  # noqa: A002 - the RFC's word
+        packets: int,
+        now: float,
+        *,
+        seq_out: int = 0,
+    ) -> None:
+        """Data-plane usage of one CHILD_SA (by our inbound SPI), for its soft/hard limits.
+
+        ``bytes``/``packets``: inner bytes and packets of the busier direction since the
+        SA was installed; ``seq_out``: the last outbound ESP sequence number.  Call every
+        :data:`USAGE_INTERVAL` seconds or so; unknown SPIs (manual SAs) are ignored.
+        """
+        for sa in list(self.sas.values()):
+            child = sa.children.get(spi_in)
+            if child is None or sa.peer_name != peer:
+                continue
+            child.bytes, child.packets = bytes, packets
+            limits = self._child_lifetime(sa)
+            esn = bool(child.algorithms and child.algorithms.esn)
+            top = MAX_SEQ_64 if esn else MAX_SEQ_32
+            if seq_out >= top and child.state is ChildState.INSTALLED:
+                self._count("child_sa_sequence_exhausted")
+                self._delete_child(sa, child, "outbound sequence numbers exhausted", now)
+            elif (
+                (limits.rekey_bytes and bytes >= limits.rekey_bytes)
+                or (limits.rekey_packets and packets >= limits.rekey_packets)
+                or seq_out >= seq_rekey_threshold(esn)
+            ):
+                self._rekey_child(sa, child, now)
+            self._collect(sa, now)
+            return
+
     # ---- internals -------------------------------------------------------
 
     def _count(self, name: str) -> None:
@@ -289,7 +365,10 @@ class IkeManager:
         found = [
             s
             for s in self.sas.values()
-            if s.peer_name == peer and s.alive and s.local_spi not in self._retiring
+            if s.peer_name == peer
+            and s.alive
+            and s.rekeyed_to is None
+            and s.local_spi not in self._retiring
         ]
         for preferred in (IkeState.ESTABLISHED, IkeState.AUTH_SENT, IkeState.INIT_SENT):
             for sa in found:
@@ -305,9 +384,109 @@ class IkeManager:
 
     def _sa_timer(self, sa: IkeSa) -> float | None:
         times = [t for t in (sa.next_timer(),) if t is not None]
-        if sa.state is IkeState.ESTABLISHED and sa.nat_local:
+        if sa.state is IkeState.ESTABLISHED and sa.nat_local and sa.rekeyed_to is None:
             times.append(sa.last_keepalive + self.keepalive_interval)
+        if sa.state is IkeState.ESTABLISHED:
+            if sa.rekeyed_to is not None and sa.rekeyed_at is not None:
+                times.append(sa.rekeyed_at + REKEYED_IKE_GRACE)
+            elif sa.rekey_at is not None and not sa.rekey_queued:
+                times.append(sa.rekey_at)
+            for child in sa.children.values():
+                if (
+                    child.state is ChildState.INSTALLED
+                    and child.rekey_at is not None
+                    and not child.rekey_queued
+                ):
+                    times.append(child.rekey_at)
+                if child.expire_at is not None and child.state in LIVE_STATES:
+                    times.append(child.expire_at)
+            if sa.children:
+                times.append(self._usage_due)
         return min(times) if times else None
+
+    # ---- lifetimes (RFC 7296 §2.8, §2.18) -----------------------------------
+
+    @property
+    def _usage_due(self) -> float:
+        return self._last_usage_check + USAGE_INTERVAL
+
+    def _child_lifetime(self, sa: IkeSa) -> ChildLifetime:
+        return getattr(sa.peer, "child_lifetime", None) or DEFAULT_CHILD_LIFETIME
+
+    def _schedule(self, sa: IkeSa, now: float) -> None:
+        """Soft/hard limits for a new IKE SA or CHILD_SA: ``rekey_time - rand * U[0,1)``."""
+        if sa.state is not IkeState.ESTABLISHED or sa.rekeyed_to is not None:
+            return
+        if not sa.lifetime_set:
+            sa.lifetime_set = True
+            ike = getattr(sa.peer, "ike_lifetime", None) or DEFAULT_IKE_LIFETIME
+            if ike.rekey_time:
+                sa.rekey_at = now + ike.rekey_time - ike.rand_time * random_unit()
+        limits = self._child_lifetime(sa)
+        for child in sa.children.values():
+            if child.lifetime_set or child.state not in LIVE_STATES:
+                continue
+            child.lifetime_set = True
+            if limits.rekey_time and child.state is ChildState.INSTALLED:
+                child.rekey_at = now + limits.rekey_time - limits.rand_time * random_unit()
+            if limits.life_time:
+                child.expire_at = now + limits.life_time
+
+    def _lifetimes(self, sa: IkeSa, now: float) -> None:
+        if sa.state is not IkeState.ESTABLISHED:
+            return
+        if sa.rekeyed_to is not None:
+            if sa.rekeyed_at is not None and now >= sa.rekeyed_at + REKEYED_IKE_GRACE:
+                from ipsecd.ike.exchanges.informational import DeleteIkeSa
+
+                sa.rekeyed_at = None
+                sa.queue(DeleteIkeSa("replaced by a rekey, not deleted by the peer"), now)
+            return
+        for child in list(sa.children.values()):
+            if child.expire_at is not None and now >= child.expire_at:
+                child.expire_at = None
+                if child.state is not ChildState.DELETING:
+                    self._count("child_sa_expired")
+                    self._delete_child(sa, child, "hard lifetime (life_time) reached", now)
+            elif (
+                child.state is ChildState.INSTALLED
+                and child.rekey_at is not None
+                and now >= child.rekey_at
+            ):
+                self._rekey_child(sa, child, now)
+        if sa.rekey_at is not None and now >= sa.rekey_at and not sa.rekey_queued:
+            self._rekey_ike(sa, now)
+
+    def _rekey_child(self, sa: IkeSa, child: ChildSa, now: float) -> None:
+        from ipsecd.ike.exchanges.rekey import RekeyChildSa
+
+        if child.state is not ChildState.INSTALLED or child.rekey_queued or child.redundant:
+            return
+        child.rekey_queued = True
+        child.rekey_at = None
+        sa.queue(
+            RekeyChildSa(
+                child.spi_in,
+                tuple(child.local_ts),
+                tuple(child.remote_ts),
+                tuple(sa.peer.esp_proposals),
+            ),
+            now,
+        )
+
+    def _rekey_ike(self, sa: IkeSa, now: float) -> None:
+        from ipsecd.ike.exchanges.rekey import RekeyIkeSa
+
+        if sa.rekey_queued or sa.rekeyed_to is not None:
+            return
+        sa.rekey_queued = True
+        sa.rekey_at = None
+        sa.queue(RekeyIkeSa(tuple(sa.peer.ike_proposals)), now)
+
+    def _delete_child(self, sa: IkeSa, child: ChildSa, reason: str, now: float) -> None:
+        from ipsecd.ike.exchanges.informational import DeleteChildSa
+
+        sa.queue(DeleteChildSa([child.spi_in], reason), now)
 
     def _keepalive(self, sa: IkeSa, now: float) -> None:
         """RFC 3948 §2.3 NAT-keepalive: one 0xFF octet on the NAT-T port, no marker."""
@@ -392,6 +571,7 @@ class IkeManager:
 
     def _collect(self, sa: IkeSa, now: float) -> None:
         """Move an SA's datagrams/events out and handle its end of life."""
+        self._schedule(sa, now)
         if sa.outgoing:
             self._outgoing.extend(sa.outgoing)
             sa.outgoing.clear()
@@ -408,6 +588,11 @@ class IkeManager:
                 sa.last_keepalive = now
         if sa.state is IkeState.ESTABLISHED:
             self.half_open = {k: v for k, v in self.half_open.items() if v is not sa}
+        while sa.spawned:  # the IKE SA that replaces this one (rekey, §2.18)
+            new = sa.spawned.pop(0)
+            self.sas[new.local_spi] = new
+            new.kick(now)
+            self._collect(new, now)
         if not sa.alive:
             self.sas.pop(sa.local_spi, None)
             self._retiring.discard(sa.local_spi)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ipsecd.ike.errors import INVALID_KE_PAYLOAD, ProtocolError
+from ipsecd.ike.errors import INVALID_KE_PAYLOAD, TEMPORARY_FAILURE, ProtocolError
 from ipsecd.ike.events import (
     Address,
     ChildSaDeleted,
@@ -65,6 +65,7 @@ IKE_TRANSITIONS: dict[tuple[IkeState, str], IkeState] = {
     (IkeState.ESTABLISHED, "delete_received"): IkeState.DELETED,
     (IkeState.DELETING, "delete_received"): IkeState.DELETED,
     (IkeState.DELETING, "deleted"): IkeState.DELETED,
+    (IkeState.CREATED, "rekey_done"): IkeState.ESTABLISHED,  # successor of a rekey (§2.18)
     # Failures and timeouts end every state.
     **{(s, "failed"): IkeState.DELETED for s in IkeState},
     **{(s, "timeout"): IkeState.DELETED for s in IkeState},
@@ -172,6 +173,13 @@ class IkeSa:
     outgoing: list[OutgoingDatagram] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    # Lifetime and rekeying (RFC 7296 §2.18), scheduled by the manager.
+    rekey_at: float | None = None
+    lifetime_set: bool = False
+    rekey_queued: bool = False
+    rekeyed_to: IkeSa | None = None  # the IKE SA that replaced this one
+    rekeyed_at: float | None = None
+    spawned: list[IkeSa] = field(default_factory=list)  # new IKE SAs for the manager
 
     # ---- identity --------------------------------------------------------
 
@@ -349,7 +357,7 @@ class IkeSa:
             payloads = [base.p_notify(error.notify_type, error.notify_data)]
             if error.fatal:
                 fatal = error
-            elif error.notify_type != INVALID_KE_PAYLOAD:
+            elif error.notify_type not in (INVALID_KE_PAYLOAD, TEMPORARY_FAILURE):
                 self.last_error = error.reason
                 self.events.append(NegotiationFailed(self.peer_name, error.reason))
         response = base.encode(self, header.exchange, header.message_id, True, payloads)
@@ -488,14 +496,31 @@ class IkeSa:
             self.remove_child(child, reason)
 
     def remove_child(self, child: ChildSa, reason: str) -> None:
-        from ipsecd.ike.child import ChildState
+        from ipsecd.ike.child import LIVE_STATES, ChildState
 
-        was_installed = child.state in (ChildState.INSTALLED, ChildState.DELETING)
+        was_installed = child.state in LIVE_STATES
         if child.state is not ChildState.DELETED:
             child.transition("ike_gone")
         self.children.pop(child.spi_in, None)
         if was_installed:
             self.events.append(ChildSaDeleted(self.peer_name, child.spi_in, child.spi_out, reason))
+        if child.was_rekeyed:
+            self.count("child_sa_rekeyed")
+        # A rekey responder starts sending on the new SA once the old one is gone (§2.8).
+        for other in self.children.values():
+            if other.replaces == child.spi_in:
+                other.replaces = None
+                if not other.outbound_active and not other.redundant:
+                    self.activate_outbound(other)
+
+    def activate_outbound(self, child: ChildSa) -> None:
+        from ipsecd.ike.child import LIVE_STATES
+        from ipsecd.ike.events import ChildSaOutboundActivated
+
+        if child.outbound_active or child.state not in LIVE_STATES:
+            return
+        child.outbound_active = True
+        self.events.append(ChildSaOutboundActivated(self.peer_name, child.spi_in))
 
     def deleted(self, reason: str) -> None:
         """The IKE SA ended normally (Delete sent/received, RFC 7296 §1.4.1)."""

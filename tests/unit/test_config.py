@@ -304,6 +304,7 @@ def test_reference_config_documents_every_key():
         sections.GATEWAY,
         sections.PEER,
         sections.IKE,
+        sections.ESP,
         sections.AUTH,
         sections.MANUAL,
     ):

@@ -65,7 +65,7 @@ def install_child(sa: IkeSa, child: ChildSa) -> None:
     child.transition("established")
     sa.children[child.spi_in] = child
     assert child.params is not None
-    sa.events.append(ChildSaEstablished(sa.peer_name, child.params))
+    sa.events.append(ChildSaEstablished(sa.peer_name, child.params, child.outbound_active))
 
 
 def describe_id(identity: Any) -> str:

@@ -286,6 +286,14 @@ def find_ts(message: Incoming, initiator: bool) -> tuple[TrafficSelector, ...] |
     return tuple(ts[0].selectors) if ts else None
 
 
+def find_rekey_sa(message: Incoming) -> tuple[int, int] | None:
+    """N(REKEY_SA) (RFC 7296 §1.3.3): (protocol id, SPI of the SA being rekeyed)."""
+    for p in _payloads_of(message, "Notify"):
+        if p.notify_type == N_REKEY_SA:
+            return int(p.protocol_id), int.from_bytes(bytes(p.spi), "big") if p.spi else 0
+    return None
+
+
 def find_deletes(message: Incoming) -> list[tuple[int, list[int]]]:
     return [(int(d.protocol_id), [int(s) for s in d.spis]) for d in _payloads_of(message, "Delete")]
 
@@ -299,15 +307,18 @@ def p_notify(notify_type: int, data: bytes = b"", protocol: int = 0, spi: bytes 
     return pl.Notify(protocol_id=protocol, spi=spi, notify_type=notify_type, data=data)
 
 
-def p_sa_ike(proposals: tuple[Proposal, ...]) -> Any:
+def p_sa_ike(proposals: tuple[Proposal, ...], spi: int = 0) -> Any:
+    """IKE SA payload; ``spi`` is the sender's new 8-octet SPI in an IKE rekey (§1.3.2)."""
     from ipsecd.ike import proposal_codec
 
-    return proposal_codec.sa_payload(proposals, spi=b"")
+    return proposal_codec.sa_payload(proposals, spi=spi.to_bytes(8, "big") if spi else b"")
 
 
-def p_sa_ike_chosen(chosen: Any) -> Any:
+def p_sa_ike_chosen(chosen: Any, spi: int = 0) -> Any:
     from ipsecd.ike import proposal_codec
 
+    if spi:
+        return proposal_codec.chosen_sa_payload(chosen, spi=spi.to_bytes(8, "big"))
     return proposal_codec.chosen_sa_payload(chosen)
 
 
@@ -458,6 +469,21 @@ def derive_ike_keys(
     from ipsecd.ike import keys
 
     return keys.derive_ike_keys(chosen, shared, nonce_i, nonce_r, spi_i, spi_r)
+
+
+def derive_rekeyed_ike_keys(
+    old_keys: Any,
+    chosen: Any,
+    shared: bytes,
+    nonce_i: bytes,
+    nonce_r: bytes,
+    spi_i: int,
+    spi_r: int,
+) -> Any:
+    """SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr) and the new SK_* (RFC 7296 §2.18)."""
+    from ipsecd.ike import keys
+
+    return keys.derive_rekeyed_ike_keys(old_keys, chosen, shared, nonce_i, nonce_r, spi_i, spi_r)
 
 
 def child_keymat(sa: Any, algs: Any, shared: bytes, nonce_i: bytes, nonce_r: bytes) -> bytes:

@@ -8,12 +8,10 @@ strongSwan's ``child_create`` task outside IKE_AUTH::
 KEYMAT = prf+(SK_d, [g^ir (new)] | Ni | Nr) (§2.17).  A failed CREATE_CHILD_SA
 does not harm the IKE SA (§1.3): only the exchange fails.
 
-Rekeying (§1.3.3) is a CREATE_CHILD_SA with N(REKEY_SA): as responder we
-already accept it by creating the new CHILD_SA (the initiator then deletes
-the old one with an INFORMATIONAL exchange); a ``RekeyChildSa`` initiator
-task can subclass :class:`CreateChildSa` and add the notify in
-:meth:`CreateChildSa.extra_payloads`.  IKE SA rekeying (SA payload with
-protocol IKE) is refused with NO_PROPOSAL_CHOSEN for now.
+Rekeying (§1.3.3, §1.3.2) is a CREATE_CHILD_SA too; the initiator tasks and
+the rekey-specific responder steps live in :mod:`ipsecd.ike.exchanges.rekey`
+(``RekeyChildSa`` subclasses :class:`CreateChildSa`), :func:`respond` hands
+requests with N(REKEY_SA) or an IKE SA payload to it.
 """
 
 from __future__ import annotations
@@ -61,6 +59,8 @@ class CreateChildSa:
         self.nonce = os.urandom(NONCE_LEN)
         self.key_exchange: Any = None
         self.spi_in = 0
+        self.nonce_r = b""
+        self.error_type: int | None = None  # error notify the peer answered with
 
     def extra_payloads(self, sa: IkeSa) -> list[Any]:
         """Hook for subclasses (N(REKEY_SA) for a rekey, §1.3.3)."""
@@ -77,12 +77,24 @@ class CreateChildSa:
         return payloads
 
     def process_response(self, sa: IkeSa, message: base.Incoming, now: float) -> TaskResult:
+        child = self.negotiated_child(sa, message, now)
+        if child is not None:
+            self.install(sa, child, now)
+        return TaskResult.DONE
+
+    def install(self, sa: IkeSa, child: ChildSa, now: float) -> None:
+        """Hook for subclasses (a rekey decides about the old CHILD_SA here)."""
+        install_child(sa, child)
+
+    def negotiated_child(self, sa: IkeSa, message: base.Incoming, now: float) -> ChildSa | None:
+        """The CHILD_SA of the response, or None when the exchange is retried (INVALID_KE)."""
         invalid_ke = base.find_notify(message, INVALID_KE_PAYLOAD)
         if invalid_ke is not None:
             self._retry_with_group(sa, invalid_ke, now)
-            return TaskResult.DONE
+            return None
         error = base.error_notify(message)
         if error is not None:
+            self.error_type = error[0]
             raise ProtocolError(
                 f"peer {sa.peer_name} refused CREATE_CHILD_SA with {notify_name(error[0])};"
                 f" we proposed ESP {base.format_proposals(self.proposals)},"
@@ -120,8 +132,8 @@ class CreateChildSa:
             remote_ts=tsr,
             remote=sa.remote,
         )
-        install_child(sa, child)
-        return TaskResult.DONE
+        self.nonce_r = nonce_r
+        return child
 
     def _retry_with_group(self, sa: IkeSa, data: bytes, now: float) -> None:
         """RFC 7296 §1.3: INVALID_KE_PAYLOAD ends this exchange; retry in a new one."""
@@ -133,9 +145,11 @@ class CreateChildSa:
                 f" ESP proposals {base.format_proposals(self.proposals)} do not allow",
                 fatal=False,
             )
-        sa.tasks.insert(
-            0,
-            type(self)(self.local_ts, self.remote_ts, self.proposals, match, self.attempts + 1),
+        sa.tasks.insert(0, self.retry_task(match))
+
+    def retry_task(self, group: Any) -> CreateChildSa:
+        return CreateChildSa(
+            self.local_ts, self.remote_ts, self.proposals, group, self.attempts + 1
         )
 
     def failed(self, sa: IkeSa, reason: str, now: float) -> None:
@@ -152,11 +166,11 @@ def respond(sa: IkeSa, message: base.Incoming, now: float) -> list[Any]:
 
     Errors are non-fatal: the IKE SA survives a refused CHILD_SA (§1.3).
     """
+    from ipsecd.ike.exchanges import rekey
+
     if base.sa_protocol(message) == base.PROTO_IKE:
-        raise NoProposalChosen(
-            f"peer {sa.peer_name} tried to rekey the IKE SA, which is not supported yet",
-            fatal=False,
-        )
+        return rekey.respond_ike_rekey(sa, message, now)
+    old = rekey.child_to_rekey(sa, message)
     nonce_i = base.find_nonce(message)
     if nonce_i is None or not base.has_sa(message):
         raise InvalidSyntax("CREATE_CHILD_SA request lacks SA or Ni", fatal=False)
@@ -192,6 +206,8 @@ def respond(sa: IkeSa, message: base.Incoming, now: float) -> list[Any]:
         exc.fatal = False
         raise
     child.created_at = now
+    if old is not None:
+        rekey.responded_to_rekey(sa, old, child, nonce_i, nonce_r)
     install_child(sa, child)
     # Nr goes after SA (RFC 7296 §1.3.1 order: SA, Nr, [KEr], TSi, TSr).
     return [payloads[0], base.p_nonce(nonce_r), *payloads[1:]]

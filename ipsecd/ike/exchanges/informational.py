@@ -38,7 +38,11 @@ class DeleteChildSa:
         if not spis:
             return None
         for spi in spis:
-            if sa.children[spi].state is ChildState.INSTALLED:
+            if sa.children[spi].state in (
+                ChildState.INSTALLED,
+                ChildState.REKEYING,
+                ChildState.REKEYED,
+            ):
                 sa.children[spi].transition("delete_sent")
         self.spis_in = spis
         return [base.p_delete(base.PROTO_ESP, spis)]
