@@ -418,8 +418,14 @@ class IkeSa:
         """An INFORMATIONAL request we send once and do not wait for (RFC 7296 §2.21.2)."""
         from ipsecd.ike.exchanges import base
 
-        data = base.encode(self, base.INFORMATIONAL, self.next_request_id, False, payloads)
-        self.next_request_id += 1
+        # A new exchange: while a request is outstanding its id is still next_request_id
+        # (counted up when it completes), and the peer would take a reuse of that id for a
+        # retransmission and answer from its cache (§2.2).
+        mid = self.next_request_id
+        if self.outstanding is not None:
+            mid = max(mid, self.outstanding.message_id + 1)
+        data = base.encode(self, base.INFORMATIONAL, mid, False, payloads)
+        self.next_request_id = mid + 1
         self.send(data)
 
     def queue_liveness_check(self, now: float) -> None:
