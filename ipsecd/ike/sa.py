@@ -355,7 +355,8 @@ class IkeSa:
                 error = exc
         if error is not None:
             payloads = [base.p_notify(error.notify_type, error.notify_data)]
-            if error.fatal:
+            # A refused IKE_SA_INIT leaves no SA behind, whatever the error (§2.6).
+            if error.fatal or header.exchange == base.IKE_SA_INIT:
                 fatal = error
             elif error.notify_type not in (INVALID_KE_PAYLOAD, TEMPORARY_FAILURE):
                 self.last_error = error.reason
