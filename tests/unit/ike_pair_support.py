@@ -1,0 +1,412 @@
+"""Two IkeManagers wired together through a tiny in-memory network with a fake clock.
+
+Reusable by any test of the sans-I/O IKE layer (RFC 7296): configs are real
+``parse_config`` output (PSK files written with mode 0600), datagrams travel
+through :class:`Network`, which can drop them, rewrite the initiator's source
+like a NAT (RFC 3948) and records everything it saw, and :class:`IkePair`
+drives both managers the way the daemon shell does (drain datagrams, drain
+events, call ``handle_timer`` at ``get_timer``).
+
+Side ``a`` (192.0.2.1, 10.1.0.0/24) initiates; side ``b`` (192.0.2.2,
+10.2.0.0/24) responds.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ipsecd.config import Config, parse_config
+from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
+from ipsecd.ike import events as ev
+from ipsecd.ike.manager import IkeManager
+
+A_IP, B_IP = "192.0.2.1", "192.0.2.2"
+NET_A, NET_B = "10.1.0.0/24", "10.2.0.0/24"
+NAT_PUBLIC_IP = "198.51.100.7"
+PSK = "0x" + "5a" * 32
+START = 1000.0
+
+Address = tuple[str, int]
+
+
+@dataclass
+class Side:
+    """What one side's config file says (every field ends up in YAML)."""
+
+    name: str  # the peer name this side uses for the other side
+    listen: str
+    remote_address: str
+    local_ts: tuple[str, ...]
+    remote_ts: tuple[str, ...]
+    start: str
+    ike: tuple[str, ...] = ("aes256gcm16-prfsha256-x25519",)
+    esp: tuple[str, ...] = ("aes256gcm16",)
+    psk: str = PSK
+    local_id: str | None = None
+    remote_id: str | None = None
+    remote_port: int | None = None
+    retransmit_timeout: float = 0.5
+    retransmit_tries: int = 7
+    retry_interval: str = "30s"
+    esp_rekey_time: str = "1h"
+    ike_rekey_time: str = "4h"
+
+    def yaml(self, psk_file: Path) -> str:
+        def flow(items: tuple[str, ...]) -> str:
+            return "[" + ", ".join(items) + "]"
+
+        lines = [
+            "gateway:",
+            f"  listen: [{self.listen}]",
+            f"  retransmit_timeout: {self.retransmit_timeout}",
+            f"  retransmit_tries: {self.retransmit_tries}",
+            f"  retry_interval: {self.retry_interval}",
+            "peers:",
+            f"  - name: {self.name}",
+            f"    remote_address: {self.remote_address}",
+            f"    start: {self.start}",
+            f"    local_ts: {flow(self.local_ts)}",
+            f"    remote_ts: {flow(self.remote_ts)}",
+            "    ike:",
+            f"      proposals: {flow(self.ike)}",
+            f"      rekey_time: {self.ike_rekey_time}",
+            "    esp:",
+            f"      proposals: {flow(self.esp)}",
+            f"      rekey_time: {self.esp_rekey_time}",
+            "    auth:",
+            f"      psk_file: {psk_file}",
+        ]
+        if self.remote_port is not None:
+            lines.insert(8, f"    remote_port: {self.remote_port}")
+        if self.local_id is not None:
+            lines.append(f"      local_id: '{self.local_id}'")
+        if self.remote_id is not None:
+            lines.append(f"      remote_id: '{self.remote_id}'")
+        return "\n".join(lines) + "\n"
+
+
+def side_a(**overrides: Any) -> Side:
+    """The initiator: 192.0.2.1 with 10.1.0.0/24, peer ``b``."""
+    values: dict[str, Any] = dict(
+        name="b",
+        listen=A_IP,
+        remote_address=B_IP,
+        local_ts=(NET_A,),
+        remote_ts=(NET_B,),
+        start="initiate",
+    )
+    values.update(overrides)
+    return Side(**values)
+
+
+def side_b(**overrides: Any) -> Side:
+    """The responder: 192.0.2.2 with 10.2.0.0/24, peer ``a``."""
+    values: dict[str, Any] = dict(
+        name="a",
+        listen=B_IP,
+        remote_address=A_IP,
+        local_ts=(NET_B,),
+        remote_ts=(NET_A,),
+        start="respond",
+    )
+    values.update(overrides)
+    return Side(**values)
+
+
+def build_config(side: Side, directory: Path, label: str) -> Config:
+    """Write the side's PSK file (mode 0600) and parse its YAML with ``parse_config``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    psk_file = directory / f"{label}.psk"
+    psk_file.write_text(side.psk + "\n")
+    os.chmod(psk_file, 0o600)
+    return parse_config(side.yaml(psk_file), directory / f"{label}.yaml")
+
+
+@dataclass
+class Sent:
+    """One datagram as the network saw it (after NAT rewriting)."""
+
+    at: float
+    sender: str  # "a" or "b"
+    data: bytes
+    src: Address  # as seen by the receiver
+    dst: Address  # as addressed by the receiver's side of the network
+    marker: bool
+    keepalive: bool
+    delivered: bool = False
+    original_src: Address | None = None  # before NAT
+
+
+@dataclass
+class Network:
+    """Delivers datagrams between managers by destination IP.
+
+    ``nat`` maps a private source (ip, port) to the public (ip, port) the other
+    side sees; answers to the public address are mapped back.  ``drop`` decides
+    per datagram whether it is lost.  Keepalives and ESP-looking data would be
+    classified by the shell before IKE; keepalives are recorded, never given to
+    ``receive_datagram``.
+    """
+
+    nat: dict[Address, Address] = field(default_factory=dict)
+    drop: Callable[[Sent], bool] = lambda sent: False
+    tamper: Callable[[Sent], bytes] = lambda sent: sent.data
+    log: list[Sent] = field(default_factory=list)
+
+    def translate_out(self, src: Address) -> Address:
+        return self.nat.get(src, src)
+
+    def translate_in(self, dst: Address) -> Address | None:
+        """Public destination -> private; None when no mapping exists (any more)."""
+        if dst[0] != NAT_PUBLIC_IP:
+            return dst
+        for private, public in self.nat.items():
+            if public == dst:
+                return private
+        return None
+
+
+@dataclass
+class Cleartext:
+    """One IKE message in flight, decrypted."""
+
+    sender: str
+    exchange_type: int
+    response: bool
+    message_id: int
+    payloads: list[Any]
+
+
+class IkePair:
+    """Side ``a`` (initiator) and ``b`` (responder) with a shared fake clock."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        a: Side | None = None,
+        b: Side | None = None,
+        *,
+        start: bool = True,
+        keepalive_interval: float | None = None,
+    ) -> None:
+        self.now = START
+        self.a_side = a or side_a()
+        self.b_side = b or side_b()
+        self.a_config = build_config(self.a_side, tmp_path / "a", "a")
+        self.b_config = build_config(self.b_side, tmp_path / "b", "b")
+        kwargs: dict[str, Any] = {}
+        if keepalive_interval is not None:
+            kwargs["keepalive_interval"] = keepalive_interval
+        self.a = IkeManager(self.a_config, self.now, **kwargs)
+        self.b = IkeManager(self.b_config, self.now, **kwargs)
+        self.net = Network()
+        self.events: dict[str, list[tuple[float, ev.Event]]] = {"a": [], "b": []}
+        self.addresses = {A_IP: self.a, B_IP: self.b}
+        self.cleartext: list[Cleartext] = []  # decoded messages, see record_cleartext()
+        if start:
+            self.a.start(self.now)
+            self.pump()
+
+    # ---- sides ---------------------------------------------------------------
+
+    def mgr(self, side: str) -> IkeManager:
+        return self.a if side == "a" else self.b
+
+    def peer_of(self, side: str) -> str:
+        return self.a_side.name if side == "a" else self.b_side.name
+
+    def of_type(self, side: str, cls: type[Any]) -> list[Any]:
+        return [e for _, e in self.events[side] if isinstance(e, cls)]
+
+    def established(self, side: str) -> list[ev.ChildSaEstablished]:
+        return self.of_type(side, ev.ChildSaEstablished)
+
+    def status(self, side: str) -> dict[str, Any]:
+        (entry,) = self.mgr(side).status()
+        return entry
+
+    def sent_by(self, side: str, *, keepalive: bool | None = None) -> list[Sent]:
+        return [
+            s
+            for s in self.net.log
+            if s.sender == side and (keepalive is None or s.keepalive == keepalive)
+        ]
+
+    # ---- moving datagrams ----------------------------------------------------
+
+    def _drain_events(self) -> None:
+        for side in ("a", "b"):
+            mgr = self.mgr(side)
+            while (event := mgr.next_event()) is not None:
+                self.events[side].append((self.now, event))
+
+    def pump(self, limit: int = 500) -> int:
+        """Deliver datagrams (in order of sending) until both sides are quiet."""
+        delivered = 0
+        for _ in range(limit):
+            self._drain_events()
+            moved = False
+            for side in ("a", "b"):
+                for d in self.mgr(side).datagrams_to_send():
+                    moved = True
+                    delivered += self._deliver(side, d)
+            if not moved:
+                self._drain_events()
+                return delivered
+        raise AssertionError(f"no quiet state after {limit} rounds")
+
+    def _deliver(self, side: str, d: ev.OutgoingDatagram) -> int:
+        # The shell frames: IKE on the NAT-T port gets the non-ESP marker (RFC 3948 §2.2).
+        if d.keepalive:
+            assert d.data == ev.NAT_KEEPALIVE and not d.marker
+        else:
+            assert d.marker == (d.local[1] == 4500), d
+        src = self.net.translate_out(d.local)
+        sent = Sent(
+            self.now, side, d.data, src, d.remote, d.marker, d.keepalive, original_src=d.local
+        )
+        self.net.log.append(sent)
+        if d.keepalive or self.net.drop(sent):
+            return 0
+        dst = self.net.translate_in(d.remote)
+        if dst is None or dst[0] not in self.addresses:
+            return 0
+        receiver = self.addresses[dst[0]]
+        sent.delivered = True
+        receiver.receive_datagram(self.net.tamper(sent), dst, src, self.now)
+        return 1
+
+    def inject(
+        self, side: str, data: bytes, src: Address | None = None, dst: Address | None = None
+    ) -> None:
+        """Hand ``data`` to ``side`` as if it came from the other side (hostile input)."""
+        mgr = self.mgr(side)
+        if side == "b":
+            src = src or (A_IP, 4500)
+            dst = dst or (B_IP, 4500)
+        else:
+            src = src or (B_IP, 4500)
+            dst = dst or (A_IP, 4500)
+        mgr.receive_datagram(data, dst, src, self.now)
+        self.pump()
+
+    def record_cleartext(self) -> None:
+        """Decode every IKE message in flight (with the sender's SA keys) into
+        :attr:`cleartext` (:class:`Cleartext`), before delivery."""
+        from ipsecd.ike import message as codec
+
+        previous = self.net.tamper
+
+        def tap(sent: Sent) -> bytes:
+            data = previous(sent)
+            header = codec.parse_header(data)
+            mgr = self.mgr(sent.sender)
+            spi = header.spi_i if header.initiator else header.spi_r
+            sa = mgr.sas.get(spi)
+            if header.exchange_type == 34:
+                msg = codec.decode(data)
+            elif sa is not None and sa.keys is not None:
+                msg = codec.decode(data, keys=sa.keys, sender_is_initiator=sa.initiator)
+            else:
+                msg = codec.parse_message(data)
+            self.cleartext.append(
+                Cleartext(
+                    sent.sender,
+                    int(msg.exchange_type),
+                    msg.response,
+                    msg.message_id,
+                    list(msg.payloads),
+                )
+            )
+            return data
+
+        self.net.tamper = tap
+
+    # ---- time ----------------------------------------------------------------
+
+    def next_timer(self) -> float | None:
+        timers = [t for t in (self.a.get_timer(), self.b.get_timer()) if t is not None]
+        return min(timers) if timers else None
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward, firing every timer due on the way."""
+        self.run_until(self.now + seconds)
+
+    def run_until(self, end: float, limit: int = 100_000) -> None:
+        for _ in range(limit):
+            due = self.next_timer()
+            if due is None or due > end:
+                break
+            self.now = max(self.now, due)
+            for mgr in (self.a, self.b):
+                timer = mgr.get_timer()
+                if timer is not None and timer <= self.now:
+                    mgr.handle_timer(self.now)
+            self.pump()
+        else:
+            raise AssertionError(f"timers keep firing without progress at {self.now}")
+        self.now = end
+
+
+# ---- the data plane check: do the derived ESP keys work? -------------------------
+
+
+def ipv4_packet(src: str, dst: str, payload: bytes = b"ping through the tunnel") -> bytes:
+    """A minimal IPv4/UDP-less packet (protocol 253, experimental) with a valid checksum."""
+    import ipaddress
+
+    total = 20 + len(payload)
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        total,
+        1,
+        0,
+        64,
+        253,
+        0,
+        ipaddress.IPv4Address(src).packed,
+        ipaddress.IPv4Address(dst).packed,
+    )
+    words = struct.unpack("!10H", header)
+    s = sum(words)
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    checksum = ~s & 0xFFFF
+    return header[:10] + struct.pack("!H", checksum) + header[12:] + payload
+
+
+def esp_roundtrip(
+    sender: ev.ChildSaParams, receiver: ev.ChildSaParams, inner: bytes
+) -> bytes | None:
+    """Encapsulate with the sender's outbound keys, decapsulate with the receiver's inbound."""
+    out = OutboundEspSa(
+        sender.spi_out,
+        sender.encr,
+        sender.integ,
+        sender.encr_key_out,
+        sender.integ_key_out,
+        esn=sender.esn,
+    )
+    inbound = InboundEspSa(
+        receiver.spi_in,
+        receiver.encr,
+        receiver.integ,
+        receiver.encr_key_in,
+        receiver.integ_key_in,
+        esn=receiver.esn,
+        src_selectors=receiver.remote_ts,
+        dst_selectors=receiver.local_ts,
+    )
+    result = inbound.decapsulate(out.encapsulate(inner, 4))
+    if result is None:
+        return None
+    next_header, packet = result
+    assert next_header == 4
+    return packet
