@@ -138,8 +138,8 @@ class Sent:
     dst: Address  # as addressed by the receiver's side of the network
     marker: bool
     keepalive: bool
+    original_src: Address  # before NAT
     delivered: bool = False
-    original_src: Address | None = None  # before NAT
 
 
 @dataclass
