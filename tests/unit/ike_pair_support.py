@@ -305,13 +305,17 @@ class IkePair:
         def tap(sent: Sent) -> bytes:
             data = previous(sent)
             header = codec.parse_header(data)
-            mgr = self.mgr(sent.sender)
-            spi = header.spi_i if header.initiator else header.spi_r
-            sa = mgr.sas.get(spi)
+            # Both ends hold the same SK_* keys; whichever still has the SA will do.
+            keys = None
+            for mgr in (self.a, self.b):
+                for spi in (header.spi_i, header.spi_r):
+                    sa = mgr.sas.get(spi)
+                    if sa is not None and sa.keys is not None and sa.spi_i == header.spi_i:
+                        keys = sa.keys
             if header.exchange_type == 34:
                 msg = codec.decode(data)
-            elif sa is not None and sa.keys is not None:
-                msg = codec.decode(data, keys=sa.keys, sender_is_initiator=sa.initiator)
+            elif keys is not None:
+                msg = codec.decode(data, keys=keys, sender_is_initiator=header.initiator)
             else:
                 msg = codec.parse_message(data)
             self.cleartext.append(
