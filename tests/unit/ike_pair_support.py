@@ -55,11 +55,9 @@ class Side:
     retry_interval: str = "30s"
     esp_rekey_time: str = "1h"
     ike_rekey_time: str = "4h"
+    extra_peers: tuple[Side, ...] = ()  # more peers in the same file (their own PSK files)
 
     def yaml(self, psk_file: Path) -> str:
-        def flow(items: tuple[str, ...]) -> str:
-            return "[" + ", ".join(items) + "]"
-
         lines = [
             "gateway:",
             f"  listen: [{self.listen}]",
@@ -67,6 +65,22 @@ class Side:
             f"  retransmit_tries: {self.retransmit_tries}",
             f"  retry_interval: {self.retry_interval}",
             "peers:",
+        ]
+        text = "\n".join(lines) + "\n" + self.peer_yaml(psk_file)
+        for n, extra in enumerate(self.extra_peers):
+            extra_psk = psk_file.with_name(f"{psk_file.stem}-{n}.psk")
+            extra_psk.write_text(extra.psk + "\n")
+            os.chmod(extra_psk, 0o600)
+            text += extra.peer_yaml(extra_psk)
+        return text
+
+    def peer_yaml(self, psk_file: Path) -> str:
+        """This side's entry in ``peers:``."""
+
+        def flow(items: tuple[str, ...]) -> str:
+            return "[" + ", ".join(items) + "]"
+
+        lines = [
             f"  - name: {self.name}",
             f"    remote_address: {self.remote_address}",
             f"    start: {self.start}",
@@ -82,7 +96,7 @@ class Side:
             f"      psk_file: {psk_file}",
         ]
         if self.remote_port is not None:
-            lines.insert(8, f"    remote_port: {self.remote_port}")
+            lines.insert(2, f"    remote_port: {self.remote_port}")
         if self.local_id is not None:
             lines.append(f"      local_id: '{self.local_id}'")
         if self.remote_id is not None:
@@ -206,6 +220,7 @@ class IkePair:
         self.b = IkeManager(self.b_config, self.now, **kwargs)
         self.net = Network()
         self.events: dict[str, list[tuple[float, ev.Event]]] = {"a": [], "b": []}
+        self.managers: dict[str, IkeManager] = {"a": self.a, "b": self.b}
         self.addresses = {A_IP: self.a, B_IP: self.b}
         self.cleartext: list[Cleartext] = []  # decoded messages, see record_cleartext()
         if start:
@@ -215,7 +230,15 @@ class IkePair:
     # ---- sides ---------------------------------------------------------------
 
     def mgr(self, side: str) -> IkeManager:
-        return self.a if side == "a" else self.b
+        return self.managers[side]
+
+    def add_manager(self, side: str, address: str, config: Config) -> IkeManager:
+        """A third (fourth, ...) daemon on the same network, reachable at ``address``."""
+        mgr = IkeManager(config, self.now)
+        self.managers[side] = mgr
+        self.addresses[address] = mgr
+        self.events[side] = []
+        return mgr
 
     def peer_of(self, side: str) -> str:
         return self.a_side.name if side == "a" else self.b_side.name
@@ -240,8 +263,7 @@ class IkePair:
     # ---- moving datagrams ----------------------------------------------------
 
     def _drain_events(self) -> None:
-        for side in ("a", "b"):
-            mgr = self.mgr(side)
+        for side, mgr in self.managers.items():
             while (event := mgr.next_event()) is not None:
                 self.events[side].append((self.now, event))
 
@@ -251,8 +273,8 @@ class IkePair:
         for _ in range(limit):
             self._drain_events()
             moved = False
-            for side in ("a", "b"):
-                for d in self.mgr(side).datagrams_to_send():
+            for side, mgr in list(self.managers.items()):
+                for d in mgr.datagrams_to_send():
                     moved = True
                     delivered += self._deliver(side, d)
             if not moved:
@@ -307,7 +329,7 @@ class IkePair:
             header = codec.parse_header(data)
             # Both ends hold the same SK_* keys; whichever still has the SA will do.
             keys = None
-            for mgr in (self.a, self.b):
+            for mgr in self.managers.values():
                 for spi in (header.spi_i, header.spi_r):
                     sa = mgr.sas.get(spi)
                     if sa is not None and sa.keys is not None and sa.spi_i == header.spi_i:
@@ -334,7 +356,7 @@ class IkePair:
     # ---- time ----------------------------------------------------------------
 
     def next_timer(self) -> float | None:
-        timers = [t for t in (self.a.get_timer(), self.b.get_timer()) if t is not None]
+        timers = [t for m in self.managers.values() if (t := m.get_timer()) is not None]
         return min(timers) if timers else None
 
     def advance(self, seconds: float) -> None:
@@ -347,7 +369,7 @@ class IkePair:
             if due is None or due > end:
                 break
             self.now = max(self.now, due)
-            for mgr in (self.a, self.b):
+            for mgr in self.managers.values():
                 timer = mgr.get_timer()
                 if timer is not None and timer <= self.now:
                     mgr.handle_timer(self.now)

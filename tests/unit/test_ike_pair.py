@@ -31,6 +31,7 @@ from tests.unit.ike_pair_support import (
     NET_B,
     IkePair,
     Sent,
+    build_config,
     esp_roundtrip,
     ipv4_packet,
     side_a,
@@ -919,3 +920,33 @@ def test_unknown_critical_payload_in_ike_sa_init(tmp_path):
     # Refused statelessly: nothing half-open stays behind (RFC 7296 §2.6).
     assert pair.b.sas == {} and pair.b.half_open == {}
     assert pair.status("b")["state"] == "down"
+
+
+def test_shutdown_deletes_every_ike_sa_of_a_daemon_with_two_peers(tmp_path):
+    c_ip, net_c = "192.0.2.3", "10.3.0.0/24"
+    to_c = side_a(name="c", remote_address=c_ip, remote_ts=(net_c,))
+    pair = IkePair(tmp_path, side_a(extra_peers=(to_c,)), side_b(), start=False)
+    c_side = side_b(listen=c_ip, local_ts=(net_c,))
+    pair.add_manager("c", c_ip, build_config(c_side, tmp_path / "c", "c"))
+    pair.a.start(pair.now)
+    pair.pump()
+    assert {e["peer"]: e["state"] for e in pair.a.status()} == {
+        "b": "established",
+        "c": "established",
+    }
+    pair.record_cleartext()
+    pair.a.shutdown(pair.now)
+    pair.pump()
+    deletes = [
+        (m.sender, [(p.protocol_id, p.spis) for p in m.payloads if isinstance(p, pl.Delete)])
+        for m in pair.cleartext
+        if not m.response
+    ]
+    assert deletes == [("a", [(1, ())]), ("a", [(1, ())])]
+    for side in ("b", "c"):
+        assert len(pair.of_type(side, ev.IkeSaDeleted)) == 1
+        assert len(pair.of_type(side, ev.ChildSaDeleted)) == 1
+        assert pair.mgr(side).sas == {}
+    assert len(pair.of_type("a", ev.IkeSaDeleted)) == 2
+    assert pair.a.sas == {} and pair.a.get_timer() is None
+    assert {e["peer"]: e["state"] for e in pair.a.status()} == {"b": "down", "c": "down"}
