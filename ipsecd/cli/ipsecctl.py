@@ -67,7 +67,12 @@ def format_status(status: dict[str, Any], style: Style) -> str:
                     "ike sa",
                     f"{ike['local_spi']}_local {ike.get('remote_spi', '')}_remote"
                     f"  {ike.get('algorithm', '')}  {ike.get('role', '')}"
-                    f"  {ike.get('local', '')} <-> {ike.get('remote', '')}",
+                    f"  {ike.get('local', '')} <-> {ike.get('remote', '')}"
+                    + (
+                        f"  rekey in {ike['rekey_in_seconds']:.0f}s"
+                        if ike.get("rekey_in_seconds") is not None
+                        else ""
+                    ),
                 )
             )
             if ike.get("nat_local"):
@@ -81,6 +86,11 @@ def format_status(status: dict[str, Any], style: Style) -> str:
             lines.append(
                 f"  child {child['spi_in']}_in {child['spi_out']}_out  {child['algorithm']}  "
                 f"established {child['established_seconds']:.0f}s ago"
+                + (
+                    f", rekey in {child['rekey_in_seconds']:.0f}s"
+                    if child.get("rekey_in_seconds") is not None
+                    else ""
+                )
             )
             cpairs = [
                 ("in", f"{_size(child['bytes_in'])}, {child['packets_in']} packets"),

@@ -44,15 +44,26 @@ def child_status(sa: TunnelSa, now: float) -> dict[str, Any]:
     }
 
 
+def _rekey_in(when: Any, now: float) -> float | None:
+    return round(max(0.0, when - now), 1) if isinstance(when, int | float) else None
+
+
 def build_status(daemon: Daemon) -> dict[str, Any]:
     now = time.monotonic()
     ike_status: dict[str, dict[str, Any]] = {}
+    rekey_in: dict[str, float | None] = {}  # by inbound SPI (hex)
     if daemon.ike is not None:
         for entry in daemon.ike.status():
+            entry = dict(entry)
+            entry["rekey_in_seconds"] = _rekey_in(entry.pop("rekey_at", None), now)
+            for child in entry.get("children", []):
+                rekey_in[child["spi_in"]] = _rekey_in(child.pop("rekey_at", None), now)
             ike_status[entry.get("peer", "")] = entry
     peers = []
     for peer in daemon.config.peers:
         children = [child_status(sa, now) for sa in daemon.sad.for_peer(peer.name)]
+        for child in children:
+            child["rekey_in_seconds"] = rekey_in.get(child["spi_in"])
         ike = ike_status.get(peer.name)
         if peer.manual is not None:
             state = "manual" if children else "down"

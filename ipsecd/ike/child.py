@@ -121,6 +121,7 @@ class ChildSa:
             "spi_in": f"{self.spi_in:08x}",
             "spi_out": f"{self.spi_out:08x}",
             "state": self.state.value,
+            "rekey_at": getattr(self, "rekey_at", None),
             "local_ts": format_selectors(self.local_ts),
             "remote_ts": format_selectors(self.remote_ts),
             "algorithm": (

@@ -260,6 +260,7 @@ class IkeManager:
                     nat_remote=sa.nat_remote,
                     algorithm=str(algs) if algs is not None else "",
                     established_at=sa.established_at,
+                    rekey_at=sa.rekey_at,
                     children=[c.describe() for c in sa.children.values()],
                 )
             entries.append(entry)

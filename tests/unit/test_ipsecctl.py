@@ -47,6 +47,7 @@ STATUS = {
                     "packets_out": 11,
                     "bytes_out": 4096,
                     "drops": {"replay": 2},
+                    "rekey_in_seconds": 300.0,
                 }
             ],
             "last_error": None,
@@ -75,7 +76,7 @@ def test_plain_text_is_aligned_and_complete() -> None:
     assert "peer site-b: established  192.0.2.1 <-> 192.0.2.2:500" in text
     assert "00112233aabbccdd_local 8899aabbccddeeff_remote" in text
     assert "we are behind a NAT" in text
-    assert "child c0ffee01_in c0ffee02_out  aes256gcm16" in text
+    assert "child c0ffee01_in c0ffee02_out  aes256gcm16  established 12s ago, rekey in 300s" in text
     assert "    in:        2.0 KiB, 10 packets" in text
     assert "    drops:     replay 2" in text
     assert "last error: AUTHENTICATION_FAILED" in text
