@@ -51,7 +51,7 @@ from ipsecd.lab.topology import (  # noqa: E402
     install_sigterm_handler,
     process_cpu_seconds,
 )
-from tests.netns.strongswan import start_pair  # noqa: E402
+from ipsecd.lab.strongswan import start_pair  # noqa: E402
 
 BACKENDS = ("plain", "strongswan", "ipsecd")
 LABELS = {"plain": "plain", "strongswan": "strongSwan", "ipsecd": "ipsecd"}

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from ipsecd.lab.strongswan import CHARON
 from ipsecd.lab.topology import Topology, cleanup_stale, install_sigterm_handler
 
-CHARON = "/usr/lib/ipsec/charon"
 NETNS_DIR = Path(__file__).resolve().parent
 
 

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from ipsecd.lab.strongswan import Charon, site_to_site
 from ipsecd.lab.topology import HOST_A_IP, HOST_B_IP, Topology
-from tests.netns.strongswan import Charon, site_to_site
 
 # (IKE proposal, ESP proposal): the pairs the issue names.
 PAIRS = [

@@ -1,4 +1,7 @@
-"""strongSwan (charon + swanctl) as a test peer inside a :class:`Topology` namespace.
+"""strongSwan (charon + swanctl) as a peer inside a :class:`Topology` namespace.
+
+Used by the namespace tests (strongSwan as the interop peer) and by ``bench/`` (the
+strongSwan ↔ strongSwan baseline).
 
 How charon is run here (see shared/notes/strongswan-in-namespaces.md):
 
