@@ -1,24 +1,16 @@
 #!/usr/bin/env python3
-"""Benchmark: plain routing vs strongSwan (kernel-libipsec) vs ipsecd, side by side.
+"""Benchmark: plain routing vs strongSwan (charon + kernel-libipsec) vs ipsecd, one table.
 
-Root only.  For each backend a fresh namespace topology (tests/netns/topology.py) is built:
-hostA — gwA ══ internet ══ gwB — hostB; the figures are taken between hostA and hostB:
+Root only.  For each backend a fresh namespace topology (ipsecd.lab.topology) is built,
+hostA — gwA ══ internet ══ gwB — hostB, and measured between hostA and hostB; the
+daemons are started by the same code the namespace tests use (ipsecd.lab.daemons for
+ipsecd, ipsecd.lab.strongswan for charon).  What each column means is in bench/README.md.
 
-* iperf3 TCP throughput, 1 and 4 streams (``--seconds``, default 10),
-* idle ping RTT (min / avg), and the RTT added over plain routing,
-* handshake time, median of ``--handshakes`` (strongSwan: ``swanctl --initiate`` to
-  CHILD_SA up, plus charon's own log time; ipsecd: control-socket ``up`` to status "up"),
-* CPU seconds of the two gateway daemons during the iperf3 runs (/proc/PID/stat
-  utime+stime before/after) and CPU seconds per GB carried.
+    sudo python3 bench/bench.py                                # everything, 10 s per run
+    sudo python3 bench/bench.py --seconds 5 --json out.json --plot out.png
+    sudo python3 bench/bench.py --only ipsecd --keying manual
 
-ipsecd runs as ``python -m ipsecd.cli.ipsecd run --config FILE`` in each gateway
-namespace; configs are generated unless ``--ipsecd-config-a/-b`` are given.  If it does
-not come up (no tunnel within ``--ipsecd-timeout``) its column says why and the rest goes on.
-
-    sudo python3 bench/bench.py                       # everything, 10 s per iperf3 run
-    sudo python3 bench/bench.py --only plain strongswan --seconds 5 --json out.json
-
-Figures are printed, never asserted.
+Figures are printed (and written with --json / --plot), never asserted.
 """
 
 from __future__ import annotations
@@ -26,39 +18,44 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import json
 import os
-import secrets
+import platform
+import re
+import socket
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # ahead of bench/ itself, where this file would shadow the package
 
+from bench.figures import BACKENDS, LABELS, ratios, table  # noqa: E402
+from bench.plot import iperf_series, write_plot  # noqa: E402
+from ipsecd.lab.daemons import site_specs, start_manual_pair, start_psk_pair  # noqa: E402
+from ipsecd.lab.strongswan import StrongSwanError, start_pair  # noqa: E402
 from ipsecd.lab.topology import (  # noqa: E402
-    GW_A_LAN_IP,
-    GW_B_LAN_IP,
     HOST_B_IP,
-    SITE_A,
-    SITE_B,
-    IperfResult,
+    PingStats,
     Topology,
     install_sigterm_handler,
-    process_cpu_seconds,
+    process_tree_cpu_seconds,
 )
-from ipsecd.lab.strongswan import start_pair  # noqa: E402
 
-BACKENDS = ("plain", "strongswan", "ipsecd")
-LABELS = {"plain": "plain", "strongswan": "strongSwan", "ipsecd": "ipsecd"}
+STREAMS = (1, 4)
+LOAD_STREAMS = 4  # the run the under-load ping rides along with
+DEFAULT_IKE = "aes128gcm16-prfsha256-x25519"
+DEFAULT_ESP = "aes128gcm16"
 
 
 class BackendUnavailable(RuntimeError):
-    """The backend could not be brought up; the message says why."""
+    """The backend could not be brought up or broke; the message says why."""
 
 
 class Tunnel(Protocol):
@@ -68,44 +65,10 @@ class Tunnel(Protocol):
         """Daemon processes whose CPU time counts (empty for plain routing)."""
         ...
 
-    def handshake(self) -> tuple[float, float | None]:
-        """Tear the tunnel down and bring it up again: (wall seconds, daemon-side seconds)."""
+    def handshake(self) -> tuple[float, float | None] | None:
+        """Tear down, bring up again: (seconds to the first CHILD_SA installed, the
+        daemon's own log time or None); None when there is no handshake to time."""
         ...
-
-
-# --- backends --------------------------------------------------------------------------
-
-
-class PlainRouting:
-    """Static routes between the sites; no daemon."""
-
-    def __init__(self, topo: Topology) -> None:
-        topo.add_plain_routes()
-
-    def pids(self) -> list[int]:
-        return []
-
-    def handshake(self) -> tuple[float, float | None]:
-        raise BackendUnavailable("no handshake in plain routing")
-
-
-class StrongSwanTunnel:
-    """charon ↔ charon with kernel-libipsec; gwA initiates."""
-
-    def __init__(self, topo: Topology, ike: str, esp: str) -> None:
-        self.a, self.b = start_pair(topo, ike_proposals=ike, esp_proposals=esp)
-        self.a.initiate()
-        if not topo.wait_ping(topo.host_a, HOST_B_IP, timeout=10):
-            raise BackendUnavailable("strongSwan tunnel up but hostA cannot ping hostB")
-
-    def pids(self) -> list[int]:
-        return [self.a.pid, self.b.pid]
-
-    def handshake(self) -> tuple[float, float | None]:
-        self.a.terminate()
-        wait_until(lambda: not self.b.list_sas(), 5)
-        timing = self.a.initiate()
-        return timing.wall_seconds, timing.log_seconds
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.005) -> bool:
@@ -118,232 +81,282 @@ def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.00
     return predicate()
 
 
-def ipsecd_configs(
-    topo: Topology, ike: str, esp: str, directory: Path
-) -> tuple[tuple[Path, Path], tuple[str, str]]:
-    """Write site-to-site PSK configs for gwA (initiator) and gwB (responder).
+# --- backends --------------------------------------------------------------------------
 
-    Returns the two config paths and the peer name each side uses for the other.
+
+class PlainRouting:
+    """Static routes between the sites; no daemon, no handshake."""
+
+    def __init__(self, topo: Topology) -> None:
+        topo.add_plain_routes()
+
+    def pids(self) -> list[int]:
+        return []
+
+    def handshake(self) -> None:
+        return None
+
+
+class StrongSwanTunnel:
+    """charon ↔ charon with kernel-libipsec (ipsecd.lab.strongswan); gwA initiates.
+
+    A handshake is ``swanctl --terminate``, both sides seen without SAs, then vici
+    ``initiate`` from this process, which charon answers once the CHILD_SA is up.
     """
-    import yaml  # a dependency of ipsecd itself
 
-    psk = directory / "bench.psk"
-    psk.write_text(secrets.token_hex(32) + "\n")
-    psk.chmod(0o600)
-    paths = []
-    sides = (
-        ("a", topo.gw_a_wan_ip, topo.gw_b_wan_ip, GW_A_LAN_IP, SITE_A, SITE_B, "initiate", "b"),
-        ("b", topo.gw_b_wan_ip, topo.gw_a_public_ip, GW_B_LAN_IP, SITE_B, SITE_A, "respond", "a"),
-    )
-    for name, listen, remote, lan_ip, local_ts, remote_ts, start, peer in sides:
-        config = {
-            "log": {"level": "info"},
-            "gateway": {
-                "tun": f"ipsecd{name}",
-                "addresses": [f"{lan_ip}/32"],
-                "listen": [listen],
-                "control_socket": str(directory / f"ipsecd-{name}.sock"),
-            },
-            "peers": [
-                {
-                    "name": peer,
-                    "remote_address": remote,
-                    "start": start,
-                    "local_ts": [local_ts],
-                    "remote_ts": [remote_ts],
-                    "ike": {"proposals": [ike]},
-                    "esp": {"proposals": [esp]},
-                    "auth": {"psk_file": str(psk)},
-                }
-            ],
-        }
-        path = directory / f"ipsecd-{name}.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        paths.append(path)
-    return (paths[0], paths[1]), ("b", "a")
+    def __init__(self, topo: Topology, ike: str, esp: str) -> None:
+        try:
+            self.a, self.b = start_pair(topo, ike_proposals=ike, esp_proposals=esp)
+            self.a.initiate(via="vici")
+        except StrongSwanError as exc:
+            raise BackendUnavailable(str(exc)) from exc
+
+    def pids(self) -> list[int]:
+        return [self.a.pid, self.b.pid]
+
+    def handshake(self) -> tuple[float, float | None]:
+        self.a.terminate()
+        if not wait_until(lambda: not self.a.list_sas() and not self.b.list_sas(), 10):
+            raise BackendUnavailable("strongSwan SAs still there after terminate")
+        timing = self.a.initiate(via="vici")
+        return timing.wall_seconds, timing.log_seconds
 
 
 class IpsecdTunnel:
-    """Two ipsecd daemons started from config files; gwA's is the initiator.
+    """ipsecd ↔ ipsecd started by ipsecd.lab.daemons (IKEv2/PSK or manual keys); gwA
+    initiates.
 
-    The control socket path is read from each config (``gateway.control_socket``); the
-    handshake is timed as control ``down`` + ``up`` on gwA until its status says up.
+    A handshake is control ``down``, both sides seen without CHILD_SA, then control ``up``
+    (what ``ipsecctl up`` sends); it ends at the time stamp of gwA's ``CHILD_SA installed``
+    log line (the log file is watched, so the daemon is not polled while it works).
     """
 
-    def __init__(
-        self,
-        topo: Topology,
-        config_a: Path,
-        config_b: Path,
-        peer_a: str | None = None,
-        timeout: float = 20.0,
-    ) -> None:
-        import yaml
-
-        self.topo = topo
-        self.procs = []
-        self.sockets: list[Path | None] = []
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-        self.logs = []
-        for ns, config in ((topo.gw_b, config_b), (topo.gw_a, config_a)):  # responder first
-            data = yaml.safe_load(config.read_text()) or {}
-            sock = (data.get("gateway") or {}).get("control_socket")
-            self.sockets.append(Path(sock) if sock else None)
-            if ns == topo.gw_a and peer_a is None:
-                peers = data.get("peers") or [{}]
-                peer_a = peers[0].get("name")
-            log = topo.log_path(f"ipsecd-{Path(config).stem}.log")
-            self.logs.append(log)
-            cmd = [sys.executable, "-m", "ipsecd.cli.ipsecd", "run", "--config", str(config)]
-            proc = topo.spawn(ns, cmd, log, env=env)
-            self.procs.append(proc)
-            time.sleep(0.2)
-        self.peer_a = peer_a
-        up = wait_until(self._pings_or_dies, timeout, step=0.0)
-        if not up:
-            raise BackendUnavailable(self._why(f"no tunnel within {timeout:.0f}s"))
-
-    def _pings_or_dies(self) -> bool:
-        if any(p.poll() is not None for p in self.procs):
-            raise BackendUnavailable(self._why("a daemon exited"))
-        return self.topo.ping(self.topo.host_a, HOST_B_IP, count=1, wait=0.3).received == 1
-
-    def _why(self, what: str) -> str:
-        tails = []
-        for log in self.logs:
-            lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
-            tails.append(f"{log.name}: {lines[-1] if lines else '(empty)'}")
-        return f"{what}; " + "; ".join(tails)
+    def __init__(self, topo: Topology, ike: str, esp: str, keying: str) -> None:
+        specs = site_specs(topo)
+        for spec in specs:
+            spec.ike_proposals, spec.esp_proposals, spec.log_level = [ike], [esp], "info"
+        self.keying = keying
+        try:
+            if keying == "manual":
+                self.a, self.b = start_manual_pair(topo, algorithm=esp, specs=specs)
+            else:
+                self.a, self.b = start_psk_pair(topo, *specs)
+            self.a.wait_up(30)
+            self.peer = str(self.a.peer_status()["name"])
+        except (RuntimeError, AssertionError, OSError) as exc:
+            raise BackendUnavailable(str(exc)[-2000:]) from exc
 
     def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
+        return [p.proc.pid for p in (self.a, self.b) if p.proc is not None]
 
-    def _control(self, payload: dict[str, Any]) -> dict[str, Any]:
-        from ipsecd.daemon.control import request
+    def _up(self, daemon: Any) -> bool:
+        return bool(daemon.peer_status()["up"])
 
-        sock = self.sockets[1]
-        if sock is None:
-            raise BackendUnavailable("gwA config names no control_socket")
-        return request(sock, payload)
+    def handshake(self) -> tuple[float, float | None] | None:
+        if self.keying == "manual":
+            return None
+        self.a.control({"cmd": "down", "peer": self.peer})
+        if not wait_until(lambda: not self._up(self.a) and not self._up(self.b), 10):
+            raise BackendUnavailable("ipsecd CHILD_SAs still there after control 'down'")
+        mark = self.a.log.stat().st_size
+        t0 = time.time()
+        response = self.a.control({"cmd": "up", "peer": self.peer})
+        if not response.get("ok"):
+            raise BackendUnavailable(f"ipsecd control 'up': {response}")
+        stamp: list[float] = []
+        if not wait_until(lambda: self._installed_at(mark, stamp), 10, step=0.0005):
+            raise BackendUnavailable(f"ipsecd: no CHILD_SA installed after 'up'\n{self._tail()}")
+        return stamp[0] - t0, None
 
-    def _a_up(self) -> bool:
-        status = self._control({"cmd": "status"}).get("status", {})
-        return any(p.get("up") for p in status.get("peers", []))
+    def _installed_at(self, offset: int, out: list[float]) -> bool:
+        """True once gwA logged "CHILD_SA installed" after ``offset``; its time into ``out``."""
+        with self.a.log.open("rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode(errors="replace")
+        for line in text.splitlines():
+            if '"CHILD_SA installed"' not in line:
+                continue
+            try:
+                stamp = json.loads(line)["timestamp"]
+                out.append(datetime.datetime.fromisoformat(stamp).timestamp())
+            except (ValueError, KeyError, TypeError):
+                out.append(time.time())  # a line we cannot read: when we saw it
+            return True
+        return False
 
-    def handshake(self) -> tuple[float, float | None]:
-        try:
-            self._control({"cmd": "down", "peer": self.peer_a})
-            wait_until(lambda: not self._a_up(), 5)
-            t0 = time.monotonic()
-            self._control({"cmd": "up", "peer": self.peer_a})
-            if not wait_until(self._a_up, 10, step=0.0005):
-                raise BackendUnavailable("ipsecd did not come back up after control 'up'")
-            return time.monotonic() - t0, None
-        except (OSError, KeyError, ImportError) as exc:
-            raise BackendUnavailable(f"ipsecd control socket: {exc}") from exc
+    def _tail(self) -> str:
+        return "\n".join(self.a.log_text().splitlines()[-10:])
+
+
+@contextlib.contextmanager
+def backend(name: str, topo: Topology, args: argparse.Namespace) -> Iterator[Tunnel]:
+    """Bring up backend ``name`` on ``topo`` (torn down with the topology)."""
+    if name == "plain":
+        yield PlainRouting(topo)
+    elif name == "strongswan":
+        yield StrongSwanTunnel(topo, args.ike, args.esp)
+    elif name == "ipsecd":
+        yield IpsecdTunnel(topo, args.ike, args.esp, args.keying)
+    else:
+        raise ValueError(name)
 
 
 # --- measuring -------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
-class Figures:
-    """Everything measured for one backend (None: not measured / not applicable)."""
+class Run:
+    """One iperf3 run."""
+
+    streams: int
+    gbps: float
+    retransmits: int
+    bytes: int  # received by the server
+    cpu_seconds: float  # daemons (process trees), over the run
+    series: list[tuple[float, float]]  # (s, Gbit/s) per iperf3 interval
+
+
+@dataclasses.dataclass
+class Result:
+    """Everything measured for one backend."""
 
     backend: str
     error: str | None = None
-    gbps: dict[int, float] = dataclasses.field(default_factory=dict)  # streams -> Gbit/s
-    retransmits: dict[int, int] = dataclasses.field(default_factory=dict)
-    gbytes: dict[int, float] = dataclasses.field(default_factory=dict)  # carried per run
-    cpu_seconds: dict[int, float] = dataclasses.field(default_factory=dict)  # daemons, per run
-    rtt_min_ms: float | None = None
-    rtt_avg_ms: float | None = None
-    added_rtt_ms: float | None = None  # rtt_avg_ms minus plain routing's
-    handshake_ms: float | None = None
-    handshake_daemon_ms: float | None = None
-    handshakes: list[float] = dataclasses.field(default_factory=list)
+    idle: dict[str, float] | None = None
+    load: dict[str, float] | None = None
+    runs: dict[int, Run] = dataclasses.field(default_factory=dict)
+    handshakes_ms: list[float] = dataclasses.field(default_factory=list)
+    handshakes_log_ms: list[float] = dataclasses.field(default_factory=list)
+    has_daemons: bool = False
 
-    def cpu_per_gb(self, streams: int) -> float | None:
-        """Daemon CPU seconds per GB carried in the ``streams`` run."""
-        gb, cpu = self.gbytes.get(streams), self.cpu_seconds.get(streams)
-        if not gb or cpu is None or self.backend == "plain":
-            return None
-        return cpu / gb
+
+def ping_summary(stats: PingStats) -> dict[str, float]:
+    """The RTT figures of a ping run (ms), for the JSON details."""
+    rtts = stats.rtts
+    return {
+        "sent": stats.transmitted,
+        "received": stats.received,
+        "min": min(rtts) if rtts else float("nan"),
+        "avg": stats.rtt_avg,
+        "median": statistics.median(rtts) if rtts else float("nan"),
+        "max": max(rtts) if rtts else float("nan"),
+    }
 
 
 def cpu_total(pids: list[int]) -> float:
-    """Sum of CPU seconds of ``pids`` (0 for those gone)."""
+    """CPU seconds of the process trees of ``pids`` (0 for those gone)."""
     total = 0.0
     for pid in pids:
         with contextlib.suppress(OSError):
-            total += process_cpu_seconds(pid)
+            total += process_tree_cpu_seconds(pid)
     return total
 
 
-def measure(topo: Topology, tunnel: Tunnel, figures: Figures, args: argparse.Namespace) -> Figures:
-    """Run the ping, iperf3 and handshake measurements on a topology with a live tunnel."""
-    topo.ping(topo.host_a, HOST_B_IP, count=5, interval=0.02)  # warm up ARP, PMTU state
-    ping = topo.ping(topo.host_a, HOST_B_IP, count=args.pings, interval=0.02)
-    figures.rtt_min_ms, figures.rtt_avg_ms = ping.rtt_min, ping.rtt_avg
-    for streams in args.streams:
-        before = cpu_total(tunnel.pids())
-        res: IperfResult = topo.iperf3(
-            topo.host_a, topo.host_b, HOST_B_IP, seconds=args.seconds, streams=streams
-        )
-        figures.cpu_seconds[streams] = cpu_total(tunnel.pids()) - before
-        figures.gbps[streams] = res.gbits_per_second
-        figures.retransmits[streams] = res.retransmits
-        figures.gbytes[streams] = float(res.raw["end"]["sum_received"]["bytes"]) / 1e9  # type: ignore[index]
+def iperf_run(topo: Topology, tunnel: Tunnel, streams: int, seconds: float) -> Run:
+    """iperf3 hostA -> hostB, with the daemons' CPU time before and after."""
+    before = cpu_total(tunnel.pids())
+    res = topo.iperf3(topo.host_a, topo.host_b, HOST_B_IP, seconds=seconds, streams=streams)
+    cpu = cpu_total(tunnel.pids()) - before
+    end = res.raw["end"]
+    assert isinstance(end, dict)
+    return Run(
+        streams=streams,
+        gbps=res.gbits_per_second,
+        retransmits=res.retransmits,
+        bytes=int(end["sum_received"]["bytes"]),
+        cpu_seconds=cpu,
+        series=iperf_series(res.raw),
+    )
+
+
+def loaded_ping(topo: Topology, seconds: float, out: list[PingStats]) -> threading.Thread:
+    """Ping hostA -> hostB every 50 ms during the middle of an iperf3 run (from 1 s in to
+    0.5 s before its end), in a thread; the result lands in ``out``."""
+    interval = 0.05
+    count = max(5, int((seconds - 1.5) / interval))
+
+    def work() -> None:
+        time.sleep(1.0)
+        out.append(topo.ping(topo.host_a, HOST_B_IP, count=count, interval=interval))
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+def measure(topo: Topology, tunnel: Tunnel, result: Result, args: argparse.Namespace) -> None:
+    """Idle ping, iperf3 1 and 4 streams (ping alongside the 4-stream run), handshakes."""
+    result.has_daemons = bool(tunnel.pids())
+    topo.ping(topo.host_a, HOST_B_IP, count=5, interval=0.02)  # warm up ARP and routes
+    idle = topo.ping(topo.host_a, HOST_B_IP, count=args.pings, interval=0.02)
+    if not idle.received:
+        raise BackendUnavailable("hostA gets no ping reply from hostB")
+    result.idle = ping_summary(idle)
+    for streams in STREAMS:
+        pinged: list[PingStats] = []
+        thread = loaded_ping(topo, args.seconds, pinged) if streams == LOAD_STREAMS else None
+        run = iperf_run(topo, tunnel, streams, args.seconds)
+        if thread is not None:
+            thread.join(args.seconds + 30)
+            result.load = ping_summary(pinged[0]) if pinged and pinged[0].received else None
+        result.runs[streams] = run
         log(
-            f"  {LABELS[figures.backend]}: {streams} stream(s) {res.gbits_per_second:.3f} Gbit/s, "
-            f"{res.retransmits} retransmits, daemon CPU {figures.cpu_seconds[streams]:.2f} s"
+            f"  {LABELS[result.backend]}: {streams} stream(s) {run.gbps:.3f} Gbit/s, "
+            f"{run.retransmits} retransmits, daemon CPU {run.cpu_seconds:.2f} s"
         )
-    if figures.backend != "plain" and args.handshakes > 0:
-        walls, daemon = [], []
-        for _ in range(args.handshakes):
-            wall, inner = tunnel.handshake()
-            walls.append(wall)
-            if inner is not None:
-                daemon.append(inner)
-        figures.handshakes = walls
-        figures.handshake_ms = statistics.median(walls) * 1000
-        figures.handshake_daemon_ms = statistics.median(daemon) * 1000 if daemon else None
-    return figures
+    for _ in range(args.handshakes):
+        timing = tunnel.handshake()
+        if timing is None:
+            break
+        result.handshakes_ms.append(timing[0] * 1000)
+        if timing[1] is not None:
+            result.handshakes_log_ms.append(timing[1] * 1000)
+    if result.handshakes_ms:
+        log(f"  {LABELS[result.backend]}: {len(result.handshakes_ms)} handshakes timed")
 
 
-@contextlib.contextmanager
-def backend(name: str, topo: Topology, args: argparse.Namespace) -> Iterator[Tunnel]:
-    """Bring up backend ``name`` on ``topo``."""
-    if name == "plain":
-        yield PlainRouting(topo)
-    elif name == "strongswan":
-        yield StrongSwanTunnel(topo, args.ike, args.esp)
-    elif name == "ipsecd":
-        if args.ipsecd_config_a and args.ipsecd_config_b:
-            paths, peer = (args.ipsecd_config_a, args.ipsecd_config_b), None
-        else:
-            paths, peers = ipsecd_configs(topo, args.ike, args.esp, topo.workdir)
-            peer = peers[0]
-        yield IpsecdTunnel(topo, paths[0], paths[1], peer, args.ipsecd_timeout)
-    else:
-        raise ValueError(name)
-
-
-def run_backend(name: str, args: argparse.Namespace) -> Figures:
+def run_backend(name: str, args: argparse.Namespace) -> Result:
     """Build a fresh topology, bring ``name`` up, measure, tear everything down."""
-    figures = Figures(name)
+    result = Result(name)
     log(f"{LABELS[name]} ...")
     with Topology() as topo:
         try:
             with backend(name, topo, args) as tunnel:
-                measure(topo, tunnel, figures, args)
-        except BackendUnavailable as exc:
-            figures.error = str(exc)
-            log(f"  {LABELS[name]} skipped: {exc}")
-    return figures
+                measure(topo, tunnel, result, args)
+        except (BackendUnavailable, RuntimeError, OSError) as exc:
+            result.error = f"{type(exc).__name__}: {exc}"
+            log(f"  {LABELS[name]} failed: {result.error}")
+    return result
 
 
-# --- output ----------------------------------------------------------------------------
+def figures_of(results: dict[str, Result]) -> dict[str, dict[str, float | None]]:
+    """The table's figures per backend (None: not measured or not applicable)."""
+    plain = results.get("plain")
+    plain_rtt = plain.idle["avg"] if plain and plain.idle and not plain.error else None
+    out: dict[str, dict[str, float | None]] = {}
+    for name, res in results.items():
+        ok = res.error is None
+        runs = res.runs if ok else {}
+        gb = sum(r.bytes for r in runs.values()) / 1e9
+        cpu = sum(r.cpu_seconds for r in runs.values())
+        rtt = res.idle["avg"] if ok and res.idle else None
+        out[name] = {
+            "tcp1_gbps": runs[1].gbps if 1 in runs else None,
+            "tcp4_gbps": runs[4].gbps if 4 in runs else None,
+            "rtt_idle_ms": rtt,
+            "rtt_added_ms": rtt - plain_rtt
+            if rtt is not None and plain_rtt is not None and name != "plain"
+            else None,
+            "rtt_load_ms": res.load["avg"] if ok and res.load else None,
+            "handshake_ms": statistics.median(res.handshakes_ms)
+            if ok and res.handshakes_ms
+            else None,
+            "cpu_s_per_gb": cpu / gb if ok and res.has_daemons and gb else None,
+        }
+    return out
+
+
+# --- environment, output ---------------------------------------------------------------
 
 
 def log(msg: str) -> None:
@@ -351,176 +364,156 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def fmt(value: float | None, digits: int = 2) -> str:
-    """A number, or '-' when missing."""
-    return "-" if value is None else f"{value:.{digits}f}"
+def _output(*cmd: str) -> str:
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return res.stdout + res.stderr
 
 
-def ratio(a: float | None, b: float | None) -> str:
-    """a / b as '0.03x', or '-'."""
-    return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
+def environment() -> dict[str, Any]:
+    """Date, machine and versions, for the JSON (figures mean little without them)."""
+    import cryptography
 
+    import ipsecd
 
-def table(results: dict[str, Figures], args: argparse.Namespace) -> str:
-    """One plain-text table, backends side by side with ratios."""
-    plain, swan, ipsecd = (results.get(n) for n in BACKENDS)
+    cpu_model = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    swan = re.search(r"strongSwan (\S+)", _output("swanctl", "--version"))
+    commit = _output("git", "-C", str(REPO), "rev-parse", "--short", "HEAD").strip()
+    try:
+        from importlib.metadata import version
 
-    def get(fig: Figures | None, fn: Callable[[Figures], float | None]) -> float | None:
-        return None if fig is None or fig.error else fn(fig)
-
-    def daemon_cpu(streams: int) -> Callable[[Figures], float | None]:
-        return lambda f: None if f.backend == "plain" else f.cpu_seconds.get(streams)
-
-    def gbps(streams: int) -> Callable[[Figures], float | None]:
-        return lambda f: f.gbps.get(streams)
-
-    def per_gb(streams: int) -> Callable[[Figures], float | None]:
-        return lambda f: f.cpu_per_gb(streams)
-
-    rows: list[tuple[str, Callable[[Figures], float | None], int]] = [
-        (f"TCP {s} stream{'s' if s > 1 else ''} Gbit/s", gbps(s), 3) for s in args.streams
-    ]
-    rows += [
-        ("RTT idle min ms", lambda f: f.rtt_min_ms, 3),
-        ("RTT idle avg ms", lambda f: f.rtt_avg_ms, 3),
-        ("added RTT avg ms", lambda f: f.added_rtt_ms, 3),
-        ("handshake median ms", lambda f: f.handshake_ms, 1),
-        ("  daemon-side (log) ms", lambda f: f.handshake_daemon_ms, 1),
-    ]
-    for s in args.streams:
-        rows.append((f"daemon CPU s ({s} str.)", daemon_cpu(s), 2))
-        rows.append((f"CPU s per GB ({s} str.)", per_gb(s), 2))
-
-    head = ["", "plain", "strongSwan", "ipsecd", "sSwan/plain", "ipsecd/sSwan", "ipsecd/plain"]
-    lines = [head]
-    for label, fn, digits in rows:
-        p, w, i = get(plain, fn), get(swan, fn), get(ipsecd, fn)
-        lines.append(
-            [
-                label,
-                fmt(p, digits),
-                fmt(w, digits),
-                fmt(i, digits),
-                ratio(w, p),
-                ratio(i, w),
-                ratio(i, p),
-            ]
-        )
-    widths = [max(len(r[c]) for r in lines) for c in range(len(head))]
-    out = []
-    for n, row in enumerate(lines):
-        out.append(
-            "  ".join(
-                cell.ljust(widths[0]) if c == 0 else cell.rjust(widths[c])
-                for c, cell in enumerate(row)
-            )
-        )
-        if n == 0:
-            out.append("-" * len(out[0]))
-    notes = [
-        f"iperf3 TCP hostA -> hostB, {args.seconds:g} s per run; ESP {args.esp}, IKE {args.ike}; "
-        f"{os.cpu_count()} CPUs",
-    ]
-    for name, fig in results.items():
-        if fig.error:
-            notes.append(f"{LABELS[name]}: not measured: {fig.error}")
-        elif fig.retransmits:
-            retr = ", ".join(f"{s} str. {r}" for s, r in fig.retransmits.items())
-            notes.append(f"{LABELS[name]} TCP retransmits: {retr}")
-    return "\n".join(out + [""] + notes)
-
-
-def to_json(results: dict[str, Figures], args: argparse.Namespace) -> dict[str, Any]:
-    """The figures as a JSON-able dict."""
+        ipsecd_version = version("ipsecd")
+    except Exception:  # not installed: the source tree alone
+        ipsecd_version = getattr(ipsecd, "__version__", "unknown")
     return {
-        "params": {
-            "seconds": args.seconds,
-            "streams": args.streams,
-            "ike": args.ike,
-            "esp": args.esp,
-            "handshakes": args.handshakes,
-            "cpus": os.cpu_count(),
-        },
-        "results": {
-            name: {
-                **dataclasses.asdict(fig),
-                "cpu_per_gb": {s: fig.cpu_per_gb(s) for s in args.streams},
-            }
-            for name, fig in results.items()
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "hostname": socket.gethostname(),
+        "kernel": platform.release(),
+        "cpu_model": cpu_model,
+        "nproc": os.cpu_count(),
+        "loadavg_at_start": list(os.getloadavg()),
+        "versions": {
+            "ipsecd": f"{ipsecd_version} ({commit})" if commit else ipsecd_version,
+            "strongswan": swan.group(1) if swan else None,
+            "cryptography": cryptography.__version__,
+            "python": platform.python_version(),
         },
     }
 
 
-def plot(results: dict[str, Figures], args: argparse.Namespace, out: Path) -> None:
-    """Bar chart of throughput per backend (needs matplotlib)."""
-    try:
-        import matplotlib
+def notes(results: dict[str, Result], args: argparse.Namespace, meta: dict[str, Any]) -> str:
+    """What the table was measured with, and what went wrong."""
+    load = ", ".join(f"{x:.2f}" for x in meta["loadavg_at_start"])
+    lines = [
+        f"iperf3 TCP hostA -> hostB, {args.seconds:g} s per run; RTT load: ping during the "
+        f"{LOAD_STREAMS}-stream run; handshake: median of {args.handshakes}",
+        f"ESP {args.esp}, IKE {args.ike}, ipsecd keying {args.keying}; "
+        f"{meta['nproc']} CPUs ({meta['cpu_model']}), load average {load} at start",
+    ]
+    swan = results.get("strongswan")
+    if swan and swan.handshakes_log_ms:
+        lines.append(
+            f"strongSwan handshake in charon's log (ms resolution): median "
+            f"{statistics.median(swan.handshakes_log_ms):.1f} ms"
+        )
+    for name, res in results.items():
+        if res.error:
+            lines.append(f"{LABELS[name]}: not measured: {res.error}")
+        retr = ", ".join(f"{s} str. {r.retransmits}" for s, r in res.runs.items() if r.retransmits)
+        if retr:
+            lines.append(f"{LABELS[name]} TCP retransmits: {retr}")
+    return "\n".join(lines)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("--plot: matplotlib is not installed; no plot written")
-        return
-    names = [n for n in BACKENDS if n in results and not results[n].error]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.8 / max(1, len(args.streams))
-    for k, s in enumerate(args.streams):
-        xs = [j + k * width for j in range(len(names))]
-        ax.bar(xs, [results[n].gbps.get(s, 0) for n in names], width, label=f"{s} stream(s)")
-    ax.set_xticks([j + width * (len(args.streams) - 1) / 2 for j in range(len(names))])
-    ax.set_xticklabels([LABELS[n] for n in names])
-    ax.set_ylabel("Gbit/s")
-    ax.set_yscale("log")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out)
+
+def to_json(
+    results: dict[str, Result], args: argparse.Namespace, meta: dict[str, Any]
+) -> dict[str, Any]:
+    """All figures, the details behind them, and the environment."""
+    figures = figures_of(results)
+    return {
+        "schema": 1,
+        "meta": meta,
+        "params": {
+            "seconds": args.seconds,
+            "only": args.only,
+            "ike": args.ike,
+            "esp": args.esp,
+            "keying": args.keying,
+            "handshakes": args.handshakes,
+            "pings": args.pings,
+        },
+        "figures": figures,
+        "ratios": ratios(figures),
+        "details": {
+            name: {
+                "error": res.error,
+                "ping_idle_ms": res.idle,
+                "ping_load_ms": res.load,
+                "iperf3": {str(s): dataclasses.asdict(r) for s, r in res.runs.items()},
+                "handshakes_ms": res.handshakes_ms,
+                "handshakes_daemon_log_ms": res.handshakes_log_ms,
+            }
+            for name, res in results.items()
+        },
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command line."""
+    """Command line (every option is described in bench/README.md)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="per iperf3 run (default 10)")
-    ap.add_argument("--streams", type=int, nargs="+", default=[1, 4], help="default: 1 4")
-    ap.add_argument("--pings", type=int, default=50, help="idle pings per backend (default 50)")
-    ap.add_argument("--handshakes", type=int, default=10, help="handshakes to time (default 10)")
-    ap.add_argument("--ike", default="aes256gcm16-prfsha256-x25519", help="IKE proposal")
-    ap.add_argument("--esp", default="aes128gcm16", help="ESP proposal (default aes128gcm16)")
-    ap.add_argument("--only", nargs="+", choices=BACKENDS, default=list(BACKENDS))
-    ap.add_argument("--ipsecd-config-a", type=Path, help="gwA's config (default: generated)")
-    ap.add_argument("--ipsecd-config-b", type=Path, help="gwB's config (default: generated)")
-    ap.add_argument("--ipsecd-timeout", type=float, default=20.0, help="seconds to come up")
-    ap.add_argument("--json", type=Path, metavar="OUT", help="also write the figures as JSON")
-    ap.add_argument("--plot", type=Path, metavar="OUT.png", help="bar chart (matplotlib)")
+    ap.add_argument(
+        "--only", nargs="+", choices=BACKENDS, default=list(BACKENDS), help="backends to run"
+    )
+    ap.add_argument("--esp", default=DEFAULT_ESP, help=f"ESP proposal (default {DEFAULT_ESP})")
+    ap.add_argument("--ike", default=DEFAULT_IKE, help=f"IKE proposal (default {DEFAULT_IKE})")
+    ap.add_argument(
+        "--keying",
+        choices=("psk", "manual"),
+        default="psk",
+        help="ipsecd: IKEv2 with a PSK (default) or static SAs (no handshake)",
+    )
+    ap.add_argument("--handshakes", type=int, default=20, help="handshakes to time (default 20)")
+    ap.add_argument("--pings", type=int, default=50, help="idle pings, 20 ms apart (default 50)")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="write all figures as JSON")
+    ap.add_argument("--plot", type=Path, metavar="FILE.png", help="throughput over time (PNG)")
     args = ap.parse_args(argv)
-    if bool(args.ipsecd_config_a) != bool(args.ipsecd_config_b):
-        ap.error("give both --ipsecd-config-a and --ipsecd-config-b, or neither")
+    if args.seconds < 2:
+        ap.error("--seconds must be at least 2")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and print the table."""
+    """Run the benchmark, print the table, write JSON / plot if asked."""
     args = parse_args(argv)
     if os.geteuid() != 0:
         print("bench.py needs root (network namespaces)", file=sys.stderr)
         return 2
     install_sigterm_handler()
-    results: dict[str, Figures] = {}
+    meta = environment()
     order = [n for n in BACKENDS if n in args.only]
-    if "plain" not in order and any(n != "plain" for n in order):
-        log("note: without 'plain' there is no added-RTT or ratio to plain")
-    for name in order:
-        results[name] = run_backend(name, args)
-    plain = results.get("plain")
-    for fig in results.values():
-        if fig.backend != "plain" and plain and plain.rtt_avg_ms and fig.rtt_avg_ms:
-            fig.added_rtt_ms = fig.rtt_avg_ms - plain.rtt_avg_ms
-    print(table(results, args))
+    if "plain" not in order:
+        log("note: without 'plain' there is no RTT added nor ratio to plain")
+    results = {name: run_backend(name, args) for name in order}
+    print(table(figures_of(results)))
+    print()
+    print(notes(results, args, meta))
     if args.json:
-        args.json.write_text(json.dumps(to_json(results, args), indent=2) + "\n")
+        args.json.write_text(json.dumps(to_json(results, args, meta), indent=2) + "\n")
         log(f"figures written to {args.json}")
     if args.plot:
-        plot(results, args, args.plot)
-    return 0
+        series = {n: {s: r.series for s, r in res.runs.items()} for n, res in results.items()}
+        title = f"ESP {args.esp}, {meta['nproc']} CPUs, {meta['date']}"
+        write_plot(series, args.plot, title=title)
+        log(f"plot written to {args.plot}")
+    return 1 if any(res.error for res in results.values()) else 0
 
 
 if __name__ == "__main__":

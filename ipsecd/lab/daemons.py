@@ -50,6 +50,7 @@ class GatewaySpec:
     remote_id: str | None = None
     peer_extra: dict[str, Any] = field(default_factory=dict)
     gateway_extra: dict[str, Any] = field(default_factory=dict)
+    log_level: str = "debug"  # the benchmark runs at "info"
 
 
 def site_specs(topo: Topology) -> tuple[GatewaySpec, GatewaySpec]:
@@ -169,7 +170,7 @@ def _gateway_section(spec: GatewaySpec, socket: Path) -> dict[str, Any]:
 def write_config(topo: Topology, spec: GatewaySpec, peer: dict[str, Any]) -> tuple[Path, Path]:
     socket = topo.socket_path(f"ipsecd-{spec.name}.sock")
     config = {
-        "log": {"level": "debug", "format": "json"},
+        "log": {"level": spec.log_level, "format": "json"},
         "gateway": _gateway_section(spec, socket),
         "peers": [peer],
     }
@@ -215,10 +216,14 @@ def start_psk_pair(
 
 
 def start_manual_pair(
-    topo: Topology, algorithm: str = "aes128gcm16", esn: bool = False
+    topo: Topology,
+    algorithm: str = "aes128gcm16",
+    esn: bool = False,
+    specs: tuple[GatewaySpec, GatewaySpec] | None = None,
 ) -> tuple[IpsecdProcess, IpsecdProcess]:
-    """Two daemons with static SAs (no IKE), mirrored SPIs and keys."""
-    a, b = site_specs(topo)
+    """Two daemons with static SAs (no IKE), mirrored SPIs and keys (``specs``: default
+    :func:`site_specs`)."""
+    a, b = specs or site_specs(topo)
     parts = algorithm.split("-")
     encr = ENCRYPTION[parts[0]]
     integ = INTEGRITY[parts[1]] if len(parts) > 1 else None

@@ -145,6 +145,33 @@ def process_cpu_seconds(pid: int) -> float:
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and all its live descendants, plus what their reaped children
+    used (cutime + cstime), so a daemon that moves packets in worker processes is counted
+    whole.  Compare two readings; processes gone by then count 0.
+    """
+    children: dict[int, list[int]] = {}
+    times: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        times[int(entry.name)] = sum(int(f) for f in fields[11:15])  # u, s, cu, cs time
+    tree: set[int] = set()
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        if current in times and current not in tree:
+            tree.add(current)
+            todo.extend(children.get(current, ()))
+    return sum(times[p] for p in tree) / os.sysconf("SC_CLK_TCK")
+
+
 def install_sigterm_handler() -> None:
     """Make SIGTERM raise KeyboardInterrupt so ``with`` blocks and atexit hooks tear down.
 

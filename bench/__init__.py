@@ -1,0 +1,1 @@
+"""The benchmark (bench.py), its figure definitions, plot writer and JSON comparison."""

@@ -1,0 +1,89 @@
+"""The benchmark's figures: names, units, which way is better, and the printed table.
+
+One list (:data:`FIGURES`) is the source for the table bench.py prints, the keys of its
+JSON file and the direction compare.py judges a change by, so the three cannot drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+BACKENDS = ("plain", "strongswan", "ipsecd")
+LABELS = {"plain": "plain", "strongswan": "strongSwan", "ipsecd": "ipsecd"}
+#: Ratio rows of the table: (numerator, denominator).
+RATIOS = (("ipsecd", "strongswan"), ("ipsecd", "plain"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """One column of the table / one key per backend in the JSON ``figures``."""
+
+    key: str
+    title: str  # first header line
+    unit: str  # second header line
+    higher_is_better: bool
+    digits: int
+
+
+FIGURES = (
+    Figure("tcp1_gbps", "TCP 1 str", "Gbit/s", True, 3),
+    Figure("tcp4_gbps", "TCP 4 str", "Gbit/s", True, 3),
+    Figure("rtt_idle_ms", "RTT idle", "ms", False, 3),
+    Figure("rtt_added_ms", "RTT added", "ms", False, 3),
+    Figure("rtt_load_ms", "RTT load", "ms", False, 2),
+    Figure("handshake_ms", "handshake", "ms", False, 2),
+    Figure("cpu_s_per_gb", "CPU", "s/GB", False, 2),
+)
+BY_KEY = {f.key: f for f in FIGURES}
+
+Row = Mapping[str, float | None]
+
+
+def ratio_key(numerator: str, denominator: str) -> str:
+    """The JSON / table name of a ratio row, e.g. ``ipsecd/strongswan``."""
+    return f"{numerator}/{denominator}"
+
+
+def ratios(figures: Mapping[str, Row]) -> dict[str, dict[str, float | None]]:
+    """ipsecd/strongSwan and ipsecd/plain for every figure (None where either is missing
+    or the denominator is zero)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for num, den in RATIOS:
+        top, bottom = figures.get(num) or {}, figures.get(den) or {}
+        row: dict[str, float | None] = {}
+        for fig in FIGURES:
+            a, b = top.get(fig.key), bottom.get(fig.key)
+            row[fig.key] = a / b if a is not None and b else None
+        out[ratio_key(num, den)] = row
+    return out
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(figures: Mapping[str, Row], ratio_rows: Mapping[str, Row] | None = None) -> str:
+    """Rows plain / strongSwan / ipsecd, then the ratio rows; a column per figure."""
+    ratio_rows = ratios(figures) if ratio_rows is None else ratio_rows
+    lines = [["", *(f.title for f in FIGURES)], ["", *(f.unit for f in FIGURES)]]
+    for name in BACKENDS:
+        if name in figures:
+            row = figures[name]
+            lines.append([LABELS[name], *(_cell(row.get(f.key), f.digits) for f in FIGURES)])
+    for num, den in RATIOS:
+        key = ratio_key(num, den)
+        if num in figures and den in figures:
+            row = ratio_rows.get(key, {})
+            cells = ["-" if row.get(f.key) is None else f"{row[f.key]:.2f}x" for f in FIGURES]
+            lines.append([f"{LABELS[num]}/{LABELS[den]}", *cells])
+    widths = [max(len(line[c]) for line in lines) for c in range(len(lines[0]))]
+    text = [
+        "  ".join(
+            cell.ljust(widths[0]) if c == 0 else cell.rjust(widths[c])
+            for c, cell in enumerate(line)
+        )
+        for line in lines
+    ]
+    text.insert(2, "-" * len(text[0]))
+    return "\n".join(text)
