@@ -160,25 +160,22 @@ def site_to_site(topo: Topology, **kwargs: object) -> tuple[SwanConnection, Swan
     gwB's remote address is the one it sees for gwA (the NAT's outside address behind
     NAT); identities are the gateways' own addresses.  ``kwargs`` go to both sides.
     """
-    a = SwanConnection(
-        local_addr=topo.gw_a_wan_ip,
-        remote_addr=topo.gw_b_wan_ip,
-        local_id=topo.gw_a_wan_ip,
-        remote_id=topo.gw_b_wan_ip,
-        local_ts=SITE_A,
-        remote_ts=SITE_B,
-        **kwargs,  # type: ignore[arg-type]
+
+    def side(local: str, remote: str, remote_id: str, ts: tuple[str, str]) -> SwanConnection:
+        return SwanConnection(
+            local_addr=local,
+            remote_addr=remote,
+            local_id=local,
+            remote_id=remote_id,
+            local_ts=ts[0],
+            remote_ts=ts[1],
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    return (
+        side(topo.gw_a_wan_ip, topo.gw_b_wan_ip, topo.gw_b_wan_ip, (SITE_A, SITE_B)),
+        side(topo.gw_b_wan_ip, topo.gw_a_public_ip, topo.gw_a_wan_ip, (SITE_B, SITE_A)),
     )
-    b = SwanConnection(
-        local_addr=topo.gw_b_wan_ip,
-        remote_addr=topo.gw_a_public_ip,
-        local_id=topo.gw_b_wan_ip,
-        remote_id=topo.gw_a_wan_ip,
-        local_ts=SITE_B,
-        remote_ts=SITE_A,
-        **kwargs,  # type: ignore[arg-type]
-    )
-    return a, b
 
 
 def strongswan_conf(
