@@ -408,12 +408,27 @@ def environment() -> dict[str, Any]:
     }
 
 
+def short_error(text: str, limit: int = 300) -> str:
+    """The first line of an error and up to two lines that say what failed (the full text
+    goes to stderr and the JSON)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    telling = [
+        line
+        for line in lines[1:]
+        if re.search(r"failed|not recognized|error|refus", line, re.I)
+        and "opening directory" not in line
+    ]
+    short = "; ".join(lines[:1] + telling[:2])
+    return short if len(short) <= limit else short[: limit - 3] + "..."
+
+
 def notes(results: dict[str, Result], args: argparse.Namespace, meta: dict[str, Any]) -> str:
     """What the table was measured with, and what went wrong."""
     load = ", ".join(f"{x:.2f}" for x in meta["loadavg_at_start"])
     lines = [
         f"iperf3 TCP hostA -> hostB, {args.seconds:g} s per run; RTT load: ping during the "
-        f"{LOAD_STREAMS}-stream run; handshake: median of {args.handshakes}",
+        f"{LOAD_STREAMS}-stream run; handshake: median of {args.handshakes}"
+        + (" (none for ipsecd with manual keys)" if args.keying == "manual" else ""),
         f"ESP {args.esp}, IKE {args.ike}, ipsecd keying {args.keying}; "
         f"{meta['nproc']} CPUs ({meta['cpu_model']}), load average {load} at start",
     ]
@@ -425,7 +440,7 @@ def notes(results: dict[str, Result], args: argparse.Namespace, meta: dict[str, 
         )
     for name, res in results.items():
         if res.error:
-            lines.append(f"{LABELS[name]}: not measured: {res.error}")
+            lines.append(f"{LABELS[name]}: not measured: {short_error(res.error)}")
         retr = ", ".join(f"{s} str. {r.retransmits}" for s, r in res.runs.items() if r.retransmits)
         if retr:
             lines.append(f"{LABELS[name]} TCP retransmits: {retr}")
