@@ -122,6 +122,10 @@ class GatewayConfig:
     retransmit_timeout: float = 0.5
     retransmit_tries: int = 7
     retry_interval: int = 30  # seconds before an initiator tries again after giving up
+    # DoS protection of the responder (RFC 7296 §2.6), see ipsecd.ike.halfopen.
+    cookie_threshold: int = 10  # half-open IKE SAs from which on COOKIEs are demanded
+    half_open_per_source: int = 5  # half-open IKE SAs per source address
+    half_open_limit: int = 1000  # half-open IKE SAs in all; beyond, requests are dropped
 
 
 @dataclass(frozen=True)

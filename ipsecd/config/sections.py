@@ -99,6 +99,9 @@ GATEWAY = Section(
     Field("retransmit_timeout", number(0.05, 30.0), 0.5),
     Field("retransmit_tries", integer(0, 20), 7),
     Field("retry_interval", duration(1, 86400), 30),
+    Field("cookie_threshold", integer(0, 1_000_000), 10),
+    Field("half_open_per_source", integer(1, 1_000_000), 5),
+    Field("half_open_limit", integer(1, 1_000_000), 1000),
 )
 
 DEFAULT_IKE = tuple(parse_proposal(p, "ike") for p in DEFAULT_IKE_PROPOSALS)
@@ -172,6 +175,9 @@ def _build_gateway(v: Values) -> GatewayConfig:
         retransmit_timeout=v["retransmit_timeout"],
         retransmit_tries=v["retransmit_tries"],
         retry_interval=v["retry_interval"],
+        cookie_threshold=v["cookie_threshold"],
+        half_open_per_source=v["half_open_per_source"],
+        half_open_limit=v["half_open_limit"],
     )
 
 

@@ -41,6 +41,7 @@ from ipsecd.ike.events import (
 )
 from ipsecd.ike.exchanges import base
 from ipsecd.ike.exchanges.rekey import random_unit
+from ipsecd.ike.halfopen import DosLimits, HalfOpenTable
 from ipsecd.ike.sa import IkeSa, IkeState, RetransmitPolicy
 
 NAT_KEEPALIVE_INTERVAL = 20.0  # RFC 3948 §4: default 20 seconds
@@ -94,8 +95,9 @@ class IkeManager:
         self.peers = {p.name: p for p in config.peers if getattr(p, "manual", None) is None}
         self.peer_state = {name: _PeerState() for name in self.peers}
         self.sas: dict[int, IkeSa] = {}  # by our SPI
-        self.half_open: dict[tuple[str, int], IkeSa] = {}  # (remote ip, SPIi) -> responder SA
         self.counters: dict[str, int] = {}
+        # Responder SAs before IKE_AUTH, by (remote ip, SPIi); cookies and limits (§2.6).
+        self.half_open = HalfOpenTable(DosLimits.from_gateway(gw), self.counters, now)
         self._outgoing: list[OutgoingDatagram] = []
         self._events: deque[Event] = deque()
         self._retired: list[IkeSa] = []
@@ -529,17 +531,22 @@ class IkeManager:
     def _receive_init_request(
         self, data: bytes, header: Any, local: Address, remote: Address, now: float
     ) -> None:
-        key = (remote[0], header.spi_i)
-        existing = self.half_open.get(key)
-        if existing is not None and existing.alive:
+        admission = self.half_open.admit(data, header.spi_i, header.message_id, remote[0], now)
+        if admission.retransmit_of is not None:
+            existing = admission.retransmit_of
             existing.receive(data, header, local, remote, now)  # retransmit -> cached answer
             self._collect(existing, now)
+            return
+        if admission.drop:
             return
         candidates = self._candidates(remote[0])
         if not candidates:
             self._count("unknown_peer")
             return
-        # Place for half-open limits and COOKIE challenges (RFC 7296 §2.6), later issue.
+        if admission.reply is not None:  # COOKIE (§2.6): no state, no Diffie-Hellman
+            marker = local[1] == self.natt_port
+            self._outgoing.append(OutgoingDatagram(admission.reply, local, remote, marker=marker))
+            return
         sa = IkeSa(
             peer=candidates[0],
             initiator=False,
@@ -553,8 +560,11 @@ class IkeManager:
         )
         sa.spi_i = header.spi_i
         sa.receive(data, header, local, remote, now)
+        if self.half_open.refuse_amplification(data, [d.data for d in sa.outgoing]):
+            sa.outgoing.clear()
+            sa.deleted("answer would amplify the request")
         if sa.alive:
-            self.half_open[key] = sa
+            self.half_open.add(sa, data, remote[0])
             self.sas[sa.local_spi] = sa
         self._collect(sa, now)
 
@@ -588,7 +598,7 @@ class IkeManager:
             if sa.last_keepalive == 0.0:
                 sa.last_keepalive = now
         if sa.state is IkeState.ESTABLISHED:
-            self.half_open = {k: v for k, v in self.half_open.items() if v is not sa}
+            self.half_open.established(sa, now)
         while sa.spawned:  # the IKE SA that replaces this one (rekey, §2.18)
             new = sa.spawned.pop(0)
             self.sas[new.local_spi] = new
@@ -597,7 +607,7 @@ class IkeManager:
         if not sa.alive:
             self.sas.pop(sa.local_spi, None)
             self._retiring.discard(sa.local_spi)
-            self.half_open = {k: v for k, v in self.half_open.items() if v is not sa}
+            self.half_open.discard(sa)
             if (
                 state is not None
                 and state.wanted

@@ -56,6 +56,9 @@ class Side:
     esp_rekey_time: str = "1h"
     ike_rekey_time: str = "4h"
     extra_peers: tuple[Side, ...] = ()  # more peers in the same file (their own PSK files)
+    cookie_threshold: int | None = None  # gateway DoS settings; None: the default
+    half_open_per_source: int | None = None
+    half_open_limit: int | None = None
 
     def yaml(self, psk_file: Path) -> str:
         lines = [
@@ -64,8 +67,11 @@ class Side:
             f"  retransmit_timeout: {self.retransmit_timeout}",
             f"  retransmit_tries: {self.retransmit_tries}",
             f"  retry_interval: {self.retry_interval}",
-            "peers:",
         ]
+        for key in ("cookie_threshold", "half_open_per_source", "half_open_limit"):
+            if getattr(self, key) is not None:
+                lines.append(f"  {key}: {getattr(self, key)}")
+        lines.append("peers:")
         text = "\n".join(lines) + "\n" + self.peer_yaml(psk_file)
         for n, extra in enumerate(self.extra_peers):
             extra_psk = psk_file.with_name(f"{psk_file.stem}-{n}.psk")

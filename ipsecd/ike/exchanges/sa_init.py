@@ -6,7 +6,11 @@ strongSwan's ``ike_init`` + ``ike_natd`` tasks in one module::
                                 <--  HDR, SAr1, KEr, Nr, N(NATD_SRC), N(NATD_DST)
 
 The initiator answers a COOKIE (§2.6) or INVALID_KE_PAYLOAD (§1.3) by
-sending the request again with the same message id (0).
+sending the request again with the same message id (0) and the same nonce;
+the cookie stays in later retries (a retry after INVALID_KE_PAYLOAD keeps it,
+the §2.6 short form) and the KE value stays unless the group changes.  The
+responder's side of cookies and half-open limits is in
+:mod:`ipsecd.ike.halfopen`.
 
 NAT-T (§2.23): ESP only ever travels UDP-encapsulated in this daemon, so
 both roles always send a NAT_DETECTION_SOURCE_IP that cannot match (a random
@@ -33,6 +37,7 @@ from ipsecd.ike.sa import IkeSa, IkeState, TaskResult
 
 NONCE_LEN = 32  # at least half the PRF key size, >= 16 octets (RFC 7296 §2.10)
 MAX_INIT_RETRIES = 5  # COOKIE + INVALID_KE_PAYLOAD round trips before giving up
+MAX_COOKIE_LEN = 64  # RFC 7296 §2.6
 
 
 def new_spi() -> int:
@@ -92,7 +97,8 @@ class IkeSaInit:
         if not sa.spi_i:
             sa.spi_i = new_spi()
         sa.spi_r = 0
-        self.key_exchange = base.new_key_exchange(self.group)
+        if self.key_exchange is None:  # kept across a COOKIE retry, new for a new group
+            self.key_exchange = base.new_key_exchange(self.group)
         payloads: list[Any] = []
         if self.cookie is not None:
             payloads.append(base.p_notify(base.N_COOKIE, self.cookie))  # must come first (§2.6)
@@ -109,6 +115,10 @@ class IkeSaInit:
     def process_response(self, sa: IkeSa, message: base.Incoming, now: float) -> TaskResult:
         cookie = base.find_notify(message, base.N_COOKIE)
         if cookie is not None:
+            if not 1 <= len(cookie) <= MAX_COOKIE_LEN:
+                raise InvalidSyntax(
+                    f"peer {sa.peer_name} sent a {len(cookie)}-octet COOKIE (1..64, §2.6)"
+                )
             return self._retry(sa, "COOKIE", lambda: setattr(self, "cookie", cookie))
         invalid_ke = base.find_notify(message, INVALID_KE_PAYLOAD)
         if invalid_ke is not None:
@@ -173,7 +183,7 @@ class IkeSaInit:
 
         def switch() -> None:
             self.group = match
-            self.cookie = None
+            self.key_exchange = None  # the cookie does not cover KE: keep it (§2.6)
 
         return self._retry(sa, "INVALID_KE_PAYLOAD", switch)
 
