@@ -67,11 +67,12 @@ class CookieSecrets:
         self.rotated_at = now
 
     def _rotate_if_due(self, now: float) -> None:
-        if now < self.rotated_at + self.lifetime:
+        """Rotate on a fixed schedule, every ``lifetime`` seconds from the start."""
+        periods = int((now - self.rotated_at) // self.lifetime)
+        if periods < 1:
             return
-        idle_too_long = now >= self.rotated_at + 2 * self.lifetime
-        self.rotate(now)
-        if idle_too_long:  # the old current secret would outlive its two lifetimes
+        self.rotate(self.rotated_at + periods * self.lifetime)
+        if periods >= 2:  # the secret that became "previous" is itself too old
             self.previous = None
 
     def make(self, nonce_i: bytes, address: str, spi_i: int, now: float) -> bytes:
@@ -79,7 +80,9 @@ class CookieSecrets:
         self._rotate_if_due(now)
         return struct.pack("!I", self.version) + _digest(self.secret, nonce_i, address, spi_i)
 
-    def check(self, cookie: bytes, nonce_i: bytes, address: str, spi_i: int, now: float) -> CookieCheck:
+    def check(
+        self, cookie: bytes, nonce_i: bytes, address: str, spi_i: int, now: float
+    ) -> CookieCheck:
         """Compare in constant time against the cookie we would have made."""
         self._rotate_if_due(now)
         if len(cookie) != COOKIE_LEN:

@@ -185,9 +185,7 @@ class HalfOpenTable:
 
     # ---- admission ----------------------------------------------------------
 
-    def admit(
-        self, data: bytes, spi_i: int, message_id: int, source: str, now: float
-    ) -> Admission:
+    def admit(self, data: bytes, spi_i: int, message_id: int, source: str, now: float) -> Admission:
         """Decide about one IKE_SA_INIT request (SPIr 0) before anything is computed."""
         key = (source, spi_i)
         digest = hashlib.sha256(data).digest()
