@@ -47,11 +47,33 @@ def _rows(pairs: list[tuple[str, str]], indent: str) -> list[str]:
     return [f"{indent}{k + ':':<{width + 1}} {v}" for k, v in pairs]
 
 
+def format_dos(dos: dict[str, Any], counters: dict[str, Any], style: Style) -> str:
+    """The responder's DoS protection in one line: half-open SAs, cookies, drops."""
+    cookies = style.bad("on") if dos.get("cookies_required") else "off"
+    text = (
+        f"ike responder: {dos.get('half_open', 0)} half-open"
+        f" (at most {dos.get('half_open_per_source')} per source,"
+        f" {dos.get('half_open_limit')} in all), cookies {cookies}"
+        f" (from {dos.get('cookie_threshold')} half-open)"
+    )
+    shown = [
+        ("cookies_sent", "cookies sent"),
+        ("cookies_invalid", "invalid cookies"),
+        ("half_open_dropped", "dropped over the limit"),
+        ("half_open_source_dropped", "dropped per source"),
+        ("init_replays", "replays dropped"),
+    ]
+    extra = [f"{label} {counters[key]}" for key, label in shown if counters.get(key)]
+    return text + ("; " + ", ".join(extra) if extra else "")
+
+
 def format_status(status: dict[str, Any], style: Style) -> str:
     lines = [
         f"{style.bold('ipsecd')}  tun {status['tun']} (mtu {status['mtu']}), "
         f"listening on {', '.join(status['listen'])}, up {status['uptime_seconds']:.0f}s"
     ]
+    if status.get("ike_dos"):
+        lines.append(format_dos(status["ike_dos"], status.get("ike_counters") or {}, style))
     for peer in status["peers"]:
         state = peer["state"]
         shown = style.good(state) if peer["up"] else style.bad(state)

@@ -155,6 +155,12 @@ def render_metrics(status: dict[str, Any]) -> str:
     )
     daemon_events = family("daemon_events_total", "counter", "Daemon event counters, by name.")
     ike_events = family("ike_events_total", "counter", "IKE layer event counters, by name.")
+    half_open = family(
+        "ike_half_open_sas", "gauge", "Responder IKE SAs waiting for IKE_AUTH (half-open)."
+    )
+    cookies_on = family(
+        "ike_cookies_required", "gauge", "1 while IKE_SA_INIT requests must carry a COOKIE."
+    )
 
     if status.get("uptime_seconds") is not None:
         uptime.add(float(status["uptime_seconds"]))
@@ -193,6 +199,10 @@ def render_metrics(status: dict[str, Any]) -> str:
 
     for reason, count in sorted((status.get("drops") or {}).items()):
         drops.add(_int(count), reason=str(reason))
+    dos = status.get("ike_dos") or {}
+    if dos:
+        half_open.add(_int(dos.get("half_open")))
+        cookies_on.add(bool(dos.get("cookies_required")))
 
     counters: Mapping[str, Any] = status.get("counters") or {}
     ike_counters: Mapping[str, Any] = status.get("ike_counters") or {}

@@ -96,4 +96,12 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
         "drops": drops,
         "counters": dict(daemon.counters),
         "ike_counters": dict(getattr(daemon.ike, "counters", {}) or {}),
+        "ike_dos": _dos_status(daemon),
     }
+
+
+def _dos_status(daemon: Daemon) -> dict[str, Any] | None:
+    """Half-open IKE SAs and whether COOKIEs are demanded (RFC 7296 §2.6), or None."""
+    half_open = getattr(daemon.ike, "half_open", None)
+    status = getattr(half_open, "status", None)
+    return status() if callable(status) else None

@@ -104,3 +104,21 @@ def test_commands_send_requests(monkeypatch, cmd) -> None:
     )
     assert ipsecctl.main(cmd) == 0
     assert sent[0]["cmd"] == cmd[0]
+
+
+def test_gateway_line_shows_half_open_sas_and_cookies() -> None:
+    status = dict(STATUS)
+    status["ike_dos"] = {
+        "half_open": 12,
+        "cookies_required": True,
+        "cookie_threshold": 10,
+        "half_open_per_source": 5,
+        "half_open_limit": 1000,
+    }
+    status["ike_counters"] = {"cookies_sent": 4000, "cookies_invalid": 2, "retransmits": 1}
+    text = format_status(status, Style(False))
+    assert (
+        "ike responder: 12 half-open (at most 5 per source, 1000 in all), cookies on"
+        " (from 10 half-open); cookies sent 4000, invalid cookies 2"
+    ) in text.splitlines()
+    assert "ike responder" not in format_status(STATUS, Style(False))

@@ -448,3 +448,14 @@ def test_close_releases_the_port_and_idle_clients() -> None:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))  # free again
+
+
+def test_ike_dos_gauges() -> None:
+    status = _status()
+    status["ike_dos"] = {"half_open": 7, "cookies_required": True, "cookie_threshold": 5}
+    status["ike_counters"] = {"cookies_sent": 12}
+    lines = _lines(render_metrics(status))
+    assert "ipsecd_ike_half_open_sas 7" in lines
+    assert "ipsecd_ike_cookies_required 1" in lines
+    assert 'ipsecd_ike_events_total{event="cookies_sent"} 12' in lines
+    assert "ipsecd_ike_half_open_sas 7" not in _lines(render_metrics(_status()))
