@@ -16,7 +16,10 @@ is created or any Diffie-Hellman is computed:
    ``half_open_per_source`` half-open SAs from one address, new requests
    from that address are dropped (strongSwan's ``block_threshold``);
 4. from ``cookie_threshold`` half-open SAs on, a request without a valid
-   COOKIE gets only a COOKIE answer (:mod:`ipsecd.ike.cookies`).
+   COOKIE gets only a COOKIE answer (:mod:`ipsecd.ike.cookies`); cookies
+   stay on until no request needed one for :data:`COOKIE_CALMDOWN` seconds
+   (as in strongSwan), so the retransmissions of one initiator are not
+   answered with and without a cookie in turn.
 
 No amplification: nothing is sent in answer to an unauthenticated request
 that is more than :data:`AMPLIFICATION_FACTOR` times its size; such an answer
@@ -50,6 +53,7 @@ DEFAULT_HALF_OPEN_LIMIT = 1000
 AMPLIFICATION_FACTOR = 3  # an answer to an unauthenticated request: at most 3x its size
 REPLAY_MEMORY_SIZE = 4096
 REPLAY_MEMORY_TIME = 3600.0
+COOKIE_CALMDOWN = 10.0  # seconds cookies stay on after the count fell below the threshold
 N_COOKIE = 16390
 IKE_SA_INIT = 34
 
@@ -144,6 +148,8 @@ class HalfOpenTable:
         self._keys: dict[int, Key] = {}  # by our (responder) SPI
         self._per_source: Counter[str] = Counter()
         self._replays: OrderedDict[bytes, float] = OrderedDict()
+        self._cookies_until = float("-inf")  # calm-down: cookies stay on until then
+        self._now = now
 
     # ---- the mapping view (tests, status) -------------------------------------
 
@@ -171,7 +177,15 @@ class HalfOpenTable:
 
     @property
     def cookies_required(self) -> bool:
-        return len(self._sas) >= self.limits.cookie_threshold
+        """Whether a new request must carry a COOKIE (as of the last request or clock)."""
+        return len(self._sas) >= self.limits.cookie_threshold or self._now < self._cookies_until
+
+    def _update_cookies(self, now: float) -> bool:
+        self._now = max(self._now, now)
+        if len(self._sas) >= self.limits.cookie_threshold:
+            self._cookies_until = self._now + COOKIE_CALMDOWN
+            return True
+        return self._now < self._cookies_until
 
     def status(self) -> dict[str, Any]:
         """The gateway part of ``ipsecctl status``."""
@@ -204,7 +218,7 @@ class HalfOpenTable:
         if self._per_source[source] >= self.limits.half_open_per_source:
             self._count("half_open_source_dropped")
             return DROP
-        if not self.cookies_required:
+        if not self._update_cookies(now):
             return ACCEPT
         parsed = _nonce_and_cookie(data)
         if parsed is None:

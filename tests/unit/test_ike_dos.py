@@ -425,3 +425,18 @@ def test_malformed_request_under_cookies_is_dropped_silently(tmp_path):
     assert to_b(pair, init[:40]) == []
     assert "cookies_sent" not in pair.b.counters
     assert "internal_error" not in pair.b.counters
+
+
+def test_cookies_stay_on_for_a_calm_down_period(tmp_path):
+    pair, init = first_request(tmp_path, cookie_threshold=1)
+    to_b(pair, forged(init), src="203.0.113.1")  # the one half-open SA: cookies on
+    expire(pair, 25)
+    (answer,) = to_b(pair, forged(init), src="203.0.113.2")
+    assert cookie_of(answer)  # demanded at 25 s: on until 35 s
+    expire(pair, 6)  # 31 s: the half-open SA expired
+    assert len(pair.b.half_open) == 0
+    (answer,) = to_b(pair, forged(init), src="203.0.113.3")
+    assert cookie_of(answer) and pair.b.half_open.cookies_required
+    expire(pair, halfopen.COOKIE_CALMDOWN)
+    (answer,) = to_b(pair, forged(init), src="203.0.113.4")
+    assert any(isinstance(p, pl.KeyExchange) for p in parse_message(answer).payloads)
