@@ -242,9 +242,9 @@ swanctl {{
 
 # --- swanctl --list-sas --raw ----------------------------------------------------------
 
-_SECTION = re.compile(r"\s*([\w.-]+) \{")
+_SECTION = re.compile(r"\s*([\w.()-]+) \{")  # "(unnamed)": an IKE SA without config yet
 _LIST = re.compile(r"\s*([\w.-]+)=\[([^\]]*)\]")
-_VALUE = re.compile(r"\s*([\w.-]+)=(.*?)(?=\s+[\w.-]+(?:=| \{)|\s*\})")
+_VALUE = re.compile(r"\s*([\w.-]+)=(.*?)(?=\s+[\w.()-]+(?:=| \{)|\s*\})")
 _CLOSE = re.compile(r"\s*\}")
 
 

@@ -163,6 +163,7 @@ def test_legitimate_initiator_gets_its_sa_with_a_cookie(tmp_path):
     assert parse_message(first).find(pl.KeyExchange) == parse_message(second).find(pl.KeyExchange)
     assert pair.b.counters["cookies_sent"] == 1 and pair.b.counters["cookies_valid"] == 1
     assert "cookies_invalid" not in pair.b.counters
+    assert pair.a.counters["cookies_received"] == 1
     assert len(pair.b.half_open) == 0
 
 

@@ -119,6 +119,7 @@ class IkeSaInit:
                 raise InvalidSyntax(
                     f"peer {sa.peer_name} sent a {len(cookie)}-octet COOKIE (1..64, §2.6)"
                 )
+            sa.count("cookies_received")
             return self._retry(sa, "COOKIE", lambda: setattr(self, "cookie", cookie))
         invalid_ke = base.find_notify(message, INVALID_KE_PAYLOAD)
         if invalid_ke is not None:
