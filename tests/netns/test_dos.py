@@ -178,3 +178,19 @@ def test_strongswan_demands_cookies_from_ipsecd(topology: Topology) -> None:
     assert ours.status()["ike_counters"].get("cookies_received", 0) >= 1
     stats = topology.ping(topology.host_a, HOST_B_IP, count=5)
     assert stats.loss == 0.0, stats
+
+
+def test_flood_without_cookies_stops_at_the_half_open_limit(topology: Topology) -> None:
+    """Cookies effectively off: the global limit alone bounds the half-open state."""
+    limit = 500
+    _, gw_b = _responder(topology, cookie_threshold=1_000_000, half_open_limit=limit)
+    time.sleep(1.0)
+    watch = _Watch(gw_b)
+    flood = _flood(topology, seconds=6)  # 3000 requests from 254 addresses (5 each at most)
+    watch.until(flood, timeout=60)
+    counters = gw_b.status()["ike_counters"]
+    print(f"responder RSS {watch.base} kB -> peak {watch.peak} kB; {counters}")
+    assert watch.half_open_peak == limit, (watch.half_open_peak, counters)
+    assert counters.get("half_open_dropped", 0) >= 1000, counters
+    assert "cookies_sent" not in counters
+    assert watch.peak - watch.base < RSS_BOUND_KB, (watch.base, watch.peak)
