@@ -20,7 +20,13 @@ from typing import Any
 import pytest
 
 from ipsecd.lab.daemons import REPO, IpsecdProcess, site_specs, start_psk_pair
-from ipsecd.lab.topology import GW_A_WAN_IP, GW_B_WAN_IP, HOST_B_IP, Topology
+from ipsecd.lab.topology import (
+    GW_A_WAN_IP,
+    GW_B_WAN_IP,
+    HOST_B_IP,
+    Topology,
+    process_cpu_seconds,
+)
 from tests.netns.strongswan import Charon, site_to_site
 
 FLOOD = Path(__file__).resolve().parent / "ike_flood.py"
@@ -66,9 +72,14 @@ class _Watch:
         self.pid = daemon.proc.pid
         assert Path(f"/proc/{self.pid}/comm").read_text().startswith("python")
         self.base = _rss_kb(self.pid)
+        self.cpu_start = process_cpu_seconds(self.pid)
         self.peak = self.base
         self.half_open_peak = 0
         self.cookies_seen_on = False
+
+    def cpu(self) -> float:
+        """CPU seconds the responder used since the watch started."""
+        return process_cpu_seconds(self.pid) - self.cpu_start
 
     def sample(self) -> None:
         self.peak = max(self.peak, _rss_kb(self.pid))
@@ -94,7 +105,10 @@ def _assert_flood_handled(topo: Topology, gw_b: IpsecdProcess, watch: _Watch) ->
     # Cookies on at 10 half-open SAs: only the real peer gets past them.
     assert watch.half_open_peak <= DOS_SETTINGS["cookie_threshold"] + 1, watch.half_open_peak
     grown = watch.peak - watch.base
-    print(f"responder RSS {watch.base} kB -> peak {watch.peak} kB (+{grown} kB); {counters}")
+    print(
+        f"responder RSS {watch.base} kB -> peak {watch.peak} kB (+{grown} kB),"
+        f" {watch.cpu():.1f} s CPU; {counters}"
+    )
     assert grown < RSS_BOUND_KB, (watch.base, watch.peak)
     stats = topo.ping(topo.host_a, HOST_B_IP, count=10)
     assert stats.loss == 0.0, stats
@@ -189,7 +203,7 @@ def test_flood_without_cookies_stops_at_the_half_open_limit(topology: Topology) 
     flood = _flood(topology, seconds=6)  # 3000 requests from 254 addresses (5 each at most)
     watch.until(flood, timeout=60)
     counters = gw_b.status()["ike_counters"]
-    print(f"responder RSS {watch.base} kB -> peak {watch.peak} kB; {counters}")
+    print(f"responder RSS {watch.base} -> {watch.peak} kB, {watch.cpu():.1f} s CPU; {counters}")
     assert watch.half_open_peak == limit, (watch.half_open_peak, counters)
     assert counters.get("half_open_dropped", 0) >= 1000, counters
     assert "cookies_sent" not in counters

@@ -441,3 +441,20 @@ def test_cookies_stay_on_for_a_calm_down_period(tmp_path):
     expire(pair, halfopen.COOKIE_CALMDOWN)
     (answer,) = to_b(pair, forged(init), src="203.0.113.4")
     assert any(isinstance(p, pl.KeyExchange) for p in parse_message(answer).payloads)
+
+
+# ---- configuration ----------------------------------------------------------------------------
+
+
+def test_gateway_keys_reach_the_table(tmp_path):
+    from ipsecd.config import ConfigError
+    from tests.unit.ike_pair_support import build_config
+
+    config = build_config(
+        side_b(cookie_threshold=0, half_open_per_source=2, half_open_limit=50), tmp_path, "b"
+    )
+    assert halfopen.DosLimits.from_gateway(config.gateway) == halfopen.DosLimits(0, 2, 50)
+    defaults = build_config(side_b(), tmp_path, "d").gateway
+    assert halfopen.DosLimits.from_gateway(defaults) == halfopen.DosLimits(10, 5, 1000)
+    with pytest.raises(ConfigError, match="half_open_per_source"):
+        build_config(side_b(half_open_per_source=0), tmp_path, "e")
