@@ -172,6 +172,11 @@ class HalfOpenTable:
     def get(self, key: Key) -> IkeSa | None:
         return self._sas.get(key)
 
+    def holds(self, sa: IkeSa) -> bool:
+        """Whether ``sa`` is half-open (answered IKE_SA_INIT, not authenticated yet)."""
+        key = self._keys.get(sa.local_spi)
+        return key is not None and self._sas.get(key) is sa
+
     def per_source(self, address: str) -> int:
         return self._per_source.get(address, 0)
 

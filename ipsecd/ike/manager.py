@@ -122,7 +122,7 @@ class IkeManager:
         state = self.peer_state[peer]
         state.wanted = True
         state.retry_at = None
-        if self._sa_for(peer) is not None:
+        if self._sa_for(peer, unauthenticated=False) is not None:
             return
         config = self.peers[peer]
         remote_port = int(getattr(config, "remote_port", None) or self.ike_port)
@@ -364,7 +364,10 @@ class IkeManager:
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
-    def _sa_for(self, peer: str) -> IkeSa | None:
+    def _sa_for(self, peer: str, *, unauthenticated: bool = True) -> IkeSa | None:
+        """The peer's current IKE SA.  A half-open responder SA is only a guess until
+        IKE_AUTH: it counts (for status) when it comes from the peer's address, and never
+        keeps us from initiating or retrying (forged IKE_SA_INITs must not block a peer)."""
         found = [
             s
             for s in self.sas.values()
@@ -372,12 +375,21 @@ class IkeManager:
             and s.alive
             and s.rekeyed_to is None
             and s.local_spi not in self._retiring
+            and (not self.half_open.holds(s) or (unauthenticated and self._from_peer_address(s)))
         ]
         for preferred in (IkeState.ESTABLISHED, IkeState.AUTH_SENT, IkeState.INIT_SENT):
             for sa in found:
                 if sa.state is preferred:
                     return sa
         return found[0] if found else None
+
+    def _from_peer_address(self, sa: IkeSa) -> bool:
+        try:
+            return ipaddress.ip_address(sa.remote[0]) == ipaddress.ip_address(
+                str(sa.peer.remote_address)
+            )
+        except ValueError:
+            return False
 
     def _established(self, peer: str) -> IkeSa:
         sa = self._sa_for(peer)
@@ -613,6 +625,6 @@ class IkeManager:
                 and state.wanted
                 and sa.initiator
                 and state.retry_at is None
-                and self._sa_for(sa.peer_name) is None
+                and self._sa_for(sa.peer_name, unauthenticated=False) is None
             ):
                 state.retry_at = now + self.policy.retry_pause

@@ -458,3 +458,42 @@ def test_gateway_keys_reach_the_table(tmp_path):
     assert halfopen.DosLimits.from_gateway(defaults) == halfopen.DosLimits(10, 5, 1000)
     with pytest.raises(ConfigError, match="half_open_per_source"):
         build_config(side_b(half_open_per_source=0), tmp_path, "e")
+
+
+# ---- forged half-open SAs never block a peer ------------------------------------------------
+
+
+def test_forged_half_open_sas_do_not_block_initiating_or_status(tmp_path):
+    """Forged requests from other addresses are attributed to a peer only as a guess: the
+    peer still initiates, and its status does not show the forged SA."""
+    pair, init = first_request(tmp_path, cookie_threshold=100)
+    pair.a.sas.clear()  # a stays quiet; b initiates to a
+    for n in range(3):
+        to_b(pair, forged(init), src=f"203.0.113.{n + 1}")
+    to_b(pair, forged(init))  # one even from a's own address (spoofed)
+    assert len(pair.b.half_open) == 4
+    assert pair.status("b")["state"] == "half-open"  # the one from a's address, as before
+    assert pair.status("b")["remote"].startswith(A_IP)
+    pair.b.initiate("a", pair.now)
+    pair.pump()
+    assert pair.status("b")["state"] == "established"
+    assert pair.status("b")["role"] == "initiator"
+
+
+def test_forged_half_open_sa_does_not_stop_retries(tmp_path):
+    from ipsecd.ike import events as ev
+
+    a = side_a(retransmit_tries=1, retry_interval="10s")
+    pair = IkePair(tmp_path, a=a, start=False)
+    pair.net.drop = lambda sent: True  # b is unreachable for now
+    pair.a.start(pair.now)
+    init = pair.a._outgoing[0].data  # a's IKE_SA_INIT, not sent yet
+    # A forged request "from b" reaches a meanwhile and stays half-open there.
+    pair.a.receive_datagram(forged(init), (A_IP, 500), ("203.0.113.9", 500), pair.now)
+    pair.a.datagrams_to_send()
+    pair.advance(2)  # a gives up (0.5 + 1 s) ...
+    assert pair.of_type("a", ev.NegotiationFailed)
+    assert pair.a.peer_state["b"].retry_at is not None  # ... and still plans a retry
+    pair.net.drop = lambda sent: False
+    pair.advance(15)
+    assert pair.status("a")["state"] == "established"
