@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from ipsecd.lab.daemons import REPO, IpsecdProcess, site_specs, start_psk_pair
+from ipsecd.lab.strongswan import Charon, site_to_site
 from ipsecd.lab.topology import (
     GW_A_WAN_IP,
     GW_B_WAN_IP,
@@ -27,7 +28,6 @@ from ipsecd.lab.topology import (
     Topology,
     process_cpu_seconds,
 )
-from tests.netns.strongswan import Charon, site_to_site
 
 FLOOD = Path(__file__).resolve().parent / "ike_flood.py"
 FORGED = "203.0.113.0/24"
