@@ -126,6 +126,8 @@ class GatewayConfig:
     cookie_threshold: int = 10  # half-open IKE SAs from which on COOKIEs are demanded
     half_open_per_source: int = 5  # half-open IKE SAs per source address
     half_open_limit: int = 1000  # half-open IKE SAs in all; beyond, requests are dropped
+    # Largest IKE datagram (UDP payload) before RFC 7383 fragmentation; None: by family.
+    fragment_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,8 @@ class PeerConfig:
     manual: ManualSaConfig | None
     ike_lifetime: IkeLifetime = IkeLifetime()
     child_lifetime: ChildLifetime = ChildLifetime()
+    fragmentation: str = "yes"  # RFC 7383: yes | accept (announce, never send) | no
+    fragment_size: int | None = None  # overrides gateway.fragment_size
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ DEFAULT_IKE_PROPOSALS = ("aes256gcm16-prfsha256-x25519", "aes128-sha256-ecp256")
 DEFAULT_ESP_PROPOSALS = ("aes256gcm16", "aes128-sha256")
 DEFAULT_CONTROL_SOCKET = "/run/ipsecd/ipsecd.sock"
 
+MIN_FRAGMENT_SIZE = 128  # ipsecd.ike.fragments.MIN_FRAGMENT_SIZE (config imports no ike)
 PEER_NAME = r"[A-Za-z0-9_.-]+"
 TUN_NAME = r"[A-Za-z0-9_.-]+"  # at most IFNAMSIZ - 1 = 15; no '/', no whitespace
 
@@ -82,6 +83,23 @@ def manual_algorithm() -> Any:
     return convert
 
 
+def fragmentation_mode() -> Any:
+    """RFC 7383 use, strongSwan's words: ``yes``, ``accept`` or ``no`` (YAML booleans too)."""
+    as_choice = choice("yes", "accept", "no")
+
+    def convert(value: Any, at: At) -> str:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare yes/no as a boolean
+            return "yes" if value else "no"
+        if value == "force":
+            raise at.error(
+                "'force' is not valid: strongSwan forces fragmentation for IKEv1 only;"
+                " with IKEv2 write yes"
+            )
+        return as_choice(value, at)
+
+    return convert
+
+
 LOG = Section(
     Field("level", choice("debug", "info", "warning", "error"), "info"),
     Field("format", choice("auto", "console", "json"), "auto"),
@@ -102,6 +120,7 @@ GATEWAY = Section(
     Field("cookie_threshold", integer(0, 1_000_000), 10),
     Field("half_open_per_source", integer(1, 1_000_000), 5),
     Field("half_open_limit", integer(1, 1_000_000), 1000),
+    Field("fragment_size", auto_or(integer(MIN_FRAGMENT_SIZE, 65535)), None),
 )
 
 DEFAULT_IKE = tuple(parse_proposal(p, "ike") for p in DEFAULT_IKE_PROPOSALS)
@@ -143,6 +162,8 @@ PEER = Section(
     Field("start", choice("initiate", "respond", "trap"), "initiate"),
     Field("local_ts", list_of(prefix(), min_items=1, unique=True), REQUIRED),
     Field("remote_ts", list_of(prefix(), min_items=1, unique=True), REQUIRED),
+    Field("fragmentation", fragmentation_mode(), "yes"),
+    Field("fragment_size", optional(integer(MIN_FRAGMENT_SIZE, 65535)), None),
     Field("ike", section(IKE), None),
     Field("esp", section(ESP), None),
     Field("auth", section(AUTH), None),
@@ -178,6 +199,7 @@ def _build_gateway(v: Values) -> GatewayConfig:
         cookie_threshold=v["cookie_threshold"],
         half_open_per_source=v["half_open_per_source"],
         half_open_limit=v["half_open_limit"],
+        fragment_size=v["fragment_size"],
     )
 
 
@@ -272,7 +294,7 @@ def _build_peer(v: Values, gateway: GatewayConfig) -> PeerConfig:
     esp: tuple[Proposal, ...] = ()
     if v["manual"] is not None:
         manual_line = v.at("manual").line
-        for key in ("auth", "ike", "esp", "start"):
+        for key in ("auth", "ike", "esp", "start", "fragmentation", "fragment_size"):
             if v.given(key):
                 raise v.at(key).error(
                     f"peer {name!r} uses static SAs (manual: at line {manual_line}), which"
@@ -302,6 +324,8 @@ def _build_peer(v: Values, gateway: GatewayConfig) -> PeerConfig:
         manual=manual,
         ike_lifetime=_build_ike_lifetime(v["ike"]),
         child_lifetime=_build_child_lifetime(v["esp"]),
+        fragmentation=v["fragmentation"],
+        fragment_size=v["fragment_size"],
     )
 
 

@@ -105,6 +105,7 @@ class IkeManager:
         gw = config.gateway
         self.natt_port = int(getattr(gw, "port", 4500))
         self.ike_port = int(getattr(gw, "ike_port", 500))
+        self.fragment_size: int | None = getattr(gw, "fragment_size", None)  # RFC 7383
         self._last_usage_check = now
 
     # ---- contract API ----------------------------------------------------
@@ -136,6 +137,7 @@ class IkeManager:
             policy=self.policy,
             created_at=now,
             counters=self.counters,
+            gateway_fragment_size=self.fragment_size,
         )
         from ipsecd.ike.exchanges.sa_init import IkeSaInit
 
@@ -569,6 +571,7 @@ class IkeManager:
             created_at=now,
             counters=self.counters,
             candidates=tuple(candidates),
+            gateway_fragment_size=self.fragment_size,
         )
         sa.spi_i = header.spi_i
         sa.receive(data, header, local, remote, now)

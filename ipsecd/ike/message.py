@@ -68,6 +68,7 @@ __all__ = [
     "decode",
     "encode",
     "encode_payload_chain",
+    "parse_inner_chain",
 ]
 
 P = TypeVar("P", bound=Payload)
@@ -322,6 +323,15 @@ def _parse_chain(data: bytes, offset: int, first_type: int, inner: bool) -> _Cha
     return _Chain(payloads, critical_unknown, sk_offset)
 
 
+def parse_inner_chain(data: bytes, first_type: int) -> tuple[list[Payload], int | None]:
+    """Payloads of decrypted SK content (or a reassembled RFC 7383 message).
+
+    Returns the payloads and the first unknown critical payload type, if any.
+    """
+    chain = _parse_chain(data, 0, first_type, inner=True)
+    return chain.payloads, chain.unsupported_critical
+
+
 def parse_message(data: bytes) -> Message:
     """Parse a whole IKE message without decrypting its SK payload.
 
@@ -364,12 +374,12 @@ def decrypt(message: Message, keys: Any, sender_is_initiator: bool | None = None
     none) followed by the ones inside it, with ``encrypted=True``.  Raises
     :class:`IntegrityCheckFailed` on a bad ICV/tag and :class:`MalformedMessage`
     when there is no SK payload or its contents do not parse.  An SKF
-    (fragment, RFC 7383) is reported as MalformedMessage: reassembly is not
-    supported.
+    (fragment, RFC 7383) is reported as MalformedMessage: fragments are opened
+    one by one by :class:`ipsecd.ike.fragments.Reassembler`.
     """
     if not message.payloads or not isinstance(message.payloads[-1], Encrypted):
         if message.payloads and isinstance(message.payloads[-1], EncryptedFragment):
-            raise MalformedMessage("IKE fragments (RFC 7383 SKF) are not supported")
+            raise MalformedMessage("an IKE fragment (RFC 7383 SKF) needs the Reassembler")
         raise MalformedMessage("message is not protected by an SK payload")
     sender = message.initiator if sender_is_initiator is None else sender_is_initiator
     sk_keys = _resolve_keys(keys, sender)

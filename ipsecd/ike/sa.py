@@ -36,6 +36,7 @@ from ipsecd.ike.events import (
 
 if TYPE_CHECKING:
     from ipsecd.ike.child import ChildSa
+    from ipsecd.ike.fragments import Reassembler
 
 
 IKE_SA_INIT_EXCHANGE = 34  # RFC 7296 §3.1 exchange type
@@ -126,10 +127,15 @@ Responder = Callable[["IkeSa", Any, float], list[Any]]
 class _Outstanding:
     task: InitiatorTask
     message_id: int
-    data: bytes
+    datagrams: list[bytes]  # one message, or its RFC 7383 fragments (resent as they are)
     sent_at: float
     retransmits: int = 0
     next_send: float = 0.0
+
+    @property
+    def data(self) -> bytes:
+        """The request as one datagram (IKE_SA_INIT is never fragmented)."""
+        return self.datagrams[0]
 
 
 @dataclass
@@ -180,6 +186,10 @@ class IkeSa:
     rekeyed_to: IkeSa | None = None  # the IKE SA that replaced this one
     rekeyed_at: float | None = None
     spawned: list[IkeSa] = field(default_factory=list)  # new IKE SAs for the manager
+    # IKE fragmentation (RFC 7383): the peer announced it in IKE_SA_INIT (and we did).
+    fragmentation_peer: bool = False
+    gateway_fragment_size: int | None = None  # gateway.fragment_size (None: by family)
+    reassembler: Reassembler | None = None  # created at the first fragment received
 
     # ---- identity --------------------------------------------------------
 
@@ -221,6 +231,31 @@ class IkeSa:
             OutgoingDatagram(data, self.local, self.remote, marker=self.local[1] == self.natt_port)
         )
 
+    def send_all(self, datagrams: list[bytes]) -> None:
+        for data in datagrams:
+            self.send(data)
+
+    @property
+    def fragment_size(self) -> int:
+        """Largest UDP payload we send (RFC 7383 §2.5.1): peer, gateway, or by family."""
+        from ipsecd.ike.fragments import default_fragment_size
+
+        size = getattr(self.peer, "fragment_size", None) or self.gateway_fragment_size
+        return int(size or default_fragment_size(self.remote[0]))
+
+    @property
+    def fragmentation_active(self) -> bool:
+        """Both sides announced RFC 7383 support and ours is ``fragmentation: yes``."""
+        return self.fragmentation_peer and getattr(self.peer, "fragmentation", "yes") == "yes"
+
+    def encode(
+        self, exchange: int, message_id: int, response: bool, payloads: list[Any]
+    ) -> list[bytes]:
+        """One message as the datagrams to send: itself, or its fragments if too large."""
+        from ipsecd.ike.exchanges import base
+
+        return base.encode_datagrams(self, exchange, message_id, response, payloads)
+
     def float_to_natt(self) -> None:
         """Move IKE to the NAT-T port after IKE_SA_INIT (RFC 7296 §2.23, RFC 3948).
 
@@ -237,8 +272,6 @@ class IkeSa:
 
     def kick(self, now: float) -> None:
         """Start the next queued task if the window (size 1) is free."""
-        from ipsecd.ike.exchanges import base
-
         while self.outstanding is None and self.tasks and self.alive:
             task = self.tasks.pop(0)
             try:
@@ -249,28 +282,26 @@ class IkeSa:
             if payloads is None:  # task decided there is nothing to do
                 continue
             mid = self.next_request_id
-            data = base.encode(self, task.exchange_type, mid, False, payloads)
+            datagrams = self.encode(task.exchange_type, mid, False, payloads)
             self.outstanding = _Outstanding(
-                task, mid, data, sent_at=now, next_send=now + self.policy.initial
+                task, mid, datagrams, sent_at=now, next_send=now + self.policy.initial
             )
-            self.send(data)
+            self.send_all(datagrams)
 
     def resend_outstanding(self, task: InitiatorTask, now: float) -> None:
         """Rebuild the outstanding request with the same message id (COOKIE, INVALID_KE)."""
-        from ipsecd.ike.exchanges import base
-
         assert self.outstanding is not None
         payloads = task.build_request(self, now)
         mid = self.outstanding.message_id
-        data = base.encode(self, task.exchange_type, mid, False, payloads)
+        datagrams = self.encode(task.exchange_type, mid, False, payloads)
         self.outstanding = _Outstanding(
             task,
             self.outstanding.message_id,
-            data,
+            datagrams,
             sent_at=now,
             next_send=now + self.policy.initial,
         )
-        self.send(data)
+        self.send_all(datagrams)
 
     # ---- receiving -------------------------------------------------------
 
@@ -292,7 +323,7 @@ class IkeSa:
                 self.count("unexpected_response")
                 return
             try:
-                message = base.decode(self, data, header)
+                message = self._decode(data, header, now)
             except base.CriticalPayload as exc:
                 self.count("unsupported_critical_payload")
                 self._response_failed(out, f"response with {exc}", now)
@@ -300,12 +331,18 @@ class IkeSa:
             except base.DecodeError:
                 self.count("undecryptable")
                 return
+            if message is None:  # an IKE fragment; the message is not complete yet
+                return
             self._peer_address(local, remote, header, now)
             self.last_peer_activity = now
             self._process_response(out, message, now)
             return
         mid = header.message_id
         if self.cached_response is not None and mid == self.cached_response[0]:
+            if header.first_payload == base.SKF and base.fragment_number(data) != 1:
+                # RFC 7383 §2.6.1: answer a fragmented retransmission once, on fragment 1.
+                self.count("retransmit_fragment_ignored")
+                return
             for cached in self.cached_response[1]:
                 self.outgoing.append(
                     OutgoingDatagram(cached, local, remote, marker=local[1] == self.natt_port)
@@ -317,7 +354,9 @@ class IkeSa:
             return
         critical: ProtocolError | None = None
         try:
-            message = base.decode(self, data, header)
+            message = self._decode(data, header, now)
+            if message is None:  # an IKE fragment; the message is not complete yet
+                return
         except base.CriticalPayload as exc:
             from ipsecd.ike.errors import UnsupportedCriticalPayload
 
@@ -331,6 +370,21 @@ class IkeSa:
         self._peer_address(local, remote, header, now)
         self.last_peer_activity = now
         self._answer_request(header, message, critical, local, remote, now)
+
+    def _decode(self, data: bytes, header: Any, now: float) -> Any:
+        """Decode (and verify) one message; SKF fragments go through reassembly first.
+
+        Returns None for a fragment that did not complete its message (RFC 7383).
+        """
+        from ipsecd.ike.exchanges import base
+
+        if header.first_payload != base.SKF:
+            return base.decode(self, data, header)
+        if self.reassembler is None:
+            from ipsecd.ike.fragments import Reassembler
+
+            self.reassembler = Reassembler(self.counters)
+        return base.reassemble(self, self.reassembler, data, header, now)
 
     def _answer_request(
         self,
@@ -361,15 +415,16 @@ class IkeSa:
             elif error.notify_type not in (INVALID_KE_PAYLOAD, TEMPORARY_FAILURE):
                 self.last_error = error.reason
                 self.events.append(NegotiationFailed(self.peer_name, error.reason))
-        response = base.encode(self, header.exchange, header.message_id, True, payloads)
+        responses = self.encode(header.exchange, header.message_id, True, payloads)
         if header.exchange == base.IKE_SA_INIT and error is None:
             # The responder's AUTH signs its own IKE_SA_INIT response (RFC 7296 §2.15).
-            self.exchange_data["init_response"] = response
+            self.exchange_data["init_response"] = responses[0]
         self.expected_request_id = header.message_id + 1
-        self.cached_response = (header.message_id, [response])
-        self.outgoing.append(
-            OutgoingDatagram(response, local, remote, marker=local[1] == self.natt_port)
-        )
+        self.cached_response = (header.message_id, responses)
+        for response in responses:
+            self.outgoing.append(
+                OutgoingDatagram(response, local, remote, marker=local[1] == self.natt_port)
+            )
         if fatal is not None:
             if fatal.notify_type == INVALID_KE_PAYLOAD:
                 self.count("invalid_ke_sent")
@@ -425,9 +480,9 @@ class IkeSa:
         mid = self.next_request_id
         if self.outstanding is not None:
             mid = max(mid, self.outstanding.message_id + 1)
-        data = base.encode(self, base.INFORMATIONAL, mid, False, payloads)
+        datagrams = self.encode(base.INFORMATIONAL, mid, False, payloads)
         self.next_request_id = mid + 1
-        self.send(data)
+        self.send_all(datagrams)
 
     def queue_liveness_check(self, now: float) -> None:
         """An empty INFORMATIONAL request (RFC 7296 §2.4)."""
@@ -439,14 +494,13 @@ class IkeSa:
         """Resend the cached response if nothing else is needed (RFC 7296 §2.1)."""
         if self.cached_response is None:
             return False
-        for data in self.cached_response[1]:
-            self.send(data)
+        self.send_all(self.cached_response[1])
         self.count("retransmit_answered")
         return True
 
-    def cache_and_send_response(self, message_id: int, data: bytes) -> None:
-        self.cached_response = (message_id, [data])
-        self.send(data)
+    def cache_and_send_response(self, message_id: int, datagrams: list[bytes]) -> None:
+        self.cached_response = (message_id, list(datagrams))
+        self.send_all(datagrams)
 
     # ---- timers ----------------------------------------------------------
 
@@ -459,6 +513,8 @@ class IkeSa:
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
+        if self.reassembler is not None:
+            self.reassembler.expire(now)
         if (
             self.state is IkeState.HALF_OPEN
             and now >= self.created_at + self.policy.half_open_timeout
@@ -482,7 +538,7 @@ class IkeSa:
         out.retransmits += 1
         out.next_send = now + self.policy.initial * self.policy.factor**out.retransmits
         self.count("retransmits")
-        self.send(out.data)
+        self.send_all(out.datagrams)  # the same fragments again (RFC 7383 §2.6.1)
 
     # ---- teardown --------------------------------------------------------
 

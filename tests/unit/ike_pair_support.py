@@ -55,6 +55,9 @@ class Side:
     retry_interval: str = "30s"
     esp_rekey_time: str = "1h"
     ike_rekey_time: str = "4h"
+    fragmentation: str | None = None  # peers[].fragmentation (RFC 7383)
+    fragment_size: int | None = None  # peers[].fragment_size
+    gateway_fragment_size: int | None = None  # gateway.fragment_size
     extra_peers: tuple[Side, ...] = ()  # more peers in the same file (their own PSK files)
     cookie_threshold: int | None = None  # gateway DoS settings; None: the default
     half_open_per_source: int | None = None
@@ -71,6 +74,8 @@ class Side:
         for key in ("cookie_threshold", "half_open_per_source", "half_open_limit"):
             if getattr(self, key) is not None:
                 lines.append(f"  {key}: {getattr(self, key)}")
+        if self.gateway_fragment_size is not None:
+            lines.append(f"  fragment_size: {self.gateway_fragment_size}")
         lines.append("peers:")
         text = "\n".join(lines) + "\n" + self.peer_yaml(psk_file)
         for n, extra in enumerate(self.extra_peers):
@@ -103,6 +108,10 @@ class Side:
         ]
         if self.remote_port is not None:
             lines.insert(2, f"    remote_port: {self.remote_port}")
+        if self.fragmentation is not None:
+            lines.insert(2, f"    fragmentation: {self.fragmentation}")
+        if self.fragment_size is not None:
+            lines.insert(2, f"    fragment_size: {self.fragment_size}")
         if self.local_id is not None:
             lines.append(f"      local_id: '{self.local_id}'")
         if self.remote_id is not None:
@@ -342,6 +351,8 @@ class IkePair:
                         keys = sa.keys
             if header.exchange_type == 34:
                 msg = codec.decode(data)
+            elif header.next_payload == 53:  # an RFC 7383 fragment: opened on reassembly
+                msg = codec.parse_message(data)
             elif keys is not None:
                 msg = codec.decode(data, keys=keys, sender_is_initiator=header.initiator)
             else:

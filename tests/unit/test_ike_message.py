@@ -306,7 +306,7 @@ def test_skf_header_parsed() -> None:
     frag = parsed.payloads[0]
     assert isinstance(frag, EncryptedFragment)
     assert (frag.fragment_number, frag.total_fragments, frag.data) == (2, 3, b"\xaa" * 40)
-    with pytest.raises(MalformedMessage, match="fragments"):
+    with pytest.raises(MalformedMessage, match="fragment"):
         decrypt(parsed, sk_keys("aes128gcm16", None))
     bad = data[:32] + (4).to_bytes(2, "big") + data[34:]  # fragment 4 of 3
     with pytest.raises(MalformedMessage, match="SKF"):

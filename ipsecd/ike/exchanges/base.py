@@ -41,6 +41,10 @@ N_NAT_DETECTION_SOURCE_IP = 16388
 N_NAT_DETECTION_DESTINATION_IP = 16389
 N_COOKIE = 16390
 N_REKEY_SA = 16393
+N_IKEV2_FRAGMENTATION_SUPPORTED = 16430  # RFC 7383 §2.3
+
+SKF = 53  # RFC 7383 §2.5 Encrypted and Authenticated Fragment payload
+NON_ESP_MARKER_LEN = 4  # RFC 3948 §2.2: counts against fragment_size on the NAT-T port
 
 ID_NAMES = {1: "IPv4", 2: "FQDN", 3: "RFC822", 5: "IPv6", 9: "DN", 11: "KEY_ID"}
 
@@ -67,6 +71,7 @@ class Header:
     message_id: int
     initiator_flag: bool
     response: bool
+    first_payload: int = 0  # Next Payload of the IKE header (SKF: an RFC 7383 fragment)
 
 
 @dataclass
@@ -158,7 +163,14 @@ def parse_header(data: bytes) -> Header:
         message_id=h.message_id,
         initiator_flag=h.initiator,
         response=h.response,
+        first_payload=int(h.next_payload),
     )
+
+
+def fragment_number(data: bytes) -> int | None:
+    from ipsecd.ike import fragments
+
+    return fragments.fragment_number(data)
 
 
 def _keys_for(sa: Any, outgoing: bool) -> Any:
@@ -181,6 +193,62 @@ def encode(sa: Any, exchange: int, message_id: int, response: bool, payloads: li
     if exchange == IKE_SA_INIT:
         return codec.encode(msg)
     return codec.encode(msg, keys=sa.keys, sender_is_initiator=sa.initiator)
+
+
+def encode_datagrams(
+    sa: Any, exchange: int, message_id: int, response: bool, payloads: list[Any]
+) -> list[bytes]:
+    """:func:`encode`, split into RFC 7383 fragments when negotiated and too large.
+
+    ``sa.fragment_size`` bounds the whole UDP payload, the non-ESP marker included.
+    IKE_SA_INIT is never fragmented (it is not encrypted, RFC 7383 §2.5.3).
+    """
+    from ipsecd.ike import fragments
+    from ipsecd.ike import message as codec
+
+    data = encode(sa, exchange, message_id, response, payloads)
+    if exchange == IKE_SA_INIT or not sa.fragmentation_active:
+        return [data]
+    limit = sa.fragment_size - (NON_ESP_MARKER_LEN if sa.local[1] == sa.natt_port else 0)
+    if len(data) <= limit:
+        return [data]
+    msg = codec.Message(
+        spi_i=sa.spi_i,
+        spi_r=sa.spi_r,
+        exchange_type=exchange,
+        initiator=sa.initiator,
+        response=response,
+        message_id=message_id,
+        payloads=payloads,
+    )
+    out = fragments.fragment(msg, sa.keys.sk_keys(sa.initiator), limit)
+    sa.count("fragmented_messages_sent")
+    sa.counters["fragments_sent"] = sa.counters.get("fragments_sent", 0) + len(out)
+    return out
+
+
+def reassemble(sa: Any, reassembler: Any, data: bytes, header: Header, now: float) -> Any:
+    """One RFC 7383 fragment: None until its message is complete, then the Incoming.
+
+    Raises :class:`CriticalPayload` when the complete message has an unknown
+    critical payload; everything else wrong is counted by the reassembler.
+    """
+    if sa.keys is None:
+        raise DecodeError("encrypted message before keys")
+    done = reassembler.add(data, sa.keys.sk_keys(not sa.initiator), now)
+    if done is None:
+        return None
+    if done.unsupported_critical is not None:
+        raise CriticalPayload(int(done.unsupported_critical))
+    return Incoming(
+        spi_i=header.spi_i,
+        spi_r=header.spi_r,
+        exchange=header.exchange,
+        message_id=header.message_id,
+        response=header.response,
+        payloads=list(done.payloads),
+        raw=b"",
+    )
 
 
 def decode(sa: Any, data: bytes, header: Header) -> Incoming:

@@ -226,6 +226,9 @@ def successor(
     new.keys = keys
     new.ike_algorithms = chosen
     new.nat_local, new.nat_remote = sa.nat_local, sa.nat_remote
+    # Fragmentation (RFC 7383) is negotiated only in IKE_SA_INIT: the new SA keeps it.
+    new.fragmentation_peer = sa.fragmentation_peer
+    new.gateway_fragment_size = sa.gateway_fragment_size
     new.last_keepalive = sa.last_keepalive
     new.last_peer_activity = now
     new.established_at = now

@@ -12,6 +12,11 @@ the §2.6 short form) and the KE value stays unless the group changes.  The
 responder's side of cookies and half-open limits is in
 :mod:`ipsecd.ike.halfopen`.
 
+IKE fragmentation (RFC 7383 §2.3): both roles add
+N(IKEV2_FRAGMENTATION_SUPPORTED) unless the peer's ``fragmentation`` is ``no``
+(the responder only when the request carried it); messages after this one
+are fragmented when both sides sent it.
+
 NAT-T (§2.23): ESP only ever travels UDP-encapsulated in this daemon, so
 both roles always send a NAT_DETECTION_SOURCE_IP that cannot match (a random
 hash, as strongSwan does with ``encap = yes``): the peer then believes a NAT
@@ -79,6 +84,11 @@ def detect_nat(sa: IkeSa, message: base.Incoming, local: tuple[str, int]) -> Non
         sa.nat_remote = all(s != expected for s in sources)
 
 
+def announces_fragmentation(sa: IkeSa) -> bool:
+    """We announce RFC 7383 support unless the peer's config says ``fragmentation: no``."""
+    return getattr(sa.peer, "fragmentation", "yes") != "no"
+
+
 class IkeSaInit:
     """Initiator side (strongSwan ``ike_init`` ``build_i``/``process_i``)."""
 
@@ -108,6 +118,8 @@ class IkeSaInit:
             base.p_nonce(self.nonce),
         ]
         payloads += natd_payloads(sa, sa.spi_i, 0)
+        if announces_fragmentation(sa):
+            payloads.append(base.p_notify(base.N_IKEV2_FRAGMENTATION_SUPPORTED))
         if sa.state is IkeState.CREATED:
             sa.transition("init_sent")
         return payloads
@@ -153,6 +165,9 @@ class IkeSaInit:
             nonce_r=nonce,
         )
         detect_nat(sa, message, sa.local)
+        sa.fragmentation_peer = announces_fragmentation(sa) and (
+            base.find_notify(message, base.N_IKEV2_FRAGMENTATION_SUPPORTED) is not None
+        )
         sa.float_to_natt()
         from ipsecd.ike.exchanges.auth import IkeAuth
 
@@ -234,5 +249,9 @@ def respond(sa: IkeSa, message: base.Incoming, now: float) -> list[Any]:
         base.p_nonce(my_nonce),
     ]
     payloads += natd_payloads(sa, sa.spi_i, sa.spi_r)
+    offered = base.find_notify(message, base.N_IKEV2_FRAGMENTATION_SUPPORTED) is not None
+    if offered and announces_fragmentation(sa):
+        sa.fragmentation_peer = True
+        payloads.append(base.p_notify(base.N_IKEV2_FRAGMENTATION_SUPPORTED))
     sa.transition("init_answered")
     return payloads
