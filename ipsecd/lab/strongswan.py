@@ -183,10 +183,13 @@ def strongswan_conf(
     retransmit_tries: int = 3,
     retransmit_timeout: float = 1.0,
     socket: Path | None = None,
+    fragment_size: int | None = None,
 ) -> str:
     """A self-contained strongswan.conf for a test charon whose files live in ``directory``
-    (the vici socket at ``socket``, default ``directory/charon.vici``)."""
+    (the vici socket at ``socket``, default ``directory/charon.vici``).  ``fragment_size``
+    is ``charon.fragment_size``: the largest IKE fragment as a whole IP datagram (RFC 7383)."""
     socket = socket or directory / "charon.vici"
+    fragments = f"  fragment_size = {fragment_size}\n" if fragment_size is not None else ""
     plugins = [p for p in PLUGINS if (PLUGIN_DIR / f"libstrongswan-{p}.so").exists()]
     return f"""\
 charon {{
@@ -197,7 +200,7 @@ charon {{
   retransmit_timeout = {retransmit_timeout}
   retransmit_base = 1.4
   install_virtual_ip = no
-  filelog {{
+{fragments}  filelog {{
     charon {{
       path = {directory}/charon.log
       append = no
@@ -307,6 +310,7 @@ class Charon:
         directory: Path | None = None,
         retransmit_tries: int = 3,
         retransmit_timeout: float = 1.0,
+        fragment_size: int | None = None,
     ) -> None:
         self.topo, self.ns = topo, ns
         self.dir = Path(directory or topo.log_path(f"charon-{ns.rsplit('-', 1)[-1]}"))
@@ -318,7 +322,9 @@ class Charon:
         self.socket = topo.socket_path(f"{ns.rsplit('-', 1)[-1]}-{self.dir.name[:3]}.vici")
         self.uri = f"unix://{self.socket}"
         self.conf_path.write_text(
-            strongswan_conf(self.dir, retransmit_tries, retransmit_timeout, self.socket)
+            strongswan_conf(
+                self.dir, retransmit_tries, retransmit_timeout, self.socket, fragment_size
+            )
         )
         self.env = {**os.environ, "STRONGSWAN_CONF": str(self.conf_path)}
         self.proc: subprocess.Popen[bytes] | None = None
