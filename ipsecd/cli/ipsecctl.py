@@ -101,6 +101,14 @@ def format_status(status: dict[str, Any], style: Style) -> str:
                 pairs.append(("nat", "we are behind a NAT (sending keepalives)"))
             elif ike.get("nat_remote"):
                 pairs.append(("nat", "peer behind a NAT or forcing UDP encapsulation"))
+        on_demand = peer.get("on_demand")
+        if on_demand:
+            words = {
+                "idle": "waiting for traffic to remote_ts",
+                "negotiating": f"negotiating, {on_demand.get('queued', 0)} packets queued",
+                "up": "started by traffic",
+            }
+            pairs.append(("on demand", words.get(on_demand["state"], on_demand["state"])))
         if peer.get("last_error"):
             pairs.append(("last error", style.bad(peer["last_error"])))
         lines += _rows(pairs, "  ")

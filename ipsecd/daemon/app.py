@@ -25,6 +25,7 @@ from ipsecd.daemon.sdnotify import Notifier
 from ipsecd.dataplane.mtu import tun_mtu
 from ipsecd.dataplane.processor import PacketProcessor
 from ipsecd.dataplane.sad import Address, SaDatabase, TunnelSa
+from ipsecd.dataplane.trap import TrapQueue
 from ipsecd.dataplane.tun import TunDevice
 from ipsecd.dataplane.udp import UdpSocket
 from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
@@ -80,6 +81,9 @@ class Daemon:
         self.started_at = time.monotonic()
         self.counters: Counter[str] = Counter()
         self.last_error: dict[str, str] = {}
+        # start: trap -- packets without SA wait here while their tunnel is negotiated.
+        self.trap = TrapQueue(self.counters)
+        self.processor.no_sa = self.trap.offer
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- start-up --------------------------------------------------------------------------
@@ -124,6 +128,8 @@ class Daemon:
             if peer.manual is not None:
                 self.sad.install(manual_tunnel(self.config, peer))
                 self.log.info("manual SA installed", peer=peer.name)
+            elif peer.start == "trap":
+                self.trap.watch(peer.name, peer.local_ts, peer.remote_ts)
         if any(p.manual is None for p in self.config.peers):
             from ipsecd.ike.manager import IkeManager
 
@@ -142,6 +148,30 @@ class Daemon:
                 self.counters["no_socket"] += len(datagrams)
                 continue
             sock.send_batch(datagrams, remote)
+        self._start_on_demand()
+
+    def send_queued(self, packets: list[bytes]) -> None:
+        """Inner packets that waited for their CHILD_SA (start: trap), sent through it now."""
+        for (local, remote), datagrams in self.processor.from_tun(packets).items():
+            sock = self.sockets.get(local)
+            if sock is None:
+                self.counters["no_socket"] += len(datagrams)
+                continue
+            sock.send_batch(datagrams, remote)
+
+    def _start_on_demand(self) -> None:
+        """Initiate the trap peers whose first packet just arrived (once per negotiation)."""
+        triggers = self.trap.take_triggers()
+        if not triggers:
+            return
+        now = time.monotonic()
+        for name in triggers:
+            if self.ike is None or name not in self.ike.peers:
+                self.trap.failed(name)
+                continue
+            self.log.info("on-demand start: traffic for the peer's selectors", peer=name)
+            self.ike.initiate(name, now, on_demand=True)
+        self._pump_ike()
 
     def _on_udp(self, sock: UdpSocket) -> None:
         datagrams = sock.recv_batch(BURST)
@@ -271,6 +301,7 @@ class Daemon:
         now = time.monotonic()
         for name in plan["removed"] + plan["changed"]:
             old = old_peers[name]
+            self.trap.unwatch(name)
             if old.manual is not None:
                 self.sad.remove_peer(name)
             for ts in old.remote_ts:
@@ -293,6 +324,8 @@ class Daemon:
                 self.sad.install(manual_tunnel(new, peer))
             elif peer.start == "initiate":
                 self.ike.initiate(name, now)
+            elif peer.start == "trap":
+                self.trap.watch(name, peer.local_ts, peer.remote_ts)
         # Routes of unchanged peers may have been shared with a removed one: put them back.
         for name in plan["unchanged"]:
             for ts in new_peers[name].remote_ts:

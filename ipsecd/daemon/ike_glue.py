@@ -99,6 +99,11 @@ def apply_event(daemon: Daemon, event: Any) -> None:
             outbound="active" if outbound else "after the old SA is deleted",
         )
         daemon.notifier.notify(status=daemon._status_line())
+        if outbound:
+            queued = daemon.trap.installed(event.peer)  # start: trap
+            if queued:
+                log.info("on-demand queue sent", peer=event.peer, packets=len(queued))
+                daemon.send_queued(queued)
     elif isinstance(event, ev.ChildSaOutboundActivated):
         # RFC 7296 §2.8: the rekeyed SA is gone; the new one now carries our traffic.
         if daemon.sad.activate_outbound(event.spi_in) is not None:
@@ -111,11 +116,14 @@ def apply_event(daemon: Daemon, event: Any) -> None:
                 spi_in=f"{event.spi_in:08x}",
                 reason=getattr(event, "reason", ""),
             )
+        if not daemon.sad.for_peer(event.peer):
+            daemon.trap.down(event.peer)  # the next packet brings it up again
         daemon.notifier.notify(status=daemon._status_line())
     elif isinstance(event, ev.IkeSaDeleted):
         # Its CHILD_SAs came as ChildSaDeleted events first; a new IKE SA of the same peer
         # (reload, restart) may already have installed its own, so nothing else goes here.
         log.info("IKE SA deleted", peer=event.peer, reason=event.reason)
+        daemon.trap.failed(event.peer)  # only if still negotiating: drop what waited
         daemon.notifier.notify(status=daemon._status_line())
     elif isinstance(event, ev.IkeSaEstablished):
         log.info("IKE SA established", peer=event.peer, remote=str(event.remote))
@@ -129,6 +137,7 @@ def apply_event(daemon: Daemon, event: Any) -> None:
     elif isinstance(event, ev.NegotiationFailed):
         daemon.last_error[event.peer] = event.reason
         daemon.counters["negotiation_failed"] += 1
+        daemon.trap.failed(event.peer)  # packets that waited for it are dropped (counted)
         log.warning("negotiation failed", peer=event.peer, reason=event.reason)
     else:
         log.debug("IKE event", event=type(event).__name__)

@@ -86,6 +86,12 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
                 "last_error": daemon.last_error.get(peer.name) or (ike or {}).get("last_error"),
             }
         )
+        trap_state = daemon.trap.state(peer.name) if hasattr(daemon, "trap") else None
+        if trap_state is not None:
+            peers[-1]["on_demand"] = {
+                "state": trap_state.value,
+                "queued": daemon.trap.queued(peer.name),
+            }
     drops = {str(k): v for k, v in daemon.processor.drops.items() if v}
     return {
         "tun": daemon.tun.name if daemon.tun else None,

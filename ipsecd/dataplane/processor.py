@@ -4,16 +4,23 @@
 by UDP endpoint pair; ``from_udp`` takes a burst of datagrams received on the
 NAT-T port and returns inner packets for TUN plus IKE messages for the IKE
 layer (RFC 3948 §2.2 demultiplexing).  The asyncio shell only moves bytes.
+
+A packet from TUN that no SA covers goes to the ``no_sa`` hook (on-demand tunnels,
+:mod:`ipsecd.dataplane.trap`); it is counted as a ``no_sa`` drop unless the hook
+takes it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ipsecd.dataplane.sad import Address, SaDatabase, TunnelSa
 from ipsecd.esp.counters import DropReason
 from ipsecd.esp.sa import SequenceNumberExhausted
+
+# (packet, ip version, src, dst) -> True if taken (queued for an on-demand tunnel).
+NoSaHook = Callable[[bytes, int, int, int], bool]
 
 IPPROTO_IPIP = 4
 IPPROTO_IPV6 = 41
@@ -27,11 +34,13 @@ class PacketProcessor:
         self.sad = sad
         self.drops: Counter[str] = Counter()
         self.keepalives_received = 0
+        self.no_sa: NoSaHook | None = None  # where a packet without SA goes (start: trap)
 
     def from_tun(self, packets: Iterable[bytes]) -> dict[tuple[Address, Address], list[bytes]]:
         """Encapsulate inner packets; returns {(local, remote): [esp, ...]}."""
         out: dict[tuple[Address, Address], list[bytes]] = {}
         lookup = self.sad.lookup_outbound
+        no_sa = self.no_sa
         from_bytes = int.from_bytes
         for packet in packets:
             n = len(packet)
@@ -52,7 +61,8 @@ class PacketProcessor:
                 continue
             sa = lookup(version, src, dst)
             if sa is None:
-                self.drops[DropReason.NO_SA] += 1
+                if no_sa is None or not no_sa(packet, version, src, dst):
+                    self.drops[DropReason.NO_SA] += 1
                 continue
             try:
                 esp = sa.outbound.encapsulate(packet, next_header)

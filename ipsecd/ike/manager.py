@@ -116,13 +116,18 @@ class IkeManager:
             if peer.start == "initiate":
                 self.initiate(name, now)
 
-    def initiate(self, peer: str, now: float) -> None:
-        """Bring ``peer`` up (no-op if an IKE SA for it is up or being set up)."""
+    def initiate(self, peer: str, now: float, *, on_demand: bool = False) -> None:
+        """Bring ``peer`` up (no-op if an IKE SA for it is up or being set up).
+
+        ``on_demand``: started by traffic (``start: trap``), not kept up: after a
+        failure or a Delete it is not retried; the next packet starts it again.
+        """
         if peer not in self.peers:
             raise KeyError(f"no IKE peer named {peer!r}")
         state = self.peer_state[peer]
-        state.wanted = True
-        state.retry_at = None
+        if not on_demand:
+            state.wanted = True
+            state.retry_at = None
         if self._sa_for(peer, unauthenticated=False) is not None:
             return
         config = self.peers[peer]
