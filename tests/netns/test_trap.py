@@ -1,0 +1,60 @@
+"""On-demand tunnels (``start: trap``) in namespaces.
+
+gwA's peer is ``start: trap``: after start no IKE is sent and no tunnel is up; the
+first pings from hostA bring the tunnel up, and they are delivered (queued while
+IKE runs, not lost).  After the peer deletes the tunnel, the next ping brings it
+up again.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from ipsecd.lab.topology import HOST_B_IP, Topology
+
+
+def _wait(predicate, what: str, daemon: IpsecdProcess, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: {daemon.peer_status()}\n{daemon.log_text()}")
+
+
+def test_trap_peer_comes_up_on_first_packet(topology: Topology) -> None:
+    topo = topology
+    a, b = site_specs(topo)
+    a.start = "trap"
+    with topo.start_capture(topo.gw_b, topo.WAN_IFACE, "udp") as cap:
+        gw_a, gw_b = start_psk_pair(topo, a, b)
+        time.sleep(2.0)
+    assert cap.packets() == [], "a trap peer sent something before any traffic"
+    peer = gw_a.peer_status()
+    assert not peer["up"] and peer["children"] == [] and peer["state"] == "down", peer
+    assert peer["on_demand"] == {"state": "idle", "queued": 0}, peer
+
+    stats = topo.ping(topo.host_a, HOST_B_IP, count=5, interval=0.05, wait=5.0)
+    assert stats.received == 5, (stats, gw_a.log_text())  # the first pings were queued
+    peer = gw_a.peer_status()
+    assert peer["up"] and peer["state"] == "established", peer
+    assert len(peer["children"]) == 1 and peer["on_demand"]["state"] == "up", peer
+    assert peer["ike"]["role"] == "initiator", peer
+    counters = gw_a.status()["counters"]
+    assert counters["trap_triggers"] == 1, counters
+    assert counters.get("trap_queue_sent", 0) >= 1, counters
+    assert gw_a.status()["drops"].get("no_sa", 0) == 0
+
+    # The peer deletes the tunnel; the next packet brings it up again.
+    assert gw_b.control({"cmd": "down", "peer": "a"})["ok"]
+    _wait(lambda: not gw_a.peer_status()["up"], "tunnel not deleted on gwA", gw_a)
+    _wait(
+        lambda: gw_a.peer_status()["on_demand"]["state"] == "idle",
+        "trap not re-armed",
+        gw_a,
+    )
+    stats = topo.ping(topo.host_a, HOST_B_IP, count=3, interval=0.05, wait=5.0)
+    assert stats.received == 3, (stats, gw_a.log_text())
+    assert gw_a.peer_status()["up"]
+    assert gw_a.status()["counters"]["trap_triggers"] == 2
