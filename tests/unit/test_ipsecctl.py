@@ -122,3 +122,17 @@ def test_gateway_line_shows_half_open_sas_and_cookies() -> None:
         " (from 10 half-open); cookies sent 4000, invalid cookies 2"
     ) in text.splitlines()
     assert "ike responder" not in format_status(STATUS, Style(False))
+
+
+@pytest.mark.parametrize(
+    ("state", "shown"),
+    [
+        ("idle", "waiting for traffic to remote_ts"),
+        ("negotiating", "negotiating, 3 packets queued"),
+        ("up", "started by traffic"),
+    ],
+)
+def test_on_demand_peer_state_is_shown(state, shown) -> None:
+    peer = dict(STATUS["peers"][1], on_demand={"state": state, "queued": 3})
+    text = format_status(dict(STATUS, peers=[peer]), Style(False))
+    assert f"\n  on demand:  {shown}\n" in text
