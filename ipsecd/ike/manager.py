@@ -267,6 +267,7 @@ class IkeManager:
                     remote_spi=f"{sa.remote_spi:016x}",
                     nat_local=sa.nat_local,
                     nat_remote=sa.nat_remote,
+                    fragmentation=sa.fragmentation_active,  # RFC 7383, both sides agreed
                     algorithm=str(algs) if algs is not None else "",
                     established_at=sa.established_at,
                     rekey_at=sa.rekey_at,

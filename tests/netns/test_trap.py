@@ -3,15 +3,21 @@
 gwA's peer is ``start: trap``: after start no IKE is sent and no tunnel is up; the
 first pings from hostA bring the tunnel up, and they are delivered (queued while
 IKE runs, not lost).  After the peer deletes the tunnel, the next ping brings it
-up again.
+up again.  The same against strongSwan as the responder.
 """
 
 from __future__ import annotations
 
 import time
 
+import pytest
+
 from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
 from ipsecd.lab.topology import HOST_B_IP, Topology
+from tests.netns.strongswan import Charon, site_to_site
+
+IKE, ESP = "aes256gcm16-prfsha256-x25519", "aes256gcm16"
+PSK = "trap-test-psk-0123456789abcdef"
 
 
 def _wait(predicate, what: str, daemon: IpsecdProcess, timeout: float = 15.0) -> None:
@@ -58,3 +64,22 @@ def test_trap_peer_comes_up_on_first_packet(topology: Topology) -> None:
     assert stats.received == 3, (stats, gw_a.log_text())
     assert gw_a.peer_status()["up"]
     assert gw_a.status()["counters"]["trap_triggers"] == 2
+
+
+@pytest.mark.strongswan
+def test_trap_peer_with_strongswan_responder(topology: Topology) -> None:
+    topo = topology
+    _, conn_b = site_to_site(topo, psk=PSK, ike_proposals=IKE, esp_proposals=ESP)
+    charon = Charon(topo, topo.gw_b).start()
+    charon.load(conn_b)
+    a, b = site_specs(topo)
+    a.start = "trap"
+    a.ike_proposals, a.esp_proposals = [IKE], [ESP]
+    gw_a, _ = start_psk_pair(topo, a, b, psk_a=PSK, start=False)
+    gw_a.start()
+    time.sleep(1.0)
+    assert charon.child_sas() == [] and not gw_a.peer_status()["up"]
+    stats = topo.ping(topo.host_a, HOST_B_IP, count=5, interval=0.05, wait=5.0)
+    assert stats.received == 5, (stats, gw_a.log_text(), charon.tail())
+    charon.wait_for_child_sa(timeout=5)
+    assert gw_a.peer_status()["on_demand"]["state"] == "up"

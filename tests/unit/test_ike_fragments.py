@@ -117,6 +117,7 @@ def test_both_sides_announce_fragmentation_in_ike_sa_init(tmp_path):
     assert FRAGMENTATION_SUPPORTED in clear_notifies(request.data)
     assert FRAGMENTATION_SUPPORTED in clear_notifies(response.data)
     assert pair.a.ike_sa("b").fragmentation_active and pair.b.ike_sa("a").fragmentation_active
+    assert pair.status("a")["fragmentation"] is pair.status("b")["fragmentation"] is True
 
 
 @pytest.mark.parametrize("side", ["a", "b"])
@@ -132,6 +133,7 @@ def test_fragmentation_no_is_not_announced_and_nothing_is_fragmented(tmp_path, s
     assert (FRAGMENTATION_SUPPORTED in clear_notifies(request.data)) == (side == "b")
     assert not any(is_fragment(s) for s in pair.net.log)
     assert counter(pair, "a", "fragments_sent") == counter(pair, "b", "fragments_sent") == 0
+    assert pair.status("a")["fragmentation"] is pair.status("b")["fragmentation"] is False
     assert_tunnel_works(pair)
 
 
