@@ -63,3 +63,24 @@ def test_fragmented_ike_auth_with_strongswan(topology: Topology, ipsecd_side: st
     assert topo.wait_ping(topo.host_a, HOST_B_IP, timeout=10)
     stats = topo.ping(topo.host_a, HOST_B_IP, count=5)
     assert stats.loss == 0.0, stats
+
+
+def test_fragmented_ike_auth_ipsecd_to_ipsecd(topology: Topology) -> None:
+    topo = topology
+    a, b = site_specs(topo)
+    for spec in (a, b):
+        spec.gateway_extra = {"fragment_size": OUR_FRAGMENT_SIZE}
+    with topo.start_capture(topo.gw_b, topo.WAN_IFACE, "udp port 4500") as cap:
+        gw_a, gw_b = start_psk_pair(topo, a, b)
+        gw_a.wait_up(timeout=20)
+        gw_b.wait_up(timeout=20)
+    ike = [p for p in cap.packets() if p.proto == 17 and p.payload[:4] == b"\0\0\0\0"]
+    fragments = [p for p in ike if len(p.payload) >= 4 + 28 and p.payload[4 + 16] == SKF]
+    for gw, ip in ((gw_a, topo.gw_a_wan_ip), (gw_b, topo.gw_b_wan_ip)):
+        mine = [p for p in fragments if p.src == ip]
+        assert len(mine) >= 2 and all(len(p.payload) <= OUR_FRAGMENT_SIZE for p in mine)
+        counters = gw.status()["ike_counters"]
+        assert counters.get("fragmented_messages_received", 0) >= 1, counters
+        assert gw.peer_status()["ike"]["fragmentation"] is True
+    stats = topo.ping(topo.host_a, HOST_B_IP, count=5)
+    assert stats.loss == 0.0, stats
