@@ -39,6 +39,7 @@ __all__ = [
     "SKF_HEADER_LEN",
     "fragment",
     "fragment_number",
+    "open_fragment",
     "default_fragment_size",
     "Reassembler",
 ]
@@ -100,6 +101,45 @@ def fragment(message: Message, keys: SkKeys, max_len: int) -> list[bytes]:
     return out
 
 
+@dataclass(frozen=True)
+class OpenedFragment:
+    """One authenticated fragment: its header fields and decrypted bytes."""
+
+    next_inner: int
+    number: int
+    total: int
+    chunk: bytes
+
+
+def open_fragment(
+    data: bytes, keys: SkKeys, max_fragments: int = MAX_FRAGMENTS
+) -> OpenedFragment | str:
+    """Check and decrypt one SKF datagram (RFC 7383 §2.6.2).
+
+    Returns the fragment, or the name of the counter saying why it was dropped.
+    Cheap structural checks come first; the ICV is verified before anything is
+    decrypted.
+    """
+    if len(data) < IKE_HEADER_LEN + SKF_HEADER_LEN:
+        return "fragment_malformed"
+    (length,) = struct.unpack_from("!I", data, 24)
+    next_inner, _, skf_len, number, total = struct.unpack_from("!BBHHH", data, IKE_HEADER_LEN)
+    if length != len(data) or IKE_HEADER_LEN + skf_len != len(data):
+        return "fragment_malformed"  # SKF is the only payload of a fragment
+    if number == 0 or total == 0 or number > total:
+        return "fragment_out_of_range"
+    if total > max_fragments:
+        return "fragment_too_many"
+    prefix = data[: IKE_HEADER_LEN + SKF_HEADER_LEN]
+    try:
+        chunk = _sk.open_sk(keys, prefix, data[IKE_HEADER_LEN + SKF_HEADER_LEN :])
+    except IntegrityCheckFailed:
+        return "fragment_bad_icv"
+    except MalformedMessage:
+        return "fragment_malformed"
+    return OpenedFragment(next_inner, number, total, chunk)
+
+
 @dataclass
 class _FragmentSet:
     """The fragments of one message received so far (already authenticated)."""
@@ -158,30 +198,12 @@ class Reassembler:
         ``keys`` are the SK keys of the sender's direction.  Returns None while
         fragments are missing and for every fragment that is dropped (counted).
         """
-        if len(data) < IKE_HEADER_LEN + SKF_HEADER_LEN:
-            self._count("fragment_malformed")
-            return None
-        (length,) = struct.unpack_from("!I", data, 24)
-        next_inner, _, skf_len, number, total = struct.unpack_from("!BBHHH", data, IKE_HEADER_LEN)
-        if length != len(data) or IKE_HEADER_LEN + skf_len != len(data):
-            self._count("fragment_malformed")  # SKF is the only payload of a fragment
-            return None
-        if number == 0 or total == 0 or number > total:
-            self._count("fragment_out_of_range")
-            return None
-        if total > self.max_fragments:
-            self._count("fragment_too_many")
-            return None
-        prefix = data[: IKE_HEADER_LEN + SKF_HEADER_LEN]
-        try:
-            chunk = _sk.open_sk(keys, prefix, data[IKE_HEADER_LEN + SKF_HEADER_LEN :])
-        except IntegrityCheckFailed:
-            self._count("fragment_bad_icv")
-            return None
-        except MalformedMessage:
-            self._count("fragment_malformed")
+        opened = open_fragment(data, keys, self.max_fragments)
+        if isinstance(opened, str):
+            self._count(opened)
             return None
         # Authenticated from here on.
+        number, total, chunk = opened.number, opened.total, opened.chunk
         self._count("fragments_received")
         message_id = int(struct.unpack_from("!I", data, 20)[0])
         response = bool(data[19] & 0x20)
@@ -211,7 +233,7 @@ class Reassembler:
         partial.chunks[number] = chunk
         partial.size += len(chunk)
         if number == 1:
-            partial.next_inner = next_inner
+            partial.next_inner = opened.next_inner
         if len(partial.chunks) < partial.total:
             return None
         del self.sets[response]

@@ -339,10 +339,15 @@ class IkeSa:
             return
         mid = header.message_id
         if self.cached_response is not None and mid == self.cached_response[0]:
-            if header.first_payload == base.SKF and base.fragment_number(data) != 1:
-                # RFC 7383 §2.6.1: answer a fragmented retransmission once, on fragment 1.
-                self.count("retransmit_fragment_ignored")
-                return
+            if header.first_payload == base.SKF:
+                # RFC 7383 §2.6.1: answer a fragmented retransmission once, on fragment 1,
+                # and only if it is authentic (the answer may be many datagrams).
+                if base.fragment_number(data) != 1:
+                    self.count("retransmit_fragment_ignored")
+                    return
+                if not base.fragment_authentic(self, data):
+                    self.count("retransmit_fragment_forged")
+                    return
             for cached in self.cached_response[1]:
                 self.outgoing.append(
                     OutgoingDatagram(cached, local, remote, marker=local[1] == self.natt_port)

@@ -259,6 +259,15 @@ def test_retransmitted_fragmented_request_answered_once_on_fragment_one(tmp_path
     # The cached fragments, byte for byte.
     assert [s.data for s in sent(pair, "b", IKE_AUTH)][responses:] == lost[:responses]
     assert_tunnel_works(pair)
+    # A forged copy of fragment 1 of that request gets no answer (no amplification).
+    first = next(s.data for s in sent(pair, "a", IKE_AUTH) if s.data[33] == 1)
+    forged = first[:-1] + bytes([first[-1] ^ 1])
+    before = len(sent(pair, "b"))
+    pair.inject("b", forged)
+    assert len(sent(pair, "b")) == before
+    assert counter(pair, "b", "retransmit_fragment_forged") == 1
+    pair.inject("b", first)
+    assert len(sent(pair, "b")) == before + responses
 
 
 def test_fragmentation_survives_ike_rekey(tmp_path):

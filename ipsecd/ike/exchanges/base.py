@@ -173,6 +173,16 @@ def fragment_number(data: bytes) -> int | None:
     return fragments.fragment_number(data)
 
 
+def fragment_authentic(sa: Any, data: bytes) -> bool:
+    """An RFC 7383 fragment from the peer whose ICV verifies with this SA's keys."""
+    from ipsecd.ike import fragments
+
+    if sa.keys is None:
+        return False
+    opened = fragments.open_fragment(data, sa.keys.sk_keys(not sa.initiator))
+    return not isinstance(opened, str)
+
+
 def _keys_for(sa: Any, outgoing: bool) -> Any:
     return sa.keys
 
