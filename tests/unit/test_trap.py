@@ -324,3 +324,31 @@ def test_rekey_keeps_the_trap_up(tmp_path, monkeypatch):
     rig.pump()
     assert len(rig.daemon.sad) == 1 and rig.daemon.trap.state("b") is TrapState.UP
     assert rig.daemon.counters["trap_triggers"] == 1
+
+
+class FakeTun:
+    name = "ipsecfake"
+
+    async def add_route(self, net: Any) -> None:
+        pass
+
+    async def remove_route(self, net: Any) -> None:
+        pass
+
+
+def test_reload_arms_and_disarms_traps(tmp_path, monkeypatch):
+    import asyncio
+
+    rig = TrapRig(tmp_path, monkeypatch)
+    daemon = rig.daemon
+    daemon.tun = FakeTun()  # type: ignore[assignment]
+    path = daemon.config.path
+    text = rig.pair.a_side.yaml(path.with_suffix(".psk"))  # the file the config came from
+    assert "start: trap" in text
+    path.write_text(text.replace("start: trap", "start: respond"))
+    assert asyncio.run(daemon._reload())["plan"]["changed"] == ["b"]
+    assert daemon.trap.state("b") is None
+    assert not rig.daemon.processor.no_sa(packet("10.1.0.5", "10.2.0.7"), 4, 0x0A010005, 0x0A020007)
+    path.write_text(text)
+    asyncio.run(daemon._reload())
+    assert daemon.trap.state("b") is TrapState.IDLE
