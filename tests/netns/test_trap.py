@@ -13,8 +13,8 @@ import time
 import pytest
 
 from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from ipsecd.lab.strongswan import Charon, site_to_site
 from ipsecd.lab.topology import HOST_B_IP, Topology
-from tests.netns.strongswan import Charon, site_to_site
 
 IKE, ESP = "aes256gcm16-prfsha256-x25519", "aes256gcm16"
 PSK = "trap-test-psk-0123456789abcdef"
