@@ -11,7 +11,9 @@ Sans-I/O.  Two halves:
   after its own ICV verified (§2.6.2), so a forged fragment can never poison a set.
   Bounds: at most :data:`MAX_FRAGMENTS` fragments and :data:`MAX_REASSEMBLED` bytes of
   plaintext per message, one set per direction (requests / responses) and thus per
-  message id, sets older than :data:`REASSEMBLY_TIMEOUT` dropped.  Duplicates are
+  message id, sets older than :data:`REASSEMBLY_TIMEOUT` dropped, and all partial
+  sets of the daemon together within one :class:`ReassemblyBudget`
+  (:data:`MAX_REASSEMBLY_MEMORY`), so many (half-open) IKE SAs cannot add up.  Duplicates are
   ignored; a fragment announcing more fragments than the set being built replaces the
   set (the sender re-fragmented smaller), one announcing fewer is dropped (§2.6.2).
   Nothing is delivered while a fragment is missing: the peer retransmits them all.
@@ -42,11 +44,13 @@ __all__ = [
     "open_fragment",
     "default_fragment_size",
     "Reassembler",
+    "ReassemblyBudget",
 ]
 
 SKF_HEADER_LEN = 8  # generic payload header + Fragment Number + Total Fragments (§2.5)
 MAX_FRAGMENTS = 64  # more would be a 64 KB message in 1 KB pieces; refuse beyond
 MAX_REASSEMBLED = 64 * 1024  # plaintext bytes of one reassembled message
+MAX_REASSEMBLY_MEMORY = 2 * 1024 * 1024  # partial sets of all IKE SAs together
 REASSEMBLY_TIMEOUT = 30.0  # seconds a partial set is kept (the peer retransmits meanwhile)
 MIN_FRAGMENT_SIZE = 128  # the smallest fragment_size that leaves room for payload bytes
 DEFAULT_FRAGMENT_SIZE_V4 = 1280  # UDP payload, as strongSwan's charon.fragment_size default
@@ -141,6 +145,14 @@ def open_fragment(
 
 
 @dataclass
+class ReassemblyBudget:
+    """Plaintext bytes that the partial sets of all IKE SAs may hold together."""
+
+    limit: int = MAX_REASSEMBLY_MEMORY
+    used: int = 0
+
+
+@dataclass
 class _FragmentSet:
     """The fragments of one message received so far (already authenticated)."""
 
@@ -170,8 +182,10 @@ class Reassembler:
         max_fragments: int = MAX_FRAGMENTS,
         max_size: int = MAX_REASSEMBLED,
         timeout: float = REASSEMBLY_TIMEOUT,
+        budget: ReassemblyBudget | None = None,
     ) -> None:
         self.counters = counters
+        self.budget = budget if budget is not None else ReassemblyBudget()
         self.max_fragments = max_fragments
         self.max_size = max_size
         self.timeout = timeout
@@ -185,11 +199,21 @@ class Reassembler:
         """Plaintext bytes held in partial sets (for tests and status)."""
         return sum(s.size for s in self.sets.values())
 
+    def _discard(self, response: bool) -> None:
+        partial = self.sets.pop(response, None)
+        if partial is not None:
+            self.budget.used -= partial.size
+
+    def clear(self) -> None:
+        """Drop every partial set (the IKE SA is gone) and give back its memory."""
+        for response in list(self.sets):
+            self._discard(response)
+
     def expire(self, now: float) -> None:
         """Drop partial sets older than the timeout."""
         for response, partial in list(self.sets.items()):
             if now - partial.started > self.timeout:
-                del self.sets[response]
+                self._discard(response)
                 self._count("fragment_reassembly_timeouts")
 
     def add(self, data: bytes, keys: SkKeys, now: float) -> Reassembled | None:
@@ -221,6 +245,7 @@ class Reassembler:
             self._count("fragment_total_mismatch")
             return None
         if partial is None:
+            self._discard(response)
             partial = _FragmentSet(message_id, total, now)
             self.sets[response] = partial
         if number in partial.chunks:
@@ -228,15 +253,19 @@ class Reassembler:
             return None
         if partial.size + len(chunk) > self.max_size:
             self._count("fragment_oversized")
-            del self.sets[response]
+            self._discard(response)
+            return None
+        if self.budget.used + len(chunk) > self.budget.limit:
+            self._count("fragment_memory_limit")  # other reassemblies hold it all
             return None
         partial.chunks[number] = chunk
         partial.size += len(chunk)
+        self.budget.used += len(chunk)
         if number == 1:
             partial.next_inner = opened.next_inner
         if len(partial.chunks) < partial.total:
             return None
-        del self.sets[response]
+        self._discard(response)
         inner = b"".join(partial.chunks[n] for n in range(1, partial.total + 1))
         try:
             payloads, critical = parse_inner_chain(inner, partial.next_inner)

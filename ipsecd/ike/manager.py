@@ -41,6 +41,7 @@ from ipsecd.ike.events import (
 )
 from ipsecd.ike.exchanges import base
 from ipsecd.ike.exchanges.rekey import random_unit
+from ipsecd.ike.fragments import ReassemblyBudget
 from ipsecd.ike.halfopen import DosLimits, HalfOpenTable
 from ipsecd.ike.sa import IkeSa, IkeState, RetransmitPolicy
 
@@ -106,6 +107,7 @@ class IkeManager:
         self.natt_port = int(getattr(gw, "port", 4500))
         self.ike_port = int(getattr(gw, "ike_port", 500))
         self.fragment_size: int | None = getattr(gw, "fragment_size", None)  # RFC 7383
+        self.reassembly_budget = ReassemblyBudget()  # partial IKE fragments, all SAs together
         self._last_usage_check = now
 
     # ---- contract API ----------------------------------------------------
@@ -143,6 +145,7 @@ class IkeManager:
             created_at=now,
             counters=self.counters,
             gateway_fragment_size=self.fragment_size,
+            reassembly_budget=self.reassembly_budget,
         )
         from ipsecd.ike.exchanges.sa_init import IkeSaInit
 
@@ -578,6 +581,7 @@ class IkeManager:
             counters=self.counters,
             candidates=tuple(candidates),
             gateway_fragment_size=self.fragment_size,
+            reassembly_budget=self.reassembly_budget,
         )
         sa.spi_i = header.spi_i
         sa.receive(data, header, local, remote, now)
@@ -626,6 +630,8 @@ class IkeManager:
             new.kick(now)
             self._collect(new, now)
         if not sa.alive:
+            if sa.reassembler is not None:
+                sa.reassembler.clear()  # its partial fragments no longer count
             self.sas.pop(sa.local_spi, None)
             self._retiring.discard(sa.local_spi)
             self.half_open.discard(sa)

@@ -36,7 +36,7 @@ from ipsecd.ike.events import (
 
 if TYPE_CHECKING:
     from ipsecd.ike.child import ChildSa
-    from ipsecd.ike.fragments import Reassembler
+    from ipsecd.ike.fragments import Reassembler, ReassemblyBudget
 
 
 IKE_SA_INIT_EXCHANGE = 34  # RFC 7296 §3.1 exchange type
@@ -190,6 +190,7 @@ class IkeSa:
     fragmentation_peer: bool = False
     gateway_fragment_size: int | None = None  # gateway.fragment_size (None: by family)
     reassembler: Reassembler | None = None  # created at the first fragment received
+    reassembly_budget: ReassemblyBudget | None = None  # shared by the manager's IKE SAs
 
     # ---- identity --------------------------------------------------------
 
@@ -388,7 +389,7 @@ class IkeSa:
         if self.reassembler is None:
             from ipsecd.ike.fragments import Reassembler
 
-            self.reassembler = Reassembler(self.counters)
+            self.reassembler = Reassembler(self.counters, budget=self.reassembly_budget)
         return base.reassemble(self, self.reassembler, data, header, now)
 
     def _answer_request(

@@ -464,3 +464,37 @@ def test_default_fragment_size_by_family(tmp_path):
     sized = IkePair(tmp_path / "2", side_a(gateway_fragment_size=900), side_b(fragment_size=700))
     assert sized.a.ike_sa("b").fragment_size == 900
     assert sized.b.ike_sa("a").fragment_size == 700
+
+
+def test_partial_sets_share_one_memory_budget(tmp_path, seen):
+    pair = IkePair(tmp_path)
+    budget = pair.b.reassembly_budget
+    assert pair.b.ike_sa("a").reassembly_budget is budget
+    budget.limit = 1500
+    payloads = [notify(n, 60) for n in range(40)]  # about 2.7 KB
+    frags = fragments_of(pair, "a", next_request_id(pair, "b"), payloads, 300)
+    deliver(pair, "b", frags[:-1])  # incomplete, and more than the budget
+    assert 0 < budget.used <= budget.limit
+    assert counter(pair, "b", "fragment_memory_limit") > 0
+    assert seen == []
+    pair.a.terminate("b", pair.now)  # the IKE SA goes away: its memory comes back
+    pair.pump()
+    assert pair.b.ike_sa("a") is None and budget.used == 0
+
+
+def test_budget_returns_to_zero_after_every_outcome(tmp_path, seen):
+    pair = IkePair(tmp_path)
+    budget = pair.b.reassembly_budget
+    mid = next_request_id(pair, "b")
+    payloads = [notify(n) for n in range(20)]
+    coarse = fragments_of(pair, "a", mid, payloads, 400)
+    fine = fragments_of(pair, "a", mid, payloads, 250)
+    deliver(pair, "b", coarse[:1] + fine[:1] + fine[:1])  # restart, duplicate
+    assert budget.used > 0
+    deliver(pair, "b", fine[1:])  # complete
+    assert seen == [payloads] and budget.used == 0
+    frags = fragments_of(pair, "a", mid + 1, payloads, 300)
+    deliver(pair, "b", frags[:1])
+    pair.advance(fragments.REASSEMBLY_TIMEOUT + 5)
+    pair.b.handle_timer(pair.now)
+    assert budget.used == 0

@@ -229,6 +229,7 @@ def successor(
     # Fragmentation (RFC 7383) is negotiated only in IKE_SA_INIT: the new SA keeps it.
     new.fragmentation_peer = sa.fragmentation_peer
     new.gateway_fragment_size = sa.gateway_fragment_size
+    new.reassembly_budget = sa.reassembly_budget
     new.last_keepalive = sa.last_keepalive
     new.last_peer_activity = now
     new.established_at = now
