@@ -122,7 +122,8 @@ class IkeManager:
         """Bring ``peer`` up (no-op if an IKE SA for it is up or being set up).
 
         ``on_demand``: started by traffic (``start: trap``), not kept up: after a
-        failure or a Delete it is not retried; the next packet starts it again.
+        failure or a Delete it is not retried; the next packet starts it again.  An
+        established IKE SA that lost its last CHILD_SA gets a new one (CREATE_CHILD_SA).
         """
         if peer not in self.peers:
             raise KeyError(f"no IKE peer named {peer!r}")
@@ -130,7 +131,10 @@ class IkeManager:
         if not on_demand:
             state.wanted = True
             state.retry_at = None
-        if self._sa_for(peer, unauthenticated=False) is not None:
+        existing = self._sa_for(peer, unauthenticated=False)
+        if existing is not None:
+            if on_demand and self._childless(existing):
+                self.create_child(peer, now)
             return
         config = self.peers[peer]
         remote_port = int(getattr(config, "remote_port", None) or self.ike_port)
@@ -401,6 +405,17 @@ class IkeManager:
             )
         except ValueError:
             return False
+
+    def _childless(self, sa: IkeSa) -> bool:
+        """Established, no live CHILD_SA and none being created (on-demand start)."""
+        from ipsecd.ike.exchanges.create_child import CreateChildSa
+
+        if sa.state is not IkeState.ESTABLISHED or sa.rekeyed_to is not None:
+            return False
+        if any(c.state in LIVE_STATES for c in sa.children.values()):
+            return False
+        pending = [*sa.tasks, sa.outstanding.task if sa.outstanding is not None else None]
+        return not any(isinstance(t, CreateChildSa) for t in pending)
 
     def _established(self, peer: str) -> IkeSa:
         sa = self._sa_for(peer)

@@ -352,3 +352,22 @@ def test_reload_arms_and_disarms_traps(tmp_path, monkeypatch):
     path.write_text(text)
     asyncio.run(daemon._reload())
     assert daemon.trap.state("b") is TrapState.IDLE
+
+
+def test_ike_sa_without_child_gets_a_new_child_on_traffic(tmp_path, monkeypatch):
+    """The peer deleted only the CHILD_SA (an idle timeout, say): the next packet
+    creates a new one with CREATE_CHILD_SA on the IKE SA that is still up."""
+    rig = TrapRig(tmp_path, monkeypatch)
+    rig.from_tun([packet("10.1.0.5", "10.2.0.7")])
+    ike_spi = rig.pair.a.ike_sa("b").local_spi
+    (b_child,) = rig.pair.b.ike_sa("a").children
+    rig.pair.b.delete_child("a", b_child, rig.pair.now)
+    rig.pump()
+    assert len(rig.daemon.sad) == 0 and rig.daemon.trap.state("b") is TrapState.IDLE
+    assert rig.pair.a.ike_sa("b").state.value == "established"
+    rig.from_tun([packet("10.1.0.5", "10.2.0.7", ident=7)])
+    assert rig.daemon.trap.state("b") is TrapState.UP
+    assert rig.pair.a.ike_sa("b").local_spi == ike_spi  # same IKE SA, new CHILD_SA
+    assert rig.decrypted_at_b()[-1] == packet("10.1.0.5", "10.2.0.7", ident=7)
+    rig.from_tun([packet("10.1.0.5", "10.2.0.7", ident=8)])  # SA there: no new exchange
+    assert len(rig.pair.a.ike_sa("b").children) == 1
