@@ -219,6 +219,10 @@ class PeerConfig:
     child_lifetime: ChildLifetime = ChildLifetime()
     fragmentation: str = "yes"  # RFC 7383: yes | accept (announce, never send) | no
     fragment_size: int | None = None  # overrides gateway.fragment_size
+    # Dead peer detection (RFC 7296 §2.4): liveness check after this many idle seconds
+    # (0 = off); what to do when the peer does not answer: restart | clear | hold.
+    dpd_delay: int = 30
+    dpd_action: str = "restart"
 
 
 @dataclass(frozen=True)

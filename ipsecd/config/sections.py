@@ -164,6 +164,8 @@ PEER = Section(
     Field("remote_ts", list_of(prefix(), min_items=1, unique=True), REQUIRED),
     Field("fragmentation", fragmentation_mode(), "yes"),
     Field("fragment_size", optional(integer(MIN_FRAGMENT_SIZE, 65535)), None),
+    Field("dpd_delay", duration(0, 86400), 30),
+    Field("dpd_action", choice("restart", "clear", "hold"), "restart"),
     Field("ike", section(IKE), None),
     Field("esp", section(ESP), None),
     Field("auth", section(AUTH), None),
@@ -294,7 +296,10 @@ def _build_peer(v: Values, gateway: GatewayConfig) -> PeerConfig:
     esp: tuple[Proposal, ...] = ()
     if v["manual"] is not None:
         manual_line = v.at("manual").line
-        for key in ("auth", "ike", "esp", "start", "fragmentation", "fragment_size"):
+        for key in (
+            *("auth", "ike", "esp", "start", "fragmentation", "fragment_size"),
+            *("dpd_delay", "dpd_action"),
+        ):
             if v.given(key):
                 raise v.at(key).error(
                     f"peer {name!r} uses static SAs (manual: at line {manual_line}), which"
@@ -326,6 +331,8 @@ def _build_peer(v: Values, gateway: GatewayConfig) -> PeerConfig:
         child_lifetime=_build_child_lifetime(v["esp"]),
         fragmentation=v["fragmentation"],
         fragment_size=v["fragment_size"],
+        dpd_delay=v["dpd_delay"],
+        dpd_action=v["dpd_action"],
     )
 
 

@@ -97,6 +97,7 @@ class ChildSa:
     rekey_queued: bool = False
     bytes: int = 0  # usage reported by the data plane (larger direction)
     packets: int = 0
+    packets_in: int = 0  # inbound ESP packets so far: traffic from the peer (DPD, §2.4)
     # Rekeying (RFC 7296 §2.8): the spi_in of the child this one replaces; whether our
     # outbound SA is in use (a rekey responder waits for the old SA's Delete).
     replaces: int | None = None

@@ -11,6 +11,9 @@ values, drains :meth:`IkeManager.datagrams_to_send` and
 * initiates peers with ``start: initiate`` and retries them after a pause
   when a negotiation fails or the peer stops answering;
 * sends NAT-keepalives every 20 s from the side behind a NAT (RFC 3948 §4);
+* checks idle peers for liveness and acts on dead ones by their ``dpd_action``,
+  sends and honours INITIAL_CONTACT, answers requests for unknown IKE SAs with
+  INVALID_IKE_SPI (RFC 7296 §2.4, §2.21.4; see :mod:`ipsecd.ike.dpd`);
 * rekeys CHILD_SAs and IKE SAs at their soft lifetime (time minus random
   jitter, bytes, packets, outbound sequence number nearing its end) and
   deletes CHILD_SAs at their hard lifetime (RFC 7296 §2.8, §2.18); the
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipsecd.config.schema import ChildLifetime, IkeLifetime
+from ipsecd.ike import dpd
 from ipsecd.ike.child import LIVE_STATES, ChildSa, ChildState
 from ipsecd.ike.events import (
     NAT_KEEPALIVE,
@@ -68,6 +72,7 @@ class _PeerState:
     retry_at: float | None = None
     last_error: str | None = None
     wanted: bool = False  # the operator (or start: initiate) wants this peer up
+    held: bool = False  # dead peer with dpd_action hold: initiate on traffic (acquire)
 
 
 def _addr(value: Any) -> str:
@@ -109,6 +114,7 @@ class IkeManager:
         self.fragment_size: int | None = getattr(gw, "fragment_size", None)  # RFC 7383
         self.reassembly_budget = ReassemblyBudget()  # partial IKE fragments, all SAs together
         self._last_usage_check = now
+        self._invalid_spi = dpd.InvalidSpiResponder()
 
     # ---- contract API ----------------------------------------------------
 
@@ -128,6 +134,7 @@ class IkeManager:
         if peer not in self.peers:
             raise KeyError(f"no IKE peer named {peer!r}")
         state = self.peer_state[peer]
+        state.held = False
         if not on_demand:
             state.wanted = True
             state.retry_at = None
@@ -153,6 +160,9 @@ class IkeManager:
         )
         from ipsecd.ike.exchanges.sa_init import IkeSaInit
 
+        # RFC 7296 §2.4: INITIAL_CONTACT only when no other IKE SA with this peer exists.
+        others = [s for s in self.sas.values() if s.alive and s.peer_name == peer]
+        sa.send_initial_contact = not others
         sa.tasks.append(IkeSaInit(tuple(config.ike_proposals)))
         sa.kick(now)  # assigns SPIi while building the request
         self.sas[sa.local_spi] = sa
@@ -243,6 +253,7 @@ class IkeManager:
             ):
                 self._keepalive(sa, now)
             self._lifetimes(sa, now)
+            dpd.check(sa, now)
             self._collect(sa, now)
         if now >= self._usage_due:  # the shell reports usage when we wake it (child_usage)
             self._last_usage_check = now
@@ -279,6 +290,7 @@ class IkeManager:
                     established_at=sa.established_at,
                     rekey_at=sa.rekey_at,
                     children=[c.describe() for c in sa.children.values()],
+                    **dpd.describe(sa),
                 )
             entries.append(entry)
         return entries
@@ -322,6 +334,14 @@ class IkeManager:
         sa.queue_liveness_check(now)
         self._collect(sa, now)
 
+    def acquire(self, peer: str, now: float) -> None:
+        """Traffic for ``peer``'s selectors found no CHILD_SA: initiate if the peer waits
+        for that (``dpd_action: hold`` after it was found dead)."""
+        state = self.peer_state.get(peer)
+        if state is not None and state.held and self._sa_for(peer) is None:
+            self._count("dpd_hold_acquires")
+            self.initiate(peer, now)
+
     def ike_sa(self, peer: str) -> IkeSa | None:
         return self._sa_for(peer)
 
@@ -347,18 +367,24 @@ class IkeManager:
         now: float,
         *,
         seq_out: int = 0,
+        packets_in: int | None = None,
     ) -> None:
         """Data-plane usage of one CHILD_SA (by our inbound SPI), for its soft/hard limits.
 
         ``bytes``/``packets``: inner bytes and packets of the busier direction since the
-        SA was installed; ``seq_out``: the last outbound ESP sequence number.  Call every
-        :data:`USAGE_INTERVAL` seconds or so; unknown SPIs (manual SAs) are ignored.
+        SA was installed; ``seq_out``: the last outbound ESP sequence number;
+        ``packets_in``: inbound packets, whose growth proves the peer alive (no liveness
+        check needed, RFC 7296 §2.4).  Call every :data:`USAGE_INTERVAL` seconds or so;
+        unknown SPIs (manual SAs) are ignored.
         """
         for sa in list(self.sas.values()):
             child = sa.children.get(spi_in)
             if child is None or sa.peer_name != peer:
                 continue
             child.bytes, child.packets = bytes, packets
+            if packets_in is not None and packets_in > child.packets_in:
+                child.packets_in = packets_in
+                sa.last_peer_activity = max(sa.last_peer_activity, now)
             limits = self._child_lifetime(sa)
             esn = bool(child.algorithms and child.algorithms.esn)
             top = MAX_SEQ_64 if esn else MAX_SEQ_32
@@ -424,7 +450,7 @@ class IkeManager:
         return sa
 
     def _sa_timer(self, sa: IkeSa) -> float | None:
-        times = [t for t in (sa.next_timer(),) if t is not None]
+        times = [t for t in (sa.next_timer(), dpd.due(sa)) if t is not None]
         if sa.state is IkeState.ESTABLISHED and sa.nat_local and sa.rekeyed_to is None:
             times.append(sa.last_keepalive + self.keepalive_interval)
         if sa.state is IkeState.ESTABLISHED:
@@ -557,6 +583,12 @@ class IkeManager:
         sa = self.sas.get(spi)
         if sa is None or not sa.alive:
             self._count("unknown_spi")
+            if not header.response and header.exchange != base.IKE_SA_INIT:
+                # Perhaps we restarted and the peer did not: tell it (RFC 7296 §2.21.4).
+                answer = self._invalid_spi.answer(header, local, remote, self.natt_port, now)
+                self._count("invalid_ike_spi_sent" if answer else "invalid_ike_spi_limited")
+                if answer is not None:
+                    self._outgoing.append(answer)
             return
         if header.exchange == base.IKE_SA_INIT and header.response and sa.spi_r == 0:
             pass  # our IKE_SA_INIT answered: the responder SPI is learned by the task
@@ -639,6 +671,9 @@ class IkeManager:
                 sa.last_keepalive = now
         if sa.state is IkeState.ESTABLISHED:
             self.half_open.established(sa, now)
+            if sa.initial_contact_received:
+                sa.initial_contact_received = False
+                self._forget_others(sa, now)
         while sa.spawned:  # the IKE SA that replaces this one (rekey, §2.18)
             new = sa.spawned.pop(0)
             self.sas[new.local_spi] = new
@@ -650,6 +685,9 @@ class IkeManager:
             self.sas.pop(sa.local_spi, None)
             self._retiring.discard(sa.local_spi)
             self.half_open.discard(sa)
+            if sa.peer_dead and state is not None:
+                sa.peer_dead = False
+                self._peer_dead(sa, state, now)
             if (
                 state is not None
                 and state.wanted
@@ -658,3 +696,33 @@ class IkeManager:
                 and self._sa_for(sa.peer_name, unauthenticated=False) is None
             ):
                 state.retry_at = now + self.policy.retry_pause
+
+    # ---- dead peers and restarts (RFC 7296 §2.4) ------------------------------
+
+    def _peer_dead(self, sa: IkeSa, state: _PeerState, now: float) -> None:
+        """An established IKE SA went unanswered: apply the peer's ``dpd_action``."""
+        action = getattr(sa.peer, "dpd_action", "restart")
+        self._count(f"dpd_{action}")
+        if sa.local_spi in self._retiring or sa.peer_name not in self.peers:
+            return
+        if action == "restart":
+            self.initiate(sa.peer_name, now)
+        else:  # clear: stay down; hold: wait for traffic (acquire) or the peer
+            state.wanted = False
+            state.retry_at = None
+            state.held = action == "hold"
+
+    def _forget_others(self, sa: IkeSa, now: float) -> None:
+        """N(INITIAL_CONTACT) (§2.4): the peer forgot its other IKE SAs with us; drop them
+        (and their CHILD_SAs) without a Delete, which it could not decrypt anyway."""
+        remote_id = sa.peer.auth.remote_id
+        for other in list(self.sas.values()):
+            if (
+                other is not sa
+                and other.state in (IkeState.ESTABLISHED, IkeState.DELETING)
+                and other.peer.auth is not None
+                and other.peer.auth.remote_id == remote_id
+            ):
+                self._count("initial_contact_deleted")
+                other.deleted(f"peer {other.peer_name} restarted (INITIAL_CONTACT)")
+                self._collect(other, now)

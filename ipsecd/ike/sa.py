@@ -191,6 +191,10 @@ class IkeSa:
     gateway_fragment_size: int | None = None  # gateway.fragment_size (None: by family)
     reassembler: Reassembler | None = None  # created at the first fragment received
     reassembly_budget: ReassemblyBudget | None = None  # shared by the manager's IKE SAs
+    # Dead peers and restarts (RFC 7296 §2.4), acted on by the manager (ike/dpd.py).
+    peer_dead: bool = False  # an exchange of the established SA went unanswered
+    send_initial_contact: bool = False  # first IKE SA with this peer: N(INITIAL_CONTACT)
+    initial_contact_received: bool = False  # the peer forgot every other IKE SA with us
 
     # ---- identity --------------------------------------------------------
 
@@ -330,7 +334,11 @@ class IkeSa:
                 self._response_failed(out, f"response with {exc}", now)
                 return
             except base.DecodeError:
-                self.count("undecryptable")
+                from ipsecd.ike.dpd import is_invalid_ike_spi
+
+                # An unprotected INVALID_IKE_SPI (§2.21.4) is only a hint: counted, no action.
+                hint = is_invalid_ike_spi(data)
+                self.count("invalid_ike_spi_received" if hint else "undecryptable")
                 return
             if message is None:  # an IKE fragment; the message is not complete yet
                 return
@@ -533,6 +541,7 @@ class IkeSa:
             return
         if out.retransmits >= self.policy.max_retransmits:
             self.outstanding = None
+            self.peer_dead = self.state is IkeState.ESTABLISHED and self.rekeyed_to is None
             reason = (
                 f"no response from {self.remote[0]}:{self.remote[1]}"
                 f" after {out.retransmits} retransmits"

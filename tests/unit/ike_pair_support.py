@@ -58,6 +58,8 @@ class Side:
     fragmentation: str | None = None  # peers[].fragmentation (RFC 7383)
     fragment_size: int | None = None  # peers[].fragment_size
     gateway_fragment_size: int | None = None  # gateway.fragment_size
+    dpd_delay: str | None = None  # None: the default (30 s)
+    dpd_action: str | None = None
     extra_peers: tuple[Side, ...] = ()  # more peers in the same file (their own PSK files)
     cookie_threshold: int | None = None  # gateway DoS settings; None: the default
     half_open_per_source: int | None = None
@@ -112,6 +114,10 @@ class Side:
             lines.insert(2, f"    fragmentation: {self.fragmentation}")
         if self.fragment_size is not None:
             lines.insert(2, f"    fragment_size: {self.fragment_size}")
+        if self.dpd_delay is not None:
+            lines.insert(2, f"    dpd_delay: {self.dpd_delay}")
+        if self.dpd_action is not None:
+            lines.insert(2, f"    dpd_action: {self.dpd_action}")
         if self.local_id is not None:
             lines.append(f"      local_id: '{self.local_id}'")
         if self.remote_id is not None:

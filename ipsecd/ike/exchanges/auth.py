@@ -94,8 +94,11 @@ class IkeAuth:
         id_payload = base.p_id(True, auth.local_id.id_type, auth.local_id.data)
         auth_data = base.psk_auth(sa, auth.psk, True, auth.local_id.id_type, auth.local_id.data)
         sa.transition("auth_sent")
+        # RFC 7296 §2.4: "we have no other IKE SA with you; forget any you still hold".
+        contact = [base.p_notify(base.N_INITIAL_CONTACT)] if sa.send_initial_contact else []
         return [
             id_payload,
+            *contact,
             base.p_auth(auth_data),
             base.p_sa_esp(self.esp_proposals, self.child_spi),
             base.p_ts(True, self.local_ts),
@@ -127,6 +130,7 @@ class IkeAuth:
             sa.send_one_way_informational([base.p_notify(AUTHENTICATION_FAILED)])
             raise
         established(sa, now)
+        sa.initial_contact_received = base.find_notify(message, base.N_INITIAL_CONTACT) is not None
         try:
             child = self._child(sa, message)
         except ProtocolError as exc:
@@ -235,6 +239,7 @@ def respond(sa: IkeSa, message: base.Incoming, now: float) -> list[Any]:
         base.p_auth(base.psk_auth(sa, peer.auth.psk, False, local_id.id_type, local_id.data)),
     ]
     established(sa, now)
+    sa.initial_contact_received = base.find_notify(message, base.N_INITIAL_CONTACT) is not None
     try:
         child, child_payloads = respond_child(
             sa,

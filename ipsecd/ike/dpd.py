@@ -1,0 +1,132 @@
+"""Dead peer detection and restart recovery (RFC 7296 §2.4, §2.21.4), sans-I/O.
+
+strongSwan's ``ike_dpd`` task and its ``dpd_delay``/``dpd_action`` settings:
+
+* **Liveness.**  When nothing came in from the peer for ``dpd_delay``
+  seconds (no IKE message, no ESP packet: the shell reports inbound ESP
+  through ``IkeManager.child_usage(..., packets_in=...)``), an empty
+  INFORMATIONAL request goes out.  It is retransmitted on the normal schedule
+  (``gateway.retransmit_timeout``/``retransmit_tries``); no answer means the
+  peer is dead, and so does any other unanswered request of an established
+  IKE SA.  ``dpd_action`` then decides: ``restart`` (initiate again at once),
+  ``clear`` (stay down) or ``hold`` (initiate again on the next packet for
+  the peer's selectors, or when the peer itself comes back).
+* **INITIAL_CONTACT.**  The first IKE SA with a peer carries N(INITIAL_CONTACT)
+  in its IKE_AUTH request; a peer that sends it has forgotten every other IKE
+  SA with us (it restarted), so those are removed without a Delete.
+* **INVALID_IKE_SPI.**  A request for an IKE SA we do not know (the peer's SA
+  outlived our restart) is answered, unprotected and rate limited, with
+  N(INVALID_IKE_SPI); receiving one is only a hint and changes nothing, since
+  anyone could have sent it (§2.21.4).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ipsecd.ike.events import Address, OutgoingDatagram
+from ipsecd.ike.sa import IkeSa, IkeState
+
+DEFAULT_DPD_DELAY = 30
+INVALID_SPI_RATE = 10  # INVALID_IKE_SPI answers per second at most (all sources together)
+INFORMATIONAL = 37
+N_INVALID_IKE_SPI = 4
+N_INITIAL_CONTACT = 16384
+
+
+def dpd_delay(sa: IkeSa) -> int:
+    return int(getattr(sa.peer, "dpd_delay", DEFAULT_DPD_DELAY) or 0)
+
+
+def last_seen(sa: IkeSa) -> float:
+    """When the peer last proved it is alive (IKE or ESP from it), or the SA came up."""
+    return max(sa.last_peer_activity, sa.established_at or sa.created_at)
+
+
+def due(sa: IkeSa) -> float | None:
+    """When the next liveness check is due; None while one is pointless.
+
+    An outstanding request already checks liveness through its retransmissions.
+    """
+    delay = dpd_delay(sa)
+    if (
+        not delay
+        or sa.state is not IkeState.ESTABLISHED
+        or sa.rekeyed_to is not None
+        or sa.outstanding is not None
+        or sa.tasks
+    ):
+        return None
+    return last_seen(sa) + delay
+
+
+def check(sa: IkeSa, now: float) -> None:
+    """Send the liveness check if the peer has been silent for ``dpd_delay``."""
+    when = due(sa)
+    if when is not None and now >= when:
+        sa.count("dpd_checks_sent")
+        sa.queue_liveness_check(now)
+
+
+def describe(sa: IkeSa) -> dict[str, Any]:
+    """DPD part of ``IkeManager.status()``."""
+    checking = sa.outstanding is not None and type(sa.outstanding.task).__name__ == "LivenessCheck"
+    return {
+        "dpd_delay": dpd_delay(sa),
+        "dpd": "off" if not dpd_delay(sa) else "checking" if checking else "idle",
+        "last_seen": last_seen(sa),
+    }
+
+
+def is_invalid_ike_spi(data: bytes) -> bool:
+    """An unprotected INFORMATIONAL carrying N(INVALID_IKE_SPI) (RFC 7296 §2.21.4)."""
+    from ipsecd.ike import message as codec
+    from ipsecd.ike.payloads import Notify
+
+    try:
+        msg = codec.parse_message(data)
+    except Exception:
+        return False
+    return int(msg.exchange_type) == INFORMATIONAL and any(
+        isinstance(p, Notify) and p.notify_type == N_INVALID_IKE_SPI for p in msg.payloads
+    )
+
+
+class InvalidSpiResponder:
+    """Answers requests for unknown IKE SAs with N(INVALID_IKE_SPI), at most
+    :data:`INVALID_SPI_RATE` per second so it never serves as a reflector."""
+
+    def __init__(self, rate: int = INVALID_SPI_RATE) -> None:
+        self.rate = rate
+        self._second = -1
+        self._sent = 0
+
+    def answer(
+        self, header: Any, local: Address, remote: Address, natt_port: int, now: float
+    ) -> OutgoingDatagram | None:
+        """The response for ``header`` (a request), or None when over the rate limit.
+
+        Same SPIs and message id, R flag set, I flag cleared if the request had it
+        (we answer as the other end), no SK payload: we have no keys (§2.21.4).
+        """
+        from ipsecd.ike import message as codec
+        from ipsecd.ike.payloads import Notify
+
+        second = int(now)
+        if second != self._second:
+            self._second, self._sent = second, 0
+        if self._sent >= self.rate:
+            return None
+        self._sent += 1
+        data = codec.encode(
+            codec.Message(
+                spi_i=header.spi_i,
+                spi_r=header.spi_r,
+                exchange_type=INFORMATIONAL,
+                initiator=not header.initiator_flag,
+                response=True,
+                message_id=header.message_id,
+                payloads=(Notify(protocol_id=0, spi=b"", notify_type=N_INVALID_IKE_SPI, data=b""),),
+            )
+        )
+        return OutgoingDatagram(data, local, remote, marker=local[1] == natt_port)
