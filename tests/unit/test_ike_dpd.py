@@ -1,0 +1,371 @@
+"""Dead peer detection, INITIAL_CONTACT and INVALID_IKE_SPI (RFC 7296 §2.4, §2.21.4).
+
+Two IkeManagers over the in-memory network with a fake clock (``ike_pair_support``).
+A daemon restart is a fresh IkeManager on the same address and config.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from ipsecd.ike import events as ev
+from ipsecd.ike import payloads as pl
+from ipsecd.ike.manager import IkeManager
+from ipsecd.ike.message import parse_message
+from tests.unit.ike_pair_support import (
+    A_IP,
+    B_IP,
+    IkePair,
+    Sent,
+    build_config,
+    side_a,
+    side_b,
+)
+
+IKE_SA_INIT, IKE_AUTH, INFORMATIONAL = 34, 35, 37
+INITIAL_CONTACT, INVALID_IKE_SPI = 16384, 4
+FAST = {"retransmit_timeout": 0.5, "retransmit_tries": 2}  # dead after 0.5 + 1 + 2 = 3.5 s
+
+
+def is_response(sent: Sent) -> bool:
+    return bool(sent.data[19] & 0x20)
+
+
+def informational(pair: IkePair, sender: str, *, response: bool = False) -> list[Sent]:
+    return [
+        s
+        for s in pair.sent_by(sender, keepalive=False)
+        if s.data[18] == INFORMATIONAL and is_response(s) == response
+    ]
+
+
+def of_exchange(pair: IkePair, sender: str, exchange: int) -> list[Sent]:
+    return [s for s in pair.sent_by(sender, keepalive=False) if s.data[18] == exchange]
+
+
+def restart(pair: IkePair, side: str) -> IkeManager:
+    """The daemon on ``side`` is killed and started again: same config, no state."""
+    config, address = (pair.a_config, A_IP) if side == "a" else (pair.b_config, B_IP)
+    mgr = IkeManager(config, pair.now)
+    pair.managers[side] = mgr
+    pair.addresses[address] = mgr
+    setattr(pair, side, mgr)
+    pair.events[side] = []  # the new process starts with an empty data plane
+    return mgr
+
+
+def ike_sas(pair: IkePair, side: str) -> list[object]:
+    return [sa for sa in pair.mgr(side).sas.values() if sa.alive]
+
+
+def installed_spis(pair: IkePair, side: str) -> set[int]:
+    """Inbound SPIs the data plane would hold, replayed from the events."""
+    spis: set[int] = set()
+    for _, event in pair.events[side]:
+        if isinstance(event, ev.ChildSaEstablished):
+            spis.add(event.child.spi_in)
+        elif isinstance(event, ev.ChildSaDeleted):
+            spis.discard(event.spi_in)
+    return spis
+
+
+def pair_with(tmp_path, a_extra=None, b_extra=None, **kwargs) -> IkePair:
+    return IkePair(
+        tmp_path, side_a(**FAST, **(a_extra or {})), side_b(**FAST, **(b_extra or {})), **kwargs
+    )
+
+
+# ---- liveness checks ----------------------------------------------------------------
+
+
+def test_idle_peer_gets_a_liveness_check_after_dpd_delay(tmp_path):
+    pair = pair_with(tmp_path, {"dpd_delay": "10s"}, {"dpd_delay": "60s"})
+    pair.advance(9.9)
+    assert informational(pair, "a") == []
+    pair.advance(0.2)
+    (check,) = informational(pair, "a")
+    assert check.at == pytest.approx(1010.0)
+    # An empty INFORMATIONAL (§2.4): the SK payload holds nothing.
+    sa = pair.a.ike_sa("b")
+    from ipsecd.ike.message import decode
+
+    assert decode(check.data, keys=sa.keys, sender_is_initiator=True).payloads == ()
+    (answer,) = informational(pair, "b", response=True)
+    assert answer.delivered
+    assert pair.a.counters["dpd_checks_sent"] == 1
+    # Answered: the SA stays, the next check comes dpd_delay after the answer.
+    assert pair.status("a")["state"] == "established"
+    assert pair.status("a")["dpd"] == "idle" and pair.status("a")["dpd_delay"] == 10
+    pair.advance(10)
+    assert len(informational(pair, "a")) == 2
+    assert pair.of_type("a", ev.ChildSaDeleted) == [] and pair.of_type("a", ev.IkeSaDeleted) == []
+    # b heard a's checks, so it never needed one of its own.
+    assert informational(pair, "b") == []
+
+
+def test_inbound_esp_postpones_the_liveness_check(tmp_path):
+    pair = pair_with(tmp_path, {"dpd_delay": "5s"}, {"dpd_delay": "60s"})
+    (child,) = pair.established("a")
+    for n in range(1, 21):  # the shell reports growing inbound counters every second
+        pair.advance(1)
+        pair.a.child_usage("b", child.child.spi_in, 100 * n, n, pair.now, packets_in=n)
+    assert informational(pair, "a") == []
+    pair.advance(4.9)  # the ESP stops: dpd_delay after the last inbound packet
+    assert informational(pair, "a") == []
+    pair.advance(0.2)
+    assert len(informational(pair, "a")) == 1
+
+
+def test_outbound_traffic_alone_does_not_postpone_it(tmp_path):
+    pair = pair_with(tmp_path, {"dpd_delay": "5s"}, {"dpd_delay": "60s"})
+    (child,) = pair.established("a")
+    for n in range(1, 6):
+        pair.advance(1)
+        pair.a.child_usage("b", child.child.spi_in, 100 * n, n, pair.now, packets_in=0)
+    pair.advance(0.1)
+    assert len(informational(pair, "a")) == 1
+
+
+def test_dpd_delay_zero_disables_liveness_checks(tmp_path):
+    pair = pair_with(tmp_path, {"dpd_delay": 0}, {"dpd_delay": 0})
+    pair.advance(3000)
+    assert informational(pair, "a") == [] and informational(pair, "b") == []
+    assert pair.status("a")["dpd"] == "off"
+
+
+def test_no_liveness_check_while_another_request_is_outstanding(tmp_path):
+    pair = pair_with(tmp_path, {"dpd_delay": "5s"}, {"dpd_delay": "60s"})
+    pair.net.drop = lambda sent: sent.sender == "b"
+    pair.a.rekey("b", pair.now)  # its retransmissions check liveness already
+    pair.advance(3)
+    assert informational(pair, "a") == []
+
+
+# ---- dead peers: dpd_action ---------------------------------------------------------
+
+
+def kill_b_answers_and_wait(pair: IkePair) -> None:
+    """b's datagrams are lost from now; a's liveness check goes unanswered."""
+    pair.net.drop = lambda sent: sent.sender == "b"
+    pair.advance(10 + 3.5 + 0.1)
+
+
+def test_dead_peer_restart_initiates_again_at_once(tmp_path):
+    pair = pair_with(tmp_path, {"dpd_delay": "10s"}, {"dpd_delay": "60s"})
+    (first,) = pair.established("a")
+    kill_b_answers_and_wait(pair)
+    (failed,) = pair.of_type("a", ev.NegotiationFailed)
+    assert failed.reason.startswith("peer b is dead: no response from")
+    assert "liveness check" in failed.reason
+    (deleted,) = pair.of_type("a", ev.ChildSaDeleted)
+    assert deleted.spi_in == first.child.spi_in
+    assert pair.a.counters["dpd_restart"] == 1
+    assert pair.status("a")["state"] == "init-sent"  # re-initiated at once
+    inits = [s for s in of_exchange(pair, "a", IKE_SA_INIT) if not is_response(s)]
+    assert inits[-1].at == pytest.approx(1010.0 + 3.5)
+    # The peer answers again: a new IKE SA, with INITIAL_CONTACT, replaces the old one on b.
+    pair.net.drop = lambda sent: False
+    pair.advance(5)
+    assert pair.status("a")["state"] == "established"
+    assert len(ike_sas(pair, "a")) == 1 and len(ike_sas(pair, "b")) == 1
+    assert pair.b.counters["initial_contact_deleted"] == 1
+    assert len(installed_spis(pair, "a")) == 1 and len(installed_spis(pair, "b")) == 1
+    (a_spi,) = installed_spis(pair, "a")
+    (b_spi,) = installed_spis(pair, "b")
+    assert pair.b.ike_sa("a").children[b_spi].spi_out == a_spi
+
+
+def test_dead_peer_clear_stays_down(tmp_path):
+    pair = pair_with(tmp_path, {"dpd_delay": "10s", "dpd_action": "clear"}, {"dpd_delay": 0})
+    kill_b_answers_and_wait(pair)
+    assert pair.a.counters["dpd_clear"] == 1
+    assert pair.status("a")["state"] == "down"
+    assert pair.a.get_timer() is None  # no retry is scheduled
+    inits = len(of_exchange(pair, "a", IKE_SA_INIT))
+    pair.net.drop = lambda sent: False
+    pair.advance(600)
+    assert len(of_exchange(pair, "a", IKE_SA_INIT)) == inits
+    pair.a.acquire("b", pair.now)  # traffic does not bring a cleared peer back either
+    pair.pump()
+    assert pair.status("a")["state"] == "down"
+    pair.a.initiate("b", pair.now)  # ipsecctl up does
+    pair.pump()
+    assert pair.status("a")["state"] == "established"
+
+
+def test_dead_peer_hold_waits_for_traffic(tmp_path):
+    pair = pair_with(tmp_path, {"dpd_delay": "10s", "dpd_action": "hold"}, {"dpd_delay": 0})
+    kill_b_answers_and_wait(pair)
+    assert pair.a.counters["dpd_hold"] == 1
+    assert pair.status("a")["state"] == "down"
+    pair.net.drop = lambda sent: False
+    pair.advance(600)
+    assert pair.status("a")["state"] == "down"
+    pair.a.acquire("b", pair.now)  # a packet for remote_ts found no CHILD_SA
+    pair.pump()
+    assert pair.status("a")["state"] == "established"
+    assert pair.a.counters["dpd_hold_acquires"] == 1
+    pair.a.acquire("b", pair.now)  # up again: further packets change nothing
+    pair.pump()
+    assert pair.a.counters["dpd_hold_acquires"] == 1
+    assert len(ike_sas(pair, "a")) == 1
+
+
+def test_held_peer_that_comes_back_by_itself_is_accepted(tmp_path):
+    pair = pair_with(
+        tmp_path,
+        {"dpd_delay": "10s", "dpd_action": "hold", "start": "respond"},
+        {"dpd_delay": 0, "start": "initiate"},
+    )
+    pair.b.start(pair.now)
+    pair.pump()
+    assert pair.status("a")["state"] == "established"
+    kill_b_answers_and_wait(pair)
+    assert pair.status("a")["state"] == "down"
+    pair.net.drop = lambda sent: False
+    restart(pair, "b").start(pair.now)
+    pair.pump()
+    assert pair.status("a")["state"] == "established"
+    assert len(ike_sas(pair, "a")) == 1
+
+
+# ---- INITIAL_CONTACT ------------------------------------------------------------------
+
+
+def notify_types(payloads: list[object]) -> list[int]:
+    return [p.notify_type for p in payloads if isinstance(p, pl.Notify)]
+
+
+def test_first_ike_auth_carries_initial_contact(tmp_path):
+    pair = pair_with(tmp_path, start=False)
+    pair.record_cleartext()
+    pair.a.start(pair.now)
+    pair.pump()
+    (request,) = [c for c in pair.cleartext if c.exchange_type == IKE_AUTH and not c.response]
+    assert INITIAL_CONTACT in notify_types(request.payloads)
+    (response,) = [c for c in pair.cleartext if c.exchange_type == IKE_AUTH and c.response]
+    assert INITIAL_CONTACT not in notify_types(response.payloads)
+    assert "initial_contact_deleted" not in pair.b.counters
+
+
+def test_no_initial_contact_beside_another_ike_sa(tmp_path):
+    """Reload of a changed peer: the new IKE SA starts while the old one is being deleted."""
+    a2 = side_a(**FAST, esp=("aes128gcm16",))
+    pair = IkePair(tmp_path, side_a(**FAST), side_b(**FAST, esp=("aes256gcm16", "aes128gcm16")))
+    pair.record_cleartext()
+    pair.a.reconfigure(build_config(a2, tmp_path / "a2", "a"), pair.now)
+    pair.a.initiate("b", pair.now)
+    pair.pump()
+    requests = [c for c in pair.cleartext if c.exchange_type == IKE_AUTH and not c.response]
+    assert len(requests) == 1
+    assert INITIAL_CONTACT not in notify_types(requests[0].payloads)
+    assert len(ike_sas(pair, "a")) == 1 and len(ike_sas(pair, "b")) == 1
+
+
+def test_restarted_initiator_clears_the_survivor_with_initial_contact(tmp_path):
+    pair = pair_with(tmp_path)
+    (old_child,) = pair.established("b")
+    old_spi = pair.b.ike_sa("a").local_spi
+    sent_before = len(pair.sent_by("b"))
+    restart(pair, "a").start(pair.now)  # kill -9 and start again
+    pair.pump()
+    assert pair.b.counters["initial_contact_deleted"] == 1
+    (gone,) = pair.of_type("b", ev.IkeSaDeleted)
+    assert "restarted (INITIAL_CONTACT)" in gone.reason
+    (child_gone,) = pair.of_type("b", ev.ChildSaDeleted)
+    assert child_gone.spi_in == old_child.child.spi_in
+    # No Delete for the forgotten SA: b only answered IKE_SA_INIT and IKE_AUTH.
+    assert [s.data[18] for s in pair.sent_by("b")[sent_before:]] == [IKE_SA_INIT, IKE_AUTH]
+    (sa,) = ike_sas(pair, "b")
+    assert sa.local_spi != old_spi
+    assert len(installed_spis(pair, "b")) == 1 and len(installed_spis(pair, "a")) == 1
+    assert pair.status("b")["state"] == pair.status("a")["state"] == "established"
+
+
+def test_initial_contact_spares_other_peers(tmp_path):
+    """Only IKE SAs with the sender's identity go; another peer of b keeps its SA."""
+    c_ip = "192.0.2.3"
+    c_side = side_a(listen=c_ip, local_ts=("10.3.0.0/24",), psk="0x" + "6b" * 32, **FAST)
+    b = side_b(
+        **FAST,
+        extra_peers=(
+            side_b(
+                name="c",
+                remote_address=c_ip,
+                remote_ts=("10.3.0.0/24",),
+                psk="0x" + "6b" * 32,
+            ),
+        ),
+    )
+    pair = IkePair(tmp_path, side_a(**FAST), b)
+    c = pair.add_manager("c", c_ip, build_config(c_side, tmp_path / "c", "c"))
+    c.start(pair.now)
+    pair.pump()
+    assert {sa.peer_name for sa in ike_sas(pair, "b")} == {"a", "c"}
+    restart(pair, "a").start(pair.now)
+    pair.pump()
+    assert pair.b.counters["initial_contact_deleted"] == 1
+    assert sorted(sa.peer_name for sa in ike_sas(pair, "b")) == ["a", "c"]
+    assert c.status()[0]["state"] == "established"
+    assert [e.peer for e in pair.of_type("b", ev.IkeSaDeleted)] == ["a"]
+
+
+# ---- a restarted responder: INVALID_IKE_SPI and DPD ----------------------------------------
+
+
+def test_restarted_responder_answers_invalid_ike_spi_and_dpd_restarts(tmp_path):
+    pair = pair_with(tmp_path, {"dpd_delay": "10s"}, {"dpd_delay": "10s"})
+    old = pair.a.ike_sa("b")
+    restart(pair, "b")  # b forgot everything; it only responds
+    pair.advance(10.1)
+    (check, *_) = informational(pair, "a")
+    (hint, *_) = informational(pair, "b", response=True)
+    msg = parse_message(hint.data)
+    # §2.21.4: same SPIs and message id, response, unprotected, just the notify.
+    assert (msg.spi_i, msg.spi_r) == (old.spi_i, old.spi_r)
+    assert msg.message_id == parse_message(check.data).message_id
+    assert msg.response and not msg.initiator
+    assert [p.notify_type for p in msg.payloads] == [INVALID_IKE_SPI]
+    assert len(hint.data) <= len(check.data)  # never an amplifier
+    assert pair.b.counters["invalid_ike_spi_sent"] >= 1
+    # Only a hint: a keeps its SA until the retransmissions run out.
+    assert pair.a.counters["invalid_ike_spi_received"] >= 1
+    assert pair.a.ike_sa("b") is old
+    assert pair.of_type("a", ev.IkeSaDeleted) == []
+    pair.advance(3.5)
+    assert pair.a.counters["dpd_restart"] == 1
+    assert pair.status("a")["state"] == pair.status("b")["state"] == "established"
+    assert len(ike_sas(pair, "a")) == 1 and len(ike_sas(pair, "b")) == 1
+    assert len(installed_spis(pair, "a")) == 1 and len(installed_spis(pair, "b")) == 1
+
+
+def unknown_request(spi_i: int, *, response: bool = False, exchange: int = INFORMATIONAL) -> bytes:
+    """A header-only IKE message for IKE SA (spi_i, 1) that no one has."""
+    flags = 0x08 | (0x20 if response else 0)
+    return struct.pack("!QQBBBBII", spi_i, 1, 0, 0x20, exchange, flags, 5, 28)
+
+
+def test_invalid_ike_spi_answers_are_rate_limited(tmp_path):
+    pair = pair_with(tmp_path)
+    before = len(pair.sent_by("b"))
+    for _ in range(50):
+        pair.inject("b", unknown_request(int.from_bytes(os.urandom(8), "big") | 1))
+    answers = pair.sent_by("b")[before:]
+    assert len(answers) == 10
+    assert pair.b.counters["invalid_ike_spi_limited"] == 40
+    assert all(len(s.data) == 36 and s.dst == (A_IP, 4500) for s in answers)
+    pair.advance(1)
+    pair.inject("b", unknown_request(7))
+    assert len(pair.sent_by("b")[before:]) == 11
+
+
+def test_no_invalid_ike_spi_for_responses(tmp_path):
+    pair = pair_with(tmp_path)
+    before = len(pair.sent_by("b"))
+    pair.inject("b", unknown_request(9, response=True))
+    pair.inject("b", b"\x00" * 3)  # malformed
+    assert pair.sent_by("b")[before:] == []
+    assert pair.b.counters["unknown_spi"] == 1
