@@ -97,6 +97,18 @@ def format_status(status: dict[str, Any], style: Style) -> str:
                     ),
                 )
             )
+            if ike.get("dpd") and ike.get("last_seen_seconds") is not None:
+                pairs.append(
+                    (
+                        "dpd",
+                        f"{ike['dpd']}, peer last heard {ike['last_seen_seconds']:.0f}s ago"
+                        + (
+                            f" (liveness check after {ike['dpd_delay']}s of silence)"
+                            if ike.get("dpd_delay")
+                            else ""
+                        ),
+                    )
+                )
             if ike.get("nat_local"):
                 pairs.append(("nat", "we are behind a NAT (sending keepalives)"))
             elif ike.get("nat_remote"):

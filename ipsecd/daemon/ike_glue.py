@@ -163,4 +163,5 @@ def report_usage(daemon: Daemon, now: float) -> None:
             max(inbound.packets, outbound.packets),
             now,
             seq_out=getattr(outbound, "seq", 0),
+            packets_in=inbound.packets,  # the peer is alive: no DPD needed (RFC 7296 §2.4)
         )

@@ -56,6 +56,9 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
         for entry in daemon.ike.status():
             entry = dict(entry)
             entry["rekey_in_seconds"] = _rekey_in(entry.pop("rekey_at", None), now)
+            last_seen = entry.pop("last_seen", None)
+            if isinstance(last_seen, int | float):  # DPD: how long the peer has been silent
+                entry["last_seen_seconds"] = round(max(0.0, now - last_seen), 1)
             for child in entry.get("children", []):
                 rekey_in[child["spi_in"]] = _rekey_in(child.pop("rekey_at", None), now)
             ike_status[entry.get("peer", "")] = entry

@@ -334,13 +334,15 @@ class IkeManager:
         sa.queue_liveness_check(now)
         self._collect(sa, now)
 
-    def acquire(self, peer: str, now: float) -> None:
+    def acquire(self, peer: str, now: float) -> bool:
         """Traffic for ``peer``'s selectors found no CHILD_SA: initiate if the peer waits
-        for that (``dpd_action: hold`` after it was found dead)."""
+        for that (``dpd_action: hold`` after it was found dead).  True if it initiated."""
         state = self.peer_state.get(peer)
-        if state is not None and state.held and self._sa_for(peer) is None:
-            self._count("dpd_hold_acquires")
-            self.initiate(peer, now)
+        if state is None or not state.held or self._sa_for(peer) is not None:
+            return False
+        self._count("dpd_hold_acquires")
+        self.initiate(peer, now)
+        return True
 
     def ike_sa(self, peer: str) -> IkeSa | None:
         return self._sa_for(peer)

@@ -32,6 +32,9 @@ STATUS = {
                 "local": "192.0.2.1:4500",
                 "remote": "192.0.2.2:4500",
                 "nat_local": True,
+                "dpd": "idle",
+                "dpd_delay": 30,
+                "last_seen_seconds": 4.2,
                 "nat_remote": False,
             },
             "children": [
@@ -76,6 +79,7 @@ def test_plain_text_is_aligned_and_complete() -> None:
     assert "peer site-b: established  192.0.2.1 <-> 192.0.2.2:500" in text
     assert "00112233aabbccdd_local 8899aabbccddeeff_remote" in text
     assert "we are behind a NAT" in text
+    assert "  dpd:       idle, peer last heard 4s ago (liveness check after 30s of silence)" in text
     assert "child c0ffee01_in c0ffee02_out  aes256gcm16  established 12s ago, rekey in 300s" in text
     assert "    in:        2.0 KiB, 10 packets" in text
     assert "    drops:     replay 2" in text
