@@ -26,6 +26,10 @@ class TunDevice:
 
     def __init__(self, name: str) -> None:
         self._dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
+        # A persistent device of the same name (left by an earlier run or an operator's
+        # `ip tuntap add`) is adopted; make it go away with us, as our own would.
+        with contextlib.suppress(Exception):
+            self._dev.persist(False)
         self.name: str = self._dev.name
         self.fd: int = self._dev.fileno()
         os.set_blocking(self.fd, False)
@@ -41,7 +45,7 @@ class TunDevice:
         await self._ipr.link("set", index=self.index, mtu=mtu)
         for iface in addresses:
             await self._ipr.addr(
-                "add",
+                "replace",  # an adopted stale device may still carry the address
                 index=self.index,
                 address=str(iface.ip),
                 prefixlen=iface.network.prefixlen,

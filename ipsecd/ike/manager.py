@@ -269,7 +269,11 @@ class IkeManager:
         for name in self.peers:
             state = self.peer_state[name]
             sa = self._sa_for(name)
-            entry: dict[str, Any] = {"peer": name, "last_error": state.last_error}
+            entry: dict[str, Any] = {
+                "peer": name,
+                "last_error": state.last_error,
+                "ike_sas": sum(s.alive and s.peer_name == name for s in self.sas.values()),
+            }
             if sa is None:
                 entry["state"] = "connecting" if state.retry_at is not None else "down"
                 if state.retry_at is not None:

@@ -151,6 +151,12 @@ class IpsecdProcess:
             self.topo.stop(self.proc)
             raise AssertionError(f"ipsecd {self.spec.name} ignored SIGTERM") from None
 
+    def kill(self) -> None:
+        """SIGKILL (a crash): no Delete goes out, nothing is cleaned up by the daemon."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else "(no log)"
 

@@ -1,0 +1,108 @@
+"""A gateway crashes (SIGKILL) and starts again: the tunnel comes back by itself.
+
+RFC 7296 §2.4.  Nothing is done to the surviving daemon (status reads only):
+
+* the restarted side initiates: its IKE_AUTH carries INITIAL_CONTACT and the
+  survivor drops the IKE SA and CHILD_SAs the crashed side forgot;
+* the restarted side only responds: the survivor's dead peer detection finds
+  the old IKE SA unanswered (the restarted side answers INVALID_IKE_SPI, a
+  hint only) and ``dpd_action: restart`` builds a new one.
+
+Either way the survivor ends with exactly one IKE SA and one CHILD_SA pair
+for the peer, matching the restarted side's.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from ipsecd.lab.topology import HOST_B_IP, Topology
+
+DPD_DELAY = 2
+RETRANSMIT = {"retransmit_timeout": 0.25, "retransmit_tries": 3, "retry_interval": 2}
+GIVE_UP = 0.25 + 0.5 + 1 + 2  # the last retransmission's wait included
+SLACK = 15.0  # handshake, process start-up, a loaded 2-core machine
+
+
+def _counter(daemon: IpsecdProcess, name: str) -> int:
+    return int((daemon.status().get("ike_counters") or {}).get(name, 0))
+
+
+def _settled(daemon: IpsecdProcess, timeout: float = 10.0) -> dict[str, object]:
+    """Wait until the daemon holds one IKE SA and one CHILD_SA for its peer."""
+    deadline = time.monotonic() + timeout
+    peer: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        peer = daemon.peer_status()
+        ike = peer.get("ike") or {}
+        if ike.get("ike_sas") == 1 and ike.get("state") == "established":
+            if len(peer["children"]) == 1:
+                return peer
+        time.sleep(0.1)
+    raise AssertionError(f"{daemon.spec.name} did not settle: {peer}")
+
+
+def _pair(topo: Topology, survivor_dpd: int, restarted: str) -> tuple[IpsecdProcess, ...]:
+    a, b = site_specs(topo)
+    for spec in (a, b):
+        spec.gateway_extra = dict(RETRANSMIT)
+        mine = survivor_dpd if spec.name != restarted else DPD_DELAY
+        spec.peer_extra = {"dpd_delay": mine, "dpd_action": "restart"}
+    gw_a, gw_b = start_psk_pair(topo, a, b)
+    gw_a.wait_up()
+    gw_b.wait_up()
+    assert topo.wait_ping(topo.host_a, HOST_B_IP, timeout=10)
+    return gw_a, gw_b
+
+
+def _crash_and_restart(topo: Topology, victim: IpsecdProcess) -> float:
+    victim.kill()
+    # Its TUN device and routes went with the process; a stale one would be adopted.
+    time.sleep(0.3)
+    started = time.monotonic()
+    victim.start()
+    return started
+
+
+def _assert_one_pair(survivor: IpsecdProcess, restarted: IpsecdProcess) -> None:
+    mine = _settled(survivor)
+    theirs = _settled(restarted)
+    (child,) = mine["children"]
+    (other,) = theirs["children"]
+    assert child["spi_in"] == other["spi_out"] and child["spi_out"] == other["spi_in"]
+    assert _counter(survivor, "internal_error") == 0
+    assert _counter(restarted, "internal_error") == 0
+
+
+def test_restarted_initiator_is_taken_back_by_initial_contact(topology: Topology) -> None:
+    # The survivor's DPD is slow on purpose: only INITIAL_CONTACT can clean it up in time.
+    gw_a, gw_b = _pair(topology, survivor_dpd=60, restarted="a")
+    old_spi = gw_b.peer_status()["ike"]["local_spi"]
+    started = _crash_and_restart(topology, gw_a)
+    assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=DPD_DELAY + SLACK), (
+        gw_a.log_text()[-4000:],
+        gw_b.peer_status(),
+    )
+    took = time.monotonic() - started
+    print(f"restarted initiator: tunnel back {took:.1f} s after the restart")
+    _assert_one_pair(gw_b, gw_a)
+    assert _counter(gw_b, "initial_contact_deleted") == 1
+    assert gw_b.peer_status()["ike"]["local_spi"] != old_spi
+    assert _counter(gw_b, "dpd_restart") == 0  # INITIAL_CONTACT did it, not DPD
+
+
+def test_restarted_responder_is_found_by_dead_peer_detection(topology: Topology) -> None:
+    gw_a, gw_b = _pair(topology, survivor_dpd=DPD_DELAY, restarted="b")
+    old_spi = gw_a.peer_status()["ike"]["local_spi"]
+    started = _crash_and_restart(topology, gw_b)
+    assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=DPD_DELAY + GIVE_UP + SLACK), (
+        gw_a.peer_status(),
+        gw_b.log_text()[-4000:],
+    )
+    took = time.monotonic() - started
+    print(f"restarted responder: tunnel back {took:.1f} s after the restart")
+    _assert_one_pair(gw_a, gw_b)
+    assert _counter(gw_a, "dpd_restart") == 1
+    assert _counter(gw_b, "invalid_ike_spi_sent") >= 1  # the hint went out
+    assert gw_a.peer_status()["ike"]["local_spi"] != old_spi
