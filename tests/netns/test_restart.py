@@ -56,10 +56,19 @@ def _pair(topo: Topology, survivor_dpd: int, restarted: str) -> tuple[IpsecdProc
     return gw_a, gw_b
 
 
-def _crash_and_restart(topo: Topology, victim: IpsecdProcess) -> float:
+def _crash_and_restart(topo: Topology, victim: IpsecdProcess, stale_tun: bool = False) -> float:
     victim.kill()
-    # Its TUN device and routes went with the process; a stale one would be adopted.
-    time.sleep(0.3)
+    tun = f"ipsec{victim.spec.name}"
+    # The kernel removed its TUN device and routes with the process...
+    assert tun not in topo.run(victim.spec.ns, "ip", "-br", "link").stdout
+    if stale_tun:
+        # ...but a persistent device of the same name, with the address and a route on
+        # it, may be left behind (an operator, an older version): it must not block us.
+        ns = victim.spec.ns
+        topo.run(ns, "ip", "tuntap", "add", "dev", tun, "mode", "tun")
+        topo.run(ns, "ip", "addr", "add", str(victim.spec.tun_address), "dev", tun)
+        topo.run(ns, "ip", "link", "set", tun, "up")
+        topo.run(ns, "ip", "route", "add", victim.spec.remote_ts[0], "dev", tun)
     started = time.monotonic()
     victim.start()
     return started
@@ -79,7 +88,7 @@ def test_restarted_initiator_is_taken_back_by_initial_contact(topology: Topology
     # The survivor's DPD is slow on purpose: only INITIAL_CONTACT can clean it up in time.
     gw_a, gw_b = _pair(topology, survivor_dpd=60, restarted="a")
     old_spi = gw_b.peer_status()["ike"]["local_spi"]
-    started = _crash_and_restart(topology, gw_a)
+    started = _crash_and_restart(topology, gw_a, stale_tun=True)
     assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=DPD_DELAY + SLACK), (
         gw_a.log_text()[-4000:],
         gw_b.peer_status(),
