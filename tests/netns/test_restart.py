@@ -36,9 +36,9 @@ def _settled(daemon: IpsecdProcess, timeout: float = 10.0) -> dict[str, object]:
     while time.monotonic() < deadline:
         peer = daemon.peer_status()
         ike = peer.get("ike") or {}
-        if ike.get("ike_sas") == 1 and ike.get("state") == "established":
-            if len(peer["children"]) == 1:
-                return peer
+        settled = ike.get("ike_sas") == 1 and ike.get("state") == "established"
+        if settled and len(peer["children"]) == 1:
+            return peer
         time.sleep(0.1)
     raise AssertionError(f"{daemon.spec.name} did not settle: {peer}")
 
