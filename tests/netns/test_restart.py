@@ -14,10 +14,15 @@ for the peer, matching the restarted side's.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+
+import pytest
 
 from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
 from ipsecd.lab.topology import HOST_B_IP, Topology
+from tests.netns.strongswan import Charon, SwanConnection, site_to_site
 
 DPD_DELAY = 2
 RETRANSMIT = {"retransmit_timeout": 0.25, "retransmit_tries": 3, "retry_interval": 2}
@@ -115,3 +120,117 @@ def test_restarted_responder_is_found_by_dead_peer_detection(topology: Topology)
     assert _counter(gw_a, "dpd_restart") == 1
     assert _counter(gw_b, "invalid_ike_spi_sent") >= 1  # the hint went out
     assert gw_a.peer_status()["ike"]["local_spi"] != old_spi
+
+
+# ---- with strongSwan ------------------------------------------------------------------------
+
+PSK = "restart-test-psk-0123456789abcdef"
+IKE = "aes256gcm16-prfsha256-x25519"
+ESP = "aes128gcm16"
+
+
+def _kill_charon(charon: Charon) -> None:
+    assert charon.proc is not None
+    os.killpg(charon.proc.pid, signal.SIGKILL)
+    charon.proc.wait(10)
+
+
+def _charon_settled(charon: Charon, timeout: float = 10.0) -> dict[str, object]:
+    """Wait until charon holds exactly one IKE SA with one installed CHILD_SA."""
+    deadline = time.monotonic() + timeout
+    sas: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        sas = charon.list_sas()
+        if (
+            len(sas) == 1
+            and len(kids := charon.child_sas()) == 1
+            and len(charon.child_sas(None)) == 1
+        ):
+            return kids[0]
+        time.sleep(0.1)
+    raise AssertionError(f"charon did not settle: {sas}\n{charon.tail()}")
+
+
+def _ipsecd_and_charon(
+    topo: Topology, ipsecd_initiates: bool, swan_dpd: int | None = None
+) -> tuple[IpsecdProcess, Charon, SwanConnection]:
+    """ipsecd on gwA, charon on gwB; one of them initiates."""
+    _, conn_b = site_to_site(
+        topo,
+        psk=PSK,
+        ike_proposals=IKE,
+        esp_proposals=ESP,
+        start_action="none" if ipsecd_initiates else "start",
+        dpd_delay=swan_dpd,
+        dpd_action="restart" if swan_dpd else None,
+    )
+    a, b = site_specs(topo)
+    a.ike_proposals, a.esp_proposals = [IKE], [ESP]
+    a.gateway_extra = dict(RETRANSMIT)
+    a.start = "initiate" if ipsecd_initiates else "respond"
+    # The survivor's DPD is slow: only the mechanism under test can repair it in time.
+    a.peer_extra = {"dpd_delay": DPD_DELAY if ipsecd_initiates else 60}
+    gw_a, _ = start_psk_pair(topo, a, b, psk_a=PSK, start=False)
+    charon = Charon(topo, topo.gw_b).start()
+    charon.load(conn_b)
+    gw_a.start()
+    gw_a.wait_up(timeout=20)
+    charon.wait_for_child_sa()
+    assert topo.wait_ping(topo.host_a, HOST_B_IP, timeout=10)
+    return gw_a, charon, conn_b
+
+
+def _matches(ipsecd_child: dict[str, object], swan_child: dict[str, object]) -> None:
+    assert int(str(swan_child["spi-in"]), 16) == int(str(ipsecd_child["spi_out"]), 16)
+    assert int(str(swan_child["spi-out"]), 16) == int(str(ipsecd_child["spi_in"]), 16)
+
+
+@pytest.mark.strongswan
+def test_restarted_ipsecd_initiator_clears_strongswan(topology: Topology) -> None:
+    """Our INITIAL_CONTACT makes charon drop the IKE SA we forgot."""
+    gw_a, charon, _ = _ipsecd_and_charon(topology, ipsecd_initiates=True)
+    try:
+        old = charon.list_sas()[0]
+        gw_a.kill()
+        gw_a.start()
+        assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=DPD_DELAY + SLACK)
+        (mine,) = _settled(gw_a)["children"]
+        theirs = _charon_settled(charon)
+        _matches(mine, theirs)
+        assert charon.list_sas()[0].get("initiator-spi") != old.get("initiator-spi")
+    finally:
+        charon.stop()
+
+
+@pytest.mark.strongswan
+def test_restarted_strongswan_initiator_clears_ipsecd(topology: Topology) -> None:
+    """charon's INITIAL_CONTACT makes ipsecd drop the IKE SA charon forgot."""
+    gw_a, charon, conn_b = _ipsecd_and_charon(topology, ipsecd_initiates=False)
+    try:
+        _kill_charon(charon)
+        restarted = Charon(topology, topology.gw_b, directory=charon.dir.with_name("charon-b2"))
+        restarted.start()
+        restarted.load(conn_b)  # start_action = start: initiates at once
+        charon = restarted
+        assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=SLACK)
+        (mine,) = _settled(gw_a)["children"]
+        _matches(mine, _charon_settled(charon))
+        assert _counter(gw_a, "initial_contact_deleted") == 1
+    finally:
+        charon.stop()
+
+
+@pytest.mark.strongswan
+def test_restarted_ipsecd_responder_is_found_by_strongswan_dpd(topology: Topology) -> None:
+    """charon's liveness check meets our INVALID_IKE_SPI, then its dpd_action restart."""
+    gw_a, charon, _ = _ipsecd_and_charon(topology, ipsecd_initiates=False, swan_dpd=DPD_DELAY)
+    try:
+        gw_a.kill()
+        gw_a.start()
+        # charon: 2 s idle, then 1 + 1.4 + 1.96 + 2.74 s of retransmissions, then restart.
+        assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=DPD_DELAY + 8 + SLACK)
+        (mine,) = _settled(gw_a)["children"]
+        _matches(mine, _charon_settled(charon))
+        assert _counter(gw_a, "invalid_ike_spi_sent") >= 1
+    finally:
+        charon.stop()
