@@ -29,7 +29,8 @@ from ipsecd.ike.sa import IkeSa, IkeState
 
 DEFAULT_DPD_DELAY = 30
 INVALID_SPI_RATE = 10  # INVALID_IKE_SPI answers per second at most (all sources together)
-INFORMATIONAL = 37
+IKE_AUTH, INFORMATIONAL = 35, 37
+INVALID_SPI_RESPONSE_LEN = 36  # IKE header + a Notify without SPI or data
 N_INVALID_IKE_SPI = 4
 N_INITIAL_CONTACT = 16384
 
@@ -102,16 +103,28 @@ class InvalidSpiResponder:
         self._sent = 0
 
     def answer(
-        self, header: Any, local: Address, remote: Address, natt_port: int, now: float
+        self,
+        header: Any,
+        request_len: int,
+        local: Address,
+        remote: Address,
+        natt_port: int,
+        now: float,
     ) -> OutgoingDatagram | None:
-        """The response for ``header`` (a request), or None when over the rate limit.
+        """The response for ``header`` (a request), or None when not answered.
 
-        Same SPIs and message id, R flag set, I flag cleared if the request had it
-        (we answer as the other end), no SK payload: we have no keys (§2.21.4).
+        Only protected exchanges (IKE_AUTH .. INFORMATIONAL) at least as long as the
+        answer (no amplification), within the rate.  Same SPIs and message id, R flag
+        set, I flag flipped (we answer as the other end), no SK payload: we have no
+        keys (§2.21.4).
         """
         from ipsecd.ike import message as codec
         from ipsecd.ike.payloads import Notify
 
+        if not IKE_AUTH <= header.exchange <= INFORMATIONAL:
+            return None
+        if request_len < INVALID_SPI_RESPONSE_LEN:
+            return None
         second = int(now)
         if second != self._second:
             self._second, self._sent = second, 0

@@ -591,8 +591,10 @@ class IkeManager:
             self._count("unknown_spi")
             if not header.response and header.exchange != base.IKE_SA_INIT:
                 # Perhaps we restarted and the peer did not: tell it (RFC 7296 §2.21.4).
-                answer = self._invalid_spi.answer(header, local, remote, self.natt_port, now)
-                self._count("invalid_ike_spi_sent" if answer else "invalid_ike_spi_limited")
+                answer = self._invalid_spi.answer(
+                    header, len(data), local, remote, self.natt_port, now
+                )
+                self._count("invalid_ike_spi_sent" if answer else "invalid_ike_spi_suppressed")
                 if answer is not None:
                     self._outgoing.append(answer)
             return

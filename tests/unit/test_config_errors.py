@@ -358,6 +358,25 @@ def test_manual_peer_takes_no_ike_options():
     )
 
 
+def test_manual_peer_takes_no_dead_peer_detection():
+    check(
+        MANUAL + "    dpd_delay: 10s\n",
+        "t.yaml:13: peers[0].dpd_delay: peer 'lab' uses static SAs (manual: at line 8), which"
+        " take no dpd_delay; remove one of the two",
+    )
+
+
+def test_dead_peer_detection_keys():
+    peer = parse(BASE).peers[0]
+    assert (peer.dpd_delay, peer.dpd_action) == (30, "restart")
+    text = BASE.replace("    auth:", "    dpd_delay: 1m30s\n    dpd_action: hold\n    auth:")
+    peer = parse(text).peers[0]
+    assert (peer.dpd_delay, peer.dpd_action) == (90, "hold")
+    assert parse(BASE.replace("    auth:", "    dpd_delay: 0\n    auth:")).peers[0].dpd_delay == 0
+    exc = error(BASE.replace("    auth:", "    dpd_action: restrat\n    auth:"))
+    assert exc.line == 8 and "restart" in exc.message
+
+
 def test_duplicate_peer_name():
     text = BASE + SECOND_PEER.replace("site-c", "site-b")
     check(

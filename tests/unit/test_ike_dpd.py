@@ -342,10 +342,15 @@ def test_restarted_responder_answers_invalid_ike_spi_and_dpd_restarts(tmp_path):
     assert len(installed_spis(pair, "a")) == 1 and len(installed_spis(pair, "b")) == 1
 
 
-def unknown_request(spi_i: int, *, response: bool = False, exchange: int = INFORMATIONAL) -> bytes:
-    """A header-only IKE message for IKE SA (spi_i, 1) that no one has."""
+def unknown_request(
+    spi_i: int, *, response: bool = False, exchange: int = INFORMATIONAL, sk: int = 32
+) -> bytes:
+    """An IKE message for IKE SA (spi_i, 1) that no one has, with an ``sk``-byte SK body."""
     flags = 0x08 | (0x20 if response else 0)
-    return struct.pack("!QQBBBBII", spi_i, 1, 0, 0x20, exchange, flags, 5, 28)
+    body = struct.pack("!BBH", 0, 0, 4 + sk) + os.urandom(sk) if sk else b""
+    first = 46 if sk else 0
+    header = struct.pack("!QQBBBBII", spi_i, 1, first, 0x20, exchange, flags, 5, 28 + len(body))
+    return header + body
 
 
 def test_invalid_ike_spi_answers_are_rate_limited(tmp_path):
@@ -355,17 +360,24 @@ def test_invalid_ike_spi_answers_are_rate_limited(tmp_path):
         pair.inject("b", unknown_request(int.from_bytes(os.urandom(8), "big") | 1))
     answers = pair.sent_by("b")[before:]
     assert len(answers) == 10
-    assert pair.b.counters["invalid_ike_spi_limited"] == 40
+    assert pair.b.counters["invalid_ike_spi_suppressed"] == 40
     assert all(len(s.data) == 36 and s.dst == (A_IP, 4500) for s in answers)
     pair.advance(1)
     pair.inject("b", unknown_request(7))
     assert len(pair.sent_by("b")[before:]) == 11
 
 
-def test_no_invalid_ike_spi_for_responses(tmp_path):
+def test_no_invalid_ike_spi_for_responses_short_or_odd_requests(tmp_path):
     pair = pair_with(tmp_path)
     before = len(pair.sent_by("b"))
     pair.inject("b", unknown_request(9, response=True))
+    pair.inject("b", unknown_request(10, sk=0))  # shorter than the answer: no amplifier
+    pair.inject("b", unknown_request(11, exchange=IKE_SA_INIT))  # SPIr set: not a new SA
+    pair.inject("b", unknown_request(12, exchange=99))
     pair.inject("b", b"\x00" * 3)  # malformed
     assert pair.sent_by("b")[before:] == []
-    assert pair.b.counters["unknown_spi"] == 1
+    assert pair.b.counters["unknown_spi"] == 4
+    assert pair.b.counters["invalid_ike_spi_suppressed"] == 2
+    pair.inject("b", unknown_request(13, exchange=IKE_AUTH))
+    (answer,) = pair.sent_by("b")[before:]
+    assert parse_message(answer.data).exchange_type == INFORMATIONAL
