@@ -122,6 +122,31 @@ def test_restarted_responder_is_found_by_dead_peer_detection(topology: Topology)
     assert gw_a.peer_status()["ike"]["local_spi"] != old_spi
 
 
+def test_dead_peer_on_hold_comes_back_with_traffic(topology: Topology) -> None:
+    """``dpd_action: hold``: down after DPD, until a packet for remote_ts arrives."""
+    a, b = site_specs(topology)
+    for spec in (a, b):
+        spec.gateway_extra = dict(RETRANSMIT)
+    a.peer_extra = {"dpd_delay": DPD_DELAY, "dpd_action": "hold"}
+    b.peer_extra = {"dpd_delay": 60}
+    gw_a, gw_b = start_psk_pair(topology, a, b)
+    gw_a.wait_up()
+    assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=10)
+    _crash_and_restart(topology, gw_b)
+    deadline = time.monotonic() + DPD_DELAY + GIVE_UP + SLACK
+    while _counter(gw_a, "dpd_hold") == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _counter(gw_a, "dpd_hold") == 1, gw_a.status()
+    time.sleep(1.0)  # held: nothing is initiated without traffic
+    peer = gw_a.peer_status()
+    assert peer["state"] == "down" and not peer["up"], peer
+    assert peer["ike"]["ike_sas"] == 0
+    # The first packet towards site B finds no CHILD_SA and brings the tunnel back.
+    assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=SLACK), gw_a.peer_status()
+    assert _counter(gw_a, "dpd_hold_acquires") == 1
+    _assert_one_pair(gw_a, gw_b)
+
+
 # ---- with strongSwan ------------------------------------------------------------------------
 
 PSK = "restart-test-psk-0123456789abcdef"
