@@ -124,12 +124,16 @@ class IkeManager:
             if peer.start == "initiate":
                 self.initiate(name, now)
 
-    def initiate(self, peer: str, now: float, *, on_demand: bool = False) -> None:
+    def initiate(
+        self, peer: str, now: float, *, on_demand: bool = False, replace: bool = False
+    ) -> None:
         """Bring ``peer`` up (no-op if an IKE SA for it is up or being set up).
 
         ``on_demand``: started by traffic (``start: trap``), not kept up: after a
         failure or a Delete it is not retried; the next packet starts it again.  An
         established IKE SA that lost its last CHILD_SA gets a new one (CREATE_CHILD_SA).
+        ``replace``: set up a new IKE SA beside the existing one, with INITIAL_CONTACT,
+        and drop the older ones once it is up (the peer seems to have restarted).
         """
         if peer not in self.peers:
             raise KeyError(f"no IKE peer named {peer!r}")
@@ -139,7 +143,7 @@ class IkeManager:
             state.wanted = True
             state.retry_at = None
         existing = self._sa_for(peer, unauthenticated=False)
-        if existing is not None:
+        if existing is not None and not replace:
             if on_demand and self._childless(existing):
                 self.create_child(peer, now)
             return
@@ -162,7 +166,8 @@ class IkeManager:
 
         # RFC 7296 §2.4: INITIAL_CONTACT only when no other IKE SA with this peer exists.
         others = [s for s in self.sas.values() if s.alive and s.peer_name == peer]
-        sa.send_initial_contact = not others
+        sa.send_initial_contact = replace or not others
+        sa.replace_others = replace
         sa.tasks.append(IkeSaInit(tuple(config.ike_proposals)))
         sa.kick(now)  # assigns SPIi while building the request
         self.sas[sa.local_spi] = sa
@@ -681,7 +686,13 @@ class IkeManager:
             self.half_open.established(sa, now)
             if sa.initial_contact_received:
                 sa.initial_contact_received = False
-                self._forget_others(sa, now)
+                self._forget_others(sa, now, "restarted (INITIAL_CONTACT)")
+            if sa.replace_others:
+                sa.replace_others = False
+                self._forget_others(sa, now, "replaced after INVALID_IKE_SPI (restarted?)")
+        if sa.restart_hint:
+            sa.restart_hint = False
+            self._restart_hint(sa, now)
         while sa.spawned:  # the IKE SA that replaces this one (rekey, §2.18)
             new = sa.spawned.pop(0)
             self.sas[new.local_spi] = new
@@ -720,7 +731,25 @@ class IkeManager:
             state.retry_at = None
             state.held = action == "hold"
 
-    def _forget_others(self, sa: IkeSa, now: float) -> None:
+    def _restart_hint(self, sa: IkeSa, now: float) -> None:
+        """INVALID_IKE_SPI came back for a request of ``sa``: the peer probably restarted.
+
+        The hint may be forged, so ``sa`` itself is left alone (RFC 7296 §2.21.4); with
+        ``dpd_action: restart`` a new IKE SA with INITIAL_CONTACT is set up beside it and
+        replaces it once up.  Either way both sides end with the new one only.
+        """
+        name = sa.peer_name
+        if (
+            getattr(sa.peer, "dpd_action", "restart") != "restart"
+            or name not in self.peers
+            or sa.local_spi in self._retiring
+            or any(s.alive and s.replace_others and s.peer_name == name for s in self.sas.values())
+        ):
+            return
+        self._count("restart_hints_followed")
+        self.initiate(name, now, replace=True)
+
+    def _forget_others(self, sa: IkeSa, now: float, why: str) -> None:
         """N(INITIAL_CONTACT) (§2.4): the peer forgot its other IKE SAs with us; drop them
         (and their CHILD_SAs) without a Delete, which it could not decrypt anyway."""
         remote_id = sa.peer.auth.remote_id
@@ -732,5 +761,5 @@ class IkeManager:
                 and other.peer.auth.remote_id == remote_id
             ):
                 self._count("initial_contact_deleted")
-                other.deleted(f"peer {other.peer_name} restarted (INITIAL_CONTACT)")
+                other.deleted(f"peer {other.peer_name} {why}")
                 self._collect(other, now)

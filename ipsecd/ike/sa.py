@@ -195,6 +195,8 @@ class IkeSa:
     peer_dead: bool = False  # an exchange of the established SA went unanswered
     send_initial_contact: bool = False  # first IKE SA with this peer: N(INITIAL_CONTACT)
     initial_contact_received: bool = False  # the peer forgot every other IKE SA with us
+    restart_hint: bool = False  # an INVALID_IKE_SPI answered our request (§2.21.4)
+    replace_others: bool = False  # started on such a hint: replaces the older IKE SAs
 
     # ---- identity --------------------------------------------------------
 
@@ -339,6 +341,8 @@ class IkeSa:
                 # An unprotected INVALID_IKE_SPI (§2.21.4) is only a hint: counted, no action.
                 hint = is_invalid_ike_spi(data)
                 self.count("invalid_ike_spi_received" if hint else "undecryptable")
+                if hint and self.state is IkeState.ESTABLISHED and self.rekeyed_to is None:
+                    self.restart_hint = True
                 return
             if message is None:  # an IKE fragment; the message is not complete yet
                 return

@@ -4,9 +4,11 @@ RFC 7296 §2.4.  Nothing is done to the surviving daemon (status reads only):
 
 * the restarted side initiates: its IKE_AUTH carries INITIAL_CONTACT and the
   survivor drops the IKE SA and CHILD_SAs the crashed side forgot;
-* the restarted side only responds: the survivor's dead peer detection finds
-  the old IKE SA unanswered (the restarted side answers INVALID_IKE_SPI, a
-  hint only) and ``dpd_action: restart`` builds a new one.
+* the restarted side only responds: the survivor's liveness check (after
+  ``dpd_delay`` without traffic) is answered with INVALID_IKE_SPI, a hint on which
+  the survivor sets up a new IKE SA with INITIAL_CONTACT beside the old one and
+  drops the old one once it is up (``dpd_action: restart``; with ``hold`` the
+  liveness check runs out and the first packet brings the tunnel back).
 
 Either way the survivor ends with exactly one IKE SA and one CHILD_SA pair
 for the peer, matching the restarted side's.
@@ -106,7 +108,7 @@ def test_restarted_initiator_is_taken_back_by_initial_contact(topology: Topology
     assert _counter(gw_b, "dpd_restart") == 0  # INITIAL_CONTACT did it, not DPD
 
 
-def test_restarted_responder_is_found_by_dead_peer_detection(topology: Topology) -> None:
+def test_restarted_responder_is_noticed_by_the_survivor(topology: Topology) -> None:
     gw_a, gw_b = _pair(topology, survivor_dpd=DPD_DELAY, restarted="b")
     old_spi = gw_a.peer_status()["ike"]["local_spi"]
     started = _crash_and_restart(topology, gw_b)
@@ -117,7 +119,11 @@ def test_restarted_responder_is_found_by_dead_peer_detection(topology: Topology)
     took = time.monotonic() - started
     print(f"restarted responder: tunnel back {took:.1f} s after the restart")
     _assert_one_pair(gw_a, gw_b)
-    assert _counter(gw_a, "dpd_restart") == 1
+    # Normally the restarted side's INVALID_IKE_SPI answer to the liveness check starts the
+    # new IKE SA at once; had every such answer been lost, DPD would have run out instead.
+    hinted, timed_out = _counter(gw_a, "restart_hints_followed"), _counter(gw_a, "dpd_restart")
+    print(f"restart hint followed: {hinted}, DPD ran out: {timed_out}")
+    assert hinted + timed_out == 1
     assert _counter(gw_b, "invalid_ike_spi_sent") >= 1  # the hint went out
     assert gw_a.peer_status()["ike"]["local_spi"] != old_spi
 
@@ -257,5 +263,28 @@ def test_restarted_ipsecd_responder_is_found_by_strongswan_dpd(topology: Topolog
         (mine,) = _settled(gw_a)["children"]
         _matches(mine, _charon_settled(charon))
         assert _counter(gw_a, "invalid_ike_spi_sent") >= 1
+    finally:
+        charon.stop()
+
+
+@pytest.mark.strongswan
+def test_restarted_strongswan_responder_is_noticed_by_ipsecd(topology: Topology) -> None:
+    """Our liveness check reaches a restarted charon; we set up a new IKE SA."""
+    gw_a, charon, conn_b = _ipsecd_and_charon(topology, ipsecd_initiates=True)
+    try:
+        _kill_charon(charon)
+        restarted = Charon(topology, topology.gw_b, directory=charon.dir.with_name("charon-b2"))
+        restarted.start()
+        restarted.load(conn_b)  # start_action = none: it only responds
+        charon = restarted
+        assert topology.wait_ping(
+            topology.host_a, HOST_B_IP, timeout=DPD_DELAY + GIVE_UP + SLACK
+        ), gw_a.peer_status()
+        (mine,) = _settled(gw_a)["children"]
+        _matches(mine, _charon_settled(charon))
+        hinted = _counter(gw_a, "restart_hints_followed")
+        timed_out = _counter(gw_a, "dpd_restart")
+        print(f"charon restarted: hint followed {hinted}, DPD ran out {timed_out}")
+        assert hinted + timed_out == 1
     finally:
         charon.stop()

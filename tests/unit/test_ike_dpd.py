@@ -316,13 +316,13 @@ def test_initial_contact_spares_other_peers(tmp_path):
 # ---- a restarted responder: INVALID_IKE_SPI and DPD ----------------------------------------
 
 
-def test_restarted_responder_answers_invalid_ike_spi_and_dpd_restarts(tmp_path):
+def test_restarted_responder_answers_invalid_ike_spi_and_is_replaced(tmp_path):
     pair = pair_with(tmp_path, {"dpd_delay": "10s"}, {"dpd_delay": "10s"})
     old = pair.a.ike_sa("b")
     restart(pair, "b")  # b forgot everything; it only responds
     pair.advance(10.1)
     (check, *_) = informational(pair, "a")
-    (hint, *_) = informational(pair, "b", response=True)
+    (hint,) = informational(pair, "b", response=True)
     msg = parse_message(hint.data)
     # §2.21.4: same SPIs and message id, response, unprotected, just the notify.
     assert (msg.spi_i, msg.spi_r) == (old.spi_i, old.spi_r)
@@ -330,16 +330,74 @@ def test_restarted_responder_answers_invalid_ike_spi_and_dpd_restarts(tmp_path):
     assert msg.response and not msg.initiator
     assert [p.notify_type for p in msg.payloads] == [INVALID_IKE_SPI]
     assert len(hint.data) <= len(check.data)  # never an amplifier
-    assert pair.b.counters["invalid_ike_spi_sent"] >= 1
-    # Only a hint: a keeps its SA until the retransmissions run out.
-    assert pair.a.counters["invalid_ike_spi_received"] >= 1
-    assert pair.a.ike_sa("b") is old
-    assert pair.of_type("a", ev.IkeSaDeleted) == []
-    pair.advance(3.5)
-    assert pair.a.counters["dpd_restart"] == 1
+    assert pair.b.counters["invalid_ike_spi_sent"] == 1
+    assert pair.a.counters["invalid_ike_spi_received"] == 1
+    # The hint leaves the old SA alone but starts a new one (with INITIAL_CONTACT) at
+    # once, which replaces it: no waiting for the retransmissions to run out.
+    assert pair.a.counters["restart_hints_followed"] == 1
+    (sa,) = ike_sas(pair, "a")
+    assert sa is not old and sa.established_at == pytest.approx(1010.0)
+    (gone,) = pair.of_type("a", ev.IkeSaDeleted)
+    assert "replaced after INVALID_IKE_SPI" in gone.reason
+    assert "dpd_restart" not in pair.a.counters
     assert pair.status("a")["state"] == pair.status("b")["state"] == "established"
-    assert len(ike_sas(pair, "a")) == 1 and len(ike_sas(pair, "b")) == 1
+    assert len(ike_sas(pair, "b")) == 1
     assert len(installed_spis(pair, "a")) == 1 and len(installed_spis(pair, "b")) == 1
+    assert pair.b.counters.get("initial_contact_deleted", 0) == 0  # b had nothing to drop
+
+
+def forge_invalid_spi(pair: IkePair, *, pump: bool = True) -> None:
+    """An INVALID_IKE_SPI answer to a's outstanding request, not from b."""
+    from ipsecd.ike import message as codec
+
+    sa = pair.a.ike_sa("b")
+    assert sa.outstanding is not None
+    forged = codec.encode(
+        codec.Message(
+            spi_i=sa.spi_i,
+            spi_r=sa.spi_r,
+            exchange_type=INFORMATIONAL,
+            initiator=False,
+            response=True,
+            message_id=sa.outstanding.message_id,
+            payloads=(pl.Notify(notify_type=INVALID_IKE_SPI),),
+        )
+    )
+    if pump:
+        pair.inject("a", forged)
+    else:
+        pair.a.receive_datagram(forged, (A_IP, 4500), (B_IP, 4500), pair.now)
+
+
+def test_forged_invalid_ike_spi_costs_one_new_ike_sa_at_most(tmp_path):
+    pair = pair_with(tmp_path, {"dpd_delay": "10s"}, {"dpd_delay": "60s"})
+    old = pair.a.ike_sa("b")
+    pair.net.drop = lambda sent: sent.sender == "b"  # hold b's answer back a moment
+    pair.advance(10.1)
+    pair.net.drop = lambda sent: False
+    forge_invalid_spi(pair, pump=False)
+    forge_invalid_spi(pair)  # a second one starts nothing more
+    assert pair.a.counters["restart_hints_followed"] == 1
+    pair.advance(5)
+    # Both sides moved to the new IKE SA: b dropped the old one on INITIAL_CONTACT.
+    (a_sa,) = ike_sas(pair, "a")
+    (b_sa,) = ike_sas(pair, "b")
+    assert a_sa is not old and a_sa.local_spi == b_sa.remote_spi
+    assert pair.b.counters["initial_contact_deleted"] == 1
+    assert len(installed_spis(pair, "a")) == 1 and len(installed_spis(pair, "b")) == 1
+    assert pair.of_type("a", ev.NegotiationFailed) == []
+
+
+@pytest.mark.parametrize("action", ["clear", "hold"])
+def test_invalid_ike_spi_is_ignored_unless_dpd_action_restart(tmp_path, action):
+    pair = pair_with(tmp_path, {"dpd_delay": "10s", "dpd_action": action}, {"dpd_delay": 0})
+    old = pair.a.ike_sa("b")
+    pair.net.drop = lambda sent: sent.sender == "b"
+    pair.advance(10.1)
+    forge_invalid_spi(pair)
+    assert pair.a.counters["invalid_ike_spi_received"] == 1
+    assert "restart_hints_followed" not in pair.a.counters
+    assert ike_sas(pair, "a") == [old]
 
 
 def unknown_request(
