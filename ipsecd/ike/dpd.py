@@ -16,8 +16,10 @@ strongSwan's ``ike_dpd`` task and its ``dpd_delay``/``dpd_action`` settings:
   SA with us (it restarted), so those are removed without a Delete.
 * **INVALID_IKE_SPI.**  A request for an IKE SA we do not know (the peer's SA
   outlived our restart) is answered, unprotected and rate limited, with
-  N(INVALID_IKE_SPI); receiving one is only a hint and changes nothing, since
-  anyone could have sent it (§2.21.4).
+  N(INVALID_IKE_SPI).  Receiving one is only a hint, since anyone could have
+  sent it (§2.21.4): the IKE SA it names is left alone, but with
+  ``dpd_action: restart`` a new IKE SA with INITIAL_CONTACT is set up beside
+  it and replaces it once up (``IkeManager.initiate(..., replace=True)``).
 """
 
 from __future__ import annotations
