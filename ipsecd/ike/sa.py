@@ -338,7 +338,8 @@ class IkeSa:
             except base.DecodeError:
                 from ipsecd.ike.dpd import is_invalid_ike_spi
 
-                # An unprotected INVALID_IKE_SPI (§2.21.4) is only a hint: counted, no action.
+                # An unprotected INVALID_IKE_SPI (§2.21.4) is only a hint: this SA stays;
+                # the manager may set up a replacement beside it (dpd_action restart).
                 hint = is_invalid_ike_spi(data)
                 self.count("invalid_ike_spi_received" if hint else "undecryptable")
                 if hint and self.state is IkeState.ESTABLISHED and self.rekeyed_to is None:
