@@ -165,7 +165,11 @@ class IkeManager:
         from ipsecd.ike.exchanges.sa_init import IkeSaInit
 
         # RFC 7296 §2.4: INITIAL_CONTACT only when no other IKE SA with this peer exists.
-        others = [s for s in self.sas.values() if s.alive and s.peer_name == peer]
+        others = [
+            s
+            for s in self.sas.values()
+            if s.alive and s.peer_name == peer and not self.half_open.holds(s)
+        ]
         sa.send_initial_contact = replace or not others
         sa.replace_others = replace
         sa.tasks.append(IkeSaInit(tuple(config.ike_proposals)))
@@ -277,7 +281,10 @@ class IkeManager:
             entry: dict[str, Any] = {
                 "peer": name,
                 "last_error": state.last_error,
-                "ike_sas": sum(s.alive and s.peer_name == name for s in self.sas.values()),
+                "ike_sas": sum(
+                    s.alive and s.peer_name == name and not self.half_open.holds(s)
+                    for s in self.sas.values()
+                ),
             }
             if sa is None:
                 entry["state"] = "connecting" if state.retry_at is not None else "down"
@@ -347,7 +354,7 @@ class IkeManager:
         """Traffic for ``peer``'s selectors found no CHILD_SA: initiate if the peer waits
         for that (``dpd_action: hold`` after it was found dead).  True if it initiated."""
         state = self.peer_state.get(peer)
-        if state is None or not state.held or self._sa_for(peer) is not None:
+        if state is None or not state.held or self._sa_for(peer, unauthenticated=False) is not None:
             return False
         self._count("dpd_hold_acquires")
         self.initiate(peer, now)
