@@ -129,6 +129,11 @@ def render_metrics(status: dict[str, Any]) -> str:
     )
     up = family("tunnel_up", "gauge", "Whether at least one CHILD_SA to the peer is installed.")
     child_sas = family("child_sas", "gauge", "Installed CHILD_SAs per peer.")
+    last_seen = family(
+        "peer_last_seen_seconds",
+        "gauge",
+        "Seconds since IKE or ESP last came in from the peer (dead peer detection).",
+    )
     peer_packets = family(
         "peer_packets_total", "counter", "ESP packets per peer and direction (installed SAs)."
     )
@@ -175,6 +180,9 @@ def render_metrics(status: dict[str, Any]) -> str:
         up.add(bool(peer.get("up")), peer=name)
         children = peer.get("children") or []
         child_sas.add(len(children), peer=name)
+        seen = (peer.get("ike") or {}).get("last_seen_seconds")
+        if seen is not None:
+            last_seen.add(float(seen), peer=name)
         for direction in ("in", "out"):
             peer_packets.add(0, peer=name, direction=direction)
             peer_bytes.add(0, peer=name, direction=direction)

@@ -450,6 +450,17 @@ def test_close_releases_the_port_and_idle_clients() -> None:
         sock.bind(("127.0.0.1", port))  # free again
 
 
+def test_peer_last_seen_gauge() -> None:
+    status = _status()
+    status["peers"][0]["ike"] = {"dpd": "idle", "dpd_delay": 30, "last_seen_seconds": 4.5}
+    lines = _lines(render_metrics(status))
+    assert 'ipsecd_peer_last_seen_seconds{peer="site-b"} 4.5' in lines
+    assert not any(
+        line.startswith("ipsecd_peer_last_seen_seconds{")
+        for line in _lines(render_metrics(_status()))
+    )
+
+
 def test_ike_dos_gauges() -> None:
     status = _status()
     status["ike_dos"] = {"half_open": 7, "cookies_required": True, "cookie_threshold": 5}
