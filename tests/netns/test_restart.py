@@ -66,8 +66,11 @@ def _pair(topo: Topology, survivor_dpd: int, restarted: str) -> tuple[IpsecdProc
 def _crash_and_restart(topo: Topology, victim: IpsecdProcess, stale_tun: bool = False) -> float:
     victim.kill()
     tun = f"ipsec{victim.spec.name}"
-    # The kernel removed its TUN device and routes with the process...
-    assert tun not in topo.run(victim.spec.ns, "ip", "-br", "link").stdout
+    # The kernel removes its TUN device and routes with the process...
+    deadline = time.monotonic() + 5
+    while tun in topo.run(victim.spec.ns, "ip", "-br", "link").stdout:
+        assert time.monotonic() < deadline, f"{tun} outlived the killed daemon"
+        time.sleep(0.05)
     if stale_tun:
         # ...but a persistent device of the same name, with the address and a route on
         # it, may be left behind (an operator, an older version): it must not block us.
