@@ -14,6 +14,9 @@ strongSwan's ``ike_dpd`` task and its ``dpd_delay``/``dpd_action`` settings:
 * **INITIAL_CONTACT.**  The first IKE SA with a peer carries N(INITIAL_CONTACT)
   in its IKE_AUTH request; a peer that sends it has forgotten every other IKE
   SA with us (it restarted), so those are removed without a Delete.
+* **Duplicates.**  When both ends initiate at once (both restart after an
+  outage), two IKE SAs come up; the one with the smaller (SPIi, SPIr) is
+  deleted by both ends, which pick the same one.
 * **INVALID_IKE_SPI.**  A request for an IKE SA we do not know (the peer's SA
   outlived our restart) is answered, unprotected and rate limited, with
   N(INVALID_IKE_SPI).  Receiving one is only a hint, since anyone could have
@@ -24,6 +27,7 @@ strongSwan's ``ike_dpd`` task and its ``dpd_delay``/``dpd_action`` settings:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from ipsecd.ike.events import Address, OutgoingDatagram
@@ -79,6 +83,28 @@ def describe(sa: IkeSa) -> dict[str, Any]:
         "dpd": "off" if not dpd_delay(sa) else "checking" if checking else "idle",
         "last_seen": last_seen(sa),
     }
+
+
+def _settled(sa: IkeSa) -> bool:
+    return (
+        sa.state is IkeState.ESTABLISHED
+        and sa.rekeyed_to is None
+        and not sa.rekey_queued
+        and not sa.replace_others
+    )
+
+
+def duplicate(sa: IkeSa, others: Iterable[IkeSa]) -> IkeSa | None:
+    """The IKE SA to delete if ``sa``, just authenticated, duplicates another one with
+    the same peer (crossing initiations).  RFC 7296 allows several, but one is enough:
+    both ends pick the smaller (SPIi, SPIr) and Delete it (§1.4.1; simultaneous Deletes
+    of one SA are answered normally).  None while a rekey is under way."""
+    if not _settled(sa):
+        return None
+    for other in others:
+        if other is not sa and other.peer_name == sa.peer_name and _settled(other):
+            return min(sa, other, key=lambda s: (s.spi_i, s.spi_r))
+    return None
 
 
 def is_invalid_ike_spi(data: bytes) -> bool:

@@ -697,6 +697,9 @@ class IkeManager:
             if sa.replace_others:
                 sa.replace_others = False
                 self._forget_others(sa, now, "replaced after INVALID_IKE_SPI (restarted?)")
+            if sa.check_duplicates:
+                sa.check_duplicates = False
+                self._delete_duplicate(sa, now)
         if sa.restart_hint:
             sa.restart_hint = False
             self._restart_hint(sa, now)
@@ -755,6 +758,17 @@ class IkeManager:
             return
         self._count("restart_hints_followed")
         self.initiate(name, now, replace=True)
+
+    def _delete_duplicate(self, sa: IkeSa, now: float) -> None:
+        """Both ends initiated at once: Delete the IKE SA both ends agree on (ike/dpd.py)."""
+        from ipsecd.ike.exchanges.informational import DeleteIkeSa
+
+        others = [s for s in self.sas.values() if s.local_spi not in self._retiring]
+        loser = dpd.duplicate(sa, others)
+        if loser is not None:
+            self._count("duplicate_ike_sa_deleted")
+            loser.queue(DeleteIkeSa("duplicate IKE SA (both ends initiated)"), now)
+            self._collect(loser, now)
 
     def _forget_others(self, sa: IkeSa, now: float, why: str) -> None:
         """N(INITIAL_CONTACT) (§2.4): the peer forgot its other IKE SAs with us; drop them

@@ -197,6 +197,7 @@ class IkeSa:
     initial_contact_received: bool = False  # the peer forgot every other IKE SA with us
     restart_hint: bool = False  # an INVALID_IKE_SPI answered our request (§2.21.4)
     replace_others: bool = False  # started on such a hint: replaces the older IKE SAs
+    check_duplicates: bool = False  # just authenticated: another IKE SA with the peer?
 
     # ---- identity --------------------------------------------------------
 

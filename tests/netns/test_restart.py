@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -289,5 +290,50 @@ def test_restarted_strongswan_responder_is_noticed_by_ipsecd(topology: Topology)
         timed_out = _counter(gw_a, "dpd_restart")
         print(f"charon restarted: hint followed {hinted}, DPD ran out {timed_out}")
         assert hinted + timed_out == 1
+    finally:
+        charon.stop()
+
+
+# ---- both ends initiate at once -------------------------------------------------------------
+
+
+def _crossing(topo: Topology, *start: Callable[[], object]) -> None:
+    """Start the initiators with the link down; bring it up so their handshakes cross."""
+    topo.set_loss(100)
+    for begin in start:
+        begin()
+    time.sleep(1.5)  # both IKE_SA_INITs are out and being retransmitted
+    topo.set_loss(0)
+
+
+def test_crossing_initiations_leave_one_ike_sa(topology: Topology) -> None:
+    a, b = site_specs(topology)
+    for spec in (a, b):
+        spec.gateway_extra = {"retransmit_timeout": 1.0, "retransmit_tries": 3}
+        spec.start = "initiate"
+    gw_a, gw_b = start_psk_pair(topology, a, b, start=False)
+    _crossing(topology, gw_a.start, gw_b.start)
+    assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=SLACK)
+    _assert_one_pair(gw_a, gw_b)
+    assert _counter(gw_a, "duplicate_ike_sa_deleted") == 1
+    assert _counter(gw_b, "duplicate_ike_sa_deleted") == 1
+
+
+@pytest.mark.strongswan
+def test_crossing_initiations_with_strongswan_leave_one_ike_sa(topology: Topology) -> None:
+    _, conn_b = site_to_site(
+        topology, psk=PSK, ike_proposals=IKE, esp_proposals=ESP, start_action="start"
+    )
+    a, b = site_specs(topology)
+    a.ike_proposals, a.esp_proposals = [IKE], [ESP]
+    a.gateway_extra = {"retransmit_timeout": 1.0, "retransmit_tries": 3}
+    gw_a, _ = start_psk_pair(topology, a, b, psk_a=PSK, start=False)
+    charon = Charon(topology, topology.gw_b, retransmit_tries=5).start()
+    try:
+        _crossing(topology, lambda: charon.load(conn_b), gw_a.start)
+        assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=SLACK)
+        (mine,) = _settled(gw_a)["children"]
+        _matches(mine, _charon_settled(charon))
+        print("duplicates deleted by ipsecd:", _counter(gw_a, "duplicate_ike_sa_deleted"))
     finally:
         charon.stop()

@@ -439,3 +439,39 @@ def test_no_invalid_ike_spi_for_responses_short_or_odd_requests(tmp_path):
     pair.inject("b", unknown_request(13, exchange=IKE_AUTH))
     (answer,) = pair.sent_by("b")[before:]
     assert parse_message(answer.data).exchange_type == INFORMATIONAL
+
+
+# ---- crossing initiations -------------------------------------------------------------------
+
+
+def assert_one_working_pair(pair: IkePair) -> None:
+    (a_sa,) = ike_sas(pair, "a")
+    (b_sa,) = ike_sas(pair, "b")
+    assert (a_sa.spi_i, a_sa.spi_r) == (b_sa.spi_i, b_sa.spi_r)
+    (a_spi,) = installed_spis(pair, "a")
+    (b_spi,) = installed_spis(pair, "b")
+    assert a_sa.children[a_spi].spi_out == b_spi and b_sa.children[b_spi].spi_out == a_spi
+
+
+def test_crossing_initiations_leave_one_ike_sa(tmp_path):
+    """Both ends start: initiate at the same moment; both delete the same duplicate."""
+    pair = IkePair(tmp_path, side_a(**FAST), side_b(**FAST, start="initiate"), start=False)
+    pair.a.start(pair.now)
+    pair.b.start(pair.now)
+    pair.pump()
+    assert pair.a.counters["duplicate_ike_sa_deleted"] == 1
+    assert pair.b.counters["duplicate_ike_sa_deleted"] == 1
+    assert_one_working_pair(pair)
+    pair.advance(100)  # and it stays that way: no retries, no further deletes
+    assert_one_working_pair(pair)
+    assert pair.of_type("a", ev.NegotiationFailed) == pair.of_type("b", ev.NegotiationFailed) == []
+
+
+def test_both_ends_restart_after_an_outage_and_keep_one_ike_sa(tmp_path):
+    pair = pair_with(tmp_path, {"dpd_delay": "10s"}, {"dpd_delay": "10s"})
+    pair.net.drop = lambda sent: True  # the link goes down
+    pair.advance(20)
+    assert pair.a.counters["dpd_restart"] == pair.b.counters["dpd_restart"] == 1
+    pair.net.drop = lambda sent: False  # and comes back while both are re-initiating
+    pair.advance(30)
+    assert_one_working_pair(pair)

@@ -47,6 +47,7 @@ def established(sa: IkeSa, now: float) -> None:
     sa.transition("auth_done")
     sa.established_at = now
     sa.last_error = None
+    sa.check_duplicates = True  # crossing initiations leave one IKE SA (ike/dpd.py)
     sa.events.append(
         IkeSaEstablished(
             sa.peer_name,
