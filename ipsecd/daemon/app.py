@@ -194,27 +194,6 @@ class Daemon:
             # follows authenticated IKE (PeerAddressChanged), as strongSwan does.
             self.counters["esp_from_new_address"] += len(moved)
 
-    def _on_udp(self, sock: UdpSocket) -> None:
-        datagrams = sock.recv_batch(BURST)
-        if not datagrams:
-            return
-        if (
-            sock.local[1] == self.config.gateway.ike_port
-            and sock.local[1] != self.config.gateway.port
-        ):
-            for data, remote in datagrams:
-                self._ike_receive(data, sock.local, remote)
-            return
-        to_tun, ike, moved = self.processor.from_udp(datagrams)
-        if to_tun:
-            self.tun.write_batch(to_tun)
-        for data, remote in ike:
-            self._ike_receive(data, sock.local, remote)
-        if moved:
-            # Authentic ESP from an unexpected endpoint: counted; the endpoint itself only
-            # follows authenticated IKE (PeerAddressChanged), as strongSwan does.
-            self.counters["esp_from_new_address"] += len(moved)
-
     # -- IKE -------------------------------------------------------------------------------
     def _ike_receive(self, data: bytes, local: Address, remote: Address) -> None:
         if self.ike is None:

@@ -104,6 +104,8 @@ def apply_event(daemon: Daemon, event: Any) -> None:
             if queued:
                 log.info("on-demand queue sent", peer=event.peer, packets=len(queued))
                 daemon.send_queued(queued)
+            if daemon.config.peer(event.peer).start != "trap":
+                daemon.trap.unwatch(event.peer)  # back from dpd_action hold
     elif isinstance(event, ev.ChildSaOutboundActivated):
         # RFC 7296 §2.8: the rekeyed SA is gone; the new one now carries our traffic.
         if daemon.sad.activate_outbound(event.spi_in) is not None:
@@ -134,6 +136,13 @@ def apply_event(daemon: Daemon, event: Any) -> None:
         log.info(
             "peer address changed", peer=event.peer, remote=f"{event.remote[0]}:{event.remote[1]}"
         )
+    elif isinstance(event, ev.PeerDead):
+        daemon.counters["dead_peers"] += 1
+        log.warning("peer is dead", peer=event.peer, dpd_action=event.action)
+        if event.action == "hold":
+            # RFC 7296 §2.4 / strongSwan dpd_action=trap: down until traffic needs it.
+            peer = daemon.config.peer(event.peer)
+            daemon.trap.watch(peer.name, peer.local_ts, peer.remote_ts)
     elif isinstance(event, ev.NegotiationFailed):
         daemon.last_error[event.peer] = event.reason
         daemon.counters["negotiation_failed"] += 1

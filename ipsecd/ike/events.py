@@ -132,6 +132,19 @@ class NegotiationFailed(Event):
 
 
 @dataclass(frozen=True)
+class PeerDead(Event):
+    """Dead peer detection gave up on ``peer`` (RFC 7296 §2.4); its SAs are gone.
+
+    ``action`` is its ``dpd_action``: ``restart`` (initiating again already), ``clear``
+    (stays down) or ``hold``: the shell arms the peer's trap, so the next packet for
+    its selectors starts it again (``initiate(peer, now, on_demand=True)``).
+    """
+
+    peer: str
+    action: str
+
+
+@dataclass(frozen=True)
 class PeerAddressChanged(Event):
     """The peer's address or port changed (NAT rebinding, RFC 7296 §2.23).
 

@@ -42,6 +42,7 @@ from ipsecd.ike.events import (
     Event,
     NegotiationFailed,
     OutgoingDatagram,
+    PeerDead,
 )
 from ipsecd.ike.exchanges import base
 from ipsecd.ike.exchanges.rekey import random_unit
@@ -72,7 +73,7 @@ class _PeerState:
     retry_at: float | None = None
     last_error: str | None = None
     wanted: bool = False  # the operator (or start: initiate) wants this peer up
-    held: bool = False  # dead peer with dpd_action hold: initiate on traffic (acquire)
+    held: bool = False  # dead peer with dpd_action hold: the next packet starts it
 
 
 def _addr(value: Any) -> str:
@@ -138,8 +139,10 @@ class IkeManager:
         if peer not in self.peers:
             raise KeyError(f"no IKE peer named {peer!r}")
         state = self.peer_state[peer]
-        state.held = False
-        if not on_demand:
+        held, state.held = state.held, False
+        # A held peer (dpd_action hold) brought back by traffic is kept up again if its
+        # config says so; other on-demand starts are not.
+        if not on_demand or (held and self.peers[peer].start == "initiate"):
             state.wanted = True
             state.retry_at = None
         existing = self._sa_for(peer, unauthenticated=False)
@@ -287,7 +290,13 @@ class IkeManager:
                 ),
             }
             if sa is None:
-                entry["state"] = "connecting" if state.retry_at is not None else "down"
+                entry["state"] = (
+                    "held"  # dpd_action hold: the next packet for remote_ts starts it
+                    if state.held
+                    else "connecting"
+                    if state.retry_at is not None
+                    else "down"
+                )
                 if state.retry_at is not None:
                     entry["retry_at"] = state.retry_at
             else:
@@ -349,16 +358,6 @@ class IkeManager:
         sa = self._established(peer)
         sa.queue_liveness_check(now)
         self._collect(sa, now)
-
-    def acquire(self, peer: str, now: float) -> bool:
-        """Traffic for ``peer``'s selectors found no CHILD_SA: initiate if the peer waits
-        for that (``dpd_action: hold`` after it was found dead).  True if it initiated."""
-        state = self.peer_state.get(peer)
-        if state is None or not state.held or self._sa_for(peer, unauthenticated=False) is not None:
-            return False
-        self._count("dpd_hold_acquires")
-        self.initiate(peer, now)
-        return True
 
     def ike_sa(self, peer: str) -> IkeSa | None:
         return self._sa_for(peer)
@@ -734,9 +733,10 @@ class IkeManager:
         self._count(f"dpd_{action}")
         if sa.local_spi in self._retiring or sa.peer_name not in self.peers:
             return
+        self._events.append(PeerDead(sa.peer_name, action))
         if action == "restart":
             self.initiate(sa.peer_name, now)
-        else:  # clear: stay down; hold: wait for traffic (acquire) or the peer
+        else:  # clear: stay down; hold: wait for traffic (the shell's trap) or the peer
             state.wanted = False
             state.retry_at = None
             state.held = action == "hold"

@@ -149,12 +149,17 @@ def test_dead_peer_on_hold_comes_back_with_traffic(topology: Topology) -> None:
     assert _counter(gw_a, "dpd_hold") == 1, gw_a.status()
     time.sleep(1.0)  # held: nothing is initiated without traffic
     peer = gw_a.peer_status()
-    assert peer["state"] == "down" and not peer["up"], peer
+    assert peer["state"] == "held" and not peer["up"], peer
     assert peer["ike"]["ike_sas"] == 0
-    # The first packet towards site B finds no CHILD_SA and brings the tunnel back.
+    assert gw_a.status()["counters"].get("trap_triggers", 0) == 0
+    # The first packet towards site B finds no CHILD_SA, waits in the trap queue and
+    # brings the tunnel back (the trap path of start: trap).
     assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=SLACK), gw_a.peer_status()
-    assert _counter(gw_a, "dpd_hold_acquires") == 1
+    assert gw_a.status()["counters"]["trap_triggers"] == 1
+    assert gw_a.status()["counters"]["dead_peers"] == 1
     _assert_one_pair(gw_a, gw_b)
+    # Back up, the trap is disarmed again: a later Delete would not re-trigger on traffic.
+    assert gw_a.peer_status().get("on_demand") is None, gw_a.peer_status()
 
 
 # ---- with strongSwan ------------------------------------------------------------------------

@@ -182,36 +182,52 @@ def test_dead_peer_clear_stays_down(tmp_path):
     pair = pair_with(tmp_path, {"dpd_delay": "10s", "dpd_action": "clear"}, {"dpd_delay": 0})
     kill_b_answers_and_wait(pair)
     assert pair.a.counters["dpd_clear"] == 1
+    assert pair.of_type("a", ev.PeerDead) == [ev.PeerDead("b", "clear")]
     assert pair.status("a")["state"] == "down"
     assert pair.a.get_timer() is None  # no retry is scheduled
     inits = len(of_exchange(pair, "a", IKE_SA_INIT))
     pair.net.drop = lambda sent: False
     pair.advance(600)
     assert len(of_exchange(pair, "a", IKE_SA_INIT)) == inits
-    pair.a.acquire("b", pair.now)  # traffic does not bring a cleared peer back either
-    pair.pump()
-    assert pair.status("a")["state"] == "down"
-    pair.a.initiate("b", pair.now)  # ipsecctl up does
+    pair.a.initiate("b", pair.now)  # ipsecctl up brings it back
     pair.pump()
     assert pair.status("a")["state"] == "established"
 
 
-def test_dead_peer_hold_waits_for_traffic(tmp_path):
-    pair = pair_with(tmp_path, {"dpd_delay": "10s", "dpd_action": "hold"}, {"dpd_delay": 0})
+@pytest.mark.parametrize("start", ["initiate", "respond"])
+def test_dead_peer_hold_waits_for_traffic(tmp_path, start):
+    pair = pair_with(
+        tmp_path,
+        {"dpd_delay": "10s", "dpd_action": "hold", "retry_interval": "5s", "start": start},
+        {"dpd_delay": 0, "start": "initiate" if start == "respond" else "respond"},
+        start=False,
+    )
+    (pair.a if start == "initiate" else pair.b).start(pair.now)
+    pair.pump()
+    assert pair.status("a")["state"] == "established"
     kill_b_answers_and_wait(pair)
     assert pair.a.counters["dpd_hold"] == 1
-    assert pair.status("a")["state"] == "down"
+    # The shell arms the peer's trap on this event (like start: trap).
+    assert pair.of_type("a", ev.PeerDead) == [ev.PeerDead("b", "hold")]
+    assert pair.status("a")["state"] == "held"
+    inits = len(of_exchange(pair, "a", IKE_SA_INIT))
     pair.net.drop = lambda sent: False
     pair.advance(600)
-    assert pair.status("a")["state"] == "down"
-    pair.a.acquire("b", pair.now)  # a packet for remote_ts found no CHILD_SA
+    assert pair.status("a")["state"] == "held"
+    assert len(of_exchange(pair, "a", IKE_SA_INIT)) == inits  # nothing without traffic
+    pair.a.initiate("b", pair.now, on_demand=True)  # the trap's first packet
     pair.pump()
     assert pair.status("a")["state"] == "established"
-    assert pair.a.counters["dpd_hold_acquires"] == 1
-    pair.a.acquire("b", pair.now)  # up again: further packets change nothing
-    pair.pump()
-    assert pair.a.counters["dpd_hold_acquires"] == 1
     assert len(ike_sas(pair, "a")) == 1
+    # Back up, a start: initiate peer is kept up again (retried after a failure); a
+    # start: respond peer is not.
+    pair.net.drop = lambda sent: True
+    pair.advance(10 + 3.5 + 0.1)  # dead again: held again
+    assert pair.status("a")["state"] == "held"
+    pair.a.initiate("b", pair.now, on_demand=True)
+    pair.advance(3.5 + 0.1)  # this attempt fails too
+    assert pair.a.peer_state["b"].wanted is (start == "initiate")
+    assert (pair.status("a")["state"] == "connecting") is (start == "initiate")
 
 
 def test_held_peer_that_comes_back_by_itself_is_accepted(tmp_path):
@@ -224,7 +240,7 @@ def test_held_peer_that_comes_back_by_itself_is_accepted(tmp_path):
     pair.pump()
     assert pair.status("a")["state"] == "established"
     kill_b_answers_and_wait(pair)
-    assert pair.status("a")["state"] == "down"
+    assert pair.status("a")["state"] == "held"
     pair.net.drop = lambda sent: False
     restart(pair, "b").start(pair.now)
     pair.pump()
