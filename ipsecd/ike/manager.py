@@ -735,7 +735,7 @@ class IkeManager:
             return
         self._events.append(PeerDead(sa.peer_name, action))
         if action == "restart":
-            self.initiate(sa.peer_name, now)
+            self.initiate(sa.peer_name, now, on_demand=self._on_demand(sa, state))
         else:  # clear: stay down; hold: wait for traffic (the shell's trap) or the peer
             state.wanted = False
             state.retry_at = None
@@ -757,7 +757,12 @@ class IkeManager:
         ):
             return
         self._count("restart_hints_followed")
-        self.initiate(name, now, replace=True)
+        self.initiate(name, now, replace=True, on_demand=self._on_demand(sa, self.peer_state[name]))
+
+    @staticmethod
+    def _on_demand(sa: IkeSa, state: _PeerState) -> bool:
+        """A ``start: trap`` peer nobody asked to keep up is restarted once, as on demand."""
+        return getattr(sa.peer, "start", "") == "trap" and not state.wanted
 
     def _delete_duplicate(self, sa: IkeSa, now: float) -> None:
         """Both ends initiated at once: Delete the IKE SA both ends agree on (ike/dpd.py)."""

@@ -491,3 +491,21 @@ def test_both_ends_restart_after_an_outage_and_keep_one_ike_sa(tmp_path):
     pair.net.drop = lambda sent: False  # and comes back while both are re-initiating
     pair.advance(30)
     assert_one_working_pair(pair)
+
+
+def test_dead_trap_peer_is_restarted_once_not_kept_up(tmp_path):
+    """start: trap with dpd_action restart: one new attempt, on demand (no retries after)."""
+    pair = pair_with(
+        tmp_path, {"dpd_delay": "10s", "start": "trap", "retry_interval": "5s"}, {"dpd_delay": 0}
+    )
+    pair.a.initiate("b", pair.now, on_demand=True)  # the first packet
+    pair.pump()
+    assert pair.status("a")["state"] == "established"
+    kill_b_answers_and_wait(pair)
+    assert pair.a.counters["dpd_restart"] == 1
+    assert pair.status("a")["state"] == "init-sent"  # restarted at once ...
+    pair.advance(3.5 + 0.1)  # ... but that attempt fails: no retry, traffic restarts it
+    assert pair.status("a")["state"] == "down"
+    assert pair.a.peer_state["b"].wanted is False
+    pair.advance(60)
+    assert pair.status("a")["state"] == "down"
