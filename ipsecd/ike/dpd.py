@@ -9,8 +9,9 @@ strongSwan's ``ike_dpd`` task and its ``dpd_delay``/``dpd_action`` settings:
   (``gateway.retransmit_timeout``/``retransmit_tries``); no answer means the
   peer is dead, and so does any other unanswered request of an established
   IKE SA.  ``dpd_action`` then decides: ``restart`` (initiate again at once),
-  ``clear`` (stay down) or ``hold`` (initiate again on the next packet for
-  the peer's selectors, or when the peer itself comes back).
+  ``clear`` (stay down) or ``hold`` (the manager reports ``PeerDead`` and the
+  shell arms the peer's trap, as for ``start: trap``: the next packet for its
+  selectors initiates it; or the peer itself comes back).
 * **INITIAL_CONTACT.**  The first IKE SA with a peer carries N(INITIAL_CONTACT)
   in its IKE_AUTH request; a peer that sends it has forgotten every other IKE
   SA with us (it restarted), so those are removed without a Delete.
@@ -38,7 +39,6 @@ INVALID_SPI_RATE = 10  # INVALID_IKE_SPI answers per second at most (all sources
 IKE_AUTH, INFORMATIONAL = 35, 37
 INVALID_SPI_RESPONSE_LEN = 36  # IKE header + a Notify without SPI or data
 N_INVALID_IKE_SPI = 4
-N_INITIAL_CONTACT = 16384
 
 
 def dpd_delay(sa: IkeSa) -> int:
