@@ -4,16 +4,20 @@ nftables ``numgen random mod 100 < 10 drop`` on both ends of the link
 (:meth:`Topology.set_loss`) before the daemons start: the tunnel still
 establishes, CHILD_SAs and IKE SAs are rekeyed several times (one side
 starts the CHILD_SA rekeys, the other the IKE SA rekeys), and ping and a
-checksummed TCP stream pass.  Retransmissions are fast (0.2 s doubling) so
-the test fits in well under a minute; the lifetimes leave room for several
-lost messages in a row before an SA's hard lifetime.
+checksummed TCP stream pass; the same against strongSwan.  Retransmissions
+are fast (0.2 s doubling) so each test fits in well under a minute; the
+lifetimes leave room for several lost messages in a row before an SA's hard
+lifetime.
 """
 
 from __future__ import annotations
 
 import time
 
+import pytest
+
 from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from ipsecd.lab.strongswan import Charon, site_to_site
 from ipsecd.lab.topology import HOST_A_IP, HOST_B_IP, Topology
 
 LOSS = 10
@@ -22,6 +26,9 @@ MIN_CHILD_REKEYS = 4
 MIN_IKE_REKEYS = 3
 BUDGET = 35.0
 CHUNK = 256 * 1024
+PSK = "loss-test-psk-0123456789abcdef"
+IKE = "aes256gcm16-prfsha256-x25519"
+ESP = "aes128gcm16"
 
 
 def _counter(daemon: IpsecdProcess, name: str) -> int:
@@ -78,3 +85,61 @@ def test_tunnel_establishes_and_rekeys_under_ten_percent_loss(topology: Topology
     stats = topology.ping(topology.host_a, HOST_B_IP, count=100, interval=0.01)
     print(f"ping through the tunnel: {stats.loss:.0%} lost")
     assert 0 < stats.loss < 0.6
+
+
+@pytest.mark.strongswan
+def test_strongswan_peer_under_ten_percent_loss(topology: Topology) -> None:
+    """The same against charon: ipsecd rekeys the CHILD_SA, charon the IKE SA."""
+    topology.set_loss(LOSS)
+    _, conn_b = site_to_site(
+        topology,
+        psk=PSK,
+        ike_proposals=IKE,
+        esp_proposals=ESP,
+        ike_rekey_time=5,
+        ike_over_time=30,
+        child_rekey_time=300,
+        rand_time=0,
+    )
+    a, b = site_specs(topology)
+    a.ike_proposals, a.esp_proposals = [IKE], [ESP]
+    a.gateway_extra = dict(RETRANSMIT)
+    a.peer_extra = {
+        "esp": {"proposals": [ESP], "rekey_time": 3, "life_time": 30, "rand_time": 0},
+        "ike": {"proposals": [IKE], "rekey_time": 300, "rand_time": 0},
+    }
+    gw_a, _ = start_psk_pair(topology, a, b, psk_a=PSK, start=False)
+    charon = Charon(topology, topology.gw_b, retransmit_tries=6, retransmit_timeout=0.5)
+    charon.start()
+    try:
+        charon.load(conn_b)
+        gw_a.start()
+        gw_a.wait_up(timeout=30)
+        deadline = time.monotonic() + BUDGET
+        transfers = 0
+        child_rekeys = ike_rekeys = 0
+        while time.monotonic() < deadline:
+            assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=15), gw_a.peer_status()
+            result = topology.tcp_transfer(
+                topology.host_a, topology.host_b, HOST_B_IP, CHUNK, timeout=30
+            )
+            assert result.ok, result
+            transfers += 1
+            child_rekeys = _counter(gw_a, "child_sa_rekeyed")
+            ike_rekeys = _counter(gw_a, "ike_sa_rekeyed")
+            if child_rekeys >= MIN_CHILD_REKEYS and ike_rekeys >= MIN_IKE_REKEYS:
+                break
+        print(
+            f"{LOSS}% loss with charon: {child_rekeys} CHILD_SA rekeys, {ike_rekeys} IKE SA"
+            f" rekeys, {transfers} TCP transfers"
+        )
+        assert child_rekeys >= MIN_CHILD_REKEYS, gw_a.status()["ike_counters"]
+        assert ike_rekeys >= MIN_IKE_REKEYS, (gw_a.status()["ike_counters"], charon.tail())
+        assert _counter(gw_a, "internal_error") == 0
+        # A rekey may be in flight (retransmitted under loss): wait for a moment with one.
+        settle = time.monotonic() + 15
+        while len(charon.list_sas()) != 1 and time.monotonic() < settle:
+            time.sleep(0.1)
+        assert len(charon.list_sas()) == 1, charon.list_sas()
+    finally:
+        charon.stop()
