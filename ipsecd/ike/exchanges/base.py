@@ -187,11 +187,11 @@ def _keys_for(sa: Any, outgoing: bool) -> Any:
     return sa.keys
 
 
-def encode(sa: Any, exchange: int, message_id: int, response: bool, payloads: list[Any]) -> bytes:
-    """Build one message of ``sa``; SK-protected unless IKE_SA_INIT (RFC 7296 §3.14)."""
+def _message(sa: Any, exchange: int, message_id: int, response: bool, payloads: list[Any]) -> Any:
+    """The codec's Message for ``sa``'s SPIs and role."""
     from ipsecd.ike import message as codec
 
-    msg = codec.Message(
+    return codec.Message(
         spi_i=sa.spi_i,
         spi_r=sa.spi_r,
         exchange_type=exchange,
@@ -200,6 +200,13 @@ def encode(sa: Any, exchange: int, message_id: int, response: bool, payloads: li
         message_id=message_id,
         payloads=payloads,
     )
+
+
+def encode(sa: Any, exchange: int, message_id: int, response: bool, payloads: list[Any]) -> bytes:
+    """Build one message of ``sa``; SK-protected unless IKE_SA_INIT (RFC 7296 §3.14)."""
+    from ipsecd.ike import message as codec
+
+    msg = _message(sa, exchange, message_id, response, payloads)
     if exchange == IKE_SA_INIT:
         return codec.encode(msg)
     return codec.encode(msg, keys=sa.keys, sender_is_initiator=sa.initiator)
@@ -214,7 +221,6 @@ def encode_datagrams(
     IKE_SA_INIT is never fragmented (it is not encrypted, RFC 7383 §2.5.3).
     """
     from ipsecd.ike import fragments
-    from ipsecd.ike import message as codec
 
     data = encode(sa, exchange, message_id, response, payloads)
     if exchange == IKE_SA_INIT or not sa.fragmentation_active:
@@ -222,15 +228,7 @@ def encode_datagrams(
     limit = sa.fragment_size - (NON_ESP_MARKER_LEN if sa.local[1] == sa.natt_port else 0)
     if len(data) <= limit:
         return [data]
-    msg = codec.Message(
-        spi_i=sa.spi_i,
-        spi_r=sa.spi_r,
-        exchange_type=exchange,
-        initiator=sa.initiator,
-        response=response,
-        message_id=message_id,
-        payloads=payloads,
-    )
+    msg = _message(sa, exchange, message_id, response, payloads)
     out = fragments.fragment(msg, sa.keys.sk_keys(sa.initiator), limit)
     sa.count("fragmented_messages_sent")
     sa.counters["fragments_sent"] = sa.counters.get("fragments_sent", 0) + len(out)
