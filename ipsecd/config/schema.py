@@ -128,6 +128,7 @@ class GatewayConfig:
     half_open_limit: int = 1000  # half-open IKE SAs in all; beyond, requests are dropped
     # Largest IKE datagram (UDP payload) before RFC 7383 fragmentation; None: by family.
     fragment_size: int | None = None
+    offload: bool = True  # TUN TSO/GRO (virtio-net header) and UDP GSO/GRO on the data plane
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,7 @@ GATEWAY = Section(
     Field("half_open_per_source", integer(1, 1_000_000), 5),
     Field("half_open_limit", integer(1, 1_000_000), 1000),
     Field("fragment_size", auto_or(integer(MIN_FRAGMENT_SIZE, 65535)), None),
+    Field("offload", boolean(), True),
 )
 
 DEFAULT_IKE = tuple(parse_proposal(p, "ike") for p in DEFAULT_IKE_PROPOSALS)
@@ -202,6 +203,7 @@ def _build_gateway(v: Values) -> GatewayConfig:
         half_open_per_source=v["half_open_per_source"],
         half_open_limit=v["half_open_limit"],
         fragment_size=v["fragment_size"],
+        offload=v["offload"],
     )
 
 

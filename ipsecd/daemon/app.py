@@ -113,11 +113,12 @@ class Daemon:
 
     async def _open(self) -> None:
         gw = self.config.gateway
-        self.tun = TunDevice(gw.tun)
+        offload = gw.offload
+        self.tun = TunDevice(gw.tun, offload=offload)
         await self.tun.configure(self.mtu(), gw.addresses)
         for address in gw.listen:
             for port in (gw.port, gw.ike_port):
-                sock = UdpSocket(str(address), port)
+                sock = UdpSocket(str(address), port, offload=offload)
                 self.sockets[sock.local] = sock
                 self._loop.add_reader(sock.fd, self._on_udp, sock)
         self._loop.add_reader(self.tun.fd, self._on_tun)

@@ -4,24 +4,84 @@ One non-blocking socket per (local address, port).  Batch-shaped like the TUN
 device.  Receive buffers are raised with SO_RCVBUFFORCE where we are root:
 strongSwan's libipsec loses packets at the default 208 KiB buffer, and inside
 a namespace net.core.rmem_max cannot be raised.
+
+Where the kernel allows it (Linux >= 5.0) the socket uses UDP GSO and GRO: a
+run of equal-sized ESP datagrams to one peer leaves in one ``sendmsg`` with a
+``UDP_SEGMENT`` control message (the kernel cuts it), and ``UDP_GRO`` lets one
+``recvmsg`` return a run of datagrams glued together with their size in a
+control message.  The framing is done by the pure helpers :func:`gso_runs` and
+:func:`split_gro`; a kernel that refuses either is used without it.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
-from collections.abc import Iterable
+import struct
+from collections.abc import Iterable, Sequence
 
 Address = tuple[str, int]
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 BUFFER_BYTES = 8 * 1024 * 1024
+SOL_UDP = 17
+UDP_SEGMENT = 103  # include/uapi/linux/udp.h
+UDP_GRO = 104
+GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS in the kernel
+GSO_MAX_BYTES = 65000  # stays below the 65507-byte UDP payload limit of IPv4
+GRO_BUFFER = 1 << 17
+_GSO_SIZE = struct.Struct("=H")
+_GRO_SIZE = struct.Struct("=i")
+_CMSG_SPACE = socket.CMSG_SPACE(_GRO_SIZE.size)
+# The kernel refused a GSO send for a reason that will not go away: stop using it.
+_GSO_FATAL = {errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP}
+
+
+def gso_runs(
+    datagrams: Sequence[bytes],
+    max_segments: int = GSO_MAX_SEGMENTS,
+    max_bytes: int = GSO_MAX_BYTES,
+) -> list[tuple[int, list[bytes]]]:
+    """Cut a burst into runs that one UDP_SEGMENT send can carry, order kept.
+
+    A run is ``(segment size, datagrams)``: all datagrams of the segment size
+    except possibly a shorter last one (what the kernel's UDP GSO produces),
+    at most ``max_segments`` of them and ``max_bytes`` in all.
+    """
+    runs: list[tuple[int, list[bytes]]] = []
+    size = 0
+    run: list[bytes] = []
+    total = 0
+    for data in datagrams:
+        n = len(data)
+        if run and n <= size and len(run) < max_segments and total + n <= max_bytes:
+            run.append(data)
+            total += n
+            if n < size:  # a short one ends the run
+                runs.append((size, run))
+                run = []
+            continue
+        if run:
+            runs.append((size, run))
+        run = [data]
+        size = total = n
+    if run:
+        runs.append((size, run))
+    return runs
+
+
+def split_gro(data: bytes | memoryview, segment: int) -> list[bytes]:
+    """The datagrams of one UDP_GRO receive: ``segment``-sized pieces, the last maybe shorter."""
+    if segment <= 0 or len(data) <= segment:
+        return [bytes(data)]
+    return [bytes(data[i : i + segment]) for i in range(0, len(data), segment)]
 
 
 class UdpSocket:
     """A bound, non-blocking UDP socket."""
 
-    def __init__(self, address: str, port: int) -> None:
+    def __init__(self, address: str, port: int, offload: bool = True) -> None:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -40,9 +100,44 @@ class UdpSocket:
         self.local: Address = (address, port)
         self.fd = self.sock.fileno()
         self.send_errors = 0
+        self.gso = offload
+        self.gro = False
+        if offload:
+            try:
+                self.sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+                self.gro = True
+            except OSError:
+                pass
+        self._rbuf = bytearray(GRO_BUFFER if self.gro else 65536)
+        self._rview = memoryview(self._rbuf)
 
     def recv_batch(self, limit: int = 64, bufsize: int = 65535) -> list[tuple[bytes, Address]]:
-        """Receive up to ``limit`` datagrams that are ready; never blocks."""
+        """Receive up to ``limit`` times (a GRO receive may hold many datagrams); never blocks."""
+        if not self.gro:
+            return self._recv_plain(limit, bufsize)
+        out: list[tuple[bytes, Address]] = []
+        recvmsg_into = self.sock.recvmsg_into
+        buffers = [self._rbuf]
+        view = self._rview
+        for _ in range(limit):
+            try:
+                n, ancdata, _flags, addr = recvmsg_into(buffers, _CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
+                continue
+            remote = (addr[0], addr[1])
+            segment = 0
+            for level, kind, cdata in ancdata:
+                if level == SOL_UDP and kind == UDP_GRO and len(cdata) >= _GRO_SIZE.size:
+                    segment = _GRO_SIZE.unpack_from(cdata)[0]
+            if segment and n > segment:
+                out.extend((d, remote) for d in split_gro(view[:n], segment))
+            else:
+                out.append((bytes(view[:n]), remote))
+        return out
+
+    def _recv_plain(self, limit: int, bufsize: int) -> list[tuple[bytes, Address]]:
         out: list[tuple[bytes, Address]] = []
         recvfrom = self.sock.recvfrom
         for _ in range(limit):
@@ -50,7 +145,7 @@ class UdpSocket:
                 data, addr = recvfrom(bufsize)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
+            except OSError:
                 continue
             out.append((data, (addr[0], addr[1])))
         return out
@@ -61,7 +156,26 @@ class UdpSocket:
         except OSError:
             self.send_errors += 1
 
-    def send_batch(self, datagrams: Iterable[bytes], remote: Address) -> None:
+    def send_batch(self, datagrams: Sequence[bytes], remote: Address) -> None:
+        """Send a burst to one peer, runs of equal-sized datagrams as one GSO send."""
+        if not self.gso or len(datagrams) < 2:
+            self._send_each(datagrams, remote)
+            return
+        sendmsg = self.sock.sendmsg
+        for size, run in gso_runs(datagrams):
+            if len(run) == 1:
+                self._send_each(run, remote)
+                continue
+            try:
+                sendmsg(run, [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))], 0, remote)
+            except OSError as exc:
+                if exc.errno in _GSO_FATAL:
+                    self.gso = False
+                    self._send_each(run, remote)
+                else:  # buffer full and the like: the run is lost, as a plain send's would be
+                    self.send_errors += len(run)
+
+    def _send_each(self, datagrams: Iterable[bytes], remote: Address) -> None:
         sendto = self.sock.sendto
         for data in datagrams:
             try:
