@@ -118,7 +118,8 @@ class Daemon:
         await self.tun.configure(self.mtu(), gw.addresses)
         for address in gw.listen:
             for port in (gw.port, gw.ike_port):
-                sock = UdpSocket(str(address), port, offload=offload)
+                # GSO/GRO on the ESP port only: IKE messages come one at a time.
+                sock = UdpSocket(str(address), port, offload=offload and port == gw.port)
                 self.sockets[sock.local] = sock
                 self._loop.add_reader(sock.fd, self._on_udp, sock)
         self._loop.add_reader(self.tun.fd, self._on_tun)
@@ -183,7 +184,7 @@ class Daemon:
             and sock.local[1] != self.config.gateway.port
         ):
             for data, remote in datagrams:
-                self._ike_receive(data, sock.local, remote)
+                self._ike_receive(bytes(data), sock.local, remote)
             return
         to_tun, ike, moved = self.processor.from_udp(datagrams)
         if to_tun:

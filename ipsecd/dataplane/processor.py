@@ -102,7 +102,7 @@ class PacketProcessor:
             self.drops["sequence_exhausted"] += len(run)
 
     def from_udp(
-        self, datagrams: Iterable[tuple[bytes, Address]]
+        self, datagrams: Iterable[tuple[bytes | memoryview, Address]]
     ) -> tuple[list[bytes], list[tuple[bytes, Address]], list[tuple[TunnelSa, Address]]]:
         """Demultiplex and decapsulate datagrams received on the NAT-T port.
 
@@ -112,8 +112,8 @@ class PacketProcessor:
         to_tun: list[bytes] = []
         ike: list[tuple[bytes, Address]] = []
         moved: list[tuple[TunnelSa, Address]] = []
-        run: list[bytes] = []
-        run_key: tuple[bytes, Address] | None = None
+        run: list[bytes | memoryview] = []
+        run_key: tuple[bytes | memoryview, Address] | None = None
         for data, remote in datagrams:
             n = len(data)
             if n < 8:
@@ -139,8 +139,8 @@ class PacketProcessor:
 
     def _open(
         self,
-        key: tuple[bytes, Address],
-        run: list[bytes],
+        key: tuple[bytes | memoryview, Address],
+        run: list[bytes | memoryview],
         to_tun: list[bytes],
         moved: list[tuple[TunnelSa, Address]],
     ) -> None:

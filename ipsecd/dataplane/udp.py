@@ -71,11 +71,15 @@ def gso_runs(
     return runs
 
 
-def split_gro(data: bytes | memoryview, segment: int) -> list[bytes]:
-    """The datagrams of one UDP_GRO receive: ``segment``-sized pieces, the last maybe shorter."""
+def split_gro(data: bytes, segment: int) -> list[memoryview]:
+    """The datagrams of one UDP_GRO receive: ``segment``-sized pieces, the last maybe shorter.
+
+    Views into ``data`` (immutable, so they stay valid), not copies.
+    """
+    view = memoryview(data)
     if segment <= 0 or len(data) <= segment:
-        return [bytes(data)]
-    return [bytes(data[i : i + segment]) for i in range(0, len(data), segment)]
+        return [view]
+    return [view[i : i + segment] for i in range(0, len(data), segment)]
 
 
 class UdpSocket:
@@ -111,11 +115,13 @@ class UdpSocket:
         self._rbuf = bytearray(GRO_BUFFER if self.gro else 65536)
         self._rview = memoryview(self._rbuf)
 
-    def recv_batch(self, limit: int = 64, bufsize: int = 65535) -> list[tuple[bytes, Address]]:
+    def recv_batch(
+        self, limit: int = 64, bufsize: int = 65535
+    ) -> list[tuple[bytes | memoryview, Address]]:
         """Receive up to ``limit`` times (a GRO receive may hold many datagrams); never blocks."""
         if not self.gro:
             return self._recv_plain(limit, bufsize)
-        out: list[tuple[bytes, Address]] = []
+        out: list[tuple[bytes | memoryview, Address]] = []
         recvmsg_into = self.sock.recvmsg_into
         buffers = [self._rbuf]
         view = self._rview
@@ -132,13 +138,13 @@ class UdpSocket:
                 if level == SOL_UDP and kind == UDP_GRO and len(cdata) >= _GRO_SIZE.size:
                     segment = _GRO_SIZE.unpack_from(cdata)[0]
             if segment and n > segment:
-                out.extend((d, remote) for d in split_gro(view[:n], segment))
+                out.extend([(d, remote) for d in split_gro(bytes(view[:n]), segment)])
             else:
                 out.append((bytes(view[:n]), remote))
         return out
 
-    def _recv_plain(self, limit: int, bufsize: int) -> list[tuple[bytes, Address]]:
-        out: list[tuple[bytes, Address]] = []
+    def _recv_plain(self, limit: int, bufsize: int) -> list[tuple[bytes | memoryview, Address]]:
+        out: list[tuple[bytes | memoryview, Address]] = []
         recvfrom = self.sock.recvfrom
         for _ in range(limit):
             try:
