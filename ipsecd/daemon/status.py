@@ -104,6 +104,7 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
         "peers": peers,
         "drops": drops,
         "counters": dict(daemon.counters),
+        "dataplane": dataplane_counters(daemon),
         "ike_counters": dict(getattr(daemon.ike, "counters", {}) or {}),
         "ike_dos": _dos_status(daemon),
     }
@@ -114,3 +115,19 @@ def _dos_status(daemon: Daemon) -> dict[str, Any] | None:
     half_open = getattr(daemon.ike, "half_open", None)
     status = getattr(half_open, "status", None)
     return status() if callable(status) else None
+
+
+def dataplane_counters(daemon: Any) -> dict[str, Any]:
+    """How the TUN device and the ESP sockets moved packets (offloads in use, errors)."""
+    tun = daemon.tun
+    socks = [s for s in daemon.sockets.values() if s.local[1] == daemon.config.gateway.port]
+    return {
+        "offload": bool(tun is not None and tun.offload),
+        "tun_super_segments_read": tun.super_segments if tun else 0,
+        "tun_gso_writes": tun.gso_writes if tun else 0,
+        "tun_read_errors": tun.read_errors if tun else 0,
+        "tun_write_errors": tun.write_errors if tun else 0,
+        "udp_gso_sends": sum(s.gso_sends for s in socks),
+        "udp_gro_receives": sum(s.gro_receives for s in socks),
+        "udp_send_errors": sum(s.send_errors for s in socks),
+    }

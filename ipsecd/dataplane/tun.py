@@ -26,7 +26,12 @@ from collections.abc import Iterable
 
 from pyroute2 import AsyncIPRoute
 
-from ipsecd.dataplane.offload import VNET_HDR_LEN, coalesce, split_super_segment
+from ipsecd.dataplane.offload import (
+    VNET_HDR_LEN,
+    ZERO_VNET_HDR,
+    coalesce,
+    split_super_segment,
+)
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -75,6 +80,8 @@ class TunDevice:
         self._routes: list[IpNetwork] = []
         self.write_errors = 0
         self.read_errors = 0  # malformed virtio header / super-segment
+        self.super_segments = 0  # reads that carried a TCP super-segment (TSO)
+        self.gso_writes = 0  # writes that carried merged TCP segments
 
     # -- configuration (pyroute2) ---------------------------------------------------------
     async def configure(self, mtu: int, addresses: Iterable[IpInterface]) -> None:
@@ -148,6 +155,8 @@ class TunDevice:
             if split is None:
                 self.read_errors += 1
                 continue
+            if data[1]:
+                self.super_segments += 1
             packets.extend(split)
             if len(packets) >= READ_PACKET_LIMIT:
                 break
@@ -167,6 +176,8 @@ class TunDevice:
         writev = os.writev
         fd = self.fd
         for buffers in coalesce(packets):
+            if buffers[0] is not ZERO_VNET_HDR:
+                self.gso_writes += 1
             try:
                 writev(fd, buffers)
             except OSError:

@@ -106,6 +106,8 @@ class UdpSocket:
         self.send_errors = 0
         self.gso = offload
         self.gro = False
+        self.gso_sends = 0  # sendmsg calls that carried several datagrams
+        self.gro_receives = 0  # receives that returned several datagrams
         if offload:
             try:
                 self.sock.setsockopt(SOL_UDP, UDP_GRO, 1)
@@ -138,6 +140,7 @@ class UdpSocket:
                 if level == SOL_UDP and kind == UDP_GRO and len(cdata) >= _GRO_SIZE.size:
                     segment = _GRO_SIZE.unpack_from(cdata)[0]
             if segment and n > segment:
+                self.gro_receives += 1
                 out.extend([(d, remote) for d in split_gro(bytes(view[:n]), segment)])
             else:
                 out.append((bytes(view[:n]), remote))
@@ -174,6 +177,7 @@ class UdpSocket:
                 continue
             try:
                 sendmsg(run, [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))], 0, remote)
+                self.gso_sends += 1
             except OSError as exc:
                 if exc.errno in _GSO_FATAL:
                     self.gso = False
