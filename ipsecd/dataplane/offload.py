@@ -177,46 +177,64 @@ def split_super_segment(header: bytes | memoryview, packet: bytes) -> list[bytes
     last_flags = tcp_flags & ~TCP_CWR if count > 1 else tcp_flags
     doff_word = doff << 8
 
+    seg_flags = [middle_flags] * count
+    seg_flags[0] = first_flags if count > 1 else tcp_flags
+    if count > 1:
+        seg_flags[-1] = last_flags
+    out: list[bytes] = []
+    append = out.append
+    start = hlen
     if version == 4:
         b0, tos, _total, ip_id, frag, ttl, proto, _ = _IPV4_HEAD.unpack_from(packet, 0)
         ip_tail = bytes(view[12:csum_start])  # addresses (and options)
         ip_shared = ones_sum(_IPV4_HEAD.pack(b0, tos, 0, 0, frag, ttl, proto, 0)) + ones_sum(
             ip_tail
         )
-    else:
-        ip_front = bytes(view[:4])
-        ip_tail = bytes(view[6:csum_start])
-
-    out: list[bytes] = []
-    append = out.append
-    tcp_pack = _TCP_HEAD.pack
-    start = hlen
-    for i, payload_sum in enumerate(sums):
-        end = min(start + gso_size, n)
-        seg_len = end - start
-        tcp_len = tcp_hlen + seg_len
-        seq = (seq0 + i * gso_size) & 0xFFFFFFFF
-        if i == 0:
-            seg_flags = first_flags if count > 1 else tcp_flags
-        elif i == count - 1:
-            seg_flags = last_flags
-        else:
-            seg_flags = middle_flags
-        check = _csum_field(
-            shared + tcp_len + (seq >> 16) + (seq & 0xFFFF) + doff_word + seg_flags + payload_sum
-        )
-        tcp_head = tcp_pack(ports, seq, ack, doff, seg_flags, window, check)
-        if version == 4:
+        # One pack per segment builds both headers (the constant parts are arguments).
+        pack = struct.Struct(f"!BBHHHBBH{len(ip_tail)}s4sI4sBB2sH{len(tcp_tail)}s").pack
+        for i, payload_sum in enumerate(sums):
+            end = start + gso_size
+            seg_len = gso_size if end <= n else n - start
+            tcp_len = tcp_hlen + seg_len
+            seq = (seq0 + i * gso_size) & 0xFFFFFFFF
+            flags_i = seg_flags[i]
+            check = 0xFFFF - (
+                (
+                    shared
+                    + tcp_len
+                    + (seq >> 16)
+                    + (seq & 0xFFFF)
+                    + doff_word
+                    + flags_i
+                    + payload_sum
+                )
+                % _MOD
+                or 0xFFFF
+            )
             total = csum_start + tcp_len
             seg_id = (ip_id + i) & 0xFFFF
-            ip_check = _csum_field(ip_shared + total + seg_id)
-            ip_head = _IPV4_HEAD.pack(b0, tos, total, seg_id, frag, ttl, proto, ip_check)
-            append(b"".join((ip_head, ip_tail, tcp_head, tcp_tail, view[start:end])))
-        else:
-            plen = csum_start - 40 + tcp_len
-            append(
-                b"".join((ip_front, _U16.pack(plen), ip_tail, tcp_head, tcp_tail, view[start:end]))
-            )
+            ip_check = 0xFFFF - ((ip_shared + total + seg_id) % _MOD or 0xFFFF)
+            head = pack(b0, tos, total, seg_id, frag, ttl, proto, ip_check, ip_tail, ports, seq,
+                        ack, doff, flags_i, window, check, tcp_tail)  # fmt: skip
+            append(head + view[start:end])
+            start = end
+        return out
+    ip_front = bytes(view[:4])
+    ip_tail = bytes(view[6:csum_start])
+    pack = struct.Struct(f"!4sH{len(ip_tail)}s4sI4sBB2sH{len(tcp_tail)}s").pack
+    for i, payload_sum in enumerate(sums):
+        end = start + gso_size
+        seg_len = gso_size if end <= n else n - start
+        tcp_len = tcp_hlen + seg_len
+        seq = (seq0 + i * gso_size) & 0xFFFFFFFF
+        flags_i = seg_flags[i]
+        check = _csum_field(
+            shared + tcp_len + (seq >> 16) + (seq & 0xFFFF) + doff_word + flags_i + payload_sum
+        )
+        plen = csum_start - 40 + tcp_len
+        head = pack(ip_front, plen, ip_tail, ports, seq, ack, doff, flags_i, window, check,
+                    tcp_tail)  # fmt: skip
+        append(head + view[start:end])
         start = end
     return out
 
