@@ -253,6 +253,7 @@ class _Run:
         "ack_doff",
         "window",
         "tail",
+        "fast",
     )
 
     def __init__(self, packet: bytes, ip_hlen: int, hlen: int, seq: int, ip_same: object) -> None:
@@ -267,6 +268,8 @@ class _Run:
         self.ack_doff = packet[t + 8 : t + 13]
         self.window = packet[t + 14 : t + 16]
         self.tail = packet[t + 18 : hlen]
+        # IPv4 fast path: flags..protocol, then ACK, data offset, flags = ACK, window.
+        self.fast = (packet[1], packet[6:10], packet[28:33] + bytes((TCP_ACK,)) + packet[34:36])
 
 
 def coalesce(packets: list[bytes]) -> list[list[bytes | memoryview]]:
@@ -286,6 +289,29 @@ def coalesce(packets: list[bytes]) -> list[list[bytes | memoryview]]:
         n = len(packet)
         if n > 40 and packet[0] == 0x45 and packet[9] == IPPROTO_TCP:
             key = packet[12:24]
+            run = open_runs.get(key)
+            if run is not None:
+                # The common case, checked with few slices: the next IPv4 segment of an
+                # open run (same headers, flags exactly ACK, the expected sequence number).
+                hlen = run.hlen
+                size = n - hlen
+                tos, ip_same, tcp_same = run.fast
+                if (
+                    0 < size <= run.gso_size
+                    and packet[28:36] == tcp_same
+                    and packet[38:hlen] == run.tail
+                    and packet[6:10] == ip_same
+                    and packet[1] == tos
+                    and (packet[2] << 8 | packet[3]) == n
+                    and from_bytes(packet[24:28], "big") == run.next_seq
+                    and run.length + size <= MAX_IP_PAYLOAD
+                ):
+                    run.packets.append(packet)
+                    run.length += size
+                    run.next_seq = (run.next_seq + size) & 0xFFFFFFFF
+                    if size < run.gso_size:
+                        del open_runs[key]
+                    continue
             if packet[6] & 0x3F or packet[7] or (packet[2] << 8 | packet[3]) != n:
                 order.append(packet)  # a fragment, or lengths that do not add up
                 open_runs.pop(key, None)

@@ -54,6 +54,9 @@ _IV64 = struct.Struct("!Q")
 
 # RFC 4303 §2.4: padding bytes are 1, 2, 3, ... ; at most 255 of them.
 _PAD_BYTES = bytes(range(1, 256))
+# Padding then pad length, by pad length: what the plaintext must end with before
+# the next header byte.
+_PAD_TAILS = [_PAD_BYTES[:pad] + bytes((pad,)) for pad in range(256)]
 # Padding, pad length and next header for an inner IPv4 ([False]) or IPv6 ([True])
 # packet, by pad length (the send hot path looks them up instead of building them).
 _TRAILERS = {
@@ -426,15 +429,16 @@ class InboundEspSa:
                 if n < min_len:
                     drops[DropReason.TOO_SHORT] += 1
                     continue
-                if data[:4] != spi_bytes:
+                header = data[:8]
+                if header[:4] != spi_bytes:
                     drops[DropReason.UNKNOWN_SPI] += 1
                     continue
-                seq_low = from_bytes(data[4:8], "big")
+                seq_low = from_bytes(header[4:], "big")
                 seq = infer(seq_low) if esn else seq_low
                 if seq <= 0 or (seq <= top and (top - seq >= size or (bitmap >> (top - seq)) & 1)):
                     drops[DropReason.REPLAY] += 1
                     continue
-                aad = _AAD_ESN.pack(self.spi, seq >> 32, seq_low) if esn else data[:8]
+                aad = _AAD_ESN.pack(self.spi, seq >> 32, seq_low) if esn else header
                 try:
                     plaintext = decrypt(salt + data[8:16], data[16:], aad)
                 except InvalidTag:
@@ -445,10 +449,10 @@ class InboundEspSa:
                     shift = seq - top
                     bitmap = 1 if shift >= size else ((bitmap << shift) | 1) & mask
                     top = seq
-                    replay.top = top
-                    replay._bitmap = bitmap
                 else:
                     bitmap |= 1 << (top - seq)
+                if esn:  # infer() reads the window
+                    replay.top = top
                     replay._bitmap = bitmap
                 plen = len(plaintext)
                 if plen < 2:
@@ -456,10 +460,11 @@ class InboundEspSa:
                     continue
                 pad_len = plaintext[-2]
                 next_header = plaintext[-1]
-                inner_len = plen - 2 - pad_len
-                if inner_len < 0 or plaintext[inner_len:-2] != _PAD_BYTES[:pad_len]:
+                # Padding 1, 2, 3, ... then the pad length itself (RFC 4303 §2.4).
+                if not plaintext.endswith(_PAD_TAILS[pad_len], 0, plen - 1):
                     drops[DropReason.BAD_PADDING] += 1
                     continue
+                inner_len = plen - 2 - pad_len
                 if next_header == IPPROTO_NONE:
                     drops[DropReason.DUMMY] += 1
                     continue
@@ -483,6 +488,8 @@ class InboundEspSa:
                 inner_bytes += inner_len
             except Exception:  # hostile input must never escape as an exception
                 drops[DropReason.MALFORMED] += 1
+        replay.top = top
+        replay._bitmap = bitmap
         self.packets += delivered
         self.bytes += inner_bytes
         return delivered
