@@ -50,6 +50,9 @@ _IFREQ = struct.Struct("16sH22x")
 
 MAX_READ = 65535 + VNET_HDR_LEN
 READ_PACKET_LIMIT = 512  # stop a burst once this many packets are split out
+# A first read shorter than this ends the burst: interactive traffic saves a system
+# call per packet (epoll is level-triggered, so anything queued behind it still wakes us).
+SMALL_READ = 512
 
 
 class TunDevice:
@@ -150,6 +153,8 @@ class TunDevice:
                 break
             if data[1] == 0 and data[0] == 0:  # no GSO, no checksum to complete
                 packets.append(data[VNET_HDR_LEN:])
+                if len(data) < SMALL_READ and len(packets) == 1:
+                    break  # a lone small packet (a ping, say): no extra read for EAGAIN
                 continue
             split = split_super_segment(data[:VNET_HDR_LEN], data[VNET_HDR_LEN:])
             if split is None:
