@@ -20,6 +20,7 @@ from ipsecd.config import Config, PeerConfig, load_config
 from ipsecd.config.errors import ConfigError
 from ipsecd.daemon import logs
 from ipsecd.daemon.control import ControlServer
+from ipsecd.daemon.malloc import keep_heap_mapped
 from ipsecd.daemon.metrics import MetricsServer
 from ipsecd.daemon.sdnotify import Notifier
 from ipsecd.dataplane.mtu import tun_mtu
@@ -420,4 +421,5 @@ class Daemon:
 def run_daemon(config_path: str) -> int:
     config = load_config(config_path)
     logs.configure(config.log.level, config.log.format)
+    keep_heap_mapped()
     return asyncio.run(Daemon(config).run())
