@@ -31,9 +31,6 @@ UDP_GRO = 104
 GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS in the kernel
 GSO_MAX_BYTES = 65000  # stays below the 65507-byte UDP payload limit of IPv4
 GRO_BUFFER = 1 << 17
-# A first receive shorter than this ends the burst (latency of interactive traffic;
-# epoll is level-triggered, so anything queued behind it still wakes the loop).
-SMALL_RECEIVE = 512
 _GSO_SIZE = struct.Struct("=H")
 _GRO_SIZE = struct.Struct("=i")
 _CMSG_SPACE = socket.CMSG_SPACE(_GRO_SIZE.size)
@@ -147,8 +144,6 @@ class UdpSocket:
                 out.extend([(d, remote) for d in split_gro(bytes(view[:n]), segment)])
             else:
                 out.append((bytes(view[:n]), remote))
-                if n < SMALL_RECEIVE and len(out) == 1:
-                    break  # a lone small datagram: no extra receive just to see EAGAIN
         return out
 
     def _recv_plain(self, limit: int, bufsize: int) -> list[tuple[bytes | memoryview, Address]]:
