@@ -1,6 +1,6 @@
 """The TUN device: the kernel's side of the tunnel.
 
-Opened with ``ioctl(TUNSETIFF)`` on /dev/net/tun; pyroute2 (its asyncio API,
+Opened with python-pytun (``TUNSETIFF`` on /dev/net/tun); pyroute2 (its asyncio API,
 since the daemon's event loop is running) sets its addresses, MTU and routes.
 Reads and writes are batch-shaped (``read_batch``/``write_batch``), as in
 wireguard-go's ``tun.Device``.
@@ -21,9 +21,9 @@ import contextlib
 import fcntl
 import ipaddress
 import os
-import struct
 from collections.abc import Iterable
 
+import pytun
 from pyroute2 import AsyncIPRoute
 
 from ipsecd.dataplane.offload import (
@@ -37,16 +37,10 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 # include/uapi/linux/if_tun.h
-TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
-TUNSETPERSIST = 0x400454CB
-IFF_TUN = 0x0001
-IFF_NO_PI = 0x1000
-IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
-_IFREQ = struct.Struct("16sH22x")
 
 MAX_READ = 65535 + VNET_HDR_LEN
 READ_PACKET_LIMIT = 512  # stop a burst once this many packets are split out
@@ -59,22 +53,22 @@ class TunDevice:
     """A layer-3 TUN device without packet information header (IFF_NO_PI)."""
 
     def __init__(self, name: str, offload: bool = True) -> None:
-        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+        flags = pytun.IFF_TUN | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if offload else 0)
         try:
-            flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
-            ifreq = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), flags))
-            if offload:
-                # Old kernel: keep the (all-zero) virtio header, lose only the speed-up.
-                with contextlib.suppress(OSError):
-                    fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
-            # A persistent device of the same name (left by an earlier run or an operator's
-            # `ip tuntap add`) is adopted; make it go away with us, as our own would.
+            device = pytun.TunTapDevice(name=name, flags=flags)
+        except pytun.Error as exc:  # python-pytun's error carries (errno, message)
+            raise OSError(*exc.args) from exc
+        fd = device.fileno()
+        if offload:
+            # Old kernel: keep the (all-zero) virtio header, lose only the speed-up.
             with contextlib.suppress(OSError):
-                fcntl.ioctl(fd, TUNSETPERSIST, 0)
-        except OSError:
-            os.close(fd)
-            raise
-        self.name: str = _IFREQ.unpack(ifreq)[0].rstrip(b"\0").decode()
+                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+        # A persistent device of the same name (left by an earlier run or an operator's
+        # `ip tuntap add`) is adopted; make it go away with us, as our own would.
+        with contextlib.suppress(pytun.Error, OSError):
+            device.persist(False)
+        self._device = device
+        self.name: str = device.name
         self.fd: int = fd
         self.offload = offload
         os.set_blocking(self.fd, False)
@@ -193,6 +187,6 @@ class TunDevice:
         for network in list(self._routes):
             await self.remove_route(network)
         try:
-            os.close(self.fd)
+            self._device.close()
         finally:
             self._ipr.close()
