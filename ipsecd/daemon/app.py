@@ -145,16 +145,12 @@ class Daemon:
         packets = tun.read_batch(BURST)
         if not packets:
             return
-        for (local, remote), datagrams in self.processor.from_tun(packets).items():
-            sock = self.sockets.get(local)
-            if sock is None:
-                self.counters["no_socket"] += len(datagrams)
-                continue
-            sock.send_batch(datagrams, remote)
+        self.send_inner(packets)
         self._start_on_demand()
 
-    def send_queued(self, packets: list[bytes]) -> None:
-        """Inner packets that waited for their CHILD_SA (start: trap), sent through it now."""
+    def send_inner(self, packets: list[bytes]) -> None:
+        """Encapsulate inner packets and send them: a TUN burst, or the packets that waited
+        for their CHILD_SA (start: trap)."""
         for (local, remote), datagrams in self.processor.from_tun(packets).items():
             sock = self.sockets.get(local)
             if sock is None:

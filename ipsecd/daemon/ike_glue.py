@@ -103,7 +103,7 @@ def apply_event(daemon: Daemon, event: Any) -> None:
             queued = daemon.trap.installed(event.peer)  # start: trap
             if queued:
                 log.info("on-demand queue sent", peer=event.peer, packets=len(queued))
-                daemon.send_queued(queued)
+                daemon.send_inner(queued)
             if daemon.config.peer(event.peer).start != "trap":
                 daemon.trap.unwatch(event.peer)  # back from dpd_action hold
     elif isinstance(event, ev.ChildSaOutboundActivated):

@@ -23,7 +23,9 @@ from typing import Any
 from ipsecd.config import Config, parse_config
 from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
 from ipsecd.ike import events as ev
+from ipsecd.ike import payloads as pl
 from ipsecd.ike.manager import IkeManager
+from ipsecd.ike.message import parse_message
 
 A_IP, B_IP = "192.0.2.1", "192.0.2.2"
 NET_A, NET_B = "10.1.0.0/24", "10.2.0.0/24"
@@ -459,3 +461,17 @@ def esp_roundtrip(
     next_header, packet = result
     assert next_header == 4
     return packet
+
+
+def messages(pair: IkePair, sender: str, exchange: int | None = None) -> list[Sent]:
+    """IKE datagrams (no keepalives) ``sender`` put on the wire, optionally of one exchange."""
+    return [
+        s
+        for s in pair.sent_by(sender, keepalive=False)
+        if exchange is None or s.data[18] == exchange
+    ]
+
+
+def notify_types(data: bytes) -> list[int]:
+    """Notify types in the clear part of an (IKE_SA_INIT) message."""
+    return [p.notify_type for p in parse_message(data).payloads if isinstance(p, pl.Notify)]

@@ -18,13 +18,15 @@ from ipsecd.config import ConfigError
 from ipsecd.ike import fragments
 from ipsecd.ike import payloads as pl
 from ipsecd.ike.exchanges import auth, informational
-from ipsecd.ike.message import Message, parse_message
+from ipsecd.ike.message import Message
 from tests.unit.ike_pair_support import (
     IkePair,
     Sent,
     build_config,
     esp_roundtrip,
     ipv4_packet,
+    messages,
+    notify_types,
     side_a,
     side_b,
 )
@@ -34,18 +36,6 @@ FRAGMENTATION_SUPPORTED = 16430
 SKF = 53
 CBC = ("aes128-sha256-ecp256", "aes128-sha256")
 AEAD = ("aes256gcm16-prfsha256-x25519", "aes256gcm16")
-
-
-def sent(pair: IkePair, sender: str, exchange: int | None = None) -> list[Sent]:
-    return [
-        s
-        for s in pair.sent_by(sender, keepalive=False)
-        if exchange is None or s.data[18] == exchange
-    ]
-
-
-def clear_notifies(data: bytes) -> list[int]:
-    return [p.notify_type for p in parse_message(data).payloads if isinstance(p, pl.Notify)]
 
 
 def is_fragment(s: Sent) -> bool:
@@ -112,10 +102,10 @@ def notify(n: int, size: int = 40) -> pl.Notify:
 
 def test_both_sides_announce_fragmentation_in_ike_sa_init(tmp_path):
     pair = IkePair(tmp_path)
-    (request,) = sent(pair, "a", IKE_SA_INIT)
-    (response,) = sent(pair, "b", IKE_SA_INIT)
-    assert FRAGMENTATION_SUPPORTED in clear_notifies(request.data)
-    assert FRAGMENTATION_SUPPORTED in clear_notifies(response.data)
+    (request,) = messages(pair, "a", IKE_SA_INIT)
+    (response,) = messages(pair, "b", IKE_SA_INIT)
+    assert FRAGMENTATION_SUPPORTED in notify_types(request.data)
+    assert FRAGMENTATION_SUPPORTED in notify_types(response.data)
     assert pair.a.ike_sa("b").fragmentation_active and pair.b.ike_sa("a").fragmentation_active
     assert pair.status("a")["fragmentation"] is pair.status("b")["fragmentation"] is True
 
@@ -126,11 +116,11 @@ def test_fragmentation_no_is_not_announced_and_nothing_is_fragmented(tmp_path, s
     a = side_a(**small, **({"fragmentation": "no"} if side == "a" else {}))
     b = side_b(**small, **({"fragmentation": "no"} if side == "b" else {}))
     pair = IkePair(tmp_path, a, b)
-    (request,) = sent(pair, "a", IKE_SA_INIT)
-    (response,) = sent(pair, "b", IKE_SA_INIT)
+    (request,) = messages(pair, "a", IKE_SA_INIT)
+    (response,) = messages(pair, "b", IKE_SA_INIT)
     # The responder answers with the notify only if the request carried it.
-    assert FRAGMENTATION_SUPPORTED not in clear_notifies(response.data)
-    assert (FRAGMENTATION_SUPPORTED in clear_notifies(request.data)) == (side == "b")
+    assert FRAGMENTATION_SUPPORTED not in notify_types(response.data)
+    assert (FRAGMENTATION_SUPPORTED in notify_types(request.data)) == (side == "b")
     assert not any(is_fragment(s) for s in pair.net.log)
     assert counter(pair, "a", "fragments_sent") == counter(pair, "b", "fragments_sent") == 0
     assert pair.status("a")["fragmentation"] is pair.status("b")["fragmentation"] is False
@@ -143,10 +133,10 @@ def test_accept_announces_but_never_sends_fragments(tmp_path):
         side_a(fragment_size=128, fragmentation="accept"),
         side_b(fragment_size=128),
     )
-    (request,) = sent(pair, "a", IKE_SA_INIT)
-    assert FRAGMENTATION_SUPPORTED in clear_notifies(request.data)
-    assert [is_fragment(s) for s in sent(pair, "a", IKE_AUTH)] == [False]
-    b_auth = sent(pair, "b", IKE_AUTH)
+    (request,) = messages(pair, "a", IKE_SA_INIT)
+    assert FRAGMENTATION_SUPPORTED in notify_types(request.data)
+    assert [is_fragment(s) for s in messages(pair, "a", IKE_AUTH)] == [False]
+    b_auth = messages(pair, "b", IKE_AUTH)
     assert len(b_auth) > 1 and all(is_fragment(s) for s in b_auth)
     assert counter(pair, "a", "fragmented_messages_received") == 1
     assert_tunnel_works(pair)
@@ -164,7 +154,7 @@ def test_ike_auth_fragmented_both_ways(tmp_path, ike, esp, size):
         side_b(ike=(ike,), esp=(esp,), fragment_size=size),
     )
     for side in ("a", "b"):
-        datagrams = sent(pair, side, IKE_AUTH)
+        datagrams = messages(pair, side, IKE_AUTH)
         assert len(datagrams) >= 2 and all(is_fragment(s) for s in datagrams)
         # The whole UDP payload (IKE on port 4500: 4-byte non-ESP marker) fits.
         assert all(len(s.data) + 4 <= size for s in datagrams)
@@ -203,7 +193,7 @@ def test_twenty_kilobyte_ike_auth_both_directions(tmp_path, monkeypatch):
         certs = [p for p in received[side] if isinstance(p, pl.Certificate)]
         assert [c.data for c in certs] == [expected]
     for side in ("a", "b"):
-        datagrams = sent(pair, side, IKE_AUTH)
+        datagrams = messages(pair, side, IKE_AUTH)
         assert len(datagrams) == 17 and all(len(s.data) + 4 <= 1280 for s in datagrams)
     assert counter(pair, "a", "fragments_received") == counter(pair, "b", "fragments_received")
     assert counter(pair, "b", "fragments_received") == 17
@@ -224,11 +214,11 @@ def test_lost_fragment_retransmits_the_same_fragments(tmp_path):
     pair.net.drop = drop_second_once
     pair.a.start(pair.now)
     pair.pump()
-    first = [s.data for s in sent(pair, "a", IKE_AUTH)]
+    first = [s.data for s in messages(pair, "a", IKE_AUTH)]
     assert pair.status("a")["state"] == "auth-sent"
     assert counter(pair, "b", "fragments_received") == len(first) - 1
     pair.advance(0.6)  # RFC 7296 §2.1 retransmission: every fragment again, unchanged
-    again = [s.data for s in sent(pair, "a", IKE_AUTH)][len(first) :]
+    again = [s.data for s in messages(pair, "a", IKE_AUTH)][len(first) :]
     assert again == first
     assert counter(pair, "b", "fragment_duplicates") == len(first) - 1
     assert_tunnel_works(pair)
@@ -249,25 +239,25 @@ def test_retransmitted_fragmented_request_answered_once_on_fragment_one(tmp_path
     pair.net.drop = drop_first_response
     pair.a.start(pair.now)
     pair.pump()
-    responses = len(sent(pair, "b", IKE_AUTH))
-    requests = len(sent(pair, "a", IKE_AUTH))
+    responses = len(messages(pair, "b", IKE_AUTH))
+    requests = len(messages(pair, "a", IKE_AUTH))
     assert responses >= 2 and requests >= 2
     blocked[0] = False
     pair.advance(0.6)
     assert counter(pair, "b", "retransmit_answered") == 1
     assert counter(pair, "b", "retransmit_fragment_ignored") == requests - 1
     # The cached fragments, byte for byte.
-    assert [s.data for s in sent(pair, "b", IKE_AUTH)][responses:] == lost[:responses]
+    assert [s.data for s in messages(pair, "b", IKE_AUTH)][responses:] == lost[:responses]
     assert_tunnel_works(pair)
     # A forged copy of fragment 1 of that request gets no answer (no amplification).
-    first = next(s.data for s in sent(pair, "a", IKE_AUTH) if s.data[33] == 1)
+    first = next(s.data for s in messages(pair, "a", IKE_AUTH) if s.data[33] == 1)
     forged = first[:-1] + bytes([first[-1] ^ 1])
-    before = len(sent(pair, "b"))
+    before = len(messages(pair, "b"))
     pair.inject("b", forged)
-    assert len(sent(pair, "b")) == before
+    assert len(messages(pair, "b")) == before
     assert counter(pair, "b", "retransmit_fragment_forged") == 1
     pair.inject("b", first)
-    assert len(sent(pair, "b")) == before + responses
+    assert len(messages(pair, "b")) == before + responses
 
 
 def test_fragmentation_survives_ike_rekey(tmp_path):
@@ -327,9 +317,9 @@ def test_missing_fragment_delivers_nothing_and_times_out(tmp_path, seen):
     # No liveness checks (dead peer detection) while the clock jumps past the timeout.
     pair = IkePair(tmp_path, side_a(dpd_delay=0), side_b(dpd_delay=0))
     frags = fragments_of(pair, "a", next_request_id(pair, "b"), [notify(n) for n in range(20)], 300)
-    responses = len(sent(pair, "b", INFORMATIONAL))
+    responses = len(messages(pair, "b", INFORMATIONAL))
     deliver(pair, "b", frags[:1] + frags[2:])
-    assert seen == [] and len(sent(pair, "b", INFORMATIONAL)) == responses
+    assert seen == [] and len(messages(pair, "b", INFORMATIONAL)) == responses
     reassembler = pair.b.ike_sa("a").reassembler
     assert reassembler is not None and reassembler.buffered > 0
     pair.advance(fragments.REASSEMBLY_TIMEOUT + 5)

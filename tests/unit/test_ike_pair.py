@@ -34,6 +34,8 @@ from tests.unit.ike_pair_support import (
     build_config,
     esp_roundtrip,
     ipv4_packet,
+    messages,
+    notify_types,
     side_a,
     side_b,
 )
@@ -43,20 +45,6 @@ IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA, INFORMATIONAL = 34, 35, 36, 37
 
 def ts(*prefixes: str) -> tuple[TrafficSelector, ...]:
     return tuple(TrafficSelector.from_prefix(p) for p in prefixes)
-
-
-def messages(pair: IkePair, sender: str, exchange: int | None = None) -> list[Sent]:
-    """IKE datagrams (no keepalives) ``sender`` put on the wire, optionally of one exchange."""
-    return [
-        s
-        for s in pair.sent_by(sender, keepalive=False)
-        if exchange is None or s.data[18] == exchange
-    ]
-
-
-def notify_types(data: bytes) -> list[int]:
-    """Notify types in the clear part of an (IKE_SA_INIT) message."""
-    return [p.notify_type for p in parse_message(data).payloads if isinstance(p, pl.Notify)]
 
 
 def inner_payloads(pair: IkePair, receiver: str, data: bytes) -> list[object]:
