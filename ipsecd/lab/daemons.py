@@ -194,7 +194,9 @@ def start_psk_pair(
     start: bool = True,
 ) -> tuple[IpsecdProcess, IpsecdProcess]:
     """Two IKEv2/PSK daemons; by default A initiates and B responds."""
-    psk = secrets.token_urlsafe(24)
+    # Hex with its 0x prefix: a random text PSK that happened to start with "0x" or "0s"
+    # would be read as hex or base64 (strongSwan's convention) and refused.
+    psk = "0x" + secrets.token_hex(32)
     daemons = []
     for spec, key in ((a, psk_a or psk), (b, psk_b or psk)):
         psk_file = write_secret(topo.workdir / f"{spec.name}.psk", key + "\n")
