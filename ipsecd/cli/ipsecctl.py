@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("up", "down", "rekey"):
         p = sub.add_parser(name, help=f"{name} the tunnel to PEER")
         p.add_argument("peer")
+        if name == "rekey":
+            p.add_argument("--ike", action="store_true", help="rekey the IKE SA, not the CHILD_SAs")
     sub.add_parser("reload", help="re-read the config file")
     lv = sub.add_parser("log-level", help="change the log level")
     lv.add_argument("level", choices=["debug", "info", "warning", "error"])
@@ -165,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     payload: dict[str, Any] = {"cmd": args.command}
     if args.command in ("up", "down", "rekey"):
         payload["peer"] = args.peer
+    if args.command == "rekey" and args.ike:
+        payload["ike"] = True
     if args.command == "log-level":
         payload["level"] = args.level
     try:

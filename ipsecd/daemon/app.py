@@ -251,10 +251,13 @@ class Daemon:
             elif cmd == "down":
                 self.ike.terminate(peer, now)
             else:
-                rekey = getattr(self.ike, "rekey", None)
-                if rekey is None:
-                    return {"ok": False, "error": "rekeying is not implemented yet"}
-                rekey(peer, now)
+                try:
+                    if request.get("ike"):
+                        self.ike.rekey_ike(peer, now)
+                    else:
+                        self.ike.rekey(peer, now)
+                except KeyError as exc:  # no established IKE SA with the peer
+                    return {"ok": False, "error": str(exc.args[0])}
             self._pump_ike()
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {cmd!r}"}

@@ -432,6 +432,7 @@ class IkeManager:
             if s.peer_name == peer
             and s.alive
             and s.rekeyed_to is None
+            and not s.collision_pending
             and s.local_spi not in self._retiring
             and (not self.half_open.holds(s) or (unauthenticated and self._from_peer_address(s)))
         ]
@@ -500,6 +501,8 @@ class IkeManager:
     def _schedule(self, sa: IkeSa, now: float) -> None:
         """Soft/hard limits for a new IKE SA or CHILD_SA: ``rekey_time - rand * U[0,1)``."""
         if sa.state is not IkeState.ESTABLISHED or sa.rekeyed_to is not None:
+            return
+        if sa.collision_pending:
             return
         if not sa.lifetime_set:
             sa.lifetime_set = True

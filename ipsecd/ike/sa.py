@@ -186,6 +186,11 @@ class IkeSa:
     rekeyed_to: IkeSa | None = None  # the IKE SA that replaced this one
     rekeyed_at: float | None = None
     spawned: list[IkeSa] = field(default_factory=list)  # new IKE SAs for the manager
+    # Simultaneous IKE SA rekey (§2.8.2): the SA we created answering the peer's rekey
+    # while ours was outstanding, and the lowest nonce of that exchange; decided by the
+    # nonce rule once our own exchange ends.
+    rekey_collision: tuple[IkeSa, bytes] | None = None
+    collision_pending: bool = False  # such an SA, not yet known to survive: not used
     # IKE fragmentation (RFC 7383): the peer announced it in IKE_SA_INIT (and we did).
     fragmentation_peer: bool = False
     gateway_fragment_size: int | None = None  # gateway.fragment_size (None: by family)

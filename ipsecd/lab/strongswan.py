@@ -427,6 +427,16 @@ class Charon:
         wall = time.monotonic() - t0
         return HandshakeTiming(wall, self.handshake_seconds_from_log(log_mark))
 
+    def rekey_ike(self, ike: str | None = None) -> None:
+        """vici ``rekey`` of the IKE SA (what ``swanctl --rekey --ike NAME`` sends); returns
+        once charon has started it."""
+        conn = self._conn(ike)
+        try:
+            with ViciClient(self.socket, timeout=10) as vici:
+                vici.command("rekey", ike=conn.name)
+        except (OSError, ViciError) as exc:
+            raise StrongSwanError(f"vici rekey in {self.ns}: {exc}\n{self.tail()}") from exc
+
     def handshake_seconds_from_log(self, offset: int = 0) -> float | None:
         """From the log after byte ``offset``: first "initiating IKE_SA" to first CHILD_SA
         "established" (None if either is missing)."""

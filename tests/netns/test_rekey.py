@@ -157,6 +157,44 @@ def test_ike_rekey_ipsecd_to_ipsecd(topology: Topology) -> None:
     _one_pair(gw_a)
 
 
+def test_simultaneous_ike_rekeys_leave_one_ike_sa(topology: Topology) -> None:
+    """Both daemons rekey the IKE SA at the same instant, several times (RFC 7296 §2.8.2):
+    each answers the other, the nonce rule keeps one new IKE SA, the CHILD_SA carries on."""
+    a, b = site_specs(topology)
+    gw_a, gw_b = start_psk_pair(topology, a, b)
+    gw_a.wait_up()
+    gw_b.wait_up()
+    for _ in range(8):
+        barrier = threading.Barrier(2)
+
+        def rekey(daemon: IpsecdProcess, peer: str, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            assert daemon.control({"cmd": "rekey", "peer": peer, "ike": True})["ok"]
+
+        threads = [
+            threading.Thread(target=rekey, args=(gw_a, "b")),
+            threading.Thread(target=rekey, args=(gw_b, "a")),
+        ]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        time.sleep(0.3)
+        assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=5)
+    result = topology.tcp_transfer(topology.host_a, topology.host_b, HOST_B_IP, CHUNK)
+    assert result.ok, result
+    collisions = _counter(gw_a, "ike_rekey_collisions") + _counter(gw_b, "ike_rekey_collisions")
+    rekeys = _counter(gw_a, "ike_sa_rekeyed")
+    print(f"simultaneous IKE rekeys: {rekeys} rekeys, {collisions} collisions seen")
+    assert rekeys >= 8
+    for gw in (gw_a, gw_b):
+        assert gw.peer_status()["ike"]["ike_sas"] == 1, gw.peer_status()
+    assert gw_a.peer_status()["ike"]["local_spi"] == gw_b.peer_status()["ike"]["remote_spi"]
+    _no_unknown_spi(gw_a, gw_b)
+    child_a, child_b = _one_pair(gw_a), _one_pair(gw_b)
+    assert child_a["spi_in"] == child_b["spi_out"]
+
+
 def _with_charon(
     topo: Topology, ours: dict[str, object], **swan: object
 ) -> tuple[IpsecdProcess, Charon]:
@@ -220,5 +258,47 @@ def test_ike_rekey_with_strongswan(topology: Topology, who: str) -> None:
         _no_unknown_spi(gw_a)
         _one_pair(gw_a)
         assert len(charon.list_sas()) == 1
+    finally:
+        charon.stop()
+
+
+@pytest.mark.strongswan
+def test_simultaneous_ike_rekeys_with_strongswan(topology: Topology) -> None:
+    """ipsecd and charon rekey the IKE SA at the same moment, with a growing offset so that
+    some requests cross on the wire (§2.8.2); afterwards one IKE SA on both sides."""
+    gw_a, charon = _with_charon(topology, _ike(120), ike_rekey_time=120)
+    try:
+        for offset_ms in range(8):
+            barrier = threading.Barrier(2)
+
+            def ours(barrier: threading.Barrier = barrier, delay: float = offset_ms / 2000) -> None:
+                barrier.wait()
+                time.sleep(delay)
+                assert gw_a.control({"cmd": "rekey", "peer": "b", "ike": True})["ok"]
+
+            def theirs(barrier: threading.Barrier = barrier) -> None:
+                barrier.wait()
+                charon.rekey_ike()
+
+            threads = [threading.Thread(target=ours), threading.Thread(target=theirs)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            time.sleep(0.5)
+            assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=5), charon.tail()
+        result = topology.tcp_transfer(topology.host_a, topology.host_b, HOST_B_IP, CHUNK)
+        assert result.ok, result
+        deadline = time.monotonic() + 10
+        while len(sas := charon.list_sas()) != 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        collisions = _counter(gw_a, "ike_rekey_collisions")
+        rekeys = _counter(gw_a, "ike_sa_rekeyed")
+        print(f"ipsecd and charon rekeying at once: {rekeys} rekeys, {collisions} collisions")
+        assert len(sas) == 1, sas
+        assert gw_a.peer_status()["ike"]["ike_sas"] == 1, gw_a.peer_status()
+        assert rekeys >= 8
+        _no_unknown_spi(gw_a)
+        _one_pair(gw_a)
     finally:
         charon.stop()

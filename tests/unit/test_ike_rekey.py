@@ -446,13 +446,78 @@ def test_periodic_ike_and_child_rekeys_together() -> None:
 
 
 def test_simultaneous_ike_rekey_resolves_to_one_sa() -> None:
+    """Both IKE rekey requests cross (§2.8.2): each side answers, the nonce rule keeps one
+    new IKE SA, the redundant one and the old one are deleted, the CHILD_SA moves over."""
+    for _ in range(8):  # nonces are random: both outcomes of the comparison happen
+        pair = Pair()
+        pair.up()
+        old_a, old_b = pair.a.ike_sa("b"), pair.b.ike_sa("a")
+        pair.a.rekey_ike("b", pair.now)
+        pair.b.rekey_ike("a", pair.now)
+        pair.exchange_crosswise()
+        assert len(pair.a.sas) == 1 and len(pair.b.sas) == 1, (pair.a.sas, pair.b.sas)
+        new_a, new_b = pair.a.ike_sa("b"), pair.b.ike_sa("a")
+        assert new_a is not old_a and new_b is not old_b
+        assert (new_a.spi_i, new_a.spi_r) == (new_b.spi_i, new_b.spi_r)
+        assert new_a.initiator != new_b.initiator
+        for mgr in (pair.a, pair.b):
+            assert pair.counter(mgr, "ike_rekey_collisions") == 1
+            assert pair.counter(mgr, "ike_sa_rekeyed") == 1
+            assert pair.counter(mgr, "ike_rekey_retries") == 0
+        pair.assert_one_pair()
+        assert not [e for _, e in pair.events if isinstance(e, ev.NegotiationFailed)]
+        pair.run(10)  # the survivor keeps working: a CHILD_SA rekey on it
+        pair.a.rekey("b", pair.now)
+        pair.pump()
+        pair.assert_one_pair()
+
+
+def test_simultaneous_ike_rekey_nonce_rule_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new IKE SA of the exchange holding the lowest nonce is the redundant one."""
+    from ipsecd.ike.exchanges import rekey
+
     pair = Pair()
     pair.up()
+    nonces = iter([b"\x05" * 32, b"\x01" + b"\xff" * 31, b"\x09" * 32, b"\x07" * 32])
+    real = rekey.os.urandom
+    monkeypatch.setattr(rekey.os, "urandom", lambda n: next(nonces) if n == 32 else real(n))
+    old = pair.a.ike_sa("b")
+    pair.a.rekey_ike("b", pair.now)  # Ni(A) = 05..
+    pair.b.rekey_ike("a", pair.now)  # Ni(B) = 01ff.. : the lowest -> B's exchange is redundant
+    pair.exchange_crosswise()  # B answers A with Nr 09.., A answers B with Nr 07..
+    survivor = pair.a.ike_sa("b")
+    assert survivor is not old and pair.counter(pair.a, "ike_rekey_collisions") == 1
+    assert survivor.initiator  # A initiated the surviving exchange
+    assert not pair.b.ike_sa("a").initiator
+    assert len(pair.a.sas) == 1 and len(pair.b.sas) == 1
+    pair.assert_one_pair()
+
+
+def test_peer_deletes_old_ike_sa_before_our_rekey_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peer won the collision and deleted the old IKE SA; its answer to our request
+    was lost: its new SA still takes the CHILD_SA, nothing goes down."""
+    from ipsecd.ike.exchanges import rekey
+
+    pair = Pair()
+    pair.up()
+    # Ni(A) holds the lowest nonce: A's exchange is redundant, B's survives.
+    nonces = iter([b"\x01" + b"\xff" * 31, b"\x05" * 32, b"\x09" * 32, b"\x07" * 32])
+    real = rekey.os.urandom
+    monkeypatch.setattr(rekey.os, "urandom", lambda n: next(nonces) if n == 32 else real(n))
     pair.a.rekey_ike("b", pair.now)
     pair.b.rekey_ike("a", pair.now)
-    pair.exchange_crosswise()
-    pair.run(10)  # both were refused (TEMPORARY_FAILURE) and retry after a random pause
-    assert len(pair.a.sas) == 1 and len(pair.b.sas) == 1
-    assert pair.a.ike_sa("b").spi_i == pair.b.ike_sa("a").spi_i
-    assert pair.counter(pair.a, "ike_sa_rekeyed") >= 1
+    req_a, req_b = pair.a.datagrams_to_send(), pair.b.datagrams_to_send()
+    pair.b.receive_datagram(req_a[0].data, req_a[0].remote, req_a[0].local, pair.now)
+    pair.a.receive_datagram(req_b[0].data, req_b[0].remote, req_b[0].local, pair.now)
+    answer_to_a = pair.b.datagrams_to_send()  # lost
+    assert len(answer_to_a) == 1
+    for d in pair.a.datagrams_to_send():  # A's answer reaches B: B's exchange is done
+        pair.b.receive_datagram(d.data, d.remote, d.local, pair.now)
+    pair._drain_events()
+    b_sa = pair.b.ike_sa("a")
+    assert b_sa.initiator  # B's own exchange survived
+    pair.pump()  # B deletes the old IKE SA (and A's redundant one never came to be at A)
+    pair.run(30)
     pair.assert_one_pair()
+    assert (pair.a.ike_sa("b").spi_i, pair.a.ike_sa("b").spi_r) == (b_sa.spi_i, b_sa.spi_r)
+    assert not [e for _, e in pair.events if isinstance(e, ev.NegotiationFailed)]

@@ -140,3 +140,17 @@ def test_on_demand_peer_state_is_shown(state, shown) -> None:
     peer = dict(STATUS["peers"][1], on_demand={"state": state, "queued": 3})
     text = format_status(dict(STATUS, peers=[peer]), Style(False))
     assert f"\n  on demand:  {shown}\n" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "payload"),
+    [
+        (["rekey", "b"], {"cmd": "rekey", "peer": "b"}),
+        (["rekey", "b", "--ike"], {"cmd": "rekey", "peer": "b", "ike": True}),
+    ],
+)
+def test_rekey_child_sas_or_the_ike_sa(monkeypatch, argv, payload) -> None:
+    sent = []
+    monkeypatch.setattr(ipsecctl, "request", lambda path, p: sent.append(p) or {"ok": True})
+    assert ipsecctl.main(argv) == 0
+    assert sent == [payload]

@@ -135,6 +135,13 @@ def respond(sa: IkeSa, message: base.Incoming, now: float) -> list[Any]:
                     ours.append(child.spi_in)
                 sa.remove_child(child, "deleted by peer")
     if delete_ike:
+        if sa.rekey_collision is not None:
+            # The peer won a simultaneous rekey (§2.8.2) and deletes the old SA before our
+            # own exchange ended (its answer lost or late): its new SA takes the children.
+            from ipsecd.ike.exchanges.rekey import survives
+
+            survives(sa, sa.rekey_collision[0], now)
+            sa.rekey_collision = None
         sa.after_response = lambda: sa.deleted("deleted by peer")
         return []
     if ours:

@@ -27,10 +27,14 @@ CHILD_SA, make-before-break (§2.8):
 IKE SA (§2.18): keys from SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr)
 with the new SPIs; the initiator of the rekey is the original initiator of
 the new IKE SA, message ids restart at 0, every CHILD_SA moves over, and the
-rekey initiator deletes the old IKE SA.  A request while either side has an
-exchange or a CHILD_SA operation in flight is refused with TEMPORARY_FAILURE
-and retried after a random pause (strongSwan does the same for half-open
-CHILD_SAs).
+rekey initiator deletes the old IKE SA.  Simultaneous IKE SA rekeys (§2.8.2):
+each side answers the other's request; once both exchanges are done, the new
+IKE SA of the exchange holding the lowest of the four nonces is redundant and
+deleted by its initiator, the CHILD_SAs move to the other new SA, and the
+initiator of that surviving exchange deletes the old IKE SA.  Any other
+request while an exchange or a CHILD_SA operation is in flight is refused
+with TEMPORARY_FAILURE and retried after a random pause (strongSwan does the
+same for half-open CHILD_SAs).
 """
 
 from __future__ import annotations
@@ -346,12 +350,33 @@ class RekeyIkeSa:
         new = successor(
             sa, initiator=True, spi_i=self.spi, spi_r=spi_r, keys=keys, chosen=chosen, now=now
         )
+        collision, sa.rekey_collision = sa.rekey_collision, None
+        if collision is not None and min(self.nonce, nonce_r) < collision[1]:
+            # Ours holds the lowest nonce (§2.8.2): redundant, deleted by us, its creator;
+            # the peer's new SA survives and the peer deletes the old one.
+            survives(sa, collision[0], now)
+            new.rekeyed_to = collision[0]
+            new.tasks = [DeleteIkeSa("redundant after a simultaneous rekey (RFC 7296 §2.8.2)")]
+            sa.spawned.append(new)
+            return TaskResult.DONE
+        if collision is not None:
+            # The peer's new SA is the redundant one: the peer deletes it (or we do,
+            # after the grace period of a replaced SA).
+            redundant = collision[0]
+            redundant.collision_pending = False
+            redundant.rekeyed_to, redundant.rekeyed_at = new, now
         adopt(sa, new, now)
         # Whatever was queued runs on the new SA; the old one is deleted (§2.18).
         new.tasks, sa.tasks = sa.tasks, [DeleteIkeSa("rekeyed")]
         return TaskResult.DONE
 
     def failed(self, sa: IkeSa, reason: str, now: float) -> None:
+        if sa.rekey_collision is not None:
+            # The peer's simultaneous rekey went through (§2.8.2): its new SA is the one.
+            theirs, sa.rekey_collision = sa.rekey_collision[0], None
+            survives(sa, theirs, now)
+            sa.count("ike_rekey_retries")
+            return
         sa.rekey_at = now + retry_delay()
         if self.error_type in QUIET_ERRORS:
             sa.count("ike_rekey_retries")
@@ -360,14 +385,26 @@ class RekeyIkeSa:
         sa.events.append(NegotiationFailed(sa.peer_name, reason))
 
     def timed_out(self, sa: IkeSa, reason: str, now: float) -> None:
+        if sa.rekey_collision is not None:
+            self.failed(sa, reason, now)
+            return
         sa.fail(reason, now)
+
+
+def survives(old: IkeSa, theirs: IkeSa, now: float) -> None:
+    """The SA the peer's rekey created replaces ``old`` (the peer deletes ``old``)."""
+    theirs.collision_pending = False
+    adopt(old, theirs, now)
+    theirs.tasks, old.tasks = old.tasks, []
 
 
 def respond_ike_rekey(sa: IkeSa, message: base.Incoming, now: float) -> list[Any]:
     """Responder of an IKE SA rekey (strongSwan ``ike_rekey`` process_r/build_r)."""
     if sa.rekeyed_to is not None or sa.state is not IkeState.ESTABLISHED:
         raise TemporaryFailure(f"IKE SA with {sa.peer_name} is already rekeyed", fatal=False)
-    if sa.outstanding is not None or _busy(sa):
+    own = sa.outstanding.task if sa.outstanding is not None else None
+    colliding = isinstance(own, RekeyIkeSa) and sa.rekey_collision is None
+    if (own is not None and not colliding) or _busy(sa):
         raise TemporaryFailure(
             f"peer {sa.peer_name} asked to rekey the IKE SA while another exchange or a"
             " CHILD_SA operation is in progress",
@@ -404,7 +441,16 @@ def respond_ike_rekey(sa: IkeSa, message: base.Incoming, now: float) -> list[Any
     new = successor(
         sa, initiator=False, spi_i=spi_i, spi_r=spi_r, keys=keys, chosen=chosen, now=now
     )
-    sa.after_response = lambda: adopt(sa, new, now)
+    if colliding:
+        # Our own rekey of this IKE SA is in flight (§2.8.2): the nonce rule decides
+        # which new SA survives once it ends.  Known to the manager from now on (the peer
+        # may use it first), but not used by us until then.
+        sa.rekey_collision = (new, min(nonce_i, nonce_r))
+        new.collision_pending = True
+        sa.spawned.append(new)
+        sa.count("ike_rekey_collisions")
+    else:
+        sa.after_response = lambda: adopt(sa, new, now)
     return [
         base.p_sa_ike_chosen(chosen, spi_r),
         base.p_nonce(nonce_r),
