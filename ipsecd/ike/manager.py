@@ -711,6 +711,12 @@ class IkeManager:
             new.kick(now)
             self._collect(new, now)
         if not sa.alive:
+            if sa.rekey_collision is not None:
+                # Gone before a simultaneous rekey was decided: the SA we created for the
+                # peer's exchange is deleted like any replaced SA, after the grace period.
+                orphan, sa.rekey_collision = sa.rekey_collision[0], None
+                orphan.collision_pending = False
+                orphan.rekeyed_to, orphan.rekeyed_at = sa, now
             if sa.reassembler is not None:
                 sa.reassembler.clear()  # its partial fragments no longer count
             self.sas.pop(sa.local_spi, None)

@@ -521,3 +521,25 @@ def test_peer_deletes_old_ike_sa_before_our_rekey_answer(monkeypatch: pytest.Mon
     pair.assert_one_pair()
     assert (pair.a.ike_sa("b").spi_i, pair.a.ike_sa("b").spi_r) == (b_sa.spi_i, b_sa.spi_r)
     assert not [e for _, e in pair.events if isinstance(e, ev.NegotiationFailed)]
+
+
+def test_ike_sa_gone_before_a_collision_is_decided_leaves_no_stray_sa() -> None:
+    """A's old IKE SA dies while the SA it created for B's crossing rekey is still
+    undecided: that SA is not left behind (deleted like any replaced SA)."""
+    pair = Pair()
+    pair.up()
+    old = pair.a.ike_sa("b")
+    pair.a.rekey_ike("b", pair.now)
+    pair.b.rekey_ike("a", pair.now)
+    pair.a.datagrams_to_send()  # A's request is lost
+    (req_b,) = pair.b.datagrams_to_send()
+    pair.a.receive_datagram(req_b.data, req_b.remote, req_b.local, pair.now)
+    assert old.rekey_collision is not None
+    pending = old.rekey_collision[0]
+    assert pending.collision_pending and pending.local_spi in pair.a.sas
+    pair.checking = False  # A loses its CHILD_SA with the old IKE SA: B's ESP has no home
+    old.fail("test: the old IKE SA is gone", pair.now)
+    pair.a.handle_timer(pair.now)
+    assert not pending.collision_pending and pending.rekeyed_to is old
+    pair.run(60)  # past the grace period of a replaced IKE SA
+    assert pending.local_spi not in pair.a.sas or not pending.alive
