@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -86,6 +87,33 @@ def _no_unknown_spi(*daemons: IpsecdProcess) -> None:
         assert _counter(d, "internal_error") == 0, d.status()["ike_counters"]
 
 
+def _at_once(*calls: Callable[[], object]) -> None:
+    """Run ``calls`` in threads released together by a barrier; re-raise the first error."""
+    barrier = threading.Barrier(len(calls))
+    errors: list[BaseException] = []
+
+    def run(call: Callable[[], object]) -> None:
+        barrier.wait()
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+
+
+def _rekey_ike_after(daemon: IpsecdProcess, peer: str, delay: float = 0.0) -> None:
+    """``ipsecctl rekey PEER --ike`` on ``daemon`` after ``delay`` seconds."""
+    time.sleep(delay)
+    assert daemon.control({"cmd": "rekey", "peer": peer, "ike": True})["ok"]
+
+
 def test_child_rekey_ipsecd_to_ipsecd(topology: Topology) -> None:
     a, b = site_specs(topology)
     a.peer_extra = _esp(2)
@@ -113,20 +141,10 @@ def test_child_rekey_with_pfs_both_sides_equal_lifetimes(topology: Topology) -> 
     # Timers alone rarely collide on a sub-millisecond link: start rekeys on both sides at
     # the same instant a few times as well (RFC 7296 §2.8.1).
     for _ in range(6):
-        barrier = threading.Barrier(2)
-
-        def rekey(daemon: IpsecdProcess, peer: str, barrier: threading.Barrier = barrier) -> None:
-            barrier.wait()
-            daemon.control({"cmd": "rekey", "peer": peer})
-
-        threads = [
-            threading.Thread(target=rekey, args=(gw_a, "b")),
-            threading.Thread(target=rekey, args=(gw_b, "a")),
-        ]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        _at_once(
+            lambda: gw_a.control({"cmd": "rekey", "peer": "b"}),
+            lambda: gw_b.control({"cmd": "rekey", "peer": "a"}),
+        )
         time.sleep(0.3)
     result = topology.tcp_transfer(topology.host_a, topology.host_b, HOST_B_IP, CHUNK)
     assert result.ok, result
@@ -165,20 +183,7 @@ def test_simultaneous_ike_rekeys_leave_one_ike_sa(topology: Topology) -> None:
     gw_a.wait_up()
     gw_b.wait_up()
     for _ in range(8):
-        barrier = threading.Barrier(2)
-
-        def rekey(daemon: IpsecdProcess, peer: str, barrier: threading.Barrier = barrier) -> None:
-            barrier.wait()
-            assert daemon.control({"cmd": "rekey", "peer": peer, "ike": True})["ok"]
-
-        threads = [
-            threading.Thread(target=rekey, args=(gw_a, "b")),
-            threading.Thread(target=rekey, args=(gw_b, "a")),
-        ]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        _at_once(lambda: _rekey_ike_after(gw_a, "b"), lambda: _rekey_ike_after(gw_b, "a"))
         time.sleep(0.3)
         assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=5)
     result = topology.tcp_transfer(topology.host_a, topology.host_b, HOST_B_IP, CHUNK)
@@ -269,22 +274,8 @@ def test_simultaneous_ike_rekeys_with_strongswan(topology: Topology) -> None:
     gw_a, charon = _with_charon(topology, _ike(120), ike_rekey_time=120)
     try:
         for offset_ms in range(8):
-            barrier = threading.Barrier(2)
-
-            def ours(barrier: threading.Barrier = barrier, delay: float = offset_ms / 2000) -> None:
-                barrier.wait()
-                time.sleep(delay)
-                assert gw_a.control({"cmd": "rekey", "peer": "b", "ike": True})["ok"]
-
-            def theirs(barrier: threading.Barrier = barrier) -> None:
-                barrier.wait()
-                charon.rekey_ike()
-
-            threads = [threading.Thread(target=ours), threading.Thread(target=theirs)]
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
+            delay = offset_ms / 2000
+            _at_once(lambda d=delay: _rekey_ike_after(gw_a, "b", d), charon.rekey_ike)
             time.sleep(0.5)
             assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=5), charon.tail()
         result = topology.tcp_transfer(topology.host_a, topology.host_b, HOST_B_IP, CHUNK)
