@@ -225,6 +225,15 @@ def _matches(ipsecd_child: dict[str, object], swan_child: dict[str, object]) -> 
     assert int(str(swan_child["spi-out"]), 16) == int(str(ipsecd_child["spi_in"]), 16)
 
 
+def _restart_charon(topology: Topology, charon: Charon, conn: SwanConnection) -> Charon:
+    """kill -9 charon and start a fresh one (new state directory) with ``conn`` loaded."""
+    _kill_charon(charon)
+    restarted = Charon(topology, topology.gw_b, directory=charon.dir.with_name("charon-b2"))
+    restarted.start()
+    restarted.load(conn)
+    return restarted
+
+
 @pytest.mark.strongswan
 def test_restarted_ipsecd_initiator_clears_strongswan(topology: Topology) -> None:
     """Our INITIAL_CONTACT makes charon drop the IKE SA we forgot."""
@@ -247,11 +256,7 @@ def test_restarted_strongswan_initiator_clears_ipsecd(topology: Topology) -> Non
     """charon's INITIAL_CONTACT makes ipsecd drop the IKE SA charon forgot."""
     gw_a, charon, conn_b = _ipsecd_and_charon(topology, ipsecd_initiates=False)
     try:
-        _kill_charon(charon)
-        restarted = Charon(topology, topology.gw_b, directory=charon.dir.with_name("charon-b2"))
-        restarted.start()
-        restarted.load(conn_b)  # start_action = start: initiates at once
-        charon = restarted
+        charon = _restart_charon(topology, charon, conn_b)  # start_action = start: initiates
         assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=SLACK)
         (mine,) = _settled(gw_a)["children"]
         _matches(mine, _charon_settled(charon))
@@ -281,11 +286,7 @@ def test_restarted_strongswan_responder_is_noticed_by_ipsecd(topology: Topology)
     """Our liveness check reaches a restarted charon; we set up a new IKE SA."""
     gw_a, charon, conn_b = _ipsecd_and_charon(topology, ipsecd_initiates=True)
     try:
-        _kill_charon(charon)
-        restarted = Charon(topology, topology.gw_b, directory=charon.dir.with_name("charon-b2"))
-        restarted.start()
-        restarted.load(conn_b)  # start_action = none: it only responds
-        charon = restarted
+        charon = _restart_charon(topology, charon, conn_b)  # start_action = none: responds
         assert topology.wait_ping(
             topology.host_a, HOST_B_IP, timeout=DPD_DELAY + GIVE_UP + SLACK
         ), gw_a.peer_status()
