@@ -248,14 +248,18 @@ def reassemble(sa: Any, reassembler: Any, data: bytes, header: Header, now: floa
         return None
     if done.unsupported_critical is not None:
         raise CriticalPayload(int(done.unsupported_critical))
+    return _incoming(header, done.payloads, b"")
+
+
+def _incoming(header: Header, payloads: Any, raw: bytes) -> Incoming:
     return Incoming(
         spi_i=header.spi_i,
         spi_r=header.spi_r,
         exchange=header.exchange,
         message_id=header.message_id,
         response=header.response,
-        payloads=list(done.payloads),
-        raw=b"",
+        payloads=list(payloads),
+        raw=raw,
     )
 
 
@@ -276,15 +280,7 @@ def decode(sa: Any, data: bytes, header: Header) -> Incoming:
         if critical is not None and "critical" in type(exc).__name__.lower():
             raise CriticalPayload(int(critical)) from None
         raise DecodeError(str(exc)) from None
-    return Incoming(
-        spi_i=header.spi_i,
-        spi_r=header.spi_r,
-        exchange=header.exchange,
-        message_id=header.message_id,
-        response=header.response,
-        payloads=list(msg.payloads),
-        raw=data,
-    )
+    return _incoming(header, msg.payloads, data)
 
 
 def responder_for(exchange: int) -> Any:
