@@ -114,7 +114,7 @@ def _dos_status(daemon: Daemon) -> dict[str, Any] | None:
     """Half-open IKE SAs and whether COOKIEs are demanded (RFC 7296 §2.6), or None."""
     half_open = getattr(daemon.ike, "half_open", None)
     status = getattr(half_open, "status", None)
-    return status() if callable(status) else None
+    return status(time.monotonic()) if callable(status) else None
 
 
 def dataplane_counters(daemon: Any) -> dict[str, Any]:

@@ -438,7 +438,10 @@ def test_cookies_stay_on_for_a_calm_down_period(tmp_path):
     assert len(pair.b.half_open) == 0
     (answer,) = to_b(pair, forged(init), src="203.0.113.3")
     assert cookie_of(answer) and pair.b.half_open.cookies_required
+    assert pair.b.half_open.status(pair.now)["cookies_required"]
     expire(pair, halfopen.COOKIE_CALMDOWN)
+    # The status follows the clock: off once the calm-down is over, before any request.
+    assert pair.b.half_open.status(pair.now)["cookies_required"] is False
     (answer,) = to_b(pair, forged(init), src="203.0.113.4")
     assert any(isinstance(p, pl.KeyExchange) for p in parse_message(answer).payloads)
 
