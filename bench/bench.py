@@ -131,10 +131,18 @@ class IpsecdTunnel:
     log line (the log file is watched, so the daemon is not polled while it works).
     """
 
-    def __init__(self, topo: Topology, ike: str, esp: str, keying: str) -> None:
+    def __init__(
+        self,
+        topo: Topology,
+        ike: str,
+        esp: str,
+        keying: str,
+        gateway_extra: dict[str, Any] | None = None,
+    ) -> None:
         specs = site_specs(topo)
         for spec in specs:
             spec.ike_proposals, spec.esp_proposals, spec.log_level = [ike], [esp], "info"
+            spec.gateway_extra = dict(gateway_extra or {})
         self.keying = keying
         try:
             if keying == "manual":
@@ -196,7 +204,8 @@ def backend(name: str, topo: Topology, args: argparse.Namespace) -> Iterator[Tun
     elif name == "strongswan":
         yield StrongSwanTunnel(topo, args.ike, args.esp)
     elif name == "ipsecd":
-        yield IpsecdTunnel(topo, args.ike, args.esp, args.keying)
+        extra = getattr(args, "gateway_extra", None)
+        yield IpsecdTunnel(topo, args.ike, args.esp, args.keying, extra)
     else:
         raise ValueError(name)
 

@@ -6,7 +6,10 @@ send.  bench/latency.py runs it between the gateways to show the round-trip time
 Python alone adds on a machine, so the idle-RTT figures of ipsecd and strongSwan can be
 read against it.  Each inner packet travels as the payload of one UDP datagram.
 
-    forwarder.py TUN_NAME LOCAL_IP PEER_IP PORT REMOTE_PREFIX
+    forwarder.py TUN_NAME LOCAL_IP PEER_IP PORT REMOTE_PREFIX [WAKEUP_MS]
+
+With WAKEUP_MS the loop also wakes every WAKEUP_MS milliseconds with nothing to do, as
+ipsecd does with ``gateway.wakeup_interval_ms``: the same floor for a process kept warm.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ BUFSIZE = 65535
 
 def main(argv: list[str]) -> int:
     """Open the TUN device and the socket, route ``REMOTE_PREFIX`` in, forward forever."""
-    name, local, peer, port, prefix = argv
+    name, local, peer, port, prefix = argv[:5]
+    timeout = float(argv[5]) / 1000 if len(argv) > 5 else -1  # -1: sleep until a packet
     tun = pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
     subprocess.run(["ip", "link", "set", name, "up", "mtu", "1400"], check=True)
     subprocess.run(["ip", "route", "replace", prefix, "dev", name], check=True)
@@ -39,7 +43,7 @@ def main(argv: list[str]) -> int:
     read, write, recv, sendto = os.read, os.write, sock.recv, sock.sendto
     print("ready", flush=True)
     while True:
-        for ready, _ in poller.poll():
+        for ready, _ in poller.poll(timeout):
             try:
                 if ready == fd:
                     sendto(read(fd, BUFSIZE), dst)

@@ -9,7 +9,9 @@ alternate the backends so that a slow minute of a shared machine hits all of the
 Besides plain routing, strongSwan and ipsecd, it measures ``bench/forwarder.py``: a bare
 Python TUN <-> UDP loop with no crypto and no SA logic.  Its added RTT is what one
 Python process per gateway costs on this machine before any IPsec work is done: the
-floor under any Python data plane here.
+floor under any Python data plane here.  The "-wakeup" rows run the forwarder and ipsecd
+again with a wake-up every 10 ms while idle (ipsecd: ``gateway.wakeup_interval_ms: 10``),
+which keeps a virtual machine's process and CPU from going cold between packets.
 
     sudo python3 bench/latency.py                     # 3 rounds of 200 pings
     sudo python3 bench/latency.py --rounds 5 --json latency.json
@@ -49,18 +51,21 @@ from ipsecd.lab.topology import (  # noqa: E402
     install_sigterm_handler,
 )
 
-BACKENDS = ("plain", "forwarder", "strongswan", "ipsecd")
+BACKENDS = ("plain", "forwarder", "forwarder-wakeup", "strongswan", "ipsecd", "ipsecd-wakeup")
 LABELS = {
     "plain": "plain routing",
     "forwarder": "bare Python forwarder",
+    "forwarder-wakeup": "forwarder, 10 ms wake-ups",
     "strongswan": "strongSwan",
     "ipsecd": "ipsecd",
+    "ipsecd-wakeup": "ipsecd, 10 ms wake-ups",
 }
+WAKEUP_MS = 10  # the "-wakeup" rows: gateway.wakeup_interval_ms, forwarder.py's WAKEUP_MS
 FORWARDER = REPO / "bench" / "forwarder.py"
 FORWARDER_PORT = "4600"
 
 
-def start_forwarders(topo: Topology) -> None:
+def start_forwarders(topo: Topology, wakeup_ms: int = 0) -> None:
     """bench/forwarder.py in both gateways, each routing the other site into its TUN."""
     sides = (
         (topo.gw_a, GW_A_WAN_IP, GW_B_WAN_IP, SITE_B),
@@ -68,17 +73,25 @@ def start_forwarders(topo: Topology) -> None:
     )
     for ns, local, peer, prefix in sides:
         cmd = [sys.executable, str(FORWARDER), "fwd0", local, peer, FORWARDER_PORT, prefix]
+        if wakeup_ms:
+            cmd.append(str(wakeup_ms))
         topo.spawn(ns, cmd, log_path=topo.workdir / f"forwarder-{ns}.log")
 
 
 def one_round(name: str, args: argparse.Namespace) -> float:
     """Bring ``name`` up on a fresh topology; the median RTT (ms) of ``args.pings`` pings."""
     with Topology() as topo, contextlib.ExitStack() as stack:
-        if name == "forwarder":
-            start_forwarders(topo)
+        wakeup = WAKEUP_MS if name.endswith("-wakeup") else 0
+        if name.startswith("forwarder"):
+            start_forwarders(topo, wakeup)
         else:
-            tunnel_args = argparse.Namespace(ike=args.ike, esp=args.esp, keying="psk")
-            stack.enter_context(backend(name, topo, tunnel_args))
+            tunnel_args = argparse.Namespace(
+                ike=args.ike,
+                esp=args.esp,
+                keying="psk",
+                gateway_extra={"wakeup_interval_ms": wakeup} if wakeup else None,
+            )
+            stack.enter_context(backend(name.removesuffix("-wakeup"), topo, tunnel_args))
         if not topo.wait_ping(topo.host_a, HOST_B_IP, 15):
             raise BackendUnavailable(f"{LABELS[name]}: hostA gets no ping reply from hostB")
         topo.ping(topo.host_a, HOST_B_IP, count=5, interval=0.02)  # ARP, routes, caches

@@ -129,6 +129,9 @@ class GatewayConfig:
     # Largest IKE datagram (UDP payload) before RFC 7383 fragmentation; None: by family.
     fragment_size: int | None = None
     offload: bool = True  # TUN TSO/GRO (virtio-net header) and UDP GSO/GRO on the data plane
+    # Wake the event loop this often even with nothing to do (0: never), so that an idle
+    # tunnel's next packet does not meet a process and CPU gone cold (README "Performance").
+    wakeup_interval_ms: int = 0
 
 
 @dataclass(frozen=True)

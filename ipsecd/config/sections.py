@@ -122,6 +122,7 @@ GATEWAY = Section(
     Field("half_open_limit", integer(1, 1_000_000), 1000),
     Field("fragment_size", auto_or(integer(MIN_FRAGMENT_SIZE, 65535)), None),
     Field("offload", boolean(), True),
+    Field("wakeup_interval_ms", integer(0, 1000), 0),
 )
 
 DEFAULT_IKE = tuple(parse_proposal(p, "ike") for p in DEFAULT_IKE_PROPOSALS)
@@ -204,6 +205,7 @@ def _build_gateway(v: Values) -> GatewayConfig:
         half_open_limit=v["half_open_limit"],
         fragment_size=v["fragment_size"],
         offload=v["offload"],
+        wakeup_interval_ms=v["wakeup_interval_ms"],
     )
 
 

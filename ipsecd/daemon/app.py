@@ -376,6 +376,8 @@ class Daemon:
             peers=[p.name for p in self.config.peers],
         )
         self.notifier.notify(ready=1, status=self._status_line())
+        if self.config.gateway.wakeup_interval_ms:
+            self._wakeup()
         watchdog = self.notifier.watchdog_interval()
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -384,6 +386,17 @@ class Daemon:
         self.notifier.notify(stopping=1)
         await self._shutdown()
         return 0
+
+    def _wakeup(self) -> None:
+        """Wake the loop every ``gateway.wakeup_interval_ms`` though there is nothing to do.
+
+        On a virtual machine a process that sleeps for more than a few milliseconds, and
+        the CPU it sleeps on, go cold: the next packet of an idle tunnel then costs several
+        times its usual CPU time at each gateway.  Waking every few milliseconds keeps them
+        warm, for about 0.3 % of a core at 10 ms (README "Performance").
+        """
+        self.counters["wakeups"] += 1
+        self._loop.call_later(self.config.gateway.wakeup_interval_ms / 1000, self._wakeup)
 
     def _status_line(self) -> str:
         peers = {sa.peer for sa in self.sad}

@@ -31,6 +31,9 @@ UDP_GRO = 104
 GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS in the kernel
 GSO_MAX_BYTES = 65000  # stays below the 65507-byte UDP payload limit of IPv4
 GRO_BUFFER = 1 << 17
+# A first receive this small and not coalesced is taken as the whole burst: the loop's
+# level-triggered poll calls again if more is queued (saves a failing receive per ping).
+SMALL_RECEIVE = 512
 _GSO_SIZE = struct.Struct("=H")
 _GRO_SIZE = struct.Struct("=i")
 _CMSG_SPACE = socket.CMSG_SPACE(_GRO_SIZE.size)
@@ -144,6 +147,8 @@ class UdpSocket:
                 out.extend([(d, remote) for d in split_gro(bytes(view[:n]), segment)])
             else:
                 out.append((bytes(view[:n]), remote))
+                if n < SMALL_RECEIVE and len(out) == 1:
+                    break  # a lone small datagram (a ping, say): no extra receive for EAGAIN
         return out
 
     def _recv_plain(self, limit: int, bufsize: int) -> list[tuple[bytes | memoryview, Address]]:

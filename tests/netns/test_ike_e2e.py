@@ -61,6 +61,22 @@ def test_ipsecd_to_ipsecd(topology: Topology, ike: str, esp: str) -> None:
     child_a = gw_a.peer_status()["children"][0]
     child_b = gw_b.peer_status()["children"][0]
     assert child_a["spi_in"] == child_b["spi_out"] and child_a["spi_out"] == child_b["spi_in"]
+    assert "wakeups" not in gw_a.status()["counters"]  # wakeup_interval_ms defaults to 0
+
+
+def test_wakeup_interval_wakes_the_daemon_and_forwarding_goes_on(topology: Topology) -> None:
+    a, b = site_specs(topology)
+    a.gateway_extra = {"wakeup_interval_ms": 5}
+    gw_a, gw_b = start_psk_pair(topology, a, b)
+    gw_a.wait_up()
+    before = gw_a.status()["counters"]["wakeups"]
+    time.sleep(1.0)
+    woken = gw_a.status()["counters"]["wakeups"] - before
+    assert 50 <= woken <= 210, woken  # 200 at 5 ms; a loaded CI machine may lag
+    assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=10)
+    stats = topology.ping(topology.host_a, HOST_B_IP, count=10, interval=0.05)
+    assert stats.loss == 0.0, stats
+    assert "wakeups" not in gw_b.status()["counters"]
 
 
 def _ipsecd_with_charon(

@@ -92,7 +92,7 @@ def test_unknown_key_without_close_match_lists_the_keys():
         "t.yaml:2: gateway.colour: unknown key 'colour'; expected one of: tun, mtu, addresses,"
         " listen, port, ike_port, control_socket, metrics, retransmit_timeout,"
         " retransmit_tries, retry_interval, cookie_threshold, half_open_per_source,"
-        " half_open_limit, fragment_size, offload",
+        " half_open_limit, fragment_size, offload, wakeup_interval_ms",
     )
 
 
@@ -176,7 +176,7 @@ def test_wrong_type_scalar_for_section():
         "t.yaml:1: gateway: expected a mapping with keys tun, mtu, addresses, listen, port,"
         " ike_port, control_socket, metrics, retransmit_timeout, retransmit_tries,"
         " retry_interval, cookie_threshold, half_open_per_source, half_open_limit,"
-        " fragment_size, offload; got a string ('192.0.2.1')",
+        " fragment_size, offload, wakeup_interval_ms; got a string ('192.0.2.1')",
     )
 
 

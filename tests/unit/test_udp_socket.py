@@ -1,0 +1,84 @@
+"""UdpSocket and TunDevice batching on real file descriptors (loopback, a pipe; no root)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from ipsecd.dataplane.offload import ZERO_VNET_HDR
+from ipsecd.dataplane.tun import TunDevice
+from ipsecd.dataplane.udp import SMALL_RECEIVE, UdpSocket
+
+
+@pytest.fixture
+def pair():
+    ours = UdpSocket("127.0.0.1", 0)
+    ours.local = ours.sock.getsockname()
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 0))
+    yield ours, sender
+    ours.close()
+    sender.close()
+
+
+def _wait_readable(sock: socket.socket) -> None:
+    import select
+
+    assert select.select([sock], [], [], 2.0)[0]
+
+
+def test_lone_small_datagram_is_a_whole_burst(pair) -> None:
+    """A small first datagram ends the burst (no receive for EAGAIN); the rest comes next."""
+    ours, sender = pair
+    sender.sendto(b"a" * 84, ours.local)
+    sender.sendto(b"b" * 84, ours.local)
+    _wait_readable(ours.sock)
+    first = ours.recv_batch()
+    assert [bytes(d) for d, _ in first] == [b"a" * 84]
+    assert first[0][1] == sender.getsockname()
+    _wait_readable(ours.sock)
+    assert [bytes(d) for d, _ in ours.recv_batch()] == [b"b" * 84]
+    assert ours.recv_batch() == []
+
+
+def test_large_datagrams_are_drained_in_one_burst(pair) -> None:
+    ours, sender = pair
+    sizes = [SMALL_RECEIVE, 1400, 1300, 60]
+    for i, n in enumerate(sizes):
+        sender.sendto(bytes([i]) * n, ours.local)
+    _wait_readable(ours.sock)
+    got = [bytes(d) for d, _ in ours.recv_batch()]
+    assert got == [bytes([i]) * n for i, n in enumerate(sizes)]
+
+
+def _tun_on(fd: int) -> TunDevice:
+    """A TunDevice with virtio headers whose file descriptor is ``fd`` (no device)."""
+    tun = TunDevice.__new__(TunDevice)
+    tun.fd, tun.offload, tun.write_errors, tun.gso_writes = fd, True, 0, 0
+    return tun
+
+
+def test_single_packet_is_written_with_a_zero_virtio_header() -> None:
+    r, w = os.pipe()
+    try:
+        tun = _tun_on(w)
+        packet = bytes([0x45]) + bytes(83)
+        tun.write_batch([packet])
+        assert os.read(r, 4096) == bytes(ZERO_VNET_HDR) + packet
+        assert tun.write_errors == 0 and tun.gso_writes == 0
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_single_packet_write_error_is_counted() -> None:
+    r, w = os.pipe()
+    os.close(r)  # EPIPE on write (SIGPIPE is ignored by Python)
+    try:
+        tun = _tun_on(w)
+        tun.write_batch([bytes([0x45]) + bytes(83)])
+        assert tun.write_errors == 1
+    finally:
+        os.close(w)
