@@ -282,6 +282,8 @@ def coalesce(packets: list[bytes]) -> list[list[bytes | memoryview]]:
     headers) become one GSO write; everything else is written alone with a
     zero header.  A flow's packets never overtake each other.
     """
+    if len(packets) == 1:  # nothing to coalesce (an idle tunnel's packet): skip the flow logic
+        return [[ZERO_VNET_HDR, packets[0]]]
     order: list[_Run | bytes] = []
     open_runs: dict[bytes, _Run] = {}
     from_bytes = int.from_bytes

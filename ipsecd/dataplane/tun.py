@@ -174,12 +174,6 @@ class TunDevice:
             return
         writev = os.writev
         fd = self.fd
-        if len(packets) == 1:  # nothing to coalesce (an idle tunnel's packet)
-            try:
-                writev(fd, [ZERO_VNET_HDR, packets[0]])
-            except OSError:
-                self.write_errors += 1
-            return
         for buffers in coalesce(packets):
             if buffers[0] is not ZERO_VNET_HDR:
                 self.gso_writes += 1

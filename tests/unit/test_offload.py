@@ -197,6 +197,8 @@ def test_single_and_non_tcp_packets_are_written_alone_with_a_zero_header() -> No
         [ZERO_VNET_HDR, one],
         [ZERO_VNET_HDR, syn],
     ]
+    for alone in (one, udp):  # a burst of one (an idle tunnel's packet)
+        assert coalesce([alone]) == [[ZERO_VNET_HDR, alone]]
 
 
 def test_a_gap_in_sequence_numbers_starts_a_new_run() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 
 import pytest
@@ -24,8 +25,6 @@ def pair():
 
 
 def _wait_readable(sock: socket.socket) -> None:
-    import select
-
     assert select.select([sock], [], [], 2.0)[0]
 
 
