@@ -129,10 +129,6 @@ def doc_entries() -> dict[str, dict[str, Any]]:
     return entries
 
 
-def _field_id(path: str) -> str:
-    return path
-
-
 CODE = code_keys()
 DOCS = doc_entries()
 
@@ -147,9 +143,7 @@ def test_every_key_in_the_code_is_documented() -> None:
 
 def test_every_documented_key_exists() -> None:
     extra = sorted(set(DOCS) - set(CODE))
-    assert not extra, (
-        f"{DOC_NAME} documents keys the config tables do not have: {', '.join(extra)}"
-    )
+    assert not extra, f"{DOC_NAME} documents keys the config tables do not have: {', '.join(extra)}"
 
 
 def test_the_document_covers_enough_to_mean_something() -> None:
@@ -164,7 +158,7 @@ def _documented_default(path: str) -> str:
     return str(default)
 
 
-@pytest.mark.parametrize("path", sorted(set(CODE) & set(DOCS)), ids=_field_id)
+@pytest.mark.parametrize("path", sorted(set(CODE) & set(DOCS)))
 def test_documented_default_is_the_code_default(path: str) -> None:
     field = CODE[path]
     heading = DOCS[path]["heading"]
@@ -189,17 +183,14 @@ def test_documented_default_is_the_code_default(path: str) -> None:
         f" in backticks; got {default!r}"
     )
     value = load_yaml(m[1], DOC_NAME)
-    if value is None:
-        converted = None
-    else:
-        converted = field.convert(value, At(DOC_NAME, path, 0))
+    converted = None if value is None else field.convert(value, At(DOC_NAME, path, 0))
     assert converted == field.default, (
         f"{DOC_NAME}: {heading} documents default `{m[1]}` (= {converted!r}), but the code's"
         f" default is {field.default!r}"
     )
 
 
-@pytest.mark.parametrize("path", sorted(set(CODE) & set(DOCS)), ids=_field_id)
+@pytest.mark.parametrize("path", sorted(set(CODE) & set(DOCS)))
 def test_entry_has_type_allowed_and_a_valid_example(path: str) -> None:
     field = CODE[path]
     entry = DOCS[path]
@@ -216,9 +207,7 @@ def test_entry_has_type_allowed_and_a_valid_example(path: str) -> None:
     field.convert(tree[key], At(DOC_NAME, path, 0))  # raises ConfigError if invalid
 
 
-@pytest.mark.parametrize(
-    "path", sorted(p for p in set(CODE) & set(DOCS) if fixed_words(CODE[p])), ids=_field_id
-)
+@pytest.mark.parametrize("path", sorted(p for p in set(CODE) & set(DOCS) if fixed_words(CODE[p])))
 def test_every_allowed_word_is_listed(path: str) -> None:
     entry = DOCS[path]
     listed = set(re.findall(r"`([^`]+)`", entry.get("allowed", "")))
@@ -245,6 +234,25 @@ def test_relative_links_resolve() -> None:
             if "://" in target or target.startswith("mailto:"):
                 continue
             resolved = (doc.parent / target).resolve()
-            if resolved.is_relative_to(root) and str(resolved.relative_to(root)) in WRITTEN_ELSEWHERE:
+            if (
+                resolved.is_relative_to(root)
+                and str(resolved.relative_to(root)) in WRITTEN_ELSEWHERE
+            ):
                 continue
             assert resolved.exists(), f"{doc.relative_to(root)}: broken link {target}"
+
+
+def test_each_section_index_lists_its_keys() -> None:
+    """The ``Keys:`` line under each ``## `` heading links exactly the entries below it."""
+    text = DOC.read_text(encoding="utf-8")
+    for chunk in re.split(r"^## ", text, flags=re.M)[1:]:
+        entries = [h.rsplit(".", 1)[-1] for h in HEADING.findall(chunk)]
+        if not entries:
+            continue
+        title = chunk.splitlines()[0]
+        index = re.search(r"^Keys: (.*?)(?:\n\n|\Z)", chunk, re.M | re.S)
+        assert index, f"{DOC_NAME}: section {title} has no 'Keys:' index"
+        listed = re.findall(r"\[`([^`]+)`\]", index[1])
+        assert listed == entries, (
+            f"{DOC_NAME}: the 'Keys:' index of {title} lists {listed}, the entries are {entries}"
+        )
