@@ -298,7 +298,7 @@ def test_reference_config_documents_every_key():
     from ipsecd.config import sections
 
     text = (ETC / "ipsecd.yaml").read_text()
-    doc = (ETC.parent / "README.md").read_text()
+    doc = (ETC.parent / "docs" / "configuration.md").read_text()
     for table in (
         sections.LOG,
         sections.GATEWAY,
