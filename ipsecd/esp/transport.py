@@ -207,7 +207,9 @@ def _check_ipv4(packet: bytes) -> int:
         raise TransportFramingError(f"IPv4 IHL {ihl} does not fit a {n}-byte packet")
     total = _U16.unpack_from(packet, 2)[0]
     if total != n:
-        raise TransportFramingError(f"IPv4 total length {total} but {n} bytes")
+        raise TransportFramingError(
+            f"IPv4 total length {total} but {n} bytes", _length_reason(total, n)
+        )
     if _U16.unpack_from(packet, 6)[0] & _IPV4_MF_OFFSET:
         raise TransportFramingError(
             "IPv4 fragment: ESP/AH transport mode takes whole datagrams (RFC 4301 §7)",
@@ -222,7 +224,15 @@ def _check_ipv6(packet: bytes) -> None:
         raise TransportFramingError(f"IPv6 packet of {n} bytes", DropReason.TOO_SHORT)
     plen = _U16.unpack_from(packet, 4)[0]
     if plen + IPV6_HEADER != n:
-        raise TransportFramingError(f"IPv6 payload length {plen} but {n - IPV6_HEADER} bytes")
+        raise TransportFramingError(
+            f"IPv6 payload length {plen} but {n - IPV6_HEADER} bytes",
+            _length_reason(plen + IPV6_HEADER, n),
+        )
+
+
+def _length_reason(claimed: int, received: int) -> DropReason:
+    """Fewer bytes than the header claims: truncated; more: malformed."""
+    return DropReason.TOO_SHORT if claimed > received else DropReason.MALFORMED
 
 
 def _fragment_error() -> TransportFramingError:
