@@ -12,10 +12,11 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-__all__ = ["AH_FIXED_LEN", "AhHeader", "ah_length"]
+__all__ = ["AH_FIXED", "AH_FIXED_LEN", "AhHeader", "ah_length"]
 
 AH_FIXED_LEN = 12  # next header .. sequence number
-_FIXED = struct.Struct("!BBHII")
+# Next header, payload len, reserved, SPI, sequence number (§2).
+AH_FIXED = struct.Struct("!BBHII")
 
 
 def ah_length(icv_len: int, version: int) -> int:
@@ -46,7 +47,7 @@ class AhHeader:
     def pack(self) -> bytes:
         if len(self.icv) % 4:
             raise ValueError(f"AH ICV field of {len(self.icv)} bytes is not a multiple of 4")
-        fixed = _FIXED.pack(self.next_header, self.payload_len, self.reserved, self.spi, self.seq)
+        fixed = AH_FIXED.pack(self.next_header, self.payload_len, self.reserved, self.spi, self.seq)
         return fixed + self.icv
 
     @classmethod
@@ -54,7 +55,7 @@ class AhHeader:
         """Read an AH header at ``offset``; ValueError if it does not fit in ``data``."""
         if offset + AH_FIXED_LEN > len(data):
             raise ValueError(f"AH header truncated: {len(data) - offset} bytes")
-        next_header, payload_len, reserved, spi, seq = _FIXED.unpack_from(data, offset)
+        next_header, payload_len, reserved, spi, seq = AH_FIXED.unpack_from(data, offset)
         end = offset + (payload_len + 2) * 4
         if payload_len < 1 or end > len(data):
             raise ValueError(

@@ -20,8 +20,9 @@ counting each drop under one :class:`~ipsecd.esp.counters.DropReason`.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
-from ipsecd.ah.header import AH_FIXED_LEN, ah_length
+from ipsecd.ah.header import AH_FIXED, AH_FIXED_LEN, ah_length
 from ipsecd.ah.mutable import icv_header
 from ipsecd.crypto.ciphers import Hmac
 from ipsecd.crypto.registry import IntegAlgorithm
@@ -40,7 +41,6 @@ from ipsecd.esp.transport import (
 __all__ = ["AhSequenceNumberExhausted", "InboundAhSa", "OutboundAhSa", "ah_spi"]
 
 _MASK32 = 0xFFFFFFFF
-_FIXED = struct.Struct("!BBHII")  # next header, payload len, reserved, SPI, sequence number
 _SEQ_HI = struct.Struct("!I")
 _Chunk = bytes | bytearray | memoryview
 
@@ -121,7 +121,7 @@ class OutboundAhSa:
         seq = self.seq + 1
         if seq > self.max_seq:
             raise AhSequenceNumberExhausted(self.spi, self.seq)
-        fixed = _FIXED.pack(next_header, ah_len // 4 - 2, 0, self.spi, seq & _MASK32)
+        fixed = AH_FIXED.pack(next_header, ah_len // 4 - 2, 0, self.spi, seq & _MASK32)
         padding = bytes(ah_len - AH_FIXED_LEN - t.icv_len)
         wire = front.build(IPPROTO_AH, b"".join((fixed, t.zero_icv, padding, payload)))
         start = len(front.header)
@@ -200,6 +200,11 @@ class InboundAhSa:
         opened = self.open(packet)
         return None if opened is None else (opened[1], opened[2])
 
+    def decapsulate_batch(self, packets: Sequence[bytes]) -> list[tuple[int, bytes] | None]:
+        """Tunnel mode, a burst: one result per packet, None where dropped (and counted)."""
+        decapsulate = self.decapsulate
+        return [decapsulate(p) for p in packets]
+
     def decapsulate_transport(self, packet: bytes) -> bytes | None:
         """Transport mode: the IP packet without AH (next header and lengths restored)."""
         opened = self.open(packet)
@@ -219,7 +224,7 @@ class InboundAhSa:
         if offset + AH_FIXED_LEN > n:
             drops[DropReason.TOO_SHORT] += 1
             return None
-        next_header, payload_len, _, spi, seq_low = _FIXED.unpack_from(packet, offset)
+        next_header, payload_len, _, spi, seq_low = AH_FIXED.unpack_from(packet, offset)
         if spi != self.spi:
             drops[DropReason.UNKNOWN_SPI] += 1
             return None

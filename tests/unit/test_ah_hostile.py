@@ -223,3 +223,11 @@ def test_outbound_limits() -> None:
     assert p.out.seq == 0  # nothing consumed
     with pytest.raises(ValueError, match="neither IPv4 nor IPv6"):
         p.out.encapsulate_tunnel(host_packet(4)[:20], b"\x00" * 20)
+
+
+def test_batch_matches_one_by_one() -> None:
+    p = Pair()
+    good = [p.wire(4), p.wire(6)]
+    results = p.inb.decapsulate_batch([good[0], b"junk", good[1], good[0]])
+    assert [r is not None for r in results] == [True, False, True, False]
+    assert results[0] == (17, UDP) and p.drops() == {"too_short": 1, "replay": 1}

@@ -238,3 +238,32 @@ def test_ipv4_fragment_is_dropped_and_counted() -> None:
     inb = InboundAhSa(SPI, INTEGRITY["sha256"], KEY["sha256"])
     assert inb.decapsulate(bytes(wire)) is None
     assert inb.drops[DropReason.FRAGMENT] == 1
+
+
+@pytest.mark.parametrize(
+    ("integ", "version", "length", "payload_len"),
+    [
+        ("sha256", 4, 28, 5),
+        ("sha256", 6, 32, 6),
+        ("sha384", 4, 36, 7),
+        ("sha384", 6, 40, 8),
+        ("sha512", 4, 44, 9),
+        ("sha512", 6, 48, 10),
+    ],
+)
+def test_header_codec_lengths(integ: str, version: int, length: int, payload_len: int) -> None:
+    """§2.2: Payload Len = 32-bit words - 2; ICV padded to 32 (IPv4) / 64 (IPv6) bits."""
+    assert ah_length(INTEGRITY[integ].icv_len, version) == length
+    header = AhHeader(17, SPI, 42, bytes(range(length - 12)))
+    wire = header.pack()
+    assert wire[:12] == bytes([17, payload_len, 0, 0]) + SPI.to_bytes(4, "big") + bytes(
+        [0, 0, 0, 42]
+    )
+    assert (header.length, header.payload_len) == (length, payload_len)
+    assert AhHeader.parse(b"\x99" + wire + b"tail", 1) == header
+    with pytest.raises(ValueError, match="does not fit"):
+        AhHeader.parse(wire[:-1])
+    with pytest.raises(ValueError, match="truncated"):
+        AhHeader.parse(wire[:11])
+    with pytest.raises(ValueError, match="multiple of 4"):
+        AhHeader(17, SPI, 1, bytes(18)).pack()
