@@ -58,11 +58,6 @@ class AhSequenceNumberExhausted(SequenceNumberExhausted):
         )
 
 
-def _check_spi(spi: int) -> None:
-    if not 0 < spi <= _MASK32:
-        raise ValueError(f"SPI {spi:#x} is not a non-zero 32-bit value")
-
-
 def ah_spi(packet: bytes) -> int | None:
     """The SPI of the AH header in an IP packet (for the SA lookup), or None."""
     try:
@@ -86,17 +81,25 @@ class _Icv:
         self.zero_icv = bytes(integ.icv_len)
 
 
-class OutboundAhSa:
+class _AhSa:
+    """What both directions of an AH SA hold: SPI, integrity algorithm and key, ESN."""
+
+    def __init__(self, spi: int, integ: IntegAlgorithm, integ_key: bytes, esn: bool) -> None:
+        if not 0 < spi <= _MASK32:
+            raise ValueError(f"SPI {spi:#x} is not a non-zero 32-bit value")
+        self.spi = spi
+        self.integ = integ
+        self.esn = esn
+        self._icv = _Icv(integ, integ_key)
+
+
+class OutboundAhSa(_AhSa):
     """Sending half of an AH SA (RFC 4302 §3.3)."""
 
     def __init__(
         self, spi: int, integ: IntegAlgorithm, integ_key: bytes, esn: bool = False
     ) -> None:
-        _check_spi(spi)
-        self.spi = spi
-        self.integ = integ
-        self.esn = esn
-        self._icv = _Icv(integ, integ_key)
+        super().__init__(spi, integ, integ_key, esn)
         self.seq = 0  # last sequence number sent; the first packet carries 1 (§3.3.2)
         self.max_seq = MAX_SEQ_64 if esn else MAX_SEQ_32
         self.packets = 0
@@ -154,7 +157,7 @@ class OutboundAhSa:
         return self.encapsulate(front, next_header, payload)
 
 
-class InboundAhSa:
+class InboundAhSa(_AhSa):
     """Receiving half of an AH SA (RFC 4302 §3.4): never raises on packet input.
 
     Each dropped packet is counted in :attr:`drops` under one
@@ -169,11 +172,7 @@ class InboundAhSa:
         esn: bool = False,
         replay_window: int = DEFAULT_REPLAY_WINDOW,
     ) -> None:
-        _check_spi(spi)
-        self.spi = spi
-        self.integ = integ
-        self.esn = esn
-        self._icv = _Icv(integ, integ_key)
+        super().__init__(spi, integ, integ_key, esn)
         self.replay = ReplayWindow(replay_window, esn)
         self.drops: dict[DropReason, int] = new_drop_counters()
         self.packets = 0

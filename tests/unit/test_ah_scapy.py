@@ -44,11 +44,11 @@ from scapy.packet import Raw  # noqa: E402
 
 from ipsecd.ah.sa import InboundAhSa, OutboundAhSa, ah_spi  # noqa: E402
 from ipsecd.crypto.registry import INTEGRITY  # noqa: E402
+from tests.unit.test_esp_scapy import SCAPY_INTEG  # noqa: E402
 
 AH = scapy_ipsec.AH
 SecurityAssociation = scapy_ipsec.SecurityAssociation
 
-SCAPY_INTEG = {"sha256": "SHA2-256-128", "sha384": "SHA2-384-192", "sha512": "SHA2-512-256"}
 SPI = 0xA11CE
 SEQS = [
     (False, 1),

@@ -48,23 +48,15 @@ from ipsecd.esp.transport import (  # noqa: E402
     split_for_transport,
 )
 from ipsecd.esp.udp_encap import DatagramKind, classify  # noqa: E402
+from tests.unit.test_esp_scapy import (  # noqa: E402  (the same transform tables)
+    SCAPY_ENCR,
+    SCAPY_INTEG,
+    TRANSFORMS,
+    transform_id,
+)
 
 ESP = scapy_ipsec.ESP
 SecurityAssociation = scapy_ipsec.SecurityAssociation
-SCAPY_ENCR = {
-    "aes128gcm16": "AES-GCM",
-    "aes256gcm16": "AES-GCM",
-    "chacha20poly1305": "CHACHA20-POLY1305",
-    "aes128": "AES-CBC",
-    "aes256": "AES-CBC",
-}
-SCAPY_INTEG = {"sha256": "SHA2-256-128", "sha384": "SHA2-384-192", "sha512": "SHA2-512-256"}
-TRANSFORMS = [
-    ("aes128gcm16", None),
-    ("aes256gcm16", None),
-    ("chacha20poly1305", None),
-    *[(e, i) for e in ("aes128", "aes256") for i in ("sha256", "sha384", "sha512")],
-]
 SEQS = [(False, 7), (True, (3 << 32) | 7)]
 SPI = 0x7E57
 IPPROTO_UDP = 17
@@ -104,10 +96,6 @@ PACKETS: dict[str, tuple[Callable[[], bytes], bool]] = {
 # extension header's next header at 50 in front of the UDP header, and decrypt
 # drops every extension header (``ip_header.remove_payload()`` on the base header).
 SCAPY_NO_EXT_HEADERS_WITH_UDP = {"v6-hbh-routing", "v6-destopt"}
-
-
-def transform_id(t: tuple[str, str | None]) -> str:
-    return t[0] if t[1] is None else f"{t[0]}-{t[1]}"
 
 
 class Pair:
