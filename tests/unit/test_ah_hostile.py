@@ -205,6 +205,8 @@ def test_random_mutations_never_raise() -> None:
                 packet += os.urandom(rng.randint(1, 40))
         if rng.random() < 0.5:
             packet = bytearray(fix_lengths(packet))
+        spi = ah_spi(bytes(packet))  # the SA lookup peek never raises either
+        assert spi is None or 0 <= spi <= 0xFFFFFFFF
         p.inb.open(bytes(packet))
         count += 1
     assert sum(p.inb.drops.values()) + p.inb.packets == count
