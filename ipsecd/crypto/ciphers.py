@@ -130,13 +130,13 @@ class Hmac:
         self._icv_len = alg.icv_len
         self._base = _crypto_hmac.HMAC(bytes(key), hash_cls())
 
-    def compute(self, *chunks: bytes) -> bytes:
+    def compute(self, *chunks: bytes | bytearray | memoryview) -> bytes:
         """HMAC over the concatenation of ``chunks``, truncated to ``alg.icv_len`` bytes."""
         h = self._base.copy()
         for chunk in chunks:
             h.update(chunk)
         return h.finalize()[: self._icv_len]
 
-    def verify(self, icv: bytes, *chunks: bytes) -> bool:
+    def verify(self, icv: bytes | memoryview, *chunks: bytes | bytearray | memoryview) -> bool:
         """Constant-time check of a received truncated ICV (RFC 4868 §2.1.1)."""
         return _stdlib_hmac.compare_digest(self.compute(*chunks), icv)

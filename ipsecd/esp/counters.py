@@ -1,10 +1,11 @@
-"""Why an inbound ESP packet was dropped, and the counters kept per reason.
+"""Why an inbound ESP or AH packet was dropped, and the counters kept per reason.
 
 RFC 4303 §3.4 lists the checks a receiver makes (SA lookup, sequence number,
-integrity, decryption, padding); RFC 4301 §5.2 adds the check that the inner
-packet matches the SA's traffic selectors.  Every drop is counted under exactly
-one reason so an operator can tell an attack (``bad_icv``, ``replay``) from a
-misconfiguration (``unknown_spi``, ``outside_selectors``).
+integrity, decryption, padding), RFC 4302 §3.4 the same for AH; RFC 4301 §5.2
+adds the check that the inner packet matches the SA's traffic selectors.
+Every drop is counted under exactly one reason so an operator can tell an
+attack (``bad_icv``, ``replay``) from a misconfiguration (``unknown_spi``,
+``outside_selectors``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class DropReason(StrEnum):
     NO_SA = "no_sa"  # outbound: no SA covers the packet (RFC 4301 §5.1)
     MALFORMED = "malformed"  # structurally invalid once authenticated/parsed
     DUMMY = "dummy"  # next header 59: dummy/TFC packet, dropped silently (RFC 4303 §2.6)
+    FRAGMENT = "fragment"  # IP fragment offered to AH / transport mode (RFC 4302 §3.4.1)
 
 
 # Drops that are the protocol working as designed, not errors.
