@@ -200,9 +200,7 @@ def test_verify_refusals_in_plain_words() -> None:
         verify(OCTETS, 14, b"\x03\x30\x01\x00sig", ecdsa_gw.cert)
     with pytest.raises(SignatureAuthError, match="not a DER ECDSA-Sig-Value"):
         verify(OCTETS, 14, out.data[:13] + b"\x00" * 64, ecdsa_gw.cert)
-    with pytest.raises(
-        SignatureAuthError, match="method 2 \\(SHARED_KEY_MIC\\)"
-    ):
+    with pytest.raises(SignatureAuthError, match="method 2 \\(SHARED_KEY_MIC\\)"):
         verify(OCTETS, 2, b"mac", ecdsa_gw.cert)
     with pytest.raises(SignatureAuthError, match="method 200, which is not"):
         verify(OCTETS, 200, b"", ecdsa_gw.cert)
