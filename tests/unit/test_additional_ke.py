@@ -16,9 +16,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as c_hmac
 
+from ipsecd.config.credentials import MIN_PPK_BYTES, read_ppk_file
 from ipsecd.config.errors import ConfigError
 from ipsecd.config.fields import At
-from ipsecd.config.ppkfile import MIN_PPK_BYTES, read_ppk_file
 from ipsecd.crypto.prf import Prf
 from ipsecd.crypto.registry import ENCRYPTION, INTEGRITY, PRF
 from ipsecd.ike.additional_ke import (
