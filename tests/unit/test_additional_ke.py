@@ -309,3 +309,57 @@ def test_ppk_file_bad_content(tmp_path: Path, content: bytes, message: str) -> N
 def test_ppk_file_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ppk file .* does not exist"):
         read_ppk_file(tmp_path / "nope", AT)
+
+
+# --- the building blocks together: a hybrid handshake between two pure-function peers ----
+
+
+def test_hybrid_handshake_both_sides_agree() -> None:
+    """x25519 in IKE_SA_INIT, ML-KEM-768 as ADDKE1 in IKE_INTERMEDIATE, PPK, certificate AUTH."""
+    from ipsecd.crypto.keyexchange import KeyExchange
+    from ipsecd.crypto.mlkem import MlKemInitiator, MlKemResponder
+    from ipsecd.crypto.registry import KEY_EXCHANGE, ML_KEM
+    from ipsecd.ike.keys import derive_ike_keys
+    from ipsecd.ike.proposal_codec import ChosenProposal
+    from ipsecd.ike.signature_auth import SUPPORTED_HASHES, sign, signed_octets, verify
+    from tests.unit.pki_support import ca, gateway
+
+    chosen = ChosenProposal(
+        "ike", 1, b"", ENCRYPTION["aes256gcm16"], None, PRF["prfsha384"], KEY_EXCHANGE["x25519"]
+    )
+    # IKE_SA_INIT: classic key exchange.
+    dh_i, dh_r = KeyExchange(KEY_EXCHANGE["x25519"]), KeyExchange(KEY_EXCHANGE["x25519"])
+    k0_i = derive_ike_keys(chosen, dh_i.compute(dh_r.public), NI, NR, SPI_I, SPI_R)
+    k0_r = derive_ike_keys(chosen, dh_r.compute(dh_i.public), NI, NR, SPI_I, SPI_R)
+    assert k0_i == k0_r
+    # IKE_INTERMEDIATE #1 (protected with generation 0): ML-KEM-768.
+    kem_i = MlKemInitiator(ML_KEM["mlkem768"])
+    kem_r = MlKemResponder(ML_KEM["mlkem768"], kem_i.public)
+    chain_i, chain_r = IntAuthChain(Prf(k0_i.prf)), IntAuthChain(Prf(k0_r.prf))
+    req = (ike_header(0, 1) + bytes([41, 0, 0, 0]), b"KE(mlkem768 ek)" + kem_i.public)
+    resp = (ike_header(0, 1, 0x20) + bytes([41, 0, 0, 0]), b"KE(mlkem768 ct)" + kem_r.public)
+    for chain, keys in ((chain_i, k0_i), (chain_r, k0_r)):
+        chain.add_initiator_message(keys.sk_pi, *req)
+        chain.add_responder_message(keys.sk_pr, *resp)
+    k1_i = derive_after_additional_ke(k0_i, kem_i.compute(kem_r.public), NI, NR, SPI_I, SPI_R)
+    k1_r = derive_after_additional_ke(k0_r, kem_r.shared_secret_bytes, NI, NR, SPI_I, SPI_R)
+    assert k1_i == k1_r and k1_i.sk_d != k0_i.sk_d
+    # PPK mixed before IKE_AUTH (RFC 8784).
+    ppk = bytes(range(32))
+    keys_i, keys_r = mix_ppk(k1_i, ppk).keys, mix_ppk(k1_r, ppk).keys
+    # IKE_AUTH (message id 2): the initiator signs, the responder verifies.
+    root = ca()
+    gw = gateway(root, key_type="ecdsa-p384")
+    idd = gw.cert.subject.public_bytes()
+    octets_i = signed_octets(keys_i, True, b"IKE_SA_INIT request", NR, 9, idd, chain_i.octets(2))
+    octets_r = signed_octets(keys_r, True, b"IKE_SA_INIT request", NR, 9, idd, chain_r.octets(2))
+    assert octets_i == octets_r
+    signed = sign(octets_i, gw.key, SUPPORTED_HASHES)
+    assert verify(octets_r, signed.method, signed.data, gw.cert).algorithm == "ecdsa-with-SHA384"
+    # A man in the middle who changed the ML-KEM ciphertext breaks IntAuth, hence AUTH.
+    tampered = IntAuthChain(Prf(k0_r.prf))
+    tampered.add_initiator_message(k0_r.sk_pi, *req)
+    tampered.add_responder_message(k0_r.sk_pr, resp[0], resp[1][:-1] + b"\x00")
+    bad = signed_octets(keys_r, True, b"IKE_SA_INIT request", NR, 9, idd, tampered.octets(2))
+    with pytest.raises(Exception, match="does not verify"):
+        verify(bad, signed.method, signed.data, gw.cert)
