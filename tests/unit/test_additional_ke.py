@@ -1,9 +1,10 @@
 """RFC 9370 key schedule, RFC 9242 IntAuth and RFC 8784 PPK mixing.
 
-No published known-answer vectors exist for RFC 9370/9242/8784 (searched);
-the expected values here are computed independently, step by step, with
-``cryptography``'s HMAC (not ipsecd's Prf).  Pending: cross-check against a
-strongSwan 6.1 exchange (charon's key logging) once IKE_INTERMEDIATE is wired.
+No published known-answer vectors exist for RFC 9370/9242/8784 (searched).
+Expected values are computed independently, step by step, with
+``cryptography``'s HMAC (not ipsecd's Prf), and the RFC 9370/9242 path is checked
+against a key log of two strongSwan 6.1.0 charons (``data/``).  PPK mixing has
+no strongSwan cross-check yet (pending: a strongSwan 6.1 exchange with a PPK).
 """
 
 from __future__ import annotations
@@ -363,3 +364,67 @@ def test_hybrid_handshake_both_sides_agree() -> None:
     bad = signed_octets(keys_r, True, b"IKE_SA_INIT request", NR, 9, idd, tampered.octets(2))
     with pytest.raises(Exception, match="does not verify"):
         verify(bad, signed.method, signed.data, gw.cert)
+
+
+# --- known answers from strongSwan 6.1 ----------------------------------------------------
+
+KEYLOG = Path(__file__).parent / "data" / "strongswan61_hybrid_keylog.json"
+
+
+def test_strongswan61_hybrid_key_schedule() -> None:
+    """RFC 9370 keys, RFC 9242 IntAuth and the AUTH octets, as strongSwan 6.1.0 computed them.
+
+    Vector: two strongSwan 6.1.0 charons, ``aes256gcm16-prfsha384-x25519-ke1_mlkem768``,
+    PSK, IDs 10.99.16.1 / 10.99.16.2; the initiator's ``ike = 4`` log, extracted with
+    ``data/strongswan_keylog.py``.  Its IKE_INTERMEDIATE request was fragmented (EF 1/2,
+    2/2), so IntAuth covers the reassembled message with the SK payload header.
+    """
+    import json
+
+    from ipsecd.ike.constants import IdType
+    from ipsecd.ike.keys import skeyseed
+    from ipsecd.ike.signature_auth import signed_octets
+
+    log = {k: [bytes.fromhex(x) for x in v] for k, v in json.loads(KEYLOG.read_text()).items()}
+    ni, nr = log["nonces"][0][:32], log["nonces"][0][32:]
+    assert log["nonces"][1] == ni + nr
+    sk0, sk1 = log["key exchange secret"]
+    octets_i, octets_r = log["octets = message + nonce + prf(Sk_px, IDx') + IntAuth"]
+    req_ap, resp_ap = log["IntAuth_A|P"]
+    spi_i, spi_r = octets_i[:8], req_ap[8:16]
+    prf, encr = PRF["prfsha384"], ENCRYPTION["aes256gcm16"]
+
+    def logged(gen: int) -> tuple[bytes, ...]:
+        names = ("Sk_d", "Sk_ei", "Sk_er", "Sk_pi", "Sk_pr")
+        return tuple(log[f"{n} secret"][gen] for n in names)
+
+    # Generation 0: IKE_SA_INIT with X25519 (RFC 7296 §2.14, existing code).
+    seed0 = skeyseed(prf, ni, nr, sk0)
+    assert seed0 == log["SKEYSEED"][0]
+    k0 = derive_from_skeyseed(prf, encr, None, seed0, ni, nr, spi_i, spi_r)
+    assert (k0.sk_d, k0.sk_ei, k0.sk_er, k0.sk_pi, k0.sk_pr) == logged(0)
+    # IntAuth of the IKE_INTERMEDIATE request and response, with generation-0 SK_pi/SK_pr.
+    chain = IntAuthChain(Prf(prf))
+    for ap, add, key in (
+        (req_ap, chain.add_initiator_message, k0.sk_pi),
+        (resp_ap, chain.add_responder_message, k0.sk_pr),
+    ):
+        prefix = bytearray(ap[:32])
+        prefix[24:28] = (len(ap) + 16 + 16 + 2).to_bytes(4, "big")  # as on the wire: + IV, ICV…
+        prefix[30:32] = (len(ap) - 28 + 16 + 16).to_bytes(2, "big")
+        assert int_auth_octets(bytes(prefix), ap[32:]) == ap
+        add(key, bytes(prefix), ap[32:])
+    assert [chain.int_auth_i, chain.int_auth_r] == log["IntAuth_N = prf(Sk_px, data)"]
+    # Generation 1: after ADDKE1 = ML-KEM-768 (RFC 9370 §2.2.2).
+    assert additional_skeyseed(k0, sk1, ni, nr) == log["SKEYSEED"][1]
+    k1 = derive_after_additional_ke(k0, sk1, ni, nr, spi_i, spi_r)
+    assert (k1.sk_d, k1.sk_ei, k1.sk_er, k1.sk_pi, k1.sk_pr) == logged(1)
+    # The AUTH octets of both sides: RFC 7296 §2.15 | IntAuth_i | IntAuth_r | IKE_AUTH MID.
+    int_auth = chain.octets(2)
+    message1 = octets_i[: len(octets_i) - 32 - 48 - len(int_auth)]
+    message2 = octets_r[: len(octets_r) - 32 - 48 - len(int_auth)]
+    ipv4 = IdType.ID_IPV4_ADDR
+    assert signed_octets(k1, True, message1, nr, ipv4, bytes([10, 99, 16, 1]), int_auth) == octets_i
+    assert (
+        signed_octets(k1, False, message2, ni, ipv4, bytes([10, 99, 16, 2]), int_auth) == octets_r
+    )
