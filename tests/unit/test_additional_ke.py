@@ -2,9 +2,8 @@
 
 No published known-answer vectors exist for RFC 9370/9242/8784 (searched).
 Expected values are computed independently, step by step, with
-``cryptography``'s HMAC (not ipsecd's Prf), and the RFC 9370/9242 path is checked
-against a key log of two strongSwan 6.1.0 charons (``data/``).  PPK mixing has
-no strongSwan cross-check yet (pending: a strongSwan 6.1 exchange with a PPK).
+``cryptography``'s HMAC (not ipsecd's Prf), and the RFC 9370/9242/8784 paths are
+checked against key logs of two strongSwan 6.1.0 charons (``data/``).
 """
 
 from __future__ import annotations
@@ -427,4 +426,56 @@ def test_strongswan61_hybrid_key_schedule() -> None:
     assert signed_octets(k1, True, message1, nr, ipv4, bytes([10, 99, 16, 1]), int_auth) == octets_i
     assert (
         signed_octets(k1, False, message2, ni, ipv4, bytes([10, 99, 16, 2]), int_auth) == octets_r
+    )
+
+
+def test_strongswan61_ppk_mixing() -> None:
+    """RFC 8784 with strongSwan 6.1.0: the PPK-mixed SK_d/SK_pi/SK_pr and both AUTH octets.
+
+    Same setup as above plus ``ppk_id = ppk-test``, ``ppk_required = yes`` and the
+    PPK 0x000102...1f; strongSwan sent PPK_IDENTITY with data 02 | "ppk-test".
+    """
+    import json
+
+    from ipsecd.ike.constants import IdType
+    from ipsecd.ike.signature_auth import signed_octets
+
+    path = KEYLOG.with_name("strongswan61_hybrid_ppk_keylog.json")
+    log = {k: [bytes.fromhex(x) for x in v] for k, v in json.loads(path.read_text()).items()}
+    ni, nr = log["nonces"][0][:32], log["nonces"][0][32:]
+    sk0, sk1 = log["key exchange secret"]
+    octets_i, octets_r = log["octets = message + nonce + prf(Sk_px, IDx') + IntAuth"]
+    req_ap, resp_ap = log["IntAuth_A|P"]
+    spi_i, spi_r = octets_i[:8], req_ap[8:16]
+    (ppk,) = log["derive keys using PPK"]
+    assert ppk == bytes(range(32))
+    assert PpkIdentity(b"ppk-test").encode() == bytes.fromhex("02") + b"ppk-test"
+    prf = PRF["prfsha384"]
+    k0 = derive_from_skeyseed(
+        prf, ENCRYPTION["aes256gcm16"], None, hmac_("prfsha384", ni + nr, sk0), ni, nr, spi_i, spi_r
+    )
+    k1 = derive_after_additional_ke(k0, sk1, ni, nr, spi_i, spi_r)
+    assert (k1.sk_d, k1.sk_pi, k1.sk_pr) == (
+        log["Sk_d secret"][1],
+        log["Sk_pi secret"][1],
+        log["Sk_pr secret"][1],
+    )
+    mixed = mix_ppk(k1, ppk).keys
+    assert (mixed.sk_d, mixed.sk_pi, mixed.sk_pr) == (
+        log["Sk_d secret"][2],
+        log["Sk_pi secret"][2],
+        log["Sk_pr secret"][2],
+    )
+    chain = IntAuthChain(Prf(prf))
+    chain.add_initiator_message(k0.sk_pi, req_ap[:32], req_ap[32:])
+    chain.add_responder_message(k0.sk_pr, resp_ap[:32], resp_ap[32:])
+    int_auth = chain.octets(2)
+    message1 = octets_i[: len(octets_i) - 32 - 48 - len(int_auth)]
+    message2 = octets_r[: len(octets_r) - 32 - 48 - len(int_auth)]
+    ipv4 = IdType.ID_IPV4_ADDR
+    assert signed_octets(mixed, True, message1, nr, ipv4, bytes([10, 99, 16, 1]), int_auth) == (
+        octets_i
+    )
+    assert signed_octets(mixed, False, message2, ni, ipv4, bytes([10, 99, 16, 2]), int_auth) == (
+        octets_r
     )

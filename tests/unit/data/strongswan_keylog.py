@@ -8,6 +8,8 @@ vector comes from and to redo it::
 The log is the initiator's, for ``proposals = aes256gcm16-prfsha384-x25519-ke1_mlkem768``
 between two strongSwan 6.1.0 charons (PSK, IDs 10.99.16.1 / 10.99.16.2); the
 charons ran in a Debian 13 chroot as described in notes/strongswan-6-chroot.md.
+``strongswan61_hybrid_ppk_keylog.json`` adds ``ppk_id = ppk-test``, ``ppk_required = yes``
+and the PPK 0x000102...1f (32 bytes) on both sides.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def main(path: str) -> None:
         "IntAuth_A|P",
         "IntAuth_N = prf(Sk_px, data)",
         "octets = message + nonce + prf(Sk_px, IDx') + IntAuth",
+        "derive keys using PPK",
     ):
         result[key] = seq.get(key, [])
     json.dump(result, sys.stdout, indent=1)
