@@ -11,11 +11,22 @@ Modules:
   certificates to an anchor and check it (RFC 5280 §6 subset, RFC 4945 profile).
 * :mod:`.identity` — subjectAltName / DN identities and matching an IKE ID.
 * :mod:`.payloads` — CERT and CERTREQ payload data (RFC 7296 §3.6, §3.7).
+* :mod:`.issue` — a small CA for ``ipsecd pki`` (CA, gateway certificates, CRLs).
+
+Layering: ``pki`` sits beside ``crypto``/``config``; ``ike``, ``config`` and ``cli``
+import it, it imports none of them.
 """
 
 from ipsecd.pki.certs import describe, load_certificates, load_crls, load_private_key
 from ipsecd.pki.errors import CertificateError, PkiError
-from ipsecd.pki.identity import IkeIdentity, identities_of, match_identity, parse_dn
+from ipsecd.pki.identity import (
+    IkeIdentity,
+    check_identity,
+    default_identity,
+    identities_of,
+    match_identity,
+    parse_dn,
+)
 from ipsecd.pki.payloads import (
     certreq_data,
     decode_cert_payload,
@@ -32,8 +43,10 @@ __all__ = [
     "TrustStore",
     "ValidatedChain",
     "certreq_data",
+    "check_identity",
     "decode_cert_payload",
     "decode_certreq_payload",
+    "default_identity",
     "describe",
     "encode_cert_payload",
     "identities_of",

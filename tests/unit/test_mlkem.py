@@ -165,3 +165,32 @@ def test_proposal_errors(text: str, allow: bool, message: str) -> None:
     protocol = "esp" if text.count("-") == 1 else "ike"
     with pytest.raises(ProposalError, match=message):
         parse_proposal(text, protocol, allow_additional_ke=allow)
+
+
+def test_existing_selection_never_drops_a_required_additional_ke() -> None:
+    """Until IKE_INTERMEDIATE is wired, an offer that requires ADDKE1 is not chosen.
+
+    The new TransformType members do not make the current selector (which lists the
+    types it provides explicitly) accept ADDKE transforms; with ``ke1_none`` offered
+    as an alternative the exchange may go ahead without the additional exchange.
+    """
+    from ipsecd.crypto.registry import TransformType
+    from ipsecd.ike.payloads import SaProposal, Transform
+    from ipsecd.ike.proposal_codec import proposal_transforms, select
+
+    ours = [parse_proposal("aes256gcm16-prfsha384-x25519", "ike")]
+    base = proposal_transforms(ours[0])
+    required = SaProposal(1, 1, b"", (*base, Transform(TransformType.ADDKE1, KeId.ML_KEM_768)))
+    assert select([required], ours, "ike") is None
+    optional = SaProposal(
+        1,
+        1,
+        b"",
+        (
+            *base,
+            Transform(TransformType.ADDKE1, KeId.ML_KEM_768),
+            Transform(TransformType.ADDKE1, KeId.NONE),
+        ),
+    )
+    chosen = select([optional], ours, "ike")
+    assert chosen is not None and str(chosen) == "aes256gcm16-prfsha384-x25519"
