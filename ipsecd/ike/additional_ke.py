@@ -68,6 +68,7 @@ __all__ = [
     "derive_rekeyed_ike_keys_with_additional",
     "child_keymat_with_additional",
     "int_auth_octets",
+    "int_auth_prefix_of_fragmented",
     "IntAuthChain",
     "PpkIdType",
     "PpkIdentity",
@@ -197,6 +198,31 @@ def int_auth_octets(message_prefix: bytes, inner_payloads: bytes) -> bytes:
     a[24:28] = total.to_bytes(4, "big")
     a[-2:] = sk_len.to_bytes(2, "big")
     return bytes(a) + inner
+
+
+_PAYLOAD_SK = 46  # RFC 7296 §3.14
+_PAYLOAD_SKF = 53  # RFC 7383 §2.5
+
+
+def int_auth_prefix_of_fragmented(ike_header: bytes, first_inner_payload: int) -> bytes:
+    """The A-part prefix of a message that was sent or received in SKF fragments.
+
+    RFC 9242 §3.3.2 authenticates the message as if it had not been fragmented:
+    the IKE header (of any fragment) with Next Payload = SK (46), followed by an
+    SK payload header whose Next Payload is the first inner payload's type (the
+    first fragment's SKF Next Payload).  Length fields are set by
+    :func:`int_auth_octets`.  (Checked against strongSwan 6.1, whose
+    ML-KEM-768 IKE_INTERMEDIATE request went out in two fragments.)
+    """
+    header = bytearray(ike_header)
+    if len(header) != IKE_HEADER_LEN:
+        raise ValueError(f"IKE header is {len(header)} bytes, not {IKE_HEADER_LEN}")
+    if header[16] not in (_PAYLOAD_SK, _PAYLOAD_SKF):
+        raise ValueError(
+            f"IKE header's Next Payload is {header[16]}; a fragmented message starts with SKF (53)"
+        )
+    header[16] = _PAYLOAD_SK
+    return bytes(header) + bytes([first_inner_payload, 0, 0, 0])
 
 
 @dataclass

@@ -32,6 +32,7 @@ from ipsecd.ike.additional_ke import (
     derive_after_additional_ke,
     derive_rekeyed_ike_keys_with_additional,
     int_auth_octets,
+    int_auth_prefix_of_fragmented,
     mix_ppk,
     rekey_skeyseed_with_additional,
     same_ppk_id,
@@ -414,6 +415,17 @@ def test_strongswan61_hybrid_key_schedule() -> None:
         assert int_auth_octets(bytes(prefix), ap[32:]) == ap
         add(key, bytes(prefix), ap[32:])
     assert [chain.int_auth_i, chain.int_auth_r] == log["IntAuth_N = prf(Sk_px, data)"]
+    # The request went out as two SKF fragments: the prefix rebuilt from a fragment's
+    # header (Next Payload SKF, fragment length) and the first inner payload type (KE = 34).
+    fragment_header = bytearray(req_ap[:28])
+    fragment_header[16] = 53
+    fragment_header[24:28] = (1164).to_bytes(4, "big")
+    prefix = int_auth_prefix_of_fragmented(bytes(fragment_header), 34)
+    assert int_auth_octets(prefix, req_ap[32:]) == req_ap
+    with pytest.raises(ValueError, match="starts with SKF"):
+        int_auth_prefix_of_fragmented(bytes(28), 34)
+    with pytest.raises(ValueError, match="not 28"):
+        int_auth_prefix_of_fragmented(bytes(27), 34)
     # Generation 1: after ADDKE1 = ML-KEM-768 (RFC 9370 §2.2.2).
     assert additional_skeyseed(k0, sk1, ni, nr) == log["SKEYSEED"][1]
     k1 = derive_after_additional_ke(k0, sk1, ni, nr, spi_i, spi_r)
