@@ -221,3 +221,36 @@ def test_signed_octets_reuses_rfc7296_octets() -> None:
 
     maced = hmac.new(keys.sk_pi, bytes([1, 0, 0, 0]) + idd, hashlib.sha256).digest()
     assert base == msg + nonce + maced
+
+
+def test_strongswan61_certificate_auth_known_answers() -> None:
+    """AUTH payloads of two strongSwan 6.1.0 charons using certificates made by ``ipsecd pki``.
+
+    strongSwan accepted our certificates (Ed25519 and ECDSA P-256 under an ECDSA P-384 CA,
+    FQDN and DN identities) with x25519 + ML-KEM-768; we reproduce its Ed25519 AUTH payload
+    byte for byte (Ed25519 is deterministic) and verify its ECDSA one.
+    """
+    import json
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from ipsecd.pki import TrustStore, validate_chain
+    from ipsecd.pki.certs import load_certificates, load_private_key
+    from ipsecd.pki.identity import IkeIdentity, match_identity
+
+    data = json.loads((Path(__file__).parent / "data" / "strongswan61_cert_auth.json").read_text())
+    ca, a, b = (load_certificates(data[k].encode())[0] for k in ("ca_crt", "a_crt", "b_crt"))
+    when = datetime(2026, 12, 2, tzinfo=UTC)
+    for cert in (a, b):
+        validate_chain(cert, [], TrustStore([ca]), when)
+    assert match_identity(a, IkeIdentity.from_text("gw-a.example"))
+    assert match_identity(b, IkeIdentity.from_text("C=CH, O=ipsecd interop, CN=gw-b"))
+    a_octets, b_octets = bytes.fromhex(data["a_octets"]), bytes.fromhex(data["b_octets"])
+    a_auth, b_auth = bytes.fromhex(data["a_auth_data"]), bytes.fromhex(data["b_auth_data"])
+    key = load_private_key(data["a_key"].encode())
+    ours = sign(a_octets, key, ALL)  # strongSwan announced sha256 sha384 sha512 identity
+    assert (ours.method, ours.data) == (data["a_auth_method"], a_auth)
+    assert verify(a_octets, 14, a_auth, a).algorithm == "Ed25519"
+    assert verify(b_octets, data["b_auth_method"], b_auth, b).algorithm == "ecdsa-with-SHA256"
+    with pytest.raises(SignatureAuthError):
+        verify(a_octets, 14, b_auth, b)
