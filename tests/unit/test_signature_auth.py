@@ -254,3 +254,20 @@ def test_strongswan61_certificate_auth_known_answers() -> None:
     assert verify(b_octets, data["b_auth_method"], b_auth, b).algorithm == "ecdsa-with-SHA256"
     with pytest.raises(SignatureAuthError):
         verify(a_octets, 14, b_auth, b)
+
+
+def test_strongswan61_rsa_pss_auth() -> None:
+    """strongSwan 6.1.0 with ``rsa_pss = yes`` and an RSA-3072 certificate from ``ipsecd pki``:
+    its AUTH carries exactly the RSASSA-PSS AlgorithmIdentifier we send, and verifies."""
+    import json
+    from pathlib import Path
+
+    from ipsecd.pki.certs import load_certificates
+
+    data = json.loads((Path(__file__).parent / "data" / "strongswan61_cert_auth.json").read_text())
+    cert = load_certificates(data["b_rsa_crt"].encode())[0]
+    octets, auth_data = bytes.fromhex(data["b_rsa_octets"]), bytes.fromhex(data["b_rsa_auth_data"])
+    got = verify(octets, data["b_rsa_auth_method"], auth_data, cert)
+    assert got.algorithm == "RSASSA-PSS SHA-256"
+    ours = sign(octets, generate_key("rsa-3072"), ALL, rsa_pss=True)
+    assert ours.data[: 1 + ours.data[0]] == auth_data[: 1 + auth_data[0]]
