@@ -33,8 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     demo = sub.add_parser("demo", help="build two sites in namespaces and run a tunnel (root)")
     demo.add_argument("--keep", action="store_true", help="leave the demo running until Ctrl-C")
+    pki = sub.add_parser("pki", help="a small CA: ca, issue, show, crl", add_help=False)
+    pki.add_argument("-h", "--help", action="store_true", dest="pki_help")
+    pki.add_argument("pki_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
 
+    if args.command == "pki":
+        from ipsecd.cli.pki import main as pki_main
+
+        return pki_main(["--help"] * args.pki_help + args.pki_args)
     if args.command == "check":
         return _check(args.config)
     if args.command == "demo":

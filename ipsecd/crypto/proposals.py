@@ -5,17 +5,26 @@ Operators write ``aes256gcm16-prfsha384-x25519`` or ``aes128-sha256-ecp256``
 in swanctl.conf.  A token may repeat a transform type to offer alternatives
 (``aes128-aes256-sha256-ecp256-x25519``).  Parsing fails with a message that
 names the bad token and lists what is accepted.
+
+RFC 9370 additional key exchanges are written as strongSwan 6 does:
+``aes256gcm16-prfsha384-x25519-ke1_mlkem768`` (``keN_ALG``, N = 1..7, ALG an
+ML-KEM, a KE group or ``none``); they are accepted only with
+``allow_additional_ke=True`` until IKE_INTERMEDIATE is wired into the exchanges.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ipsecd.crypto.registry import (
+    ADDITIONAL_KE_NONE,
     ALIASES,
     ENCRYPTION,
     INTEGRITY,
     KEY_EXCHANGE,
+    ML_KEM,
+    ML_KEM_UNAVAILABLE,
     PRF,
     PRF_FOR_INTEG,
     EncrAlgorithm,
@@ -46,6 +55,8 @@ class Proposal:
     ke: tuple[KeAlgorithm, ...]
     esn: tuple[bool, ...] = (False,)
     text: str = ""
+    # RFC 9370: additional_ke[n-1] = the alternatives for ADDKEn; () = ADDKEn not offered.
+    additional_ke: tuple[tuple[KeAlgorithm, ...], ...] = ()
 
     def __str__(self) -> str:
         return self.text or "-".join(
@@ -53,6 +64,7 @@ class Proposal:
             + [a.name for a in self.integrity]
             + [a.name for a in self.prf]
             + [a.name for a in self.ke]
+            + [f"ke{n}_{a.name}" for n, algs in enumerate(self.additional_ke, 1) for a in algs]
         )
 
 
@@ -62,8 +74,34 @@ def _known_tokens(protocol: str) -> str:
     return ", ".join(names)
 
 
-def parse_proposal(text: str, protocol: str) -> Proposal:
-    """Parse one strongSwan-style proposal for ``protocol`` ("ike" or "esp")."""
+_ADDITIONAL_KE_TOKEN = re.compile(r"ke([1-7])_(\w+)")
+
+
+def _additional_ke(raw: str, text: str) -> tuple[int, KeAlgorithm]:
+    """``keN_ALG`` -> (N, algorithm) (RFC 9370 §2.2.1), or a ProposalError saying why not."""
+    m = _ADDITIONAL_KE_TOKEN.fullmatch(raw)
+    assert m is not None
+    n, name = int(m.group(1)), ALIASES.get(m.group(2), m.group(2))
+    if name in ML_KEM_UNAVAILABLE:
+        raise ProposalError(f"{raw!r} in proposal {text!r}: {ML_KEM_UNAVAILABLE[name]}")
+    if name == "none":
+        return n, ADDITIONAL_KE_NONE
+    alg = ML_KEM.get(name) or KEY_EXCHANGE.get(name)
+    if alg is None:
+        raise ProposalError(
+            f"unknown additional key exchange {raw!r} in proposal {text!r}"
+            f" (known after keN_: {', '.join([*ML_KEM, *KEY_EXCHANGE, 'none'])})"
+        )
+    return n, alg
+
+
+def parse_proposal(text: str, protocol: str, *, allow_additional_ke: bool = False) -> Proposal:
+    """Parse one strongSwan-style proposal for ``protocol`` ("ike" or "esp").
+
+    ``keN_ALG`` tokens (RFC 9370) need ``allow_additional_ke=True``; without it
+    they are refused, so that no configuration silently loses its post-quantum
+    key exchange while the exchanges cannot negotiate it.
+    """
     if protocol not in ("ike", "esp"):
         raise ValueError(f"protocol must be 'ike' or 'esp', not {protocol!r}")
     if not isinstance(text, str) or not text.strip():
@@ -73,9 +111,24 @@ def parse_proposal(text: str, protocol: str) -> Proposal:
     prf: list[PrfAlgorithm] = []
     ke: list[KeAlgorithm] = []
     esn: list[bool] = []
+    additional: dict[int, list[KeAlgorithm]] = {}
     for raw in text.strip().lower().split("-"):
         token = ALIASES.get(raw, raw)
-        if token in ENCRYPTION:
+        if _ADDITIONAL_KE_TOKEN.fullmatch(raw):
+            n, alg = _additional_ke(raw, text)
+            if not allow_additional_ke:
+                raise ProposalError(
+                    f"{raw!r} in proposal {text!r}: additional key exchanges (RFC 9370,"
+                    " IKE_INTERMEDIATE) are not supported by the IKE exchanges yet"
+                )
+            additional.setdefault(n, []).append(alg)
+        elif token in ML_KEM or token in ML_KEM_UNAVAILABLE:
+            raise ProposalError(
+                f"{raw!r} in proposal {text!r}: ML-KEM is offered only as an additional"
+                f" key exchange after a classic one, e.g. x25519-ke1_{token}"
+                + (f"; {ML_KEM_UNAVAILABLE[token]}" if token in ML_KEM_UNAVAILABLE else "")
+            )
+        elif token in ENCRYPTION:
             encr.append(ENCRYPTION[token])
         elif token in INTEGRITY:
             integ.append(INTEGRITY[token])
@@ -118,6 +171,11 @@ def parse_proposal(text: str, protocol: str) -> Proposal:
             raise ProposalError(
                 f"IKE proposal {text!r} names no key exchange (e.g. x25519, ecp256, modp2048)"
             )
+    if additional and not ke:
+        raise ProposalError(
+            f"proposal {text!r}: additional key exchanges (keN_) follow a key exchange;"
+            " name one first (e.g. x25519)"
+        )
     return Proposal(
         protocol=protocol,
         encryption=tuple(dict.fromkeys(encr)),
@@ -126,4 +184,8 @@ def parse_proposal(text: str, protocol: str) -> Proposal:
         ke=tuple(dict.fromkeys(ke)),
         esn=tuple(dict.fromkeys(esn)) or (False,),
         text=text.strip(),
+        additional_ke=tuple(
+            tuple(dict.fromkeys(additional.get(n, ())))
+            for n in range(1, max(additional, default=0) + 1)
+        ),
     )

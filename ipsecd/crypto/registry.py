@@ -21,6 +21,17 @@ class TransformType(IntEnum):
     INTEG = 3
     KE = 4  # "D-H" in RFC 7296, renamed "Key Exchange Method" by RFC 9370
     ESN = 5
+    ADDKE1 = 6  # RFC 9370 §2.2.1: Additional Key Exchange 1..7
+    ADDKE2 = 7
+    ADDKE3 = 8
+    ADDKE4 = 9
+    ADDKE5 = 10
+    ADDKE6 = 11
+    ADDKE7 = 12
+
+
+# RFC 9370 §2.2.1: ADDKEn is transform type 5 + n, n = 1..7.
+ADDITIONAL_KE_TYPES: tuple[TransformType, ...] = tuple(TransformType(5 + n) for n in range(1, 8))
 
 
 class EncrId(IntEnum):
@@ -50,6 +61,9 @@ class KeId(IntEnum):
     ECP_256 = 19
     ECP_384 = 20
     CURVE25519 = 31
+    ML_KEM_512 = 35  # draft-ietf-ipsecme-ikev2-mlkem; not offered: see ML_KEM_UNAVAILABLE
+    ML_KEM_768 = 36
+    ML_KEM_1024 = 37
 
 
 class EsnId(IntEnum):
@@ -172,6 +186,26 @@ KEY_EXCHANGE: dict[str, KeAlgorithm] = {
     )
 }
 
+# ML-KEM (FIPS 203) for RFC 9370 additional key exchanges (draft-ietf-ipsecme-ikev2-mlkem).
+# ``public_len`` is the initiator's encapsulation key; the responder sends a ciphertext
+# whose length ``ipsecd.crypto.mlkem`` checks.  Only as ``keN_`` in proposals for now.
+ML_KEM: dict[str, KeAlgorithm] = {
+    a.name: a
+    for a in (
+        KeAlgorithm("mlkem768", KeId.ML_KEM_768, "mlkem", 1184),
+        KeAlgorithm("mlkem1024", KeId.ML_KEM_1024, "mlkem", 1568),
+    )
+}
+
+# Known names we refuse, with the reason an operator reads.
+ML_KEM_UNAVAILABLE: dict[str, str] = {
+    "mlkem512": "ML-KEM-512 is not available: the cryptography library ipsecd uses implements"
+    " ML-KEM-768 and ML-KEM-1024 only (use mlkem768 or mlkem1024)",
+}
+
+# RFC 9370 §2.2.1: "NONE" in an ADDKE transform type makes that exchange optional.
+ADDITIONAL_KE_NONE = KeAlgorithm("none", KeId.NONE, "none", 0)
+
 # strongSwan spellings that mean the same transform.
 ALIASES: dict[str, str] = {
     "aes128gcm128": "aes128gcm16",
@@ -218,3 +252,12 @@ def prf_by_id(transform_id: int) -> PrfAlgorithm | None:
 
 def ke_by_id(transform_id: int) -> KeAlgorithm | None:
     return next((a for a in KEY_EXCHANGE.values() if a.transform_id == transform_id), None)
+
+
+def additional_ke_by_id(transform_id: int) -> KeAlgorithm | None:
+    """The algorithm of a received ADDKEn transform: a KE group, ML-KEM or NONE (RFC 9370)."""
+    if transform_id == KeId.NONE:
+        return ADDITIONAL_KE_NONE
+    return ke_by_id(transform_id) or next(
+        (a for a in ML_KEM.values() if a.transform_id == transform_id), None
+    )
