@@ -170,14 +170,31 @@ mkdir -p "$R/root/.cache/pip"
 mount --bind "$CACHE/pip" "$R/root/.cache/pip"
 cp /etc/resolv.conf "$R/etc/resolv.conf"
 cp "$W/lower-bounds.txt" "$R/tmp/lower-bounds.txt"
+if [ -s "$W/host-ca.crt" ]; then cp "$W/host-ca.crt" "$R/tmp/host-ca.crt"; fi
+mapfile -t extra_env <"$W/env.list"
 mkdir -p "$R/src"
 tar -C "$SRC" --exclude=./.git --exclude=./.venv --exclude=./.vagrant --exclude='*.egg-info' \
   --exclude=__pycache__ --exclude=.ruff_cache --exclude=.mypy_cache --exclude=.pytest_cache \
   --exclude=./build --exclude=./bench/out -cf - . | tar -C "$R/src" -xf -
 exec chroot "$R" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
-  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${extra_env[@]}" \
   /bin/bash -euo pipefail -c "$(cat "$W/steps.sh")"
 """
+
+
+def _network_trust(work: Path) -> list[str]:
+    """Environment for pip inside the root: this machine's CA bundle, when it names one.
+
+    Where HTTPS goes through an intercepting proxy, the machine trusts the proxy's CA
+    (PIP_CERT / SSL_CERT_FILE); a stock root does not.  That trust is the network's, not
+    the install's, so it is handed to pip as the environment hands it to us.
+    """
+    for var in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+        bundle = os.environ.get(var)
+        if bundle and Path(bundle).is_file():
+            shutil.copyfile(bundle, work / "host-ca.crt")
+            return ["PIP_CERT=/tmp/host-ca.crt", "SSL_CERT_FILE=/tmp/host-ca.crt"]
+    return []
 
 
 def _kill_chrooted(root: Path) -> None:
@@ -213,6 +230,7 @@ def test_readme_install_and_demo_on_stock_debian(tmp_path: Path) -> None:
     work.mkdir()
     (work / "lower-bounds.txt").write_text(lower_bound_constraints())
     (work / "steps.sh").write_text(STEPS)
+    (work / "env.list").write_text("".join(f"{line}\n" for line in _network_trust(work)))
     log_path = tmp_path / "chroot.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(

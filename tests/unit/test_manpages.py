@@ -45,7 +45,7 @@ def test_every_subcommand_and_option_is_documented(pages: dict[str, str], comman
     for action in manpages.options(parser):
         for flag in action.option_strings:
             assert flag in text, flag
-    for name, help_text, sub in subs:
+    for name, _help, sub in subs:
         assert f".SS {name}\n" in text, name
         for action in manpages.options(sub):
             for flag in action.option_strings:
