@@ -11,10 +11,13 @@ systemd, as far as it can without it, for instances ``left`` (in gwA's namespace
 - ProtectSystem=strict: the root file system read-only, /run read-only except the
   instance's RuntimeDirectory; ProtectKernelTunables=: /proc/sys and /sys read-only;
   PrivateTmp=: a private /tmp;
-- UMask=, NoNewPrivileges=, CapabilityBoundingSet= (with ``setpriv``).
+- UMask=, NoNewPrivileges=, CapabilityBoundingSet= (with ``setpriv``);
+- SystemCallFilter= with SystemCallErrorNumber=EPERM, the groups expanded by
+  ``systemd-analyze syscall-filter``, and MemoryDenyWriteExecute= (seccomp_exec.py).
 
-SystemCallFilter=, MemoryDenyWriteExecute= and the other seccomp-based settings are not
-emulated.  Each instance's config puts its control socket where the unit's comment says,
+Not emulated: the other namespace- and cgroup-based settings (ProtectKernelModules=,
+ProtectKernelLogs=, ProtectClock=, RestrictNamespaces=, RestrictAddressFamilies=,
+DeviceAllow=, ...).  Each instance's config puts its control socket where the unit's comment says,
 ``/run/ipsecd-INSTANCE/ipsecd.sock``: if that were not writable under the sandbox, the
 daemon would not start.
 """
@@ -41,6 +44,7 @@ from tests.unit.test_systemd_units import parse_unit
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "ipsecd@.service"
+SECCOMP_EXEC = Path(__file__).resolve().parent / "seccomp_exec.py"
 
 
 def _unit_for(instance: str) -> dict[str, list[str]]:
@@ -66,12 +70,53 @@ def _config(instance: str, role: str, etc: Path, wan: str, peer_wan: str, site: 
     return path
 
 
+def syscall_groups() -> dict[str, list[str]]:
+    """``systemd-analyze syscall-filter``: every @group and its members (calls and @groups)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze missing (scripts/setup-dev.sh installs systemd)")
+    out = subprocess.run(
+        [analyze, "syscall-filter", "--no-pager"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    groups: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in out.splitlines():
+        if line.startswith("@"):
+            current = groups.setdefault(line.strip(), [])
+        elif current is not None and line.strip() and not line.strip().startswith("#"):
+            current.append(line.strip())
+    return groups
+
+
+def allowed_syscalls(service: dict[str, list[str]]) -> set[str]:
+    """What SystemCallFilter= lets through: an allow-list, then ``~`` lines taking away."""
+    groups = syscall_groups()
+
+    def expand(item: str) -> set[str]:
+        if not item.startswith("@"):
+            return {item}
+        return set().union(*(expand(member) for member in groups[item]))
+
+    allowed: set[str] = set()
+    for line in service["SystemCallFilter"]:
+        deny = line.startswith("~")
+        names = set().union(*(expand(i) for i in line.removeprefix("~").split()))
+        allowed = allowed - names if deny else allowed | names
+    return allowed
+
+
 def _capabilities(service: dict[str, list[str]]) -> str:
     caps = service["CapabilityBoundingSet"][-1].split()
     return ",".join(["-all", *(f"+{c.removeprefix('CAP_').lower()}" for c in caps)])
 
 
-def _sandboxed(service: dict[str, list[str]], run_root: Path, etc: Path, command: str) -> str:
+def _sandboxed(
+    service: dict[str, list[str]], run_root: Path, etc: Path, command: str, syscalls: Path
+) -> str:
     """A shell script that applies the unit's file-system and privilege settings, then execs.
 
     ``etc`` (the configs, under pytest's /tmp) is carried through PrivateTmp='s fresh /tmp
@@ -82,8 +127,11 @@ def _sandboxed(service: dict[str, list[str]], run_root: Path, etc: Path, command
     assert service["ProtectKernelTunables"][-1] == "yes"
     assert service["PrivateTmp"][-1] == "yes"
     assert service["NoNewPrivileges"][-1] == "yes"
+    assert service["SystemCallErrorNumber"][-1] == "EPERM"
+    assert service["MemoryDenyWriteExecute"][-1] == "yes"
     exe = shlex.quote(f"{Path(sys.executable).parent}/ipsecd")
-    command = command.replace("/usr/local/sbin/ipsecd", exe)
+    seccomp = f"{shlex.quote(sys.executable)} {shlex.quote(str(SECCOMP_EXEC))} {syscalls} --"
+    command = f"{seccomp} {command.replace('/usr/local/sbin/ipsecd', exe)}"
     return "\n".join(
         [
             "set -e",
@@ -137,6 +185,11 @@ def test_two_instances_under_the_units_sandbox(topology: Topology, tmp_path: Pat
     psk.write_bytes(b"0s" + __import__("base64").b64encode(os.urandom(32)) + b"\n")
     psk.chmod(0o600)
     ctl = f"{Path(sys.executable).parent}/ipsecctl"
+    syscalls = etc / "syscalls.txt"  # visible through PrivateTmp, as the configs are
+    allowed = allowed_syscalls(_unit_for("left"))
+    assert {"sendmmsg", "recvmmsg", "ioctl", "socket"} <= allowed
+    assert not {"mount", "reboot", "setrlimit", "settimeofday"} & allowed
+    syscalls.write_text("\n".join(sorted(allowed)) + "\n")
 
     instances = [
         ("right", "right", topology.gw_b, topology.gw_b_wan_ip, topology.gw_a_wan_ip, GW_B_LAN_IP),
@@ -168,7 +221,7 @@ def test_two_instances_under_the_units_sandbox(topology: Topology, tmp_path: Pat
                     "private",
                     "sh",
                     "-c",
-                    _sandboxed(service, run_root, etc, pre),
+                    _sandboxed(service, run_root, etc, pre, syscalls),
                 ],
                 capture_output=True,
                 text=True,
@@ -176,7 +229,7 @@ def test_two_instances_under_the_units_sandbox(topology: Topology, tmp_path: Pat
             )
             assert check.returncode == 0, check.stdout + check.stderr
             log = tmp_path / f"{instance}.log"
-            script = _sandboxed(service, run_root, etc, start)
+            script = _sandboxed(service, run_root, etc, start, syscalls)
             procs.append((instance, _start(topology, ns, script, log), log))
 
         sockets = {name: run_root / f"ipsecd-{name}" / "ipsecd.sock" for name, _, _ in procs}
@@ -186,6 +239,15 @@ def test_two_instances_under_the_units_sandbox(topology: Topology, tmp_path: Pat
                 assert proc.poll() is None, f"{name} exited:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, "no control socket after 20 s"
             time.sleep(0.1)
+        for name, proc, _ in procs:  # every step exec()s: the pid is the daemon's
+            proc_status = dict(
+                line.split(":\t", 1)
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+            )
+            assert "ipsecd" in Path(f"/proc/{proc.pid}/cmdline").read_text(), name
+            assert proc_status["Seccomp"].strip() == "2", name  # filter mode
+            assert proc_status["NoNewPrivs"].strip() == "1", name
+            assert int(proc_status["CapBnd"], 16) == (1 << 12) | (1 << 10), name  # NET_ADMIN, BIND
         for name, sock in sockets.items():
             mode = stat.S_IMODE(sock.stat().st_mode)
             assert mode & 0o077 == 0, f"{name}: control socket mode {mode:o} (UMask=0077)"
