@@ -13,8 +13,10 @@
 #   - the unit files in /usr/local/lib/systemd/system (ExecStart=/usr/local/sbin/ipsecd);
 #     systemctl daemon-reload when systemd runs.  The service is NOT enabled: there is no
 #     config yet (see the lines printed at the end)
-#   - /etc/ipsecd (0755) and /etc/ipsecd/secrets (0700), like strongSwan's /etc/swanctl and its
-#     private/; what is in them is never touched
+#   - the system account ipsecd the units run as (User=ipsecd, with CAP_NET_ADMIN and
+#     CAP_NET_BIND_SERVICE only)
+#   - /etc/ipsecd (0755) and /etc/ipsecd/secrets (0750 root:ipsecd; the key files in it are
+#     owned by ipsecd, mode 0600); what is in them is never touched
 #   - man pages ipsecd(8), ipsecctl(8), ipsecd.yaml(5) and bash completion, generated from the
 #     installed code, and the example configs in /usr/local/share/doc/ipsecd/examples
 #
@@ -103,16 +105,23 @@ if [ -d /run/systemd/system ]; then
   systemctl daemon-reload
 fi
 
-# -- 5. config and secrets directories -----------------------------------------------------------
-# The config names secret files (psk_file, key_file) that ipsecd refuses unless mode 0600;
-# they go in secrets/, which only root may enter.  Existing files are never touched.
+# -- 5. the service account, config and secrets directories -------------------------------------
+# The daemon runs as ipsecd, not root.  The config names secret files (psk_file, key_file)
+# that ipsecd refuses unless mode 0600; they go in secrets/, which only root and the ipsecd
+# group may enter, and belong to ipsecd (it reads them again at reload).
+if ! getent passwd ipsecd >/dev/null; then
+  useradd --system --user-group --home-dir /nonexistent --no-create-home \
+    --shell /usr/sbin/nologin --comment "ipsecd IPsec gateway" ipsecd
+  say "created the system account ipsecd"
+fi
 install -d -m 0755 "$ETC"
-install -d -m 0700 "$ETC/secrets"
+install -d -m 0750 -o root -g ipsecd "$ETC/secrets"
 chmod 0755 "$ETC"
-chmod 0700 "$ETC/secrets"
+chown root:ipsecd "$ETC/secrets"
+chmod 0750 "$ETC/secrets"
 
 # -- 6. man pages, completion, examples ----------------------------------------------------------
-"$PREFIX/bin/python" -m ipsecd.cli.manpages --output "$SHARE/man"
+"$PREFIX/bin/python" -m ipsecd.cli.manpages --output "$SHARE/man" >/dev/null
 install -d -m 0755 "$SHARE/bash-completion/completions"
 "$PREFIX/bin/python" -m ipsecd.cli.completion >"$SHARE/bash-completion/completions/ipsecd"
 ln -sfn ipsecd "$SHARE/bash-completion/completions/ipsecctl"
@@ -130,6 +139,7 @@ Next:
   cp $SHARE/doc/ipsecd/examples/site-a.psk.yaml $ETC/ipsecd.yaml
   (umask 077; printf '0s%s\\n' "\$(head -c 32 /dev/urandom | base64 -w0)" \
       >$ETC/secrets/site-a-b.psk)     # the same key goes to the peer
+  chown ipsecd: $ETC/secrets/site-a-b.psk
   editor $ETC/ipsecd.yaml            # addresses, peers, psk_file: $ETC/secrets/site-a-b.psk
   ipsecd check $ETC/ipsecd.yaml
   systemctl enable --now ipsecd

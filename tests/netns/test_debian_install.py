@@ -122,7 +122,8 @@ grep -x 'ExecStart=/usr/local/sbin/ipsecd run --config /etc/ipsecd/ipsecd.yaml' 
 grep -x 'ExecStart=/usr/local/sbin/ipsecd run --config /etc/ipsecd/%i.yaml' \
   /usr/local/lib/systemd/system/ipsecd@.service
 test "$(stat -c %a /etc/ipsecd)" = 755
-test "$(stat -c %a /etc/ipsecd/secrets)" = 700
+test "$(stat -c %a:%U:%G /etc/ipsecd/secrets)" = 750:root:ipsecd
+getent passwd ipsecd | grep -q ':/usr/sbin/nologin$'      # User= of both units
 for page in man8/ipsecd.8 man8/ipsecctl.8 man5/ipsecd.yaml.5; do
   test -s /usr/local/share/man/$page
 done
@@ -163,8 +164,11 @@ MOUNTS = r"""
 set -euo pipefail
 W=$1; BASE=$2; CACHE=$3; SRC=$4
 R=$W/root
-mkdir -p "$R" "$W/upper" "$W/work" "$CACHE/apt-archives/partial" "$CACHE/pip"
-mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$W/upper,workdir=$W/work" "$R"
+L=$W/layer  # the overlay's writable layer, in memory: gone with the namespace, nothing to delete
+mkdir -p "$R" "$L" "$CACHE/apt-archives/partial" "$CACHE/pip"
+mount -t tmpfs -o size=6g,mode=0755 tmpfs "$L"
+mkdir "$L/upper" "$L/work"
+mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$L/upper,workdir=$L/work" "$R"
 mount -t proc proc "$R/proc"
 mount -t sysfs sysfs "$R/sys"
 mount --rbind /dev "$R/dev"
@@ -280,7 +284,7 @@ def test_readme_install_and_demo_on_stock_debian(tmp_path: Path) -> None:
     mounted = [
         line for line in Path("/proc/self/mounts").read_text().splitlines() if str(work) in line
     ]
-    shutil.rmtree(work, ignore_errors=True)  # the overlay's upper layer: hundreds of MB
+    shutil.rmtree(work, ignore_errors=True)
     assert mounted == [], f"mounts left behind: {mounted}"
     assert returncode == 0, (
         f"{'timed out' if returncode is None else f'exit {returncode}'} after {report}\n"

@@ -11,7 +11,10 @@ systemd, as far as it can without it, for instances ``left`` (in gwA's namespace
 - ProtectSystem=strict: the root file system read-only, /run read-only except the
   instance's RuntimeDirectory; ProtectKernelTunables=: /proc/sys and /sys read-only;
   PrivateTmp=: a private /tmp;
-- UMask=, NoNewPrivileges=, CapabilityBoundingSet= (with ``setpriv``);
+- User=/Group= (a uid and gid unused here, as the ``ipsecd`` account need not exist on the
+  test machine; the runtime directories and config files are chowned to it as systemd and
+  scripts/install.sh do), AmbientCapabilities=, UMask=, NoNewPrivileges=,
+  CapabilityBoundingSet= (with ``setpriv``);
 - SystemCallFilter= with SystemCallErrorNumber=EPERM, the groups expanded by
   ``systemd-analyze syscall-filter``, and MemoryDenyWriteExecute= (seccomp_exec.py).
 
@@ -45,6 +48,7 @@ from tests.unit.test_systemd_units import parse_unit
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "ipsecd@.service"
 SECCOMP_EXEC = Path(__file__).resolve().parent / "seccomp_exec.py"
+SERVICE_UID = SERVICE_GID = 61377  # stands in for User=ipsecd / Group=ipsecd
 
 
 def _unit_for(instance: str) -> dict[str, list[str]]:
@@ -109,9 +113,19 @@ def allowed_syscalls(service: dict[str, list[str]]) -> set[str]:
     return allowed
 
 
-def _capabilities(service: dict[str, list[str]]) -> str:
-    caps = service["CapabilityBoundingSet"][-1].split()
-    return ",".join(["-all", *(f"+{c.removeprefix('CAP_').lower()}" for c in caps)])
+def _caps(setting: str) -> str:
+    return ",".join(f"+{c.removeprefix('CAP_').lower()}" for c in setting.split())
+
+
+def _privileges(service: dict[str, list[str]]) -> str:
+    """setpriv options for User=, Group=, AmbientCapabilities=, CapabilityBoundingSet=."""
+    assert service["User"][-1] == service["Group"][-1] == "ipsecd"
+    ambient = _caps(service["AmbientCapabilities"][-1])
+    return (
+        f"--reuid={SERVICE_UID} --regid={SERVICE_GID} --clear-groups"
+        f" --inh-caps=-all,{ambient} --ambient-caps=-all,{ambient}"
+        f" --bounding-set=-all,{_caps(service['CapabilityBoundingSet'][-1])} --no-new-privs"
+    )
 
 
 def _sandboxed(
@@ -122,7 +136,7 @@ def _sandboxed(
     ``etc`` (the configs, under pytest's /tmp) is carried through PrivateTmp='s fresh /tmp
     by a descriptor opened before, and mounted back read-only at the same path.
     """
-    runtime = f"/run/{service['RuntimeDirectory'][-1]}"
+    runtime = f"/run/{service['RuntimeDirectory'][-1].split()[-1]}"  # the instance's own
     assert service["ProtectSystem"][-1] == "strict"
     assert service["ProtectKernelTunables"][-1] == "yes"
     assert service["PrivateTmp"][-1] == "yes"
@@ -148,7 +162,7 @@ def _sandboxed(
             "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys",
             "mount -o remount,bind,ro /sys",  # ProtectKernelTunables=
             f"umask {service['UMask'][-1]}",
-            f"exec setpriv --no-new-privs --bounding-set {_capabilities(service)} {command}",
+            f"exec setpriv {_privileges(service)} {command}",
         ]
     )
 
@@ -184,12 +198,15 @@ def test_two_instances_under_the_units_sandbox(topology: Topology, tmp_path: Pat
     psk = etc / "psk.secret"
     psk.write_bytes(b"0s" + __import__("base64").b64encode(os.urandom(32)) + b"\n")
     psk.chmod(0o600)
+    for path in (etc, psk):  # install.sh: the key files belong to the service account
+        os.chown(path, SERVICE_UID, SERVICE_GID)
     ctl = f"{Path(sys.executable).parent}/ipsecctl"
     syscalls = etc / "syscalls.txt"  # visible through PrivateTmp, as the configs are
     allowed = allowed_syscalls(_unit_for("left"))
     assert {"sendmmsg", "recvmmsg", "ioctl", "socket"} <= allowed
     assert not {"mount", "reboot", "setrlimit", "settimeofday"} & allowed
     syscalls.write_text("\n".join(sorted(allowed)) + "\n")
+    os.chown(syscalls, SERVICE_UID, SERVICE_GID)
 
     instances = [
         ("right", "right", topology.gw_b, topology.gw_b_wan_ip, topology.gw_a_wan_ip, GW_B_LAN_IP),
@@ -199,12 +216,17 @@ def test_two_instances_under_the_units_sandbox(topology: Topology, tmp_path: Pat
     try:
         for instance, role, ns, wan, peer_wan, site in instances:
             service = _unit_for(instance)
-            runtime = run_root / service["RuntimeDirectory"][-1]
-            assert runtime.name == f"ipsecd-{instance}"
-            # systemd creates RuntimeDirectory= with RuntimeDirectoryMode= before ExecStartPre=
-            runtime.mkdir(parents=True)
-            runtime.chmod(int(service["RuntimeDirectoryMode"][-1], 8))
-            _config(instance, role, etc, wan, peer_wan, site)
+            shared, own = service["RuntimeDirectory"][-1].split()
+            assert (shared, own) == ("ipsecd", f"ipsecd-{instance}")
+            # systemd creates RuntimeDirectory= with RuntimeDirectoryMode=, owned by User=,
+            # before ExecStartPre=
+            for name in (shared, own):
+                runtime = run_root / name
+                runtime.mkdir(parents=True, exist_ok=True)
+                runtime.chmod(int(service["RuntimeDirectoryMode"][-1], 8))
+                os.chown(runtime, SERVICE_UID, SERVICE_GID)
+            config = _config(instance, role, etc, wan, peer_wan, site)
+            os.chown(config, SERVICE_UID, SERVICE_GID)
             expected = f"/usr/local/sbin/ipsecd run --config /etc/ipsecd/{instance}.yaml"
             assert service["ExecStart"][-1] == expected
             pre = service["ExecStartPre"][-1].replace("/etc/ipsecd/", f"{etc}/")
@@ -247,6 +269,10 @@ def test_two_instances_under_the_units_sandbox(topology: Topology, tmp_path: Pat
             assert "ipsecd" in Path(f"/proc/{proc.pid}/cmdline").read_text(), name
             assert proc_status["Seccomp"].strip() == "2", name  # filter mode
             assert proc_status["NoNewPrivs"].strip() == "1", name
+            assert proc_status["Uid"].split()[:2] == [str(SERVICE_UID)] * 2, name  # User=
+            net = (1 << 12) | (1 << 10)  # CAP_NET_ADMIN, CAP_NET_BIND_SERVICE
+            assert int(proc_status["CapEff"], 16) == net, name
+            assert int(proc_status["CapAmb"], 16) == net, name
             assert int(proc_status["CapBnd"], 16) == (1 << 12) | (1 << 10), name  # NET_ADMIN, BIND
         for name, sock in sockets.items():
             mode = stat.S_IMODE(sock.stat().st_mode)
@@ -263,7 +289,7 @@ def test_two_instances_under_the_units_sandbox(topology: Topology, tmp_path: Pat
         # The sandbox held: nothing but the runtime directories was written in the shared /run
         # (mount/ is util-linux's utab, written by the emulation's own mount calls).
         written = sorted(p.name for p in run_root.iterdir() if p.name != "mount")
-        assert written == ["ipsecd-left", "ipsecd-right"]
+        assert written == ["ipsecd", "ipsecd-left", "ipsecd-right"]
     finally:
         for _, proc, _ in procs:
             if proc.poll() is None:

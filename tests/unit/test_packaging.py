@@ -54,3 +54,13 @@ def test_ci_runs_the_readme_test_command() -> None:
     commands = {line for block in blocks for line in block.splitlines() if suite.fullmatch(line)}
     assert len(commands) == 1, commands
     assert "README.md" in (REPO / ".ci/run").read_text()
+
+
+def test_install_creates_the_account_the_units_run_as() -> None:
+    install = (REPO / "scripts/install.sh").read_text()
+    for unit in ("ipsecd.service", "ipsecd@.service"):
+        text = (REPO / "systemd" / unit).read_text()
+        user = re.search(r"^User=(\S+)$", text, re.M)
+        assert user, unit
+        assert f"getent passwd {user.group(1)}" in install
+        assert re.search(rf"useradd --system [^\n]*\n?[^\n]* {user.group(1)}\n", install)

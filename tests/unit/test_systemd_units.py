@@ -121,6 +121,8 @@ def test_hardening(name: str) -> None:
     def one(key: str) -> str:
         return _one(unit, "Service", key)
 
+    assert one("User") == one("Group") == "ipsecd"  # scripts/install.sh creates it
+    assert set(one("AmbientCapabilities").split()) == {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"}
     assert one("NoNewPrivileges") == "yes"
     assert one("ProtectSystem") == "strict"
     assert one("ProtectHome") == "yes"
@@ -215,8 +217,11 @@ def test_runtime_directory_holds_the_control_socket() -> None:
     assert _one(plain, "Service", "RuntimeDirectoryMode") == "0700"
     assert DEFAULT_SOCKET.startswith("/run/ipsecd/")
     template = _unit("ipsecd@.service")
-    # Not ipsecd/%i: stopping ipsecd.service removes /run/ipsecd and all below it.
-    assert _one(template, "Service", "RuntimeDirectory") == "ipsecd-%i"
+    # Its own /run/ipsecd-%i (not /run/ipsecd/%i, which the others' RuntimeDirectory= holds),
+    # and the shared /run/ipsecd, kept when any one unit stops.
+    assert _one(template, "Service", "RuntimeDirectory").split() == ["ipsecd", "ipsecd-%i"]
+    assert _one(template, "Service", "RuntimeDirectoryPreserve") == "yes"
+    assert _one(plain, "Service", "RuntimeDirectoryPreserve") == "yes"
     assert _one(template, "Service", "RuntimeDirectoryMode") == "0700"
     assert "%i" in _one(template, "Service", "ExecStart")
     # The file's own comment tells the admin where the instance's socket goes.
