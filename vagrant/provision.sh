@@ -119,9 +119,14 @@ if [ ! -s "$PSK_SOURCE" ]; then
   rm -f "$tmp"
   say "generated a new PSK in $PSK_SOURCE"
 fi
+# The config directory is readable (as scripts/install.sh makes it); the key is not: mode 0600,
+# owned by the account the unit runs the daemon as (User=ipsecd).
 mkdir -p "$ETC"
-chmod 0700 "$ETC"
+chmod 0755 "$ETC"
 install -m 0600 "$PSK_SOURCE" "$ETC/psk.secret"
+if ! truthy "$NO_SYSTEMD" && getent passwd ipsecd >/dev/null; then
+  chown ipsecd: "$ETC/psk.secret"
+fi
 
 # -- 3. the config -------------------------------------------------------------------------------
 umask 022
