@@ -137,13 +137,13 @@ if [ ! -e "$ETC/ipsecd.yaml" ]; then
   cat <<EOF
 Next:
   cp $SHARE/doc/ipsecd/examples/site-a.psk.yaml $ETC/ipsecd.yaml
-  (umask 077; printf '0s%s\\n' "\$(head -c 32 /dev/urandom | base64 -w0)" \
-      >$ETC/secrets/site-a-b.psk)     # the same key goes to the peer
-  chown ipsecd: $ETC/secrets/site-a-b.psk
-  editor $ETC/ipsecd.yaml            # addresses, peers, psk_file: $ETC/secrets/site-a-b.psk
+  (umask 077; printf '0s%s\\n' "\$(head -c 32 /dev/urandom | base64 -w0)" >$ETC/secrets/site-a-b.psk)
+  chown ipsecd: $ETC/secrets/site-a-b.psk     # the same key goes to the peer
+  editor $ETC/ipsecd.yaml        # addresses, peers, psk_file: $ETC/secrets/site-a-b.psk
   ipsecd check $ETC/ipsecd.yaml
+  echo net.ipv4.ip_forward=1 >/etc/sysctl.d/60-ipsecd.conf && sysctl -p /etc/sysctl.d/60-ipsecd.conf
   systemctl enable --now ipsecd
-See man ipsecd.yaml(5), man ipsecd(8) and docs/install.md.
+Open UDP 500 and 4500 towards the peer.  See ipsecd.yaml(5), ipsecd(8) and docs/install.md.
 EOF
 elif [ -d /run/systemd/system ] && systemctl is-active -q ipsecd; then
   say "ipsecd.service is running the old code: systemctl restart ipsecd"
