@@ -26,7 +26,8 @@ from ipsecd.cli.version import version
 SEE_ALSO_COMMANDS = "ipsecd(8), ipsecctl(8), ipsecd.yaml(5), systemd.service(5), swanctl(8)"
 
 # One line (or a few) per config key, "section.key" as ipsecd.yaml(5) lists them.  The
-# defaults come from the field tables; say here what the key means.
+# defaults come from the field tables; say here what the key means.  Only keys the field
+# tables have are shown, so an entry may be written before its key lands.
 CONFIG_DOCS: dict[str, str] = {
     "log": "Logging.",
     "log.level": "debug, info, warning or error.",
@@ -59,6 +60,9 @@ CONFIG_DOCS: dict[str, str] = {
     "fragmentation (RFC 7383); auto: 1280 towards IPv4 peers, 1232 towards IPv6 peers.",
     "gateway.offload": "TUN offloads (virtio-net header, TSO) and UDP GSO/GRO; false sends one "
     "packet per system call.",
+    "gateway.user": "The account the daemon switches to once its devices and sockets exist, "
+    "keeping only CAP_NET_ADMIN; default ipsecd where scripts/install.sh created it, else nobody; "
+    "root keeps root.  Under systemd the unit already runs it as ipsecd.",
     "gateway.wakeup_interval_ms": "Wake the daemon this often (ms) even when idle, which keeps an "
     "idle tunnel's latency low on virtual machines; 0: never.",
     "peers": "The peers, at least one.",
@@ -94,6 +98,7 @@ CONFIG_DOCS: dict[str, str] = {
     "peers.auth": "IKE authentication with a pre-shared key; required unless manual is given.",
     "peers.auth.psk_file": "File holding the PSK, mode 0600 (e.g. in /etc/ipsecd/secrets/): "
     "0x... is hex, 0s... base64, anything else the key itself.",
+    "peers.auth.allow_weak_psk": "Accept a PSK shorter than 16 bytes (labs only).",
     "peers.auth.local_id": "Our identity: an IP address, @fqdn, user@fqdn or @#hex key id; "
     "default local_address.",
     "peers.auth.remote_id": "The identity expected from the peer; default remote_address.",
@@ -245,6 +250,8 @@ def command_page(name: str, parser: argparse.ArgumentParser, section: int = 8) -
         for sub_name, help_text, sub in subs:
             lines += [".SS " + roff(sub_name), roff(_sentence(help_text))]
             lines += list(_argument_items(options(sub)))
+    if parser.epilog:  # written for --help: keep its lines as they are
+        lines += [".SH NOTES", ".nf", *(roff(line) for line in parser.epilog.splitlines()), ".fi"]
     lines += [".SH FILES", *FILES.get(name, [])]
     lines += [".SH SEE ALSO", roff(SEE_ALSO_COMMANDS.replace(f"{name}({section}), ", ""))]
     return "\n".join(lines) + "\n"

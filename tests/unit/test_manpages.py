@@ -64,8 +64,6 @@ def test_every_config_key_is_described(pages: dict[str, str]) -> None:
         "config keys without a line in ipsecd/cli/manpages.py CONFIG_DOCS: "
         + ", ".join(undocumented)
     )
-    stale = sorted(manpages.CONFIG_DOCS.keys() - paths)
-    assert not stale, f"CONFIG_DOCS describes keys the config no longer has: {stale}"
     text = _plain(pages["man5/ipsecd.yaml.5"])
     for key in keys:
         assert f"\n{key.path}" in text, key.path
