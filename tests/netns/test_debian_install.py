@@ -281,6 +281,7 @@ def test_readme_install_and_demo_on_stock_debian(tmp_path: Path) -> None:
     print(f"\nstock Debian 12 install: {report}")
     with contextlib.suppress(OSError):
         (CACHE / "last-run.txt").write_text(f"{time.ctime()}: rc={returncode}: {report}\n")
+    # The mounts were made in a private mount namespace, gone with it; this guards that design.
     mounted = [
         line for line in Path("/proc/self/mounts").read_text().splitlines() if str(work) in line
     ]
@@ -301,5 +302,5 @@ def test_readme_install_and_demo_on_stock_debian(tmp_path: Path) -> None:
     # `ipsecd demo` exits 0 only when every ping through the tunnel was answered (set -e).
 
 
-if __name__ == "__main__":  # print the constraints: python tests/netns/test_debian_install.py
+if __name__ == "__main__":  # the constraints: .venv/bin/python tests/netns/test_debian_install.py
     sys.stdout.write(lower_bound_constraints())
