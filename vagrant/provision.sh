@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # Provision one ipsecd gateway: install ipsecd, write its config and PSK, start the service.
 #
-#   vagrant/provision.sh [options] ROLE          ROLE is left or right
+#   vagrant/provision.sh [options] --wan ADDR --peer-wan ADDR --site-addr ADDR ROLE
 #
-# Vagrant runs it as root in each VM (see Vagrantfile).  The tests run the same script with
-# a temporary root and without systemd, then start the daemon themselves in a namespace:
+# ROLE is left or right.  Vagrant runs it as root in each VM with the addresses from the
+# Vagrantfile.  The tests run the same script with a temporary root and without systemd, then
+# start the daemon themselves in a namespace:
 #
 #   IPSECD_NO_INSTALL=1 IPSECD_NO_SYSTEMD=1 IPSECD_PSK_SOURCE=/tmp/t/shared.psk \
-#       vagrant/provision.sh --root /tmp/t/left left
+#       vagrant/provision.sh --root /tmp/t/left --wan 192.0.2.1 --peer-wan 192.0.2.2 \
+#       --site-addr 10.1.0.1 left
 #   ipsecd run --config /tmp/t/left/etc/ipsecd/ipsecd.yaml
 #
 # Options (each also an environment variable):
+#   --wan ADDR          IPSECD_WAN         this gateway's address on the shared "internet"
+#   --peer-wan ADDR     IPSECD_PEER_WAN    the other gateway's address there
+#   --site-addr ADDR    IPSECD_SITE_ADDR   this gateway's address on its site network
 #   --root DIR          IPSECD_ROOT        prefix for every path written (default /)
 #   --etc DIR           IPSECD_ETC         config directory (default ROOT/etc/ipsecd)
 #   --run DIR           IPSECD_RUN         directory of the control socket (default ROOT/run/ipsecd,
 #                                          the unit's RuntimeDirectory)
 #   --psk-source FILE   IPSECD_PSK_SOURCE  the PSK both gateways share; created if missing
 #                                          (default vagrant/.psk in the source tree, gitignored)
-#   --no-install        IPSECD_NO_INSTALL=1  skip apt/pip (ipsecd already importable)
-#   --no-systemd        IPSECD_NO_SYSTEMD=1  skip the unit install and systemctl
+#   --no-install        IPSECD_NO_INSTALL=1  skip scripts/install.sh (ipsecd already importable)
+#   --no-systemd        IPSECD_NO_SYSTEMD=1  skip sysctl and systemctl
 #   IPSECD_SRC  the ipsecd source tree (default: the parent of this script's directory)
 #
 # On success it prints the paths it wrote, one "name: path" per line.
@@ -39,6 +44,9 @@ RUN=${IPSECD_RUN:-}
 PSK_SOURCE=${IPSECD_PSK_SOURCE:-}
 NO_INSTALL=${IPSECD_NO_INSTALL:-0}
 NO_SYSTEMD=${IPSECD_NO_SYSTEMD:-0}
+WAN=${IPSECD_WAN:-}
+PEER_WAN=${IPSECD_PEER_WAN:-}
+SITE_ADDR=${IPSECD_SITE_ADDR:-}
 ROLE=
 
 while [ $# -gt 0 ]; do
@@ -51,6 +59,12 @@ while [ $# -gt 0 ]; do
     --run=*) RUN=${1#*=}; shift ;;
     --psk-source) PSK_SOURCE=${2:?--psk-source needs a file}; shift 2 ;;
     --psk-source=*) PSK_SOURCE=${1#*=}; shift ;;
+    --wan) WAN=${2:?--wan needs an address}; shift 2 ;;
+    --wan=*) WAN=${1#*=}; shift ;;
+    --peer-wan) PEER_WAN=${2:?--peer-wan needs an address}; shift 2 ;;
+    --peer-wan=*) PEER_WAN=${1#*=}; shift ;;
+    --site-addr) SITE_ADDR=${2:?--site-addr needs an address}; shift 2 ;;
+    --site-addr=*) SITE_ADDR=${1#*=}; shift ;;
     --no-install) NO_INSTALL=1; shift ;;
     --no-systemd) NO_SYSTEMD=1; shift ;;
     -h|--help) usage 0 ;;
@@ -64,6 +78,11 @@ TEMPLATE="$SRC/vagrant/templates/$ROLE.yaml"
 [ -f "$TEMPLATE" ] || die "no template for role '$ROLE' ($TEMPLATE); roles: $(
   cd "$SRC/vagrant/templates" && ls ./*.yaml | sed 's|^\./||; s|\.yaml$||' | tr '\n' ' ')"
 
+for opt in wan:"$WAN" peer-wan:"$PEER_WAN" site-addr:"$SITE_ADDR"; do
+  value=${opt#*:}
+  [ -n "$value" ] || die "--${opt%%:*} ADDR missing (the Vagrantfile passes the addresses)"
+  [[ $value =~ ^[0-9a-fA-F.:]+$ ]] || die "--${opt%%:*}: not an IP address: $value"
+done
 ROOT=${ROOT%/}
 ETC=${ETC:-$ROOT/etc/ipsecd}
 RUN=${RUN:-$ROOT/run/ipsecd}
@@ -72,25 +91,12 @@ case "$ETC$RUN" in *@*|*'|'*) die "paths may not contain '@' or '|': $ETC $RUN" 
 [ "$(id -u)" = 0 ] || truthy "$NO_SYSTEMD" || die "run as root (or with IPSECD_NO_SYSTEMD=1)"
 
 # -- 1. install ipsecd ---------------------------------------------------------------------------
-# A virtualenv in /opt/ipsecd (Debian 12's python is externally managed, PEP 668), with the
-# commands linked where the unit file expects them.  python-pytun builds a C extension.
+# The service install an admin runs (scripts/install.sh: a venv in /opt/ipsecd, the commands in
+# /usr/local/sbin, the unit files); nothing VM-specific.
 if ! truthy "$NO_INSTALL"; then
   say "installing ipsecd from $SRC"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends \
-    python3 python3-venv python3-dev gcc libc6-dev iproute2 iputils-ping curl >/dev/null
-  [ -x /opt/ipsecd/bin/python ] || python3 -m venv /opt/ipsecd
-  /opt/ipsecd/bin/pip install -q --upgrade pip
-  # Copy the tree first: pip must not write build/ or *.egg-info into the synced folder.
-  build=$(mktemp -d)
-  trap 'rm -rf "$build"' EXIT
-  tar -C "$SRC" --exclude=.git --exclude=vagrant/.psk --exclude=.vagrant --exclude=build \
-    --exclude='*.egg-info' --exclude=__pycache__ --exclude=.ruff_cache -cf - . \
-    | tar -C "$build" -xf -
-  /opt/ipsecd/bin/pip install -q --upgrade "$build"
-  ln -sf /opt/ipsecd/bin/ipsecd /usr/local/bin/ipsecd
-  ln -sf /opt/ipsecd/bin/ipsecctl /usr/local/bin/ipsecctl
+  bash "$SRC/scripts/install.sh"
+  export PATH="/usr/local/sbin:$PATH"
 fi
 
 if command -v ipsecd >/dev/null 2>&1; then
@@ -113,15 +119,22 @@ if [ ! -s "$PSK_SOURCE" ]; then
   rm -f "$tmp"
   say "generated a new PSK in $PSK_SOURCE"
 fi
+# The config directory is readable (as scripts/install.sh makes it); the key is not: mode 0600,
+# owned by the account the unit runs the daemon as (User=ipsecd).
 mkdir -p "$ETC"
-chmod 0700 "$ETC"
+chmod 0755 "$ETC"
 install -m 0600 "$PSK_SOURCE" "$ETC/psk.secret"
+if ! truthy "$NO_SYSTEMD" && getent passwd ipsecd >/dev/null; then
+  chown ipsecd: "$ETC/psk.secret"
+fi
 
 # -- 3. the config -------------------------------------------------------------------------------
 umask 022
 mkdir -p "$RUN"
 chmod 0700 "$RUN"
-sed -e "s|@ETC_DIR@|$ETC|g" -e "s|@RUN_DIR@|$RUN|g" "$TEMPLATE" >"$ETC/ipsecd.yaml.new"
+sed -e "s|@ETC_DIR@|$ETC|g" -e "s|@RUN_DIR@|$RUN|g" -e "s|@WAN_ADDR@|$WAN|g" \
+  -e "s|@PEER_WAN_ADDR@|$PEER_WAN|g" -e "s|@SITE_ADDR@|$SITE_ADDR|g" \
+  "$TEMPLATE" >"$ETC/ipsecd.yaml.new"
 if grep -n '@[A-Z_]*@' "$ETC/ipsecd.yaml.new" >&2; then
   die "unfilled placeholder in $TEMPLATE (above)"
 fi
@@ -137,8 +150,8 @@ if truthy "$NO_SYSTEMD"; then
   say "IPSECD_NO_SYSTEMD set: not installing the unit; start it with:" \
     "${IPSECD[*]} run --config $ETC/ipsecd.yaml"
 else
-  mkdir -p "$ROOT/etc/systemd/system" "$ROOT/etc/sysctl.d"
-  install -m 0644 "$SRC/systemd/ipsecd.service" "$ROOT/etc/systemd/system/ipsecd.service"
+  # The unit itself came with scripts/install.sh (/usr/local/lib/systemd/system).
+  mkdir -p "$ROOT/etc/sysctl.d"
   # Forward between the site network and the tunnel (a gateway, not just a host).
   printf 'net.ipv4.ip_forward = 1\n' >"$ROOT/etc/sysctl.d/60-ipsecd.conf"
   if [ "$ROOT" = "" ]; then
@@ -149,7 +162,7 @@ else
     systemctl restart ipsecd
     say "ipsecd is $(systemctl is-active ipsecd)"
   else
-    say "--root $ROOT: unit installed there, systemctl not run"
+    say "--root $ROOT: sysctl file written there, systemctl not run"
   fi
 fi
 

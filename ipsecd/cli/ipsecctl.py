@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from ipsecd.cli.version import version_line
 from ipsecd.daemon.control import request
 
 DEFAULT_SOCKET = "/run/ipsecd/ipsecd.sock"
@@ -150,6 +151,7 @@ def format_status(status: dict[str, Any], style: Style) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ipsecctl", description="control a running ipsecd")
+    parser.add_argument("--version", action="version", version=version_line())
     parser.add_argument("--socket", "-s", default=DEFAULT_SOCKET, help="control socket path")
     sub = parser.add_subparsers(dest="command", required=True)
     st = sub.add_parser("status", help="show peers, SAs, counters")

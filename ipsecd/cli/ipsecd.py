@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ipsecd.cli.version import version_line
+
 DEFAULT_CONFIG = "/etc/ipsecd/ipsecd.yaml"
 
 
@@ -26,6 +28,7 @@ def _check(path: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ipsecd", description="userspace IPsec VPN daemon")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon in the foreground")
     run.add_argument("--config", "-c", default=DEFAULT_CONFIG)

@@ -13,12 +13,20 @@ import sys
 from pathlib import Path
 
 from ipsecd.lab.daemons import REPO, GatewaySpec, IpsecdProcess
-from ipsecd.lab.topology import HOST_B_IP, Topology, run
+from ipsecd.lab.topology import (
+    GW_A_LAN_IP,
+    GW_A_WAN_IP,
+    GW_B_LAN_IP,
+    GW_B_WAN_IP,
+    HOST_B_IP,
+    Topology,
+    run,
+)
 
 SCRAPE = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9810/metrics').read().decode())"
 
 
-def _provision(root: Path, role: str, psk_source: Path) -> Path:
+def _provision(root: Path, role: str, psk_source: Path, addresses: list[str]) -> Path:
     env = dict(
         os.environ,
         IPSECD_NO_INSTALL="1",
@@ -27,7 +35,7 @@ def _provision(root: Path, role: str, psk_source: Path) -> Path:
         PYTHONPATH=str(REPO),
     )
     subprocess.run(
-        ["bash", str(REPO / "vagrant" / "provision.sh"), "--root", str(root), role],
+        ["bash", str(REPO / "vagrant" / "provision.sh"), "--root", str(root), *addresses, role],
         check=True,
         env=env,
         capture_output=True,
@@ -41,12 +49,14 @@ def _provision(root: Path, role: str, psk_source: Path) -> Path:
 def test_provisioned_gateways_bring_the_tunnel_up(topology: Topology, tmp_path: Path) -> None:
     psk_source = tmp_path / "shared.psk"
     daemons = []
-    for role, ns, wan, peer in (
-        ("right", topology.gw_b, "192.0.2.2", "192.0.2.1"),
-        ("left", topology.gw_a, "192.0.2.1", "192.0.2.2"),
+    # The stand-in's addresses are the topology's: the Vagrantfile passes its own the same way.
+    for role, ns, wan, peer, site in (
+        ("right", topology.gw_b, GW_B_WAN_IP, GW_A_WAN_IP, GW_B_LAN_IP),
+        ("left", topology.gw_a, GW_A_WAN_IP, GW_B_WAN_IP, GW_A_LAN_IP),
     ):
         root = Path(topology.socket_path(role))  # short path: the control socket lives below
-        config = _provision(root, role, psk_source)
+        addresses = ["--wan", wan, "--peer-wan", peer, "--site-addr", site]
+        config = _provision(root, role, psk_source, addresses)
         assert oct(psk_source.stat().st_mode & 0o777) == "0o600"
         check = subprocess.run(
             [sys.executable, "-m", "ipsecd.cli.ipsecd", "check", str(config)],

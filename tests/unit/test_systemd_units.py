@@ -4,13 +4,18 @@
 would and reports unknown keys, bad values and missing executables.  Its exit
 status stays 0 for many of those ("…, ignoring"), so any diagnostic line that
 names the unit file fails the test too.  The units are copied to a temporary
-directory with ``/usr/local/bin/ipsecd`` replaced by an executable that exists
-here, so the check does not depend on ipsecd being installed system-wide.
+directory with ``/usr/local/sbin/ipsecd`` (where scripts/install.sh links it)
+replaced by an executable that exists here, so the check does not depend on
+ipsecd being installed system-wide.
+
+``systemd-analyze security --offline=yes`` rates the sandboxing of a unit file
+from 0 (locked down) to 10 (exposed); both units must stay at or below 2.5.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +24,8 @@ from pathlib import Path
 import pytest
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
-INSTALLED_BINARY = "/usr/local/bin/ipsecd"
+INSTALLED_BINARY = "/usr/local/sbin/ipsecd"
+MAX_EXPOSURE = 2.5
 UNIT_NAMES = ["ipsecd.service", "ipsecd@.service"]
 
 
@@ -32,7 +38,7 @@ def _systemd_analyze() -> str:
         "/usr/bin/systemd-analyze" if Path("/usr/bin/systemd-analyze").exists() else None
     )
     if path is None:
-        reason = "systemd-analyze not installed (scripts/setup-debian.sh installs systemd)"
+        reason = "systemd-analyze not installed (scripts/setup-dev.sh installs systemd)"
         if _in_ci():
             pytest.fail(f"CI must verify the unit files, but: {reason}", pytrace=False)
         pytest.skip(reason)
@@ -115,6 +121,8 @@ def test_hardening(name: str) -> None:
     def one(key: str) -> str:
         return _one(unit, "Service", key)
 
+    assert one("User") == one("Group") == "ipsecd"  # scripts/install.sh creates it
+    assert set(one("AmbientCapabilities").split()) == {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"}
     assert one("NoNewPrivileges") == "yes"
     assert one("ProtectSystem") == "strict"
     assert one("ProtectHome") == "yes"
@@ -128,6 +136,76 @@ def test_hardening(name: str) -> None:
     }
     assert one("DevicePolicy") == "closed"
     assert unit["Service"]["DeviceAllow"] == ["/dev/net/tun rw"]
+    for key in (
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectControlGroups",
+        "ProtectClock",
+        "RestrictNamespaces",
+        "RestrictSUIDSGID",
+    ):
+        assert one(key) == "yes", key
+    assert one("UMask") == "0077"
+    filters = unit["Service"]["SystemCallFilter"]
+    assert filters[0] == "@system-service"
+    assert one("SystemCallErrorNumber") == "EPERM"  # a missed call fails, never kills
+
+
+@pytest.mark.parametrize(
+    ("source", "instance"),
+    [("ipsecd.service", "ipsecd.service"), ("ipsecd@.service", "ipsecd@site-a.service")],
+)
+def test_security_exposure(tmp_path: Path, source: str, instance: str) -> None:
+    """`systemd-analyze security` rates both units at most MAX_EXPOSURE (issue 13: was 5.6)."""
+    analyze = _systemd_analyze()
+    text = (UNITS / source).read_text().replace(INSTALLED_BINARY, str(Path(sys.executable)))
+    unit_path = tmp_path / instance
+    unit_path.write_text(text)
+    result = subprocess.run(
+        [analyze, "security", "--offline=yes", "--no-pager", str(unit_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"},
+    )
+    output = result.stdout + result.stderr
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", output)
+    assert found, output
+    exposure = float(found.group(1))
+    assert exposure <= MAX_EXPOSURE, output
+
+
+def test_instance_unit_is_the_plain_unit_per_instance() -> None:
+    """ipsecd@.service differs from ipsecd.service only in the per-instance paths."""
+    plain, template = _unit("ipsecd.service"), _unit("ipsecd@.service")
+    per_instance = {
+        ("Unit", "Description"),
+        ("Service", "ExecStartPre"),
+        ("Service", "ExecStart"),
+        ("Service", "RuntimeDirectory"),
+        ("Service", "StateDirectory"),
+    }
+    for section in ("Unit", "Service", "Install"):
+        assert plain[section].keys() == template[section].keys(), section
+        for key, values in plain[section].items():
+            if (section, key) not in per_instance:
+                assert template[section][key] == values, f"[{section}] {key}="
+    assert _one(template, "Service", "ExecStart") == (
+        f"{INSTALLED_BINARY} run --config /etc/ipsecd/%i.yaml"
+    )
+
+
+@pytest.mark.parametrize("name", UNIT_NAMES)
+def test_documentation_names_the_man_pages(name: str) -> None:
+    from ipsecd.cli.manpages import pages
+
+    documented = _one(_unit(name), "Unit", "Documentation").split()
+    assert documented and all(d.startswith("man:") for d in documented)
+    have = {Path(p).name for p in pages()}  # ipsecd.8, ipsecctl.8, ipsecd.yaml.5
+    for doc in documented:
+        page, _, section = doc.removeprefix("man:").rstrip(")").partition("(")
+        assert f"{page}.{section}" in have, doc
 
 
 def test_runtime_directory_holds_the_control_socket() -> None:
@@ -139,6 +217,15 @@ def test_runtime_directory_holds_the_control_socket() -> None:
     assert _one(plain, "Service", "RuntimeDirectoryMode") == "0700"
     assert DEFAULT_SOCKET.startswith("/run/ipsecd/")
     template = _unit("ipsecd@.service")
-    assert _one(template, "Service", "RuntimeDirectory") == "ipsecd/%i"
+    # Its own /run/ipsecd-%i (not /run/ipsecd/%i, which the others' RuntimeDirectory= holds),
+    # and the shared /run/ipsecd, kept when any one unit stops.
+    assert _one(template, "Service", "RuntimeDirectory").split() == ["ipsecd", "ipsecd-%i"]
+    assert _one(template, "Service", "RuntimeDirectoryPreserve") == "yes"
+    assert _one(plain, "Service", "RuntimeDirectoryPreserve") == "yes"
     assert _one(template, "Service", "RuntimeDirectoryMode") == "0700"
     assert "%i" in _one(template, "Service", "ExecStart")
+    # The file's own comment tells the admin where the instance's socket goes.
+    assert (
+        "control_socket: /run/ipsecd-INSTANCE/ipsecd.sock"
+        in (UNITS / "ipsecd@.service").read_text()
+    )

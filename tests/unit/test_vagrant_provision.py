@@ -21,10 +21,15 @@ from ipsecd.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "vagrant" / "provision.sh"
+# The Vagrantfile's addresses (test_vagrantfile_addresses reads them from there).
+ADDRESSES = {
+    "left": ["--wan", "192.0.2.10", "--peer-wan", "192.0.2.20", "--site-addr", "10.1.0.10"],
+    "right": ["--wan", "192.0.2.20", "--peer-wan", "192.0.2.10", "--site-addr", "10.2.0.10"],
+}
 
 
 def _provision(
-    role: str, root: Path, psk_source: Path, src: Path = REPO
+    role: str, root: Path, psk_source: Path, src: Path = REPO, addresses: list[str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
@@ -35,7 +40,14 @@ def _provision(
         "PYTHON": sys.executable,
     }
     return subprocess.run(
-        ["bash", str(SCRIPT), "--root", str(root), role],
+        [
+            "bash",
+            str(SCRIPT),
+            "--root",
+            str(root),
+            *(ADDRESSES.get(role, ADDRESSES["left"]) if addresses is None else addresses),
+            role,
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -66,18 +78,19 @@ def test_both_roles_write_loadable_configs_with_one_psk(tmp_path: Path) -> None:
     for paths in (lp, rp):
         assert paths["psk"].read_bytes() == shared.read_bytes()
         assert _mode(paths["psk"]) == 0o600
-        assert _mode(paths["config"].parent) == 0o700
+        assert _mode(paths["config"].parent) == 0o755  # the key file alone is private
 
     lc, rc = load_config(lp["config"]), load_config(rp["config"])
     assert lc.peers[0].auth.psk == rc.peers[0].auth.psk
     assert len(lc.peers[0].auth.psk) == 32  # 0s = base64 of 32 random bytes
     assert lc.gateway.control_socket == lp["control_socket"]
     assert rc.gateway.control_socket == rp["control_socket"]
-    assert [str(a) for a in lc.gateway.listen] == ["192.0.2.1"]
-    assert [str(a) for a in rc.gateway.listen] == ["192.0.2.2"]
+    assert [str(a) for a in lc.gateway.listen] == ["192.0.2.10"]
+    assert [str(a) for a in rc.gateway.listen] == ["192.0.2.20"]
+    assert [str(a) for a in lc.gateway.addresses] == ["10.1.0.10/32"]
     assert (lc.peers[0].name, rc.peers[0].name) == ("right", "left")
-    assert str(lc.peers[0].remote_address) == "192.0.2.2"
-    assert str(rc.peers[0].remote_address) == "192.0.2.1"
+    assert str(lc.peers[0].remote_address) == "192.0.2.20"
+    assert str(rc.peers[0].remote_address) == "192.0.2.10"
     assert lc.peers[0].local_ts == rc.peers[0].remote_ts
     assert lc.peers[0].remote_ts == rc.peers[0].local_ts
     assert (lc.peers[0].start, rc.peers[0].start) == ("initiate", "respond")
@@ -127,4 +140,55 @@ def test_invalid_template_keeps_the_previous_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize("role", ["left", "right"])
 def test_templates_have_only_known_placeholders(role: str) -> None:
     text = (REPO / "vagrant" / "templates" / f"{role}.yaml").read_text()
-    assert set(re.findall(r"@[A-Z_]+@", text)) == {"@ETC_DIR@", "@RUN_DIR@"}
+    assert set(re.findall(r"@[A-Z_]+@", text)) == {
+        "@ETC_DIR@",
+        "@RUN_DIR@",
+        "@WAN_ADDR@",
+        "@PEER_WAN_ADDR@",
+        "@SITE_ADDR@",
+    }
+
+
+def test_missing_address_is_refused(tmp_path: Path) -> None:
+    result = _provision("left", tmp_path / "x", tmp_path / "shared.psk", addresses=[])
+    assert result.returncode != 0
+    assert "--wan ADDR missing" in result.stderr
+    bad = _provision(
+        "left",
+        tmp_path / "x",
+        tmp_path / "shared.psk",
+        addresses=["--wan", "192.0.2.10", "--peer-wan", "x;rm", "--site-addr", "10.1.0.10"],
+    )
+    assert bad.returncode != 0 and "not an IP address: x;rm" in bad.stderr
+
+
+def _vagrant_gateways() -> dict[str, dict[str, str]]:
+    """GATEWAYS from the Vagrantfile: name -> {internet:, site:, peer:, ...}."""
+    text = (REPO / "Vagrantfile").read_text()
+    table = text[text.index("GATEWAYS = {") : text.index("}.freeze")]
+    gateways = {}
+    for name, body in re.findall(r'"(\w+)"\s*=>\s*\{([^}]*)\}', table):
+        gateways[name] = dict(re.findall(r'(\w+):\s*"([^"]*)"', body))
+    return gateways
+
+
+def test_vagrantfile_addresses() -> None:
+    """No VM takes a network's .1 (the provider's host side: vagrant-libvirt's bridge,
+    VirtualBox's host-only adapter), and provision.sh gets the same addresses this test uses."""
+    gateways = _vagrant_gateways()
+    assert set(gateways) == {"left", "right"}
+    for name, net in gateways.items():
+        for key in ("internet", "site"):
+            assert not net[key].endswith(".1"), f"{name} {key} {net[key]}"
+        peer = gateways[net["peer"]]
+        assert ADDRESSES[name] == [
+            "--wan",
+            net["internet"],
+            "--peer-wan",
+            peer["internet"],
+            "--site-addr",
+            net["site"],
+        ]
+    text = (REPO / "Vagrantfile").read_text()
+    assert "--wan #{net[:internet]} --peer-wan #{peer[:internet]} --site-addr #{net[:site]}" in text
+    assert "/.vagrant/" in (REPO / ".gitignore").read_text().split()
