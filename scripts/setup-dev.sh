@@ -31,7 +31,7 @@ case "${IPSECD_NO_APT:-}" in
       python3 python3-venv python3-dev gcc libc6-dev ca-certificates git \
       iproute2 iputils-ping procps kmod util-linux iperf3 nftables tcpdump \
       strongswan-charon strongswan-swanctl libcharon-extra-plugins \
-      libstrongswan-standard-plugins libstrongswan-extra-plugins \
+      libstrongswan-standard-plugins libstrongswan-extra-plugins strongswan-pki \
       debootstrap systemd groff-base >/dev/null
     ;;
 esac
