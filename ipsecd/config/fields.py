@@ -133,13 +133,25 @@ class Section:
         self.what = what
 
     def read(self, value: Any, at: At) -> Values:
+        """The section's values, defaults filled in; every problem in one ``ConfigError``."""
+        errors = ErrorCollector()
+        values = self.read_partial(value, at, errors)
+        errors.raise_if_any()
+        return values
+
+    def read_partial(self, value: Any, at: At, errors: ErrorCollector) -> Values:
+        """What can be read: a key whose value is wrong (or a required key that is
+        missing) is left out and its error added to ``errors``."""
         if value is None:  # `log:` with every sub-key commented out
             value = {}
         if not isinstance(value, dict):
-            raise at.error(
-                f"expected {self.what} with keys {', '.join(self.by_key)}; got {describe(value)}"
+            errors.add(
+                at.error(
+                    f"expected {self.what} with keys {', '.join(self.by_key)};"
+                    f" got {describe(value)}"
+                )
             )
-        errors = ErrorCollector()
+            return Values({}, {}, at)
         for key in value:
             if key not in self.by_key:
                 errors.add(
@@ -169,10 +181,10 @@ class Section:
         for f in self.fields:
             if f.key in values or f.key in value:
                 continue
-            if f.required and f.key not in misspelt:
+            if not f.required:
+                values[f.key] = f.default
+            elif f.key not in misspelt:
                 errors.add(at.error(f"missing required key {f.key!r}"))
-            values[f.key] = f.default
-        errors.raise_if_any()
         return Values(values, where, at, value)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ipsecd.config.errors import ConfigError, ErrorCollector
+from ipsecd.config.errors import ConfigError, ConfigErrors, ErrorCollector
 from ipsecd.config.fields import (
     REQUIRED,
     At,
@@ -376,45 +376,44 @@ def _also_used(at: At, what: str, first: Values) -> ConfigError:
     )
 
 
-def _check_unique(
-    peers: tuple[Values, ...], built: list[PeerConfig | None], errors: ErrorCollector
-) -> None:
+def _check_unique(peers: tuple[Values, ...], errors: ErrorCollector) -> None:
     """Names, remote endpoints and SPIs identify a peer or an SA: each must be unique.
 
     Inbound SPIs are unique gateway-wide (the SA lookup of RFC 4301 §4.1 goes by
-    SPI); outbound SPIs only per remote address (the peer's own lookup).
+    SPI); outbound SPIs only per remote address (the peer's own lookup).  Works on
+    the read values, so a peer with other errors is still compared.
     """
     names: dict[str, Values] = {}
     remotes: dict[tuple[Any, int], Values] = {}
     spis_in: dict[int, Values] = {}
     spis_out: dict[tuple[Any, int], Values] = {}
-    for v, peer in zip(peers, built, strict=True):
-        if peer is None:  # its own errors are reported already
+    for v in peers:
+        name, remote = v.get("name"), v.get("remote_address")
+        if name in names:
+            errors.add(_also_used(v.at("name"), f"peer name {name!r}", names[name]))
+        if name is not None:
+            names.setdefault(name, v)
+        if remote is not None:
+            endpoint = (remote, v["remote_port"])
+            if endpoint in remotes:
+                what = f"remote {remote} port {v['remote_port']}"
+                errors.add(_also_used(v.at("remote_address"), what, remotes[endpoint]))
+            remotes.setdefault(endpoint, v)
+        mv = v.get("manual")
+        if mv is None:
             continue
-        if peer.name in names:
-            errors.add(_also_used(v.at("name"), f"peer name {peer.name!r}", names[peer.name]))
-        names.setdefault(peer.name, v)
-        endpoint = (peer.remote_address, peer.remote_port)
-        if endpoint in remotes:
-            what = f"remote {peer.remote_address} port {peer.remote_port}"
-            errors.add(_also_used(v.at("remote_address"), what, remotes[endpoint]))
-        remotes.setdefault(endpoint, v)
-        if peer.manual is None:
-            continue
-        m, mv = peer.manual, v["manual"]
-        if m.spi_in in spis_in:
-            errors.add(_also_used(mv.at("spi_in"), f"spi_in {m.spi_in:#010x}", spis_in[m.spi_in]))
-        spis_in.setdefault(m.spi_in, v)
-        out = (peer.remote_address, m.spi_out)
-        if out in spis_out:
-            what = f"spi_out {m.spi_out:#010x} towards {peer.remote_address}"
+        spi_in, spi_out = mv["spi_in"], mv["spi_out"]
+        if spi_in in spis_in:
+            errors.add(_also_used(mv.at("spi_in"), f"spi_in {spi_in:#010x}", spis_in[spi_in]))
+        spis_in.setdefault(spi_in, v)
+        out = (remote, spi_out)
+        if remote is not None and out in spis_out:
+            what = f"spi_out {spi_out:#010x} towards {remote}"
             errors.add(_also_used(mv.at("spi_out"), what, spis_out[out]))
         spis_out.setdefault(out, v)
 
 
-def _check_remote_ts_disjoint(
-    peers: tuple[Values, ...], built: list[PeerConfig | None], errors: ErrorCollector
-) -> None:
+def _check_remote_ts_disjoint(peers: tuple[Values, ...], errors: ErrorCollector) -> None:
     """No address may be in the ``remote_ts`` of two peers.
 
     The data plane picks a peer's SA (and the kernel the TUN route) by the
@@ -422,11 +421,9 @@ def _check_remote_ts_disjoint(
     depend on the order of the SAs, and the other peer's tunnel would be
     silently bypassed (RFC 4301 §4.4.1: the SPD is decorrelated).
     """
-    seen: list[tuple[TrafficSelector, At, str, int]] = []
-    for n, (v, peer) in enumerate(zip(peers, built, strict=True)):
-        if peer is None:
-            continue
-        for i, ts in enumerate(peer.remote_ts):
+    seen: list[tuple[TrafficSelector, At, str | None, int]] = []
+    for n, v in enumerate(peers):
+        for i, ts in enumerate(v.get("remote_ts", ())):
             at = v.item_at("remote_ts", i)
             for other, other_at, other_name, other_n in seen:
                 if other_n == n or ts.intersect(other) is None:
@@ -436,11 +433,31 @@ def _check_remote_ts_disjoint(
                     at.error(
                         f"{ts} {how} {other} in remote_ts of peer {other_name!r}"
                         f" ({other_at.file}:{other_at.line}, {other_at.path}); peer"
-                        f" {peer.name!r} and peer {other_name!r} would both claim that"
+                        f" {v.get('name')!r} and peer {other_name!r} would both claim that"
                         " traffic: make the remote_ts of different peers disjoint"
                     )
                 )
-            seen.append((ts, at, peer.name, n))
+            seen.append((ts, at, v.get("name"), n))
+
+
+def _with_peer_cross_checks(exc: ConfigError, tree: Any, file: str) -> ConfigError:
+    """``exc`` plus what the checks across peers find among the peers' readable keys.
+
+    So that one run of ``ipsecd check`` shows a typo in one peer and the overlap
+    of two others' remote_ts together.
+    """
+    errors = ErrorCollector()
+    errors.add(exc)
+    raw = tree.get("peers") if isinstance(tree, dict) else None
+    if isinstance(raw, list):
+        top = At(file, "peers", getattr(tree, "lines", {}).get("peers", 1))
+        ignored = ErrorCollector()  # the peers' own errors are in exc already
+        peers = tuple(PEER.read_partial(p, top.item(raw, i), ignored) for i, p in enumerate(raw))
+        _check_unique(peers, errors)
+        _check_remote_ts_disjoint(peers, errors)
+    if len(errors.found) == 1:
+        return errors.found[0]
+    return ConfigErrors(errors.found)
 
 
 def build_config(tree: Any, file: str) -> Config:
@@ -450,7 +467,10 @@ def build_config(tree: Any, file: str) -> Config:
         raise At(file, "", 1).error(
             "the file is empty; it needs at least a gateway: and a peers: section"
         )
-    top = TOP.read(tree, At(file, "", line))
+    try:
+        top = TOP.read(tree, At(file, "", line))
+    except ConfigError as exc:
+        raise _with_peer_cross_checks(exc, tree, file) from None
     log = LogConfig(**top["log"]) if top["log"] is not None else LogConfig()
     gateway = _build_gateway(top["gateway"])
     owners = secret_owners(gateway.user)
@@ -461,8 +481,8 @@ def build_config(tree: Any, file: str) -> Config:
         with errors.collecting():
             peer = _build_peer(v, gateway, owners)
         peers.append(peer)
-    _check_unique(top["peers"], peers, errors)
-    _check_remote_ts_disjoint(top["peers"], peers, errors)
+    _check_unique(top["peers"], errors)
+    _check_remote_ts_disjoint(top["peers"], errors)
     errors.raise_if_any()
     return Config(
         path=Path(file),
