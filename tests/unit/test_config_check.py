@@ -6,23 +6,15 @@ import pytest
 
 from ipsecd.cli.ipsecd import main
 from ipsecd.config.effective import effective_yaml
-from tests.unit.test_config_support import BASE, PSK, parse, write_keys, write_secret
+from tests.unit.test_config_support import BASE, PSK, SECOND_PEER, parse, write_secret_files
 
-SECOND = """\
-  - name: site-c
-    remote_address: 192.0.2.3
-    local_ts: [10.1.0.0/24]
-    remote_ts: [10.2.0.0/16]
-    auth:
-      psk_file: b.psk
-"""
+SECOND = SECOND_PEER.replace("10.3.0.0/24", "10.2.0.0/16")
 
 
 @pytest.fixture(autouse=True)
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    write_secret(tmp_path / "b.psk", PSK)
-    write_keys(tmp_path / "lab.keys")
+    write_secret_files(tmp_path)
     (tmp_path / "good.yaml").write_text(BASE)
     (tmp_path / "bad.yaml").write_text(BASE.replace("192.0.2.2", "192.0.2.x") + SECOND)
     return tmp_path

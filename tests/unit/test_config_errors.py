@@ -19,10 +19,12 @@ from tests.unit.test_config_support import (
     KEY_IN,
     KEY_OUT,
     PSK,
+    SECOND_PEER,
     error,
     parse,
     write_keys,
     write_secret,
+    write_secret_files,
 )
 
 MANUAL = """\
@@ -40,22 +42,11 @@ peers:
       key_file: lab.keys
 """
 
-SECOND_PEER = """\
-  - name: site-c
-    remote_address: 192.0.2.3
-    local_ts: [10.1.0.0/24]
-    remote_ts: [10.3.0.0/24]
-    auth:
-      psk_file: b.psk
-"""
-
 
 @pytest.fixture(autouse=True)
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    write_secret(tmp_path / "b.psk", PSK)
-    write_keys(tmp_path / "lab.keys")
-    return tmp_path
+    return write_secret_files(tmp_path)
 
 
 def check(text: str, expected: str) -> ConfigError:
