@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_daemon(args.config)
     except ConfigError as exc:
-        print(f"ipsecd: refusing to start: {exc}", file=sys.stderr)
+        for error in exc.all:  # every problem of the file, one line each
+            print(f"ipsecd: refusing to start: {error}", file=sys.stderr)
         return 2
 
 

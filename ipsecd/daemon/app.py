@@ -379,6 +379,7 @@ class Daemon:
             user=dropped.user,
             uid=dropped.uid,
             capabilities=dropped.capabilities,
+            warning=dropped.warning,
         )
         if self.ike is not None:
             self.ike.start(time.monotonic())

@@ -29,12 +29,17 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import pwd
 import resource
 from dataclasses import dataclass
 
 from ipsecd.config.users import KEEP_ROOT, service_account
 
+CAP_SETGID = 6
+CAP_SETUID = 7
+CAP_SETPCAP = 8
 CAP_NET_ADMIN = 12
+PR_CAPBSET_READ = 23
 PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_DROP = 24
@@ -133,32 +138,78 @@ class Dropped:
     user: str
     uid: int
     gid: int
-    capabilities: str  # "cap_net_admin", or "all (stayed root)"
+    capabilities: str  # "cap_net_admin", "none", or "unchanged" (user: root)
+    warning: str | None = None  # why the process could not switch user
+
+
+def _capability_sets() -> tuple[int, int]:
+    """(effective, permitted) of this thread, from /proc/self/status."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return int(fields.get("CapEff", "0"), 16), int(fields.get("CapPrm", "0"), 16)
+
+
+def _has(capabilities: int, cap: int) -> bool:
+    return bool(capabilities >> cap & 1)
+
+
+def _account_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def drop_privileges(user: str | None) -> Dropped:
     """Become ``user`` (None: the default service account) keeping only CAP_NET_ADMIN.
 
-    ``root`` (or no account at all) keeps root but still disables core dumps.
-    Raises ``PrivilegeError`` if a step fails.
+    ``root`` (or no account at all) keeps root but still disables core dumps.  A
+    root without CAP_SETUID/CAP_SETGID (a systemd ``CapabilityBoundingSet=`` that
+    leaves them out) stays uid 0 but still drops every other capability, and says
+    so in ``warning``; an unprivileged start (``User=`` with ambient capabilities)
+    keeps its user and drops every capability but CAP_NET_ADMIN.  Raises
+    ``PrivilegeError`` if a step fails.
     """
     no_core_dumps()
     account = service_account(user) if user != KEEP_ROOT else None
-    if account is None or os.geteuid() != 0 or account.pw_uid == 0:
-        uid = os.geteuid()
-        return Dropped(user or KEEP_ROOT, uid, os.getegid(), "unchanged")
-    uid, gid = account.pw_uid, account.pw_gid
+    if account is None:
+        return Dropped(user or KEEP_ROOT, os.geteuid(), os.getegid(), "unchanged")
     preload_modules()
-    _prctl(PR_SET_KEEPCAPS, 1, "PR_SET_KEEPCAPS")
-    for cap in range(_last_capability() + 1):
-        if cap != CAP_NET_ADMIN:
-            _prctl(PR_CAPBSET_DROP, cap, "PR_CAPBSET_DROP")
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)  # KEEPCAPS: permitted survives, effective is cleared
-    _capset(KEPT_CAPABILITIES, KEPT_CAPABILITIES)
+    effective, permitted = _capability_sets()
+    root = os.geteuid() == 0
+    switch = (
+        root and account.pw_uid != 0 and _has(effective, CAP_SETUID) and _has(effective, CAP_SETGID)
+    )
+    if _has(effective, CAP_SETPCAP):  # else the bounding set stays as it was given to us
+        for cap in range(_last_capability() + 1):
+            if cap != CAP_NET_ADMIN and _libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1:
+                _prctl(PR_CAPBSET_DROP, cap, "PR_CAPBSET_DROP")
+    if switch:
+        _prctl(PR_SET_KEEPCAPS, 1, "PR_SET_KEEPCAPS")
+        os.setgroups([])
+        os.setresgid(account.pw_gid, account.pw_gid, account.pw_gid)
+        os.setresuid(account.pw_uid, account.pw_uid, account.pw_uid)  # permitted survives
+    kept = KEPT_CAPABILITIES & permitted
+    _capset(kept, kept)
     _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, "PR_CAP_AMBIENT")
     _prctl(PR_SET_KEEPCAPS, 0, "PR_SET_KEEPCAPS")
     _prctl(PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")
     _prctl(PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")  # a uid change resets it to the sysctl
-    return Dropped(account.pw_name, uid, gid, "cap_net_admin")
+    warning = None
+    if root and not switch and account.pw_uid != 0:
+        warning = (
+            f"stayed uid 0, not {account.pw_name}: CAP_SETUID/CAP_SETGID are not in the"
+            " capability set this process was started with (systemd: add CAP_SETUID"
+            " CAP_SETGID CAP_SETPCAP to CapabilityBoundingSet=)"
+        )
+    uid = os.geteuid()
+    return Dropped(
+        _account_name(uid),
+        uid,
+        os.getegid(),
+        "cap_net_admin" if kept else "none",
+        warning,
+    )
