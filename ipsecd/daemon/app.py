@@ -450,9 +450,12 @@ def run_daemon(config_path: str) -> int:
     config = load_config(config_path)
     logs.configure(config.log.level, config.log.format)
     try:  # before any device, socket or route is touched; held until the process exits
-        _lock = claim_instance(config)
+        lock = claim_instance(config)
     except StartRefused as exc:
         print(f"ipsecd: refusing to start: {exc}", file=sys.stderr)
         return 1
     keep_heap_mapped()
-    return asyncio.run(Daemon(config).run())
+    try:
+        return asyncio.run(Daemon(config).run())
+    finally:
+        lock.release()

@@ -48,8 +48,22 @@ class InstanceLock:
     fd: int
 
     def release(self) -> None:
+        """Remove the lock file (where we still may) and let go of the lock."""
+        with contextlib.suppress(OSError):
+            if _same_file(self.fd, self.path):
+                self.path.unlink()  # while still locked: a waiter re-checks the path
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """True if ``path`` still names the file open at ``fd`` (not unlinked or replaced)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
 def network_namespace_id() -> int:
@@ -64,14 +78,37 @@ def lock_path(config: Config, lock_dir: Path = LOCK_DIR) -> Path:
     return lock_dir / f"{config.gateway.tun}.net{network_namespace_id()}.lock"
 
 
+def _open_lock(path: Path) -> int:
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+
+
 def take_lock(config: Config, lock_dir: Path = LOCK_DIR) -> InstanceLock:
-    """Hold the instance lock of ``config``'s TUN device, or raise ``StartRefused``."""
+    """Hold the instance lock of ``config``'s TUN device, or raise ``StartRefused``.
+
+    Where ``lock_dir`` is read-only (systemd's ProtectSystem=strict with only
+    ``RuntimeDirectory=ipsecd/%i`` writable) the lock goes beside the control
+    socket; two instances on one TUN name then still meet the device check.
+    """
+    for _ in range(5):  # the holder may unlink the file between our open and our flock
+        lock = _try_lock(config, lock_dir)
+        if lock is not None:
+            return lock
+    raise StartRefused(f"cannot take the instance lock in {lock_dir}: it keeps changing")
+
+
+def _try_lock(config: Config, lock_dir: Path) -> InstanceLock | None:
     path = lock_path(config, lock_dir)
     try:
-        lock_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        fd = _open_lock(path)
     except OSError as exc:
-        raise StartRefused(f"cannot create the instance lock {path}: {exc.strerror}") from None
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise StartRefused(f"cannot create the instance lock {path}: {exc.strerror}") from None
+        path = lock_path(config, Path(config.gateway.control_socket).parent)
+        try:
+            fd = _open_lock(path)
+        except OSError as exc2:
+            raise StartRefused(f"cannot create the instance lock {path}: {exc2.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -81,6 +118,9 @@ def take_lock(config: Config, lock_dir: Path = LOCK_DIR) -> InstanceLock:
             f"another ipsecd (pid {holder}) already runs tun {config.gateway.tun} in this"
             f" network namespace (lock {path}); stop it first or use another gateway.tun"
         ) from None
+    if not _same_file(fd, path):  # locked a file its last holder just removed: again
+        os.close(fd)
+        return None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return InstanceLock(path, fd)

@@ -84,3 +84,19 @@ def test_a_device_that_is_not_a_tun_is_refused():
     with pytest.raises(StartRefused, match="network device lo exists and is not a TUN device"):
         check_tun_free("lo")
     check_tun_free("ipsecd-none0")  # no such device: fine
+
+
+def test_read_only_lock_dir_falls_back_beside_the_control_socket(config, tmp_path, monkeypatch):
+    def read_only(path):
+        if path.parent == tmp_path / "ro":
+            raise OSError(30, "Read-only file system")
+        return real(path)
+
+    real = instance._open_lock
+    monkeypatch.setattr(instance, "_open_lock", read_only)
+    own = parse(BASE.replace("  listen:", f"  control_socket: {tmp_path}/run/c.sock\n  listen:"))
+    lock = take_lock(own, tmp_path / "ro")
+    try:
+        assert lock.path.parent == tmp_path / "run"
+    finally:
+        lock.release()
