@@ -1,10 +1,12 @@
-"""Local hardening against running daemons (issue 12 items 5 and 6).
+"""Local hardening against running daemons (issue 12 items 5, 6 and 9).
 
 - A second daemon on the same config, on the same UDP ports, on the same control
   socket or on a device name that is taken exits non-zero with one line, while
   the first keeps 100 % of its pings.
 - After start the daemon runs as ``nobody`` with CapEff = CAP_NET_ADMIN only, is not
   dumpable, may not write a core file, and root's ``ipsecctl status`` still works.
+- A reload whose file gives two peers overlapping ``remote_ts`` is refused in one line
+  naming both peers and lines; the running config and its tunnel stay.
 """
 
 from __future__ import annotations
@@ -99,6 +101,30 @@ def test_second_instance_is_refused_and_the_first_keeps_its_pings(topology: Topo
     assert stats.received == stats.transmitted == PINGS
     assert gw_a.peer_status()["up"]
     assert gw_a.proc is not None and gw_a.proc.poll() is None
+
+
+def test_reload_with_overlapping_remote_ts_keeps_the_running_config(topology: Topology) -> None:
+    topo = topology
+    _, gw_b = _pair(topo)  # gw_b keeps root (harness default): it can re-read its files
+    config = yaml.safe_load(gw_b.config.read_text())
+    second = dict(config["peers"][0], name="c", remote_address="192.0.2.99")
+    second["remote_ts"] = ["10.1.0.128/25"]  # inside peer a's 10.1.0.0/24
+    config["peers"].append(second)
+    gw_b.config.write_text(yaml.safe_dump(config, sort_keys=False))
+    ctl = subprocess.run(
+        [sys.executable, "-m", "ipsecd.cli.ipsecctl", "--socket", str(gw_b.socket), "reload"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    print(f"reload: exit {ctl.returncode}: {ctl.stderr.strip()}")
+    assert ctl.returncode == 1
+    assert ctl.stderr.count("\n") == 1
+    assert "reload refused, running config kept" in ctl.stderr
+    assert "10.1.0.128/25 overlaps 10.1.0.0/24 in remote_ts of peer 'a'" in ctl.stderr
+    assert [p["name"] for p in gw_b.status()["peers"]] == ["a"]
+    assert topo.ping(topo.host_a, HOST_B_IP, count=20).received == 20
 
 
 def test_daemon_runs_unprivileged_and_ipsecctl_still_works(topology: Topology) -> None:
