@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
 from ipsecd.cli.version import version_line
-from ipsecd.daemon.control import request
+from ipsecd.daemon.control import ControlReplyError, request
 
 DEFAULT_SOCKET = "/run/ipsecd/ipsecd.sock"
+
+# Exit codes (documented in ipsecctl --help and the README).
+EXIT_OK = 0
+EXIT_FAILED = 1  # the daemon answered: the command failed (its error is printed)
+EXIT_USAGE = 2  # bad command line (argparse)
+EXIT_UNREACHABLE = 3  # no daemon: no socket, connection refused, timeout
+EXIT_PERMISSION = 4  # the control socket is not ours to use (not root)
+EXIT_BAD_REPLY = 5  # empty, non-JSON or wrongly shaped reply
+EXIT_BROKEN_PIPE = 141  # stdout closed early (128 + SIGPIPE, what a shell reports)
+EPILOG = """exit status: 0 done; 1 the daemon refused or the command failed; 2 bad usage;
+3 ipsecd not reachable (not running, stale socket, timeout); 4 permission denied on the
+control socket; 5 a reply ipsecctl does not understand; 141 output pipe closed early."""
 
 
 class Style:
@@ -35,7 +48,7 @@ class Style:
         return self._c("2", t)
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -150,7 +163,12 @@ def format_status(status: dict[str, Any], style: Style) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ipsecctl", description="control a running ipsecd")
+    parser = argparse.ArgumentParser(
+        prog="ipsecctl",
+        description="control a running ipsecd",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=version_line())
     parser.add_argument("--socket", "-s", default=DEFAULT_SOCKET, help="control socket path")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,24 +192,70 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "log-level":
         payload["level"] = args.level
     try:
+        code = _run(args, payload)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
+        return code
+    except BrokenPipeError:
+        # `ipsecctl status | head -1`: the reader has what it wanted.  Quiet, like every
+        # Unix tool killed by SIGPIPE; stdout is pointed at /dev/null so that Python's
+        # own flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"ipsecctl: {message}", file=sys.stderr)
+    return code
+
+
+def _run(args: argparse.Namespace, payload: dict[str, Any]) -> int:
+    try:
         response = request(args.socket, payload)
-    except OSError as exc:
-        print(
-            f"ipsecctl: cannot reach ipsecd at {args.socket}: {exc.strerror or exc}",
-            file=sys.stderr,
+    except PermissionError:
+        return _fail(
+            EXIT_PERMISSION,
+            f"permission denied on {args.socket}: the control socket is root's (run as root)",
         )
-        return 3
-    if not response.get("ok"):
-        print(f"ipsecctl: {response.get('error', 'failed')}", file=sys.stderr)
-        return 1
+    except FileNotFoundError:
+        return _fail(
+            EXIT_UNREACHABLE, f"cannot reach ipsecd at {args.socket}: no such socket (not running?)"
+        )
+    except ConnectionRefusedError:
+        return _fail(
+            EXIT_UNREACHABLE,
+            f"cannot reach ipsecd at {args.socket}: connection refused"
+            " (a stale socket: not running?)",
+        )
+    except TimeoutError:
+        return _fail(EXIT_UNREACHABLE, f"ipsecd at {args.socket} did not answer in time")
+    except OSError as exc:
+        return _fail(
+            EXIT_UNREACHABLE, f"cannot reach ipsecd at {args.socket}: {exc.strerror or exc}"
+        )
+    except ControlReplyError as exc:
+        return _fail(EXIT_BAD_REPLY, f"bad reply from ipsecd at {args.socket}: {exc}")
+    if not isinstance(response.get("ok"), bool):
+        return _fail(EXIT_BAD_REPLY, f"bad reply from ipsecd at {args.socket}: no 'ok' field")
+    if not response["ok"]:
+        error = response.get("error", "failed")
+        return _fail(EXIT_FAILED, " ".join(str(error).splitlines()) or "failed")
     if args.command == "status":
+        status = response.get("status")
+        if not isinstance(status, dict):
+            return _fail(EXIT_BAD_REPLY, "bad reply from ipsecd: no status object")
         if args.json:
-            print(json.dumps(response["status"], indent=2))
-        else:
-            print(format_status(response["status"], Style(sys.stdout.isatty())))
+            print(json.dumps(status, indent=2))
+            return EXIT_OK
+        try:
+            text = format_status(status, Style(sys.stdout.isatty()))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            what = f"missing {exc}" if isinstance(exc, KeyError) else type(exc).__name__
+            return _fail(EXIT_BAD_REPLY, f"bad reply from ipsecd: status not understood ({what})")
+        print(text)
     elif "plan" in response:
         print(json.dumps(response["plan"], indent=2))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -10,20 +10,40 @@ from ipsecd.cli.version import version_line
 DEFAULT_CONFIG = "/etc/ipsecd/ipsecd.yaml"
 
 
-def _check(path: str) -> int:
+def _check_one(path: str, show: bool) -> bool:
+    """Validate one file: every error on stderr, else a summary (or, with ``show``, the
+    effective config as YAML on stdout).  True if the file is valid."""
     from ipsecd.config import load_config
+    from ipsecd.config.effective import effective_yaml
     from ipsecd.config.errors import ConfigError
 
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        for error in exc.all:
+            print(f"error: {error}", file=sys.stderr)
+        count = len(exc.all)
+        print(f"{path}: {count} error{'s' if count > 1 else ''}", file=sys.stderr)
+        return False
+    if show:
+        print(f"# {path}: the effective configuration (defaults filled in, no secrets)")
+        print(effective_yaml(config), end="")
+        return True
     for peer in config.peers:
         kind = "manual SAs" if peer.manual is not None else f"IKEv2, start={peer.start}"
         print(f"peer {peer.name}: {peer.local_address} -> {peer.remote_address} ({kind})")
     print(f"{path}: OK, {len(config.peers)} peer(s)")
-    return 0
+    return True
+
+
+def _check(paths: list[str], show: bool) -> int:
+    """``ipsecd check``: exit 0 if every file is valid, 1 if any is not."""
+    ok = True
+    for n, path in enumerate(paths):
+        if show and n:
+            print("---")
+        ok = _check_one(path, show) and ok
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +52,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon in the foreground")
     run.add_argument("--config", "-c", default=DEFAULT_CONFIG)
-    check = sub.add_parser("check", help="validate a config file without running")
-    check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    check = sub.add_parser(
+        "check",
+        help="validate config files without running",
+        description="Report every error found in each FILE (default %(default)s)."
+        " Exit status: 0 all files valid, 1 an error in at least one, 2 bad usage.",
+    )
+    check.add_argument("config", nargs="*", metavar="FILE", default=[DEFAULT_CONFIG])
+    check.add_argument(
+        "--print",
+        dest="show",
+        action="store_true",
+        help="print the effective configuration (every default filled in, secrets left out)",
+    )
     demo = sub.add_parser("demo", help="build two sites in namespaces and run a tunnel (root)")
     demo.add_argument("--keep", action="store_true", help="leave the demo running until Ctrl-C")
     pki = sub.add_parser("pki", help="a small CA: ca, issue, show, crl", add_help=False)
@@ -46,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return pki_main(["--help"] * args.pki_help + args.pki_args)
     if args.command == "check":
-        return _check(args.config)
+        return _check(args.config, args.show)
     if args.command == "demo":
         from ipsecd.cli.demo import run_demo
 
@@ -57,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_daemon(args.config)
     except ConfigError as exc:
-        print(f"ipsecd: refusing to start: {exc}", file=sys.stderr)
+        for error in exc.all:  # every problem of the file, one line each
+            print(f"ipsecd: refusing to start: {error}", file=sys.stderr)
         return 2
 
 

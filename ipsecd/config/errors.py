@@ -32,3 +32,65 @@ class ConfigError(Exception):
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
         return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+    @property
+    def all(self) -> list[ConfigError]:
+        """Every problem this error stands for (one, or several for ``ConfigErrors``)."""
+        return [self]
+
+
+class ConfigErrors(ConfigError):
+    """Several problems found in one pass over a file (``ipsecd check`` lists them all).
+
+    Its ``file``/``line``/``key``/``message`` are the first problem's, so code that
+    handles one ``ConfigError`` keeps working; ``str()`` is one problem per line.
+    """
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        first = errors[0]
+        super().__init__(first.file, first.line, first.key, first.message)
+        self.errors = errors
+
+    @property
+    def all(self) -> list[ConfigError]:
+        return list(self.errors)
+
+    def __str__(self) -> str:
+        return "\n".join(ConfigError.__str__(e) for e in self.errors)
+
+
+class ErrorCollector:
+    """Gathers the ``ConfigError``s of independent checks, to raise them together.
+
+    ``with errors.collecting(): ...`` runs one check and keeps its error (if any);
+    ``raise_if_any()`` raises one ``ConfigError`` (or ``ConfigErrors`` for several).
+    """
+
+    def __init__(self) -> None:
+        self.found: list[ConfigError] = []
+
+    def add(self, error: ConfigError) -> None:
+        self.found.extend(error.all)
+
+    def collecting(self) -> _Collecting:
+        return _Collecting(self)
+
+    def raise_if_any(self) -> None:
+        if len(self.found) == 1:
+            raise self.found[0]
+        if self.found:
+            raise ConfigErrors(self.found)
+
+
+class _Collecting:
+    def __init__(self, collector: ErrorCollector) -> None:
+        self.collector = collector
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
+        if isinstance(exc, ConfigError):
+            self.collector.add(exc)
+            return True
+        return False

@@ -21,7 +21,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from ipsecd.config.errors import ConfigError
+from ipsecd.config.errors import ConfigError, ErrorCollector
 from ipsecd.config.schema import Identity
 from ipsecd.crypto.proposals import Proposal, ProposalError, parse_proposal
 from ipsecd.selectors import TrafficSelector
@@ -76,9 +76,12 @@ class Field:
 class Values(Mapping[str, Any]):
     """A read section: converted values by key, plus where each one was written."""
 
-    def __init__(self, values: dict[str, Any], where: dict[str, At], here: At) -> None:
+    def __init__(
+        self, values: dict[str, Any], where: dict[str, At], here: At, raw: Any = None
+    ) -> None:
         self._values = values
         self._where = where
+        self._raw = raw if raw is not None else {}  # the YAML mapping, for item lines
         self.here = here  # the section itself
 
     def __getitem__(self, key: str) -> Any:
@@ -94,6 +97,10 @@ class Values(Mapping[str, Any]):
         """True if the key was written in the file (not defaulted)."""
         return key in self._where
 
+    def item_at(self, key: str, index: int) -> At:
+        """Where item ``index`` of the list under ``key`` was written."""
+        return self.at(key).item(self._raw.get(key), index)
+
     def at(self, key: str) -> At:
         """Where ``key`` was written; the section itself for a defaulted key."""
         return self._where.get(key) or At(
@@ -101,13 +108,19 @@ class Values(Mapping[str, Any]):
         )
 
 
-def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
-    """`` (did you mean 'x'?)`` or a list of the valid choices."""
+def closest(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
+    """The choice ``word`` is most likely a misspelling of, if any."""
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     if not close and len(word) >= 3:  # `psk` for `psk_file`, `proposal` for `proposals`
         close = [c for c in choices if c.startswith(word) or word.startswith(c)][:1]
-    if close:
-        return f"did you mean {close[0]!r}?"
+    return close[0] if close else None
+
+
+def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """`` (did you mean 'x'?)`` or a list of the valid choices."""
+    close = closest(word, choices)
+    if close is not None:
+        return f"did you mean {close!r}?"
     return "expected one of: " + ", ".join(choices)
 
 
@@ -120,35 +133,59 @@ class Section:
         self.what = what
 
     def read(self, value: Any, at: At) -> Values:
+        """The section's values, defaults filled in; every problem in one ``ConfigError``."""
+        errors = ErrorCollector()
+        values = self.read_partial(value, at, errors)
+        errors.raise_if_any()
+        return values
+
+    def read_partial(self, value: Any, at: At, errors: ErrorCollector) -> Values:
+        """What can be read: a key whose value is wrong (or a required key that is
+        missing) is left out and its error added to ``errors``."""
         if value is None:  # `log:` with every sub-key commented out
             value = {}
         if not isinstance(value, dict):
-            raise at.error(
-                f"expected {self.what} with keys {', '.join(self.by_key)}; got {describe(value)}"
+            errors.add(
+                at.error(
+                    f"expected {self.what} with keys {', '.join(self.by_key)};"
+                    f" got {describe(value)}"
+                )
             )
+            return Values({}, {}, at)
         for key in value:
             if key not in self.by_key:
-                raise at.key(value, key).error(
-                    f"unknown key {key!r}; {suggest(key, list(self.by_key))}"
+                errors.add(
+                    at.key(value, key).error(
+                        f"unknown key {key!r}; {suggest(key, list(self.by_key))}"
+                    )
                 )
+        lines: dict[str, int] = getattr(value, "lines", {})
         for key, line in getattr(value, "duplicates", ()):
-            first = value.lines[key]
-            raise At(at.file, at.key(value, key).path, line).error(
-                f"key given twice (first at line {first}); remove one"
+            first = lines[key]
+            errors.add(
+                At(at.file, at.key(value, key).path, line).error(
+                    f"key given twice (first at line {first}); remove one"
+                )
             )
         values: dict[str, Any] = {}
         where: dict[str, At] = {}
         for key, raw in value.items():
-            sub = at.key(value, key)
-            values[key] = self.by_key[key].convert(raw, sub)
-            where[key] = sub
-        for f in self.fields:
-            if f.key in values:
+            if key not in self.by_key:
                 continue
-            if f.required:
-                raise at.error(f"missing required key {f.key!r}")
-            values[f.key] = f.default
-        return Values(values, where, at)
+            sub = at.key(value, key)
+            with errors.collecting():
+                values[key] = self.by_key[key].convert(raw, sub)
+                where[key] = sub
+        # A misspelt required key is reported once, as the unknown key it is.
+        misspelt = {closest(key, list(self.by_key)) for key in value if key not in self.by_key}
+        for f in self.fields:
+            if f.key in values or f.key in value:
+                continue
+            if not f.required:
+                values[f.key] = f.default
+            elif f.key not in misspelt:
+                errors.add(at.error(f"missing required key {f.key!r}"))
+        return Values(values, where, at, value)
 
 
 # -- describing YAML values in messages ---------------------------------------------------
@@ -278,12 +315,18 @@ def list_of(item: Converter, *, min_items: int = 0, unique: bool = False) -> Con
         if len(value) < min_items:
             raise at.error(f"needs at least {min_items} item{'s' if min_items > 1 else ''}")
         out: list[Any] = []
+        index: list[int] = []  # the item number of each converted value
+        errors = ErrorCollector()
         for i, raw in enumerate(value):
             sub = at.item(value, i)
-            converted = item(raw, sub)
-            if unique and converted in out:
-                raise sub.error(f"{raw!r} is listed twice (also item [{out.index(converted)}])")
-            out.append(converted)
+            with errors.collecting():
+                converted = item(raw, sub)
+                if unique and converted in out:
+                    first = index[out.index(converted)]
+                    raise sub.error(f"{raw!r} is listed twice (also item [{first}])")
+                out.append(converted)
+                index.append(i)
+        errors.raise_if_any()
         return tuple(out)
 
     return convert

@@ -132,6 +132,9 @@ class GatewayConfig:
     # Wake the event loop this often even with nothing to do (0: never), so that an idle
     # tunnel's next packet does not meet a process and CPU gone cold (README "Performance").
     wakeup_interval_ms: int = 0
+    # The account the daemon switches to once its device, sockets and routes exist
+    # (ipsecd.daemon.privilege); None: 'ipsecd' if it exists, else 'nobody'; 'root': stay.
+    user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,7 @@ class AuthConfig:
     psk_file: Path
     local_id: Identity
     remote_id: Identity
+    allow_weak_psk: bool = False  # a PSK under 16 bytes is accepted (labs only)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ipsecd.config.errors import ConfigError, ConfigErrors, ErrorCollector
 from ipsecd.config.fields import (
     REQUIRED,
     At,
@@ -50,8 +51,10 @@ from ipsecd.config.schema import (
     ManualSaConfig,
     PeerConfig,
 )
-from ipsecd.config.secretfiles import decode_psk, read_key_file, read_secret_file
+from ipsecd.config.secretfiles import decode_psk, read_key_file, read_secret_file, wipe
+from ipsecd.config.users import secret_owners, service_account
 from ipsecd.crypto.proposals import Proposal, parse_proposal
+from ipsecd.selectors import TrafficSelector
 
 DEFAULT_IKE_PROPOSALS = ("aes256gcm16-prfsha256-x25519", "aes128-sha256-ecp256")
 DEFAULT_ESP_PROPOSALS = ("aes256gcm16", "aes128-sha256")
@@ -67,7 +70,7 @@ def manual_algorithm() -> Any:
     as_proposal = proposal("esp")
 
     def convert(value: Any, at: At) -> Proposal:
-        p = as_proposal(value, at)
+        p: Proposal = as_proposal(value, at)
         tokens = p.text.lower().split("-")
         if len(p.encryption) != 1 or len(p.integrity) > 1:
             raise at.error(
@@ -79,6 +82,24 @@ def manual_algorithm() -> Any:
         if "esn" in tokens or "noesn" in tokens:
             raise at.error(f"{p.text!r}: write esn: true or esn: false instead of an esn token")
         return p
+
+    return convert
+
+
+def account() -> Any:
+    """A user name on this system (``gateway.user``); ``root`` keeps the daemon root."""
+    as_name = text(r"[a-z_][a-z0-9_.-]*\$?", "a user name", max_len=32)
+
+    def convert(value: Any, at: At) -> str:
+        name: str = as_name(value, at)
+        try:
+            service_account(name)
+        except KeyError:
+            raise at.error(
+                f"there is no user {name!r} on this system; create it (the install script"
+                " creates 'ipsecd') or name an existing one"
+            ) from None
+        return name
 
     return convert
 
@@ -95,7 +116,8 @@ def fragmentation_mode() -> Any:
                 "'force' is not valid: strongSwan forces fragmentation for IKEv1 only;"
                 " with IKEv2 write yes"
             )
-        return as_choice(value, at)
+        mode: str = as_choice(value, at)
+        return mode
 
     return convert
 
@@ -123,6 +145,7 @@ GATEWAY = Section(
     Field("fragment_size", auto_or(integer(MIN_FRAGMENT_SIZE, 65535)), None),
     Field("offload", boolean(), True),
     Field("wakeup_interval_ms", integer(0, 1000), 0),
+    Field("user", optional(account()), None),
 )
 
 DEFAULT_IKE = tuple(parse_proposal(p, "ike") for p in DEFAULT_IKE_PROPOSALS)
@@ -144,6 +167,7 @@ ESP = Section(
 
 AUTH = Section(
     Field("psk_file", file_path(), REQUIRED),
+    Field("allow_weak_psk", boolean(), False),
     Field("local_id", identity(), None),
     Field("remote_id", identity(), None),
 )
@@ -206,6 +230,7 @@ def _build_gateway(v: Values) -> GatewayConfig:
         fragment_size=v["fragment_size"],
         offload=v["offload"],
         wakeup_interval_ms=v["wakeup_interval_ms"],
+        user=v["user"],
     )
 
 
@@ -245,11 +270,11 @@ def _build_child_lifetime(v: Values | None) -> ChildLifetime:
     )
 
 
-def _build_manual(v: Values) -> ManualSaConfig:
+def _build_manual(v: Values, owners: frozenset[int]) -> ManualSaConfig:
     algorithm: Proposal = v["algorithm"]
     encr = algorithm.encryption[0]
     integ = algorithm.integrity[0] if algorithm.integrity else None
-    key_in, key_out = read_key_file(v["key_file"], v.at("key_file"), encr, integ)
+    key_in, key_out = read_key_file(v["key_file"], v.at("key_file"), encr, integ, owners)
     return ManualSaConfig(
         encr=encr,
         integ=integ,
@@ -262,19 +287,24 @@ def _build_manual(v: Values) -> ManualSaConfig:
     )
 
 
-def _build_auth(v: Values, local: Any, remote: Any) -> AuthConfig:
+def _build_auth(v: Values, local: Any, remote: Any, owners: frozenset[int]) -> AuthConfig:
     psk_file = v["psk_file"]
     at = v.at("psk_file")
-    psk = decode_psk(read_secret_file(psk_file, "psk", at), psk_file, at)
+    raw = read_secret_file(psk_file, "psk", at, owners)
+    try:
+        psk = decode_psk(raw, psk_file, at, allow_weak=v["allow_weak_psk"])
+    finally:
+        wipe(raw)
     return AuthConfig(
         psk=psk,
         psk_file=psk_file,
         local_id=v["local_id"] or Identity.from_address(local),
         remote_id=v["remote_id"] or Identity.from_address(remote),
+        allow_weak_psk=v["allow_weak_psk"],
     )
 
 
-def _build_peer(v: Values, gateway: GatewayConfig) -> PeerConfig:
+def _build_peer(v: Values, gateway: GatewayConfig, owners: frozenset[int]) -> PeerConfig:
     name, remote = v["name"], v["remote_address"]
     local = v["local_address"]
     if local is None:
@@ -309,14 +339,14 @@ def _build_peer(v: Values, gateway: GatewayConfig) -> PeerConfig:
                     f"peer {name!r} uses static SAs (manual: at line {manual_line}), which"
                     f" take no {key}; remove one of the two"
                 )
-        manual = _build_manual(v["manual"])
+        manual = _build_manual(v["manual"], owners)
     elif v["auth"] is None:
         raise v.here.error(
             f"peer {name!r} needs an auth: section (IKE with a PSK) or a manual: section"
             " (static SAs)"
         )
     else:
-        auth = _build_auth(v["auth"], local, remote)
+        auth = _build_auth(v["auth"], local, remote, owners)
         ike = v["ike"]["proposals"] if v["ike"] is not None else DEFAULT_IKE
         esp = v["esp"]["proposals"] if v["esp"] is not None else DEFAULT_ESP
     return PeerConfig(
@@ -340,42 +370,94 @@ def _build_peer(v: Values, gateway: GatewayConfig) -> PeerConfig:
     )
 
 
-def _also_used(at: At, what: str, first: Values) -> Exception:
+def _also_used(at: At, what: str, first: Values) -> ConfigError:
     return at.error(
         f"{what} is also used by peer {first['name']!r} ({first.here.path}, line {first.here.line})"
     )
 
 
-def _check_unique(peers: tuple[Values, ...], built: list[PeerConfig]) -> None:
+def _check_unique(peers: tuple[Values, ...], errors: ErrorCollector) -> None:
     """Names, remote endpoints and SPIs identify a peer or an SA: each must be unique.
 
     Inbound SPIs are unique gateway-wide (the SA lookup of RFC 4301 §4.1 goes by
-    SPI); outbound SPIs only per remote address (the peer's own lookup).
+    SPI); outbound SPIs only per remote address (the peer's own lookup).  Works on
+    the read values, so a peer with other errors is still compared.
     """
     names: dict[str, Values] = {}
     remotes: dict[tuple[Any, int], Values] = {}
     spis_in: dict[int, Values] = {}
     spis_out: dict[tuple[Any, int], Values] = {}
-    for v, peer in zip(peers, built, strict=True):
-        if peer.name in names:
-            raise _also_used(v.at("name"), f"peer name {peer.name!r}", names[peer.name])
-        names[peer.name] = v
-        endpoint = (peer.remote_address, peer.remote_port)
-        if endpoint in remotes:
-            what = f"remote {peer.remote_address} port {peer.remote_port}"
-            raise _also_used(v.at("remote_address"), what, remotes[endpoint])
-        remotes[endpoint] = v
-        if peer.manual is None:
+    for v in peers:
+        name, remote = v.get("name"), v.get("remote_address")
+        if name in names:
+            errors.add(_also_used(v.at("name"), f"peer name {name!r}", names[name]))
+        if name is not None:
+            names.setdefault(name, v)
+        if remote is not None:
+            endpoint = (remote, v["remote_port"])
+            if endpoint in remotes:
+                what = f"remote {remote} port {v['remote_port']}"
+                errors.add(_also_used(v.at("remote_address"), what, remotes[endpoint]))
+            remotes.setdefault(endpoint, v)
+        mv = v.get("manual")
+        if mv is None:
             continue
-        m, mv = peer.manual, v["manual"]
-        if m.spi_in in spis_in:
-            raise _also_used(mv.at("spi_in"), f"spi_in {m.spi_in:#010x}", spis_in[m.spi_in])
-        spis_in[m.spi_in] = v
-        out = (peer.remote_address, m.spi_out)
-        if out in spis_out:
-            what = f"spi_out {m.spi_out:#010x} towards {peer.remote_address}"
-            raise _also_used(mv.at("spi_out"), what, spis_out[out])
-        spis_out[out] = v
+        spi_in, spi_out = mv["spi_in"], mv["spi_out"]
+        if spi_in in spis_in:
+            errors.add(_also_used(mv.at("spi_in"), f"spi_in {spi_in:#010x}", spis_in[spi_in]))
+        spis_in.setdefault(spi_in, v)
+        out = (remote, spi_out)
+        if remote is not None and out in spis_out:
+            what = f"spi_out {spi_out:#010x} towards {remote}"
+            errors.add(_also_used(mv.at("spi_out"), what, spis_out[out]))
+        spis_out.setdefault(out, v)
+
+
+def _check_remote_ts_disjoint(peers: tuple[Values, ...], errors: ErrorCollector) -> None:
+    """No address may be in the ``remote_ts`` of two peers.
+
+    The data plane picks a peer's SA (and the kernel the TUN route) by the
+    destination address; with two candidates, which peer gets the traffic would
+    depend on the order of the SAs, and the other peer's tunnel would be
+    silently bypassed (RFC 4301 §4.4.1: the SPD is decorrelated).
+    """
+    seen: list[tuple[TrafficSelector, At, str | None, int]] = []
+    for n, v in enumerate(peers):
+        for i, ts in enumerate(v.get("remote_ts", ())):
+            at = v.item_at("remote_ts", i)
+            for other, other_at, other_name, other_n in seen:
+                if other_n == n or ts.intersect(other) is None:
+                    continue
+                how = "is the same as" if ts == other else "overlaps"
+                errors.add(
+                    at.error(
+                        f"{ts} {how} {other} in remote_ts of peer {other_name!r}"
+                        f" ({other_at.file}:{other_at.line}, {other_at.path}); peer"
+                        f" {v.get('name')!r} and peer {other_name!r} would both claim that"
+                        " traffic: make the remote_ts of different peers disjoint"
+                    )
+                )
+            seen.append((ts, at, v.get("name"), n))
+
+
+def _with_peer_cross_checks(exc: ConfigError, tree: Any, file: str) -> ConfigError:
+    """``exc`` plus what the checks across peers find among the peers' readable keys.
+
+    So that one run of ``ipsecd check`` shows a typo in one peer and the overlap
+    of two others' remote_ts together.
+    """
+    errors = ErrorCollector()
+    errors.add(exc)
+    raw = tree.get("peers") if isinstance(tree, dict) else None
+    if isinstance(raw, list):
+        top = At(file, "peers", getattr(tree, "lines", {}).get("peers", 1))
+        ignored = ErrorCollector()  # the peers' own errors are in exc already
+        peers = tuple(PEER.read_partial(p, top.item(raw, i), ignored) for i, p in enumerate(raw))
+        _check_unique(peers, errors)
+        _check_remote_ts_disjoint(peers, errors)
+    if len(errors.found) == 1:
+        return errors.found[0]
+    return ConfigErrors(errors.found)
 
 
 def build_config(tree: Any, file: str) -> Config:
@@ -385,9 +467,26 @@ def build_config(tree: Any, file: str) -> Config:
         raise At(file, "", 1).error(
             "the file is empty; it needs at least a gateway: and a peers: section"
         )
-    top = TOP.read(tree, At(file, "", line))
+    try:
+        top = TOP.read(tree, At(file, "", line))
+    except ConfigError as exc:
+        raise _with_peer_cross_checks(exc, tree, file) from None
     log = LogConfig(**top["log"]) if top["log"] is not None else LogConfig()
     gateway = _build_gateway(top["gateway"])
-    peers = [_build_peer(v, gateway) for v in top["peers"]]
-    _check_unique(top["peers"], peers)
-    return Config(path=Path(file), log=log, gateway=gateway, peers=tuple(peers))
+    owners = secret_owners(gateway.user)
+    errors = ErrorCollector()
+    peers: list[PeerConfig | None] = []
+    for v in top["peers"]:
+        peer = None
+        with errors.collecting():
+            peer = _build_peer(v, gateway, owners)
+        peers.append(peer)
+    _check_unique(top["peers"], errors)
+    _check_remote_ts_disjoint(top["peers"], errors)
+    errors.raise_if_any()
+    return Config(
+        path=Path(file),
+        log=log,
+        gateway=gateway,
+        peers=tuple(p for p in peers if p is not None),
+    )

@@ -15,7 +15,7 @@ import yaml
 from ipsecd.config.errors import ConfigError
 
 
-class LineMap(dict):
+class LineMap(dict[str, Any]):
     """A YAML mapping: ``lines[key]`` is the 1-based line of the key."""
 
     def __init__(self, line: int) -> None:
@@ -25,7 +25,7 @@ class LineMap(dict):
         self.duplicates: list[tuple[str, int]] = []  # (key, line of the repeated key)
 
 
-class LineList(list):
+class LineList(list[Any]):
     """A YAML sequence: ``lines[i]`` is the 1-based line of item ``i``."""
 
     def __init__(self, line: int) -> None:

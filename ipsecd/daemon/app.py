@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,8 +21,10 @@ from ipsecd.config import Config, PeerConfig, load_config
 from ipsecd.config.errors import ConfigError
 from ipsecd.daemon import logs
 from ipsecd.daemon.control import ControlServer
+from ipsecd.daemon.instance import StartRefused, claim_instance
 from ipsecd.daemon.malloc import keep_heap_mapped
 from ipsecd.daemon.metrics import MetricsServer
+from ipsecd.daemon.privilege import drop_privileges
 from ipsecd.daemon.sdnotify import Notifier
 from ipsecd.dataplane.mtu import tun_mtu
 from ipsecd.dataplane.processor import PacketProcessor
@@ -365,6 +368,19 @@ class Daemon:
                 await self._control.close()
                 await self._close()
                 return 1
+        try:  # device, sockets, routes, control socket and metrics exist: root is not needed
+            dropped = drop_privileges(self.config.gateway.user)
+        except OSError as exc:
+            self.log.error("cannot drop privileges", error=str(exc))
+            await self._shutdown()
+            return 1
+        self.log.info(
+            "privileges dropped",
+            user=dropped.user,
+            uid=dropped.uid,
+            capabilities=dropped.capabilities,
+            warning=dropped.warning,
+        )
         if self.ike is not None:
             self.ike.start(time.monotonic())
             self._pump_ike()
@@ -433,5 +449,13 @@ class Daemon:
 def run_daemon(config_path: str) -> int:
     config = load_config(config_path)
     logs.configure(config.log.level, config.log.format)
+    try:  # before any device, socket or route is touched; held until the process exits
+        lock = claim_instance(config)
+    except StartRefused as exc:
+        print(f"ipsecd: refusing to start: {exc}", file=sys.stderr)
+        return 1
     keep_heap_mapped()
-    return asyncio.run(Daemon(config).run())
+    try:
+        return asyncio.run(Daemon(config).run())
+    finally:
+        lock.release()

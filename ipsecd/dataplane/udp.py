@@ -91,7 +91,8 @@ class UdpSocket:
     def __init__(self, address: str, port: int, offload: bool = True) -> None:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # No SO_REUSEADDR: with it a second daemon could bind the same ports and take
+        # half of the peers' datagrams (issue 12); UDP has no TIME_WAIT to wait out.
         for force, plain in (
             (SO_RCVBUFFORCE, socket.SO_RCVBUF),
             (SO_SNDBUFFORCE, socket.SO_SNDBUF),

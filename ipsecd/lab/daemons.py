@@ -166,6 +166,9 @@ def _gateway_section(spec: GatewaySpec, socket: Path) -> dict[str, Any]:
         "tun": f"ipsec{spec.name}",
         "listen": [spec.wan_ip],
         "control_socket": str(socket),
+        # The workdir (config, PSK) is root's 0700: a daemon dropped to nobody could not
+        # read it at reload.  tests/netns/test_hardening_local.py runs the drop.
+        "user": "root",
     }
     if spec.tun_address:
         gateway["addresses"] = [spec.tun_address]

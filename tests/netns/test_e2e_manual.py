@@ -15,16 +15,17 @@ import pytest
 from ipsecd.lab.daemons import REPO, start_manual_pair
 from ipsecd.lab.topology import HOST_A_IP, HOST_B_IP, Topology, run
 
-# Sends hostile datagrams to a UDP endpoint from inside a namespace.
+# Sends hostile datagrams to a UDP endpoint from inside a namespace, from port 4500 of
+# src_ip.  A raw socket writes the UDP header itself (checksum 0: none, RFC 768): the
+# daemon in that namespace holds port 4500 without SO_REUSEADDR, so it cannot be shared.
 _HOSTILE_PY = r"""
 import os, socket, struct, sys, json
 dst = (sys.argv[1], int(sys.argv[2]))
 packets = [bytes.fromhex(h) for h in json.loads(sys.stdin.read())]
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[3], 4500))
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+s.bind((sys.argv[3], 0))
 for p in packets:
-    s.sendto(p, dst)
+    s.sendto(struct.pack("!HHHH", 4500, dst[1], 8 + len(p), 0) + p, (dst[0], 0))
 """
 
 

@@ -143,7 +143,9 @@ def test_wrong_psk(topology: Topology, we_initiate: bool) -> None:
     a, b = site_specs(topology)
     if not we_initiate:
         a.start, b.start = "respond", "initiate"
-    gw_a, gw_b = start_psk_pair(topology, a, b, psk_a="one-psk-aaaaaaaaaaaa", psk_b="another")
+    gw_a, gw_b = start_psk_pair(
+        topology, a, b, psk_a="one-psk-aaaaaaaaaaaa", psk_b="another-psk-bbbbbbbbbb"
+    )
     ours = gw_a if we_initiate else gw_b
     message = _wait_error(ours, "AUTHENTICATION_FAILED")
     assert "192.0.2." in message  # names the identity

@@ -10,6 +10,7 @@ import pytest
 
 from ipsecd.config import (
     AuthConfig,
+    ConfigError,
     GatewayConfig,
     Identity,
     LogConfig,
@@ -200,23 +201,27 @@ peers:
   - <<: *b
     name: site-c
     remote_address: 192.0.2.3
+    remote_ts: [10.3.0.0/24]
 """
     b, c = parse(text).peers
     assert c.local_ts == b.local_ts and c.auth.psk == PSK
+    assert str(c.remote_ts[0]) == "10.3.0.0/24"
     assert c.remote_address == ipaddress.ip_address("192.0.2.3")
 
 
 @pytest.mark.parametrize(
     ("content", "psk"),
     [
-        (b"  plain text key \n", b"plain text key"),
+        (b"  plain text key, long enough \n", b"plain text key, long enough"),
         (
             b"0x00112233445566778899aabbccddeeff\n",
             bytes.fromhex("00112233445566778899aabbccddeeff"),
         ),
-        (b"0X0011:2233\n", bytes.fromhex("00112233")),
-        (b"0sc2VjcmV0LWtleQ==\n", b"secret-key"),
-        (b"short", b"short"),  # strongSwan does not enforce a length either
+        (
+            b"0X0011:2233:4455:6677:8899:aabb:ccdd:eeff\n",
+            bytes.fromhex("00112233445566778899aabbccddeeff"),
+        ),
+        (b"0sc2VjcmV0LWtleS0xNi1ieXRlcw==\n", b"secret-key-16-bytes"),
     ],
 )
 def test_psk_file_formats(in_tmp, content, psk):
@@ -224,13 +229,34 @@ def test_psk_file_formats(in_tmp, content, psk):
     assert parse(BASE).peers[0].auth.psk == psk
 
 
+@pytest.mark.parametrize(
+    ("content", "size"), [(b"short", 5), (b"0x0011223344", 5), (b"0sc2VjcmV0LWtleQ==", 10)]
+)
+def test_psk_under_16_bytes_is_refused(in_tmp, content, size):
+    write_secret(in_tmp / "b.psk", content)
+    with pytest.raises(ConfigError) as info:
+        parse(BASE)
+    assert str(info.value) == (
+        f"t.yaml:9: peers[0].auth.psk_file: psk file b.psk: PSK has {size} bytes; at least 16"
+        " are required (make one with: openssl rand -hex 32 | sed 's/^/0x/'), or set"
+        " auth.allow_weak_psk: true for a lab"
+    )
+
+
+def test_allow_weak_psk_accepts_a_short_one(in_tmp):
+    write_secret(in_tmp / "b.psk", b"short")
+    config = parse(BASE + "      allow_weak_psk: true\n")
+    assert config.peers[0].auth.psk == b"short"
+    assert config.peers[0].auth.allow_weak_psk
+
+
 def test_relative_secret_paths_follow_the_config_file(tmp_path):
     sub = tmp_path / "conf"
     sub.mkdir()
     (sub / "ipsecd.yaml").write_text(BASE)
-    write_secret(sub / "b.psk", "sub-dir key")
+    write_secret(sub / "b.psk", "sub-dir key, 16+ bytes")
     config = load_config(sub / "ipsecd.yaml")
-    assert config.peers[0].auth.psk == b"sub-dir key"
+    assert config.peers[0].auth.psk == b"sub-dir key, 16+ bytes"
     assert config.peers[0].auth.psk_file == sub / "b.psk"
 
 

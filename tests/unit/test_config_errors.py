@@ -6,9 +6,12 @@ Every message reads ``FILE:LINE: key.path: message``; the tests parse as
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ipsecd.config import ConfigError, load_config
+from ipsecd.config.errors import ConfigErrors
 from ipsecd.config.fields import At, Field, Section, duration
 from ipsecd.config.yamltree import load_yaml
 from tests.unit.test_config_support import (
@@ -16,10 +19,12 @@ from tests.unit.test_config_support import (
     KEY_IN,
     KEY_OUT,
     PSK,
+    SECOND_PEER,
     error,
     parse,
     write_keys,
     write_secret,
+    write_secret_files,
 )
 
 MANUAL = """\
@@ -37,22 +42,11 @@ peers:
       key_file: lab.keys
 """
 
-SECOND_PEER = """\
-  - name: site-c
-    remote_address: 192.0.2.3
-    local_ts: [10.1.0.0/24]
-    remote_ts: [10.3.0.0/24]
-    auth:
-      psk_file: b.psk
-"""
-
 
 @pytest.fixture(autouse=True)
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    write_secret(tmp_path / "b.psk", PSK)
-    write_keys(tmp_path / "lab.keys")
-    return tmp_path
+    return write_secret_files(tmp_path)
 
 
 def check(text: str, expected: str) -> ConfigError:
@@ -92,7 +86,7 @@ def test_unknown_key_without_close_match_lists_the_keys():
         "t.yaml:2: gateway.colour: unknown key 'colour'; expected one of: tun, mtu, addresses,"
         " listen, port, ike_port, control_socket, metrics, retransmit_timeout,"
         " retransmit_tries, retry_interval, cookie_threshold, half_open_per_source,"
-        " half_open_limit, fragment_size, offload, wakeup_interval_ms",
+        " half_open_limit, fragment_size, offload, wakeup_interval_ms, user",
     )
 
 
@@ -176,7 +170,7 @@ def test_wrong_type_scalar_for_section():
         "t.yaml:1: gateway: expected a mapping with keys tun, mtu, addresses, listen, port,"
         " ike_port, control_socket, metrics, retransmit_timeout, retransmit_tries,"
         " retry_interval, cookie_threshold, half_open_per_source, half_open_limit,"
-        " fragment_size, offload, wakeup_interval_ms; got a string ('192.0.2.1')",
+        " fragment_size, offload, wakeup_interval_ms, user; got a string ('192.0.2.1')",
     )
 
 
@@ -406,6 +400,7 @@ def test_duplicate_spi_in():
         .replace("name: lab", "name: lab2")
         .replace("192.0.2.2", "192.0.2.3")
         .replace("spi_out: 0x1002", "spi_out: 0x2002")
+        .replace("10.2.0.0/24", "10.3.0.0/24")
     )
     check(
         MANUAL + second,
@@ -419,6 +414,7 @@ def test_duplicate_spi_out_towards_the_same_remote():
         MANUAL[MANUAL.index("  - name: lab") :]
         .replace("name: lab", "name: lab2")
         .replace("spi_in: 0x1001", "spi_in: 0x2001")
+        .replace("10.2.0.0/24", "10.3.0.0/24")
         + "    remote_port: 4500\n"
     )
     check(
@@ -652,3 +648,66 @@ def test_no_secret_in_any_error_message(in_tmp):
         for secret in (psk.decode(), psk[2:].decode(), KEY_IN.hex(), KEY_OUT.hex()):
             assert secret not in message, (name, message)
         assert KEY_IN.hex()[:8] not in message and KEY_OUT.hex()[:8] not in message
+
+
+# -- hardening: overlapping remote_ts, PSK owner, every error at once -------------------------
+
+
+def test_identical_remote_ts_names_both_peers_and_lines():
+    check(
+        BASE + SECOND_PEER.replace("10.3.0.0/24", "10.2.0.0/24"),
+        "t.yaml:13: peers[1].remote_ts[0]: 10.2.0.0/24 is the same as 10.2.0.0/24 in remote_ts"
+        " of peer 'site-b' (t.yaml:7, peers[0].remote_ts[0]); peer 'site-c' and peer 'site-b'"
+        " would both claim that traffic: make the remote_ts of different peers disjoint",
+    )
+
+
+def test_overlapping_remote_ts_is_refused():
+    text = BASE + SECOND_PEER.replace("[10.3.0.0/24]", "[10.3.0.0/24, 10.2.0.128/25]")
+    exc = error(text)
+    assert str(exc).startswith(
+        "t.yaml:13: peers[1].remote_ts[1]: 10.2.0.128/25 overlaps 10.2.0.0/24 in remote_ts of"
+        " peer 'site-b' (t.yaml:7, peers[0].remote_ts[0])"
+    )
+
+
+def test_psk_file_owned_by_another_user(in_tmp):
+    os.chown(in_tmp / "b.psk", 54321, -1)
+    message = str(error(BASE))
+    assert message.startswith(
+        "t.yaml:9: peers[0].auth.psk_file: psk file b.psk is owned by uid 54321; it must be"
+        " owned by root (uid 0)"
+    )
+    assert message.endswith("(chown it)")
+
+
+def test_every_error_is_reported_with_its_line():
+    text = (
+        BASE.replace("192.0.2.2", "192.0.2.999")
+        .replace("10.1.0.0/24", "10.1.0.0/33")
+        .replace("  listen:", "  colour: red\n  listen:")
+    )
+    exc = error(text)
+    assert isinstance(exc, ConfigErrors)
+    assert [str(e) for e in exc.all] == [
+        "t.yaml:2: gateway.colour: unknown key 'colour'; expected one of: tun, mtu, addresses,"
+        " listen, port, ike_port, control_socket, metrics, retransmit_timeout,"
+        " retransmit_tries, retry_interval, cookie_threshold, half_open_per_source,"
+        " half_open_limit, fragment_size, offload, wakeup_interval_ms, user",
+        "t.yaml:6: peers[0].remote_address: '192.0.2.999' is not an IPv4/IPv6 address",
+        "t.yaml:7: peers[0].local_ts[0]: '10.1.0.0/33' is not an IPv4/IPv6 prefix",
+    ]
+    assert str(exc) == "\n".join(str(e) for e in exc.all)
+    assert (exc.file, exc.line) == ("t.yaml", 2)  # the first one, for single-error callers
+
+
+def test_errors_of_several_peers_and_cross_checks_together():
+    text = BASE + SECOND_PEER.replace("site-c", "site-b").replace("10.3.0.0/24", "10.2.0.0/24")
+    text = text.replace("192.0.2.3", "192.0.2.2")
+    lines = [str(e).split(": ", 2)[1] for e in error(text).all]
+    assert lines == ["peers[1].name", "peers[1].remote_address", "peers[1].remote_ts[0]"]
+
+
+def test_misspelt_required_key_is_one_error():
+    exc = error(BASE.replace("remote_address", "remote_adress"))
+    assert len(exc.all) == 1

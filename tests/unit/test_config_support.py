@@ -25,6 +25,23 @@ peers:
       psk_file: b.psk
 """
 
+# A second IKE peer to append to BASE (lines 10-15).
+SECOND_PEER = """\
+  - name: site-c
+    remote_address: 192.0.2.3
+    local_ts: [10.1.0.0/24]
+    remote_ts: [10.3.0.0/24]
+    auth:
+      psk_file: b.psk
+"""
+
+
+def write_secret_files(directory: Path) -> Path:
+    """b.psk and lab.keys, the secret files BASE and the manual examples name."""
+    write_secret(directory / "b.psk", PSK)
+    write_keys(directory / "lab.keys")
+    return directory
+
 
 def write_secret(path: Path, data: bytes | str, mode: int = 0o600) -> Path:
     path.write_bytes(data.encode() if isinstance(data, str) else data)

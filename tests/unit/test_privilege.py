@@ -1,0 +1,80 @@
+"""Dropping root: uid, capability sets, dumpable flag, core limit (in a child process)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop it")
+
+CHILD = """
+import os, resource, sys
+from ipsecd.daemon import privilege
+if len(sys.argv) > 2:  # like systemd's CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE
+    caps = 1 << 12 | 1 << 10
+    privilege._capset(caps, caps)
+dropped = privilege.drop_privileges(sys.argv[1] if len(sys.argv) > 1 else None)
+print(dropped.warning)
+import ctypes
+dumpable = ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
+status = dict(
+    line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line
+)
+print(dropped.user, dropped.capabilities)
+for key in ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs"):
+    print((key + " " + " ".join(status[key].split())).strip())
+print("dumpable", dumpable)
+print("core", resource.getrlimit(resource.RLIMIT_CORE))
+"""
+
+
+def _run(*args: str) -> list[str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2])),
+        timeout=60,
+        check=True,
+    )
+    return proc.stdout.splitlines()
+
+
+def test_drop_to_nobody_keeps_only_cap_net_admin():
+    nobody = pwd.getpwnam("nobody")
+    lines = _run("nobody")
+    assert lines == [
+        "None",
+        "nobody cap_net_admin",
+        f"Uid {nobody.pw_uid} {nobody.pw_uid} {nobody.pw_uid} {nobody.pw_uid}",
+        f"Gid {nobody.pw_gid} {nobody.pw_gid} {nobody.pw_gid} {nobody.pw_gid}",
+        "Groups",
+        "CapInh 0000000000000000",
+        "CapPrm 0000000000001000",
+        "CapEff 0000000000001000",
+        "CapBnd 0000000000001000",
+        "CapAmb 0000000000000000",
+        "NoNewPrivs 1",
+        "dumpable 0",
+        "core (0, 0)",
+    ]
+
+
+def test_root_keeps_root_but_no_core():
+    lines = _run("root")
+    assert lines[1] == "root unchanged"
+    assert lines[2] == "Uid 0 0 0 0"
+    assert "dumpable 0" in lines and "core (0, 0)" in lines
+
+
+def test_root_without_cap_setuid_keeps_uid_0_but_only_cap_net_admin():
+    lines = _run("nobody", "systemd-like")
+    assert lines[0].startswith("stayed uid 0, not nobody: CAP_SETUID/CAP_SETGID are not in")
+    assert lines[1] == "root cap_net_admin"
+    assert "CapEff 0000000000001000" in lines and "CapPrm 0000000000001000" in lines
+    assert "NoNewPrivs 1" in lines and "dumpable 0" in lines
