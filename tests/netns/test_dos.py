@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from ipsecd.lab.daemons import REPO, IpsecdProcess, site_specs, start_psk_pair
-from ipsecd.lab.strongswan import Charon, site_to_site
-from ipsecd.lab.topology import (
+from tests.lab.daemons import REPO, IpsecdProcess, site_specs, start_psk_pair
+from tests.lab.strongswan import Charon, site_to_site
+from tests.lab.topology import (
     GW_A_WAN_IP,
     GW_B_WAN_IP,
     HOST_B_IP,

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from ipsecd.lab.strongswan import Charon, site_to_site
-from ipsecd.lab.topology import HOST_A_IP, HOST_B_IP, Topology
+from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from tests.lab.strongswan import Charon, site_to_site
+from tests.lab.topology import HOST_A_IP, HOST_B_IP, Topology
 
 # (IKE proposal, ESP proposal): the pairs the issue names.
 PAIRS = [

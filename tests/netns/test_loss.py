@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from ipsecd.lab.strongswan import Charon, site_to_site
-from ipsecd.lab.topology import HOST_A_IP, HOST_B_IP, Topology
+from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from tests.lab.strongswan import Charon, site_to_site
+from tests.lab.topology import HOST_A_IP, HOST_B_IP, Topology
 
 LOSS = 10
 RETRANSMIT = {"retransmit_timeout": 0.2, "retransmit_tries": 6, "retry_interval": 1}

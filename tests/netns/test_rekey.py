@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import pytest
 
-from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from ipsecd.lab.strongswan import Charon, site_to_site
-from ipsecd.lab.topology import HOST_A_IP, HOST_B_IP, Topology
+from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from tests.lab.strongswan import Charon, site_to_site
+from tests.lab.topology import HOST_A_IP, HOST_B_IP, Topology
 
 PSK = "rekey-test-psk-0123456789abcdef"
 IKE = "aes256gcm16-prfsha256-x25519"

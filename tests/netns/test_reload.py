@@ -8,8 +8,8 @@ import time
 
 import yaml
 
-from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from ipsecd.lab.topology import HOST_B_IP, Topology, run
+from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from tests.lab.topology import HOST_B_IP, Topology, run
 
 
 def _edit(daemon: IpsecdProcess, change) -> None:

@@ -23,9 +23,9 @@ from collections.abc import Callable
 
 import pytest
 
-from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from ipsecd.lab.strongswan import Charon, SwanConnection, site_to_site
-from ipsecd.lab.topology import HOST_B_IP, Topology
+from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from tests.lab.strongswan import Charon, SwanConnection, site_to_site
+from tests.lab.topology import HOST_B_IP, Topology
 
 DPD_DELAY = 2
 RETRANSMIT = {"retransmit_timeout": 0.25, "retransmit_tries": 3, "retry_interval": 2}

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ipsecd.lab.daemons import REPO, GatewaySpec, IpsecdProcess
-from ipsecd.lab.topology import HOST_B_IP, Topology, run
+from tests.lab.daemons import REPO, GatewaySpec, IpsecdProcess
+from tests.lab.topology import HOST_B_IP, Topology, run
 
 SCRAPE = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9810/metrics').read().decode())"
 
