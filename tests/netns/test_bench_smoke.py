@@ -12,7 +12,7 @@ import pytest
 from bench import bench
 from bench.figures import BACKENDS
 
-pytestmark = pytest.mark.strongswan
+pytestmark = [pytest.mark.strongswan, pytest.mark.timing]  # throughput and CPU per GB
 
 
 def test_bench_measures_every_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
