@@ -29,9 +29,6 @@ from tests.lab.topology import (
 )
 from tests.lab.wait import wait_until
 
-# A paced flood and the responder's memory and CPU under it: nothing else may run meanwhile.
-pytestmark = pytest.mark.timing
-
 FLOOD = Path(__file__).resolve().parent / "ike_flood.py"
 FORGED = "203.0.113.0/24"
 FLOOD_RATE = 500  # requests per second
@@ -136,6 +133,7 @@ def _assert_flood_handled(topo: Topology, gw_b: IpsecdProcess, watch: _Watch) ->
     assert stats.loss == 0.0, stats
 
 
+@pytest.mark.timing  # a paced flood, and the responder's memory and CPU under it
 def test_flood_with_forged_sources_while_ipsecd_connects(topology: Topology) -> None:
     gw_a, gw_b = _responder(topology)
     watch = _Watch(gw_b)
@@ -150,6 +148,7 @@ def test_flood_with_forged_sources_while_ipsecd_connects(topology: Topology) -> 
 
 
 @pytest.mark.strongswan
+@pytest.mark.timing  # a paced flood, and the responder's memory and CPU under it
 def test_flood_with_forged_sources_while_strongswan_connects(topology: Topology) -> None:
     _, gw_b = _responder(topology)
     conn_a, _ = site_to_site(topology, psk=PSK, esp_proposals="aes256gcm16")
@@ -210,6 +209,7 @@ def test_strongswan_demands_cookies_from_ipsecd(topology: Topology) -> None:
     assert stats.loss == 0.0, stats
 
 
+@pytest.mark.timing  # a paced flood, and the responder's memory and CPU under it
 def test_flood_without_cookies_stops_at_the_half_open_limit(topology: Topology) -> None:
     """Cookies effectively off: the global limit alone bounds the half-open state."""
     limit = 500
