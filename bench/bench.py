@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark: plain routing vs strongSwan (charon + kernel-libipsec) vs ipsecd, one table.
 
-Root only.  For each backend a fresh namespace topology (ipsecd.lab.topology) is built,
+Root only.  For each backend a fresh namespace topology (tests.lab.topology) is built,
 hostA — gwA ══ internet ══ gwB — hostB, and measured between hostA and hostB; the
-daemons are started by the same code the namespace tests use (ipsecd.lab.daemons for
-ipsecd, ipsecd.lab.strongswan for charon).  What each column means is in bench/README.md.
+daemons are started by the same code the namespace tests use (tests.lab.daemons for
+ipsecd, tests.lab.strongswan for charon).  What each column means is in bench/README.md.
 
     sudo python3 bench/bench.py                                # everything, 10 s per run
     sudo python3 bench/bench.py --seconds 5 --json out.json --plot out.png
@@ -38,9 +38,9 @@ sys.path.insert(0, str(REPO))  # ahead of bench/ itself, where this file would s
 
 from bench.figures import BACKENDS, LABELS, ratios, table  # noqa: E402
 from bench.plot import iperf_series, write_plot  # noqa: E402
-from ipsecd.lab.daemons import site_specs, start_manual_pair, start_psk_pair  # noqa: E402
-from ipsecd.lab.strongswan import StrongSwanError, start_pair  # noqa: E402
-from ipsecd.lab.topology import (  # noqa: E402
+from tests.lab.daemons import site_specs, start_manual_pair, start_psk_pair  # noqa: E402
+from tests.lab.strongswan import StrongSwanError, start_pair  # noqa: E402
+from tests.lab.topology import (  # noqa: E402
     HOST_B_IP,
     PingStats,
     Topology,
@@ -98,7 +98,7 @@ class PlainRouting:
 
 
 class StrongSwanTunnel:
-    """charon ↔ charon with kernel-libipsec (ipsecd.lab.strongswan); gwA initiates.
+    """charon ↔ charon with kernel-libipsec (tests.lab.strongswan); gwA initiates.
 
     A handshake is ``swanctl --terminate``, both sides seen without SAs, then vici
     ``initiate`` from this process, which charon answers once the CHILD_SA is up.
@@ -123,7 +123,7 @@ class StrongSwanTunnel:
 
 
 class IpsecdTunnel:
-    """ipsecd ↔ ipsecd started by ipsecd.lab.daemons (IKEv2/PSK or manual keys); gwA
+    """ipsecd ↔ ipsecd started by tests.lab.daemons (IKEv2/PSK or manual keys); gwA
     initiates.
 
     A handshake is control ``down``, both sides seen without CHILD_SA, then control ``up``

@@ -41,7 +41,7 @@ from bench.bench import (  # noqa: E402
     environment,
     log,
 )
-from ipsecd.lab.topology import (  # noqa: E402
+from tests.lab.topology import (  # noqa: E402
     GW_A_WAN_IP,
     GW_B_WAN_IP,
     HOST_B_IP,

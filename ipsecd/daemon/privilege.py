@@ -95,7 +95,7 @@ def _last_capability() -> int:
         return 40  # CAP_CHECKPOINT_RESTORE, Linux 5.9
 
 
-PRELOAD_SKIP = ("ipsecd.lab", "ipsecd.cli")  # test harness and front ends: not the daemon's
+PRELOAD_SKIP = ("ipsecd.cli",)  # the front ends: not the daemon's
 # Imported lazily by libraries on first use (cryptography's key generation, the
 # default executor of asyncio, IDNA for host names).
 PRELOAD_EXTRA = (

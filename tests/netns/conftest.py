@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ipsecd.lab.strongswan import CHARON
-from ipsecd.lab.topology import Topology, cleanup_stale, install_sigterm_handler
+from tests.lab.strongswan import CHARON
+from tests.lab.topology import Topology, cleanup_stale, install_sigterm_handler
 
 NETNS_DIR = Path(__file__).resolve().parent
 

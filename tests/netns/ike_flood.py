@@ -19,13 +19,13 @@ import ipaddress
 import os
 import random
 import socket
-import struct
 import time
 
 from ipsecd.crypto.proposals import parse_proposal
 from ipsecd.ike import message as codec
 from ipsecd.ike import payloads as pl
 from ipsecd.ike import proposal_codec
+from tests.lab.packets import ipv4, udp
 
 NONCE_MARK = b"N" * 32
 KE_MARK = b"K" * 32
@@ -50,18 +50,14 @@ def packets(count: int, sources: ipaddress.IPv4Network, target: str, port: int) 
     base = template()
     nonce_at, ke_at = base.index(NONCE_MARK), base.index(KE_MARK)
     hosts = [int(h) for h in sources.hosts()]
-    dst = ipaddress.IPv4Address(target).packed
     out = []
     for _ in range(count):
         ike = bytearray(base)
         ike[0:8] = os.urandom(8)
         ike[nonce_at : nonce_at + 32] = os.urandom(32)
         ike[ke_at : ke_at + 32] = os.urandom(32)
-        src = random.choice(hosts).to_bytes(4, "big")
-        udp = struct.pack("!HHHH", 500, port, 8 + len(ike), 0) + ike  # checksum 0: none (v4)
-        # Total length and header checksum are filled in by the kernel (raw(7)).
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 0, 0, 0, 64, 17, 0, src, dst)
-        out.append(ip + udp)
+        src = random.choice(hosts)
+        out.append(ipv4(src, target, udp(500, port, bytes(ike))))
     return out
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from bench import latency
 
-pytestmark = pytest.mark.strongswan
+pytestmark = [pytest.mark.strongswan, pytest.mark.timing]  # round-trip times
 
 
 def test_latency_measures_every_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,6 +1,6 @@
 """bench/bench.py end to end with its shortest settings: every backend is measured and
 the JSON and the PNG are written.  No figure is judged (the machine is shared), only that
-each one was measured; what keeps the benchmark from rotting when ipsecd.lab changes."""
+each one was measured; what keeps the benchmark from rotting when tests.lab changes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from bench import bench
 from bench.figures import BACKENDS
 
-pytestmark = pytest.mark.strongswan
+pytestmark = [pytest.mark.strongswan, pytest.mark.timing]  # throughput and CPU per GB
 
 
 def test_bench_measures_every_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

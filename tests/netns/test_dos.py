@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ipsecd.lab.daemons import REPO, IpsecdProcess, site_specs, start_psk_pair
-from ipsecd.lab.strongswan import Charon, site_to_site
-from ipsecd.lab.topology import (
+from tests.lab.daemons import REPO, IpsecdProcess, site_specs, start_psk_pair
+from tests.lab.strongswan import Charon, site_to_site
+from tests.lab.topology import (
     GW_A_WAN_IP,
     GW_B_WAN_IP,
     HOST_B_IP,
     Topology,
     process_cpu_seconds,
 )
+from tests.lab.wait import wait_until
 
 FLOOD = Path(__file__).resolve().parent / "ike_flood.py"
 FORGED = "203.0.113.0/24"
@@ -81,20 +81,39 @@ class _Watch:
         """CPU seconds the responder used since the watch started."""
         return process_cpu_seconds(self.pid) - self.cpu_start
 
-    def sample(self) -> None:
+    def sample(self) -> dict[str, Any]:
+        """Take one sample; returns the responder's DoS status."""
         self.peak = max(self.peak, _rss_kb(self.pid))
         dos = self.daemon.status().get("ike_dos") or {}
         self.half_open_peak = max(self.half_open_peak, int(dos.get("half_open", 0)))
         self.cookies_seen_on |= bool(dos.get("cookies_required"))
+        return dos
+
+    def until_cookies(self, timeout: float = 20.0) -> None:
+        """Sample until the responder demands cookies (the flood has taken hold)."""
+        wait_until(
+            self.sample,
+            timeout,
+            what="the responder to demand cookies",
+            until=lambda dos: dos.get("cookies_required"),
+            step=0.2,
+        )
 
     def until(self, proc: Any, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while proc.poll() is None:
-            assert time.monotonic() < deadline, "flooder did not finish"
+        """Sample until the flooder ``proc`` ends; it must end well."""
+
+        def sampled_exit() -> int | None:
             self.sample()
-            time.sleep(0.2)
-        self.sample()
-        assert proc.returncode == 0, proc.returncode
+            return proc.poll()
+
+        returncode = wait_until(
+            sampled_exit,
+            timeout,
+            what="the flooder to finish",
+            until=lambda code: code is not None,
+            step=0.2,
+        )
+        assert returncode == 0, returncode
 
 
 def _assert_flood_handled(topo: Topology, gw_b: IpsecdProcess, watch: _Watch) -> None:
@@ -114,14 +133,12 @@ def _assert_flood_handled(topo: Topology, gw_b: IpsecdProcess, watch: _Watch) ->
     assert stats.loss == 0.0, stats
 
 
+@pytest.mark.timing  # a paced flood, and the responder's memory and CPU under it
 def test_flood_with_forged_sources_while_ipsecd_connects(topology: Topology) -> None:
     gw_a, gw_b = _responder(topology)
-    time.sleep(1.0)
     watch = _Watch(gw_b)
     flood = _flood(topology, seconds=FLOOD_SECONDS)
-    for _ in range(10):  # 2 s of flood first: cookies are on when the real peer comes
-        watch.sample()
-        time.sleep(0.2)
+    watch.until_cookies()  # the real peer comes once the flood has switched cookies on
     gw_a.start()
     gw_a.wait_up(timeout=40)
     assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=20)
@@ -131,17 +148,15 @@ def test_flood_with_forged_sources_while_ipsecd_connects(topology: Topology) -> 
 
 
 @pytest.mark.strongswan
+@pytest.mark.timing  # a paced flood, and the responder's memory and CPU under it
 def test_flood_with_forged_sources_while_strongswan_connects(topology: Topology) -> None:
     _, gw_b = _responder(topology)
     conn_a, _ = site_to_site(topology, psk=PSK, esp_proposals="aes256gcm16")
     charon = Charon(topology, topology.gw_a).start()
     charon.load(conn_a)
-    time.sleep(1.0)
     watch = _Watch(gw_b)
     flood = _flood(topology, seconds=FLOOD_SECONDS)
-    for _ in range(10):
-        watch.sample()
-        time.sleep(0.2)
+    watch.until_cookies()
     charon.initiate(timeout=30)
     charon.wait_for_child_sa()
     gw_b.wait_up(timeout=20)
@@ -184,7 +199,7 @@ def test_strongswan_demands_cookies_from_ipsecd(topology: Topology) -> None:
     # gwA, where nobody waits for it, and keeps the SA half-open for 30 s).
     opener = _flood(topology, source=f"{GW_A_WAN_IP}/32", rate=1, seconds=1)
     assert opener.wait(timeout=20) == 0
-    time.sleep(0.5)
+    wait_until(charon.list_sas, 10, what="a half-open IKE SA at charon", context=charon.tail)
     ours, _ = start_psk_pair(topology, a, site_specs(topology)[1], psk_a=PSK, start=False)
     ours.start()
     ours.wait_up(timeout=30)
@@ -194,11 +209,11 @@ def test_strongswan_demands_cookies_from_ipsecd(topology: Topology) -> None:
     assert stats.loss == 0.0, stats
 
 
+@pytest.mark.timing  # a paced flood, and the responder's memory and CPU under it
 def test_flood_without_cookies_stops_at_the_half_open_limit(topology: Topology) -> None:
     """Cookies effectively off: the global limit alone bounds the half-open state."""
     limit = 500
     _, gw_b = _responder(topology, cookie_threshold=1_000_000, half_open_limit=limit)
-    time.sleep(1.0)
     watch = _Watch(gw_b)
     flood = _flood(topology, seconds=6)  # 3000 requests from 254 addresses (5 each at most)
     watch.until(flood, timeout=60)

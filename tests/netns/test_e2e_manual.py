@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from ipsecd.lab.daemons import REPO, start_manual_pair
-from ipsecd.lab.topology import HOST_A_IP, HOST_B_IP, Topology, run
+from tests.lab.daemons import REPO, start_manual_pair
+from tests.lab.topology import HOST_A_IP, HOST_B_IP, Topology, run
 
 # Sends hostile datagrams to a UDP endpoint from inside a namespace, from port 4500 of
 # src_ip.  A raw socket writes the UDP header itself (checksum 0: none, RFC 768): the

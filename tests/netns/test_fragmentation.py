@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from ipsecd.lab.strongswan import Charon, site_to_site
-from ipsecd.lab.topology import HOST_B_IP, Topology
+from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from tests.lab.strongswan import Charon, site_to_site
+from tests.lab.topology import HOST_B_IP, Topology
 
 IKE, ESP = "aes256gcm16-prfsha256-x25519", "aes256gcm16"
 PSK = "fragmentation-test-psk-0123456789"

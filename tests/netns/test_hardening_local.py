@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from ipsecd.lab.daemons import REPO, IpsecdProcess, site_specs, start_psk_pair
-from ipsecd.lab.topology import HOST_B_IP, Topology, netns_cmd
+from tests.lab.daemons import REPO, IpsecdProcess, site_specs, start_psk_pair
+from tests.lab.topology import HOST_B_IP, Topology, netns_cmd
 
 CAP_NET_ADMIN_ONLY = "0000000000001000"
 PINGS = 200  # 10 s at 50 ms: the whole series of refused starts happens inside it

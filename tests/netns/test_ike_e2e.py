@@ -11,9 +11,10 @@ import time
 
 import pytest
 
-from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from ipsecd.lab.strongswan import Charon, site_to_site
-from ipsecd.lab.topology import HOST_A_IP, HOST_B_IP, Topology
+from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from tests.lab.strongswan import Charon, site_to_site
+from tests.lab.topology import HOST_A_IP, HOST_B_IP, Topology
+from tests.lab.wait import wait_until
 
 # (IKE proposal, ESP proposal): the pairs the issue names.
 PAIRS = [
@@ -34,14 +35,14 @@ def _traffic(topo: Topology) -> None:
 
 
 def _wait_error(daemon: IpsecdProcess, needle: str, timeout: float = 20.0) -> str:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = daemon.peer_status().get("last_error")
-        if last and needle in last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"expected {needle!r} in last_error, got {last!r}\n{daemon.log_text()}")
+    return wait_until(
+        lambda: daemon.peer_status().get("last_error") or "",
+        timeout,
+        what=f"{needle!r} in last_error on {daemon.spec.name}",
+        until=lambda last: needle in last,
+        step=0.1,
+        context=daemon.log_text,
+    )
 
 
 def _assert_no_child(daemon: IpsecdProcess) -> None:
@@ -64,6 +65,7 @@ def test_ipsecd_to_ipsecd(topology: Topology, ike: str, esp: str) -> None:
     assert "wakeups" not in gw_a.status()["counters"]  # wakeup_interval_ms defaults to 0
 
 
+@pytest.mark.timing  # counts wake-ups per second
 def test_wakeup_interval_wakes_the_daemon_and_forwarding_goes_on(topology: Topology) -> None:
     a, b = site_specs(topology)
     a.gateway_extra = {"wakeup_interval_ms": 5}

@@ -16,9 +16,10 @@ import time
 
 import pytest
 
-from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from ipsecd.lab.strongswan import Charon, site_to_site
-from ipsecd.lab.topology import HOST_A_IP, HOST_B_IP, Topology
+from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from tests.lab.strongswan import Charon, site_to_site
+from tests.lab.topology import HOST_A_IP, HOST_B_IP, Topology
+from tests.lab.wait import wait_until
 
 LOSS = 10
 RETRANSMIT = {"retransmit_timeout": 0.2, "retransmit_tries": 6, "retry_interval": 1}
@@ -142,9 +143,8 @@ def test_strongswan_peer_under_ten_percent_loss(topology: Topology) -> None:
         assert ike_rekeys >= MIN_IKE_REKEYS, (gw_a.status()["ike_counters"], charon.tail())
         assert _counter(gw_a, "internal_error") == 0
         # A rekey may be in flight (retransmitted under loss): wait for a moment with one.
-        settle = time.monotonic() + 15
-        while len(charon.list_sas()) != 1 and time.monotonic() < settle:
-            time.sleep(0.1)
-        assert len(charon.list_sas()) == 1, charon.list_sas()
+        wait_until(
+            charon.list_sas, 15, what="charon to hold one IKE SA", until=lambda s: len(s) == 1
+        )
     finally:
         charon.stop()

@@ -16,9 +16,10 @@ from collections.abc import Callable
 
 import pytest
 
-from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from ipsecd.lab.strongswan import Charon, site_to_site
-from ipsecd.lab.topology import HOST_A_IP, HOST_B_IP, Topology
+from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from tests.lab.strongswan import Charon, site_to_site
+from tests.lab.topology import HOST_A_IP, HOST_B_IP, Topology
+from tests.lab.wait import wait_until
 
 PSK = "rekey-test-psk-0123456789abcdef"
 IKE = "aes256gcm16-prfsha256-x25519"
@@ -71,14 +72,24 @@ def _transfer_through_rekeys(
 
 def _one_pair(daemon: IpsecdProcess, timeout: float = 5.0) -> dict[str, object]:
     """Wait for a moment with exactly one CHILD_SA (a rekey may be in flight)."""
-    deadline = time.monotonic() + timeout
-    children: list[dict[str, object]] = []
-    while time.monotonic() < deadline:
-        children = daemon.peer_status()["children"]
-        if len(children) == 1:
-            return children[0]
-        time.sleep(0.02)
-    raise AssertionError(f"{daemon.spec.name}: {len(children)} CHILD_SAs: {children}")
+    (child,) = wait_until(
+        lambda: daemon.peer_status()["children"],
+        timeout,
+        what=f"{daemon.spec.name} to hold exactly one CHILD_SA",
+        until=lambda children: len(children) == 1,
+        step=0.02,
+    )
+    return child
+
+
+def _one_ike_sa(daemon: IpsecdProcess, timeout: float = 10.0) -> None:
+    """Wait until the rekeys in flight are done: one IKE SA left."""
+    wait_until(
+        lambda: daemon.peer_status()["ike"],
+        timeout,
+        what=f"{daemon.spec.name} to hold exactly one IKE SA",
+        until=lambda ike: ike["ike_sas"] == 1,
+    )
 
 
 def _no_unknown_spi(*daemons: IpsecdProcess) -> None:
@@ -145,7 +156,8 @@ def test_child_rekey_with_pfs_both_sides_equal_lifetimes(topology: Topology) -> 
             lambda: gw_a.control({"cmd": "rekey", "peer": "b"}),
             lambda: gw_b.control({"cmd": "rekey", "peer": "a"}),
         )
-        time.sleep(0.3)
+        _one_pair(gw_a)  # the rekeys are through before the next pair starts
+        _one_pair(gw_b)
     result = topology.tcp_transfer(topology.host_a, topology.host_b, HOST_B_IP, CHUNK)
     assert result.ok, result
     collisions = _counter(gw_a, "child_rekey_collisions")
@@ -184,7 +196,8 @@ def test_simultaneous_ike_rekeys_leave_one_ike_sa(topology: Topology) -> None:
     gw_b.wait_up()
     for _ in range(8):
         _at_once(lambda: _rekey_ike_after(gw_a, "b"), lambda: _rekey_ike_after(gw_b, "a"))
-        time.sleep(0.3)
+        _one_ike_sa(gw_a)  # the rekeys are through before the next pair starts
+        _one_ike_sa(gw_b)
         assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=5)
     result = topology.tcp_transfer(topology.host_a, topology.host_b, HOST_B_IP, CHUNK)
     assert result.ok, result
@@ -198,6 +211,17 @@ def test_simultaneous_ike_rekeys_leave_one_ike_sa(topology: Topology) -> None:
     _no_unknown_spi(gw_a, gw_b)
     child_a, child_b = _one_pair(gw_a), _one_pair(gw_b)
     assert child_a["spi_in"] == child_b["spi_out"]
+
+
+def _one_swan_ike_sa(charon: Charon, timeout: float = 10.0) -> list[dict[str, object]]:
+    return wait_until(
+        charon.list_sas,
+        timeout,
+        what="charon to hold exactly one IKE SA",
+        until=lambda sas: len(sas) == 1,
+        step=0.1,
+        context=charon.tail,
+    )
 
 
 def _with_charon(
@@ -238,10 +262,9 @@ def test_child_rekey_with_strongswan(topology: Topology, who: str) -> None:
         assert rekeys >= MIN_REKEYS
         _no_unknown_spi(gw_a)
         mine = _one_pair(gw_a)
-        deadline = time.monotonic() + 5
-        while len(kids := charon.child_sas()) != 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(kids) == 1, kids
+        kids = wait_until(
+            charon.child_sas, 5, what="charon to hold one CHILD_SA", until=lambda k: len(k) == 1
+        )
         assert int(str(kids[0]["spi-in"]), 16) == int(str(mine["spi_out"]), 16)
     finally:
         charon.stop()
@@ -276,13 +299,12 @@ def test_simultaneous_ike_rekeys_with_strongswan(topology: Topology) -> None:
         for offset_ms in range(8):
             delay = offset_ms / 2000
             _at_once(lambda d=delay: _rekey_ike_after(gw_a, "b", d), charon.rekey_ike)
-            time.sleep(0.5)
+            _one_ike_sa(gw_a)  # the rekeys are through before the next pair starts
+            _one_swan_ike_sa(charon)
             assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=5), charon.tail()
         result = topology.tcp_transfer(topology.host_a, topology.host_b, HOST_B_IP, CHUNK)
         assert result.ok, result
-        deadline = time.monotonic() + 10
-        while len(sas := charon.list_sas()) != 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        sas = _one_swan_ike_sa(charon)
         collisions = _counter(gw_a, "ike_rekey_collisions")
         rekeys = _counter(gw_a, "ike_sa_rekeyed")
         print(f"ipsecd and charon rekeying at once: {rekeys} rekeys, {collisions} collisions")

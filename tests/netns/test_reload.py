@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 
 import yaml
 
-from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from ipsecd.lab.topology import HOST_B_IP, Topology, run
+from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from tests.lab.topology import HOST_B_IP, Topology, run
+from tests.lab.wait import wait_until
 
 
 def _edit(daemon: IpsecdProcess, change) -> None:
@@ -56,8 +56,15 @@ def test_unchanged_peer_keeps_its_sas_and_loses_no_packet(topology: Topology) ->
             stats=topology.ping(topology.host_a, HOST_B_IP, count=100, interval=0.01)
         )
     )
+    before = gw_a.peer_status()["children"][0]["packets_in"]
     pinger.start()
-    time.sleep(0.2)
+    wait_until(  # the reload lands while the pings flow
+        lambda: gw_a.peer_status()["children"][0]["packets_in"],
+        10,
+        what="the pings to flow through gwA",
+        until=lambda packets: packets > before,
+        step=0.01,
+    )
     response = gw_a.control({"cmd": "reload"})
     gw_a.proc.send_signal(signal.SIGHUP)  # the other way in
     pinger.join()
@@ -73,13 +80,13 @@ def test_changed_peer_is_renegotiated(topology: Topology) -> None:
     _edit(gw_a, lambda c: c["peers"][0]["esp"].update(proposals=["aes128gcm16", "aes256gcm16"]))
     response = gw_a.control({"cmd": "reload"})
     assert response["ok"] and response["plan"]["changed"] == ["b"], response
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        now = _child_spis(gw_a)
-        if now and now != spis and gw_a.peer_status()["up"]:
-            break
-        time.sleep(0.1)
-    assert _child_spis(gw_a) and _child_spis(gw_a) != spis, gw_a.log_text()
+    wait_until(
+        lambda: (_child_spis(gw_a), gw_a.peer_status()["up"]),
+        15,
+        what="gwA up again with new CHILD_SAs",
+        until=lambda seen: seen[0] and seen[0] != spis and seen[1],
+        context=gw_a.log_text,
+    )
     assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=10)
 
 
@@ -102,10 +109,12 @@ def test_removed_peer_gets_a_delete_and_added_peer_starts(topology: Topology) ->
     response = gw_a.control({"cmd": "reload"})
     assert response["ok"], response
     assert response["plan"]["removed"] == ["b"] and response["plan"]["added"] == ["other"]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and gw_b.peer_status()["children"]:
-        time.sleep(0.1)
-    assert gw_b.peer_status()["children"] == [], "gwB never got the Delete"
+    wait_until(
+        lambda: gw_b.peer_status()["children"],
+        10,
+        what="gwB to get the Delete (no CHILD_SA left)",
+        until=lambda children: children == [],
+    )
     routes = run(topology.gw_a, "ip", "route").stdout
     assert "10.2.0.0/24" not in routes and "10.77.0.0/24 dev ipseca" in routes
     assert [p["name"] for p in gw_a.status()["peers"]] == ["other"]

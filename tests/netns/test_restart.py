@@ -20,12 +20,14 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from ipsecd.lab.strongswan import Charon, SwanConnection, site_to_site
-from ipsecd.lab.topology import HOST_B_IP, Topology
+from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from tests.lab.strongswan import Charon, SwanConnection, site_to_site
+from tests.lab.topology import HOST_B_IP, Topology
+from tests.lab.wait import wait_until
 
 DPD_DELAY = 2
 RETRANSMIT = {"retransmit_timeout": 0.25, "retransmit_tries": 3, "retry_interval": 2}
@@ -39,16 +41,19 @@ def _counter(daemon: IpsecdProcess, name: str) -> int:
 
 def _settled(daemon: IpsecdProcess, timeout: float = 10.0) -> dict[str, object]:
     """Wait until the daemon holds one IKE SA and one CHILD_SA for its peer."""
-    deadline = time.monotonic() + timeout
-    peer: dict[str, object] = {}
-    while time.monotonic() < deadline:
-        peer = daemon.peer_status()
+
+    def settled(peer: dict[str, Any]) -> bool:
         ike = peer.get("ike") or {}
-        settled = ike.get("ike_sas") == 1 and ike.get("state") == "established"
-        if settled and len(peer["children"]) == 1:
-            return peer
-        time.sleep(0.1)
-    raise AssertionError(f"{daemon.spec.name} did not settle: {peer}")
+        one_ike = ike.get("ike_sas") == 1 and ike.get("state") == "established"
+        return one_ike and len(peer["children"]) == 1
+
+    return wait_until(
+        daemon.peer_status,
+        timeout,
+        what=f"{daemon.spec.name} to settle on one IKE SA and one CHILD_SA",
+        until=settled,
+        step=0.1,
+    )
 
 
 def _pair(topo: Topology, survivor_dpd: int, restarted: str) -> tuple[IpsecdProcess, ...]:
@@ -68,10 +73,12 @@ def _crash_and_restart(topo: Topology, victim: IpsecdProcess, stale_tun: bool = 
     victim.kill()
     tun = f"ipsec{victim.spec.name}"
     # The kernel removes its TUN device and routes with the process...
-    deadline = time.monotonic() + 5
-    while tun in topo.run(victim.spec.ns, "ip", "-br", "link").stdout:
-        assert time.monotonic() < deadline, f"{tun} outlived the killed daemon"
-        time.sleep(0.05)
+    wait_until(
+        lambda: topo.run(victim.spec.ns, "ip", "-br", "link").stdout,
+        5,
+        what=f"{tun} to go with the killed daemon",
+        until=lambda links: tun not in links,
+    )
     if stale_tun:
         # ...but a persistent device of the same name, with the address and a route on
         # it, may be left behind (an operator, an older version): it must not block us.
@@ -143,11 +150,15 @@ def test_dead_peer_on_hold_comes_back_with_traffic(topology: Topology) -> None:
     gw_a.wait_up()
     assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=10)
     _crash_and_restart(topology, gw_b)
-    deadline = time.monotonic() + DPD_DELAY + GIVE_UP + SLACK
-    while _counter(gw_a, "dpd_hold") == 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(
+        lambda: _counter(gw_a, "dpd_hold"),
+        DPD_DELAY + GIVE_UP + SLACK,
+        what="gwA's liveness check to run out (dpd_hold)",
+        step=0.1,
+        context=gw_a.status,
+    )
     assert _counter(gw_a, "dpd_hold") == 1, gw_a.status()
-    time.sleep(1.0)  # held: nothing is initiated without traffic
+    time.sleep(1.0)  # an observation window, not a wait: nothing is initiated without traffic
     peer = gw_a.peer_status()
     assert peer["state"] == "held" and not peer["up"], peer
     assert peer["ike"]["ike_sas"] == 0
@@ -177,18 +188,15 @@ def _kill_charon(charon: Charon) -> None:
 
 def _charon_settled(charon: Charon, timeout: float = 10.0) -> dict[str, object]:
     """Wait until charon holds exactly one IKE SA with one installed CHILD_SA."""
-    deadline = time.monotonic() + timeout
-    sas: list[dict[str, object]] = []
-    while time.monotonic() < deadline:
-        sas = charon.list_sas()
-        if (
-            len(sas) == 1
-            and len(kids := charon.child_sas()) == 1
-            and len(charon.child_sas(None)) == 1
-        ):
-            return kids[0]
-        time.sleep(0.1)
-    raise AssertionError(f"charon did not settle: {sas}\n{charon.tail()}")
+    _, kids, _ = wait_until(
+        lambda: (charon.list_sas(), charon.child_sas(), charon.child_sas(None)),
+        timeout,
+        what="charon to settle on one IKE SA with one installed CHILD_SA",
+        until=lambda seen: [len(x) for x in seen] == [1, 1, 1],
+        step=0.1,
+        context=charon.tail,
+    )
+    return kids[0]
 
 
 def _ipsecd_and_charon(
@@ -303,12 +311,15 @@ def test_restarted_strongswan_responder_is_noticed_by_ipsecd(topology: Topology)
 # ---- both ends initiate at once -------------------------------------------------------------
 
 
-def _crossing(topo: Topology, *start: Callable[[], object]) -> None:
-    """Start the initiators with the link down; bring it up so their handshakes cross."""
+def _crossing(
+    topo: Topology, start: list[Callable[[], object]], retransmitting: Callable[[], bool]
+) -> None:
+    """Start the initiators with the link down; once ``retransmitting()`` says both
+    IKE_SA_INITs are out and being retransmitted, bring the link up so they cross."""
     topo.set_loss(100)
     for begin in start:
         begin()
-    time.sleep(1.5)  # both IKE_SA_INITs are out and being retransmitted
+    wait_until(retransmitting, 10, what="both initiators retransmitting their IKE_SA_INIT")
     topo.set_loss(0)
 
 
@@ -318,7 +329,11 @@ def test_crossing_initiations_leave_one_ike_sa(topology: Topology) -> None:
         spec.gateway_extra = {"retransmit_timeout": 1.0, "retransmit_tries": 3}
         spec.start = "initiate"
     gw_a, gw_b = start_psk_pair(topology, a, b, start=False)
-    _crossing(topology, gw_a.start, gw_b.start)
+    _crossing(
+        topology,
+        [gw_a.start, gw_b.start],
+        lambda: _counter(gw_a, "retransmits") > 0 and _counter(gw_b, "retransmits") > 0,
+    )
     assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=SLACK)
     _assert_one_pair(gw_a, gw_b)
     assert _counter(gw_a, "duplicate_ike_sa_deleted") == 1
@@ -335,8 +350,13 @@ def test_crossing_initiations_with_strongswan_leave_one_ike_sa(topology: Topolog
     a.gateway_extra = {"retransmit_timeout": 1.0, "retransmit_tries": 3}
     gw_a, _ = start_psk_pair(topology, a, b, psk_a=PSK, start=False)
     charon = Charon(topology, topology.gw_b, retransmit_tries=5).start()
+    charon_log = charon.log.read_text
     try:
-        _crossing(topology, lambda: charon.load(conn_b), gw_a.start)
+        _crossing(
+            topology,
+            [lambda: charon.load(conn_b), gw_a.start],
+            lambda: _counter(gw_a, "retransmits") > 0 and "retransmit 1 of" in charon_log(),
+        )
         assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=SLACK)
         (mine,) = _settled(gw_a)["children"]
         _matches(mine, _charon_settled(charon))

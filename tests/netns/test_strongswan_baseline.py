@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from ipsecd.lab.strongswan import (
+from tests.lab.strongswan import (
     Charon,
     capture_ike_sa_init,
     capture_ike_sa_init_exchange,
     start_pair,
 )
-from ipsecd.lab.topology import GW_A_WAN_IP, GW_B_WAN_IP, HOST_A_IP, HOST_B_IP, Topology
+from tests.lab.topology import GW_A_WAN_IP, GW_B_WAN_IP, HOST_A_IP, HOST_B_IP, Topology
 
 pytestmark = pytest.mark.strongswan
 

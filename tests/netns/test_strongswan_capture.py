@@ -20,8 +20,8 @@ from ipsecd.ike import payloads as pl
 from ipsecd.ike.manager import IkeManager
 from ipsecd.ike.message import parse_message
 from ipsecd.ike.proposal_codec import to_proposal
-from ipsecd.lab.strongswan import capture_ike_sa_init_exchange
-from ipsecd.lab.topology import GW_B_WAN_IP, Topology
+from tests.lab.strongswan import capture_ike_sa_init_exchange
+from tests.lab.topology import GW_B_WAN_IP, Topology
 
 pytestmark = pytest.mark.strongswan
 

@@ -38,11 +38,7 @@ from pathlib import Path
 
 import pytest
 
-try:  # the namespace lab moves from ipsecd/lab to tests/lab
-    from tests.lab.topology import GW_A_LAN_IP, GW_B_LAN_IP, HOST_B_IP, Topology
-except ImportError:
-    from ipsecd.lab.topology import GW_A_LAN_IP, GW_B_LAN_IP, HOST_B_IP, Topology
-
+from tests.lab.topology import GW_A_LAN_IP, GW_B_LAN_IP, HOST_B_IP, Topology
 from tests.unit.test_systemd_units import parse_unit
 
 REPO = Path(__file__).resolve().parents[2]

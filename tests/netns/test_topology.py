@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsecd.lab.topology import (
+from tests.lab.topology import (
     GW_A_NAT_IP,
     GW_B_WAN_IP,
     HOST_A_IP,

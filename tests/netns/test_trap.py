@@ -9,24 +9,25 @@ up again.  The same against strongSwan as the responder.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from ipsecd.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from ipsecd.lab.strongswan import Charon, site_to_site
-from ipsecd.lab.topology import HOST_B_IP, Topology
+from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from tests.lab.strongswan import Charon, site_to_site
+from tests.lab.topology import HOST_B_IP, Topology
+from tests.lab.wait import wait_until
 
 IKE, ESP = "aes256gcm16-prfsha256-x25519", "aes256gcm16"
 PSK = "trap-test-psk-0123456789abcdef"
 
 
-def _wait(predicate, what: str, daemon: IpsecdProcess, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: {daemon.peer_status()}\n{daemon.log_text()}")
+QUIET = 2.0  # seconds a trap peer is watched for anything it should not send
+
+
+def _wait_peer(daemon: IpsecdProcess, what: str, until: Callable[[dict[str, Any]], object]) -> None:
+    wait_until(daemon.peer_status, 15, what=what, until=until, context=daemon.log_text)
 
 
 def test_trap_peer_comes_up_on_first_packet(topology: Topology) -> None:
@@ -35,7 +36,7 @@ def test_trap_peer_comes_up_on_first_packet(topology: Topology) -> None:
     a.start = "trap"
     with topo.start_capture(topo.gw_b, topo.WAN_IFACE, "udp") as cap:
         gw_a, gw_b = start_psk_pair(topo, a, b)
-        time.sleep(2.0)
+        time.sleep(QUIET)  # an observation window, not a wait: nothing may go out
     assert cap.packets() == [], "a trap peer sent something before any traffic"
     peer = gw_a.peer_status()
     assert not peer["up"] and peer["children"] == [] and peer["state"] == "down", peer
@@ -54,12 +55,8 @@ def test_trap_peer_comes_up_on_first_packet(topology: Topology) -> None:
 
     # The peer deletes the tunnel; the next packet brings it up again.
     assert gw_b.control({"cmd": "down", "peer": "a"})["ok"]
-    _wait(lambda: not gw_a.peer_status()["up"], "tunnel not deleted on gwA", gw_a)
-    _wait(
-        lambda: gw_a.peer_status()["on_demand"]["state"] == "idle",
-        "trap not re-armed",
-        gw_a,
-    )
+    _wait_peer(gw_a, "the tunnel deleted on gwA", lambda peer: not peer["up"])
+    _wait_peer(gw_a, "the trap re-armed", lambda peer: peer["on_demand"]["state"] == "idle")
     stats = topo.ping(topo.host_a, HOST_B_IP, count=3, interval=0.05, wait=5.0)
     assert stats.received == 3, (stats, gw_a.log_text())
     assert gw_a.peer_status()["up"]
@@ -77,7 +74,7 @@ def test_trap_peer_with_strongswan_responder(topology: Topology) -> None:
     a.ike_proposals, a.esp_proposals = [IKE], [ESP]
     gw_a, _ = start_psk_pair(topo, a, b, psk_a=PSK, start=False)
     gw_a.start()
-    time.sleep(1.0)
+    time.sleep(QUIET)  # an observation window, not a wait: nothing may come up
     assert charon.child_sas() == [] and not gw_a.peer_status()["up"]
     stats = topo.ping(topo.host_a, HOST_B_IP, count=5, interval=0.05, wait=5.0)
     assert stats.received == 5, (stats, gw_a.log_text(), charon.tail())

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ipsecd.lab.daemons import REPO, GatewaySpec, IpsecdProcess
-from ipsecd.lab.topology import (
+from tests.lab.daemons import REPO, GatewaySpec, IpsecdProcess
+from tests.lab.topology import (
     GW_A_LAN_IP,
     GW_A_WAN_IP,
     GW_B_LAN_IP,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import struct
 
@@ -16,28 +15,11 @@ from ipsecd.dataplane.sad import SaDatabase, TunnelSa
 from ipsecd.esp.counters import DropReason
 from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
 from ipsecd.selectors import TrafficSelector
+from tests.lab.packets import ipv4
 
 SITE_A = (TrafficSelector.from_prefix("10.1.0.0/24"),)
 SITE_B = (TrafficSelector.from_prefix("10.2.0.0/24"),)
 GCM = ENCRYPTION["aes128gcm16"]
-
-
-def ipv4_packet(src: str, dst: str, payload: bytes = b"x" * 40) -> bytes:
-    total = 20 + len(payload)
-    header = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        total,
-        1,
-        0,
-        64,
-        17,
-        0,
-        ipaddress.ip_address(src).packed,
-        ipaddress.ip_address(dst).packed,
-    )
-    return header + payload
 
 
 def tunnel_pair(spi_ab: int = 0x1001, spi_ba: int = 0x2002) -> tuple[TunnelSa, TunnelSa]:
@@ -70,7 +52,7 @@ def test_packet_crosses_from_tun_to_tun() -> None:
     sad_a.install(a_sa)
     sad_b.install(b_sa)
     pa, pb = PacketProcessor(sad_a), PacketProcessor(sad_b)
-    inner = ipv4_packet("10.1.0.2", "10.2.0.2")
+    inner = ipv4("10.1.0.2", "10.2.0.2")
     out = pa.from_tun([inner])
     assert list(out) == [(("192.0.2.1", 4500), ("192.0.2.2", 4500))]
     (datagrams,) = out.values()
@@ -84,7 +66,7 @@ def test_packet_without_sa_is_counted() -> None:
     sad = SaDatabase()
     sad.install(a_sa)
     proc = PacketProcessor(sad)
-    assert proc.from_tun([ipv4_packet("10.1.0.2", "10.9.0.2")]) == {}
+    assert proc.from_tun([ipv4("10.1.0.2", "10.9.0.2")]) == {}
     assert proc.drops[DropReason.NO_SA] == 1
     assert proc.from_tun([b"\x45" * 10, b"\x00" * 30]) == {}
     assert proc.drops[DropReason.MALFORMED] == 2
@@ -119,7 +101,7 @@ def test_forged_replayed_and_foreign_packets_do_not_stop_forwarding() -> None:
     sad_b.install(b_sa)
     pa, pb = PacketProcessor(sad_a), PacketProcessor(sad_b)
     peer = ("192.0.2.1", 4500)
-    good = next(iter(pa.from_tun([ipv4_packet("10.1.0.2", "10.2.0.2")]).values()))[0]
+    good = next(iter(pa.from_tun([ipv4("10.1.0.2", "10.2.0.2")]).values()))[0]
     flipped = bytearray(good)
     flipped[-1] ^= 1
     to_tun, _, _ = pb.from_udp([(bytes(flipped), peer), (good, peer), (good, peer)])
@@ -132,13 +114,13 @@ def test_forged_replayed_and_foreign_packets_do_not_stop_forwarding() -> None:
     assert to_tun == []
     assert b_sa.inbound.drops[DropReason.OUTSIDE_SELECTORS] == 1
     # Forwarding continues.
-    later = next(iter(pa.from_tun([ipv4_packet("10.1.0.3", "10.2.0.9")]).values()))
+    later = next(iter(pa.from_tun([ipv4("10.1.0.3", "10.2.0.9")]).values()))
     assert len(pb.from_udp([(d, peer) for d in later])[0]) == 1
 
 
 def pa_spoof(a_sa: TunnelSa) -> dict:
     """Encrypt a packet from 10.66.0.1 with A's outbound SA, bypassing A's selector lookup."""
-    return {("x", 0): [a_sa.outbound.encapsulate(ipv4_packet("10.66.0.1", "10.2.0.2"), 4)]}
+    return {("x", 0): [a_sa.outbound.encapsulate(ipv4("10.66.0.1", "10.2.0.2"), 4)]}
 
 
 def test_new_sa_takes_over_outbound_old_keeps_decrypting() -> None:
@@ -148,10 +130,10 @@ def test_new_sa_takes_over_outbound_old_keeps_decrypting() -> None:
     sad.install(old_a)
     sad.install(new_a)
     proc = PacketProcessor(sad)
-    (datagrams,) = proc.from_tun([ipv4_packet("10.1.0.2", "10.2.0.2")]).values()
+    (datagrams,) = proc.from_tun([ipv4("10.1.0.2", "10.2.0.2")]).values()
     assert struct.unpack("!I", datagrams[0][:4])[0] == 0x3003
     # An in-flight packet under the old SA still decrypts until the old SA is removed.
-    late = old_b.outbound.encapsulate(ipv4_packet("10.2.0.2", "10.1.0.2"), 4)
+    late = old_b.outbound.encapsulate(ipv4("10.2.0.2", "10.1.0.2"), 4)
     assert len(proc.from_udp([(late, ("192.0.2.2", 4500))])[0]) == 1
     sad.remove(0x2002)
     assert proc.from_udp([(late, ("192.0.2.2", 4500))])[0] == []
@@ -163,7 +145,7 @@ def test_remote_address_change_is_reported() -> None:
     sad = SaDatabase()
     sad.install(b_sa)
     proc = PacketProcessor(sad)
-    esp = a_sa.outbound.encapsulate(ipv4_packet("10.1.0.2", "10.2.0.2"), 4)
+    esp = a_sa.outbound.encapsulate(ipv4("10.1.0.2", "10.2.0.2"), 4)
     _, _, moved = proc.from_udp([(esp, ("203.0.113.7", 34567))])
     assert moved == [(b_sa, ("203.0.113.7", 34567))]
 
@@ -189,7 +171,7 @@ def test_mtu_fits_path(encr: str, integ: str | None, outer: int, expected: int) 
         os.urandom(e.keymat_len),
         os.urandom(INTEGRITY[integ].key_len) if integ else b"",
     )
-    esp = sa.encapsulate(ipv4_packet("10.1.0.1", "10.2.0.1", b"p" * (expected - 20)), 4)
+    esp = sa.encapsulate(ipv4("10.1.0.1", "10.2.0.1", b"p" * (expected - 20)), 4)
     assert len(esp) + 8 + (20 if outer == 4 else 40) <= 1500
 
 

@@ -6,7 +6,6 @@ the same results and the same checks as the one-packet API.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import struct
 
@@ -17,31 +16,20 @@ from ipsecd.dataplane.udp import gso_runs, split_gro
 from ipsecd.esp.counters import DropReason
 from ipsecd.esp.sa import InboundEspSa, OutboundEspSa, SequenceNumberExhausted
 from ipsecd.selectors import TrafficSelector
+from tests.lab import packets
 
 SITE_A = (TrafficSelector.from_prefix("10.1.0.0/24"),)
 SITE_B = (TrafficSelector.from_prefix("10.2.0.0/24"),)
 
 
 def ipv4(src: str = "10.1.0.2", dst: str = "10.2.0.2", size: int = 100) -> bytes:
-    header = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        size,
-        1,
-        0,
-        64,
-        6,
-        0,
-        ipaddress.ip_address(src).packed,
-        ipaddress.ip_address(dst).packed,
-    )
-    return header + os.urandom(size - 20)
+    """An IPv4 packet of ``size`` bytes in all, random payload numbered TCP."""
+    return packets.ipv4(src, dst, os.urandom(size - 20), proto=packets.TCP)
 
 
 def ipv6(size: int = 100) -> bytes:
-    header = struct.pack("!IHBB", 0x60000000, size - 40, 6, 64)
-    return header + ipaddress.ip_address("fd00::1").packed + ipaddress.ip_address("fd00::2").packed
+    """An IPv6 packet of ``size`` bytes in all, random payload numbered TCP."""
+    return packets.ipv6("fd00::1", "fd00::2", os.urandom(size - 40), next_header=packets.TCP)
 
 
 def sa_pair(

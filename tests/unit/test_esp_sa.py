@@ -20,6 +20,7 @@ from ipsecd.esp.sa import (
     SequenceNumberExhausted,
 )
 from ipsecd.selectors import TrafficSelector
+from tests.lab.packets import ipv4, ipv6
 
 TRANSFORMS = [
     ("aes128gcm16", None),
@@ -32,23 +33,6 @@ SPI = 0x0A0B0C0D
 
 def tid(t: tuple[str, str | None]) -> str:
     return t[0] if t[1] is None else f"{t[0]}-{t[1]}"
-
-
-def ipv4(src: str, dst: str, payload: bytes = b"") -> bytes:
-    def a(x: str) -> bytes:
-        return bytes(int(p) for p in x.split("."))
-
-    total = 20 + len(payload)
-    return struct.pack("!BBHHHBBH", 0x45, 0, total, 0, 0, 64, 17, 0) + a(src) + a(dst) + payload
-
-
-def ipv6(src: int, dst: int, payload: bytes = b"") -> bytes:
-    return (
-        struct.pack("!IHBB", 6 << 28, len(payload), 17, 64)
-        + src.to_bytes(16, "big")
-        + dst.to_bytes(16, "big")
-        + payload
-    )
 
 
 class Keys:

@@ -1,4 +1,4 @@
-"""ipsecd.lab.vici: the vici message codec the benchmark drives charon with."""
+"""tests.lab.vici: the vici message codec the benchmark drives charon with."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsecd.lab.vici import (
+from tests.lab.vici import (
     CMD_RESPONSE,
     CMD_UNKNOWN,
     EVENT,

@@ -12,7 +12,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,14 @@ import yaml
 
 from ipsecd.crypto.registry import ENCRYPTION, INTEGRITY
 from ipsecd.daemon.control import request
-from ipsecd.lab.topology import (
+from tests.lab.topology import (
     GW_A_LAN_IP,
     GW_B_LAN_IP,
     SITE_A,
     SITE_B,
     Topology,
 )
+from tests.lab.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,18 +104,20 @@ class IpsecdProcess:
             log_path=self.log,
             env=env,
         )
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ipsecd {self.spec.name} exited: {self.log_text()}")
-            if self.socket.exists():
-                try:
-                    self.status()
-                    return self
-                except OSError:
-                    pass
-            time.sleep(0.05)
-        raise RuntimeError(f"ipsecd {self.spec.name} did not come up: {self.log_text()}")
+        wait_until(
+            lambda: "exited" if self.exited() else self.status(),
+            wait,
+            what=f"ipsecd {self.spec.name} to answer on {self.socket}",
+            ignore=(OSError,),
+            context=self.log_text,
+        )
+        if self.exited():
+            raise RuntimeError(f"ipsecd {self.spec.name} exited: {self.log_text()}")
+        return self
+
+    def exited(self) -> bool:
+        """The daemon was started and has ended."""
+        return self.proc is not None and self.proc.poll() is not None
 
     def control(self, payload: dict[str, Any]) -> dict[str, Any]:
         return request(self.socket, payload)
@@ -129,17 +131,17 @@ class IpsecdProcess:
         return self.status()["peers"][0]
 
     def wait_up(self, timeout: float = 15.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            peer = self.peer_status()
-            if peer["up"]:
-                return peer
-            if self.proc is not None and self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(
-            f"tunnel on {self.spec.name} not up: {self.peer_status()}\n{self.log_text()}"
+        """Wait until the (first) peer's tunnel is up; return its status."""
+        peer = wait_until(
+            self.peer_status,
+            timeout,
+            what=f"the tunnel on {self.spec.name} to come up",
+            until=lambda peer: peer["up"] or self.exited(),
+            context=self.log_text,
         )
+        if not peer["up"]:
+            raise AssertionError(f"ipsecd {self.spec.name} exited: {peer}\n{self.log_text()}")
+        return peer
 
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:

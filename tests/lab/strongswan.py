@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from ipsecd.lab.topology import SITE_A, SITE_B, Topology, kill_process_group, process_cpu_seconds
-from ipsecd.lab.vici import ViciClient, ViciError
+from tests.lab.topology import SITE_A, SITE_B, Topology, kill_process_group, process_cpu_seconds
+from tests.lab.vici import ViciClient, ViciError
+from tests.lab.wait import WaitTimeout, wait_until
 
 CHARON = "/usr/lib/ipsec/charon"
 PLUGIN_DIR = Path("/usr/lib/ipsec/plugins")
@@ -343,19 +344,24 @@ class Charon:
         self.proc = self.topo.spawn(
             self.ns, ["unshare", "-m", "sh", "-c", script], self.dir / "charon.stdout", self.env
         )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise StrongSwanError(
-                    f"charon in {self.ns} exited {self.proc.returncode}\n{self.tail()}"
-                )
-            if self.socket.exists() and self.swanctl("--stats", check=False).returncode == 0:
-                return self
-            if time.monotonic() > deadline:
-                raise StrongSwanError(
-                    f"charon in {self.ns}: no vici after {timeout}s\n{self.tail()}"
-                )
-            time.sleep(0.05)
+        proc = self.proc
+        try:
+            wait_until(
+                lambda: (
+                    proc.poll() is not None
+                    or (
+                        self.socket.exists()
+                        and self.swanctl("--stats", check=False).returncode == 0
+                    )
+                ),
+                timeout,
+                what=f"charon in {self.ns} to answer on {self.socket}",
+            )
+        except WaitTimeout as exc:
+            raise StrongSwanError(f"{exc}\n{self.tail()}") from None
+        if proc.poll() is not None:
+            raise StrongSwanError(f"charon in {self.ns} exited {proc.returncode}\n{self.tail()}")
+        return self
 
     def tail(self, lines: int = 40) -> str:
         """The last ``lines`` of charon's log and stdout, for error messages."""
@@ -490,16 +496,15 @@ class Charon:
         self, timeout: float = 10.0, child: str | None = None
     ) -> dict[str, object]:
         """Poll until a CHILD_SA (named ``child`` if given) is INSTALLED; return it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for kid in self.child_sas():
-                if child is None or kid.get("name") == child:
-                    return kid
-            if time.monotonic() > deadline:
-                raise StrongSwanError(
-                    f"no CHILD_SA installed in {self.ns} after {timeout}s\n{self.tail()}"
-                )
-            time.sleep(0.05)
+        try:
+            installed = wait_until(
+                lambda: [k for k in self.child_sas() if child is None or k.get("name") == child],
+                timeout,
+                what=f"a CHILD_SA {child or '(any)'} installed in charon in {self.ns}",
+            )
+        except WaitTimeout as exc:
+            raise StrongSwanError(f"{exc}\n{self.tail()}") from None
+        return installed[0]
 
     def cpu_seconds(self) -> float:
         """charon's CPU time so far (user + system, all threads)."""

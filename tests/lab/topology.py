@@ -1,5 +1,9 @@
 """Site-to-site test topology in Linux network namespaces (root only).
 
+The sites, their addresses and the namespace primitives are the demo's
+(:mod:`ipsecd.cli.sites`); this module adds what only tests and the benchmark need: a
+NAT namespace, packet loss, captures, TCP and iperf3 transfers, stale-namespace cleanup.
+
 Layout (``nat=False``)::
 
     hostA ---- gwA ====== internet 192.0.2.0/24 ====== gwB ---- hostB
@@ -50,91 +54,61 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
-# --- addresses -------------------------------------------------------------------------
+from ipsecd.cli.sites import (
+    DEFAULT_TIMEOUT,
+    GW_A_LAN_IP,
+    GW_A_WAN_IP,
+    GW_B_LAN_IP,
+    GW_B_WAN_IP,
+    HOST_A_IP,
+    HOST_B_IP,
+    HOST_IFACE,
+    INTERNET,
+    LAN_IFACE,
+    SITE_A,
+    SITE_B,
+    WAN_IFACE,
+    CommandError,
+    PingStats,
+    add_namespace,
+    add_veth,
+    delete_namespace,
+    kill_process_group,
+    list_namespaces,
+    netns_cmd,
+    ping,
+    run,
+    wire_sites,
+)
+from tests.lab.wait import WaitTimeout, wait_until
 
-SITE_A = "10.1.0.0/24"
-SITE_B = "10.2.0.0/24"
-INTERNET = "192.0.2.0/24"
+__all__ = [  # what tests and bench import from here besides the topology itself
+    "GW_A_LAN_IP",
+    "GW_A_WAN_IP",
+    "GW_B_LAN_IP",
+    "GW_B_WAN_IP",
+    "HOST_A_IP",
+    "HOST_B_IP",
+    "INTERNET",
+    "SITE_A",
+    "SITE_B",
+    "CommandError",
+    "PingStats",
+    "kill_process_group",
+    "list_namespaces",
+    "netns_cmd",
+    "run",
+]
+
+# --- addresses (the demo's sites, plus the NAT) ------------------------------------------
+
 NAT_INSIDE = "198.51.100.0/24"
-
-HOST_A_IP = "10.1.0.2"
-GW_A_LAN_IP = "10.1.0.1"
-GW_A_WAN_IP = "192.0.2.1"  # without NAT
 GW_A_NAT_IP = "198.51.100.2"  # gwA's uplink address behind the NAT
 NAT_INSIDE_IP = "198.51.100.1"
 NAT_OUTSIDE_IP = "192.0.2.3"
-GW_B_WAN_IP = "192.0.2.2"
-GW_B_LAN_IP = "10.2.0.1"
-HOST_B_IP = "10.2.0.2"
-
-DEFAULT_TIMEOUT = 30.0
 
 _LIVE: weakref.WeakSet[Topology] = weakref.WeakSet()
 _OWNERS = Path("/run/ipsecd-netns")  # <prefix> -> owner pid, for cleanup_stale()
-
-
-class CommandError(RuntimeError):
-    """A command in a namespace failed; the message carries its output."""
-
-    def __init__(self, ns: str | None, cmd: Sequence[str], returncode: int, out: str, err: str):
-        self.ns, self.cmd, self.returncode, self.stdout, self.stderr = (
-            ns,
-            list(cmd),
-            returncode,
-            out,
-            err,
-        )
-        where = f"in netns {ns}" if ns else "in the root namespace"
-        super().__init__(
-            f"{' '.join(cmd)!r} {where} exited {returncode}\n"
-            f"--- stdout ---\n{out.strip()}\n--- stderr ---\n{err.strip()}"
-        )
-
-
-def netns_cmd(ns: str | None, cmd: Sequence[str]) -> list[str]:
-    """The argv that runs ``cmd`` inside namespace ``ns`` (``None``: the root namespace)."""
-    return list(cmd) if ns is None else ["ip", "netns", "exec", ns, *cmd]
-
-
-def run(
-    ns: str | None,
-    *cmd: str,
-    check: bool = True,
-    timeout: float = DEFAULT_TIMEOUT,
-    input: str | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd`` in namespace ``ns`` and return its result (text stdout/stderr).
-
-    Raises :class:`CommandError` (with both outputs) if ``check`` and the exit code is not
-    0, and ``subprocess.TimeoutExpired`` after ``timeout`` seconds (the child is killed).
-    """
-    argv = netns_cmd(ns, cmd)
-    res = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, input=input, check=False
-    )
-    if check and res.returncode != 0:
-        raise CommandError(ns, argv, res.returncode, res.stdout, res.stderr)
-    return res
-
-
-def list_namespaces() -> list[str]:
-    """Names of all network namespaces (``ip netns list``)."""
-    out = run(None, "ip", "netns", "list").stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-def kill_process_group(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
-    """SIGTERM the process group of ``proc``, SIGKILL it after ``grace`` seconds."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(grace)
-    # The leader may be gone while group members live on: SIGKILL the group regardless.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(grace)
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -189,22 +163,6 @@ def install_sigterm_handler() -> None:
         signal.signal(signal.SIGTERM, _raise)
 
 
-def _kill_netns_pids(ns: str) -> None:
-    pids = run(None, "ip", "netns", "pids", ns, check=False, timeout=10).stdout
-    for pid in pids.split():
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid), signal.SIGKILL)
-
-
-def _delete_netns(ns: str) -> None:
-    for _ in range(20):
-        if run(None, "ip", "netns", "del", ns, check=False, timeout=10).returncode == 0:
-            return
-        if ns not in list_namespaces():
-            return
-        time.sleep(0.1)
-
-
 def cleanup_stale() -> list[str]:
     """Delete namespaces left by topologies whose process died without teardown (SIGKILL).
 
@@ -226,8 +184,7 @@ def cleanup_stale() -> list[str]:
             continue
         for ns in existing:
             if ns.startswith(marker.name + "-"):
-                _kill_netns_pids(ns)
-                _delete_netns(ns)
+                delete_namespace(ns)
                 deleted.append(ns)
         marker.unlink(missing_ok=True)
     return deleted
@@ -241,23 +198,6 @@ def _teardown_all() -> None:
 
 
 # --- results ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class PingStats:
-    """Result of :meth:`Topology.ping`; RTTs in milliseconds (``nan`` when none came back)."""
-
-    transmitted: int
-    received: int
-    rtt_min: float
-    rtt_avg: float
-    rtt_max: float
-    rtts: tuple[float, ...]
-
-    @property
-    def loss(self) -> float:
-        """Lost fraction, 0.0 .. 1.0."""
-        return 1.0 - self.received / self.transmitted if self.transmitted else 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,14 +316,19 @@ class Capture:
         cmd += ["-w", str(path)]
         cmd += bpf.split() if bpf else []
         self._proc = topo.spawn(ns, cmd, self._log)
-        deadline = time.monotonic() + 10
-        while "listening on" not in self._log.read_text(errors="replace"):
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                kill_process_group(self._proc)
-                raise RuntimeError(
-                    f"tcpdump on {ns}/{iface} did not start:\n{self._log.read_text()}"
-                )
-            time.sleep(0.02)
+        try:
+            wait_until(
+                lambda: self._log.read_text(errors="replace"),
+                10,
+                what=f"tcpdump on {ns}/{iface} to listen",
+                until=lambda log: "listening on" in log or self._proc.poll() is not None,
+                step=0.02,
+            )
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"tcpdump on {ns}/{iface} exited:\n{self._log.read_text()}")
+        except BaseException:
+            kill_process_group(self._proc)
+            raise
 
     def stop(self) -> list[CapturedPacket]:
         """Stop tcpdump (SIGINT flushes the file) and return the captured IPv4 packets."""
@@ -409,40 +354,6 @@ class Capture:
 
 
 # --- helper programs run inside namespaces ---------------------------------------------
-
-_PING_PY = r"""
-import json, os, select, socket, struct, sys, time
-dst, count, interval, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-ident = os.getpid() & 0xFFFF
-def csum(b):
-    if len(b) % 2: b += b"\0"
-    t = sum(struct.unpack("!%dH" % (len(b) // 2), b)); t = (t >> 16) + (t & 0xFFFF); t += t >> 16
-    return ~t & 0xFFFF
-sent, rtts, pending = 0, [], {}
-payload = bytes(range(56))
-next_send = time.monotonic()
-end = None
-while True:
-    now = time.monotonic()
-    if sent < count and now >= next_send:
-        hdr = struct.pack("!BBHHH", 8, 0, 0, ident, sent)
-        pkt = struct.pack("!BBHHH", 8, 0, csum(hdr + payload), ident, sent) + payload
-        pending[sent] = time.perf_counter()
-        s.sendto(pkt, (dst, 0)); sent += 1; next_send = now + interval
-        if sent == count: end = now + wait
-    if end is not None and (now >= end or not pending): break
-    timeout = max(0.0, min(next_send if sent < count else end, end or next_send) - now)
-    r, _, _ = select.select([s], [], [], timeout)
-    if r:
-        data, addr = s.recvfrom(65535)
-        t = time.perf_counter()
-        ihl = (data[0] & 15) * 4
-        typ, _c, _k, i, seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-        if typ == 0 and i == ident and addr[0] == dst and seq in pending:
-            rtts.append((t - pending.pop(seq)) * 1000.0)
-print(json.dumps({"transmitted": sent, "rtts": rtts}))
-"""
 
 _SINK_PY = r"""
 import hashlib, json, socket, sys
@@ -490,9 +401,9 @@ class Topology:
     namespace ``in`` (towards gwA) and ``out`` (the internet).
     """
 
-    HOST_IFACE = "eth0"
-    LAN_IFACE = "lan"
-    WAN_IFACE = "wan"
+    HOST_IFACE = HOST_IFACE
+    LAN_IFACE = LAN_IFACE
+    WAN_IFACE = WAN_IFACE
     NAT_IN_IFACE = "in"
     NAT_OUT_IFACE = "out"
 
@@ -566,30 +477,14 @@ class Topology:
             raise
         return self
 
-    def _add_ns(self, ns: str) -> None:
-        self._created.append(ns)  # first: an interrupt may land while `ip netns add` runs
-        run(None, "ip", "netns", "add", ns)
-        for key in ("all", "default"):
-            run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
-        run(None, "ip", "-n", ns, "link", "set", "lo", "up")
-
-    def _veth(self, ns1: str, if1: str, ip1: str, ns2: str, if2: str, ip2: str) -> None:
-        run(None, "ip", "-n", ns1, "link", "add", if1, "type", "veth", "peer", "name", if2,
-            "netns", ns2)  # fmt: skip
-        for ns, ifname, ip in ((ns1, if1, ip1), (ns2, if2, ip2)):
-            run(None, "ip", "-n", ns, "addr", "add", ip, "dev", ifname)
-            run(None, "ip", "-n", ns, "link", "set", ifname, "up")
-
     def _build(self) -> None:
         for ns in self.namespaces:
-            self._add_ns(ns)
-        self._veth(self.host_a, "eth0", f"{HOST_A_IP}/24", self.gw_a, "lan", f"{GW_A_LAN_IP}/24")
-        self._veth(self.gw_b, "lan", f"{GW_B_LAN_IP}/24", self.host_b, "eth0", f"{HOST_B_IP}/24")
+            self._created.append(ns)  # first: an interrupt may land while `ip netns add` runs
+            add_namespace(ns)
+        wire_sites(self.host_a, self.gw_a, self.gw_b, self.host_b, direct_wan=not self.nat)
         if self.nat:
-            self._veth(self.gw_a, "wan", f"{GW_A_NAT_IP}/24", self.nat, "in", f"{NAT_INSIDE_IP}/24")
-            self._veth(
-                self.nat, "out", f"{NAT_OUTSIDE_IP}/24", self.gw_b, "wan", f"{GW_B_WAN_IP}/24"
-            )
+            add_veth(self.gw_a, "wan", f"{GW_A_NAT_IP}/24", self.nat, "in", f"{NAT_INSIDE_IP}/24")
+            add_veth(self.nat, "out", f"{NAT_OUTSIDE_IP}/24", self.gw_b, "wan", f"{GW_B_WAN_IP}/24")
             run(None, "ip", "-n", self.gw_a, "route", "add", "default", "via", NAT_INSIDE_IP)
             # So replies to site A's own internet traffic (masqueraded too) find their way.
             run(None, "ip", "-n", self.nat, "route", "add", SITE_A, "via", GW_A_NAT_IP)
@@ -605,14 +500,6 @@ class Topology:
                 "}\n"
             )
             run(self.nat, "nft", "-f", "-", input=ruleset)
-        else:
-            self._veth(self.gw_a, "wan", f"{GW_A_WAN_IP}/24", self.gw_b, "wan", f"{GW_B_WAN_IP}/24")
-        run(None, "ip", "-n", self.host_a, "route", "add", "default", "via", GW_A_LAN_IP)
-        run(None, "ip", "-n", self.host_b, "route", "add", "default", "via", GW_B_LAN_IP)
-        for gw in (self.gw_a, self.gw_b):
-            run(gw, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-            for key in ("all", "default"):
-                run(gw, "sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=0")
 
     def close(self, keep_workdir: bool = False) -> None:
         """Kill spawned processes and everything left in the namespaces; delete them.
@@ -641,8 +528,7 @@ class Topology:
         for proc in reversed(self._procs):
             step(kill_process_group, proc, 2.0)
         for ns in reversed(self._created):
-            step(_kill_netns_pids, ns)
-            step(_delete_netns, ns)
+            step(delete_namespace, ns)
         step(self._delete_strays)
         step(_OWNERS.joinpath(self.prefix).unlink, True)
         step(shutil.rmtree, self.rundir, True)
@@ -656,8 +542,7 @@ class Topology:
     def _delete_strays(self) -> None:
         for ns in list_namespaces():
             if ns.startswith(self.prefix + "-"):
-                _kill_netns_pids(ns)
-                _delete_netns(ns)
+                delete_namespace(ns)
 
     def socket_path(self, name: str) -> Path:
         """A short path for a unix socket (``sun_path`` holds only 107 bytes, and pytest's
@@ -769,41 +654,21 @@ class Topology:
         interval: float = 0.05,
         wait: float = 1.0,
     ) -> PingStats:
-        """ICMP echo from ``src_ns`` to ``dst_ip`` (a raw-socket pinger; no iputils needed).
-
-        ``wait`` is how long to wait for replies after the last request.  Never raises on
-        loss: look at ``.loss``.
-        """
-        res = run(
-            src_ns,
-            sys.executable,
-            "-c",
-            _PING_PY,
-            dst_ip,
-            str(count),
-            str(interval),
-            str(wait),
-            timeout=count * interval + wait + 20,
-        )
-        data = json.loads(res.stdout)
-        rtts = tuple(float(r) for r in data["rtts"])
-        nan = float("nan")
-        return PingStats(
-            transmitted=int(data["transmitted"]),
-            received=len(rtts),
-            rtt_min=min(rtts) if rtts else nan,
-            rtt_avg=sum(rtts) / len(rtts) if rtts else nan,
-            rtt_max=max(rtts) if rtts else nan,
-            rtts=rtts,
-        )
+        """:func:`ipsecd.cli.sites.ping`: ICMP echo from ``src_ns``; never raises on loss."""
+        return ping(src_ns, dst_ip, count, interval, wait)
 
     def wait_ping(self, src_ns: str, dst_ip: str, timeout: float = 10.0) -> bool:
         """Ping once per attempt until a reply comes back or ``timeout`` passes."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ping(src_ns, dst_ip, count=1, wait=0.5).received:
-                return True
-        return False
+        try:
+            wait_until(
+                lambda: self.ping(src_ns, dst_ip, count=1, wait=0.5).received,
+                timeout,
+                what=f"a ping reply from {dst_ip} in {src_ns}",
+                step=0.0,
+            )
+        except WaitTimeout:
+            return False
+        return True
 
     def tcp_transfer(
         self,
@@ -874,11 +739,16 @@ class Topology:
             server_ns, ["iperf3", "-s", "-1", "-B", server_ip, "-p", str(port)], log
         )
         try:
-            deadline = time.monotonic() + 10
-            while f":{port}" not in run(server_ns, "ss", "-ltnH").stdout:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"iperf3 server in {server_ns} failed: {log.read_text()}")
-                time.sleep(0.05)
+            wait_until(
+                lambda: (
+                    server.poll() is not None or f":{port}" in run(server_ns, "ss", "-ltnH").stdout
+                ),
+                10,
+                what=f"iperf3 server in {server_ns} to listen on port {port}",
+                context=lambda: log.read_text(),
+            )
+            if server.poll() is not None:
+                raise RuntimeError(f"iperf3 server in {server_ns} failed: {log.read_text()}")
             res = run(
                 client_ns,
                 "iperf3", "-c", server_ip, "-p", str(port), "-t", str(seconds),
