@@ -44,19 +44,18 @@ def classify(datagram: Buffer) -> tuple[DatagramKind, Buffer]:
     ``malformed`` an empty payload.
     """
     n = len(datagram)
-    if n == 1:
-        if datagram[0] == 0xFF:
-            return DatagramKind.KEEPALIVE, b""
-        return DatagramKind.MALFORMED, b""
-    if n < 4:
-        return DatagramKind.MALFORMED, b""
-    if datagram[:4] == NON_ESP_MARKER:
-        if n < 4 + IKE_HEADER_LEN:
-            return DatagramKind.MALFORMED, b""
-        return DatagramKind.IKE, datagram[4:]
-    if n < ESP_HEADER_LEN:
-        return DatagramKind.MALFORMED, b""
-    return DatagramKind.ESP, datagram
+    if n >= ESP_HEADER_LEN:
+        if datagram[:4] != NON_ESP_MARKER:  # ESP, the common case, is tested first
+            return _ESP, datagram
+        if n >= 4 + IKE_HEADER_LEN:
+            return _IKE, datagram[4:]
+    elif datagram == NAT_KEEPALIVE:
+        return _KEEPALIVE, b""
+    return _MALFORMED, b""
+
+
+_ESP, _IKE = DatagramKind.ESP, DatagramKind.IKE
+_KEEPALIVE, _MALFORMED = DatagramKind.KEEPALIVE, DatagramKind.MALFORMED
 
 
 def frame_ike(message: bytes) -> bytes:

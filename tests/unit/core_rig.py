@@ -11,13 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ipsecd.daemon.core import DaemonCore
+from ipsecd.daemon.core import DaemonCore, child_sa
 from ipsecd.dataplane.sad import Address
-from ipsecd.esp.sa import InboundEspSa
 from ipsecd.esp.udp_encap import DatagramKind, classify, frame
+from ipsecd.ike.constants import ExchangeType
 from tests.unit.ike_pair_support import B_IP, IkePair, Side
-
-IKE_SA_INIT = 34  # RFC 7296 §3.1, exchange type at offset 18 of the header
 
 
 class CoreRig:
@@ -49,7 +47,9 @@ class CoreRig:
         return entry
 
     def inits_sent(self) -> int:
-        return sum(1 for m in self.ike_sent if m[18] == IKE_SA_INIT)
+        return sum(
+            1 for m in self.ike_sent if m[18] == ExchangeType.IKE_SA_INIT
+        )  # offset 18: exchange type
 
     def from_tun(self, packets: list[bytes]) -> None:
         """A burst read from A's TUN device."""
@@ -109,15 +109,7 @@ class CoreRig:
     def decrypted_at_b(self) -> list[bytes]:
         """The ESP A sent so far, opened with b's newest inbound keys."""
         child = self.pair.established("b")[-1].child
-        inbound = InboundEspSa(
-            child.spi_in,
-            child.encr,
-            child.integ,
-            child.encr_key_in,
-            child.integ_key_in,
-            src_selectors=child.remote_ts,
-            dst_selectors=child.local_ts,
-        )
+        inbound = child_sa("a", child, (B_IP, 4500), self.now).inbound  # as b installs it
         out = []
         for data, remote in self.esp_sent:
             assert remote == (B_IP, 4500)
