@@ -27,12 +27,10 @@ import contextlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from ipsecd.daemon import logs
-
-if TYPE_CHECKING:
-    from ipsecd.daemon.status import DaemonStatus
+from ipsecd.daemon.status import DaemonStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_REQUEST = 8 * 1024  # request line + headers; a scrape needs a few hundred bytes
