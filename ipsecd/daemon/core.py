@@ -224,63 +224,75 @@ class DaemonCore:
         self, now: float, *, tun: str | None, listen: Iterable[Address], dataplane: DataplaneStatus
     ) -> DaemonStatus:
         """The status model at ``now``; the shell tells what only its devices know."""
-        ike_status: dict[str, dict[str, Any]] = {}
-        rekey_in: dict[str, float | None] = {}  # by inbound SPI (hex)
         ike = self.ike
-        if ike is not None:
-            for described in ike.status():
-                entry = dict(described)
-                entry["rekey_in_seconds"] = _seconds_until(entry.pop("rekey_at", None), now)
-                last_seen = entry.pop("last_seen", None)
-                if isinstance(last_seen, int | float):  # DPD: how long the peer is silent
-                    entry["last_seen_seconds"] = round(max(0.0, now - last_seen), 1)
-                for child in entry.get("children", []):
-                    rekey_in[child["spi_in"]] = _seconds_until(child.pop("rekey_at", None), now)
-                ike_status[entry.get("peer", "")] = entry
-        peers = []
-        for peer in self.config.peers:
-            children = tuple(
-                child_status(sa, now, rekey_in.get(f"{sa.inbound.spi:08x}"))
-                for sa in self.sad.for_peer(peer.name)
-            )
-            ike_entry = ike_status.get(peer.name)
-            if peer.manual is not None:
-                state = "manual" if children else "down"
-            elif ike_entry is not None:
-                state = str(ike_entry.get("state", "unknown"))
-            else:
-                state = "down"
-            trap_state = self.trap.state(peer.name)
-            peers.append(
-                PeerStatus(
-                    name=peer.name,
-                    mode="manual" if peer.manual is not None else "ike",
-                    state=state,
-                    up=bool(children),
-                    remote=f"{peer.remote_address}:{peer.remote_port}",
-                    local=str(peer.local_address),
-                    local_ts=format_selectors(peer.local_ts),
-                    remote_ts=format_selectors(peer.remote_ts),
-                    ike=ike_entry,
-                    children=children,
-                    last_error=self.last_error.get(peer.name)
-                    or (ike_entry or {}).get("last_error"),
-                    on_demand=None
-                    if trap_state is None
-                    else OnDemandStatus(trap_state.value, self.trap.queued(peer.name)),
-                )
-            )
+        described, rekey_in = self._ike_status(now)
         return DaemonStatus(
             tun=tun,
             mtu=self.mtu(),
             uptime_seconds=round(now - self.started_at, 1),
             listen=tuple(f"{a}:{p}" for a, p in listen),
-            peers=tuple(peers),
+            peers=tuple(
+                self._peer_status(peer, described.get(peer.name), rekey_in, now)
+                for peer in self.config.peers
+            ),
             drops={str(k): v for k, v in self.processor.drops.items() if v},
             counters=dict(self.counters),
             dataplane=dataplane,
             ike_counters=dict(ike.counters) if ike is not None else {},
             ike_dos=ike.half_open.status(now) if ike is not None else None,
+        )
+
+    def _ike_status(self, now: float) -> tuple[dict[str, dict[str, Any]], dict[str, float | None]]:
+        """The IKE manager's entries by peer, times made relative to ``now``; and the
+        seconds to each CHILD_SA's rekey, by inbound SPI (hex)."""
+        entries: dict[str, dict[str, Any]] = {}
+        rekey_in: dict[str, float | None] = {}
+        if self.ike is None:
+            return entries, rekey_in
+        for described in self.ike.status():
+            entry = dict(described)
+            entry["rekey_in_seconds"] = _seconds_until(entry.pop("rekey_at", None), now)
+            last_seen = entry.pop("last_seen", None)
+            if isinstance(last_seen, int | float):  # DPD: how long the peer is silent
+                entry["last_seen_seconds"] = round(max(0.0, now - last_seen), 1)
+            for child in entry.get("children", []):
+                rekey_in[child["spi_in"]] = _seconds_until(child.pop("rekey_at", None), now)
+            entries[entry.get("peer", "")] = entry
+        return entries, rekey_in
+
+    def _peer_status(
+        self,
+        peer: PeerConfig,
+        ike: dict[str, Any] | None,
+        rekey_in: dict[str, float | None],
+        now: float,
+    ) -> PeerStatus:
+        children = tuple(
+            child_status(sa, now, rekey_in.get(f"{sa.inbound.spi:08x}"))
+            for sa in self.sad.for_peer(peer.name)
+        )
+        if peer.manual is not None:
+            state = "manual" if children else "down"
+        elif ike is not None:
+            state = str(ike.get("state", "unknown"))
+        else:
+            state = "down"
+        trap_state = self.trap.state(peer.name)
+        return PeerStatus(
+            name=peer.name,
+            mode="manual" if peer.manual is not None else "ike",
+            state=state,
+            up=bool(children),
+            remote=f"{peer.remote_address}:{peer.remote_port}",
+            local=str(peer.local_address),
+            local_ts=format_selectors(peer.local_ts),
+            remote_ts=format_selectors(peer.remote_ts),
+            ike=ike,
+            children=children,
+            last_error=self.last_error.get(peer.name) or (ike or {}).get("last_error"),
+            on_demand=None
+            if trap_state is None
+            else OnDemandStatus(trap_state.value, self.trap.queued(peer.name)),
         )
 
     # -- packets -----------------------------------------------------------------------------
