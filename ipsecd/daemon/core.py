@@ -164,11 +164,13 @@ class DaemonCore:
         self._outbox: list[Batch] = []
         self._to_tun: list[bytes] = []
         self._routes: list[RouteChange] = []
+        self._status_line = ""
         for peer in config.peers:
             self._route(peer, add=True)
             self._arm(peer, now)
         if _ike_peers(config):
             self.ike = IkeManager(config, now)
+        self._sas_changed()
 
     # -- what the shell opens --------------------------------------------------------------
     def endpoints(self) -> list[Address]:
@@ -216,9 +218,13 @@ class DaemonCore:
         return self.ike.get_timer() if self.ike is not None else None
 
     def status_line(self) -> str:
-        """One line for systemd's ``STATUS=`` (sd_notify)."""
-        peers = {sa.peer for sa in self.sad}
-        return f"{len(peers)} of {len(self.config.peers)} tunnels up"
+        """One line for systemd's ``STATUS=`` (sd_notify); cheap enough for every burst."""
+        return self._status_line
+
+    def _sas_changed(self) -> None:
+        """SAs were installed or removed (events, start, reload): recount the tunnels."""
+        up = len({sa.peer for sa in self.sad})
+        self._status_line = f"{up} of {len(self.config.peers)} tunnels up"
 
     def status(
         self, now: float, *, tun: str | None, listen: Iterable[Address], dataplane: DataplaneStatus
@@ -368,6 +374,7 @@ class DaemonCore:
         while (event := ike.next_event()) is not None:
             self._apply(event, now)
         self._send_ike()
+        self._sas_changed()
 
     def _send_ike(self) -> None:
         assert self.ike is not None
@@ -561,4 +568,5 @@ class DaemonCore:
             self._route(new_peers[name], add=True)
         if self.ike is not None:
             self._pump(now)
+        self._sas_changed()
         return {"ok": True, "plan": plan}
