@@ -191,6 +191,7 @@ def test_reload_plan_follows_the_ike_manager_and_manual_peers(
     }
     r.pump()
     assert {sa.inbound.spi for sa in r.core.sad} == {0x1001, 0x2001}
+    assert r.core.status_line() == "2 of 2 tunnels up"
     changes = r.core.routes_to_change()
     assert changes[0] == RouteChange(ipaddress.ip_network("10.2.0.0/24"), add=False)
     assert RouteChange(ipaddress.ip_network("10.3.0.0/24"), add=True) in changes
