@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -23,14 +24,14 @@ _SECRET_WORDS = ("psk", "secret", "key_in", "key_out", "keymat", "password")
 _state: dict[str, Any] = {"format": "auto", "level": "info", "stream": None}
 
 
-def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
     for k in list(event):
         if any(w in k.lower() for w in _SECRET_WORDS):
             event[k] = "<redacted>"
     return event
 
 
-def _filter_level(_logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _filter_level(_logger: Any, method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
     """Drop events below the current level; read at every call so set_level reaches
     loggers bound before the change."""
     if LEVELS.get(method, logging.INFO) < LEVELS[_state["level"]]:

@@ -8,8 +8,8 @@ prometheus-client::
     # TYPE ipsecd_tunnel_up gauge
     ipsecd_tunnel_up{peer="site-b"} 1
 
-Every number comes from :func:`ipsecd.daemon.status.build_status`, the same
-document ``ipsecctl status --json`` prints, so the two never disagree.  Per-SA
+Every number comes from the status model (:class:`ipsecd.daemon.status.DaemonStatus`),
+the same objects ``ipsecctl status --json`` prints, so the two never disagree.  Per-SA
 counters start at zero when an SA is rekeyed; per-peer counters are sums over
 the installed SAs and so reset too — Prometheus' ``rate()`` treats a decrease
 as a counter reset, which is what happened.
@@ -27,9 +27,10 @@ import contextlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
 from ipsecd.daemon import logs
+from ipsecd.daemon.status import DaemonStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_REQUEST = 8 * 1024  # request line + headers; a scrape needs a few hundred bytes
@@ -99,19 +100,12 @@ class MetricFamily:
         return lines
 
 
-def _int(value: Any) -> int:
-    try:
-        return int(value or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
-def render_metrics(status: dict[str, Any]) -> str:
-    """Render a status document (``build_status``) as Prometheus text format 0.0.4.
+def render_metrics(status: DaemonStatus) -> str:
+    """Render the status model as Prometheus text format 0.0.4.
 
     Families always carry their HELP/TYPE lines, even with no sample, so a
     scrape of an idle daemon still documents what it will report.  Label order
-    is fixed and samples follow the document's order (peers in config order),
+    is fixed and samples follow the model's order (peers in config order),
     so the output is stable for tests and diffs.
     """
     families: dict[str, MetricFamily] = {}
@@ -167,61 +161,53 @@ def render_metrics(status: dict[str, Any]) -> str:
         "ike_cookies_required", "gauge", "1 while IKE_SA_INIT requests must carry a COOKIE."
     )
 
-    if status.get("uptime_seconds") is not None:
-        uptime.add(float(status["uptime_seconds"]))
-    if status.get("mtu") is not None:
-        mtu.add(_int(status["mtu"]))
+    if status.uptime_seconds is not None:
+        uptime.add(status.uptime_seconds)
+    if status.mtu is not None:
+        mtu.add(status.mtu)
 
-    for peer in status.get("peers", []):
-        name = str(peer.get("name", ""))
-        peer_info.add(
-            1, peer=name, mode=str(peer.get("mode", "")), state=str(peer.get("state", ""))
-        )
-        up.add(bool(peer.get("up")), peer=name)
-        children = peer.get("children") or []
-        child_sas.add(len(children), peer=name)
-        seen = (peer.get("ike") or {}).get("last_seen_seconds")
+    for peer in status.peers:
+        name = peer.name
+        peer_info.add(1, peer=name, mode=peer.mode, state=peer.state)
+        up.add(peer.up, peer=name)
+        child_sas.add(len(peer.children), peer=name)
+        seen = peer.last_seen_seconds
         if seen is not None:
-            last_seen.add(float(seen), peer=name)
+            last_seen.add(seen, peer=name)
         for direction in ("in", "out"):
             peer_packets.add(0, peer=name, direction=direction)
             peer_bytes.add(0, peer=name, direction=direction)
-        for child in children:
-            sa = {
-                "peer": name,
-                "spi_in": str(child.get("spi_in", "")),
-                "spi_out": str(child.get("spi_out", "")),
-            }
-            for direction in ("in", "out"):
-                packets = _int(child.get(f"packets_{direction}"))
-                nbytes = _int(child.get(f"bytes_{direction}"))
+        for child in peer.children:
+            sa = {"peer": name, "spi_in": child.spi_in, "spi_out": child.spi_out}
+            for direction, packets, nbytes in (
+                ("in", child.packets_in, child.bytes_in),
+                ("out", child.packets_out, child.bytes_out),
+            ):
                 peer_packets.add(packets, peer=name, direction=direction)
                 peer_bytes.add(nbytes, peer=name, direction=direction)
                 sa_packets.add(packets, **sa, direction=direction)
                 sa_bytes.add(nbytes, **sa, direction=direction)
-            for reason, count in sorted((child.get("drops") or {}).items()):
-                peer_drops.add(_int(count), peer=name, reason=str(reason))
-                sa_drops.add(_int(count), **sa, reason=str(reason))
-            if child.get("established_seconds") is not None:
-                sa_age.add(float(child["established_seconds"]), **sa)
+            for reason, count in sorted(child.drops.items()):
+                peer_drops.add(count, peer=name, reason=reason)
+                sa_drops.add(count, **sa, reason=reason)
+            sa_age.add(child.established_seconds, **sa)
 
-    for reason, count in sorted((status.get("drops") or {}).items()):
-        drops.add(_int(count), reason=str(reason))
-    dos = status.get("ike_dos") or {}
+    for reason, count in sorted(status.drops.items()):
+        drops.add(count, reason=reason)
+    dos = status.ike_dos
     if dos:
-        half_open.add(_int(dos.get("half_open")))
+        half_open.add(int(dos.get("half_open") or 0))
         cookies_on.add(bool(dos.get("cookies_required")))
 
-    counters: Mapping[str, Any] = status.get("counters") or {}
-    ike_counters: Mapping[str, Any] = status.get("ike_counters") or {}
+    counters, ike_counters = status.counters, status.ike_counters
     for kind, names in REKEY_COUNTERS.items():
-        total = sum(_int(counters.get(n)) + _int(ike_counters.get(n)) for n in names)
+        total = sum(counters.get(n, 0) + ike_counters.get(n, 0) for n in names)
         rekeys.add(total, kind=kind)
-    failures.add(_int(counters.get(HANDSHAKE_FAILURE_COUNTER)))
+    failures.add(counters.get(HANDSHAKE_FAILURE_COUNTER, 0))
     for name, count in sorted(counters.items()):
-        daemon_events.add(_int(count), event=str(name))
+        daemon_events.add(count, event=name)
     for name, count in sorted(ike_counters.items()):
-        ike_events.add(_int(count), event=str(name))
+        ike_events.add(count, event=name)
 
     lines: list[str] = []
     for fam in families.values():
@@ -262,7 +248,7 @@ class MetricsServer:
     (malformed or oversized head), then the connection is closed.
     """
 
-    def __init__(self, host: str, port: int, get_status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, host: str, port: int, get_status: Callable[[], DaemonStatus]) -> None:
         self.host = host
         self.port = port
         self.get_status = get_status
@@ -275,7 +261,8 @@ class MetricsServer:
         """The bound (host, port) pairs; with port 0 this tells the ephemeral port."""
         if self._server is None:
             return []
-        return [tuple(s.getsockname()[:2]) for s in self._server.sockets]  # type: ignore[misc]
+        server = cast(asyncio.Server, self._server)  # what asyncio.start_server returns
+        return [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in server.sockets]
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(

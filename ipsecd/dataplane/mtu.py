@@ -31,16 +31,9 @@ def max_inner_size(
 def tun_mtu(proposals: Iterable[Proposal], outer_version: int, path_mtu: int = 1500) -> int:
     """The TUN MTU that fits every transform the proposals allow (worst case)."""
     sizes = [
-        max_inner_size(
-            encr.block_size,
-            encr.iv_size,
-            encr.icv_size if encr.aead else integ.icv_len,
-            outer_version,
-            path_mtu,
-        )
+        max_inner_size(encr.block_size, encr.iv_size, icv, outer_version, path_mtu)
         for p in proposals
         for encr in p.encryption
-        for integ in (p.integrity or (None,))
-        if encr.aead or integ is not None
+        for icv in ([encr.icv_size] if encr.aead else [i.icv_len for i in p.integrity])
     ]
     return max(MIN_MTU, min(sizes)) if sizes else path_mtu - 100

@@ -15,16 +15,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-from ipsecd.dataplane.sad import Address, SaDatabase, TunnelSa
+from ipsecd.dataplane.sad import Address, InstalledChildSa, SaDatabase
 from ipsecd.esp.counters import DropReason
 from ipsecd.esp.sa import SequenceNumberExhausted
+from ipsecd.esp.udp_encap import DatagramKind, classify
 
 # (packet, ip version, src, dst) -> True if taken (queued for an on-demand tunnel).
 NoSaHook = Callable[[bytes, int, int, int], bool]
-
-IPPROTO_IPIP = 4
-IPPROTO_IPV6 = 41
-_NON_ESP_MARKER = b"\x00\x00\x00\x00"
 
 
 class PacketProcessor:
@@ -48,7 +45,7 @@ class PacketProcessor:
         from_bytes = int.from_bytes
         src = dst = 0
         run: list[bytes] = []
-        run_sa: TunnelSa | None = None
+        run_sa: InstalledChildSa | None = None
         last: bytes | None = None
         for packet in packets:
             n = len(packet)
@@ -65,7 +62,7 @@ class PacketProcessor:
                 continue
             if addrs != last:
                 if run:
-                    self._seal(run_sa, run, out)  # type: ignore[arg-type]
+                    self._seal(run_sa, run, out)  # type: ignore[arg-type]  # a run has its SA
                     run = []
                 half = len(addrs) // 2
                 src, dst = from_bytes(addrs[:half], "big"), from_bytes(addrs[half:], "big")
@@ -76,7 +73,7 @@ class PacketProcessor:
                 continue
             run.append(packet)
         if run:
-            self._seal(run_sa, run, out)  # type: ignore[arg-type]
+            self._seal(run_sa, run, out)  # type: ignore[arg-type]  # a run has its SA
         return out
 
     def _no_sa(self, packet: bytes, version: int, src: int, dst: int) -> None:
@@ -90,7 +87,10 @@ class PacketProcessor:
             self.drops[DropReason.NO_SA] += 1
 
     def _seal(
-        self, sa: TunnelSa, run: list[bytes], out: dict[tuple[Address, Address], list[bytes]]
+        self,
+        sa: InstalledChildSa,
+        run: list[bytes],
+        out: dict[tuple[Address, Address], list[bytes]],
     ) -> None:
         key = (sa.local, sa.remote)
         bucket = out.get(key)
@@ -103,7 +103,7 @@ class PacketProcessor:
 
     def from_udp(
         self, datagrams: Iterable[tuple[bytes | memoryview, Address]]
-    ) -> tuple[list[bytes], list[tuple[bytes, Address]], list[tuple[TunnelSa, Address]]]:
+    ) -> tuple[list[bytes], list[tuple[bytes, Address]], list[tuple[InstalledChildSa, Address]]]:
         """Demultiplex and decapsulate datagrams received on the NAT-T port.
 
         Returns (inner packets for TUN, IKE messages without the non-ESP
@@ -111,30 +111,30 @@ class PacketProcessor:
         """
         to_tun: list[bytes] = []
         ike: list[tuple[bytes, Address]] = []
-        moved: list[tuple[TunnelSa, Address]] = []
+        moved: list[tuple[InstalledChildSa, Address]] = []
         run: list[bytes | memoryview] = []
         run_key: tuple[bytes | memoryview, Address] | None = None
+        esp = DatagramKind.ESP
         for data, remote in datagrams:
-            n = len(data)
-            if n < 8:
-                if n == 1 and data[0] == 0xFF:  # NAT-keepalive, RFC 3948 §2.3
+            kind, payload = classify(data)  # RFC 3948 §2.2
+            if kind is not esp:
+                if kind is DatagramKind.IKE:
+                    ike.append((bytes(payload), remote))
+                elif kind is DatagramKind.KEEPALIVE:
                     self.keepalives_received += 1
                 else:
                     self.drops[DropReason.TOO_SHORT] += 1
                 continue
             spi = data[:4]
-            if spi == _NON_ESP_MARKER:  # an IKE message (RFC 3948 §2.2)
-                ike.append((bytes(data[4:]), remote))
-                continue
             key = (spi, remote)
             if key != run_key:
                 if run:
-                    self._open(run_key, run, to_tun, moved)  # type: ignore[arg-type]
+                    self._open(run_key, run, to_tun, moved)  # type: ignore[arg-type]  # a run has its key
                     run = []
                 run_key = key
             run.append(data)
         if run:
-            self._open(run_key, run, to_tun, moved)  # type: ignore[arg-type]
+            self._open(run_key, run, to_tun, moved)  # type: ignore[arg-type]  # a run has its key
         return to_tun, ike, moved
 
     def _open(
@@ -142,7 +142,7 @@ class PacketProcessor:
         key: tuple[bytes | memoryview, Address],
         run: list[bytes | memoryview],
         to_tun: list[bytes],
-        moved: list[tuple[TunnelSa, Address]],
+        moved: list[tuple[InstalledChildSa, Address]],
     ) -> None:
         """Decapsulate consecutive datagrams with one SPI from one sender."""
         spi, remote = key

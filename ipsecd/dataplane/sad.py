@@ -9,6 +9,7 @@ until it is removed.  Sans-I/O: no sockets, only objects and ints.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
@@ -18,8 +19,16 @@ Address = tuple[str, int]
 
 
 @dataclass(eq=False)
-class TunnelSa:
-    """One installed CHILD_SA pair with the data the packet loop needs."""
+class InstalledChildSa:
+    """A CHILD_SA as the data plane holds it (RFC 7296 §2.17, RFC 4301 §4.1).
+
+    A CHILD_SA is a pair of unidirectional ESP SAs: ``inbound`` opens what the peer
+    sends (found by its SPI), ``outbound`` seals what we send (found by the negotiated
+    traffic selectors ``local_ts`` -> ``remote_ts``).  ``local``/``remote`` are the UDP
+    endpoints of ESP-in-UDP (RFC 3948); ``remote`` follows the peer behind a NAT.
+    Built by :meth:`ipsecd.daemon.core.DaemonCore` from the negotiated (or manual)
+    parameters; the IKE side of the same CHILD_SA is :class:`ipsecd.ike.child.ChildSa`.
+    """
 
     peer: str
     inbound: InboundEspSa
@@ -48,14 +57,14 @@ class TunnelSa:
 
 
 class SaDatabase:
-    """Installed tunnel SAs, by inbound SPI and by outbound selectors."""
+    """Installed CHILD_SAs, by inbound SPI and by outbound selectors."""
 
     def __init__(self) -> None:
-        self.by_spi: dict[int, TunnelSa] = {}
-        self._outbound: list[TunnelSa] = []  # newest first
-        self._cache: dict[tuple[int, int, int], TunnelSa | None] = {}
+        self.by_spi: dict[int, InstalledChildSa] = {}
+        self._outbound: list[InstalledChildSa] = []  # newest first
+        self._cache: dict[tuple[int, int, int], InstalledChildSa | None] = {}
 
-    def install(self, sa: TunnelSa, outbound: bool = True) -> None:
+    def install(self, sa: InstalledChildSa, outbound: bool = True) -> None:
         """Install inbound first, then let the outbound side take over (RFC 7296 §2.8).
 
         ``outbound=False`` installs the inbound SA only (a rekey responder keeps
@@ -66,7 +75,7 @@ class SaDatabase:
             self._outbound.insert(0, sa)
             self._cache.clear()
 
-    def activate_outbound(self, spi_in: int) -> TunnelSa | None:
+    def activate_outbound(self, spi_in: int) -> InstalledChildSa | None:
         """Start sending with an SA installed with ``outbound=False``."""
         sa = self.by_spi.get(spi_in)
         if sa is not None and all(s is not sa for s in self._outbound):
@@ -74,20 +83,20 @@ class SaDatabase:
             self._cache.clear()
         return sa
 
-    def remove(self, spi_in: int) -> TunnelSa | None:
+    def remove(self, spi_in: int) -> InstalledChildSa | None:
         sa = self.by_spi.pop(spi_in, None)
         if sa is not None:
             self._outbound = [s for s in self._outbound if s is not sa]
             self._cache.clear()
         return sa
 
-    def remove_peer(self, peer: str) -> list[TunnelSa]:
+    def remove_peer(self, peer: str) -> list[InstalledChildSa]:
         gone = [s for s in self.by_spi.values() if s.peer == peer]
         for sa in gone:
             self.remove(sa.inbound.spi)
         return gone
 
-    def lookup_outbound(self, version: int, src: int, dst: int) -> TunnelSa | None:
+    def lookup_outbound(self, version: int, src: int, dst: int) -> InstalledChildSa | None:
         key = (version, src, dst)
         try:
             return self._cache[key]
@@ -99,15 +108,15 @@ class SaDatabase:
         self._cache[key] = found
         return found
 
-    def lookup_inbound(self, spi: int) -> TunnelSa | None:
+    def lookup_inbound(self, spi: int) -> InstalledChildSa | None:
         return self.by_spi.get(spi)
 
-    def for_peer(self, peer: str) -> list[TunnelSa]:
+    def for_peer(self, peer: str) -> list[InstalledChildSa]:
         """The peer's SAs, the ones in outbound use first (newest first), then inbound-only."""
         sending = [s for s in self._outbound if s.peer == peer]
         return sending + [s for s in self.by_spi.values() if s.peer == peer and s not in sending]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[InstalledChildSa]:
         sending = list(self._outbound)
         return iter(sending + [s for s in self.by_spi.values() if s not in sending])
 

@@ -7,7 +7,9 @@ One UDP port carries three things, told apart by their first bytes:
   (RFC 3948 §2.2, RFC 7296 §2.23);
 * an ESP packet: a non-zero SPI then the sequence number (RFC 3948 §2.1).
 
-Anything else is malformed.  ``classify`` is sans-I/O and never raises.
+Anything else is malformed.  ``classify`` is sans-I/O and never raises.  This module
+is the one place that knows these rules: the packet processor demultiplexes with
+``classify``, the daemon frames outgoing IKE with ``frame_ike``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ IKE_HEADER_LEN = 28  # RFC 7296 §3.1
 ESP_HEADER_LEN = 8  # SPI + sequence number, RFC 4303 §2
 
 
+Buffer = bytes | memoryview  # a received datagram; GRO hands out memoryviews
+
+
 class DatagramKind(StrEnum):
     """What a datagram on the NAT-T port carries (compares equal to its string)."""
 
@@ -30,29 +35,36 @@ class DatagramKind(StrEnum):
     MALFORMED = "malformed"
 
 
-def classify(datagram: bytes) -> tuple[DatagramKind, bytes]:
+def classify(datagram: Buffer) -> tuple[DatagramKind, Buffer]:
     """Demultiplex one UDP/4500 payload (RFC 3948 §2.2).
 
     Returns ``(kind, payload)``: for ``esp`` the whole datagram (the ESP packet
-    starts at the SPI), for ``ike`` the IKE message without the non-ESP marker,
-    for ``keepalive`` and ``malformed`` an empty payload.
+    starts at the SPI), for ``ike`` the IKE message without the non-ESP marker
+    (a slice of the same type as ``datagram``), for ``keepalive`` and
+    ``malformed`` an empty payload.
     """
     n = len(datagram)
-    if n == 1:
-        if datagram[0] == 0xFF:
-            return DatagramKind.KEEPALIVE, b""
-        return DatagramKind.MALFORMED, b""
-    if n < 4:
-        return DatagramKind.MALFORMED, b""
-    if datagram[:4] == NON_ESP_MARKER:
-        if n < 4 + IKE_HEADER_LEN:
-            return DatagramKind.MALFORMED, b""
-        return DatagramKind.IKE, datagram[4:]
-    if n < ESP_HEADER_LEN:
-        return DatagramKind.MALFORMED, b""
-    return DatagramKind.ESP, datagram
+    if n >= ESP_HEADER_LEN:
+        if datagram[:4] != NON_ESP_MARKER:  # ESP, the common case, is tested first
+            return _ESP, datagram
+        if n >= 4 + IKE_HEADER_LEN:
+            return _IKE, datagram[4:]
+    elif datagram == NAT_KEEPALIVE:
+        return _KEEPALIVE, b""
+    return _MALFORMED, b""
+
+
+_ESP, _IKE = DatagramKind.ESP, DatagramKind.IKE
+_KEEPALIVE, _MALFORMED = DatagramKind.KEEPALIVE, DatagramKind.MALFORMED
 
 
 def frame_ike(message: bytes) -> bytes:
     """Prefix an IKE message with the non-ESP marker for port 4500 (RFC 3948 §2.2)."""
     return NON_ESP_MARKER + message
+
+
+def frame(data: bytes, marker: bool) -> bytes:
+    """The UDP payload for an outgoing IKE datagram: with the non-ESP marker when
+    ``marker`` (IKE on the NAT-T port), raw otherwise (IKE on port 500, and the
+    NAT-keepalive, which never carries it, RFC 3948 §2.3)."""
+    return frame_ike(data) if marker else data

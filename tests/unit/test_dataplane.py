@@ -11,7 +11,7 @@ from ipsecd.crypto.proposals import parse_proposal
 from ipsecd.crypto.registry import ENCRYPTION, INTEGRITY
 from ipsecd.dataplane.mtu import max_inner_size, tun_mtu
 from ipsecd.dataplane.processor import PacketProcessor
-from ipsecd.dataplane.sad import SaDatabase, TunnelSa
+from ipsecd.dataplane.sad import InstalledChildSa, SaDatabase
 from ipsecd.esp.counters import DropReason
 from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
 from ipsecd.selectors import TrafficSelector
@@ -22,10 +22,12 @@ SITE_B = (TrafficSelector.from_prefix("10.2.0.0/24"),)
 GCM = ENCRYPTION["aes128gcm16"]
 
 
-def tunnel_pair(spi_ab: int = 0x1001, spi_ba: int = 0x2002) -> tuple[TunnelSa, TunnelSa]:
+def tunnel_pair(
+    spi_ab: int = 0x1001, spi_ba: int = 0x2002
+) -> tuple[InstalledChildSa, InstalledChildSa]:
     """Two mirrored SA pairs, as gateway A and gateway B would install them."""
     k_ab, k_ba = os.urandom(20), os.urandom(20)
-    a = TunnelSa(
+    a = InstalledChildSa(
         "b",
         InboundEspSa(spi_ba, GCM, None, k_ba, b"", src_selectors=SITE_B, dst_selectors=SITE_A),
         OutboundEspSa(spi_ab, GCM, None, k_ab, b""),
@@ -34,7 +36,7 @@ def tunnel_pair(spi_ab: int = 0x1001, spi_ba: int = 0x2002) -> tuple[TunnelSa, T
         ("192.0.2.1", 4500),
         ("192.0.2.2", 4500),
     )
-    b = TunnelSa(
+    b = InstalledChildSa(
         "a",
         InboundEspSa(spi_ab, GCM, None, k_ab, b"", src_selectors=SITE_A, dst_selectors=SITE_B),
         OutboundEspSa(spi_ba, GCM, None, k_ba, b""),
@@ -118,7 +120,7 @@ def test_forged_replayed_and_foreign_packets_do_not_stop_forwarding() -> None:
     assert len(pb.from_udp([(d, peer) for d in later])[0]) == 1
 
 
-def pa_spoof(a_sa: TunnelSa) -> dict:
+def pa_spoof(a_sa: InstalledChildSa) -> dict:
     """Encrypt a packet from 10.66.0.1 with A's outbound SA, bypassing A's selector lookup."""
     return {("x", 0): [a_sa.outbound.encapsulate(ipv4("10.66.0.1", "10.2.0.2"), 4)]}
 

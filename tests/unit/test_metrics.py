@@ -11,17 +11,17 @@ import asyncio
 import contextlib
 import re
 import socket
-import time
 import urllib.error
 import urllib.request
-from collections import Counter
 from collections.abc import Callable
-from types import SimpleNamespace
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ipsecd.crypto.registry import ENCRYPTION
+from ipsecd.daemon.core import DaemonCore
 from ipsecd.daemon.metrics import (
     CONTENT_TYPE,
     MAX_REQUEST,
@@ -30,70 +30,78 @@ from ipsecd.daemon.metrics import (
     format_value,
     render_metrics,
 )
-from ipsecd.daemon.status import build_status
-from ipsecd.dataplane.sad import SaDatabase, TunnelSa
-from ipsecd.esp.counters import DropReason
-from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
-from ipsecd.selectors import TrafficSelector
+from ipsecd.daemon.status import ChildStatus, DaemonStatus, DataplaneStatus, PeerStatus
+from ipsecd.esp.sa import OutboundEspSa
+from tests.lab.packets import ipv4
+from tests.unit.test_config_support import KEY_IN, parse, write_keys
+
+LOCAL, REMOTE = ("192.0.2.1", 4500), ("192.0.2.2", 4500)
+MANUAL = """\
+gateway:
+  listen: [192.0.2.1]
+  mtu: 1400
+peers:
+  - name: site-b
+    remote_address: 192.0.2.2
+    local_ts: [10.1.0.0/24]
+    remote_ts: [10.2.0.0/24]
+    manual:
+      algorithm: aes128gcm16
+      spi_in: 0x00001001
+      spi_out: 0x00001002
+      key_file: b.keys
+"""
 
 
-def _status() -> dict[str, Any]:
-    """A status document shaped like ``build_status`` returns (two peers, one SA up)."""
-    return {
-        "tun": "ipsec0",
-        "mtu": 1400,
-        "uptime_seconds": 12.5,
-        "listen": ["192.0.2.1:4500", "192.0.2.1:500"],
-        "peers": [
-            {
-                "name": "site-b",
-                "mode": "ike",
-                "state": "established",
-                "up": True,
-                "remote": "192.0.2.2:4500",
-                "local": "192.0.2.1",
-                "local_ts": "10.1.0.0/24",
-                "remote_ts": "10.2.0.0/24",
-                "ike": None,
-                "children": [
-                    {
-                        "spi_in": "c0000001",
-                        "spi_out": "d0000002",
-                        "algorithm": "aes256gcm16",
-                        "packets_in": 3,
-                        "bytes_in": 300,
-                        "packets_out": 4,
-                        "bytes_out": 400,
-                        "drops": {"replay": 2, "bad_icv": 1},
-                        "established_seconds": 5.0,
-                    },
-                    {
-                        "spi_in": "c0000003",
-                        "spi_out": "d0000004",
-                        "algorithm": "aes256gcm16",
-                        "packets_in": 10,
-                        "bytes_in": 1000,
-                        "packets_out": 20,
-                        "bytes_out": 2000,
-                        "drops": {"replay": 5},
-                        "established_seconds": 1.5,
-                    },
-                ],
-                "last_error": None,
-            },
-            {
-                "name": "site-c",
-                "mode": "ike",
-                "state": "connecting",
-                "up": False,
-                "children": [],
-                "last_error": "no proposal chosen",
-            },
-        ],
-        "drops": {"no_sa": 7, "unknown_spi": 1},
-        "counters": {"negotiation_failed": 2, "child_sa_installed": 3, "child_sa_rekeyed": 1},
-        "ike_counters": {"retransmits": 4, "ike_sa_rekeyed": 2},
-    }
+def _status(**changes: Any) -> DaemonStatus:
+    """A status model as the core builds it (two peers, one with two SAs up)."""
+    status = DaemonStatus(
+        tun="ipsec0",
+        mtu=1400,
+        uptime_seconds=12.5,
+        listen=("192.0.2.1:4500", "192.0.2.1:500"),
+        peers=(
+            PeerStatus(
+                name="site-b",
+                mode="ike",
+                state="established",
+                up=True,
+                remote="192.0.2.2:4500",
+                local="192.0.2.1",
+                local_ts="10.1.0.0/24",
+                remote_ts="10.2.0.0/24",
+                children=(
+                    ChildStatus(
+                        spi_in="c0000001",
+                        spi_out="d0000002",
+                        algorithm="aes256gcm16",
+                        packets_in=3,
+                        bytes_in=300,
+                        packets_out=4,
+                        bytes_out=400,
+                        drops={"replay": 2, "bad_icv": 1},
+                        established_seconds=5.0,
+                    ),
+                    ChildStatus(
+                        spi_in="c0000003",
+                        spi_out="d0000004",
+                        algorithm="aes256gcm16",
+                        packets_in=10,
+                        bytes_in=1000,
+                        packets_out=20,
+                        bytes_out=2000,
+                        drops={"replay": 5},
+                        established_seconds=1.5,
+                    ),
+                ),
+            ),
+            PeerStatus(name="site-c", state="connecting", last_error="no proposal chosen"),
+        ),
+        drops={"no_sa": 7, "unknown_spi": 1},
+        counters={"negotiation_failed": 2, "child_sa_installed": 3, "child_sa_rekeyed": 1},
+        ike_counters={"retransmits": 4, "ike_sa_rekeyed": 2},
+    )
+    return replace(status, **changes)
 
 
 def _lines(text: str) -> list[str]:
@@ -171,9 +179,11 @@ _SAMPLE = re.compile(
 
 
 @pytest.mark.parametrize(
-    "status", [_status(), {}, {"peers": [], "counters": {}}], ids=["full", "empty", "idle"]
+    "status",
+    [_status(), DaemonStatus(), DaemonStatus(peers=(), counters={})],
+    ids=["full", "empty", "idle"],
 )
-def test_output_is_well_formed_exposition_format(status: dict[str, Any]) -> None:
+def test_output_is_well_formed_exposition_format(status: DaemonStatus) -> None:
     """Every line is HELP, TYPE or a sample; families are contiguous; series are unique."""
     text = render_metrics(status)
     assert text.endswith("\n")
@@ -209,7 +219,7 @@ def test_output_is_well_formed_exposition_format(status: dict[str, Any]) -> None
 
 
 def test_label_values_are_escaped() -> None:
-    status = {"peers": [{"name": 'we"ird\\pe\ner', "up": True, "children": []}]}
+    status = DaemonStatus(peers=(PeerStatus(name='we"ird\\pe\ner', up=True),))
     lines = _lines(render_metrics(status))
     assert 'ipsecd_tunnel_up{peer="we\\"ird\\\\pe\\ner"} 1' in lines
     assert escape_label_value('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
@@ -226,62 +236,33 @@ def test_format_value() -> None:
     assert format_value(float("-inf")) == "-Inf"
 
 
-def test_renders_what_build_status_returns() -> None:
-    """The real status builder over a fake daemon with real ESP SAs: the contract holds."""
+def test_renders_what_the_core_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real core with a manual SA that carried traffic: the contract holds."""
+    monkeypatch.chdir(tmp_path)
+    write_keys(tmp_path / "b.keys")
+    config = parse(MANUAL)
+    core = DaemonCore(config, 100.0)
+    (sa,) = core.sad
     alg = ENCRYPTION["aes128gcm16"]
-    keymat = bytes(range(alg.keymat_len))
-    out = OutboundEspSa(0xD0000002, alg, None, keymat)
-    inbound = InboundEspSa(0xD0000002, alg, None, keymat)
-    inner = bytes([0x45]) + bytes(19) + b"payload"
-    esp = out.encapsulate(inner, 4)
-    assert inbound.decapsulate(esp) is not None
-    assert inbound.decapsulate(esp) is None  # replayed
-    local_ts = (TrafficSelector.from_prefix("10.1.0.0/24"),)
-    remote_ts = (TrafficSelector.from_prefix("10.2.0.0/24"),)
-    sad = SaDatabase()
-    sad.install(
-        TunnelSa(
-            peer="site-b",
-            inbound=inbound,
-            outbound=out,
-            local_ts=local_ts,
-            remote_ts=remote_ts,
-            local=("192.0.2.1", 4500),
-            remote=("192.0.2.2", 4500),
-            installed_at=time.monotonic(),
-        )
-    )
-    peer = SimpleNamespace(
-        name="site-b",
-        manual=object(),
-        remote_address="192.0.2.2",
-        remote_port=4500,
-        local_address="192.0.2.1",
-        local_ts=local_ts,
-        remote_ts=remote_ts,
-    )
-    daemon = SimpleNamespace(
-        config=SimpleNamespace(peers=[peer]),
-        ike=None,
-        sad=sad,
-        processor=SimpleNamespace(drops=Counter({DropReason.NO_SA: 3})),
-        tun=None,
-        mtu=lambda: 1400,
-        started_at=time.monotonic(),
-        sockets={},
-        counters=Counter(negotiation_failed=1),
-        last_error={},
-    )
-    lines = _lines(render_metrics(build_status(daemon)))  # type: ignore[arg-type]
-    sa = 'peer="site-b",spi_in="d0000002",spi_out="d0000002"'
+    peer_out = OutboundEspSa(sa.inbound.spi, alg, None, KEY_IN)  # the peer seals with our in-key
+    inner = ipv4("10.2.0.5", "10.1.0.5")
+    esp = peer_out.encapsulate(inner, 4)
+    core.from_udp([(esp, REMOTE), (esp, REMOTE)], LOCAL, 101.0)  # the second is a replay
+    assert core.packets_to_tun() == [inner]
+    core.from_tun([ipv4("10.1.0.5", "10.2.0.5"), ipv4("10.1.0.5", "10.9.0.5")], 102.0)
+    status = core.status(103.0, tun=None, listen=[LOCAL], dataplane=DataplaneStatus())
+    lines = _lines(render_metrics(status))
+    sa_labels = 'peer="site-b",spi_in="00001001",spi_out="00001002"'
     assert 'ipsecd_tunnel_up{peer="site-b"} 1' in lines
     assert 'ipsecd_peer_info{peer="site-b",mode="manual",state="manual"} 1' in lines
-    assert f'ipsecd_sa_packets_total{{{sa},direction="in"}} 1' in lines
-    assert f'ipsecd_sa_packets_total{{{sa},direction="out"}} 1' in lines
-    assert f'ipsecd_sa_bytes_total{{{sa},direction="out"}} {len(inner)}' in lines
-    assert f'ipsecd_sa_drops_total{{{sa},reason="replay"}} 1' in lines
-    assert 'ipsecd_drops_total{reason="no_sa"} 3' in lines
-    assert "ipsecd_handshake_failures_total 1" in lines
+    assert f'ipsecd_sa_packets_total{{{sa_labels},direction="in"}} 1' in lines
+    assert f'ipsecd_sa_packets_total{{{sa_labels},direction="out"}} 1' in lines
+    assert f'ipsecd_sa_bytes_total{{{sa_labels},direction="in"}} {len(inner)}' in lines
+    assert f'ipsecd_sa_drops_total{{{sa_labels},reason="replay"}} 1' in lines
+    assert f"ipsecd_sa_established_seconds{{{sa_labels}}} 3" in lines
+    assert 'ipsecd_drops_total{reason="no_sa"} 1' in lines
+    assert "ipsecd_uptime_seconds 3" in lines
+    assert status.to_dict()["peers"][0]["children"][0]["spi_in"] == "00001001"
 
 
 # -- the HTTP endpoint -----------------------------------------------------------------------
@@ -295,7 +276,7 @@ def _raw(port: int, request: bytes) -> bytes:
 
 
 def _with_server(
-    scenario: Callable[[int], Any], get_status: Callable[[], dict[str, Any]] = _status
+    scenario: Callable[[int], Any], get_status: Callable[[], DaemonStatus] = _status
 ) -> Any:
     """Start a MetricsServer on port 0; run the blocking ``scenario(port)`` in a thread."""
 
@@ -327,9 +308,9 @@ def test_scrape_with_urllib() -> None:
 def test_each_scrape_reads_a_fresh_status() -> None:
     calls = {"n": 0}
 
-    def get_status() -> dict[str, Any]:
+    def get_status() -> DaemonStatus:
         calls["n"] += 1
-        return {"counters": {"negotiation_failed": calls["n"]}}
+        return DaemonStatus(counters={"negotiation_failed": calls["n"]})
 
     def scrape_twice(port: int) -> list[bytes]:
         return [_raw(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n") for _ in range(2)]
@@ -416,7 +397,7 @@ def test_oversized_request_is_refused() -> None:
 def test_broken_status_gives_500_and_server_survives() -> None:
     state = {"fail": True}
 
-    def get_status() -> dict[str, Any]:
+    def get_status() -> DaemonStatus:
         if state["fail"]:
             raise RuntimeError("boom")
         return _status()
@@ -451,8 +432,9 @@ def test_close_releases_the_port_and_idle_clients() -> None:
 
 
 def test_peer_last_seen_gauge() -> None:
+    seen = {"dpd": "idle", "dpd_delay": 30, "last_seen_seconds": 4.5}
     status = _status()
-    status["peers"][0]["ike"] = {"dpd": "idle", "dpd_delay": 30, "last_seen_seconds": 4.5}
+    status = replace(status, peers=(replace(status.peers[0], ike=seen), *status.peers[1:]))
     lines = _lines(render_metrics(status))
     assert 'ipsecd_peer_last_seen_seconds{peer="site-b"} 4.5' in lines
     assert not any(
@@ -462,9 +444,10 @@ def test_peer_last_seen_gauge() -> None:
 
 
 def test_ike_dos_gauges() -> None:
-    status = _status()
-    status["ike_dos"] = {"half_open": 7, "cookies_required": True, "cookie_threshold": 5}
-    status["ike_counters"] = {"cookies_sent": 12}
+    status = _status(
+        ike_dos={"half_open": 7, "cookies_required": True, "cookie_threshold": 5},
+        ike_counters={"cookies_sent": 12},
+    )
     lines = _lines(render_metrics(status))
     assert "ipsecd_ike_half_open_sas 7" in lines
     assert "ipsecd_ike_cookies_required 1" in lines

@@ -1,5 +1,5 @@
 """On-demand tunnels (``start: trap``): the trap queue, the processor's ``no_sa`` hook,
-and the daemon glue driven by two real IkeManagers with a fake clock."""
+and the daemon core facing a real IKE peer with a fake clock."""
 
 from __future__ import annotations
 
@@ -10,16 +10,14 @@ from typing import Any
 
 import pytest
 
-from ipsecd.daemon import app, ike_glue
-from ipsecd.daemon.app import Daemon
-from ipsecd.daemon.sdnotify import Notifier
+from ipsecd.config import load_config
 from ipsecd.dataplane.processor import PacketProcessor
 from ipsecd.dataplane.sad import SaDatabase
 from ipsecd.dataplane.trap import MAX_BYTES, MAX_PACKETS, TrapQueue, TrapState
 from ipsecd.esp.counters import DropReason
-from ipsecd.esp.sa import InboundEspSa
 from ipsecd.selectors import TrafficSelector
-from tests.unit.ike_pair_support import A_IP, B_IP, IkePair, side_a, side_b
+from tests.unit.core_rig import CoreRig
+from tests.unit.ike_pair_support import side_a, side_b
 
 SITE_A = (TrafficSelector.from_prefix("10.1.0.0/24"),)
 SITE_B = (TrafficSelector.from_prefix("10.2.0.0/24"),)
@@ -186,188 +184,112 @@ def test_processor_hands_packets_without_sa_to_the_hook():
     assert processor.drops[DropReason.NO_SA] == 2
 
 
-# ---- the daemon glue with two real IKE managers ----------------------------------------
+# ---- the daemon core with a real IKE peer ---------------------------------------------
 
 
-class FakeSocket:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, Any]] = []
-
-    def send_batch(self, datagrams: list[bytes], remote: Any) -> None:
-        self.sent += [(d, remote) for d in datagrams]
+def rig(tmp_path: Path, **b_overrides: Any) -> CoreRig:
+    return CoreRig(tmp_path, side_a(start="trap"), side_b(**b_overrides))
 
 
-class TrapRig:
-    """gateway A as a real :class:`Daemon` object (no TUN, no sockets opened, no loop) on
-    top of the pair's manager ``a``; events go through the real ``ike_glue.apply_event``."""
-
-    def __init__(self, tmp_path: Path, monkeypatch: Any, **b_overrides: Any) -> None:
-        self.pair = IkePair(tmp_path, side_a(start="trap"), side_b(**b_overrides), start=False)
-        # The shell reads the clock itself; here it is the pair's fake clock.
-        monkeypatch.setattr(app.time, "monotonic", lambda: self.pair.now)
-        self.daemon = Daemon(self.pair.a_config, Notifier(address=""))
-        self.daemon.ike = self.pair.a
-        self.daemon._pump_ike = self.pump  # type: ignore[method-assign]
-        self.socket = FakeSocket()
-        self.daemon.sockets = {(A_IP, 4500): self.socket}  # type: ignore[dict-item]
-        for peer in self.pair.a_config.peers:  # what Daemon._open does for trap peers
-            if peer.start == "trap":
-                self.daemon.trap.watch(peer.name, peer.local_ts, peer.remote_ts)
-        self.applied = 0
-        self.pair.a.start(self.pair.now)  # start: trap initiates nothing
-        self.pump()
-
-    def pump(self) -> None:
-        self.pair.pump()
-        events = self.pair.events["a"]
-        for _, event in events[self.applied :]:
-            ike_glue.apply_event(self.daemon, event)
-        self.applied = len(events)
-        self.pair.pump()
-
-    def from_tun(self, packets: list[bytes]) -> None:
-        """What Daemon._on_tun does with a burst."""
-        for (local, remote), datagrams in self.daemon.processor.from_tun(packets).items():
-            self.daemon.sockets[local].send_batch(datagrams, remote)
-        self.daemon._start_on_demand()
-
-    def decrypted_at_b(self) -> list[bytes]:
-        """The ESP sent so far, opened with b's inbound keys."""
-        (event,) = self.pair.established("b")[-1:]
-        child = event.child
-        inbound = InboundEspSa(
-            child.spi_in,
-            child.encr,
-            child.integ,
-            child.encr_key_in,
-            child.integ_key_in,
-            src_selectors=child.remote_ts,
-            dst_selectors=child.local_ts,
-        )
-        out = []
-        for data, remote in self.socket.sent:
-            assert remote == (B_IP, 4500)
-            result = inbound.decapsulate(data)
-            if result is not None:
-                out.append(result[1])
-        return out
-
-
-def test_no_tunnel_until_traffic_then_queued_packets_go_through(tmp_path, monkeypatch):
-    rig = TrapRig(tmp_path, monkeypatch)
-    assert rig.pair.net.log == []  # nothing sent at start
-    assert rig.pair.status("a")["state"] == "down"
+def test_no_tunnel_until_traffic_then_queued_packets_go_through(tmp_path):
+    r = rig(tmp_path)
+    assert r.ike_sent == []  # nothing sent at start
+    assert r.status_a()["state"] == "down"
     packets = [packet("10.1.0.5", "10.2.0.7", ident=n) for n in range(3)]
-    rig.from_tun(packets[:1])  # the first packet starts IKE ...
-    assert rig.daemon.trap.state("b") is TrapState.UP  # (the fake network answers at once)
-    assert rig.decrypted_at_b() == packets[:1]  # ... and is delivered once the SA is up
-    rig.from_tun(packets[1:])  # later packets find the SA directly
-    assert rig.decrypted_at_b() == packets
-    inits = [s for s in rig.pair.net.log if s.sender == "a" and s.data[18] == 34]
-    assert len(inits) == 1
-    assert rig.daemon.counters["trap_triggers"] == 1
-    assert rig.daemon.counters["trap_queue_sent"] == 1
-    assert rig.daemon.processor.drops[DropReason.NO_SA] == 0
+    r.from_tun(packets[:1])  # the first packet starts IKE ...
+    assert r.core.trap.state("b") is TrapState.UP  # (the fake network answers at once)
+    assert r.decrypted_at_b() == packets[:1]  # ... and is delivered once the SA is up
+    r.from_tun(packets[1:])  # later packets find the SA directly
+    assert r.decrypted_at_b() == packets
+    assert r.inits_sent() == 1
+    assert r.core.counters["trap_triggers"] == 1
+    assert r.core.counters["trap_queue_sent"] == 1
+    assert r.core.processor.drops[DropReason.NO_SA] == 0
 
 
-def test_packets_while_negotiating_are_queued_and_trigger_once(tmp_path, monkeypatch):
-    rig = TrapRig(tmp_path, monkeypatch)
-    rig.pair.net.drop = lambda sent: True  # the peer is unreachable for now
+def test_packets_while_negotiating_are_queued_and_trigger_once(tmp_path):
+    r = rig(tmp_path)
+    r.drop = True  # the peer is unreachable for now
     packets = [packet("10.1.0.5", "10.2.0.7", ident=n) for n in range(4)]
     for p in packets:
-        rig.from_tun([p])
-    assert rig.daemon.trap.state("b") is TrapState.NEGOTIATING
-    assert rig.daemon.trap.queued("b") == 4
-    inits = [s for s in rig.pair.net.log if s.sender == "a" and s.data[18] == 34]
-    assert len(inits) == 1  # one IKE_SA_INIT, not one per packet
-    rig.pair.net.drop = lambda sent: False
-    rig.pair.advance(0.6)  # the retransmission gets through
-    rig.pump()
-    assert rig.decrypted_at_b() == packets
-    assert rig.pair.status("a")["state"] == "established"
+        r.from_tun([p])
+    assert r.core.trap.state("b") is TrapState.NEGOTIATING
+    assert r.core.trap.queued("b") == 4
+    assert r.inits_sent() == 1  # one IKE_SA_INIT, not one per packet
+    r.drop = False
+    r.advance(0.6)  # the retransmission gets through
+    assert r.decrypted_at_b() == packets
+    assert r.status_a()["state"] == "established"
 
 
-def test_failed_negotiation_drops_queue_and_does_not_retry_by_itself(tmp_path, monkeypatch):
-    rig = TrapRig(tmp_path, monkeypatch, psk="0x" + "11" * 32)  # wrong PSK on b
-    rig.from_tun([packet("10.1.0.5", "10.2.0.7", ident=n) for n in range(3)])
-    assert rig.daemon.trap.state("b") is TrapState.IDLE
-    assert rig.daemon.counters["trap_queue_dropped"] == 3
-    assert "AUTHENTICATION_FAILED" in rig.daemon.last_error["b"]
-    before = len(rig.pair.net.log)
-    rig.pair.advance(120)  # an on-demand peer is not retried without traffic
-    assert len(rig.pair.net.log) == before
-    rig.from_tun([packet("10.1.0.5", "10.2.0.7")])  # the next packet tries again
-    assert rig.daemon.counters["trap_triggers"] == 2
+def test_failed_negotiation_drops_queue_and_does_not_retry_by_itself(tmp_path):
+    r = rig(tmp_path, psk="0x" + "11" * 32)  # wrong PSK on b
+    r.from_tun([packet("10.1.0.5", "10.2.0.7", ident=n) for n in range(3)])
+    assert r.core.trap.state("b") is TrapState.IDLE
+    assert r.core.counters["trap_queue_dropped"] == 3
+    assert "AUTHENTICATION_FAILED" in r.core.last_error["b"]
+    before = len(r.ike_sent)
+    r.advance(120)  # an on-demand peer is not retried without traffic
+    assert len(r.ike_sent) == before
+    r.from_tun([packet("10.1.0.5", "10.2.0.7")])  # the next packet tries again
+    assert r.core.counters["trap_triggers"] == 2
 
 
-def test_tunnel_deleted_by_peer_retriggers_on_next_packet(tmp_path, monkeypatch):
-    rig = TrapRig(tmp_path, monkeypatch)
-    rig.from_tun([packet("10.1.0.5", "10.2.0.7")])
-    assert rig.daemon.trap.state("b") is TrapState.UP
-    rig.pair.b.terminate("a", rig.pair.now)  # the peer deletes the IKE SA
-    rig.pump()
-    assert len(rig.daemon.sad) == 0
-    assert rig.daemon.trap.state("b") is TrapState.IDLE
-    rig.pair.advance(120)
-    rig.pump()
-    assert rig.pair.status("a")["state"] == "down"  # not brought back without traffic
-    rig.from_tun([packet("10.1.0.5", "10.2.0.7", ident=9)])
-    assert rig.daemon.trap.state("b") is TrapState.UP
-    assert rig.daemon.counters["trap_triggers"] == 2
-    assert rig.decrypted_at_b()[-1] == packet("10.1.0.5", "10.2.0.7", ident=9)
+def test_tunnel_deleted_by_peer_retriggers_on_next_packet(tmp_path):
+    r = rig(tmp_path)
+    r.from_tun([packet("10.1.0.5", "10.2.0.7")])
+    assert r.core.trap.state("b") is TrapState.UP
+    r.b.terminate("a", r.now)  # the peer deletes the IKE SA
+    r.pump()
+    assert len(r.core.sad) == 0
+    assert r.core.trap.state("b") is TrapState.IDLE
+    r.advance(120)
+    assert r.status_a()["state"] == "down"  # not brought back without traffic
+    r.from_tun([packet("10.1.0.5", "10.2.0.7", ident=9)])
+    assert r.core.trap.state("b") is TrapState.UP
+    assert r.core.counters["trap_triggers"] == 2
+    assert r.decrypted_at_b()[-1] == packet("10.1.0.5", "10.2.0.7", ident=9)
 
 
-def test_rekey_keeps_the_trap_up(tmp_path, monkeypatch):
-    rig = TrapRig(tmp_path, monkeypatch)
-    rig.from_tun([packet("10.1.0.5", "10.2.0.7")])
-    rig.pair.a.rekey("b", rig.pair.now)
-    rig.pump()
-    assert len(rig.daemon.sad) == 1 and rig.daemon.trap.state("b") is TrapState.UP
-    assert rig.daemon.counters["trap_triggers"] == 1
+def test_rekey_keeps_the_trap_up(tmp_path):
+    r = rig(tmp_path)
+    r.from_tun([packet("10.1.0.5", "10.2.0.7")])
+    assert r.core.control("rekey", "b", r.now) == {"ok": True}
+    r.pump()
+    assert len(r.core.sad) == 1 and r.core.trap.state("b") is TrapState.UP
+    assert r.core.counters["trap_triggers"] == 1
 
 
-class FakeTun:
-    name = "ipsecfake"
-
-    async def add_route(self, net: Any) -> None:
-        pass
-
-    async def remove_route(self, net: Any) -> None:
-        pass
-
-
-def test_reload_arms_and_disarms_traps(tmp_path, monkeypatch):
-    import asyncio
-
-    rig = TrapRig(tmp_path, monkeypatch)
-    daemon = rig.daemon
-    daemon.tun = FakeTun()  # type: ignore[assignment]
-    path = daemon.config.path
-    text = rig.pair.a_side.yaml(path.with_suffix(".psk"))  # the file the config came from
+def test_reload_arms_and_disarms_traps(tmp_path):
+    r = rig(tmp_path)
+    core = r.core
+    path = core.config.path
+    text = r.pair.a_side.yaml(path.with_suffix(".psk"))  # the file the config came from
     assert "start: trap" in text
     path.write_text(text.replace("start: trap", "start: respond"))
-    assert asyncio.run(daemon._reload())["plan"]["changed"] == ["b"]
-    assert daemon.trap.state("b") is None
-    assert not rig.daemon.processor.no_sa(packet("10.1.0.5", "10.2.0.7"), 4, 0x0A010005, 0x0A020007)
+    assert core.reload(load_config(path), r.now)["plan"]["changed"] == ["b"]
+    assert core.trap.state("b") is None
+    assert core.processor.no_sa is not None
+    assert not core.processor.no_sa(packet("10.1.0.5", "10.2.0.7"), 4, 0x0A010005, 0x0A020007)
     path.write_text(text)
-    asyncio.run(daemon._reload())
-    assert daemon.trap.state("b") is TrapState.IDLE
+    core.reload(load_config(path), r.now)
+    assert core.trap.state("b") is TrapState.IDLE
 
 
-def test_ike_sa_without_child_gets_a_new_child_on_traffic(tmp_path, monkeypatch):
+def test_ike_sa_without_child_gets_a_new_child_on_traffic(tmp_path):
     """The peer deleted only the CHILD_SA (an idle timeout, say): the next packet
     creates a new one with CREATE_CHILD_SA on the IKE SA that is still up."""
-    rig = TrapRig(tmp_path, monkeypatch)
-    rig.from_tun([packet("10.1.0.5", "10.2.0.7")])
-    ike_spi = rig.pair.a.ike_sa("b").local_spi
-    (b_child,) = rig.pair.b.ike_sa("a").children
-    rig.pair.b.delete_child("a", b_child, rig.pair.now)
-    rig.pump()
-    assert len(rig.daemon.sad) == 0 and rig.daemon.trap.state("b") is TrapState.IDLE
-    assert rig.pair.a.ike_sa("b").state.value == "established"
-    rig.from_tun([packet("10.1.0.5", "10.2.0.7", ident=7)])
-    assert rig.daemon.trap.state("b") is TrapState.UP
-    assert rig.pair.a.ike_sa("b").local_spi == ike_spi  # same IKE SA, new CHILD_SA
-    assert rig.decrypted_at_b()[-1] == packet("10.1.0.5", "10.2.0.7", ident=7)
-    rig.from_tun([packet("10.1.0.5", "10.2.0.7", ident=8)])  # SA there: no new exchange
-    assert len(rig.pair.a.ike_sa("b").children) == 1
+    r = rig(tmp_path)
+    r.from_tun([packet("10.1.0.5", "10.2.0.7")])
+    ike_spi = r.ike.ike_sa("b").local_spi
+    (b_child,) = r.b.ike_sa("a").children
+    r.b.delete_child("a", b_child, r.now)
+    r.pump()
+    assert len(r.core.sad) == 0 and r.core.trap.state("b") is TrapState.IDLE
+    assert r.ike.ike_sa("b").state.value == "established"
+    r.from_tun([packet("10.1.0.5", "10.2.0.7", ident=7)])
+    assert r.core.trap.state("b") is TrapState.UP
+    assert r.ike.ike_sa("b").local_spi == ike_spi  # same IKE SA, new CHILD_SA
+    assert r.decrypted_at_b()[-1] == packet("10.1.0.5", "10.2.0.7", ident=7)
+    r.from_tun([packet("10.1.0.5", "10.2.0.7", ident=8)])  # SA there: no new exchange
+    assert len(r.ike.ike_sa("b").children) == 1
