@@ -20,7 +20,8 @@ Errors: every problem with the bytes raises :class:`MalformedMessage`
 critical bit set (§2.5) is not an error of :func:`parse_message`: the message
 comes back with ``unsupported_critical`` = that payload type so the caller can
 answer UNSUPPORTED_CRITICAL_PAYLOAD; :func:`decode` raises
-:class:`CriticalPayloadUnsupported` (a MalformedMessage) for it instead.
+:class:`~ipsecd.ike.errors.UnsupportedCriticalPayload` (a MalformedMessage) for it
+instead.
 
 ``Message.raw`` keeps the exact bytes a message was parsed from: the AUTH
 computation needs the first message as sent (§2.15 RealMessage1/2).
@@ -43,12 +44,12 @@ from ipsecd.ike.constants import (
     PayloadType,
     enum_or_int,
 )
+from ipsecd.ike.errors import MalformedMessage, UnsupportedCriticalPayload
 from ipsecd.ike.payloads import (
     PAYLOAD_CLASSES,
     RAW_KNOWN_TYPES,
     Encrypted,
     EncryptedFragment,
-    MalformedMessage,
     Notify,
     Payload,
     RawPayload,
@@ -61,7 +62,7 @@ __all__ = [
     "Message",
     "MalformedMessage",
     "IntegrityCheckFailed",
-    "CriticalPayloadUnsupported",
+    "UnsupportedCriticalPayload",
     "parse_header",
     "parse_message",
     "decrypt",
@@ -73,14 +74,6 @@ __all__ = [
 
 P = TypeVar("P", bound=Payload)
 _CRITICAL = 0x80
-
-
-class CriticalPayloadUnsupported(MalformedMessage):
-    """RFC 7296 §2.5: an unknown payload with the critical bit set (raised by :func:`decode`)."""
-
-    def __init__(self, payload_type: int) -> None:
-        super().__init__(f"unsupported critical payload type {payload_type}")
-        self.payload_type = payload_type
 
 
 @dataclass(frozen=True)
@@ -197,6 +190,14 @@ class Message:
             for p in self.payloads
             if isinstance(p, Notify) and (notify_type is None or p.notify_type == notify_type)
         ]
+
+    def notify(self, notify_type: int) -> Notify | None:
+        """The first Notify of ``notify_type``, or None."""
+        return next(iter(self.notifies(notify_type)), None)
+
+    def error_notify(self) -> Notify | None:
+        """The first error notify (types below 16384, RFC 7296 §3.10.1), or None."""
+        return next((n for n in self.notifies() if n.is_error), None)
 
     def encode(self, keys: Any = None, sender_is_initiator: bool | None = None) -> bytes:
         return encode(self, keys, sender_is_initiator)
@@ -403,12 +404,12 @@ def decrypt(message: Message, keys: Any, sender_is_initiator: bool | None = None
 def decode(data: bytes, keys: Any = None, sender_is_initiator: bool | None = None) -> Message:
     """:func:`parse_message`, then :func:`decrypt` when ``keys`` are given.
 
-    Raises :class:`CriticalPayloadUnsupported` if an unknown critical payload
+    Raises :class:`UnsupportedCriticalPayload` if an unknown critical payload
     was found (in clear or inside SK, after the ICV verified).
     """
     message = parse_message(data)
     if keys is not None:
         message = decrypt(message, keys, sender_is_initiator)
     if message.unsupported_critical is not None:
-        raise CriticalPayloadUnsupported(message.unsupported_critical)
+        raise UnsupportedCriticalPayload(message.unsupported_critical)
     return message

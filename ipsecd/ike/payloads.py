@@ -43,6 +43,7 @@ from ipsecd.ike.constants import (
     TsType,
     enum_or_int,
 )
+from ipsecd.ike.errors import MalformedMessage
 from ipsecd.selectors import TrafficSelector
 
 __all__ = [
@@ -74,18 +75,6 @@ __all__ = [
     "identity_from_text",
     "format_identity",
 ]
-
-
-class MalformedMessage(Exception):
-    """An IKE message (or payload) that does not parse; ``reason`` says where and why.
-
-    The only exception the parser raises: callers count the datagram and drop it
-    (RFC 7296 §2.21.1 — nothing is answered for a message that cannot be read).
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class _Reader:

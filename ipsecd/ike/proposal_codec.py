@@ -53,6 +53,7 @@ from ipsecd.crypto.registry import (
     prf_by_id,
 )
 from ipsecd.ike.constants import ProtocolId
+from ipsecd.ike.errors import NoProposalChosen
 from ipsecd.ike.payloads import SaProposal, SecurityAssociation, Transform
 
 __all__ = [
@@ -62,6 +63,9 @@ __all__ = [
     "proposal_transforms",
     "select",
     "explain_no_match",
+    "choose",
+    "check_answer",
+    "format_proposals",
     "to_proposal",
     "describe",
     "PROTOCOL_IDS",
@@ -417,3 +421,50 @@ def explain_no_match(
         + ", we accept "
         + "; ".join(str(p) for p in mine)
     )
+
+
+# ---- negotiation (RFC 7296 §2.7): selection with the operator's explanation -------
+
+
+def format_proposals(proposals: Sequence[object]) -> str:
+    return ", ".join(str(p) for p in proposals) or "(none)"
+
+
+def choose(
+    offered: SecurityAssociation | None, ours: Sequence[Proposal], protocol: str, peer: str
+) -> ChosenProposal:
+    """Responder: the first acceptable proposal of the peer's SA payload (RFC 7296 §2.7).
+
+    Raises :class:`NoProposalChosen` naming the first transform type without a match
+    (:func:`explain_no_match`) and both offers.
+    """
+    proposals = offered.proposals if offered is not None else ()
+    chosen = select(proposals, ours, protocol)
+    if chosen is None:
+        theirs = [to_proposal(p, protocol) for p in proposals]
+        raise NoProposalChosen(
+            f"no {protocol.upper()} proposal chosen with peer {peer}:"
+            f" {explain_no_match(proposals, ours, protocol)}; peer offered"
+            f" {format_proposals(theirs)}, we accept {format_proposals(ours)}"
+        )
+    return chosen
+
+
+def check_answer(
+    answer: SecurityAssociation | None,
+    ours: Sequence[Proposal],
+    protocol: str,
+    peer: str,
+    *,
+    fatal: bool,
+) -> ChosenProposal:
+    """Initiator: the responder's single proposal must be one we offered (RFC 7296 §2.7)."""
+    proposals = answer.proposals if answer is not None else ()
+    chosen = select(proposals, ours, protocol) if len(proposals) == 1 else None
+    if chosen is None:
+        raise NoProposalChosen(
+            f"peer {peer} answered with an {protocol.upper()} proposal we did not offer;"
+            f" we offered {format_proposals(ours)}",
+            fatal=fatal,
+        )
+    return chosen

@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidTag
 
 from ipsecd.crypto.ciphers import Aead, CbcCipher, Hmac
 from ipsecd.crypto.registry import EncrAlgorithm, IntegAlgorithm
-from ipsecd.ike.payloads import MalformedMessage
+from ipsecd.ike.errors import MalformedMessage
 
 __all__ = ["SkKeys", "IntegrityCheckFailed", "seal", "open_sk", "body_length", "pad"]
 

@@ -13,6 +13,7 @@ Side ``a`` (192.0.2.1, 10.1.0.0/24) initiates; side ``b`` (192.0.2.2,
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import struct
 from collections.abc import Callable
@@ -23,7 +24,9 @@ from typing import Any
 from ipsecd.config import Config, parse_config
 from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
 from ipsecd.ike import events as ev
+from ipsecd.ike import message as codec
 from ipsecd.ike import payloads as pl
+from ipsecd.ike.constants import ExchangeType, PayloadType
 from ipsecd.ike.manager import IkeManager
 from ipsecd.ike.message import parse_message
 
@@ -230,6 +233,7 @@ class IkePair:
         *,
         start: bool = True,
         keepalive_interval: float | None = None,
+        random_bytes: Callable[[int], bytes] | None = None,
     ) -> None:
         self.now = START
         self.a_side = a or side_a()
@@ -239,6 +243,8 @@ class IkePair:
         kwargs: dict[str, Any] = {}
         if keepalive_interval is not None:
             kwargs["keepalive_interval"] = keepalive_interval
+        if random_bytes is not None:
+            kwargs["random_bytes"] = random_bytes
         self.a = IkeManager(self.a_config, self.now, **kwargs)
         self.b = IkeManager(self.b_config, self.now, **kwargs)
         self.net = Network()
@@ -343,8 +349,6 @@ class IkePair:
     def record_cleartext(self) -> None:
         """Decode every IKE message in flight (with the sender's SA keys) into
         :attr:`cleartext` (:class:`Cleartext`), before delivery."""
-        from ipsecd.ike import message as codec
-
         previous = self.net.tamper
 
         def tap(sent: Sent) -> bytes:
@@ -357,9 +361,11 @@ class IkePair:
                     sa = mgr.sas.get(spi)
                     if sa is not None and sa.keys is not None and sa.spi_i == header.spi_i:
                         keys = sa.keys
-            if header.exchange_type == 34:
+            if header.exchange_type == ExchangeType.IKE_SA_INIT:
                 msg = codec.decode(data)
-            elif header.next_payload == 53:  # an RFC 7383 fragment: opened on reassembly
+            elif (
+                header.next_payload == PayloadType.SKF
+            ):  # an RFC 7383 fragment: opened on reassembly
                 msg = codec.parse_message(data)
             elif keys is not None:
                 msg = codec.decode(data, keys=keys, sender_is_initiator=header.initiator)
@@ -409,7 +415,6 @@ class IkePair:
 
 def ipv4_packet(src: str, dst: str, payload: bytes = b"ping through the tunnel") -> bytes:
     """A minimal IPv4/UDP-less packet (protocol 253, experimental) with a valid checksum."""
-    import ipaddress
 
     total = 20 + len(payload)
     header = struct.pack(

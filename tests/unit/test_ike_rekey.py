@@ -9,13 +9,24 @@ with is an inbound SA on the other side.
 from __future__ import annotations
 
 import ipaddress
+import os
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from ipsecd.config.schema import AuthConfig, ChildLifetime, Identity, IkeLifetime, PeerConfig
+from ipsecd.config.schema import (
+    AuthConfig,
+    ChildLifetime,
+    Config,
+    GatewayConfig,
+    Identity,
+    IkeLifetime,
+    LogConfig,
+    PeerConfig,
+)
+from ipsecd.crypto import keyexchange
 from ipsecd.crypto.proposals import parse_proposal
 from ipsecd.ike import events as ev
 from ipsecd.ike.child import ChildState
@@ -63,8 +74,18 @@ def peer(
     )
 
 
-def config(p: PeerConfig) -> SimpleNamespace:
-    return SimpleNamespace(gateway=SimpleNamespace(port=4500, ike_port=500), peers=(p,))
+def config(p: PeerConfig) -> Config:
+    gateway = GatewayConfig(
+        tun="ipsec0",
+        mtu=None,
+        addresses=(),
+        listen=(p.local_address,),
+        port=4500,
+        ike_port=500,
+        control_socket=Path("/run/ipsecd/control"),
+        metrics=None,
+    )
+    return Config(path=Path("/dev/null"), log=LogConfig(), gateway=gateway, peers=(p,))
 
 
 class FakeDataPlane:
@@ -95,6 +116,17 @@ class FakeDataPlane:
         return self.inbound[self.outbound[0]].spi_out if self.outbound else None
 
 
+class ScriptedNonces:
+    """The managers' randomness: scripted 32-octet nonces while any are left, else urandom."""
+
+    def __init__(self) -> None:
+        self.nonces: Iterator[bytes] = iter(())
+
+    def __call__(self, n: int) -> bytes:
+        scripted = next(self.nonces, None) if n == 32 else None
+        return scripted if scripted is not None else os.urandom(n)
+
+
 class Pair:
     """Two managers wired back to back with a fake clock."""
 
@@ -112,8 +144,9 @@ class Pair:
                   ike_lifetime=ike_a)  # fmt: skip
         pb = peer("a", B_IP, A_IP, NET_B, NET_A, "respond", esp, child_lifetime=lifetime_b,
                   ike_lifetime=ike_b)  # fmt: skip
-        self.a = IkeManager(config(pa), self.now, policy=policy)
-        self.b = IkeManager(config(pb), self.now, policy=policy)
+        self.random = ScriptedNonces()
+        self.a = IkeManager(config(pa), self.now, policy=policy, random_bytes=self.random)
+        self.b = IkeManager(config(pb), self.now, policy=policy, random_bytes=self.random)
         self.dp = {id(self.a): FakeDataPlane(), id(self.b): FakeDataPlane()}
         self.events: list[tuple[str, ev.Event]] = []
         self.checking = False
@@ -239,10 +272,9 @@ def test_child_rekey_by_either_side(initiator: str, esp: str) -> None:
 
 
 def test_pfs_rekey_uses_a_fresh_key_exchange(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ipsecd.ike.exchanges import base
 
     calls = []
-    real = base.new_key_exchange
+    real = keyexchange.new
 
     def spy(group):
         calls.append(group.name)
@@ -250,7 +282,7 @@ def test_pfs_rekey_uses_a_fresh_key_exchange(monkeypatch: pytest.MonkeyPatch) ->
 
     pair = Pair(esp="aes128-sha256-ecp256")
     pair.up()
-    monkeypatch.setattr(base, "new_key_exchange", spy)
+    monkeypatch.setattr(keyexchange, "new", spy)
     pair.a.rekey("b", pair.now)
     pair.pump()
     pair.assert_one_pair()
@@ -300,15 +332,11 @@ def test_simultaneous_rekey_requests_cross() -> None:
         assert not [e for _, e in pair.events if isinstance(e, ev.NegotiationFailed)]
 
 
-def test_simultaneous_rekey_nonce_rule_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_simultaneous_rekey_nonce_rule_is_exact() -> None:
     """The SA of the exchange holding the lowest nonce is the redundant one (octet order)."""
-    from ipsecd.ike.exchanges import create_child
-
-    nonces = iter([b"\x05" * 32, b"\x01" + b"\xff" * 31, b"\x09" * 32, b"\x07" * 32])
-    real = create_child.os.urandom
     pair = Pair()
     pair.up()
-    monkeypatch.setattr(create_child.os, "urandom", lambda n: next(nonces) if n == 32 else real(n))
+    pair.random.nonces = iter([b"\x05" * 32, b"\x01" + b"\xff" * 31, b"\x09" * 32, b"\x07" * 32])
     pair.a.rekey("b", pair.now)  # Ni(A) = 05..
     pair.b.rekey("a", pair.now)  # Ni(B) = 01ff.. : the lowest -> B's exchange is redundant
     pair.exchange_crosswise()  # B answers A with Nr 09.., A answers B with Nr 07..
@@ -472,15 +500,11 @@ def test_simultaneous_ike_rekey_resolves_to_one_sa() -> None:
         pair.assert_one_pair()
 
 
-def test_simultaneous_ike_rekey_nonce_rule_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_simultaneous_ike_rekey_nonce_rule_is_exact() -> None:
     """The new IKE SA of the exchange holding the lowest nonce is the redundant one."""
-    from ipsecd.ike.exchanges import rekey
-
     pair = Pair()
     pair.up()
-    nonces = iter([b"\x05" * 32, b"\x01" + b"\xff" * 31, b"\x09" * 32, b"\x07" * 32])
-    real = rekey.os.urandom
-    monkeypatch.setattr(rekey.os, "urandom", lambda n: next(nonces) if n == 32 else real(n))
+    pair.random.nonces = iter([b"\x05" * 32, b"\x01" + b"\xff" * 31, b"\x09" * 32, b"\x07" * 32])
     old = pair.a.ike_sa("b")
     pair.a.rekey_ike("b", pair.now)  # Ni(A) = 05..
     pair.b.rekey_ike("a", pair.now)  # Ni(B) = 01ff.. : the lowest -> B's exchange is redundant
@@ -493,17 +517,13 @@ def test_simultaneous_ike_rekey_nonce_rule_is_exact(monkeypatch: pytest.MonkeyPa
     pair.assert_one_pair()
 
 
-def test_peer_deletes_old_ike_sa_before_our_rekey_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_peer_deletes_old_ike_sa_before_our_rekey_answer() -> None:
     """The peer won the collision and deleted the old IKE SA; its answer to our request
     was lost: its new SA still takes the CHILD_SA, nothing goes down."""
-    from ipsecd.ike.exchanges import rekey
-
     pair = Pair()
     pair.up()
     # Ni(A) holds the lowest nonce: A's exchange is redundant, B's survives.
-    nonces = iter([b"\x01" + b"\xff" * 31, b"\x05" * 32, b"\x09" * 32, b"\x07" * 32])
-    real = rekey.os.urandom
-    monkeypatch.setattr(rekey.os, "urandom", lambda n: next(nonces) if n == 32 else real(n))
+    pair.random.nonces = iter([b"\x01" + b"\xff" * 31, b"\x05" * 32, b"\x09" * 32, b"\x07" * 32])
     pair.a.rekey_ike("b", pair.now)
     pair.b.rekey_ike("a", pair.now)
     req_a, req_b = pair.a.datagrams_to_send(), pair.b.datagrams_to_send()
@@ -539,7 +559,7 @@ def test_ike_sa_gone_before_a_collision_is_decided_leaves_no_stray_sa() -> None:
     assert pending.collision_pending and pending.local_spi in pair.a.sas
     pair.checking = False  # A loses its CHILD_SA with the old IKE SA: B's ESP has no home
     old.fail("test: the old IKE SA is gone", pair.now)
-    pair.a.handle_timer(pair.now)
+    pair.a._collect(old, pair.now)  # what the manager does after every step of an SA
     assert not pending.collision_pending and pending.rekeyed_to is old
     pair.run(60)  # past the grace period of a replaced IKE SA
     assert pending.local_spi not in pair.a.sas or not pending.alive
