@@ -9,6 +9,7 @@ States and transitions of a CHILD_SA are in :mod:`ipsecd.ike.lifecycle`.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
@@ -82,7 +83,7 @@ class ChildSa:
     was_rekeyed: bool = False
     # A rekey of this child the peer started while ours was outstanding (§2.8.1):
     # (spi_in of the child it created, lowest nonce of that exchange).
-    peer_rekey: tuple[int, bytes] | None = None
+    peer_rekey: tuple[int, builtins.bytes] | None = None
 
     def transition(self, event: ChildEvent, now: float, policy: RetransmitPolicy) -> None:
         """Apply ``event`` by the lifecycle table; entering a state sets its deadline."""

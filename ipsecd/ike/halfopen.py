@@ -160,7 +160,7 @@ class HalfOpenTable:
             return self._sas == other
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # a mutable mapping view: unhashable
 
     def get(self, key: Key) -> IkeSa | None:
         return self._sas.get(key)

@@ -707,14 +707,9 @@ class IkeManager:
         """N(INITIAL_CONTACT) (§2.4): the peer forgot its other IKE SAs with us; drop them
         (and their CHILD_SAs) without a Delete, which it could not decrypt anyway."""
         assert sa.peer.auth is not None
-        remote_id = sa.peer.auth.remote_id
-        for other in list(self.sas.values()):
-            if (
-                other is not sa
-                and other.state in (IkeState.ESTABLISHED, IkeState.DELETING)
-                and other.peer.auth is not None
-                and other.peer.auth.remote_id == remote_id
-            ):
-                self._count("initial_contact_deleted")
-                other.deleted(f"peer {other.peer_name} {why}", now)
-                self._collect(other, now)
+        for name in self.peer_policy.same_remote_id(sa.peer.auth.remote_id):
+            for other in self._of_peer(name):
+                if other is not sa and other.state in (IkeState.ESTABLISHED, IkeState.DELETING):
+                    self._count("initial_contact_deleted")
+                    other.deleted(f"peer {other.peer_name} {why}", now)
+                    self._collect(other, now)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 
 from ipsecd.ike import sk as _sk
 from ipsecd.ike.constants import (
@@ -199,7 +199,7 @@ class Message:
         """The first error notify (types below 16384, RFC 7296 §3.10.1), or None."""
         return next((n for n in self.notifies() if n.is_error), None)
 
-    def encode(self, keys: Any = None, sender_is_initiator: bool | None = None) -> bytes:
+    def encode(self, keys: Keys | None = None, sender_is_initiator: bool | None = None) -> bytes:
         return encode(self, keys, sender_is_initiator)
 
 
@@ -227,13 +227,24 @@ def _first_type(payloads: Sequence[Payload]) -> int:
     return payloads[0].payload_type if payloads else PayloadType.NONE
 
 
-def _resolve_keys(keys: Any, sender_is_initiator: bool) -> SkKeys:
+class KeySource(Protocol):
+    """The keys of an IKE SA (:class:`ipsecd.ike.keys.IkeKeys`): SK keys by direction."""
+
+    def sk_keys(self, sender_is_initiator: bool) -> SkKeys: ...
+
+
+Keys = SkKeys | KeySource
+
+
+def _resolve_keys(keys: Keys, sender_is_initiator: bool) -> SkKeys:
     if isinstance(keys, SkKeys):
         return keys
     return keys.sk_keys(sender_is_initiator)
 
 
-def encode(message: Message, keys: Any = None, sender_is_initiator: bool | None = None) -> bytes:
+def encode(
+    message: Message, keys: Keys | None = None, sender_is_initiator: bool | None = None
+) -> bytes:
     """Serialize ``message``; with ``keys`` every payload goes inside one SK payload.
 
     Without keys (IKE_SA_INIT, §3.14 exception) the payloads are sent in clear.
@@ -368,7 +379,7 @@ def _sk_offset(message: Message) -> int:
     return len(message.raw) - GENERIC_PAYLOAD_HEADER_LEN - len(last.data)
 
 
-def decrypt(message: Message, keys: Any, sender_is_initiator: bool | None = None) -> Message:
+def decrypt(message: Message, keys: Keys, sender_is_initiator: bool | None = None) -> Message:
     """Verify and open the SK payload of a parsed message (RFC 7296 §3.14).
 
     Returns a copy whose payloads are the clear payloads before SK (normally
@@ -401,7 +412,9 @@ def decrypt(message: Message, keys: Any, sender_is_initiator: bool | None = None
     )
 
 
-def decode(data: bytes, keys: Any = None, sender_is_initiator: bool | None = None) -> Message:
+def decode(
+    data: bytes, keys: Keys | None = None, sender_is_initiator: bool | None = None
+) -> Message:
     """:func:`parse_message`, then :func:`decrypt` when ``keys`` are given.
 
     Raises :class:`UnsupportedCriticalPayload` if an unknown critical payload

@@ -324,7 +324,7 @@ class KeyExchange(Payload):
         return cls(group, r.rest())
 
 
-_ID_FIXED_LEN = {IdType.ID_IPV4_ADDR: 4, IdType.ID_IPV6_ADDR: 16}
+_ID_FIXED_LEN: dict[int, int] = {IdType.ID_IPV4_ADDR: 4, IdType.ID_IPV6_ADDR: 16}
 
 
 @dataclass(frozen=True)
@@ -348,7 +348,7 @@ class Identification(Payload):
         id_type = enum_or_int(IdType, r.u8())
         r.take(3)
         data = r.rest()
-        fixed = _ID_FIXED_LEN.get(id_type)  # type: ignore[call-overload]
+        fixed = _ID_FIXED_LEN.get(id_type)
         if fixed is not None and len(data) != fixed:
             raise MalformedMessage(f"{cls.__name__}: {IdType(id_type).name} of {len(data)} bytes")
         return cls(id_type, data)

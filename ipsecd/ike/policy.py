@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from ipsecd.config.schema import Config, PeerConfig
+from ipsecd.config.schema import Config, Identity, IpAddress, PeerConfig
 from ipsecd.ike.scheduler import TimerHeap
 
 
@@ -39,9 +39,20 @@ class PeerPolicy:
 
     def __init__(self, config: Config, retry_pause: float) -> None:
         self.retry_pause = retry_pause
-        self.peers = ike_peers(config)
-        self.state = {name: PeerState() for name in self.peers}
+        self.state: dict[str, PeerState] = {}
         self.retries: TimerHeap[str] = TimerHeap()
+        self._set_peers(ike_peers(config))
+        self.state = {name: PeerState() for name in self.peers}
+
+    def _set_peers(self, peers: dict[str, PeerConfig]) -> None:
+        self.peers = peers
+        self._by_address: dict[IpAddress, list[PeerConfig]] = {}
+        self._by_remote_id: dict[Identity, list[str]] = {}
+        for peer in peers.values():
+            self._by_address.setdefault(peer.remote_address, []).append(peer)
+            if peer.auth is not None:
+                self._by_remote_id.setdefault(peer.auth.remote_id, []).append(peer.name)
+        self._authenticated = [p for p in peers.values() if p.auth is not None]
 
     def to_start(self) -> list[str]:
         return [name for name, peer in self.peers.items() if peer.start == "initiate"]
@@ -101,11 +112,14 @@ class PeerPolicy:
     def candidates(self, address: str) -> list[PeerConfig]:
         """Peers an IKE_SA_INIT from ``address`` may belong to (confirmed by ID in IKE_AUTH)."""
         try:
-            source = ipaddress.ip_address(address)
+            by_address = self._by_address.get(ipaddress.ip_address(address), [])
         except ValueError:
-            source = None
-        by_address = [p for p in self.peers.values() if p.remote_address == source]
-        return by_address or [p for p in self.peers.values() if p.auth is not None]
+            by_address = []
+        return list(by_address or self._authenticated)
+
+    def same_remote_id(self, identity: Identity) -> list[str]:
+        """Peers whose ``remote_id`` is ``identity`` (N(INITIAL_CONTACT), RFC 7296 §2.4)."""
+        return self._by_remote_id.get(identity, [])
 
     def reconfigure(self, config: Config) -> dict[str, list[str]]:
         """Adopt a reloaded config; returns the IKE peers by kind (added, changed, removed,
@@ -127,7 +141,7 @@ class PeerPolicy:
         for name in self.state:
             if name not in plan["unchanged"]:
                 self.retries.set(name, None)
-        self.peers = new
+        self._set_peers(new)
         self.state = {
             name: self.state[name] if name in plan["unchanged"] else PeerState() for name in new
         }

@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 PROTOCOL_IDS = {"ike": ProtocolId.IKE, "esp": ProtocolId.ESP}
-_TYPE_LABEL = {
+_TYPE_LABEL: dict[int, str] = {
     TransformType.ENCR: "ENCR",
     TransformType.PRF: "PRF",
     TransformType.INTEG: "INTEG",
@@ -216,7 +216,9 @@ def _match(
     if encr is None:
         return None
 
-    def optional(ttype: int, mine: Sequence[object], lookup: Callable) -> object:
+    def optional(
+        ttype: int, mine: Sequence[object], lookup: Callable[[Transform], object | None]
+    ) -> object:
         """Select a type that may be absent: absent on both sides (or NONE offered) is fine."""
         if not mine:
             return None if ttype not in by_type or has_none(ttype) else _MISSING
@@ -250,10 +252,10 @@ def _match(
         protocol=ours.protocol,
         number=offered.number,
         spi=offered.spi,
-        encryption=encr,  # type: ignore[arg-type]
-        integrity=integ,  # type: ignore[arg-type]
-        prf=prf,  # type: ignore[arg-type]
-        ke=ke,  # type: ignore[arg-type]
+        encryption=encr,  # type: ignore[arg-type]  # _pick keeps the lookup's type
+        integrity=integ,  # type: ignore[arg-type]  # (object in _match's generic code)
+        prf=prf,  # type: ignore[arg-type]  # ditto
+        ke=ke,  # type: ignore[arg-type]  # ditto
         esn=bool(esn),
     )
 
@@ -289,7 +291,7 @@ def select(
 
 def _transform_name(t: Transform) -> str:
     ttype, tid = t.transform_type, t.transform_id
-    alg: object | None = None
+    alg: EncrAlgorithm | PrfAlgorithm | IntegAlgorithm | KeAlgorithm | None = None
     if ttype == TransformType.ENCR:
         alg = encr_by_id(tid, t.key_length)
     elif ttype == TransformType.PRF:
@@ -303,16 +305,16 @@ def _transform_name(t: Transform) -> str:
     if ttype in (TransformType.INTEG, TransformType.KE) and tid == _NONE_ID:
         name = "none"
     elif alg is not None:
-        name = alg.name  # type: ignore[attr-defined]
+        name = alg.name
     else:
-        label = _TYPE_LABEL.get(ttype, f"TYPE{ttype}")  # type: ignore[call-overload]
+        label = _TYPE_LABEL.get(ttype, f"TYPE{ttype}")
         name = f"{label}#{tid}" + (f"/{t.key_length}" if t.key_length is not None else "")
     if t.other_attributes:
         name += "(+attrs)"
     return name
 
 
-_DESCRIBE_ORDER = {
+_DESCRIBE_ORDER: dict[int, int] = {
     TransformType.ENCR: 0,
     TransformType.INTEG: 1,
     TransformType.PRF: 2,
