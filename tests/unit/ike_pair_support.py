@@ -60,6 +60,10 @@ class Side:
     retry_interval: str = "30s"
     esp_rekey_time: str = "1h"
     ike_rekey_time: str = "4h"
+    esp_life_time: str | None = None  # None: the default (rekey_time * 1.1)
+    esp_rand_time: str | None = None  # None: the default (rekey_time / 10)
+    esp_rekey_bytes: int | None = None
+    ike_rand_time: str | None = None
     fragmentation: str | None = None  # peers[].fragmentation (RFC 7383)
     fragment_size: int | None = None  # peers[].fragment_size
     gateway_fragment_size: int | None = None  # gateway.fragment_size
@@ -107,9 +111,13 @@ class Side:
             "    ike:",
             f"      proposals: {flow(self.ike)}",
             f"      rekey_time: {self.ike_rekey_time}",
+            *([f"      rand_time: {self.ike_rand_time}"] if self.ike_rand_time else []),
             "    esp:",
             f"      proposals: {flow(self.esp)}",
             f"      rekey_time: {self.esp_rekey_time}",
+            *([f"      life_time: {self.esp_life_time}"] if self.esp_life_time else []),
+            *([f"      rand_time: {self.esp_rand_time}"] if self.esp_rand_time else []),
+            *([f"      rekey_bytes: {self.esp_rekey_bytes}"] if self.esp_rekey_bytes else []),
             "    auth:",
             f"      psk_file: {psk_file}",
         ]
@@ -211,6 +219,35 @@ class Network:
         return None
 
 
+class DataPlaneModel:
+    """What the shell's SA database keeps, driven by the manager's events: inbound SAs by
+    SPI, outbound SAs newest first (the one in use at the front)."""
+
+    def __init__(self) -> None:
+        self.inbound: dict[int, ev.ChildSaParams] = {}
+        self.outbound: list[int] = []  # spi_in of SAs sending, newest first
+        self.installed = 0
+        self.removed = 0
+
+    def apply(self, event: ev.Event) -> None:
+        if isinstance(event, ev.ChildSaEstablished):
+            self.inbound[event.child.spi_in] = event.child
+            self.installed += 1
+            if event.outbound_active:
+                self.outbound.insert(0, event.child.spi_in)
+        elif isinstance(event, ev.ChildSaOutboundActivated):
+            assert event.spi_in in self.inbound
+            self.outbound.insert(0, event.spi_in)
+        elif isinstance(event, ev.ChildSaDeleted):
+            self.inbound.pop(event.spi_in, None)
+            self.outbound = [s for s in self.outbound if s != event.spi_in]
+            self.removed += 1
+
+    def sending_spi(self) -> int | None:
+        """The outbound SPI packets go out with right now."""
+        return self.inbound[self.outbound[0]].spi_out if self.outbound else None
+
+
 @dataclass
 class Cleartext:
     """One IKE message in flight, decrypted."""
@@ -249,6 +286,11 @@ class IkePair:
         self.b = IkeManager(self.b_config, self.now, **kwargs)
         self.net = Network()
         self.events: dict[str, list[tuple[float, ev.Event]]] = {"a": [], "b": []}
+        self.event_log: list[tuple[str, ev.Event]] = []  # both sides, in order
+        self.dataplane = {"a": DataPlaneModel(), "b": DataPlaneModel()}
+        # Make-before-break (RFC 7296 §2.8): after every delivery, each side only sends
+        # with an SPI the other side already has inbound.
+        self.check_make_before_break = False
         self.managers: dict[str, IkeManager] = {"a": self.a, "b": self.b}
         self.addresses = {A_IP: self.a, B_IP: self.b}
         self.cleartext: list[Cleartext] = []  # decoded messages, see record_cleartext()
@@ -295,6 +337,18 @@ class IkePair:
         for side, mgr in self.managers.items():
             while (event := mgr.next_event()) is not None:
                 self.events[side].append((self.now, event))
+                self.event_log.append((side, event))
+                if side in self.dataplane:
+                    self.dataplane[side].apply(event)
+
+    def _check_make_before_break(self) -> None:
+        if not self.check_make_before_break:
+            return
+        a, b = self.dataplane["a"], self.dataplane["b"]
+        for sender, receiver in ((a, b), (b, a)):
+            spi = sender.sending_spi()
+            if spi is not None:
+                assert spi in receiver.inbound, "ESP would hit an unknown SPI"
 
     def pump(self, limit: int = 500) -> int:
         """Deliver datagrams (in order of sending) until both sides are quiet."""
@@ -330,6 +384,8 @@ class IkePair:
         receiver = self.addresses[dst[0]]
         sent.delivered = True
         receiver.receive_datagram(self.net.tamper(sent), dst, src, self.now)
+        self._drain_events()
+        self._check_make_before_break()
         return 1
 
     def inject(
