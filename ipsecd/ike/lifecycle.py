@@ -52,8 +52,10 @@ and the only end of a HALF_OPEN responder SA (§2.6).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 
 class IkeState(Enum):
@@ -200,19 +202,23 @@ def child_deadline(state: ChildState, policy: RetransmitPolicy) -> float | None:
     return None  # INSTALLED: lifetimes; DELETED: final
 
 
-def next_ike_state(state: IkeState, event: IkeEvent, what: str) -> IkeState:
+S = TypeVar("S", IkeState, ChildState)
+E = TypeVar("E", IkeEvent, ChildEvent)
+
+
+def _next(table: Mapping[tuple[S, E], S], state: S, event: E, what: str) -> S:
     try:
-        return IKE_TRANSITIONS[(state, event)]
+        return table[(state, event)]
     except KeyError:
         raise IllegalTransition(
-            f"IKE SA {what}: no transition {event.value!r} from {state.value}"
+            f"{what}: no transition {event.value!r} from {state.value}"
         ) from None
+
+
+def next_ike_state(state: IkeState, event: IkeEvent, what: str) -> IkeState:
+    """The state ``event`` leads to from ``state`` (IllegalTransition: a bug)."""
+    return _next(IKE_TRANSITIONS, state, event, f"IKE SA {what}")
 
 
 def next_child_state(state: ChildState, event: ChildEvent, what: str) -> ChildState:
-    try:
-        return CHILD_TRANSITIONS[(state, event)]
-    except KeyError:
-        raise IllegalTransition(
-            f"CHILD_SA {what}: no transition {event.value!r} from {state.value}"
-        ) from None
+    return _next(CHILD_TRANSITIONS, state, event, f"CHILD_SA {what}")

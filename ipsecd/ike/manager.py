@@ -52,6 +52,7 @@ from ipsecd.ike.sa import (
     RandomBytes,
     RestartHint,
     RetransmitPolicy,
+    SaContext,
     SaSignal,
     Successor,
 )
@@ -99,6 +100,15 @@ class IkeManager:
         self.ike_port = gw.ike_port
         self.fragment_size: int | None = gw.fragment_size  # RFC 7383
         self.reassembly_budget = ReassemblyBudget()  # partial IKE fragments, all SAs together
+        self.context = SaContext(
+            natt_port=self.natt_port,
+            policy=self.policy,
+            responders=RESPONDERS,
+            random_bytes=random_bytes,
+            counters=self.counters,
+            gateway_fragment_size=self.fragment_size,
+            reassembly_budget=self.reassembly_budget,
+        )
         self._last_usage_check = now
         self._invalid_spi = dpd.InvalidSpiResponder()
         self.scheduler = Scheduler(
@@ -384,24 +394,10 @@ class IkeManager:
         replace_others: bool = False,
     ) -> IkeSa:
         """The one factory of IKE SAs that start with IKE_SA_INIT (rekeys: IkeSa.successor)."""
-        return IkeSa(
-            peer=peer,
-            initiator=initiator,
-            local=local,
-            remote=remote,
-            natt_port=self.natt_port,
-            policy=self.policy,
-            created_at=now,
-            spi_i=spi_i,
-            candidates=candidates,
-            send_initial_contact=send_initial_contact,
-            replace_others=replace_others,
-            responders=RESPONDERS,
-            random_bytes=self.random_bytes,
-            counters=self.counters,
-            gateway_fragment_size=self.fragment_size,
-            reassembly_budget=self.reassembly_budget,
-        )
+        sa = IkeSa(peer, initiator, local, remote, self.context, now, spi_i=spi_i)
+        sa.candidates = candidates
+        sa.send_initial_contact, sa.replace_others = send_initial_contact, replace_others
+        return sa
 
     def _add(self, sa: IkeSa) -> None:
         if self.sas.get(sa.local_spi) is sa:

@@ -169,6 +169,31 @@ class Message:
         if not isinstance(self.payloads, tuple):
             object.__setattr__(self, "payloads", tuple(self.payloads))
 
+    @classmethod
+    def from_header(
+        cls,
+        header: Header,
+        payloads: Sequence[Payload],
+        *,
+        unsupported_critical: int | None = None,
+        encrypted: bool = False,
+        raw: bytes = b"",
+    ) -> Message:
+        """The message a parsed header announces, with ``payloads`` (RFC 7296 §3.1)."""
+        return cls(
+            spi_i=header.spi_i,
+            spi_r=header.spi_r,
+            exchange_type=header.exchange_type,
+            message_id=header.message_id,
+            initiator=header.initiator,
+            response=header.response,
+            payloads=tuple(payloads),
+            version_flag=header.version_flag,
+            unsupported_critical=unsupported_critical,
+            encrypted=encrypted,
+            raw=raw,
+        )
+
     @property
     def flags(self) -> int:
         return (
@@ -357,17 +382,10 @@ def parse_message(data: bytes) -> Message:
     if header.major_version != IKE_MAJOR_VERSION:
         raise MalformedMessage(f"IKE major version {header.major_version}, expected 2")
     chain = _parse_chain(data, IKE_HEADER_LEN, header.next_payload, inner=False)
-    return Message(
-        spi_i=header.spi_i,
-        spi_r=header.spi_r,
-        exchange_type=header.exchange_type,
-        message_id=header.message_id,
-        initiator=header.initiator,
-        response=header.response,
-        payloads=tuple(chain.payloads),
-        version_flag=header.version_flag,
+    return Message.from_header(
+        header,
+        chain.payloads,
         unsupported_critical=chain.unsupported_critical,
-        encrypted=False,
         raw=data,
     )
 

@@ -77,6 +77,7 @@ from ipsecd.ike.proposal_codec import ChosenProposal
 
 __all__ = [
     "IkeSa",
+    "SaContext",
     "IkeState",
     "RetransmitPolicy",
     "InitiatorTask",
@@ -198,6 +199,19 @@ class _Outstanding:
         return self.datagrams[0]
 
 
+@dataclass(frozen=True)
+class SaContext:
+    """What every IKE SA of one manager shares (and a rekey passes on, RFC 7296 §2.18)."""
+
+    natt_port: int = 4500
+    policy: RetransmitPolicy = field(default_factory=RetransmitPolicy)
+    responders: Mapping[int, Responder] = field(default_factory=dict, repr=False)
+    random_bytes: RandomBytes = field(default=os.urandom, repr=False)
+    counters: dict[str, int] = field(default_factory=dict, repr=False)
+    gateway_fragment_size: int | None = None  # gateway.fragment_size (None: by family)
+    reassembly_budget: ReassemblyBudget = field(default_factory=ReassemblyBudget, repr=False)
+
+
 @dataclass
 class IkeSa:
     """One IKE SA with one peer (RFC 7296 §2).
@@ -211,15 +225,12 @@ class IkeSa:
     initiator: bool
     local: Address
     remote: Address
-    natt_port: int
-    policy: RetransmitPolicy
+    context: SaContext
     created_at: float
     spi_i: int = 0
     spi_r: int = 0
     state: IkeState = IkeState.CREATED
     deadline: float | None = None  # when the current state ends (lifecycle.ike_deadline)
-    responders: Mapping[int, Responder] = field(default_factory=dict, repr=False)
-    random_bytes: RandomBytes = field(default=os.urandom, repr=False)
     # Message ids (RFC 7296 §2.2): ours as requester, the peer's as requester.
     next_request_id: int = 0
     expected_request_id: int = 0
@@ -246,7 +257,6 @@ class IkeSa:
     outgoing: list[OutgoingDatagram] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     signals: list[SaSignal] = field(default_factory=list)
-    counters: dict[str, int] = field(default_factory=dict)
     # Lifetime and rekeying (RFC 7296 §2.18), scheduled by the manager.
     rekey_at: float | None = None
     lifetime_set: bool = False
@@ -260,15 +270,31 @@ class IkeSa:
     collision_pending: bool = False  # such an SA, not yet known to survive: not used
     # IKE fragmentation (RFC 7383): the peer announced it in IKE_SA_INIT (and we did).
     fragmentation_peer: bool = False
-    gateway_fragment_size: int | None = None  # gateway.fragment_size (None: by family)
     reassembler: Reassembler | None = None  # created at the first fragment received
-    reassembly_budget: ReassemblyBudget | None = None  # shared by the manager's IKE SAs
     # Dead peers and restarts (RFC 7296 §2.4): settings of this SA, not one-shot flags.
     send_initial_contact: bool = False  # first IKE SA with this peer: N(INITIAL_CONTACT)
     replace_others: bool = False  # started on a restart hint: replaces the older IKE SAs
 
     def __post_init__(self) -> None:
         self.deadline = self._deadline_for(self.state, self.created_at)
+
+    # ---- shared with the manager's other SAs -------------------------------
+
+    @property
+    def natt_port(self) -> int:
+        return self.context.natt_port
+
+    @property
+    def policy(self) -> RetransmitPolicy:
+        return self.context.policy
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.context.counters
+
+    @property
+    def random_bytes(self) -> RandomBytes:
+        return self.context.random_bytes
 
     # ---- identity --------------------------------------------------------
 
@@ -382,22 +408,13 @@ class IkeSa:
         if header.next_payload != PayloadType.SKF:
             return codec.decode(data, keys=keys, sender_is_initiator=not self.initiator)
         if self.reassembler is None:
-            self.reassembler = Reassembler(self.counters, budget=self.reassembly_budget)
+            self.reassembler = Reassembler(self.counters, budget=self.context.reassembly_budget)
         done = self.reassembler.add(data, keys.sk_keys(not self.initiator), now)
         if done is None:
             return None
         if done.unsupported_critical is not None:
             raise UnsupportedCriticalPayload(done.unsupported_critical)
-        return codec.Message(
-            spi_i=header.spi_i,
-            spi_r=header.spi_r,
-            exchange_type=header.exchange_type,
-            message_id=header.message_id,
-            initiator=header.initiator,
-            response=header.response,
-            payloads=done.payloads,
-            encrypted=True,
-        )
+        return codec.Message.from_header(header, done.payloads, encrypted=True)
 
     def _fragment_authentic(self, data: bytes) -> bool:
         """An RFC 7383 fragment from the peer whose ICV verifies with this SA's keys."""
@@ -421,7 +438,7 @@ class IkeSa:
     @property
     def fragment_size(self) -> int:
         """Largest UDP payload we send (RFC 7383 §2.5.1): peer, gateway, or by family."""
-        size = self.peer.fragment_size or self.gateway_fragment_size
+        size = self.peer.fragment_size or self.context.gateway_fragment_size
         return int(size or default_fragment_size(self.remote[0]))
 
     @property
@@ -575,7 +592,7 @@ class IkeSa:
         fatal: ProtocolError | None = None
         payloads: list[Payload] = []
         if error is None and message is not None:
-            handler = self.responders.get(header.exchange_type)
+            handler = self.context.responders.get(header.exchange_type)
             if handler is None:
                 self.count("unknown_exchange")
                 return
@@ -724,20 +741,17 @@ class IkeSa:
     def fail(self, reason: str, now: float) -> None:
         """Negotiation or liveness failure: report it and drop everything (no half state)."""
         self.last_error = reason
-        was_established = self.state in (IkeState.ESTABLISHED, IkeState.DELETING)
         self.events.append(NegotiationFailed(self.peer_name, reason))
-        self.drop_children(reason, now)
-        self.transition(IkeEvent.FAILED, now)
-        self.tasks.clear()
-        self.outstanding = None
-        if was_established:
-            self.events.append(IkeSaDeleted(self.peer_name, reason))
+        self._end(IkeEvent.FAILED, reason, now)
 
     def deleted(self, reason: str, now: float) -> None:
         """The IKE SA ended normally (Delete sent/received, RFC 7296 §1.4.1)."""
+        self._end(IkeEvent.DELETED, reason, now)
+
+    def _end(self, event: IkeEvent, reason: str, now: float) -> None:
         was_established = self.state in (IkeState.ESTABLISHED, IkeState.DELETING)
         self.drop_children(reason, now)
-        self.transition(IkeEvent.DELETED, now)
+        self.transition(event, now)
         self.tasks.clear()
         self.outstanding = None
         if was_established:
@@ -796,31 +810,14 @@ class IkeSa:
         now: float,
     ) -> IkeSa:
         """The IKE SA replacing this one (§2.18), established, without children yet."""
-        new = IkeSa(
-            peer=self.peer,
-            initiator=initiator,
-            local=self.local,
-            remote=self.remote,
-            natt_port=self.natt_port,
-            policy=self.policy,
-            created_at=now,
-            responders=self.responders,
-            random_bytes=self.random_bytes,
-            counters=self.counters,
-            spi_i=spi_i,
-            spi_r=spi_r,
-            keys=keys,
-            ike_algorithms=chosen,
-            nat_local=self.nat_local,
-            nat_remote=self.nat_remote,
-            # Fragmentation (RFC 7383) is negotiated only in IKE_SA_INIT: the new SA keeps it.
-            fragmentation_peer=self.fragmentation_peer,
-            gateway_fragment_size=self.gateway_fragment_size,
-            reassembly_budget=self.reassembly_budget,
-            last_keepalive=self.last_keepalive,
-            last_peer_activity=now,
-            established_at=now,
-        )
+        new = IkeSa(self.peer, initiator, self.local, self.remote, self.context, now)
+        new.spi_i, new.spi_r = spi_i, spi_r
+        new.keys, new.ike_algorithms = keys, chosen
+        new.nat_local, new.nat_remote = self.nat_local, self.nat_remote
+        # Fragmentation (RFC 7383) is negotiated only in IKE_SA_INIT: the new SA keeps it.
+        new.fragmentation_peer = self.fragmentation_peer
+        new.last_keepalive = self.last_keepalive
+        new.last_peer_activity = new.established_at = now
         new.transition(IkeEvent.REKEY_DONE, now)
         return new
 

@@ -270,7 +270,7 @@ def test_fragmentation_survives_ike_rekey(tmp_path):
     pair.a.rekey_ike("b", pair.now)
     pair.pump()
     new = pair.a.ike_sa("b")
-    assert new.fragmentation_active and new.gateway_fragment_size is None
+    assert new.fragmentation_active and new.context.gateway_fragment_size is None
     assert pair.b.ike_sa("a").fragmentation_active
     before = counter(pair, "b", "fragmented_messages_received")
     pair.a.check_liveness("b", pair.now)  # an empty request: small, not fragmented
@@ -465,7 +465,7 @@ def test_default_fragment_size_by_family(tmp_path):
 def test_partial_sets_share_one_memory_budget(tmp_path, seen):
     pair = IkePair(tmp_path)
     budget = pair.b.reassembly_budget
-    assert pair.b.ike_sa("a").reassembly_budget is budget
+    assert pair.b.ike_sa("a").context.reassembly_budget is budget
     budget.limit = 1500
     payloads = [notify(n, 60) for n in range(40)]  # about 2.7 KB
     frags = fragments_of(pair, "a", next_request_id(pair, "b"), payloads, 300)

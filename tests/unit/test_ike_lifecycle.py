@@ -27,7 +27,7 @@ from ipsecd.ike.lifecycle import (
     child_deadline,
     ike_deadline,
 )
-from ipsecd.ike.sa import IkeSa
+from ipsecd.ike.sa import IkeSa, SaContext
 from tests.unit.ike_pair_support import A_IP, B_IP, IkePair, side_a, side_b
 
 POLICY = RetransmitPolicy()
@@ -245,7 +245,7 @@ def test_rekeyed_child_the_peer_never_deletes_is_deleted_by_us(tmp_path, monkeyp
 def test_responder_sa_is_created_with_a_deadline(tmp_path):
     pair = IkePair(tmp_path, start=False)
     config = pair.b_config.peers[0]
-    sa = IkeSa(config, False, (B_IP, 500), (A_IP, 500), 4500, POLICY, 5.0)
+    sa = IkeSa(config, False, (B_IP, 500), (A_IP, 500), SaContext(policy=POLICY), 5.0)
     assert sa.state is IkeState.CREATED
     assert sa.deadline == pytest.approx(5.0 + POLICY.exchange_deadline)
     assert side_b().start == "respond"

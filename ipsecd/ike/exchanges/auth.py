@@ -55,6 +55,7 @@ from ipsecd.ike.payloads import (
     format_identity,
 )
 from ipsecd.ike.proposal_codec import (
+    ChosenProposal,
     check_answer,
     choose,
     chosen_sa_payload,
@@ -82,10 +83,46 @@ def auth_value(sa: IkeSa, key: bytes, of_initiator: bool, id_type: int, id_data:
     return psk.psk_auth(sa.keys, key, of_initiator, message, nonce, id_type, id_data)
 
 
-def child_keymat(sa: IkeSa, algs: ChildAlgorithms, shared: bytes, ni: bytes, nr: bytes) -> bytes:
-    """KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr) (RFC 7296 §2.17)."""
+def negotiated_child(
+    sa: IkeSa,
+    chosen: ChosenProposal,
+    spi_in: int,
+    *,
+    exchange_initiator: bool,
+    shared: bytes,
+    nonces: tuple[bytes, bytes],
+    local_ts: Selectors,
+    remote_ts: Selectors,
+    now: float,
+) -> ChildSa:
+    """The CHILD_SA an exchange agreed on, with its keys (RFC 7296 §2.17).
+
+    KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr); ``chosen.spi`` is the SPI the peer
+    receives with (our outbound SPI).  Shared by IKE_AUTH and CREATE_CHILD_SA, both roles.
+    """
     assert sa.keys is not None
-    return ike_keys.child_keymat(sa.keys, shared, ni, nr, keymat_length(algs))
+    algs = ChildAlgorithms.from_chosen(chosen)
+    spi_out = int.from_bytes(chosen.spi, "big")
+    keymat = ike_keys.child_keymat(sa.keys, shared, *nonces, keymat_length(algs))
+    params = child_params(
+        spi_in=spi_in,
+        spi_out=spi_out,
+        algs=algs,
+        keymat=keymat,
+        exchange_initiator=exchange_initiator,
+        local_ts=local_ts,
+        remote_ts=remote_ts,
+        remote=sa.remote,
+    )
+    return ChildSa(
+        spi_in=spi_in,
+        spi_out=spi_out,
+        local_ts=local_ts,
+        remote_ts=remote_ts,
+        algorithms=algs,
+        created_at=now,
+        params=params,
+    )
 
 
 def _verify(
@@ -208,31 +245,21 @@ class IkeAuth:
         chosen = check_answer(
             message.find(SecurityAssociation), self.esp_proposals, "esp", sa.peer_name, fatal=False
         )
-        algs = ChildAlgorithms.from_chosen(chosen)
-        spi_out = int.from_bytes(chosen.spi, "big")
         selectors = _selectors(message)
         if selectors is None:
             raise InvalidSyntax("IKE_AUTH response lacks TSi/TSr")
         tsi, tsr = selectors
         check_narrowed_as_initiator(self.local_ts, self.remote_ts, tsi, tsr, sa.peer_name)
-        keymat = child_keymat(sa, algs, b"", sa.nonce_i, sa.nonce_r)
-        return ChildSa(
-            spi_in=self.child_spi,
-            spi_out=spi_out,
+        return negotiated_child(
+            sa,
+            chosen,
+            self.child_spi,
+            exchange_initiator=True,
+            shared=b"",
+            nonces=(sa.nonce_i, sa.nonce_r),
             local_ts=tsi,
             remote_ts=tsr,
-            algorithms=algs,
-            created_at=now,
-            params=child_params(
-                spi_in=self.child_spi,
-                spi_out=spi_out,
-                algs=algs,
-                keymat=keymat,
-                exchange_initiator=True,
-                local_ts=tsi,
-                remote_ts=tsr,
-                remote=sa.remote,
-            ),
+            now=now,
         )
 
     def failed(self, sa: IkeSa, reason: str, now: float) -> None:
@@ -306,32 +333,22 @@ def respond_child(
     """
     peer = sa.peer
     chosen = choose(message.find(SecurityAssociation), proposals, "esp", peer.name)
-    algs = ChildAlgorithms.from_chosen(chosen)
-    spi_out = int.from_bytes(chosen.spi, "big")
     selectors = _selectors(message)
     if selectors is None:
         raise InvalidSyntax(f"peer {peer.name} proposed a CHILD_SA without TSi/TSr")
     tsi, tsr = selectors
     new_tsi, new_tsr = narrow_as_responder(tsi, tsr, peer.local_ts, peer.remote_ts, peer.name)
     spi_in = new_child_spi(sa.random_bytes, sa.children)
-    keymat = child_keymat(sa, algs, shared_secret, nonce_i, nonce_r)
-    child = ChildSa(
-        spi_in=spi_in,
-        spi_out=spi_out,
+    child = negotiated_child(
+        sa,
+        chosen,
+        spi_in,
+        exchange_initiator=False,
+        shared=shared_secret,
+        nonces=(nonce_i, nonce_r),
         local_ts=new_tsr,
         remote_ts=new_tsi,
-        algorithms=algs,
-        created_at=now,
-        params=child_params(
-            spi_in=spi_in,
-            spi_out=spi_out,
-            algs=algs,
-            keymat=keymat,
-            exchange_initiator=False,
-            local_ts=new_tsr,
-            remote_ts=new_tsi,
-            remote=sa.remote,
-        ),
+        now=now,
     )
     payloads: list[Payload] = [chosen_sa_payload(chosen, spi=spi_in.to_bytes(4, "big"))]
     if ke_payload is not None:

@@ -20,13 +20,7 @@ from __future__ import annotations
 from ipsecd.crypto import keyexchange
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.crypto.registry import KeAlgorithm
-from ipsecd.ike.child import (
-    ChildAlgorithms,
-    ChildSa,
-    check_narrowed_as_initiator,
-    child_params,
-    new_child_spi,
-)
+from ipsecd.ike.child import ChildSa, check_narrowed_as_initiator, new_child_spi
 from ipsecd.ike.constants import ExchangeType, NotifyType, ProtocolId
 from ipsecd.ike.errors import (
     INVALID_KE_PAYLOAD,
@@ -39,7 +33,7 @@ from ipsecd.ike.errors import (
     notify_name,
 )
 from ipsecd.ike.events import NegotiationFailed
-from ipsecd.ike.exchanges.auth import child_keymat, respond_child
+from ipsecd.ike.exchanges.auth import negotiated_child, respond_child
 from ipsecd.ike.lifecycle import ChildEvent, ChildState
 from ipsecd.ike.message import Message
 from ipsecd.ike.payloads import (
@@ -135,8 +129,6 @@ class CreateChildSa:
         chosen = check_answer(
             message.find(SecurityAssociation), self.proposals, "esp", sa.peer_name, fatal=False
         )
-        algs = ChildAlgorithms.from_chosen(chosen)
-        spi_out = int.from_bytes(chosen.spi, "big")
         nonce_r = message.find(Nonce)
         tsi = message.find(TrafficSelectorsInitiator)
         tsr = message.find(TrafficSelectorsResponder)
@@ -156,25 +148,17 @@ class CreateChildSa:
         check_narrowed_as_initiator(
             self.local_ts, self.remote_ts, tsi.selectors, tsr.selectors, sa.peer_name
         )
-        keymat = child_keymat(sa, algs, shared, self.nonce, nonce_r.data)
         self.nonce_r = nonce_r.data
-        return ChildSa(
-            spi_in=self.spi_in,
-            spi_out=spi_out,
+        return negotiated_child(
+            sa,
+            chosen,
+            self.spi_in,
+            exchange_initiator=True,
+            shared=shared,
+            nonces=(self.nonce, nonce_r.data),
             local_ts=tsi.selectors,
             remote_ts=tsr.selectors,
-            algorithms=algs,
-            created_at=now,
-            params=child_params(
-                spi_in=self.spi_in,
-                spi_out=spi_out,
-                algs=algs,
-                keymat=keymat,
-                exchange_initiator=True,
-                local_ts=tsi.selectors,
-                remote_ts=tsr.selectors,
-                remote=sa.remote,
-            ),
+            now=now,
         )
 
     def _retry_with_group(self, sa: IkeSa, data: bytes) -> None:
