@@ -56,7 +56,9 @@ from ipsecd.ike.sa import (
     SaSignal,
     Successor,
 )
+from ipsecd.ike.satable import SaTable
 from ipsecd.ike.scheduler import NAT_KEEPALIVE_INTERVAL, Scheduler, seq_rekey_threshold
+from ipsecd.ike.status import peer_status
 from ipsecd.selectors import TrafficSelector
 
 __all__ = ["IkeManager", "USAGE_INTERVAL", "seq_rekey_threshold"]
@@ -85,17 +87,14 @@ class IkeManager:
         )
         self.random_bytes = random_bytes
         self.peer_policy = PeerPolicy(config, self.policy.retry_pause)
-        self.sas: dict[int, IkeSa] = {}  # by our SPI
+        self.table = SaTable()
+        self.sas = self.table.by_spi  # by our SPI
         self.counters: dict[str, int] = {}
         # Responder SAs before IKE_AUTH, by (remote ip, SPIi); cookies and limits (§2.6).
         self.half_open = HalfOpenTable(DosLimits.from_gateway(gw), self.counters, now)
         self._outgoing: list[OutgoingDatagram] = []
         self._events: deque[Event] = deque()
         self._retiring: set[int] = set()  # SPIs of SAs being deleted after a config change
-        self._by_peer: dict[str, dict[int, int]] = {}  # each peer's SAs: SPI -> serial
-        self._peer_of: dict[int, str] = {}
-        self._serial = 0  # order of the SA table, for the by-peer index
-        self._with_children: set[int] = set()  # SPIs of SAs whose usage the shell reports
         self.natt_port = gw.port
         self.ike_port = gw.ike_port
         self.fragment_size: int | None = gw.fragment_size  # RFC 7383
@@ -171,7 +170,7 @@ class IkeManager:
         )
         sa.tasks.append(IkeSaInit(config.ike_proposals))
         sa.kick(now)  # assigns SPIi while building the request
-        self._add(sa)
+        self.table.add(sa)
         self._collect(sa, now)
 
     def terminate(self, peer: str, now: float) -> None:
@@ -234,7 +233,7 @@ class IkeManager:
             for t in (self.scheduler.timers.next(), self.peer_policy.next_retry())
             if t is not None
         ]
-        if self._with_children:
+        if self.scheduler.usage_reported:
             times.append(self._usage_due)
         return min(times) if times else None
 
@@ -253,47 +252,15 @@ class IkeManager:
 
     def status(self) -> list[dict[str, Any]]:
         """One entry per IKE peer, for ipsecctl (plain data, no objects)."""
-        entries: list[dict[str, Any]] = []
-        for name in self.peers:
-            state = self.peer_state[name]
-            sa = self._sa_for(name)
-            entry: dict[str, Any] = {
-                "peer": name,
-                "last_error": state.last_error,
-                "ike_sas": sum(
-                    s.alive and not self.half_open.holds(s) for s in self._of_peer(name)
-                ),
-            }
-            if sa is None:
-                entry["state"] = (
-                    "held"  # dpd_action hold: the next packet for remote_ts starts it
-                    if state.held
-                    else "connecting"
-                    if state.retry_at is not None
-                    else "down"
-                )
-                if state.retry_at is not None:
-                    entry["retry_at"] = state.retry_at
-            else:
-                algs = sa.ike_algorithms
-                entry.update(
-                    state=sa.state.value,
-                    role="initiator" if sa.initiator else "responder",
-                    local=f"{sa.local[0]}:{sa.local[1]}",
-                    remote=f"{sa.remote[0]}:{sa.remote[1]}",
-                    local_spi=f"{sa.local_spi:016x}",
-                    remote_spi=f"{sa.remote_spi:016x}",
-                    nat_local=sa.nat_local,
-                    nat_remote=sa.nat_remote,
-                    fragmentation=sa.fragmentation_active,  # RFC 7383, both sides agreed
-                    algorithm=str(algs) if algs is not None else "",
-                    established_at=sa.established_at,
-                    rekey_at=sa.rekey_at,
-                    children=[c.describe() for c in sa.children.values()],
-                    **dpd.describe(sa),
-                )
-            entries.append(entry)
-        return entries
+        return [
+            peer_status(
+                name,
+                self.peer_state[name],
+                self._sa_for(name),
+                ike_sas=sum(s.alive and not self.half_open.holds(s) for s in self._of_peer(name)),
+            )
+            for name in self.peers
+        ]
 
     # ---- beyond the contract (tests, ipsecctl rekey/extra children) --------
 
@@ -399,46 +366,8 @@ class IkeManager:
         sa.send_initial_contact, sa.replace_others = send_initial_contact, replace_others
         return sa
 
-    def _add(self, sa: IkeSa) -> None:
-        if self.sas.get(sa.local_spi) is sa:
-            return
-        self.sas[sa.local_spi] = sa
-        self._serial += 1
-        self._peer_of.pop(sa.local_spi, None)
-        self._index(sa)
-
-    def _index(self, sa: IkeSa) -> None:
-        """Keep the by-peer index current (a responder SA learns its peer in IKE_AUTH)."""
-        spi, name = sa.local_spi, sa.peer_name
-        old = self._peer_of.get(spi)
-        if old == name:
-            return
-        serial = self._serial
-        if old is not None:
-            serial = self._by_peer[old].pop(spi)
-        self._peer_of[spi] = name
-        self._by_peer.setdefault(name, {})[spi] = serial
-
-    def _remove(self, sa: IkeSa) -> None:
-        spi = sa.local_spi
-        if self.sas.get(spi) is not sa:
-            return  # never in the table (a refused IKE_SA_INIT)
-        del self.sas[spi]
-        name = self._peer_of.pop(spi, None)
-        if name is not None:
-            self._by_peer[name].pop(spi, None)
-            if not self._by_peer[name]:
-                del self._by_peer[name]
-        self._with_children.discard(spi)
-        self.scheduler.forget(sa)
-
     def _of_peer(self, peer: str) -> list[IkeSa]:
-        """The SAs of ``peer`` in the order they entered the table (O(k log k), k small)."""
-        index = self._by_peer.get(peer)
-        if not index:
-            return []
-        found = (self.sas.get(spi) for spi in sorted(index, key=index.__getitem__))
-        return [sa for sa in found if sa is not None]
+        return self.table.of_peer(peer)
 
     def _sa_for(self, peer: str, *, unauthenticated: bool = True) -> IkeSa | None:
         """The peer's current IKE SA.  A half-open responder SA is only a guess until
@@ -561,7 +490,7 @@ class IkeManager:
             sa.deleted("answer would amplify the request", now)
         if sa.state is IkeState.HALF_OPEN:  # answered: half-open until IKE_AUTH
             self.half_open.add(sa, data, remote[0])
-            self._add(sa)
+            self.table.add(sa)
         elif sa.alive:  # nothing answered, nothing kept
             sa.deleted("IKE_SA_INIT request not answered", now)
         self._collect(sa, now)
@@ -570,8 +499,8 @@ class IkeManager:
 
     def _collect(self, sa: IkeSa, now: float) -> None:
         """Move an SA's datagrams/events out, act on its signals, reschedule it."""
-        if self.sas.get(sa.local_spi) is sa:
-            self._index(sa)
+        if self.table.holds(sa):
+            self.table.reindex(sa)
         self.scheduler.schedule_lifetimes(sa, now)
         self._drain(sa, now)
         seen: list[SaSignal] = []
@@ -583,7 +512,7 @@ class IkeManager:
             self._drain(sa, now)
         if not sa.alive:
             self._gone(sa, seen, now)
-        elif self.sas.get(sa.local_spi) is sa:
+        elif self.table.holds(sa):
             self._reschedule_peer(sa.peer_name)
 
     def _drain(self, sa: IkeSa, now: float) -> None:
@@ -608,10 +537,6 @@ class IkeManager:
         its relatives (rekey successors and collisions, RFC 7296 §2.8.2)."""
         for other in self._of_peer(peer):
             self.scheduler.reschedule(other)
-            if other.children and other.state is IkeState.ESTABLISHED:
-                self._with_children.add(other.local_spi)
-            else:
-                self._with_children.discard(other.local_spi)
 
     def _signal(self, sa: IkeSa, signal: SaSignal, now: float) -> None:
         if isinstance(signal, Authenticated):
@@ -627,7 +552,7 @@ class IkeManager:
             self._restart_hint(sa, now)
         elif isinstance(signal, Successor):
             new = signal.sa
-            self._add(new)
+            self.table.add(new)
             new.kick(now)
             self._collect(new, now)
         elif isinstance(signal, ChildExpired):
@@ -648,7 +573,8 @@ class IkeManager:
             self.scheduler.reschedule(orphan)
         if sa.reassembler is not None:
             sa.reassembler.clear()  # its partial fragments no longer count
-        self._remove(sa)
+        if self.table.remove(sa):
+            self.scheduler.forget(sa)
         self._retiring.discard(sa.local_spi)
         self.half_open.discard(sa)
         name = sa.peer_name

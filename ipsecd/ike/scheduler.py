@@ -108,14 +108,25 @@ class Scheduler:
         self._count = count
         self._send = send
         self.timers: TimerHeap[int] = TimerHeap()  # by our SPI
+        self._with_children: set[int] = set()  # SAs whose CHILD_SA usage the shell reports
 
     # ---- the heap ---------------------------------------------------------
 
     def reschedule(self, sa: IkeSa) -> None:
         self.timers.set(sa.local_spi, self.due(sa) if sa.alive else None)
+        if sa.children and sa.state is IkeState.ESTABLISHED:
+            self._with_children.add(sa.local_spi)
+        else:
+            self._with_children.discard(sa.local_spi)
 
     def forget(self, sa: IkeSa) -> None:
         self.timers.set(sa.local_spi, None)
+        self._with_children.discard(sa.local_spi)
+
+    @property
+    def usage_reported(self) -> bool:
+        """Whether any CHILD_SA exists whose usage the shell reports (``child_usage``)."""
+        return bool(self._with_children)
 
     def due(self, sa: IkeSa) -> float | None:
         """The earliest time anything of ``sa`` needs the clock."""
