@@ -60,8 +60,9 @@ class ChildSa:
 
     spi_in: int
     spi_out: int = 0
-    state: ChildState = ChildState.CREATING
-    deadline: float | None = None  # when the current state ends (lifecycle.child_deadline)
+    # Written by transition() only; the deadline is when the state ends (lifecycle.py).
+    state: ChildState = field(default=ChildState.CREATING, init=False)
+    deadline: float | None = field(default=None, init=False)
     local_ts: tuple[TrafficSelector, ...] = ()
     remote_ts: tuple[TrafficSelector, ...] = ()
     algorithms: ChildAlgorithms | None = None

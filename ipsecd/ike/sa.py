@@ -229,8 +229,9 @@ class IkeSa:
     created_at: float
     spi_i: int = 0
     spi_r: int = 0
-    state: IkeState = IkeState.CREATED
-    deadline: float | None = None  # when the current state ends (lifecycle.ike_deadline)
+    # Written by transition() only; the deadline is when the state ends (lifecycle.py).
+    state: IkeState = field(default=IkeState.CREATED, init=False)
+    deadline: float | None = field(default=None, init=False)
     # Message ids (RFC 7296 §2.2): ours as requester, the peer's as requester.
     next_request_id: int = 0
     expected_request_id: int = 0
