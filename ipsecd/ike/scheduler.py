@@ -66,6 +66,14 @@ class TimerHeap(Generic[K]):
         self._due[key] = when
         self._serial += 1
         heapq.heappush(self._heap, (when, self._serial, key))
+        if len(self._heap) > 64 and len(self._heap) > 4 * len(self._due):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the outdated entries at once (amortized O(1) per set)."""
+        self._heap = [(when, n, key) for n, (key, when) in enumerate(self._due.items())]
+        heapq.heapify(self._heap)
+        self._serial = len(self._heap)
 
     def _drop_outdated(self) -> None:
         heap = self._heap

@@ -28,6 +28,7 @@ from ipsecd.ike.lifecycle import (
     ike_deadline,
 )
 from ipsecd.ike.sa import IkeSa, SaContext
+from ipsecd.ike.scheduler import TimerHeap
 from tests.unit.ike_pair_support import A_IP, B_IP, IkePair, side_a, side_b
 
 POLICY = RetransmitPolicy()
@@ -249,3 +250,20 @@ def test_responder_sa_is_created_with_a_deadline(tmp_path):
     assert sa.state is IkeState.CREATED
     assert sa.deadline == pytest.approx(5.0 + POLICY.exchange_deadline)
     assert side_b().start == "respond"
+
+
+# ---- the timer heap ---------------------------------------------------------------------
+
+
+def test_timer_heap_keeps_one_time_per_key_and_stays_small():
+    timers: TimerHeap[int] = TimerHeap()
+    for round_ in range(100):
+        for key in range(10):
+            timers.set(key, 1000.0 + round_ + key)  # every key moves later each round
+    assert len(timers) == 10 and timers.next() == 1099.0
+    assert len(timers._heap) <= 4 * 10 + 64
+    timers.set(3, None)
+    assert timers.pop_due(1102.0) == [0, 1, 2]
+    assert timers.next() == 1103.0  # key 4 (3 is gone)
+    timers.set(9, 500.0)  # earlier than everything
+    assert timers.pop_due(600.0) == [9]
