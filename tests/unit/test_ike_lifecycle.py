@@ -200,14 +200,19 @@ def test_deleting_ends_at_its_deadline(tmp_path):
     assert deleted and "never confirmed our Delete" in deleted[-1].reason
 
 
-def test_rekeying_child_deadline(tmp_path):
+@pytest.mark.parametrize("state", [ChildState.REKEYING, ChildState.DELETING])
+def test_child_deadline_while_waiting_for_an_exchange(tmp_path, state):
     pair = IkePair(tmp_path)
     pair.net.drop = lambda sent: True
-    pair.a.rekey("b", pair.now)
+    (spi,) = pair.a.ike_sa("b").children
+    if state is ChildState.REKEYING:
+        pair.a.rekey("b", pair.now)
+    else:
+        pair.a.delete_child("b", spi, pair.now)
     pair.pump()
     sa = _stuck(pair, "a")
     (child,) = sa.children.values()
-    assert child.state is ChildState.REKEYING
+    assert child.state is state
     assert child.deadline == pytest.approx(pair.now + POLICY.exchange_deadline)
     pair.now = child.deadline
     pair.a.handle_timer(pair.now)
