@@ -572,7 +572,11 @@ class IkeSa:
             # the manager may set up a replacement beside it (dpd_action restart).
             hint = is_invalid_ike_spi(data)
             self.count("invalid_ike_spi_received" if hint else "undecryptable")
-            if hint and self.state is IkeState.ESTABLISHED and self.rekeyed_to is None:
+            if hint and self.state is IkeState.DELETING:
+                # The peer no longer has the SA we are deleting: done.  A forged hint
+                # can only hasten what we asked for (RFC 7296 §1.4.1, §2.21.4).
+                self.deleted("deleted (the peer no longer had it: INVALID_IKE_SPI)", now)
+            elif hint and self.state is IkeState.ESTABLISHED and self.rekeyed_to is None:
                 self.signals.append(RestartHint())
             return
         if message is None:  # an IKE fragment; the message is not complete yet
