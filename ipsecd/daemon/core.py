@@ -138,8 +138,8 @@ def _ike_peers(config: Config) -> list[str]:
 class DaemonCore:
     """One gateway's SAs, traps and IKE manager; see the module docstring.
 
-    ``random_bytes`` is the source for SPIs and nonces, for the IKE manager to draw
-    from once it takes one (today it reads ``os.urandom`` itself).
+    ``random_bytes`` is the source of SPIs, nonces and jitter, handed to the IKE
+    manager (tests fix it).
     """
 
     def __init__(
@@ -169,7 +169,7 @@ class DaemonCore:
             self._route(peer, add=True)
             self._arm(peer, now)
         if _ike_peers(config):
-            self.ike = IkeManager(config, now)
+            self.ike = IkeManager(config, now, random_bytes=random_bytes)
         self._sas_changed()
 
     # -- what the shell opens --------------------------------------------------------------
@@ -382,7 +382,7 @@ class DaemonCore:
             if d.local not in self._sockets:
                 self.counters["ike_no_socket"] += 1
                 continue
-            self._outbox.append((d.local, d.remote, [frame(d.data, d.marker)]))
+            self._outbox.append((d.local, d.remote, [frame(d.data, d.marker, d.keepalive)]))
 
     def _report_usage(self, ike: IkeManager, now: float) -> None:
         """Tell the IKE layer how much each CHILD_SA carried (soft/hard limits, RFC 7296
@@ -532,7 +532,7 @@ class DaemonCore:
         else:
             kinds = {name: "added" for name in _ike_peers(new)}
             if kinds:
-                self.ike = IkeManager(new, now)
+                self.ike = IkeManager(new, now, random_bytes=self.random_bytes)
         # Manual peers, and peers that switch between manual and IKE (IKE's plan sees one
         # half of those: added or removed).
         for name in {p.name for p in (*self.config.peers, *new.peers) if p.manual is not None}:

@@ -24,7 +24,7 @@ from typing import Generic, TypeVar
 from ipsecd.config.schema import ChildLifetime
 from ipsecd.ike import dpd
 from ipsecd.ike.child import ChildSa
-from ipsecd.ike.events import NAT_KEEPALIVE, OutgoingDatagram
+from ipsecd.ike.events import OutgoingDatagram
 from ipsecd.ike.exchanges.informational import DeleteChildSa, DeleteIkeSa
 from ipsecd.ike.exchanges.rekey import RekeyChildSa, RekeyIkeSa, random_unit
 from ipsecd.ike.lifecycle import LIVE_STATES, ChildState, IkeState
@@ -276,7 +276,7 @@ class Scheduler:
         remote_port = sa.remote[1] if sa.remote[1] != self.ike_port else self.natt_port
         self._send(
             OutgoingDatagram(
-                NAT_KEEPALIVE,
+                b"",
                 (sa.local[0], self.natt_port),
                 (sa.remote[0], remote_port),
                 marker=False,

@@ -368,7 +368,7 @@ class IkePair:
     def _deliver(self, side: str, d: ev.OutgoingDatagram) -> int:
         # The shell frames: IKE on the NAT-T port gets the non-ESP marker (RFC 3948 §2.2).
         if d.keepalive:
-            assert d.data == ev.NAT_KEEPALIVE and not d.marker
+            assert d.keepalive and d.data == b"" and not d.marker
         else:
             assert d.marker == (d.local[1] == 4500), d
         src = self.net.translate_out(d.local)
