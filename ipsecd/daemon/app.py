@@ -272,6 +272,9 @@ class Daemon:
 def run_daemon(config_path: str) -> int:
     config = load_config(config_path)
     logs.configure(config.log.level, config.log.format)
+    from ipsecd.daemon.preflight import log_findings  # issue 13: start-up system checks
+
+    log_findings(config, logs.get_logger())  # routes vs. config, IP forwarding (still root)
     try:  # before any device, socket or route is touched; held until the process exits
         lock = claim_instance(config)
     except StartRefused as exc:
