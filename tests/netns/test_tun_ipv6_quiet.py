@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from ipsecd.lab.daemons import start_manual_pair
-from ipsecd.lab.topology import HOST_B_IP, Topology, run
+from tests.lab.daemons import start_manual_pair
+from tests.lab.topology import HOST_B_IP, Topology, run
 
 IDLE_SECONDS = 10.0  # about 9 solicitations at the forced 1 s interval without the fix
 
