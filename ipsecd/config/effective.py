@@ -56,6 +56,7 @@ def _gateway(gw: GatewayConfig) -> dict[str, Any]:
         "offload": gw.offload,
         "wakeup_interval_ms": gw.wakeup_interval_ms,
         "user": effective_user(gw.user),
+        "set_forwarding": gw.set_forwarding,
     }
 
 

@@ -53,6 +53,7 @@ from ipsecd.config.schema import (
 )
 from ipsecd.config.secretfiles import decode_psk, read_key_file, read_secret_file, wipe
 from ipsecd.config.users import secret_owners, service_account
+from ipsecd.config.yamltree import key_lines
 from ipsecd.crypto.proposals import Proposal, parse_proposal
 from ipsecd.selectors import TrafficSelector
 
@@ -146,6 +147,7 @@ GATEWAY = Section(
     Field("offload", boolean(), True),
     Field("wakeup_interval_ms", integer(0, 1000), 0),
     Field("user", optional(account()), None),
+    Field("set_forwarding", boolean(), False),
 )
 
 DEFAULT_IKE = tuple(parse_proposal(p, "ike") for p in DEFAULT_IKE_PROPOSALS)
@@ -231,6 +233,7 @@ def _build_gateway(v: Values) -> GatewayConfig:
         offload=v["offload"],
         wakeup_interval_ms=v["wakeup_interval_ms"],
         user=v["user"],
+        set_forwarding=v["set_forwarding"],
     )
 
 
@@ -489,4 +492,5 @@ def build_config(tree: Any, file: str) -> Config:
         log=log,
         gateway=gateway,
         peers=tuple(p for p in peers if p is not None),
+        key_lines=key_lines(tree),
     )

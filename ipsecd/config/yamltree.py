@@ -123,3 +123,23 @@ def load_yaml(text: str, file: str, *, strings_only: bool = False) -> Any:
         raise ConfigError(file, None, None, f"YAML error: {exc}") from None
     finally:
         loader.dispose()
+
+
+def key_lines(tree: Any, path: str = "") -> dict[str, int]:
+    """Every key path of a loaded tree (``peers[0].local_ts[1]``) -> its line.
+
+    So that what is found after loading (``ipsecd.config.warnings``) can still say
+    FILE:LINE, as a ``ConfigError`` does.
+    """
+    found: dict[str, int] = {}
+    if isinstance(tree, LineMap):
+        for key, value in tree.items():
+            sub = f"{path}.{key}" if path else key
+            found[sub] = tree.lines.get(key, tree.line)
+            found.update(key_lines(value, sub))
+    elif isinstance(tree, LineList):
+        for i, value in enumerate(tree):
+            sub = f"{path}[{i}]"
+            found[sub] = tree.lines[i] if i < len(tree.lines) else tree.line
+            found.update(key_lines(value, sub))
+    return found

@@ -24,6 +24,7 @@ from ipsecd.daemon.core import DaemonCore
 from ipsecd.daemon.instance import StartRefused, claim_instance
 from ipsecd.daemon.malloc import keep_heap_mapped
 from ipsecd.daemon.metrics import MetricsServer
+from ipsecd.daemon.preflight import log_findings
 from ipsecd.daemon.privilege import drop_privileges
 from ipsecd.daemon.sdnotify import Notifier
 from ipsecd.daemon.status import DaemonStatus, DataplaneStatus
@@ -272,6 +273,7 @@ class Daemon:
 def run_daemon(config_path: str) -> int:
     config = load_config(config_path)
     logs.configure(config.log.level, config.log.format)
+    log_findings(config, logs.get_logger())  # routes vs. config, IP forwarding (still root)
     try:  # before any device, socket or route is touched; held until the process exits
         lock = claim_instance(config)
     except StartRefused as exc:

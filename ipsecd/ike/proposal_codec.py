@@ -51,6 +51,7 @@ from ipsecd.crypto.registry import (
     integ_by_id,
     ke_by_id,
     prf_by_id,
+    transform_name,
 )
 from ipsecd.ike.constants import ProtocolId
 from ipsecd.ike.errors import NoProposalChosen
@@ -290,25 +291,8 @@ def select(
 
 
 def _transform_name(t: Transform) -> str:
-    ttype, tid = t.transform_type, t.transform_id
-    alg: EncrAlgorithm | PrfAlgorithm | IntegAlgorithm | KeAlgorithm | None = None
-    if ttype == TransformType.ENCR:
-        alg = encr_by_id(tid, t.key_length)
-    elif ttype == TransformType.PRF:
-        alg = prf_by_id(tid)
-    elif ttype == TransformType.INTEG:
-        alg = None if tid == _NONE_ID else integ_by_id(tid)
-    elif ttype == TransformType.KE:
-        alg = None if tid == _NONE_ID else ke_by_id(tid)
-    elif ttype == TransformType.ESN:
-        return "esn" if tid == EsnId.ESN else "noesn"
-    if ttype in (TransformType.INTEG, TransformType.KE) and tid == _NONE_ID:
-        name = "none"
-    elif alg is not None:
-        name = alg.name
-    else:
-        label = _TYPE_LABEL.get(ttype, f"TYPE{ttype}")
-        name = f"{label}#{tid}" + (f"/{t.key_length}" if t.key_length is not None else "")
+    """strongSwan's keyword or the IANA name of any transform (``sha1``), never ``INTEG#2``."""
+    name = transform_name(t.transform_type, t.transform_id, t.key_length)
     if t.other_attributes:
         name += "(+attrs)"
     return name
@@ -324,7 +308,7 @@ _DESCRIBE_ORDER: dict[int, int] = {
 
 
 def describe(proposal: SaProposal) -> str:
-    """A received proposal in strongSwan syntax (encr-integ-prf-ke-esn), unknowns as ``ENCR#3``."""
+    """A received proposal in strongSwan syntax (encr-integ-prf-ke-esn), ``KE#99`` if unassigned."""
     ordered = sorted(proposal.transforms, key=lambda t: _DESCRIBE_ORDER.get(t.transform_type, 9))
     return "-".join(_transform_name(t) for t in ordered) or "(empty)"
 
