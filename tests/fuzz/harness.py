@@ -24,7 +24,8 @@ def main(argv: list[str]) -> None:
     target = TARGETS[name]
     # Instrument the code under test: drop what was imported to read TARGETS, so the
     # import below loads (and atheris instruments) it again.
-    for module in [m for m in sys.modules if m.startswith(("ipsecd", "tests.fuzz.targets"))]:
+    fresh = ("ipsecd", "tests.fuzz", *target.instrument)
+    for module in [m for m in sys.modules if m.startswith(fresh) and m != __name__]:
         del sys.modules[module]
     with atheris.instrument_imports(include=list(target.instrument)):
         from tests.fuzz.targets import TARGETS as INSTRUMENTED

@@ -438,7 +438,7 @@ TARGETS: dict[str, Target] = {
         Target("ike_sk", ike_sk, 2048),
         Target("ike_skf", ike_skf, 2048),
         Target("esp", esp, 2048),
-        Target("config", config, 4096, ("ipsecd", "yaml")),
+        Target("config", config, 8192),
         Target("control", control, 4096),
     )
 }
