@@ -11,7 +11,9 @@
   and the YAML the IKE pair writes.
 * control: the requests ipsecctl sends.
 
-File names are content hashes, so running it again only adds what changed.
+File names are content hashes.  The IKE pair draws fresh SPIs, nonces and keys on
+every run, so a second run adds new IKE captures: give the targets to regenerate
+(``python -m tests.fuzz.make_corpus esp config``), or empty corpus/ first.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -142,6 +145,35 @@ def esp_seeds() -> None:
     save("esp", bytes([16]) + struct.pack("!BIH", 1, 0, 4) + b"\0\0\0\x01")
 
 
+def transport_seeds() -> None:
+    """Host packets and transport-mode ESP/AH packets (scapy builds the IP layers)."""
+    from scapy.layers.inet import IP, TCP, UDP, IPOption_Router_Alert
+    from scapy.layers.inet6 import (
+        IPv6,
+        IPv6ExtHdrDestOpt,
+        IPv6ExtHdrHopByHop,
+        IPv6ExtHdrRouting,
+    )
+    from scapy.packet import Raw
+
+    esp = Raw(struct.pack("!II", K.ESP_SPI, 1) + bytes(40))
+    ah = Raw(struct.pack("!BBHII", 6, 4, 0, K.ESP_SPI, 1) + bytes(12) + bytes(20))
+    a4, b4, a6, b6 = "192.0.2.1", "192.0.2.2", "2001:db8::1", "2001:db8::2"
+    packets = [
+        IP(src=a4, dst=b4, proto=50) / esp,
+        IP(src=a4, dst=b4, proto=51, options=[IPOption_Router_Alert()]) / ah,
+        IPv6(src=a6, dst=b6, nh=50) / esp,
+        IPv6(src=a6, dst=b6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting(nh=51) / ah,
+        IPv6(src=a6, dst=b6) / IPv6ExtHdrDestOpt(nh=50) / esp,
+        IP(src=a4, dst=b4) / UDP(sport=500, dport=4500) / Raw(b"hello"),
+        IP(src=a4, dst=b4) / TCP(sport=22, dport=40000, flags="PA") / Raw(b"ssh"),
+        IPv6(src=a6, dst=b6) / UDP(sport=53, dport=53) / Raw(b"dns"),
+        IPv6(src=a6, dst=b6) / IPv6ExtHdrRouting() / IPv6ExtHdrDestOpt() / TCP(),
+    ]
+    for n, packet in enumerate(packets):
+        save("esp_transport", bytes([n % 16]) + bytes(packet))
+
+
 # ---- config and control ----------------------------------------------------------------
 
 
@@ -168,16 +200,23 @@ def control_seeds() -> None:
         save("control", request)
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
+    wanted = set(argv) or {"ike", "esp", "esp_transport", "config", "control"}
     with tempfile.TemporaryDirectory() as tmp:
-        ike_seeds(Path(tmp))
-        esp_seeds()
-        config_seeds(Path(tmp))
-        control_seeds()
+        if "ike" in wanted:
+            ike_seeds(Path(tmp))
+        if "esp" in wanted:
+            esp_seeds()
+        if "esp_transport" in wanted:
+            transport_seeds()
+        if "config" in wanted:
+            config_seeds(Path(tmp))
+        if "control" in wanted:
+            control_seeds()
     total = sum(f.stat().st_size for f in CORPUS.rglob("*") if f.is_file())
     count = sum(1 for f in CORPUS.rglob("*") if f.is_file())
     print(f"{count} files, {total} bytes under {CORPUS.relative_to(REPO)}")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

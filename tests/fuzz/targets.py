@@ -20,6 +20,8 @@ The contracts checked, target by target:
 * ``esp`` — :class:`InboundEspSa` with real keys, fuzzed plaintext sealed properly
   and raw packets: the unguarded decapsulation raises nothing, the guarded one and
   the inlined burst path (``open_burst``) agree with it packet for packet.
+* ``esp_transport`` — transport-mode framing (RFC 4303 §3.1.1, RFC 3948 §3.1.2):
+  only :class:`TransportFramingError`; what splits rebuilds to the same packet.
 * ``config`` — YAML text -> :class:`Config` or :class:`ConfigError`, nothing else.
 * ``control`` — request lines through the control socket's connection handler:
   one JSON object answer per line, nothing escapes.
@@ -45,6 +47,14 @@ from typing import Any
 from ipsecd.config import Config, ConfigError, parse_config
 from ipsecd.crypto.proposals import parse_proposal
 from ipsecd.esp.inner import next_header_for
+from ipsecd.esp.transport import (
+    IPPROTO_AH,
+    IPPROTO_ESP,
+    TransportFramingError,
+    fix_transport_checksum,
+    locate_ipsec_header,
+    split_for_transport,
+)
 from ipsecd.esp.udp_encap import classify
 from ipsecd.ike import sk as sk_mod
 from ipsecd.ike.constants import GENERIC_PAYLOAD_HEADER_LEN, IKE_HEADER_LEN, PayloadType
@@ -316,6 +326,49 @@ def esp(data: bytes) -> None:
     assert a == b, (burst.drops, plain.drops)
 
 
+# ---- ESP/AH transport mode framing ------------------------------------------------------
+
+
+def esp_transport(data: bytes) -> None:
+    """``ctrl | IP packet``: the inbound and outbound transport-mode framing.
+
+    Inbound as the data plane does it: find ESP/AH, then rebuild the packet from
+    its front and the opened payload (here: the bytes after the header, with the
+    next header from ctrl bits 2-7 mapped onto TCP, UDP or other) and fix its
+    TCP/UDP checksum, with original addresses (ctrl bit 0; bit 1 changes the
+    source like a NAT) or by recomputing it.  Outbound: split a host's packet.
+    """
+    if not data:
+        return
+    ctrl, packet = data[0], data[1:]
+    upper = (6, 17, 58, 1)[(ctrl >> 2) & 3]
+    for protocol in (IPPROTO_ESP, IPPROTO_AH):
+        try:
+            front, offset = locate_ipsec_header(packet, protocol)
+        except TransportFramingError:
+            continue
+        assert front.header == packet[:offset] and front.next_header == protocol
+        try:
+            rebuilt = front.build(upper, packet[offset:])
+        except TransportFramingError:
+            continue
+        assert len(rebuilt) == len(packet)
+        src, dst = front.source, front.destination
+        if ctrl & 1:
+            nat = bytes([src[0] ^ (ctrl & 2)]) + src[1:]
+            fixed = fix_transport_checksum(rebuilt, nat, dst)
+        else:
+            fixed = fix_transport_checksum(rebuilt)
+        assert len(fixed) == len(rebuilt)
+    try:
+        front, next_header, payload = split_for_transport(packet)
+    except TransportFramingError:
+        return
+    assert front.header + payload == packet and front.next_header == next_header
+    again = split_for_transport(front.build(next_header, payload))
+    assert again[1:] == (next_header, payload)
+
+
 # ---- config --------------------------------------------------------------------------
 
 _CONFIG_DIR = Path(tempfile.mkdtemp(prefix="ipsecd-fuzz-config-"))
@@ -438,6 +491,7 @@ TARGETS: dict[str, Target] = {
         Target("ike_sk", ike_sk, 2048),
         Target("ike_skf", ike_skf, 2048),
         Target("esp", esp, 2048),
+        Target("esp_transport", esp_transport, 2048),
         Target("config", config, 8192),
         Target("control", control, 4096),
     )
