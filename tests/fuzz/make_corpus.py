@@ -64,7 +64,7 @@ def _ike_traffic(tmp: Path, label: str, **sides: Any) -> tuple[list[bytes], list
 
 
 def ike_seeds(tmp: Path) -> None:
-    runs = {
+    runs: dict[str, dict[str, dict[str, Any]]] = {
         "aead": {},
         "cbc": {
             "a": {"ike": ("aes128-sha256-modp2048",), "esp": ("aes128-sha256-esn",)},

@@ -126,7 +126,7 @@ def table(results: list[dict[str, object]]) -> str:
         "|---|---:|---:|---|---|---|---|",
     ]
     for r in results:
-        finding = r["finding"] or "none"
+        finding = str(r["finding"] or "none")
         if r.get("known_open"):
             finding += f" (+ {r['known_open']} inputs hitting the known open finding)"
         rows.append(

@@ -46,6 +46,7 @@ from typing import Any
 
 from ipsecd.config import Config, ConfigError, parse_config
 from ipsecd.crypto.proposals import parse_proposal
+from ipsecd.esp.counters import DropReason
 from ipsecd.esp.inner import next_header_for
 from ipsecd.esp.transport import (
     IPPROTO_AH,
@@ -322,7 +323,7 @@ def esp(data: bytes) -> None:
     # open_burst checks the length before the SPI; decapsulate the other way round.
     a, b = dict(burst.drops), dict(plain.drops)
     for d in (a, b):
-        d["too_short"] += d.pop("unknown_spi")  # type: ignore[call-overload]
+        d[DropReason.TOO_SHORT] += d.pop(DropReason.UNKNOWN_SPI)
     assert a == b, (burst.drops, plain.drops)
 
 
@@ -453,7 +454,7 @@ async def _serve(data: bytes) -> _Writer:
     reader.feed_data(data)
     reader.feed_eof()
     writer = _Writer()
-    await _SERVER._client(reader, writer)  # type: ignore[arg-type]
+    await _SERVER._client(reader, writer)  # type: ignore[arg-type]  # duck-typed StreamWriter
     return writer
 
 
