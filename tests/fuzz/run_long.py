@@ -121,16 +121,16 @@ def machine() -> str:
 
 def table(results: list[dict[str, object]]) -> str:
     rows = [
-        "| target | inputs | inputs/s | cov start → end | ft start → end |"
+        "| target | inputs | wall s | inputs/s | cov start → end | ft start → end |"
         " peak RSS MB: start / 10 % / end | findings |",
-        "|---|---:|---:|---|---|---|---|",
+        "|---|---:|---:|---:|---|---|---|---|",
     ]
     for r in results:
         finding = str(r["finding"] or "none")
         if r.get("known_open"):
             finding += f" (+ {r['known_open']} inputs hitting the known open finding)"
         rows.append(
-            f"| {r['target']} | {r.get('inputs')} | {r.get('inputs_per_s')} |"
+            f"| {r['target']} | {r.get('inputs')} | {r.get('wall_s')} | {r.get('inputs_per_s')} |"
             f" {r.get('cov_start')} → {r.get('cov_end')} |"
             f" {r.get('ft_start')} → {r.get('ft_end')} |"
             f" {r.get('rss_start_mb')} / {r.get('rss_10pct_mb')} / {r.get('rss_end_mb')} |"
@@ -148,7 +148,14 @@ def main() -> int:
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/ipsecd-fuzz"))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--table", type=Path, nargs="+", help="print the table of earlier --json files and stop"
+    )
     args = parser.parse_args()
+    if args.table:
+        saved = [json.loads(path.read_text()) for path in args.table]
+        print(f"{saved[0]['machine']}\n\n{table([r for s in saved for r in s['results']])}")
+        return 0
     args.work.mkdir(parents=True, exist_ok=True)
     results = []
     for name in args.targets.split(","):
