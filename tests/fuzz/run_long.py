@@ -52,7 +52,7 @@ def run_target(name: str, runs: int, max_time: int, work: Path) -> dict[str, obj
         str(scratch),
         str(HERE / "corpus" / name),
     ]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), IPSECD_FUZZ_TMP=str(work))
     started = time.monotonic()
     with log_path.open("w") as log:
         rc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode

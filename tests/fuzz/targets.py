@@ -35,8 +35,10 @@ documented ValueError, and decodes back to the same payloads).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
+import shutil
 import struct
 import tempfile
 from collections.abc import Callable, Sequence
@@ -372,13 +374,22 @@ def esp_transport(data: bytes) -> None:
 
 # ---- config --------------------------------------------------------------------------
 
-_CONFIG_DIR = Path(tempfile.mkdtemp(prefix="ipsecd-fuzz-config-"))
+_CONFIG_DIR: Path | None = None
 
 
 def _config_files() -> Path:
-    """PSK and key files the seeds name (relative paths resolve next to the config)."""
-    psk = _CONFIG_DIR / "site.psk"
-    if not psk.exists():
+    """PSK and key files the seeds name (relative paths resolve next to the config).
+
+    Made once per process, in a directory removed at exit (libFuzzer's exit skips
+    that: the CI test and run_long.py put it in their own scratch directory through
+    ``IPSECD_FUZZ_TMP``).
+    """
+    global _CONFIG_DIR
+    if _CONFIG_DIR is None:
+        scratch = os.environ.get("IPSECD_FUZZ_TMP")
+        _CONFIG_DIR = Path(tempfile.mkdtemp(prefix="ipsecd-fuzz-config-", dir=scratch))
+        atexit.register(shutil.rmtree, _CONFIG_DIR, True)
+        psk = _CONFIG_DIR / "site.psk"
         psk.write_text("0x" + "5a" * 32 + "\n")
         os.chmod(psk, 0o600)
         keys = _CONFIG_DIR / "site.keys"

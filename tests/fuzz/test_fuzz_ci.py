@@ -59,9 +59,8 @@ def test_short_fuzz_run(name: str, tmp_path: Path) -> None:
         str(new),
         str(CORPUS / name),
     ]
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    )
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path, IPSECD_FUZZ_TMP=str(tmp_path))
     proc = subprocess.run(
         command, capture_output=True, text=True, env=env, timeout=SECONDS + 120, cwd=REPO
     )
