@@ -90,23 +90,6 @@ def run_target(name: str, runs: int, max_time: int, work: Path) -> dict[str, obj
     return result
 
 
-def known_open_hits(name: str, work: Path) -> int:
-    """Inputs in the new corpus that hit a finding another branch owns (control only)."""
-    if name != "control":
-        return 0
-    from tests.fuzz import targets
-
-    hits = 0
-    for path in (work / name).iterdir():
-        try:
-            targets._LOOP.run_until_complete(targets._serve(path.read_bytes()))
-        except targets.CONTROL_KNOWN_OPEN:
-            hits += 1
-        except Exception:  # counted by the run itself
-            pass
-    return hits
-
-
 def machine() -> str:
     cpu = "?"
     try:
@@ -127,8 +110,6 @@ def table(results: list[dict[str, object]]) -> str:
     ]
     for r in results:
         finding = str(r["finding"] or "none")
-        if r.get("known_open"):
-            finding += f" (+ {r['known_open']} inputs hitting the known open finding)"
         rows.append(
             f"| {r['target']} | {r.get('inputs')} | {r.get('wall_s')} | {r.get('inputs_per_s')} |"
             f" {r.get('cov_start')} → {r.get('cov_end')} |"
@@ -160,7 +141,6 @@ def main() -> int:
     results = []
     for name in args.targets.split(","):
         result = run_target(name, args.runs, args.max_time, args.work)
-        result["known_open"] = known_open_hits(name, args.work)
         results.append(result)
         print(json.dumps(result), flush=True)
         if args.json:

@@ -23,8 +23,9 @@ The contracts checked, target by target:
 * ``esp_transport`` — transport-mode framing (RFC 4303 §3.1.1, RFC 3948 §3.1.2):
   only :class:`TransportFramingError`; what splits rebuilds to the same packet.
 * ``config`` — YAML text -> :class:`Config` or :class:`ConfigError`, nothing else.
-* ``control`` — request lines through the control socket's connection handler:
-  one JSON object answer per line, nothing escapes.
+* ``control`` — :func:`ipsecd.daemon.control.parse_request`: a dict or
+  ``RequestRefused``; the control socket's connection handler: one JSON object
+  answer per line, nothing escapes.
 
 Every decoded payload also goes through what the daemon does with one besides
 acting on it: ``repr`` and the log formatting of identities and traffic
@@ -413,15 +414,24 @@ def config(data: bytes) -> None:
 
 # ---- control protocol -------------------------------------------------------------------
 
-# The one import of the control protocol: its request parsing is the connection
-# handler of ControlServer (one JSON request per line).  When the parser gets its
-# own public function, only this block changes.
-from ipsecd.daemon.control import MAX_REQUEST, ControlServer  # noqa: E402
+# The one import of the control protocol: the request parser and the connection
+# handler that reads lines, applies the size limit and answers (one JSON per line).
+from ipsecd.daemon.control import (  # noqa: E402
+    MAX_REQUEST,
+    ControlServer,
+    RequestRefused,
+    parse_request,
+)
 
-# Findings in this target that another branch owns (issue 12 item 8: the control
-# protocol's size and depth limits).  Reported by the runner, not failed on, until
-# that branch lands; then this set becomes empty.
-CONTROL_KNOWN_OPEN: tuple[type[BaseException], ...] = (RecursionError,)
+
+class _QuietLog:
+    """Refusals are logged as warnings; a fuzzer makes millions of them."""
+
+    def warning(self, *args: object, **kwargs: object) -> None:
+        return None
+
+    def exception(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("the control handler hit an internal error")
 
 
 async def _daemon_like_handler(request: dict[str, Any]) -> dict[str, Any]:
@@ -458,10 +468,11 @@ class _Writer:
 
 _LOOP = asyncio.new_event_loop()
 _SERVER = ControlServer(Path("/nonexistent/ipsecd-fuzz.sock"), _daemon_like_handler)
+_SERVER.log = _QuietLog()
 
 
 async def _serve(data: bytes) -> _Writer:
-    reader = asyncio.StreamReader(limit=MAX_REQUEST)
+    reader = asyncio.StreamReader(limit=MAX_REQUEST + 1)  # as ControlServer.start
     reader.feed_data(data)
     reader.feed_eof()
     writer = _Writer()
@@ -470,11 +481,15 @@ async def _serve(data: bytes) -> _Writer:
 
 
 def control(data: bytes) -> None:
-    """Bytes as they arrive on one control connection."""
-    try:
-        writer = _LOOP.run_until_complete(_serve(data))
-    except CONTROL_KNOWN_OPEN:
-        return
+    """Bytes as they arrive on one control connection: each line through the parser,
+    then all of them through the connection handler."""
+    for line in data.split(b"\n"):
+        try:
+            request = parse_request(line)
+        except RequestRefused:
+            continue
+        assert isinstance(request, dict)
+    writer = _LOOP.run_until_complete(_serve(data))
     assert writer.closed
     lines = bytes(writer.data).split(b"\n")
     assert lines[-1] == b""

@@ -55,12 +55,8 @@ def test_delete_spi_sizes_the_rfc_allows() -> None:
     assert esp == Delete(ProtocolId.ESP, (7, 8))
 
 
-@pytest.mark.xfail(
-    reason="issue 12 item 8, owned by the hardening branch: the control protocol has no depth"
-    " limit; remove CONTROL_KNOWN_OPEN in targets.py when this passes",
-    raises=RecursionError,
-    strict=False,
-)
-def test_deeply_nested_control_request_is_answered() -> None:
+def test_deeply_nested_control_request_is_refused() -> None:
+    """Issue 12 item 8 (fixed by the hardening branch, parse_request's depth limit): a
+    request nested 5000 deep raised RecursionError out of the connection handler."""
     writer = targets._LOOP.run_until_complete(targets._serve(b"[" * 5000 + b"\n"))
-    assert writer.data.startswith(b'{"ok": false')
+    assert writer.data.startswith(b'{"ok": false, "error": "refused: request nests JSON deeper')
