@@ -520,6 +520,6 @@ TARGETS: dict[str, Target] = {
         Target("esp", esp, 2048),
         Target("esp_transport", esp_transport, 2048),
         Target("config", config, 8192),
-        Target("control", control, 4096),
+        Target("control", control, 512),
     )
 }
