@@ -60,3 +60,18 @@ def test_deeply_nested_control_request_is_refused() -> None:
     request nested 5000 deep raised RecursionError out of the connection handler."""
     writer = targets._LOOP.run_until_complete(targets._serve(b"[" * 5000 + b"\n"))
     assert writer.data.startswith(b'{"ok": false, "error": "refused: request nests JSON deeper')
+
+
+@pytest.mark.parametrize("bad", ["    remote_port: nope\n", "    manual:\n      spi_in: nope\n"])
+def test_unreadable_peer_key_beside_the_cross_checks_is_a_config_error(bad: str) -> None:
+    """The checks across peers (unique endpoints and SPIs, merged from main) read a
+    peer's remote_port / spi_in with [] after that key had failed: KeyError instead
+    of the ConfigError naming the key; found by the config target's second run."""
+    text = (
+        "gateway:\n  listen: [192.0.2.1]\npeers:\n  - name: a\n    remote_address: 192.0.2.2\n"
+        + bad
+        + "    local_ts: [10.1.0.0/24]\n    remote_ts: [10.2.0.0/24]\n"
+        + "    auth:\n      psk_file: site.psk\n"
+    )
+    with pytest.raises(ConfigError):
+        parse_config(text, targets._config_files())
