@@ -3,7 +3,7 @@
 The seed replay runs in-process and needs nothing but the package.  The short run
 starts ``tests.fuzz.harness`` (atheris) per target from its corpus, bounded by both
 an input count and a time budget (``IPSECD_FUZZ_RUNS``, ``IPSECD_FUZZ_SECONDS``:
-defaults 200 000 inputs or 3 s of fuzzing per target, about 5 s with start-up).  Any
+defaults 200 000 inputs or 2 s of fuzzing per target, 4-8 s with start-up).  Any
 unexpected exception or broken invariant fails the test with the exception and the
 input (hex) that triggered it.  The long run is ``run_long.py`` (see README.md).
 """
@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 CORPUS = HERE / "corpus"
 RUNS = int(os.environ.get("IPSECD_FUZZ_RUNS", "200000"))
-SECONDS = int(os.environ.get("IPSECD_FUZZ_SECONDS", "3"))
+SECONDS = int(os.environ.get("IPSECD_FUZZ_SECONDS", "2"))
 
 
 @pytest.mark.parametrize("name", list(TARGETS))
