@@ -502,6 +502,8 @@ class Delete(Payload):
         count = r.u16()
         if spi_size == 0 and count:
             raise MalformedMessage("Delete: SPI size 0 with a non-zero SPI count")
+        if spi_size != (0 if protocol_id == ProtocolId.IKE else 4):  # §3.11: MUST be 0 or 4
+            raise MalformedMessage(f"Delete: SPI size {spi_size} for protocol {protocol_id}")
         if spi_size * count != r.remaining:
             raise MalformedMessage(
                 f"Delete: {count} SPIs of {spi_size} bytes do not fill {r.remaining} bytes"
