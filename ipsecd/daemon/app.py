@@ -310,7 +310,6 @@ class Daemon:
         for local, remote, datagrams in self.core.datagrams_to_send():
             self.sockets[local].send_batch(datagrams, remote)
         self._answer_waiting()  # "ipsecd is stopping" to every command still waiting
-        await asyncio.sleep(0)  # let their connections write it
         if self._control is not None:
             await self._control.close()
         if self._metrics is not None:

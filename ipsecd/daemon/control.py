@@ -96,6 +96,7 @@ class ControlServer:
         self.log = logs.get_logger()
         self._server: asyncio.AbstractServer | None = None
         self._followers: set[asyncio.Event] = set()  # the wake-ups of ``log`` connections
+        self._busy: set[asyncio.Task[None]] = set()  # connections answering a request
         self._closing = False
 
     async def start(self) -> None:
@@ -131,10 +132,16 @@ class ControlServer:
                 except RequestRefused as exc:
                     await _send(writer, self._refuse(str(exc)))
                     continue
-                if request.get("cmd") == "log":
-                    await self._follow(request, reader, writer)
-                    return
-                await _send(writer, await self._answer(request))
+                task = asyncio.current_task()
+                assert task is not None
+                self._busy.add(task)  # close() lets it finish its answer
+                try:
+                    if request.get("cmd") == "log":
+                        await self._follow(request, reader, writer)
+                        return
+                    await _send(writer, await self._answer(request))
+                finally:
+                    self._busy.discard(task)
         except ConnectionError:
             pass
         finally:
@@ -186,11 +193,15 @@ class ControlServer:
             self._followers.discard(wake)
             closed.cancel()
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 2.0) -> None:
+        """Stop listening; followers are told the daemon stops, and requests being answered
+        (a command whose waiter the daemon has just answered) get ``grace`` seconds to
+        finish writing."""
         self._closing = True
         for wake in self._followers:
             wake.set()  # each follower says "end" and returns
-        await asyncio.sleep(0)
+        if self._busy:
+            await asyncio.wait(set(self._busy), timeout=grace)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

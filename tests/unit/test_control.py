@@ -212,3 +212,43 @@ def test_log_request_with_a_bad_level_is_refused(tmp_path) -> None:
 
     reply = asyncio.run(scenario())
     assert reply["ok"] is False and "unknown log level 'loud'" in reply["error"]
+
+
+def test_close_lets_requests_being_answered_finish(tmp_path) -> None:
+    """At shutdown the daemon answers the commands still waiting, then closes the socket:
+    those answers and the followers' "end" must still reach the clients."""
+    import threading
+
+    from ipsecd.daemon import logs
+
+    followed: list = []
+    following = threading.Event()
+
+    def follower(path):
+        for message in control.follow(path, {"cmd": "log"}):
+            followed.append(message)
+            following.set()
+
+    async def scenario():
+        gate = asyncio.Event()
+
+        async def handler(request):
+            await gate.wait()  # a waiting "up", answered by the shutdown
+            return {"ok": False, "error": "ipsecd is stopping"}
+
+        server = ControlServer(tmp_path / "c.sock", handler)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        waiting = loop.run_in_executor(None, _exchange, server.path, b'{"cmd": "up"}\n')
+        loop.run_in_executor(None, follower, server.path)
+        await loop.run_in_executor(None, following.wait, 5)
+        while len(server._busy) < 2:
+            await asyncio.sleep(0.01)
+        gate.set()
+        await server.close()
+        assert server._busy == set() and logs._subscribers == []
+        return waiting  # the loop ends at once, as the daemon's does
+
+    waiting = asyncio.run(scenario())
+    assert json.loads(waiting.result()) == {"ok": False, "error": "ipsecd is stopping"}
+    assert followed[-1] == {"end": "ipsecd is stopping"}
