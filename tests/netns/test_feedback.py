@@ -148,3 +148,16 @@ def test_up_rekey_down_reload_and_log_in_words(topology: Topology) -> None:
         reader.join(5)
     assert follower.stderr is not None
     assert (code, follower.stderr.read()) == (0, "")
+
+
+def test_a_listen_address_not_on_the_machine_is_named(topology: Topology) -> None:
+    a, b = site_specs(topology)
+    a.wan_ip = "203.0.113.9"  # TEST-NET-3: on no interface of gwA
+    gw_a, _ = start_psk_pair(topology, a, b, start=False)
+    with pytest.raises(RuntimeError, match="exited"):
+        gw_a.start()
+    assert gw_a.proc is not None and gw_a.proc.returncode == 1
+    assert (
+        "cannot bind UDP 203.0.113.9:500: [Errno 99] Cannot assign requested address"
+        in gw_a.log_text()
+    )
