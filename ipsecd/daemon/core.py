@@ -164,8 +164,8 @@ def child_summary(
 
 
 def _live_children(entry: dict[str, Any]) -> int:
-    """CHILD_SAs of an IKE status entry that carry traffic (and can be rekeyed)."""
-    return sum(1 for c in entry.get("children", ()) if c.get("state") == "installed")
+    """CHILD_SAs of an IKE status entry that carry traffic: installed, or being rekeyed."""
+    return sum(1 for c in entry.get("children", ()) if c.get("state") in ("installed", "rekeying"))
 
 
 def _installed_summary(sa: InstalledChildSa) -> Summary:
@@ -573,9 +573,6 @@ class DaemonCore:
         self.now = now
         outcomes = self.outcomes
         ticket = outcomes.ticket()
-        if self.ike is None or peer not in _ike_peers(self.config):
-            outcomes.answer(ticket, {"ok": False, "error": f"no IKE peer named {peer!r}"})
-            return ticket
         command = "rekey-ike" if cmd == "rekey" and rekey_ike else cmd
         entry = self._ike_entry(peer)
         children = _live_children(entry)
@@ -588,7 +585,7 @@ class DaemonCore:
             outcomes.succeed(waiter, "already up", now, ike_sa=ike_sa, child_sas=summaries)
             return ticket
         error = self._command(cmd, peer, now, rekey_ike=rekey_ike)  # events may settle it
-        if error:
+        if error:  # unknown peer, nothing to rekey
             outcomes.fail(waiter, "failed", error, now)
         elif command == "down" and not self._ike_entry(peer).get("ike_sas"):
             # Nothing established to delete (down, or still negotiating): no Delete to wait for.
@@ -603,12 +600,10 @@ class DaemonCore:
         """Run ``up``, ``down`` or ``rekey`` on ``peer``; the error in words, or None."""
         if self.ike is None or peer not in _ike_peers(self.config):
             return f"no IKE peer named {peer!r}"
-        entry = self._ike_entry(peer)
         if cmd == "up":
-            if entry.get("state") == "established" and not _live_children(entry):
-                self.ike.create_child(peer, now)  # the IKE SA is up, its CHILD_SA is not
-            else:
-                self.ike.initiate(peer, now)
+            self.ike.initiate(peer, now)  # wanted from now on; a no-op if an IKE SA is there
+            # ... and an established one that lost its CHILD_SA gets a new one (once).
+            self.ike.initiate(peer, now, on_demand=True)
         elif cmd == "down":
             self.ike.terminate(peer, now)
         else:
@@ -616,6 +611,7 @@ class DaemonCore:
                 if rekey_ike:
                     self.ike.rekey_ike(peer, now)
                 else:
+                    entry = self._ike_entry(peer)
                     if entry.get("state") == "established" and not _live_children(entry):
                         return f"peer {peer!r} has no CHILD_SA to rekey"
                     self.ike.rekey(peer, now)

@@ -169,7 +169,8 @@ def test_refusals_are_answered_at_once(tmp_path: Path) -> None:
     response = answer(r, ticket)
     assert response["ok"] is False and "no established IKE SA" in response["error"]
     ticket = r.core.control_wait("up", "nobody", r.now, timeout=30)
-    assert answer(r, ticket) == {"ok": False, "error": "no IKE peer named 'nobody'"}
+    response = answer(r, ticket)
+    assert (response["ok"], response["error"]) == (False, "no IKE peer named 'nobody'")
     assert r.core.get_timer() is None  # nothing waits
 
 
@@ -227,3 +228,16 @@ def test_down_ignores_failures_and_waits_for_the_last_ike_sa() -> None:
     ((ticket, response),) = outcomes.answers()
     assert ticket == 1 and response["reason"] == "deleted by peer"
     assert outcomes.waiting("c") and not outcomes.waiting("b")
+
+
+def test_up_during_a_rekey_is_already_up_and_adds_no_child_sa(tmp_path: Path) -> None:
+    r = CoreRig(tmp_path, side_a(), side_b())
+    r.drop = True
+    assert r.core.control("rekey", "b", r.now) == {"ok": True}  # outstanding: no answer
+    r.pump()
+    assert [c["state"] for c in r.status_a()["children"]] == ["rekeying"]
+    ticket = r.core.control_wait("up", "b", r.now, timeout=30)
+    assert answer(r, ticket)["outcome"] == "already up"
+    r.drop = False
+    r.advance(5)  # the rekey's retransmission gets through
+    assert len(r.core.sad) == 1 and len(r.status_a()["children"]) == 1
