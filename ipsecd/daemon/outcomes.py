@@ -11,12 +11,15 @@ Which event settles which command (``rekey-ike`` is ``rekey --ike``):
 command    succeeds on                             fails on
 =========  =====================================  ===================================
 up         CHILD_SA established (outbound)         negotiation failed, IKE SA deleted
-down       IKE SA deleted, none of the peer left   (never: a Delete nobody answers
+down       IKE SA deleted                          (never: a Delete nobody answers
                                                    still ends the SA here)
 rekey      as many CHILD_SAs established as the    negotiation failed, IKE SA deleted
            peer had when asked
 rekey-ike  IKE SA established (the new one)        negotiation failed, IKE SA deleted
 =========  =====================================  ===================================
+
+"IKE SA deleted" counts when no IKE SA of the peer is left: a duplicate of crossing
+initiations, or the old SA of a rekey, may go while the peer stays up.
 
 Every waiter also ends at its deadline (``outcome: timeout``): a waiter never outlives
 the wait its client asked for, and at most :data:`MAX_WAITERS` exist at once.
@@ -119,10 +122,11 @@ class Outcomes:
 
     def ike_deleted(self, peer: str, reason: str, gone: bool, now: float) -> None:
         """An IKE SA of ``peer`` was deleted; ``gone``: none of the peer's is left."""
+        if not gone:  # a duplicate or a rekeyed IKE SA went; the peer's own is still there
+            return
         for w in self._for(peer):
             if w.command == "down":
-                if gone:
-                    self.succeed(w, "down", now, reason=reason)
+                self.succeed(w, "down", now, reason=reason)
             else:
                 self.fail(w, "failed", f"IKE SA deleted: {reason}", now)
 

@@ -217,12 +217,14 @@ def test_a_waiter_is_answered_once() -> None:
     assert outcomes.deadline() is None
 
 
-def test_down_ignores_failures_and_waits_for_the_last_ike_sa() -> None:
+def test_only_the_last_ike_sa_of_a_peer_settles_a_command() -> None:
     outcomes = Outcomes()
     outcomes.wait(1, "down", "b", 0.0, 10.0)
     outcomes.wait(2, "up", "c", 0.0, 10.0)
+    outcomes.wait(3, "up", "c", 0.0, 10.0)
     outcomes.failed("b", "no response", 1.0)
     outcomes.ike_deleted("b", "rekeyed", False, 1.0)  # another IKE SA of b is still there
+    outcomes.ike_deleted("c", "duplicate IKE SA (both ends initiated)", False, 1.0)
     assert outcomes.answers() == []
     outcomes.ike_deleted("b", "deleted by peer", True, 2.0)
     ((ticket, response),) = outcomes.answers()
