@@ -40,6 +40,18 @@ AUTH_FAILED = (
 )
 
 
+def failure(outcome: str, command: str, seconds: float, error: str) -> dict[str, Any]:
+    """The daemon's answer to a command that failed or saw no outcome in time."""
+    return {
+        "ok": False,
+        "outcome": outcome,
+        "command": command,
+        "peer": "b",
+        "seconds": seconds,
+        "error": error,
+    }
+
+
 def fake_daemon(monkeypatch, response: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
     sent: list[tuple[dict[str, Any], Any]] = []
 
@@ -65,15 +77,7 @@ def test_up_prints_the_sa_summary_on_one_line(monkeypatch, capsys) -> None:
 
 
 def test_up_failure_prints_the_reason_and_exits_1(monkeypatch, capsys) -> None:
-    response = {
-        "ok": False,
-        "outcome": "failed",
-        "command": "up",
-        "peer": "b",
-        "seconds": 0.05,
-        "error": AUTH_FAILED,
-    }
-    fake_daemon(monkeypatch, response)
+    fake_daemon(monkeypatch, failure("failed", "up", 0.05, AUTH_FAILED))
     assert ipsecctl.main(["up", "b"]) == ipsecctl.EXIT_FAILED == 1
     out, err = capsys.readouterr()
     assert out == ""
@@ -81,15 +85,8 @@ def test_up_failure_prints_the_reason_and_exits_1(monkeypatch, capsys) -> None:
 
 
 def test_no_outcome_in_time_exits_6(monkeypatch, capsys) -> None:
-    response = {
-        "ok": False,
-        "outcome": "timeout",
-        "command": "rekey-ike",
-        "peer": "b",
-        "seconds": 5.0,
-        "error": "no outcome within 5 s (peer b is init-sent); ipsecd goes on",
-    }
-    sent = fake_daemon(monkeypatch, response)
+    error = "no outcome within 5 s (peer b is init-sent); ipsecd goes on"
+    sent = fake_daemon(monkeypatch, failure("timeout", "rekey-ike", 5.0, error))
     assert ipsecctl.main(["rekey", "b", "--ike", "--timeout", "5"]) == ipsecctl.EXIT_TIMEOUT == 6
     assert sent[0][0]["wait"] == 5.0 and sent[0][1] == 10.0
     err = capsys.readouterr().err
