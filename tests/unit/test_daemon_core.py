@@ -188,6 +188,7 @@ def test_reload_plan_follows_the_ike_manager_and_manual_peers(
     assert result == {
         "ok": True,
         "plan": {"added": ["c"], "removed": [], "changed": ["b"], "unchanged": []},
+        "config": str(path),
     }
     r.pump()
     assert {sa.inbound.spi for sa in r.core.sad} == {0x1001, 0x2001}

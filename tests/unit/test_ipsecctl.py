@@ -101,14 +101,17 @@ def test_json_output_and_unreachable_socket(monkeypatch, capsys, tmp_path) -> No
     assert "cannot reach ipsecd" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("cmd", [["up", "b"], ["down", "b"], ["reload"], ["log-level", "debug"]])
+@pytest.mark.parametrize(
+    "cmd",
+    [["up", "b", "--no-wait"], ["down", "b", "--no-wait"], ["reload"], ["log-level", "debug"]],
+)
 def test_commands_send_requests(monkeypatch, cmd) -> None:
     sent = []
     monkeypatch.setattr(
-        ipsecctl, "request", lambda path, payload: sent.append(payload) or {"ok": True}
+        ipsecctl, "request", lambda path, payload, **_: sent.append(payload) or {"ok": True}
     )
     assert ipsecctl.main(cmd) == 0
-    assert sent[0]["cmd"] == cmd[0]
+    assert sent[0]["cmd"] == cmd[0] and "wait" not in sent[0]
 
 
 def test_gateway_line_shows_half_open_sas_and_cookies() -> None:
@@ -146,13 +149,16 @@ def test_on_demand_peer_state_is_shown(state, shown) -> None:
 @pytest.mark.parametrize(
     ("argv", "payload"),
     [
-        (["rekey", "b"], {"cmd": "rekey", "peer": "b"}),
-        (["rekey", "b", "--ike"], {"cmd": "rekey", "peer": "b", "ike": True}),
+        (["rekey", "b", "--no-wait"], {"cmd": "rekey", "peer": "b"}),
+        (["rekey", "b", "--ike", "--no-wait"], {"cmd": "rekey", "peer": "b", "ike": True}),
+        (["rekey", "b"], {"cmd": "rekey", "peer": "b", "wait": 30.0}),
+        (["rekey", "b", "--ike", "--timeout", "5"], {"cmd": "rekey", "peer": "b", "ike": True,
+                                                     "wait": 5.0}),
     ],
-)
+)  # fmt: skip
 def test_rekey_child_sas_or_the_ike_sa(monkeypatch, argv, payload) -> None:
     sent = []
-    monkeypatch.setattr(ipsecctl, "request", lambda path, p: sent.append(p) or {"ok": True})
+    monkeypatch.setattr(ipsecctl, "request", lambda path, p, **_: sent.append(p) or {"ok": True})
     assert ipsecctl.main(argv) == 0
     assert sent == [payload]
 
