@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from ipsecd.cli.control_text import format_outcome, format_plan, format_record
+from ipsecd.cli.status_text import Style, format_conns, format_status
 from ipsecd.cli.version import version_line
 from ipsecd.daemon.control import ControlReplyError, follow, request
 
@@ -36,142 +37,6 @@ output pipe closed early."""
 PEER_COMMANDS = ("up", "down", "rekey")
 
 
-class Style:
-    """ANSI colours, only when writing to a terminal."""
-
-    def __init__(self, tty: bool) -> None:
-        self.tty = tty
-
-    def _c(self, code: str, text: str) -> str:
-        return f"\033[{code}m{text}\033[0m" if self.tty else text
-
-    def bold(self, t: str) -> str:
-        return self._c("1", t)
-
-    def good(self, t: str) -> str:
-        return self._c("32", t)
-
-    def bad(self, t: str) -> str:
-        return self._c("31", t)
-
-    def dim(self, t: str) -> str:
-        return self._c("2", t)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _rows(pairs: list[tuple[str, str]], indent: str) -> list[str]:
-    width = max((len(k) for k, _ in pairs), default=0)
-    return [f"{indent}{k + ':':<{width + 1}} {v}" for k, v in pairs]
-
-
-def format_dos(dos: dict[str, Any], counters: dict[str, Any], style: Style) -> str:
-    """The responder's DoS protection in one line: half-open SAs, cookies, drops."""
-    cookies = style.bad("on") if dos.get("cookies_required") else "off"
-    text = (
-        f"ike responder: {dos.get('half_open', 0)} half-open"
-        f" (at most {dos.get('half_open_per_source')} per source,"
-        f" {dos.get('half_open_limit')} in all), cookies {cookies}"
-        f" (from {dos.get('cookie_threshold')} half-open)"
-    )
-    shown = [
-        ("cookies_sent", "cookies sent"),
-        ("cookies_invalid", "invalid cookies"),
-        ("half_open_dropped", "dropped over the limit"),
-        ("half_open_source_dropped", "dropped per source"),
-        ("init_replays", "replays dropped"),
-    ]
-    extra = [f"{label} {counters[key]}" for key, label in shown if counters.get(key)]
-    return text + ("; " + ", ".join(extra) if extra else "")
-
-
-def format_status(status: dict[str, Any], style: Style) -> str:
-    lines = [
-        f"{style.bold('ipsecd')}  tun {status['tun']} (mtu {status['mtu']}), "
-        f"listening on {', '.join(status['listen'])}, up {status['uptime_seconds']:.0f}s"
-    ]
-    if status.get("ike_dos"):
-        lines.append(format_dos(status["ike_dos"], status.get("ike_counters") or {}, style))
-    for peer in status["peers"]:
-        state = peer["state"]
-        shown = style.good(state) if peer["up"] else style.bad(state)
-        lines.append("")
-        lines.append(
-            f"{style.bold('peer ' + peer['name'])}: {shown}  {peer['local']} <-> {peer['remote']}"
-        )
-        pairs = [("selectors", f"{peer['local_ts']} === {peer['remote_ts']}")]
-        ike = peer.get("ike") or {}
-        if ike.get("local_spi"):
-            pairs.append(
-                (
-                    "ike sa",
-                    f"{ike['local_spi']}_local {ike.get('remote_spi', '')}_remote"
-                    f"  {ike.get('algorithm', '')}  {ike.get('role', '')}"
-                    f"  {ike.get('local', '')} <-> {ike.get('remote', '')}"
-                    + (
-                        f"  rekey in {ike['rekey_in_seconds']:.0f}s"
-                        if ike.get("rekey_in_seconds") is not None
-                        else ""
-                    ),
-                )
-            )
-            if ike.get("dpd") and ike.get("last_seen_seconds") is not None:
-                pairs.append(
-                    (
-                        "dpd",
-                        f"{ike['dpd']}, peer last heard {ike['last_seen_seconds']:.0f}s ago"
-                        + (
-                            f" (liveness check after {ike['dpd_delay']}s of silence)"
-                            if ike.get("dpd_delay")
-                            else ""
-                        ),
-                    )
-                )
-            if ike.get("nat_local"):
-                pairs.append(("nat", "we are behind a NAT (sending keepalives)"))
-            elif ike.get("nat_remote"):
-                pairs.append(("nat", "peer behind a NAT or forcing UDP encapsulation"))
-        on_demand = peer.get("on_demand")
-        if on_demand:
-            words = {
-                "idle": "waiting for traffic to remote_ts",
-                "negotiating": f"negotiating, {on_demand.get('queued', 0)} packets queued",
-                "up": "started by traffic",
-            }
-            pairs.append(("on demand", words.get(on_demand["state"], on_demand["state"])))
-        if peer.get("last_error"):
-            pairs.append(("last error", style.bad(peer["last_error"])))
-        lines += _rows(pairs, "  ")
-        for child in peer["children"]:
-            lines.append(
-                f"  child {child['spi_in']}_in {child['spi_out']}_out  {child['algorithm']}  "
-                f"established {child['established_seconds']:.0f}s ago"
-                + (
-                    f", rekey in {child['rekey_in_seconds']:.0f}s"
-                    if child.get("rekey_in_seconds") is not None
-                    else ""
-                )
-            )
-            cpairs = [
-                ("in", f"{_size(child['bytes_in'])}, {child['packets_in']} packets"),
-                ("out", f"{_size(child['bytes_out'])}, {child['packets_out']} packets"),
-                ("selectors", f"{child['local_ts']} === {child['remote_ts']}"),
-            ]
-            if child["drops"]:
-                cpairs.append(("drops", ", ".join(f"{k} {v}" for k, v in child["drops"].items())))
-            lines += _rows(cpairs, "    ")
-    if status.get("drops"):
-        lines.append("")
-        lines.append("drops: " + ", ".join(f"{k} {v}" for k, v in status["drops"].items()))
-    return "\n".join(lines)
-
-
 def _timeout(text: str) -> float:
     try:
         value = float(text)
@@ -193,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--socket", "-s", default=DEFAULT_SOCKET, help="control socket path")
     sub = parser.add_subparsers(dest="command", required=True)
     st = sub.add_parser("status", help="show peers, SAs, counters")
-    st.add_argument("--json", action="store_true")
+    st.add_argument(
+        "--json", action="store_true", help="the JSON document (docs/status.schema.json)"
+    )
+    cn = sub.add_parser("conns", help="show the configured peers and their proposals")
+    cn.add_argument("--json", action="store_true", help="the configured peers as JSON")
     for name in PEER_COMMANDS:
         p = sub.add_parser(name, help=f"{name} the tunnel to PEER and print the outcome")
         p.add_argument("peer")
@@ -304,18 +173,21 @@ def _run(args: argparse.Namespace, payload: dict[str, Any]) -> int:
         if args.command == "reload":  # a refused file: one problem per line, each FILE:LINE
             return _fail(EXIT_FAILED, "\n  ".join(error.splitlines()) or "failed")
         return _fail(EXIT_FAILED, " ".join(error.splitlines()) or "failed")
-    if args.command == "status":
-        status = response.get("status")
-        if not isinstance(status, dict):
-            return _fail(EXIT_BAD_REPLY, "bad reply from ipsecd: no status object")
+    if args.command in ("status", "conns"):
+        doc = response.get(args.command)
+        if not isinstance(doc, dict):
+            return _fail(EXIT_BAD_REPLY, f"bad reply from ipsecd: no {args.command} object")
         if args.json:
-            print(json.dumps(status, indent=2))
+            print(json.dumps(doc, indent=2))
             return EXIT_OK
+        formatter = format_status if args.command == "status" else format_conns
         try:
-            text = format_status(status, Style(sys.stdout.isatty()))
+            text = formatter(doc, Style(sys.stdout.isatty()))
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             what = f"missing {exc}" if isinstance(exc, KeyError) else type(exc).__name__
-            return _fail(EXIT_BAD_REPLY, f"bad reply from ipsecd: status not understood ({what})")
+            return _fail(
+                EXIT_BAD_REPLY, f"bad reply from ipsecd: {args.command} not understood ({what})"
+            )
         print(text)
     elif "plan" in response:
         if args.json:

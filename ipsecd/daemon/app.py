@@ -154,6 +154,7 @@ class Daemon:
         esp_port = self.config.gateway.port
         return self.core.status(
             time.monotonic(),
+            wall=time.time(),
             tun=self.tun.name if self.tun else None,
             listen=self.sockets,
             dataplane=DataplaneStatus.of(
@@ -165,6 +166,8 @@ class Daemon:
         cmd = request.get("cmd")
         if cmd == "status":
             return {"ok": True, "status": self.status().to_dict()}
+        if cmd == "conns":
+            return {"ok": True, "conns": self.core.conns().to_dict()}
         if cmd == "log-level":
             logs.set_level(str(request.get("level")))
             return {"ok": True}

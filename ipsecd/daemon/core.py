@@ -35,13 +35,21 @@ from ipsecd.config import Config, PeerConfig
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.crypto.registry import EncrAlgorithm, IntegAlgorithm
 from ipsecd.daemon import logs
+from ipsecd.daemon.ledger import Ledger
 from ipsecd.daemon.outcomes import Outcomes, Summary
 from ipsecd.daemon.status import (
+    DAEMON_EVENTS,
+    DROP_REASONS,
+    IKE_EVENTS,
+    Clock,
+    ConnsStatus,
     DaemonStatus,
     DataplaneStatus,
+    IkeDosStatus,
     OnDemandStatus,
     PeerStatus,
-    child_status,
+    every,
+    peer_status,
 )
 from ipsecd.dataplane.mtu import tun_mtu
 from ipsecd.dataplane.processor import PacketProcessor
@@ -133,10 +141,6 @@ def esp_proposals(peer: PeerConfig) -> tuple[Proposal, ...]:
     return (Proposal("esp", (m.encr,), (m.integ,) if m.integ else (), (), ()),)
 
 
-def _seconds_until(when: Any, now: float) -> float | None:
-    return round(max(0.0, when - now), 1) if isinstance(when, int | float) else None
-
-
 def _ike_peers(config: Config) -> list[str]:
     return [p.name for p in config.peers if p.manual is None]
 
@@ -192,6 +196,7 @@ class DaemonCore:
         self.now = now  # the time of the call being handled (the trap's clock)
         self.counters: Counter[str] = Counter()
         self.last_error: dict[str, str] = {}
+        self.ledger = Ledger()  # per-peer totals across rekeys, last packet times (status)
         self.sad = SaDatabase()
         self.processor = PacketProcessor(self.sad)
         # start: trap -- packets without SA wait here while their tunnel is negotiated.
@@ -270,81 +275,60 @@ class DaemonCore:
         """SAs were installed or removed (events, start, reload): recount the tunnels."""
         up = len({sa.peer for sa in self.sad})
         self._status_line = f"{up} of {len(self.config.peers)} tunnels up"
+        self.ledger.observe(self.sad, self.now)
 
     def status(
-        self, now: float, *, tun: str | None, listen: Iterable[Address], dataplane: DataplaneStatus
+        self,
+        now: float,
+        *,
+        wall: float,
+        tun: str | None,
+        listen: Iterable[Address],
+        dataplane: DataplaneStatus,
     ) -> DaemonStatus:
-        """The status model at ``now``; the shell tells what only its devices know."""
+        """The status model at ``now`` (``wall``: the wall clock at the same instant, for
+        timestamps); the shell tells what only its devices know."""
+        self.ledger.observe(self.sad, now)
+        clock = Clock(now, wall)
         ike = self.ike
-        described, rekey_in = self._ike_status(now)
+        entries = {str(e.get("peer")): e for e in ike.status()} if ike is not None else {}
         return DaemonStatus(
+            generated_at=clock.iso(now),
+            started_at=clock.iso(self.started_at),
+            uptime_seconds=clock.age(self.started_at),
             tun=tun,
             mtu=self.mtu(),
-            uptime_seconds=round(now - self.started_at, 1),
             listen=tuple(f"{a}:{p}" for a, p in listen),
             peers=tuple(
-                self._peer_status(peer, described.get(peer.name), rekey_in, now)
-                for peer in self.config.peers
+                self._peer_status(peer, entries.get(peer.name), clock) for peer in self.config.peers
             ),
-            drops={str(k): v for k, v in self.processor.drops.items() if v},
-            counters=dict(self.counters),
+            drops=every(DROP_REASONS, self.processor.drops),
+            counters=every(DAEMON_EVENTS, self.counters),
             dataplane=dataplane,
-            ike_counters=dict(ike.counters) if ike is not None else {},
-            ike_dos=ike.half_open.status(now) if ike is not None else None,
+            ike_counters=every(IKE_EVENTS, ike.counters if ike is not None else {}),
+            ike_dos=IkeDosStatus.of(ike.half_open.status(now)) if ike is not None else None,
         )
-
-    def _ike_status(self, now: float) -> tuple[dict[str, dict[str, Any]], dict[str, float | None]]:
-        """The IKE manager's entries by peer, times made relative to ``now``; and the
-        seconds to each CHILD_SA's rekey, by inbound SPI (hex)."""
-        entries: dict[str, dict[str, Any]] = {}
-        rekey_in: dict[str, float | None] = {}
-        if self.ike is None:
-            return entries, rekey_in
-        for described in self.ike.status():
-            entry = dict(described)
-            entry["rekey_in_seconds"] = _seconds_until(entry.pop("rekey_at", None), now)
-            last_seen = entry.pop("last_seen", None)
-            if isinstance(last_seen, int | float):  # DPD: how long the peer is silent
-                entry["last_seen_seconds"] = round(max(0.0, now - last_seen), 1)
-            for child in entry.get("children", []):
-                rekey_in[child["spi_in"]] = _seconds_until(child.pop("rekey_at", None), now)
-            entries[entry.get("peer", "")] = entry
-        return entries, rekey_in
 
     def _peer_status(
-        self,
-        peer: PeerConfig,
-        ike: dict[str, Any] | None,
-        rekey_in: dict[str, float | None],
-        now: float,
+        self, peer: PeerConfig, entry: dict[str, Any] | None, clock: Clock
     ) -> PeerStatus:
-        children = tuple(
-            child_status(sa, now, rekey_in.get(f"{sa.inbound.spi:08x}"))
-            for sa in self.sad.for_peer(peer.name)
-        )
-        if peer.manual is not None:
-            state = "manual" if children else "down"
-        elif ike is not None:
-            state = str(ike.get("state", "unknown"))
-        else:
-            state = "down"
         trap_state = self.trap.state(peer.name)
-        return PeerStatus(
-            name=peer.name,
-            mode="manual" if peer.manual is not None else "ike",
-            state=state,
-            up=bool(children),
-            remote=f"{peer.remote_address}:{peer.remote_port}",
-            local=str(peer.local_address),
-            local_ts=format_selectors(peer.local_ts),
-            remote_ts=format_selectors(peer.remote_ts),
-            ike=ike,
-            children=children,
-            last_error=self.last_error.get(peer.name) or (ike or {}).get("last_error"),
+        return peer_status(
+            peer,
+            entry,
+            self.sad.for_peer(peer.name),
+            config=self.config,
+            ledger=self.ledger,
+            clock=clock,
+            last_error=self.last_error.get(peer.name),
             on_demand=None
             if trap_state is None
             else OnDemandStatus(trap_state.value, self.trap.queued(peer.name)),
         )
+
+    def conns(self) -> ConnsStatus:
+        """The configured peers and their proposals (``ipsecctl conns``)."""
+        return ConnsStatus.of(self.config)
 
     # -- packets -----------------------------------------------------------------------------
     def from_tun(self, packets: list[bytes], now: float) -> None:
@@ -447,6 +431,7 @@ class DaemonCore:
             )
 
     def _apply(self, event: ev.Event, now: float) -> None:
+        self.ledger.event(event, now)
         log = self.log
         match event:
             case ev.ChildSaEstablished(peer=peer, child=child, outbound_active=outbound):
