@@ -170,6 +170,16 @@ class Clock:
     def until(self, when: float) -> float:
         return round(max(0.0, when - self.now), 1)
 
+    # The same for times that may be unknown (None stays None).
+    def iso_or_none(self, when: float | None) -> str | None:
+        return None if when is None else self.iso(when)
+
+    def age_or_none(self, when: float | None) -> float | None:
+        return None if when is None else self.age(when)
+
+    def until_or_none(self, when: float | None) -> float | None:
+        return None if when is None else self.until(when)
+
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
@@ -397,17 +407,17 @@ def ike_sa_status(
         local_id=str(auth.local_id) if auth is not None else None,
         remote_id=str(auth.remote_id) if auth is not None else None,
         algorithm=str(entry.get("algorithm") or ""),
-        established_at=clock.iso(established) if established is not None else None,
-        established_seconds=clock.age(established) if established is not None else None,
-        rekey_at=clock.iso(rekey) if rekey is not None else None,
-        rekey_in_seconds=clock.until(rekey) if rekey is not None else None,
+        established_at=clock.iso_or_none(established),
+        established_seconds=clock.age_or_none(established),
+        rekey_at=clock.iso_or_none(rekey),
+        rekey_in_seconds=clock.until_or_none(rekey),
         nat_local=bool(entry.get("nat_local")),
         nat_remote=nat_remote_detected(entry, peer, natt_port),
         fragmentation=bool(entry.get("fragmentation")),
         dpd=str(entry.get("dpd") or "off"),
         dpd_delay_seconds=int(entry.get("dpd_delay") or 0),
-        last_heard_at=clock.iso(heard) if heard is not None else None,
-        last_heard_seconds=clock.age(heard) if heard is not None else None,
+        last_heard_at=clock.iso_or_none(heard),
+        last_heard_seconds=clock.age_or_none(heard),
     )
 
 
@@ -443,18 +453,18 @@ def child_status(
         remote=f"{sa.remote[0]}:{sa.remote[1]}",
         established_at=clock.iso(sa.installed_at),
         established_seconds=clock.age(sa.installed_at),
-        rekey_at=clock.iso(rekey) if rekey is not None else None,
-        rekey_in_seconds=clock.until(rekey) if rekey is not None else None,
-        expires_at=clock.iso(expires) if expires is not None else None,
-        expires_in_seconds=clock.until(expires) if expires is not None else None,
+        rekey_at=clock.iso_or_none(rekey),
+        rekey_in_seconds=clock.until_or_none(rekey),
+        expires_at=clock.iso_or_none(expires),
+        expires_in_seconds=clock.until_or_none(expires),
         packets_in=transfer.packets_in,
         bytes_in=transfer.bytes_in,
         packets_out=transfer.packets_out,
         bytes_out=transfer.bytes_out,
-        last_in_at=clock.iso(last_in) if last_in is not None else None,
-        last_in_seconds=clock.age(last_in) if last_in is not None else None,
-        last_out_at=clock.iso(last_out) if last_out is not None else None,
-        last_out_seconds=clock.age(last_out) if last_out is not None else None,
+        last_in_at=clock.iso_or_none(last_in),
+        last_in_seconds=clock.age_or_none(last_in),
+        last_out_at=clock.iso_or_none(last_out),
+        last_out_seconds=clock.age_or_none(last_out),
         drops=sa_drops(sa),
     )
 
@@ -513,16 +523,16 @@ def peer_status(
         local_ts=tuple(str(ts) for ts in peer.local_ts),
         remote_ts=tuple(str(ts) for ts in peer.remote_ts),
         ike_sas=int((entry or {}).get("ike_sas") or 0),
-        retry_at=clock.iso(retry) if retry is not None else None,
-        retry_in_seconds=clock.until(retry) if retry is not None else None,
+        retry_at=clock.iso_or_none(retry),
+        retry_in_seconds=clock.until_or_none(retry),
         ike=ike,
         children=children,
         transfer=ledger.transfer(peer.name, installed),
         drops=ledger.drops(peer.name, installed),
         handshake_failures=ledger.handshake_failures(peer.name),
         last_error=str(error) if error else None,
-        last_error_at=clock.iso(error_at) if error_at is not None else None,
-        last_error_seconds=clock.age(error_at) if error_at is not None else None,
+        last_error_at=clock.iso_or_none(error_at),
+        last_error_seconds=clock.age_or_none(error_at),
         on_demand=on_demand,
     )
 

@@ -27,6 +27,7 @@ from ipsecd.esp.counters import DropReason
 from ipsecd.ike import events as ev
 from ipsecd.selectors import TrafficSelector
 from tests.unit.ike_pair_support import side_a
+from tests.unit.status_docs import IKE_SA
 from tests.unit.test_config_support import KEY_IN, KEY_OUT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,14 +154,10 @@ def _peer(tmp_path: Path, **side: Any) -> Any:
     return config_peer
 
 
+# The IKE manager's entry for the IKE SA of status_docs.IKE_SA (times on the core's clock).
 ENTRY = {
     "peer": "b",
-    "state": "established",
-    "role": "initiator",
-    "local": "192.0.2.1:4500",
-    "remote": "192.0.2.2:4500",
-    "local_spi": "00112233aabbccdd",
-    "remote_spi": "8899aabbccddeeff",
+    **{k: IKE_SA[k] for k in ("state", "role", "local", "remote", "local_spi", "remote_spi")},
     "established_at": 100.0,
     "last_seen": 150.0,
     "nat_remote": True,  # ipsecd always fakes its NAT_DETECTION_SOURCE_IP
