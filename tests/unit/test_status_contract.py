@@ -25,6 +25,7 @@ from ipsecd.daemon.status import (
     PEER_STATES,
     DataplaneStatus,
 )
+from ipsecd.ike.lifecycle import LIVE_STATES, IkeState
 from tests.unit.core_rig import CoreRig
 from tests.unit.ike_pair_support import A_IP, B_IP, ipv4_packet, side_a, side_b
 from tests.unit.status_docs import CONNS, STATUS
@@ -86,6 +87,10 @@ def test_schema_is_valid_and_its_fixed_lists_are_the_codes() -> None:
     assert SCHEMA["$defs"]["drops"]["required"] == list(DROP_REASONS)
     assert SCHEMA["$defs"]["peer"]["properties"]["state"]["enum"] == list(PEER_STATES)
     assert props["version"]["const"] == 1
+    defs = SCHEMA["$defs"]
+    assert defs["ike_sa"]["properties"]["state"]["enum"] == [s.value for s in IkeState]
+    live = {s.value for s in LIVE_STATES}  # the CHILD_SA states the data plane holds
+    assert set(defs["child"]["properties"]["state"]["enum"]) == live
 
 
 def test_the_formatting_fixtures_follow_the_schema() -> None:
