@@ -317,7 +317,7 @@ class DaemonCore:
             peer,
             entry,
             self.sad.for_peer(peer.name),
-            config=self.config,
+            natt_port=self.config.gateway.port,
             ledger=self.ledger,
             clock=clock,
             last_error=self.last_error.get(peer.name),

@@ -495,15 +495,15 @@ def peer_status(
     entry: Mapping[str, Any] | None,
     installed: Sequence[InstalledChildSa],
     *,
-    config: Config,
+    natt_port: int,
     ledger: Ledger,
     clock: Clock,
     last_error: str | None,
     on_demand: OnDemandStatus | None,
 ) -> PeerStatus:
     """One peer from its config, the IKE manager's ``entry`` (None: no IKE) and its
-    installed CHILD_SAs; ``last_error`` as the core last recorded it."""
-    natt_port = config.gateway.port
+    installed CHILD_SAs; ``natt_port`` is ours (gateway.port), where the peer's IKE moves to
+    (RFC 3948); ``last_error`` as the core last recorded it."""
     ike = ike_sa_status(entry, peer, natt_port, clock) if entry is not None else None
     ike_children = {str(c.get("spi_in")): c for c in (entry or {}).get("children") or ()}
     life_time = peer.child_lifetime.life_time if peer.manual is None else None
