@@ -298,7 +298,7 @@ class DaemonCore:
             uptime_seconds=clock.age(self.started_at),
             tun=tun,
             mtu=self.mtu(),
-            listen=tuple(f"{a}:{p}" for a, p in listen),
+            listen=tuple(format_address(endpoint) for endpoint in listen),
             peers=tuple(
                 self._peer_status(peer, entries.get(peer.name), clock) for peer in self.config.peers
             ),

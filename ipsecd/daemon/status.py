@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ipsecd.addresses import format_address
 from ipsecd.daemon.ledger import Ledger, Transfer, sa_drops
 from ipsecd.esp.counters import DropReason
 
@@ -189,9 +190,16 @@ def _number(value: Any) -> float | None:
 
 
 def _endpoint(address: Any) -> tuple[str, int]:
-    """``"192.0.2.1:4500"`` / ``"2001:db8::1:4500"`` -> (address, port)."""
+    """``"192.0.2.1:4500"``, ``"[2001:db8::1]:4500"`` or ``"2001:db8::1:4500"`` -> (address,
+    port)."""
     host, _, port = str(address).rpartition(":")
-    return host, int(port) if port.isdigit() else 0
+    return host.removeprefix("[").removesuffix("]"), int(port) if port.isdigit() else 0
+
+
+def _address(text: Any) -> str:
+    """An endpoint from the IKE layer written the one way (``[2001:db8::1]:4500``)."""
+    host, port = _endpoint(text)
+    return format_address(host, port) if host else ""
 
 
 @dataclass(frozen=True)
@@ -403,8 +411,8 @@ def ike_sa_status(
     return IkeSaStatus(
         state=state,
         role=str(entry.get("role", "")),
-        local=str(entry.get("local", "")),
-        remote=str(entry.get("remote", "")),
+        local=_address(entry.get("local", "")),
+        remote=_address(entry.get("remote", "")),
         local_spi=_spi(entry.get("local_spi")),
         remote_spi=_spi(entry.get("remote_spi")),
         local_id=str(auth.local_id) if auth is not None else None,
@@ -452,8 +460,8 @@ def child_status(
         algorithm=transform_name(sa.outbound.encr, sa.outbound.integ, sa.outbound.esn),
         local_ts=tuple(str(ts) for ts in sa.local_ts),
         remote_ts=tuple(str(ts) for ts in sa.remote_ts),
-        local=f"{sa.local[0]}:{sa.local[1]}",
-        remote=f"{sa.remote[0]}:{sa.remote[1]}",
+        local=format_address(sa.local),
+        remote=format_address(sa.remote),
         established_at=clock.iso(sa.installed_at),
         established_seconds=clock.age(sa.installed_at),
         rekey_at=clock.iso_or_none(rekey),
@@ -522,7 +530,7 @@ def peer_status(
         state=peer_state(peer, entry, ike, bool(children)),
         up=bool(children),
         local=str(peer.local_address),
-        remote=f"{peer.remote_address}:{peer.remote_port}",
+        remote=format_address(peer.remote_address, peer.remote_port),
         local_ts=tuple(str(ts) for ts in peer.local_ts),
         remote_ts=tuple(str(ts) for ts in peer.remote_ts),
         ike_sas=int((entry or {}).get("ike_sas") or 0),
@@ -587,7 +595,7 @@ class ConfiguredPeer:
             mode="ike" if negotiated else "manual",
             start=peer.start if negotiated else "manual",
             local=str(peer.local_address),
-            remote=f"{peer.remote_address}:{peer.remote_port}",
+            remote=format_address(peer.remote_address, peer.remote_port),
             local_id=str(auth.local_id) if auth is not None else None,
             remote_id=str(auth.remote_id) if auth is not None else None,
             auth="psk" if auth is not None else None,

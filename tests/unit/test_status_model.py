@@ -219,3 +219,16 @@ def test_nat_remote_only_with_evidence(
 ) -> None:
     entry = dict(ENTRY, remote=remote, nat_remote=nat_remote)
     assert nat_remote_detected(entry, _peer(tmp_path), 4500) is detected
+
+
+def test_ipv6_endpoints_are_written_one_way(tmp_path: Path) -> None:
+    """The IKE layer writes ``2001:db8::2:4500``; the status ``[2001:db8::2]:4500``."""
+    peer = _peer(tmp_path, remote_address="2001:db8::2", listen="2001:db8::1")
+    entry = dict(ENTRY, local="2001:db8::1:4500", remote="2001:db8::2:4500")
+    ike = ike_sa_status(entry, peer, 4500, Clock(200.0, 0.0))
+    assert ike is not None and (ike.local, ike.remote) == (
+        "[2001:db8::1]:4500",
+        "[2001:db8::2]:4500",
+    )
+    assert not nat_remote_detected(entry, peer, 4500)
+    assert nat_remote_detected(dict(entry, remote="[2001:db8::9]:4500"), peer, 4500)
