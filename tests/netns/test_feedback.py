@@ -100,7 +100,7 @@ def test_up_rekey_down_reload_and_log_in_words(topology: Topology) -> None:
             f"{up.stdout.split(':')[0]}: IKE SA {ike['local_spi']}_local {ike['remote_spi']}_remote"
             f" {ike['algorithm']} {ike['local']} <-> {ike['remote']};"
             f" CHILD_SA {child['spi_in']}_in {child['spi_out']}_out {child['algorithm']}"
-            f" {child['local_ts']} === {child['remote_ts']}\n"
+            f" {', '.join(child['local_ts'])} === {', '.join(child['remote_ts'])}\n"
         )
         assert up.stdout.startswith("peer b up in ")
 
