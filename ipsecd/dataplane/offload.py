@@ -297,12 +297,12 @@ def coalesce(packets: list[bytes]) -> list[list[bytes | memoryview]]:
                 # open run (same headers, flags exactly ACK, the expected sequence number).
                 hlen = run.hlen
                 size = n - hlen
-                tos, ip_same, tcp_same = run.fast
+                tos, ip_fast, tcp_same = run.fast
                 if (
                     0 < size <= run.gso_size
                     and packet[28:36] == tcp_same
                     and packet[38:hlen] == run.tail
-                    and packet[6:10] == ip_same
+                    and packet[6:10] == ip_fast
                     and packet[1] == tos
                     and (packet[2] << 8 | packet[3]) == n
                     and from_bytes(packet[24:28], "big") == run.next_seq
