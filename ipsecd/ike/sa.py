@@ -415,7 +415,9 @@ class IkeSa:
             return None
         if done.unsupported_critical is not None:
             raise UnsupportedCriticalPayload(done.unsupported_critical)
-        return codec.Message.from_header(header, done.payloads, encrypted=True)
+        return codec.Message.from_header(
+            header, done.payloads, encrypted=True, inner=done.inner, sk_prefix=done.sk_prefix
+        )
 
     def _fragment_authentic(self, data: bytes) -> bool:
         """An RFC 7383 fragment from the peer whose ICV verifies with this SA's keys."""
