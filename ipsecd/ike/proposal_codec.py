@@ -290,13 +290,13 @@ def _match(
         if ignore_ke:
             break
         mine = ours.additional_ke[n - 1] if n <= len(ours.additional_ke) else ()
-        optional = any(a.kind == "none" for a in mine)
+        may_skip = any(a.kind == "none" for a in mine)
         if not additional and mine:  # no IKE_INTERMEDIATE with this peer: NONE at most
-            if not optional:
+            if not may_skip:
                 return None  # we require ADDKEn
             mine = (ADDITIONAL_KE_NONE,)
         if ttype not in by_type:
-            if mine and not optional:
+            if mine and not may_skip:
                 return None  # we require ADDKEn, the peer does not offer it
             addke.append(None)
             continue
