@@ -537,6 +537,13 @@ def _explain_additional(
     n = ADDITIONAL_KE_TYPES.index(TransformType(ttype)) + 1
     none = f"ke{n}_none"
     required = [a.removeprefix(f"ke{n}_") for a in accepted if a != none]
+    if offered == [none] and required and none not in accepted:
+        pq = " post-quantum" if any(a.startswith("mlkem") for a in required) else ""
+        return (
+            f"no match for ADDKE{n}: we require the{pq} additional key exchange"
+            f" {', '.join(required)} (RFC 9370), the peer offers none; add ke{n}_{required[0]}"
+            f" to the peer's proposals, or {none} to ours to make it optional"
+        )
     if not additional and required and none not in accepted:
         return (
             f"no match for ADDKE{n}: we require the additional key exchange"
@@ -545,13 +552,6 @@ def _explain_additional(
         )
     if set(offered) & set(accepted):
         return None
-    if offered == [none]:
-        pq = " post-quantum" if any(a.startswith("mlkem") for a in required) else ""
-        return (
-            f"no match for ADDKE{n}: we require the{pq} additional key exchange"
-            f" {', '.join(required)} (RFC 9370), the peer offers none; add ke{n}_{required[0]}"
-            f" to the peer's proposals, or {none} to ours to make it optional"
-        )
     theirs = ", ".join(o.removeprefix(f"ke{n}_") for o in offered)
     if not required:
         return (
