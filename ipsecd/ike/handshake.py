@@ -8,13 +8,17 @@ One :class:`Handshake` per IKE SA (``IkeSa.handshake``), written by the exchange
   proposal asks for (RFC 9370 §2.2.2);
 * :mod:`.exchanges.intermediate` — one IKE_INTERMEDIATE exchange per additional key
   exchange: the IntAuth chain (RFC 9242 §3.3.2) and the keys before the last update;
-* :mod:`.exchanges.auth` — how each side authenticated, for status and logs.
+* :mod:`.exchanges.auth` — how each side authenticated, for status and logs;
+* :mod:`.exchanges.followup` — the additional key exchanges of a CREATE_CHILD_SA
+  still to run in IKE_FOLLOWUP_KE exchanges (RFC 9370 §2.2.4), as
+  :class:`PendingFollowup`.
 
 Nothing here sends or decides anything; it is the record the exchanges share.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +59,25 @@ class AuthRecord:
 
 
 @dataclass
+class PendingFollowup:
+    """A CREATE_CHILD_SA whose additional key exchanges run in IKE_FOLLOWUP_KE (RFC 9370
+    §2.2.4); nothing is installed until the last one is done.
+
+    ``shared`` collects SK(0), SK(1), ...; ``complete`` gets their concatenation (the
+    ``g^ir`` of the rekey formulas, RFC 9370 §2.2.4) and installs what the exchange made;
+    ``abandon`` undoes the exchange's side effects when a follow-up fails.
+    """
+
+    what: str  # "rekey of the IKE SA", for messages
+    link: bytes  # N(ADDITIONAL_KEY_EXCHANGE) data, chosen by the responder
+    pending: list[tuple[int, KeAlgorithm]]
+    shared: list[bytes]
+    started: float  # when the CREATE_CHILD_SA was answered (a stale one is dropped)
+    complete: Callable[[bytes, float], None] = field(repr=False)
+    abandon: Callable[[str, float], None] = field(repr=False)
+
+
+@dataclass
 class Handshake:
     """Per IKE SA: the negotiation state IKE_AUTH needs (see the module docstring)."""
 
@@ -71,6 +94,8 @@ class Handshake:
     # that exchange is still protected with them (RFC 7383 §2.6.1 fragment check).
     previous_keys: IkeKeys | None = field(default=None, repr=False)
     auth: AuthRecord | None = None
+    # Responder: the CREATE_CHILD_SA whose IKE_FOLLOWUP_KE exchanges are under way.
+    followup: PendingFollowup | None = None
 
     def int_auth_octets(self, ike_auth_message_id: int) -> bytes:
         """IntAuth for the AUTH payloads (RFC 9242 §3.3.2); empty without IKE_INTERMEDIATE."""

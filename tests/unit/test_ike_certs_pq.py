@@ -438,3 +438,78 @@ def test_ppk_with_certificates(tmp_path):
     assert pair.status("b")["auth"]["ppk"] and pair.status("b")["additional_ke"] == [
         "ke1_mlkem1024"
     ]
+
+
+# ---- rekeys with additional key exchanges (IKE_FOLLOWUP_KE, RFC 9370 §2.2.4) -------------
+
+PFS_HYBRID = "aes256gcm16-x25519-ke1_mlkem768"
+
+
+def live_children(pair: IkePair, side: str) -> list[ev.ChildSaParams]:
+    return list(pair.dataplane[side].inbound.values())
+
+
+@pytest.mark.parametrize("initiator", ["a", "b"])
+def test_child_sa_rekey_with_ml_kem_follow_up(tmp_path, initiator):
+    pair = IkePair(
+        tmp_path,
+        side_a(ike=(HYBRID_768,), esp=(PFS_HYBRID,)),
+        side_b(ike=(HYBRID_768,), esp=(PFS_HYBRID,)),
+    )
+    pair.check_make_before_break = True
+    (first_a,) = pair.established("a")
+    pair.mgr(initiator).rekey(pair.peer_of(initiator), pair.now)
+    pair.pump()
+    followups = messages(pair, initiator, ExchangeType.IKE_FOLLOWUP_KE)
+    assert len(followups) == 1  # one additional key exchange, one IKE_FOLLOWUP_KE request
+    assert len(pair.established("a")) == 2 and len(pair.established("b")) == 2
+    (a_new,) = live_children(pair, "a")
+    (b_new,) = live_children(pair, "b")
+    assert a_new.spi_in != first_a.child.spi_in
+    there, back = ipv4_packet("10.1.0.5", "10.2.0.9"), ipv4_packet("10.2.0.9", "10.1.0.5")
+    assert esp_roundtrip(a_new, b_new, there) == there
+    assert esp_roundtrip(b_new, a_new, back) == back
+    assert not failures(pair, "a") and not failures(pair, "b")
+
+
+@pytest.mark.parametrize("initiator", ["a", "b"])
+def test_ike_sa_rekey_with_ml_kem_follow_up(tmp_path, initiator):
+    proposal = HYBRID_768 + "-ke2_mlkem1024"
+    pair = IkePair(
+        tmp_path,
+        side_a(ike=(proposal,), gateway_fragment_size=1280),
+        side_b(ike=(proposal,), gateway_fragment_size=1280),
+    )
+    old_a = pair.a.ike_sa("b")
+    pair.mgr(initiator).rekey_ike(pair.peer_of(initiator), pair.now)
+    pair.pump()
+    assert len(messages(pair, initiator, ExchangeType.IKE_FOLLOWUP_KE)) >= 2  # two, fragmented
+    new_a, new_b = pair.a.ike_sa("b"), pair.b.ike_sa("a")
+    assert new_a is not old_a and new_a.keys == new_b.keys
+    assert pair.status("a")["additional_ke"] == ["ke1_mlkem768", "ke2_mlkem1024"]
+    assert pair.status("a")["auth"]["local"] == "psk"  # carried over from IKE_AUTH
+    # The new IKE SA works: a CHILD_SA rekey over it.
+    pair.a.rekey("b", pair.now)
+    pair.pump()
+    assert len(live_children(pair, "a")) == 1 and not failures(pair, "a")
+
+
+def test_follow_up_for_nothing_is_state_not_found(tmp_path):
+    from ipsecd.ike.exchanges.followup import FollowupKe
+    from ipsecd.ike.handshake import PendingFollowup
+    from ipsecd.crypto.registry import ML_KEM
+
+    pair = IkePair(tmp_path)
+    sa = pair.a.ike_sa("b")
+    abandoned: list[str] = []
+    state = PendingFollowup(
+        "test", b"bogus-link", [(1, ML_KEM["mlkem768"])], [b"x" * 32], pair.now,
+        complete=lambda joined, when: None, abandon=lambda reason, when: abandoned.append(reason),
+    )  # fmt: skip
+    sa.queue(FollowupKe(state), pair.now)
+    pair.a._collect(sa, pair.now)
+    pair.pump()
+    (reason,) = abandoned
+    assert "refused IKE_FOLLOWUP_KE (ke1_mlkem768, test) with STATE_NOT_FOUND" in reason
+    assert pair.b.counters.get("unknown_exchange", 0) == 0
+    assert pair.a.ike_sa("b").state.value == "established"  # only the exchange failed

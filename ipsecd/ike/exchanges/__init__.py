@@ -5,6 +5,7 @@
 * :mod:`.auth` — IKE_AUTH with the first CHILD_SA (§1.2, §2.15)
 * :mod:`.create_child` — CREATE_CHILD_SA for more CHILD_SAs and the CHILD_SA rekey responder
 * :mod:`.rekey` — rekey initiators and the IKE SA rekey responder (§1.3.2, §1.3.3, §2.8)
+* :mod:`.followup` — IKE_FOLLOWUP_KE: additional key exchanges of CREATE_CHILD_SA (RFC 9370)
 * :mod:`.informational` — Delete and liveness checks (§1.4)
 
 The IKE SA (:mod:`ipsecd.ike.sa`) does not import these modules: the manager hands
@@ -19,6 +20,7 @@ from ipsecd.ike.constants import ExchangeType
 from ipsecd.ike.exchanges import (
     auth,
     create_child,
+    followup,
     informational,
     intermediate,
     rekey,
@@ -42,5 +44,6 @@ RESPONDERS: Mapping[int, Responder] = {
     ExchangeType.IKE_INTERMEDIATE: intermediate.respond,
     ExchangeType.IKE_AUTH: auth.respond,
     ExchangeType.CREATE_CHILD_SA: respond_create_child_sa,
+    ExchangeType.IKE_FOLLOWUP_KE: followup.respond,
     ExchangeType.INFORMATIONAL: informational.respond,
 }

@@ -30,7 +30,7 @@ reports why.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from ipsecd.config.schema import AuthConfig
 from ipsecd.crypto.proposals import Proposal
@@ -451,17 +451,42 @@ def _responder_ppk(
     return sa.keys, fallback.data, False
 
 
-def respond_child(
-    sa: IkeSa,
-    message: Message,
-    proposals: tuple[Proposal, ...],
-    nonce_i: bytes,
-    nonce_r: bytes,
-    shared_secret: bytes,
-    now: float,
-    ke_payload: KeyExchange | None = None,
-) -> tuple[ChildSa, list[Payload]]:
-    """Negotiate a CHILD_SA as responder: SA selection, TS narrowing, keys.
+@dataclass(frozen=True)
+class ChildPlan:
+    """A CHILD_SA the responder agreed to, before its keys (RFC 7296 §1.3, §2.9): the
+    chosen proposal, our inbound SPI and the narrowed selectors as answered."""
+
+    chosen: ChosenProposal
+    spi_in: int
+    tsi: Selectors
+    tsr: Selectors
+
+    def payloads(self, ke_payload: KeyExchange | None = None) -> list[Payload]:
+        """SA (with our SPI), [KEr,] TSi, TSr of the answer (the caller adds Nr)."""
+        out: list[Payload] = [chosen_sa_payload(self.chosen, spi=self.spi_in.to_bytes(4, "big"))]
+        if ke_payload is not None:
+            out.append(ke_payload)
+        return out + [TrafficSelectorsInitiator(self.tsi), TrafficSelectorsResponder(self.tsr)]
+
+    def child(
+        self, sa: IkeSa, shared: bytes, nonce_i: bytes, nonce_r: bytes, now: float
+    ) -> ChildSa:
+        """The CHILD_SA with its keys from ``shared`` (all key exchanges, concatenated)."""
+        return negotiated_child(
+            sa,
+            self.chosen,
+            self.spi_in,
+            exchange_initiator=False,
+            shared=shared,
+            nonces=(nonce_i, nonce_r),
+            local_ts=self.tsr,
+            remote_ts=self.tsi,
+            now=now,
+        )
+
+
+def plan_child(sa: IkeSa, message: Message, proposals: tuple[Proposal, ...]) -> ChildPlan:
+    """Negotiate a CHILD_SA as responder: SA selection, TS narrowing, our SPI.
 
     Shared by IKE_AUTH and CREATE_CHILD_SA (RFC 7296 §1.3).  Raises a
     :class:`ProtocolError` (NO_PROPOSAL_CHOSEN, TS_UNACCEPTABLE) whose text
@@ -474,20 +499,18 @@ def respond_child(
         raise InvalidSyntax(f"peer {peer.name} proposed a CHILD_SA without TSi/TSr")
     tsi, tsr = selectors
     new_tsi, new_tsr = narrow_as_responder(tsi, tsr, peer.local_ts, peer.remote_ts, peer.name)
-    spi_in = new_child_spi(sa.random_bytes, sa.children)
-    child = negotiated_child(
-        sa,
-        chosen,
-        spi_in,
-        exchange_initiator=False,
-        shared=shared_secret,
-        nonces=(nonce_i, nonce_r),
-        local_ts=new_tsr,
-        remote_ts=new_tsi,
-        now=now,
-    )
-    payloads: list[Payload] = [chosen_sa_payload(chosen, spi=spi_in.to_bytes(4, "big"))]
-    if ke_payload is not None:
-        payloads.append(ke_payload)
-    payloads += [TrafficSelectorsInitiator(new_tsi), TrafficSelectorsResponder(new_tsr)]
-    return child, payloads
+    return ChildPlan(chosen, new_child_spi(sa.random_bytes, sa.children), new_tsi, new_tsr)
+
+
+def respond_child(
+    sa: IkeSa,
+    message: Message,
+    proposals: tuple[Proposal, ...],
+    nonce_i: bytes,
+    nonce_r: bytes,
+    shared_secret: bytes,
+    now: float,
+) -> tuple[ChildSa, list[Payload]]:
+    """:func:`plan_child` and the CHILD_SA with its keys, and the answer's payloads."""
+    plan = plan_child(sa, message, proposals)
+    return plan.child(sa, shared_secret, nonce_i, nonce_r, now), plan.payloads()
