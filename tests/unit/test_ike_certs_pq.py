@@ -495,9 +495,9 @@ def test_ike_sa_rekey_with_ml_kem_follow_up(tmp_path, initiator):
 
 
 def test_follow_up_for_nothing_is_state_not_found(tmp_path):
+    from ipsecd.crypto.registry import ML_KEM
     from ipsecd.ike.exchanges.followup import FollowupKe
     from ipsecd.ike.handshake import PendingFollowup
-    from ipsecd.crypto.registry import ML_KEM
 
     pair = IkePair(tmp_path)
     sa = pair.a.ike_sa("b")
