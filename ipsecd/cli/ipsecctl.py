@@ -111,6 +111,18 @@ def format_status(status: dict[str, Any], style: Style) -> str:
                     ),
                 )
             )
+            auth = ike.get("auth")
+            if auth:  # how each side authenticated (PSK or certificate), RFC 8784 PPK
+                peer_cert = auth.get("remote_certificate")
+                pairs.append(
+                    (
+                        "auth",
+                        f"{auth['local']} as {auth['local_id']}; peer {auth['remote']} as"
+                        f" {auth['remote_id']}"
+                        + (f" (certificate {peer_cert})" if peer_cert else "")
+                        + ("; PPK" if auth.get("ppk") else ""),
+                    )
+                )
             if ike.get("dpd") and ike.get("last_seen_seconds") is not None:
                 pairs.append(
                     (

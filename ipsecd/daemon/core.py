@@ -426,8 +426,15 @@ class DaemonCore:
                 # peer (reload, restart) may already have installed its own.
                 log.info("IKE SA deleted", peer=peer, reason=reason)
                 self.trap.failed(peer)  # only if still negotiating: drop what waited
-            case ev.IkeSaEstablished(peer=peer, remote=remote):
-                log.info("IKE SA established", peer=peer, remote=str(remote))
+            case ev.IkeSaEstablished(peer=peer, remote=remote, algorithm=algorithm, auth=auth):
+                # The proposal names the RFC 9370 additional key exchanges (ke1_mlkem768).
+                log.info(
+                    "IKE SA established",
+                    peer=peer,
+                    remote=str(remote),
+                    algorithm=algorithm,
+                    auth=auth,
+                )
             case ev.PeerAddressChanged(peer=peer, remote=remote):
                 # RFC 7296 §2.23: follow the peer behind a NAT, as learned from authenticated IKE.
                 for sa in self.sad.for_peer(peer):

@@ -143,8 +143,14 @@ def our_auth(
             f"cannot authenticate to peer {sa.peer_name} with our"
             f" {describe(credential.certificate)}: {exc}"
         ) from None
-    how = f"pubkey ({key_description(credential.private_key)}, {signed.algorithm})"
-    return Authentication(signed.method, signed.data), how
+    return Authentication(signed.method, signed.data), _pubkey_how(
+        key_description(credential.private_key), signed.algorithm
+    )
+
+
+def _pubkey_how(key: str, algorithm: str) -> str:
+    """``pubkey (ECDSA P-256, ecdsa-with-SHA256)``; ``pubkey (Ed25519)``."""
+    return f"pubkey ({key})" if key == algorithm else f"pubkey ({key}, {algorithm})"
 
 
 def cert_payloads(auth: AuthConfig) -> list[Payload]:
@@ -257,7 +263,7 @@ def verify_peer(
         raise AuthenticationFailed(
             f"peer {sa.peer_name} ({role}, {their_id}) with {describe(end_entity)}: {exc}"
         ) from None
-    how = f"pubkey ({key_description(end_entity.public_key())}, {verified.algorithm})"
+    how = _pubkey_how(key_description(end_entity.public_key()), verified.algorithm)
     return PeerAuthenticated(
         how + (" [weak: SHA-1]" if verified.weak else ""), name_text(end_entity.subject)
     )
