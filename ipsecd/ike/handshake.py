@@ -63,8 +63,9 @@ class PendingFollowup:
     """A CREATE_CHILD_SA whose additional key exchanges run in IKE_FOLLOWUP_KE (RFC 9370
     §2.2.4); nothing is installed until the last one is done.
 
-    ``shared`` collects SK(0), SK(1), ...; ``complete`` gets their concatenation (the
-    ``g^ir`` of the rekey formulas, RFC 9370 §2.2.4) and installs what the exchange made;
+    ``shared`` collects SK(0), SK(1), ...; ``complete`` gets them all (the keys are
+    derived from SK(0) | Ni | Nr | SK(1) | ... | SK(n), RFC 9370 §2.2.4) and installs
+    what the exchange made;
     ``abandon`` undoes the exchange's side effects when a follow-up fails.
     """
 
@@ -73,7 +74,7 @@ class PendingFollowup:
     pending: list[tuple[int, KeAlgorithm]]
     shared: list[bytes]
     started: float  # when the CREATE_CHILD_SA was answered (a stale one is dropped)
-    complete: Callable[[bytes, float], None] = field(repr=False)
+    complete: Callable[[list[bytes], float], None] = field(repr=False)
     abandon: Callable[[str, float], None] = field(repr=False)
 
 

@@ -30,12 +30,19 @@ reports why.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ipsecd.config.schema import AuthConfig
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.ike import keys as ike_keys
-from ipsecd.ike.additional_ke import PpkIdentity, PpkKeys, mix_ppk, same_ppk_id
+from ipsecd.ike.additional_ke import (
+    PpkIdentity,
+    PpkKeys,
+    child_keymat_with_additional,
+    mix_ppk,
+    same_ppk_id,
+)
 from ipsecd.ike.child import (
     ChildAlgorithms,
     ChildSa,
@@ -118,16 +125,23 @@ def negotiated_child(
     local_ts: Selectors,
     remote_ts: Selectors,
     now: float,
+    additional: Sequence[bytes] = (),
 ) -> ChildSa:
     """The CHILD_SA an exchange agreed on, with its keys (RFC 7296 §2.17).
 
-    KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr); ``chosen.spi`` is the SPI the peer
+    KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr), with the secrets of additional key
+    exchanges after the nonces (RFC 9370 §2.2.4); ``chosen.spi`` is the SPI the peer
     receives with (our outbound SPI).  Shared by IKE_AUTH and CREATE_CHILD_SA, both roles.
     """
     assert sa.keys is not None
     algs = ChildAlgorithms.from_chosen(chosen)
     spi_out = int.from_bytes(chosen.spi, "big")
-    keymat = ike_keys.child_keymat(sa.keys, shared, *nonces, keymat_length(algs))
+    if additional:
+        keymat = child_keymat_with_additional(
+            sa.keys, [shared, *additional], *nonces, keymat_length(algs)
+        )
+    else:
+        keymat = ike_keys.child_keymat(sa.keys, shared, *nonces, keymat_length(algs))
     params = child_params(
         spi_in=spi_in,
         spi_out=spi_out,
@@ -469,9 +483,15 @@ class ChildPlan:
         return out + [TrafficSelectorsInitiator(self.tsi), TrafficSelectorsResponder(self.tsr)]
 
     def child(
-        self, sa: IkeSa, shared: bytes, nonce_i: bytes, nonce_r: bytes, now: float
+        self,
+        sa: IkeSa,
+        shared: bytes,
+        nonce_i: bytes,
+        nonce_r: bytes,
+        now: float,
+        additional: Sequence[bytes] = (),
     ) -> ChildSa:
-        """The CHILD_SA with its keys from ``shared`` (all key exchanges, concatenated)."""
+        """The CHILD_SA with its keys from ``shared`` (and additional key exchanges)."""
         return negotiated_child(
             sa,
             self.chosen,
@@ -482,6 +502,7 @@ class ChildPlan:
             local_ts=self.tsr,
             remote_ts=self.tsi,
             now=now,
+            additional=additional,
         )
 
 

@@ -161,21 +161,22 @@ class CreateChildSa:
         )
         self.nonce_r = nonce_r.data
 
-        def child(joined: bytes, when: float) -> ChildSa:
+        def child(secrets: list[bytes], when: float) -> ChildSa:
             return negotiated_child(
                 sa,
                 chosen,
                 self.spi_in,
                 exchange_initiator=True,
-                shared=joined,
+                shared=secrets[0],
                 nonces=(self.nonce, self.nonce_r),
                 local_ts=tsi.selectors,
                 remote_ts=tsr.selectors,
                 now=when,
+                additional=secrets[1:],
             )
 
         if not chosen.additional_exchanges:
-            return child(shared, now)
+            return child([shared], now)
         # RFC 9370 §2.2.4: the keys come after the IKE_FOLLOWUP_KE exchanges.
         state = PendingFollowup(
             what=self.what,
@@ -183,7 +184,7 @@ class CreateChildSa:
             pending=list(chosen.additional_exchanges),
             shared=[shared],
             started=now,
-            complete=lambda joined, when: self.install(sa, child(joined, when), when),
+            complete=lambda secrets, when: self.install(sa, child(secrets, when), when),
             abandon=lambda reason, when: self.failed(sa, reason, when),
         )
         sa.tasks.insert(0, FollowupKe(state))
@@ -298,8 +299,8 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
     # Nr goes after SA (RFC 7296 §1.3.1 order: SA, Nr, [KEr], TSi, TSr).
     answer = [payloads[0], Nonce(nonce_r), *payloads[1:]]
 
-    def install(joined: bytes, when: float) -> None:
-        child = plan.child(sa, joined, nonce_i.data, nonce_r, when)
+    def install(secrets: list[bytes], when: float) -> None:
+        child = plan.child(sa, secrets[0], nonce_i.data, nonce_r, when, secrets[1:])
         if old is not None:
             if old.state not in (ChildState.INSTALLED, ChildState.REKEYING):
                 sa.install_child(child, when)  # the old SA went away meanwhile
@@ -308,7 +309,7 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
         sa.install_child(child, when)
 
     if not chosen.additional_exchanges:
-        install(shared, now)
+        install([shared], now)
         return answer
     what = "new CHILD_SA" if old is None else f"rekey of CHILD_SA {old.spi_in:08x}"
     link = new_link(sa)

@@ -11,12 +11,12 @@ additional key exchange follows on the same IKE SA::
 The responder's last answer has no link.  Only then are keys derived, from all the
 shared secrets in order (SK(0) of the CREATE_CHILD_SA's KE payload first)::
 
-    SKEYSEED = prf(SK_d (old), SK(0) | SK(1) | ... | SK(n) | Ni | Nr)      (IKE SA)
-    KEYMAT   = prf+(SK_d, SK(0) | SK(1) | ... | SK(n) | Ni | Nr)          (CHILD_SA)
+    SKEYSEED = prf(SK_d (old), SK(0) | Ni | Nr | SK(1) | ... | SK(n))      (IKE SA)
+    KEYMAT   = prf+(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n))          (CHILD_SA)
 
-which is RFC 7296's formula with the concatenation in the place of g^ir: the
-exchange that started it (:mod:`.create_child`, :mod:`.rekey`) gets the
-concatenation through :attr:`PendingFollowup.complete` and installs what it made.
+(:mod:`ipsecd.ike.additional_ke`): the exchange that started it (:mod:`.create_child`,
+:mod:`.rekey`) gets the secrets through :attr:`PendingFollowup.complete` and installs
+what it made.
 A request whose link matches nothing is answered with STATE_NOT_FOUND; any failure
 ends only this exchange (the IKE SA stays), through :attr:`PendingFollowup.abandon`.
 """
@@ -111,7 +111,7 @@ class FollowupKe:
             state.link = link_of(sa, message, state.what)
             sa.tasks.insert(0, FollowupKe(state))
         else:
-            state.complete(b"".join(state.shared), now)
+            state.complete(state.shared, now)
         return TaskResult.DONE
 
     def failed(self, sa: IkeSa, reason: str, now: float) -> None:
@@ -150,5 +150,5 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
         payloads.append(link_notify(state.link))
     else:
         sa.handshake.followup = None
-        state.complete(b"".join(state.shared), now)
+        state.complete(state.shared, now)
     return payloads

@@ -42,7 +42,7 @@ from __future__ import annotations
 from ipsecd.crypto import keyexchange
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.crypto.registry import KeAlgorithm
-from ipsecd.ike import keys
+from ipsecd.ike.additional_ke import derive_rekeyed_ike_keys_with_additional
 from ipsecd.ike.child import ChildSa
 from ipsecd.ike.constants import ExchangeType, NotifyType, ProtocolId
 from ipsecd.ike.errors import (
@@ -289,7 +289,7 @@ class RekeyIkeSa:
         if not spi_r:
             raise InvalidSyntax("IKE rekey response without the responder's new SPI", fatal=False)
         if not chosen.additional_exchanges:
-            self._rekeyed(sa, chosen, shared, nonce_r.data, spi_r, now)
+            self._rekeyed(sa, chosen, [shared], nonce_r.data, spi_r, now)
             return TaskResult.DONE
         # RFC 9370 §2.2.4: the new SA's keys come after the IKE_FOLLOWUP_KE exchanges.
         state = PendingFollowup(
@@ -298,8 +298,8 @@ class RekeyIkeSa:
             pending=list(chosen.additional_exchanges),
             shared=[shared],
             started=now,
-            complete=lambda joined, when: self._rekeyed(
-                sa, chosen, joined, nonce_r.data, spi_r, when
+            complete=lambda secrets, when: self._rekeyed(
+                sa, chosen, secrets, nonce_r.data, spi_r, when
             ),
             abandon=lambda reason, when: self.failed(sa, reason, when),
         )
@@ -310,15 +310,15 @@ class RekeyIkeSa:
         self,
         sa: IkeSa,
         chosen: ChosenProposal,
-        shared: bytes,
+        secrets: list[bytes],
         nonce_r: bytes,
         spi_r: int,
         now: float,
     ) -> None:
         """The new IKE SA from all key exchanges of the rekey (RFC 7296 §2.18, RFC 9370)."""
         assert sa.keys is not None
-        new_keys = keys.derive_rekeyed_ike_keys(
-            sa.keys, chosen, shared, self.nonce, nonce_r, self.spi, spi_r
+        new_keys = derive_rekeyed_ike_keys_with_additional(
+            sa.keys, chosen, secrets, self.nonce, nonce_r, self.spi, spi_r
         )
         new = sa.successor(
             initiator=True, spi_i=self.spi, spi_r=spi_r, keys=new_keys, chosen=chosen, now=now
@@ -408,11 +408,11 @@ def respond_ike_rekey(sa: IkeSa, message: Message, now: float) -> list[Payload]:
         KeyExchange(int(chosen.ke.transform_id), key_exchange.public),
     ]
 
-    def rekeyed(joined: bytes, when: float) -> None:
-        _ike_rekey_responded(sa, chosen, joined, nonce_i.data, nonce_r, spi_i, spi_r, when)
+    def rekeyed(secrets: list[bytes], when: float) -> None:
+        _ike_rekey_responded(sa, chosen, secrets, nonce_i.data, nonce_r, spi_i, spi_r, when)
 
     if not chosen.additional_exchanges:
-        rekeyed(shared, now)
+        rekeyed([shared], now)
         return answer
     if colliding:  # our own rekey is in flight: the peer's with follow-ups waits
         raise TemporaryFailure(f"peer {sa.peer_name} rekeys the IKE SA while we do", fatal=False)
@@ -432,7 +432,7 @@ def respond_ike_rekey(sa: IkeSa, message: Message, now: float) -> list[Payload]:
 def _ike_rekey_responded(
     sa: IkeSa,
     chosen: ChosenProposal,
-    shared: bytes,
+    secrets: list[bytes],
     nonce_i: bytes,
     nonce_r: bytes,
     spi_i: int,
@@ -441,7 +441,9 @@ def _ike_rekey_responded(
 ) -> None:
     """Responder: the new IKE SA from all key exchanges of the rekey (§2.18, RFC 9370)."""
     assert sa.keys is not None
-    new_keys = keys.derive_rekeyed_ike_keys(sa.keys, chosen, shared, nonce_i, nonce_r, spi_i, spi_r)
+    new_keys = derive_rekeyed_ike_keys_with_additional(
+        sa.keys, chosen, secrets, nonce_i, nonce_r, spi_i, spi_r
+    )
     new = sa.successor(
         initiator=False, spi_i=spi_i, spi_r=spi_r, keys=new_keys, chosen=chosen, now=now
     )
