@@ -380,7 +380,7 @@ def proposal(protocol: str) -> Converter:
     def convert(value: Any, at: At) -> Proposal:
         s = _expect_str(value, at, f"an {protocol.upper()} proposal string")
         try:
-            return parse_proposal(s, protocol, allow_additional_ke=True)
+            return parse_proposal(s, protocol)
         except ProposalError as exc:
             raise at.error(str(exc)) from None
 

@@ -329,22 +329,22 @@ def _check_auth_keys(v: Values, local_auth: str, remote_auth: str) -> None:
         if v.given(key):
             errors.add(v.at(key).error(f"{key} is not used: {uses}; {needs}, or remove it"))
 
-    def needed(key: str, why: str) -> None:
-        if v[key] in (None, ()):
-            errors.add(v.here.error(f"{why} needs {key}"))
+    def needed(why: str, *keys: str) -> None:
+        missing = [key for key in keys if v[key] in (None, ())]
+        if missing:
+            errors.add(v.here.error(f"{why} needs {' and '.join(missing)}"))
 
     if "psk" in (local_auth, remote_auth):
-        needed("psk_file", f"{uses}: the pre-shared key (RFC 7296 §2.15)")
+        needed(f"{uses}: the pre-shared key (RFC 7296 §2.15)", "psk_file")
     else:
         unused("psk_file", "set local_auth or remote_auth to psk")
     if local_auth == "pubkey":
-        needed("certificate", "local_auth pubkey (we sign with a certificate)")
-        needed("private_key", "local_auth pubkey (we sign with a certificate)")
+        needed("local_auth pubkey (we sign with a certificate)", "certificate", "private_key")
     else:
         for key in ("certificate", "private_key", "rsa_pss"):
             unused(key, "set local_auth to pubkey to sign with a certificate")
     if remote_auth == "pubkey":
-        needed("cacerts", "remote_auth pubkey (the peer's certificate is checked against them)")
+        needed("remote_auth pubkey (the peer's certificate is checked against them)", "cacerts")
     else:
         for key in ("cacerts", "crls"):
             unused(key, "set remote_auth to pubkey to check the peer's certificate")

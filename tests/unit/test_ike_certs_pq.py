@@ -513,3 +513,39 @@ def test_follow_up_for_nothing_is_state_not_found(tmp_path):
     assert "refused IKE_FOLLOWUP_KE (ke1_mlkem768, test) with STATE_NOT_FOUND" in reason
     assert pair.b.counters.get("unknown_exchange", 0) == 0
     assert pair.a.ike_sa("b").state.value == "established"  # only the exchange failed
+
+
+# ---- classic signature methods (RFC 7296 §3.8, RFC 4754) for peers without RFC 7427 ----------
+
+
+@pytest.mark.parametrize(
+    ("key_type", "method", "refusal"),
+    [
+        ("ecdsa-p256", 9, None),
+        ("ecdsa-p384", 10, None),
+        ("ed25519", None, "no classic IKEv2 authentication method"),
+        ("rsa-3072", None, "RSA with SHA-1, which is refused"),
+    ],
+)
+def test_signing_for_a_peer_without_signature_hash_algorithms(tmp_path, key_type, method, refusal):
+    """A peer that sent no SIGNATURE_HASH_ALGORITHMS gets method 9/10 for ECDSA, and a
+    plain-words refusal where no classic method fits (Ed25519; RSA would need SHA-1)."""
+    from ipsecd.ike.errors import AuthenticationFailed
+    from ipsecd.ike.message import Message
+    from ipsecd.ike.peer_auth import cert_payloads, our_auth, verify_peer
+
+    root = ca()
+    pair = cert_pair(tmp_path, gw_a(root, key_type), gw_b(root, key_type))
+    a_sa, b_sa = pair.a.ike_sa("b"), pair.b.ike_sa("a")
+    a_auth, b_auth = a_sa.peer.auth, b_sa.peer.auth
+    a_sa.handshake.peer_hash_algorithms = None  # as if b had not announced RFC 7427
+    if refusal is not None:
+        with pytest.raises(AuthenticationFailed, match=refusal):
+            our_auth(a_sa, a_auth, a_sa.keys, True, b"")
+        return
+    payload, how = our_auth(a_sa, a_auth, a_sa.keys, True, b"")
+    assert payload.method == method and "ECDSA" in how
+    carrying = Message(0, 0, ExchangeType.IKE_AUTH, 1, payloads=cert_payloads(a_auth))
+    identity = (a_auth.local_id.id_type, a_auth.local_id.data)
+    verified = verify_peer(b_sa, b_auth, b_sa.keys, True, identity, payload, carrying, b"")
+    assert verified.method.startswith("pubkey (ECDSA") and verified.certificate.endswith("gw-a.example")
