@@ -15,11 +15,14 @@ What :mod:`tests.lab.strongswan` does not cover yet, in one place:
 * :func:`strongswan_pki` — certificates made by strongSwan's own ``pki`` tool.
 
 Interim: branch ``sw61`` adds ``tests/lab/strongswan6.py`` (a 6.1 root built and
-cached by CI) and a ``StrongSwan`` installation class in ``strongswan.py`` with the
-same ``charon_argv``/``swanctl_argv`` shape as :class:`Installation`; once both are
-on main, :class:`Installation` and :func:`sw61_root` give way to them and
-:class:`SwanCharon` keeps only the credentials and plugin parts.  Until then the 6.1
-root is found where the sw61 cache or the certs chroot put it (:func:`sw61_root`).
+cached by CI) and a ``StrongSwan`` installation class in ``strongswan.py`` (``Charon(...,
+swan=...)``) with the same ``charon_argv``/``swanctl_argv`` shape as
+:class:`Installation`; here :class:`~tests.lab.strongswan.Charon` only got the two hooks
+``charon_argv()``/``swanctl_argv()`` that :class:`SwanCharon` overrides.  Once both are on
+main, :class:`Installation` and :func:`sw61_root` give way to theirs (and to
+``strongswan6_root()``, which builds the root under CI) and :class:`SwanCharon` keeps only
+the credentials and plugin parts.  Until then the 6.1 root is found where the sw61 cache
+or the certs chroot put it (:func:`sw61_root`).
 """
 
 from __future__ import annotations
@@ -41,7 +44,6 @@ from tests.lab.strongswan import (
     strongswan_conf,
 )
 from tests.lab.topology import Topology
-from tests.lab.wait import WaitTimeout, wait_until
 
 SWANCTL = "/usr/sbin/swanctl"
 #: Where a strongSwan 6.1 root may be found, in order; IPSECD_SW61_ROOT overrides.
@@ -179,46 +181,13 @@ class SwanCharon(Charon):
     def add_crl(self, data: bytes, name: str = "ca.crl") -> None:
         (self.dir / "x509crl" / name).write_bytes(data)
 
-    # ---- running ----------------------------------------------------------------------
+    # ---- running: charon and swanctl of this installation ------------------------------
 
-    def start(self, timeout: float = 15.0) -> SwanCharon:
-        self.proc = self.topo.spawn(
-            self.ns, self.swan.charon_argv(self.dir), self.dir / "charon.stdout", self.env
-        )
-        proc = self.proc
-        try:
-            wait_until(
-                lambda: (
-                    proc.poll() is not None
-                    or (
-                        self.socket.exists()
-                        and self.swanctl("--stats", check=False).returncode == 0
-                    )
-                ),
-                timeout,
-                what=f"{self.swan} charon in {self.ns} to answer on {self.socket}",
-            )
-        except WaitTimeout as exc:
-            raise StrongSwanError(f"{exc}\n{self.tail()}") from None
-        if proc.poll() is not None:
-            raise StrongSwanError(
-                f"{self.swan}: charon in {self.ns} exited {proc.returncode}\n{self.tail()}"
-            )
-        return self
+    def charon_argv(self) -> list[str]:
+        return self.swan.charon_argv(self.dir)
 
-    def swanctl(
-        self, command: str, *args: str, check: bool = True, timeout: float = 30.0
-    ) -> subprocess.CompletedProcess[str]:
-        argv = self.swan.swanctl_argv(self.dir, [command, "--uri", self.uri, *args])
-        res = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, env=self.env, check=False
-        )
-        if check and res.returncode != 0:
-            raise StrongSwanError(
-                f"{self.swan}: swanctl {command} {' '.join(args)} exited {res.returncode}\n"
-                f"{res.stdout}\n{res.stderr}\n{self.tail()}"
-            )
-        return res
+    def swanctl_argv(self, args: list[str]) -> list[str]:
+        return self.swan.swanctl_argv(self.dir, args)
 
     def load(self, *conns: SwanConnection) -> None:
         self.connections = list(conns)

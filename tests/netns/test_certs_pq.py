@@ -40,9 +40,10 @@ from tests.lab.swan_pq import (
     strongswan_pki,
     sw61_root,
 )
-from tests.lab.topology import HOST_A_IP, HOST_B_IP, Topology
+from tests.lab.topology import HOST_B_IP, Topology
 from tests.lab.wait import wait_until
 from tests.netns.conftest import _missing
+from tests.netns.test_ike_e2e import _traffic, _wait_error
 
 HYBRID_768 = "aes256gcm16-prfsha384-x25519-ke1_mlkem768"
 HYBRID_1024 = "aes256gcm16-prfsha384-ecp384-ke1_mlkem1024"
@@ -181,26 +182,6 @@ def revoking(creds: Credentials, side: str) -> Credentials:
 # ---- running the peers -------------------------------------------------------------------
 
 
-def _traffic(topo: Topology, size: int = 2 * 1024 * 1024) -> None:
-    assert topo.wait_ping(topo.host_a, HOST_B_IP, timeout=10)
-    stats = topo.ping(topo.host_a, HOST_B_IP, count=5)
-    assert stats.loss == 0.0, stats
-    there = topo.tcp_transfer(topo.host_a, topo.host_b, HOST_B_IP, size)
-    back = topo.tcp_transfer(topo.host_b, topo.host_a, HOST_A_IP, size)
-    assert there.ok and back.ok, (there, back)
-
-
-def _wait_error(daemon: IpsecdProcess, needle: str, timeout: float = 20.0) -> str:
-    return wait_until(
-        lambda: daemon.peer_status().get("last_error") or "",
-        timeout,
-        what=f"{needle!r} in last_error on {daemon.spec.name}",
-        until=lambda last: needle in last,
-        step=0.1,
-        context=daemon.log_text,
-    )
-
-
 def ipsecd_with_charon(
     topo: Topology,
     swan: Installation,
@@ -337,7 +318,7 @@ def test_ipsecd_to_ipsecd_certificates_ml_kem_1024_fragments_and_ppk(topology: T
         10,
         what="the CHILD_SA rekey with ML-KEM",
     )
-    _traffic(topology, 512 * 1024)
+    _traffic(topology)
     assert '"IKE SA established"' in gw_a.log_text() or "IKE SA established" in gw_a.log_text()
 
 
@@ -515,7 +496,7 @@ def test_rekeys_with_ml_kem_under_traffic_with_strongswan_61(
         assert counters.get("additional_key_exchanges", 0) >= 5, counters
         assert "IKE_FOLLOWUP_KE" in charon.log_text()
         assert (ours.status().get("drops") or {}).get("unknown_spi", 0) == 0
-        _traffic(topology, 256 * 1024)
+        _traffic(topology)
     finally:
         charon.stop()
 

@@ -46,6 +46,16 @@ class DemoRun:
     def field(self, pattern: str) -> list[str]:
         return [m for line in self.lines for m in re.findall(pattern, line)]
 
+    def wait_running(self) -> None:
+        """Until the demo says it is up and running (``--keep``); it must not have ended."""
+        wait_until(
+            lambda: self.output,
+            60,
+            what="the demo to say it is running",
+            until=lambda out: "running;" in out or self.proc.poll() is not None,
+        )
+        assert self.proc.poll() is None, self.output
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -69,13 +79,7 @@ def _daemons_of(workdir: str) -> list[int]:
 def test_demo_comes_up_passes_traffic_and_leaves_nothing(signum: signal.Signals) -> None:
     demo = DemoRun()
     try:
-        wait_until(
-            lambda: demo.output,
-            60,
-            what="the demo to say it is running",
-            until=lambda out: "running;" in out or demo.proc.poll() is not None,
-        )
-        assert demo.proc.poll() is None, demo.output
+        demo.wait_running()
         assert re.search(r"ping hostA \S+ -> hostB \S+: 5/5 received", demo.output), demo.output
         (namespaces,) = demo.field(r"built namespaces (.+)")
         names = namespaces.split(", ")
@@ -104,13 +108,7 @@ def test_demo_with_certificates_and_ml_kem() -> None:
     pki``, signature authentication both ways, x25519 + ML-KEM-768."""
     demo = DemoRun("--auth", "cert", "--pq")
     try:
-        wait_until(
-            lambda: demo.output,
-            60,
-            what="the demo to say it is running",
-            until=lambda out: "running;" in out or demo.proc.poll() is not None,
-        )
-        assert demo.proc.poll() is None, demo.output
+        demo.wait_running()
         assert "made CA certificate 'C=CH, O=ipsecd demo, CN=ipsecd demo CA'" in demo.output
         assert re.search(r"ping hostA \S+ -> hostB \S+: 5/5 received", demo.output), demo.output
         for path in demo.field(r"ipsecctl -s (\S+) status"):

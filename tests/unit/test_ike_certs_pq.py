@@ -548,4 +548,6 @@ def test_signing_for_a_peer_without_signature_hash_algorithms(tmp_path, key_type
     carrying = Message(0, 0, ExchangeType.IKE_AUTH, 1, payloads=cert_payloads(a_auth))
     identity = (a_auth.local_id.id_type, a_auth.local_id.data)
     verified = verify_peer(b_sa, b_auth, b_sa.keys, True, identity, payload, carrying, b"")
-    assert verified.method.startswith("pubkey (ECDSA") and verified.certificate.endswith("gw-a.example")
+    assert verified.method.startswith("pubkey (ECDSA") and verified.certificate.endswith(
+        "gw-a.example"
+    )

@@ -24,9 +24,9 @@ ends only this exchange (the IKE SA stays), through :attr:`PendingFollowup.aband
 from __future__ import annotations
 
 from ipsecd.crypto import mlkem
-from ipsecd.crypto.registry import KeAlgorithm
 from ipsecd.ike.constants import ExchangeType, NotifyType
 from ipsecd.ike.errors import InvalidSyntax, ProtocolError, StateNotFound, notify_name
+from ipsecd.ike.exchanges.intermediate import their_key_exchange
 from ipsecd.ike.handshake import PendingFollowup
 from ipsecd.ike.message import Message
 from ipsecd.ike.payloads import KeyExchange, Notify, Payload
@@ -58,18 +58,6 @@ def link_of(sa: IkeSa, message: Message, what: str) -> bytes:
     return notify.data
 
 
-def _key_exchange(sa: IkeSa, message: Message, n: int, alg: KeAlgorithm) -> KeyExchange:
-    ke = message.find(KeyExchange)
-    if ke is None or ke.group != alg.transform_id:
-        got = f"a KE payload for method {ke.group}" if ke is not None else "no KE payload"
-        raise InvalidSyntax(
-            f"peer {sa.peer_name} sent {got} in IKE_FOLLOWUP_KE, expected {alg.name}"
-            f" (ADDKE{n}, RFC 9370 §2.2.4)",
-            fatal=False,
-        )
-    return ke
-
-
 class FollowupKe:
     """Initiator: the next additional key exchange of ``state`` (strongSwan's multi-KE
     ``build_i``/``process_i``)."""
@@ -99,7 +87,7 @@ class FollowupKe:
                 fatal=False,
             )
         n, alg = state.pending[0]
-        ke = _key_exchange(sa, message, n, alg)
+        ke = their_key_exchange(sa, message, n, alg, fatal=False)
         assert self.key_exchange is not None
         try:
             state.shared.append(self.key_exchange.compute(ke.data))
@@ -133,7 +121,7 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
         )
     n, alg = state.pending[0]
     try:
-        ke = _key_exchange(sa, message, n, alg)
+        ke = their_key_exchange(sa, message, n, alg, fatal=False)
         public, shared = mlkem.respond(alg, ke.data)
     except (ProtocolError, ValueError) as exc:
         sa.handshake.followup = None

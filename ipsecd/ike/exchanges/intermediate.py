@@ -39,7 +39,7 @@ from ipsecd.ike.message import Header, Message, encode_payload_chain
 from ipsecd.ike.payloads import KeyExchange, Payload
 from ipsecd.ike.sa import IkeSa, TaskResult
 
-__all__ = ["IkeIntermediate", "respond", "int_auth_parts"]
+__all__ = ["IkeIntermediate", "respond", "int_auth_parts", "their_key_exchange"]
 
 
 def int_auth_parts(
@@ -70,13 +70,18 @@ def _chain(sa: IkeSa) -> IntAuthChain:
     return chain
 
 
-def _their_key_exchange(sa: IkeSa, message: Message, n: int, alg: KeAlgorithm) -> KeyExchange:
+def their_key_exchange(
+    sa: IkeSa, message: Message, n: int, alg: KeAlgorithm, *, fatal: bool = True
+) -> KeyExchange:
+    """The KE payload of an additional key exchange ``n`` with method ``alg`` (RFC 9370),
+    or INVALID_SYNTAX naming what came instead (``fatal``: the IKE SA ends with it)."""
     ke = message.find(KeyExchange)
     if ke is None or ke.group != alg.transform_id:
         got = f"a KE payload for method {ke.group}" if ke is not None else "no KE payload"
         raise InvalidSyntax(
-            f"peer {sa.peer_name} sent {got} in IKE_INTERMEDIATE, expected {alg.name}"
-            f" (ADDKE{n}, RFC 9370)"
+            f"peer {sa.peer_name} sent {got} in {ExchangeType(message.exchange_type).name},"
+            f" expected {alg.name} (ADDKE{n}, RFC 9370)",
+            fatal=fatal,
         )
     return ke
 
@@ -107,7 +112,7 @@ class IkeIntermediate:
             raise ProtocolError(
                 f"peer {sa.peer_name} refused {self.name} with {notify_name(error.notify_type)}"
             )
-        ke = _their_key_exchange(sa, message, self.n, self.alg)
+        ke = their_key_exchange(sa, message, self.n, self.alg)
         assert self.key_exchange is not None and sa.keys is not None
         try:
             shared = self.key_exchange.compute(ke.data)
@@ -149,7 +154,7 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
             " exchange (RFC 9370) is pending"
         )
     n, alg = handshake.pending[0]
-    ke = _their_key_exchange(sa, message, n, alg)
+    ke = their_key_exchange(sa, message, n, alg)
     try:
         public, shared = mlkem.respond(alg, ke.data)
     except ValueError as exc:
