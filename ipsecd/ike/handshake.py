@@ -104,6 +104,12 @@ class Handshake:
             return b""
         return self.int_auth.octets(ike_auth_message_id)
 
+    def authenticated(self, record: AuthRecord) -> None:
+        """IKE_AUTH is done: keep how, drop what only IKE_AUTH needed (IntAuth, old keys)."""
+        self.auth = record
+        self.int_auth = None
+        self.previous_keys = None
+
     def carried_over(self) -> Handshake:
         """What an IKE SA made by a rekey keeps (RFC 7296 §2.18): who authenticated how."""
         return Handshake(auth=self.auth)

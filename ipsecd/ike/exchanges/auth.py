@@ -281,7 +281,9 @@ class IkeAuth:
             raise
         sa.keys = keys  # PPK-mixed SK_d when the PPK was used (RFC 8784 §3)
         their_id = format_identity(ident.id_type, ident.data)
-        sa.handshake.auth = _auth_record(auth, self.our_method, verified, their_id, ppk_used)
+        sa.handshake.authenticated(
+            _auth_record(auth, self.our_method, verified, their_id, ppk_used)
+        )
         sa.established(now, initial_contact=_initial_contact(message))
         try:
             child = self._child(sa, message, now)
@@ -404,7 +406,7 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
         ours,
         *([Notify(NotifyType.PPK_IDENTITY)] if ppk_used else []),
     ]
-    handshake.auth = _auth_record(auth, how, verified, their_id, ppk_used)
+    handshake.authenticated(_auth_record(auth, how, verified, their_id, ppk_used))
     sa.established(now, initial_contact=_initial_contact(message))
     try:
         child, child_payloads = respond_child(
