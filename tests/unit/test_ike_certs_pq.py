@@ -551,3 +551,21 @@ def test_signing_for_a_peer_without_signature_hash_algorithms(tmp_path, key_type
     assert verified.method.startswith("pubkey (ECDSA") and verified.certificate.endswith(
         "gw-a.example"
     )
+
+
+def test_stray_ike_intermediate_on_an_established_sa_is_refused_not_fatal(tmp_path):
+    from ipsecd.crypto.mlkem import MlKemInitiator
+    from ipsecd.crypto.registry import ML_KEM
+
+    pair = IkePair(tmp_path, side_a(ike=(HYBRID_768,)), side_b(ike=(HYBRID_768,)))
+    a_sa = pair.a.ike_sa("b")
+    kem = MlKemInitiator(ML_KEM["mlkem768"])
+    (datagram,) = a_sa.encode(
+        ExchangeType.IKE_INTERMEDIATE,
+        a_sa.next_request_id,
+        False,
+        [pl.KeyExchange(int(ML_KEM["mlkem768"].transform_id), kem.public)],
+    )
+    pair.inject("b", datagram)
+    assert pair.b.ike_sa("a").state.value == "established"
+    assert any("no additional key exchange (RFC 9370) is pending" in r for r in failures(pair, "b"))

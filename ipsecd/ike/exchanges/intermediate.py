@@ -145,13 +145,15 @@ def _done(sa: IkeSa, n: int, alg: KeAlgorithm) -> None:
 def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
     """Responder: the next pending additional key exchange (RFC 9370 §2.2.2).
 
-    Any problem ends the IKE SA (an error notify in IKE_INTERMEDIATE is fatal).
+    Any problem ends the IKE SA being set up (an error notify in IKE_INTERMEDIATE is
+    fatal); a stray request on an established IKE SA is refused and that is all.
     """
     handshake = sa.handshake
     if sa.state is not IkeState.HALF_OPEN or not handshake.pending:
         raise InvalidSyntax(
             f"peer {sa.peer_name} sent an IKE_INTERMEDIATE request, but no additional key"
-            " exchange (RFC 9370) is pending"
+            " exchange (RFC 9370) is pending",
+            fatal=sa.state is not IkeState.ESTABLISHED,
         )
     n, alg = handshake.pending[0]
     ke = their_key_exchange(sa, message, n, alg)
