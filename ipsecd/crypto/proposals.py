@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ipsecd.crypto import mlkem
 from ipsecd.crypto.registry import (
     ADDITIONAL_KE_NONE,
     ALIASES,
@@ -87,6 +88,8 @@ def _additional_ke(raw: str, text: str) -> tuple[int, KeAlgorithm]:
     if name == "none":
         return n, ADDITIONAL_KE_NONE
     alg = ML_KEM.get(name) or KEY_EXCHANGE.get(name)
+    if alg is not None and alg.kind == "mlkem" and (why := mlkem.unavailable_reason()):
+        raise ProposalError(f"{raw!r} in proposal {text!r}: {why}")
     if alg is None:
         raise ProposalError(
             f"unknown additional key exchange {raw!r} in proposal {text!r}"

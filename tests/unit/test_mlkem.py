@@ -187,3 +187,17 @@ def test_selection_never_drops_a_required_additional_ke() -> None:
     assert chosen.additional_ke == (ADDITIONAL_KE_NONE,) and not chosen.additional_exchanges
     # The answer names ADDKE1 = NONE (RFC 9370 §2.2.1: one transform of each offered type).
     assert Transform(TransformType.ADDKE1, KeId.NONE) in chosen.transforms()
+
+
+def test_without_ml_kem_in_cryptography(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older cryptography (the declared minimum has no ML-KEM): ipsecd still loads, and a
+    keN_mlkem proposal is refused at config load saying why."""
+    from ipsecd.crypto import mlkem as ours
+
+    monkeypatch.setattr(ours, "_backend", lambda: None)
+    assert "has none (pip install -U cryptography)" in (ours.unavailable_reason() or "")
+    with pytest.raises(ProposalError, match="ML-KEM needs a cryptography package with ML-KEM"):
+        parse_proposal("aes256gcm16-prfsha384-x25519-ke1_mlkem768", "ike")
+    assert parse_proposal("aes256gcm16-prfsha384-x25519-ke1_ecp384", "ike").additional_ke
+    with pytest.raises(Exception, match="has none"):
+        ours.MlKemInitiator(ML_KEM["mlkem768"])
