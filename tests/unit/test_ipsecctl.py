@@ -257,3 +257,26 @@ def test_broken_pipe_is_quiet(tmp_path) -> None:
     assert proc.stdout.splitlines()[0].startswith("ipsecd")
     assert proc.stdout.splitlines()[-1] == "rc=141"
     assert proc.stderr == ""
+
+
+def test_status_shows_additional_key_exchanges_and_authentication() -> None:
+    peer = dict(STATUS["peers"][0])
+    peer["ike"] = dict(
+        peer["ike"],
+        algorithm="aes256gcm16-prfsha384-x25519-ke1_mlkem768",
+        additional_ke=["ke1_mlkem768"],
+        auth={
+            "local": "pubkey (ECDSA P-256, ecdsa-with-SHA256)",
+            "remote": "pubkey (Ed25519)",
+            "local_id": "192.0.2.1",
+            "remote_id": "C=CH, O=Org, CN=gw-b",
+            "remote_certificate": "C=CH, O=Org, CN=gw-b",
+            "ppk": True,
+        },
+    )
+    text = format_status(dict(STATUS, peers=[peer]), Style(False))
+    assert "aes256gcm16-prfsha384-x25519-ke1_mlkem768  initiator" in text
+    assert (
+        "auth:      pubkey (ECDSA P-256, ecdsa-with-SHA256) as 192.0.2.1; peer pubkey (Ed25519)"
+        " as C=CH, O=Org, CN=gw-b (certificate C=CH, O=Org, CN=gw-b); PPK" in text
+    )
