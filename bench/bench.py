@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO))  # ahead of bench/ itself, where this file would s
 from bench.figures import BACKENDS, LABELS, ratios, table  # noqa: E402
 from bench.plot import iperf_series, write_plot  # noqa: E402
 from tests.lab.daemons import site_specs, start_manual_pair, start_psk_pair  # noqa: E402
-from tests.lab.strongswan import StrongSwanError, start_pair  # noqa: E402
+from tests.lab.strongswan import Charon, StrongSwanError, site_to_site, start_pair  # noqa: E402
+from tests.lab.swan_pq import Installation, SwanCharon  # noqa: E402
 from tests.lab.topology import (  # noqa: E402
     HOST_B_IP,
     PingStats,
@@ -104,9 +105,12 @@ class StrongSwanTunnel:
     ``initiate`` from this process, which charon answers once the CHILD_SA is up.
     """
 
-    def __init__(self, topo: Topology, ike: str, esp: str) -> None:
+    def __init__(self, topo: Topology, ike: str, esp: str, root: Path | None = None) -> None:
         try:
-            self.a, self.b = start_pair(topo, ike_proposals=ike, esp_proposals=esp)
+            if root is None:
+                self.a, self.b = start_pair(topo, ike_proposals=ike, esp_proposals=esp)
+            else:  # another installation, e.g. strongSwan 6.1 with ML-KEM (tests/lab/swan_pq.py)
+                self.a, self.b = start_pair_in(topo, root, ike, esp)
             self.a.initiate(via="vici")
         except StrongSwanError as exc:
             raise BackendUnavailable(str(exc)) from exc
@@ -120,6 +124,18 @@ class StrongSwanTunnel:
             raise BackendUnavailable("strongSwan SAs still there after terminate")
         timing = self.a.initiate(via="vici")
         return timing.wall_seconds, timing.log_seconds
+
+
+def start_pair_in(topo: Topology, root: Path, ike: str, esp: str) -> tuple[Charon, Charon]:
+    """charon ↔ charon of the strongSwan installed in ``root`` (``--strongswan-root``)."""
+    swan = Installation(root.name, root)
+    conn_a, conn_b = site_to_site(topo, ike_proposals=ike, esp_proposals=esp)
+    a = SwanCharon(topo, topo.gw_a, swan).start()
+    b = SwanCharon(topo, topo.gw_b, swan).start()
+    a.load(conn_a)
+    b.load(conn_b)
+    log(f"strongSwan {swan.version()} from {root}")
+    return a, b
 
 
 class IpsecdTunnel:
@@ -202,7 +218,7 @@ def backend(name: str, topo: Topology, args: argparse.Namespace) -> Iterator[Tun
     if name == "plain":
         yield PlainRouting(topo)
     elif name == "strongswan":
-        yield StrongSwanTunnel(topo, args.ike, args.esp)
+        yield StrongSwanTunnel(topo, args.ike, args.esp, getattr(args, "strongswan_root", None))
     elif name == "ipsecd":
         extra = getattr(args, "gateway_extra", None)
         yield IpsecdTunnel(topo, args.ike, args.esp, args.keying, extra)
@@ -505,6 +521,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ipsecd: IKEv2 with a PSK (default) or static SAs (no handshake)",
     )
     ap.add_argument("--handshakes", type=int, default=20, help="handshakes to time (default 20)")
+    ap.add_argument(
+        "--strongswan-root",
+        type=Path,
+        metavar="DIR",
+        help="run charon from the strongSwan installed in this root (e.g. 6.1 for ML-KEM)",
+    )
     ap.add_argument("--pings", type=int, default=50, help="idle pings, 20 ms apart (default 50)")
     ap.add_argument("--json", type=Path, metavar="FILE", help="write all figures as JSON")
     ap.add_argument("--plot", type=Path, metavar="FILE.png", help="throughput over time (PNG)")

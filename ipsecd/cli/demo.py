@@ -1,7 +1,9 @@
 """``ipsecd demo``: two sites in network namespaces joined by an ipsecd tunnel.
 
 Builds hostA — gwA ══ internet ══ gwB — hostB (:mod:`ipsecd.cli.sites`), writes both
-gateways' configs with a freshly generated pre-shared key, starts two daemons (gwA
+gateways' configs with a freshly generated pre-shared key (``--auth cert``: a CA and
+one certificate per gateway made by ``ipsecd pki``, :mod:`ipsecd.cli.pki`, in the
+work directory; ``--pq``: the hybrid proposal x25519 + ML-KEM-768), starts two daemons (gwA
 initiates), pings hostB from hostA through the tunnel, prints ``ipsecctl status`` of both
 gateways and tears everything down.  With ``--keep`` it stays up until SIGINT (Ctrl-C) or
 SIGTERM.  Either signal, at any point, stops both daemons and deletes every namespace
@@ -29,7 +31,9 @@ from ipsecd.cli.ipsecctl import Style, format_status
 from ipsecd.daemon.control import request
 
 IKE_PROPOSAL = "aes256gcm16-prfsha256-x25519"
+PQ_IKE_PROPOSAL = "aes256gcm16-prfsha384-x25519-ke1_mlkem768"  # RFC 9370 hybrid
 ESP_PROPOSAL = "aes256gcm16"
+CA_DN = "C=CH, O=ipsecd demo, CN=ipsecd demo CA"
 START_TIMEOUT = 10.0  # a daemon answers on its control socket
 UP_TIMEOUT = 20.0  # the tunnel is up
 PINGS = 5
@@ -72,8 +76,15 @@ class Gateway:
         self.log = workdir / f"{label}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def write_config(self, local: tuple[str, str], remote: tuple[str, str, str], psk: Path) -> None:
-        """``local``: (WAN address, site); ``remote``: (peer name, WAN address, site)."""
+    def write_config(
+        self,
+        local: tuple[str, str],
+        remote: tuple[str, str, str],
+        auth: str,
+        ike_proposal: str = IKE_PROPOSAL,
+    ) -> None:
+        """``local``: (WAN address, site); ``remote``: (peer name, WAN address, site);
+        ``auth``: the ``auth:`` section as a YAML flow mapping."""
         (wan, site), (peer, peer_wan, peer_site) = local, remote
         lan_ip = sites.GW_A_LAN_IP if site == sites.SITE_A else sites.GW_B_LAN_IP
         start = "initiate" if self.label == "gwA" else "respond"
@@ -91,9 +102,9 @@ class Gateway:
             f"    start: {start}\n"
             f"    local_ts: [{site}]\n"
             f"    remote_ts: [{peer_site}]\n"
-            f"    ike: {{proposals: [{IKE_PROPOSAL}]}}\n"
+            f"    ike: {{proposals: [{ike_proposal}]}}\n"
             f"    esp: {{proposals: [{ESP_PROPOSAL}]}}\n"
-            f"    auth: {{psk_file: {psk}}}\n"
+            f"    auth: {auth}\n"
         )
 
     def start(self) -> None:
@@ -150,7 +161,8 @@ class Gateway:
 class Demo:
     """The namespaces, the two gateways and the work directory of one demo run."""
 
-    def __init__(self) -> None:
+    def __init__(self, auth: str = "psk", pq: bool = False) -> None:
+        self.auth, self.pq = auth, pq
         prefix = f"ipsdemo{os.getpid() % 10000}{secrets.token_hex(2)}"
         self.host_a, self.gw_a_ns = f"{prefix}-hostA", f"{prefix}-gwA"
         self.gw_b_ns, self.host_b = f"{prefix}-gwB", f"{prefix}-hostB"
@@ -167,15 +179,43 @@ class Demo:
         sites.wire_sites(self.host_a, self.gw_a_ns, self.gw_b_ns, self.host_b)
 
     def configure(self) -> None:
-        psk = self.workdir / "psk"
-        psk.write_text("0x" + secrets.token_hex(32) + "\n")
-        psk.chmod(0o600)
+        ike = PQ_IKE_PROPOSAL if self.pq else IKE_PROPOSAL
+        if self.auth == "cert":
+            auth_a, auth_b = self._certificates()
+        else:
+            psk = self.workdir / "psk"
+            psk.write_text("0x" + secrets.token_hex(32) + "\n")
+            psk.chmod(0o600)
+            auth_a = auth_b = f"{{psk_file: {psk}}}"
         self.gw_a.write_config(
-            (sites.GW_A_WAN_IP, sites.SITE_A), ("gwB", sites.GW_B_WAN_IP, sites.SITE_B), psk
+            (sites.GW_A_WAN_IP, sites.SITE_A), ("gwB", sites.GW_B_WAN_IP, sites.SITE_B), auth_a, ike
         )
         self.gw_b.write_config(
-            (sites.GW_B_WAN_IP, sites.SITE_B), ("gwA", sites.GW_A_WAN_IP, sites.SITE_A), psk
+            (sites.GW_B_WAN_IP, sites.SITE_B), ("gwA", sites.GW_A_WAN_IP, sites.SITE_A), auth_b, ike
         )
+
+    def _certificates(self) -> tuple[str, str]:
+        """A CA and a certificate per gateway (its WAN address as subjectAltName, so the
+        default identities fit), made with ``ipsecd pki``; the two ``auth:`` sections."""
+        from ipsecd.cli.pki import main as pki
+
+        w = self.workdir
+        ca_cert, ca_key = w / "ca.pem", w / "ca.key"
+        if pki(["ca", "--dn", CA_DN, "--key-out", str(ca_key), "--cert-out", str(ca_cert)]):
+            raise DemoFailed(f"ipsecd pki ca could not make the demo CA in {w}")
+        auths = []
+        for label, wan in (("gwA", sites.GW_A_WAN_IP), ("gwB", sites.GW_B_WAN_IP)):
+            cert, key = w / f"{label}.pem", w / f"{label}.key"
+            if pki(
+                [
+                    *("issue", "--ca-cert", str(ca_cert), "--ca-key", str(ca_key)),
+                    *("--dn", f"C=CH, O=ipsecd demo, CN={label}", "--san", wan),
+                    *("--key-out", str(key), "--cert-out", str(cert)),
+                ]
+            ):
+                raise DemoFailed(f"ipsecd pki issue could not make {label}'s certificate")
+            auths.append(f"{{certificate: {cert}, private_key: {key}, cacerts: [{ca_cert}]}}")
+        return auths[0], auths[1]
 
     def teardown(self, keep_workdir: bool) -> None:
         """Stop the daemons, delete the namespaces; each step runs whatever the last did."""
@@ -216,8 +256,11 @@ def _bring_up(demo: Demo, style: Style) -> sites.PingStats:
     return sites.ping(demo.host_a, sites.HOST_B_IP, count=PINGS)
 
 
-def run_demo(keep: bool = False) -> int:
-    """Run the demo; returns the exit code (0: the tunnel carried every ping)."""
+def run_demo(keep: bool = False, auth: str = "psk", pq: bool = False) -> int:
+    """Run the demo; returns the exit code (0: the tunnel carried every ping).
+
+    ``auth``: ``psk`` or ``cert`` (certificates from a demo CA); ``pq``: the hybrid
+    x25519 + ML-KEM-768 proposal (RFC 9370)."""
     if os.geteuid() != 0:
         print("ipsecd demo: needs root (it creates network namespaces)", file=sys.stderr)
         return 1
@@ -226,7 +269,7 @@ def run_demo(keep: bool = False) -> int:
     demo: Demo | None = None
     code, failed = 1, True
     try:
-        demo = Demo()
+        demo = Demo(auth, pq)
         stats = _bring_up(demo, style)
         ok = stats.received == stats.transmitted
         line = (

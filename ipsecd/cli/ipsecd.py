@@ -80,6 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo = sub.add_parser("demo", help="build two sites in namespaces and run a tunnel (root)")
     demo.add_argument("--keep", action="store_true", help="leave the demo running until Ctrl-C")
+    demo.add_argument(
+        "--auth",
+        choices=("psk", "cert"),
+        default="psk",
+        help="authenticate with a pre-shared key (default) or certificates of a demo CA",
+    )
+    demo.add_argument(
+        "--pq",
+        action="store_true",
+        help="hybrid post-quantum key exchange: x25519 + ML-KEM-768 (RFC 9370)",
+    )
     pki = sub.add_parser("pki", help="a small CA: ca, issue, show, crl", add_help=False)
     pki.add_argument("-h", "--help", action="store_true", dest="pki_help")
     pki.add_argument("pki_args", nargs=argparse.REMAINDER)
@@ -94,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from ipsecd.cli.demo import run_demo
 
-        return run_demo(keep=args.keep)
+        return run_demo(keep=args.keep, auth=args.auth, pq=args.pq)
     from ipsecd.config.errors import ConfigError
     from ipsecd.daemon.app import run_daemon
 

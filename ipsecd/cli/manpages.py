@@ -98,12 +98,25 @@ CONFIG_DOCS: dict[str, str] = {
     "peers.esp.rand_time": "Random jitter subtracted from rekey_time; default 10% of rekey_time.",
     "peers.esp.rekey_bytes": "Rekey after this many inner bytes in either direction; 0: off.",
     "peers.esp.rekey_packets": "Rekey after this many packets in either direction; 0: off.",
-    "peers.auth": "IKE authentication with a pre-shared key; required unless manual is given.",
+    "peers.auth": "IKE authentication by pre-shared key or certificate; required unless "
+    "manual is given.",
+    "peers.auth.local_auth": "How we authenticate: psk or pubkey (certificate); default pubkey "
+    "if certificate is given.",
+    "peers.auth.remote_auth": "How the peer must authenticate: psk or pubkey; default as "
+    "local_auth.",
     "peers.auth.psk_file": "File holding the PSK, mode 0600 (e.g. in /etc/ipsecd/secrets/): "
     "0x... is hex, 0s... base64, anything else the key itself.",
+    "peers.auth.certificate": "Our certificate (PEM/DER; intermediates may follow in PEM).",
+    "peers.auth.private_key": "Its private key (RSA, ECDSA, Ed25519), mode 0600 like psk_file.",
+    "peers.auth.cacerts": "Trust anchors for the peer's certificate: CA files or directories.",
+    "peers.auth.crls": "CRL files of those CAs; a listed certificate is refused.",
+    "peers.auth.rsa_pss": "Sign with RSASSA-PSS instead of PKCS#1 v1.5 (RSA keys only).",
+    "peers.auth.ppk_id": "Name of the post-quantum preshared key (RFC 8784), as on the peer.",
+    "peers.auth.ppk_file": "File holding the PPK, mode 0600, at least 16 bytes.",
+    "peers.auth.ppk_required": "Refuse a peer that does not use the PPK.",
     "peers.auth.allow_weak_psk": "Accept a PSK shorter than 16 bytes (labs only).",
-    "peers.auth.local_id": "Our identity: an IP address, @fqdn, user@fqdn or @#hex key id; "
-    "default local_address.",
+    "peers.auth.local_id": "Our identity: an IP address, @fqdn, user@fqdn, @#hex key id or a DN "
+    "(C=CH, O=Org, CN=gw); default local_address.",
     "peers.auth.remote_id": "The identity expected from the peer; default remote_address.",
     "peers.manual": "Static SAs without IKE (RFC 4301 section 4.5), for tests and labs only.",
     "peers.manual.algorithm": "One ESP transform set, e.g. aes128gcm16 or aes128-sha256.",

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from ipsecd.addresses import format_address
-from ipsecd.config.schema import Config, GatewayConfig, ManualSaConfig, PeerConfig
+from ipsecd.config.schema import AuthConfig, Config, GatewayConfig, ManualSaConfig, PeerConfig
 from ipsecd.config.users import KEEP_ROOT, service_account
 
 
@@ -103,14 +103,32 @@ def _peer(p: PeerConfig) -> dict[str, Any]:
                 "rekey_bytes": child.rekey_bytes,
                 "rekey_packets": child.rekey_packets,
             },
-            "auth": {
-                "psk_file": str(p.auth.psk_file),
-                "allow_weak_psk": p.auth.allow_weak_psk,
-                "local_id": str(p.auth.local_id),
-                "remote_id": str(p.auth.remote_id),
-            },
+            "auth": _auth(p.auth),
         }
     )
+    return tree
+
+
+def _auth(a: AuthConfig) -> dict[str, Any]:
+    """The keys that apply to this peer's way of authenticating (no secret, only files)."""
+    tree: dict[str, Any] = {"local_auth": a.local_auth, "remote_auth": a.remote_auth}
+    if a.psk_file is not None:
+        tree.update(psk_file=str(a.psk_file), allow_weak_psk=a.allow_weak_psk)
+    if a.credential is not None:
+        tree.update(
+            certificate=str(a.credential.certificate_file),
+            private_key=str(a.credential.private_key_file),
+            rsa_pss=a.rsa_pss,
+        )
+    if a.trust is not None:
+        tree.update(
+            cacerts=[str(c) for c in a.trust.cacerts], crls=[str(c) for c in a.trust.crl_files]
+        )
+    tree.update(local_id=str(a.local_id), remote_id=str(a.remote_id))
+    if a.ppk is not None:
+        tree.update(
+            ppk_id=a.ppk.ppk_id.decode(), ppk_file=str(a.ppk.ppk_file), ppk_required=a.ppk.required
+        )
     return tree
 
 

@@ -13,8 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography import x509
+
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.crypto.registry import EncrAlgorithm, IntegAlgorithm
+from ipsecd.pki.certs import SigningKey, name_text
+from ipsecd.pki.errors import PkiError
+from ipsecd.pki.identity import IkeIdentity, parse_dn
+from ipsecd.pki.trust import TrustStore
 from ipsecd.selectors import TrafficSelector
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -26,6 +32,7 @@ ID_TYPE_NUMBERS: dict[str, int] = {
     "FQDN": 2,
     "RFC822_ADDR": 3,
     "IPV6_ADDR": 5,
+    "DER_ASN1_DN": 9,
     "KEY_ID": 11,
 }
 
@@ -35,22 +42,33 @@ class Identity:
     """An IKE identity (RFC 7296 §3.5), written the way strongSwan writes them.
 
     ``type`` is the RFC name without ``ID_`` (``IPV4_ADDR``, ``FQDN``, ...);
-    ``value`` is the text for addresses, FQDNs and e-mail addresses, raw bytes
-    for KEY_ID.  ``str()`` gives back text that ``Identity.parse`` accepts.
+    ``value`` is the text for addresses, FQDNs, e-mail addresses and
+    distinguished names (``C=CH, O=Org, CN=gw``, most significant RDN first, as
+    strongSwan writes them), raw bytes for KEY_ID.  ``str()`` gives back text
+    that ``Identity.parse`` accepts.
     """
 
     type: str
     value: str | bytes
+    # A DN exactly as our certificate encodes it (sent as is, so that a peer comparing
+    # DER bytes agrees); None: encoded from ``value``.
+    der: bytes | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def parse(cls, text: str) -> Identity:
-        """strongSwan rules: IP literal, ``@#hex`` (KEY_ID), ``@fqdn``, ``user@host``, else FQDN.
+        """strongSwan rules: IP literal, ``@#hex`` (KEY_ID), ``@fqdn``, a distinguished name
+        (``C=CH, O=Org, CN=gw``: has ``=``), ``user@host``, else FQDN.
 
         Raises ValueError with an operator-readable message.
         """
         text = text.strip()
         if not text:
             raise ValueError("identity is empty")
+        if "=" in text and not text.startswith("@"):
+            try:
+                return cls("DER_ASN1_DN", name_text(parse_dn(text)))
+            except PkiError as exc:
+                raise ValueError(str(exc)) from None
         if any(c.isspace() for c in text):
             raise ValueError(f"identity {text!r} contains whitespace")
         if text.startswith("@#"):
@@ -95,7 +113,14 @@ class Identity:
             return self.value
         if self.type in ("IPV4_ADDR", "IPV6_ADDR"):
             return ipaddress.ip_address(self.value).packed
+        if self.type == "DER_ASN1_DN":
+            return self.der or parse_dn(self.value).public_bytes()
         return self.value.encode("utf-8")
+
+    @property
+    def ike_identity(self) -> IkeIdentity:
+        """The same identity for :mod:`ipsecd.pki` (certificate and DN matching)."""
+        return IkeIdentity(self.id_type, self.data)
 
     def __str__(self) -> str:
         if isinstance(self.value, bytes):
@@ -142,14 +167,68 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True)
-class AuthConfig:
-    """IKE authentication with a pre-shared key (RFC 7296 §2.15)."""
+class Credential:
+    """Our certificate, the intermediate CA certificates sent after it, and its key.
 
-    psk: bytes = field(repr=False)
-    psk_file: Path
+    RFC 7296 §3.6 (CERT), RFC 7427 (signatures).  The key is compared through the
+    certificate it belongs to (the loader checks that their public keys agree).
+    """
+
+    certificate: x509.Certificate = field(repr=False)
+    chain: tuple[x509.Certificate, ...] = field(repr=False)
+    private_key: SigningKey = field(repr=False, compare=False)
+    certificate_file: Path
+    private_key_file: Path
+
+    def __repr__(self) -> str:
+        return f"Credential({name_text(self.certificate.subject)!r}, {self.certificate_file})"
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    """Trust anchors and CRLs to validate the peer's certificate with (RFC 5280 subset)."""
+
+    anchors: tuple[x509.Certificate, ...] = field(repr=False)
+    crls: tuple[x509.CertificateRevocationList, ...] = field(repr=False, compare=False)
+    cacerts: tuple[Path, ...]
+    crl_files: tuple[Path, ...] = ()
+    crl_fingerprints: tuple[bytes, ...] = ()  # the CRLs compared by content (reload)
+
+    def store(self) -> TrustStore:
+        return TrustStore(list(self.anchors), list(self.crls))
+
+
+@dataclass(frozen=True)
+class PpkConfig:
+    """A post-quantum preshared key (RFC 8784) and whether the peer must use it."""
+
+    ppk_id: bytes
+    ppk: bytes = field(repr=False)
+    ppk_file: Path
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """IKE authentication (RFC 7296 §2.15): each side by PSK or by signature (RFC 7427).
+
+    ``local_auth`` is how we authenticate, ``remote_auth`` how the peer must
+    (``psk`` or ``pubkey``; mixed is allowed).  ``psk`` is set iff one of them is
+    ``psk``, ``credential`` iff ``local_auth`` is ``pubkey``, ``trust`` iff
+    ``remote_auth`` is ``pubkey``.
+    """
+
     local_id: Identity
     remote_id: Identity
+    psk: bytes = field(default=b"", repr=False)
+    psk_file: Path | None = None
     allow_weak_psk: bool = False  # a PSK under 16 bytes is accepted (labs only)
+    local_auth: str = "psk"  # psk | pubkey
+    remote_auth: str = "psk"
+    credential: Credential | None = None
+    trust: TrustConfig | None = None
+    rsa_pss: bool = False  # sign with RSASSA-PSS (RFC 7427) rather than PKCS#1 v1.5
+    ppk: PpkConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,19 @@ addresses, auth vs. manual, unique names, SPIs and remote endpoints.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from ipsecd.config.credentials import (
+    load_trust_store,
+    read_certificate_file,
+    read_ppk_file,
+    read_private_key_file,
+)
 from ipsecd.config.errors import ConfigError, ConfigErrors, ErrorCollector
 from ipsecd.config.fields import (
     REQUIRED,
@@ -44,17 +54,22 @@ from ipsecd.config.schema import (
     AuthConfig,
     ChildLifetime,
     Config,
+    Credential,
     GatewayConfig,
     Identity,
     IkeLifetime,
     LogConfig,
     ManualSaConfig,
     PeerConfig,
+    PpkConfig,
+    TrustConfig,
 )
 from ipsecd.config.secretfiles import decode_psk, read_key_file, read_secret_file, wipe
 from ipsecd.config.users import secret_owners, service_account
 from ipsecd.config.yamltree import key_lines
 from ipsecd.crypto.proposals import Proposal, parse_proposal
+from ipsecd.pki.certs import describe, key_description, name_text
+from ipsecd.pki.identity import identities_of, match_identity
 from ipsecd.selectors import TrafficSelector
 
 DEFAULT_IKE_PROPOSALS = ("aes256gcm16-prfsha256-x25519", "aes128-sha256-ecp256")
@@ -168,10 +183,20 @@ ESP = Section(
 )
 
 AUTH = Section(
-    Field("psk_file", file_path(), REQUIRED),
+    Field("local_auth", optional(choice("psk", "pubkey")), None),
+    Field("remote_auth", optional(choice("psk", "pubkey")), None),
+    Field("psk_file", optional(file_path()), None),
     Field("allow_weak_psk", boolean(), False),
+    Field("certificate", optional(file_path()), None),
+    Field("private_key", optional(file_path()), None),
+    Field("cacerts", list_of(file_path(), unique=True), ()),
+    Field("crls", list_of(file_path(), unique=True), ()),
+    Field("rsa_pss", boolean(), False),
     Field("local_id", identity(), None),
     Field("remote_id", identity(), None),
+    Field("ppk_id", optional(text(r"[\x21-\x7e]{1,64}", "a PPK id (1-64 printable ASCII)")), None),
+    Field("ppk_file", optional(file_path()), None),
+    Field("ppk_required", boolean(), False),
 )
 
 MANUAL = Section(
@@ -290,20 +315,144 @@ def _build_manual(v: Values, owners: frozenset[int]) -> ManualSaConfig:
     )
 
 
-def _build_auth(v: Values, local: Any, remote: Any, owners: frozenset[int]) -> AuthConfig:
+def _auth_methods(v: Values) -> tuple[str, str]:
+    """``local_auth`` and ``remote_auth`` as given, or by default: ``pubkey`` when a
+    certificate is configured, else ``psk``; the peer like ourselves."""
+    local = v["local_auth"] or ("pubkey" if v["certificate"] is not None else "psk")
+    return local, v["remote_auth"] or local
+
+
+def _check_auth_keys(v: Values, local_auth: str, remote_auth: str) -> None:
+    """Each credential key must serve one of the two directions, and each direction
+    must have its credentials: one plain-words error per mismatch, at its line."""
+    uses = f"local_auth is {local_auth} and remote_auth is {remote_auth}"
+    errors = ErrorCollector()
+
+    def unused(key: str, needs: str) -> None:
+        if v.given(key):
+            errors.add(v.at(key).error(f"{key} is not used: {uses}; {needs}, or remove it"))
+
+    def needed(why: str, *keys: str) -> None:
+        missing = [key for key in keys if v[key] in (None, ())]
+        if missing:
+            errors.add(v.here.error(f"{why} needs {' and '.join(missing)}"))
+
+    if "psk" in (local_auth, remote_auth):
+        needed(f"{uses}: the pre-shared key (RFC 7296 §2.15)", "psk_file")
+    else:
+        unused("psk_file", "set local_auth or remote_auth to psk")
+    if local_auth == "pubkey":
+        needed("local_auth pubkey (we sign with a certificate)", "certificate", "private_key")
+    else:
+        for key in ("certificate", "private_key", "rsa_pss"):
+            unused(key, "set local_auth to pubkey to sign with a certificate")
+    if remote_auth == "pubkey":
+        needed("remote_auth pubkey (the peer's certificate is checked against them)", "cacerts")
+    else:
+        for key in ("cacerts", "crls"):
+            unused(key, "set remote_auth to pubkey to check the peer's certificate")
+    if v["ppk_id"] is None and v["ppk_file"] is not None:
+        errors.add(v.at("ppk_file").error("ppk_file needs ppk_id, the name both peers use"))
+    if v["ppk_id"] is not None and v["ppk_file"] is None:
+        errors.add(v.at("ppk_id").error("ppk_id needs ppk_file, the key itself (RFC 8784)"))
+    if v["ppk_required"] and v["ppk_id"] is None:
+        errors.add(v.at("ppk_required").error("ppk_required needs ppk_id and ppk_file"))
+    errors.raise_if_any()
+
+
+def _read_psk(v: Values, owners: frozenset[int]) -> bytes:
     psk_file = v["psk_file"]
     at = v.at("psk_file")
     raw = read_secret_file(psk_file, "psk", at, owners)
     try:
-        psk = decode_psk(raw, psk_file, at, allow_weak=v["allow_weak_psk"])
+        return decode_psk(raw, psk_file, at, allow_weak=v["allow_weak_psk"])
     finally:
         wipe(raw)
+
+
+def _read_credential(v: Values, owners: frozenset[int]) -> Credential:
+    key = read_private_key_file(v["private_key"], v.at("private_key"), owners)
+    if v["rsa_pss"] and not isinstance(key, rsa.RSAPrivateKey):
+        raise v.at("rsa_pss").error(
+            f"rsa_pss applies to RSA keys; the private_key {v['private_key']} is"
+            f" {key_description(key)}"
+        )
+    cert, chain = read_certificate_file(v["certificate"], v.at("certificate"), key)
+    return Credential(cert, tuple(chain), key, v["certificate"], v["private_key"])
+
+
+def _read_trust(v: Values) -> TrustConfig:
+    store = load_trust_store(v["cacerts"], v["crls"], v.at("cacerts"))
+    return TrustConfig(
+        anchors=tuple(store.anchors),
+        crls=tuple(store.crls),
+        cacerts=v["cacerts"],
+        crl_files=v["crls"],
+        crl_fingerprints=tuple(c.fingerprint(hashes.SHA256()) for c in store.crls),
+    )
+
+
+def _local_identity(v: Values, local: Any, credential: Credential | None) -> Identity:
+    """``local_id``, or the default: our address, or with a certificate that does not
+    contain it, the certificate's subject DN (strongSwan's default).  A certificate must
+    back the identity we send (RFC 4945 §3.1): refused here, not at the peer."""
+    given: Identity | None = v["local_id"]
+    if credential is None:
+        return given or Identity.from_address(local)
+    cert = credential.certificate
+    if given is None:
+        address = Identity.from_address(local)
+        if match_identity(cert, address.ike_identity):
+            return address
+        given = Identity("DER_ASN1_DN", name_text(cert.subject))
+    if not match_identity(cert, given.ike_identity):
+        have = ", ".join(f"'{i}'" for i in identities_of(cert)) or "none"
+        raise v.at("local_id" if v.given("local_id") else "certificate").error(
+            f"local_id '{given}' is not in our {describe(cert)} (it contains: {have});"
+            " set local_id to one of them: the peer refuses an identity the certificate"
+            " does not back (RFC 4945 §3.1)"
+        )
+    if given.type == "DER_ASN1_DN" and given.ike_identity.dn() == cert.subject:
+        return replace(given, der=cert.subject.public_bytes())  # the certificate's encoding
+    return given
+
+
+def _read_ppk(v: Values, owners: frozenset[int]) -> PpkConfig | None:
+    if v["ppk_id"] is None:
+        return None
+    ppk = read_ppk_file(v["ppk_file"], v.at("ppk_file"), owners)
+    return PpkConfig(v["ppk_id"].encode(), ppk, v["ppk_file"], v["ppk_required"])
+
+
+def _build_auth(v: Values, local: Any, remote: Any, owners: frozenset[int]) -> AuthConfig:
+    local_auth, remote_auth = _auth_methods(v)
+    _check_auth_keys(v, local_auth, remote_auth)
+    errors = ErrorCollector()
+    psk, credential, trust, ppk = b"", None, None, None
+    with errors.collecting():
+        if "psk" in (local_auth, remote_auth):
+            psk = _read_psk(v, owners)
+    with errors.collecting():
+        if local_auth == "pubkey":
+            credential = _read_credential(v, owners)
+    with errors.collecting():
+        if remote_auth == "pubkey":
+            trust = _read_trust(v)
+    with errors.collecting():
+        ppk = _read_ppk(v, owners)
+    errors.raise_if_any()
     return AuthConfig(
         psk=psk,
-        psk_file=psk_file,
-        local_id=v["local_id"] or Identity.from_address(local),
+        psk_file=v["psk_file"] if psk else None,
+        local_id=_local_identity(v, local, credential),
         remote_id=v["remote_id"] or Identity.from_address(remote),
         allow_weak_psk=v["allow_weak_psk"],
+        local_auth=local_auth,
+        remote_auth=remote_auth,
+        credential=credential,
+        trust=trust,
+        rsa_pss=v["rsa_pss"],
+        ppk=ppk,
     )
 
 
@@ -345,8 +494,8 @@ def _build_peer(v: Values, gateway: GatewayConfig, owners: frozenset[int]) -> Pe
         manual = _build_manual(v["manual"], owners)
     elif v["auth"] is None:
         raise v.here.error(
-            f"peer {name!r} needs an auth: section (IKE with a PSK) or a manual: section"
-            " (static SAs)"
+            f"peer {name!r} needs an auth: section (IKE with a PSK or certificates) or a"
+            " manual: section (static SAs)"
         )
     else:
         auth = _build_auth(v["auth"], local, remote, owners)

@@ -27,15 +27,23 @@ key exchange method, classic or KEM, for the RFC 9370 exchanges.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Protocol
+from functools import cache
+from typing import TYPE_CHECKING, Any, Protocol
 
-from cryptography.hazmat.primitives.asymmetric import mlkem
+import cryptography
 
 from ipsecd.crypto.keyexchange import KeyExchange, KeyExchangeError
 from ipsecd.crypto.registry import KeAlgorithm, KeId
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import mlkem
+
+    _PrivateKey = mlkem.MLKEM768PrivateKey | mlkem.MLKEM1024PrivateKey
+
 __all__ = [
+    "unavailable_reason",
     "MlKemSizes",
     "ML_KEM_SIZES",
     "MlKemInitiator",
@@ -60,15 +68,37 @@ ML_KEM_SIZES: dict[int, MlKemSizes] = {
     KeId.ML_KEM_1024: MlKemSizes(1568, 1568),
 }
 
-_PrivateKey = mlkem.MLKEM768PrivateKey | mlkem.MLKEM1024PrivateKey
-_PRIVATE: dict[int, type[mlkem.MLKEM768PrivateKey] | type[mlkem.MLKEM1024PrivateKey]] = {
-    KeId.ML_KEM_768: mlkem.MLKEM768PrivateKey,
-    KeId.ML_KEM_1024: mlkem.MLKEM1024PrivateKey,
-}
-_PUBLIC: dict[int, type[mlkem.MLKEM768PublicKey] | type[mlkem.MLKEM1024PublicKey]] = {
-    KeId.ML_KEM_768: mlkem.MLKEM768PublicKey,
-    KeId.ML_KEM_1024: mlkem.MLKEM1024PublicKey,
-}
+_MODULE = "cryptography.hazmat.primitives.asymmetric.mlkem"
+
+
+@cache
+def _backend() -> Any:
+    """cryptography's ML-KEM module, imported when first needed: an older cryptography
+    (the declared minimum has none) still runs every configuration without ML-KEM."""
+    try:
+        return importlib.import_module(_MODULE)
+    except ImportError:
+        return None
+
+
+def unavailable_reason() -> str | None:
+    """Why ML-KEM cannot be used with this installation, or None when it can."""
+    if _backend() is not None:
+        return None
+    return (
+        f"ML-KEM needs a cryptography package with ML-KEM support; the installed"
+        f" cryptography {cryptography.__version__} has none (pip install -U cryptography)"
+    )
+
+
+def _classes(alg: KeAlgorithm) -> tuple[Any, Any]:
+    """(private key class, public key class) of ``alg``."""
+    backend = _backend()
+    if backend is None:
+        raise KeyExchangeError(f"{alg.name}: {unavailable_reason()}")
+    if alg.transform_id == KeId.ML_KEM_768:
+        return backend.MLKEM768PrivateKey, backend.MLKEM768PublicKey
+    return backend.MLKEM1024PrivateKey, backend.MLKEM1024PublicKey
 
 
 def _sizes(alg: KeAlgorithm) -> MlKemSizes:
@@ -94,7 +124,7 @@ class MlKemInitiator:
     def __init__(self, alg: KeAlgorithm, seed: bytes | None = None) -> None:
         """A fresh key pair; ``seed`` (64 bytes d|z, FIPS 203 §6.1) for known-answer tests."""
         _sizes(alg)
-        cls = _PRIVATE[alg.transform_id]
+        cls, _ = _classes(alg)
         self.alg = alg
         self._private: _PrivateKey = cls.generate() if seed is None else cls.from_seed_bytes(seed)
         self.public_bytes: bytes = self._private.public_key().public_bytes_raw()
@@ -131,7 +161,7 @@ class MlKemResponder:
         sizes = _sizes(alg)
         ek = _check_len(alg, peer_encapsulation_key, sizes.encapsulation_key, "encapsulation key")
         try:
-            public = _PUBLIC[alg.transform_id].from_public_bytes(ek)
+            public = _classes(alg)[1].from_public_bytes(ek)
             shared, ct = public.encapsulate()
         except ValueError:  # FIPS 203 §7.2 modulus check
             raise KeyExchangeError(

@@ -8,8 +8,8 @@ names the bad token and lists what is accepted.
 
 RFC 9370 additional key exchanges are written as strongSwan 6 does:
 ``aes256gcm16-prfsha384-x25519-ke1_mlkem768`` (``keN_ALG``, N = 1..7, ALG an
-ML-KEM, a KE group or ``none``); they are accepted only with
-``allow_additional_ke=True`` until IKE_INTERMEDIATE is wired into the exchanges.
+ML-KEM, a KE group or ``none``).  IKE runs them in IKE_INTERMEDIATE exchanges,
+CHILD_SA rekeys in IKE_FOLLOWUP_KE exchanges (:mod:`ipsecd.ike.exchanges`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ipsecd.crypto import mlkem
 from ipsecd.crypto.registry import (
     ADDITIONAL_KE_NONE,
     ALIASES,
@@ -87,6 +88,8 @@ def _additional_ke(raw: str, text: str) -> tuple[int, KeAlgorithm]:
     if name == "none":
         return n, ADDITIONAL_KE_NONE
     alg = ML_KEM.get(name) or KEY_EXCHANGE.get(name)
+    if alg is not None and alg.kind == "mlkem" and (why := mlkem.unavailable_reason()):
+        raise ProposalError(f"{raw!r} in proposal {text!r}: {why}")
     if alg is None:
         raise ProposalError(
             f"unknown additional key exchange {raw!r} in proposal {text!r}"
@@ -95,13 +98,8 @@ def _additional_ke(raw: str, text: str) -> tuple[int, KeAlgorithm]:
     return n, alg
 
 
-def parse_proposal(text: str, protocol: str, *, allow_additional_ke: bool = False) -> Proposal:
-    """Parse one strongSwan-style proposal for ``protocol`` ("ike" or "esp").
-
-    ``keN_ALG`` tokens (RFC 9370) need ``allow_additional_ke=True``; without it
-    they are refused, so that no configuration silently loses its post-quantum
-    key exchange while the exchanges cannot negotiate it.
-    """
+def parse_proposal(text: str, protocol: str) -> Proposal:
+    """Parse one strongSwan-style proposal for ``protocol`` ("ike" or "esp")."""
     if protocol not in ("ike", "esp"):
         raise ValueError(f"protocol must be 'ike' or 'esp', not {protocol!r}")
     if not isinstance(text, str) or not text.strip():
@@ -116,11 +114,6 @@ def parse_proposal(text: str, protocol: str, *, allow_additional_ke: bool = Fals
         token = ALIASES.get(raw, raw)
         if _ADDITIONAL_KE_TOKEN.fullmatch(raw):
             n, alg = _additional_ke(raw, text)
-            if not allow_additional_ke:
-                raise ProposalError(
-                    f"{raw!r} in proposal {text!r}: additional key exchanges (RFC 9370,"
-                    " IKE_INTERMEDIATE) are not supported by the IKE exchanges yet"
-                )
             additional.setdefault(n, []).append(alg)
         elif token in ML_KEM or token in ML_KEM_UNAVAILABLE:
             raise ProposalError(

@@ -471,7 +471,10 @@ class DaemonCore:
                 if self.outcomes.waiting(peer):
                     gone = not self._ike_entry(peer).get("ike_sas")
                     self.outcomes.ike_deleted(peer, reason, gone, now)
-            case ev.IkeSaEstablished(peer=peer, local=local, remote=remote):
+            case ev.IkeSaEstablished(
+                peer=peer, local=local, remote=remote, algorithm=algorithm, auth=auth
+            ):
+                # The proposal names the RFC 9370 additional key exchanges (ke1_mlkem768).
                 log.info(
                     "IKE SA established",
                     peer=peer,
@@ -479,6 +482,8 @@ class DaemonCore:
                     remote=format_address(remote),
                     spi_local=f"{event.local_spi:016x}",
                     spi_remote=f"{event.remote_spi:016x}",
+                    algorithm=algorithm,
+                    auth=auth,
                 )
                 if self.outcomes.waiting(peer):
                     self.outcomes.ike_established(peer, self._new_ike_summary(event), now)

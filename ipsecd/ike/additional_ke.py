@@ -10,10 +10,14 @@ RFC 9370 §2.2.2, after the n-th additional key exchange in IKE_INTERMEDIATE
 This is RFC 7296 §2.18's rekey formula with SK(n) in the place of g^ir, so it
 reuses :func:`ipsecd.ike.keys.rekey_skeyseed` and ``derive_from_skeyseed``.
 RFC 9370 §2.2.4, CREATE_CHILD_SA with IKE_FOLLOWUP_KE (SK(0) the KE payload's
-secret of the CREATE_CHILD_SA exchange, Ni/Nr its nonces)::
+secret of the CREATE_CHILD_SA exchange, Ni/Nr its nonces; RFC 7296's formulas with
+the additional secrets after the nonces, so that n = 0 is RFC 7296 unchanged)::
 
-    SKEYSEED (IKE SA rekey) = prf(SK_d (old), SK(0) | SK(1) | ... | SK(n) | Ni | Nr)
-    KEYMAT (CHILD SA)       = prf+(SK_d, SK(0) | SK(1) | ... | SK(n) | Ni | Nr)
+    SKEYSEED (IKE SA rekey) = prf(SK_d (old), SK(0) | Ni | Nr | SK(1) | ... | SK(n))
+    KEYMAT (CHILD SA)       = prf+(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n))
+
+(Checked against strongSwan 6.1 in tests/netns/test_certs_pq.py: rekeys of the IKE SA
+and of CHILD_SAs with ML-KEM follow-ups carry traffic both ways.)
 
 RFC 9242 §3.3.2, authenticating the IKE_INTERMEDIATE messages in IKE_AUTH::
 
@@ -55,10 +59,10 @@ from enum import IntEnum
 from ipsecd.crypto.prf import Prf
 from ipsecd.ike.keys import (
     IkeKeys,
-    child_keymat,
     derive_from_skeyseed,
     rekey_skeyseed,
 )
+from ipsecd.ike.proposal_codec import ChosenProposal
 
 __all__ = [
     "IKE_HEADER_LEN",
@@ -129,46 +133,47 @@ def derive_after_additional_ke(
 # --- RFC 9370 §2.2.4: CREATE_CHILD_SA + IKE_FOLLOWUP_KE ----------------------------
 
 
-def _joined(shared: Sequence[bytes]) -> bytes:
+def _seed_input(shared: Sequence[bytes], nonce_i: bytes, nonce_r: bytes) -> bytes:
+    """SK(0) | Ni | Nr | SK(1) | ... | SK(n)."""
     if not shared:
         raise ValueError("at least SK(0), the CREATE_CHILD_SA key exchange, is needed")
-    return b"".join(_need(s, f"SK({i})") for i, s in enumerate(shared))
+    secrets = [_need(s, f"SK({i})") for i, s in enumerate(shared)]
+    return secrets[0] + nonce_i + nonce_r + b"".join(secrets[1:])
 
 
 def rekey_skeyseed_with_additional(
     old: IkeKeys, shared: Sequence[bytes], nonce_i: bytes, nonce_r: bytes
 ) -> bytes:
-    """SKEYSEED = prf(SK_d (old), SK(0) | SK(1) | ... | SK(n) | Ni | Nr) (RFC 9370 §2.2.4)."""
-    return rekey_skeyseed(old.prf, old.sk_d, _joined(shared), nonce_i, nonce_r)
+    """SKEYSEED = prf(SK_d (old), SK(0) | Ni | Nr | SK(1) | ... | SK(n)) (RFC 9370 §2.2.4)."""
+    return Prf(old.prf).prf(old.sk_d, _seed_input(shared, nonce_i, nonce_r))
 
 
 def derive_rekeyed_ike_keys_with_additional(
     old: IkeKeys,
-    new: IkeKeys | None,
+    chosen: ChosenProposal,
     shared: Sequence[bytes],
     nonce_i: bytes,
     nonce_r: bytes,
     spi_i: int | bytes,
     spi_r: int | bytes,
 ) -> IkeKeys:
-    """Keys of the IKE SA that replaces ``old`` after the rekey and its follow-up exchanges.
-
-    The new SA's algorithms are those of ``new`` (any IkeKeys with the chosen
-    prf/encr/integ) or, if None, the old SA's; ``nonce_i``/``spi_i`` belong to
-    the rekey exchange's initiator.
-    """
-    algs = new or old
+    """Keys of the IKE SA that replaces ``old`` after the rekey and its follow-up exchanges
+    (RFC 9370 §2.2.4), with the algorithms of ``chosen``; ``nonce_i``/``spi_i`` belong to
+    the rekey exchange's initiator.  With SK(0) alone this is RFC 7296 §2.18."""
+    if chosen.prf is None:
+        raise ValueError("IKE proposal without a PRF")
     seed = rekey_skeyseed_with_additional(old, shared, nonce_i, nonce_r)
+    integ = chosen.integrity if not chosen.encryption.aead else None
     return derive_from_skeyseed(
-        algs.prf, algs.encr, algs.integ, seed, nonce_i, nonce_r, spi_i, spi_r
+        chosen.prf, chosen.encryption, integ, seed, nonce_i, nonce_r, spi_i, spi_r
     )
 
 
 def child_keymat_with_additional(
     keys: IkeKeys, shared: Sequence[bytes], nonce_i: bytes, nonce_r: bytes, length: int
 ) -> bytes:
-    """KEYMAT = prf+(SK_d, SK(0) | SK(1) | ... | SK(n) | Ni | Nr) (RFC 9370 §2.2.4)."""
-    return child_keymat(keys, _joined(shared), nonce_i, nonce_r, length)
+    """KEYMAT = prf+(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n)) (RFC 9370 §2.2.4)."""
+    return Prf(keys.prf).prf_plus(keys.sk_d, _seed_input(shared, nonce_i, nonce_r), length)
 
 
 # --- RFC 9242 §3.3.2: IntAuth --------------------------------------------------------

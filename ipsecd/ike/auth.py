@@ -2,24 +2,25 @@
 
 ::
 
-    InitiatorSignedOctets = RealMessage1 | NonceRData | MACedIDForI
+    InitiatorSignedOctets = RealMessage1 | NonceRData | MACedIDForI [| IntAuth]
     MACedIDForI = prf(SK_pi, RestOfInitIDPayload)
-    ResponderSignedOctets = RealMessage2 | NonceIData | MACedIDForR
+    ResponderSignedOctets = RealMessage2 | NonceIData | MACedIDForR [| IntAuth]
     MACedIDForR = prf(SK_pr, RestOfRespIDPayload)
     AUTH = prf( prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>)
 
 RealMessage1/2 are the IKE_SA_INIT request/response exactly as sent (the
 bytes on the wire, header included); NonceRData/NonceIData are the body of
 the other side's Nonce payload; RestOf...IDPayload is the ID payload body
-(ID type, 3 reserved bytes, data).  Received AUTH values are compared in
-constant time.
+(ID type, 3 reserved bytes, data).  IntAuth (RFC 9242 §3.3.2) is appended when
+IKE_INTERMEDIATE exchanges took place (``int_auth``, empty otherwise).  Received
+AUTH values are compared in constant time.
 
 API::
 
-    signed_octets(keys, of_initiator, message, peer_nonce, id_type, id_data) -> bytes
-    psk_auth(keys, psk, of_initiator, message, peer_nonce, id_type, id_data) -> bytes
+    signed_octets(keys, of_initiator, message, peer_nonce, id_type, id_data, int_auth=b"")
+    psk_auth(keys, psk, of_initiator, message, peer_nonce, id_type, id_data, int_auth=b"")
     verify_psk_auth(keys, psk, of_initiator, message, peer_nonce, id_type, id_data,
-                    received) -> bool
+                    received, int_auth=b"") -> bool
 """
 
 from __future__ import annotations
@@ -46,14 +47,17 @@ def signed_octets(
     peer_nonce: bytes,
     id_type: int,
     id_data: bytes,
+    int_auth: bytes = b"",
 ) -> bytes:
-    """<InitiatorSignedOctets> or <ResponderSignedOctets> (RFC 7296 §2.15).
+    """<InitiatorSignedOctets> or <ResponderSignedOctets> (RFC 7296 §2.15, RFC 9242 §3.3.2).
 
     ``message`` is that side's IKE_SA_INIT message; ``peer_nonce`` the OTHER
-    side's nonce (Nr for the initiator's AUTH, Ni for the responder's).
+    side's nonce (Nr for the initiator's AUTH, Ni for the responder's);
+    ``int_auth`` IntAuth_i | IntAuth_r | IKE_AUTH_MID, or empty.
     """
     sk_p = keys.sk_pi if of_initiator else keys.sk_pr
-    return message + peer_nonce + Prf(keys.prf).prf(sk_p, _id_octets(id_type, id_data))
+    macced_id = Prf(keys.prf).prf(sk_p, _id_octets(id_type, id_data))
+    return message + peer_nonce + macced_id + int_auth
 
 
 def psk_auth(
@@ -64,12 +68,13 @@ def psk_auth(
     peer_nonce: bytes,
     id_type: int,
     id_data: bytes,
+    int_auth: bytes = b"",
 ) -> bytes:
     """AUTH = prf(prf(PSK, "Key Pad for IKEv2"), <SignedOctets>) (RFC 7296 §2.15)."""
     if isinstance(psk, str):
         psk = psk.encode()
     prf = Prf(keys.prf)
-    octets = signed_octets(keys, of_initiator, message, peer_nonce, id_type, id_data)
+    octets = signed_octets(keys, of_initiator, message, peer_nonce, id_type, id_data, int_auth)
     return prf.prf(prf.prf(psk, KEY_PAD), octets)
 
 
@@ -82,7 +87,8 @@ def verify_psk_auth(
     id_type: int,
     id_data: bytes,
     received: bytes,
+    int_auth: bytes = b"",
 ) -> bool:
     """Constant-time check of a received AUTH payload body against the expected value."""
-    expected = psk_auth(keys, psk, of_initiator, message, peer_nonce, id_type, id_data)
+    expected = psk_auth(keys, psk, of_initiator, message, peer_nonce, id_type, id_data, int_auth)
     return hmac.compare_digest(expected, bytes(received))

@@ -30,6 +30,7 @@ NO_ADDITIONAL_SAS = NotifyType.NO_ADDITIONAL_SAS
 TS_UNACCEPTABLE = NotifyType.TS_UNACCEPTABLE
 TEMPORARY_FAILURE = NotifyType.TEMPORARY_FAILURE
 CHILD_SA_NOT_FOUND = NotifyType.CHILD_SA_NOT_FOUND
+STATE_NOT_FOUND = NotifyType.STATE_NOT_FOUND
 
 
 def notify_name(notify_type: int) -> str:
@@ -147,6 +148,12 @@ class TemporaryFailure(ProtocolError):
     """RFC 7296 §2.25 TEMPORARY_FAILURE: try again later (e.g. collision)."""
 
     notify_type = TEMPORARY_FAILURE
+
+
+class StateNotFound(ProtocolError):
+    """RFC 9370 §2.2.4 STATE_NOT_FOUND: an IKE_FOLLOWUP_KE for no pending exchange."""
+
+    notify_type = STATE_NOT_FOUND
 
 
 class InvalidSpi(ProtocolError):

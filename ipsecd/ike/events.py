@@ -77,6 +77,8 @@ class IkeSaEstablished(Event):
     remote: Address
     nat_local: bool  # we are behind a NAT (RFC 7296 §2.23)
     nat_remote: bool  # the peer is behind a NAT
+    algorithm: str = ""  # the IKE proposal, additional key exchanges included (RFC 9370)
+    auth: str = ""  # how each side authenticated, with the identities (and PPK, RFC 8784)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import struct
 from dataclasses import dataclass, field
 
 from ipsecd.ike import sk as _sk
+from ipsecd.ike.additional_ke import int_auth_prefix_of_fragmented
 from ipsecd.ike.constants import IKE_HEADER_LEN, IKE_MAJOR_VERSION, PayloadType
 from ipsecd.ike.errors import MalformedMessage
 from ipsecd.ike.message import Header, Message, encode_payload_chain, parse_inner_chain
@@ -167,10 +168,16 @@ class _FragmentSet:
 
 @dataclass
 class Reassembled:
-    """A complete message: its decrypted payloads and any unknown critical payload."""
+    """A complete message: its decrypted payloads and any unknown critical payload.
+
+    ``inner`` is the decrypted payload chain and ``sk_prefix`` the IKE header and SK
+    payload header the message would have had unfragmented (RFC 9242 §3.3.2 IntAuth).
+    """
 
     payloads: list[Payload]
     unsupported_critical: int | None
+    inner: bytes = b""
+    sk_prefix: bytes = b""
 
 
 class Reassembler:
@@ -280,4 +287,5 @@ class Reassembler:
             self._count("fragment_reassembled_malformed")
             return None
         self._count("fragmented_messages_received")
-        return Reassembled(list(payloads), critical)
+        prefix = int_auth_prefix_of_fragmented(data[:IKE_HEADER_LEN], partial.next_inner)
+        return Reassembled(list(payloads), critical, inner, prefix)

@@ -11,7 +11,13 @@ IKE SA (RFC 7296 §1.2, §1.4.1, §2.6, §2.18)::
     CREATED      INIT_SENT        INIT_SENT    initiator: IKE_SA_INIT request out (§1.2)
     INIT_SENT    INIT_RETRY       INIT_SENT    COOKIE (§2.6) or INVALID_KE_PAYLOAD (§1.3)
     INIT_SENT    AUTH_SENT        AUTH_SENT    IKE_SA_INIT answered, IKE_AUTH request out
+    INIT_SENT    INTERMEDIATE_SENT  INTERMEDIATE_SENT  IKE_SA_INIT answered, the first
+                                               IKE_INTERMEDIATE request out (RFC 9242, 9370)
+    INTERMEDIATE_SENT  INTERMEDIATE_SENT  INTERMEDIATE_SENT  the next additional key exchange
+    INTERMEDIATE_SENT  AUTH_SENT  AUTH_SENT    the last IKE_INTERMEDIATE answered
     CREATED      INIT_ANSWERED    HALF_OPEN    responder: IKE_SA_INIT answered
+    HALF_OPEN    INTERMEDIATE_ANSWERED  HALF_OPEN  responder: an IKE_INTERMEDIATE answered;
+                                               the half-open deadline starts again
     AUTH_SENT    AUTH_DONE        ESTABLISHED  initiator: IKE_AUTH response verified
     HALF_OPEN    AUTH_DONE        ESTABLISHED  responder: IKE_AUTH request verified
     CREATED      REKEY_DONE       ESTABLISHED  the successor of a rekeyed IKE SA (§2.18)
@@ -63,6 +69,7 @@ class IkeState(Enum):
 
     CREATED = "created"  # initiator: nothing sent yet; responder: request being answered
     INIT_SENT = "init-sent"  # initiator: IKE_SA_INIT request outstanding
+    INTERMEDIATE_SENT = "intermediate-sent"  # initiator: an IKE_INTERMEDIATE request out
     HALF_OPEN = "half-open"  # responder: IKE_SA_INIT answered, waiting for IKE_AUTH
     AUTH_SENT = "auth-sent"  # initiator: IKE_AUTH request outstanding
     ESTABLISHED = "established"
@@ -74,6 +81,8 @@ class IkeEvent(Enum):
     INIT_SENT = "init_sent"
     INIT_RETRY = "init_retry"
     INIT_ANSWERED = "init_answered"
+    INTERMEDIATE_SENT = "intermediate_sent"
+    INTERMEDIATE_ANSWERED = "intermediate_answered"
     AUTH_SENT = "auth_sent"
     AUTH_DONE = "auth_done"
     REKEY_DONE = "rekey_done"
@@ -89,7 +98,11 @@ IKE_TRANSITIONS: dict[tuple[IkeState, IkeEvent], IkeState] = {
     (_S.CREATED, _E.INIT_SENT): _S.INIT_SENT,
     (_S.INIT_SENT, _E.INIT_RETRY): _S.INIT_SENT,
     (_S.INIT_SENT, _E.AUTH_SENT): _S.AUTH_SENT,
+    (_S.INIT_SENT, _E.INTERMEDIATE_SENT): _S.INTERMEDIATE_SENT,
+    (_S.INTERMEDIATE_SENT, _E.INTERMEDIATE_SENT): _S.INTERMEDIATE_SENT,
+    (_S.INTERMEDIATE_SENT, _E.AUTH_SENT): _S.AUTH_SENT,
     (_S.CREATED, _E.INIT_ANSWERED): _S.HALF_OPEN,
+    (_S.HALF_OPEN, _E.INTERMEDIATE_ANSWERED): _S.HALF_OPEN,
     (_S.AUTH_SENT, _E.AUTH_DONE): _S.ESTABLISHED,
     (_S.HALF_OPEN, _E.AUTH_DONE): _S.ESTABLISHED,
     (_S.CREATED, _E.REKEY_DONE): _S.ESTABLISHED,
@@ -184,7 +197,13 @@ def ike_deadline(state: IkeState, policy: RetransmitPolicy) -> float | None:
     """Seconds an IKE SA may stay in ``state``; None for the steady and final states."""
     if state is IkeState.HALF_OPEN:
         return policy.half_open_timeout
-    if state in (IkeState.CREATED, IkeState.INIT_SENT, IkeState.AUTH_SENT, IkeState.DELETING):
+    if state in (
+        IkeState.CREATED,
+        IkeState.INIT_SENT,
+        IkeState.INTERMEDIATE_SENT,
+        IkeState.AUTH_SENT,
+        IkeState.DELETING,
+    ):
         return policy.exchange_deadline
     return None  # ESTABLISHED: lifetimes and DPD; DELETED: final
 

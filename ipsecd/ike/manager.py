@@ -55,6 +55,8 @@ from ipsecd.ike.sa import (
     SaContext,
     SaSignal,
     Successor,
+    WallClock,
+    utc_now,
 )
 from ipsecd.ike.satable import SaTable
 from ipsecd.ike.scheduler import NAT_KEEPALIVE_INTERVAL, Scheduler, seq_rekey_threshold
@@ -77,6 +79,7 @@ class IkeManager:
         policy: RetransmitPolicy | None = None,
         keepalive_interval: float = NAT_KEEPALIVE_INTERVAL,
         random_bytes: RandomBytes = os.urandom,
+        wall_clock: WallClock = utc_now,
     ) -> None:
         self.config = config
         gw = config.gateway
@@ -107,6 +110,7 @@ class IkeManager:
             counters=self.counters,
             gateway_fragment_size=self.fragment_size,
             reassembly_budget=self.reassembly_budget,
+            wall_clock=wall_clock,  # certificate validity (RFC 5280 §6.1.3)
         )
         self._last_usage_check = now
         self._invalid_spi = dpd.InvalidSpiResponder()
@@ -382,7 +386,12 @@ class IkeManager:
             and s.local_spi not in self._retiring
             and (not self.half_open.holds(s) or (unauthenticated and self._from_peer_address(s)))
         ]
-        for preferred in (IkeState.ESTABLISHED, IkeState.AUTH_SENT, IkeState.INIT_SENT):
+        for preferred in (
+            IkeState.ESTABLISHED,
+            IkeState.AUTH_SENT,
+            IkeState.INTERMEDIATE_SENT,
+            IkeState.INIT_SENT,
+        ):
             for sa in found:
                 if sa.state is preferred:
                     return sa

@@ -24,7 +24,11 @@ answer UNSUPPORTED_CRITICAL_PAYLOAD; :func:`decode` raises
 instead.
 
 ``Message.raw`` keeps the exact bytes a message was parsed from: the AUTH
-computation needs the first message as sent (§2.15 RealMessage1/2).
+computation needs the first message as sent (§2.15 RealMessage1/2).  A
+decrypted message also keeps ``sk_prefix`` (the bytes from the IKE header to
+the end of the SK payload header, as if it had not been fragmented) and
+``inner`` (the decrypted payloads, no IV, padding or ICV): RFC 9242 §3.3.2
+authenticates IKE_INTERMEDIATE messages by exactly these octets.
 """
 
 from __future__ import annotations
@@ -164,6 +168,8 @@ class Message:
     unsupported_critical: int | None = None
     encrypted: bool = False
     raw: bytes = field(default=b"", repr=False, compare=False)
+    sk_prefix: bytes = field(default=b"", repr=False, compare=False)  # IntAuth A (RFC 9242)
+    inner: bytes = field(default=b"", repr=False, compare=False)  # IntAuth P (RFC 9242)
 
     def __post_init__(self) -> None:
         if not isinstance(self.payloads, tuple):
@@ -178,6 +184,8 @@ class Message:
         unsupported_critical: int | None = None,
         encrypted: bool = False,
         raw: bytes = b"",
+        sk_prefix: bytes = b"",
+        inner: bytes = b"",
     ) -> Message:
         """The message a parsed header announces, with ``payloads`` (RFC 7296 §3.1)."""
         return cls(
@@ -192,6 +200,8 @@ class Message:
             unsupported_critical=unsupported_critical,
             encrypted=encrypted,
             raw=raw,
+            sk_prefix=sk_prefix,
+            inner=inner,
         )
 
     @property
@@ -427,6 +437,8 @@ def decrypt(message: Message, keys: Keys, sender_is_initiator: bool | None = Non
         payloads=tuple(message.payloads[:-1]) + tuple(chain.payloads),
         unsupported_critical=critical,
         encrypted=True,
+        sk_prefix=prefix,
+        inner=inner,
     )
 
 

@@ -44,6 +44,7 @@ from ipsecd.ike.constants import (
     enum_or_int,
 )
 from ipsecd.ike.errors import MalformedMessage
+from ipsecd.pki.identity import IkeIdentity
 from ipsecd.selectors import TrafficSelector
 
 __all__ = [
@@ -738,4 +739,6 @@ def format_identity(id_type: int, data: bytes) -> str:
         return data.decode("utf-8", "replace")
     if id_type == IdType.ID_KEY_ID:
         return "keyid:" + data.hex()
+    if id_type == IdType.ID_DER_ASN1_DN:
+        return str(IkeIdentity(id_type, data))  # C=CH, O=Org, CN=gw (or DN:hex)
     return f"id{int(id_type)}:{data.hex()}"

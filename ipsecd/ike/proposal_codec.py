@@ -29,9 +29,16 @@ we accept one of its transforms; a transform carrying an attribute other
 than Key Length is never accepted (§3.3.6); a transform type we do not know
 is acceptable only if it offers NONE (id 0, the RFC 9370 "optional" form).
 KE: if we want no KE (no PFS), the offer must have no KE transform or offer
-NONE; ``ignore_ke=True`` drops KE transforms from the offer first (IKE_AUTH,
-where the first CHILD_SA uses the IKE SA's key exchange, §1.2).  ESN: a
-missing ESN transform means 32-bit sequence numbers.
+NONE; ``ignore_ke=True`` drops KE transforms (and the additional ones) from the
+offer first (IKE_AUTH, where the first CHILD_SA uses the IKE SA's key exchange,
+§1.2).  ESN: a missing ESN transform means 32-bit sequence numbers.
+
+Additional key exchanges (RFC 9370 §2.2.1, transform types ADDKE1..7): each
+type is selected like KE, NONE (id 0) included: a type we list must be offered
+(or we list ``none`` too, ``ke1_none``); a type the peer offers and we do not
+list is acceptable only with NONE.  ``additional=False`` (the peer did not
+announce IKE_INTERMEDIATE, RFC 9242) accepts an additional key exchange only as
+NONE.  :attr:`ChosenProposal.additional_ke` records the choice per type.
 """
 
 from __future__ import annotations
@@ -41,12 +48,15 @@ from dataclasses import dataclass
 
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.crypto.registry import (
+    ADDITIONAL_KE_NONE,
+    ADDITIONAL_KE_TYPES,
     EncrAlgorithm,
     EsnId,
     IntegAlgorithm,
     KeAlgorithm,
     PrfAlgorithm,
     TransformType,
+    additional_ke_by_id,
     encr_by_id,
     integ_by_id,
     ke_by_id,
@@ -79,6 +89,7 @@ _TYPE_LABEL: dict[int, str] = {
     TransformType.INTEG: "INTEG",
     TransformType.KE: "KE",
     TransformType.ESN: "ESN",
+    **{t: f"ADDKE{n}" for n, t in enumerate(ADDITIONAL_KE_TYPES, 1)},
 }
 _NONE_ID = 0
 
@@ -89,7 +100,8 @@ def _encr_transform(alg: EncrAlgorithm) -> Transform:
 
 
 def proposal_transforms(proposal: Proposal, include_ke: bool = True) -> tuple[Transform, ...]:
-    """Every alternative of every transform type of a config proposal (§3.3.2 order)."""
+    """Every alternative of every transform type of a config proposal (§3.3.2 order,
+    then the additional key exchanges ADDKE1..7 of RFC 9370 §2.2.1)."""
     out = [_encr_transform(a) for a in proposal.encryption]
     if proposal.protocol == "ike":
         out += [Transform(TransformType.PRF, a.transform_id) for a in proposal.prf]
@@ -100,6 +112,9 @@ def proposal_transforms(proposal: Proposal, include_ke: bool = True) -> tuple[Tr
         out += [
             Transform(TransformType.ESN, EsnId.ESN if esn else EsnId.NO_ESN) for esn in proposal.esn
         ]
+    if include_ke:
+        for ttype, algs in zip(ADDITIONAL_KE_TYPES, proposal.additional_ke, strict=False):
+            out += [Transform(ttype, a.transform_id) for a in algs]
     return tuple(out)
 
 
@@ -122,7 +137,9 @@ class ChosenProposal:
     ``number`` and ``spi`` come from the SA proposal it was selected from
     (for ESP, ``spi`` is the SPI the sender of that proposal wants to
     receive with).  ``integrity`` is None for AEADs, ``prf`` None for ESP,
-    ``ke`` None without (or with NONE) key exchange.
+    ``ke`` None without (or with NONE) key exchange.  ``additional_ke[n-1]`` is
+    the choice for ADDKEn (RFC 9370): None when the type was not offered,
+    ``ADDITIONAL_KE_NONE`` when NONE was chosen, else the key exchange method.
     """
 
     protocol: str
@@ -133,6 +150,16 @@ class ChosenProposal:
     prf: PrfAlgorithm | None
     ke: KeAlgorithm | None
     esn: bool = False
+    additional_ke: tuple[KeAlgorithm | None, ...] = ()
+
+    @property
+    def additional_exchanges(self) -> tuple[tuple[int, KeAlgorithm], ...]:
+        """The additional key exchanges to run, in order: ``(n, method)`` (RFC 9370 §2.2.2)."""
+        return tuple(
+            (n, alg)
+            for n, alg in enumerate(self.additional_ke, 1)
+            if alg is not None and alg.kind != "none"
+        )
 
     def transforms(self) -> tuple[Transform, ...]:
         out = [_encr_transform(self.encryption)]
@@ -144,6 +171,9 @@ class ChosenProposal:
             out.append(Transform(TransformType.KE, self.ke.transform_id))
         if self.protocol == "esp":
             out.append(Transform(TransformType.ESN, EsnId.ESN if self.esn else EsnId.NO_ESN))
+        for ttype, alg in zip(ADDITIONAL_KE_TYPES, self.additional_ke, strict=False):
+            if alg is not None:
+                out.append(Transform(ttype, alg.transform_id))
         return tuple(out)
 
     def to_proposal(self) -> Proposal:
@@ -154,13 +184,16 @@ class ChosenProposal:
             prf=(self.prf,) if self.prf else (),
             ke=(self.ke,) if self.ke else (),
             esn=(self.esn,),
+            additional_ke=tuple((a,) if a is not None else () for a in self.additional_ke),
         )
 
     def __str__(self) -> str:
+        """strongSwan syntax; an additional key exchange chosen as NONE is not shown."""
         names = [self.encryption.name]
         names += [a.name for a in (self.integrity, self.prf, self.ke) if a is not None]
         if self.protocol == "esp":
             names.append("esn" if self.esn else "noesn")
+        names += [f"ke{n}_{alg.name}" for n, alg in self.additional_exchanges]
         return "-".join(names)
 
 
@@ -188,14 +221,18 @@ def _pick(ours: Sequence[object], theirs: Sequence[object], prefer_ours: bool) -
 _MISSING = object()  # "no acceptable transform of this type"
 
 
+def _is_ke_type(ttype: int) -> bool:
+    return ttype == TransformType.KE or ttype in ADDITIONAL_KE_TYPES
+
+
 def _match(
-    ours: Proposal, offered: SaProposal, prefer_ours: bool, ignore_ke: bool
+    ours: Proposal, offered: SaProposal, prefer_ours: bool, ignore_ke: bool, additional: bool
 ) -> ChosenProposal | None:
     if offered.protocol_id != PROTOCOL_IDS[ours.protocol]:
         return None
     by_type: dict[int, list[Transform]] = {}
     for t in offered.transforms:
-        if ignore_ke and t.transform_type == TransformType.KE:
+        if ignore_ke and _is_ke_type(t.transform_type):
             continue
         by_type.setdefault(t.transform_type, []).append(t)
     for ttype, transforms in by_type.items():
@@ -249,6 +286,36 @@ def _match(
             return None
     if integ is _MISSING or ke is _MISSING:
         return None
+    addke: list[KeAlgorithm | None] = []
+    for n, ttype in enumerate(ADDITIONAL_KE_TYPES, 1):
+        if ignore_ke:
+            break
+        mine = ours.additional_ke[n - 1] if n <= len(ours.additional_ke) else ()
+        may_skip = any(a.kind == "none" for a in mine)
+        if not additional and mine:  # no IKE_INTERMEDIATE with this peer: NONE at most
+            if not may_skip:
+                return None  # we require ADDKEn
+            mine = (ADDITIONAL_KE_NONE,)
+        if ttype not in by_type:
+            if mine and not may_skip:
+                return None  # we require ADDKEn, the peer does not offer it
+            addke.append(None)
+            continue
+        if not mine:
+            if not has_none(ttype):
+                return None
+            addke.append(ADDITIONAL_KE_NONE)
+            continue
+        offered_algs = [
+            a for t in by_type[ttype] if _usable(t) and (a := additional_ke_by_id(t.transform_id))
+        ]
+        picked = _pick(mine, offered_algs, prefer_ours)
+        if picked is None:
+            return None
+        assert isinstance(picked, KeAlgorithm)
+        addke.append(picked)
+    while addke and addke[-1] is None:
+        addke.pop()
     return ChosenProposal(
         protocol=ours.protocol,
         number=offered.number,
@@ -258,6 +325,7 @@ def _match(
         prf=prf,  # type: ignore[arg-type]  # ditto
         ke=ke,  # type: ignore[arg-type]  # ditto
         esn=bool(esn),
+        additional_ke=tuple(addke),
     )
 
 
@@ -267,11 +335,12 @@ def select(
     protocol: str,
     prefer: str = "ours",
     ignore_ke: bool = False,
+    additional: bool = True,
 ) -> ChosenProposal | None:
     """The first acceptable (our proposal, offered proposal) pair, or None (§2.7).
 
     ``protocol`` ("ike"/"esp") restricts both sides; see the module docstring
-    for ``prefer`` and ``ignore_ke``.
+    for ``prefer``, ``ignore_ke`` and ``additional``.
     """
     if prefer not in ("ours", "theirs"):
         raise ValueError("prefer must be 'ours' or 'theirs'")
@@ -281,7 +350,7 @@ def select(
     else:
         pairs = ((m, o) for o in offered for m in mine)
     for m, o in pairs:
-        chosen = _match(m, o, prefer == "ours", ignore_ke)
+        chosen = _match(m, o, prefer == "ours", ignore_ke, additional)
         if chosen is not None:
             return chosen
     return None
@@ -291,8 +360,14 @@ def select(
 
 
 def _transform_name(t: Transform) -> str:
-    """strongSwan's keyword or the IANA name of any transform (``sha1``), never ``INTEG#2``."""
-    name = transform_name(t.transform_type, t.transform_id, t.key_length)
+    """strongSwan's keyword or the IANA name of any transform (``sha1``), never ``INTEG#2``;
+    an RFC 9370 additional key exchange as strongSwan writes it (``ke1_mlkem768``)."""
+    ttype, tid = t.transform_type, t.transform_id
+    if ttype in ADDITIONAL_KE_TYPES:
+        n = ADDITIONAL_KE_TYPES.index(TransformType(ttype)) + 1
+        alg = additional_ke_by_id(tid)
+        return f"ke{n}_" + (alg.name if alg is not None else transform_name(TransformType.KE, tid))
+    name = transform_name(ttype, tid, t.key_length)
     if t.other_attributes:
         name += "(+attrs)"
     return name
@@ -304,12 +379,13 @@ _DESCRIBE_ORDER: dict[int, int] = {
     TransformType.PRF: 2,
     TransformType.KE: 3,
     TransformType.ESN: 4,
+    **{t: 5 + n for n, t in enumerate(ADDITIONAL_KE_TYPES)},
 }
 
 
 def describe(proposal: SaProposal) -> str:
     """A received proposal in strongSwan syntax (encr-integ-prf-ke-esn), ``KE#99`` if unassigned."""
-    ordered = sorted(proposal.transforms, key=lambda t: _DESCRIBE_ORDER.get(t.transform_type, 9))
+    ordered = sorted(proposal.transforms, key=lambda t: _DESCRIBE_ORDER.get(t.transform_type, 99))
     return "-".join(_transform_name(t) for t in ordered) or "(empty)"
 
 
@@ -320,7 +396,13 @@ def to_proposal(proposal: SaProposal, protocol: str) -> Proposal:
     in logs.
     """
     encr, integ, prf, ke, esn = [], [], [], [], []
+    addke: list[list[KeAlgorithm]] = [[] for _ in ADDITIONAL_KE_TYPES]
     for t in proposal.transforms:
+        if t.transform_type in ADDITIONAL_KE_TYPES:
+            alg = additional_ke_by_id(t.transform_id)
+            if alg is not None:
+                addke[ADDITIONAL_KE_TYPES.index(TransformType(t.transform_type))].append(alg)
+            continue
         if t.transform_type == TransformType.ENCR:
             encr.append(encr_by_id(t.transform_id, t.key_length))
         elif t.transform_type == TransformType.INTEG:
@@ -339,6 +421,9 @@ def to_proposal(proposal: SaProposal, protocol: str) -> Proposal:
         ke=tuple(a for a in ke if a is not None),
         esn=tuple(esn) or (False,),
         text=describe(proposal),
+        additional_ke=tuple(
+            tuple(a) for a in addke[: max((n for n, a in enumerate(addke, 1) if a), default=0)]
+        ),
     )
 
 
@@ -355,17 +440,26 @@ def _our_names(ours: Sequence[Proposal], ttype: int) -> list[str]:
             names += [a.name for a in p.ke] or ["none"]
         elif ttype == TransformType.ESN and p.protocol == "esp":
             names += ["esn" if e else "noesn" for e in p.esn]
+        elif ttype in ADDITIONAL_KE_TYPES:
+            n = ADDITIONAL_KE_TYPES.index(TransformType(ttype)) + 1
+            algs = p.additional_ke[n - 1] if n <= len(p.additional_ke) else ()
+            names += [f"ke{n}_{a.name}" for a in algs] or [f"ke{n}_none"]
     return list(dict.fromkeys(names))
 
 
 def explain_no_match(
-    offered: Sequence[SaProposal], ours: Sequence[Proposal], protocol: str, ignore_ke: bool = False
+    offered: Sequence[SaProposal],
+    ours: Sequence[Proposal],
+    protocol: str,
+    ignore_ke: bool = False,
+    additional: bool = True,
 ) -> str:
     """Why :func:`select` found nothing, for the NO_PROPOSAL_CHOSEN log line.
 
-    Names the first transform type (ENCR, INTEG, PRF, KE, ESN) where no
-    offered transform is one we accept, e.g. ``no match for KE: offered
-    ecp256, we accept x25519``; otherwise both proposal lists.
+    Names the first transform type (ENCR, INTEG, PRF, KE, ESN, ADDKE1..7) where
+    no offered transform is one we accept, e.g. ``no match for KE: offered
+    ecp256, we accept x25519``; a post-quantum key exchange we require and the
+    peer does not offer is said in those words; otherwise both proposal lists.
     """
     proto_id = PROTOCOL_IDS[protocol]
     mine = [p for p in ours if p.protocol == protocol]
@@ -379,8 +473,9 @@ def explain_no_match(
         TransformType.PRF,
         TransformType.KE,
         TransformType.ESN,
+        *ADDITIONAL_KE_TYPES,
     ):
-        if ignore_ke and ttype == TransformType.KE:
+        if ignore_ke and _is_ke_type(ttype):
             continue
         if protocol == "esp" and ttype == TransformType.PRF:
             continue
@@ -393,9 +488,21 @@ def explain_no_match(
                 found = ["none"]
             if not found and ttype == TransformType.ESN:
                 found = ["noesn"]
+            if ttype in ADDITIONAL_KE_TYPES:
+                n = ADDITIONAL_KE_TYPES.index(TransformType(ttype)) + 1
+                found = [
+                    f"ke{n}_none" if t.transform_id == _NONE_ID else _transform_name(t)
+                    for t in o.transforms
+                    if t.transform_type == ttype
+                ] or [f"ke{n}_none"]
             offered_names += found
         offered_names = list(dict.fromkeys(offered_names))
         accepted = _our_names(mine, ttype)
+        if ttype in ADDITIONAL_KE_TYPES:
+            why = _explain_additional(ttype, offered_names, accepted, additional)
+            if why:
+                return why
+            continue
         if not set(offered_names) & set(accepted):
             return (
                 f"no match for {_TYPE_LABEL[ttype]}: offered {', '.join(offered_names) or '-'},"
@@ -409,6 +516,41 @@ def explain_no_match(
     )
 
 
+def _explain_additional(
+    ttype: int, offered: list[str], accepted: list[str], additional: bool
+) -> str | None:
+    """The operator's words for an ADDKEn without a match (RFC 9370), or None."""
+    n = ADDITIONAL_KE_TYPES.index(TransformType(ttype)) + 1
+    none = f"ke{n}_none"
+    required = [a.removeprefix(f"ke{n}_") for a in accepted if a != none]
+    if offered == [none] and required and none not in accepted:
+        pq = " post-quantum" if any(a.startswith("mlkem") for a in required) else ""
+        return (
+            f"no match for ADDKE{n}: we require the{pq} additional key exchange"
+            f" {', '.join(required)} (RFC 9370), the peer offers none; add ke{n}_{required[0]}"
+            f" to the peer's proposals, or {none} to ours to make it optional"
+        )
+    if not additional and required and none not in accepted:
+        return (
+            f"no match for ADDKE{n}: we require the additional key exchange"
+            f" {', '.join(required)} (RFC 9370), but the peer did not announce"
+            " IKE_INTERMEDIATE (RFC 9242), which carries it"
+        )
+    if set(offered) & set(accepted):
+        return None
+    theirs = ", ".join(o.removeprefix(f"ke{n}_") for o in offered)
+    if not required:
+        return (
+            f"no match for ADDKE{n}: the peer requires the additional key exchange {theirs}"
+            f" (RFC 9370), we offer none; add ke{n}_{offered[0].removeprefix(f'ke{n}_')}"
+            " to our proposals"
+        )
+    return (
+        f"no match for ADDKE{n} (RFC 9370 additional key exchange): offered {theirs},"
+        f" we accept {', '.join(a.removeprefix(f'ke{n}_') for a in accepted)}"
+    )
+
+
 # ---- negotiation (RFC 7296 §2.7): selection with the operator's explanation -------
 
 
@@ -417,7 +559,13 @@ def format_proposals(proposals: Sequence[object]) -> str:
 
 
 def choose(
-    offered: SecurityAssociation | None, ours: Sequence[Proposal], protocol: str, peer: str
+    offered: SecurityAssociation | None,
+    ours: Sequence[Proposal],
+    protocol: str,
+    peer: str,
+    *,
+    ignore_ke: bool = False,
+    additional: bool = True,
 ) -> ChosenProposal:
     """Responder: the first acceptable proposal of the peer's SA payload (RFC 7296 §2.7).
 
@@ -425,12 +573,12 @@ def choose(
     (:func:`explain_no_match`) and both offers.
     """
     proposals = offered.proposals if offered is not None else ()
-    chosen = select(proposals, ours, protocol)
+    chosen = select(proposals, ours, protocol, ignore_ke=ignore_ke, additional=additional)
     if chosen is None:
         theirs = [to_proposal(p, protocol) for p in proposals]
+        why = explain_no_match(proposals, ours, protocol, ignore_ke, additional)
         raise NoProposalChosen(
-            f"no {protocol.upper()} proposal chosen with peer {peer}:"
-            f" {explain_no_match(proposals, ours, protocol)}; peer offered"
+            f"no {protocol.upper()} proposal chosen with peer {peer}: {why}; peer offered"
             f" {format_proposals(theirs)}, we accept {format_proposals(ours)}"
         )
     return chosen
@@ -443,10 +591,11 @@ def check_answer(
     peer: str,
     *,
     fatal: bool,
+    ignore_ke: bool = False,
 ) -> ChosenProposal:
     """Initiator: the responder's single proposal must be one we offered (RFC 7296 §2.7)."""
     proposals = answer.proposals if answer is not None else ()
-    chosen = select(proposals, ours, protocol) if len(proposals) == 1 else None
+    chosen = select(proposals, ours, protocol, ignore_ke=ignore_ke) if len(proposals) == 1 else None
     if chosen is None:
         raise NoProposalChosen(
             f"peer {peer} answered with an {protocol.upper()} proposal we did not offer;"

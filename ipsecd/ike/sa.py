@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Protocol
 
@@ -61,6 +62,7 @@ from ipsecd.ike.fragments import (
     fragment_number,
     open_fragment,
 )
+from ipsecd.ike.handshake import Handshake
 from ipsecd.ike.keys import IkeKeys
 from ipsecd.ike.lifecycle import (
     LIVE_STATES,
@@ -96,6 +98,11 @@ __all__ = [
 NON_ESP_MARKER_LEN = 4  # RFC 3948 §2.2: counts against fragment_size on the NAT-T port
 
 RandomBytes = Callable[[int], bytes]
+WallClock = Callable[[], datetime]  # UTC, for certificate validity (the SA clock is monotonic)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def new_ike_spi(random_bytes: RandomBytes) -> int:
@@ -210,6 +217,7 @@ class SaContext:
     counters: dict[str, int] = field(default_factory=dict, repr=False)
     gateway_fragment_size: int | None = None  # gateway.fragment_size (None: by family)
     reassembly_budget: ReassemblyBudget = field(default_factory=ReassemblyBudget, repr=False)
+    wall_clock: WallClock = field(default=utc_now, repr=False)
 
 
 @dataclass
@@ -251,6 +259,8 @@ class IkeSa:
     init_response: bytes = field(default=b"", repr=False)
     nonce_i: bytes = field(default=b"", repr=False)
     nonce_r: bytes = field(default=b"", repr=False)
+    # Announcements, additional key exchanges, IntAuth and auth results (ike/handshake.py).
+    handshake: Handshake = field(default_factory=Handshake, repr=False)
     last_error: str | None = None
     last_keepalive: float = 0.0
     last_peer_activity: float = 0.0
@@ -342,6 +352,7 @@ class IkeSa:
         self.signals.append(Authenticated(initial_contact))
 
     def _established_event(self) -> IkeSaEstablished:
+        auth = self.handshake.auth
         return IkeSaEstablished(
             self.peer_name,
             self.local_spi,
@@ -350,6 +361,8 @@ class IkeSa:
             self.remote,
             self.nat_local,
             self.nat_remote,
+            algorithm=str(self.ike_algorithms) if self.ike_algorithms is not None else "",
+            auth=auth.summary() if auth is not None else "",
         )
 
     # ---- codec -------------------------------------------------------------
@@ -415,14 +428,19 @@ class IkeSa:
             return None
         if done.unsupported_critical is not None:
             raise UnsupportedCriticalPayload(done.unsupported_critical)
-        return codec.Message.from_header(header, done.payloads, encrypted=True)
+        return codec.Message.from_header(
+            header, done.payloads, encrypted=True, inner=done.inner, sk_prefix=done.sk_prefix
+        )
 
     def _fragment_authentic(self, data: bytes) -> bool:
-        """An RFC 7383 fragment from the peer whose ICV verifies with this SA's keys."""
-        if self.keys is None:
-            return False
-        opened = open_fragment(data, self.keys.sk_keys(not self.initiator))
-        return not isinstance(opened, str)
+        """An RFC 7383 fragment from the peer whose ICV verifies with this SA's keys, or
+        with the keys before the last IKE_INTERMEDIATE (its retransmitted request)."""
+        for keys in (self.keys, self.handshake.previous_keys):
+            if keys is not None:
+                opened = open_fragment(data, keys.sk_keys(not self.initiator))
+                if not isinstance(opened, str):
+                    return True
+        return False
 
     # ---- sending ---------------------------------------------------------
 
@@ -821,6 +839,7 @@ class IkeSa:
         new.nat_local, new.nat_remote = self.nat_local, self.nat_remote
         # Fragmentation (RFC 7383) is negotiated only in IKE_SA_INIT: the new SA keeps it.
         new.fragmentation_peer = self.fragmentation_peer
+        new.handshake = self.handshake.carried_over()
         new.last_keepalive = self.last_keepalive
         new.last_peer_activity = new.established_at = now
         new.transition(IkeEvent.REKEY_DONE, now)

@@ -15,9 +15,10 @@ Methods:
 SIGNATURE_HASH_ALGORITHMS (RFC 7427 §4, notify 16431) carries 2-octet hash
 ids; a peer that sent it accepts method 14 with one of those hashes.
 
-The signed octets are RFC 7296 §2.15's (``ipsecd.ike.auth.signed_octets``,
-reused through :func:`signed_octets`), followed by RFC 9242's IntAuth when
-IKE_INTERMEDIATE exchanges took place.
+The signed octets are RFC 7296 §2.15's followed by RFC 9242's IntAuth when
+IKE_INTERMEDIATE exchanges took place: :func:`ipsecd.ike.auth.signed_octets`, the
+same octets PSK authentication MACs, re-exported here as :func:`signed_octets`.
+With PPK (RFC 8784) pass the mixed keys, or the unmixed ones for NO_PPK_AUTH.
 
 API::
 
@@ -41,9 +42,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from ipsecd.ike.auth import signed_octets as rfc7296_signed_octets
+from ipsecd.ike.auth import signed_octets  # RFC 7296 §2.15 | IntAuth, shared with PSK
 from ipsecd.ike.constants import AuthMethod
-from ipsecd.ike.keys import IkeKeys
 
 __all__ = [
     "HashAlgorithm",
@@ -214,29 +214,6 @@ def decode_hash_algorithms(data: bytes) -> tuple[int, ...]:
         except ValueError:
             out.append(value)
     return tuple(out)
-
-
-# --- signed octets ------------------------------------------------------------------
-
-
-def signed_octets(
-    keys: IkeKeys,
-    of_initiator: bool,
-    message: bytes,
-    peer_nonce: bytes,
-    id_type: int,
-    id_data: bytes,
-    int_auth: bytes = b"",
-) -> bytes:
-    """<Initiator/ResponderSignedOctets> (RFC 7296 §2.15) [| IntAuth (RFC 9242 §3.3.2)].
-
-    The RFC 7296 part is ``ipsecd.ike.auth.signed_octets``; ``int_auth`` is
-    ``IntAuthChain.octets(mid)`` (empty without IKE_INTERMEDIATE).  With PPK
-    (RFC 8784) pass the mixed keys, or the unmixed ones for NO_PPK_AUTH.
-    """
-    return (
-        rfc7296_signed_octets(keys, of_initiator, message, peer_nonce, id_type, id_data) + int_auth
-    )
 
 
 # --- signing ------------------------------------------------------------------------

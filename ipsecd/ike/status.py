@@ -24,6 +24,9 @@ def peer_status(name: str, state: PeerState, sa: IkeSa | None, *, ike_sas: int) 
             entry["retry_at"] = state.retry_at
         return entry
     algs = sa.ike_algorithms
+    handshake = sa.handshake
+    if handshake.auth is not None:
+        entry["auth"] = handshake.auth.as_dict()  # how each side authenticated, PPK
     entry.update(
         state=sa.state.value,
         role="initiator" if sa.initiator else "responder",
@@ -35,6 +38,8 @@ def peer_status(name: str, state: PeerState, sa: IkeSa | None, *, ike_sas: int) 
         nat_remote=sa.nat_remote,
         fragmentation=sa.fragmentation_active,  # RFC 7383, both sides agreed
         algorithm=str(algs) if algs is not None else "",
+        # RFC 9370 additional key exchanges the IKE SA's keys include ("ke1_mlkem768")
+        additional_ke=[f"ke{n}_{a.name}" for n, a in algs.additional_exchanges] if algs else [],
         established_at=sa.established_at,
         rekey_at=sa.rekey_at,
         children=[c.describe() for c in sa.children.values()],

@@ -34,6 +34,7 @@ __all__ = [
     "IkeIdentity",
     "identities_of",
     "match_identity",
+    "same_identity",
     "check_identity",
     "parse_dn",
     "default_identity",
@@ -200,7 +201,8 @@ def identities_of(cert: x509.Certificate) -> list[IkeIdentity]:
     return out
 
 
-def _same(a: IkeIdentity, b: IkeIdentity) -> bool:
+def same_identity(a: IkeIdentity, b: IkeIdentity) -> bool:
+    """The same IKE identity: DNs by attribute, DNS names and e-mail case-insensitively."""
     if a.id_type != b.id_type:
         return False
     if a.id_type in (ID_FQDN, ID_RFC822_ADDR):  # DNS names and mail domains: case-insensitive
@@ -215,7 +217,7 @@ def _same(a: IkeIdentity, b: IkeIdentity) -> bool:
 
 def match_identity(cert: x509.Certificate, identity: IkeIdentity) -> bool:
     """Whether ``identity`` (the peer's IDi/IDr, or a configured id) is backed by ``cert``."""
-    return any(_same(identity, own) for own in identities_of(cert))
+    return any(same_identity(identity, own) for own in identities_of(cert))
 
 
 def check_identity(
@@ -233,7 +235,7 @@ def check_identity(
             f" does not contain it (the certificate's identities: {have})",
             cert,
         )
-    if expected is not None and not _same(expected, peer_id):
+    if expected is not None and not same_identity(expected, peer_id):
         raise CertificateError(
             "identity",
             f"peer authenticated as {peer_id.type_name} '{peer_id}' with {describe(cert)},"

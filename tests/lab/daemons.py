@@ -50,6 +50,8 @@ class GatewaySpec:
     remote_id: str | None = None
     peer_extra: dict[str, Any] = field(default_factory=dict)
     gateway_extra: dict[str, Any] = field(default_factory=dict)
+    # The auth: section instead of the PSK file (certificates, PPK: tests/lab/swan_pq.py).
+    auth: dict[str, Any] | None = None
     log_level: str = "debug"  # the benchmark runs at "info"
 
 
@@ -213,7 +215,7 @@ def start_psk_pair(
             "remote_ts": spec.remote_ts,
             "ike": {"proposals": spec.ike_proposals},
             "esp": {"proposals": spec.esp_proposals},
-            "auth": {"psk_file": str(psk_file)},
+            "auth": dict(spec.auth) if spec.auth is not None else {"psk_file": str(psk_file)},
             **spec.peer_extra,
         }
         if spec.local_id:

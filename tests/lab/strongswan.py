@@ -338,11 +338,18 @@ class Charon:
             raise StrongSwanError("charon not started")
         return self.proc.pid
 
+    def charon_argv(self) -> list[str]:
+        """How charon is run: with a private /run (a subclass may run another installation,
+        tests/lab/swan_pq.py)."""
+        return ["unshare", "-m", "sh", "-c", f"mount -t tmpfs none /run && exec {CHARON}"]
+
+    def swanctl_argv(self, args: list[str]) -> list[str]:
+        return ["swanctl", *args]
+
     def start(self, timeout: float = 15.0) -> Charon:
         """Start charon and wait until its vici socket answers."""
-        script = f"mount -t tmpfs none /run && exec {CHARON}"
         self.proc = self.topo.spawn(
-            self.ns, ["unshare", "-m", "sh", "-c", script], self.dir / "charon.stdout", self.env
+            self.ns, self.charon_argv(), self.dir / "charon.stdout", self.env
         )
         proc = self.proc
         try:
@@ -376,7 +383,7 @@ class Charon:
         self, command: str, *args: str, check: bool = True, timeout: float = 30.0
     ) -> subprocess.CompletedProcess[str]:
         """Run ``swanctl COMMAND --uri … ARGS`` against this charon (from the root namespace)."""
-        argv = ["swanctl", command, "--uri", self.uri, *args]
+        argv = self.swanctl_argv([command, "--uri", self.uri, *args])
         res = subprocess.run(
             argv, capture_output=True, text=True, timeout=timeout, env=self.env, check=False
         )

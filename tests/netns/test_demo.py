@@ -21,9 +21,9 @@ from tests.lab.wait import wait_until
 class DemoRun:
     """The demo as an operator starts it, its output collected line by line."""
 
-    def __init__(self) -> None:
+    def __init__(self, *options: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ipsecd.cli.ipsecd", "demo", "--keep"],
+            [sys.executable, "-m", "ipsecd.cli.ipsecd", "demo", "--keep", *options],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -45,6 +45,16 @@ class DemoRun:
 
     def field(self, pattern: str) -> list[str]:
         return [m for line in self.lines for m in re.findall(pattern, line)]
+
+    def wait_running(self) -> None:
+        """Until the demo says it is up and running (``--keep``); it must not have ended."""
+        wait_until(
+            lambda: self.output,
+            60,
+            what="the demo to say it is running",
+            until=lambda out: "running;" in out or self.proc.poll() is not None,
+        )
+        assert self.proc.poll() is None, self.output
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -69,13 +79,7 @@ def _daemons_of(workdir: str) -> list[int]:
 def test_demo_comes_up_passes_traffic_and_leaves_nothing(signum: signal.Signals) -> None:
     demo = DemoRun()
     try:
-        wait_until(
-            lambda: demo.output,
-            60,
-            what="the demo to say it is running",
-            until=lambda out: "running;" in out or demo.proc.poll() is not None,
-        )
-        assert demo.proc.poll() is None, demo.output
+        demo.wait_running()
         assert re.search(r"ping hostA \S+ -> hostB \S+: 5/5 received", demo.output), demo.output
         (namespaces,) = demo.field(r"built namespaces (.+)")
         names = namespaces.split(", ")
@@ -95,5 +99,25 @@ def test_demo_comes_up_passes_traffic_and_leaves_nothing(signum: signal.Signals)
         assert not set(names) & set(list_namespaces())
         assert not _daemons_of(workdir)
         assert not Path(workdir).exists()
+    finally:
+        demo.kill()
+
+
+def test_demo_with_certificates_and_ml_kem() -> None:
+    """``ipsecd demo --auth cert --pq``: a CA and gateway certificates made by ``ipsecd
+    pki``, signature authentication both ways, x25519 + ML-KEM-768."""
+    demo = DemoRun("--auth", "cert", "--pq")
+    try:
+        demo.wait_running()
+        assert "made CA certificate 'C=CH, O=ipsecd demo, CN=ipsecd demo CA'" in demo.output
+        assert re.search(r"ping hostA \S+ -> hostB \S+: 5/5 received", demo.output), demo.output
+        for path in demo.field(r"ipsecctl -s (\S+) status"):
+            (peer,) = request(path, {"cmd": "status"})["status"]["peers"]
+            assert peer["up"], peer
+            assert peer["ike"]["algorithm"].endswith("-ke1_mlkem768")
+            assert peer["ike"]["auth"]["remote"].startswith("pubkey")
+        assert "auth:      pubkey (Ed25519)" in demo.output
+        demo.proc.send_signal(signal.SIGTERM)
+        assert demo.proc.wait(30) == 0, demo.output
     finally:
         demo.kill()

@@ -18,6 +18,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,10 @@ class Side:
     cookie_threshold: int | None = None  # gateway DoS settings; None: the default
     half_open_per_source: int | None = None
     half_open_limit: int | None = None
+    # More lines of the auth: section (certificates, PPK: see pki_pair_support), written
+    # as given; with use_psk False the auth: section has no psk_file.
+    auth_lines: tuple[str, ...] = ()
+    use_psk: bool = True
 
     def yaml(self, psk_file: Path) -> str:
         lines = [
@@ -119,7 +124,8 @@ class Side:
             *([f"      rand_time: {self.esp_rand_time}"] if self.esp_rand_time else []),
             *([f"      rekey_bytes: {self.esp_rekey_bytes}"] if self.esp_rekey_bytes else []),
             "    auth:",
-            f"      psk_file: {psk_file}",
+            *([f"      psk_file: {psk_file}"] if self.use_psk else []),
+            *(f"      {line}" for line in self.auth_lines),
         ]
         if self.remote_port is not None:
             lines.insert(2, f"    remote_port: {self.remote_port}")
@@ -271,6 +277,7 @@ class IkePair:
         start: bool = True,
         keepalive_interval: float | None = None,
         random_bytes: Callable[[int], bytes] | None = None,
+        wall_clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.now = START
         self.a_side = a or side_a()
@@ -282,6 +289,8 @@ class IkePair:
             kwargs["keepalive_interval"] = keepalive_interval
         if random_bytes is not None:
             kwargs["random_bytes"] = random_bytes
+        if wall_clock is not None:
+            kwargs["wall_clock"] = wall_clock
         self.a = IkeManager(self.a_config, self.now, **kwargs)
         self.b = IkeManager(self.b_config, self.now, **kwargs)
         self.net = Network()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
+from pathlib import Path
 
 from cryptography import x509
 
@@ -66,3 +68,61 @@ def intermediate(issuer: Issued, dn: str = "C=CH, O=Test, CN=Test Sub CA") -> Is
 
     algorithm, pad = _sign_args(issuer.key, False)
     return Issued(key, builder.sign(issuer.key, algorithm, rsa_padding=pad))
+
+
+def pem(cert: x509.Certificate) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return cert.public_bytes(Encoding.PEM)
+
+
+def write_credentials(
+    directory: Path,
+    label: str,
+    own: Issued | None = None,
+    cas: tuple[Issued, ...] = (),
+    crls: tuple[x509.CertificateRevocationList, ...] = (),
+    chain: tuple[Issued, ...] = (),
+) -> tuple[str, ...]:
+    """Write ``label``'s certificate (with ``chain`` after it), its key (mode 0600), trust
+    anchors and CRLs into ``directory``; returns the ``auth:`` lines naming them."""
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+    )
+
+    directory.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    if own is not None:
+        cert_file = directory / f"{label}-cert.pem"
+        cert_file.write_bytes(pem(own.cert) + b"".join(pem(c.cert) for c in chain))
+        key_file = directory / f"{label}-key.pem"
+        key_file.write_bytes(
+            own.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        )
+        os.chmod(key_file, 0o600)
+        lines += [f"certificate: {cert_file}", f"private_key: {key_file}"]
+    if cas:
+        ca_file = directory / f"{label}-cacerts.pem"
+        ca_file.write_bytes(b"".join(pem(c.cert) for c in cas))
+        lines.append(f"cacerts: [{ca_file}]")
+    if crls:
+        names = []
+        for n, crl in enumerate(crls):
+            crl_file = directory / f"{label}-{n}.crl"
+            crl_file.write_bytes(crl.public_bytes(Encoding.PEM))
+            names.append(str(crl_file))
+        lines.append(f"crls: [{', '.join(names)}]")
+    return tuple(lines)
+
+
+def write_ppk(
+    directory: Path, label: str, ppk_id: str, key: bytes, required: bool
+) -> tuple[str, ...]:
+    """A PPK file (mode 0600) and the ``auth:`` lines for it (RFC 8784)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{label}.ppk"
+    path.write_text("0x" + key.hex() + "\n")
+    os.chmod(path, 0o600)
+    return (f"ppk_id: {ppk_id}", f"ppk_file: {path}", f"ppk_required: {str(required).lower()}")

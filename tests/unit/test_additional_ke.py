@@ -115,29 +115,32 @@ def test_rekey_with_followup_key_exchanges() -> None:
     old = initial_keys("prfsha384")
     new_ni, new_nr = b"\x11" * 32, b"\x22" * 32
     new_spi_i, new_spi_r = b"\x31" * 8, b"\x41" * 8
-    # RFC 9370 §2.2.4: SKEYSEED = prf(SK_d (old), SK(0) | SK(1) | SK(2) | Ni | Nr)
-    seed = hmac_("prfsha384", old.sk_d, G_IR + SK1 + SK2 + new_ni + new_nr)
+    # RFC 9370 §2.2.4: SKEYSEED = prf(SK_d (old), SK(0) | Ni | Nr | SK(1) | SK(2))
+    seed = hmac_("prfsha384", old.sk_d, G_IR + new_ni + new_nr + SK1 + SK2)
     assert rekey_skeyseed_with_additional(old, [G_IR, SK1, SK2], new_ni, new_nr) == seed
-    chosen = initial_keys("prfsha256")  # the new SA may choose another PRF
+    from ipsecd.crypto.registry import KEY_EXCHANGE
+    from ipsecd.ike.proposal_codec import ChosenProposal
+
+    chosen = ChosenProposal(  # the new SA may choose another PRF
+        "ike", 1, b"", ENCRYPTION["aes256gcm16"], None, PRF["prfsha256"], KEY_EXCHANGE["x25519"]
+    )
     new = derive_rekeyed_ike_keys_with_additional(
         old, chosen, [G_IR, SK1, SK2], new_ni, new_nr, new_spi_i, new_spi_r
     )
     assert new.prf is PRF["prfsha256"]
     assert new.sk_d == prf_plus("prfsha256", seed, new_ni + new_nr + new_spi_i + new_spi_r, 32)
-    same = derive_rekeyed_ike_keys_with_additional(
-        old, None, [G_IR, SK1], new_ni, new_nr, new_spi_i, new_spi_r
-    )
-    seed1 = hmac_("prfsha384", old.sk_d, G_IR + SK1 + new_ni + new_nr)
-    assert (
-        same.sk_pr
-        == prf_plus("prfsha384", seed1, new_ni + new_nr + new_spi_i + new_spi_r, 48 * 3 + 72)[-48:]
-    )
+    # With SK(0) alone it is RFC 7296 §2.18's rekey.
+    from ipsecd.ike.keys import derive_rekeyed_ike_keys
+
+    assert derive_rekeyed_ike_keys_with_additional(
+        old, chosen, [G_IR], new_ni, new_nr, new_spi_i, new_spi_r
+    ) == derive_rekeyed_ike_keys(old, chosen, G_IR, new_ni, new_nr, new_spi_i, new_spi_r)
 
 
 def test_child_keymat_with_followup_key_exchanges() -> None:
     keys = initial_keys("prfsha384")
     keymat = child_keymat_with_additional(keys, [G_IR, SK1], NI, NR, 72)
-    assert keymat == prf_plus("prfsha384", keys.sk_d, G_IR + SK1 + NI + NR, 72)
+    assert keymat == prf_plus("prfsha384", keys.sk_d, G_IR + NI + NR + SK1, 72)
 
 
 def test_bad_inputs() -> None:

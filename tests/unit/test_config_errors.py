@@ -340,8 +340,8 @@ def test_same_port_for_ike_and_nat_t():
 def test_neither_auth_nor_manual():
     check(
         BASE[: BASE.index("    auth:")],
-        "t.yaml:4: peers[0]: peer 'site-b' needs an auth: section (IKE with a PSK) or a manual:"
-        " section (static SAs)",
+        "t.yaml:4: peers[0]: peer 'site-b' needs an auth: section (IKE with a PSK or"
+        " certificates) or a manual: section (static SAs)",
     )
 
 

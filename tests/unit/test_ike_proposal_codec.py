@@ -282,3 +282,76 @@ def test_no_match_names_unsupported_transforms() -> None:
     assert explain_no_match([only_prf], (ike("aes256gcm16-prfsha256-x25519"),), "ike") == (
         "no match for PRF: offered prfaesxcbc, we accept prfsha256"
     )
+
+
+# ---- RFC 9370 additional key exchanges (ADDKE1..7) ------------------------------------
+
+
+def test_additional_ke_transforms_built_selected_and_answered():
+    from ipsecd.crypto.registry import TransformType
+
+    ours = parse_proposal("aes256gcm16-prfsha384-x25519-ke1_mlkem768-ke2_mlkem1024", "ike")
+    offer = sa_payload([ours]).proposals[0]
+    assert [t.transform_type for t in offer.transforms][-2:] == [
+        TransformType.ADDKE1,
+        TransformType.ADDKE2,
+    ]
+    chosen = select([offer], [ours], "ike")
+    assert str(chosen) == "aes256gcm16-prfsha384-x25519-ke1_mlkem768-ke2_mlkem1024"
+    assert [(n, a.name) for n, a in chosen.additional_exchanges] == [
+        (1, "mlkem768"),
+        (2, "mlkem1024"),
+    ]
+    answer = chosen_sa_payload(chosen)
+    assert select(answer.proposals, [ours], "ike") == chosen  # the initiator's check
+    assert describe(offer).endswith("x25519-ke1_mlkem768-ke2_mlkem1024")
+
+
+def test_additional_ke_preference_and_the_intermediate_rule():
+    mine = parse_proposal("aes256gcm16-prfsha384-x25519-ke1_mlkem1024-ke1_mlkem768", "ike")
+    theirs = parse_proposal("aes256gcm16-prfsha384-x25519-ke1_mlkem768-ke1_mlkem1024", "ike")
+    offer = sa_payload([theirs]).proposals
+    assert str(select(offer, [mine], "ike")).endswith("ke1_mlkem1024")  # our order
+    assert str(select(offer, [mine], "ike", prefer="theirs")).endswith("ke1_mlkem768")
+    # A peer without IKE_INTERMEDIATE: the additional exchange only as NONE.
+    assert select(offer, [mine], "ike", additional=False) is None
+    optional = parse_proposal("aes256gcm16-prfsha384-x25519-ke1_mlkem768-ke1_none", "ike")
+    chosen = select(sa_payload([optional]).proposals, [optional], "ike", additional=False)
+    assert chosen is not None and not chosen.additional_exchanges
+
+
+def test_ignore_ke_drops_additional_ke_too():
+    esp = parse_proposal("aes256gcm16-x25519-ke1_mlkem768", "esp")
+    plain = parse_proposal("aes256gcm16", "esp")
+    offer = sa_payload([esp], spi=b"\x00\x00\x10\x00").proposals
+    assert select(offer, [plain], "esp") is None
+    assert select(offer, [plain], "esp", ignore_ke=True) is not None
+
+
+@pytest.mark.parametrize(
+    ("offered", "ours", "words"),
+    [
+        (
+            "aes256gcm16-prfsha384-x25519",
+            "aes256gcm16-prfsha384-x25519-ke1_mlkem768",
+            "no match for ADDKE1: we require the post-quantum additional key exchange mlkem768"
+            " (RFC 9370), the peer offers none; add ke1_mlkem768 to the peer's proposals, or"
+            " ke1_none to ours to make it optional",
+        ),
+        (
+            "aes256gcm16-prfsha384-x25519-ke1_mlkem768",
+            "aes256gcm16-prfsha384-x25519",
+            "no match for ADDKE1: the peer requires the additional key exchange mlkem768"
+            " (RFC 9370), we offer none; add ke1_mlkem768 to our proposals",
+        ),
+        (
+            "aes256gcm16-prfsha384-x25519-ke1_mlkem1024",
+            "aes256gcm16-prfsha384-x25519-ke1_mlkem768",
+            "no match for ADDKE1 (RFC 9370 additional key exchange): offered mlkem1024,"
+            " we accept mlkem768",
+        ),
+    ],
+)
+def test_additional_ke_mismatch_explained(offered, ours, words):
+    offer = sa_payload([parse_proposal(offered, "ike")]).proposals
+    assert explain_no_match(offer, [parse_proposal(ours, "ike")], "ike") == words

@@ -122,7 +122,6 @@ def test_proposal_with_additional_key_exchanges() -> None:
     p = parse_proposal(
         "aes256gcm16-prfsha384-x25519-ke1_mlkem768-ke1_mlkem1024-ke3_none",
         "ike",
-        allow_additional_ke=True,
     )
     assert [a.name for a in p.ke] == ["x25519"]
     assert [[a.name for a in algs] for algs in p.additional_ke] == [
@@ -130,51 +129,42 @@ def test_proposal_with_additional_key_exchanges() -> None:
         [],
         ["none"],
     ]
-    q = parse_proposal("aes256gcm16-x25519-ke1_mlkem768", "esp", allow_additional_ke=True)
+    q = parse_proposal("aes256gcm16-x25519-ke1_mlkem768", "esp")
     assert q.additional_ke == ((ML_KEM["mlkem768"],),)
     assert str(parse_proposal("aes256gcm16-prfsha256-ecp256", "ike").additional_ke) == "()"
-    p2 = parse_proposal("aes256gcm16-prfsha384-x25519-ke2_ecp384", "ike", allow_additional_ke=True)
+    p2 = parse_proposal("aes256gcm16-prfsha384-x25519-ke2_ecp384", "ike")
     assert p2.additional_ke == ((), (KEY_EXCHANGE["ecp384"],))
 
 
 def test_str_of_built_proposal_names_additional_kes() -> None:
-    p = parse_proposal("aes256gcm16-prfsha384-x25519-ke1_mlkem768", "ike", allow_additional_ke=True)
+    p = parse_proposal("aes256gcm16-prfsha384-x25519-ke1_mlkem768", "ike")
     from dataclasses import replace
 
     assert str(replace(p, text="")) == "aes256gcm16-prfsha384-x25519-ke1_mlkem768"
 
 
 @pytest.mark.parametrize(
-    ("text", "allow", "message"),
+    ("text", "message"),
     [
-        ("aes256gcm16-prfsha384-x25519-ke1_mlkem768", False, "not supported by the IKE exchanges"),
-        (
-            "aes256gcm16-prfsha384-x25519-ke1_mlkem512",
-            True,
-            "implements ML-KEM-768 and ML-KEM-1024",
-        ),
-        ("aes256gcm16-prfsha384-x25519-ke1_mlkem512", False, "ML-KEM-512 is not available"),
-        ("aes256gcm16-prfsha384-mlkem768", True, "only as an additional key exchange"),
-        ("aes256gcm16-prfsha384-mlkem512", True, "ML-KEM-512 is not available"),
-        ("aes256gcm16-prfsha384-x25519-ke1_foo", True, "unknown additional key exchange 'ke1_foo'"),
-        ("aes256gcm16-prfsha384-x25519-ke8_mlkem768", True, "unknown IKE algorithm 'ke8_mlkem768'"),
-        ("aes256gcm16-ke1_mlkem768", True, "additional key exchanges .keN_. follow a key exchange"),
+        ("aes256gcm16-prfsha384-x25519-ke1_mlkem512", "implements ML-KEM-768 and ML-KEM-1024"),
+        ("aes256gcm16-prfsha384-x25519-ke1_mlkem512", "ML-KEM-512 is not available"),
+        ("aes256gcm16-prfsha384-mlkem768", "only as an additional key exchange"),
+        ("aes256gcm16-prfsha384-mlkem512", "ML-KEM-512 is not available"),
+        ("aes256gcm16-prfsha384-x25519-ke1_foo", "unknown additional key exchange 'ke1_foo'"),
+        ("aes256gcm16-prfsha384-x25519-ke8_mlkem768", "unknown IKE algorithm 'ke8_mlkem768'"),
+        ("aes256gcm16-ke1_mlkem768", "additional key exchanges .keN_. follow a key exchange"),
     ],
 )
-def test_proposal_errors(text: str, allow: bool, message: str) -> None:
+def test_proposal_errors(text: str, message: str) -> None:
     protocol = "esp" if text.count("-") == 1 else "ike"
     with pytest.raises(ProposalError, match=message):
-        parse_proposal(text, protocol, allow_additional_ke=allow)
+        parse_proposal(text, protocol)
 
 
-def test_existing_selection_never_drops_a_required_additional_ke() -> None:
-    """Until IKE_INTERMEDIATE is wired, an offer that requires ADDKE1 is not chosen.
-
-    The new TransformType members do not make the current selector (which lists the
-    types it provides explicitly) accept ADDKE transforms; with ``ke1_none`` offered
-    as an alternative the exchange may go ahead without the additional exchange.
-    """
-    from ipsecd.crypto.registry import TransformType
+def test_selection_never_drops_a_required_additional_ke() -> None:
+    """An offer that requires ADDKE1 is not chosen by a proposal without it (no silent
+    PQ downgrade); with ``ke1_none`` offered too, NONE is chosen and nothing is run."""
+    from ipsecd.crypto.registry import ADDITIONAL_KE_NONE, TransformType
     from ipsecd.ike.payloads import SaProposal, Transform
     from ipsecd.ike.proposal_codec import proposal_transforms, select
 
@@ -194,3 +184,20 @@ def test_existing_selection_never_drops_a_required_additional_ke() -> None:
     )
     chosen = select([optional], ours, "ike")
     assert chosen is not None and str(chosen) == "aes256gcm16-prfsha384-x25519"
+    assert chosen.additional_ke == (ADDITIONAL_KE_NONE,) and not chosen.additional_exchanges
+    # The answer names ADDKE1 = NONE (RFC 9370 §2.2.1: one transform of each offered type).
+    assert Transform(TransformType.ADDKE1, KeId.NONE) in chosen.transforms()
+
+
+def test_without_ml_kem_in_cryptography(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older cryptography (the declared minimum has no ML-KEM): ipsecd still loads, and a
+    keN_mlkem proposal is refused at config load saying why."""
+    from ipsecd.crypto import mlkem as ours
+
+    monkeypatch.setattr(ours, "_backend", lambda: None)
+    assert "has none (pip install -U cryptography)" in (ours.unavailable_reason() or "")
+    with pytest.raises(ProposalError, match="ML-KEM needs a cryptography package with ML-KEM"):
+        parse_proposal("aes256gcm16-prfsha384-x25519-ke1_mlkem768", "ike")
+    assert parse_proposal("aes256gcm16-prfsha384-x25519-ke1_ecp384", "ike").additional_ke
+    with pytest.raises(Exception, match="has none"):
+        ours.MlKemInitiator(ML_KEM["mlkem768"])

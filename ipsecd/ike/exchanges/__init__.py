@@ -1,9 +1,11 @@
 """One module per IKEv2 exchange (strongSwan's ``sa/ikev2/tasks``), and the responder dispatch.
 
 * :mod:`.sa_init` — IKE_SA_INIT (RFC 7296 §1.2): proposals, KE, nonces, NAT detection
+* :mod:`.intermediate` — IKE_INTERMEDIATE (RFC 9242): additional key exchanges (RFC 9370)
 * :mod:`.auth` — IKE_AUTH with the first CHILD_SA (§1.2, §2.15)
 * :mod:`.create_child` — CREATE_CHILD_SA for more CHILD_SAs and the CHILD_SA rekey responder
 * :mod:`.rekey` — rekey initiators and the IKE SA rekey responder (§1.3.2, §1.3.3, §2.8)
+* :mod:`.followup` — IKE_FOLLOWUP_KE: additional key exchanges of CREATE_CHILD_SA (RFC 9370)
 * :mod:`.informational` — Delete and liveness checks (§1.4)
 
 The IKE SA (:mod:`ipsecd.ike.sa`) does not import these modules: the manager hands
@@ -15,7 +17,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ipsecd.ike.constants import ExchangeType
-from ipsecd.ike.exchanges import auth, create_child, informational, rekey, sa_init
+from ipsecd.ike.exchanges import (
+    auth,
+    create_child,
+    followup,
+    informational,
+    intermediate,
+    rekey,
+    sa_init,
+)
 from ipsecd.ike.message import Message
 from ipsecd.ike.payloads import Payload
 from ipsecd.ike.sa import IkeSa, Responder
@@ -31,7 +41,9 @@ def respond_create_child_sa(sa: IkeSa, message: Message, now: float) -> list[Pay
 #: The responder of each exchange type; requests of other types are dropped and counted.
 RESPONDERS: Mapping[int, Responder] = {
     ExchangeType.IKE_SA_INIT: sa_init.respond,
+    ExchangeType.IKE_INTERMEDIATE: intermediate.respond,
     ExchangeType.IKE_AUTH: auth.respond,
     ExchangeType.CREATE_CHILD_SA: respond_create_child_sa,
+    ExchangeType.IKE_FOLLOWUP_KE: followup.respond,
     ExchangeType.INFORMATIONAL: informational.respond,
 }

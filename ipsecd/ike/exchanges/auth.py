@@ -2,25 +2,47 @@
 
 strongSwan's ``ike_auth`` + ``child_create`` tasks for the IKE_AUTH message::
 
-    HDR, SK {IDi, AUTH, SAi2, TSi, TSr}  -->
-                                     <--  HDR, SK {IDr, AUTH, SAr2, TSi, TSr}
+    HDR, SK {IDi, [CERT+,] [CERTREQ,] [N(INITIAL_CONTACT),] AUTH,
+             [N(PPK_IDENTITY), [N(NO_PPK_AUTH)],] SAi2, TSi, TSr}  -->
+                  <--  HDR, SK {IDr, [CERT+,] AUTH, [N(PPK_IDENTITY),] SAr2, TSi, TSr}
 
-Authentication is by pre-shared key only (AUTH method 2, §2.15).  The peer's
-ID must equal the configured ``remote_id``.  A failure of the CHILD_SA part
-does not undo IKE authentication in the protocol (§1.2: the responder sends
-the error notify instead of SAr2/TS), but we never leave an IKE SA without
-its first CHILD_SA standing: the initiator deletes it again and reports why.
+Each side authenticates by a pre-shared key (AUTH method 2) or by a signature
+with its certificate's key (RFC 7427 method 14, or 1/9/10/11 for peers without
+SIGNATURE_HASH_ALGORITHMS), as its ``local_auth`` says; :mod:`ipsecd.ike.peer_auth`
+builds and checks the AUTH payloads, certificates included.  The peer's ID must be
+the configured ``remote_id`` (and be in its certificate, RFC 4945 §3.1).  When
+IKE_INTERMEDIATE exchanges took place, both AUTH payloads also cover IntAuth
+(RFC 9242 §3.3.2); IKE_AUTH before every agreed additional key exchange is done is
+refused (no downgrade of RFC 9370's hybrid).
+
+PPK (RFC 8784): with USE_PPK from both sides, the initiator sends
+N(PPK_IDENTITY) and an AUTH made with SK_pi mixed with its PPK, plus, unless
+``ppk_required``, N(NO_PPK_AUTH) with the AUTH data made without it.  A responder
+that has the PPK answers with the mixed keys and N(PPK_IDENTITY); one that has not
+(and does not require it) checks NO_PPK_AUTH instead.  SK_d of the IKE SA is the
+mixed one exactly when the PPK was used.
+
+A failure of the CHILD_SA part does not undo IKE authentication in the protocol
+(§1.2: the responder sends the error notify instead of SAr2/TS), but we never leave
+an IKE SA without its first CHILD_SA standing: the initiator deletes it again and
+reports why.
 """
 
 from __future__ import annotations
 
-import hmac
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
-from ipsecd.config.schema import Identity
+from ipsecd.config.schema import AuthConfig
 from ipsecd.crypto.proposals import Proposal
-from ipsecd.ike import auth as psk
 from ipsecd.ike import keys as ike_keys
+from ipsecd.ike.additional_ke import (
+    PpkIdentity,
+    PpkKeys,
+    child_keymat_with_additional,
+    mix_ppk,
+    same_ppk_id,
+)
 from ipsecd.ike.child import (
     ChildAlgorithms,
     ChildSa,
@@ -30,7 +52,7 @@ from ipsecd.ike.child import (
     narrow_as_responder,
     new_child_spi,
 )
-from ipsecd.ike.constants import AuthMethod, ExchangeType, NotifyType
+from ipsecd.ike.constants import ExchangeType, NotifyType
 from ipsecd.ike.errors import (
     AUTHENTICATION_FAILED,
     AuthenticationFailed,
@@ -40,6 +62,8 @@ from ipsecd.ike.errors import (
 )
 from ipsecd.ike.events import NegotiationFailed
 from ipsecd.ike.exchanges.informational import DeleteIkeSa
+from ipsecd.ike.handshake import AuthRecord
+from ipsecd.ike.keys import IkeKeys
 from ipsecd.ike.lifecycle import IkeEvent
 from ipsecd.ike.message import Message
 from ipsecd.ike.payloads import (
@@ -53,6 +77,16 @@ from ipsecd.ike.payloads import (
     TrafficSelectorsInitiator,
     TrafficSelectorsResponder,
     format_identity,
+)
+from ipsecd.ike.peer_auth import (
+    PeerAuthenticated,
+    cert_payloads,
+    certreq_payload,
+    our_auth,
+    psk_auth_value,
+    refusal_hint,
+    same_id,
+    verify_peer,
 )
 from ipsecd.ike.proposal_codec import (
     ChosenProposal,
@@ -69,18 +103,15 @@ Selectors = tuple[TrafficSelector, ...]
 
 
 def without_ke(proposals: tuple[Proposal, ...]) -> tuple[Proposal, ...]:
-    """ESP proposals for IKE_AUTH: no KE transforms (RFC 7296 §1.2)."""
-    return tuple(replace(p, ke=()) for p in proposals)
+    """ESP proposals for IKE_AUTH: no KE transforms, additional ones neither (RFC 7296 §1.2,
+    RFC 9370 §2.2.3: the first CHILD_SA's keys come from the IKE SA's exchanges)."""
+    return tuple(replace(p, ke=(), additional_ke=()) for p in proposals)
 
 
 def auth_value(sa: IkeSa, key: bytes, of_initiator: bool, id_type: int, id_data: bytes) -> bytes:
-    """The PSK AUTH value of the initiator's or the responder's side (RFC 7296 §2.15)."""
+    """The PSK AUTH value of one side without IntAuth or PPK (RFC 7296 §2.15; tests)."""
     assert sa.keys is not None
-    if of_initiator:
-        message, nonce = sa.init_request, sa.nonce_r
-    else:
-        message, nonce = sa.init_response, sa.nonce_i
-    return psk.psk_auth(sa.keys, key, of_initiator, message, nonce, id_type, id_data)
+    return psk_auth_value(sa, sa.keys, key, of_initiator, (id_type, id_data), b"")
 
 
 def negotiated_child(
@@ -94,16 +125,23 @@ def negotiated_child(
     local_ts: Selectors,
     remote_ts: Selectors,
     now: float,
+    additional: Sequence[bytes] = (),
 ) -> ChildSa:
     """The CHILD_SA an exchange agreed on, with its keys (RFC 7296 §2.17).
 
-    KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr); ``chosen.spi`` is the SPI the peer
+    KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr), with the secrets of additional key
+    exchanges after the nonces (RFC 9370 §2.2.4); ``chosen.spi`` is the SPI the peer
     receives with (our outbound SPI).  Shared by IKE_AUTH and CREATE_CHILD_SA, both roles.
     """
     assert sa.keys is not None
     algs = ChildAlgorithms.from_chosen(chosen)
     spi_out = int.from_bytes(chosen.spi, "big")
-    keymat = ike_keys.child_keymat(sa.keys, shared, *nonces, keymat_length(algs))
+    if additional:
+        keymat = child_keymat_with_additional(
+            sa.keys, [shared, *additional], *nonces, keymat_length(algs)
+        )
+    else:
+        keymat = ike_keys.child_keymat(sa.keys, shared, *nonces, keymat_length(algs))
     params = child_params(
         spi_in=spi_in,
         spi_out=spi_out,
@@ -125,17 +163,6 @@ def negotiated_child(
     )
 
 
-def _verify(
-    sa: IkeSa, key: bytes, of_initiator: bool, identity: tuple[int, bytes], auth: Authentication
-) -> bool:
-    expected = auth_value(sa, key, of_initiator, *identity)
-    return auth.method == AuthMethod.SHARED_KEY_MIC and hmac.compare_digest(auth.data, expected)
-
-
-def _identity(ident: Identity) -> tuple[int, bytes]:
-    return ident.id_type, ident.data
-
-
 def _selectors(message: Message) -> tuple[Selectors, Selectors] | None:
     tsi = message.find(TrafficSelectorsInitiator)
     tsr = message.find(TrafficSelectorsResponder)
@@ -148,8 +175,27 @@ def _initial_contact(message: Message) -> bool:
     return message.notify(NotifyType.INITIAL_CONTACT) is not None
 
 
+def _auth_record(
+    auth: AuthConfig, ours: str, theirs: PeerAuthenticated, their_id: str, ppk: bool
+) -> AuthRecord:
+    return AuthRecord(
+        local=ours,
+        remote=theirs.method,
+        local_id=str(auth.local_id),
+        remote_id=their_id,
+        remote_certificate=theirs.certificate,
+        ppk=ppk,
+    )
+
+
+def _ppk_id_text(auth: AuthConfig) -> str:
+    assert auth.ppk is not None
+    return auth.ppk.ppk_id.decode(errors="replace")
+
+
 class IkeAuth:
-    """Initiator side: authenticate with the PSK and ask for the first CHILD_SA."""
+    """Initiator side: authenticate (PSK or certificate, with PPK) and ask for the first
+    CHILD_SA."""
 
     exchange_type = ExchangeType.IKE_AUTH
     name = "IKE_AUTH"
@@ -159,23 +205,50 @@ class IkeAuth:
         self.local_ts: Selectors = ()
         self.remote_ts: Selectors = ()
         self.esp_proposals: tuple[Proposal, ...] = ()
+        self.int_auth = b""
+        self.ppk: PpkKeys | None = None  # the keys mixed with our PPK, if we offered it
+        self.our_method = ""
 
     def build_request(self, sa: IkeSa, now: float) -> list[Payload]:
         peer = sa.peer
-        assert peer.auth is not None
-        me = _identity(peer.auth.local_id)
+        auth = peer.auth
+        assert auth is not None and sa.keys is not None
+        handshake = sa.handshake
+        self.int_auth = handshake.int_auth_octets(sa.next_request_id)
+        keys: IkeKeys = sa.keys
+        if auth.ppk is not None and handshake.use_ppk:
+            self.ppk = mix_ppk(sa.keys, auth.ppk.ppk)
+            keys = self.ppk.keys
+        elif auth.ppk is not None and auth.ppk.required:
+            raise AuthenticationFailed(
+                f"peer {sa.peer_name} did not announce USE_PPK (RFC 8784) and ppk_required is"
+                f" set: not going on without the post-quantum preshared key"
+                f" '{_ppk_id_text(auth)}'"
+            )
+        auth_payload, self.our_method = our_auth(sa, auth, keys, True, self.int_auth)
+        ppk_notifies: list[Payload] = []
+        if self.ppk is not None and auth.ppk is not None:
+            ppk_notifies.append(
+                Notify(NotifyType.PPK_IDENTITY, PpkIdentity(auth.ppk.ppk_id).encode())
+            )
+            if not auth.ppk.required:  # the AUTH for a responder without the PPK (§3)
+                fallback, _ = our_auth(sa, auth, self.ppk.without_ppk, True, self.int_auth)
+                ppk_notifies.append(Notify(NotifyType.NO_PPK_AUTH, fallback.data))
         self.child_spi = new_child_spi(sa.random_bytes, sa.children)
         self.local_ts = peer.local_ts
         self.remote_ts = peer.remote_ts
         self.esp_proposals = without_ke(peer.esp_proposals)  # no KE in IKE_AUTH
-        auth_data = auth_value(sa, peer.auth.psk, True, *me)
         sa.transition(IkeEvent.AUTH_SENT, now)
         # RFC 7296 §2.4: "we have no other IKE SA with you; forget any you still hold".
         contact = [Notify(NotifyType.INITIAL_CONTACT)] if sa.send_initial_contact else []
+        certreq = certreq_payload(auth.trust) if auth.remote_auth == "pubkey" else []
         return [
-            IdentificationInitiator(*me),
+            IdentificationInitiator(auth.local_id.id_type, auth.local_id.data),
+            *cert_payloads(auth),
+            *certreq,
             *contact,
-            Authentication(AuthMethod.SHARED_KEY_MIC, auth_data),
+            auth_payload,
+            *ppk_notifies,
             sa_payload(self.esp_proposals, spi=self.child_spi.to_bytes(4, "big")),
             TrafficSelectorsInitiator(self.local_ts),
             TrafficSelectorsResponder(self.remote_ts),
@@ -187,7 +260,7 @@ class IkeAuth:
         if message.notify(AUTHENTICATION_FAILED) is not None:
             raise AuthenticationFailed(
                 f"peer {sa.peer_name} rejected our authentication: AUTHENTICATION_FAILED"
-                f" (we are {auth.local_id}; check the PSK and the identity the peer expects)"
+                f" ({refusal_hint(sa, auth)})"
             )
         ident = message.find(IdentificationResponder)
         auth_payload = message.find(Authentication)
@@ -199,11 +272,18 @@ class IkeAuth:
                 )
             raise InvalidSyntax(f"IKE_AUTH response from {sa.peer_name} lacks IDr or AUTH")
         try:
-            self._verify_responder(sa, ident, auth_payload)
+            keys, verified, ppk_used = self._verify_responder(
+                sa, auth, ident, auth_payload, message
+            )
         except AuthenticationFailed:
             # Our keys are valid and the peer thinks the SA is up: tell it (RFC 7296 §2.21.2).
             sa.send_one_way_informational([Notify(AUTHENTICATION_FAILED)])
             raise
+        sa.keys = keys  # PPK-mixed SK_d when the PPK was used (RFC 8784 §3)
+        their_id = format_identity(ident.id_type, ident.data)
+        sa.handshake.authenticated(
+            _auth_record(auth, self.our_method, verified, their_id, ppk_used)
+        )
         sa.established(now, initial_contact=_initial_contact(message))
         try:
             child = self._child(sa, message, now)
@@ -218,21 +298,34 @@ class IkeAuth:
         return TaskResult.DONE
 
     def _verify_responder(
-        self, sa: IkeSa, ident: IdentificationResponder, auth_payload: Authentication
-    ) -> None:
-        auth = sa.peer.auth
-        assert auth is not None
+        self,
+        sa: IkeSa,
+        auth: AuthConfig,
+        ident: IdentificationResponder,
+        auth_payload: Authentication,
+        message: Message,
+    ) -> tuple[IkeKeys, PeerAuthenticated, bool]:
+        """The responder's identity and AUTH; the keys of the IKE SA from now on and
+        whether they are mixed with the PPK."""
+        assert sa.keys is not None
         theirs = (ident.id_type, ident.data)
-        if theirs != _identity(auth.remote_id):
+        if not same_id(auth.remote_id, theirs):
             raise AuthenticationFailed(
                 f"peer {sa.peer_name} (responder) identified as"
                 f" {format_identity(*theirs)}, but remote_id is {auth.remote_id}"
             )
-        if not _verify(sa, auth.psk, False, theirs, auth_payload):
-            raise AuthenticationFailed(
-                f"peer {sa.peer_name} (responder, {auth.remote_id}) sent an AUTH"
-                " payload that does not verify with our PSK (pre-shared keys differ)"
-            )
+        keys, ppk_used = sa.keys, False
+        if self.ppk is not None:
+            if message.notify(NotifyType.PPK_IDENTITY) is not None:
+                keys, ppk_used = self.ppk.keys, True
+            elif auth.ppk is not None and auth.ppk.required:
+                raise AuthenticationFailed(
+                    f"peer {sa.peer_name} did not use the post-quantum preshared key"
+                    f" '{_ppk_id_text(auth)}' (no PPK_IDENTITY in its IKE_AUTH response) and"
+                    " ppk_required is set"
+                )
+        verified = verify_peer(sa, auth, keys, False, theirs, auth_payload, message, self.int_auth)
+        return keys, verified, ppk_used
 
     def _child(self, sa: IkeSa, message: Message, now: float) -> ChildSa:
         error = message.error_notify()
@@ -270,7 +363,8 @@ class IkeAuth:
 
 
 def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
-    """Responder side: find the peer by its ID, verify AUTH, then the first CHILD_SA."""
+    """Responder side: find the peer by its ID, verify its AUTH (and certificate), then
+    authenticate ourselves and set up the first CHILD_SA."""
     ident = message.find(IdentificationInitiator)
     auth_payload = message.find(Authentication)
     if ident is None or auth_payload is None:
@@ -279,7 +373,7 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
     their_id = format_identity(*theirs)
     candidates = sa.candidates or (sa.peer,)
     peer = next(
-        (p for p in candidates if p.auth is not None and _identity(p.auth.remote_id) == theirs),
+        (p for p in candidates if p.auth is not None and same_id(p.auth.remote_id, theirs)),
         None,
     )
     if peer is None or peer.auth is None:
@@ -291,16 +385,28 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
             f" configured remote_id ({expected})"
         )
     sa.peer = peer
-    if not _verify(sa, peer.auth.psk, True, theirs, auth_payload):
-        raise AuthenticationFailed(
-            f"peer {peer.name} (initiator, {their_id}) sent an AUTH payload that does not"
-            " verify with our PSK (pre-shared keys differ)"
+    auth = peer.auth
+    handshake = sa.handshake
+    if handshake.pending:
+        missing = ", ".join(f"ke{n}_{alg.name}" for n, alg in handshake.pending)
+        raise InvalidSyntax(
+            f"peer {peer.name} started IKE_AUTH before the additional key exchange(s) {missing}"
+            " it agreed to in IKE_SA_INIT (RFC 9370): refused, no downgrade"
         )
-    me = _identity(peer.auth.local_id)
+    int_auth = handshake.int_auth_octets(message.message_id)
+    keys, no_ppk_auth, ppk_used = _responder_ppk(sa, auth, message)
+    verified = verify_peer(
+        sa, auth, keys, True, theirs, auth_payload, message, int_auth, auth_data=no_ppk_auth
+    )
+    ours, how = our_auth(sa, auth, keys, False, int_auth)
+    sa.keys = keys  # PPK-mixed SK_d when the PPK was used (RFC 8784 §3)
     response: list[Payload] = [
-        IdentificationResponder(*me),
-        Authentication(AuthMethod.SHARED_KEY_MIC, auth_value(sa, peer.auth.psk, False, *me)),
+        IdentificationResponder(auth.local_id.id_type, auth.local_id.data),
+        *cert_payloads(auth),
+        ours,
+        *([Notify(NotifyType.PPK_IDENTITY)] if ppk_used else []),
     ]
+    handshake.authenticated(_auth_record(auth, how, verified, their_id, ppk_used))
     sa.established(now, initial_contact=_initial_contact(message))
     try:
         child, child_payloads = respond_child(
@@ -315,17 +421,95 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
     return response + child_payloads
 
 
-def respond_child(
-    sa: IkeSa,
-    message: Message,
-    proposals: tuple[Proposal, ...],
-    nonce_i: bytes,
-    nonce_r: bytes,
-    shared_secret: bytes,
-    now: float,
-    ke_payload: KeyExchange | None = None,
-) -> tuple[ChildSa, list[Payload]]:
-    """Negotiate a CHILD_SA as responder: SA selection, TS narrowing, keys.
+def _responder_ppk(
+    sa: IkeSa, auth: AuthConfig, message: Message
+) -> tuple[IkeKeys, bytes | None, bool]:
+    """RFC 8784 §3 as responder: the keys to verify and answer with, the NO_PPK_AUTH data
+    to verify instead of the AUTH payload's (None: the AUTH payload), and whether the PPK
+    is used.  Raises :class:`AuthenticationFailed` when the PPK is required and missing."""
+    assert sa.keys is not None
+    required = auth.ppk is not None and auth.ppk.required
+    if not sa.handshake.use_ppk:
+        if required:
+            raise AuthenticationFailed(
+                f"peer {sa.peer_name} did not announce USE_PPK (RFC 8784) and ppk_required is"
+                f" set: refused without the post-quantum preshared key '{_ppk_id_text(auth)}'"
+            )
+        return sa.keys, None, False
+    notify = message.notify(NotifyType.PPK_IDENTITY)
+    offered = None
+    if notify is not None:
+        try:
+            offered = PpkIdentity.decode(notify.data)
+        except ValueError as exc:
+            raise InvalidSyntax(f"peer {sa.peer_name}: {exc}") from None
+    if (
+        offered is not None
+        and auth.ppk is not None
+        and same_ppk_id(offered.ppk_id, auth.ppk.ppk_id)
+    ):
+        return mix_ppk(sa.keys, auth.ppk.ppk).keys, None, True
+    shown = offered.ppk_id.decode(errors="replace") if offered is not None else None
+    if required:
+        said = f"offered PPK '{shown}'" if shown is not None else "sent no PPK_IDENTITY"
+        raise AuthenticationFailed(
+            f"peer {sa.peer_name} {said}, but ppk_required is set for PPK"
+            f" '{_ppk_id_text(auth)}': refused (RFC 8784)"
+        )
+    if offered is None:
+        return sa.keys, None, False
+    fallback = message.notify(NotifyType.NO_PPK_AUTH)
+    if fallback is None:
+        raise AuthenticationFailed(
+            f"peer {sa.peer_name} authenticated with PPK '{shown}', which we do not have, and"
+            " sent no NO_PPK_AUTH (it requires the PPK): configure the same ppk_id/ppk_file"
+        )
+    return sa.keys, fallback.data, False
+
+
+@dataclass(frozen=True)
+class ChildPlan:
+    """A CHILD_SA the responder agreed to, before its keys (RFC 7296 §1.3, §2.9): the
+    chosen proposal, our inbound SPI and the narrowed selectors as answered."""
+
+    chosen: ChosenProposal
+    spi_in: int
+    tsi: Selectors
+    tsr: Selectors
+
+    def payloads(self, ke_payload: KeyExchange | None = None) -> list[Payload]:
+        """SA (with our SPI), [KEr,] TSi, TSr of the answer (the caller adds Nr)."""
+        out: list[Payload] = [chosen_sa_payload(self.chosen, spi=self.spi_in.to_bytes(4, "big"))]
+        if ke_payload is not None:
+            out.append(ke_payload)
+        return out + [TrafficSelectorsInitiator(self.tsi), TrafficSelectorsResponder(self.tsr)]
+
+    def child(
+        self,
+        sa: IkeSa,
+        shared: bytes,
+        nonce_i: bytes,
+        nonce_r: bytes,
+        now: float,
+        additional: Sequence[bytes] = (),
+    ) -> ChildSa:
+        """The CHILD_SA with its keys from ``shared`` (and additional key exchanges)."""
+        return negotiated_child(
+            sa,
+            self.chosen,
+            self.spi_in,
+            exchange_initiator=False,
+            shared=shared,
+            nonces=(nonce_i, nonce_r),
+            local_ts=self.tsr,
+            remote_ts=self.tsi,
+            now=now,
+            additional=additional,
+        )
+
+
+def plan_child(sa: IkeSa, message: Message, proposals: tuple[Proposal, ...]) -> ChildPlan:
+    """Negotiate a CHILD_SA as responder: SA selection, TS narrowing, our SPI.
 
     Shared by IKE_AUTH and CREATE_CHILD_SA (RFC 7296 §1.3).  Raises a
     :class:`ProtocolError` (NO_PROPOSAL_CHOSEN, TS_UNACCEPTABLE) whose text
@@ -338,20 +522,18 @@ def respond_child(
         raise InvalidSyntax(f"peer {peer.name} proposed a CHILD_SA without TSi/TSr")
     tsi, tsr = selectors
     new_tsi, new_tsr = narrow_as_responder(tsi, tsr, peer.local_ts, peer.remote_ts, peer.name)
-    spi_in = new_child_spi(sa.random_bytes, sa.children)
-    child = negotiated_child(
-        sa,
-        chosen,
-        spi_in,
-        exchange_initiator=False,
-        shared=shared_secret,
-        nonces=(nonce_i, nonce_r),
-        local_ts=new_tsr,
-        remote_ts=new_tsi,
-        now=now,
-    )
-    payloads: list[Payload] = [chosen_sa_payload(chosen, spi=spi_in.to_bytes(4, "big"))]
-    if ke_payload is not None:
-        payloads.append(ke_payload)
-    payloads += [TrafficSelectorsInitiator(new_tsi), TrafficSelectorsResponder(new_tsr)]
-    return child, payloads
+    return ChildPlan(chosen, new_child_spi(sa.random_bytes, sa.children), new_tsi, new_tsr)
+
+
+def respond_child(
+    sa: IkeSa,
+    message: Message,
+    proposals: tuple[Proposal, ...],
+    nonce_i: bytes,
+    nonce_r: bytes,
+    shared_secret: bytes,
+    now: float,
+) -> tuple[ChildSa, list[Payload]]:
+    """:func:`plan_child` and the CHILD_SA with its keys, and the answer's payloads."""
+    plan = plan_child(sa, message, proposals)
+    return plan.child(sa, shared_secret, nonce_i, nonce_r, now), plan.payloads()

@@ -8,6 +8,10 @@ strongSwan's ``child_create`` task outside IKE_AUTH::
 KEYMAT = prf+(SK_d, [g^ir (new)] | Ni | Nr) (§2.17).  A failed CREATE_CHILD_SA
 does not harm the IKE SA (§1.3): only the exchange fails.
 
+With additional key exchanges in the agreed ESP proposal (``keN_`` after the PFS
+group, RFC 9370 §2.2.4) the CHILD_SA is installed only after the IKE_FOLLOWUP_KE
+exchanges (:mod:`.followup`), with KEYMAT from all the shared secrets.
+
 Rekeying a CHILD_SA (§1.3.3) is a CREATE_CHILD_SA with N(REKEY_SA): the
 initiator task is :class:`~ipsecd.ike.exchanges.rekey.RekeyChildSa`, the
 responder steps (:func:`child_to_rekey`, :func:`responded_to_rekey`) are here.
@@ -33,7 +37,9 @@ from ipsecd.ike.errors import (
     notify_name,
 )
 from ipsecd.ike.events import NegotiationFailed
-from ipsecd.ike.exchanges.auth import negotiated_child, respond_child
+from ipsecd.ike.exchanges.auth import negotiated_child, plan_child
+from ipsecd.ike.exchanges.followup import FollowupKe, link_notify, link_of, new_link
+from ipsecd.ike.handshake import PendingFollowup
 from ipsecd.ike.lifecycle import ChildEvent, ChildState
 from ipsecd.ike.message import Message
 from ipsecd.ike.payloads import (
@@ -44,7 +50,7 @@ from ipsecd.ike.payloads import (
     TrafficSelectorsInitiator,
     TrafficSelectorsResponder,
 )
-from ipsecd.ike.proposal_codec import check_answer, choose, format_proposals, sa_payload
+from ipsecd.ike.proposal_codec import check_answer, format_proposals, sa_payload
 from ipsecd.ike.sa import IkeSa, TaskResult
 from ipsecd.selectors import TrafficSelector, format_selectors
 
@@ -77,6 +83,11 @@ class CreateChildSa:
         self.spi_in = 0
         self.nonce_r = b""
         self.error_type: int | None = None  # error notify the peer answered with
+
+    @property
+    def what(self) -> str:
+        """The exchange in operator's words (IKE_FOLLOWUP_KE messages)."""
+        return "new CHILD_SA"
 
     def extra_payloads(self, sa: IkeSa) -> list[Payload]:
         """Hook for subclasses (N(REKEY_SA) for a rekey, §1.3.3)."""
@@ -149,17 +160,35 @@ class CreateChildSa:
             self.local_ts, self.remote_ts, tsi.selectors, tsr.selectors, sa.peer_name
         )
         self.nonce_r = nonce_r.data
-        return negotiated_child(
-            sa,
-            chosen,
-            self.spi_in,
-            exchange_initiator=True,
-            shared=shared,
-            nonces=(self.nonce, nonce_r.data),
-            local_ts=tsi.selectors,
-            remote_ts=tsr.selectors,
-            now=now,
+
+        def child(secrets: list[bytes], when: float) -> ChildSa:
+            return negotiated_child(
+                sa,
+                chosen,
+                self.spi_in,
+                exchange_initiator=True,
+                shared=secrets[0],
+                nonces=(self.nonce, self.nonce_r),
+                local_ts=tsi.selectors,
+                remote_ts=tsr.selectors,
+                now=when,
+                additional=secrets[1:],
+            )
+
+        if not chosen.additional_exchanges:
+            return child([shared], now)
+        # RFC 9370 §2.2.4: the keys come after the IKE_FOLLOWUP_KE exchanges.
+        state = PendingFollowup(
+            what=self.what,
+            link=link_of(sa, message, self.what),
+            pending=list(chosen.additional_exchanges),
+            shared=[shared],
+            started=now,
+            complete=lambda secrets, when: self.install(sa, child(secrets, when), when),
+            abandon=lambda reason, when: self.failed(sa, reason, when),
         )
+        sa.tasks.insert(0, FollowupKe(state))
+        return None
 
     def _retry_with_group(self, sa: IkeSa, data: bytes) -> None:
         """RFC 7296 §1.3: INVALID_KE_PAYLOAD ends this exchange; retry in a new one."""
@@ -242,11 +271,12 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
     offered = message.find(SecurityAssociation)
     if nonce_i is None or offered is None:
         raise InvalidSyntax("CREATE_CHILD_SA request lacks SA or Ni", fatal=False)
-    proposals = sa.peer.esp_proposals
+    refuse_while_following_up(sa, now)
     try:
-        chosen = choose(offered, proposals, "esp", sa.peer_name)
+        plan = plan_child(sa, message, sa.peer.esp_proposals)
     except ProtocolError as exc:
         raise exc.non_fatal() from None
+    chosen = plan.chosen
     ke = message.find(KeyExchange)
     shared = b""
     ke_payload = None
@@ -265,14 +295,54 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
             raise InvalidSyntax(f"invalid KE value: {exc}", fatal=False) from None
         ke_payload = KeyExchange(int(group.transform_id), key_exchange.public)
     nonce_r = sa.random_bytes(NONCE_LEN)
-    try:
-        child, payloads = respond_child(
-            sa, message, proposals, nonce_i.data, nonce_r, shared, now, ke_payload=ke_payload
-        )
-    except ProtocolError as exc:
-        raise exc.non_fatal() from None
-    if old is not None:
-        responded_to_rekey(sa, old, child, nonce_i.data, nonce_r, now)
-    sa.install_child(child, now)
+    payloads = plan.payloads(ke_payload)
     # Nr goes after SA (RFC 7296 §1.3.1 order: SA, Nr, [KEr], TSi, TSr).
-    return [payloads[0], Nonce(nonce_r), *payloads[1:]]
+    answer = [payloads[0], Nonce(nonce_r), *payloads[1:]]
+
+    def install(secrets: list[bytes], when: float) -> None:
+        child = plan.child(sa, secrets[0], nonce_i.data, nonce_r, when, secrets[1:])
+        if old is not None:
+            if old.state not in (ChildState.INSTALLED, ChildState.REKEYING):
+                sa.install_child(child, when)  # the old SA went away meanwhile
+                return
+            responded_to_rekey(sa, old, child, nonce_i.data, nonce_r, when)
+        sa.install_child(child, when)
+
+    if not chosen.additional_exchanges:
+        install([shared], now)
+        return answer
+    what = "new CHILD_SA" if old is None else f"rekey of CHILD_SA {old.spi_in:08x}"
+    link = new_link(sa)
+    sa.handshake.followup = PendingFollowup(
+        what=what,
+        link=link,
+        pending=list(chosen.additional_exchanges),
+        shared=[shared],
+        started=now,
+        complete=install,
+        abandon=lambda reason, when: _report(sa, reason),
+    )
+    return [*answer, link_notify(link)]
+
+
+def _report(sa: IkeSa, reason: str) -> None:
+    sa.last_error = reason
+    sa.events.append(NegotiationFailed(sa.peer_name, reason))
+
+
+def refuse_while_following_up(sa: IkeSa, now: float) -> None:
+    """One CREATE_CHILD_SA with IKE_FOLLOWUP_KE exchanges at a time (RFC 9370 §2.2.4):
+    another is refused with TEMPORARY_FAILURE; a stale one (the initiator gave up)
+    is dropped."""
+    pending = sa.handshake.followup
+    if pending is None:
+        return
+    if now - pending.started > sa.policy.exchange_deadline:
+        sa.handshake.followup = None
+        pending.abandon(f"{pending.what}: the peer never finished IKE_FOLLOWUP_KE", now)
+        return
+    raise TemporaryFailure(
+        f"peer {sa.peer_name} started a CREATE_CHILD_SA while the IKE_FOLLOWUP_KE exchanges"
+        f" of the {pending.what} are still running",
+        fatal=False,
+    )

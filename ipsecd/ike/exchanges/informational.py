@@ -20,6 +20,7 @@ from ipsecd.ike.errors import AUTHENTICATION_FAILED
 from ipsecd.ike.lifecycle import ChildEvent, ChildState, IkeEvent, IkeState
 from ipsecd.ike.message import Message
 from ipsecd.ike.payloads import Delete, Payload
+from ipsecd.ike.peer_auth import refusal_hint
 from ipsecd.ike.sa import IkeSa, TaskResult
 
 
@@ -112,10 +113,9 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
     """Responder: process Delete payloads and notifies, answer (RFC 7296 §1.4.1)."""
     if message.notify(AUTHENTICATION_FAILED) is not None:
         # The initiator could not verify our AUTH (RFC 7296 §2.21.2).
-        me = sa.peer.auth.local_id if sa.peer.auth is not None else "?"
+        hint = refusal_hint(sa, sa.peer.auth) if sa.peer.auth is not None else "?"
         sa.after_response = lambda: sa.fail(
-            f"peer {sa.peer_name} rejected our authentication (AUTHENTICATION_FAILED):"
-            f" we are {me}; check the PSK and the identity the peer expects",
+            f"peer {sa.peer_name} rejected our authentication (AUTHENTICATION_FAILED): {hint}",
             now,
         )
         return []

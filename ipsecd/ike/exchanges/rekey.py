@@ -42,7 +42,7 @@ from __future__ import annotations
 from ipsecd.crypto import keyexchange
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.crypto.registry import KeAlgorithm
-from ipsecd.ike import keys
+from ipsecd.ike.additional_ke import derive_rekeyed_ike_keys_with_additional
 from ipsecd.ike.child import ChildSa
 from ipsecd.ike.constants import ExchangeType, NotifyType, ProtocolId
 from ipsecd.ike.errors import (
@@ -57,12 +57,20 @@ from ipsecd.ike.errors import (
     notify_name,
 )
 from ipsecd.ike.events import NegotiationFailed
-from ipsecd.ike.exchanges.create_child import NONCE_LEN, CreateChildSa, mark_rekeyed
+from ipsecd.ike.exchanges.create_child import (
+    NONCE_LEN,
+    CreateChildSa,
+    mark_rekeyed,
+    refuse_while_following_up,
+)
+from ipsecd.ike.exchanges.followup import FollowupKe, link_notify, link_of, new_link
 from ipsecd.ike.exchanges.informational import DeleteChildSa, DeleteIkeSa
+from ipsecd.ike.handshake import PendingFollowup
 from ipsecd.ike.lifecycle import ChildEvent, ChildState, IkeState
 from ipsecd.ike.message import Message
 from ipsecd.ike.payloads import KeyExchange, Nonce, Notify, Payload, SecurityAssociation
 from ipsecd.ike.proposal_codec import (
+    ChosenProposal,
     check_answer,
     choose,
     chosen_sa_payload,
@@ -115,6 +123,10 @@ class RekeyChildSa(CreateChildSa):
     ) -> None:
         super().__init__(local_ts, remote_ts, proposals, group, attempts)
         self.old_spi = old_spi
+
+    @property
+    def what(self) -> str:
+        return f"rekey of CHILD_SA {self.old_spi:08x}"
 
     def extra_payloads(self, sa: IkeSa) -> list[Payload]:
         # The SPI is the one we expect in inbound packets of the old SA (§1.3.3).
@@ -191,7 +203,10 @@ class RekeyChildSa(CreateChildSa):
 
 
 def _busy(sa: IkeSa) -> bool:
-    return any(c.state is not ChildState.INSTALLED for c in sa.children.values())
+    """A CHILD_SA operation, or the IKE_FOLLOWUP_KE exchanges of one, is under way."""
+    return sa.handshake.followup is not None or any(
+        c.state is not ChildState.INSTALLED for c in sa.children.values()
+    )
 
 
 class RekeyIkeSa:
@@ -273,21 +288,50 @@ class RekeyIkeSa:
         spi_r = int.from_bytes(chosen.spi, "big")
         if not spi_r:
             raise InvalidSyntax("IKE rekey response without the responder's new SPI", fatal=False)
-        new_keys = keys.derive_rekeyed_ike_keys(
-            sa.keys, chosen, shared, self.nonce, nonce_r.data, self.spi, spi_r
+        if not chosen.additional_exchanges:
+            self._rekeyed(sa, chosen, [shared], nonce_r.data, spi_r, now)
+            return TaskResult.DONE
+        # RFC 9370 §2.2.4: the new SA's keys come after the IKE_FOLLOWUP_KE exchanges.
+        state = PendingFollowup(
+            what="rekey of the IKE SA",
+            link=link_of(sa, message, "rekey of the IKE SA"),
+            pending=list(chosen.additional_exchanges),
+            shared=[shared],
+            started=now,
+            complete=lambda secrets, when: self._rekeyed(
+                sa, chosen, secrets, nonce_r.data, spi_r, when
+            ),
+            abandon=lambda reason, when: self.failed(sa, reason, when),
+        )
+        sa.tasks.insert(0, FollowupKe(state))
+        return TaskResult.DONE
+
+    def _rekeyed(
+        self,
+        sa: IkeSa,
+        chosen: ChosenProposal,
+        secrets: list[bytes],
+        nonce_r: bytes,
+        spi_r: int,
+        now: float,
+    ) -> None:
+        """The new IKE SA from all key exchanges of the rekey (RFC 7296 §2.18, RFC 9370)."""
+        assert sa.keys is not None
+        new_keys = derive_rekeyed_ike_keys_with_additional(
+            sa.keys, chosen, secrets, self.nonce, nonce_r, self.spi, spi_r
         )
         new = sa.successor(
             initiator=True, spi_i=self.spi, spi_r=spi_r, keys=new_keys, chosen=chosen, now=now
         )
         collision, sa.rekey_collision = sa.rekey_collision, None
-        if collision is not None and min(self.nonce, nonce_r.data) < collision[1]:
+        if collision is not None and min(self.nonce, nonce_r) < collision[1]:
             # Ours holds the lowest nonce (§2.8.2): redundant, deleted by us, its creator;
             # the peer's new SA survives and the peer deletes the old one.
             sa.yield_to(collision[0], now)
             new.rekeyed_to = collision[0]
             new.tasks = [DeleteIkeSa("redundant after a simultaneous rekey (RFC 7296 §2.8.2)")]
             sa.signals.append(Successor(new))
-            return TaskResult.DONE
+            return
         if collision is not None:
             # The peer's new SA is the redundant one: the peer deletes it (or we do,
             # after the grace period of a replaced SA).
@@ -297,7 +341,6 @@ class RekeyIkeSa:
         sa.adopt_successor(new, now)
         # Whatever was queued runs on the new SA; the old one is deleted (§2.18).
         new.tasks, sa.tasks = sa.tasks, [DeleteIkeSa("rekeyed")]
-        return TaskResult.DONE
 
     def failed(self, sa: IkeSa, reason: str, now: float) -> None:
         if sa.rekey_collision is not None:
@@ -326,6 +369,7 @@ def respond_ike_rekey(sa: IkeSa, message: Message, now: float) -> list[Payload]:
         raise TemporaryFailure(f"IKE SA with {sa.peer_name} is already rekeyed", fatal=False)
     own = sa.outstanding.task if sa.outstanding is not None else None
     colliding = isinstance(own, RekeyIkeSa) and sa.rekey_collision is None
+    refuse_while_following_up(sa, now)
     if (own is not None and not colliding) or _busy(sa):
         raise TemporaryFailure(
             f"peer {sa.peer_name} asked to rekey the IKE SA while another exchange or a"
@@ -356,27 +400,62 @@ def respond_ike_rekey(sa: IkeSa, message: Message, now: float) -> list[Payload]:
         shared = key_exchange.shared_secret(ke.data)
     except ValueError as exc:
         raise InvalidSyntax(f"invalid KE value in the IKE rekey: {exc}", fatal=False) from None
-    assert sa.keys is not None
     nonce_r = sa.random_bytes(NONCE_LEN)
     spi_r = new_ike_spi(sa.random_bytes)
-    new_keys = keys.derive_rekeyed_ike_keys(
-        sa.keys, chosen, shared, nonce_i.data, nonce_r, spi_i, spi_r
+    answer: list[Payload] = [
+        chosen_sa_payload(chosen, spi=spi_r.to_bytes(8, "big")),
+        Nonce(nonce_r),
+        KeyExchange(int(chosen.ke.transform_id), key_exchange.public),
+    ]
+
+    def rekeyed(secrets: list[bytes], when: float) -> None:
+        _ike_rekey_responded(sa, chosen, secrets, nonce_i.data, nonce_r, spi_i, spi_r, when)
+
+    if not chosen.additional_exchanges:
+        rekeyed([shared], now)
+        return answer
+    if colliding:  # our own rekey is in flight: the peer's with follow-ups waits
+        raise TemporaryFailure(f"peer {sa.peer_name} rekeys the IKE SA while we do", fatal=False)
+    link = new_link(sa)
+    sa.handshake.followup = PendingFollowup(
+        what="rekey of the IKE SA",
+        link=link,
+        pending=list(chosen.additional_exchanges),
+        shared=[shared],
+        started=now,
+        complete=rekeyed,
+        abandon=lambda reason, when: None,
+    )
+    return [*answer, link_notify(link)]
+
+
+def _ike_rekey_responded(
+    sa: IkeSa,
+    chosen: ChosenProposal,
+    secrets: list[bytes],
+    nonce_i: bytes,
+    nonce_r: bytes,
+    spi_i: int,
+    spi_r: int,
+    now: float,
+) -> None:
+    """Responder: the new IKE SA from all key exchanges of the rekey (§2.18, RFC 9370)."""
+    assert sa.keys is not None
+    new_keys = derive_rekeyed_ike_keys_with_additional(
+        sa.keys, chosen, secrets, nonce_i, nonce_r, spi_i, spi_r
     )
     new = sa.successor(
         initiator=False, spi_i=spi_i, spi_r=spi_r, keys=new_keys, chosen=chosen, now=now
     )
+    own = sa.outstanding.task if sa.outstanding is not None else None
+    colliding = isinstance(own, RekeyIkeSa) and sa.rekey_collision is None
     if colliding:
         # Our own rekey of this IKE SA is in flight (§2.8.2): the nonce rule decides
         # which new SA survives once it ends.  Known to the manager from now on (the peer
         # may use it first), but not used by us until then.
-        sa.rekey_collision = (new, min(nonce_i.data, nonce_r))
+        sa.rekey_collision = (new, min(nonce_i, nonce_r))
         new.collision_pending = True
         sa.signals.append(Successor(new))
         sa.count("ike_rekey_collisions")
     else:
         sa.after_response = lambda: sa.adopt_successor(new, now)
-    return [
-        chosen_sa_payload(chosen, spi=spi_r.to_bytes(8, "big")),
-        Nonce(nonce_r),
-        KeyExchange(int(chosen.ke.transform_id), key_exchange.public),
-    ]

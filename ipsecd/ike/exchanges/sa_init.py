@@ -23,16 +23,35 @@ hash, as strongSwan does with ``encap = yes``): the peer then believes a NAT
 is present and encapsulates too.  The real detection result is still
 computed from the peer's hashes and reported as ``nat_local`` /
 ``nat_remote``; IKE floats to port 4500 after this exchange in every case.
+
+What IKE_AUTH and the exchanges before it need is announced here and recorded in
+``sa.handshake`` (:mod:`ipsecd.ike.handshake`):
+
+* N(INTERMEDIATE_EXCHANGE_SUPPORTED) (RFC 9242 §3) when our IKE proposals have
+  additional key exchanges (RFC 9370, ``keN_``); the responder answers it when
+  the request carried it, and selects an additional key exchange only then;
+  each one chosen becomes an IKE_INTERMEDIATE exchange
+  (:mod:`ipsecd.ike.exchanges.intermediate`) before IKE_AUTH;
+* N(SIGNATURE_HASH_ALGORITHMS) (RFC 7427 §4) when a side authenticates with a
+  certificate (the responder: when the request carried it);
+* CERTREQ with our trust anchors' key hashes (RFC 7296 §3.7) from the responder
+  whose candidate peers check certificates (the initiator sends its CERTREQ in
+  IKE_AUTH);
+* N(USE_PPK) (RFC 8784 §3) when a PPK is configured (the responder: when the
+  request carried it and a candidate peer has one).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from ipsecd.config.schema import PeerConfig
 from ipsecd.crypto import keyexchange
+from ipsecd.crypto.prf import Prf
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.crypto.registry import KeAlgorithm
 from ipsecd.ike import keys, nat
+from ipsecd.ike.additional_ke import IntAuthChain
 from ipsecd.ike.constants import NONCE_MAX_LEN, NONCE_MIN_LEN, ExchangeType, NotifyType
 from ipsecd.ike.errors import (
     INVALID_KE_PAYLOAD,
@@ -42,10 +61,13 @@ from ipsecd.ike.errors import (
     notify_name,
 )
 from ipsecd.ike.exchanges.auth import IkeAuth
+from ipsecd.ike.exchanges.intermediate import IkeIntermediate
 from ipsecd.ike.lifecycle import IkeEvent, IkeState
 from ipsecd.ike.message import Message
 from ipsecd.ike.payloads import KeyExchange, Nonce, Notify, Payload, SecurityAssociation
+from ipsecd.ike.peer_auth import certreq_payload_of, peer_certreq
 from ipsecd.ike.proposal_codec import (
+    ChosenProposal,
     check_answer,
     choose,
     chosen_sa_payload,
@@ -53,6 +75,7 @@ from ipsecd.ike.proposal_codec import (
     sa_payload,
 )
 from ipsecd.ike.sa import IkeSa, TaskResult, new_ike_spi
+from ipsecd.ike.signature_auth import decode_hash_algorithms, encode_hash_algorithms
 
 NONCE_LEN = 32  # at least half the PRF key size, >= 16 octets (RFC 7296 §2.10)
 MAX_INIT_RETRIES = 5  # COOKIE + INVALID_KE_PAYLOAD round trips before giving up
@@ -95,6 +118,48 @@ def announces_fragmentation(sa: IkeSa) -> bool:
     return sa.peer.fragmentation != "no"
 
 
+def _uses_certificates(peer: PeerConfig) -> bool:
+    return peer.auth is not None and "pubkey" in (peer.auth.local_auth, peer.auth.remote_auth)
+
+
+def initiator_announcements(peer: PeerConfig) -> list[Payload]:
+    """IKE_INTERMEDIATE, signature hashes and PPK support, as far as this peer needs them."""
+    out: list[Payload] = []
+    if any(p.additional_ke for p in peer.ike_proposals):
+        out.append(Notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
+    if _uses_certificates(peer):
+        out.append(Notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, encode_hash_algorithms()))
+    if peer.auth is not None and peer.auth.ppk is not None:
+        out.append(Notify(NotifyType.USE_PPK))
+    return out
+
+
+def _record_peer_announcements(sa: IkeSa, message: Message, sent: list[Payload]) -> None:
+    """What both sides announced, for the exchanges after IKE_SA_INIT (``sa.handshake``)."""
+    ours = {n.notify_type for n in sent if isinstance(n, Notify)}
+    theirs = {n.notify_type for n in message.notifies()}
+    handshake = sa.handshake
+    both = ours & theirs
+    handshake.intermediate = NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED in both
+    handshake.use_ppk = NotifyType.USE_PPK in both
+    hashes = message.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+    if hashes is not None:
+        try:
+            handshake.peer_hash_algorithms = decode_hash_algorithms(hashes.data)
+        except ValueError as exc:
+            raise InvalidSyntax(f"peer {sa.peer_name}: {exc}") from None
+    handshake.peer_certreq = peer_certreq(message)
+
+
+def _plan_additional_exchanges(sa: IkeSa, chosen: ChosenProposal) -> None:
+    """RFC 9370 §2.2.2: one IKE_INTERMEDIATE per additional key exchange, IntAuth over them."""
+    handshake = sa.handshake
+    handshake.pending = list(chosen.additional_exchanges)
+    if handshake.pending:
+        assert chosen.prf is not None
+        handshake.int_auth = IntAuthChain(Prf(chosen.prf))
+
+
 class IkeSaInit:
     """Initiator side (strongSwan ``ike_init`` ``build_i``/``process_i``)."""
 
@@ -108,6 +173,7 @@ class IkeSaInit:
         self.key_exchange: keyexchange.KeyExchange | None = None
         self.nonce = b""  # chosen once, kept across COOKIE/INVALID_KE retries (§2.6)
         self.retries = 0
+        self.announced: list[Payload] = []
 
     def build_request(self, sa: IkeSa, now: float) -> list[Payload]:
         if not sa.spi_i:
@@ -128,6 +194,8 @@ class IkeSaInit:
         payloads += natd_payloads(sa, sa.spi_i, 0)
         if announces_fragmentation(sa):
             payloads.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
+        self.announced = initiator_announcements(sa.peer)
+        payloads += self.announced
         if sa.state is IkeState.CREATED:
             sa.transition(IkeEvent.INIT_SENT, now)
         return payloads
@@ -166,6 +234,12 @@ class IkeSaInit:
                 f"IKE_SA_INIT response from {sa.peer_name}: KE group {ke.group} is not the"
                 f" one we sent ({self.group.name})"
             )
+        _record_peer_announcements(sa, message, self.announced)
+        if chosen.additional_exchanges and not sa.handshake.intermediate:
+            raise NoProposalChosen(
+                f"peer {sa.peer_name} chose additional key exchanges ({chosen}) without"
+                " announcing IKE_INTERMEDIATE (RFC 9242), which carries them"
+            )
         assert self.key_exchange is not None
         sa.spi_r = message.spi_r
         shared = self.key_exchange.shared_secret(ke.data)
@@ -180,7 +254,9 @@ class IkeSaInit:
             and message.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
         )
         sa.float_to_natt()
-        sa.tasks.insert(0, IkeAuth())
+        _plan_additional_exchanges(sa, chosen)
+        intermediates = [IkeIntermediate(n, alg) for n, alg in chosen.additional_exchanges]
+        sa.tasks[0:0] = [*intermediates, IkeAuth()]
         return TaskResult.DONE
 
     def _retry(self, sa: IkeSa, why: str, apply: Callable[[], None], now: float) -> TaskResult:
@@ -230,7 +306,8 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
     offered = message.find(SecurityAssociation)
     if ke is None or nonce is None or offered is None:
         raise InvalidSyntax(f"IKE_SA_INIT request from {sa.remote[0]} lacks SA, KE or Nonce")
-    chosen = choose(offered, sa.peer.ike_proposals, "ike", sa.peer_name)
+    intermediate = message.notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is not None
+    chosen = choose(offered, sa.peer.ike_proposals, "ike", sa.peer_name, additional=intermediate)
     assert chosen.ke is not None  # every IKE proposal has a KE transform (config)
     if ke.group != chosen.ke.transform_id:
         raise InvalidKePayload(
@@ -263,5 +340,33 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
     if wants_fragments and announces_fragmentation(sa):
         sa.fragmentation_peer = True
         payloads.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
+    announced = _responder_announcements(sa, message)
+    payloads += announced
+    _record_peer_announcements(sa, message, announced)
+    _plan_additional_exchanges(sa, chosen)
     sa.transition(IkeEvent.INIT_ANSWERED, now)
     return payloads
+
+
+def _responder_announcements(sa: IkeSa, message: Message) -> list[Payload]:
+    """The answers to the initiator's announcements, for the peers it may turn out to be
+    (the candidates until IKE_AUTH names one), and our CERTREQ."""
+    candidates = sa.candidates or (sa.peer,)
+    auths = [p.auth for p in candidates if p.auth is not None]
+    asked = {n.notify_type for n in message.notifies()}
+    out: list[Payload] = []
+    if NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED in asked:
+        out.append(Notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
+    if NotifyType.SIGNATURE_HASH_ALGORITHMS in asked:
+        out.append(Notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, encode_hash_algorithms()))
+    if NotifyType.USE_PPK in asked and any(a.ppk is not None for a in auths):
+        out.append(Notify(NotifyType.USE_PPK))
+    hashes = {
+        h
+        for a in auths
+        if a.remote_auth == "pubkey" and a.trust is not None
+        for h in a.trust.store().certreq_hashes()
+    }
+    if hashes:
+        out += certreq_payload_of(sorted(hashes))
+    return out
