@@ -77,6 +77,7 @@ DAEMON_EVENTS = (
 
 #: The IKE layer's event counters (``ike_counters``), each reported from start.
 IKE_EVENTS = (
+    "additional_key_exchanges",
     "amplification_refused",
     "child_rekey_collisions",
     "child_rekey_retries",
