@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from tests.lab.strongswan import Charon, site_to_site
+from tests.lab.strongswan import Charon, StrongSwan, site_to_site
 from tests.lab.topology import HOST_A_IP, HOST_B_IP, Topology
 from tests.lab.wait import wait_until
 
@@ -225,14 +225,14 @@ def _one_swan_ike_sa(charon: Charon, timeout: float = 10.0) -> list[dict[str, ob
 
 
 def _with_charon(
-    topo: Topology, ours: dict[str, object], **swan: object
+    topo: Topology, strongswan: StrongSwan, ours: dict[str, object], **swan: object
 ) -> tuple[IpsecdProcess, Charon]:
-    """ipsecd on gwA (initiator), charon on gwB."""
+    """ipsecd on gwA (initiator), charon on gwB; ``swan``: the charon connection's settings."""
     _, conn_b = site_to_site(topo, psk=PSK, ike_proposals=IKE, esp_proposals=ESP, **swan)
     a, b = site_specs(topo)
     a.ike_proposals, a.esp_proposals = [IKE], [ESP]
     a.peer_extra = ours
-    charon = Charon(topo, topo.gw_b).start()
+    charon = Charon(topo, topo.gw_b, swan=strongswan).start()
     charon.load(conn_b)
     gw_a, _ = start_psk_pair(topo, a, b, psk_a=PSK, start=False)
     gw_a.start()
@@ -243,14 +243,15 @@ def _with_charon(
 
 @pytest.mark.strongswan
 @pytest.mark.parametrize("who", ["ipsecd", "strongswan"])
-def test_child_rekey_with_strongswan(topology: Topology, who: str) -> None:
+def test_child_rekey_with_strongswan(topology: Topology, strongswan: StrongSwan, who: str) -> None:
     if who == "ipsecd":
-        gw_a, charon = _with_charon(topology, _esp(2), child_rekey_time=120)
+        gw_a, charon = _with_charon(topology, strongswan, _esp(2), child_rekey_time=120)
     else:
         gw_a, charon = _with_charon(
             # strongSwan's lifetimes are whole seconds: its default life_time (rekey
             # * 1.1) would equal rekey_time and expire the SA instead of rekeying it.
             topology,
+            strongswan,
             _esp(120),
             child_rekey_time=2,
             child_life_time=20,
@@ -272,12 +273,12 @@ def test_child_rekey_with_strongswan(topology: Topology, who: str) -> None:
 
 @pytest.mark.strongswan
 @pytest.mark.parametrize("who", ["ipsecd", "strongswan"])
-def test_ike_rekey_with_strongswan(topology: Topology, who: str) -> None:
+def test_ike_rekey_with_strongswan(topology: Topology, strongswan: StrongSwan, who: str) -> None:
     if who == "ipsecd":
-        gw_a, charon = _with_charon(topology, _ike(2), ike_rekey_time=120)
+        gw_a, charon = _with_charon(topology, strongswan, _ike(2), ike_rekey_time=120)
     else:
         gw_a, charon = _with_charon(
-            topology, _ike(120), ike_rekey_time=2, ike_over_time=20, rand_time=0
+            topology, strongswan, _ike(120), ike_rekey_time=2, ike_over_time=20, rand_time=0
         )
     try:
         rekeys, moved = _transfer_through_rekeys(topology, [gw_a], "ike_sa_rekeyed")
@@ -291,10 +292,12 @@ def test_ike_rekey_with_strongswan(topology: Topology, who: str) -> None:
 
 
 @pytest.mark.strongswan
-def test_simultaneous_ike_rekeys_with_strongswan(topology: Topology) -> None:
+def test_simultaneous_ike_rekeys_with_strongswan(
+    topology: Topology, strongswan: StrongSwan
+) -> None:
     """ipsecd and charon rekey the IKE SA at the same moment, with a growing offset so that
     some requests cross on the wire (§2.8.2); afterwards one IKE SA on both sides."""
-    gw_a, charon = _with_charon(topology, _ike(120), ike_rekey_time=120)
+    gw_a, charon = _with_charon(topology, strongswan, _ike(120), ike_rekey_time=120)
     try:
         for offset_ms in range(8):
             delay = offset_ms / 2000
