@@ -318,3 +318,45 @@ def test_simultaneous_ike_rekeys_with_strongswan(
         _one_pair(gw_a)
     finally:
         charon.stop()
+
+
+REAUTH_TIME = 5  # charon's reauth_time (seconds)
+REAUTHS = 3
+
+
+@pytest.mark.strongswan
+@pytest.mark.strongswan_xfail(
+    "6.1",
+    reason="issue 14 item 1: on charon's make-before-break reauthentication ipsecd deletes"
+    " the new IKE SA ('duplicate IKE SA (both ends initiated)') as charon deletes the old"
+    " one: no IKE SA left on either side, pings lost until ipsecd retries",
+)
+def test_reauthentication_by_strongswan_with_its_defaults(
+    topology: Topology, strongswan: StrongSwan
+) -> None:
+    """charon reauthenticates (RFC 7296 §2.8.3) every few seconds the way its version does
+    by default (break-before-make in 5.9, make-before-break from 6.0) while pings run: the
+    tunnel carries them through, and one IKE SA is left on each side."""
+    gw_a, charon = _with_charon(
+        topology,
+        strongswan,
+        _ike(120),
+        conn_extra={"reauth_time": str(REAUTH_TIME), "rand_time": "0", "over_time": "30"},
+    )
+    try:
+        first = charon.list_sas()[0]["uniqueid"]
+        count = int(REAUTH_TIME * (REAUTHS + 0.5) / 0.2)
+        stats = topology.ping(topology.host_a, HOST_B_IP, count=count, interval=0.2, wait=1.0)
+        sas = _one_swan_ike_sa(charon)
+        reauths = int(str(sas[0]["uniqueid"])) - int(str(first))
+        print(f"{strongswan}: {reauths} reauthentications, {stats.loss:.1%} of pings lost")
+        assert reauths >= REAUTHS, charon.tail()
+        assert stats.loss <= 0.02, (stats, gw_a.peer_status(), charon.tail())
+        _one_ike_sa(gw_a)
+        mine = _one_pair(gw_a)
+        kids = wait_until(
+            charon.child_sas, 5, what="charon to hold one CHILD_SA", until=lambda k: len(k) == 1
+        )
+        assert int(str(kids[0]["spi-in"]), 16) == int(str(mine["spi_out"]), 16)
+    finally:
+        charon.stop()
