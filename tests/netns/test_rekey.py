@@ -224,6 +224,15 @@ def _one_swan_ike_sa(charon: Charon, timeout: float = 10.0) -> list[dict[str, ob
     )
 
 
+def _one_pair_with_charon(daemon: IpsecdProcess, charon: Charon) -> None:
+    """Wait for one CHILD_SA on each side; they must be the same pair."""
+    mine = _one_pair(daemon)
+    kids = wait_until(
+        charon.child_sas, 5, what="charon to hold one CHILD_SA", until=lambda k: len(k) == 1
+    )
+    assert int(str(kids[0]["spi-in"]), 16) == int(str(mine["spi_out"]), 16)
+
+
 def _with_charon(
     topo: Topology, strongswan: StrongSwan, ours: dict[str, object], **swan: object
 ) -> tuple[IpsecdProcess, Charon]:
@@ -262,11 +271,7 @@ def test_child_rekey_with_strongswan(topology: Topology, strongswan: StrongSwan,
         print(f"{who} rekeys the CHILD_SA: {rekeys} rekeys during {moved >> 20} MB")
         assert rekeys >= MIN_REKEYS
         _no_unknown_spi(gw_a)
-        mine = _one_pair(gw_a)
-        kids = wait_until(
-            charon.child_sas, 5, what="charon to hold one CHILD_SA", until=lambda k: len(k) == 1
-        )
-        assert int(str(kids[0]["spi-in"]), 16) == int(str(mine["spi_out"]), 16)
+        _one_pair_with_charon(gw_a, charon)
     finally:
         charon.stop()
 
@@ -347,16 +352,12 @@ def test_reauthentication_by_strongswan_with_its_defaults(
         first = charon.list_sas()[0]["uniqueid"]
         count = int(REAUTH_TIME * (REAUTHS + 0.5) / 0.2)
         stats = topology.ping(topology.host_a, HOST_B_IP, count=count, interval=0.2, wait=1.0)
+        print(f"{strongswan}: {stats.loss:.1%} of pings lost")
+        assert stats.loss <= 0.02, (stats, gw_a.peer_status(), charon.tail())
         sas = _one_swan_ike_sa(charon)
         reauths = int(str(sas[0]["uniqueid"])) - int(str(first))
-        print(f"{strongswan}: {reauths} reauthentications, {stats.loss:.1%} of pings lost")
         assert reauths >= REAUTHS, charon.tail()
-        assert stats.loss <= 0.02, (stats, gw_a.peer_status(), charon.tail())
         _one_ike_sa(gw_a)
-        mine = _one_pair(gw_a)
-        kids = wait_until(
-            charon.child_sas, 5, what="charon to hold one CHILD_SA", until=lambda k: len(k) == 1
-        )
-        assert int(str(kids[0]["spi-in"]), 16) == int(str(mine["spi_out"]), 16)
+        _one_pair_with_charon(gw_a, charon)
     finally:
         charon.stop()
