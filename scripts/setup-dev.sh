@@ -4,7 +4,8 @@
 #   sudo scripts/setup-dev.sh
 #
 # Installs what the tests use from Debian (strongSwan's charon with the kernel-libipsec plugin
-# as the interop peer, iperf3, tcpdump, nftables, debootstrap for the stock-Debian install test,
+# as the interop peer, iperf3, tcpdump, nftables, debootstrap for the stock-Debian install test
+# and the strongSwan 6.1 root the interop tests build (tests/lab/strongswan6.py),
 # systemd-analyze for the unit checks) and makes .venv in the checkout with Debian's
 # /usr/bin/python3 (PEP 668: Debian's python refuses `pip install` outside a venv), holding
 # ipsecd in editable mode with the test extras.  Then, as root:

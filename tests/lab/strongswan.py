@@ -14,13 +14,25 @@ How charon is run here (see shared/notes/strongswan-in-namespaces.md):
   at level 2 and millisecond time stamps, and short retransmission settings.
 * swanctl runs in the root namespace and reaches charon over the vici unix socket
   (``--uri`` must come after the command).
+
+Two strongSwan installations (:class:`StrongSwan`) run that way: the machine's own
+(:data:`HOST`, Debian 12's 5.9.8) and strongSwan 6.1 in a Debian root built by
+:mod:`tests.lab.strongswan6` (shared/notes/strongswan-6-chroot.md).  For the latter every
+charon and every swanctl runs in a private mount namespace of its own
+(``unshare -m``) with ``/dev`` (``/dev/net/tun`` for kernel-libipsec), ``/proc`` and the
+instance directory as ``/run`` bound into the root, then ``chroot``: strongswan.conf,
+swanctl.conf, the log, the pid file and the vici socket are ``/run/…`` inside and the
+instance directory outside, and the mounts end with the process whatever way it ends
+(nothing is mounted in the test's own namespace, so nothing is left to unmount).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -31,6 +43,7 @@ from tests.lab.vici import ViciClient, ViciError
 from tests.lab.wait import WaitTimeout, wait_until
 
 CHARON = "/usr/lib/ipsec/charon"
+SWANCTL = "/usr/sbin/swanctl"
 PLUGIN_DIR = Path("/usr/lib/ipsec/plugins")
 
 #: Plugins a PSK site-to-site charon needs here; those not installed are left out.
@@ -49,6 +62,65 @@ StartAction = Literal["none", "start", "trap"]
 
 class StrongSwanError(RuntimeError):
     """charon or swanctl failed; the message includes the relevant output / log tail."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StrongSwan:
+    """One strongSwan installation a :class:`Charon` runs: the machine's own (``root`` None)
+    or one in a Debian root that each charon and swanctl runs in with ``chroot``.
+
+    ``label`` names it in test ids and messages ("5.9.8", "6.1").
+    """
+
+    label: str
+    root: Path | None = None
+
+    def __str__(self) -> str:
+        return f"strongSwan {self.label}"
+
+    @property
+    def plugin_dir(self) -> Path:
+        """Where its plugins are, seen from the test."""
+        return self.root / PLUGIN_DIR.relative_to("/") if self.root else PLUGIN_DIR
+
+    @functools.cached_property
+    def version(self) -> str:
+        """What ``charon --version`` says ("5.9.8", "6.1.0")."""
+        argv = ["chroot", str(self.root), CHARON] if self.root else [CHARON]
+        out = subprocess.run(
+            [*argv, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+        found = re.search(r"strongSwan (\S+)", out.stdout)
+        if not found:
+            raise StrongSwanError(f"{' '.join(argv)} --version: {out.stdout}{out.stderr}")
+        return found.group(1)
+
+    def charon_argv(self, rundir: Path) -> list[str]:
+        """charon with a private ``/run`` (``rundir`` itself in a root, a tmpfs otherwise)."""
+        if self.root is None:
+            return ["unshare", "-m", "sh", "-c", f"mount -t tmpfs none /run && exec {CHARON}"]
+        root = shlex.quote(str(self.root))
+        script = (
+            f"mount --bind /dev {root}/dev && mount -t proc proc {root}/proc"
+            f" && mount --bind {shlex.quote(str(rundir))} {root}/run"
+            f" && exec chroot {root} {CHARON}"
+        )
+        return ["unshare", "-m", "sh", "-c", script]
+
+    def swanctl_argv(self, rundir: Path, args: list[str]) -> list[str]:
+        """swanctl with ``args``; in a root it sees ``rundir`` as ``/run``, as charon does."""
+        if self.root is None:
+            return ["swanctl", *args]
+        root = shlex.quote(str(self.root))
+        script = (
+            f"mount --bind {shlex.quote(str(rundir))} {root}/run"
+            f' && exec chroot {root} {SWANCTL} "$@"'
+        )
+        return ["unshare", "-m", "sh", "-c", script, "swanctl", *args]
+
+
+#: Debian 12's own strongSwan (5.9.8).
+HOST = StrongSwan("5.9.8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,13 +257,15 @@ def strongswan_conf(
     retransmit_timeout: float = 1.0,
     socket: Path | None = None,
     fragment_size: int | None = None,
+    plugin_dir: Path = PLUGIN_DIR,
 ) -> str:
     """A self-contained strongswan.conf for a test charon whose files live in ``directory``
-    (the vici socket at ``socket``, default ``directory/charon.vici``).  ``fragment_size``
-    is ``charon.fragment_size``: the largest IKE fragment as a whole IP datagram (RFC 7383)."""
+    (the vici socket at ``socket``, default ``directory/charon.vici``; both paths as charon
+    sees them).  ``fragment_size`` is ``charon.fragment_size``: the largest IKE fragment as
+    a whole IP datagram (RFC 7383).  Only plugins found in ``plugin_dir`` are loaded."""
     socket = socket or directory / "charon.vici"
     fragments = f"  fragment_size = {fragment_size}\n" if fragment_size is not None else ""
-    plugins = [p for p in PLUGINS if (PLUGIN_DIR / f"libstrongswan-{p}.so").exists()]
+    plugins = [p for p in PLUGINS if (plugin_dir / f"libstrongswan-{p}.so").exists()]
     return f"""\
 charon {{
   load = {" ".join(plugins)}
@@ -297,11 +371,13 @@ class HandshakeTiming:
 
 
 class Charon:
-    """One charon daemon inside namespace ``ns`` of ``topo``; files in ``directory``.
+    """One charon daemon of installation ``swan`` inside namespace ``ns`` of ``topo``; files
+    in ``directory``.
 
     ``start()`` launches it and waits for vici; ``load(conn)`` writes swanctl.conf and loads
     it; ``initiate()``, ``terminate()``, ``list_sas()``, ``wait_for_child_sa()``, ``stop()``.
-    Stopped automatically when the topology tears down (it is a spawned process).
+    Stopped automatically when the topology tears down (it is a spawned process); its log
+    stays in ``directory`` (kept with the topology's work directory when a test fails).
     """
 
     def __init__(
@@ -312,8 +388,9 @@ class Charon:
         retransmit_tries: int = 3,
         retransmit_timeout: float = 1.0,
         fragment_size: int | None = None,
+        swan: StrongSwan = HOST,
     ) -> None:
-        self.topo, self.ns = topo, ns
+        self.topo, self.ns, self.swan = topo, ns, swan
         self.dir = Path(directory or topo.log_path(f"charon-{ns.rsplit('-', 1)[-1]}"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf_path = self.dir / "strongswan.conf"
@@ -321,15 +398,33 @@ class Charon:
         self.log = self.dir / "charon.log"
         # Not in self.dir: a unix socket path must stay under 108 bytes.
         self.socket = topo.socket_path(f"{ns.rsplit('-', 1)[-1]}-{self.dir.name[:3]}.vici")
-        self.uri = f"unix://{self.socket}"
+        # Where charon and swanctl see self.dir: as itself, or as /run inside a root (the
+        # socket is then self.dir/charon.vici, and self.socket a short link to it).
+        self._seen_dir = Path("/run") if swan.root else self.dir
+        if swan.root:
+            self.socket.unlink(missing_ok=True)
+            self.socket.symlink_to(self.dir / "charon.vici")
+            seen_socket = self._seen(self.dir / "charon.vici")
+        else:
+            seen_socket = self.socket
+        self.uri = f"unix://{seen_socket}"  # for swanctl
         self.conf_path.write_text(
             strongswan_conf(
-                self.dir, retransmit_tries, retransmit_timeout, self.socket, fragment_size
+                self._seen_dir,
+                retransmit_tries,
+                retransmit_timeout,
+                seen_socket,
+                fragment_size,
+                swan.plugin_dir,
             )
         )
-        self.env = {**os.environ, "STRONGSWAN_CONF": str(self.conf_path)}
+        self.env = {**os.environ, "STRONGSWAN_CONF": str(self._seen(self.conf_path))}
         self.proc: subprocess.Popen[bytes] | None = None
         self.connections: list[SwanConnection] = []
+
+    def _seen(self, path: Path) -> Path:
+        """``path`` (in the instance directory) as charon and swanctl see it."""
+        return self._seen_dir / path.relative_to(self.dir)
 
     @property
     def pid(self) -> int:
@@ -339,12 +434,12 @@ class Charon:
         return self.proc.pid
 
     def charon_argv(self) -> list[str]:
-        """How charon is run: with a private /run (a subclass may run another installation,
-        tests/lab/swan_pq.py)."""
-        return ["unshare", "-m", "sh", "-c", f"mount -t tmpfs none /run && exec {CHARON}"]
+        """How charon is run: by its installation (5.9.8 or the 6.1 root), with a private
+        /run (tests/lab/swan_pq.py's subclass brings its own installation)."""
+        return self.swan.charon_argv(self.dir)
 
     def swanctl_argv(self, args: list[str]) -> list[str]:
-        return ["swanctl", *args]
+        return self.swan.swanctl_argv(self.dir, args)
 
     def start(self, timeout: float = 15.0) -> Charon:
         """Start charon and wait until its vici socket answers."""
@@ -365,9 +460,11 @@ class Charon:
                 what=f"charon in {self.ns} to answer on {self.socket}",
             )
         except WaitTimeout as exc:
-            raise StrongSwanError(f"{exc}\n{self.tail()}") from None
+            raise StrongSwanError(f"{self.swan}: {exc}\n{self.tail()}") from None
         if proc.poll() is not None:
-            raise StrongSwanError(f"charon in {self.ns} exited {proc.returncode}\n{self.tail()}")
+            raise StrongSwanError(
+                f"{self.swan}: charon in {self.ns} exited {proc.returncode}\n{self.tail()}"
+            )
         return self
 
     def tail(self, lines: int = 40) -> str:
@@ -389,7 +486,7 @@ class Charon:
         )
         if check and res.returncode != 0:
             raise StrongSwanError(
-                f"{' '.join(argv)} exited {res.returncode}\n"
+                f"{self.swan}: swanctl {command} {' '.join(args)} exited {res.returncode}\n"
                 f"{res.stdout}\n{res.stderr}\n{self.tail()}"
             )
         return res
@@ -398,7 +495,7 @@ class Charon:
         """Write swanctl.conf for ``conns`` and load it (connections and secrets)."""
         self.connections = list(conns)
         self.swanctl_path.write_text("".join(c.swanctl_conf() for c in conns))
-        self.swanctl("--load-all", "--file", str(self.swanctl_path))
+        self.swanctl("--load-all", "--file", str(self._seen(self.swanctl_path)))
 
     def _conn(self, name: str | None) -> SwanConnection:
         if not self.connections:
@@ -523,11 +620,13 @@ class Charon:
             kill_process_group(self.proc, grace)
 
 
-def start_pair(topo: Topology, **conn_kwargs: object) -> tuple[Charon, Charon]:
+def start_pair(
+    topo: Topology, swan: StrongSwan = HOST, **conn_kwargs: object
+) -> tuple[Charon, Charon]:
     """charon on gwA and on gwB with matching site-to-site connections loaded (not up)."""
     conn_a, conn_b = site_to_site(topo, **conn_kwargs)
-    a = Charon(topo, topo.gw_a).start()
-    b = Charon(topo, topo.gw_b).start()
+    a = Charon(topo, topo.gw_a, swan=swan).start()
+    b = Charon(topo, topo.gw_b, swan=swan).start()
     a.load(conn_a)
     b.load(conn_b)
     return a, b
@@ -541,14 +640,16 @@ def capture_ike_sa_init_exchange(
     ike_proposals: str = DEFAULT_IKE_PROPOSALS,
     esp_proposals: str = DEFAULT_ESP_PROPOSALS,
     out_dir: Path | None = None,
+    swan: StrongSwan = HOST,
 ) -> tuple[bytes, bytes]:
-    """Run charon ↔ charon on ``topo`` and capture the IKE_SA_INIT request and response.
+    """Run charon ↔ charon (both ``swan``) on ``topo``; capture the IKE_SA_INIT request and
+    response.
 
     Returns the raw UDP/500 payloads (IKE header first).  If ``out_dir`` is given they are
     also written there as ``ike_sa_init_request.bin`` / ``ike_sa_init_response.bin``, next
     to the pcap.  Both charons are stopped afterwards.
     """
-    a, b = start_pair(topo, ike_proposals=ike_proposals, esp_proposals=esp_proposals)
+    a, b = start_pair(topo, swan, ike_proposals=ike_proposals, esp_proposals=esp_proposals)
     try:
         pcap = (out_dir / "ike_sa_init.pcap") if out_dir else None
         with topo.start_capture(topo.gw_b, topo.WAN_IFACE, "udp port 500", pcap) as cap:
@@ -574,10 +675,13 @@ def capture_ike_sa_init(
     topo: Topology,
     ike_proposals: str = DEFAULT_IKE_PROPOSALS,
     out_dir: Path | None = None,
+    swan: StrongSwan = HOST,
 ) -> bytes:
     """charon's IKE_SA_INIT request (initiator gwA → gwB) as raw bytes, IKE header first.
 
     ``topo`` must be a fresh plain (no NAT) topology with no daemon on the gateways.
     """
-    request, _ = capture_ike_sa_init_exchange(topo, ike_proposals=ike_proposals, out_dir=out_dir)
+    request, _ = capture_ike_sa_init_exchange(
+        topo, ike_proposals=ike_proposals, out_dir=out_dir, swan=swan
+    )
     return request

@@ -37,8 +37,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.debian import CACHE, debian_mirror
+
 REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("IPSECD_TEST_CACHE", "/var/cache/ipsecd-test"))
 SUITE = "bookworm"
 BASE = CACHE / f"{SUITE}-minbase"  # the stock root; never written after it is built
 TIMEOUT = 1500.0
@@ -55,22 +56,6 @@ def lower_bound_constraints(pyproject: Path = REPO / "pyproject.toml") -> str:
         assert found, f"dependency {dep!r} has no plain >= lower bound"
         lines.append(f"{found.group(1)}=={found.group(2)}")
     return "\n".join(lines) + "\n"
-
-
-def debian_mirror() -> str:
-    """The Debian archive this machine's apt uses (no other host may be reachable)."""
-    sources = Path("/etc/apt/sources.list.d/debian.sources")
-    if sources.exists():
-        for line in sources.read_text().splitlines():
-            if line.startswith("URIs:") and "security" not in line:
-                return line.split()[1]
-    listing = Path("/etc/apt/sources.list")
-    if listing.exists():
-        for line in listing.read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 3 and parts[0] == "deb" and "security" not in parts[1]:
-                return parts[1]
-    return "http://deb.debian.org/debian"
 
 
 def stock_root() -> tuple[Path, float]:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.lab.daemons import REPO, IpsecdProcess, site_specs, start_psk_pair
-from tests.lab.strongswan import Charon, site_to_site
+from tests.lab.strongswan import Charon, StrongSwan, site_to_site
 from tests.lab.topology import (
     GW_A_WAN_IP,
     GW_B_WAN_IP,
@@ -149,10 +149,12 @@ def test_flood_with_forged_sources_while_ipsecd_connects(topology: Topology) -> 
 
 @pytest.mark.strongswan
 @pytest.mark.timing  # a paced flood, and the responder's memory and CPU under it
-def test_flood_with_forged_sources_while_strongswan_connects(topology: Topology) -> None:
+def test_flood_with_forged_sources_while_strongswan_connects(
+    topology: Topology, strongswan: StrongSwan
+) -> None:
     _, gw_b = _responder(topology)
     conn_a, _ = site_to_site(topology, psk=PSK, esp_proposals="aes256gcm16")
-    charon = Charon(topology, topology.gw_a).start()
+    charon = Charon(topology, topology.gw_a, swan=strongswan).start()
     charon.load(conn_a)
     watch = _Watch(gw_b)
     flood = _flood(topology, seconds=FLOOD_SECONDS)
@@ -169,10 +171,10 @@ def test_flood_with_forged_sources_while_strongswan_connects(topology: Topology)
 
 
 @pytest.mark.strongswan
-def test_ipsecd_demands_cookies_from_strongswan(topology: Topology) -> None:
+def test_ipsecd_demands_cookies_from_strongswan(topology: Topology, strongswan: StrongSwan) -> None:
     _, gw_b = _responder(topology, cookie_threshold=0)  # always demand a COOKIE
     conn_a, _ = site_to_site(topology, psk=PSK, esp_proposals="aes256gcm16")
-    charon = Charon(topology, topology.gw_a).start()
+    charon = Charon(topology, topology.gw_a, swan=strongswan).start()
     charon.load(conn_a)
     charon.initiate(timeout=20)
     charon.wait_for_child_sa()
@@ -185,11 +187,11 @@ def test_ipsecd_demands_cookies_from_strongswan(topology: Topology) -> None:
 
 
 @pytest.mark.strongswan
-def test_strongswan_demands_cookies_from_ipsecd(topology: Topology) -> None:
+def test_strongswan_demands_cookies_from_ipsecd(topology: Topology, strongswan: StrongSwan) -> None:
     """charon with ``cookie_threshold = 1`` and one half-open IKE SA demands a COOKIE."""
     a, _ = site_specs(topology)
     _, conn_b = site_to_site(topology, psk=PSK, esp_proposals="aes256gcm16")
-    charon = Charon(topology, topology.gw_b)
+    charon = Charon(topology, topology.gw_b, swan=strongswan)
     conf = charon.conf_path.read_text()
     assert conf.startswith("charon {\n")
     charon.conf_path.write_text(conf.replace("charon {\n", "charon {\n  cookie_threshold = 1\n", 1))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from tests.lab.strongswan import Charon, site_to_site
+from tests.lab.strongswan import Charon, StrongSwan, site_to_site
 from tests.lab.topology import HOST_B_IP, Topology
 
 IKE, ESP = "aes256gcm16-prfsha256-x25519", "aes256gcm16"
@@ -21,7 +21,9 @@ CHARON_FRAGMENT_SIZE = 180  # IP datagram; charon's IKE_AUTH response is about 2
 SKF = 53
 
 
-def _start(topo: Topology, ipsecd_side: str) -> tuple[IpsecdProcess, Charon]:
+def _start(
+    topo: Topology, strongswan: StrongSwan, ipsecd_side: str
+) -> tuple[IpsecdProcess, Charon]:
     conn_a, conn_b = site_to_site(topo, psk=PSK, ike_proposals=IKE, esp_proposals=ESP)
     a, b = site_specs(topo)
     for spec in (a, b):
@@ -29,7 +31,7 @@ def _start(topo: Topology, ipsecd_side: str) -> tuple[IpsecdProcess, Charon]:
         spec.peer_extra = {"fragmentation": "yes"}
         spec.gateway_extra = {"fragment_size": OUR_FRAGMENT_SIZE}
     charon_ns, conn = (topo.gw_b, conn_b) if ipsecd_side == "a" else (topo.gw_a, conn_a)
-    charon = Charon(topo, charon_ns, fragment_size=CHARON_FRAGMENT_SIZE).start()
+    charon = Charon(topo, charon_ns, fragment_size=CHARON_FRAGMENT_SIZE, swan=strongswan).start()
     charon.load(conn)
     pair = start_psk_pair(topo, a, b, psk_a=PSK, psk_b=PSK, start=False)
     ours = pair[0] if ipsecd_side == "a" else pair[1]
@@ -38,9 +40,11 @@ def _start(topo: Topology, ipsecd_side: str) -> tuple[IpsecdProcess, Charon]:
 
 @pytest.mark.strongswan
 @pytest.mark.parametrize("ipsecd_side", ["a", "b"], ids=["ipsecd-initiates", "charon-initiates"])
-def test_fragmented_ike_auth_with_strongswan(topology: Topology, ipsecd_side: str) -> None:
+def test_fragmented_ike_auth_with_strongswan(
+    topology: Topology, strongswan: StrongSwan, ipsecd_side: str
+) -> None:
     topo = topology
-    ours, charon = _start(topo, ipsecd_side)
+    ours, charon = _start(topo, strongswan, ipsecd_side)
     ours_ip = topo.gw_a_wan_ip if ipsecd_side == "a" else topo.gw_b_wan_ip
     with topo.start_capture(topo.gw_b, topo.WAN_IFACE, "udp port 4500") as cap:
         ours.start()

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from tests.lab.strongswan import Charon, site_to_site
+from tests.lab.strongswan import Charon, StrongSwan, site_to_site
 from tests.lab.topology import HOST_A_IP, HOST_B_IP, Topology
 from tests.lab.wait import wait_until
 
@@ -82,20 +82,20 @@ def test_wakeup_interval_wakes_the_daemon_and_forwarding_goes_on(topology: Topol
 
 
 def _ipsecd_with_charon(
-    topo: Topology, ipsecd_side: str, ike: str, esp: str, **swan: object
+    topo: Topology, strongswan: StrongSwan, ipsecd_side: str, ike: str, esp: str
 ) -> tuple[IpsecdProcess, Charon]:
     """ipsecd on one gateway, charon on the other; returns both (charon loaded, not initiated)."""
-    conn_a, conn_b = site_to_site(topo, psk=PSK, ike_proposals=ike, esp_proposals=esp, **swan)
+    conn_a, conn_b = site_to_site(topo, psk=PSK, ike_proposals=ike, esp_proposals=esp)
     a, b = site_specs(topo)
     for spec in (a, b):
         spec.ike_proposals, spec.esp_proposals = [ike], [esp]
     if ipsecd_side == "a":
-        charon = Charon(topo, topo.gw_b).start()
+        charon = Charon(topo, topo.gw_b, swan=strongswan).start()
         charon.load(conn_b)
         ours, _ = start_psk_pair(topo, a, b, psk_a=PSK, start=False)
         ours.start()
     else:
-        charon = Charon(topo, topo.gw_a).start()
+        charon = Charon(topo, topo.gw_a, swan=strongswan).start()
         charon.load(conn_a)
         _, ours = start_psk_pair(topo, a, b, psk_b=PSK, start=False)
         ours.start()
@@ -104,8 +104,10 @@ def _ipsecd_with_charon(
 
 @pytest.mark.strongswan
 @pytest.mark.parametrize(("ike", "esp"), PAIRS)
-def test_ipsecd_initiates_to_strongswan(topology: Topology, ike: str, esp: str) -> None:
-    ours, charon = _ipsecd_with_charon(topology, "a", ike, esp)
+def test_ipsecd_initiates_to_strongswan(
+    topology: Topology, strongswan: StrongSwan, ike: str, esp: str
+) -> None:
+    ours, charon = _ipsecd_with_charon(topology, strongswan, "a", ike, esp)
     ours.wait_up()
     child = charon.wait_for_child_sa()
     mine = ours.peer_status()["children"][0]
@@ -115,12 +117,39 @@ def test_ipsecd_initiates_to_strongswan(topology: Topology, ike: str, esp: str) 
 
 @pytest.mark.strongswan
 @pytest.mark.parametrize(("ike", "esp"), PAIRS)
-def test_strongswan_initiates_to_ipsecd(topology: Topology, ike: str, esp: str) -> None:
-    ours, charon = _ipsecd_with_charon(topology, "b", ike, esp)
+def test_strongswan_initiates_to_ipsecd(
+    topology: Topology, strongswan: StrongSwan, ike: str, esp: str
+) -> None:
+    ours, charon = _ipsecd_with_charon(topology, strongswan, "b", ike, esp)
     charon.initiate()
     charon.wait_for_child_sa()
     ours.wait_up()
     _traffic(topology)
+
+
+@pytest.mark.strongswan
+@pytest.mark.parametrize("ipsecd_side", ["a", "b"], ids=["ipsecd-behind-nat", "charon-behind-nat"])
+def test_nat_traversal_with_strongswan(
+    nat_topology: Topology, strongswan: StrongSwan, ipsecd_side: str
+) -> None:
+    """gwA sits behind a masquerading NAT and initiates (the other side cannot reach it):
+    ipsecd there with charon on gwB, or charon there with ipsecd on gwB (RFC 7296 §2.23)."""
+    topo = nat_topology
+    ike, esp = PAIRS[0]
+    ours, charon = _ipsecd_with_charon(topo, strongswan, ipsecd_side, ike, esp)
+    if ipsecd_side == "b":
+        charon.initiate()
+    ours.wait_up()
+    charon.wait_for_child_sa()
+    # kernel-libipsec always claims to be behind a NAT, so only our own side is telling.
+    assert ours.peer_status()["ike"]["nat_local"] is (ipsecd_side == "a")
+    _traffic(topo)
+    (ns, iface), _ = topo.internet_ends
+    with topo.start_capture(ns, iface) as cap:
+        topo.ping(topo.host_a, HOST_B_IP, count=3)
+    outside = cap.packets()
+    assert outside and all(p.proto == 17 and p.src != topo.gw_a_wan_ip for p in outside)
+    assert any(p.dport == 4500 or p.sport == 4500 for p in outside)
 
 
 def test_ipsecd_behind_nat(nat_topology: Topology) -> None:
@@ -171,11 +200,14 @@ def test_no_common_proposal(topology: Topology, we_initiate: bool) -> None:
 
 
 @pytest.mark.strongswan
-def test_disjoint_selectors_strongswan_initiates(topology: Topology) -> None:
-    ours, charon = _ipsecd_with_charon(topology, "b", "aes256gcm16-prfsha256-x25519", "aes256gcm16")
+def test_disjoint_selectors_strongswan_initiates(
+    topology: Topology, strongswan: StrongSwan
+) -> None:
+    ike, esp = "aes256gcm16-prfsha256-x25519", "aes256gcm16"
+    ours, charon = _ipsecd_with_charon(topology, strongswan, "b", ike, esp)
     charon.stop()
     conn_a, _ = site_to_site(topology, psk=PSK, esp_proposals="aes256gcm16")
-    charon = Charon(topology, topology.gw_a).start()
+    charon = Charon(topology, topology.gw_a, swan=strongswan).start()
     charon.load(dataclasses.replace(conn_a, remote_ts="10.99.0.0/24"))
     with pytest.raises(Exception):  # noqa: B017 - swanctl reports the failure its own way
         charon.initiate()

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from tests.lab.strongswan import Charon, site_to_site
+from tests.lab.strongswan import Charon, StrongSwan, site_to_site
 from tests.lab.topology import HOST_A_IP, HOST_B_IP, Topology
 from tests.lab.wait import wait_until
 
@@ -94,7 +94,7 @@ def test_tunnel_establishes_and_rekeys_under_ten_percent_loss(topology: Topology
 
 
 @pytest.mark.strongswan
-def test_strongswan_peer_under_ten_percent_loss(topology: Topology) -> None:
+def test_strongswan_peer_under_ten_percent_loss(topology: Topology, strongswan: StrongSwan) -> None:
     """The same against charon: ipsecd rekeys the CHILD_SA, charon the IKE SA."""
     topology.set_loss(LOSS)
     _, conn_b = site_to_site(
@@ -115,7 +115,9 @@ def test_strongswan_peer_under_ten_percent_loss(topology: Topology) -> None:
         "ike": {"proposals": [IKE], "rekey_time": 300, "rand_time": 0},
     }
     gw_a, _ = start_psk_pair(topology, a, b, psk_a=PSK, start=False)
-    charon = Charon(topology, topology.gw_b, retransmit_tries=6, retransmit_timeout=0.5)
+    charon = Charon(
+        topology, topology.gw_b, retransmit_tries=6, retransmit_timeout=0.5, swan=strongswan
+    )
     charon.start()
     try:
         charon.load(conn_b)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from tests.lab.strongswan import Charon, site_to_site
+from tests.lab.strongswan import Charon, StrongSwan, site_to_site
 from tests.lab.topology import HOST_A_IP, HOST_B_IP, Topology
 from tests.lab.wait import wait_until
 
@@ -224,15 +224,24 @@ def _one_swan_ike_sa(charon: Charon, timeout: float = 10.0) -> list[dict[str, ob
     )
 
 
+def _one_pair_with_charon(daemon: IpsecdProcess, charon: Charon) -> None:
+    """Wait for one CHILD_SA on each side; they must be the same pair."""
+    mine = _one_pair(daemon)
+    kids = wait_until(
+        charon.child_sas, 5, what="charon to hold one CHILD_SA", until=lambda k: len(k) == 1
+    )
+    assert int(str(kids[0]["spi-in"]), 16) == int(str(mine["spi_out"]), 16)
+
+
 def _with_charon(
-    topo: Topology, ours: dict[str, object], **swan: object
+    topo: Topology, strongswan: StrongSwan, ours: dict[str, object], **swan: object
 ) -> tuple[IpsecdProcess, Charon]:
-    """ipsecd on gwA (initiator), charon on gwB."""
+    """ipsecd on gwA (initiator), charon on gwB; ``swan``: the charon connection's settings."""
     _, conn_b = site_to_site(topo, psk=PSK, ike_proposals=IKE, esp_proposals=ESP, **swan)
     a, b = site_specs(topo)
     a.ike_proposals, a.esp_proposals = [IKE], [ESP]
     a.peer_extra = ours
-    charon = Charon(topo, topo.gw_b).start()
+    charon = Charon(topo, topo.gw_b, swan=strongswan).start()
     charon.load(conn_b)
     gw_a, _ = start_psk_pair(topo, a, b, psk_a=PSK, start=False)
     gw_a.start()
@@ -243,14 +252,15 @@ def _with_charon(
 
 @pytest.mark.strongswan
 @pytest.mark.parametrize("who", ["ipsecd", "strongswan"])
-def test_child_rekey_with_strongswan(topology: Topology, who: str) -> None:
+def test_child_rekey_with_strongswan(topology: Topology, strongswan: StrongSwan, who: str) -> None:
     if who == "ipsecd":
-        gw_a, charon = _with_charon(topology, _esp(2), child_rekey_time=120)
+        gw_a, charon = _with_charon(topology, strongswan, _esp(2), child_rekey_time=120)
     else:
         gw_a, charon = _with_charon(
             # strongSwan's lifetimes are whole seconds: its default life_time (rekey
             # * 1.1) would equal rekey_time and expire the SA instead of rekeying it.
             topology,
+            strongswan,
             _esp(120),
             child_rekey_time=2,
             child_life_time=20,
@@ -261,23 +271,19 @@ def test_child_rekey_with_strongswan(topology: Topology, who: str) -> None:
         print(f"{who} rekeys the CHILD_SA: {rekeys} rekeys during {moved >> 20} MB")
         assert rekeys >= MIN_REKEYS
         _no_unknown_spi(gw_a)
-        mine = _one_pair(gw_a)
-        kids = wait_until(
-            charon.child_sas, 5, what="charon to hold one CHILD_SA", until=lambda k: len(k) == 1
-        )
-        assert int(str(kids[0]["spi-in"]), 16) == int(str(mine["spi_out"]), 16)
+        _one_pair_with_charon(gw_a, charon)
     finally:
         charon.stop()
 
 
 @pytest.mark.strongswan
 @pytest.mark.parametrize("who", ["ipsecd", "strongswan"])
-def test_ike_rekey_with_strongswan(topology: Topology, who: str) -> None:
+def test_ike_rekey_with_strongswan(topology: Topology, strongswan: StrongSwan, who: str) -> None:
     if who == "ipsecd":
-        gw_a, charon = _with_charon(topology, _ike(2), ike_rekey_time=120)
+        gw_a, charon = _with_charon(topology, strongswan, _ike(2), ike_rekey_time=120)
     else:
         gw_a, charon = _with_charon(
-            topology, _ike(120), ike_rekey_time=2, ike_over_time=20, rand_time=0
+            topology, strongswan, _ike(120), ike_rekey_time=2, ike_over_time=20, rand_time=0
         )
     try:
         rekeys, moved = _transfer_through_rekeys(topology, [gw_a], "ike_sa_rekeyed")
@@ -291,10 +297,12 @@ def test_ike_rekey_with_strongswan(topology: Topology, who: str) -> None:
 
 
 @pytest.mark.strongswan
-def test_simultaneous_ike_rekeys_with_strongswan(topology: Topology) -> None:
+def test_simultaneous_ike_rekeys_with_strongswan(
+    topology: Topology, strongswan: StrongSwan
+) -> None:
     """ipsecd and charon rekey the IKE SA at the same moment, with a growing offset so that
     some requests cross on the wire (§2.8.2); afterwards one IKE SA on both sides."""
-    gw_a, charon = _with_charon(topology, _ike(120), ike_rekey_time=120)
+    gw_a, charon = _with_charon(topology, strongswan, _ike(120), ike_rekey_time=120)
     try:
         for offset_ms in range(8):
             delay = offset_ms / 2000
@@ -313,5 +321,43 @@ def test_simultaneous_ike_rekeys_with_strongswan(topology: Topology) -> None:
         assert rekeys >= 8
         _no_unknown_spi(gw_a)
         _one_pair(gw_a)
+    finally:
+        charon.stop()
+
+
+REAUTH_TIME = 5  # charon's reauth_time (seconds)
+REAUTHS = 3
+
+
+@pytest.mark.strongswan
+@pytest.mark.strongswan_xfail(
+    "6.1",
+    reason="issue 14 item 1: on charon's make-before-break reauthentication ipsecd deletes"
+    " the new IKE SA ('duplicate IKE SA (both ends initiated)') as charon deletes the old"
+    " one: no IKE SA left on either side, pings lost until ipsecd retries",
+)
+def test_reauthentication_by_strongswan_with_its_defaults(
+    topology: Topology, strongswan: StrongSwan
+) -> None:
+    """charon reauthenticates (RFC 7296 §2.8.3) every few seconds the way its version does
+    by default (break-before-make in 5.9, make-before-break from 6.0) while pings run: the
+    tunnel carries them through, and one IKE SA is left on each side."""
+    gw_a, charon = _with_charon(
+        topology,
+        strongswan,
+        _ike(120),
+        conn_extra={"reauth_time": str(REAUTH_TIME), "rand_time": "0", "over_time": "30"},
+    )
+    try:
+        first = charon.list_sas()[0]["uniqueid"]
+        count = int(REAUTH_TIME * (REAUTHS + 0.5) / 0.2)
+        stats = topology.ping(topology.host_a, HOST_B_IP, count=count, interval=0.2, wait=1.0)
+        print(f"{strongswan}: {stats.loss:.1%} of pings lost")
+        assert stats.loss <= 0.02, (stats, gw_a.peer_status(), charon.tail())
+        sas = _one_swan_ike_sa(charon)
+        reauths = int(str(sas[0]["uniqueid"])) - int(str(first))
+        assert reauths >= REAUTHS, charon.tail()
+        _one_ike_sa(gw_a)
+        _one_pair_with_charon(gw_a, charon)
     finally:
         charon.stop()

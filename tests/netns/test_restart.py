@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from tests.lab.strongswan import Charon, SwanConnection, site_to_site
+from tests.lab.strongswan import Charon, StrongSwan, SwanConnection, site_to_site
 from tests.lab.topology import HOST_B_IP, Topology
 from tests.lab.wait import wait_until
 
@@ -200,7 +200,7 @@ def _charon_settled(charon: Charon, timeout: float = 10.0) -> dict[str, object]:
 
 
 def _ipsecd_and_charon(
-    topo: Topology, ipsecd_initiates: bool, swan_dpd: int | None = None
+    topo: Topology, strongswan: StrongSwan, ipsecd_initiates: bool, swan_dpd: int | None = None
 ) -> tuple[IpsecdProcess, Charon, SwanConnection]:
     """ipsecd on gwA, charon on gwB; one of them initiates."""
     _, conn_b = site_to_site(
@@ -219,7 +219,7 @@ def _ipsecd_and_charon(
     # The survivor's DPD is slow: only the mechanism under test can repair it in time.
     a.peer_extra = {"dpd_delay": DPD_DELAY if ipsecd_initiates else 60}
     gw_a, _ = start_psk_pair(topo, a, b, psk_a=PSK, start=False)
-    charon = Charon(topo, topo.gw_b).start()
+    charon = Charon(topo, topo.gw_b, swan=strongswan).start()
     charon.load(conn_b)
     gw_a.start()
     gw_a.wait_up(timeout=20)
@@ -236,16 +236,20 @@ def _matches(ipsecd_child: dict[str, object], swan_child: dict[str, object]) -> 
 def _restart_charon(topology: Topology, charon: Charon, conn: SwanConnection) -> Charon:
     """kill -9 charon and start a fresh one (new state directory) with ``conn`` loaded."""
     _kill_charon(charon)
-    restarted = Charon(topology, topology.gw_b, directory=charon.dir.with_name("charon-b2"))
+    restarted = Charon(
+        topology, topology.gw_b, directory=charon.dir.with_name("charon-b2"), swan=charon.swan
+    )
     restarted.start()
     restarted.load(conn)
     return restarted
 
 
 @pytest.mark.strongswan
-def test_restarted_ipsecd_initiator_clears_strongswan(topology: Topology) -> None:
+def test_restarted_ipsecd_initiator_clears_strongswan(
+    topology: Topology, strongswan: StrongSwan
+) -> None:
     """Our INITIAL_CONTACT makes charon drop the IKE SA we forgot."""
-    gw_a, charon, _ = _ipsecd_and_charon(topology, ipsecd_initiates=True)
+    gw_a, charon, _ = _ipsecd_and_charon(topology, strongswan, ipsecd_initiates=True)
     try:
         old = charon.list_sas()[0]
         gw_a.kill()
@@ -260,9 +264,11 @@ def test_restarted_ipsecd_initiator_clears_strongswan(topology: Topology) -> Non
 
 
 @pytest.mark.strongswan
-def test_restarted_strongswan_initiator_clears_ipsecd(topology: Topology) -> None:
+def test_restarted_strongswan_initiator_clears_ipsecd(
+    topology: Topology, strongswan: StrongSwan
+) -> None:
     """charon's INITIAL_CONTACT makes ipsecd drop the IKE SA charon forgot."""
-    gw_a, charon, conn_b = _ipsecd_and_charon(topology, ipsecd_initiates=False)
+    gw_a, charon, conn_b = _ipsecd_and_charon(topology, strongswan, ipsecd_initiates=False)
     try:
         charon = _restart_charon(topology, charon, conn_b)  # start_action = start: initiates
         assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=SLACK)
@@ -274,9 +280,13 @@ def test_restarted_strongswan_initiator_clears_ipsecd(topology: Topology) -> Non
 
 
 @pytest.mark.strongswan
-def test_restarted_ipsecd_responder_is_found_by_strongswan_dpd(topology: Topology) -> None:
+def test_restarted_ipsecd_responder_is_found_by_strongswan_dpd(
+    topology: Topology, strongswan: StrongSwan
+) -> None:
     """charon's liveness check meets our INVALID_IKE_SPI, then its dpd_action restart."""
-    gw_a, charon, _ = _ipsecd_and_charon(topology, ipsecd_initiates=False, swan_dpd=DPD_DELAY)
+    gw_a, charon, _ = _ipsecd_and_charon(
+        topology, strongswan, ipsecd_initiates=False, swan_dpd=DPD_DELAY
+    )
     try:
         gw_a.kill()
         gw_a.start()
@@ -290,9 +300,11 @@ def test_restarted_ipsecd_responder_is_found_by_strongswan_dpd(topology: Topolog
 
 
 @pytest.mark.strongswan
-def test_restarted_strongswan_responder_is_noticed_by_ipsecd(topology: Topology) -> None:
+def test_restarted_strongswan_responder_is_noticed_by_ipsecd(
+    topology: Topology, strongswan: StrongSwan
+) -> None:
     """Our liveness check reaches a restarted charon; we set up a new IKE SA."""
-    gw_a, charon, conn_b = _ipsecd_and_charon(topology, ipsecd_initiates=True)
+    gw_a, charon, conn_b = _ipsecd_and_charon(topology, strongswan, ipsecd_initiates=True)
     try:
         charon = _restart_charon(topology, charon, conn_b)  # start_action = none: responds
         assert topology.wait_ping(
@@ -341,7 +353,9 @@ def test_crossing_initiations_leave_one_ike_sa(topology: Topology) -> None:
 
 
 @pytest.mark.strongswan
-def test_crossing_initiations_with_strongswan_leave_one_ike_sa(topology: Topology) -> None:
+def test_crossing_initiations_with_strongswan_leave_one_ike_sa(
+    topology: Topology, strongswan: StrongSwan
+) -> None:
     _, conn_b = site_to_site(
         topology, psk=PSK, ike_proposals=IKE, esp_proposals=ESP, start_action="start"
     )
@@ -349,7 +363,7 @@ def test_crossing_initiations_with_strongswan_leave_one_ike_sa(topology: Topolog
     a.ike_proposals, a.esp_proposals = [IKE], [ESP]
     a.gateway_extra = {"retransmit_timeout": 1.0, "retransmit_tries": 3}
     gw_a, _ = start_psk_pair(topology, a, b, psk_a=PSK, start=False)
-    charon = Charon(topology, topology.gw_b, retransmit_tries=5).start()
+    charon = Charon(topology, topology.gw_b, retransmit_tries=5, swan=strongswan).start()
     charon_log = charon.log.read_text
     try:
         _crossing(

@@ -8,6 +8,7 @@ import pytest
 
 from tests.lab.strongswan import (
     Charon,
+    StrongSwan,
     capture_ike_sa_init,
     capture_ike_sa_init_exchange,
     start_pair,
@@ -19,9 +20,12 @@ pytestmark = pytest.mark.strongswan
 IKE_SA_INIT = 34  # exchange type, RFC 7296 §3.1
 
 
-def test_tunnel_up_ping_and_tcp(topology: Topology) -> None:
+def test_tunnel_up_ping_and_tcp(topology: Topology, strongswan: StrongSwan) -> None:
     a, b = start_pair(
-        topology, ike_proposals="aes256gcm16-prfsha256-x25519", esp_proposals="aes128gcm16"
+        topology,
+        strongswan,
+        ike_proposals="aes256gcm16-prfsha256-x25519",
+        esp_proposals="aes128gcm16",
     )
     timing = a.initiate()
     assert timing.wall_seconds < 5
@@ -54,8 +58,8 @@ def test_tunnel_up_ping_and_tcp(topology: Topology) -> None:
     assert int(a.child_sas()[0]["packets-out"]) > 0
 
 
-def test_terminate_removes_sas(topology: Topology) -> None:
-    a, b = start_pair(topology)
+def test_terminate_removes_sas(topology: Topology, strongswan: StrongSwan) -> None:
+    a, b = start_pair(topology, strongswan)
     a.initiate()
     assert topology.ping(topology.host_a, HOST_B_IP, count=2).received == 2
     a.terminate()
@@ -64,16 +68,19 @@ def test_terminate_removes_sas(topology: Topology) -> None:
     assert b_sas == [] or all(sa["state"] != "ESTABLISHED" for sa in b_sas)
 
 
-def test_stop_kills_charon(topology: Topology) -> None:
-    charon = Charon(topology, topology.gw_a).start()
+def test_stop_kills_charon(topology: Topology, strongswan: StrongSwan) -> None:
+    charon = Charon(topology, topology.gw_a, swan=strongswan).start()
     assert charon.cpu_seconds() >= 0
+    assert strongswan.version.startswith(strongswan.label)
+    # A root's mounts live in charon's own mount namespace: none is seen from here.
+    assert str(strongswan.root or "/nonexistent") not in Path("/proc/self/mountinfo").read_text()
     charon.stop()
     assert charon.proc is not None and charon.proc.poll() is not None
 
 
-def test_capture_ike_sa_init(topology: Topology, tmp_path: Path) -> None:
+def test_capture_ike_sa_init(topology: Topology, tmp_path: Path, strongswan: StrongSwan) -> None:
     out = tmp_path / "ike"
-    request = capture_ike_sa_init(topology, out_dir=out)
+    request = capture_ike_sa_init(topology, out_dir=out, swan=strongswan)
     assert (out / "ike_sa_init_request.bin").read_bytes() == request
     # IKE header (RFC 7296 §3.1): SPIi, SPIr = 0, next payload SA (33), version 2.0,
     # exchange type IKE_SA_INIT, flags Initiator, message id 0, length = whole message.
@@ -87,8 +94,8 @@ def test_capture_ike_sa_init(topology: Topology, tmp_path: Path) -> None:
     assert int.from_bytes(request[24:28], "big") == len(request)
 
 
-def test_capture_ike_sa_init_exchange_response(topology: Topology) -> None:
-    request, response = capture_ike_sa_init_exchange(topology)
+def test_capture_ike_sa_init_exchange_response(topology: Topology, strongswan: StrongSwan) -> None:
+    request, response = capture_ike_sa_init_exchange(topology, swan=strongswan)
     assert response[:8] == request[:8]  # same SPIi
     assert response[8:16] != bytes(8)  # responder chose its SPI
     assert response[18] == IKE_SA_INIT and response[19] & 0x20  # Response flag

@@ -20,7 +20,7 @@ from ipsecd.ike import payloads as pl
 from ipsecd.ike.manager import IkeManager
 from ipsecd.ike.message import parse_message
 from ipsecd.ike.proposal_codec import to_proposal
-from tests.lab.strongswan import capture_ike_sa_init_exchange
+from tests.lab.strongswan import StrongSwan, capture_ike_sa_init_exchange
 from tests.lab.topology import GW_B_WAN_IP, Topology
 
 pytestmark = pytest.mark.strongswan
@@ -88,10 +88,14 @@ peers:
 
 @pytest.mark.parametrize(("ike", "group"), PROPOSALS)
 def test_charon_ike_sa_init_through_codec_and_responder(
-    topology: Topology, tmp_path: Path, ike: str, group: int
+    topology: Topology, tmp_path: Path, ike: str, group: int, strongswan: StrongSwan
 ) -> None:
     request, response = capture_ike_sa_init_exchange(
-        topology, ike_proposals=ike, esp_proposals="aes128gcm16", out_dir=tmp_path / "cap"
+        topology,
+        ike_proposals=ike,
+        esp_proposals="aes128gcm16",
+        out_dir=tmp_path / "cap",
+        swan=strongswan,
     )
     _check_init(request, False, ike, group)
     _check_init(response, True, ike, group)

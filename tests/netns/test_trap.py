@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
-from tests.lab.strongswan import Charon, site_to_site
+from tests.lab.strongswan import Charon, StrongSwan, site_to_site
 from tests.lab.topology import HOST_B_IP, Topology
 from tests.lab.wait import wait_until
 
@@ -64,10 +64,10 @@ def test_trap_peer_comes_up_on_first_packet(topology: Topology) -> None:
 
 
 @pytest.mark.strongswan
-def test_trap_peer_with_strongswan_responder(topology: Topology) -> None:
+def test_trap_peer_with_strongswan_responder(topology: Topology, strongswan: StrongSwan) -> None:
     topo = topology
     _, conn_b = site_to_site(topo, psk=PSK, ike_proposals=IKE, esp_proposals=ESP)
-    charon = Charon(topo, topo.gw_b).start()
+    charon = Charon(topo, topo.gw_b, swan=strongswan).start()
     charon.load(conn_b)
     a, b = site_specs(topo)
     a.start = "trap"
