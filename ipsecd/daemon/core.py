@@ -255,7 +255,7 @@ class DaemonCore:
         rekey_in: dict[str, float | None] = {}
         if self.ike is None:
             return entries, rekey_in
-        for described in self.ike.status():
+        for described in self.ike.status(now):
             entry = dict(described)
             entry["rekey_in_seconds"] = _seconds_until(entry.pop("rekey_at", None), now)
             last_seen = entry.pop("last_seen", None)
@@ -281,6 +281,8 @@ class DaemonCore:
             state = "manual" if children else "down"
         elif ike is not None:
             state = str(ike.get("state", "unknown"))
+            if state == "established" and not children:
+                state = "established-no-child"  # up, but nothing carries traffic
         else:
             state = "down"
         trap_state = self.trap.state(peer.name)
@@ -433,6 +435,13 @@ class DaemonCore:
                 for sa in self.sad.for_peer(peer):
                     sa.remote = remote
                 log.info("peer address changed", peer=peer, remote=f"{remote[0]}:{remote[1]}")
+            case ev.PeerClosed(peer=peer, what=what, action=action):
+                whole = "IKE SA" if what == "ike-sa" else "CHILD_SA"
+                log.info(f"peer deleted the {whole}", peer=peer, close_action=action)
+                if action == "trap":
+                    # strongSwan close_action=trap: down until traffic needs it again.
+                    config = self.config.peer(peer)
+                    self.trap.watch(peer, config.local_ts, config.remote_ts)
             case ev.PeerDead(peer=peer, action=action):
                 self.counters["dead_peers"] += 1
                 log.warning("peer is dead", peer=peer, dpd_action=action)

@@ -64,6 +64,8 @@ class Side:
     esp_rand_time: str | None = None  # None: the default (rekey_time / 10)
     esp_rekey_bytes: int | None = None
     ike_rand_time: str | None = None
+    ike_reauth_time: str | None = None  # peers[].ike.reauth_time (RFC 7296 §2.8.3)
+    close_action: str | None = None  # peers[].close_action; None: derived from start
     fragmentation: str | None = None  # peers[].fragmentation (RFC 7383)
     fragment_size: int | None = None  # peers[].fragment_size
     gateway_fragment_size: int | None = None  # gateway.fragment_size
@@ -112,6 +114,7 @@ class Side:
             f"      proposals: {flow(self.ike)}",
             f"      rekey_time: {self.ike_rekey_time}",
             *([f"      rand_time: {self.ike_rand_time}"] if self.ike_rand_time else []),
+            *([f"      reauth_time: {self.ike_reauth_time}"] if self.ike_reauth_time else []),
             "    esp:",
             f"      proposals: {flow(self.esp)}",
             f"      rekey_time: {self.esp_rekey_time}",
@@ -131,6 +134,8 @@ class Side:
             lines.insert(2, f"    dpd_delay: {self.dpd_delay}")
         if self.dpd_action is not None:
             lines.insert(2, f"    dpd_action: {self.dpd_action}")
+        if self.close_action is not None:
+            lines.insert(2, f"    close_action: {self.close_action}")
         if self.local_id is not None:
             lines.append(f"      local_id: '{self.local_id}'")
         if self.remote_id is not None:
