@@ -29,6 +29,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections import deque
+from dataclasses import replace
 from typing import Any
 
 from ipsecd.config.schema import Config, PeerConfig
@@ -39,6 +40,7 @@ from ipsecd.ike.constants import ExchangeType
 from ipsecd.ike.errors import MalformedMessage
 from ipsecd.ike.events import (
     Address,
+    ChildSaEstablished,
     Event,
     NegotiationFailed,
     OutgoingDatagram,
@@ -706,38 +708,77 @@ class IkeManager:
             if o is not sa and o.alive and o.local_spi not in self._retiring
         ]
         reauth.no_initial_contact(others)
-        if sa.reauth_of is not None:
-            old, sa.reauth_of = reauth.current(sa.reauth_of), None
-            if old.state is IkeState.ESTABLISHED and old.rekeyed_to is None:
-                reauth.replace(old, sa, now)
-                reauth.recreate(old, sa, now)  # then ReauthComplete deletes old
-                self._count("ike_sa_reauthenticated")
-                self._last_event(
-                    name,
-                    "reauthenticated",
-                    now,
-                    "IKE SA reauthenticated (reauth_time): the new IKE SA and CHILD_SAs"
-                    " replace the old ones",
-                )
         if sa.initiator:
-            for loser in reauth.crossing_losers(sa, others):
-                self._count("duplicate_ike_sa_deleted")
-                loser.queue(DeleteIkeSa("duplicate IKE SA (both ends initiated)"), now)
-                if loser is not sa:
-                    self._collect(loser, now)
-            return
+            self._ours_authenticated(sa, others, now)
+        else:
+            self._theirs_authenticated(sa, others, now)
+
+    def _ours_authenticated(self, sa: IkeSa, others: list[IkeSa], now: float) -> None:
+        """Rule 1: our reauthentication replaces its old IKE SA; any other established
+        IKE SA of the peer crossed ours, and all pairs but the largest are deleted."""
+        old = reauth.current(sa.reauth_of) if sa.reauth_of is not None else None
+        sa.reauth_of = None
+        if old is not None and (
+            old.state is not IkeState.ESTABLISHED or old.rekeyed_to is not None
+        ):
+            old = None  # gone meanwhile, or the peer's reauthentication replaced it
+        losers = reauth.crossing_losers(sa, [o for o in others if o is not old])
+        if old is not None and sa in losers:
+            # The peer reauthenticated at the same moment and its IKE SA won: the peer
+            # deletes old; should its attempt fail, ours is tried again later.
+            old.reauth_at = now + self.policy.retry_pause
+        elif old is not None:
+            reauth.replace(old, sa, now)
+            reauth.recreate(old, sa, now)  # then ReauthComplete deletes old
+            self._count("ike_sa_reauthenticated")
+            self._last_event(
+                sa.peer_name,
+                "reauthenticated",
+                now,
+                "IKE SA reauthenticated (reauth_time): the new IKE SA and CHILD_SAs replace"
+                " the old ones",
+            )
+        for loser in losers:
+            self._count("duplicate_ike_sa_deleted")
+            loser.queue(DeleteIkeSa("duplicate IKE SA (both ends initiated)"), now)
+            if loser is not sa:
+                self._collect(loser, now)
+
+    def _theirs_authenticated(self, sa: IkeSa, others: list[IkeSa], now: float) -> None:
+        """Rules 2 and 3: with no initiation of ours outstanding, the peer's new IKE SA
+        replaces ours (the peer deletes them); otherwise ours decides when it is up."""
         replaced = reauth.replaced_by_peer(sa, others)
         for old in replaced:
             reauth.replace(old, sa, now)
             self._count("ike_sa_replaced_by_peer")
         if replaced:
+            self._hold_outbound(sa)
             self._last_event(
-                name,
+                sa.peer_name,
                 "reauthenticated-by-peer",
                 now,
                 "the peer set up a new IKE SA beside ours (reauthentication): it replaces"
                 " the old one, which the peer deletes",
             )
+
+    def _hold_outbound(self, new: IkeSa) -> None:
+        """The peer's reauthentication: keep sending with the old CHILD_SAs until the old
+        IKE SA is deleted, as a rekey responder does (§2.8): the peer installs the new
+        ones only when our IKE_AUTH response arrives.  Their ChildSaEstablished events,
+        queued already, install them inbound only."""
+        held = set()
+        for child in new.children.values():
+            if child.state in LIVE_STATES and child.outbound_active:
+                child.outbound_active = False
+                held.add(child.spi_in)
+        self._events = deque(
+            replace(e, outbound_active=False)
+            if isinstance(e, ChildSaEstablished)
+            and e.peer == new.peer_name
+            and e.child.spi_in in held
+            else e
+            for e in self._events
+        )
 
     def _reauthenticate(self, old: IkeSa, now: float) -> None:
         """``reauth_time`` of ``old`` passed: a new IKE SA without INITIAL_CONTACT (the
@@ -764,6 +805,12 @@ class IkeManager:
         """``sa`` ended: IKE SAs it was to replace by a reauthentication are restored
         (it lost a crossing), or retried later (it never authenticated)."""
         name = sa.peer_name
+        new = sa.rekeyed_to
+        if sa.reauthenticated and new is not None and new.alive:
+            for child in list(new.children.values()):  # the new CHILD_SAs carry traffic now
+                if child.replaces is None and not child.redundant:
+                    new.activate_outbound(child)
+            self._drain(new, now)
         for other in self._of_peer(name):
             if other.rekeyed_to is sa and other.reauthenticated:
                 survivors = [s for s in self._of_peer(name) if s is not other and reauth.settled(s)]
