@@ -29,6 +29,7 @@ from ipsecd.ike import payloads as pl
 from ipsecd.ike.constants import ExchangeType, PayloadType
 from ipsecd.ike.manager import IkeManager
 from ipsecd.ike.message import parse_message
+from ipsecd.ike.sa import IkeSa
 
 A_IP, B_IP = "192.0.2.1", "192.0.2.2"
 NET_A, NET_B = "10.1.0.0/24", "10.2.0.0/24"
@@ -536,6 +537,34 @@ def messages(pair: IkePair, sender: str, exchange: int | None = None) -> list[Se
         for s in pair.sent_by(sender, keepalive=False)
         if exchange is None or s.data[18] == exchange
     ]
+
+
+def ike_sas(pair: IkePair, side: str) -> list[IkeSa]:
+    """The live IKE SAs of ``side``."""
+    return [sa for sa in pair.mgr(side).sas.values() if sa.alive]
+
+
+def installed_spis(pair: IkePair, side: str) -> set[int]:
+    """Inbound SPIs the data plane would hold, replayed from the events (a restarted
+    side's list of events starts empty)."""
+    spis: set[int] = set()
+    for _, event in pair.events[side]:
+        if isinstance(event, ev.ChildSaEstablished):
+            spis.add(event.child.spi_in)
+        elif isinstance(event, ev.ChildSaDeleted):
+            spis.discard(event.spi_in)
+    return spis
+
+
+def assert_one_working_pair(pair: IkePair) -> tuple[IkeSa, IkeSa]:
+    """One IKE SA on each side, the same pair, with one CHILD_SA pair whose SPIs match."""
+    (a_sa,) = ike_sas(pair, "a")
+    (b_sa,) = ike_sas(pair, "b")
+    assert (a_sa.spi_i, a_sa.spi_r) == (b_sa.spi_i, b_sa.spi_r)
+    (a_spi,) = installed_spis(pair, "a")
+    (b_spi,) = installed_spis(pair, "b")
+    assert a_sa.children[a_spi].spi_out == b_spi and b_sa.children[b_spi].spi_out == a_spi
+    return a_sa, b_sa
 
 
 def notify_types(data: bytes) -> list[int]:

@@ -24,7 +24,15 @@ from ipsecd.ike.reauth import REAUTH_GRACE
 from ipsecd.ike.sa import IkeSa
 from ipsecd.selectors import TrafficSelector
 from tests.unit.core_rig import CoreRig
-from tests.unit.ike_pair_support import IkePair, Sent, side_a, side_b
+from tests.unit.ike_pair_support import (
+    IkePair,
+    Sent,
+    assert_one_working_pair,
+    ike_sas,
+    installed_spis,
+    side_a,
+    side_b,
+)
 
 IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA, INFORMATIONAL = 34, 35, 36, 37
 INITIAL_CONTACT = 16384
@@ -36,27 +44,15 @@ def is_response(sent: Sent) -> bool:
     return bool(sent.data[19] & 0x20)
 
 
-def ike_sas(pair: IkePair, side: str) -> list[IkeSa]:
-    return [sa for sa in pair.mgr(side).sas.values() if sa.alive]
-
-
-def installed_spis(pair: IkePair, side: str) -> set[int]:
-    return set(pair.dataplane[side].inbound)
-
-
 def counter(pair: IkePair, side: str, name: str) -> int:
     return pair.mgr(side).counters.get(name, 0)
 
 
-def assert_one_working_pair(pair: IkePair) -> tuple[IkeSa, IkeSa]:
-    """One IKE SA on each side, the same pair; one CHILD_SA pair, installed on both sides
-    and in use (each side sends with the SPI the other receives on)."""
-    (a_sa,) = ike_sas(pair, "a")
-    (b_sa,) = ike_sas(pair, "b")
-    assert (a_sa.spi_i, a_sa.spi_r) == (b_sa.spi_i, b_sa.spi_r)
+def assert_in_use(pair: IkePair) -> tuple[IkeSa, IkeSa]:
+    """:func:`assert_one_working_pair`, and each side sends with that CHILD_SA pair."""
+    a_sa, b_sa = assert_one_working_pair(pair)
     (a_spi,) = installed_spis(pair, "a")
     (b_spi,) = installed_spis(pair, "b")
-    assert a_sa.children[a_spi].spi_out == b_spi and b_sa.children[b_spi].spi_out == a_spi
     assert pair.dataplane["a"].sending_spi() == b_spi
     assert pair.dataplane["b"].sending_spi() == a_spi
     return a_sa, b_sa
@@ -144,15 +140,24 @@ def run_order(pair: IkePair, hold: Holdback, order: tuple[int, ...]) -> None:
 # ---- 1. crossing initiations: every order, one IKE SA, the same on both ends -----------------
 
 
-@pytest.mark.parametrize("order", ORDERS, ids=["".join(map(str, o)) for o in ORDERS])
-def test_crossing_initiations_in_every_order_leave_one_pair(tmp_path: Path, order) -> None:
+def crossing(tmp_path: Path, order: tuple[int, ...], *, cleartext: bool = False) -> IkePair:
+    """Both sides start at once (both ``start: initiate``); their IKE_SA_INIT and IKE_AUTH
+    messages are delivered in ``order``, the rest as it comes."""
     pair = IkePair(tmp_path, side_a(**FAST), side_b(**FAST, start="initiate"), start=False)
+    if cleartext:
+        pair.record_cleartext()
     hold = Holdback(pair)
     pair.a.start(pair.now)
     pair.b.start(pair.now)
     pair.pump()
     run_order(pair, hold, order)
-    assert_one_working_pair(pair)
+    return pair
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=["".join(map(str, o)) for o in ORDERS])
+def test_crossing_initiations_in_every_order_leave_one_pair(tmp_path: Path, order) -> None:
+    pair = crossing(tmp_path, order)
+    assert_in_use(pair)
     # Both ends agreed at once: one Delete decided it (or two of the same SA), nobody
     # dropped an SA the other end kept, nobody waits for a grace period or a retry.
     assert counter(pair, "a", "initial_contact_deleted") == 0
@@ -162,7 +167,7 @@ def test_crossing_initiations_in_every_order_leave_one_pair(tmp_path: Path, orde
     )
     assert deleted in (1, 2)
     pair.advance(100)  # and it stays that way: no retries, no further deletes
-    assert_one_working_pair(pair)
+    assert_in_use(pair)
     assert pair.of_type("a", ev.NegotiationFailed) == pair.of_type("b", ev.NegotiationFailed) == []
     assert counter(pair, "a", "connection_retries") == counter(pair, "b", "connection_retries") == 0
 
@@ -182,39 +187,27 @@ def notify_types(payloads: list[object]) -> list[int]:
 def test_initial_contact_is_decided_when_ike_auth_is_built(tmp_path: Path) -> None:
     """b's IKE_SA_INIT crosses a's whole exchange: by the time b sends its IKE_AUTH it has
     an IKE SA with a, so no INITIAL_CONTACT (RFC 7296 §2.4: only the first IKE SA)."""
-    pair = IkePair(tmp_path, side_a(**FAST), side_b(**FAST, start="initiate"), start=False)
-    pair.record_cleartext()
-    hold = Holdback(pair)
-    pair.a.start(pair.now)
-    pair.b.start(pair.now)
-    pair.pump()
-    run_order(pair, hold, (1, 1, 1, 1, 2, 2, 2, 2))
+    pair = crossing(tmp_path, (1, 1, 1, 1, 2, 2, 2, 2), cleartext=True)
     (a_request,) = auth_requests(pair, "a")
     (b_request,) = auth_requests(pair, "b")
     assert INITIAL_CONTACT in notify_types(a_request.payloads)
     assert INITIAL_CONTACT not in notify_types(b_request.payloads)
-    assert_one_working_pair(pair)
+    assert_in_use(pair)
 
 
 def test_initial_contact_of_a_crossing_spares_the_other_pair(tmp_path: Path) -> None:
     """Both IKE_AUTH requests carry INITIAL_CONTACT (built before either side had an SA);
     a finishes its own exchange before b's request arrives.  a must not take b's
     INITIAL_CONTACT for a restart: its own pair was established after b's began."""
-    pair = IkePair(tmp_path, side_a(**FAST), side_b(**FAST, start="initiate"), start=False)
-    pair.record_cleartext()
-    hold = Holdback(pair)
-    pair.a.start(pair.now)
-    pair.b.start(pair.now)
-    pair.pump()
     # Both IKE_SA_INITs answered, both IKE_AUTH requests out; then a's exchange ends
     # before b's IKE_AUTH request reaches a.
-    run_order(pair, hold, (1, 2, 1, 2, 1, 2, 1, 2))
+    pair = crossing(tmp_path, (1, 2, 1, 2, 1, 2, 1, 2), cleartext=True)
     for side in "ab":
         (request,) = auth_requests(pair, side)
         assert INITIAL_CONTACT in notify_types(request.payloads)
     assert counter(pair, "a", "initial_contact_deleted") == 0
     assert counter(pair, "b", "initial_contact_deleted") == 0
-    assert_one_working_pair(pair)
+    assert_in_use(pair)
 
 
 # ---- 2. the peer reauthenticates (make-before-break) ----------------------------------------
@@ -244,7 +237,7 @@ def test_peer_reauthentication_keeps_the_new_ike_sa_whatever_the_spis(
         (new,) = ike_sas(pair, other)
         assert new is not old
         orders.add((new.spi_i, new.spi_r) < (old.spi_i, old.spi_r))
-        assert_one_working_pair(pair)
+        assert_in_use(pair)
         assert counter(pair, other, "ike_sa_replaced_by_peer") == 1
         assert counter(pair, who, "ike_sa_reauthenticated") == 1
         for side in "ab":
@@ -263,7 +256,7 @@ def test_three_reauthentications_in_a_row_lose_nothing(tmp_path: Path) -> None:
     spis = {ike_sas(pair, "a")[0].spi_i}
     for n in range(1, 4):
         pair.advance(8)
-        a_sa, _ = assert_one_working_pair(pair)
+        a_sa, _ = assert_in_use(pair)
         spis.add(a_sa.spi_i)
         assert counter(pair, "b", "ike_sa_reauthenticated") == n
     assert len(spis) == 4
@@ -298,7 +291,7 @@ def test_reauth_time_has_jitter_and_survives_ike_rekeys(tmp_path: Path) -> None:
     assert current.reauth_at == due
     pair.advance(due - pair.now + 1)
     assert counter(pair, "a", "ike_sa_reauthenticated") == 1
-    assert_one_working_pair(pair)
+    assert_in_use(pair)
 
 
 def test_reauthentication_recreates_every_child_before_deleting_the_old(tmp_path: Path) -> None:
@@ -338,7 +331,7 @@ def test_failed_reauthentication_keeps_the_old_ike_sa_and_tries_again(tmp_path: 
     pair.advance(30)  # retry_interval later
     assert counter(pair, "a", "ike_sa_reauthenticated") == 1
     pair.advance(60)  # b's half-open leftovers of the failed attempt expire
-    assert_one_working_pair(pair)
+    assert_in_use(pair)
 
 
 def test_peer_that_never_deletes_the_old_ike_sa(tmp_path: Path) -> None:
@@ -357,7 +350,7 @@ def test_peer_that_never_deletes_the_old_ike_sa(tmp_path: Path) -> None:
     assert "replaced by a reauthentication, not deleted by the peer" in gone.reason
     pair.net.drop = lambda s: False
     pair.advance(60)
-    assert_one_working_pair(pair)
+    assert_in_use(pair)
 
 
 def test_both_ends_reauthenticate_at_once_in_every_order(tmp_path: Path) -> None:
@@ -369,7 +362,7 @@ def test_both_ends_reauthenticate_at_once_in_every_order(tmp_path: Path) -> None
         assert len(hold.held) == 2, order
         run_order(pair, hold, order)
         pair.advance(REAUTH_GRACE + 1)
-        assert_one_working_pair(pair)
+        assert_in_use(pair)
         assert gaps == [], order
         for side in "ab":
             assert pair.of_type(side, ev.NegotiationFailed) == [], order
@@ -393,7 +386,7 @@ def test_break_before_make_reauthentication_by_the_peer(tmp_path: Path) -> None:
     (entry,) = pair.a.status(pair.now)
     assert entry["state"] == "established" and entry["next_attempt_in_seconds"] is None
     pair.advance(100)
-    assert_one_working_pair(pair)
+    assert_in_use(pair)
     assert counter(pair, "a", "connection_retries") == 0
     assert counter(pair, "a", "duplicate_ike_sa_deleted") == 0
 
@@ -410,7 +403,7 @@ def delete_only_child(pair: IkePair) -> None:
 def test_peer_deletes_the_only_child_close_action_start_recreates_it(tmp_path: Path) -> None:
     pair = IkePair(tmp_path, side_a(**FAST), side_b(**FAST))  # start: initiate -> start
     delete_only_child(pair)
-    assert_one_working_pair(pair)
+    assert_in_use(pair)
     assert len(pair.established("a")) == 2
     (closed,) = pair.of_type("a", ev.PeerClosed)
     assert (closed.what, closed.action) == ("child-sa", "start")
@@ -436,7 +429,7 @@ def test_peer_deletes_the_only_child_without_recreating(tmp_path: Path, action: 
     assert installed_spis(pair, "a") == set()
     pair.a.initiate("b", pair.now, on_demand=True)  # what the trap does on the next packet
     pair.pump()
-    assert_one_working_pair(pair)
+    assert_in_use(pair)
 
 
 def test_a_rekey_or_our_own_delete_is_not_a_close(tmp_path: Path) -> None:
@@ -476,7 +469,7 @@ def test_peer_closes_the_ike_sa_close_action_start(tmp_path: Path, role: str) ->
     assert (closed.what, closed.action) == ("ike-sa", "start")
     pair.advance(30)
     assert counter(pair, "a", "connection_retries") == 1
-    assert_one_working_pair(pair)
+    assert_in_use(pair)
 
 
 @pytest.mark.parametrize("action", ["none", "trap"])
