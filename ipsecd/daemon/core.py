@@ -435,18 +435,18 @@ class DaemonCore:
                 for sa in self.sad.for_peer(peer):
                     sa.remote = remote
                 log.info("peer address changed", peer=peer, remote=f"{remote[0]}:{remote[1]}")
-            case ev.PeerClosed(peer=peer, what=what, action=action):
-                whole = "IKE SA" if what == "ike-sa" else "CHILD_SA"
-                log.info(f"peer deleted the {whole}", peer=peer, close_action=action)
-                if action == "trap":
-                    # strongSwan close_action=trap: down until traffic needs it again.
-                    config = self.config.peer(peer)
-                    self.trap.watch(peer, config.local_ts, config.remote_ts)
             case ev.PeerDead(peer=peer, action=action):
                 self.counters["dead_peers"] += 1
                 log.warning("peer is dead", peer=peer, dpd_action=action)
                 if action == "hold":
                     # RFC 7296 §2.4 / strongSwan dpd_action=trap: down until traffic needs it.
+                    config = self.config.peer(peer)
+                    self.trap.watch(peer, config.local_ts, config.remote_ts)
+            case ev.PeerClosed(peer=peer, what=what, action=action):
+                whole = "IKE SA" if what == "ike-sa" else "CHILD_SA"
+                log.info(f"peer deleted the {whole}", peer=peer, close_action=action)
+                if action == "trap":
+                    # strongSwan close_action=trap: down until traffic needs it again.
                     config = self.config.peer(peer)
                     self.trap.watch(peer, config.local_ts, config.remote_ts)
             case ev.NegotiationFailed(peer=peer, reason=reason):
