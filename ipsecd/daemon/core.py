@@ -430,6 +430,12 @@ class DaemonCore:
                 self.trap.failed(peer)  # only if still negotiating: drop what waited
             case ev.IkeSaEstablished(peer=peer, remote=remote):
                 log.info("IKE SA established", peer=peer, remote=str(remote))
+            case ev.PeerClosed(peer=peer, what=what, action=action):
+                whole = "IKE SA" if what == "ike-sa" else "CHILD_SA"
+                log.info(f"peer deleted the {whole}", peer=peer, close_action=action)
+                if action == "trap":  # strongSwan close_action=trap, as dpd_action hold
+                    config = self.config.peer(peer)
+                    self.trap.watch(peer, config.local_ts, config.remote_ts)
             case ev.PeerAddressChanged(peer=peer, remote=remote):
                 # RFC 7296 §2.23: follow the peer behind a NAT, as learned from authenticated IKE.
                 for sa in self.sad.for_peer(peer):
@@ -440,22 +446,13 @@ class DaemonCore:
                 log.warning("peer is dead", peer=peer, dpd_action=action)
                 if action == "hold":
                     # RFC 7296 §2.4 / strongSwan dpd_action=trap: down until traffic needs it.
-                    self._watch(peer)
-            case ev.PeerClosed(peer=peer, what=what, action=action):
-                whole = "IKE SA" if what == "ike-sa" else "CHILD_SA"
-                log.info(f"peer deleted the {whole}", peer=peer, close_action=action)
-                if action == "trap":
-                    self._watch(peer)  # strongSwan close_action=trap, as dpd_action hold
+                    config = self.config.peer(peer)
+                    self.trap.watch(peer, config.local_ts, config.remote_ts)
             case ev.NegotiationFailed(peer=peer, reason=reason):
                 self.last_error[peer] = reason
                 self.counters["negotiation_failed"] += 1
                 self.trap.failed(peer)  # packets that waited for it are dropped (counted)
                 log.warning("negotiation failed", peer=peer, reason=reason)
-
-    def _watch(self, peer: str) -> None:
-        """Arm the trap of ``peer``: the next packet for its selectors initiates it."""
-        config = self.config.peer(peer)
-        self.trap.watch(peer, config.local_ts, config.remote_ts)
 
     def _install(
         self, peer: str, child: ev.ChildSaParams, now: float, *, outbound: bool = True

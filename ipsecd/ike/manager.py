@@ -29,24 +29,15 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections import deque
-from dataclasses import replace
 from typing import Any
 
 from ipsecd.config.schema import Config, PeerConfig
 from ipsecd.crypto.proposals import Proposal
-from ipsecd.ike import dpd, reauth
+from ipsecd.ike import dpd, events, reauth
 from ipsecd.ike import message as codec
 from ipsecd.ike.constants import ExchangeType
 from ipsecd.ike.errors import MalformedMessage
-from ipsecd.ike.events import (
-    Address,
-    ChildSaEstablished,
-    Event,
-    NegotiationFailed,
-    OutgoingDatagram,
-    PeerClosed,
-    PeerDead,
-)
+from ipsecd.ike.events import Address, Event, NegotiationFailed, OutgoingDatagram, PeerDead
 from ipsecd.ike.exchanges import RESPONDERS
 from ipsecd.ike.exchanges.create_child import CreateChildSa
 from ipsecd.ike.exchanges.informational import DeleteChildSa, DeleteIkeSa, LivenessCheck
@@ -772,8 +763,8 @@ class IkeManager:
                 child.outbound_active = False
                 held.add(child.spi_in)
         self._events = deque(
-            replace(e, outbound_active=False)
-            if isinstance(e, ChildSaEstablished)
+            events.ChildSaEstablished(e.peer, e.child, outbound_active=False)
+            if isinstance(e, events.ChildSaEstablished)
             and e.peer == new.peer_name
             and e.child.spi_in in held
             else e
@@ -829,7 +820,7 @@ class IkeManager:
         name = sa.peer_name
         action = self.peer_policy.closed(sa.peer, now)
         self._count("peer_closed_ike_sa")
-        self._events.append(PeerClosed(name, "ike-sa", action))
+        self._events.append(events.PeerClosed(name, "ike-sa", action))
         self._last_event(name, "peer-closed-ike-sa", now, close_message("ike-sa", action))
 
     def _child_closed(self, sa: IkeSa, now: float) -> None:
@@ -844,7 +835,7 @@ class IkeManager:
             return
         action = sa.peer.close_action
         self._count("peer_deleted_child_sa")
-        self._events.append(PeerClosed(name, "child-sa", action))
+        self._events.append(events.PeerClosed(name, "child-sa", action))
         if action == "start":
             self._recreate_child(sa, now)
         self._last_event(name, "peer-deleted-child-sa", now, close_message("child-sa", action))

@@ -24,11 +24,11 @@ declared dead.
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import count
 from typing import Protocol
 
 from ipsecd.config.schema import PeerConfig
@@ -238,10 +238,10 @@ class SaContext:
     responders: Mapping[int, Responder] = field(default_factory=dict, repr=False)
     random_bytes: RandomBytes = field(default=os.urandom, repr=False)
     counters: dict[str, int] = field(default_factory=dict, repr=False)
+    # Serial numbers that order the SAs' beginnings and establishments (INITIAL_CONTACT).
+    sequence: Iterator[int] = field(default_factory=count, repr=False)
     gateway_fragment_size: int | None = None  # gateway.fragment_size (None: by family)
     reassembly_budget: ReassemblyBudget = field(default_factory=ReassemblyBudget, repr=False)
-    # Serial numbers that order the SAs' beginnings and establishments (INITIAL_CONTACT).
-    sequence: Iterator[int] = field(default_factory=itertools.count, repr=False)
 
 
 @dataclass
