@@ -87,8 +87,16 @@ def _pair(
 
 
 def _ike(daemon: IpsecdProcess) -> dict[str, Any]:
-    """The IKE manager's entry of gwA's peer (state, ike_sas, last_event, ...)."""
-    return dict(daemon.peer_status().get("ike") or {})
+    """What gwA's status says of its peer's IKE side: ``local_spi``, ``ike_sas``,
+    ``last_event``, ``next_attempt_in_seconds``, ``last_error``.  Read from the peer's
+    ``ike`` entry (where the IKE manager's keys are today) with the peer's own keys on top
+    (where the typed status model puts the peer-level ones)."""
+    peer = daemon.peer_status()
+    merged = dict(peer.get("ike") or {})
+    for key in ("ike_sas", "last_event", "next_attempt_in_seconds", "last_error"):
+        if key in peer:
+            merged[key] = peer[key]
+    return merged
 
 
 def _counter(daemon: IpsecdProcess, name: str) -> int:
