@@ -33,6 +33,7 @@ from tests.unit.ike_pair_support import (
     side_a,
     side_b,
 )
+from tests.unit.test_trap import packet
 
 IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA, INFORMATIONAL = 34, 35, 36, 37
 INITIAL_CONTACT = 16384
@@ -505,27 +506,18 @@ def test_status_entries_always_carry_the_new_keys(tmp_path: Path) -> None:
     assert entry["last_event"] is None and entry["next_attempt_in_seconds"] is None
 
 
-# ---- 4. the shell: close_action trap arms the trap, established-no-child ---------------------
+# ---- 4. the shell: close_action trap arms the trap --------------------------------------------
 
 
 def test_close_action_trap_in_the_daemon_core(tmp_path: Path) -> None:
-    from tests.unit.test_trap import packet
-
     r = CoreRig(tmp_path, side_a(**FAST, close_action="trap"), side_b(**FAST))
     assert r.status_a()["state"] == "established"
     (spi,) = [sa.inbound.spi for sa in r.core.sad]
     (b_spi,) = r.b.ike_sa("a").children
     r.b.delete_child("a", b_spi, r.now)
     r.pump()
-    assert len(r.core.sad) == 0
-    peer = r.core.status(r.now, tun=None, listen=[], dataplane=_dataplane()).peers[0]
-    assert peer.state == "established-no-child" and not peer.up
+    assert len(r.core.sad) == 0 and r.status_a()["state"] == "established"
+    assert r.core.trap.state("b") is not None  # armed: the next packet re-creates it
     r.from_tun([packet("10.1.0.5", "10.2.0.7")])  # the trap re-creates the CHILD_SA
     assert len(r.core.sad) == 1 and spi not in {sa.inbound.spi for sa in r.core.sad}
     assert r.decrypted_at_b()[-1:] == [packet("10.1.0.5", "10.2.0.7")]
-
-
-def _dataplane() -> Any:
-    from ipsecd.daemon.status import DataplaneStatus
-
-    return DataplaneStatus()
