@@ -86,11 +86,16 @@ CONFIG_DOCS: dict[str, str] = {
     "traffic from the peer; 0: off.",
     "peers.dpd_action": "What follows a dead peer: restart, clear (stay down) or hold (initiate "
     "on the next packet).",
+    "peers.close_action": "What follows the peer deleting the IKE SA or its last CHILD SA: start "
+    "(initiate again), trap (on the next packet) or none; default by start.",
     "peers.ike": "IKE SA settings.",
     "peers.ike.proposals": "IKE proposals in strongSwan syntax, cipher[-integrity][-prf]-ke, "
     "e.g. aes256gcm16-prfsha256-x25519.",
     "peers.ike.rekey_time": "Rekey the IKE SA this long after it was established; 0: never.",
-    "peers.ike.rand_time": "Rekey up to this much earlier, at random; default 10% of rekey_time.",
+    "peers.ike.rand_time": "Rekey and reauthenticate up to this much earlier, at random; default "
+    "10% of the shorter.",
+    "peers.ike.reauth_time": "Reauthenticate (new IKE SA and CHILD SAs, make-before-break) this "
+    "long after establishment; 0: never.",
     "peers.esp": "CHILD SA (ESP) settings.",
     "peers.esp.proposals": "ESP proposals, cipher[-integrity][-ke][-esn|-noesn], e.g. aes256gcm16.",
     "peers.esp.rekey_time": "Rekey a CHILD SA after this long; 0: no time-based rekey.",

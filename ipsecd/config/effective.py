@@ -90,10 +90,12 @@ def _peer(p: PeerConfig) -> dict[str, Any]:
             "fragment_size": p.fragment_size,
             "dpd_delay": p.dpd_delay,
             "dpd_action": p.dpd_action,
+            "close_action": p.close_action,
             "ike": {
                 "proposals": [str(x) for x in p.ike_proposals],
                 "rekey_time": p.ike_lifetime.rekey_time,
                 "rand_time": p.ike_lifetime.rand_time,
+                "reauth_time": p.ike_lifetime.reauth_time,
             },
             "esp": {
                 "proposals": [str(x) for x in p.esp_proposals],

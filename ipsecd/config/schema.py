@@ -271,11 +271,14 @@ class ManualSaConfig:
 
 @dataclass(frozen=True)
 class IkeLifetime:
-    """When the IKE SA is rekeyed (RFC 7296 §2.18): ``rekey_time`` minus a random
-    0..``rand_time`` seconds after it was established; 0 means never."""
+    """When the IKE SA is rekeyed (RFC 7296 §2.18) and reauthenticated (§2.8.3):
+    ``rekey_time`` / ``reauth_time`` minus a random 0..``rand_time`` seconds after it was
+    established; 0 means never.  A reauthentication is a new IKE SA with new CHILD_SAs,
+    set up before the old one is deleted (make-before-break, as strongSwan does)."""
 
     rekey_time: int = 4 * 3600
     rand_time: int = 1440
+    reauth_time: int = 0
 
 
 @dataclass(frozen=True)
@@ -314,6 +317,9 @@ class PeerConfig:
     # (0 = off); what to do when the peer does not answer: restart | clear | hold.
     dpd_delay: int = 30
     dpd_action: str = "restart"
+    # What happens when the peer deletes the IKE SA or its last CHILD_SA: none | start |
+    # trap (the loader derives it from ``start`` when not written).
+    close_action: str = "start"
 
 
 @dataclass(frozen=True)

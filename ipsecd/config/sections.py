@@ -172,6 +172,7 @@ IKE = Section(
     Field("proposals", list_of(proposal("ike"), min_items=1), DEFAULT_IKE),
     Field("rekey_time", duration(0, 10 * 365 * 86400), 4 * 3600),
     Field("rand_time", optional(duration(0, 10 * 365 * 86400)), None),
+    Field("reauth_time", duration(0, 10 * 365 * 86400), 0),
 )
 ESP = Section(
     Field("proposals", list_of(proposal("esp"), min_items=1), DEFAULT_ESP),
@@ -219,6 +220,7 @@ PEER = Section(
     Field("fragment_size", optional(integer(MIN_FRAGMENT_SIZE, 65535)), None),
     Field("dpd_delay", duration(0, 86400), 30),
     Field("dpd_action", choice("restart", "clear", "hold"), "restart"),
+    Field("close_action", optional(choice("none", "start", "trap")), None),
     Field("ike", section(IKE), None),
     Field("esp", section(ESP), None),
     Field("auth", section(AUTH), None),
@@ -265,13 +267,22 @@ def _build_gateway(v: Values) -> GatewayConfig:
 def _build_ike_lifetime(v: Values | None) -> IkeLifetime:
     if v is None:
         return IkeLifetime()
-    rekey = v["rekey_time"]
-    rand = v["rand_time"] if v["rand_time"] is not None else rekey // 10
-    if rekey and rand >= rekey:
-        raise v.at("rand_time").error(
-            f"rand_time ({rand}s) must be shorter than rekey_time ({rekey}s)"
-        )
-    return IkeLifetime(rekey_time=rekey, rand_time=rand)
+    rekey, reauth = v["rekey_time"], v["reauth_time"]
+    # One jitter for both timers: by default 10 % of the shorter one that is set.
+    shortest = min((t for t in (rekey, reauth) if t), default=0)
+    rand = v["rand_time"] if v["rand_time"] is not None else shortest // 10
+    for key, seconds in (("rekey_time", rekey), ("reauth_time", reauth)):
+        if seconds and rand >= seconds:
+            raise v.at("rand_time").error(
+                f"rand_time ({rand}s) must be shorter than {key} ({seconds}s)"
+            )
+    return IkeLifetime(rekey_time=rekey, rand_time=rand, reauth_time=reauth)
+
+
+#: ``close_action`` when not written: what the peer's ``start`` promises.  A peer we
+#: initiate is kept up, so it is initiated again; a trap peer waits for traffic; a
+#: peer we only answer is the peer's to bring back.
+CLOSE_ACTION_BY_START = {"initiate": "start", "trap": "trap", "respond": "none"}
 
 
 def _build_child_lifetime(v: Values | None) -> ChildLifetime:
@@ -484,7 +495,7 @@ def _build_peer(v: Values, gateway: GatewayConfig, owners: frozenset[int]) -> Pe
         manual_line = v.at("manual").line
         for key in (
             *("auth", "ike", "esp", "start", "fragmentation", "fragment_size"),
-            *("dpd_delay", "dpd_action"),
+            *("dpd_delay", "dpd_action", "close_action"),
         ):
             if v.given(key):
                 raise v.at(key).error(
@@ -519,6 +530,7 @@ def _build_peer(v: Values, gateway: GatewayConfig, owners: frozenset[int]) -> Pe
         fragment_size=v["fragment_size"],
         dpd_delay=v["dpd_delay"],
         dpd_action=v["dpd_action"],
+        close_action=v["close_action"] or CLOSE_ACTION_BY_START[v["start"]],
     )
 
 

@@ -487,6 +487,12 @@ class DaemonCore:
                 )
                 if self.outcomes.waiting(peer):
                     self.outcomes.ike_established(peer, self._new_ike_summary(event), now)
+            case ev.PeerClosed(peer=peer, what=what, action=action):
+                whole = "IKE SA" if what == "ike-sa" else "CHILD_SA"
+                log.info(f"peer deleted the {whole}", peer=peer, close_action=action)
+                if action == "trap":  # strongSwan close_action=trap, as dpd_action hold
+                    config = self.config.peer(peer)
+                    self.trap.watch(peer, config.local_ts, config.remote_ts)
             case ev.PeerAddressChanged(peer=peer, remote=remote):
                 # RFC 7296 §2.23: follow the peer behind a NAT, as learned from authenticated IKE.
                 for sa in self.sad.for_peer(peer):

@@ -17,7 +17,9 @@ strongSwan's ``ike_dpd`` task and its ``dpd_delay``/``dpd_action`` settings:
   SA with us (it restarted), so those are removed without a Delete.
 * **Duplicates.**  When both ends initiate at once (both restart after an
   outage), two IKE SAs come up; the one with the smaller (SPIi, SPIr) is
-  deleted by both ends, which pick the same one.
+  deleted by both ends, which pick the same one.  A new IKE SA from a peer that
+  reauthenticates is not a duplicate but a replacement: :mod:`ipsecd.ike.reauth`
+  tells the two apart.
 * **INVALID_IKE_SPI.**  A request for an IKE SA we do not know (the peer's SA
   outlived our restart) is answered, unprotected and rate limited, with
   N(INVALID_IKE_SPI).  Receiving one is only a hint, since anyone could have
@@ -27,8 +29,6 @@ strongSwan's ``ike_dpd`` task and its ``dpd_delay``/``dpd_action`` settings:
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 from ipsecd.ike import message as codec
 from ipsecd.ike.constants import ExchangeType, NotifyType
@@ -80,28 +80,6 @@ def describe(sa: IkeSa) -> dict[str, object]:
         "dpd": "off" if not delay else "checking" if checking else "idle",
         "last_seen": last_seen(sa),
     }
-
-
-def _settled(sa: IkeSa) -> bool:
-    return (
-        sa.state is IkeState.ESTABLISHED
-        and sa.rekeyed_to is None
-        and not sa.rekey_queued
-        and not sa.replace_others
-    )
-
-
-def duplicate(sa: IkeSa, others: Iterable[IkeSa]) -> IkeSa | None:
-    """The IKE SA to delete if ``sa``, just authenticated, duplicates another one with
-    the same peer (crossing initiations).  RFC 7296 allows several, but one is enough:
-    both ends pick the smaller (SPIi, SPIr) and Delete it (§1.4.1; simultaneous Deletes
-    of one SA are answered normally).  None while a rekey is under way."""
-    if not _settled(sa):
-        return None
-    for other in others:
-        if other is not sa and other.peer_name == sa.peer_name and _settled(other):
-            return min(sa, other, key=lambda s: (s.spi_i, s.spi_r))
-    return None
 
 
 class InvalidSpiResponder:

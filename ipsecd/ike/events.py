@@ -146,6 +146,19 @@ class PeerDead(Event):
 
 
 @dataclass(frozen=True)
+class PeerClosed(Event):
+    """The peer deleted our last IKE SA with it (``what`` ``ike-sa``) or the last CHILD_SA
+    of the IKE SA (``child-sa``), RFC 7296 §1.4.1, and ``action`` is its ``close_action``:
+    ``start`` (the manager initiates again or re-creates the CHILD_SA), ``none``, or
+    ``trap``: the shell arms the peer's trap, so the next packet for its selectors starts
+    it again (``initiate(peer, now, on_demand=True)``)."""
+
+    peer: str
+    what: str
+    action: str
+
+
+@dataclass(frozen=True)
 class PeerAddressChanged(Event):
     """The peer's address or port changed (NAT rebinding, RFC 7296 §2.23).
 

@@ -8,7 +8,10 @@ and :meth:`IkeManager.next_event`, and calls :meth:`IkeManager.handle_timer` at
   (RFC 7296 §2.6) — an IKE_SA_INIT request that decodes creates a responder SA
   for the peers matched by source address (confirmed by ID in IKE_AUTH); answers
   to unknown SPIs (INVALID_IKE_SPI, §2.21.4); the signals IKE SAs raise
-  (:mod:`ipsecd.ike.sa`: duplicates, INITIAL_CONTACT, dead peers, restarts, rekeys);
+  (:mod:`ipsecd.ike.sa`: duplicates, INITIAL_CONTACT, dead peers, restarts, rekeys,
+  reauthentications, Deletes from the peer and its ``close_action``);
+* :mod:`ipsecd.ike.reauth`: a reauthentication (§2.8.3) told from a crossing
+  initiation, and which IKE SA survives either;
 * :mod:`ipsecd.ike.scheduler`: retransmits, state deadlines, lifetimes and rekeys
   (§2.8, §2.18), liveness checks (§2.4), NAT-keepalives (RFC 3948 §4), on a timer heap;
 * :mod:`ipsecd.ike.policy`: start actions, retries, ``dpd_action``;
@@ -30,7 +33,7 @@ from typing import Any
 
 from ipsecd.config.schema import Config, PeerConfig
 from ipsecd.crypto.proposals import Proposal
-from ipsecd.ike import dpd
+from ipsecd.ike import dpd, events, reauth
 from ipsecd.ike import message as codec
 from ipsecd.ike.constants import ExchangeType
 from ipsecd.ike.errors import MalformedMessage
@@ -42,14 +45,18 @@ from ipsecd.ike.exchanges.sa_init import IkeSaInit
 from ipsecd.ike.fragments import ReassemblyBudget
 from ipsecd.ike.halfopen import DosLimits, HalfOpenTable
 from ipsecd.ike.lifecycle import LIVE_STATES
-from ipsecd.ike.policy import PeerPolicy, PeerState
+from ipsecd.ike.policy import LastEvent, PeerPolicy, PeerState, close_message
 from ipsecd.ike.sa import (
     Authenticated,
     ChildExpired,
     IkeSa,
     IkeState,
+    PeerDeletedChild,
+    PeerDeletedIkeSa,
     PeerUnresponsive,
     RandomBytes,
+    ReauthComplete,
+    ReauthDue,
     RestartHint,
     RetransmitPolicy,
     SaContext,
@@ -158,24 +165,41 @@ class IkeManager:
             if on_demand and self._childless(existing):
                 self.create_child(peer, now)
             return
-        config = self.peers[peer]
+        # RFC 7296 §2.4: INITIAL_CONTACT only when no other IKE SA with this peer exists
+        # (checked again when IKE_AUTH is built: reauth.no_initial_contact).
+        others = [s for s in self._of_peer(peer) if s.alive and not self.half_open.holds(s)]
+        self._initiate_sa(
+            self.peers[peer], now, send_initial_contact=replace or not others, replace=replace
+        )
+
+    def _initiate_sa(
+        self,
+        config: PeerConfig,
+        now: float,
+        *,
+        send_initial_contact: bool,
+        replace: bool = False,
+        reauth_of: IkeSa | None = None,
+    ) -> IkeSa:
+        """A new IKE SA as initiator, IKE_SA_INIT sent (``reauth_of``: the IKE SA it is
+        to replace, RFC 7296 §2.8.3)."""
         remote_port = config.remote_port or self.ike_port
         local_port = self.natt_port if remote_port == self.natt_port else self.ike_port
-        # RFC 7296 §2.4: INITIAL_CONTACT only when no other IKE SA with this peer exists.
-        others = [s for s in self._of_peer(peer) if s.alive and not self.half_open.holds(s)]
         sa = self._new_sa(
             peer=config,
             initiator=True,
             local=(str(config.local_address), local_port),
             remote=(str(config.remote_address), remote_port),
             now=now,
-            send_initial_contact=replace or not others,
+            send_initial_contact=send_initial_contact,
             replace_others=replace,
         )
+        sa.reauth_of = reauth_of
         sa.tasks.append(IkeSaInit(config.ike_proposals))
         sa.kick(now)  # assigns SPIi while building the request
         self.table.add(sa)
         self._collect(sa, now)
+        return sa
 
     def terminate(self, peer: str, now: float) -> None:
         """Delete the IKE SA of ``peer`` (RFC 7296 §1.4.1) and stop retrying it."""
@@ -254,14 +278,16 @@ class IkeManager:
             self._count("connection_retries")
             self.initiate(name, now)
 
-    def status(self) -> list[dict[str, Any]]:
-        """One entry per IKE peer, for ipsecctl (plain data, no objects)."""
+    def status(self, now: float | None = None) -> list[dict[str, Any]]:
+        """One entry per IKE peer, for ipsecctl (plain data, no objects); ``now`` gives
+        ``next_attempt_in_seconds`` (ipsecd.ike.status)."""
         return [
             peer_status(
                 name,
                 self.peer_state[name],
                 self._sa_for(name),
                 ike_sas=sum(s.alive and not self.half_open.holds(s) for s in self._of_peer(name)),
+                now=now,
             )
             for name in self.peers
         ]
@@ -288,6 +314,11 @@ class IkeManager:
             now,
         )
         self._collect(sa, now)
+
+    def _recreate_child(self, sa: IkeSa, now: float) -> None:
+        """The configured CHILD_SA again over ``sa`` (close_action start)."""
+        cfg = sa.peer
+        sa.queue(CreateChildSa(cfg.local_ts, cfg.remote_ts, cfg.esp_proposals), now)
 
     def delete_child(self, peer: str, spi_in: int, now: float) -> None:
         """Delete one CHILD_SA by our inbound SPI (RFC 7296 §1.4.1)."""
@@ -552,11 +583,17 @@ class IkeManager:
             if sa.state is not IkeState.ESTABLISHED:
                 return  # already being deleted again (its first CHILD_SA failed)
             if signal.initial_contact:
-                self._forget_others(sa, now, "restarted (INITIAL_CONTACT)")
+                self._forget_others(sa, now, "restarted (INITIAL_CONTACT)", all_of_them=False)
             if sa.replace_others:
                 sa.replace_others = False
                 self._forget_others(sa, now, "replaced after INVALID_IKE_SPI (restarted?)")
-            self._delete_duplicate(sa, now)
+            self._authenticated(sa, now)
+        elif isinstance(signal, ReauthDue):
+            self._reauthenticate(sa, now)
+        elif isinstance(signal, ReauthComplete):
+            self._reauth_complete(signal.old, now)
+        elif isinstance(signal, PeerDeletedChild):
+            self._child_closed(sa, now)
         elif isinstance(signal, RestartHint):
             self._restart_hint(sa, now)
         elif isinstance(signal, Successor):
@@ -569,7 +606,7 @@ class IkeManager:
             if child is not None:
                 self._count("child_sa_rekeyed_not_deleted")
                 sa.queue(DeleteChildSa([child.spi_in], "replaced, not deleted by the peer"), now)
-        # PeerUnresponsive is acted on once the SA is gone (_gone).
+        # PeerUnresponsive and PeerDeletedIkeSa are acted on once the SA is gone (_gone).
 
     def _gone(self, sa: IkeSa, signals: list[SaSignal], now: float) -> None:
         """The end of an IKE SA: out of every table; retry or dpd_action for its peer."""
@@ -584,11 +621,20 @@ class IkeManager:
             sa.reassembler.clear()  # its partial fragments no longer count
         if self.table.remove(sa):
             self.scheduler.forget(sa)
+        retiring = sa.local_spi in self._retiring
         self._retiring.discard(sa.local_spi)
         self.half_open.discard(sa)
         name = sa.peer_name
+        self._replacement_gone(sa, now)
         if any(isinstance(s, PeerUnresponsive) for s in signals) and name in self.peer_state:
             self._peer_dead(sa, now)
+        elif (
+            any(isinstance(s, PeerDeletedIkeSa) for s in signals)
+            and name in self.peer_state
+            and not retiring
+            and self._sa_for(name, unauthenticated=False) is None
+        ):
+            self._ike_closed(sa, now)
         if sa.initiator and self._sa_for(name, unauthenticated=False) is None:
             self.peer_policy.initiator_gone(name, now)
         self._reschedule_peer(name)
@@ -602,6 +648,9 @@ class IkeManager:
         if sa.local_spi in self._retiring or sa.peer_name not in self.peers:
             return
         self._events.append(PeerDead(sa.peer_name, action))
+        self._last_event(
+            sa.peer_name, "peer-dead", now, f"peer did not answer (DPD); dpd_action {action}"
+        )
         on_demand = self.peer_policy.on_demand(sa.peer)
         if self.peer_policy.dead(sa.peer) == "restart":
             self.initiate(sa.peer_name, now, on_demand=on_demand)
@@ -624,23 +673,178 @@ class IkeManager:
         self._count("restart_hints_followed")
         self.initiate(name, now, replace=True, on_demand=self.peer_policy.on_demand(sa.peer))
 
-    def _delete_duplicate(self, sa: IkeSa, now: float) -> None:
-        """Both ends initiated at once: Delete the IKE SA both ends agree on (ike/dpd.py)."""
-        others = [s for s in self._of_peer(sa.peer_name) if s.local_spi not in self._retiring]
-        loser = dpd.duplicate(sa, others)
-        if loser is not None:
+    def _forget_others(self, sa: IkeSa, now: float, why: str, *, all_of_them: bool = True) -> None:
+        """N(INITIAL_CONTACT) (§2.4): the peer forgot its other IKE SAs with us; drop them
+        (and their CHILD_SAs) without a Delete, which it could not decrypt anyway.  Not
+        ``all_of_them``: only those established before ``sa`` began (reauth.forgotten_by);
+        one established since crossed ``sa`` and is still the peer's."""
+        assert sa.peer.auth is not None
+        for name in self.peer_policy.same_remote_id(sa.peer.auth.remote_id):
+            others = [o for o in self._of_peer(name) if o is not sa]
+            if not all_of_them:
+                others = reauth.forgotten_by(sa, others)
+            for other in others:
+                if other.state in (IkeState.ESTABLISHED, IkeState.DELETING):
+                    self._count("initial_contact_deleted")
+                    other.deleted(f"peer {other.peer_name} {why}", now)
+                    self._collect(other, now)
+
+    # ---- reauthentication and crossing initiations (RFC 7296 §2.8.3; ike/reauth.py) ----
+
+    def _last_event(self, peer: str, event: str, now: float, message: str) -> None:
+        state = self.peer_state.get(peer)
+        if state is not None:
+            state.last_event = LastEvent(event, now, message)
+
+    def _authenticated(self, sa: IkeSa, now: float) -> None:
+        """``sa`` authenticated beside other IKE SAs of its peer: a reauthentication
+        replaces, a crossing is decided (the rules of :mod:`ipsecd.ike.reauth`)."""
+        name = sa.peer_name
+        if name in self.peer_state:
+            self.peer_policy.set_retry(name, None)  # up (the peer may have come back)
+        others = [
+            o
+            for o in self._of_peer(name)
+            if o is not sa and o.alive and o.local_spi not in self._retiring
+        ]
+        reauth.no_initial_contact(others)
+        if sa.initiator:
+            self._ours_authenticated(sa, others, now)
+        else:
+            self._theirs_authenticated(sa, others, now)
+
+    def _ours_authenticated(self, sa: IkeSa, others: list[IkeSa], now: float) -> None:
+        """Rule 1: our reauthentication replaces its old IKE SA; any other established
+        IKE SA of the peer crossed ours, and all pairs but the largest are deleted."""
+        old = reauth.current(sa.reauth_of) if sa.reauth_of is not None else None
+        sa.reauth_of = None
+        if old is not None and (
+            old.state is not IkeState.ESTABLISHED or old.rekeyed_to is not None
+        ):
+            old = None  # gone meanwhile, or the peer's reauthentication replaced it
+        losers = reauth.crossing_losers(sa, [o for o in others if o is not old])
+        if old is not None and sa in losers:
+            # The peer reauthenticated at the same moment and its IKE SA won: the peer
+            # deletes old; should its attempt fail, ours is tried again later.
+            old.reauth_at = now + self.policy.retry_pause
+        elif old is not None:
+            reauth.replace(old, sa, now)
+            reauth.recreate(old, sa, now)  # then ReauthComplete deletes old
+            self._count("ike_sa_reauthenticated")
+            self._last_event(
+                sa.peer_name,
+                "reauthenticated",
+                now,
+                "IKE SA reauthenticated (reauth_time): the new IKE SA and CHILD_SAs replace"
+                " the old ones",
+            )
+        for loser in losers:
             self._count("duplicate_ike_sa_deleted")
             loser.queue(DeleteIkeSa("duplicate IKE SA (both ends initiated)"), now)
             if loser is not sa:
                 self._collect(loser, now)
 
-    def _forget_others(self, sa: IkeSa, now: float, why: str) -> None:
-        """N(INITIAL_CONTACT) (§2.4): the peer forgot its other IKE SAs with us; drop them
-        (and their CHILD_SAs) without a Delete, which it could not decrypt anyway."""
-        assert sa.peer.auth is not None
-        for name in self.peer_policy.same_remote_id(sa.peer.auth.remote_id):
-            for other in self._of_peer(name):
-                if other is not sa and other.state in (IkeState.ESTABLISHED, IkeState.DELETING):
-                    self._count("initial_contact_deleted")
-                    other.deleted(f"peer {other.peer_name} {why}", now)
-                    self._collect(other, now)
+    def _theirs_authenticated(self, sa: IkeSa, others: list[IkeSa], now: float) -> None:
+        """Rules 2 and 3: with no initiation of ours outstanding, the peer's new IKE SA
+        replaces ours (the peer deletes them); otherwise ours decides when it is up."""
+        replaced = reauth.replaced_by_peer(sa, others)
+        for old in replaced:
+            reauth.replace(old, sa, now)
+            self._count("ike_sa_replaced_by_peer")
+        if replaced:
+            self._hold_outbound(sa)
+            self._last_event(
+                sa.peer_name,
+                "reauthenticated-by-peer",
+                now,
+                "the peer set up a new IKE SA beside ours (reauthentication): it replaces"
+                " the old one, which the peer deletes",
+            )
+
+    def _hold_outbound(self, new: IkeSa) -> None:
+        """The peer's reauthentication: keep sending with the old CHILD_SAs until the old
+        IKE SA is deleted, as a rekey responder does (§2.8): the peer installs the new
+        ones only when our IKE_AUTH response arrives.  Their ChildSaEstablished events,
+        queued already, install them inbound only."""
+        held = set()
+        for child in new.children.values():
+            if child.state in LIVE_STATES and child.outbound_active:
+                child.outbound_active = False
+                held.add(child.spi_in)
+        self._events = deque(
+            events.ChildSaEstablished(e.peer, e.child, outbound_active=False)
+            if isinstance(e, events.ChildSaEstablished)
+            and e.peer == new.peer_name
+            and e.child.spi_in in held
+            else e
+            for e in self._events
+        )
+
+    def _reauthenticate(self, old: IkeSa, now: float) -> None:
+        """``reauth_time`` of ``old`` passed: a new IKE SA without INITIAL_CONTACT (the
+        peer keeps ``old`` until we delete it, make-before-break, §2.8.3)."""
+        name = old.peer_name
+        if (
+            name not in self.peers
+            or old.local_spi in self._retiring
+            or self._sa_for(name, unauthenticated=False) is not old
+        ):
+            return
+        self._count("ike_sa_reauths_started")
+        self._initiate_sa(self.peers[name], now, send_initial_contact=False, reauth_of=old)
+
+    def _reauth_complete(self, old: IkeSa, now: float) -> None:
+        """The reauthentication's CHILD_SAs stand: delete the IKE SA it replaced."""
+        if old.state is not IkeState.ESTABLISHED:
+            return  # the peer deleted it first
+        old.tasks.clear()  # whatever was queued for it is moot
+        old.queue(DeleteIkeSa("reauthenticated: replaced by a new IKE SA"), now)
+        self._collect(old, now)
+
+    def _replacement_gone(self, sa: IkeSa, now: float) -> None:
+        """``sa`` ended: IKE SAs it was to replace by a reauthentication are restored
+        (it lost a crossing), or retried later (it never authenticated)."""
+        name = sa.peer_name
+        new = sa.rekeyed_to
+        if sa.reauthenticated and new is not None and new.alive:
+            for child in list(new.children.values()):  # the new CHILD_SAs carry traffic now
+                if child.replaces is None and not child.redundant:
+                    new.activate_outbound(child)
+            self._drain(new, now)
+        for other in self._of_peer(name):
+            if other.rekeyed_to is sa and other.reauthenticated:
+                survivors = [s for s in self._of_peer(name) if s is not other and reauth.settled(s)]
+                reauth.unreplace(other, survivors[0] if survivors else None)
+        old = sa.reauth_of
+        if old is not None:
+            old = reauth.current(old)
+            if old.state is IkeState.ESTABLISHED and old.rekeyed_to is None:
+                self._count("ike_sa_reauth_failed")
+                old.reauth_at = now + self.policy.retry_pause
+
+    # ---- the peer deleted an IKE SA or a CHILD_SA: close_action (RFC 7296 §1.4.1) ----
+
+    def _ike_closed(self, sa: IkeSa, now: float) -> None:
+        """The peer deleted our last IKE SA with it (not a rekey or reauthentication)."""
+        name = sa.peer_name
+        action = self.peer_policy.closed(sa.peer, now)
+        self._count("peer_closed_ike_sa")
+        self._events.append(events.PeerClosed(name, "ike-sa", action))
+        self._last_event(name, "peer-closed-ike-sa", now, close_message("ike-sa", action))
+
+    def _child_closed(self, sa: IkeSa, now: float) -> None:
+        """The peer deleted CHILD_SAs of ``sa``: ``close_action`` if none is left."""
+        name = sa.peer_name
+        if (
+            name not in self.peers
+            or sa.local_spi in self._retiring
+            or not self._childless(sa)
+            or self._sa_for(name, unauthenticated=False) is not sa
+        ):
+            return
+        action = sa.peer.close_action
+        self._count("peer_deleted_child_sa")
+        self._events.append(events.PeerClosed(name, "child-sa", action))
+        if action == "start":
+            self._recreate_child(sa, now)
+        self._last_event(name, "peer-deleted-child-sa", now, close_message("child-sa", action))

@@ -9,7 +9,13 @@ place, sans-I/O.  :class:`PeerPolicy` decides; the manager
 * ``start: trap`` peers are brought up by traffic (on demand) and not kept up;
 * ``dpd_action`` of a dead peer (RFC 7296 §2.4): ``restart`` initiates again
   at once, ``clear`` stays down, ``hold`` waits for traffic (the shell's trap)
-  or the peer.
+  or the peer;
+* ``close_action`` of a peer that deleted the IKE SA (§1.4.1): ``start``
+  initiates again after ``retry_pause`` (a peer reauthenticating break-before-make
+  or restarting comes first), ``trap`` waits for traffic, ``none`` stays down.
+
+What happened last to a peer, and what comes next, is its :class:`LastEvent`
+(``ipsecctl status``: "peer closed the IKE SA at 12:03:04; next attempt in 27 s").
 """
 
 from __future__ import annotations
@@ -21,12 +27,49 @@ from ipsecd.config.schema import Config, Identity, IpAddress, PeerConfig
 from ipsecd.ike.scheduler import TimerHeap
 
 
+@dataclass(frozen=True)
+class LastEvent:
+    """Something that changed a peer's tunnels without an error: ``event`` is a word
+    (``peer-closed-ike-sa``, ``peer-deleted-child-sa``, ``reauthenticated``,
+    ``reauthenticated-by-peer``, ``peer-dead``), ``at`` the manager's clock, ``message``
+    what happened and what comes next, for an operator."""
+
+    event: str
+    at: float
+    message: str
+
+    def describe(self) -> dict[str, object]:
+        return {"event": self.event, "at": self.at, "message": self.message}
+
+
+#: What a peer's Delete means for us, by what it deleted and ``close_action``.
+_CLOSED = {
+    "ike-sa": "peer closed the IKE SA",
+    "child-sa": "peer deleted the CHILD_SA",
+}
+_NEXT = {
+    ("ike-sa", "start"): "initiating again after retry_interval",
+    ("ike-sa", "trap"): "the next packet for remote_ts starts it again",
+    ("ike-sa", "none"): "down until the peer connects or `ipsecctl up`",
+    ("child-sa", "start"): "re-creating it",
+    ("child-sa", "trap"): "the next packet for remote_ts re-creates it",
+    ("child-sa", "none"): "the IKE SA stays up without one",
+}
+
+
+def close_message(what: str, action: str) -> str:
+    """The :class:`LastEvent` message of a peer's Delete of ``what`` (``ike-sa`` or
+    ``child-sa``): what happened and what ``close_action`` does next."""
+    return f"{_CLOSED[what]}; close_action {action}: {_NEXT[(what, action)]}"
+
+
 @dataclass
 class PeerState:
     retry_at: float | None = None
     last_error: str | None = None
     wanted: bool = False  # the operator (or start: initiate) wants this peer up
-    held: bool = False  # dead peer with dpd_action hold: the next packet starts it
+    held: bool = False  # dpd_action hold / close_action trap: the next packet starts it
+    last_event: LastEvent | None = None
 
 
 def ike_peers(config: Config) -> dict[str, PeerConfig]:
@@ -107,6 +150,17 @@ class PeerPolicy:
             state.wanted = False
             self.set_retry(peer.name, None)
             state.held = action == "hold"
+        return action
+
+    def closed(self, peer: PeerConfig, now: float) -> str:
+        """The peer deleted our last IKE SA with it (RFC 7296 §1.4.1): apply and return
+        ``close_action``.  ``start`` wants the peer up and retries after ``retry_pause``;
+        ``trap`` and ``none`` stop wanting it (``trap``: the next packet starts it)."""
+        action = peer.close_action
+        state = self.state[peer.name]
+        state.held = action == "trap" and peer.start != "trap"  # a trap peer is just down
+        state.wanted = action == "start"
+        self.set_retry(peer.name, now + self.retry_pause if state.wanted else None)
         return action
 
     def candidates(self, address: str) -> list[PeerConfig]:

@@ -25,10 +25,11 @@ declared dead.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
+from itertools import count
 from typing import Protocol
 
 from ipsecd.config.schema import PeerConfig
@@ -92,6 +93,10 @@ __all__ = [
     "RestartHint",
     "Successor",
     "ChildExpired",
+    "PeerDeletedChild",
+    "PeerDeletedIkeSa",
+    "ReauthDue",
+    "ReauthComplete",
     "new_ike_spi",
 ]
 
@@ -164,6 +169,31 @@ class ChildExpired(SaSignal):
     spi_in: int
 
 
+@dataclass(frozen=True)
+class PeerDeletedChild(SaSignal):
+    """The peer deleted CHILD_SAs of this IKE SA (RFC 7296 §1.4.1): ``close_action`` if
+    none is left."""
+
+
+@dataclass(frozen=True)
+class PeerDeletedIkeSa(SaSignal):
+    """The peer deleted this IKE SA (RFC 7296 §1.4.1): ``close_action`` unless another IKE
+    SA of the peer (a rekey, a reauthentication) took its place."""
+
+
+@dataclass(frozen=True)
+class ReauthDue(SaSignal):
+    """``reauth_time`` passed: set up the IKE SA that replaces this one (RFC 7296 §2.8.3)."""
+
+
+@dataclass(frozen=True)
+class ReauthComplete(SaSignal):
+    """This IKE SA, a reauthentication of ``old``, re-created its CHILD_SAs: delete ``old``
+    (make-before-break, strongSwan's ``ike_reauth_complete``)."""
+
+    old: IkeSa
+
+
 class TaskResult(Enum):
     DONE = "done"  # exchange complete; move to the next message id
     RETRY = "retry"  # rebuild and resend the request with the same message id (IKE_SA_INIT)
@@ -215,6 +245,8 @@ class SaContext:
     responders: Mapping[int, Responder] = field(default_factory=dict, repr=False)
     random_bytes: RandomBytes = field(default=os.urandom, repr=False)
     counters: dict[str, int] = field(default_factory=dict, repr=False)
+    # Serial numbers that order the SAs' beginnings and establishments (INITIAL_CONTACT).
+    sequence: Iterator[int] = field(default_factory=count, repr=False)
     gateway_fragment_size: int | None = None  # gateway.fragment_size (None: by family)
     reassembly_budget: ReassemblyBudget = field(default_factory=ReassemblyBudget, repr=False)
     wall_clock: WallClock = field(default=utc_now, repr=False)
@@ -274,6 +306,17 @@ class IkeSa:
     rekey_queued: bool = False
     rekeyed_to: IkeSa | None = None  # the IKE SA that replaced this one
     rekeyed_at: float | None = None
+    # Reauthentication (RFC 7296 §2.8.3): when ours is due; the SA an IKE SA of ours
+    # was started to replace; and whether ``rekeyed_to`` is a reauthentication's new
+    # IKE SA (whose CHILD_SAs are its own: ours stay here until this SA is deleted).
+    reauth_at: float | None = None
+    reauth_of: IkeSa | None = None
+    reauthenticated: bool = False
+    # In which order this SA began and was established among the manager's SAs (serial
+    # numbers of ``context.sequence``): an N(INITIAL_CONTACT) can only mean the IKE SAs
+    # established before the SA carrying it began (RFC 7296 §2.4; ike/reauth.py).
+    began_seq: int = field(default=0, init=False)
+    established_seq: int | None = field(default=None, init=False)
     # Simultaneous IKE SA rekey (§2.8.2): the SA we created answering the peer's rekey
     # while ours was outstanding, and the lowest nonce of that exchange; decided by the
     # nonce rule once our own exchange ends.
@@ -288,6 +331,7 @@ class IkeSa:
 
     def __post_init__(self) -> None:
         self.deadline = self._deadline_for(self.state, self.created_at)
+        self.began_seq = next(self.context.sequence)
 
     # ---- shared with the manager's other SAs -------------------------------
 
@@ -347,6 +391,7 @@ class IkeSa:
         """IKE_AUTH verified (RFC 7296 §1.2): tell the shell and the manager."""
         self.transition(IkeEvent.AUTH_DONE, now)
         self.established_at = now
+        self.established_seq = next(self.context.sequence)
         self.last_error = None
         self.events.append(self._established_event())
         self.signals.append(Authenticated(initial_contact))
@@ -842,6 +887,8 @@ class IkeSa:
         new.handshake = self.handshake.carried_over()
         new.last_keepalive = self.last_keepalive
         new.last_peer_activity = new.established_at = now
+        new.reauth_at = self.reauth_at  # a rekey does not postpone the reauthentication
+        new.established_seq = next(self.context.sequence)
         new.transition(IkeEvent.REKEY_DONE, now)
         return new
 

@@ -6,7 +6,9 @@ strongSwan's scheduler jobs for one IKE SA, sans-I/O:
 * CHILD_SA and IKE SA rekeying at the soft lifetime (``rekey_time`` minus random
   jitter of up to ``rand_time``), deleting CHILD_SAs at the hard lifetime, and
   deleting an IKE SA that was replaced by a rekey the peer never finished
-  (RFC 7296 §2.8, §2.18);
+  (RFC 7296 §2.8, §2.18), or by a reauthentication whose old IKE SA the peer never
+  deleted; reauthenticating at ``reauth_time`` (§2.8.3: the manager sets up the new
+  IKE SA on :class:`~ipsecd.ike.sa.ReauthDue`);
 * the liveness check of an idle peer (RFC 7296 §2.4, :mod:`ipsecd.ike.dpd`);
 * NAT-keepalives from the side behind a NAT (RFC 3948 §4).
 
@@ -28,7 +30,8 @@ from ipsecd.ike.events import OutgoingDatagram
 from ipsecd.ike.exchanges.informational import DeleteChildSa, DeleteIkeSa
 from ipsecd.ike.exchanges.rekey import RekeyChildSa, RekeyIkeSa, random_unit
 from ipsecd.ike.lifecycle import LIVE_STATES, ChildState, IkeState
-from ipsecd.ike.sa import IkeSa, RandomBytes
+from ipsecd.ike.reauth import REAUTH_GRACE
+from ipsecd.ike.sa import IkeSa, RandomBytes, ReauthDue
 
 NAT_KEEPALIVE_INTERVAL = 20.0  # RFC 3948 §4: default 20 seconds
 REKEYED_IKE_GRACE = 30.0  # a replaced IKE SA the peer does not delete is deleted by us
@@ -36,6 +39,14 @@ MAX_SEQ_32 = 2**32 - 1
 MAX_SEQ_64 = 2**64 - 1
 
 K = TypeVar("K", bound=Hashable)
+
+
+def replaced_delete_at(sa: IkeSa) -> float | None:
+    """When we delete ``sa``, replaced by a rekey or a reauthentication, ourselves (the
+    peer should have deleted it by then)."""
+    if sa.rekeyed_to is None or sa.rekeyed_at is None:
+        return None
+    return sa.rekeyed_at + (REAUTH_GRACE if sa.reauthenticated else REKEYED_IKE_GRACE)
 
 
 def seq_rekey_threshold(esn: bool) -> int:
@@ -143,10 +154,15 @@ class Scheduler:
             return min(times) if times else None
         if sa.nat_local and sa.rekeyed_to is None:
             times.append(sa.last_keepalive + self.keepalive_interval)
-        if sa.rekeyed_to is not None and sa.rekeyed_at is not None:
-            times.append(sa.rekeyed_at + REKEYED_IKE_GRACE)
-        elif sa.rekey_at is not None and not sa.rekey_queued:
+        if sa.rekeyed_to is not None:
+            # Replaced: nothing but its deletion is due (a reauthentication leaves it
+            # its CHILD_SAs, which are neither rekeyed nor expired meanwhile).
+            delete_at = replaced_delete_at(sa)
+            return min([*times, delete_at] if delete_at is not None else times, default=None)
+        if sa.rekey_at is not None and not sa.rekey_queued:
             times.append(sa.rekey_at)
+        if sa.reauth_at is not None:
+            times.append(sa.reauth_at)
         for child in sa.children.values():
             if (
                 child.state is ChildState.INSTALLED
@@ -184,6 +200,9 @@ class Scheduler:
             ike = sa.peer.ike_lifetime
             if ike.rekey_time:
                 sa.rekey_at = now + ike.rekey_time - ike.rand_time * random_unit(self.random_bytes)
+            if ike.reauth_time and sa.reauth_at is None:  # a rekey successor inherits it
+                jitter = ike.rand_time * random_unit(self.random_bytes)
+                sa.reauth_at = now + ike.reauth_time - jitter
         limits = sa.peer.child_lifetime
         for child in sa.children.values():
             if child.lifetime_set or child.state not in LIVE_STATES:
@@ -199,9 +218,11 @@ class Scheduler:
         if sa.state is not IkeState.ESTABLISHED:
             return
         if sa.rekeyed_to is not None:
-            if sa.rekeyed_at is not None and now >= sa.rekeyed_at + REKEYED_IKE_GRACE:
+            delete_at = replaced_delete_at(sa)
+            if delete_at is not None and now >= delete_at:
                 sa.rekeyed_at = None
-                sa.queue(DeleteIkeSa("replaced by a rekey, not deleted by the peer"), now)
+                how = "a reauthentication" if sa.reauthenticated else "a rekey"
+                sa.queue(DeleteIkeSa(f"replaced by {how}, not deleted by the peer"), now)
             return
         for child in list(sa.children.values()):
             if child.expire_at is not None and now >= child.expire_at:
@@ -217,6 +238,9 @@ class Scheduler:
                 self.rekey_child(sa, child, now)
         if sa.rekey_at is not None and now >= sa.rekey_at and not sa.rekey_queued:
             self.rekey_ike(sa, now)
+        if sa.reauth_at is not None and now >= sa.reauth_at:
+            sa.reauth_at = None
+            sa.signals.append(ReauthDue())
 
     def rekey_child(self, sa: IkeSa, child: ChildSa, now: float) -> None:
         if child.state is not ChildState.INSTALLED or child.rekey_queued or child.redundant:

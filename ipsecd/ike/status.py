@@ -9,9 +9,27 @@ from ipsecd.ike.policy import PeerState
 from ipsecd.ike.sa import IkeSa
 
 
-def peer_status(name: str, state: PeerState, sa: IkeSa | None, *, ike_sas: int) -> dict[str, Any]:
-    """``sa`` is the peer's current IKE SA (None: down, connecting or held)."""
-    entry: dict[str, Any] = {"peer": name, "last_error": state.last_error, "ike_sas": ike_sas}
+def peer_status(
+    name: str, state: PeerState, sa: IkeSa | None, *, ike_sas: int, now: float | None = None
+) -> dict[str, Any]:
+    """``sa`` is the peer's current IKE SA (None: down, connecting or held).
+
+    ``last_event``: what last changed the peer's tunnels without an error (a dict of
+    ``event``, ``at`` on the manager's clock and ``message``; None yet); and
+    ``next_attempt_in_seconds``: when the next initiation is due (None: none
+    scheduled, or ``now`` not given).
+    """
+    entry: dict[str, Any] = {
+        "peer": name,
+        "last_error": state.last_error,
+        "ike_sas": ike_sas,
+        "last_event": state.last_event.describe() if state.last_event is not None else None,
+        "next_attempt_in_seconds": (
+            round(max(0.0, state.retry_at - now), 1)
+            if state.retry_at is not None and now is not None
+            else None
+        ),
+    }
     if sa is None:
         entry["state"] = (
             "held"  # dpd_action hold: the next packet for remote_ts starts it

@@ -330,12 +330,6 @@ REAUTHS = 3
 
 
 @pytest.mark.strongswan
-@pytest.mark.strongswan_xfail(
-    "6.1",
-    reason="issue 14 item 1: on charon's make-before-break reauthentication ipsecd deletes"
-    " the new IKE SA ('duplicate IKE SA (both ends initiated)') as charon deletes the old"
-    " one: no IKE SA left on either side, pings lost until ipsecd retries",
-)
 def test_reauthentication_by_strongswan_with_its_defaults(
     topology: Topology, strongswan: StrongSwan
 ) -> None:

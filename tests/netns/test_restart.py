@@ -348,8 +348,14 @@ def test_crossing_initiations_leave_one_ike_sa(topology: Topology) -> None:
     )
     assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=SLACK)
     _assert_one_pair(gw_a, gw_b)
-    assert _counter(gw_a, "duplicate_ike_sa_deleted") == 1
-    assert _counter(gw_b, "duplicate_ike_sa_deleted") == 1
+    # The end that authenticated its own IKE SA last decided for both (ike/reauth.py);
+    # the other one decided the same, or waited for that Delete.  Neither took the
+    # other's INITIAL_CONTACT for a restart.
+    deleted = [_counter(gw, "duplicate_ike_sa_deleted") for gw in (gw_a, gw_b)]
+    assert 1 <= sum(deleted) <= 2 and max(deleted) == 1, deleted
+    assert (
+        _counter(gw_a, "initial_contact_deleted") == _counter(gw_b, "initial_contact_deleted") == 0
+    )
 
 
 @pytest.mark.strongswan

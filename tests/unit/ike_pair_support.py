@@ -30,6 +30,7 @@ from ipsecd.ike import payloads as pl
 from ipsecd.ike.constants import ExchangeType, PayloadType
 from ipsecd.ike.manager import IkeManager
 from ipsecd.ike.message import parse_message
+from ipsecd.ike.sa import IkeSa
 
 A_IP, B_IP = "192.0.2.1", "192.0.2.2"
 NET_A, NET_B = "10.1.0.0/24", "10.2.0.0/24"
@@ -65,6 +66,8 @@ class Side:
     esp_rand_time: str | None = None  # None: the default (rekey_time / 10)
     esp_rekey_bytes: int | None = None
     ike_rand_time: str | None = None
+    ike_reauth_time: str | None = None  # peers[].ike.reauth_time (RFC 7296 §2.8.3)
+    close_action: str | None = None  # peers[].close_action; None: derived from start
     fragmentation: str | None = None  # peers[].fragmentation (RFC 7383)
     fragment_size: int | None = None  # peers[].fragment_size
     gateway_fragment_size: int | None = None  # gateway.fragment_size
@@ -117,6 +120,7 @@ class Side:
             f"      proposals: {flow(self.ike)}",
             f"      rekey_time: {self.ike_rekey_time}",
             *([f"      rand_time: {self.ike_rand_time}"] if self.ike_rand_time else []),
+            *([f"      reauth_time: {self.ike_reauth_time}"] if self.ike_reauth_time else []),
             "    esp:",
             f"      proposals: {flow(self.esp)}",
             f"      rekey_time: {self.esp_rekey_time}",
@@ -137,6 +141,8 @@ class Side:
             lines.insert(2, f"    dpd_delay: {self.dpd_delay}")
         if self.dpd_action is not None:
             lines.insert(2, f"    dpd_action: {self.dpd_action}")
+        if self.close_action is not None:
+            lines.insert(2, f"    close_action: {self.close_action}")
         if self.local_id is not None:
             lines.append(f"      local_id: '{self.local_id}'")
         if self.remote_id is not None:
@@ -540,6 +546,34 @@ def messages(pair: IkePair, sender: str, exchange: int | None = None) -> list[Se
         for s in pair.sent_by(sender, keepalive=False)
         if exchange is None or s.data[18] == exchange
     ]
+
+
+def ike_sas(pair: IkePair, side: str) -> list[IkeSa]:
+    """The live IKE SAs of ``side``."""
+    return [sa for sa in pair.mgr(side).sas.values() if sa.alive]
+
+
+def installed_spis(pair: IkePair, side: str) -> set[int]:
+    """Inbound SPIs the data plane would hold, replayed from the events (a restarted
+    side's list of events starts empty)."""
+    spis: set[int] = set()
+    for _, event in pair.events[side]:
+        if isinstance(event, ev.ChildSaEstablished):
+            spis.add(event.child.spi_in)
+        elif isinstance(event, ev.ChildSaDeleted):
+            spis.discard(event.spi_in)
+    return spis
+
+
+def assert_one_working_pair(pair: IkePair) -> tuple[IkeSa, IkeSa]:
+    """One IKE SA on each side, the same pair, with one CHILD_SA pair whose SPIs match."""
+    (a_sa,) = ike_sas(pair, "a")
+    (b_sa,) = ike_sas(pair, "b")
+    assert (a_sa.spi_i, a_sa.spi_r) == (b_sa.spi_i, b_sa.spi_r)
+    (a_spi,) = installed_spis(pair, "a")
+    (b_spi,) = installed_spis(pair, "b")
+    assert a_sa.children[a_spi].spi_out == b_spi and b_sa.children[b_spi].spi_out == a_spi
+    return a_sa, b_sa
 
 
 def notify_types(data: bytes) -> list[int]:

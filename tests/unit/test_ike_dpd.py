@@ -20,7 +20,10 @@ from tests.unit.ike_pair_support import (
     B_IP,
     IkePair,
     Sent,
+    assert_one_working_pair,
     build_config,
+    ike_sas,
+    installed_spis,
     side_a,
     side_b,
 )
@@ -55,21 +58,6 @@ def restart(pair: IkePair, side: str) -> IkeManager:
     setattr(pair, side, mgr)
     pair.events[side] = []  # the new process starts with an empty data plane
     return mgr
-
-
-def ike_sas(pair: IkePair, side: str) -> list[object]:
-    return [sa for sa in pair.mgr(side).sas.values() if sa.alive]
-
-
-def installed_spis(pair: IkePair, side: str) -> set[int]:
-    """Inbound SPIs the data plane would hold, replayed from the events."""
-    spis: set[int] = set()
-    for _, event in pair.events[side]:
-        if isinstance(event, ev.ChildSaEstablished):
-            spis.add(event.child.spi_in)
-        elif isinstance(event, ev.ChildSaDeleted):
-            spis.discard(event.spi_in)
-    return spis
 
 
 def pair_with(tmp_path, a_extra=None, b_extra=None, **kwargs) -> IkePair:
@@ -458,15 +446,6 @@ def test_no_invalid_ike_spi_for_responses_short_or_odd_requests(tmp_path):
 
 
 # ---- crossing initiations -------------------------------------------------------------------
-
-
-def assert_one_working_pair(pair: IkePair) -> None:
-    (a_sa,) = ike_sas(pair, "a")
-    (b_sa,) = ike_sas(pair, "b")
-    assert (a_sa.spi_i, a_sa.spi_r) == (b_sa.spi_i, b_sa.spi_r)
-    (a_spi,) = installed_spis(pair, "a")
-    (b_spi,) = installed_spis(pair, "b")
-    assert a_sa.children[a_spi].spi_out == b_spi and b_sa.children[b_spi].spi_out == a_spi
 
 
 def test_crossing_initiations_leave_one_ike_sa(tmp_path):

@@ -21,7 +21,7 @@ from ipsecd.ike.lifecycle import ChildEvent, ChildState, IkeEvent, IkeState
 from ipsecd.ike.message import Message
 from ipsecd.ike.payloads import Delete, Payload
 from ipsecd.ike.peer_auth import refusal_hint
-from ipsecd.ike.sa import IkeSa, TaskResult
+from ipsecd.ike.sa import IkeSa, PeerDeletedChild, PeerDeletedIkeSa, TaskResult
 
 
 class DeleteChildSa:
@@ -131,6 +131,8 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
                     continue  # already gone (simultaneous delete): nothing to answer, §1.4.1
                 if child.state is not ChildState.DELETING:
                     ours.append(child.spi_in)
+                    if PeerDeletedChild() not in sa.signals:
+                        sa.signals.append(PeerDeletedChild())  # close_action, if none is left
                 sa.remove_child(child, "deleted by peer", now, ChildEvent.DELETE_RECEIVED)
     if delete_ike:
         if sa.rekey_collision is not None:
@@ -138,6 +140,7 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
             # own exchange ended (its answer lost or late): its new SA takes the children.
             sa.yield_to(sa.rekey_collision[0], now)
             sa.rekey_collision = None
+        sa.signals.append(PeerDeletedIkeSa())  # close_action, unless replaced
         sa.after_response = lambda: sa.deleted("deleted by peer", now)
         return []
     return [Delete(ProtocolId.ESP, tuple(ours))] if ours else []
