@@ -166,8 +166,15 @@ def _peer_lines(peer: Doc, style: Style) -> list[str]:
     shown = style.good(state) if peer["up"] else style.bad(state)
     lines = [f"{style.bold('peer ' + peer['name'])}: {shown}  {peer['local']} <-> {peer['remote']}"]
     pairs: list[tuple[str, str]] = []
-    if peer.get("retry_in_seconds") is not None:
-        pairs.append(("retry", f"next attempt in {duration(peer['retry_in_seconds'])}"))
+    event = peer.get("last_event")
+    if event:  # "peer closed the IKE SA; close_action start: initiating again ..."
+        age = event.get("seconds")
+        pairs.append(("last event", event["message"] + (f" ({duration(age)} ago)" if age else "")))
+    nxt = peer.get("retry_in_seconds")
+    if nxt is None:
+        nxt = peer.get("next_attempt_in_seconds")
+    if nxt is not None:
+        pairs.append(("retry", f"next attempt in {duration(nxt)}"))
     if peer.get("ike"):
         pairs += _ike_rows(peer["ike"])
     on_demand = peer.get("on_demand")

@@ -291,7 +291,7 @@ class DaemonCore:
         self.ledger.observe(self.sad, now)
         clock = Clock(now, wall)
         ike = self.ike
-        entries = {str(e.get("peer")): e for e in ike.status()} if ike is not None else {}
+        entries = {str(e.get("peer")): e for e in ike.status(now)} if ike is not None else {}
         return DaemonStatus(
             generated_at=clock.iso(now),
             started_at=clock.iso(self.started_at),

@@ -119,7 +119,11 @@ IKE_EVENTS = (
     "ike_rekey_collisions",
     "ike_rekey_retries",
     "ike_sa_deadline_expired",
+    "ike_sa_reauth_failed",
+    "ike_sa_reauthenticated",
+    "ike_sa_reauths_started",
     "ike_sa_rekeyed",
+    "ike_sa_replaced_by_peer",
     "init_replays",
     "init_request_mismatch",
     "initial_contact_deleted",
@@ -131,6 +135,8 @@ IKE_EVENTS = (
     "malformed",
     "nat_keepalives",
     "peer_address_updated",
+    "peer_closed_ike_sa",
+    "peer_deleted_child_sa",
     "restart_hints_followed",
     "retransmit_answered",
     "retransmit_fragment_forged",
@@ -267,6 +273,17 @@ class OnDemandStatus:
 
 
 @dataclass(frozen=True)
+class LastEvent:
+    """What last happened to a peer's IKE SA from the peer's side (it closed the IKE SA,
+    deleted the CHILD_SA, reauthenticated) or from DPD, in words, with its time."""
+
+    event: str  # peer-closed-ike-sa | peer-deleted-child-sa | reauthenticated | ...
+    at: str | None
+    seconds: float | None
+    message: str
+
+
+@dataclass(frozen=True)
 class PeerStatus:
     """One configured peer."""
 
@@ -282,6 +299,8 @@ class PeerStatus:
     ike_sas: int
     retry_at: str | None
     retry_in_seconds: float | None
+    last_event: LastEvent | None  # what last happened to the peer's IKE SA, said by the peer
+    next_attempt_in_seconds: float | None  # the next connection attempt, if one is scheduled
     ike: IkeSaStatus | None
     children: tuple[ChildStatus, ...]
     transfer: Transfer  # since the daemon started, across every CHILD_SA
@@ -521,6 +540,18 @@ def peer_status(
         for sa in installed
     )
     retry = _number((entry or {}).get("retry_at"))
+    event = (entry or {}).get("last_event")
+    event_at = _number(event.get("at")) if isinstance(event, dict) else None
+    last_event = (
+        LastEvent(
+            event=str(event.get("event")),
+            at=clock.iso_or_none(event_at),
+            seconds=clock.age_or_none(event_at),
+            message=str(event.get("message") or ""),
+        )
+        if isinstance(event, dict)
+        else None
+    )
     error = last_error or (entry or {}).get("last_error") or None
     recorded = ledger.last_error(peer.name)
     error_at = recorded.at if recorded is not None and recorded.message == error else None
@@ -537,6 +568,8 @@ def peer_status(
         ike_sas=int((entry or {}).get("ike_sas") or 0),
         retry_at=clock.iso_or_none(retry),
         retry_in_seconds=clock.until_or_none(retry),
+        last_event=last_event,
+        next_attempt_in_seconds=_number((entry or {}).get("next_attempt_in_seconds")),
         ike=ike,
         children=children,
         transfer=ledger.transfer(peer.name, installed),

@@ -77,6 +77,8 @@ PEER_B: dict[str, Any] = {
     "ike_sas": 1,
     "retry_at": None,
     "retry_in_seconds": None,
+    "last_event": None,
+    "next_attempt_in_seconds": None,
     "ike": IKE_SA,
     "children": [CHILD],
     "transfer": {
@@ -103,6 +105,8 @@ PEER_C: dict[str, Any] = {
     "ike_sas": 0,
     "retry_at": "2024-05-01T12:00:25Z",
     "retry_in_seconds": 25.0,
+    "last_event": None,
+    "next_attempt_in_seconds": 25.0,
     "ike": None,
     "children": [],
     "transfer": {"packets_in": 0, "bytes_in": 0, "packets_out": 0, "bytes_out": 0},

@@ -110,7 +110,7 @@ def test_up_of_a_tunnel_that_is_up_answers_at_once(tmp_path: Path) -> None:
 
 
 def test_up_of_an_ike_sa_without_child_sa_creates_one(tmp_path: Path) -> None:
-    r = CoreRig(tmp_path, side_a(), side_b())
+    r = CoreRig(tmp_path, side_a(close_action="none"), side_b())
     (sa,) = r.core.sad
     r.b.delete_child("a", sa.outbound.spi, r.now)  # the peer keeps the IKE SA only
     r.pump()
@@ -175,7 +175,7 @@ def test_refusals_are_answered_at_once(tmp_path: Path) -> None:
 
 
 def test_rekey_without_child_sa_is_refused(tmp_path: Path) -> None:
-    r = CoreRig(tmp_path, side_a(), side_b())
+    r = CoreRig(tmp_path, side_a(close_action="none"), side_b())
     (sa,) = r.core.sad
     r.b.delete_child("a", sa.outbound.spi, r.now)
     r.pump()

@@ -196,7 +196,7 @@ def test_counters_only_grow_across_child_and_ike_rekeys(tmp_path: Path) -> None:
 
 
 def test_ike_sa_without_child_is_its_own_state(tmp_path: Path) -> None:
-    r = CoreRig(tmp_path, side_a(), side_b())
+    r = CoreRig(tmp_path, side_a(close_action="none"), side_b())
     (sa,) = r.core.sad
     r.b.delete_child("a", sa.outbound.spi, r.now)  # b deletes its inbound SA: our outbound
     r.pump()

@@ -193,3 +193,18 @@ def test_conns_reply_without_its_object(monkeypatch, capsys) -> None:
     monkeypatch.setattr(ipsecctl, "request", lambda path, payload: {"ok": True})
     assert ipsecctl.main(["conns"]) == ipsecctl.EXIT_BAD_REPLY
     assert "no conns object" in capsys.readouterr().err
+
+
+def test_what_the_peer_did_and_what_comes_next() -> None:
+    """Issue 14 item 3: status says the peer closed the IKE SA and when we try again."""
+    event = {
+        "event": "peer-closed-ike-sa",
+        "at": "2026-12-01T12:03:04Z",
+        "seconds": 3.0,
+        "message": "peer closed the IKE SA; close_action start: initiating again after"
+        " retry_interval",
+    }
+    peer = dict(PEER_C, retry_in_seconds=None, last_event=event, next_attempt_in_seconds=27.0)
+    text = format_status(dict(STATUS, peers=[peer]), Style(False))
+    assert "last event: peer closed the IKE SA; close_action start" in text
+    assert "next attempt in 27" in text
