@@ -115,6 +115,17 @@ def _ike_rows(ike: Doc) -> list[tuple[str, str]]:
     ]
     if ike.get("local_id") or ike.get("remote_id"):
         pairs.append(("identities", f"{ike.get('local_id')} <-> {ike.get('remote_id')}"))
+    auth = ike.get("auth")
+    if auth:  # how each side authenticated (PSK or certificate), RFC 8784 PPK
+        cert = auth.get("remote_certificate")
+        pairs.append(
+            (
+                "auth",
+                f"{auth['local']}; peer {auth['remote']}"
+                + (f" (certificate {cert})" if cert else "")
+                + ("; PPK" if auth.get("ppk") else ""),
+            )
+        )
     if ike.get("dpd") != "off" or ike.get("last_heard_seconds") is not None:
         text = str(ike.get("dpd"))
         if ike.get("last_heard_seconds") is not None:

@@ -262,6 +262,20 @@ class IkeSaStatus:
     dpd_delay_seconds: int
     last_heard_at: str | None  # IKE or ESP last came in from the peer
     last_heard_seconds: float | None
+    auth: AuthStatus | None = None  # how each side authenticated, once IKE_AUTH is done
+
+
+@dataclass(frozen=True)
+class AuthStatus:
+    """How each side proved itself in IKE_AUTH: ``psk`` or ``pubkey (...)`` with the
+    identity, the peer's certificate subject, and whether a PPK was mixed in (RFC 8784)."""
+
+    local: str
+    remote: str
+    local_id: str
+    remote_id: str
+    remote_certificate: str | None
+    ppk: bool
 
 
 @dataclass(frozen=True)
@@ -449,6 +463,21 @@ def ike_sa_status(
         dpd_delay_seconds=int(entry.get("dpd_delay") or 0),
         last_heard_at=clock.iso_or_none(heard),
         last_heard_seconds=clock.age_or_none(heard),
+        auth=_auth_status(entry.get("auth")),
+    )
+
+
+def _auth_status(auth: Any) -> AuthStatus | None:
+    if not isinstance(auth, dict):
+        return None
+    certificate = auth.get("remote_certificate")
+    return AuthStatus(
+        local=str(auth.get("local", "")),
+        remote=str(auth.get("remote", "")),
+        local_id=str(auth.get("local_id", "")),
+        remote_id=str(auth.get("remote_id", "")),
+        remote_certificate=str(certificate) if certificate else None,
+        ppk=bool(auth.get("ppk")),
     )
 
 

@@ -62,6 +62,7 @@ IKE_SA: dict[str, Any] = {
     "dpd_delay_seconds": 30,
     "last_heard_at": "2024-05-01T11:59:56Z",
     "last_heard_seconds": 4.2,
+    "auth": None,
 }
 
 PEER_B: dict[str, Any] = {
