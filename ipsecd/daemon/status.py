@@ -263,6 +263,7 @@ class IkeSaStatus:
     last_heard_at: str | None  # IKE or ESP last came in from the peer
     last_heard_seconds: float | None
     auth: AuthStatus | None = None  # how each side authenticated, once IKE_AUTH is done
+    additional_ke: tuple[str, ...] = ()  # RFC 9370 exchanges negotiated: ke1_mlkem768, ...
 
 
 @dataclass(frozen=True)
@@ -464,6 +465,7 @@ def ike_sa_status(
         last_heard_at=clock.iso_or_none(heard),
         last_heard_seconds=clock.age_or_none(heard),
         auth=_auth_status(entry.get("auth")),
+        additional_ke=tuple(str(k) for k in entry.get("additional_ke") or ()),
     )
 
 

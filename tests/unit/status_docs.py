@@ -63,6 +63,7 @@ IKE_SA: dict[str, Any] = {
     "last_heard_at": "2024-05-01T11:59:56Z",
     "last_heard_seconds": 4.2,
     "auth": None,
+    "additional_ke": [],
 }
 
 PEER_B: dict[str, Any] = {
