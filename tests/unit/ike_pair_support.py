@@ -216,6 +216,16 @@ def side_b(**overrides: Any) -> Side:
     return Side(**values)
 
 
+def behind_nat(tmp_path: Path, a: Side, b: Side, **kwargs: Any) -> IkePair:
+    """An :class:`IkePair` whose ``a`` sits behind a NAT (its 500/4500 appear as
+    NAT_PUBLIC_IP:40500/40501 to ``b``), started."""
+    pair = IkePair(tmp_path, a, b, start=False, **kwargs)
+    pair.net.nat = {(A_IP, 500): (NAT_PUBLIC_IP, 40500), (A_IP, 4500): (NAT_PUBLIC_IP, 40501)}
+    pair.a.start(pair.now)
+    pair.pump()
+    return pair
+
+
 def build_config(side: Side, directory: Path, label: str) -> Config:
     """Write the side's PSK file (mode 0600) and parse its YAML with ``parse_config``."""
     directory.mkdir(parents=True, exist_ok=True)

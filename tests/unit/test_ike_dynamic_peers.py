@@ -17,6 +17,7 @@ from tests.unit.ike_pair_support import (
     B_IP,
     NAT_PUBLIC_IP,
     IkePair,
+    behind_nat,
     messages,
     side_a,
     side_b,
@@ -103,12 +104,7 @@ def test_the_dns_peer_is_recognised_when_it_initiates(tmp_path):
 def any_pair(tmp_path, **b_overrides) -> IkePair:
     """b answers a peer of any address, known by its ID; a is behind a NAT."""
     b = side_b(remote_address="any", remote_id="@site-a.example.org", start=None, **b_overrides)
-    a = side_a(local_id="@site-a.example.org")
-    pair = IkePair(tmp_path, a, b, start=False)
-    pair.net.nat = {(A_IP, 500): (NAT_PUBLIC_IP, 40500), (A_IP, 4500): (NAT_PUBLIC_IP, 40501)}
-    pair.a.start(pair.now)
-    pair.pump()
-    return pair
+    return behind_nat(tmp_path, side_a(local_id="@site-a.example.org"), b)
 
 
 def test_any_learns_the_address_from_the_authenticated_ike_auth(tmp_path):
