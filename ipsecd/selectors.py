@@ -113,3 +113,38 @@ class TrafficSelector:
 
 def format_selectors(selectors: tuple[TrafficSelector, ...] | list[TrafficSelector]) -> str:
     return ", ".join(str(s) for s in selectors) or "(none)"
+
+
+def uncovered(
+    wanted: tuple[TrafficSelector, ...], got: tuple[TrafficSelector, ...]
+) -> tuple[TrafficSelector, ...]:
+    """The address ranges of ``wanted`` that no selector of ``got`` covers.
+
+    What a narrowed CHILD_SA (RFC 7296 §2.9) leaves without SA.  A selector of ``got``
+    limited to one protocol or port range covers none of its addresses for all traffic,
+    so it takes nothing away.  Ranges of the result are whole-protocol selectors.
+    """
+    full = sorted(
+        (g.version, g.start, g.end)
+        for g in got
+        if g.protocol == 0 and g.start_port == 0 and g.end_port == 65535 and g.start <= g.end
+    )
+    out: list[TrafficSelector] = []
+    for w in wanted:
+        start = w.start
+        for version, lo, hi in full:
+            if version != w.version or hi < start or lo > w.end:
+                continue
+            if lo > start:
+                out.append(TrafficSelector(w.version, start, lo - 1))
+            start = hi + 1
+            if start > w.end:
+                break
+        if start <= w.end:
+            out.append(TrafficSelector(w.version, start, w.end))
+    return tuple(out)
+
+
+def format_prefixes(selectors: tuple[TrafficSelector, ...]) -> str:
+    """Address ranges as the prefixes that make them up: ``10.2.2.0/23, 10.2.4.0/22``."""
+    return ", ".join(str(n) for s in selectors for n in s.networks()) or "(none)"

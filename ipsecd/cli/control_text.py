@@ -13,9 +13,12 @@ from typing import Any
 PLAN_WORDS = {
     "added": "new: started as configured",
     "changed": "SAs replaced with the new settings",
+    "updated": "IKE SA kept",
     "removed": "SAs deleted, the peer told",
     "unchanged": "SAs kept",
 }
+# What happens to the children of an updated peer (only its children changed).
+CHILD_WORDS = {"added": "added", "changed": "replaced", "removed": "deleted"}
 
 
 def format_ike_sa(ike: dict[str, Any] | None) -> str:
@@ -72,6 +75,14 @@ def format_plan(response: dict[str, Any]) -> list[str]:
     for kind, names in kinds:
         if names:
             lines.append(f"  {kind + ':':<{width}} {', '.join(names)}  ({PLAN_WORDS[kind]})")
+    for peer, children in (plan.get("children") or {}).items():
+        done = [
+            f"{', '.join(children[kind])} {word}"
+            for kind, word in CHILD_WORDS.items()
+            if children.get(kind)
+        ]
+        if done:
+            lines.append(f"  peer {peer}: children {'; '.join(done)}; the others kept")
     return lines
 
 

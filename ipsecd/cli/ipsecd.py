@@ -39,7 +39,9 @@ def _check_one(path: str, show: bool) -> bool:
         return True
     for peer in config.peers:
         kind = "manual SAs" if peer.manual is not None else f"IKEv2, start={peer.start}"
-        print(f"peer {peer.name}: {peer.local_address} -> {peer.remote_address} ({kind})")
+        if len(peer.children) > 1:
+            kind += ", children " + ", ".join(f"{c.name} ({c.start})" for c in peer.children)
+        print(f"peer {peer.name}: {peer.local_address} -> {peer.remote_host} ({kind})")
     warnings = sum(f.level == "warning" for f in findings)
     also = f", {warnings} warning{'s' if warnings > 1 else ''}" if warnings else ""
     print(f"{path}: OK, {len(config.peers)} peer(s){also}")

@@ -70,15 +70,34 @@ CONFIG_DOCS: dict[str, str] = {
     "idle tunnel's latency low on virtual machines; 0: never.",
     "peers": "The peers, at least one.",
     "peers.name": "Unique name, used by ipsecctl and in logs: letters, digits, _ . -",
-    "peers.remote_address": "The peer's IP address (a literal, no DNS names).",
+    "peers.remote_address": "The peer's IP address; a DNS name (resolved at start and before "
+    "each retry); or any: a responder-only peer found by auth.remote_id, its address learned "
+    "when it connects.",
     "peers.remote_port": "The peer's IKE port.",
     "peers.local_address": "Our address towards this peer, one of gateway.listen; default: the "
     "first gateway.listen address of the peer's IP version.",
     "peers.start": "initiate (at once, and again after a failure), respond (wait for the peer) "
-    "or trap (initiate on the first packet for remote_ts).",
+    "or trap (initiate on the first packet for remote_ts); default respond for remote_address "
+    "any.",
     "peers.local_ts": "Traffic selectors: the prefixes behind this gateway.",
     "peers.remote_ts": "Traffic selectors: the prefixes behind the peer; routed into the TUN "
     "device.",
+    "peers.children": "Several CHILD SAs instead of the peer's own local_ts, remote_ts, start "
+    "and esp (which make one child named after the peer).",
+    "peers.children.name": "The child's name, unique in the peer; status and logs use it.",
+    "peers.children.local_ts": "The child's traffic selectors behind this gateway.",
+    "peers.children.remote_ts": "The child's traffic selectors behind the peer; disjoint from "
+    "other children's.",
+    "peers.children.start": "initiate, respond or trap, for this child.",
+    "peers.children.close_action": "start, trap or none when the peer deletes this child's "
+    "CHILD SA (or the IKE SA); default by start.",
+    "peers.children.esp": "The child's ESP settings: the keys of peers.esp.",
+    "peers.children.esp.proposals": "As peers.esp.proposals.",
+    "peers.children.esp.rekey_time": "As peers.esp.rekey_time.",
+    "peers.children.esp.life_time": "As peers.esp.life_time.",
+    "peers.children.esp.rand_time": "As peers.esp.rand_time.",
+    "peers.children.esp.rekey_bytes": "As peers.esp.rekey_bytes.",
+    "peers.children.esp.rekey_packets": "As peers.esp.rekey_packets.",
     "peers.fragmentation": "IKE fragmentation (RFC 7383): yes, accept (never send fragments) or "
     "no (do not announce support).",
     "peers.fragment_size": "Overrides gateway.fragment_size for this peer.",
@@ -86,7 +105,7 @@ CONFIG_DOCS: dict[str, str] = {
     "traffic from the peer; 0: off.",
     "peers.dpd_action": "What follows a dead peer: restart, clear (stay down) or hold (initiate "
     "on the next packet).",
-    "peers.close_action": "What follows the peer deleting the IKE SA or its last CHILD SA: start "
+    "peers.close_action": "What follows the peer deleting the IKE SA or the CHILD SA: start "
     "(initiate again), trap (on the next packet) or none; default by start.",
     "peers.ike": "IKE SA settings.",
     "peers.ike.proposals": "IKE proposals in strongSwan syntax, cipher[-integrity][-prf]-ke, "
@@ -122,7 +141,8 @@ CONFIG_DOCS: dict[str, str] = {
     "peers.auth.allow_weak_psk": "Accept a PSK shorter than 16 bytes (labs only).",
     "peers.auth.local_id": "Our identity: an IP address, @fqdn, user@fqdn, @#hex key id or a DN "
     "(C=CH, O=Org, CN=gw); default local_address.",
-    "peers.auth.remote_id": "The identity expected from the peer; default remote_address.",
+    "peers.auth.remote_id": "The identity expected from the peer; default remote_address (a DNS "
+    "name as @fqdn); required for remote_address any.",
     "peers.manual": "Static SAs without IKE (RFC 4301 section 4.5), for tests and labs only.",
     "peers.manual.algorithm": "One ESP transform set, e.g. aes128gcm16 or aes128-sha256.",
     "peers.manual.esn": "64-bit extended sequence numbers (RFC 4303 section 2.2.1).",

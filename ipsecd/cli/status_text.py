@@ -145,8 +145,9 @@ def _ike_rows(ike: Doc) -> list[tuple[str, str]]:
     return pairs
 
 
-def _child_lines(child: Doc) -> list[str]:
-    head = f"  child {child['spi_in']}_in {child['spi_out']}_out  {child['algorithm']}"
+def _child_lines(child: Doc, named: bool) -> list[str]:
+    name = f"{child['name']} " if named and child.get("name") else ""
+    head = f"  child {name}{child['spi_in']}_in {child['spi_out']}_out  {child['algorithm']}"
     if child.get("state") != "installed":
         head += f"  {child['state']}"
     times = [f"established {duration(child['established_seconds'])} ago"]
@@ -172,11 +173,35 @@ def _child_lines(child: Doc) -> list[str]:
 _ON_DEMAND = {"idle": "waiting for traffic to remote_ts", "up": "started by traffic"}
 
 
+def _configured_rows(peer: Doc, style: Style) -> list[tuple[str, str]]:
+    """A line per configured child when there are several; a narrowed child's uncovered
+    prefixes always (their traffic has no SA)."""
+    configured = peer.get("configured_children") or []
+    pairs = []
+    for c in configured if len(configured) > 1 else []:
+        state = style.good("up") if c["up"] else style.bad("down")
+        text = f"{state}, start {c['start']}  {_selectors(c['local_ts'], c['remote_ts'])}"
+        pairs.append((f"child {c['name']}", text))
+    for c in configured:
+        if c["uncovered_local_ts"] or c["uncovered_remote_ts"]:
+            left = _selectors(c["uncovered_local_ts"], c["uncovered_remote_ts"])
+            pairs.append((f"child {c['name']} narrowed", style.bad(f"no SA for {left}")))
+    return pairs
+
+
+def _remote(peer: Doc) -> str:
+    """The endpoint in use, and what was written when it was a DNS name or ``any``."""
+    remote, host = peer.get("remote"), peer.get("remote_host")
+    if remote is None:
+        return str(host)
+    return f"{remote} ({host})" if host else str(remote)
+
+
 def _peer_lines(peer: Doc, style: Style) -> list[str]:
     state = str(peer["state"])
     shown = style.good(state) if peer["up"] else style.bad(state)
-    lines = [f"{style.bold('peer ' + peer['name'])}: {shown}  {peer['local']} <-> {peer['remote']}"]
-    pairs: list[tuple[str, str]] = []
+    lines = [f"{style.bold('peer ' + peer['name'])}: {shown}  {peer['local']} <-> {_remote(peer)}"]
+    pairs: list[tuple[str, str]] = _configured_rows(peer, style)
     event = peer.get("last_event")
     if event:  # "peer closed the IKE SA; close_action start: initiating again ..."
         age = event.get("seconds")
@@ -212,8 +237,9 @@ def _peer_lines(peer: Doc, style: Style) -> list[str]:
         when = f" ({duration(age)} ago)" if age is not None else ""
         pairs.append(("last error", style.bad(str(peer["last_error"])) + when))
     lines += rows(pairs, "  ")
+    named = len(peer.get("configured_children") or ()) > 1
     for child in peer["children"]:
-        lines += _child_lines(child)
+        lines += _child_lines(child, named)
     return lines
 
 
@@ -242,14 +268,10 @@ def _lifetime(seconds: float | None, random: float | None) -> str:
 
 
 def _conn_lines(peer: Doc, style: Style) -> list[str]:
-    child = peer["child"]
+    children = peer.get("children") or [peer["child"]]
     if peer["mode"] == "manual":
         head = f"{style.bold(peer['name'])}: manual SA (no IKE)"
         pairs = [("local", str(peer["local"])), ("remote", str(peer["remote"]))]
-        child_head = (
-            f"  child {peer['name']}: tunnel, static SPIs"
-            f" {child['manual_spi_in']}_in {child['manual_spi_out']}_out"
-        )
     else:
         dpd = (
             f"dpd {peer['dpd_delay_seconds']}s ({peer['dpd_action']})"
@@ -269,6 +291,20 @@ def _conn_lines(peer: Doc, style: Style) -> list[str]:
                 _lifetime(peer["ike_rekey_seconds"], peer["ike_rekey_random_seconds"]),
             ),
         ]
+    lines = [head, *rows(pairs, "  ")]
+    for child in children:
+        lines += _conn_child_lines(peer, child)
+    return lines
+
+
+def _conn_child_lines(peer: Doc, child: Doc) -> list[str]:
+    name = child.get("name") or peer["name"]
+    if peer["mode"] == "manual":
+        head = (
+            f"  child {name}: tunnel, static SPIs"
+            f" {child['manual_spi_in']}_in {child['manual_spi_out']}_out"
+        )
+    else:
         limits = [f"rekey {_lifetime(child['rekey_seconds'], child['rekey_random_seconds'])}"]
         if child.get("life_seconds"):
             limits.append(f"life {duration(child['life_seconds'])}")
@@ -276,17 +312,20 @@ def _conn_lines(peer: Doc, style: Style) -> list[str]:
             limits.append(f"rekey after {size(child['rekey_bytes'])}")
         if child.get("rekey_packets"):
             limits.append(f"rekey after {child['rekey_packets']} packets")
-        child_head = f"  child {peer['name']}: tunnel, {', '.join(limits)}"
-    lines = [head, *rows(pairs, "  "), child_head]
-    lines += rows(
-        [
-            ("esp", ", ".join(child["esp_proposals"])),
-            ("local", ", ".join(child["local_ts"])),
-            ("remote", ", ".join(child["remote_ts"])),
-        ],
-        "    ",
-    )
-    return lines
+        if child.get("start") and child["start"] != peer["start"]:
+            limits.insert(0, f"start {child['start']}")
+        head = f"  child {name}: tunnel, {', '.join(limits)}"
+    return [
+        head,
+        *rows(
+            [
+                ("esp", ", ".join(child["esp_proposals"])),
+                ("local", ", ".join(child["local_ts"])),
+                ("remote", ", ".join(child["remote_ts"])),
+            ],
+            "    ",
+        ),
+    ]
 
 
 def format_conns(conns: Doc, style: Style) -> str:

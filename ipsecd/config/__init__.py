@@ -10,6 +10,7 @@ from ipsecd.config.fields import parse_duration
 from ipsecd.config.loader import load_config, parse_config
 from ipsecd.config.schema import (
     AuthConfig,
+    ChildConfig,
     Config,
     GatewayConfig,
     Identity,
@@ -20,6 +21,7 @@ from ipsecd.config.schema import (
 
 __all__ = [
     "AuthConfig",
+    "ChildConfig",
     "Config",
     "ConfigError",
     "GatewayConfig",

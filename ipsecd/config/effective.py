@@ -14,7 +14,14 @@ from typing import Any
 import yaml
 
 from ipsecd.addresses import format_address
-from ipsecd.config.schema import AuthConfig, Config, GatewayConfig, ManualSaConfig, PeerConfig
+from ipsecd.config.schema import (
+    AuthConfig,
+    ChildConfig,
+    Config,
+    GatewayConfig,
+    ManualSaConfig,
+    PeerConfig,
+)
 from ipsecd.config.users import KEEP_ROOT, service_account
 
 
@@ -69,41 +76,59 @@ def _manual(m: ManualSaConfig) -> dict[str, Any]:
     }
 
 
+def _esp(child: ChildConfig) -> dict[str, Any]:
+    life = child.lifetime
+    return {
+        "proposals": [str(x) for x in child.esp_proposals],
+        "rekey_time": life.rekey_time,
+        "life_time": round(life.life_time),  # whole seconds, as it is written
+        "rand_time": life.rand_time,
+        "rekey_bytes": life.rekey_bytes,
+        "rekey_packets": life.rekey_packets,
+    }
+
+
+def _child(child: ChildConfig, *, manual: bool) -> dict[str, Any]:
+    """A child's keys, in the order of ``sections.CHILD_FIELDS``."""
+    tree: dict[str, Any] = {
+        "local_ts": [str(ts) for ts in child.local_ts],
+        "remote_ts": [str(ts) for ts in child.remote_ts],
+    }
+    if not manual:
+        tree.update(start=child.start, close_action=child.close_action, esp=_esp(child))
+    return tree
+
+
 def _peer(p: PeerConfig) -> dict[str, Any]:
     tree: dict[str, Any] = {
         "name": p.name,
-        "remote_address": str(p.remote_address),
+        "remote_address": p.remote_host,
         "remote_port": p.remote_port,
         "local_address": str(p.local_address),
-        "local_ts": [str(ts) for ts in p.local_ts],
-        "remote_ts": [str(ts) for ts in p.remote_ts],
     }
+    (first, *more) = p.children
+    shorthand = not more and first.name == p.name
+    if shorthand:
+        tree.update(_child(first, manual=p.manual is not None))
+    else:
+        tree["children"] = [
+            {"name": c.name, **_child(c, manual=p.manual is not None)} for c in p.children
+        ]
     if p.manual is not None:
         tree["manual"] = _manual(p.manual)
         return tree
     assert p.auth is not None  # a peer has auth: or manual:
-    child = p.child_lifetime
     tree.update(
         {
-            "start": p.start,
             "fragmentation": p.fragmentation,
             "fragment_size": p.fragment_size,
             "dpd_delay": p.dpd_delay,
             "dpd_action": p.dpd_action,
-            "close_action": p.close_action,
             "ike": {
                 "proposals": [str(x) for x in p.ike_proposals],
                 "rekey_time": p.ike_lifetime.rekey_time,
                 "rand_time": p.ike_lifetime.rand_time,
                 "reauth_time": p.ike_lifetime.reauth_time,
-            },
-            "esp": {
-                "proposals": [str(x) for x in p.esp_proposals],
-                "rekey_time": child.rekey_time,
-                "life_time": round(child.life_time),  # whole seconds, as it is written
-                "rand_time": child.rand_time,
-                "rekey_bytes": child.rekey_bytes,
-                "rekey_packets": child.rekey_packets,
             },
             "auth": _auth(p.auth),
         }

@@ -9,9 +9,10 @@ object never prints them.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 
@@ -25,6 +26,7 @@ from ipsecd.selectors import TrafficSelector
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+T = TypeVar("T")
 
 # RFC 7296 §3.5 Identification payload ID types (the ones ipsecd configures).
 ID_TYPE_NUMBERS: dict[str, int] = {
@@ -297,29 +299,102 @@ class ChildLifetime:
 
 
 @dataclass(frozen=True)
-class PeerConfig:
+class ChildConfig:
+    """One CHILD_SA a peer negotiates (swanctl's ``children { NAME { ... } }``).
+
+    A ``peers[].children[]`` entry; a peer written without ``children:`` has one
+    child named after the peer, made of its own ``local_ts``/``remote_ts``/``esp``/
+    ``start``/``close_action`` (the shorthand).  ``start``: ``initiate`` (with the IKE
+    SA, and kept up), ``trap`` (by its first packet) or ``respond`` (only the peer creates
+    it).
+    """
+
     name: str
-    remote_address: IpAddress
-    remote_port: int
-    local_address: IpAddress
-    start: str  # initiate | respond | trap
     local_ts: tuple[TrafficSelector, ...]
     remote_ts: tuple[TrafficSelector, ...]
-    ike_proposals: tuple[Proposal, ...]  # empty for manual peers
     esp_proposals: tuple[Proposal, ...]  # empty for manual peers
+    start: str = "initiate"  # initiate | respond | trap
+    lifetime: ChildLifetime = ChildLifetime()
+    # What follows when the peer deletes this child's CHILD_SA (or the IKE SA): start (set
+    # it up again) | trap (the next packet does) | none; the loader derives it from start.
+    close_action: str = "start"
+
+
+#: ``remote_host`` of a responder-only peer whose address is learned from IKE_AUTH.
+ANY_ADDRESS = "any"
+
+
+def _unique(items: Iterable[T]) -> tuple[T, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    name: str
+    # An IP literal; None when ``remote_host`` is a DNS name (resolved by the daemon at
+    # start and before each retry) or ``any`` (learned from the authenticated IKE_AUTH).
+    remote_address: IpAddress | None
+    remote_port: int
+    local_address: IpAddress
+    children: tuple[ChildConfig, ...]  # at least one; the first is set up in IKE_AUTH
+    ike_proposals: tuple[Proposal, ...]  # empty for manual peers
     auth: AuthConfig | None  # None iff manual is set
     manual: ManualSaConfig | None
     ike_lifetime: IkeLifetime = IkeLifetime()
-    child_lifetime: ChildLifetime = ChildLifetime()
     fragmentation: str = "yes"  # RFC 7383: yes | accept (announce, never send) | no
     fragment_size: int | None = None  # overrides gateway.fragment_size
     # Dead peer detection (RFC 7296 §2.4): liveness check after this many idle seconds
     # (0 = off); what to do when the peer does not answer: restart | clear | hold.
     dpd_delay: int = 30
     dpd_action: str = "restart"
-    # What happens when the peer deletes the IKE SA or its last CHILD_SA: none | start |
-    # trap (the loader derives it from ``start`` when not written).
-    close_action: str = "start"
+    remote_host: str = ""  # as written: the IP literal, a DNS name or ``any``
+
+    @property
+    def dynamic(self) -> bool:
+        """The address is not written: a DNS name or ``any``."""
+        return self.remote_address is None
+
+    @property
+    def responds_only(self) -> bool:
+        """``remote_address: any``: the peer's address is known only once it connects."""
+        return self.remote_host == ANY_ADDRESS
+
+    @property
+    def local_ts(self) -> tuple[TrafficSelector, ...]:
+        """Every child's ``local_ts``, in order (what is behind this gateway)."""
+        return _unique(ts for c in self.children for ts in c.local_ts)
+
+    @property
+    def remote_ts(self) -> tuple[TrafficSelector, ...]:
+        """Every child's ``remote_ts``, in order (what is routed into the TUN device)."""
+        return _unique(ts for c in self.children for ts in c.remote_ts)
+
+    @property
+    def esp_proposals(self) -> tuple[Proposal, ...]:
+        """Every child's ESP proposals, in order (what ESP may carry for this peer)."""
+        return _unique(p for c in self.children for p in c.esp_proposals)
+
+    @property
+    def start(self) -> str:
+        """The peer's start action: ``initiate`` if a child initiates, else ``trap`` if
+        one waits for traffic, else ``respond``."""
+        starts = {c.start for c in self.children}
+        return next((s for s in ("initiate", "trap") if s in starts), "respond")
+
+    @property
+    def close_action(self) -> str:
+        """What follows when the peer deletes the IKE SA: ``start`` (initiate again) if a
+        child says so, else ``trap`` if one does, else ``none``."""
+        actions = {c.close_action for c in self.children}
+        return next((a for a in ("start", "trap") if a in actions), "none")
+
+    def child(self, name: str) -> ChildConfig | None:
+        """The child called ``name`` (None: not, or no longer, configured)."""
+        return next((c for c in self.children if c.name == name), None)
+
+    def without_children(self) -> PeerConfig:
+        """The peer's IKE-level settings: equal for two configs whose IKE SA may stay."""
+        return replace(self, children=())
 
 
 @dataclass(frozen=True)

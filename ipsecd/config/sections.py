@@ -9,6 +9,7 @@ addresses, auth vs. manual, unique names, SPIs and remote endpoints.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -51,13 +52,16 @@ from ipsecd.config.fields import (
     text,
 )
 from ipsecd.config.schema import (
+    ANY_ADDRESS,
     AuthConfig,
+    ChildConfig,
     ChildLifetime,
     Config,
     Credential,
     GatewayConfig,
     Identity,
     IkeLifetime,
+    IpAddress,
     LogConfig,
     ManualSaConfig,
     PeerConfig,
@@ -115,6 +119,40 @@ def account() -> Any:
                 f"there is no user {name!r} on this system; create it (the install script"
                 " creates 'ipsecd') or name an existing one"
             ) from None
+        return name
+
+    return convert
+
+
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def remote_host() -> Any:
+    """``remote_address``: an IP literal, a DNS name (resolved by the daemon) or ``any``.
+
+    Gives an ``IPv4Address``/``IPv6Address`` for a literal, else the text (a name in
+    lower case, or ``any``).  Dotted digits are an IPv4 literal, never a name.
+    """
+    as_address = ip_address()
+
+    def convert(value: Any, at: At) -> IpAddress | str:
+        if value == ANY_ADDRESS:
+            return ANY_ADDRESS
+        name = value.rstrip(".").lower() if isinstance(value, str) else ""
+        labels = name.split(".")
+        numeric = sum(label.isdigit() for label in labels)
+        if not name or ":" in name or (labels[0].isdigit() and numeric >= len(labels) - 1):
+            # An address literal, or the error naming one ('192.0.2.x' is a typo, not a
+            # name: RFC 3696 §2 leaves names whose labels are digits to addresses).
+            address: IpAddress = as_address(value, at)
+            return address
+        if labels[-1].isdigit():
+            raise at.error(f"{value!r} is not a DNS name: its last label is a number")
+        if len(name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+            raise at.error(
+                f"{value!r} is neither an IP address nor a DNS name (letters, digits and"
+                " hyphens in dot-separated labels), nor 'any'"
+            )
         return name
 
     return convert
@@ -208,21 +246,35 @@ MANUAL = Section(
     Field("key_file", file_path(), REQUIRED),
 )
 
-PEER = Section(
-    Field("name", text(PEER_NAME, "a peer name (letters, digits, _.-)"), REQUIRED),
-    Field("remote_address", ip_address(), REQUIRED),
-    Field("remote_port", port(), 500),
-    Field("local_address", ip_address(), None),
-    Field("start", choice("initiate", "respond", "trap"), "initiate"),
+#: The keys of one CHILD_SA: an element of ``children:``, and (the shorthand for a peer
+#: with one child) keys of the peer itself.  A per-child key is one line here.
+CHILD_FIELDS = (
     Field("local_ts", list_of(prefix(), min_items=1, unique=True), REQUIRED),
     Field("remote_ts", list_of(prefix(), min_items=1, unique=True), REQUIRED),
+    Field("start", choice("initiate", "respond", "trap"), "initiate"),
+    Field("close_action", optional(choice("none", "start", "trap")), None),
+    Field("esp", section(ESP), None),
+)
+CHILD_KEYS = tuple(f.key for f in CHILD_FIELDS)
+
+CHILD = Section(
+    Field("name", text(PEER_NAME, "a child name (letters, digits, _.-)"), REQUIRED),
+    *CHILD_FIELDS,
+)
+
+PEER = Section(
+    Field("name", text(PEER_NAME, "a peer name (letters, digits, _.-)"), REQUIRED),
+    Field("remote_address", remote_host(), REQUIRED),
+    Field("remote_port", port(), 500),
+    Field("local_address", ip_address(), None),
+    # The shorthand child: required (local_ts, remote_ts) unless children: is written.
+    *(replace(f, default=None) if f.required else f for f in CHILD_FIELDS),
+    Field("children", list_of(section(CHILD), min_items=1), None),
     Field("fragmentation", fragmentation_mode(), "yes"),
     Field("fragment_size", optional(integer(MIN_FRAGMENT_SIZE, 65535)), None),
     Field("dpd_delay", duration(0, 86400), 30),
     Field("dpd_action", choice("restart", "clear", "hold"), "restart"),
-    Field("close_action", optional(choice("none", "start", "trap")), None),
     Field("ike", section(IKE), None),
-    Field("esp", section(ESP), None),
     Field("auth", section(AUTH), None),
     Field("manual", section(MANUAL), None),
 )
@@ -324,6 +376,14 @@ def _build_manual(v: Values, owners: frozenset[int]) -> ManualSaConfig:
         key_out=key_out,
         key_file=v["key_file"],
     )
+
+
+def _default_remote_id(remote: IpAddress | str) -> Identity | None:
+    """The identity expected of a peer whose ``remote_id`` is not written: its address, or
+    its DNS name (an FQDN identity); none for ``any`` (the loader requires one)."""
+    if isinstance(remote, str):
+        return None if remote == ANY_ADDRESS else Identity("FQDN", remote)
+    return Identity.from_address(remote)
 
 
 def _auth_methods(v: Values) -> tuple[str, str]:
@@ -435,7 +495,15 @@ def _read_ppk(v: Values, owners: frozenset[int]) -> PpkConfig | None:
     return PpkConfig(v["ppk_id"].encode(), ppk, v["ppk_file"], v["ppk_required"])
 
 
-def _build_auth(v: Values, local: Any, remote: Any, owners: frozenset[int]) -> AuthConfig:
+def _build_auth(
+    v: Values, name: str, local: IpAddress, remote: IpAddress | str, owners: frozenset[int]
+) -> AuthConfig:
+    remote_id = v["remote_id"] or _default_remote_id(remote)
+    if remote_id is None:
+        raise v.here.error(
+            f"peer {name!r} has remote_address any: it is known only by its identity, so"
+            " auth.remote_id is required (the ID the peer sends in IKE_AUTH)"
+        )
     local_auth, remote_auth = _auth_methods(v)
     _check_auth_keys(v, local_auth, remote_auth)
     errors = ErrorCollector()
@@ -456,7 +524,7 @@ def _build_auth(v: Values, local: Any, remote: Any, owners: frozenset[int]) -> A
         psk=psk,
         psk_file=v["psk_file"] if psk else None,
         local_id=_local_identity(v, local, credential),
-        remote_id=v["remote_id"] or Identity.from_address(remote),
+        remote_id=remote_id,
         allow_weak_psk=v["allow_weak_psk"],
         local_auth=local_auth,
         remote_auth=remote_auth,
@@ -467,30 +535,105 @@ def _build_auth(v: Values, local: Any, remote: Any, owners: frozenset[int]) -> A
     )
 
 
-def _build_peer(v: Values, gateway: GatewayConfig, owners: frozenset[int]) -> PeerConfig:
-    name, remote = v["name"], v["remote_address"]
-    local = v["local_address"]
+def _local_address(v: Values, gateway: GatewayConfig) -> IpAddress:
+    """``local_address``, or the first address of ``gateway.listen`` of the peer's family
+    (of any family for a DNS name or ``any``: the name is resolved in that family)."""
+    name, remote, local = v["name"], v["remote_address"], v["local_address"]
+    literal = not isinstance(remote, str)
     if local is None:
-        local = next((a for a in gateway.listen if a.version == remote.version), None)
-        if local is None:
+        family = [a for a in gateway.listen if not literal or a.version == remote.version]
+        if not family:
             raise v.at("remote_address").error(
                 f"peer {name!r}: {remote} is IPv{remote.version} but gateway.listen has no"
                 f" IPv{remote.version} address; add one or set local_address"
             )
-    elif local not in gateway.listen:
+        return family[0]
+    if local not in gateway.listen:
         listen = ", ".join(str(a) for a in gateway.listen)
         raise v.at("local_address").error(
             f"{local} is not one of gateway.listen ({listen}); ipsecd only sends from addresses"
             " it listens on"
         )
-    elif local.version != remote.version:
+    if literal and local.version != remote.version:
         raise v.at("local_address").error(
             f"{local} is IPv{local.version} but remote_address {remote} is IPv{remote.version}"
         )
+    ip: IpAddress = local
+    return ip
 
+
+def _build_child(v: Values, name: str, *, manual: bool, responds_only: bool) -> ChildConfig:
+    """One child from its keys: a ``children:`` element, or the peer's own (shorthand)."""
+    esp = v["esp"]
+    start = v["start"] if v.given("start") else "respond" if responds_only else "initiate"
+    return ChildConfig(
+        name=name,
+        local_ts=v["local_ts"],
+        remote_ts=v["remote_ts"],
+        esp_proposals=() if manual else esp["proposals"] if esp is not None else DEFAULT_ESP,
+        start=start,
+        lifetime=_build_child_lifetime(esp),
+        close_action=v["close_action"] or CLOSE_ACTION_BY_START[start],
+    )
+
+
+def _build_children(v: Values, *, manual: bool) -> tuple[ChildConfig, ...]:
+    """The peer's children: its ``children:`` list, or the one child its own keys make."""
+    name = v["name"]
+    responds_only = v["remote_address"] == ANY_ADDRESS
+    if v["children"] is None:
+        for key in ("local_ts", "remote_ts"):
+            if v[key] is None:
+                raise v.here.error(
+                    f"missing required key {key!r} (or a children: list, each child with its"
+                    " own local_ts and remote_ts)"
+                )
+        children: tuple[Values, ...] = (v,)
+    else:
+        if manual:
+            raise v.at("children").error(
+                f"peer {name!r} uses static SAs (manual:), which have one pair of selectors:"
+                " write local_ts and remote_ts on the peer instead of children:"
+            )
+        children_line = v.at("children").line
+        for key in CHILD_KEYS:
+            if v.given(key):
+                raise v.at(key).error(
+                    f"peer {name!r} lists children: (line {children_line}); {key} belongs in"
+                    " each child there, not on the peer"
+                )
+        children = v["children"]
+    errors = ErrorCollector()
+    seen: dict[str, Values] = {}
+    built: list[ChildConfig] = []
+    for child in children:
+        child_name = child["name"] if child is not v else name
+        with errors.collecting():
+            if child_name in seen:
+                first = seen[child_name].at("name")
+                raise child.at("name").error(
+                    f"child name {child_name!r} is also used by {first.path} (line"
+                    f" {first.line}); the children of a peer need distinct names"
+                )
+            seen[child_name] = child
+            if responds_only and child.given("start") and child["start"] != "respond":
+                raise child.at("start").error(
+                    f"peer {name!r} has remote_address any: its address is learned when it"
+                    f" connects, so ipsecd cannot {child['start']} it; write start: respond"
+                    " (the default for such a peer) or give the peer's address or DNS name"
+                )
+            built.append(
+                _build_child(child, child_name, manual=manual, responds_only=responds_only)
+            )
+    errors.raise_if_any()
+    return tuple(built)
+
+
+def _build_peer(v: Values, gateway: GatewayConfig, owners: frozenset[int]) -> PeerConfig:
+    name, remote = v["name"], v["remote_address"]
+    local = _local_address(v, gateway)
     auth = manual = None
     ike: tuple[Proposal, ...] = ()
-    esp: tuple[Proposal, ...] = ()
     if v["manual"] is not None:
         manual_line = v.at("manual").line
         for key in (
@@ -502,6 +645,11 @@ def _build_peer(v: Values, gateway: GatewayConfig, owners: frozenset[int]) -> Pe
                     f"peer {name!r} uses static SAs (manual: at line {manual_line}), which"
                     f" take no {key}; remove one of the two"
                 )
+        if isinstance(remote, str):
+            raise v.at("remote_address").error(
+                f"peer {name!r} uses static SAs (manual: at line {manual_line}), which need"
+                f" the peer's IP address, not {remote!r}"
+            )
         manual = _build_manual(v["manual"], owners)
     elif v["auth"] is None:
         raise v.here.error(
@@ -509,28 +657,24 @@ def _build_peer(v: Values, gateway: GatewayConfig, owners: frozenset[int]) -> Pe
             " manual: section (static SAs)"
         )
     else:
-        auth = _build_auth(v["auth"], local, remote, owners)
+        auth = _build_auth(v["auth"], name, local, remote, owners)
         ike = v["ike"]["proposals"] if v["ike"] is not None else DEFAULT_IKE
-        esp = v["esp"]["proposals"] if v["esp"] is not None else DEFAULT_ESP
+    children = _build_children(v, manual=manual is not None)
     return PeerConfig(
         name=name,
-        remote_address=remote,
+        remote_address=None if isinstance(remote, str) else remote,
+        remote_host=str(remote),
         remote_port=v["remote_port"],
         local_address=local,
-        start=v["start"],
-        local_ts=v["local_ts"],
-        remote_ts=v["remote_ts"],
+        children=children,
         ike_proposals=ike,
-        esp_proposals=esp,
         auth=auth,
         manual=manual,
         ike_lifetime=_build_ike_lifetime(v["ike"]),
-        child_lifetime=_build_child_lifetime(v["esp"]),
         fragmentation=v["fragmentation"],
         fragment_size=v["fragment_size"],
         dpd_delay=v["dpd_delay"],
         dpd_action=v["dpd_action"],
-        close_action=v["close_action"] or CLOSE_ACTION_BY_START[v["start"]],
     )
 
 
@@ -558,7 +702,7 @@ def _check_unique(peers: tuple[Values, ...], errors: ErrorCollector) -> None:
         if name is not None:
             names.setdefault(name, v)
         port = v.get("remote_port")  # None when the peer's remote_port did not read
-        if remote is not None and port is not None:
+        if remote is not None and remote != ANY_ADDRESS and port is not None:
             endpoint = (remote, port)
             if endpoint in remotes:
                 what = f"remote {remote} port {port}"
@@ -581,31 +725,66 @@ def _check_unique(peers: tuple[Values, ...], errors: ErrorCollector) -> None:
         spis_out.setdefault(out, v)
 
 
+def _children_values(v: Values) -> tuple[Values, ...]:
+    """The read children of a peer: its ``children:`` list, or the peer itself."""
+    children = v.get("children")
+    return tuple(children) if children is not None else (v,)
+
+
 def _check_remote_ts_disjoint(peers: tuple[Values, ...], errors: ErrorCollector) -> None:
-    """No address may be in the ``remote_ts`` of two peers.
+    """No address may be in the ``remote_ts`` of two peers, nor of two children of one peer.
 
     The data plane picks a peer's SA (and the kernel the TUN route) by the
-    destination address; with two candidates, which peer gets the traffic would
-    depend on the order of the SAs, and the other peer's tunnel would be
-    silently bypassed (RFC 4301 §4.4.1: the SPD is decorrelated).
+    destination address; with two candidates, which peer (or which CHILD_SA of
+    one peer) gets the traffic would depend on the order of the SAs, and the
+    other tunnel would be silently bypassed (RFC 4301 §4.4.1: the SPD is
+    decorrelated).  A remote prefix reached from several local prefixes is one
+    child listing them all in its ``local_ts``.
     """
-    seen: list[tuple[TrafficSelector, At, str | None, int]] = []
+    seen: list[tuple[TrafficSelector, At, str | None, str | None, int]] = []
     for n, v in enumerate(peers):
-        for i, ts in enumerate(v.get("remote_ts", ())):
-            at = v.item_at("remote_ts", i)
-            for other, other_at, other_name, other_n in seen:
-                if other_n == n or ts.intersect(other) is None:
-                    continue
-                how = "is the same as" if ts == other else "overlaps"
-                errors.add(
-                    at.error(
-                        f"{ts} {how} {other} in remote_ts of peer {other_name!r}"
-                        f" ({other_at.file}:{other_at.line}, {other_at.path}); peer"
-                        f" {v.get('name')!r} and peer {other_name!r} would both claim that"
-                        " traffic: make the remote_ts of different peers disjoint"
-                    )
-                )
-            seen.append((ts, at, v.get("name"), n))
+        peer = v.get("name")
+        for child in _children_values(v):
+            child_name = child.get("name") if child is not v else None
+            for i, ts in enumerate(child.get("remote_ts") or ()):
+                at = child.item_at("remote_ts", i)
+                for other, other_at, other_peer, other_child, other_n in seen:
+                    if (other_n, other_child) == (n, child_name) or ts.intersect(other) is None:
+                        continue
+                    how = "is the same as" if ts == other else "overlaps"
+                    where = f"({other_at.file}:{other_at.line}, {other_at.path})"
+                    if other_n == n:
+                        message = (
+                            f"{ts} {how} {other} in remote_ts of child {other_child!r} {where};"
+                            f" children {other_child!r} and {child_name!r} of peer {peer!r} would"
+                            " both claim that traffic: make the remote_ts of different children"
+                            " disjoint (one remote prefix reached from several local prefixes"
+                            " is one child with all of them in its local_ts)"
+                        )
+                    else:
+                        message = (
+                            f"{ts} {how} {other} in remote_ts of peer {other_peer!r} {where};"
+                            f" peer {peer!r} and peer {other_peer!r} would both claim that"
+                            " traffic: make the remote_ts of different peers disjoint"
+                        )
+                    errors.add(at.error(message))
+                seen.append((ts, at, peer, child_name, n))
+
+
+def _check_any_peers(peers: tuple[Values, ...], errors: ErrorCollector) -> None:
+    """Peers with ``remote_address: any`` are told apart by their ``remote_id`` alone."""
+    ids: dict[Identity, Values] = {}
+    for v in peers:
+        auth = v.get("auth")
+        if v.get("remote_address") != ANY_ADDRESS or auth is None:
+            continue
+        remote_id = auth.get("remote_id")
+        if remote_id is None:
+            continue
+        if remote_id in ids:
+            what = f"remote_id {remote_id} of a peer with remote_address any"
+            errors.add(_also_used(auth.at("remote_id"), what, ids[remote_id]))
+        ids.setdefault(remote_id, v)
 
 
 def _with_peer_cross_checks(exc: ConfigError, tree: Any, file: str) -> ConfigError:
@@ -623,6 +802,7 @@ def _with_peer_cross_checks(exc: ConfigError, tree: Any, file: str) -> ConfigErr
         peers = tuple(PEER.read_partial(p, top.item(raw, i), ignored) for i, p in enumerate(raw))
         _check_unique(peers, errors)
         _check_remote_ts_disjoint(peers, errors)
+        _check_any_peers(peers, errors)
     if len(errors.found) == 1:
         return errors.found[0]
     return ConfigErrors(errors.found)
@@ -651,6 +831,7 @@ def build_config(tree: Any, file: str) -> Config:
         peers.append(peer)
     _check_unique(top["peers"], errors)
     _check_remote_ts_disjoint(top["peers"], errors)
+    _check_any_peers(top["peers"], errors)
     errors.raise_if_any()
     return Config(
         path=Path(file),

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ipsecd.config.errors import format_problem
-from ipsecd.config.schema import Config, IpAddress
+from ipsecd.config.schema import Config, IpAddress, PeerConfig
 from ipsecd.selectors import TrafficSelector
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -73,6 +73,19 @@ def config_warnings(
         ConfigWarning(str(config.path), config.key_lines.get(key), key, message)
         for key, message in found
     ]
+
+
+def _selectors_of(
+    config: Config, n: int, peer: PeerConfig, side: str
+) -> Iterator[tuple[str, TrafficSelector]]:
+    """Each ``local_ts`` or ``remote_ts`` (``side``) selector of peer ``n``, with its key
+    path: in its child of a ``children:`` list, or on the peer (the shorthand)."""
+    listed = f"peers[{n}].children" in config.key_lines
+    for k, child in enumerate(peer.children):
+        base = f"peers[{n}].children[{k}]" if listed else f"peers[{n}]"
+        selectors: tuple[TrafficSelector, ...] = getattr(child, side)
+        for i, ts in enumerate(selectors):
+            yield f"{base}.{side}[{i}]", ts
 
 
 def _selector_networks(selectors: Sequence[TrafficSelector]) -> Iterator[IpNetwork]:
@@ -139,10 +152,11 @@ def _remote_ts_warnings(
     config: Config, routes: Sequence[ConnectedRoute]
 ) -> Iterator[tuple[str, str]]:
     for n, peer in enumerate(config.peers):
-        for i, ts in enumerate(peer.remote_ts):
-            key = f"peers[{n}].remote_ts[{i}]"
+        for key, ts in _selectors_of(config, n, peer, "remote_ts"):
             for other in config.peers:
                 address = other.remote_address
+                if address is None:  # a DNS name or any: not known before it is used
+                    continue
                 if ts.contains_address(address.version, int(address)) and not _reached_beside(
                     address, ts, routes
                 ):
@@ -183,11 +197,11 @@ def _reached_beside(
 
 def _local_ts_warnings(config: Config) -> Iterator[tuple[str, str]]:
     for n, peer in enumerate(config.peers):
-        for i, ts in enumerate(peer.local_ts):
+        for key, ts in _selectors_of(config, n, peer, "local_ts"):
             for address in config.gateway.listen:
                 if ts.contains_address(address.version, int(address)):
                     yield (
-                        f"peers[{n}].local_ts[{i}]",
+                        key,
                         (
                             f"{ts} contains {address}, this gateway's own address (gateway.listen):"
                             f" a peer that routes its remote_ts into its tunnel, as ipsecd does,"

@@ -32,6 +32,7 @@ from ipsecd.daemon.metrics import MetricsServer
 from ipsecd.daemon.outcomes import MAX_WAIT
 from ipsecd.daemon.preflight import log_findings
 from ipsecd.daemon.privilege import drop_privileges
+from ipsecd.daemon.resolver import SystemResolver
 from ipsecd.daemon.sdnotify import Notifier
 from ipsecd.daemon.status import DaemonStatus, DataplaneStatus
 from ipsecd.dataplane.sad import Address
@@ -68,7 +69,8 @@ class Daemon:
     def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
         self.notifier = notifier or Notifier()
         self.log = logs.get_logger()
-        self.core = DaemonCore(config, time.monotonic())
+        self.resolver = SystemResolver()  # DNS names in remote_address
+        self.core = DaemonCore(config, time.monotonic(), resolver=self.resolver)
         self.tun: TunDevice | None = None
         self.sockets: dict[Address, UdpSocket] = {}
         self._ike_timer: asyncio.TimerHandle | None = None
@@ -323,6 +325,7 @@ class Daemon:
     async def _close(self) -> None:
         if self._ike_timer is not None:
             self._ike_timer.cancel()
+        self.resolver.close()
         for sock in self.sockets.values():
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(sock.fd)

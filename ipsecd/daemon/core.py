@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ipsecd.addresses import format_address
-from ipsecd.config import Config, PeerConfig
+from ipsecd.config import ChildConfig, Config, PeerConfig
+from ipsecd.config.schema import IpAddress
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.crypto.registry import EncrAlgorithm, IntegAlgorithm
 from ipsecd.daemon import logs
@@ -59,7 +60,8 @@ from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
 from ipsecd.esp.udp_encap import frame
 from ipsecd.ike import events as ev
 from ipsecd.ike.manager import IkeManager
-from ipsecd.selectors import TrafficSelector, format_selectors
+from ipsecd.ike.policy import PLAN_KINDS, Resolver
+from ipsecd.selectors import TrafficSelector, format_prefixes, format_selectors
 
 if TYPE_CHECKING:
     from ipsecd.dataplane.tun import IpNetwork
@@ -67,7 +69,6 @@ if TYPE_CHECKING:
 #: ESP or IKE datagrams from one local endpoint to one remote endpoint, ready to send.
 Batch = tuple[Address, Address, list[bytes]]
 
-PLAN_KINDS = ("added", "removed", "changed", "unchanged")
 IKE_SUMMARY_KEYS = ("local_spi", "remote_spi", "algorithm", "local", "remote")
 
 
@@ -98,6 +99,7 @@ def manual_params(config: Config, peer: PeerConfig) -> ev.ChildSaParams:
         local_ts=peer.local_ts,
         remote_ts=peer.remote_ts,
         remote=(str(peer.remote_address), config.gateway.port),
+        name=peer.children[0].name,
     )
 
 
@@ -130,6 +132,7 @@ def child_sa(peer: str, child: ev.ChildSaParams, local: Address, now: float) -> 
         local=local,
         remote=child.remote,
         installed_at=now,
+        name=child.name,
     )
 
 
@@ -172,6 +175,16 @@ def _live_children(entry: dict[str, Any]) -> int:
     return sum(1 for c in entry.get("children", ()) if c.get("state") in ("installed", "rekeying"))
 
 
+def trap_key(peer: str, child: str) -> str:
+    """The trap of one configured child (``start: trap``): ``PEER/CHILD``."""
+    return f"{peer}/{child}"
+
+
+def _split_trap_key(key: str) -> tuple[str, str]:
+    peer, _, child = key.partition("/")
+    return peer, child
+
+
 def _installed_summary(sa: InstalledChildSa) -> Summary:
     out = sa.outbound
     return child_summary(
@@ -187,10 +200,17 @@ class DaemonCore:
     """
 
     def __init__(
-        self, config: Config, now: float, *, random_bytes: Callable[[int], bytes] = os.urandom
+        self,
+        config: Config,
+        now: float,
+        *,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        resolver: Resolver | None = None,
     ) -> None:
         self.config = config
         self.random_bytes = random_bytes
+        # DNS names in remote_address: the shell's lookup (tests fix it); None: none.
+        self.resolver = resolver
         self.log = logs.get_logger()
         self.started_at = now
         self.now = now  # the time of the call being handled (the trap's clock)
@@ -215,8 +235,25 @@ class DaemonCore:
             self._route(peer, add=True)
             self._arm(peer, now)
         if _ike_peers(config):
-            self.ike = IkeManager(config, now, random_bytes=random_bytes)
+            self.ike = self._ike_manager(config, now)
         self._sas_changed()
+
+    def _ike_manager(self, config: Config, now: float) -> IkeManager:
+        return IkeManager(config, now, random_bytes=self.random_bytes, resolve=self._resolve)
+
+    def _resolve(self, name: str, version: int) -> list[IpAddress]:
+        """The IKE layer asks for a peer's DNS name (at every initiation): the shell's
+        resolver answers; a failure is logged here and reported by the IKE layer."""
+        if self.resolver is None:
+            return []
+        try:
+            found = [a for a in self.resolver(name, version) if a.version == version]
+        except OSError as exc:
+            self.log.warning("DNS lookup failed", name=name, error=exc.strerror or str(exc))
+            return []
+        if found:
+            self.log.info("DNS name resolved", name=name, address=str(found[0]))
+        return found
 
     # -- what the shell opens --------------------------------------------------------------
     def endpoints(self) -> list[Address]:
@@ -230,7 +267,7 @@ class DaemonCore:
         if gw.mtu is not None:
             return gw.mtu
         proposals = [p for peer in self.config.peers for p in esp_proposals(peer)]
-        versions = {peer.remote_address.version for peer in self.config.peers}
+        versions = {peer.local_address.version for peer in self.config.peers}
         return min(tun_mtu(proposals, v) for v in versions or {4})
 
     def start(self, now: float) -> None:
@@ -312,7 +349,12 @@ class DaemonCore:
     def _peer_status(
         self, peer: PeerConfig, entry: dict[str, Any] | None, clock: Clock
     ) -> PeerStatus:
-        trap_state = self.trap.state(peer.name)
+        traps: dict[str, OnDemandStatus] = {}
+        for child in peer.children:
+            key = trap_key(peer.name, child.name)
+            trap_state = self.trap.state(key)
+            if trap_state is not None:
+                traps[child.name] = OnDemandStatus(trap_state.value, self.trap.queued(key))
         return peer_status(
             peer,
             entry,
@@ -321,9 +363,8 @@ class DaemonCore:
             ledger=self.ledger,
             clock=clock,
             last_error=self.last_error.get(peer.name),
-            on_demand=None
-            if trap_state is None
-            else OnDemandStatus(trap_state.value, self.trap.queued(peer.name)),
+            on_demand=next(iter(traps.values()), None),
+            child_traps=traps,
         )
 
     def conns(self) -> ConnsStatus:
@@ -353,9 +394,14 @@ class DaemonCore:
         for data, remote in ike:
             self._ike_receive(data, local, remote, now)
         if moved:
-            # Authentic ESP from an unexpected endpoint: counted; the endpoint itself only
-            # follows authenticated IKE (PeerAddressChanged), as strongSwan does.
+            # Authentic ESP from an unexpected endpoint: counted, and told to the IKE layer,
+            # which follows a peer behind a NAT there (PeerAddressChanged), as strongSwan.
             self.counters["esp_from_new_address"] += len(moved)
+            if self.ike is not None:
+                last = {(sa.peer, sa.inbound.spi): remote for sa, remote in moved}
+                for (peer, spi_in), remote in last.items():
+                    self.ike.peer_moved(peer, spi_in, remote, now)
+                self._pump(now)
 
     def _send_inner(self, packets: list[bytes]) -> None:
         """Seal inner packets: a TUN burst, or the packets that waited for their CHILD_SA."""
@@ -370,12 +416,15 @@ class DaemonCore:
         triggers = self.trap.take_triggers()
         if not triggers:
             return
-        for name in triggers:
+        for key in triggers:
+            name, child = _split_trap_key(key)
             if self.ike is None or name not in _ike_peers(self.config):
-                self.trap.failed(name)
+                self.trap.failed(key)
                 continue
-            self.log.info("on-demand start: traffic for the peer's selectors", peer=name)
-            self.ike.initiate(name, now, on_demand=True)
+            self.log.info(
+                "on-demand start: traffic for the child's selectors", peer=name, child=child
+            )
+            self.ike.initiate(name, now, on_demand=True, children=(child,))
         self._pump(now)
 
     # -- IKE ---------------------------------------------------------------------------------
@@ -437,12 +486,16 @@ class DaemonCore:
             case ev.ChildSaEstablished(peer=peer, child=child, outbound_active=outbound):
                 self._installed(self._install(peer, child, now, outbound=outbound), outbound)
                 if outbound:
-                    queued = self.trap.installed(peer)  # start: trap
+                    key = trap_key(peer, child.name)
+                    queued = self.trap.installed(key)  # start: trap
                     if queued:
-                        log.info("on-demand queue sent", peer=peer, packets=len(queued))
+                        log.info(
+                            "on-demand queue sent", peer=peer, child=child.name, packets=len(queued)
+                        )
                         self._send_inner(queued)
-                    if self.config.peer(peer).start != "trap":
-                        self.trap.unwatch(peer)  # back from dpd_action hold
+                    configured = self.config.peer(peer).child(child.name)
+                    if configured is None or configured.start != "trap":
+                        self.trap.unwatch(key)  # back from dpd_action hold
                 if self.outcomes.waiting(peer):
                     summary = child_summary(
                         child.spi_in,
@@ -458,16 +511,23 @@ class DaemonCore:
                 # RFC 7296 §2.8: the rekeyed SA is gone; the new one now carries our traffic.
                 if self.sad.activate_outbound(spi_in) is not None:
                     log.info("CHILD_SA outbound active", peer=peer, spi_in=f"{spi_in:08x}")
-            case ev.ChildSaDeleted(peer=peer, spi_in=spi_in, reason=reason):
+            case ev.ChildSaDeleted(peer=peer, spi_in=spi_in, reason=reason, name=name):
                 if self.sad.remove(spi_in) is not None:
-                    log.info("CHILD_SA removed", peer=peer, spi_in=f"{spi_in:08x}", reason=reason)
-                if not self.sad.for_peer(peer):
-                    self.trap.down(peer)  # the next packet brings it up again
+                    log.info(
+                        "CHILD_SA removed",
+                        peer=peer,
+                        child=name,
+                        spi_in=f"{spi_in:08x}",
+                        reason=reason,
+                    )
+                if not any(sa.name == name for sa in self.sad.for_peer(peer)):
+                    self.trap.down(trap_key(peer, name))  # the next packet brings it up again
             case ev.IkeSaDeleted(peer=peer, reason=reason):
                 # Its CHILD_SAs came as ChildSaDeleted events first; a new IKE SA of the same
                 # peer (reload, restart) may already have installed its own.
                 log.info("IKE SA deleted", peer=peer, reason=reason)
-                self.trap.failed(peer)  # only if still negotiating: drop what waited
+                for key in self._trap_keys(peer):
+                    self.trap.failed(key)  # only if still negotiating: drop what waited
                 if self.outcomes.waiting(peer):
                     gone = not self._ike_entry(peer).get("ike_sas")
                     self.outcomes.ike_deleted(peer, reason, gone, now)
@@ -487,12 +547,19 @@ class DaemonCore:
                 )
                 if self.outcomes.waiting(peer):
                     self.outcomes.ike_established(peer, self._new_ike_summary(event), now)
-            case ev.PeerClosed(peer=peer, what=what, action=action):
+            case ev.PeerClosed(peer=peer, what=what, action=action, child=closed):
                 whole = "IKE SA" if what == "ike-sa" else "CHILD_SA"
-                log.info(f"peer deleted the {whole}", peer=peer, close_action=action)
-                if action == "trap":  # strongSwan close_action=trap, as dpd_action hold
-                    config = self.config.peer(peer)
-                    self.trap.watch(peer, config.local_ts, config.remote_ts)
+                named = {"child": closed} if closed else {}
+                log.info(f"peer deleted the {whole}", peer=peer, close_action=action, **named)
+                # strongSwan close_action=trap, as dpd_action hold: the child's trap, or the
+                # trap of each child whose close_action is trap when the IKE SA went.
+                for c in self.config.peer(peer).children:
+                    if (
+                        (c.name == closed and action == "trap")
+                        if closed
+                        else (c.close_action == "trap")
+                    ):
+                        self._watch(peer, c)
             case ev.PeerAddressChanged(peer=peer, remote=remote):
                 # RFC 7296 §2.23: follow the peer behind a NAT, as learned from authenticated IKE.
                 for sa in self.sad.for_peer(peer):
@@ -503,20 +570,35 @@ class DaemonCore:
                 log.warning("peer is dead", peer=peer, dpd_action=action)
                 if action == "hold":
                     # RFC 7296 §2.4 / strongSwan dpd_action=trap: down until traffic needs it.
-                    config = self.config.peer(peer)
-                    self.trap.watch(peer, config.local_ts, config.remote_ts)
-            case ev.NegotiationFailed(peer=peer, reason=reason):
+                    for c in self.config.peer(peer).children:
+                        self.trap.watch(trap_key(peer, c.name), c.local_ts, c.remote_ts)
+            case ev.NegotiationFailed(peer=peer, reason=reason, child=child_name):
                 self.last_error[peer] = reason
                 self.counters["negotiation_failed"] += 1
-                self.trap.failed(peer)  # packets that waited for it are dropped (counted)
-                log.warning("negotiation failed", peer=peer, reason=reason)
+                keys = [trap_key(peer, child_name)] if child_name else self._trap_keys(peer)
+                for key in keys:
+                    self.trap.failed(key)  # packets that waited for it are dropped (counted)
+                if child_name:
+                    log.warning("negotiation failed", peer=peer, child=child_name, reason=reason)
+                else:
+                    log.warning("negotiation failed", peer=peer, reason=reason)
                 self.outcomes.failed(peer, reason, now)
+            case ev.ChildSaNarrowed(peer=peer, child=child_name):
+                # RFC 7296 §2.9: the responder narrowed what we proposed; say what is left out.
+                log.warning(
+                    "CHILD_SA narrowed: traffic left without SA",
+                    peer=peer,
+                    child=child_name,
+                    uncovered_local_ts=format_prefixes(event.local_uncovered),
+                    uncovered_remote_ts=format_prefixes(event.remote_uncovered),
+                )
 
     def _install(
         self, peer: str, child: ev.ChildSaParams, now: float, *, outbound: bool = True
     ) -> InstalledChildSa:
         """Install one CHILD_SA (negotiated or manual) in the SA database."""
-        local = (str(self.config.peer(peer).local_address), self.config.gateway.port)
+        address = child.local[0] if child.local else str(self.config.peer(peer).local_address)
+        local = (address, self.config.gateway.port)
         sa = child_sa(peer, child, local, now)
         self.sad.install(sa, outbound=outbound)
         return sa
@@ -539,8 +621,18 @@ class DaemonCore:
         if peer.manual is not None:
             self._install(peer.name, manual_params(self.config, peer), now)
             self.log.info("manual SA installed", peer=peer.name)
-        elif peer.start == "trap":
-            self.trap.watch(peer.name, peer.local_ts, peer.remote_ts)
+        else:
+            for child in peer.children:
+                if child.start == "trap":
+                    self._watch(peer.name, child)
+
+    def _watch(self, peer: str, child: ChildConfig) -> None:
+        self.trap.watch(trap_key(peer, child.name), child.local_ts, child.remote_ts)
+
+    def _trap_keys(self, peer: str) -> list[str]:
+        """The traps of ``peer``'s children that exist (start: trap, dpd_action hold)."""
+        prefix = trap_key(peer, "")
+        return [key for key in self.trap.traps if key.startswith(prefix)]
 
     def _route(self, peer: PeerConfig, *, add: bool) -> None:
         for ts in peer.remote_ts:
@@ -575,7 +667,7 @@ class DaemonCore:
         waiter = outcomes.wait(ticket, command, peer, now, timeout, children=children)
         if waiter is None:
             return ticket
-        if command == "up" and entry.get("state") == "established" and children:
+        if command == "up" and entry.get("state") == "established" and self._all_up(peer):
             summaries = [_installed_summary(sa) for sa in self.sad.for_peer(peer)]
             ike_sa = self._ike_summary(peer)
             outcomes.succeed(waiter, "already up", now, ike_sa=ike_sa, child_sas=summaries)
@@ -597,9 +689,13 @@ class DaemonCore:
         if self.ike is None or peer not in _ike_peers(self.config):
             return f"no IKE peer named {peer!r}"
         if cmd == "up":
-            self.ike.initiate(peer, now)  # wanted from now on; a no-op if an IKE SA is there
-            # ... and an established one that lost its CHILD_SA gets a new one (once).
-            self.ike.initiate(peer, now, on_demand=True)
+            # Wanted from now on, every child; an established IKE SA gets the CHILD_SAs it
+            # lacks (once), a new one is set up otherwise.
+            children = tuple(c.name for c in self.config.peer(peer).children)
+            try:
+                self.ike.initiate(peer, now, children=children)
+            except ValueError as exc:  # remote_address any
+                return str(exc)
         elif cmd == "down":
             self.ike.terminate(peer, now)
         else:
@@ -615,6 +711,13 @@ class DaemonCore:
                 return str(exc.args[0])
         self._pump(now)
         return None
+
+    def _all_up(self, peer: str) -> bool:
+        """Every configured child of ``peer`` has a CHILD_SA installed."""
+        names = {sa.name for sa in self.sad.for_peer(peer)}
+        return peer in _ike_peers(self.config) and all(
+            c.name in names for c in self.config.peer(peer).children
+        )
 
     def _ike_entry(self, peer: str) -> dict[str, Any]:
         """The IKE layer's status entry of ``peer`` (plain data; empty if unknown)."""
@@ -648,14 +751,30 @@ class DaemonCore:
         error = entry.get("last_error") or self.last_error.get(peer)
         return f"{words}; last error: {error}" if error else words
 
+    def _update_children(
+        self, old: PeerConfig, new: PeerConfig, kinds: dict[str, list[str]]
+    ) -> None:
+        """Before a reload of a peer whose IKE SA stays: the traps of removed and changed
+        children go, and the routes only they had (the IKE layer deletes their SAs)."""
+        for name in kinds["removed"] + kinds["changed"]:
+            self.trap.unwatch(trap_key(old.name, name))
+        kept = {net for ts in new.remote_ts for net in ts.networks()}
+        for ts in old.remote_ts:
+            for net in ts.networks():
+                if net not in kept:
+                    self._routes.append(RouteChange(net, False))
+
     def reload(self, new: Config, now: float) -> dict[str, Any]:
         """Apply a reloaded config (SIGHUP, ``ipsecctl reload``), validated by the loader.
 
         Unchanged peers keep their SAs and lose no packet; changed peers are
         re-negotiated (or re-keyed, manual ones); new peers start; removed peers get a
-        Delete.  The IKE peers' plan is the one :meth:`IkeManager.reconfigure` returns
-        (it also sends the Deletes); the manual peers are compared here.  The gateway
-        section (device, addresses, ports) needs a restart.
+        Delete.  Updated peers (only children differ) keep their IKE SA and unchanged
+        children; removed and changed children's CHILD_SAs get a Delete, added and
+        changed ones start as configured (``plan["children"]`` names them).  The IKE
+        peers' plan is the one :meth:`IkeManager.reconfigure` returns (it also sends the
+        Deletes); the manual peers are compared here.  The gateway section (device,
+        addresses, ports) needs a restart.
         """
         self.now = now
         if new.gateway != self.config.gateway:
@@ -667,12 +786,15 @@ class DaemonCore:
             return {"ok": False, "error": message}
         old_peers = {p.name: p for p in self.config.peers}
         new_peers = {p.name: p for p in new.peers}
+        children: dict[str, dict[str, list[str]]] = {}
         if self.ike is not None:
-            kinds = {n: k for k, names in self.ike.reconfigure(new, now).items() for n in names}
+            ike_plan = self.ike.reconfigure(new, now)
+            children = ike_plan.pop("children")
+            kinds = {n: k for k, names in ike_plan.items() for n in names}
         else:
             kinds = {name: "added" for name in _ike_peers(new)}
             if kinds:
-                self.ike = IkeManager(new, now, random_bytes=self.random_bytes)
+                self.ike = self._ike_manager(new, now)
         # Manual peers, and peers that switch between manual and IKE (IKE's plan sees one
         # half of those: added or removed).
         for name in {p.name for p in (*self.config.peers, *new.peers) if p.manual is not None}:
@@ -687,14 +809,20 @@ class DaemonCore:
                 else "changed"
             )
         order = list(new_peers) + [n for n in old_peers if n not in new_peers]
-        plan = {kind: [n for n in order if kinds.get(n) == kind] for kind in PLAN_KINDS}
+        plan: dict[str, Any] = {
+            kind: [n for n in order if kinds.get(n) == kind] for kind in PLAN_KINDS
+        }
+        plan["children"] = children
         self.log.info("reload plan", **plan)
         for name in plan["removed"] + plan["changed"]:
             old = old_peers[name]
-            self.trap.unwatch(name)
+            for key in self._trap_keys(name):
+                self.trap.unwatch(key)
             if old.manual is not None:
                 self.sad.remove_peer(name)
             self._route(old, add=False)
+        for name in plan["updated"]:
+            self._update_children(old_peers[name], new_peers[name], children[name])
         self.config = new
         for name in plan["added"] + plan["changed"]:
             peer = new_peers[name]
@@ -703,8 +831,23 @@ class DaemonCore:
             if peer.manual is None and peer.start == "initiate":
                 assert self.ike is not None
                 self.ike.initiate(name, now)
+        for name in plan["updated"]:
+            # The IKE SA stays; the added and changed children it initiates are set up on it.
+            peer, kind = new_peers[name], children[name]
+            for child_name in kind["added"] + kind["changed"]:
+                child = peer.child(child_name)
+                if child is not None and child.start == "trap":
+                    self._watch(name, child)
+            starts = tuple(
+                c.name
+                for c in peer.children
+                if c.name in kind["added"] + kind["changed"] and c.start == "initiate"
+            )
+            if starts:
+                assert self.ike is not None
+                self.ike.initiate(name, now, children=starts)
         # Routes of unchanged peers may have been shared with a removed one: put them back.
-        for name in plan["unchanged"]:
+        for name in plan["unchanged"] + plan["updated"]:
             self._route(new_peers[name], add=True)
         if self.ike is not None:
             self._pump(now)

@@ -124,7 +124,8 @@ def status_families(status: DaemonStatus) -> list[Metric]:
         ["peer", "spi_in", "spi_out", "algorithm"],
     )
     for p in status.peers:
-        info.add_metric([p.name, p.mode, p.start, p.remote], 1)
+        # remote: the endpoint in use, else as written (a DNS name not resolved yet, any)
+        info.add_metric([p.name, p.mode, p.start, p.remote or p.remote_host or ""], 1)
         for word in PEER_STATES:
             state.add_metric([p.name, word], 1 if p.state == word else 0)
         up.add_metric([p.name], 1 if p.up else 0)

@@ -16,7 +16,9 @@ The contract, as an operator reads it:
   seconds (``..._seconds``), never the daemon's monotonic clock;
 * lists are lists (selectors are arrays of strings);
 * each CHILD_SA appears once, in its peer's ``children``: the data plane's installed
-  SA, with the IKE layer's view of it (state, rekey time) merged in;
+  SA, with the IKE layer's view of it (state, rekey time) merged in, and the name of
+  the configured child it belongs to; ``configured_children`` lists each configured
+  child once, up or not, with the prefixes its CHILD_SAs leave uncovered (narrowed);
 * :data:`PEER_STATES`: each state means one thing (an IKE SA without CHILD_SA is
   ``established-no-child``; while ``connecting`` the peer was never heard, so
   there is no "last heard", and an SPI not yet known is ``null``);
@@ -36,15 +38,17 @@ from typing import TYPE_CHECKING, Any
 from ipsecd.addresses import format_address
 from ipsecd.daemon.ledger import Ledger, Transfer, sa_drops
 from ipsecd.esp.counters import DropReason
+from ipsecd.selectors import TrafficSelector, uncovered
 
 if TYPE_CHECKING:
-    from ipsecd.config import Config, PeerConfig
+    from ipsecd.config import ChildConfig, Config, PeerConfig
     from ipsecd.crypto.registry import EncrAlgorithm, IntegAlgorithm
     from ipsecd.dataplane.sad import InstalledChildSa
     from ipsecd.dataplane.tun import TunDevice
     from ipsecd.dataplane.udp import UdpSocket
 
 SCHEMA_VERSION = 1
+Selectors = tuple[TrafficSelector, ...]
 
 #: A peer's state, one meaning each (docs/status.schema.json lists the same words).
 PEER_STATES = (
@@ -83,6 +87,7 @@ IKE_EVENTS = (
     "child_rekey_retries",
     "child_sa_deadline_expired",
     "child_sa_expired",
+    "child_sa_narrowed",
     "child_sa_rekeyed",
     "child_sa_rekeyed_not_deleted",
     "child_sa_sequence_exhausted",
@@ -92,6 +97,7 @@ IKE_EVENTS = (
     "cookies_sent",
     "cookies_stale",
     "cookies_valid",
+    "dns_failures",
     "dpd_checks_sent",
     "dpd_clear",
     "dpd_hold",
@@ -215,6 +221,7 @@ class ChildStatus:
 
     spi_in: str
     spi_out: str
+    name: str  # the configured child it belongs to (peers[].children[].name)
     state: str  # installed | rekeying | rekeyed | deleting (the IKE side; manual: installed)
     algorithm: str
     local_ts: tuple[str, ...]
@@ -299,6 +306,22 @@ class LastEvent:
 
 
 @dataclass(frozen=True)
+class ConfiguredChildStatus:
+    """One configured child of a peer (``peers[].children[]``, or the peer's own selectors):
+    whether a CHILD_SA of it is installed, and the prefixes of its selectors that its
+    CHILD_SAs leave without SA because the responder narrowed them (RFC 7296 §2.9)."""
+
+    name: str
+    start: str  # initiate | respond | trap (manual peers: manual)
+    up: bool
+    local_ts: tuple[str, ...]
+    remote_ts: tuple[str, ...]
+    uncovered_local_ts: tuple[str, ...]  # prefixes; empty: all covered, or the child is down
+    uncovered_remote_ts: tuple[str, ...]
+    on_demand: OnDemandStatus | None = None  # start: trap (or dpd_action hold)
+
+
+@dataclass(frozen=True)
 class PeerStatus:
     """One configured peer."""
 
@@ -308,7 +331,8 @@ class PeerStatus:
     state: str  # one of PEER_STATES
     up: bool  # at least one CHILD_SA installed
     local: str
-    remote: str
+    remote: str | None  # the endpoint in use (a DNS name: as resolved); None: not known yet
+    remote_host: str | None  # remote_address as written when it is a DNS name or any
     local_ts: tuple[str, ...]
     remote_ts: tuple[str, ...]
     ike_sas: int
@@ -318,6 +342,7 @@ class PeerStatus:
     next_attempt_in_seconds: float | None  # the next connection attempt, if one is scheduled
     ike: IkeSaStatus | None
     children: tuple[ChildStatus, ...]
+    configured_children: tuple[ConfiguredChildStatus, ...]
     transfer: Transfer  # since the daemon started, across every CHILD_SA
     drops: dict[str, int]  # inbound drops since the daemon started, by reason
     handshake_failures: int
@@ -428,7 +453,10 @@ def nat_remote_detected(entry: Mapping[str, Any], peer: PeerConfig, natt_port: i
     if not entry.get("nat_remote"):
         return False
     address, port = _endpoint(entry.get("remote", ""))
-    return address != str(peer.remote_address) or port not in (peer.remote_port, natt_port)
+    # A DNS name: the address it resolved to; any: no address to compare, only the port.
+    expected = peer.remote_address or entry.get("resolved")
+    moved = expected is not None and address != str(expected)
+    return moved or port not in (peer.remote_port, natt_port)
 
 
 def ike_sa_status(
@@ -507,6 +535,7 @@ def child_status(
     return ChildStatus(
         spi_in=f"{sa.inbound.spi:08x}",
         spi_out=f"{sa.outbound.spi:08x}",
+        name=sa.name,
         state=str(described.get("state") or "installed"),
         algorithm=transform_name(sa.outbound.encr, sa.outbound.integ, sa.outbound.esn),
         local_ts=tuple(str(ts) for ts in sa.local_ts),
@@ -549,6 +578,42 @@ def peer_state(
     return "established" if up else "established-no-child"
 
 
+def configured_child_status(
+    peer: PeerConfig,
+    child: ChildConfig,
+    installed: Sequence[InstalledChildSa],
+    on_demand: OnDemandStatus | None,
+) -> ConfiguredChildStatus:
+    """One configured child: up or not, and the prefixes of its selectors that the
+    negotiated selectors of its CHILD_SAs leave uncovered."""
+    mine = [sa for sa in installed if sa.name == child.name]
+    got_local = tuple(ts for sa in mine for ts in sa.local_ts)
+    got_remote = tuple(ts for sa in mine for ts in sa.remote_ts)
+
+    def left(wanted: Selectors, got: Selectors) -> tuple[str, ...]:
+        return tuple(str(n) for ts in uncovered(wanted, got) for n in ts.networks()) if mine else ()
+
+    return ConfiguredChildStatus(
+        name=child.name,
+        start="manual" if peer.manual is not None else child.start,
+        up=bool(mine),
+        local_ts=tuple(str(ts) for ts in child.local_ts),
+        remote_ts=tuple(str(ts) for ts in child.remote_ts),
+        uncovered_local_ts=left(child.local_ts, got_local),
+        uncovered_remote_ts=left(child.remote_ts, got_remote),
+        on_demand=on_demand,
+    )
+
+
+def remote_in_use(peer: PeerConfig, entry: Mapping[str, Any] | None) -> str | None:
+    """The peer's endpoint as used: the IKE SA's, else its address (a DNS name: the one it
+    resolved to) and IKE port; None while not known (not resolved, ``any`` not connected)."""
+    if entry and entry.get("remote") and entry.get("local_spi"):
+        return _address(entry["remote"])
+    address = peer.remote_address or (entry or {}).get("resolved")
+    return None if address is None else format_address(str(address), peer.remote_port)
+
+
 def peer_status(
     peer: PeerConfig,
     entry: Mapping[str, Any] | None,
@@ -559,16 +624,26 @@ def peer_status(
     clock: Clock,
     last_error: str | None,
     on_demand: OnDemandStatus | None,
+    child_traps: Mapping[str, OnDemandStatus] | None = None,
 ) -> PeerStatus:
     """One peer from its config, the IKE manager's ``entry`` (None: no IKE) and its
     installed CHILD_SAs; ``natt_port`` is ours (gateway.port), where the peer's IKE moves to
-    (RFC 3948); ``last_error`` as the core last recorded it."""
+    (RFC 3948); ``last_error`` as the core last recorded it; ``child_traps`` the trap of
+    each configured child that has one, by name (``on_demand``: the peer's, one of them)."""
     ike = ike_sa_status(entry, peer, natt_port, clock) if entry is not None else None
     ike_children = {str(c.get("spi_in")): c for c in (entry or {}).get("children") or ()}
-    life_time = peer.child_lifetime.life_time if peer.manual is None else None
+
+    def life_time(sa: InstalledChildSa) -> float | None:
+        child = peer.child(sa.name) or peer.children[0]
+        return child.lifetime.life_time if peer.manual is None else None
+
     children = tuple(
-        child_status(sa, ike_children.get(f"{sa.inbound.spi:08x}"), life_time, ledger, clock)
+        child_status(sa, ike_children.get(f"{sa.inbound.spi:08x}"), life_time(sa), ledger, clock)
         for sa in installed
+    )
+    traps = child_traps or {}
+    configured = tuple(
+        configured_child_status(peer, c, installed, traps.get(c.name)) for c in peer.children
     )
     retry = _number((entry or {}).get("retry_at"))
     event = (entry or {}).get("last_event")
@@ -593,7 +668,8 @@ def peer_status(
         state=peer_state(peer, entry, ike, bool(children)),
         up=bool(children),
         local=str(peer.local_address),
-        remote=format_address(peer.remote_address, peer.remote_port),
+        remote=remote_in_use(peer, entry),
+        remote_host=peer.remote_host if peer.dynamic else None,
         local_ts=tuple(str(ts) for ts in peer.local_ts),
         remote_ts=tuple(str(ts) for ts in peer.remote_ts),
         ike_sas=int((entry or {}).get("ike_sas") or 0),
@@ -603,6 +679,7 @@ def peer_status(
         next_attempt_in_seconds=_number((entry or {}).get("next_attempt_in_seconds")),
         ike=ike,
         children=children,
+        configured_children=configured,
         transfer=ledger.transfer(peer.name, installed),
         drops=ledger.drops(peer.name, installed),
         handshake_failures=ledger.handshake_failures(peer.name),
@@ -616,8 +693,10 @@ def peer_status(
 # -- the configuration (ipsecctl conns) -------------------------------------------------------
 @dataclass(frozen=True)
 class ConfiguredChild:
-    """The CHILD_SA a peer negotiates (or its manual SA): selectors, proposals, lifetimes."""
+    """A CHILD_SA a peer negotiates (or its manual SA): selectors, proposals, lifetimes."""
 
+    name: str  # peers[].children[].name; the peer's name for its own (shorthand) child
+    start: str  # initiate | respond | trap | manual
     local_ts: tuple[str, ...]
     remote_ts: tuple[str, ...]
     esp_proposals: tuple[str, ...]
@@ -628,6 +707,27 @@ class ConfiguredChild:
     rekey_packets: int
     manual_spi_in: str | None  # manual peers: the static SPIs
     manual_spi_out: str | None
+
+    @classmethod
+    def of(cls, peer: PeerConfig, child: ChildConfig) -> ConfiguredChild:
+        manual, life = peer.manual, child.lifetime
+        negotiated = manual is None
+        return cls(
+            name=child.name,
+            start=child.start if negotiated else "manual",
+            local_ts=tuple(str(ts) for ts in child.local_ts),
+            remote_ts=tuple(str(ts) for ts in child.remote_ts),
+            esp_proposals=tuple(str(p) for p in child.esp_proposals)
+            if manual is None
+            else (transform_name(manual.encr, manual.integ, manual.esn),),
+            rekey_seconds=life.rekey_time if negotiated else None,
+            rekey_random_seconds=life.rand_time if negotiated else None,
+            life_seconds=life.life_time if negotiated else None,
+            rekey_bytes=life.rekey_bytes if negotiated else 0,
+            rekey_packets=life.rekey_packets if negotiated else 0,
+            manual_spi_in=f"{manual.spi_in:08x}" if manual is not None else None,
+            manual_spi_out=f"{manual.spi_out:08x}" if manual is not None else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -648,19 +748,25 @@ class ConfiguredPeer:
     dpd_delay_seconds: int
     dpd_action: str
     fragmentation: str
-    child: ConfiguredChild
+    child: ConfiguredChild  # the first of children (what a peer had before children)
+    children: tuple[ConfiguredChild, ...]
 
     @classmethod
     def of(cls, peer: PeerConfig) -> ConfiguredPeer:
         manual, auth = peer.manual, peer.auth
-        ike, child = peer.ike_lifetime, peer.child_lifetime
+        ike = peer.ike_lifetime
         negotiated = manual is None
+        children = tuple(ConfiguredChild.of(peer, c) for c in peer.children)
         return cls(
             name=peer.name,
             mode="ike" if negotiated else "manual",
             start=peer.start if negotiated else "manual",
             local=str(peer.local_address),
-            remote=format_address(peer.remote_address, peer.remote_port),
+            remote=(
+                peer.remote_host
+                if peer.remote_address is None
+                else format_address(peer.remote_address, peer.remote_port)
+            ),
             local_id=str(auth.local_id) if auth is not None else None,
             remote_id=str(auth.remote_id) if auth is not None else None,
             auth="psk" if auth is not None else None,
@@ -670,20 +776,8 @@ class ConfiguredPeer:
             dpd_delay_seconds=peer.dpd_delay if negotiated else 0,
             dpd_action=peer.dpd_action,
             fragmentation=peer.fragmentation,
-            child=ConfiguredChild(
-                local_ts=tuple(str(ts) for ts in peer.local_ts),
-                remote_ts=tuple(str(ts) for ts in peer.remote_ts),
-                esp_proposals=tuple(str(p) for p in peer.esp_proposals)
-                if manual is None
-                else (transform_name(manual.encr, manual.integ, manual.esn),),
-                rekey_seconds=child.rekey_time if negotiated else None,
-                rekey_random_seconds=child.rand_time if negotiated else None,
-                life_seconds=child.life_time if negotiated else None,
-                rekey_bytes=child.rekey_bytes if negotiated else 0,
-                rekey_packets=child.rekey_packets if negotiated else 0,
-                manual_spi_in=f"{manual.spi_in:08x}" if manual is not None else None,
-                manual_spi_out=f"{manual.spi_out:08x}" if manual is not None else None,
-            ),
+            child=children[0],
+            children=children,
         )
 
 

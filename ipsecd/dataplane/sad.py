@@ -2,9 +2,12 @@
 
 Inbound ESP is found by SPI.  Outbound packets are matched by their inner
 source and destination against each installed SA's negotiated traffic
-selectors, most recently installed first, so a rekeyed SA takes over the
-moment it is installed (make-before-break) while the old one keeps decrypting
-until it is removed.  Sans-I/O: no sockets, only objects and ints.
+selectors, the most specific selector pair first (the narrowest remote range,
+then the narrowest local range: a CHILD_SA for 10.2.5.0/24 wins over one for
+10.2.0.0/16 of the same or another child, RFC 4301 §4.4.1 ordering), and among
+equally specific ones the most recently installed first, so a rekeyed SA takes
+over the moment it is installed (make-before-break) while the old one keeps
+decrypting until it is removed.  Sans-I/O: no sockets, only objects and ints.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class InstalledChildSa:
     local: Address  # our UDP endpoint (address, port) for ESP-in-UDP
     remote: Address  # the peer's UDP endpoint
     installed_at: float = 0.0
+    name: str = ""  # the configured child (peers[].children[].name)
     # (version, start, end) tuples flattened for a fast outbound match.
     _match: tuple[tuple[int, int, int, int, int, int], ...] = field(default=(), repr=False)
 
@@ -62,7 +66,20 @@ class SaDatabase:
     def __init__(self) -> None:
         self.by_spi: dict[int, InstalledChildSa] = {}
         self._outbound: list[InstalledChildSa] = []  # newest first
+        # Every outbound selector pair, most specific first (see the module docstring).
+        self._rules: list[tuple[tuple[int, int, int, int, int, int], InstalledChildSa]] = []
         self._cache: dict[tuple[int, int, int], InstalledChildSa | None] = {}
+
+    def _outbound_changed(self) -> None:
+        """Re-sort the selector pairs after an SA started or stopped sending."""
+        ranked = [
+            ((m[4] - m[3], m[2] - m[1], newest), m, sa)
+            for newest, sa in enumerate(self._outbound)
+            for m in sa._match
+        ]
+        ranked.sort(key=lambda r: r[0])
+        self._rules = [(m, sa) for _, m, sa in ranked]
+        self._cache.clear()
 
     def install(self, sa: InstalledChildSa, outbound: bool = True) -> None:
         """Install inbound first, then let the outbound side take over (RFC 7296 §2.8).
@@ -73,21 +90,21 @@ class SaDatabase:
         self.by_spi[sa.inbound.spi] = sa
         if outbound:
             self._outbound.insert(0, sa)
-            self._cache.clear()
+            self._outbound_changed()
 
     def activate_outbound(self, spi_in: int) -> InstalledChildSa | None:
         """Start sending with an SA installed with ``outbound=False``."""
         sa = self.by_spi.get(spi_in)
         if sa is not None and all(s is not sa for s in self._outbound):
             self._outbound.insert(0, sa)
-            self._cache.clear()
+            self._outbound_changed()
         return sa
 
     def remove(self, spi_in: int) -> InstalledChildSa | None:
         sa = self.by_spi.pop(spi_in, None)
         if sa is not None:
             self._outbound = [s for s in self._outbound if s is not sa]
-            self._cache.clear()
+            self._outbound_changed()
         return sa
 
     def remove_peer(self, peer: str) -> list[InstalledChildSa]:
@@ -102,7 +119,14 @@ class SaDatabase:
             return self._cache[key]
         except KeyError:
             pass
-        found = next((s for s in self._outbound if s.matches(version, src, dst)), None)
+        found = next(
+            (
+                sa
+                for (v, ls, le, rs, re, _), sa in self._rules
+                if v == version and ls <= src <= le and rs <= dst <= re
+            ),
+            None,
+        )
         if len(self._cache) > 65536:
             self._cache.clear()
         self._cache[key] = found

@@ -13,6 +13,7 @@ import builtins
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
+from ipsecd.config.schema import ChildConfig
 from ipsecd.crypto.registry import EncrAlgorithm, IntegAlgorithm
 from ipsecd.ike.errors import TsUnacceptable
 from ipsecd.ike.events import Address, ChildSaParams
@@ -65,6 +66,7 @@ class ChildSa:
     deadline: float | None = field(default=None, init=False)
     local_ts: tuple[TrafficSelector, ...] = ()
     remote_ts: tuple[TrafficSelector, ...] = ()
+    name: str = ""  # the configured child (peers[].children[].name) it belongs to
     algorithms: ChildAlgorithms | None = None
     params: ChildSaParams | None = field(default=None, repr=False)
     created_at: float = 0.0
@@ -95,6 +97,7 @@ class ChildSa:
     def describe(self) -> dict[str, object]:
         algs = self.algorithms
         return {
+            "name": self.name,
             "spi_in": f"{self.spi_in:08x}",
             "spi_out": f"{self.spi_out:08x}",
             "state": self.state.value,
@@ -144,15 +147,47 @@ def narrow_as_responder(
     (narrowed TSi, narrowed TSr); raises :class:`TsUnacceptable` naming both
     selector sets when either side has nothing left.
     """
-    new_tsi = narrow(tsi, remote_ts)
-    new_tsr = narrow(tsr, local_ts)
-    if not new_tsi or not new_tsr:
-        raise TsUnacceptable(
-            f"traffic selectors of peer {peer} unacceptable: peer proposed"
-            f" TSi={format_selectors(tsi)} TSr={format_selectors(tsr)}, our config allows"
-            f" remote_ts={format_selectors(remote_ts)} local_ts={format_selectors(local_ts)}"
-        )
+    policy = ChildConfig(peer, local_ts, remote_ts, esp_proposals=())
+    _, new_tsi, new_tsr = select_child((policy,), tsi, tsr, peer)
     return new_tsi, new_tsr
+
+
+def select_child(
+    children: tuple[ChildConfig, ...],
+    tsi: tuple[TrafficSelector, ...],
+    tsr: tuple[TrafficSelector, ...],
+    peer: str,
+) -> tuple[ChildConfig, tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]]:
+    """The configured child a CHILD_SA request is for, and TSi/TSr narrowed to it (§2.9).
+
+    As strongSwan's responder: the child whose selectors hold what the initiator proposed
+    without narrowing wins; else the first (in config order) that narrowing leaves
+    something of.  TsUnacceptable names every child's selectors when none fits.
+    """
+
+    def holds(allowed: tuple[TrafficSelector, ...], proposed: tuple[TrafficSelector, ...]) -> bool:
+        return all(any(a.contains(p) for a in allowed) for p in proposed)
+
+    first: tuple[ChildConfig, tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]] | None
+    first = None
+    for child in children:
+        if holds(child.remote_ts, tsi) and holds(child.local_ts, tsr):
+            return child, narrow(tsi, child.remote_ts), narrow(tsr, child.local_ts)
+        new_tsi, new_tsr = narrow(tsi, child.remote_ts), narrow(tsr, child.local_ts)
+        if first is None and new_tsi and new_tsr:
+            first = (child, new_tsi, new_tsr)
+    if first is not None:
+        return first
+    allowed = "; ".join(
+        f"{c.name}: remote_ts={format_selectors(c.remote_ts)}"
+        f" local_ts={format_selectors(c.local_ts)}"
+        for c in children
+    )
+    raise TsUnacceptable(
+        f"traffic selectors of peer {peer} unacceptable: peer proposed"
+        f" TSi={format_selectors(tsi)} TSr={format_selectors(tsr)}, our config allows"
+        f" {allowed if len(children) > 1 else allowed.partition(': ')[2]}"
+    )
 
 
 def check_narrowed_as_initiator(
@@ -215,6 +250,8 @@ def child_params(
     local_ts: tuple[TrafficSelector, ...],
     remote_ts: tuple[TrafficSelector, ...],
     remote: Address,
+    name: str = "",
+    local: Address | None = None,
 ) -> ChildSaParams:
     """Build the data-plane parameters; "in" keys are the ones the peer sends with."""
     i_to_r, r_to_i = split_keymat(keymat, algs)
@@ -232,4 +269,6 @@ def child_params(
         local_ts=local_ts,
         remote_ts=remote_ts,
         remote=remote,
+        name=name,
+        local=local,
     )

@@ -58,6 +58,8 @@ class ChildSaParams:
     local_ts: tuple[TrafficSelector, ...]
     remote_ts: tuple[TrafficSelector, ...]
     remote: Address
+    name: str = ""  # the configured child it was negotiated for (peers[].children[].name)
+    local: Address | None = None  # our IKE endpoint; None: the peer's local_address
 
 
 class Event:
@@ -114,6 +116,7 @@ class ChildSaDeleted(Event):
     spi_in: int
     spi_out: int
     reason: str
+    name: str = ""  # the configured child (peers[].children[].name)
 
 
 @dataclass(frozen=True)
@@ -126,10 +129,24 @@ class IkeSaDeleted(Event):
 
 @dataclass(frozen=True)
 class NegotiationFailed(Event):
-    """A negotiation failed; ``reason`` is operator-readable text."""
+    """A negotiation failed; ``reason`` is operator-readable text.  ``child``: the
+    configured child whose CHILD_SA failed (None: the IKE SA, or every child with it)."""
 
     peer: str
     reason: str
+    child: str | None = None
+
+
+@dataclass(frozen=True)
+class ChildSaNarrowed(Event):
+    """The responder narrowed a CHILD_SA we proposed (RFC 7296 §2.9): traffic between
+    ``local_uncovered`` and the child's remote_ts, or between its local_ts and
+    ``remote_uncovered``, has no SA (address ranges; empty: that side is covered)."""
+
+    peer: str
+    child: str
+    local_uncovered: tuple[TrafficSelector, ...]
+    remote_uncovered: tuple[TrafficSelector, ...]
 
 
 @dataclass(frozen=True)
@@ -148,14 +165,16 @@ class PeerDead(Event):
 @dataclass(frozen=True)
 class PeerClosed(Event):
     """The peer deleted our last IKE SA with it (``what`` ``ike-sa``) or the last CHILD_SA
-    of the IKE SA (``child-sa``), RFC 7296 §1.4.1, and ``action`` is its ``close_action``:
+    of the configured child ``child`` (``child-sa``), RFC 7296 §1.4.1, and ``action`` is
+    the ``close_action`` (of that child; for the IKE SA, the peer's, from its children's):
     ``start`` (the manager initiates again or re-creates the CHILD_SA), ``none``, or
-    ``trap``: the shell arms the peer's trap, so the next packet for its selectors starts
-    it again (``initiate(peer, now, on_demand=True)``)."""
+    ``trap``: the shell arms the trap of the child (for the IKE SA: of each child whose
+    close_action is trap), so the next packet for its selectors starts it again."""
 
     peer: str
     what: str
     action: str
+    child: str | None = None  # child-sa: the configured child (its close_action)
 
 
 @dataclass(frozen=True)

@@ -31,21 +31,28 @@ import os
 from collections import deque
 from typing import Any
 
-from ipsecd.config.schema import Config, PeerConfig
+from ipsecd.config.schema import ChildConfig, Config, IpAddress, PeerConfig
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.ike import dpd, events, reauth
 from ipsecd.ike import message as codec
 from ipsecd.ike.constants import ExchangeType
 from ipsecd.ike.errors import MalformedMessage
-from ipsecd.ike.events import Address, Event, NegotiationFailed, OutgoingDatagram, PeerDead
+from ipsecd.ike.events import (
+    Address,
+    Event,
+    NegotiationFailed,
+    OutgoingDatagram,
+    PeerAddressChanged,
+    PeerDead,
+)
 from ipsecd.ike.exchanges import RESPONDERS
 from ipsecd.ike.exchanges.create_child import CreateChildSa
 from ipsecd.ike.exchanges.informational import DeleteChildSa, DeleteIkeSa, LivenessCheck
 from ipsecd.ike.exchanges.sa_init import IkeSaInit
 from ipsecd.ike.fragments import ReassemblyBudget
 from ipsecd.ike.halfopen import DosLimits, HalfOpenTable
-from ipsecd.ike.lifecycle import LIVE_STATES
-from ipsecd.ike.policy import LastEvent, PeerPolicy, PeerState, close_message
+from ipsecd.ike.lifecycle import LIVE_STATES, ChildState
+from ipsecd.ike.policy import LastEvent, PeerPolicy, PeerState, Resolver, close_message
 from ipsecd.ike.sa import (
     Authenticated,
     ChildExpired,
@@ -87,8 +94,12 @@ class IkeManager:
         keepalive_interval: float = NAT_KEEPALIVE_INTERVAL,
         random_bytes: RandomBytes = os.urandom,
         wall_clock: WallClock = utc_now,
+        resolve: Resolver | None = None,
     ) -> None:
         self.config = config
+        # Peers written with a DNS name: the shell's resolver, asked at every initiation
+        # (start, each retry); None: such peers cannot be initiated.
+        self.resolve = resolve
         gw = config.gateway
         self.policy = policy or RetransmitPolicy(
             initial=gw.retransmit_timeout,
@@ -147,29 +158,55 @@ class IkeManager:
             self.initiate(name, now)
 
     def initiate(
-        self, peer: str, now: float, *, on_demand: bool = False, replace: bool = False
+        self,
+        peer: str,
+        now: float,
+        *,
+        on_demand: bool = False,
+        replace: bool = False,
+        children: tuple[str, ...] | None = None,
     ) -> None:
         """Bring ``peer`` up (no-op if an IKE SA for it is up or being set up).
 
+        ``children``: the configured children to set up, the first with IKE_AUTH, the
+        others with CREATE_CHILD_SA (RFC 7296 §1.3.1); None: the ones it keeps up
+        (:meth:`PeerPolicy.children_to_start`).  On an established IKE SA, the ones
+        without a CHILD_SA (none installed, none being created) get one.
         ``on_demand``: started by traffic (``start: trap``), not kept up: after a
-        failure or a Delete it is not retried; the next packet starts it again.  An
-        established IKE SA that lost its last CHILD_SA gets a new one (CREATE_CHILD_SA).
+        failure or a Delete it is not retried; the next packet starts it again.
         ``replace``: set up a new IKE SA beside the existing one, with INITIAL_CONTACT,
         and drop the older ones once it is up (the peer seems to have restarted).
+        ValueError for a peer with ``remote_address: any`` (it connects to us).
         """
         if peer not in self.peers:
             raise KeyError(f"no IKE peer named {peer!r}")
-        self.peer_policy.wanted_up(peer, on_demand=on_demand)
+        config = self.peers[peer]
+        if config.responds_only:
+            raise ValueError(
+                f"peer {peer!r} has remote_address any: ipsecd learns its address when it"
+                " connects and cannot initiate it"
+            )
+        wanted = children if children else self.peer_policy.children_to_start(peer)
+        self.peer_policy.wanted_up(peer, on_demand=on_demand, children=wanted)
         existing = self._sa_for(peer, unauthenticated=False)
         if existing is not None and not replace:
-            if on_demand and self._childless(existing):
-                self.create_child(peer, now)
+            if existing.initiator and existing.state is not IkeState.ESTABLISHED:
+                existing.wanted_children = tuple(
+                    dict.fromkeys((*existing.wanted_children, *wanted))
+                )
+            else:
+                self._create_missing(existing, wanted, now)
+                self._collect(existing, now)
             return
         # RFC 7296 §2.4: INITIAL_CONTACT only when no other IKE SA with this peer exists
         # (checked again when IKE_AUTH is built: reauth.no_initial_contact).
         others = [s for s in self._of_peer(peer) if s.alive and not self.half_open.holds(s)]
         self._initiate_sa(
-            self.peers[peer], now, send_initial_contact=replace or not others, replace=replace
+            config,
+            now,
+            send_initial_contact=replace or not others,
+            replace=replace,
+            children=wanted,
         )
 
     def _initiate_sa(
@@ -180,21 +217,31 @@ class IkeManager:
         send_initial_contact: bool,
         replace: bool = False,
         reauth_of: IkeSa | None = None,
-    ) -> IkeSa:
+        children: tuple[str, ...] = (),
+    ) -> IkeSa | None:
         """A new IKE SA as initiator, IKE_SA_INIT sent (``reauth_of``: the IKE SA it is
-        to replace, RFC 7296 §2.8.3)."""
+        to replace, RFC 7296 §2.8.3; ``children``: the configured children it sets up).
+        None when the peer's DNS name does not resolve (reported, retried)."""
+        address = (
+            config.remote_address
+            or (ipaddress.ip_address(reauth_of.remote[0]) if reauth_of is not None else None)
+            or self._resolve(config, now)
+        )
+        if address is None:
+            return None
         remote_port = config.remote_port or self.ike_port
         local_port = self.natt_port if remote_port == self.natt_port else self.ike_port
         sa = self._new_sa(
             peer=config,
             initiator=True,
             local=(str(config.local_address), local_port),
-            remote=(str(config.remote_address), remote_port),
+            remote=(str(address), remote_port),
             now=now,
             send_initial_contact=send_initial_contact,
             replace_others=replace,
         )
         sa.reauth_of = reauth_of
+        sa.wanted_children = children
         sa.tasks.append(IkeSaInit(config.ike_proposals))
         sa.kick(now)  # assigns SPIi while building the request
         self.table.add(sa)
@@ -213,22 +260,34 @@ class IkeManager:
                 sa.deleted("terminated by operator", now)
             self._collect(sa, now)
 
-    def reconfigure(self, config: Config, now: float) -> dict[str, list[str]]:
+    def reconfigure(self, config: Config, now: float) -> dict[str, Any]:
         """Adopt a reloaded config (live reload).
 
         Peers whose config is unchanged keep their SAs untouched; removed and
         changed peers get a Delete for their IKE SA (RFC 7296 §1.4.1); changed
-        and added peers are known from now on (the caller starts them).
-        Returns the IKE peers by kind: added, changed, removed, unchanged.
+        and added peers are known from now on (the caller starts them).  A peer
+        whose IKE settings are the same and only children differ is ``updated``:
+        its IKE SA and unchanged children stay, removed and changed children get a
+        Delete for their CHILD_SAs (the caller starts the added and changed ones).
+        Returns the IKE peers by kind (:data:`~ipsecd.ike.policy.PLAN_KINDS`) and,
+        under ``children``, each updated peer's children by kind.
         """
-        plan = self.peer_policy.reconfigure(config)
+        plan, children = self.peer_policy.reconfigure(config)
         for name in plan["removed"] + plan["changed"]:
             self.terminate(name, now)
             # The old IKE SA finishes its Delete on its own; a new one may start beside it.
             self._retiring |= {s.local_spi for s in self._of_peer(name)}
         self.config = config
         self.peer_policy.adopt(config, plan)
-        return plan
+        for name in plan["updated"]:
+            # The IKE SA stays: it reads the new children from now on; the CHILD_SAs of
+            # removed and changed children are deleted (the caller starts the new ones).
+            new = self.peers[name]
+            for sa in self._of_peer(name):
+                sa.peer = new
+            gone = children[name]["removed"] + children[name]["changed"]
+            self._delete_children(name, gone, "child removed or changed by a reload", now)
+        return {**plan, "children": children}
 
     def shutdown(self, now: float) -> None:
         """Delete every IKE SA (one Delete each; the shell exits afterwards)."""
@@ -301,24 +360,83 @@ class IkeManager:
         local_ts: tuple[TrafficSelector, ...] | None = None,
         remote_ts: tuple[TrafficSelector, ...] | None = None,
         proposals: tuple[Proposal, ...] | None = None,
+        *,
+        child: str = "",
     ) -> None:
-        """Negotiate one more CHILD_SA with CREATE_CHILD_SA (RFC 7296 §1.3.1)."""
+        """Negotiate one more CHILD_SA with CREATE_CHILD_SA (RFC 7296 §1.3.1): of the
+        configured child ``child`` (the peer's first if not named), its selectors and
+        proposals unless given."""
         sa = self._established(peer)
-        cfg = self.peers[peer]
+        self._queue_child(sa, sa.child_config(child), now, local_ts, remote_ts, proposals)
+        self._collect(sa, now)
+
+    def _queue_child(
+        self,
+        sa: IkeSa,
+        cfg: ChildConfig,
+        now: float,
+        local_ts: tuple[TrafficSelector, ...] | None = None,
+        remote_ts: tuple[TrafficSelector, ...] | None = None,
+        proposals: tuple[Proposal, ...] | None = None,
+    ) -> None:
         sa.queue(
             CreateChildSa(
                 tuple(local_ts or cfg.local_ts),
                 tuple(remote_ts or cfg.remote_ts),
                 tuple(proposals or cfg.esp_proposals),
+                name=cfg.name,
             ),
             now,
         )
-        self._collect(sa, now)
 
-    def _recreate_child(self, sa: IkeSa, now: float) -> None:
-        """The configured CHILD_SA again over ``sa`` (close_action start)."""
-        cfg = sa.peer
-        sa.queue(CreateChildSa(cfg.local_ts, cfg.remote_ts, cfg.esp_proposals), now)
+    def _create_missing(self, sa: IkeSa, names: tuple[str, ...], now: float) -> None:
+        """CREATE_CHILD_SA for each configured child of ``names`` that ``sa`` (established)
+        has no CHILD_SA of, installed or being created."""
+        if sa.state is not IkeState.ESTABLISHED or sa.rekeyed_to is not None:
+            return
+        if any(isinstance(t, DeleteIkeSa) for t in sa.tasks):
+            return  # being deleted (its first CHILD_SA failed)
+        have = self._present(sa)
+        for name in names:
+            cfg = sa.peer.child(name)
+            if cfg is not None and name not in have:
+                self._queue_child(sa, cfg, now)
+                have.add(name)
+
+    @staticmethod
+    def _present(sa: IkeSa) -> set[str]:
+        """The configured children ``sa`` has a CHILD_SA of (installed, not being deleted)
+        or is creating one of."""
+        pending = [*sa.tasks, sa.outstanding.task if sa.outstanding is not None else None]
+        going = {spi for t in pending if isinstance(t, DeleteChildSa) for spi in t.spis_in}
+        have = {
+            c.name
+            for c in sa.children.values()
+            if c.state in LIVE_STATES
+            and c.state is not ChildState.DELETING
+            and c.spi_in not in going
+        }
+        return have | {t.name_of_child for t in pending if isinstance(t, CreateChildSa)}
+
+    def _delete_children(self, peer: str, names: list[str], reason: str, now: float) -> None:
+        """Delete the CHILD_SAs of the configured children ``names`` of ``peer`` (and drop
+        their pending creations and rekeys); the IKE SA and its other children stay."""
+        if not names:
+            return
+        for sa in self._of_peer(peer):
+            sa.tasks = [
+                t
+                for t in sa.tasks
+                if not (isinstance(t, CreateChildSa) and t.name_of_child in names)
+            ]
+            spis = [
+                c.spi_in
+                for c in sa.children.values()
+                if c.name in names and c.state in LIVE_STATES and c.state is not ChildState.DELETING
+            ]
+            if spis and sa.state is IkeState.ESTABLISHED:
+                sa.queue(DeleteChildSa(spis, reason), now)
+                self._collect(sa, now)
 
     def delete_child(self, peer: str, spi_in: int, now: float) -> None:
         """Delete one CHILD_SA by our inbound SPI (RFC 7296 §1.4.1)."""
@@ -347,6 +465,24 @@ class IkeManager:
         sa = self._established(peer)
         self.scheduler.rekey_ike(sa, now)
         self._collect(sa, now)
+
+    def peer_moved(self, peer: str, spi_in: int, remote: Address, now: float) -> None:
+        """Authentic ESP of CHILD_SA ``spi_in`` came from ``remote``, not from the endpoint
+        the IKE SA knows (the data plane verified its ICV and replay window).
+
+        A peer behind a NAT (RFC 7296 §2.23) is followed there: its NAT mapping changed
+        (rebinding, another uplink), as strongSwan does without MOBIKE.  A peer not
+        behind a NAT is not moved by ESP; only its authenticated IKE moves it.
+        """
+        for sa in self._of_peer(peer):
+            if spi_in not in sa.children or sa.state is not IkeState.ESTABLISHED:
+                continue
+            if sa.nat_remote and sa.rekeyed_to is None and sa.remote != remote:
+                sa.remote = remote
+                self._count("peer_address_updated")
+                self._events.append(PeerAddressChanged(peer, sa.local, remote))
+                self._collect(sa, now)
+            return
 
     def child_usage(
         self,
@@ -428,22 +564,31 @@ class IkeManager:
                     return sa
         return found[0] if found else None
 
-    @staticmethod
-    def _from_peer_address(sa: IkeSa) -> bool:
+    def _from_peer_address(self, sa: IkeSa) -> bool:
         try:
-            return ipaddress.ip_address(sa.remote[0]) == sa.peer.remote_address
+            source = ipaddress.ip_address(sa.remote[0])
         except ValueError:
             return False
+        return source == self.peer_policy.address_of(sa.peer)
 
-    @staticmethod
-    def _childless(sa: IkeSa) -> bool:
-        """Established, no live CHILD_SA and none being created (on-demand start)."""
-        if sa.state is not IkeState.ESTABLISHED or sa.rekeyed_to is not None:
-            return False
-        if any(c.state in LIVE_STATES for c in sa.children.values()):
-            return False
-        pending = [*sa.tasks, sa.outstanding.task if sa.outstanding is not None else None]
-        return not any(isinstance(t, CreateChildSa) for t in pending)
+    def _resolve(self, config: PeerConfig, now: float) -> IpAddress | None:
+        """The address of a peer written with a DNS name, resolved now (at every start and
+        retry); None after a failure, which is reported and retried like any other."""
+        version = config.local_address.version
+        found = list(self.resolve(config.remote_host, version)) if self.resolve else []
+        address = next((a for a in found if a.version == version), None)
+        if address is None:
+            self._count("dns_failures")
+            reason = (
+                f"cannot resolve {config.remote_host} to an IPv{version} address"
+                f" (local_address {config.local_address} is IPv{version})"
+            )
+            self.peer_state[config.name].last_error = reason
+            self._events.append(NegotiationFailed(config.name, reason))
+            self.peer_policy.initiator_gone(config.name, now)  # retried if wanted
+            return None
+        self.peer_policy.resolved(config.name, address)
+        return address
 
     def _established(self, peer: str) -> IkeSa:
         sa = self._sa_for(peer)
@@ -588,12 +733,15 @@ class IkeManager:
                 sa.replace_others = False
                 self._forget_others(sa, now, "replaced after INVALID_IKE_SPI (restarted?)")
             self._authenticated(sa, now)
+            if sa.initiator and sa.state is IkeState.ESTABLISHED:
+                # The children after the first (RFC 7296 §1.3.1).
+                self._create_missing(sa, sa.wanted_children, now)
         elif isinstance(signal, ReauthDue):
             self._reauthenticate(sa, now)
         elif isinstance(signal, ReauthComplete):
             self._reauth_complete(signal.old, now)
         elif isinstance(signal, PeerDeletedChild):
-            self._child_closed(sa, now)
+            self._child_closed(sa, signal.name, now)
         elif isinstance(signal, RestartHint):
             self._restart_hint(sa, now)
         elif isinstance(signal, Successor):
@@ -652,6 +800,8 @@ class IkeManager:
             sa.peer_name, "peer-dead", now, f"peer did not answer (DPD); dpd_action {action}"
         )
         on_demand = self.peer_policy.on_demand(sa.peer)
+        if sa.peer.responds_only:
+            return  # remote_address any: it comes back to us
         if self.peer_policy.dead(sa.peer) == "restart":
             self.initiate(sa.peer_name, now, on_demand=on_demand)
 
@@ -665,6 +815,7 @@ class IkeManager:
         name = sa.peer_name
         if (
             sa.peer.dpd_action != "restart"
+            or sa.peer.responds_only
             or name not in self.peers
             or sa.local_spi in self._retiring
             or any(s.alive and s.replace_others for s in self._of_peer(name))
@@ -787,11 +938,20 @@ class IkeManager:
         if (
             name not in self.peers
             or old.local_spi in self._retiring
+            or old.peer.responds_only  # remote_address any: the peer reauthenticates
             or self._sa_for(name, unauthenticated=False) is not old
         ):
             return
         self._count("ike_sa_reauths_started")
-        self._initiate_sa(self.peers[name], now, send_initial_contact=False, reauth_of=old)
+        # The new IKE_AUTH carries the first of old's children; reauth.recreate the others.
+        live = (c.name for c in old.children.values() if c.state in LIVE_STATES)
+        self._initiate_sa(
+            self.peers[name],
+            now,
+            send_initial_contact=False,
+            reauth_of=old,
+            children=tuple(dict.fromkeys(live)),
+        )
 
     def _reauth_complete(self, old: IkeSa, now: float) -> None:
         """The reauthentication's CHILD_SAs stand: delete the IKE SA it replaced."""
@@ -832,19 +992,25 @@ class IkeManager:
         self._events.append(events.PeerClosed(name, "ike-sa", action))
         self._last_event(name, "peer-closed-ike-sa", now, close_message("ike-sa", action))
 
-    def _child_closed(self, sa: IkeSa, now: float) -> None:
-        """The peer deleted CHILD_SAs of ``sa``: ``close_action`` if none is left."""
+    def _child_closed(self, sa: IkeSa, child: str, now: float) -> None:
+        """The peer deleted a CHILD_SA of the configured child ``child`` of ``sa``: that
+        child's ``close_action`` once none of its CHILD_SAs is left."""
         name = sa.peer_name
+        config = sa.peer.child(child)
         if (
             name not in self.peers
+            or config is None
             or sa.local_spi in self._retiring
-            or not self._childless(sa)
+            or child in self._present(sa)
             or self._sa_for(name, unauthenticated=False) is not sa
         ):
             return
-        action = sa.peer.close_action
+        action = config.close_action
         self._count("peer_deleted_child_sa")
-        self._events.append(events.PeerClosed(name, "child-sa", action))
+        self._events.append(events.PeerClosed(name, "child-sa", action, child=child))
         if action == "start":
-            self._recreate_child(sa, now)
-        self._last_event(name, "peer-deleted-child-sa", now, close_message("child-sa", action))
+            self._queue_child(sa, config, now)
+        message = close_message("child-sa", action)
+        if len(sa.peer.children) > 1:
+            message += f" (child {child})"
+        self._last_event(name, "peer-deleted-child-sa", now, message)

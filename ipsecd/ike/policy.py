@@ -21,10 +21,14 @@ What happened last to a peer, and what comes next, is its :class:`LastEvent`
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ipsecd.config.schema import Config, Identity, IpAddress, PeerConfig
 from ipsecd.ike.scheduler import TimerHeap
+
+#: The shell's DNS lookup: (name, IP version) -> addresses, empty when it fails.
+Resolver = Callable[[str, int], Sequence[IpAddress]]
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,28 @@ class PeerState:
     wanted: bool = False  # the operator (or start: initiate) wants this peer up
     held: bool = False  # dpd_action hold / close_action trap: the next packet starts it
     last_event: LastEvent | None = None
+    children: tuple[str, ...] = ()  # the configured children kept up (start: initiate, up)
+    resolved: IpAddress | None = None  # the address a DNS name last resolved to
+
+
+#: Kinds of a reload plan: peers whose IKE SA starts afresh, stays, or goes.  ``updated``
+#: peers keep their IKE SA; only children were added, removed or changed.
+PLAN_KINDS = ("added", "changed", "updated", "removed", "unchanged")
+CHILD_PLAN_KINDS = ("added", "changed", "removed", "unchanged")
+
+
+def child_plan(old: PeerConfig, new: PeerConfig) -> dict[str, list[str]]:
+    """The children of one peer by kind (added, changed, removed, unchanged)."""
+    before = {c.name: c for c in old.children}
+    after = {c.name: c for c in new.children}
+    plan: dict[str, list[str]] = {kind: [] for kind in CHILD_PLAN_KINDS}
+    for name, child in after.items():
+        kind = (
+            "added" if name not in before else "unchanged" if before[name] == child else "changed"
+        )
+        plan[kind].append(name)
+    plan["removed"] = [name for name in before if name not in after]
+    return plan
 
 
 def ike_peers(config: Config) -> dict[str, PeerConfig]:
@@ -92,22 +118,40 @@ class PeerPolicy:
         self._by_address: dict[IpAddress, list[PeerConfig]] = {}
         self._by_remote_id: dict[Identity, list[str]] = {}
         for peer in peers.values():
-            self._by_address.setdefault(peer.remote_address, []).append(peer)
+            if peer.remote_address is not None:
+                self._by_address.setdefault(peer.remote_address, []).append(peer)
             if peer.auth is not None:
                 self._by_remote_id.setdefault(peer.auth.remote_id, []).append(peer.name)
         self._authenticated = [p for p in peers.values() if p.auth is not None]
+        # remote_address any: any source may be theirs; IKE_AUTH tells by the ID (§2.15).
+        self._anywhere = [p for p in self._authenticated if p.responds_only]
 
     def to_start(self) -> list[str]:
         return [name for name, peer in self.peers.items() if peer.start == "initiate"]
 
-    def wanted_up(self, name: str, *, on_demand: bool) -> None:
+    def children_to_start(self, name: str) -> tuple[str, ...]:
+        """The children an initiation of ``name`` sets up when none are named: the ones kept
+        up (start: initiate, ipsecctl up), else every child ipsecd may start."""
+        peer = self.peers[name]
+        kept = self.state[name].children or tuple(
+            c.name for c in peer.children if c.start == "initiate"
+        )
+        return (
+            kept
+            or tuple(c.name for c in peer.children if c.start != "respond")
+            or (peer.children[0].name,)
+        )
+
+    def wanted_up(self, name: str, *, on_demand: bool, children: tuple[str, ...] = ()) -> None:
         """``initiate`` was called: a held peer brought back by traffic is kept up again if
-        its config says so; other on-demand starts are not."""
+        its config says so; other on-demand starts are not.  ``children``: the configured
+        children asked for, kept up from now on unless on demand."""
         state = self.state[name]
         held, state.held = state.held, False
         if not on_demand or (held and self.peers[name].start == "initiate"):
             state.wanted = True
             self.set_retry(name, None)
+            state.children = tuple(dict.fromkeys((*state.children, *children)))
 
     def not_wanted(self, name: str) -> None:
         if name in self.state:
@@ -163,39 +207,68 @@ class PeerPolicy:
         self.set_retry(peer.name, now + self.retry_pause if state.wanted else None)
         return action
 
+    def address_of(self, peer: PeerConfig) -> IpAddress | None:
+        """The peer's address: written, or what its DNS name last resolved to."""
+        if peer.remote_address is not None:
+            return peer.remote_address
+        state = self.state.get(peer.name)
+        return state.resolved if state is not None else None
+
+    def resolved(self, name: str, address: IpAddress) -> None:
+        """The DNS name of peer ``name`` resolved to ``address`` (used from now on)."""
+        self.state[name].resolved = address
+
     def candidates(self, address: str) -> list[PeerConfig]:
-        """Peers an IKE_SA_INIT from ``address`` may belong to (confirmed by ID in IKE_AUTH)."""
+        """Peers an IKE_SA_INIT from ``address`` may belong to (confirmed by ID in IKE_AUTH):
+        the peers at that address (written or resolved), then those with
+        ``remote_address: any``; every authenticated peer when none of them fits."""
         try:
-            by_address = self._by_address.get(ipaddress.ip_address(address), [])
+            source: IpAddress | None = ipaddress.ip_address(address)
         except ValueError:
-            by_address = []
-        return list(by_address or self._authenticated)
+            source = None
+        by_address = list(self._by_address.get(source, [])) if source is not None else []
+        by_address += [
+            p
+            for p in self.peers.values()
+            if p.remote_address is None and source is not None and self.address_of(p) == source
+        ]
+        found = by_address + [p for p in self._anywhere if p not in by_address]
+        return found or list(self._authenticated)
 
     def same_remote_id(self, identity: Identity) -> list[str]:
         """Peers whose ``remote_id`` is ``identity`` (N(INITIAL_CONTACT), RFC 7296 §2.4)."""
         return self._by_remote_id.get(identity, [])
 
-    def reconfigure(self, config: Config) -> dict[str, list[str]]:
-        """Adopt a reloaded config; returns the IKE peers by kind (added, changed, removed,
-        unchanged).  Unchanged peers keep their state; the others start afresh."""
+    def reconfigure(
+        self, config: Config
+    ) -> tuple[dict[str, list[str]], dict[str, dict[str, list[str]]]]:
+        """Adopt a reloaded config: the IKE peers by kind (:data:`PLAN_KINDS`), and the
+        children by kind (:func:`child_plan`) of every ``updated`` peer.  Unchanged and
+        updated peers keep their state; the others start afresh."""
         new = ike_peers(config)
-        plan: dict[str, list[str]] = {"added": [], "changed": [], "removed": [], "unchanged": []}
+        plan: dict[str, list[str]] = {kind: [] for kind in PLAN_KINDS}
+        children: dict[str, dict[str, list[str]]] = {}
         for name, old in self.peers.items():
             if name not in new:
                 plan["removed"].append(name)
-            elif new[name] != old:
-                plan["changed"].append(name)
-            else:
+            elif new[name] == old:
                 plan["unchanged"].append(name)
+            elif new[name].without_children() == old.without_children():
+                plan["updated"].append(name)
+                children[name] = child_plan(old, new[name])
+            else:
+                plan["changed"].append(name)
         plan["added"] = [name for name in new if name not in self.peers]
-        return plan
+        return plan, children
 
     def adopt(self, config: Config, plan: dict[str, list[str]]) -> None:
         new = ike_peers(config)
+        kept = set(plan["unchanged"]) | set(plan["updated"])
         for name in self.state:
-            if name not in plan["unchanged"]:
+            if name not in kept:
                 self.retries.set(name, None)
         self._set_peers(new)
-        self.state = {
-            name: self.state[name] if name in plan["unchanged"] else PeerState() for name in new
-        }
+        self.state = {name: self.state[name] if name in kept else PeerState() for name in new}
+        for name in plan["updated"]:  # children no longer configured are no longer kept up
+            state, names = self.state[name], {c.name for c in new[name].children}
+            state.children = tuple(c for c in state.children if c in names)

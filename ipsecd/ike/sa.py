@@ -32,7 +32,7 @@ from enum import Enum
 from itertools import count
 from typing import Protocol
 
-from ipsecd.config.schema import PeerConfig
+from ipsecd.config.schema import ChildConfig, PeerConfig
 from ipsecd.ike import message as codec
 from ipsecd.ike.child import ChildSa
 from ipsecd.ike.constants import ExchangeType, NotifyType, PayloadType
@@ -171,8 +171,10 @@ class ChildExpired(SaSignal):
 
 @dataclass(frozen=True)
 class PeerDeletedChild(SaSignal):
-    """The peer deleted CHILD_SAs of this IKE SA (RFC 7296 §1.4.1): ``close_action`` if
-    none is left."""
+    """The peer deleted a CHILD_SA of the configured child ``name`` of this IKE SA (RFC 7296
+    §1.4.1): that child's ``close_action`` if none of its CHILD_SAs is left."""
+
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -286,6 +288,9 @@ class IkeSa:
     established_at: float | None = None
     children: dict[int, ChildSa] = field(default_factory=dict)
     candidates: tuple[PeerConfig, ...] = ()  # responder: peers it may belong to until IKE_AUTH
+    # Initiator: the configured children to set up, the first with IKE_AUTH, the others
+    # with CREATE_CHILD_SA once it is established (RFC 7296 §1.3.1).
+    wanted_children: tuple[str, ...] = ()
     # IKE_SA_INIT as sent and received, for the AUTH payloads of IKE_AUTH (RFC 7296 §2.15).
     init_request: bytes = field(default=b"", repr=False)
     init_response: bytes = field(default=b"", repr=False)
@@ -364,6 +369,11 @@ class IkeSa:
     @property
     def remote_spi(self) -> int:
         return self.spi_r if self.initiator else self.spi_i
+
+    def child_config(self, name: str) -> ChildConfig:
+        """The peer's configured child ``name``; its first child if there is none (any
+        more, after a reload, or an SA that predates children)."""
+        return self.peer.child(name) or self.peer.children[0]
 
     @property
     def alive(self) -> bool:
@@ -849,7 +859,9 @@ class IkeSa:
             self.child_transition(child, event, now)
         self.children.pop(child.spi_in, None)
         if was_installed:
-            self.events.append(ChildSaDeleted(self.peer_name, child.spi_in, child.spi_out, reason))
+            self.events.append(
+                ChildSaDeleted(self.peer_name, child.spi_in, child.spi_out, reason, child.name)
+            )
         if child.was_rekeyed:
             self.count("child_sa_rekeyed")
         # A rekey responder starts sending on the new SA once the old one is gone (§2.8).

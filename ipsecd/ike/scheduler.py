@@ -203,11 +203,11 @@ class Scheduler:
             if ike.reauth_time and sa.reauth_at is None:  # a rekey successor inherits it
                 jitter = ike.rand_time * random_unit(self.random_bytes)
                 sa.reauth_at = now + ike.reauth_time - jitter
-        limits = sa.peer.child_lifetime
         for child in sa.children.values():
             if child.lifetime_set or child.state not in LIVE_STATES:
                 continue
             child.lifetime_set = True
+            limits = sa.child_config(child.name).lifetime
             if limits.rekey_time and child.state is ChildState.INSTALLED:
                 jitter = limits.rand_time * random_unit(self.random_bytes)
                 child.rekey_at = now + limits.rekey_time - jitter
@@ -247,8 +247,9 @@ class Scheduler:
             return
         child.rekey_queued = True
         child.rekey_at = None
+        proposals = sa.child_config(child.name).esp_proposals
         sa.queue(
-            RekeyChildSa(child.spi_in, child.local_ts, child.remote_ts, sa.peer.esp_proposals),
+            RekeyChildSa(child.spi_in, child.local_ts, child.remote_ts, proposals, name=child.name),
             now,
         )
 
@@ -278,7 +279,7 @@ class Scheduler:
         if packets_in is not None and packets_in > child.packets_in:
             child.packets_in = packets_in
             sa.last_peer_activity = max(sa.last_peer_activity, now)
-        limits: ChildLifetime = sa.peer.child_lifetime
+        limits: ChildLifetime = sa.child_config(child.name).lifetime
         esn = bool(child.algorithms and child.algorithms.esn)
         top = MAX_SEQ_64 if esn else MAX_SEQ_32
         if seq_out >= top and child.state is ChildState.INSTALLED:

@@ -30,6 +30,8 @@ def peer_status(
             else None
         ),
     }
+    if state.resolved is not None:  # the address the peer's DNS name resolved to
+        entry["resolved"] = str(state.resolved)
     if sa is None:
         entry["state"] = (
             "held"  # dpd_action hold: the next packet for remote_ts starts it

@@ -218,6 +218,9 @@ def start_psk_pair(
             "auth": dict(spec.auth) if spec.auth is not None else {"psk_file": str(psk_file)},
             **spec.peer_extra,
         }
+        if "children" in spec.peer_extra:  # the child keys live in each child then
+            for key in ("start", "local_ts", "remote_ts", "esp"):
+                del peer[key]
         if spec.local_id:
             peer["auth"]["local_id"] = spec.local_id
         if spec.remote_id:

@@ -161,6 +161,9 @@ class SwanConnection:
     keyingtries: int = 1
     conn_extra: dict[str, str] = dataclasses.field(default_factory=dict)
     child_extra: dict[str, str] = dataclasses.field(default_factory=dict)
+    # More children of the connection: (name, local_ts, remote_ts), with the first one's
+    # other settings.
+    more_children: tuple[tuple[str, str, str], ...] = ()
 
     def swanctl_conf(self) -> str:
         """The ``connections`` and ``secrets`` sections for this connection."""
@@ -187,9 +190,7 @@ class SwanConnection:
             *opt("dpd_delay", self.dpd_delay),
             *(f"{k} = {v}" for k, v in self.conn_extra.items()),
         ]
-        child = [
-            f"local_ts = {self.local_ts}",
-            f"remote_ts = {self.remote_ts}",
+        settings = [
             f"esp_proposals = {self.esp_proposals}",
             "mode = tunnel",
             f"start_action = {self.start_action}",
@@ -206,6 +207,16 @@ class SwanConnection:
         def block(lines: list[str], indent: str) -> str:
             return "".join(f"{indent}{line}\n" for line in lines)
 
+        children = "".join(
+            f"      {name} {{\n"
+            + block([f"local_ts = {local}", f"remote_ts = {remote}", *settings], "        ")
+            + "      }\n"
+            for name, local, remote in (
+                (self.child, self.local_ts, self.remote_ts),
+                *self.more_children,
+            )
+        )
+
         return (
             "connections {\n"
             f"  {self.name} {{\n"
@@ -213,7 +224,7 @@ class SwanConnection:
             f"    local {{\n      auth = psk\n      id = {local_id}\n    }}\n"
             f"    remote {{\n      auth = psk\n      id = {remote_id}\n    }}\n"
             "    children {\n"
-            f"      {self.child} {{\n{block(child, '        ')}      }}\n"
+            f"{children}"
             "    }\n"
             "  }\n"
             "}\n"

@@ -77,7 +77,7 @@ def test_unchanged_peer_keeps_its_sas_and_loses_no_packet(topology: Topology) ->
 def test_changed_peer_is_renegotiated(topology: Topology) -> None:
     gw_a, gw_b = _up(topology)
     spis = _child_spis(gw_a)
-    _edit(gw_a, lambda c: c["peers"][0]["esp"].update(proposals=["aes128gcm16", "aes256gcm16"]))
+    _edit(gw_a, lambda c: c["peers"][0].update(dpd_delay=20))  # an IKE SA setting
     response = gw_a.control({"cmd": "reload"})
     assert response["ok"] and response["plan"]["changed"] == ["b"], response
     wait_until(
@@ -87,6 +87,26 @@ def test_changed_peer_is_renegotiated(topology: Topology) -> None:
         until=lambda seen: seen[0] and seen[0] != spis and seen[1],
         context=gw_a.log_text,
     )
+    assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=10)
+
+
+def test_changed_child_is_replaced_on_the_same_ike_sa(topology: Topology) -> None:
+    """ESP proposals belong to the (shorthand) child: the IKE SA stays, the CHILD_SA is
+    deleted and negotiated again with the new proposals."""
+    gw_a, gw_b = _up(topology)
+    spis, ike = _child_spis(gw_a), gw_a.peer_status()["ike"]["local_spi"]
+    _edit(gw_a, lambda c: c["peers"][0]["esp"].update(proposals=["aes128gcm16", "aes256gcm16"]))
+    response = gw_a.control({"cmd": "reload"})
+    assert response["ok"] and response["plan"]["updated"] == ["b"], response
+    assert response["plan"]["children"]["b"]["changed"] == ["b"]
+    peer = wait_until(
+        gw_a.peer_status,
+        15,
+        what="gwA with a new CHILD_SA",
+        until=lambda peer: [c["spi_in"] for c in peer["children"]] not in ([], spis),
+        context=gw_a.log_text,
+    )
+    assert peer["ike"]["local_spi"] == ike
     assert topology.wait_ping(topology.host_a, HOST_B_IP, timeout=10)
 
 

@@ -30,6 +30,7 @@ from ipsecd.ike import payloads as pl
 from ipsecd.ike.constants import ExchangeType, PayloadType
 from ipsecd.ike.manager import IkeManager
 from ipsecd.ike.message import parse_message
+from ipsecd.ike.policy import Resolver
 from ipsecd.ike.sa import IkeSa
 
 A_IP, B_IP = "192.0.2.1", "192.0.2.2"
@@ -39,6 +40,18 @@ PSK = "0x" + "5a" * 32
 START = 1000.0
 
 Address = tuple[str, int]
+
+
+@dataclass
+class Child:
+    """One entry of a side's ``children:`` list."""
+
+    name: str
+    local_ts: tuple[str, ...]
+    remote_ts: tuple[str, ...]
+    start: str | None = None  # None: the default (initiate; respond for remote_address any)
+    esp: tuple[str, ...] | None = None  # None: the side's esp proposals
+    close_action: str | None = None  # None: the default (from start)
 
 
 @dataclass
@@ -81,6 +94,7 @@ class Side:
     # as given; with use_psk False the auth: section has no psk_file.
     auth_lines: tuple[str, ...] = ()
     use_psk: bool = True
+    children: tuple[Child, ...] = ()  # written as children: instead of the peer's own keys
 
     def yaml(self, psk_file: Path) -> str:
         lines = [
@@ -110,23 +124,47 @@ class Side:
         def flow(items: tuple[str, ...]) -> str:
             return "[" + ", ".join(items) + "]"
 
+        def esp(indent: str, proposals: tuple[str, ...]) -> list[str]:
+            return [
+                f"{indent}esp:",
+                f"{indent}  proposals: {flow(proposals)}",
+                f"{indent}  rekey_time: {self.esp_rekey_time}",
+                *([f"{indent}  life_time: {self.esp_life_time}"] if self.esp_life_time else []),
+                *([f"{indent}  rand_time: {self.esp_rand_time}"] if self.esp_rand_time else []),
+                *(
+                    [f"{indent}  rekey_bytes: {self.esp_rekey_bytes}"]
+                    if self.esp_rekey_bytes
+                    else []
+                ),
+            ]
+
+        if self.children:
+            child_lines = ["    children:"]
+            for c in self.children:
+                child_lines += [
+                    f"      - name: {c.name}",
+                    f"        local_ts: {flow(c.local_ts)}",
+                    f"        remote_ts: {flow(c.remote_ts)}",
+                    *([f"        start: {c.start}"] if c.start else []),
+                    *([f"        close_action: {c.close_action}"] if c.close_action else []),
+                    *esp("        ", c.esp or self.esp),
+                ]
+        else:
+            child_lines = [
+                *([f"    start: {self.start}"] if self.start else []),
+                f"    local_ts: {flow(self.local_ts)}",
+                f"    remote_ts: {flow(self.remote_ts)}",
+                *esp("    ", self.esp),
+            ]
         lines = [
             f"  - name: {self.name}",
             f"    remote_address: {self.remote_address}",
-            f"    start: {self.start}",
-            f"    local_ts: {flow(self.local_ts)}",
-            f"    remote_ts: {flow(self.remote_ts)}",
+            *child_lines,
             "    ike:",
             f"      proposals: {flow(self.ike)}",
             f"      rekey_time: {self.ike_rekey_time}",
             *([f"      rand_time: {self.ike_rand_time}"] if self.ike_rand_time else []),
             *([f"      reauth_time: {self.ike_reauth_time}"] if self.ike_reauth_time else []),
-            "    esp:",
-            f"      proposals: {flow(self.esp)}",
-            f"      rekey_time: {self.esp_rekey_time}",
-            *([f"      life_time: {self.esp_life_time}"] if self.esp_life_time else []),
-            *([f"      rand_time: {self.esp_rand_time}"] if self.esp_rand_time else []),
-            *([f"      rekey_bytes: {self.esp_rekey_bytes}"] if self.esp_rekey_bytes else []),
             "    auth:",
             *([f"      psk_file: {psk_file}"] if self.use_psk else []),
             *(f"      {line}" for line in self.auth_lines),
@@ -176,6 +214,16 @@ def side_b(**overrides: Any) -> Side:
     )
     values.update(overrides)
     return Side(**values)
+
+
+def behind_nat(tmp_path: Path, a: Side, b: Side, **kwargs: Any) -> IkePair:
+    """An :class:`IkePair` whose ``a`` sits behind a NAT (its 500/4500 appear as
+    NAT_PUBLIC_IP:40500/40501 to ``b``), started."""
+    pair = IkePair(tmp_path, a, b, start=False, **kwargs)
+    pair.net.nat = {(A_IP, 500): (NAT_PUBLIC_IP, 40500), (A_IP, 4500): (NAT_PUBLIC_IP, 40501)}
+    pair.a.start(pair.now)
+    pair.pump()
+    return pair
 
 
 def build_config(side: Side, directory: Path, label: str) -> Config:
@@ -284,6 +332,7 @@ class IkePair:
         keepalive_interval: float | None = None,
         random_bytes: Callable[[int], bytes] | None = None,
         wall_clock: Callable[[], datetime] | None = None,
+        resolve: Resolver | None = None,
     ) -> None:
         self.now = START
         self.a_side = a or side_a()
@@ -297,6 +346,8 @@ class IkePair:
             kwargs["random_bytes"] = random_bytes
         if wall_clock is not None:
             kwargs["wall_clock"] = wall_clock
+        if resolve is not None:
+            kwargs["resolve"] = resolve
         self.a = IkeManager(self.a_config, self.now, **kwargs)
         self.b = IkeManager(self.b_config, self.now, **kwargs)
         self.net = Network()

@@ -18,6 +18,7 @@ def zeros(names: tuple[str, ...], **counts: int) -> dict[str, int]:
 CHILD: dict[str, Any] = {
     "spi_in": "c0ffee01",
     "spi_out": "c0ffee02",
+    "name": "site-b",
     "state": "installed",
     "algorithm": "aes256gcm16",
     "local_ts": ["10.1.0.0/24"],
@@ -74,6 +75,7 @@ PEER_B: dict[str, Any] = {
     "up": True,
     "local": "192.0.2.1",
     "remote": "192.0.2.2:500",
+    "remote_host": None,
     "local_ts": ["10.1.0.0/24"],
     "remote_ts": ["10.2.0.0/24", "10.3.0.0/24"],
     "ike_sas": 1,
@@ -83,6 +85,18 @@ PEER_B: dict[str, Any] = {
     "next_attempt_in_seconds": None,
     "ike": IKE_SA,
     "children": [CHILD],
+    "configured_children": [
+        {
+            "name": "site-b",
+            "start": "initiate",
+            "up": True,
+            "local_ts": ["10.1.0.0/24"],
+            "remote_ts": ["10.2.0.0/24", "10.3.0.0/24"],
+            "uncovered_local_ts": [],
+            "uncovered_remote_ts": [],
+            "on_demand": None,
+        }
+    ],
     "transfer": {
         "packets_in": 110,
         "bytes_in": 3 * 1024 * 1024,
@@ -111,6 +125,18 @@ PEER_C: dict[str, Any] = {
     "next_attempt_in_seconds": 25.0,
     "ike": None,
     "children": [],
+    "configured_children": [
+        {
+            "name": "site-c",
+            "start": "initiate",
+            "up": False,
+            "local_ts": ["10.1.0.0/24"],
+            "remote_ts": ["10.3.0.0/24"],
+            "uncovered_local_ts": [],
+            "uncovered_remote_ts": [],
+            "on_demand": None,
+        }
+    ],
     "transfer": {"packets_in": 0, "bytes_in": 0, "packets_out": 0, "bytes_out": 0},
     "drops": zeros(DROP_REASONS),
     "handshake_failures": 3,
@@ -164,6 +190,8 @@ CONNS: dict[str, Any] = {
             "dpd_action": "restart",
             "fragmentation": "yes",
             "child": {
+                "name": "site-b",
+                "start": "initiate",
                 "local_ts": ["10.1.0.0/24"],
                 "remote_ts": ["10.2.0.0/24"],
                 "esp_proposals": ["aes256gcm16"],
@@ -192,6 +220,8 @@ CONNS: dict[str, Any] = {
             "dpd_action": "restart",
             "fragmentation": "yes",
             "child": {
+                "name": "lab",
+                "start": "manual",
                 "local_ts": ["10.1.0.0/24"],
                 "remote_ts": ["10.9.0.0/24"],
                 "esp_proposals": ["aes128gcm16"],
@@ -206,3 +236,5 @@ CONNS: dict[str, Any] = {
         },
     ],
 }
+for _peer in CONNS["peers"]:
+    _peer["children"] = [_peer["child"]]  # one child each: the peer's own (shorthand)

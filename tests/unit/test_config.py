@@ -353,6 +353,7 @@ def test_reference_config_documents_every_key():
         sections.LOG,
         sections.GATEWAY,
         sections.PEER,
+        sections.CHILD,
         sections.IKE,
         sections.ESP,
         sections.AUTH,

@@ -121,3 +121,21 @@ def test_routes_of_our_own_tun_device_are_ignored() -> None:
     """`ipsecd check` on a running gateway sees the TUN's own routes: not a conflict."""
     own = ConnectedRoute(ipaddress.ip_network("10.1.0.0/24"), "ipsec0", None)
     assert warnings(with_tun("10.1.0.1/32"), routes=[own]) == []
+
+
+def test_a_warning_about_a_child_names_the_child_line() -> None:
+    text = BASE.replace(
+        "    local_ts: [10.1.0.0/24]\n    remote_ts: [10.2.0.0/24]\n",
+        "    children:\n"
+        "      - name: lan\n"
+        "        local_ts: [10.1.0.0/24]\n"
+        "        remote_ts: [10.2.0.0/24]\n"
+        "      - name: all\n"
+        "        local_ts: [10.1.1.0/24]\n"
+        "        remote_ts: [10.3.0.0/24, 192.0.2.0/24]\n",
+    )
+    (found,) = warnings(text, routes=None)
+    assert found.startswith(
+        "t.yaml:12: peers[0].children[1].remote_ts[1]: 192.0.2.0/24 contains 192.0.2.2,"
+        " the address of peer 'site-b'"
+    )

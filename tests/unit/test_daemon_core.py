@@ -189,7 +189,14 @@ def test_reload_plan_follows_the_ike_manager_and_manual_peers(
     result = r.core.reload(load_config(path), r.now)
     assert result == {
         "ok": True,
-        "plan": {"added": ["c"], "removed": [], "changed": ["b"], "unchanged": []},
+        "plan": {
+            "added": ["c"],
+            "changed": ["b"],
+            "updated": [],
+            "removed": [],
+            "unchanged": [],
+            "children": {},
+        },
         "config": str(path),
     }
     r.pump()
@@ -201,7 +208,14 @@ def test_reload_plan_follows_the_ike_manager_and_manual_peers(
     # Back to IKE: b changes again, c goes away, b is initiated.
     path.write_text(ike_text)
     result = r.core.reload(load_config(path), r.now)
-    assert result["plan"] == {"added": [], "removed": ["c"], "changed": ["b"], "unchanged": []}
+    assert result["plan"] == {
+        "added": [],
+        "changed": ["b"],
+        "updated": [],
+        "removed": ["c"],
+        "unchanged": [],
+        "children": {},
+    }
     r.pump()
     assert len(r.core.sad) == 1 and r.status_a()["state"] == "established"
     # Unchanged: nothing happens to the SA.

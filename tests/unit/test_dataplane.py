@@ -142,6 +142,42 @@ def test_new_sa_takes_over_outbound_old_keeps_decrypting() -> None:
     assert proc.drops[DropReason.UNKNOWN_SPI] == 1
 
 
+def child(spi: int, local: str, remote: str) -> InstalledChildSa:
+    """An outbound CHILD_SA of peer b for ``local`` -> ``remote`` (prefixes)."""
+    lts, rts = (TrafficSelector.from_prefix(local),), (TrafficSelector.from_prefix(remote),)
+    key = os.urandom(20)
+    return InstalledChildSa(
+        "b",
+        InboundEspSa(spi + 1, GCM, None, key, b"", src_selectors=rts, dst_selectors=lts),
+        OutboundEspSa(spi, GCM, None, key, b""),
+        lts,
+        rts,
+        ("192.0.2.1", 4500),
+        ("192.0.2.2", 4500),
+    )
+
+
+def test_the_most_specific_child_sa_wins_whatever_the_order_of_installation() -> None:
+    """RFC 4301 §4.4.1: a CHILD_SA for 10.2.5.0/24 takes its traffic from one for 10.2.0.0/16
+    (two children, or two CHILD_SAs a peer proposed for one child), installed before or after;
+    by remote range first, then by local range."""
+    wide, narrow = (
+        child(0x1000, "10.1.0.0/24", "10.2.0.0/16"),
+        child(0x2000, "10.1.0.0/24", "10.2.5.0/24"),
+    )
+    narrow_src = child(0x3000, "10.1.0.128/25", "10.2.0.0/16")
+    for order in ((wide, narrow, narrow_src), (narrow_src, narrow, wide)):
+        sad = SaDatabase()
+        for sa in order:
+            sad.install(sa)
+        assert sad.lookup_outbound(4, 0x0A010005, 0x0A020507) is narrow
+        assert sad.lookup_outbound(4, 0x0A010085, 0x0A020507) is narrow  # dst first
+        assert sad.lookup_outbound(4, 0x0A010085, 0x0A020607) is narrow_src
+        assert sad.lookup_outbound(4, 0x0A010005, 0x0A020607) is wide
+    sad.remove(0x2001)  # narrow's inbound SPI: its traffic falls back to the wider one
+    assert sad.lookup_outbound(4, 0x0A010005, 0x0A020507) is wide
+
+
 def test_remote_address_change_is_reported() -> None:
     a_sa, b_sa = tunnel_pair()
     sad = SaDatabase()

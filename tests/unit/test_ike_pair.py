@@ -35,6 +35,7 @@ from tests.unit.ike_pair_support import (
     NET_B,
     IkePair,
     Sent,
+    behind_nat,
     build_config,
     esp_roundtrip,
     ipv4_packet,
@@ -680,12 +681,9 @@ def test_shutdown_of_the_responder(tmp_path):
 
 def nat_pair(tmp_path, **kwargs) -> IkePair:
     """``a`` behind a NAT: its 500/4500 appear as NAT_PUBLIC_IP:40500/40501 to ``b``."""
-    b = side_b(remote_address=NAT_PUBLIC_IP, remote_id=A_IP)
-    pair = IkePair(tmp_path, side_a(), b, start=False, **kwargs)
-    pair.net.nat = {(A_IP, 500): (NAT_PUBLIC_IP, 40500), (A_IP, 4500): (NAT_PUBLIC_IP, 40501)}
-    pair.a.start(pair.now)
-    pair.pump()
-    return pair
+    return behind_nat(
+        tmp_path, side_a(), side_b(remote_address=NAT_PUBLIC_IP, remote_id=A_IP), **kwargs
+    )
 
 
 def test_nat_detected_on_the_natted_side(tmp_path):

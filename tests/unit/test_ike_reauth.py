@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from ipsecd.daemon.core import trap_key
 from ipsecd.ike import events as ev
 from ipsecd.ike import payloads as pl
 from ipsecd.ike.exchanges.informational import DeleteIkeSa
@@ -517,7 +518,7 @@ def test_close_action_trap_in_the_daemon_core(tmp_path: Path) -> None:
     r.b.delete_child("a", b_spi, r.now)
     r.pump()
     assert len(r.core.sad) == 0 and r.status_a()["state"] == "established"
-    assert r.core.trap.state("b") is not None  # armed: the next packet re-creates it
+    assert r.core.trap.state(trap_key("b", "b")) is not None  # armed: the next packet re-creates it
     r.from_tun([packet("10.1.0.5", "10.2.0.7")])  # the trap re-creates the CHILD_SA
     assert len(r.core.sad) == 1 and spi not in {sa.inbound.spi for sa in r.core.sad}
     assert r.decrypted_at_b()[-1:] == [packet("10.1.0.5", "10.2.0.7")]

@@ -247,7 +247,9 @@ def test_hard_lifetime_deletes_when_rekey_is_impossible(tmp_path: Path) -> None:
     pair = rekey_pair(tmp_path, lifetime, NO_REKEY, esp="aes256gcm16")
     # B stops accepting anything but deletes: make the rekey fail with NO_PROPOSAL_CHOSEN.
     b_peer = pair.b.peers["a"]
-    pair.b.peers["a"] = replace(b_peer, esp_proposals=(parse_proposal("aes128-sha256", "esp"),))
+    (child,) = b_peer.children
+    weaker = replace(child, esp_proposals=(parse_proposal("aes128-sha256", "esp"),))
+    pair.b.peers["a"] = replace(b_peer, children=(weaker,))
     sa_b = pair.b.ike_sa("a")
     sa_b.peer = pair.b.peers["a"]
     pair.check_make_before_break = False  # a plain Delete, no make-before-break

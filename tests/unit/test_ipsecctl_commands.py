@@ -169,6 +169,24 @@ def test_reload_without_changes_says_so() -> None:
     assert format_plan(plan) == ["reloaded: no peer changed", "  unchanged: b, c  (SAs kept)"]
 
 
+def test_reload_names_the_children_of_a_peer_whose_ike_sa_stays() -> None:
+    plan = {
+        "plan": {
+            "updated": ["b"],
+            "unchanged": ["c"],
+            "children": {
+                "b": {"added": ["dmz"], "changed": [], "removed": ["web", "db"], "unchanged": []}
+            },
+        }
+    }
+    assert format_plan(plan) == [
+        "reloaded: 1 updated, 1 unchanged",
+        "  updated:   b  (IKE SA kept)",
+        "  unchanged: c  (SAs kept)",
+        "  peer b: children dmz added; web, db deleted; the others kept",
+    ]
+
+
 def test_reload_json_keeps_the_raw_plan(monkeypatch, capsys) -> None:
     fake_daemon(monkeypatch, PLAN)
     assert ipsecctl.main(["reload", "--json"]) == 0

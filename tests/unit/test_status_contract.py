@@ -27,7 +27,7 @@ from ipsecd.daemon.status import (
 )
 from ipsecd.ike.lifecycle import LIVE_STATES, IkeState
 from tests.unit.core_rig import CoreRig
-from tests.unit.ike_pair_support import A_IP, B_IP, ipv4_packet, side_a, side_b
+from tests.unit.ike_pair_support import A_IP, B_IP, Child, ipv4_packet, side_a, side_b
 from tests.unit.status_docs import CONNS, STATUS
 from tests.unit.test_daemon_core import manual_config
 
@@ -240,3 +240,34 @@ def test_conns_of_a_negotiated_peer(tmp_path: Path) -> None:
     assert p["child"]["esp_proposals"] == ["aes256gcm16"]
     assert (p["local_id"], p["remote_id"], p["auth"]) == (A_IP, B_IP, "psk")
     assert p["child"]["rekey_seconds"] == 3600 and p["ike_rekey_seconds"] == 4 * 3600
+
+
+def test_children_narrowing_and_dynamic_peers_follow_the_schema(tmp_path: Path) -> None:
+    """Two children (one narrowed by the peer), and a peer written as any: both documents
+    validate; each CHILD_SA names its child, each configured child is listed once."""
+    lan = Child("lan", ("10.1.0.0/24",), ("10.2.0.0/24", "10.2.4.0/24"))
+    dmz = Child("dmz", ("10.1.1.0/24",), ("10.2.1.0/24",), start="trap")
+    b_side = side_b(
+        children=(
+            Child("lan", ("10.2.0.0/24",), ("10.1.0.0/24",), start="respond"),
+            Child("dmz", ("10.2.1.0/24",), ("10.1.1.0/24",), start="respond"),
+        )
+    )
+    r = CoreRig(tmp_path / "children", side_a(children=(lan, dmz)), b_side)
+    p = peer(r)
+    assert [c["name"] for c in p["children"]] == ["lan"]
+    first, second = p["configured_children"]
+    assert (first["name"], first["up"], first["uncovered_remote_ts"]) == (
+        "lan",
+        True,
+        ["10.2.4.0/24"],
+    )
+    assert second["on_demand"] == {"state": "idle", "queued": 0} and not second["up"]
+    assert p["remote_host"] is None
+    anywhere = CoreRig(
+        tmp_path / "any",
+        side_a(remote_address="any", remote_id=B_IP, start=None),
+        side_b(start="respond"),
+    )
+    p = peer(anywhere)
+    assert (p["remote"], p["remote_host"], p["start"]) == (None, "any", "respond")

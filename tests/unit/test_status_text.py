@@ -144,6 +144,50 @@ def test_on_demand_peer_state_is_shown(state: str, shown: str) -> None:
     assert f"\n  on demand:  {shown}\n" in text
 
 
+def test_children_and_what_a_narrowing_left_out_are_shown() -> None:
+    lan = {
+        "name": "lan",
+        "start": "initiate",
+        "up": True,
+        "local_ts": ["10.1.0.0/24"],
+        "remote_ts": ["10.2.0.0/24", "10.2.4.0/24"],
+        "uncovered_local_ts": [],
+        "uncovered_remote_ts": ["10.2.4.0/24"],
+        "on_demand": None,
+    }
+    dmz = dict(lan, name="dmz", start="trap", up=False, remote_ts=["10.3.0.0/24"])
+    dmz["uncovered_remote_ts"] = []
+    doc = _with(
+        STATUS,
+        remote="203.0.113.5:4500",
+        remote_host="gw-b.example.org",
+        configured_children=[lan, dmz],
+        children=[dict(CHILD, name="lan")],
+    )
+    lines = format_status(doc, Style(False)).splitlines()
+    start = lines.index(
+        "peer site-b: established  192.0.2.1 <-> 203.0.113.5:4500 (gw-b.example.org)"
+    )
+    assert lines[start + 1 : start + 4] == [
+        "  child lan:          up, start initiate  10.1.0.0/24 === 10.2.0.0/24, 10.2.4.0/24",
+        "  child dmz:          down, start trap  10.1.0.0/24 === 10.3.0.0/24",
+        "  child lan narrowed: no SA for (none) === 10.2.4.0/24",
+    ]
+    assert "  child lan c0ffee01_in c0ffee02_out  aes256gcm16" in lines
+    any_peer = format_status(_with(STATUS, remote=None, remote_host="any"), Style(False))
+    assert "peer site-b: established  192.0.2.1 <-> any" in any_peer
+
+
+def test_conns_lists_each_child() -> None:
+    peer = dict(CONNS["peers"][0])
+    web = dict(peer["child"], name="web", start="trap", local_ts=["10.1.1.0/24"])
+    peer["children"] = [dict(peer["child"], name="lan"), web]
+    text = format_conns(dict(CONNS, peers=[peer]), Style(False))
+    assert "  child lan: tunnel, rekey 1h (minus up to 6m), life 1h 6m" in text
+    assert "  child web: tunnel, start trap, rekey 1h (minus up to 6m), life 1h 6m" in text
+    assert "    local:  10.1.1.0/24" in text
+
+
 def test_conns_like_swanctl_list_conns() -> None:
     text = format_conns(CONNS, Style(False))
     assert text.splitlines() == [

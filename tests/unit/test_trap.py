@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ipsecd.config import load_config
+from ipsecd.daemon.core import trap_key
 from ipsecd.dataplane.processor import PacketProcessor
 from ipsecd.dataplane.sad import SaDatabase
 from ipsecd.dataplane.trap import MAX_BYTES, MAX_PACKETS, TrapQueue, TrapState
@@ -187,6 +188,9 @@ def test_processor_hands_packets_without_sa_to_the_hook():
 # ---- the daemon core with a real IKE peer ---------------------------------------------
 
 
+B = trap_key("b", "b")  # the trap of peer b's one child (the shorthand names it b)
+
+
 def rig(tmp_path: Path, **b_overrides: Any) -> CoreRig:
     return CoreRig(tmp_path, side_a(start="trap"), side_b(**b_overrides))
 
@@ -197,7 +201,7 @@ def test_no_tunnel_until_traffic_then_queued_packets_go_through(tmp_path):
     assert r.status_a()["state"] == "down"
     packets = [packet("10.1.0.5", "10.2.0.7", ident=n) for n in range(3)]
     r.from_tun(packets[:1])  # the first packet starts IKE ...
-    assert r.core.trap.state("b") is TrapState.UP  # (the fake network answers at once)
+    assert r.core.trap.state(B) is TrapState.UP  # (the fake network answers at once)
     assert r.decrypted_at_b() == packets[:1]  # ... and is delivered once the SA is up
     r.from_tun(packets[1:])  # later packets find the SA directly
     assert r.decrypted_at_b() == packets
@@ -213,8 +217,8 @@ def test_packets_while_negotiating_are_queued_and_trigger_once(tmp_path):
     packets = [packet("10.1.0.5", "10.2.0.7", ident=n) for n in range(4)]
     for p in packets:
         r.from_tun([p])
-    assert r.core.trap.state("b") is TrapState.NEGOTIATING
-    assert r.core.trap.queued("b") == 4
+    assert r.core.trap.state(B) is TrapState.NEGOTIATING
+    assert r.core.trap.queued(B) == 4
     assert r.inits_sent() == 1  # one IKE_SA_INIT, not one per packet
     r.drop = False
     r.advance(0.6)  # the retransmission gets through
@@ -225,7 +229,7 @@ def test_packets_while_negotiating_are_queued_and_trigger_once(tmp_path):
 def test_failed_negotiation_drops_queue_and_does_not_retry_by_itself(tmp_path):
     r = rig(tmp_path, psk="0x" + "11" * 32)  # wrong PSK on b
     r.from_tun([packet("10.1.0.5", "10.2.0.7", ident=n) for n in range(3)])
-    assert r.core.trap.state("b") is TrapState.IDLE
+    assert r.core.trap.state(B) is TrapState.IDLE
     assert r.core.counters["trap_queue_dropped"] == 3
     assert "AUTHENTICATION_FAILED" in r.core.last_error["b"]
     before = len(r.ike_sent)
@@ -238,15 +242,15 @@ def test_failed_negotiation_drops_queue_and_does_not_retry_by_itself(tmp_path):
 def test_tunnel_deleted_by_peer_retriggers_on_next_packet(tmp_path):
     r = rig(tmp_path)
     r.from_tun([packet("10.1.0.5", "10.2.0.7")])
-    assert r.core.trap.state("b") is TrapState.UP
+    assert r.core.trap.state(B) is TrapState.UP
     r.b.terminate("a", r.now)  # the peer deletes the IKE SA
     r.pump()
     assert len(r.core.sad) == 0
-    assert r.core.trap.state("b") is TrapState.IDLE
+    assert r.core.trap.state(B) is TrapState.IDLE
     r.advance(120)
     assert r.status_a()["state"] == "down"  # not brought back without traffic
     r.from_tun([packet("10.1.0.5", "10.2.0.7", ident=9)])
-    assert r.core.trap.state("b") is TrapState.UP
+    assert r.core.trap.state(B) is TrapState.UP
     assert r.core.counters["trap_triggers"] == 2
     assert r.decrypted_at_b()[-1] == packet("10.1.0.5", "10.2.0.7", ident=9)
 
@@ -256,7 +260,7 @@ def test_rekey_keeps_the_trap_up(tmp_path):
     r.from_tun([packet("10.1.0.5", "10.2.0.7")])
     assert r.core.control("rekey", "b", r.now) == {"ok": True}
     r.pump()
-    assert len(r.core.sad) == 1 and r.core.trap.state("b") is TrapState.UP
+    assert len(r.core.sad) == 1 and r.core.trap.state(B) is TrapState.UP
     assert r.core.counters["trap_triggers"] == 1
 
 
@@ -267,13 +271,15 @@ def test_reload_arms_and_disarms_traps(tmp_path):
     text = r.pair.a_side.yaml(path.with_suffix(".psk"))  # the file the config came from
     assert "start: trap" in text
     path.write_text(text.replace("start: trap", "start: respond"))
-    assert core.reload(load_config(path), r.now)["plan"]["changed"] == ["b"]
-    assert core.trap.state("b") is None
+    plan = core.reload(load_config(path), r.now)["plan"]
+    # start is the child's: the IKE SA stays (there is none yet), the child is replaced.
+    assert plan["updated"] == ["b"] and plan["children"]["b"]["changed"] == ["b"]
+    assert core.trap.state(B) is None
     assert core.processor.no_sa is not None
     assert not core.processor.no_sa(packet("10.1.0.5", "10.2.0.7"), 4, 0x0A010005, 0x0A020007)
     path.write_text(text)
     core.reload(load_config(path), r.now)
-    assert core.trap.state("b") is TrapState.IDLE
+    assert core.trap.state(B) is TrapState.IDLE
 
 
 def test_ike_sa_without_child_gets_a_new_child_on_traffic(tmp_path):
@@ -285,10 +291,10 @@ def test_ike_sa_without_child_gets_a_new_child_on_traffic(tmp_path):
     (b_child,) = r.b.ike_sa("a").children
     r.b.delete_child("a", b_child, r.now)
     r.pump()
-    assert len(r.core.sad) == 0 and r.core.trap.state("b") is TrapState.IDLE
+    assert len(r.core.sad) == 0 and r.core.trap.state(B) is TrapState.IDLE
     assert r.ike.ike_sa("b").state.value == "established"
     r.from_tun([packet("10.1.0.5", "10.2.0.7", ident=7)])
-    assert r.core.trap.state("b") is TrapState.UP
+    assert r.core.trap.state(B) is TrapState.UP
     assert r.ike.ike_sa("b").local_spi == ike_spi  # same IKE SA, new CHILD_SA
     assert r.decrypted_at_b()[-1] == packet("10.1.0.5", "10.2.0.7", ident=7)
     r.from_tun([packet("10.1.0.5", "10.2.0.7", ident=8)])  # SA there: no new exchange

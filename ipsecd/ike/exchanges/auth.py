@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from ipsecd.config.schema import AuthConfig
+from ipsecd.config.schema import AuthConfig, ChildConfig
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.ike import keys as ike_keys
 from ipsecd.ike.additional_ke import (
@@ -49,8 +49,8 @@ from ipsecd.ike.child import (
     check_narrowed_as_initiator,
     child_params,
     keymat_length,
-    narrow_as_responder,
     new_child_spi,
+    select_child,
 )
 from ipsecd.ike.constants import ExchangeType, NotifyType
 from ipsecd.ike.errors import (
@@ -60,7 +60,7 @@ from ipsecd.ike.errors import (
     ProtocolError,
     notify_name,
 )
-from ipsecd.ike.events import NegotiationFailed
+from ipsecd.ike.events import ChildSaNarrowed, NegotiationFailed
 from ipsecd.ike.exchanges.informational import DeleteIkeSa
 from ipsecd.ike.handshake import AuthRecord
 from ipsecd.ike.keys import IkeKeys
@@ -97,7 +97,7 @@ from ipsecd.ike.proposal_codec import (
     sa_payload,
 )
 from ipsecd.ike.sa import IkeSa, TaskResult
-from ipsecd.selectors import TrafficSelector, format_selectors
+from ipsecd.selectors import TrafficSelector, format_selectors, uncovered
 
 Selectors = tuple[TrafficSelector, ...]
 
@@ -126,12 +126,14 @@ def negotiated_child(
     remote_ts: Selectors,
     now: float,
     additional: Sequence[bytes] = (),
+    name: str = "",
 ) -> ChildSa:
     """The CHILD_SA an exchange agreed on, with its keys (RFC 7296 §2.17).
 
     KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr), with the secrets of additional key
     exchanges after the nonces (RFC 9370 §2.2.4); ``chosen.spi`` is the SPI the peer
-    receives with (our outbound SPI).  Shared by IKE_AUTH and CREATE_CHILD_SA, both roles.
+    receives with (our outbound SPI); ``name`` the configured child it is for.  Shared by
+    IKE_AUTH and CREATE_CHILD_SA, both roles.
     """
     assert sa.keys is not None
     algs = ChildAlgorithms.from_chosen(chosen)
@@ -151,16 +153,31 @@ def negotiated_child(
         local_ts=local_ts,
         remote_ts=remote_ts,
         remote=sa.remote,
+        name=name,
+        local=sa.local,
     )
     return ChildSa(
         spi_in=spi_in,
         spi_out=spi_out,
         local_ts=local_ts,
         remote_ts=remote_ts,
+        name=name,
         algorithms=algs,
         created_at=now,
         params=params,
     )
+
+
+def report_narrowing(
+    sa: IkeSa, name: str, config: ChildConfig, local_ts: Selectors, remote_ts: Selectors
+) -> None:
+    """Initiator: the responder narrowed a CHILD_SA (RFC 7296 §2.9) so that traffic of the
+    configured child has no SA: say which prefixes (status and log, ChildSaNarrowed)."""
+    local = uncovered(config.local_ts, local_ts)
+    remote = uncovered(config.remote_ts, remote_ts)
+    if local or remote:
+        sa.count("child_sa_narrowed")
+        sa.events.append(ChildSaNarrowed(sa.peer_name, name, local, remote))
 
 
 def _selectors(message: Message) -> tuple[Selectors, Selectors] | None:
@@ -202,6 +219,7 @@ class IkeAuth:
 
     def __init__(self) -> None:
         self.child_spi = 0
+        self.child: ChildConfig | None = None  # the configured child set up with IKE_AUTH
         self.local_ts: Selectors = ()
         self.remote_ts: Selectors = ()
         self.esp_proposals: tuple[Proposal, ...] = ()
@@ -235,9 +253,11 @@ class IkeAuth:
                 fallback, _ = our_auth(sa, auth, self.ppk.without_ppk, True, self.int_auth)
                 ppk_notifies.append(Notify(NotifyType.NO_PPK_AUTH, fallback.data))
         self.child_spi = new_child_spi(sa.random_bytes, sa.children)
-        self.local_ts = peer.local_ts
-        self.remote_ts = peer.remote_ts
-        self.esp_proposals = without_ke(peer.esp_proposals)  # no KE in IKE_AUTH
+        # The first child the IKE SA was started for (the rest follow, CREATE_CHILD_SA).
+        self.child = child = sa.child_config(next(iter(sa.wanted_children), ""))
+        self.local_ts = child.local_ts
+        self.remote_ts = child.remote_ts
+        self.esp_proposals = without_ke(child.esp_proposals)  # no KE in IKE_AUTH
         sa.transition(IkeEvent.AUTH_SENT, now)
         # RFC 7296 §2.4: "we have no other IKE SA with you; forget any you still hold".
         contact = [Notify(NotifyType.INITIAL_CONTACT)] if sa.send_initial_contact else []
@@ -285,15 +305,21 @@ class IkeAuth:
             _auth_record(auth, self.our_method, verified, their_id, ppk_used)
         )
         sa.established(now, initial_contact=_initial_contact(message))
+        assert self.child is not None
+        name = self.child.name
         try:
             child = self._child(sa, message, now)
         except ProtocolError as exc:
-            # No IKE SA without its first CHILD_SA: report and delete (RFC 7296 §1.4.1).
-            reason = f"CHILD_SA with peer {sa.peer_name} failed: {exc.reason}"
+            reason = f"CHILD_SA {name} with peer {sa.peer_name} failed: {exc.reason}"
             sa.last_error = reason
-            sa.events.append(NegotiationFailed(sa.peer_name, reason))
-            sa.tasks.insert(0, DeleteIkeSa(reason))
+            sa.events.append(NegotiationFailed(sa.peer_name, reason, child=name))
+            sa.wanted_children = tuple(c for c in sa.wanted_children if c != name)
+            if not sa.wanted_children:
+                # No IKE SA without a CHILD_SA: report and delete (RFC 7296 §1.4.1); with
+                # more children wanted it stays for them (strongSwan keeps it too).
+                sa.tasks.insert(0, DeleteIkeSa(reason))
             return TaskResult.DONE
+        report_narrowing(sa, name, self.child, child.local_ts, child.remote_ts)
         sa.install_child(child, now)
         return TaskResult.DONE
 
@@ -353,6 +379,7 @@ class IkeAuth:
             local_ts=tsi,
             remote_ts=tsr,
             now=now,
+            name=self.child.name if self.child is not None else "",
         )
 
     def failed(self, sa: IkeSa, reason: str, now: float) -> None:
@@ -409,9 +436,7 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
     handshake.authenticated(_auth_record(auth, how, verified, their_id, ppk_used))
     sa.established(now, initial_contact=_initial_contact(message))
     try:
-        child, child_payloads = respond_child(
-            sa, message, without_ke(peer.esp_proposals), sa.nonce_i, sa.nonce_r, b"", now
-        )
+        child, child_payloads = respond_child(sa, message, sa.nonce_i, sa.nonce_r, b"", now)
     except ProtocolError as exc:
         reason = f"CHILD_SA with peer {peer.name} refused: {exc.reason}"
         sa.last_error = reason
@@ -476,6 +501,7 @@ class ChildPlan:
     spi_in: int
     tsi: Selectors
     tsr: Selectors
+    name: str = ""  # the configured child it is for
 
     def payloads(self, ke_payload: KeyExchange | None = None) -> list[Payload]:
         """SA (with our SPI), [KEr,] TSi, TSr of the answer (the caller adds Nr)."""
@@ -505,35 +531,53 @@ class ChildPlan:
             remote_ts=self.tsi,
             now=now,
             additional=additional,
+            name=self.name,
         )
 
 
-def plan_child(sa: IkeSa, message: Message, proposals: tuple[Proposal, ...]) -> ChildPlan:
-    """Negotiate a CHILD_SA as responder: SA selection, TS narrowing, our SPI.
+def requested_child(
+    sa: IkeSa, message: Message, rekeyed: ChildSa | None = None
+) -> tuple[ChildConfig, Selectors, Selectors]:
+    """Responder: the configured child a CHILD_SA request is for, with TSi/TSr narrowed
+    to its selectors (RFC 7296 §2.9).  A rekey stays with the child of the SA it replaces
+    while that child is configured; a new CHILD_SA goes to the child its selectors fit
+    (:func:`~ipsecd.ike.child.select_child`)."""
+    peer = sa.peer
+    selectors = _selectors(message)
+    if selectors is None:
+        raise InvalidSyntax(f"peer {peer.name} proposed a CHILD_SA without TSi/TSr")
+    tsi, tsr = selectors
+    same = peer.child(rekeyed.name) if rekeyed is not None else None
+    return select_child((same,) if same is not None else peer.children, tsi, tsr, peer.name)
+
+
+def plan_child(
+    sa: IkeSa, message: Message, *, in_ike_auth: bool = False, rekeyed: ChildSa | None = None
+) -> ChildPlan:
+    """Negotiate a CHILD_SA as responder: the configured child its selectors fit (TS
+    narrowing), SA selection among that child's proposals (without key exchanges in
+    IKE_AUTH), our SPI.
 
     Shared by IKE_AUTH and CREATE_CHILD_SA (RFC 7296 §1.3).  Raises a
     :class:`ProtocolError` (NO_PROPOSAL_CHOSEN, TS_UNACCEPTABLE) whose text
     names both sides' offers.
     """
-    peer = sa.peer
-    chosen = choose(message.find(SecurityAssociation), proposals, "esp", peer.name)
-    selectors = _selectors(message)
-    if selectors is None:
-        raise InvalidSyntax(f"peer {peer.name} proposed a CHILD_SA without TSi/TSr")
-    tsi, tsr = selectors
-    new_tsi, new_tsr = narrow_as_responder(tsi, tsr, peer.local_ts, peer.remote_ts, peer.name)
-    return ChildPlan(chosen, new_child_spi(sa.random_bytes, sa.children), new_tsi, new_tsr)
+    config, new_tsi, new_tsr = requested_child(sa, message, rekeyed)
+    proposals = without_ke(config.esp_proposals) if in_ike_auth else config.esp_proposals
+    chosen = choose(message.find(SecurityAssociation), proposals, "esp", sa.peer_name)
+    spi_in = new_child_spi(sa.random_bytes, sa.children)
+    return ChildPlan(chosen, spi_in, new_tsi, new_tsr, config.name)
 
 
 def respond_child(
     sa: IkeSa,
     message: Message,
-    proposals: tuple[Proposal, ...],
     nonce_i: bytes,
     nonce_r: bytes,
     shared_secret: bytes,
     now: float,
 ) -> tuple[ChildSa, list[Payload]]:
-    """:func:`plan_child` and the CHILD_SA with its keys, and the answer's payloads."""
-    plan = plan_child(sa, message, proposals)
+    """IKE_AUTH's CHILD_SA: :func:`plan_child` and the CHILD_SA with its keys, and the
+    answer's payloads."""
+    plan = plan_child(sa, message, in_ike_auth=True)
     return plan.child(sa, shared_secret, nonce_i, nonce_r, now), plan.payloads()

@@ -37,7 +37,7 @@ from ipsecd.ike.errors import (
     notify_name,
 )
 from ipsecd.ike.events import NegotiationFailed
-from ipsecd.ike.exchanges.auth import negotiated_child, plan_child
+from ipsecd.ike.exchanges.auth import negotiated_child, plan_child, report_narrowing
 from ipsecd.ike.exchanges.followup import FollowupKe, link_notify, link_of, new_link
 from ipsecd.ike.handshake import PendingFollowup
 from ipsecd.ike.lifecycle import ChildEvent, ChildState
@@ -71,10 +71,13 @@ class CreateChildSa:
         proposals: tuple[Proposal, ...],
         group: KeAlgorithm | None = None,
         attempts: int = 0,
+        *,
+        name: str = "",
     ) -> None:
         self.local_ts = local_ts
         self.remote_ts = remote_ts
         self.proposals = proposals
+        self.name_of_child = name  # the configured child (peers[].children[].name)
         pfs_groups = [g for p in proposals for g in p.ke]
         self.group = group if group is not None else (pfs_groups[0] if pfs_groups else None)
         self.attempts = attempts
@@ -118,7 +121,11 @@ class CreateChildSa:
         return TaskResult.DONE
 
     def install(self, sa: IkeSa, child: ChildSa, now: float) -> None:
-        """Hook for subclasses (a rekey decides about the old CHILD_SA here)."""
+        """Hook for subclasses (a rekey decides about the old CHILD_SA here); a new CHILD_SA
+        the responder narrowed is reported (a rekey proposes what was negotiated)."""
+        config = sa.peer.child(child.name)
+        if config is not None:
+            report_narrowing(sa, child.name, config, child.local_ts, child.remote_ts)
         sa.install_child(child, now)
 
     def negotiated_child(self, sa: IkeSa, message: Message, now: float) -> ChildSa | None:
@@ -173,6 +180,7 @@ class CreateChildSa:
                 remote_ts=tsr.selectors,
                 now=when,
                 additional=secrets[1:],
+                name=self.name_of_child,
             )
 
         if not chosen.additional_exchanges:
@@ -204,13 +212,18 @@ class CreateChildSa:
 
     def retry_task(self, group: KeAlgorithm) -> CreateChildSa:
         return CreateChildSa(
-            self.local_ts, self.remote_ts, self.proposals, group, self.attempts + 1
+            self.local_ts,
+            self.remote_ts,
+            self.proposals,
+            group,
+            self.attempts + 1,
+            name=self.name_of_child,
         )
 
     def failed(self, sa: IkeSa, reason: str, now: float) -> None:
         # The IKE SA stays; only this CHILD_SA was not created (RFC 7296 §1.3).
         sa.last_error = reason
-        sa.events.append(NegotiationFailed(sa.peer_name, reason))
+        sa.events.append(NegotiationFailed(sa.peer_name, reason, child=self.name_of_child))
 
     def timed_out(self, sa: IkeSa, reason: str, now: float) -> None:
         sa.fail(reason, now)
@@ -273,7 +286,7 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
         raise InvalidSyntax("CREATE_CHILD_SA request lacks SA or Ni", fatal=False)
     refuse_while_following_up(sa, now)
     try:
-        plan = plan_child(sa, message, sa.peer.esp_proposals)
+        plan = plan_child(sa, message, rekeyed=old)
     except ProtocolError as exc:
         raise exc.non_fatal() from None
     chosen = plan.chosen

@@ -131,8 +131,9 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
                     continue  # already gone (simultaneous delete): nothing to answer, §1.4.1
                 if child.state is not ChildState.DELETING:
                     ours.append(child.spi_in)
-                    if PeerDeletedChild() not in sa.signals:
-                        sa.signals.append(PeerDeletedChild())  # close_action, if none is left
+                    closed = PeerDeletedChild(child.name)  # its close_action, if none left
+                    if closed not in sa.signals:
+                        sa.signals.append(closed)
                 sa.remove_child(child, "deleted by peer", now, ChildEvent.DELETE_RECEIVED)
     if delete_ike:
         if sa.rekey_collision is not None:

@@ -120,8 +120,10 @@ class RekeyChildSa(CreateChildSa):
         proposals: tuple[Proposal, ...],
         group: KeAlgorithm | None = None,
         attempts: int = 0,
+        *,
+        name: str = "",
     ) -> None:
-        super().__init__(local_ts, remote_ts, proposals, group, attempts)
+        super().__init__(local_ts, remote_ts, proposals, group, attempts, name=name)
         self.old_spi = old_spi
 
     @property
@@ -149,7 +151,13 @@ class RekeyChildSa(CreateChildSa):
 
     def retry_task(self, group: KeAlgorithm) -> CreateChildSa:
         return RekeyChildSa(
-            self.old_spi, self.local_ts, self.remote_ts, self.proposals, group, self.attempts + 1
+            self.old_spi,
+            self.local_ts,
+            self.remote_ts,
+            self.proposals,
+            group,
+            self.attempts + 1,
+            name=self.name_of_child,
         )
 
     def install(self, sa: IkeSa, child: ChildSa, now: float) -> None:
