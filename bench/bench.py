@@ -36,11 +36,22 @@ from typing import Any, Protocol
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # ahead of bench/ itself, where this file would shadow the package
 
-from bench.figures import BACKENDS, LABELS, ratios, table  # noqa: E402
+from bench.figures import (  # noqa: E402
+    BACKENDS,
+    LABELS,
+    range_table,
+    ratio_ranges,
+    ratios,
+    table,
+)
 from bench.plot import iperf_series, write_plot  # noqa: E402
 from tests.lab.daemons import site_specs, start_manual_pair, start_psk_pair  # noqa: E402
-from tests.lab.strongswan import Charon, StrongSwanError, site_to_site, start_pair  # noqa: E402
-from tests.lab.swan_pq import Installation, SwanCharon  # noqa: E402
+from tests.lab.strongswan import (  # noqa: E402
+    Charon,
+    StrongSwan,
+    StrongSwanError,
+    start_pair,
+)
 from tests.lab.topology import (  # noqa: E402
     HOST_B_IP,
     PingStats,
@@ -109,7 +120,7 @@ class StrongSwanTunnel:
         try:
             if root is None:
                 self.a, self.b = start_pair(topo, ike_proposals=ike, esp_proposals=esp)
-            else:  # another installation, e.g. strongSwan 6.1 with ML-KEM (tests/lab/swan_pq.py)
+            else:  # another installation, e.g. strongSwan 6.1 with ML-KEM (--strongswan-root)
                 self.a, self.b = start_pair_in(topo, root, ike, esp)
             self.a.initiate(via="vici")
         except StrongSwanError as exc:
@@ -128,14 +139,10 @@ class StrongSwanTunnel:
 
 def start_pair_in(topo: Topology, root: Path, ike: str, esp: str) -> tuple[Charon, Charon]:
     """charon ↔ charon of the strongSwan installed in ``root`` (``--strongswan-root``)."""
-    swan = Installation(root.name, root)
-    conn_a, conn_b = site_to_site(topo, ike_proposals=ike, esp_proposals=esp)
-    a = SwanCharon(topo, topo.gw_a, swan).start()
-    b = SwanCharon(topo, topo.gw_b, swan).start()
-    a.load(conn_a)
-    b.load(conn_b)
-    log(f"strongSwan {swan.version()} from {root}")
-    return a, b
+    swan = StrongSwan(root.name, root)
+    pair = start_pair(topo, swan=swan, ike_proposals=ike, esp_proposals=esp)
+    log(f"strongSwan {swan.version} from {root}")
+    return pair
 
 
 class IpsecdTunnel:
@@ -253,6 +260,8 @@ class Result:
     handshakes_ms: list[float] = dataclasses.field(default_factory=list)
     handshakes_log_ms: list[float] = dataclasses.field(default_factory=list)
     has_daemons: bool = False
+    round: int = 1
+    loadavg: list[float] | None = None  # os.getloadavg() at the end of this measurement
 
 
 def ping_summary(stats: PingStats) -> dict[str, float]:
@@ -340,10 +349,10 @@ def measure(topo: Topology, tunnel: Tunnel, result: Result, args: argparse.Names
         log(f"  {LABELS[result.backend]}: {len(result.handshakes_ms)} handshakes timed")
 
 
-def run_backend(name: str, args: argparse.Namespace) -> Result:
+def run_backend(name: str, args: argparse.Namespace, round_no: int = 1) -> Result:
     """Build a fresh topology, bring ``name`` up, measure, tear everything down."""
-    result = Result(name)
-    log(f"{LABELS[name]} ...")
+    result = Result(name, round=round_no)
+    log(f"{LABELS[name]} (round {round_no}) ...")
     with Topology() as topo:
         try:
             with backend(name, topo, args) as tunnel:
@@ -351,7 +360,20 @@ def run_backend(name: str, args: argparse.Namespace) -> Result:
         except (BackendUnavailable, RuntimeError, OSError) as exc:
             result.error = f"{type(exc).__name__}: {exc}"
             log(f"  {LABELS[name]} failed: {result.error}")
+    result.loadavg = list(os.getloadavg())
     return result
+
+
+def run_rounds(order: list[str], args: argparse.Namespace) -> list[dict[str, Result]]:
+    """``args.rounds`` rounds, each measuring every backend once, interleaved: round 1 in
+    ``order``, round 2 reversed, and so on, so no backend always runs first or right after
+    another's teardown, and a change in the machine's load hits every backend alike."""
+    rounds = []
+    for r in range(args.rounds):
+        names = order if r % 2 == 0 else order[::-1]
+        done = {name: run_backend(name, args, r + 1) for name in names}
+        rounds.append({name: done[name] for name in order})
+    return rounds
 
 
 def figures_of(results: dict[str, Result]) -> dict[str, dict[str, float | None]]:
@@ -378,6 +400,32 @@ def figures_of(results: dict[str, Result]) -> dict[str, dict[str, float | None]]
             else None,
             "cpu_s_per_gb": cpu / gb if ok and res.has_daemons and gb else None,
         }
+    return out
+
+
+def median_figures(
+    per_round: list[dict[str, dict[str, float | None]]],
+) -> dict[str, dict[str, float | None]]:
+    """The median of each figure over the rounds that measured it (None: none did)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for name in per_round[0]:
+        out[name] = {}
+        for key in per_round[0][name]:
+            values = [v for r in per_round if (v := r[name][key]) is not None]
+            out[name][key] = statistics.median(values) if values else None
+    return out
+
+
+def figure_ranges(
+    per_round: list[dict[str, dict[str, float | None]]],
+) -> dict[str, dict[str, list[float] | None]]:
+    """[lowest, highest] of each figure over the rounds (None: no round measured it)."""
+    out: dict[str, dict[str, list[float] | None]] = {}
+    for name in per_round[0]:
+        out[name] = {}
+        for key in per_round[0][name]:
+            values = [v for r in per_round if (v := r[name][key]) is not None]
+            out[name][key] = [min(values), max(values)] if values else None
     return out
 
 
@@ -447,36 +495,63 @@ def short_error(text: str, limit: int = 300) -> str:
     return short if len(short) <= limit else short[: limit - 3] + "..."
 
 
-def notes(results: dict[str, Result], args: argparse.Namespace, meta: dict[str, Any]) -> str:
-    """What the table was measured with, and what went wrong."""
-    load = ", ".join(f"{x:.2f}" for x in meta["loadavg_at_start"])
+def notes(rounds: list[dict[str, Result]], args: argparse.Namespace, meta: dict[str, Any]) -> str:
+    """What the table was measured with, the machine's load, and what went wrong."""
+    before = ", ".join(f"{x:.2f}" for x in meta["loadavg_at_start"])
+    during = sorted(r.loadavg[0] for rnd in rounds for r in rnd.values() if r.loadavg)
     lines = [
         f"iperf3 TCP hostA -> hostB, {args.seconds:g} s per run; RTT load: ping during the "
         f"{LOAD_STREAMS}-stream run; handshake: median of {args.handshakes}"
-        + (" (none for ipsecd with manual keys)" if args.keying == "manual" else ""),
+        + (" (none for ipsecd with manual keys)" if args.keying == "manual" else "")
+        + f"; figures: median of {len(rounds)} interleaved round(s)",
         f"ESP {args.esp}, IKE {args.ike}, ipsecd keying {args.keying}; "
-        f"{meta['nproc']} CPUs ({meta['cpu_model']}), load average {load} at start",
+        f"{meta['nproc']} CPUs ({meta['cpu_model']})",
+        f"load average (1, 5, 15 min) before: {before}; 1-min during (after each backend): "
+        + (f"{during[0]:.2f}-{during[-1]:.2f}" if during else "-"),
     ]
-    swan = results.get("strongswan")
-    if swan and swan.handshakes_log_ms:
+    log_ms = [
+        ms for rnd in rounds if "strongswan" in rnd for ms in rnd["strongswan"].handshakes_log_ms
+    ]
+    if log_ms:
         lines.append(
             f"strongSwan handshake in charon's log (ms resolution): median "
-            f"{statistics.median(swan.handshakes_log_ms):.1f} ms"
+            f"{statistics.median(log_ms):.1f} ms"
         )
-    for name, res in results.items():
-        if res.error:
-            lines.append(f"{LABELS[name]}: not measured: {short_error(res.error)}")
-        retr = ", ".join(f"{s} str. {r.retransmits}" for s, r in res.runs.items() if r.retransmits)
-        if retr:
-            lines.append(f"{LABELS[name]} TCP retransmits: {retr}")
+    for rnd in rounds:
+        for name, res in rnd.items():
+            tag = f"{LABELS[name]} (round {res.round})"
+            if res.error:
+                lines.append(f"{tag}: not measured: {short_error(res.error)}")
+            retr = ", ".join(
+                f"{s} str. {r.retransmits}" for s, r in res.runs.items() if r.retransmits
+            )
+            if retr:
+                lines.append(f"{tag} TCP retransmits: {retr}")
     return "\n".join(lines)
 
 
+def details(res: Result) -> dict[str, Any]:
+    """Everything measured for one backend in one round, for the JSON."""
+    return {
+        "round": res.round,
+        "error": res.error,
+        "loadavg": res.loadavg,
+        "ping_idle_ms": res.idle,
+        "ping_load_ms": res.load,
+        "iperf3": {str(s): dataclasses.asdict(r) for s, r in res.runs.items()},
+        "handshakes_ms": res.handshakes_ms,
+        "handshakes_daemon_log_ms": res.handshakes_log_ms,
+    }
+
+
 def to_json(
-    results: dict[str, Result], args: argparse.Namespace, meta: dict[str, Any]
+    rounds: list[dict[str, Result]], args: argparse.Namespace, meta: dict[str, Any]
 ) -> dict[str, Any]:
-    """All figures, the details behind them, and the environment."""
-    figures = figures_of(results)
+    """All figures (medians over the rounds, their ranges, each round's), the details
+    behind them, and the environment."""
+    per_round = [figures_of(rnd) for rnd in rounds]
+    figures = median_figures(per_round)
+    last = rounds[-1]
     return {
         "schema": 1,
         "meta": meta,
@@ -488,20 +563,15 @@ def to_json(
             "keying": args.keying,
             "handshakes": args.handshakes,
             "pings": args.pings,
+            "rounds": args.rounds,
         },
         "figures": figures,
         "ratios": ratios(figures),
-        "details": {
-            name: {
-                "error": res.error,
-                "ping_idle_ms": res.idle,
-                "ping_load_ms": res.load,
-                "iperf3": {str(s): dataclasses.asdict(r) for s, r in res.runs.items()},
-                "handshakes_ms": res.handshakes_ms,
-                "handshakes_daemon_log_ms": res.handshakes_log_ms,
-            }
-            for name, res in results.items()
-        },
+        "ranges": figure_ranges(per_round),
+        "rounds": [{"figures": f, "ratios": ratios(f)} for f in per_round],
+        # The last round's details under the old key; every round's in "round_details".
+        "details": {name: details(res) for name, res in last.items()},
+        "round_details": [{name: details(res) for name, res in rnd.items()} for rnd in rounds],
     }
 
 
@@ -528,11 +598,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run charon from the strongSwan installed in this root (e.g. 6.1 for ML-KEM)",
     )
     ap.add_argument("--pings", type=int, default=50, help="idle pings, 20 ms apart (default 50)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds, each measuring every backend once (default 3)",
+    )
     ap.add_argument("--json", type=Path, metavar="FILE", help="write all figures as JSON")
     ap.add_argument("--plot", type=Path, metavar="FILE.png", help="throughput over time (PNG)")
     args = ap.parse_args(argv)
     if args.seconds < 2:
         ap.error("--seconds must be at least 2")
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     return args
 
 
@@ -547,19 +625,25 @@ def main(argv: list[str] | None = None) -> int:
     order = [n for n in BACKENDS if n in args.only]
     if "plain" not in order:
         log("note: without 'plain' there is no RTT added nor ratio to plain")
-    results = {name: run_backend(name, args) for name in order}
-    print(table(figures_of(results)))
+    rounds = run_rounds(order, args)
+    per_round = [figures_of(rnd) for rnd in rounds]
+    print(table(median_figures(per_round)))
+    if len(rounds) > 1:
+        print()
+        print(f"lowest-highest of the {len(rounds)} rounds")
+        print(range_table(figure_ranges(per_round), ratio_ranges(per_round)))
     print()
-    print(notes(results, args, meta))
+    print(notes(rounds, args, meta))
     if args.json:
-        args.json.write_text(json.dumps(to_json(results, args, meta), indent=2) + "\n")
+        args.json.write_text(json.dumps(to_json(rounds, args, meta), indent=2) + "\n")
         log(f"figures written to {args.json}")
-    if args.plot:
-        series = {n: {s: r.series for s, r in res.runs.items()} for n, res in results.items()}
+    if args.plot:  # the last round's series
+        last = rounds[-1]
+        series = {n: {s: r.series for s, r in res.runs.items()} for n, res in last.items()}
         title = f"ESP {args.esp}, {meta['nproc']} CPUs, {meta['date']}"
         write_plot(series, args.plot, title=title)
         log(f"plot written to {args.plot}")
-    return 1 if any(res.error for res in results.values()) else 0
+    return 1 if any(res.error for rnd in rounds for res in rnd.values()) else 0
 
 
 if __name__ == "__main__":

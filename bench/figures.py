@@ -77,6 +77,11 @@ def table(figures: Mapping[str, Row], ratio_rows: Mapping[str, Row] | None = Non
             row = ratio_rows.get(key, {})
             cells = ["-" if row.get(f.key) is None else f"{row[f.key]:.2f}x" for f in FIGURES]
             lines.append([f"{LABELS[num]}/{LABELS[den]}", *cells])
+    return _layout(lines)
+
+
+def _layout(lines: list[list[str]]) -> str:
+    """Left-aligned labels, right-aligned cells, a rule under the two header lines."""
     widths = [max(len(line[c]) for line in lines) for c in range(len(lines[0]))]
     text = [
         "  ".join(
@@ -87,3 +92,43 @@ def table(figures: Mapping[str, Row], ratio_rows: Mapping[str, Row] | None = Non
     ]
     text.insert(2, "-" * len(text[0]))
     return "\n".join(text)
+
+
+Range = Mapping[str, list[float] | None]
+
+
+def ratio_ranges(per_round: list[Mapping[str, Row]]) -> dict[str, dict[str, list[float] | None]]:
+    """[lowest, highest] of each ratio over the rounds (a ratio is taken within a round)."""
+    rows = [ratios(figures) for figures in per_round]
+    out: dict[str, dict[str, list[float] | None]] = {}
+    for num, den in RATIOS:
+        key = ratio_key(num, den)
+        out[key] = {}
+        for fig in FIGURES:
+            values = [v for r in rows if (v := r[key].get(fig.key)) is not None]
+            out[key][fig.key] = [min(values), max(values)] if values else None
+    return out
+
+
+def range_table(ranges: Mapping[str, Range], ratio_rows: Mapping[str, Range]) -> str:
+    """The table's layout with "lowest-highest" cells (over the rounds)."""
+
+    def cell(span: list[float] | None, digits: int, suffix: str = "") -> str:
+        if span is None:
+            return "-"
+        return f"{span[0]:.{digits}f}-{span[1]:.{digits}f}{suffix}"
+
+    lines = [["", *(f.title for f in FIGURES)], ["", *(f.unit for f in FIGURES)]]
+    for name in BACKENDS:
+        if name in ranges:
+            lines.append(
+                [LABELS[name], *(cell(ranges[name].get(f.key), f.digits) for f in FIGURES)]
+            )
+    for num, den in RATIOS:
+        key = ratio_key(num, den)
+        if num in ranges and den in ranges:
+            row = ratio_rows.get(key, {})
+            lines.append(
+                [f"{LABELS[num]}/{LABELS[den]}", *(cell(row.get(f.key), 2, "x") for f in FIGURES)]
+            )
+    return _layout(lines)
