@@ -50,7 +50,7 @@ class GatewaySpec:
     remote_id: str | None = None
     peer_extra: dict[str, Any] = field(default_factory=dict)
     gateway_extra: dict[str, Any] = field(default_factory=dict)
-    # The auth: section instead of the PSK file (certificates, PPK: tests/lab/swan_pq.py).
+    # The auth: section instead of the PSK file (certificates, PPK: tests/netns/test_certs_pq.py).
     auth: dict[str, Any] | None = None
     log_level: str = "debug"  # the benchmark runs at "info"
 

@@ -446,7 +446,7 @@ class Charon:
 
     def charon_argv(self) -> list[str]:
         """How charon is run: by its installation (5.9.8 or the 6.1 root), with a private
-        /run (tests/lab/swan_pq.py's subclass brings its own installation)."""
+        /run."""
         return self.swan.charon_argv(self.dir)
 
     def swanctl_argv(self, args: list[str]) -> list[str]:
@@ -501,6 +501,10 @@ class Charon:
                 f"{res.stdout}\n{res.stderr}\n{self.tail()}"
             )
         return res
+
+    def log_text(self) -> str:
+        """charon's whole log so far ("" before it wrote one)."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def load(self, *conns: SwanConnection) -> None:
         """Write swanctl.conf for ``conns`` and load it (connections and secrets)."""

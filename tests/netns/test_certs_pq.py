@@ -7,7 +7,7 @@ hostA — gwA ══ internet ══ gwB — hostB with ipsecd on one or both ga
 * ipsecd ↔ strongSwan 5.9.8, both roles: RSA-PSS, ECDSA and Ed25519 certificates made
   by strongSwan's ``pki`` and by ``ipsecd pki``; a revoked and an expired certificate
   refused, each side saying why;
-* ipsecd ↔ strongSwan 6.1 (tests/lab/swan_pq.py), both roles: x25519+ke1_mlkem768 and
+* ipsecd ↔ strongSwan 6.1 (tests/lab/strongswan6.py), both roles: x25519+ke1_mlkem768 and
   ecp384+ke1_mlkem1024 (IKE_INTERMEDIATE in fragments), PPK, rekeys of the IKE SA and of
   CHILD_SAs with additional key exchanges under traffic (IKE_FOLLOWUP_KE), and a peer that
   offers no ML-KEM refused in plain words.
@@ -31,18 +31,10 @@ from ipsecd.cli.pki import main as ipsecd_pki
 from ipsecd.pki.certs import load_certificate_file, load_private_key
 from ipsecd.pki.issue import issue_certificate
 from tests.lab.daemons import GatewaySpec, IpsecdProcess, site_specs, start_psk_pair
-from tests.lab.strongswan import DEFAULT_PSK, site_to_site
-from tests.lab.swan_pq import (
-    HOST,
-    CertConnection,
-    Installation,
-    SwanCharon,
-    strongswan_pki,
-    sw61_root,
-)
+from tests.lab.strongswan import DEFAULT_PSK, HOST, StrongSwan, site_to_site
+from tests.lab.swan_pq import CertConnection, SwanCharon, strongswan_pki
 from tests.lab.topology import HOST_B_IP, Topology
 from tests.lab.wait import wait_until
-from tests.netns.conftest import _missing
 from tests.netns.test_ike_e2e import _traffic, _wait_error
 
 HYBRID_768 = "aes256gcm16-prfsha384-x25519-ke1_mlkem768"
@@ -184,7 +176,7 @@ def revoking(creds: Credentials, side: str) -> Credentials:
 
 def ipsecd_with_charon(
     topo: Topology,
-    swan: Installation,
+    swan: StrongSwan,
     ipsecd_side: str,
     *,
     ike: str,
@@ -266,19 +258,6 @@ def bring_up(ours: IpsecdProcess, charon: SwanCharon, ipsecd_initiates: bool) ->
 def _charon_sa(charon: SwanCharon) -> dict[str, Any]:
     (sa,) = charon.list_sas()
     return sa
-
-
-@pytest.fixture
-def sw61() -> Installation:
-    root = sw61_root()
-    if root is None:
-        _missing(
-            "no strongSwan 6.1 root on this machine (branch sw61's cache"
-            " /var/cache/ipsecd-test/strongswan-6.1, /var/tmp/certs-sw61, or IPSECD_SW61_ROOT)"
-        )
-    swan = Installation("6.1", root)
-    assert swan.version().startswith("6.1"), swan.version()
-    return swan
 
 
 ROLES = pytest.mark.parametrize("ipsecd_initiates", [True, False], ids=["ipsecd-i", "ipsecd-r"])
@@ -404,12 +383,16 @@ def test_refused_certificate_with_strongswan_598(
     ids=["x25519-mlkem768-psk", "ecp384-mlkem1024-certs"],
 )
 def test_hybrid_with_strongswan_61(
-    topology: Topology, sw61: Installation, ike: str, certificates: bool, ipsecd_initiates: bool
+    topology: Topology,
+    strongswan61: StrongSwan,
+    ike: str,
+    certificates: bool,
+    ipsecd_initiates: bool,
 ) -> None:
     creds = made_by_ipsecd(topology, "ecdsa") if certificates else None
     side = "a" if ipsecd_initiates else "b"
     ours, charon = ipsecd_with_charon(
-        topology, sw61, side, ike=ike, creds=creds, fragment_size=1280,
+        topology, strongswan61, side, ike=ike, creds=creds, fragment_size=1280,
         spec_extra={"gateway_extra": {"fragment_size": 1280}},
     )  # fmt: skip
     try:
@@ -432,10 +415,10 @@ def test_hybrid_with_strongswan_61(
 @pytest.mark.strongswan
 @ROLES
 def test_ppk_with_strongswan_61(
-    topology: Topology, sw61: Installation, ipsecd_initiates: bool
+    topology: Topology, strongswan61: StrongSwan, ipsecd_initiates: bool
 ) -> None:
     side = "a" if ipsecd_initiates else "b"
-    ours, charon = ipsecd_with_charon(topology, sw61, side, ike=HYBRID_768, ppk=True)
+    ours, charon = ipsecd_with_charon(topology, strongswan61, side, ike=HYBRID_768, ppk=True)
     try:
         bring_up(ours, charon, ipsecd_initiates)
         _traffic(topology)
@@ -448,7 +431,7 @@ def test_ppk_with_strongswan_61(
 @pytest.mark.strongswan
 @pytest.mark.parametrize("who", ["ipsecd", "strongswan"])
 def test_rekeys_with_ml_kem_under_traffic_with_strongswan_61(
-    topology: Topology, sw61: Installation, who: str
+    topology: Topology, strongswan61: StrongSwan, who: str
 ) -> None:
     """The IKE SA and the CHILD_SA rekeyed with an additional ML-KEM exchange each
     (IKE_FOLLOWUP_KE, RFC 9370 §2.2.4) while TCP runs through the tunnel."""
@@ -477,7 +460,7 @@ def test_rekeys_with_ml_kem_under_traffic_with_strongswan_61(
         }
     # fmt: skip
     ours, charon = ipsecd_with_charon(
-        topology, sw61, "a", ike=HYBRID_768, esp=esp, spec_extra=extra, **conn
+        topology, strongswan61, "a", ike=HYBRID_768, esp=esp, spec_extra=extra, **conn
     )
     try:
         bring_up(ours, charon, True)
@@ -504,11 +487,13 @@ def test_rekeys_with_ml_kem_under_traffic_with_strongswan_61(
 @pytest.mark.strongswan
 @ROLES
 def test_strongswan_61_offers_no_ml_kem(
-    topology: Topology, sw61: Installation, ipsecd_initiates: bool
+    topology: Topology, strongswan61: StrongSwan, ipsecd_initiates: bool
 ) -> None:
     """We require ML-KEM; the peer offers x25519 alone: refused, and said in those words."""
     side = "a" if ipsecd_initiates else "b"
-    ours, charon = ipsecd_with_charon(topology, sw61, side, ike=HYBRID_768, ike_proposals=CLASSIC)
+    ours, charon = ipsecd_with_charon(
+        topology, strongswan61, side, ike=HYBRID_768, ike_proposals=CLASSIC
+    )
     try:
         if ipsecd_initiates:
             message = _wait_error(ours, "NO_PROPOSAL_CHOSEN")
