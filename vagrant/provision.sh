@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Provision one ipsecd gateway: install ipsecd, write its config and PSK, start the service.
+# Provision one ipsecd gateway: install ipsecd, write its config and its PSK or certificate,
+# start the service.
 #
 #   vagrant/provision.sh [options] --wan ADDR --peer-wan ADDR --site-addr ADDR ROLE
 #
@@ -20,11 +21,19 @@
 #   --etc DIR           IPSECD_ETC         config directory (default ROOT/etc/ipsecd)
 #   --run DIR           IPSECD_RUN         directory of the control socket (default ROOT/run/ipsecd,
 #                                          the unit's RuntimeDirectory)
-#   --psk-source FILE   IPSECD_PSK_SOURCE  the PSK both gateways share; created if missing
+#   --auth psk|cert     IPSECD_AUTH        how the gateways authenticate (default psk)
+#   --psk-source FILE   IPSECD_PSK_SOURCE  psk: the PSK both gateways share; created if missing
 #                                          (default vagrant/.psk in the source tree, gitignored)
+#   --ca-dir DIR        IPSECD_CA_DIR      cert: the CA both gateways trust (ca.pem, ca.key);
+#                                          made by vagrant/make-ca.sh if missing (default
+#                                          vagrant/pki in the source tree, gitignored)
 #   --no-install        IPSECD_NO_INSTALL=1  skip scripts/install.sh (ipsecd already importable)
 #   --no-systemd        IPSECD_NO_SYSTEMD=1  skip sysctl and systemctl
 #   IPSECD_SRC  the ipsecd source tree (default: the parent of this script's directory)
+#
+# With --auth cert the gateway gets its own key (ETC/private/ROLE.key, mode 0600, kept on a
+# re-provision) and a certificate from the CA with `ipsecd pki issue` (subjectAltName: its
+# --wan address, so the default identities fit), and trusts ETC/cacerts/ca.pem.
 #
 # On success it prints the paths it wrote, one "name: path" per line.
 set -euo pipefail
@@ -42,6 +51,8 @@ ROOT=${IPSECD_ROOT:-/}
 ETC=${IPSECD_ETC:-}
 RUN=${IPSECD_RUN:-}
 PSK_SOURCE=${IPSECD_PSK_SOURCE:-}
+AUTH=${IPSECD_AUTH:-psk}
+CA_DIR=${IPSECD_CA_DIR:-}
 NO_INSTALL=${IPSECD_NO_INSTALL:-0}
 NO_SYSTEMD=${IPSECD_NO_SYSTEMD:-0}
 WAN=${IPSECD_WAN:-}
@@ -59,6 +70,10 @@ while [ $# -gt 0 ]; do
     --run=*) RUN=${1#*=}; shift ;;
     --psk-source) PSK_SOURCE=${2:?--psk-source needs a file}; shift 2 ;;
     --psk-source=*) PSK_SOURCE=${1#*=}; shift ;;
+    --auth) AUTH=${2:?--auth needs psk or cert}; shift 2 ;;
+    --auth=*) AUTH=${1#*=}; shift ;;
+    --ca-dir) CA_DIR=${2:?--ca-dir needs a directory}; shift 2 ;;
+    --ca-dir=*) CA_DIR=${1#*=}; shift ;;
     --wan) WAN=${2:?--wan needs an address}; shift 2 ;;
     --wan=*) WAN=${1#*=}; shift ;;
     --peer-wan) PEER_WAN=${2:?--peer-wan needs an address}; shift 2 ;;
@@ -87,6 +102,8 @@ ROOT=${ROOT%/}
 ETC=${ETC:-$ROOT/etc/ipsecd}
 RUN=${RUN:-$ROOT/run/ipsecd}
 PSK_SOURCE=${PSK_SOURCE:-$SRC/vagrant/.psk}
+CA_DIR=${CA_DIR:-$SRC/vagrant/pki}
+case "$AUTH" in psk|cert) ;; *) die "--auth: psk or cert, not '$AUTH'" ;; esac
 case "$ETC$RUN" in *@*|*'|'*) die "paths may not contain '@' or '|': $ETC $RUN" ;; esac
 [ "$(id -u)" = 0 ] || truthy "$NO_SYSTEMD" || die "run as root (or with IPSECD_NO_SYSTEMD=1)"
 
@@ -105,27 +122,54 @@ else  # a source checkout (the tests): run the module from the tree
   IPSECD=(env "PYTHONPATH=$SRC${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m ipsecd.cli.ipsecd)
 fi
 
-# -- 2. the shared PSK ---------------------------------------------------------------------------
-# Generated once (the Vagrantfile already does it on the host, because an rsync'ed synced folder
-# does not carry files back from a VM), then copied into each gateway's private file.  "0s"
-# marks base64, so the key is the 32 random bytes (strongSwan's convention).
-umask 077
-if [ ! -s "$PSK_SOURCE" ]; then
-  mkdir -p "$(dirname "$PSK_SOURCE")"
-  tmp="$PSK_SOURCE.$$"
-  printf '0s%s\n' "$(head -c 32 /dev/urandom | base64 -w0)" >"$tmp"
-  # Whoever comes first wins; a concurrent second provision keeps the first key.
-  mv -n "$tmp" "$PSK_SOURCE" 2>/dev/null || true
-  rm -f "$tmp"
-  say "generated a new PSK in $PSK_SOURCE"
-fi
-# The config directory is readable (as scripts/install.sh makes it); the key is not: mode 0600,
+# -- 2. the credentials: the shared PSK, or a certificate from the shared CA ---------------------
+# The config directory is readable (as scripts/install.sh makes it); keys are not: mode 0600,
 # owned by the account the unit runs the daemon as (User=ipsecd).
+owner() {  # chown to the daemon's account where the unit will run it
+  if ! truthy "$NO_SYSTEMD" && getent passwd ipsecd >/dev/null; then chown ipsecd: "$@"; fi
+}
 mkdir -p "$ETC"
 chmod 0755 "$ETC"
-install -m 0600 "$PSK_SOURCE" "$ETC/psk.secret"
-if ! truthy "$NO_SYSTEMD" && getent passwd ipsecd >/dev/null; then
-  chown ipsecd: "$ETC/psk.secret"
+if [ "$AUTH" = psk ]; then
+  # Generated once (the Vagrantfile already does it on the host, because an rsync'ed synced
+  # folder does not carry files back from a VM), then copied into each gateway's private
+  # file.  "0s" marks base64, so the key is the 32 random bytes (strongSwan's convention).
+  umask 077
+  if [ ! -s "$PSK_SOURCE" ]; then
+    mkdir -p "$(dirname "$PSK_SOURCE")"
+    tmp="$PSK_SOURCE.$$"
+    printf '0s%s\n' "$(head -c 32 /dev/urandom | base64 -w0)" >"$tmp"
+    # Whoever comes first wins; a concurrent second provision keeps the first key.
+    mv -n "$tmp" "$PSK_SOURCE" 2>/dev/null || true
+    rm -f "$tmp"
+    say "generated a new PSK in $PSK_SOURCE"
+  fi
+  install -m 0600 "$PSK_SOURCE" "$ETC/psk.secret"
+  owner "$ETC/psk.secret"
+  AUTH_YAML="psk_file: $ETC/psk.secret"
+else
+  # The CA is made once for both gateways (on the host by the Vagrantfile, for the same reason
+  # as the PSK); each gateway keeps its own key and gets a fresh certificate on each run.
+  if [ ! -s "$CA_DIR/ca.pem" ] || [ ! -s "$CA_DIR/ca.key" ]; then
+    IPSECD_SRC=$SRC bash "$SRC/vagrant/make-ca.sh" "$CA_DIR"
+  fi
+  case "$(stat -c %a "$CA_DIR/ca.key")" in
+    600|400) ;;
+    *) die "$CA_DIR/ca.key is mode $(stat -c %a "$CA_DIR/ca.key"); make it 0600 (chmod 600)" ;;
+  esac
+  umask 077
+  mkdir -p "$ETC/private" "$ETC/certs" "$ETC/cacerts"
+  chmod 0700 "$ETC/private"
+  chmod 0755 "$ETC/certs" "$ETC/cacerts"
+  install -m 0644 "$CA_DIR/ca.pem" "$ETC/cacerts/ca.pem"
+  KEY=$ETC/private/$ROLE.key CERT=$ETC/certs/$ROLE.pem
+  if [ -s "$KEY" ]; then key_opts=(--key "$KEY"); else key_opts=(--key-out "$KEY"); fi
+  "${IPSECD[@]}" pki issue --ca-cert "$CA_DIR/ca.pem" --ca-key "$CA_DIR/ca.key" \
+    --dn "O=ipsecd vagrant, CN=$ROLE" --san "$WAN" "${key_opts[@]}" --cert-out "$CERT" \
+    --force >&2
+  chmod 0600 "$KEY"
+  owner "$ETC/private" "$KEY"
+  AUTH_YAML="certificate: $CERT\n      private_key: $KEY\n      cacerts: [$ETC/cacerts/ca.pem]"
 fi
 
 # -- 3. the config -------------------------------------------------------------------------------
@@ -133,7 +177,7 @@ umask 022
 mkdir -p "$RUN"
 chmod 0700 "$RUN"
 sed -e "s|@ETC_DIR@|$ETC|g" -e "s|@RUN_DIR@|$RUN|g" -e "s|@WAN_ADDR@|$WAN|g" \
-  -e "s|@PEER_WAN_ADDR@|$PEER_WAN|g" -e "s|@SITE_ADDR@|$SITE_ADDR|g" \
+  -e "s|@PEER_WAN_ADDR@|$PEER_WAN|g" -e "s|@SITE_ADDR@|$SITE_ADDR|g" -e "s|@AUTH@|$AUTH_YAML|" \
   "$TEMPLATE" >"$ETC/ipsecd.yaml.new"
 if grep -n '@[A-Z_]*@' "$ETC/ipsecd.yaml.new" >&2; then
   die "unfilled placeholder in $TEMPLATE (above)"
@@ -167,5 +211,11 @@ else
 fi
 
 echo "config: $ETC/ipsecd.yaml"
-echo "psk: $ETC/psk.secret"
+if [ "$AUTH" = psk ]; then
+  echo "psk: $ETC/psk.secret"
+else
+  echo "certificate: $CERT"
+  echo "private_key: $KEY"
+  echo "cacert: $ETC/cacerts/ca.pem"
+fi
 echo "control_socket: $RUN/ipsecd.sock"

@@ -29,10 +29,16 @@ ADDRESSES = {
 
 
 def _provision(
-    role: str, root: Path, psk_source: Path, src: Path = REPO, addresses: list[str] | None = None
+    role: str,
+    root: Path,
+    psk_source: Path,
+    src: Path = REPO,
+    addresses: list[str] | None = None,
+    **extra_env: str,
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
+        **extra_env,
         "IPSECD_NO_INSTALL": "1",
         "IPSECD_NO_SYSTEMD": "1",
         "IPSECD_PSK_SOURCE": str(psk_source),
@@ -99,6 +105,55 @@ def test_both_roles_write_loadable_configs_with_one_psk(tmp_path: Path) -> None:
     assert not (tmp_path / "left/etc/systemd").exists()
 
 
+def _provision_cert(role: str, root: Path, ca_dir: Path) -> subprocess.CompletedProcess[str]:
+    """provision.sh --auth cert with the CA in ``ca_dir``; ``ipsecd pki`` from this tree."""
+    return _provision(
+        role,
+        root,
+        root / "unused.psk",
+        IPSECD_AUTH="cert",
+        IPSECD_CA_DIR=str(ca_dir),
+        PYTHONPATH=str(REPO),
+        PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    )
+
+
+def test_cert_auth_one_ca_private_keys_loadable_configs(tmp_path: Path) -> None:
+    ca_dir = tmp_path / "pki"
+    results = {role: _provision_cert(role, tmp_path / role, ca_dir) for role in ("left", "right")}
+    for result in results.values():
+        assert result.returncode == 0, result.stderr
+    assert results["left"].stderr.count("made CA") == 1  # left made it, right used it
+    assert "made CA" not in results["right"].stderr
+    assert _mode(ca_dir) == 0o700 and _mode(ca_dir / "ca.key") == 0o600
+    configs = {}
+    for role, result in results.items():
+        paths = _paths(result.stdout)
+        assert "psk" not in paths and not (tmp_path / role / "unused.psk").exists()
+        assert _mode(paths["private_key"]) == 0o600 and _mode(paths["private_key"].parent) == 0o700
+        assert _mode(paths["certificate"]) == 0o644
+        assert paths["cacert"].read_bytes() == (ca_dir / "ca.pem").read_bytes()
+        configs[role] = load_config(paths["config"])  # certificate, key and CA check out
+        auth = configs[role].peers[0].auth
+        assert (auth.local_auth, auth.remote_auth) == ("pubkey", "pubkey") and not auth.psk
+    # Identities default to the addresses: each certificate carries its gateway's WAN address.
+    assert str(configs["left"].peers[0].auth.local_id) == "192.0.2.10"
+    # A second run keeps the gateway's key and issues it a fresh certificate.
+    key = (tmp_path / "left/etc/ipsecd/private/left.key").read_bytes()
+    again = _provision_cert("left", tmp_path / "left", ca_dir)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "left/etc/ipsecd/private/left.key").read_bytes() == key
+    # A CA key that others can read is refused, saying which file and what to do.
+    (ca_dir / "ca.key").chmod(0o644)
+    refused = _provision_cert("right", tmp_path / "right", ca_dir)
+    assert refused.returncode != 0 and "ca.key is mode 644" in refused.stderr
+
+
+def test_unknown_auth_is_refused(tmp_path: Path) -> None:
+    result = _provision("left", tmp_path / "left", tmp_path / "x.psk", IPSECD_AUTH="x509")
+    assert result.returncode != 0 and "--auth: psk or cert, not 'x509'" in result.stderr
+
+
 def test_existing_psk_is_kept_and_reprovision_is_idempotent(tmp_path: Path) -> None:
     shared = tmp_path / "shared.psk"
     shared.write_text("0sAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n")
@@ -146,6 +201,7 @@ def test_templates_have_only_known_placeholders(role: str) -> None:
         "@WAN_ADDR@",
         "@PEER_WAN_ADDR@",
         "@SITE_ADDR@",
+        "@AUTH@",
     }
 
 
