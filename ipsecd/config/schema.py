@@ -8,6 +8,7 @@ object never prints them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -108,9 +109,10 @@ class Identity:
         """The ID Type number of the Identification payload."""
         return ID_TYPE_NUMBERS[self.type]
 
-    @property
+    @functools.cached_property
     def data(self) -> bytes:
-        """The Identification Data as it goes on the wire."""
+        """The Identification Data as it goes on the wire (computed once: it goes into
+        every AUTH payload of this peer, RFC 7296 §2.15)."""
         if isinstance(self.value, bytes):
             return self.value
         if self.type in ("IPV4_ADDR", "IPV6_ADDR"):

@@ -15,6 +15,7 @@ API::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -31,8 +32,15 @@ def _packed(ip: Ip) -> bytes:
             raise ValueError(f"packed address of {len(ip)} bytes")
         return ip
     if isinstance(ip, str):
-        ip = ipaddress.ip_address(ip)
+        return packed_address(ip)
     return ip.packed
+
+
+@functools.lru_cache(maxsize=1024)
+def packed_address(text: str) -> bytes:
+    """The 4 or 16 bytes of an address given as text: a gateway's few addresses are parsed
+    again for every NAT detection hash (RFC 7296 §2.23) otherwise."""
+    return ipaddress.ip_address(text).packed
 
 
 def _spi(spi: int | bytes) -> bytes:

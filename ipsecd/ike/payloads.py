@@ -78,6 +78,15 @@ __all__ = [
 ]
 
 
+#: Last Substruc / RESERVED / Length of proposals and transforms (RFC 7296 §3.3.1-2), and
+#: the same shape for Transform Type / RESERVED / Transform ID.
+_SUBSTRUCT_HEADER = struct.Struct("!BBH")
+#: Proposal Num / Protocol ID / SPI Size / Num Transforms (§3.3.1).
+_PROPOSAL_FIELDS = struct.Struct("!BBBB")
+#: Attribute Format + Type / Length or Value (§3.3.5).
+_ATTRIBUTE_HEADER = struct.Struct("!HH")
+
+
 class _Reader:
     """Bounded reads over a bytes object; every overrun is a MalformedMessage."""
 
@@ -100,6 +109,17 @@ class _Reader:
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk
+
+    def unpack(self, fmt: struct.Struct) -> tuple[int, ...]:
+        """Fixed-size fields in one call (``fmt``: a precompiled big-endian layout)."""
+        if self.pos + fmt.size > len(self.data):
+            raise MalformedMessage(
+                f"{self.what}: needs {fmt.size} more bytes at offset {self.pos},"
+                f" has {self.remaining}"
+            )
+        fields = fmt.unpack_from(self.data, self.pos)
+        self.pos += fmt.size
+        return fields
 
     def u8(self) -> int:
         return self.take(1)[0]
@@ -186,23 +206,19 @@ class Transform:
     @classmethod
     def decode(cls, r: _Reader, where: str) -> tuple[Transform, bool]:
         """Read one transform; returns it and whether it was marked last."""
-        last = r.u8()
-        r.u8()
-        length = r.u16()
+        last, _, length = r.unpack(_SUBSTRUCT_HEADER)
         if last not in (0, 3):
             raise MalformedMessage(f"{where}: transform 'last substruc' is {last}, not 0 or 3")
         if length < 8:
             raise MalformedMessage(f"{where}: transform length {length} < 8")
         body = _Reader(r.take(length - 4), where + " transform")
-        transform_type = body.u8()
-        body.u8()
-        transform_id = body.u16()
+        transform_type, _, transform_id = body.unpack(_SUBSTRUCT_HEADER)
         key_length: int | None = None
         others: list[TransformAttribute] = []
         while body.remaining:
-            af_type = body.u16()
+            af_type, field = body.unpack(_ATTRIBUTE_HEADER)
             attr_type = af_type & 0x7FFF
-            value: int | bytes = body.u16() if af_type & _AF_TV else body.take(body.u16())
+            value: int | bytes = field if af_type & _AF_TV else body.take(field)
             if attr_type == ATTR_KEY_LENGTH and isinstance(value, int) and key_length is None:
                 key_length = value
             else:
@@ -248,18 +264,14 @@ class SaProposal:
 
     @classmethod
     def decode(cls, r: _Reader) -> tuple[SaProposal, bool]:
-        last = r.u8()
-        r.u8()
-        length = r.u16()
+        last, _, length = r.unpack(_SUBSTRUCT_HEADER)
         if last not in (0, 2):
             raise MalformedMessage(f"SA: proposal 'last substruc' is {last}, not 0 or 2")
         if length < 8:
             raise MalformedMessage(f"SA: proposal length {length} < 8")
         body = _Reader(r.take(length - 4), "SA proposal")
-        number = body.u8()
-        protocol_id = enum_or_int(ProtocolId, body.u8())
-        spi_size = body.u8()
-        count = body.u8()
+        number, protocol, spi_size, count = body.unpack(_PROPOSAL_FIELDS)
+        protocol_id = enum_or_int(ProtocolId, protocol)
         spi = body.take(spi_size)
         where = f"SA proposal #{number}"
         transforms: list[Transform] = []
