@@ -622,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     install_sigterm_handler()
     meta = environment()
+    if args.strongswan_root is not None:  # swanctl --version above is the host's own
+        meta["versions"]["strongswan"] = StrongSwan("root", args.strongswan_root).version
     order = [n for n in BACKENDS if n in args.only]
     if "plain" not in order:
         log("note: without 'plain' there is no RTT added nor ratio to plain")
