@@ -34,6 +34,7 @@ from ipsecd.daemon.privilege import drop_privileges
 from ipsecd.daemon.resolver import SystemResolver
 from ipsecd.daemon.sdnotify import Notifier
 from ipsecd.daemon.status import DaemonStatus, DataplaneStatus
+from ipsecd.daemon.warmup import warm_up
 from ipsecd.dataplane.sad import Address
 from ipsecd.dataplane.tun import TunDevice
 from ipsecd.dataplane.udp import UdpSocket
@@ -354,6 +355,10 @@ def run_daemon(config_path: str) -> int:
         print(f"ipsecd: refusing to start: {exc}", file=sys.stderr)
         return 1
     keep_heap_mapped()
+    warmed = warm_up(config)  # the first handshake after start costs what a later one does
+    logs.get_logger().debug(
+        "warm-up handshake", ms=None if warmed is None else round(warmed * 1e3, 1)
+    )
     try:
         return asyncio.run(Daemon(config).run())
     finally:
