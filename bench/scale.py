@@ -11,8 +11,8 @@
   peers (``remote_address: any``, told apart by their identities) on N addresses of its
   uplink; gwA starts with N peers (``start: initiate``, one gwB address each), so all N
   IKE_SA_INIT go out at start.  gwB's per-source half-open limit and cookie threshold are
-  raised to N (all of them come from gwA's one address).  N divided by the time from gwA's "ipsecd running" to its
-  last "CHILD_SA installed" log line.
+  raised to N (all of them come from gwA's one address).  N divided by the time from
+  gwA's "ipsecd running" to its last "CHILD_SA installed" log line.
 * Rounds interleave the sizes (default 3); the table shows the median and the range.
   The load average (1 min) is read before and after every measurement; a measurement
   where it exceeded the number of CPUs is marked ``*`` (taken under load).
