@@ -137,6 +137,10 @@ def load_yaml(text: str, file: str, *, strings_only: bool = False) -> Any:
         char = exc.character
         code = f"#x{char:04x}" if isinstance(char, int) else repr(char)
         raise ConfigError(file, line, None, f"character {code} is not allowed in YAML") from None
+    except UnicodeEncodeError as exc:  # libyaml's reader takes UTF-8: a lone surrogate
+        line = text.count("\n", 0, exc.start) + 1
+        code = f"#x{ord(text[exc.start]):04x}"
+        raise ConfigError(file, line, None, f"character {code} is not allowed in YAML") from None
     except yaml.YAMLError as exc:
         raise ConfigError(file, None, None, f"YAML error: {exc}") from None
     finally:
