@@ -120,9 +120,7 @@ def _env() -> dict[str, str]:
 def _daemon(ns: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "ipsecd.cli.ipsecd", "run", "--config", str(config)]
     with open(log, "wb") as fh:
-        return subprocess.Popen(
-            netns_cmd(ns, cmd), stdout=fh, stderr=subprocess.STDOUT, env=_env()
-        )
+        return subprocess.Popen(netns_cmd(ns, cmd), stdout=fh, stderr=subprocess.STDOUT, env=_env())
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
