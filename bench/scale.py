@@ -166,7 +166,7 @@ def measure_idle(n: int, workdir: Path) -> dict[str, Any]:
         latencies = []
         for _ in range(5):
             t = time.monotonic()
-            request(sock, {"cmd": "status"})
+            request(sock, {"cmd": "status"}, timeout=120)
             latencies.append(time.monotonic() - t)
         return {
             "peers": n,
