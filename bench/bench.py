@@ -616,6 +616,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table, write JSON / plot if asked."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--scale" in argv:  # the scale mode: bench/scale.py, its own options
+        from bench import scale
+
+        return scale.main([a for a in argv if a != "--scale"])
     args = parse_args(argv)
     if os.geteuid() != 0:
         print("bench.py needs root (network namespaces)", file=sys.stderr)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ipsecd.cli.control_text import format_outcome, format_plan, format_record
 from ipsecd.cli.status_text import Style, format_conns, format_status
-from ipsecd.cli.version import version_line
+from ipsecd.cli.version import VersionAction
 from ipsecd.daemon.control import ControlReplyError, follow, request
 
 DEFAULT_SOCKET = "/run/ipsecd/ipsecd.sock"
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument("--version", action=VersionAction)
     parser.add_argument("--socket", "-s", default=DEFAULT_SOCKET, help="control socket path")
     sub = parser.add_subparsers(dest="command", required=True)
     st = sub.add_parser("status", help="show peers, SAs, counters")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ipsecd.cli.version import version_line
+from ipsecd.cli.version import VersionAction
 
 DEFAULT_CONFIG = "/etc/ipsecd/ipsecd.yaml"
 
@@ -60,7 +60,7 @@ def _check(paths: list[str], show: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ipsecd", description="userspace IPsec VPN daemon")
-    parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon in the foreground")
     run.add_argument("--config", "-c", default=DEFAULT_CONFIG)

@@ -9,6 +9,7 @@ addresses, auth vs. manual, unique names, SPIs and remote endpoints.
 
 from __future__ import annotations
 
+import heapq
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -741,34 +742,57 @@ def _check_remote_ts_disjoint(peers: tuple[Values, ...], errors: ErrorCollector)
     decorrelated).  A remote prefix reached from several local prefixes is one
     child listing them all in its ``local_ts``.
     """
-    seen: list[tuple[TrafficSelector, At, str | None, str | None, int]] = []
+    entries: list[tuple[TrafficSelector, At, str | None, str | None, int]] = []
     for n, v in enumerate(peers):
         peer = v.get("name")
         for child in _children_values(v):
             child_name = child.get("name") if child is not v else None
             for i, ts in enumerate(child.get("remote_ts") or ()):
-                at = child.item_at("remote_ts", i)
-                for other, other_at, other_peer, other_child, other_n in seen:
-                    if (other_n, other_child) == (n, child_name) or ts.intersect(other) is None:
-                        continue
-                    how = "is the same as" if ts == other else "overlaps"
-                    where = f"({other_at.file}:{other_at.line}, {other_at.path})"
-                    if other_n == n:
-                        message = (
-                            f"{ts} {how} {other} in remote_ts of child {other_child!r} {where};"
-                            f" children {other_child!r} and {child_name!r} of peer {peer!r} would"
-                            " both claim that traffic: make the remote_ts of different children"
-                            " disjoint (one remote prefix reached from several local prefixes"
-                            " is one child with all of them in its local_ts)"
-                        )
-                    else:
-                        message = (
-                            f"{ts} {how} {other} in remote_ts of peer {other_peer!r} {where};"
-                            f" peer {peer!r} and peer {other_peer!r} would both claim that"
-                            " traffic: make the remote_ts of different peers disjoint"
-                        )
-                    errors.add(at.error(message))
-                seen.append((ts, at, peer, child_name, n))
+                entries.append((ts, child.item_at("remote_ts", i), peer, child_name, n))
+    for k, j in _address_overlaps([entry[0] for entry in entries]):
+        ts, at, peer, child_name, n = entries[k]
+        other, other_at, other_peer, other_child, other_n = entries[j]
+        if (other_n, other_child) == (n, child_name) or ts.intersect(other) is None:
+            continue
+        how = "is the same as" if ts == other else "overlaps"
+        where = f"({other_at.file}:{other_at.line}, {other_at.path})"
+        if other_n == n:
+            message = (
+                f"{ts} {how} {other} in remote_ts of child {other_child!r} {where};"
+                f" children {other_child!r} and {child_name!r} of peer {peer!r} would"
+                " both claim that traffic: make the remote_ts of different children"
+                " disjoint (one remote prefix reached from several local prefixes"
+                " is one child with all of them in its local_ts)"
+            )
+        else:
+            message = (
+                f"{ts} {how} {other} in remote_ts of peer {other_peer!r} {where};"
+                f" peer {peer!r} and peer {other_peer!r} would both claim that"
+                " traffic: make the remote_ts of different peers disjoint"
+            )
+        errors.add(at.error(message))
+
+
+def _address_overlaps(selectors: list[TrafficSelector]) -> list[tuple[int, int]]:
+    """Every pair ``(k, j)``, ``j < k``, of selectors whose address ranges overlap, in the
+    order a loop over ``k`` and then over ``j`` would meet them.
+
+    A sweep over the ranges sorted by their first address: with 10 000 peers, comparing
+    every pair took minutes; disjoint prefixes now cost one sort.
+    """
+    order = sorted(range(len(selectors)), key=lambda k: (selectors[k].version, selectors[k].start))
+    pairs: list[tuple[int, int]] = []
+    active: list[tuple[int, int]] = []  # heap of (end, index) of the ranges still open
+    version = None
+    for k in order:
+        ts = selectors[k]
+        if ts.version != version:
+            version, active = ts.version, []
+        while active and active[0][0] < ts.start:
+            heapq.heappop(active)
+        pairs += [(max(k, j), min(k, j)) for _, j in active]
+        heapq.heappush(active, (ts.end, k))
+    return sorted(pairs)
 
 
 def _check_any_peers(peers: tuple[Values, ...], errors: ErrorCollector) -> None:

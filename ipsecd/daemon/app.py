@@ -16,9 +16,9 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.exceptions import NetlinkError  # the submodule: lazyimports.py
 
 from ipsecd.addresses import format_address
 from ipsecd.config import Config, load_config
@@ -28,17 +28,20 @@ from ipsecd.daemon.control import ControlServer
 from ipsecd.daemon.core import DaemonCore
 from ipsecd.daemon.instance import StartRefused, claim_instance
 from ipsecd.daemon.malloc import keep_heap_mapped
-from ipsecd.daemon.metrics import MetricsServer
 from ipsecd.daemon.outcomes import MAX_WAIT
 from ipsecd.daemon.preflight import log_findings
 from ipsecd.daemon.privilege import drop_privileges
 from ipsecd.daemon.resolver import SystemResolver
 from ipsecd.daemon.sdnotify import Notifier
 from ipsecd.daemon.status import DaemonStatus, DataplaneStatus
+from ipsecd.daemon.warmup import warm_up
 from ipsecd.dataplane.sad import Address
 from ipsecd.dataplane.tun import TunDevice
 from ipsecd.dataplane.udp import UdpSocket
 from ipsecd.oserrors import OSErrorAt
+
+if TYPE_CHECKING:
+    from ipsecd.daemon.metrics import MetricsServer
 
 BURST = 64
 
@@ -254,6 +257,10 @@ class Daemon:
             await self._close()
             return 1
         if self.config.gateway.metrics is not None:
+            # Imported here: prometheus_client (and the HTTP and email modules under it)
+            # cost 3 MB that a daemon without the metrics endpoint never needs.
+            from ipsecd.daemon.metrics import MetricsServer
+
             host, port = self.config.gateway.metrics
             self._metrics = MetricsServer(host, port, self.status)
             try:
@@ -348,6 +355,10 @@ def run_daemon(config_path: str) -> int:
         print(f"ipsecd: refusing to start: {exc}", file=sys.stderr)
         return 1
     keep_heap_mapped()
+    warmed = warm_up(config)  # the first handshake after start costs what a later one does
+    logs.get_logger().debug(
+        "warm-up handshake", ms=None if warmed is None else round(warmed * 1e3, 1)
+    )
     try:
         return asyncio.run(Daemon(config).run())
     finally:
