@@ -66,6 +66,10 @@ CONFIG_DOCS: dict[str, str] = {
     "gateway.set_forwarding": "Turn IP forwarding on at start (net.ipv4.ip_forward; IPv6 "
     "forwarding too with IPv6 selectors) instead of only warning that it is off.  Under "
     "systemd's ProtectKernelTunables=yes /proc/sys is read-only: use /etc/sysctl.d/ instead.",
+    "gateway.fwmark": "Firewall mark on ipsecd's own IKE and ESP/AH sockets, so that their "
+    "packets skip route_table (the rule is: not fwmark FWMARK lookup route_table).",
+    "gateway.route_table": "Routing table for transport-mode peers' addresses (routed into the "
+    "TUN device for every packet but ipsecd's own).",
     "gateway.wakeup_interval_ms": "Wake the daemon this often (ms) even when idle, which keeps an "
     "idle tunnel's latency low on virtual machines; 0: never.",
     "peers": "The peers, at least one.",
@@ -79,6 +83,9 @@ CONFIG_DOCS: dict[str, str] = {
     "peers.local_ts": "Traffic selectors: the prefixes behind this gateway.",
     "peers.remote_ts": "Traffic selectors: the prefixes behind the peer; routed into the TUN "
     "device.",
+    "peers.encap": "always: ESP in UDP (RFC 3948) whatever the path, as strongSwan's "
+    "encap = yes (kernel-libipsec peers need it); auto: ESP or AH directly over IP (protocols "
+    "50/51) unless a NAT is detected (then ESP in UDP; AH is refused).",
     "peers.fragmentation": "IKE fragmentation (RFC 7383): yes, accept (never send fragments) or "
     "no (do not announce support).",
     "peers.fragment_size": "Overrides gateway.fragment_size for this peer.",
@@ -91,8 +98,14 @@ CONFIG_DOCS: dict[str, str] = {
     "e.g. aes256gcm16-prfsha256-x25519.",
     "peers.ike.rekey_time": "Rekey the IKE SA this long after it was established; 0: never.",
     "peers.ike.rand_time": "Rekey up to this much earlier, at random; default 10% of rekey_time.",
-    "peers.esp": "CHILD SA (ESP) settings.",
+    "peers.esp": "CHILD SA settings: protocol, mode, proposals, lifetimes.",
+    "peers.esp.mode": "tunnel (whole packets between the sites) or transport (the gateways' own "
+    "packets; local_ts and remote_ts are then the two gateway addresses).",
+    "peers.esp.protocol": "esp (encryption and integrity) or ah (integrity only, RFC 4302; "
+    "needs encap: auto and no NAT).",
     "peers.esp.proposals": "ESP proposals, cipher[-integrity][-ke][-esn|-noesn], e.g. aes256gcm16.",
+    "peers.esp.ah_proposals": "AH proposals (protocol: ah), integrity[-ke][-esn|-noesn], e.g. "
+    "sha256.",
     "peers.esp.rekey_time": "Rekey a CHILD SA after this long; 0: no time-based rekey.",
     "peers.esp.life_time": "Delete a CHILD SA after this long; default rekey_time * 1.1.",
     "peers.esp.rand_time": "Random jitter subtracted from rekey_time; default 10% of rekey_time.",

@@ -55,6 +55,8 @@ def _gateway(gw: GatewayConfig) -> dict[str, Any]:
         "wakeup_interval_ms": gw.wakeup_interval_ms,
         "user": effective_user(gw.user),
         "set_forwarding": gw.set_forwarding,
+        "fwmark": gw.fwmark,
+        "route_table": gw.route_table,
     }
 
 
@@ -95,8 +97,13 @@ def _peer(p: PeerConfig) -> dict[str, Any]:
                 "rekey_time": p.ike_lifetime.rekey_time,
                 "rand_time": p.ike_lifetime.rand_time,
             },
+            "encap": p.encap,
             "esp": {
-                "proposals": [str(x) for x in p.esp_proposals],
+                "mode": p.mode,
+                "protocol": p.protocol,
+                ("ah_proposals" if p.protocol == "ah" else "proposals"): [
+                    str(x) for x in p.child_proposals
+                ],
                 "rekey_time": child.rekey_time,
                 "life_time": round(child.life_time),  # whole seconds, as it is written
                 "rand_time": child.rand_time,

@@ -139,6 +139,11 @@ class GatewayConfig:
     # Turn on IP forwarding at start (net.ipv4.ip_forward, and IPv6 forwarding when IPv6
     # selectors are configured) instead of only warning that it is off (daemon.preflight).
     set_forwarding: bool = False
+    # Transport mode (peers[].esp.mode): the peers' addresses are routed into TUN in table
+    # ``route_table``, which ``ip rule not fwmark FWMARK`` consults; ipsecd's own IKE/ESP
+    # sockets carry FWMARK, so their packets to the same addresses take the main table.
+    fwmark: int = 0x4500
+    route_table: int = 4500
 
 
 @dataclass(frozen=True)
@@ -224,7 +229,7 @@ class PeerConfig:
     local_ts: tuple[TrafficSelector, ...]
     remote_ts: tuple[TrafficSelector, ...]
     ike_proposals: tuple[Proposal, ...]  # empty for manual peers
-    esp_proposals: tuple[Proposal, ...]  # empty for manual peers
+    esp_proposals: tuple[Proposal, ...]  # empty for manual peers and AH children
     auth: AuthConfig | None  # None iff manual is set
     manual: ManualSaConfig | None
     ike_lifetime: IkeLifetime = IkeLifetime()
@@ -235,6 +240,19 @@ class PeerConfig:
     # (0 = off); what to do when the peer does not answer: restart | clear | hold.
     dpd_delay: int = 30
     dpd_action: str = "restart"
+    # The CHILD_SA's IPsec mode (RFC 4301 §4.1: tunnel | transport) and protocol
+    # (esp | ah); AH children negotiate ``ah_proposals`` (integrity only, RFC 4302).
+    mode: str = "tunnel"
+    protocol: str = "esp"
+    ah_proposals: tuple[Proposal, ...] = ()
+    # ESP/AH on the wire (RFC 7296 §2.23): always UDP-encapsulated (RFC 3948), or
+    # directly over IP (protocols 50/51) unless a NAT is detected.
+    encap: str = "always"
+
+    @property
+    def child_proposals(self) -> tuple[Proposal, ...]:
+        """What the CHILD_SA negotiates: the AH proposals for AH, else the ESP ones."""
+        return self.ah_proposals if self.protocol == "ah" else self.esp_proposals
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ addresses, auth vs. manual, unique names, SPIs and remote endpoints.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,13 @@ from ipsecd.selectors import TrafficSelector
 
 DEFAULT_IKE_PROPOSALS = ("aes256gcm16-prfsha256-x25519", "aes128-sha256-ecp256")
 DEFAULT_ESP_PROPOSALS = ("aes256gcm16", "aes128-sha256")
+DEFAULT_AH_PROPOSALS = ("sha256",)
 DEFAULT_CONTROL_SOCKET = "/run/ipsecd/ipsecd.sock"
 
+# Transport mode routes the peer's own address into TUN, in a table of its own that
+# ipsecd's sockets (marked) skip: ``ip rule add not fwmark MARK table TABLE``.
+DEFAULT_FWMARK = 0x4500
+DEFAULT_ROUTE_TABLE = 4500
 MIN_FRAGMENT_SIZE = 128  # ipsecd.ike.fragments.MIN_FRAGMENT_SIZE (config imports no ike)
 PEER_NAME = r"[A-Za-z0-9_.-]+"
 TUN_NAME = r"[A-Za-z0-9_.-]+"  # at most IFNAMSIZ - 1 = 15; no '/', no whitespace
@@ -101,6 +107,23 @@ def account() -> Any:
                 " creates 'ipsecd') or name an existing one"
             ) from None
         return name
+
+    return convert
+
+
+def route_table() -> Any:
+    """A routing table id for ipsecd's own routes; not main, local or default (253-255)."""
+    as_int = integer(1, 0xFFFFFFFF)
+
+    def convert(value: Any, at: At) -> int:
+        table: int = as_int(value, at)
+        if table in (253, 254, 255):
+            name = {253: "default", 254: "main", 255: "local"}[table]
+            raise at.error(
+                f"{table} is the kernel's {name!r} table; ipsecd needs a table of its own"
+                f" (e.g. {DEFAULT_ROUTE_TABLE})"
+            )
+        return table
 
     return convert
 
@@ -148,18 +171,25 @@ GATEWAY = Section(
     Field("wakeup_interval_ms", integer(0, 1000), 0),
     Field("user", optional(account()), None),
     Field("set_forwarding", boolean(), False),
+    Field("fwmark", integer(1, 0xFFFFFFFF), DEFAULT_FWMARK),
+    Field("route_table", route_table(), DEFAULT_ROUTE_TABLE),
 )
 
 DEFAULT_IKE = tuple(parse_proposal(p, "ike") for p in DEFAULT_IKE_PROPOSALS)
 DEFAULT_ESP = tuple(parse_proposal(p, "esp") for p in DEFAULT_ESP_PROPOSALS)
+DEFAULT_AH = tuple(parse_proposal(p, "ah") for p in DEFAULT_AH_PROPOSALS)
 
 IKE = Section(
     Field("proposals", list_of(proposal("ike"), min_items=1), DEFAULT_IKE),
     Field("rekey_time", duration(0, 10 * 365 * 86400), 4 * 3600),
     Field("rand_time", optional(duration(0, 10 * 365 * 86400)), None),
 )
+# The CHILD_SA: its protocol, mode, proposals and lifetimes (the peer's ``esp:`` section).
 ESP = Section(
+    Field("mode", choice("tunnel", "transport"), "tunnel"),
+    Field("protocol", choice("esp", "ah"), "esp"),
     Field("proposals", list_of(proposal("esp"), min_items=1), DEFAULT_ESP),
+    Field("ah_proposals", list_of(proposal("ah"), min_items=1), DEFAULT_AH),
     Field("rekey_time", duration(0, 10 * 365 * 86400), 3600),
     Field("life_time", optional(duration(1, 10 * 365 * 86400)), None),
     Field("rand_time", optional(duration(0, 10 * 365 * 86400)), None),
@@ -188,6 +218,7 @@ PEER = Section(
     Field("remote_port", port(), 500),
     Field("local_address", ip_address(), None),
     Field("start", choice("initiate", "respond", "trap"), "initiate"),
+    Field("encap", choice("auto", "always"), "always"),
     Field("local_ts", list_of(prefix(), min_items=1, unique=True), REQUIRED),
     Field("remote_ts", list_of(prefix(), min_items=1, unique=True), REQUIRED),
     Field("fragmentation", fragmentation_mode(), "yes"),
@@ -234,6 +265,8 @@ def _build_gateway(v: Values) -> GatewayConfig:
         wakeup_interval_ms=v["wakeup_interval_ms"],
         user=v["user"],
         set_forwarding=v["set_forwarding"],
+        fwmark=v["fwmark"],
+        route_table=v["route_table"],
     )
 
 
@@ -331,6 +364,7 @@ def _build_peer(v: Values, gateway: GatewayConfig, owners: frozenset[int]) -> Pe
     auth = manual = None
     ike: tuple[Proposal, ...] = ()
     esp: tuple[Proposal, ...] = ()
+    child = _ChildSa()
     if v["manual"] is not None:
         manual_line = v.at("manual").line
         for key in (
@@ -351,7 +385,8 @@ def _build_peer(v: Values, gateway: GatewayConfig, owners: frozenset[int]) -> Pe
     else:
         auth = _build_auth(v["auth"], local, remote, owners)
         ike = v["ike"]["proposals"] if v["ike"] is not None else DEFAULT_IKE
-        esp = v["esp"]["proposals"] if v["esp"] is not None else DEFAULT_ESP
+        child = _build_child(v, local, remote)
+        esp = child.esp_proposals
     return PeerConfig(
         name=name,
         remote_address=remote,
@@ -370,7 +405,76 @@ def _build_peer(v: Values, gateway: GatewayConfig, owners: frozenset[int]) -> Pe
         fragment_size=v["fragment_size"],
         dpd_delay=v["dpd_delay"],
         dpd_action=v["dpd_action"],
+        mode=child.mode,
+        protocol=child.protocol,
+        ah_proposals=child.ah_proposals,
+        encap=v["encap"],
     )
+
+
+@dataclass(frozen=True)
+class _ChildSa:
+    """What the ``esp:`` section says about the CHILD_SA besides its lifetimes."""
+
+    mode: str = "tunnel"
+    protocol: str = "esp"
+    esp_proposals: tuple[Proposal, ...] = ()
+    ah_proposals: tuple[Proposal, ...] = ()
+
+
+def _build_child(v: Values, local: Any, remote: Any) -> _ChildSa:
+    """The CHILD_SA's mode, protocol and proposals, with the checks that span keys.
+
+    AH cannot travel in UDP (RFC 3948 encapsulates ESP only), has no encryption
+    (RFC 4302), and transport mode protects the gateways' own packets (RFC 4301
+    §4.1), so its selectors are the two IKE addresses.
+    """
+    name = v["name"]
+    e: Values | None = v["esp"]
+    if e is None:
+        return _ChildSa(esp_proposals=DEFAULT_ESP)
+    mode, protocol = e["mode"], e["protocol"]
+    if protocol == "ah":
+        if e.given("proposals"):
+            raise e.at("proposals").error(
+                f"peer {name!r} uses AH (protocol: ah), which has no encryption (RFC 4302):"
+                " write its integrity algorithms as ah_proposals (e.g. [sha256]) instead of"
+                " proposals"
+            )
+        if v["encap"] == "always":
+            raise e.at("protocol").error(
+                f"peer {name!r}: AH cannot be carried in UDP (RFC 3948 encapsulates ESP"
+                " only), and encap is 'always'"
+                + ("" if v.given("encap") else " (the default)")
+                + "; set encap: auto on the peer: AH then travels directly over IP"
+                " (protocol 51), and the CHILD_SA is refused when a NAT is detected"
+            )
+    elif e.given("ah_proposals"):
+        raise e.at("ah_proposals").error(
+            f"peer {name!r}: ah_proposals are for protocol: ah, but this CHILD_SA uses ESP"
+            + ("" if e.given("protocol") else " (protocol: esp, the default)")
+            + "; add protocol: ah or remove ah_proposals"
+        )
+    if mode == "transport":
+        _check_transport_selectors(v, "local_ts", local, "this gateway's")
+        _check_transport_selectors(v, "remote_ts", remote, "the peer's")
+    if protocol == "ah":
+        return _ChildSa(mode, protocol, (), e["ah_proposals"])
+    return _ChildSa(mode, protocol, e["proposals"], ())
+
+
+def _check_transport_selectors(v: Values, key: str, address: Any, whose: str) -> None:
+    """Transport mode: every selector of ``key`` is exactly ``address`` (one host)."""
+    host = TrafficSelector.from_prefix(str(address))
+    for i, ts in enumerate(v[key]):
+        if ts != host:
+            bits = 32 if address.version == 4 else 128
+            raise v.item_at(key, i).error(
+                f"peer {v['name']!r} uses transport mode (esp.mode: transport), which protects"
+                f" the gateways' own packets: {key} must be {whose} address {address}"
+                f" (write {key}: [{address}/{bits}]), not {ts}; use mode: tunnel for subnets"
+                " and other hosts"
+            )
 
 
 def _also_used(at: At, what: str, first: Values) -> ConfigError:

@@ -11,11 +11,13 @@ wrong and what to write instead.  What is checked:
 - a TUN address outside every ``local_ts``: the gateway's own traffic into the tunnel
   leaves from it, and no SA covers it (``no_sa`` drops);
 - ``remote_ts`` over a peer's own address: ipsecd routes ``remote_ts`` into the tunnel, so
-  IKE and ESP to that peer would be routed into the tunnel too;
+  IKE and ESP to that peer would be routed into the tunnel too (not for a transport-mode
+  peer, whose route leaves ipsecd's own packets out: ``gateway.fwmark``);
 - ``remote_ts`` over a network this machine is connected to (with the gateway's own LAN
   address), as specific as that network's route or more: the tunnel takes it over;
 - ``local_ts`` over one of ``gateway.listen``: a peer that routes its ``remote_ts`` into
-  its tunnel, as ipsecd does, sends IKE and ESP for this gateway into the tunnel.
+  its tunnel, as ipsecd does, sends IKE and ESP for this gateway into the tunnel (again
+  not in transport mode, where that is the point).
 
 The routing-table checks need the machine's connected routes (:class:`ConnectedRoute`),
 which the caller reads (:func:`ipsecd.daemon.preflight.connected_routes`) and passes in:
@@ -143,6 +145,8 @@ def _remote_ts_warnings(
             key = f"peers[{n}].remote_ts[{i}]"
             for other in config.peers:
                 address = other.remote_address
+                if peer.mode == "transport" and address == peer.remote_address:
+                    continue  # routed beside ipsecd's own packets (gateway.fwmark)
                 if ts.contains_address(address.version, int(address)) and not _reached_beside(
                     address, ts, routes
                 ):
@@ -183,6 +187,8 @@ def _reached_beside(
 
 def _local_ts_warnings(config: Config) -> Iterator[tuple[str, str]]:
     for n, peer in enumerate(config.peers):
+        if peer.mode == "transport":
+            continue  # local_ts is this gateway's address by design
         for i, ts in enumerate(peer.local_ts):
             for address in config.gateway.listen:
                 if ts.contains_address(address.version, int(address)):
