@@ -224,7 +224,7 @@ class Scheduler:
         child.rekey_queued = True
         child.rekey_at = None
         sa.queue(
-            RekeyChildSa(child.spi_in, child.local_ts, child.remote_ts, sa.peer.esp_proposals),
+            RekeyChildSa(child.spi_in, child.local_ts, child.remote_ts, sa.peer.child_proposals),
             now,
         )
 

@@ -73,6 +73,9 @@ class Side:
     cookie_threshold: int | None = None  # gateway DoS settings; None: the default
     half_open_per_source: int | None = None
     half_open_limit: int | None = None
+    mode: str | None = None  # peers[].esp.mode; None: the default (tunnel)
+    protocol: str | None = None  # peers[].esp.protocol; "ah" writes ah_proposals = esp
+    encap: str | None = None  # peers[].encap; None: the default (always)
 
     def yaml(self, psk_file: Path) -> str:
         lines = [
@@ -113,7 +116,9 @@ class Side:
             f"      rekey_time: {self.ike_rekey_time}",
             *([f"      rand_time: {self.ike_rand_time}"] if self.ike_rand_time else []),
             "    esp:",
-            f"      proposals: {flow(self.esp)}",
+            *([f"      mode: {self.mode}"] if self.mode else []),
+            *([f"      protocol: {self.protocol}"] if self.protocol else []),
+            f"      {'ah_proposals' if self.protocol == 'ah' else 'proposals'}: {flow(self.esp)}",
             f"      rekey_time: {self.esp_rekey_time}",
             *([f"      life_time: {self.esp_life_time}"] if self.esp_life_time else []),
             *([f"      rand_time: {self.esp_rand_time}"] if self.esp_rand_time else []),
@@ -123,6 +128,8 @@ class Side:
         ]
         if self.remote_port is not None:
             lines.insert(2, f"    remote_port: {self.remote_port}")
+        if self.encap is not None:
+            lines.insert(2, f"    encap: {self.encap}")
         if self.fragmentation is not None:
             lines.insert(2, f"    fragmentation: {self.fragmentation}")
         if self.fragment_size is not None:

@@ -24,17 +24,21 @@ from ipsecd.ike import keys as ike_keys
 from ipsecd.ike.child import (
     ChildAlgorithms,
     ChildSa,
+    check_ah_without_nat,
+    check_mode_answer,
     check_narrowed_as_initiator,
     child_params,
     keymat_length,
     narrow_as_responder,
     new_child_spi,
+    responder_mode,
 )
 from ipsecd.ike.constants import AuthMethod, ExchangeType, NotifyType
 from ipsecd.ike.errors import (
     AUTHENTICATION_FAILED,
     AuthenticationFailed,
     InvalidSyntax,
+    NoProposalChosen,
     ProtocolError,
     notify_name,
 )
@@ -69,8 +73,19 @@ Selectors = tuple[TrafficSelector, ...]
 
 
 def without_ke(proposals: tuple[Proposal, ...]) -> tuple[Proposal, ...]:
-    """ESP proposals for IKE_AUTH: no KE transforms (RFC 7296 §1.2)."""
+    """ESP/AH proposals for IKE_AUTH: no KE transforms (RFC 7296 §1.2)."""
     return tuple(replace(p, ke=()) for p in proposals)
+
+
+def transport_notify(mode: str) -> list[Payload]:
+    """N(USE_TRANSPORT_MODE) for a transport-mode CHILD_SA, in a request or its answer
+    (RFC 7296 §1.3.1); nothing for tunnel mode."""
+    return [Notify(NotifyType.USE_TRANSPORT_MODE)] if mode == "transport" else []
+
+
+def transport_requested(message: Message) -> bool:
+    """The message carries N(USE_TRANSPORT_MODE) (RFC 7296 §1.3.1)."""
+    return message.notify(NotifyType.USE_TRANSPORT_MODE) is not None
 
 
 def auth_value(sa: IkeSa, key: bytes, of_initiator: bool, id_type: int, id_data: bytes) -> bytes:
@@ -94,11 +109,14 @@ def negotiated_child(
     local_ts: Selectors,
     remote_ts: Selectors,
     now: float,
+    mode: str = "tunnel",
 ) -> ChildSa:
     """The CHILD_SA an exchange agreed on, with its keys (RFC 7296 §2.17).
 
     KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr); ``chosen.spi`` is the SPI the peer
     receives with (our outbound SPI).  Shared by IKE_AUTH and CREATE_CHILD_SA, both roles.
+    ``mode`` is the agreed one (RFC 7296 §1.3.1); ESP goes in UDP or directly over IP
+    as :attr:`IkeSa.udp_encap` says.
     """
     assert sa.keys is not None
     algs = ChildAlgorithms.from_chosen(chosen)
@@ -113,6 +131,8 @@ def negotiated_child(
         local_ts=local_ts,
         remote_ts=remote_ts,
         remote=sa.remote,
+        mode=mode,
+        encap=sa.udp_encap,
     )
     return ChildSa(
         spi_in=spi_in,
@@ -120,6 +140,7 @@ def negotiated_child(
         local_ts=local_ts,
         remote_ts=remote_ts,
         algorithms=algs,
+        mode=mode,
         created_at=now,
         params=params,
     )
@@ -158,16 +179,18 @@ class IkeAuth:
         self.child_spi = 0
         self.local_ts: Selectors = ()
         self.remote_ts: Selectors = ()
-        self.esp_proposals: tuple[Proposal, ...] = ()
+        self.child_proposals: tuple[Proposal, ...] = ()  # ESP or AH (RFC 7296 §3.3.1)
 
     def build_request(self, sa: IkeSa, now: float) -> list[Payload]:
         peer = sa.peer
         assert peer.auth is not None
+        # No IKE SA without its first CHILD_SA: AH through a NAT fails here, named.
+        check_ah_without_nat(peer.protocol, sa.nat_local, sa.nat_remote, peer.name)
         me = _identity(peer.auth.local_id)
         self.child_spi = new_child_spi(sa.random_bytes, sa.children)
         self.local_ts = peer.local_ts
         self.remote_ts = peer.remote_ts
-        self.esp_proposals = without_ke(peer.esp_proposals)  # no KE in IKE_AUTH
+        self.child_proposals = without_ke(peer.child_proposals)  # no KE in IKE_AUTH
         auth_data = auth_value(sa, peer.auth.psk, True, *me)
         sa.transition(IkeEvent.AUTH_SENT, now)
         # RFC 7296 §2.4: "we have no other IKE SA with you; forget any you still hold".
@@ -176,7 +199,8 @@ class IkeAuth:
             IdentificationInitiator(*me),
             *contact,
             Authentication(AuthMethod.SHARED_KEY_MIC, auth_data),
-            sa_payload(self.esp_proposals, spi=self.child_spi.to_bytes(4, "big")),
+            *transport_notify(peer.mode),
+            sa_payload(self.child_proposals, spi=self.child_spi.to_bytes(4, "big")),
             TrafficSelectorsInitiator(self.local_ts),
             TrafficSelectorsResponder(self.remote_ts),
         ]
@@ -236,15 +260,22 @@ class IkeAuth:
 
     def _child(self, sa: IkeSa, message: Message, now: float) -> ChildSa:
         error = message.error_notify()
+        protocol = sa.peer.protocol
         if error is not None:
             raise ProtocolError(
                 f"peer refused the CHILD_SA with {notify_name(error.notify_type)}; we proposed"
-                f" ESP {format_proposals(self.esp_proposals)},"
+                f" {protocol.upper()} {format_proposals(self.child_proposals)}"
+                f" in {sa.peer.mode} mode,"
                 f" TSi={format_selectors(self.local_ts)} TSr={format_selectors(self.remote_ts)}"
             )
         chosen = check_answer(
-            message.find(SecurityAssociation), self.esp_proposals, "esp", sa.peer_name, fatal=False
+            message.find(SecurityAssociation),
+            self.child_proposals,
+            protocol,
+            sa.peer_name,
+            fatal=False,
         )
+        check_mode_answer(sa.peer.mode, transport_requested(message), sa.peer_name)
         selectors = _selectors(message)
         if selectors is None:
             raise InvalidSyntax("IKE_AUTH response lacks TSi/TSr")
@@ -260,6 +291,7 @@ class IkeAuth:
             local_ts=tsi,
             remote_ts=tsr,
             now=now,
+            mode=sa.peer.mode,
         )
 
     def failed(self, sa: IkeSa, reason: str, now: float) -> None:
@@ -304,7 +336,7 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
     sa.established(now, initial_contact=_initial_contact(message))
     try:
         child, child_payloads = respond_child(
-            sa, message, without_ke(peer.esp_proposals), sa.nonce_i, sa.nonce_r, b"", now
+            sa, message, without_ke(peer.child_proposals), sa.nonce_i, sa.nonce_r, b"", now
         )
     except ProtocolError as exc:
         reason = f"CHILD_SA with peer {peer.name} refused: {exc.reason}"
@@ -325,14 +357,19 @@ def respond_child(
     now: float,
     ke_payload: KeyExchange | None = None,
 ) -> tuple[ChildSa, list[Payload]]:
-    """Negotiate a CHILD_SA as responder: SA selection, TS narrowing, keys.
+    """Negotiate a CHILD_SA as responder: SA selection, mode, TS narrowing, keys.
 
     Shared by IKE_AUTH and CREATE_CHILD_SA (RFC 7296 §1.3).  Raises a
     :class:`ProtocolError` (NO_PROPOSAL_CHOSEN, TS_UNACCEPTABLE) whose text
-    names both sides' offers.
+    names both sides' offers, a mode we cannot answer, or AH across a NAT.
     """
     peer = sa.peer
-    chosen = choose(message.find(SecurityAssociation), proposals, "esp", peer.name)
+    chosen = choose(message.find(SecurityAssociation), proposals, peer.protocol, peer.name)
+    try:
+        check_ah_without_nat(chosen.protocol, sa.nat_local, sa.nat_remote, peer.name)
+    except ProtocolError as exc:
+        raise NoProposalChosen(exc.reason) from None
+    mode = responder_mode(peer.mode, transport_requested(message), peer.name)
     selectors = _selectors(message)
     if selectors is None:
         raise InvalidSyntax(f"peer {peer.name} proposed a CHILD_SA without TSi/TSr")
@@ -349,9 +386,10 @@ def respond_child(
         local_ts=new_tsr,
         remote_ts=new_tsi,
         now=now,
+        mode=mode,
     )
     payloads: list[Payload] = [chosen_sa_payload(chosen, spi=spi_in.to_bytes(4, "big"))]
     if ke_payload is not None:
         payloads.append(ke_payload)
     payloads += [TrafficSelectorsInitiator(new_tsi), TrafficSelectorsResponder(new_tsr)]
-    return child, payloads
+    return child, [*payloads, *transport_notify(mode)]

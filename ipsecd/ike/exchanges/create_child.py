@@ -20,7 +20,13 @@ from __future__ import annotations
 from ipsecd.crypto import keyexchange
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.crypto.registry import KeAlgorithm
-from ipsecd.ike.child import ChildSa, check_narrowed_as_initiator, new_child_spi
+from ipsecd.ike.child import (
+    ChildSa,
+    check_ah_without_nat,
+    check_mode_answer,
+    check_narrowed_as_initiator,
+    new_child_spi,
+)
 from ipsecd.ike.constants import ExchangeType, NotifyType, ProtocolId
 from ipsecd.ike.errors import (
     INVALID_KE_PAYLOAD,
@@ -33,7 +39,13 @@ from ipsecd.ike.errors import (
     notify_name,
 )
 from ipsecd.ike.events import NegotiationFailed
-from ipsecd.ike.exchanges.auth import negotiated_child, respond_child
+from ipsecd.ike.exchanges.auth import (
+    negotiated_child,
+    respond_child,
+    transport_notify,
+    transport_requested,
+)
+from ipsecd.ike.exchanges.informational import DeleteUnusedChildSa
 from ipsecd.ike.lifecycle import ChildEvent, ChildState
 from ipsecd.ike.message import Message
 from ipsecd.ike.payloads import (
@@ -83,11 +95,16 @@ class CreateChildSa:
         return []
 
     def build_request(self, sa: IkeSa, now: float) -> list[Payload] | None:
+        try:
+            check_ah_without_nat(sa.peer.protocol, sa.nat_local, sa.nat_remote, sa.peer_name)
+        except ProtocolError as exc:
+            raise exc.non_fatal() from None
         self.spi_in = new_child_spi(sa.random_bytes, sa.children)
         if not self.nonce:
             self.nonce = sa.random_bytes(NONCE_LEN)
         payloads = self.extra_payloads(sa)
         payloads += [
+            *transport_notify(sa.peer.mode),
             sa_payload(self.proposals, spi=self.spi_in.to_bytes(4, "big")),
             Nonce(self.nonce),
         ]
@@ -121,14 +138,24 @@ class CreateChildSa:
             self.error_type = error.notify_type
             raise ProtocolError(
                 f"peer {sa.peer_name} refused CREATE_CHILD_SA with"
-                f" {notify_name(error.notify_type)}; we proposed ESP"
-                f" {format_proposals(self.proposals)},"
+                f" {notify_name(error.notify_type)}; we proposed {sa.peer.protocol.upper()}"
+                f" {format_proposals(self.proposals)} in {sa.peer.mode} mode,"
                 f" TSi={format_selectors(self.local_ts)} TSr={format_selectors(self.remote_ts)}",
                 fatal=False,
             )
         chosen = check_answer(
-            message.find(SecurityAssociation), self.proposals, "esp", sa.peer_name, fatal=False
+            message.find(SecurityAssociation),
+            self.proposals,
+            sa.peer.protocol,
+            sa.peer_name,
+            fatal=False,
         )
+        try:
+            check_mode_answer(sa.peer.mode, transport_requested(message), sa.peer_name)
+        except ProtocolError as exc:
+            # The peer installed the SA in the other mode: delete it (RFC 7296 §1.4.1).
+            sa.tasks.insert(0, DeleteUnusedChildSa(self.spi_in, chosen.protocol))
+            raise exc.non_fatal() from None
         nonce_r = message.find(Nonce)
         tsi = message.find(TrafficSelectorsInitiator)
         tsr = message.find(TrafficSelectorsResponder)
@@ -159,6 +186,7 @@ class CreateChildSa:
             local_ts=tsi.selectors,
             remote_ts=tsr.selectors,
             now=now,
+            mode=sa.peer.mode,
         )
 
     def _retry_with_group(self, sa: IkeSa, data: bytes) -> None:
@@ -200,11 +228,14 @@ def mark_rekeyed(sa: IkeSa, child: ChildSa, now: float) -> None:
 def child_to_rekey(sa: IkeSa, message: Message) -> ChildSa | None:
     """Responder: the CHILD_SA a request's N(REKEY_SA) names, None if it is no rekey."""
     rekey = message.notify(NotifyType.REKEY_SA)
-    if rekey is None or rekey.protocol_id != ProtocolId.ESP:
+    if rekey is None or rekey.protocol_id not in (ProtocolId.ESP, ProtocolId.AH):
         return None
     spi = int.from_bytes(rekey.spi, "big") if rekey.spi else 0
+    protocol = "ah" if rekey.protocol_id == ProtocolId.AH else "esp"
     # The SPI is the peer's inbound SPI: our outbound one (§1.3.3).
-    old = next((c for c in sa.children.values() if c.spi_out == spi), None)
+    old = next(
+        (c for c in sa.children.values() if c.spi_out == spi and c.protocol == protocol), None
+    )
     if old is None:
         raise ChildSaNotFound(
             f"peer {sa.peer_name} asked to rekey CHILD_SA {spi:08x}, which we do not have",
@@ -242,9 +273,9 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
     offered = message.find(SecurityAssociation)
     if nonce_i is None or offered is None:
         raise InvalidSyntax("CREATE_CHILD_SA request lacks SA or Ni", fatal=False)
-    proposals = sa.peer.esp_proposals
+    proposals = sa.peer.child_proposals
     try:
-        chosen = choose(offered, proposals, "esp", sa.peer_name)
+        chosen = choose(offered, proposals, sa.peer.protocol, sa.peer_name)
     except ProtocolError as exc:
         raise exc.non_fatal() from None
     ke = message.find(KeyExchange)

@@ -118,10 +118,10 @@ class RekeyChildSa(CreateChildSa):
 
     def extra_payloads(self, sa: IkeSa) -> list[Payload]:
         # The SPI is the one we expect in inbound packets of the old SA (§1.3.3).
+        old = sa.children.get(self.old_spi)
+        protocol = ProtocolId.AH if old is not None and old.protocol == "ah" else ProtocolId.ESP
         return [
-            Notify(
-                NotifyType.REKEY_SA, protocol_id=ProtocolId.ESP, spi=self.old_spi.to_bytes(4, "big")
-            )
+            Notify(NotifyType.REKEY_SA, protocol_id=protocol, spi=self.old_spi.to_bytes(4, "big"))
         ]
 
     def build_request(self, sa: IkeSa, now: float) -> list[Payload] | None:
