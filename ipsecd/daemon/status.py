@@ -41,6 +41,8 @@ class ChildStatus:
     bytes_out: int = 0
     drops: dict[str, int] = field(default_factory=dict)
     rekey_in_seconds: float | None = None
+    mode: str = "tunnel"  # tunnel | transport (RFC 4301 §4.1)
+    encap: str = "udp"  # udp (RFC 3948) | ip (ESP/AH directly over IP)
 
 
 @dataclass(frozen=True)
@@ -131,13 +133,7 @@ class DaemonStatus:
 
 
 def _algorithm(sa: InstalledChildSa) -> str:
-    out = sa.outbound
-    name = out.encr.name
-    if out.integ is not None:
-        name += f"-{out.integ.name}"
-    if out.esn:
-        name += "-esn"
-    return name
+    return sa.algorithm + ("-esn" if sa.outbound.esn else "")
 
 
 def child_status(sa: InstalledChildSa, now: float, rekey_in: float | None) -> ChildStatus:
@@ -156,4 +152,6 @@ def child_status(sa: InstalledChildSa, now: float, rekey_in: float | None) -> Ch
         bytes_out=sa.outbound.bytes,
         drops={str(k): v for k, v in sa.inbound.drops.items() if v},
         rekey_in_seconds=rekey_in,
+        mode=sa.mode,
+        encap="udp" if sa.encap else "ip",
     )
