@@ -160,6 +160,8 @@ def _remote_ts_warnings(
                         ),
                     )
             for route in routes:
+                if peer.mode == "transport":
+                    break  # its own table: only the gateway's own packets go to the tunnel
                 for net in ts.networks():
                     if _overlaps(net, route.network) and net.prefixlen >= route.network.prefixlen:
                         yield (

@@ -73,11 +73,14 @@ IKE_SUMMARY_KEYS = ("local_spi", "remote_spi", "algorithm", "local", "remote")
 class RouteChange:
     """Route ``network`` into the TUN device (``add``) or take the route away; ``table``
     None is the main table, else ``gateway.route_table`` (transport mode), which the
-    rule ``not fwmark gateway.fwmark`` consults."""
+    rule ``not fwmark gateway.fwmark`` consults; ``source`` the address the kernel gives
+    this gateway's own packets on the route (transport mode: the peer's
+    ``local_address``, which the selectors name)."""
 
     network: IpNetwork
     add: bool
     table: int | None = None
+    source: str | None = None
 
 
 def manual_params(config: Config, peer: PeerConfig) -> ev.ChildSaParams:
@@ -253,6 +256,11 @@ class DaemonCore:
         also keep the kernel, which has no ESP/AH of its own here, from answering those
         packets with ICMP "protocol unreachable"."""
         return [(str(a), proto) for a in self.config.gateway.listen for proto in (50, 51)]
+
+    def needs_raw(self) -> bool:
+        """A peer may send ESP or AH directly over IP (``encap: auto``): without raw
+        sockets the daemon cannot start."""
+        return any(peer.encap == "auto" for peer in self.config.peers)
 
     def mtu(self) -> int:
         """The TUN MTU: configured, or the largest inner packet every ESP transform any
@@ -598,10 +606,12 @@ class DaemonCore:
 
     def _route(self, peer: PeerConfig, *, add: bool) -> None:
         # Transport mode: the peer's own address, beside the main table (gateway.fwmark).
-        table = self.config.gateway.route_table if peer.mode == "transport" else None
+        transport = peer.mode == "transport"
+        table = self.config.gateway.route_table if transport else None
+        source = str(peer.local_address) if transport else None
         for ts in peer.remote_ts:
             for net in ts.networks():
-                self._routes.append(RouteChange(net, add, table))
+                self._routes.append(RouteChange(net, add, table, source))
 
     def control(
         self, cmd: str, peer: str, now: float, *, rekey_ike: bool = False

@@ -121,3 +121,15 @@ def test_routes_of_our_own_tun_device_are_ignored() -> None:
     """`ipsecd check` on a running gateway sees the TUN's own routes: not a conflict."""
     own = ConnectedRoute(ipaddress.ip_network("10.1.0.0/24"), "ipsec0", None)
     assert warnings(with_tun("10.1.0.1/32"), routes=[own]) == []
+
+
+def test_transport_mode_host_selectors_warn_nothing() -> None:
+    """Transport mode names the two gateways by design; its route has a table of its own."""
+    text = (
+        BASE.replace("local_ts: [10.1.0.0/24]", "local_ts: [192.0.2.1/32]").replace(
+            "remote_ts: [10.2.0.0/24]", "remote_ts: [192.0.2.2/32]"
+        )
+        + "    esp:\n      mode: transport\n"
+    )
+    assert warnings(text) == []
+    assert warnings(text, routes=None) == []
