@@ -383,7 +383,7 @@ class DaemonCore:
             mode="manual" if peer.manual is not None else "ike",
             state=state,
             up=bool(children),
-            remote=f"{peer.remote_address}:{peer.remote_port}",
+            remote=format_address(peer.remote_address, peer.remote_port),
             local=str(peer.local_address),
             local_ts=format_selectors(peer.local_ts),
             remote_ts=format_selectors(peer.remote_ts),

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ipsecd.addresses import format_address
 from ipsecd.selectors import format_selectors
 
 if TYPE_CHECKING:
@@ -143,8 +144,8 @@ def child_status(sa: InstalledChildSa, now: float, rekey_in: float | None) -> Ch
         algorithm=_algorithm(sa),
         local_ts=format_selectors(sa.local_ts),
         remote_ts=format_selectors(sa.remote_ts),
-        local=f"{sa.local[0]}:{sa.local[1]}",
-        remote=f"{sa.remote[0]}:{sa.remote[1]}",
+        local=format_address(sa.local),  # [v6]:port
+        remote=format_address(sa.remote),
         established_seconds=round(now - sa.installed_at, 1),
         packets_in=sa.inbound.packets,
         bytes_in=sa.inbound.bytes,
