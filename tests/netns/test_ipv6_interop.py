@@ -1,0 +1,119 @@
+"""IPv6 with strongSwan 5.9.8 (charon, kernel-libipsec), both roles: IPv6 outer and inner
+(6-in-6), IPv4 sites over an IPv6 internet (4-in-6), IPv6 sites over IPv4 (6-in-4), and one
+CHILD_SA carrying both families at once.
+
+Each case builds hostA — gwA ══ internet ══ gwB — hostB with both address families
+(``Topology(ipv6=True)``), runs ipsecd on one gateway and charon on the other, brings the
+tunnel up from either side and passes ping (ICMP or ICMPv6) and a checksummed TCP
+transfer each way between the hosts.  kernel-libipsec carries ESP in UDP only, so
+ipsecd keeps ``encap: always``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.lab.daemons import GatewaySpec, IpsecdProcess, start_psk_pair
+from tests.lab.strongswan import Charon, SwanConnection
+from tests.lab.topology import (
+    GW_A_WAN_IP,
+    GW_A_WAN_IP6,
+    GW_B_WAN_IP,
+    GW_B_WAN_IP6,
+    HOST_A_IP,
+    HOST_A_IP6,
+    HOST_B_IP,
+    HOST_B_IP6,
+    SITE_A,
+    SITE_A6,
+    SITE_B,
+    SITE_B6,
+    Topology,
+)
+
+PSK = "ipv6-interop-psk-0123456789abcdef"
+IKE = "aes256gcm16-prfsha256-x25519"
+ESP = "aes128gcm16"
+WAN = {4: (GW_A_WAN_IP, GW_B_WAN_IP), 6: (GW_A_WAN_IP6, GW_B_WAN_IP6)}
+SITES = {4: (SITE_A, SITE_B), 6: (SITE_A6, SITE_B6)}
+HOSTS = {4: (HOST_A_IP, HOST_B_IP), 6: (HOST_A_IP6, HOST_B_IP6)}
+TRANSFER = 2 * 1024 * 1024
+
+# (outer family, inner families): 6-in-6, 4-in-6, 6-in-4, and both inside one CHILD_SA.
+CASES = [(6, (6,)), (6, (4,)), (4, (6,)), (6, (4, 6))]
+CASE_IDS = ["6in6", "4in6", "6in4", "4and6in6"]
+
+
+def start(
+    topo: Topology, outer: int, inner: tuple[int, ...], ipsecd_side: str
+) -> tuple[IpsecdProcess, Charon]:
+    """ipsecd on ``ipsecd_side`` ("a" initiates to charon, "b" answers charon's initiation),
+    charon on the other gateway, both configured for the same selectors."""
+    wan_a, wan_b = WAN[outer]
+    sites_a = [SITES[v][0] for v in inner]
+    sites_b = [SITES[v][1] for v in inner]
+    a = GatewaySpec("a", topo.gw_a, wan_a, wan_b, sites_a, sites_b, start="initiate")
+    b = GatewaySpec("b", topo.gw_b, wan_b, wan_a, sites_b, sites_a, start="respond")
+    for spec in (a, b):
+        spec.ike_proposals, spec.esp_proposals = [IKE], [ESP]
+    if ipsecd_side == "a":
+        charon_ns, local, remote, local_ts, remote_ts = topo.gw_b, wan_b, wan_a, sites_b, sites_a
+    else:
+        charon_ns, local, remote, local_ts, remote_ts = topo.gw_a, wan_a, wan_b, sites_a, sites_b
+    charon = Charon(topo, charon_ns).start()
+    charon.load(
+        SwanConnection(
+            local_addr=local,
+            remote_addr=remote,
+            local_ts=", ".join(local_ts),
+            remote_ts=", ".join(remote_ts),
+            psk=PSK,
+            ike_proposals=IKE,
+            esp_proposals=ESP,
+        )
+    )
+    ipsecd_a, ipsecd_b = start_psk_pair(topo, a, b, psk_a=PSK, psk_b=PSK, start=False)
+    ours = ipsecd_a if ipsecd_side == "a" else ipsecd_b
+    ours.start()
+    return ours, charon
+
+
+def traffic(topo: Topology, families: tuple[int, ...]) -> None:
+    for family in families:
+        host_a, host_b = HOSTS[family]
+        assert topo.wait_ping(topo.host_a, host_b, timeout=15), family
+        if family == 4:
+            assert topo.ping(topo.host_a, host_b, count=10).loss == 0.0
+        else:
+            assert topo.ping6(topo.host_a, host_b, count=10) == 10
+            assert topo.ping6(topo.host_b, host_a, count=5) == 5
+        there = topo.tcp_transfer(topo.host_a, topo.host_b, host_b, TRANSFER, timeout=30)
+        back = topo.tcp_transfer(topo.host_b, topo.host_a, host_a, TRANSFER, timeout=30)
+        assert there.ok and back.ok, (family, there, back)
+
+
+@pytest.mark.strongswan
+@pytest.mark.parametrize(("outer", "inner"), CASES, ids=CASE_IDS)
+def test_ipsecd_initiates_to_strongswan(tmp_path: Path, outer: int, inner: tuple[int, ...]) -> None:
+    with Topology(workdir=tmp_path / "topo", ipv6=True) as topo:
+        ours, charon = start(topo, outer, inner, "a")
+        peer = ours.wait_up(timeout=20)
+        kid = charon.wait_for_child_sa()
+        (mine,) = peer["children"]
+        assert int(str(kid["spi-in"]), 16) == int(mine["spi_out"], 16)
+        assert peer["remote"] == (f"[{WAN[outer][1]}]:500" if outer == 6 else f"{WAN[4][1]}:500")
+        traffic(topo, inner)
+
+
+@pytest.mark.strongswan
+@pytest.mark.parametrize(("outer", "inner"), CASES, ids=CASE_IDS)
+def test_strongswan_initiates_to_ipsecd(tmp_path: Path, outer: int, inner: tuple[int, ...]) -> None:
+    with Topology(workdir=tmp_path / "topo", ipv6=True) as topo:
+        ours, charon = start(topo, outer, inner, "b")
+        charon.initiate(timeout=20)
+        peer = ours.wait_up(timeout=20)
+        (mine,) = peer["children"]
+        assert sorted(mine["local_ts"].split(", ")) == sorted(SITES[v][1] for v in inner)
+        traffic(topo, inner)
