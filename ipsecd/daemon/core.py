@@ -160,6 +160,7 @@ def child_sa(peer: str, child: ev.ChildSaParams, local: Address, now: float) -> 
         protocol=child.protocol,
         encap=child.encap,
         max_inner=max_inner,
+        nat=child.nat,
     )
 
 

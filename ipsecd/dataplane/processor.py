@@ -48,7 +48,6 @@ from ipsecd.esp.transport import (
     split_for_transport,
 )
 from ipsecd.esp.udp_encap import DatagramKind, classify
-from ipsecd.selectors import TrafficSelector
 
 # (packet, ip version, src, dst) -> True if taken (queued for an on-demand tunnel).
 NoSaHook = Callable[[bytes, int, int, int], bool]
@@ -312,14 +311,15 @@ class PacketProcessor:
         to_tun: list[bytes],
     ) -> int:
         """Transport-mode ESP from UDP: the IP header is rebuilt from the addresses the
-        socket saw; behind a NAT the TCP/UDP checksum still covers the sender's own
-        addresses, which its traffic selectors carry (RFC 3948 §3.1.2, RFC 7296 §2.23.1)."""
+        socket saw.  Across a NAT the TCP/UDP checksum covers the addresses the sender
+        had, which neither side may know (each names itself, RFC 7296 §2.23.1): it is
+        recomputed, which RFC 3948 §3.1.2 allows since the ESP ICV vouches for the
+        payload.  Without a NAT the rebuilt packet must lie inside the selectors."""
         inbound = sa.inbound
         assert isinstance(inbound, InboundEspSa)
         source, destination = packed(remote[0]), packed(sa.local[0])
         front = IpFront.synthesize(source, destination)
-        original = (_host(sa.remote_ts), _host(sa.local_ts))
-        natted = original != (source, destination)
+        natted = sa.nat or remote != sa.remote
         delivered = 0
         for data in run:
             opened = inbound.decapsulate(bytes(data))
@@ -332,7 +332,7 @@ class PacketProcessor:
                 inbound.drops[DropReason.MALFORMED] += 1
                 continue
             if natted:
-                packet = fix_transport_checksum(packet, *original)
+                packet = fix_transport_checksum(packet)
             elif not _inside(sa, packet):
                 inbound.drops[DropReason.OUTSIDE_SELECTORS] += 1
                 continue
@@ -396,12 +396,6 @@ class PacketProcessor:
 
 def _protocol(sa: InstalledChildSa) -> int:
     return IPPROTO_AH if sa.protocol == "ah" else IPPROTO_ESP
-
-
-def _host(selectors: tuple[TrafficSelector, ...]) -> bytes:
-    """The one address of a transport-mode selector list, as in an IP header."""
-    ts = selectors[0]
-    return ts.start.to_bytes(ts.addr_len, "big")
 
 
 def _inside(sa: InstalledChildSa, packet: bytes) -> bool:

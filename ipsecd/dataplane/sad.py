@@ -49,6 +49,7 @@ class InstalledChildSa:
     protocol: str = "esp"
     encap: bool = True
     max_inner: int = 65535
+    nat: bool = False  # transport mode across a NAT: TCP/UDP checksums get fixed
     # (version, start, end) tuples flattened for a fast outbound match.
     _match: tuple[tuple[int, int, int, int, int, int], ...] = field(default=(), repr=False)
 

@@ -236,6 +236,32 @@ def narrow_as_responder(
     return new_tsi, new_tsr
 
 
+def transport_nat_selectors(
+    tsi: tuple[TrafficSelector, ...],
+    tsr: tuple[TrafficSelector, ...],
+    local: str,
+    remote: str,
+    peer: str,
+) -> tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]]:
+    """Responder, transport mode across a NAT (RFC 7296 §2.23.1): the data plane's
+    selectors ``(local_ts, remote_ts)``.
+
+    Each side names itself by the address it has, which a NAT changes on the way: the
+    initiator's TSi (or our own TSr) may be an address we never see.  A transport-mode SA
+    only ever carries packets between the two IKE endpoints, so any single-host TSi and
+    TSr are accepted as they are (and answered unchanged), and the SA is installed for
+    the endpoints' addresses as this side sees them.  Raises TS_UNACCEPTABLE otherwise.
+    """
+    hosts = [ts for ts in (*tsi, *tsr) if ts.start == ts.end]
+    if len(tsi) != 1 or len(tsr) != 1 or len(hosts) != 2:
+        raise TsUnacceptable(
+            f"peer {peer} asked for a transport-mode CHILD_SA across a NAT with"
+            f" TSi={format_selectors(tsi)} TSr={format_selectors(tsr)}: transport mode"
+            " takes one address on each side"
+        )
+    return (TrafficSelector.from_prefix(local),), (TrafficSelector.from_prefix(remote),)
+
+
 def check_narrowed_as_initiator(
     proposed_tsi: tuple[TrafficSelector, ...],
     proposed_tsr: tuple[TrafficSelector, ...],
@@ -300,10 +326,13 @@ def child_params(
     remote: Address,
     mode: str = "tunnel",
     encap: bool = True,
+    nat: bool = False,
 ) -> ChildSaParams:
     """Build the data-plane parameters; "in" keys are the ones the peer sends with.
 
     ``encap``: ESP in UDP (RFC 3948); False: directly over IP (protocol 50/51).
+    ``nat``: IKE detected a NAT (RFC 7296 §2.23), so transport-mode TCP/UDP checksums
+    need the RFC 3948 §3.1.2 fix-up.
     """
     i_to_r, r_to_i = split_keymat(keymat, algs)
     out_keys, in_keys = (i_to_r, r_to_i) if exchange_initiator else (r_to_i, i_to_r)
@@ -323,4 +352,5 @@ def child_params(
         mode=mode,
         protocol=algs.protocol,
         encap=encap,
+        nat=nat,
     )

@@ -46,7 +46,8 @@ class ChildSaParams:
     put in our SA payload; ``spi_out`` the one the peer chose.  ``protocol``
     ``ah`` has no cipher (``encr`` None, empty encryption keys).  ``mode`` is
     ``tunnel`` or ``transport`` (RFC 4301 §4.1); ``encap`` True carries the
-    SA's packets in UDP (RFC 3948), False directly over IP (protocol 50/51).
+    SA's packets in UDP (RFC 3948), False directly over IP (protocol 50/51);
+    ``nat``: IKE detected a NAT (or a peer forcing UDP encapsulation).
     """
 
     spi_in: int
@@ -64,6 +65,7 @@ class ChildSaParams:
     mode: str = "tunnel"
     protocol: str = "esp"
     encap: bool = True
+    nat: bool = False  # a NAT was detected: transport mode fixes TCP/UDP checksums
 
 
 class Event:

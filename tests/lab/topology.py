@@ -752,15 +752,20 @@ class Topology:
         dst_ip: str,
         nbytes: int,
         timeout: float = 60.0,
+        bind_ip: str | None = None,
     ) -> TransferResult:
         """Send ``nbytes`` random bytes over TCP from ``src_ns`` to ``dst_ip`` in ``dst_ns``.
 
-        Both ends hash what they saw (SHA-256); compare with ``result.ok``.  Raises
-        ``RuntimeError`` with the helper's log if either end fails.
+        The receiver listens on ``bind_ip`` (default ``dst_ip``; another address where
+        a NAT stands between).  Both ends hash what they saw (SHA-256); compare with
+        ``result.ok``.  Raises ``RuntimeError`` with the helper's log if either end fails.
         """
         log = self.log_path("tcp-sink.log")
         sink = self.spawn(
-            dst_ns, [sys.executable, "-c", _SINK_PY, dst_ip, str(timeout)], log, stdout_pipe=True
+            dst_ns,
+            [sys.executable, "-c", _SINK_PY, bind_ip or dst_ip, str(timeout)],
+            log,
+            stdout_pipe=True,
         )
         try:
             assert sink.stdout is not None

@@ -34,6 +34,7 @@ from tests.lab.topology import (
     SITE_B6,
     Topology,
 )
+from tests.lab.wait import wait_until
 
 scapy_all = pytest.importorskip("scapy.all")
 
@@ -148,3 +149,51 @@ def test_mode_matrix(tmp_path: Path, family: int, mode: str, protocol: str, enca
             assert sa["drops"] == {}, sa
             assert int(sa["packets_in"]) > TRANSFER // 1500, sa
             assert daemon.status()["drops"].keys() <= {"ipv6_link_local"}, daemon.status()
+
+
+@pytest.mark.parametrize("protocol", ["esp", "ah"])
+def test_transport_across_a_nat(tmp_path: Path, protocol: str) -> None:
+    """gwA behind a masquerading NAT, transport mode with ``encap: auto``: ESP falls back
+    to UDP (each side installs the endpoints it sees, checksums fixed, RFC 7296 §2.23.1,
+    RFC 3948 §3.1.2) and passes ping and TCP both ways, gwB reaching gwA at the NAT's
+    address; AH is refused, in words, on the side that asked for it."""
+    with Topology(workdir=tmp_path / "topo", nat=True) as topo:
+        a = GatewaySpec(
+            "a", topo.gw_a, topo.gw_a_wan_ip, GW_B_WAN_IP,
+            [f"{topo.gw_a_wan_ip}/32"], [f"{GW_B_WAN_IP}/32"],
+        )  # fmt: skip
+        b = GatewaySpec(
+            "b", topo.gw_b, GW_B_WAN_IP, topo.gw_a_public_ip,
+            [f"{GW_B_WAN_IP}/32"], [f"{topo.gw_a_public_ip}/32"],
+            start="respond", remote_id=topo.gw_a_wan_ip,
+        )  # fmt: skip
+        for spec in (a, b):
+            spec.peer_extra = {"encap": "auto"}
+            spec.child_extra = {"mode": "transport", "protocol": protocol}
+        gw_a, gw_b = start_psk_pair(topo, a, b)
+        if protocol == "ah":
+            error = _wait_last_error(gw_a, "AH cannot cross a NAT")
+            assert "IKE detected one in front of us" in error, error
+            assert not gw_a.peer_status()["children"] and not gw_b.peer_status()["children"]
+            return
+        gw_a.wait_up()
+        gw_b.wait_up()
+        assert child(gw_a)["encap"] == child(gw_b)["encap"] == "udp"
+        assert topo.wait_ping(topo.gw_a, GW_B_WAN_IP, timeout=10)
+        assert topo.ping(topo.gw_b, topo.gw_a_public_ip, count=5).loss == 0.0
+        there = topo.tcp_transfer(topo.gw_a, topo.gw_b, GW_B_WAN_IP, TRANSFER, timeout=30)
+        back = topo.tcp_transfer(
+            topo.gw_b, topo.gw_a, topo.gw_a_public_ip, TRANSFER, 30, bind_ip=topo.gw_a_wan_ip
+        )
+        assert there.ok and back.ok
+
+
+def _wait_last_error(daemon: IpsecdProcess, needle: str) -> str:
+    found: str = wait_until(
+        lambda: daemon.peer_status().get("last_error") or "",
+        20,
+        what=f"{needle!r} in last_error on {daemon.spec.name}",
+        until=lambda last: needle in last,
+        context=daemon.log_text,
+    )
+    return found

@@ -219,16 +219,22 @@ def test_ipv4_identification_is_ours_before_the_icv() -> None:
 
 def test_transport_over_udp_behind_a_nat_fixes_the_checksum() -> None:
     """The sender's TCP checksum covers its private address; the rebuilt packet carries
-    the NAT's, and the checksum is fixed with the address from the selectors."""
+    the NAT's, and the checksum is made right again (RFC 3948 §3.1.2)."""
     gw = Gateways(4, "transport", "esp", udp=True)
     packet = packet_for(4, "transport")
     datagrams = next(iter(gw.a.from_tun([packet]).values()))
     nat = ("203.0.113.9", 40501)
-    gw.sa_b.remote = nat
+    gw.sa_b.remote, gw.sa_b.nat = nat, True  # as IKE installs it after detecting the NAT
     (got,) = gw.b.from_udp([(d, nat) for d in datagrams])[0]
     assert got[12:16] == ipaddress.ip_address("203.0.113.9").packed
-    assert checksum_ok(got)
-    assert not checksum_ok(got[:12] + packet[12:16] + got[16:]) or got[20:] == packet[20:]
+    assert checksum_ok(got) and got[20:36] == packet[20:36] and got[38:] == packet[38:]
+    assert not checksum_ok(got[:12] + packet[12:16] + got[16:])  # the sender's was different
+    # Without the NAT flag, a packet from an address the SA does not name is refused.
+    gw.sa_b.nat = False
+    gw.sa_b.remote = ("192.0.2.1", 4500)
+    again = gw.a.from_tun([packet])
+    (datagrams,) = again.values()
+    assert gw.b.from_udp([(d, ("192.0.2.1", 4500)) for d in datagrams])[0] != []
 
 
 def test_transport_packet_outside_the_selectors_is_dropped() -> None:

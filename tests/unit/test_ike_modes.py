@@ -272,3 +272,52 @@ def test_encap_auto_behind_a_nat_uses_udp(tmp_path):
     pair.a.start(pair.now)
     pair.pump()
     assert child(pair, "a").encap is True and child(pair, "b").encap is True
+
+
+def test_transport_across_a_nat_installs_the_endpoints_each_side_sees(tmp_path):
+    """RFC 7296 §2.23.1: a names its private address, b knows only the NAT's; each SA
+    covers the two IKE endpoints as that side sees them, and checksums get fixed."""
+    a = side_a(local_ts=HOSTS_A, remote_ts=HOSTS_B, mode="transport")
+    b = side_b(
+        remote_address=NAT_PUBLIC_IP,
+        remote_id=A_IP,
+        local_ts=HOSTS_B,
+        remote_ts=(f"{NAT_PUBLIC_IP}/32",),
+        mode="transport",
+    )
+    pair = IkePair(tmp_path, a, b, start=False)
+    pair.net.nat = {(A_IP, 500): (NAT_PUBLIC_IP, 40500), (A_IP, 4500): (NAT_PUBLIC_IP, 40501)}
+    pair.a.start(pair.now)
+    pair.pump()
+    ca, cb = child(pair, "a"), child(pair, "b")
+    assert [str(t) for t in (*ca.local_ts, *ca.remote_ts)] == [f"{A_IP}/32", f"{B_IP}/32"]
+    assert [str(t) for t in (*cb.local_ts, *cb.remote_ts)] == [
+        f"{B_IP}/32",
+        f"{NAT_PUBLIC_IP}/32",
+    ]
+    assert ca.nat and cb.nat and ca.mode == cb.mode == "transport"
+
+
+def test_transport_across_a_nat_still_takes_one_host_a_side(tmp_path):
+    a = side_a(local_ts=HOSTS_A, remote_ts=HOSTS_B, mode="transport")
+    b = side_b(
+        remote_address=NAT_PUBLIC_IP,
+        remote_id=A_IP,
+        local_ts=HOSTS_B,
+        remote_ts=(f"{NAT_PUBLIC_IP}/32",),
+        mode="transport",
+    )
+    pair = IkePair(tmp_path, a, b, start=False)
+    pair.net.nat = {(A_IP, 500): (NAT_PUBLIC_IP, 40500), (A_IP, 4500): (NAT_PUBLIC_IP, 40501)}
+    # a's operator wrote a subnet past validation (as a peer that is not ipsecd may).
+    peer = pair.a.config.peers[0]
+    from ipsecd.selectors import TrafficSelector
+
+    wide = type(peer)(
+        **{**peer.__dict__, "local_ts": (TrafficSelector.from_prefix("192.0.2.0/24"),)}
+    )
+    pair.a.peers[peer.name] = wide
+    pair.a.start(pair.now)
+    pair.pump()
+    (reason,) = failures(pair, "b")
+    assert "transport mode takes one address on each side" in reason

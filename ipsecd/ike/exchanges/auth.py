@@ -32,6 +32,7 @@ from ipsecd.ike.child import (
     narrow_as_responder,
     new_child_spi,
     responder_mode,
+    transport_nat_selectors,
 )
 from ipsecd.ike.constants import AuthMethod, ExchangeType, NotifyType
 from ipsecd.ike.errors import (
@@ -133,6 +134,7 @@ def negotiated_child(
         remote=sa.remote,
         mode=mode,
         encap=sa.udp_encap,
+        nat=sa.nat_local or sa.nat_remote,
     )
     return ChildSa(
         spi_in=spi_in,
@@ -374,7 +376,13 @@ def respond_child(
     if selectors is None:
         raise InvalidSyntax(f"peer {peer.name} proposed a CHILD_SA without TSi/TSr")
     tsi, tsr = selectors
-    new_tsi, new_tsr = narrow_as_responder(tsi, tsr, peer.local_ts, peer.remote_ts, peer.name)
+    if mode == "transport" and (sa.nat_local or sa.nat_remote):
+        # RFC 7296 §2.23.1: answered unchanged, installed for the endpoints we see.
+        new_tsi, new_tsr = tsi, tsr
+        ours, theirs = transport_nat_selectors(tsi, tsr, sa.local[0], sa.remote[0], peer.name)
+    else:
+        new_tsi, new_tsr = narrow_as_responder(tsi, tsr, peer.local_ts, peer.remote_ts, peer.name)
+        ours, theirs = new_tsr, new_tsi
     spi_in = new_child_spi(sa.random_bytes, sa.children)
     child = negotiated_child(
         sa,
@@ -383,8 +391,8 @@ def respond_child(
         exchange_initiator=False,
         shared=shared_secret,
         nonces=(nonce_i, nonce_r),
-        local_ts=new_tsr,
-        remote_ts=new_tsi,
+        local_ts=ours,
+        remote_ts=theirs,
         now=now,
         mode=mode,
     )
