@@ -115,18 +115,16 @@ def child_sa(peer: str, child: ev.ChildSaParams, local: Address, now: float) -> 
     """
     inbound: Inbound
     outbound: Outbound
+    version = 6 if ":" in child.remote[0] else 4
+    tunnel = child.mode == "tunnel"
+    overhead: Callable[[int], int]
     if child.protocol == "ah":
         assert child.integ is not None  # AH always has an integrity algorithm
         inbound = InboundAhSa(child.spi_in, child.integ, child.integ_key_in, esn=child.esn)
-        outbound = OutboundAhSa(child.spi_out, child.integ, child.integ_key_out, esn=child.esn)
-        overhead = outbound.overhead
-        version = 6 if ":" in child.remote[0] else 4
-        max_inner = sa_max_inner(
-            lambda n: overhead(version), version, transport=child.mode == "transport", udp=False
-        )
+        ah = outbound = OutboundAhSa(child.spi_out, child.integ, child.integ_key_out, child.esn)
+        overhead = lambda n: ah.overhead(version)  # noqa: E731  (the same for every size)
     else:
         assert child.encr is not None  # ESP always has a cipher
-        tunnel = child.mode == "tunnel"
         inbound = InboundEspSa(
             child.spi_in,
             encr=child.encr,
@@ -145,8 +143,9 @@ def child_sa(peer: str, child: ev.ChildSaParams, local: Address, now: float) -> 
             integ_key=child.integ_key_out,
             esn=child.esn,
         )
-        version = 6 if ":" in child.remote[0] else 4
-        max_inner = sa_max_inner(outbound.overhead, version, transport=not tunnel, udp=child.encap)
+        overhead = outbound.overhead
+    udp = child.encap and child.protocol == "esp"  # AH never travels in UDP
+    max_inner = sa_max_inner(overhead, version, transport=not tunnel, udp=udp)
     return InstalledChildSa(
         peer=peer,
         inbound=inbound,

@@ -119,6 +119,25 @@ GW_A_LAN_IP6 = "fd00:1::1"
 GW_B_LAN_IP6 = "fd00:2::1"
 HOST_B_IP6 = "fd00:2::2"
 
+
+@dataclasses.dataclass(frozen=True)
+class Addressing:
+    """One address family of the topology: the gateways' uplinks, the sites, the hosts."""
+
+    gw_a_wan: str
+    gw_b_wan: str
+    site_a: str
+    site_b: str
+    host_a: str
+    host_b: str
+
+
+#: By IP version (IPv6: ``Topology(ipv6=True)``).
+ADDRESSING = {
+    4: Addressing(GW_A_WAN_IP, GW_B_WAN_IP, SITE_A, SITE_B, HOST_A_IP, HOST_B_IP),
+    6: Addressing(GW_A_WAN_IP6, GW_B_WAN_IP6, SITE_A6, SITE_B6, HOST_A_IP6, HOST_B_IP6),
+}
+
 NAT_INSIDE = "198.51.100.0/24"
 GW_A_NAT_IP = "198.51.100.2"  # gwA's uplink address behind the NAT
 NAT_INSIDE_IP = "198.51.100.1"

@@ -17,28 +17,14 @@ import pytest
 
 from tests.lab.daemons import GatewaySpec, IpsecdProcess, start_psk_pair
 from tests.lab.strongswan import Charon, SwanConnection
-from tests.lab.topology import (
-    GW_A_WAN_IP,
-    GW_A_WAN_IP6,
-    GW_B_WAN_IP,
-    GW_B_WAN_IP6,
-    HOST_A_IP,
-    HOST_A_IP6,
-    HOST_B_IP,
-    HOST_B_IP6,
-    SITE_A,
-    SITE_A6,
-    SITE_B,
-    SITE_B6,
-    Topology,
-)
+from tests.lab.topology import ADDRESSING, Topology
 
 PSK = "ipv6-interop-psk-0123456789abcdef"
 IKE = "aes256gcm16-prfsha256-x25519"
 ESP = "aes128gcm16"
-WAN = {4: (GW_A_WAN_IP, GW_B_WAN_IP), 6: (GW_A_WAN_IP6, GW_B_WAN_IP6)}
-SITES = {4: (SITE_A, SITE_B), 6: (SITE_A6, SITE_B6)}
-HOSTS = {4: (HOST_A_IP, HOST_B_IP), 6: (HOST_A_IP6, HOST_B_IP6)}
+WAN = {v: (x.gw_a_wan, x.gw_b_wan) for v, x in ADDRESSING.items()}
+SITES = {v: (x.site_a, x.site_b) for v, x in ADDRESSING.items()}
+HOSTS = {v: (x.host_a, x.host_b) for v, x in ADDRESSING.items()}
 TRANSFER = 2 * 1024 * 1024
 
 # (outer family, inner families): 6-in-6, 4-in-6, 6-in-4, and both inside one CHILD_SA.

@@ -19,21 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab.daemons import GatewaySpec, IpsecdProcess, start_psk_pair
-from tests.lab.topology import (
-    GW_A_WAN_IP,
-    GW_A_WAN_IP6,
-    GW_B_WAN_IP,
-    GW_B_WAN_IP6,
-    HOST_A_IP,
-    HOST_A_IP6,
-    HOST_B_IP,
-    HOST_B_IP6,
-    SITE_A,
-    SITE_A6,
-    SITE_B,
-    SITE_B6,
-    Topology,
-)
+from tests.lab.topology import ADDRESSING, GW_B_WAN_IP, Topology
 from tests.lab.wait import wait_until
 
 scapy_all = pytest.importorskip("scapy.all")
@@ -47,20 +33,16 @@ KINDS = [
     ("transport", "esp", "auto"),
     ("transport", "ah", "auto"),
 ]
-ADDRESSES = {
-    4: (GW_A_WAN_IP, GW_B_WAN_IP, SITE_A, SITE_B, HOST_A_IP, HOST_B_IP),
-    6: (GW_A_WAN_IP6, GW_B_WAN_IP6, SITE_A6, SITE_B6, HOST_A_IP6, HOST_B_IP6),
-}
 TRANSFER = 2 * 1024 * 1024
 
 
 def specs(topo: Topology, family: int, mode: str, protocol: str, encap: str) -> list[GatewaySpec]:
-    gw_a, gw_b, site_a, site_b, _, _ = ADDRESSES[family]
+    x = ADDRESSING[family]
     host = 32 if family == 4 else 128
     out = []
     for name, ns, me, peer, mine, theirs in (
-        ("a", topo.gw_a, gw_a, gw_b, site_a, site_b),
-        ("b", topo.gw_b, gw_b, gw_a, site_b, site_a),
+        ("a", topo.gw_a, x.gw_a_wan, x.gw_b_wan, x.site_a, x.site_b),
+        ("b", topo.gw_b, x.gw_b_wan, x.gw_a_wan, x.site_b, x.site_a),
     ):
         if mode == "transport":
             mine, theirs = f"{me}/{host}", f"{peer}/{host}"
@@ -75,7 +57,8 @@ def specs(topo: Topology, family: int, mode: str, protocol: str, encap: str) -> 
 
 
 def wire(pcap: Path) -> Counter[str]:
-    """What a capture holds: esp, ah, esp-in-udp, ike, icmp-refused, other."""
+    """What a capture holds: esp, ah, esp-in-udp, ike, keepalive, icmp-refused,
+    icmpv6-info, other."""
     seen: Counter[str] = Counter()
     for frame in scapy_all.rdpcap(str(pcap)):
         ip = frame.getlayer("IP") or frame.getlayer("IPv6")
@@ -99,17 +82,19 @@ def wire(pcap: Path) -> Counter[str]:
             seen["icmp-refused"] += 1  # destination unreachable (protocol, port)
         elif proto == 58 and ip.payload.type in (1, 4):
             seen["icmp-refused"] += 1  # destination unreachable, parameter problem
+        elif proto == 58 and ip.payload.type >= 128:
+            seen["icmpv6-info"] += 1  # neighbour discovery between the gateways
         else:
             seen["other"] += 1
     return seen
 
 
 def traffic(topo: Topology, family: int, mode: str) -> None:
-    gw_a, gw_b, _, _, host_a, host_b = ADDRESSES[family]
+    x = ADDRESSING[family]
     if mode == "transport":
-        (a_ns, a_ip), (b_ns, b_ip) = (topo.gw_a, gw_a), (topo.gw_b, gw_b)
+        (a_ns, a_ip), (b_ns, b_ip) = (topo.gw_a, x.gw_a_wan), (topo.gw_b, x.gw_b_wan)
     else:
-        (a_ns, a_ip), (b_ns, b_ip) = (topo.host_a, host_a), (topo.host_b, host_b)
+        (a_ns, a_ip), (b_ns, b_ip) = (topo.host_a, x.host_a), (topo.host_b, x.host_b)
     assert topo.wait_ping(a_ns, b_ip, timeout=10)
     if family == 4:
         assert topo.ping(a_ns, b_ip, count=10).loss == 0.0

@@ -18,21 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.lab.daemons import GatewaySpec, IpsecdProcess, start_psk_pair
-from tests.lab.topology import (
-    GW_A_WAN_IP,
-    GW_A_WAN_IP6,
-    GW_B_WAN_IP,
-    GW_B_WAN_IP6,
-    HOST_A_IP6,
-    HOST_B_IP,
-    HOST_B_IP6,
-    SITE_A,
-    SITE_A6,
-    SITE_B,
-    SITE_B6,
-    Topology,
-    run,
-)
+from tests.lab.topology import ADDRESSING, Topology, run
+
+V4, V6 = ADDRESSING[4], ADDRESSING[6]
 
 TRANSFER = 2 * 1024 * 1024
 
@@ -40,10 +28,10 @@ TRANSFER = 2 * 1024 * 1024
 def pair(topo: Topology, encap: str) -> tuple[IpsecdProcess, IpsecdProcess]:
     """Tunnel mode with both families inside, IPv6 outside, TUN MTU 1500 on both sides."""
     a = GatewaySpec(
-        "a", topo.gw_a, GW_A_WAN_IP6, GW_B_WAN_IP6, [SITE_A, SITE_A6], [SITE_B, SITE_B6]
+        "a", topo.gw_a, V6.gw_a_wan, V6.gw_b_wan, [V4.site_a, V6.site_a], [V4.site_b, V6.site_b]
     )
     b = GatewaySpec(
-        "b", topo.gw_b, GW_B_WAN_IP6, GW_A_WAN_IP6, [SITE_B, SITE_B6], [SITE_A, SITE_A6],
+        "b", topo.gw_b, V6.gw_b_wan, V6.gw_a_wan, [V4.site_b, V6.site_b], [V4.site_a, V6.site_a],
         start="respond",
     )  # fmt: skip
     for spec in (a, b):
@@ -65,47 +53,47 @@ def limit(daemon: IpsecdProcess) -> int:
 def test_too_big_reaches_the_inner_sender(tmp_path: Path, encap: str) -> None:
     with Topology(workdir=tmp_path / "topo", ipv6=True) as topo:
         gw_a, _ = pair(topo, encap)
-        assert topo.wait_ping(topo.host_a, HOST_B_IP6, timeout=10)
+        assert topo.wait_ping(topo.host_a, V6.host_b, timeout=10)
         # IPv6: 1452 bytes of ICMPv6 data make a 1500-byte packet: too big for ESP.
         first = run(topo.host_a, "ping", "-6", "-n", "-c", "3", "-i", "0.2", "-M", "do",
-                    "-s", "1452", HOST_B_IP6, check=False)  # fmt: skip
+                    "-s", "1452", V6.host_b, check=False)  # fmt: skip
         text = first.stdout + first.stderr
         assert "Packet too big" in text or "mtu=" in text, text
-        learned = run(topo.host_a, "ip", "-6", "route", "get", HOST_B_IP6).stdout
+        learned = run(topo.host_a, "ip", "-6", "route", "get", V6.host_b).stdout
         assert " mtu " in learned, learned  # the PMTU cache entry ipsecd's message made
         mtu = int(learned.split(" mtu ")[1].split()[0])
         assert 1280 <= mtu < 1500
-        assert topo.ping6(topo.host_a, HOST_B_IP6, count=3, size=mtu - 48) == 3
-        there = topo.tcp_transfer(topo.host_a, topo.host_b, HOST_B_IP6, TRANSFER, timeout=30)
-        back = topo.tcp_transfer(topo.host_b, topo.host_a, HOST_A_IP6, TRANSFER, timeout=30)
+        assert topo.ping6(topo.host_a, V6.host_b, count=3, size=mtu - 48) == 3
+        there = topo.tcp_transfer(topo.host_a, topo.host_b, V6.host_b, TRANSFER, timeout=30)
+        back = topo.tcp_transfer(topo.host_b, topo.host_a, V6.host_a, TRANSFER, timeout=30)
         assert there.ok and back.ok
         assert limit(gw_a) >= 1  # (hostB's segments fit: hostA's SYN carried the PMTU)
 
         # IPv4 with DF: "fragmentation needed" with the next-hop MTU.
         df = run(topo.host_a, "ping", "-4", "-n", "-c", "3", "-i", "0.2", "-M", "do",
-                 "-s", "1472", HOST_B_IP, check=False)  # fmt: skip
+                 "-s", "1472", V4.host_b, check=False)  # fmt: skip
         text = df.stdout + df.stderr
         assert "Frag needed" in text or "mtu =" in text or "message too long" in text, text
-        got = run(topo.host_a, "ip", "-4", "route", "get", HOST_B_IP).stdout
+        got = run(topo.host_a, "ip", "-4", "route", "get", V4.host_b).stdout
         assert " mtu " in got, got
-        tcp4 = topo.tcp_transfer(topo.host_a, topo.host_b, HOST_B_IP, TRANSFER, timeout=30)
+        tcp4 = topo.tcp_transfer(topo.host_a, topo.host_b, V4.host_b, TRANSFER, timeout=30)
         assert tcp4.ok
 
         # IPv4 without DF: ipsecd fragments the inner packet; every ping comes back.
         big = run(topo.host_a, "ping", "-4", "-n", "-q", "-c", "5", "-i", "0.1", "-M",
-                  "dont", "-s", "3000", HOST_B_IP, check=False)  # fmt: skip
+                  "dont", "-s", "3000", V4.host_b, check=False)  # fmt: skip
         assert " 5 received" in big.stdout, big.stdout + big.stderr
 
 
 def test_tun_mtu_by_default_fits_every_family(tmp_path: Path) -> None:
     """Without gateway.mtu the TUN device is small enough for IPv6 outside: no ICMP needed."""
     with Topology(workdir=tmp_path / "topo", ipv6=True) as topo:
-        a = GatewaySpec("a", topo.gw_a, GW_A_WAN_IP, GW_B_WAN_IP, [SITE_A6], [SITE_B6])
+        a = GatewaySpec("a", topo.gw_a, V4.gw_a_wan, V4.gw_b_wan, [V6.site_a], [V6.site_b])
         b = GatewaySpec(
-            "b", topo.gw_b, GW_B_WAN_IP, GW_A_WAN_IP, [SITE_B6], [SITE_A6], start="respond"
+            "b", topo.gw_b, V4.gw_b_wan, V4.gw_a_wan, [V6.site_b], [V6.site_a], start="respond"
         )
         gw_a, _ = start_psk_pair(topo, a, b)
         gw_a.wait_up()
         assert gw_a.status()["mtu"] == 1438  # IPv4 outside, AES-GCM: what fits 1500
-        assert topo.ping6(topo.host_a, HOST_B_IP6, count=5, size=1438 - 48) == 5
+        assert topo.ping6(topo.host_a, V6.host_b, count=5, size=1438 - 48) == 5
         assert "too_big" not in gw_a.status()["drops"]

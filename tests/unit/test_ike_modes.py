@@ -17,6 +17,7 @@ from ipsecd.ah.sa import InboundAhSa, OutboundAhSa
 from ipsecd.ike import events as ev
 from ipsecd.ike import payloads as pl
 from ipsecd.ike.constants import ExchangeType, NotifyType, ProtocolId
+from ipsecd.selectors import TrafficSelector
 from tests.unit.ike_pair_support import (
     A_IP,
     B_IP,
@@ -274,9 +275,9 @@ def test_encap_auto_behind_a_nat_uses_udp(tmp_path):
     assert child(pair, "a").encap is True and child(pair, "b").encap is True
 
 
-def test_transport_across_a_nat_installs_the_endpoints_each_side_sees(tmp_path):
-    """RFC 7296 §2.23.1: a names its private address, b knows only the NAT's; each SA
-    covers the two IKE endpoints as that side sees them, and checksums get fixed."""
+def transport_behind_a_nat(tmp_path, **a_changes: object) -> IkePair:
+    """``a`` behind a NAT names its own address; ``b`` knows only the NAT's.  ``a_changes``
+    replace fields of a's peer config (what a peer that is not ipsecd may send)."""
     a = side_a(local_ts=HOSTS_A, remote_ts=HOSTS_B, mode="transport")
     b = side_b(
         remote_address=NAT_PUBLIC_IP,
@@ -287,8 +288,17 @@ def test_transport_across_a_nat_installs_the_endpoints_each_side_sees(tmp_path):
     )
     pair = IkePair(tmp_path, a, b, start=False)
     pair.net.nat = {(A_IP, 500): (NAT_PUBLIC_IP, 40500), (A_IP, 4500): (NAT_PUBLIC_IP, 40501)}
+    peer = pair.a.config.peers[0]
+    pair.a.peers[peer.name] = type(peer)(**{**peer.__dict__, **a_changes})
     pair.a.start(pair.now)
     pair.pump()
+    return pair
+
+
+def test_transport_across_a_nat_installs_the_endpoints_each_side_sees(tmp_path):
+    """RFC 7296 §2.23.1: each SA covers the two IKE endpoints as that side sees them, and
+    checksums get fixed."""
+    pair = transport_behind_a_nat(tmp_path)
     ca, cb = child(pair, "a"), child(pair, "b")
     assert [str(t) for t in (*ca.local_ts, *ca.remote_ts)] == [f"{A_IP}/32", f"{B_IP}/32"]
     assert [str(t) for t in (*cb.local_ts, *cb.remote_ts)] == [
@@ -299,25 +309,6 @@ def test_transport_across_a_nat_installs_the_endpoints_each_side_sees(tmp_path):
 
 
 def test_transport_across_a_nat_still_takes_one_host_a_side(tmp_path):
-    a = side_a(local_ts=HOSTS_A, remote_ts=HOSTS_B, mode="transport")
-    b = side_b(
-        remote_address=NAT_PUBLIC_IP,
-        remote_id=A_IP,
-        local_ts=HOSTS_B,
-        remote_ts=(f"{NAT_PUBLIC_IP}/32",),
-        mode="transport",
-    )
-    pair = IkePair(tmp_path, a, b, start=False)
-    pair.net.nat = {(A_IP, 500): (NAT_PUBLIC_IP, 40500), (A_IP, 4500): (NAT_PUBLIC_IP, 40501)}
-    # a's operator wrote a subnet past validation (as a peer that is not ipsecd may).
-    peer = pair.a.config.peers[0]
-    from ipsecd.selectors import TrafficSelector
-
-    wide = type(peer)(
-        **{**peer.__dict__, "local_ts": (TrafficSelector.from_prefix("192.0.2.0/24"),)}
-    )
-    pair.a.peers[peer.name] = wide
-    pair.a.start(pair.now)
-    pair.pump()
+    pair = transport_behind_a_nat(tmp_path, local_ts=(TrafficSelector.from_prefix("192.0.2.0/24"),))
     (reason,) = failures(pair, "b")
     assert "transport mode takes one address on each side" in reason
