@@ -33,10 +33,11 @@ CASE_IDS = ["6in6", "4in6", "6in4", "4and6in6"]
 
 
 def start(
-    topo: Topology, outer: int, inner: tuple[int, ...], ipsecd_side: str
+    topo: Topology, outer: int, inner: tuple[int, ...], ipsecd_side: str, encap: str = "always"
 ) -> tuple[IpsecdProcess, Charon]:
     """ipsecd on ``ipsecd_side`` ("a" initiates to charon, "b" answers charon's initiation),
-    charon on the other gateway, both configured for the same selectors."""
+    charon on the other gateway, both configured for the same selectors.  ``encap`` is
+    ipsecd's; charon's ``encap`` is ``yes`` for ``always``, ``no`` for ``auto``."""
     wan_a, wan_b = WAN[outer]
     sites_a = [SITES[v][0] for v in inner]
     sites_b = [SITES[v][1] for v in inner]
@@ -44,6 +45,7 @@ def start(
     b = GatewaySpec("b", topo.gw_b, wan_b, wan_a, sites_b, sites_a, start="respond")
     for spec in (a, b):
         spec.ike_proposals, spec.esp_proposals = [IKE], [ESP]
+        spec.peer_extra = {"encap": encap}
     if ipsecd_side == "a":
         charon_ns, local, remote, local_ts, remote_ts = topo.gw_b, wan_b, wan_a, sites_b, sites_a
     else:
@@ -58,6 +60,7 @@ def start(
             psk=PSK,
             ike_proposals=IKE,
             esp_proposals=ESP,
+            encap=encap == "always",
         )
     )
     ipsecd_a, ipsecd_b = start_psk_pair(topo, a, b, psk_a=PSK, psk_b=PSK, start=False)
@@ -103,3 +106,15 @@ def test_strongswan_initiates_to_ipsecd(tmp_path: Path, outer: int, inner: tuple
         (mine,) = peer["children"]
         assert sorted(mine["local_ts"].split(", ")) == sorted(SITES[v][1] for v in inner)
         traffic(topo, inner)
+
+
+@pytest.mark.strongswan
+def test_encap_auto_towards_libipsec_carries_esp_in_udp(tmp_path: Path) -> None:
+    """kernel-libipsec cannot send ESP directly over IP, and charon forces UDP
+    encapsulation for it even with ``encap = no``: an ``encap: auto`` ipsecd detects
+    that (RFC 7296 §2.23) and carries ESP in UDP too, over IPv6."""
+    with Topology(workdir=tmp_path / "topo", ipv6=True) as topo:
+        ours, _ = start(topo, 6, (6,), "a", encap="auto")
+        (child,) = ours.wait_up(timeout=20)["children"]
+        assert child["encap"] == "udp"
+        traffic(topo, (6,))
