@@ -84,8 +84,8 @@ CONFIG_DOCS: dict[str, str] = {
     "peers.remote_ts": "Traffic selectors: the prefixes behind the peer; routed into the TUN "
     "device.",
     "peers.encap": "always: ESP in UDP (RFC 3948) whatever the path, as strongSwan's "
-    "encap = yes (kernel-libipsec peers need it); auto: ESP or AH directly over IP (protocols "
-    "50/51) unless a NAT is detected (then ESP in UDP; AH is refused).",
+    "encap = yes (kernel-libipsec peers force UDP either way); auto: ESP or AH directly over "
+    "IP (protocols 50/51) unless a NAT is detected (then ESP in UDP; AH is refused).",
     "peers.fragmentation": "IKE fragmentation (RFC 7383): yes, accept (never send fragments) or "
     "no (do not announce support).",
     "peers.fragment_size": "Overrides gateway.fragment_size for this peer.",
