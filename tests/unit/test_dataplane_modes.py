@@ -358,3 +358,26 @@ def test_installed_sa_shape() -> None:
     assert sa.algorithm == "ah-sha256"
     assert sa.max_inner == 1500 - 28  # AH with HMAC-SHA-256-128 is 28 bytes over IPv4
     assert Gateways(4, "tunnel", "esp", True).sa_a.fast
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_hostile_raw_input_never_raises(version: int) -> None:
+    """Anyone can send protocol 50/51 to a gateway (an off-path spoofer included): every
+    mangled packet is dropped and counted, none raises or reaches TUN."""
+    import random
+
+    rng = random.Random(version)
+    for mode, protocol in (("tunnel", "ah"), ("transport", "ah"), ("transport", "esp")):
+        gw = Gateways(version, mode, protocol, udp=False)
+        _, (wire,) = gw.send([packet_for(version, mode)])
+        number = 51 if protocol == "ah" else 50
+        received = as_received(wire)
+        for _ in range(400):
+            mangled = bytearray(received)
+            for _ in range(rng.randint(1, 4)):
+                mangled[rng.randrange(len(mangled))] = rng.randrange(256)
+            cut = bytes(mangled[: rng.randint(0, len(mangled))]) if rng.random() < 0.3 else None
+            for packet in (bytes(mangled), cut):
+                if packet is not None:
+                    assert gw.b.from_raw([packet], number) == [] or packet == received
+        assert gw.b.from_raw([b""], number) == []
