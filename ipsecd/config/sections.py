@@ -608,7 +608,7 @@ def _build_child(
     responds_only = remote == ANY_ADDRESS
     start = v["start"] if v.given("start") else "respond" if responds_only else "initiate"
     mode, protocol = (esp["mode"], esp["protocol"]) if esp is not None else ("tunnel", "esp")
-    who = f"peer {peer['name']!r}" + ("" if v is peer else f", child {name!r},")
+    who = f"peer {peer['name']!r}" + ("" if v is peer else f" child {name!r}")
     if protocol == "ah":
         if esp.given("proposals"):
             raise esp.at("proposals").error(
@@ -617,8 +617,8 @@ def _build_child(
             )
         if peer["encap"] == "always":
             raise esp.at("protocol").error(
-                f"{who} uses AH, which cannot be carried in UDP (RFC 3948 encapsulates ESP"
-                " only), and the peer's encap is 'always'"
+                f"{who}: AH cannot be carried in UDP (RFC 3948 encapsulates ESP only), and"
+                " encap is 'always'"
                 + ("" if peer.given("encap") else " (the default)")
                 + "; set encap: auto on the peer: AH then travels directly over IP"
                 " (protocol 51), and the CHILD_SA is refused when a NAT is detected"

@@ -38,23 +38,25 @@ def in_tmp(tmp_path, monkeypatch):
 
 def test_defaults_are_tunnel_esp_in_udp():
     peer = parse(BASE).peers[0]
-    assert (peer.mode, peer.protocol, peer.encap) == ("tunnel", "esp", "always")
-    assert peer.ah_proposals == ()
-    assert peer.child_proposals == peer.esp_proposals
-    assert [str(p) for p in peer.esp_proposals] == ["aes256gcm16", "aes128-sha256"]
+    (child,) = peer.children
+    assert (child.mode, child.protocol, peer.encap) == ("tunnel", "esp", "always")
+    assert child.ah_proposals == ()
+    assert child.child_proposals == child.esp_proposals == peer.esp_proposals
+    assert [str(p) for p in child.esp_proposals] == ["aes256gcm16", "aes128-sha256"]
 
 
 def test_transport_ah_host_to_host():
     peer = parse(TRANSPORT).peers[0]
-    assert (peer.mode, peer.protocol, peer.encap) == ("transport", "ah", "auto")
-    assert peer.esp_proposals == ()
-    assert [str(p) for p in peer.child_proposals] == ["sha256"]
-    assert peer.child_proposals[0].protocol == "ah"
+    (child,) = peer.children
+    assert (child.mode, child.protocol, peer.encap) == ("transport", "ah", "auto")
+    assert peer.esp_proposals == child.esp_proposals == ()
+    assert [str(p) for p in child.child_proposals] == ["sha256"]
+    assert child.child_proposals[0].protocol == "ah"
 
 
 def test_ah_proposals_are_read_in_strongswan_syntax():
     text = TRANSPORT + "      ah_proposals: [sha512-esn, sha256-sha384-modp2048]\n"
-    (first, second) = parse(text).peers[0].ah_proposals
+    (first, second) = parse(text).peers[0].children[0].ah_proposals
     assert [a.name for a in first.integrity] == ["sha512"] and first.esn == (True,)
     assert [a.name for a in second.integrity] == ["sha256", "sha384"]
     assert [k.name for k in second.ke] == ["modp2048"] and not second.encryption
@@ -143,16 +145,71 @@ def test_kernel_routing_tables_are_refused(table: int):
     assert "ipsecd needs a table of its own (e.g. 4500)" in str(error(text))
 
 
+def _modes(peer):
+    return [
+        (c.name, c.mode, c.protocol, c.child_proposals, c.local_ts, c.remote_ts)
+        for c in peer.children
+    ]
+
+
 def test_effective_config_reads_back_the_same(tmp_path):
     for text in (TRANSPORT, BASE + "    encap: auto\n    esp:\n      mode: tunnel\n"):
         config = parse(text)
         again = parse(effective_yaml(config))
         (a, b) = (again.peers[0], config.peers[0])
-        assert (a.mode, a.protocol, a.encap, a.child_proposals, a.local_ts) == (
-            b.mode,
-            b.protocol,
-            b.encap,
-            b.child_proposals,
-            b.local_ts,
-        )
+        assert a.encap == b.encap and _modes(a) == _modes(b)
         assert (again.gateway.fwmark, again.gateway.route_table) == (0x4500, 4500)
+
+
+MIXED = """\
+gateway:
+  listen: [192.0.2.1]
+peers:
+  - name: site-b
+    remote_address: 192.0.2.2
+    encap: auto
+    auth:
+      psk_file: b.psk
+    children:
+      - name: lan
+        local_ts: [10.1.0.0/24]
+        remote_ts: [10.2.0.0/24]
+      - name: hosts
+        local_ts: [192.0.2.1/32]
+        remote_ts: [192.0.2.2/32]
+        esp:
+          mode: transport
+          protocol: ah
+"""
+
+
+def test_children_of_one_peer_differ_in_mode_and_protocol():
+    peer = parse(MIXED).peers[0]
+    lan, hosts = peer.children
+    assert (lan.mode, lan.protocol, hosts.mode, hosts.protocol) == (
+        "tunnel",
+        "esp",
+        "transport",
+        "ah",
+    )
+    assert [str(p) for p in hosts.child_proposals] == ["sha256"]
+    assert peer.esp_proposals == lan.esp_proposals
+    again = parse(effective_yaml(parse(MIXED))).peers[0]
+    assert _modes(again) == _modes(peer)
+
+
+def test_a_childs_mode_error_names_the_child():
+    text = MIXED.replace("remote_ts: [192.0.2.2/32]", "remote_ts: [10.2.9.0/24]")
+    assert str(error(text)).startswith(
+        "t.yaml:15: peers[0].children[1].remote_ts[0]: peer 'site-b' child 'hosts' uses"
+        " transport mode (esp.mode: transport)"
+    )
+    ah_in_udp = MIXED.replace("    encap: auto\n", "")
+    assert "peer 'site-b' child 'hosts': AH cannot be carried in UDP" in str(error(ah_in_udp))
+
+
+def test_transport_selectors_of_a_peer_known_by_name_are_single_hosts():
+    text = MIXED.replace("remote_address: 192.0.2.2", "remote_address: gw-b.example.net")
+    assert parse(text).peers[0].children[1].mode == "transport"
+    wide = text.replace("remote_ts: [192.0.2.2/32]", "remote_ts: [192.0.2.0/24]")
+    assert "each of remote_ts must be one host (the peer's address)" in str(error(wide))

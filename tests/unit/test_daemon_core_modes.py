@@ -78,7 +78,8 @@ def test_ah_mtu_and_mismatch_in_status(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.chdir(tmp_path)
     r = rig(tmp_path, protocol="ah", esp=("sha512",), encap="auto")
     assert r.core.mtu() == 1500 - 20 - 44  # AH-SHA-512 in tunnel mode: the worst case
-    (status,) = r.core.status(r.now, tun=None, listen=[], dataplane=_dataplane()).peers
+    doc = r.core.status(r.now, wall=1.7e9, tun=None, listen=[], dataplane=_dataplane())
+    (status,) = doc.peers
     (child,) = status.children
     assert (child.algorithm, child.mode, child.encap) == ("ah-sha512", "transport", "ip")
 

@@ -11,9 +11,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import pytest
 
 from ipsecd.ah.sa import InboundAhSa, OutboundAhSa
+from ipsecd.config import PeerConfig
 from ipsecd.ike import events as ev
 from ipsecd.ike import payloads as pl
 from ipsecd.ike.constants import ExchangeType, NotifyType, ProtocolId
@@ -22,6 +26,7 @@ from tests.unit.ike_pair_support import (
     A_IP,
     B_IP,
     NAT_PUBLIC_IP,
+    Child,
     IkePair,
     esp_roundtrip,
     ipv4_packet,
@@ -108,7 +113,7 @@ def test_we_want_transport_peer_answers_tunnel_fails_with_both_modes(tmp_path):
     # b answered in tunnel mode, as RFC 7296 §1.3.1 lets it; a refuses and deletes.
     (reason,) = failures(pair, "a")
     assert reason == (
-        "CHILD_SA with peer b failed: peer b answered the CHILD_SA in tunnel mode (no"
+        "CHILD_SA b with peer b failed: peer b answered the CHILD_SA in tunnel mode (no"
         " USE_TRANSPORT_MODE in its response, RFC 7296 §1.3.1), but esp.mode is transport"
         " here; configure transport mode on the peer too, or mode: tunnel here"
     )
@@ -148,7 +153,7 @@ def test_create_child_sa_mode_mismatch_deletes_the_peers_sa(tmp_path):
     pair = pair_of(tmp_path, a, b)
     # b's operator switches to tunnel mode; a asks for a new transport CHILD_SA.
     peer = pair.b.config.peers[0]
-    tunnel_peer = type(peer)(**{**peer.__dict__, "mode": "tunnel"})
+    tunnel_peer = with_child(peer, mode="tunnel")
     pair.b.peers[peer.name] = tunnel_peer
     for sa in pair.b.sas.values():
         sa.peer = tunnel_peer
@@ -275,9 +280,15 @@ def test_encap_auto_behind_a_nat_uses_udp(tmp_path):
     assert child(pair, "a").encap is True and child(pair, "b").encap is True
 
 
-def transport_behind_a_nat(tmp_path, **a_changes: object) -> IkePair:
+def with_child(peer: PeerConfig, **changes: Any) -> PeerConfig:
+    """``peer`` with fields of its (first) child replaced."""
+    first, *rest = peer.children
+    return dataclasses.replace(peer, children=(dataclasses.replace(first, **changes), *rest))
+
+
+def transport_behind_a_nat(tmp_path, **a_changes: Any) -> IkePair:
     """``a`` behind a NAT names its own address; ``b`` knows only the NAT's.  ``a_changes``
-    replace fields of a's peer config (what a peer that is not ipsecd may send)."""
+    replace fields of a's child config (what a peer that is not ipsecd may send)."""
     a = side_a(local_ts=HOSTS_A, remote_ts=HOSTS_B, mode="transport")
     b = side_b(
         remote_address=NAT_PUBLIC_IP,
@@ -289,7 +300,7 @@ def transport_behind_a_nat(tmp_path, **a_changes: object) -> IkePair:
     pair = IkePair(tmp_path, a, b, start=False)
     pair.net.nat = {(A_IP, 500): (NAT_PUBLIC_IP, 40500), (A_IP, 4500): (NAT_PUBLIC_IP, 40501)}
     peer = pair.a.config.peers[0]
-    pair.a.peers[peer.name] = type(peer)(**{**peer.__dict__, **a_changes})
+    pair.a.peers[peer.name] = with_child(peer, **a_changes)
     pair.a.start(pair.now)
     pair.pump()
     return pair
@@ -312,3 +323,49 @@ def test_transport_across_a_nat_still_takes_one_host_a_side(tmp_path):
     pair = transport_behind_a_nat(tmp_path, local_ts=(TrafficSelector.from_prefix("192.0.2.0/24"),))
     (reason,) = failures(pair, "b")
     assert "transport mode takes one address on each side" in reason
+
+
+# ---- children of one peer in different modes ------------------------------------------
+
+
+def mixed_children(side: str) -> tuple[Child, ...]:
+    """A tunnel-mode ESP child for the sites and a transport-mode AH child for the gateways."""
+    sites = ("10.1.0.0/24", "10.2.0.0/24")
+    hosts = (f"{A_IP}/32", f"{B_IP}/32")
+    mine, theirs = (0, 1) if side == "a" else (1, 0)
+    return (
+        Child("lan", (sites[mine],), (sites[theirs],), start="respond" if side == "b" else None),
+        Child(
+            "hosts",
+            (hosts[mine],),
+            (hosts[theirs],),
+            start="respond" if side == "b" else None,
+            esp=("sha256",),
+            mode="transport",
+            protocol="ah",
+        ),
+    )
+
+
+@pytest.mark.parametrize("first", ["lan", "hosts"])
+def test_tunnel_and_transport_children_of_one_peer(tmp_path, first: str):
+    """The first child in IKE_AUTH, the other by CREATE_CHILD_SA, each in its own mode and
+    protocol, as both sides' children say (USE_TRANSPORT_MODE only with the transport one)."""
+    a_children, b_children = mixed_children("a"), mixed_children("b")
+    if first == "hosts":
+        a_children = a_children[::-1]
+    a = side_a(children=a_children, encap="auto")
+    b = side_b(children=b_children, encap="auto")
+    pair = IkePair(tmp_path, a, b)
+    for side in ("a", "b"):
+        got = {e.child.name: e.child for e in pair.established(side)}
+        assert set(got) == {"lan", "hosts"}
+        assert (got["lan"].mode, got["lan"].protocol) == ("tunnel", "esp")
+        assert (got["hosts"].mode, got["hosts"].protocol) == ("transport", "ah")
+        assert not got["hosts"].encap and not got["lan"].encap  # no NAT: directly over IP
+    ca = {e.child.name: e.child for e in pair.established("a")}
+    cb = {e.child.name: e.child for e in pair.established("b")}
+    assert ah_roundtrip(ca["hosts"], cb["hosts"]) is not None
+    inner = ipv4_packet("10.1.0.5", "10.2.0.5")
+    assert esp_roundtrip(ca["lan"], cb["lan"], inner) == inner
+    assert failures(pair, "a") == failures(pair, "b") == []
