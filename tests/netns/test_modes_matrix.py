@@ -65,7 +65,11 @@ def wire(pcap: Path) -> Counter[str]:
         if ip is None:
             continue
         proto = ip.proto if ip.version == 4 else ip.nh
-        if proto == 50:
+        if ip.version == 6 and str(ip.dst).startswith("ff02:"):
+            # Link-local multicast: neighbour discovery, and MLD reports (ICMPv6 behind a
+            # hop-by-hop header) the kernel sends now and then once forwarding is on.
+            seen["icmpv6-info"] += 1
+        elif proto == 50:
             seen["esp"] += 1
         elif proto == 51:
             seen["ah"] += 1
@@ -131,9 +135,10 @@ def test_mode_matrix(tmp_path: Path, family: int, mode: str, protocol: str, enca
         assert not any(seen[k] for k in wrong), seen
         for daemon in (gw_a, gw_b):
             sa = child(daemon)
-            assert sa["drops"] == {}, sa
+            assert not any(sa["drops"].values()), sa  # every reason listed, all 0
             assert int(sa["packets_in"]) > TRANSFER // 1500, sa
-            assert daemon.status()["drops"].keys() <= {"ipv6_link_local"}, daemon.status()
+            drops = {k for k, v in daemon.status()["drops"].items() if v}
+            assert drops <= {"ipv6_link_local"}, daemon.status()
 
 
 @pytest.mark.parametrize("protocol", ["esp", "ah"])
