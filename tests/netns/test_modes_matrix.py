@@ -8,6 +8,9 @@ A capture on gwB's uplink shows what the wire carried: ESP or AH directly over I
 (protocol 50/51) or ESP in UDP/4500, nothing else, and no ICMP "protocol unreachable"
 or "parameter problem" from a kernel that has no ESP/AH of its own.
 
+One more case mixes the modes on one peer: a tunnel-mode child for the sites and a
+transport-mode child for the gateways, side by side on one IKE SA (``children:``).
+
 Run with ``-n 4``: the 12 cases take about 75 s of wall time on the 2-core CI machine.
 """
 
@@ -187,3 +190,51 @@ def _wait_last_error(daemon: IpsecdProcess, needle: str) -> str:
         context=daemon.log_text,
     )
     return found
+
+
+def test_tunnel_and_transport_children_of_one_peer(tmp_path: Path) -> None:
+    """One peer, two children: the sites in tunnel mode and the gateways themselves in
+    transport mode (``encap: auto``: both directly over IP), on one IKE SA; the first
+    comes up in IKE_AUTH, the second by CREATE_CHILD_SA, and both carry ping and TCP."""
+    with Topology(workdir=tmp_path / "topo") as topo:
+        x = ADDRESSING[4]
+        specs = []
+        for name, ns, me, peer, mine, theirs in (
+            ("a", topo.gw_a, x.gw_a_wan, x.gw_b_wan, x.site_a, x.site_b),
+            ("b", topo.gw_b, x.gw_b_wan, x.gw_a_wan, x.site_b, x.site_a),
+        ):
+            spec = GatewaySpec(name, ns, me, peer, [mine], [theirs])
+            start = {"start": "initiate" if name == "a" else "respond"}
+            spec.peer_extra = {
+                "encap": "auto",
+                "children": [
+                    {"name": "lan", "local_ts": [mine], "remote_ts": [theirs], **start},
+                    {
+                        "name": "hosts",
+                        "local_ts": [f"{me}/32"],
+                        "remote_ts": [f"{peer}/32"],
+                        "esp": {"mode": "transport"},
+                        **start,
+                    },
+                ],
+            }
+            specs.append(spec)
+        gw_a, gw_b = start_psk_pair(topo, *specs)
+        for daemon in (gw_a, gw_b):
+            wait_until(
+                lambda d=daemon: {c["name"] for c in d.peer_status()["children"]},
+                20,
+                what=f"children lan and hosts up on {daemon.spec.name}",
+                until=lambda names: names >= {"lan", "hosts"},
+                context=daemon.log_text,
+            )
+        traffic(topo, 4, "tunnel")
+        traffic(topo, 4, "transport")
+        for daemon in (gw_a, gw_b):
+            peer = daemon.peer_status()
+            assert peer["ike_sas"] == 1, peer
+            by_name = {c["name"]: c for c in peer["children"]}
+            assert (by_name["lan"]["mode"], by_name["hosts"]["mode"]) == ("tunnel", "transport")
+            for sa in by_name.values():
+                assert sa["encap"] == "ip" and int(sa["packets_in"]) > TRANSFER // 1500, sa
+                assert not any(sa["drops"].values()), sa
