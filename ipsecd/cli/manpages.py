@@ -66,6 +66,10 @@ CONFIG_DOCS: dict[str, str] = {
     "gateway.set_forwarding": "Turn IP forwarding on at start (net.ipv4.ip_forward; IPv6 "
     "forwarding too with IPv6 selectors) instead of only warning that it is off.  Under "
     "systemd's ProtectKernelTunables=yes /proc/sys is read-only: use /etc/sysctl.d/ instead.",
+    "gateway.fwmark": "Firewall mark on ipsecd's own IKE and ESP/AH sockets, so that their "
+    "packets skip route_table (the rule is: not fwmark FWMARK lookup route_table).",
+    "gateway.route_table": "Routing table for transport-mode peers' addresses (routed into the "
+    "TUN device for every packet but ipsecd's own).",
     "gateway.wakeup_interval_ms": "Wake the daemon this often (ms) even when idle, which keeps an "
     "idle tunnel's latency low on virtual machines; 0: never.",
     "peers": "The peers, at least one.",
@@ -82,6 +86,9 @@ CONFIG_DOCS: dict[str, str] = {
     "peers.local_ts": "Traffic selectors: the prefixes behind this gateway.",
     "peers.remote_ts": "Traffic selectors: the prefixes behind the peer; routed into the TUN "
     "device.",
+    "peers.encap": "always: ESP in UDP (RFC 3948) whatever the path, as strongSwan's "
+    "encap = yes (kernel-libipsec peers force UDP either way); auto: ESP or AH directly over "
+    "IP (protocols 50/51) unless a NAT is detected (then ESP in UDP; AH is refused).",
     "peers.children": "Several CHILD SAs instead of the peer's own local_ts, remote_ts, start "
     "and esp (which make one child named after the peer).",
     "peers.children.name": "The child's name, unique in the peer; status and logs use it.",
@@ -91,8 +98,11 @@ CONFIG_DOCS: dict[str, str] = {
     "peers.children.start": "initiate, respond or trap, for this child.",
     "peers.children.close_action": "start, trap or none when the peer deletes this child's "
     "CHILD SA (or the IKE SA); default by start.",
-    "peers.children.esp": "The child's ESP settings: the keys of peers.esp.",
+    "peers.children.esp": "The child's CHILD SA settings: the keys of peers.esp.",
+    "peers.children.esp.mode": "As peers.esp.mode (children of one peer may differ).",
+    "peers.children.esp.protocol": "As peers.esp.protocol.",
     "peers.children.esp.proposals": "As peers.esp.proposals.",
+    "peers.children.esp.ah_proposals": "As peers.esp.ah_proposals.",
     "peers.children.esp.rekey_time": "As peers.esp.rekey_time.",
     "peers.children.esp.life_time": "As peers.esp.life_time.",
     "peers.children.esp.rand_time": "As peers.esp.rand_time.",
@@ -115,8 +125,14 @@ CONFIG_DOCS: dict[str, str] = {
     "10% of the shorter.",
     "peers.ike.reauth_time": "Reauthenticate (new IKE SA and CHILD SAs, make-before-break) this "
     "long after establishment; 0: never.",
-    "peers.esp": "CHILD SA (ESP) settings.",
+    "peers.esp": "CHILD SA settings: protocol, mode, proposals, lifetimes.",
+    "peers.esp.mode": "tunnel (whole packets between the sites) or transport (the gateways' own "
+    "packets; local_ts and remote_ts are then the two gateway addresses).",
+    "peers.esp.protocol": "esp (encryption and integrity) or ah (integrity only, RFC 4302; "
+    "needs encap: auto and no NAT).",
     "peers.esp.proposals": "ESP proposals, cipher[-integrity][-ke][-esn|-noesn], e.g. aes256gcm16.",
+    "peers.esp.ah_proposals": "AH proposals (protocol: ah), integrity[-ke][-esn|-noesn], e.g. "
+    "sha256.",
     "peers.esp.rekey_time": "Rekey a CHILD SA after this long; 0: no time-based rekey.",
     "peers.esp.life_time": "Delete a CHILD SA after this long; default rekey_time * 1.1.",
     "peers.esp.rand_time": "Random jitter subtracted from rekey_time; default 10% of rekey_time.",

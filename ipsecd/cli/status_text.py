@@ -150,6 +150,9 @@ def _child_lines(child: Doc, named: bool) -> list[str]:
     head = f"  child {name}{child['spi_in']}_in {child['spi_out']}_out  {child['algorithm']}"
     if child.get("state") != "installed":
         head += f"  {child['state']}"
+    if child.get("mode", "tunnel") != "tunnel" or child.get("encap", "udp") != "udp":
+        wire = "in UDP" if child.get("encap", "udp") == "udp" else "directly over IP"
+        head += f"  {child.get('mode', 'tunnel')} mode, {wire}"
     times = [f"established {duration(child['established_seconds'])} ago"]
     if child.get("rekey_in_seconds") is not None:
         times.append(f"rekey in {duration(child['rekey_in_seconds'])}")
@@ -314,12 +317,12 @@ def _conn_child_lines(peer: Doc, child: Doc) -> list[str]:
             limits.append(f"rekey after {child['rekey_packets']} packets")
         if child.get("start") and child["start"] != peer["start"]:
             limits.insert(0, f"start {child['start']}")
-        head = f"  child {name}: tunnel, {', '.join(limits)}"
+        head = f"  child {name}: {child.get('mode', 'tunnel')}, {', '.join(limits)}"
     return [
         head,
         *rows(
             [
-                ("esp", ", ".join(child["esp_proposals"])),
+                (child.get("protocol", "esp"), ", ".join(child["esp_proposals"])),
                 ("local", ", ".join(child["local_ts"])),
                 ("remote", ", ".join(child["remote_ts"])),
             ],

@@ -62,6 +62,8 @@ def _gateway(gw: GatewayConfig) -> dict[str, Any]:
         "wakeup_interval_ms": gw.wakeup_interval_ms,
         "user": effective_user(gw.user),
         "set_forwarding": gw.set_forwarding,
+        "fwmark": gw.fwmark,
+        "route_table": gw.route_table,
     }
 
 
@@ -79,7 +81,11 @@ def _manual(m: ManualSaConfig) -> dict[str, Any]:
 def _esp(child: ChildConfig) -> dict[str, Any]:
     life = child.lifetime
     return {
-        "proposals": [str(x) for x in child.esp_proposals],
+        "mode": child.mode,
+        "protocol": child.protocol,
+        ("ah_proposals" if child.protocol == "ah" else "proposals"): [
+            str(x) for x in child.child_proposals
+        ],
         "rekey_time": life.rekey_time,
         "life_time": round(life.life_time),  # whole seconds, as it is written
         "rand_time": life.rand_time,
@@ -105,6 +111,7 @@ def _peer(p: PeerConfig) -> dict[str, Any]:
         "remote_address": p.remote_host,
         "remote_port": p.remote_port,
         "local_address": str(p.local_address),
+        "encap": p.encap,
     }
     (first, *more) = p.children
     shorthand = not more and first.name == p.name

@@ -168,6 +168,11 @@ class GatewayConfig:
     # Turn on IP forwarding at start (net.ipv4.ip_forward, and IPv6 forwarding when IPv6
     # selectors are configured) instead of only warning that it is off (daemon.preflight).
     set_forwarding: bool = False
+    # Transport mode (peers[].esp.mode): the peers' addresses are routed into TUN in table
+    # ``route_table``, which ``ip rule not fwmark FWMARK`` consults; ipsecd's own IKE/ESP
+    # sockets carry FWMARK, so their packets to the same addresses take the main table.
+    fwmark: int = 0x4500
+    route_table: int = 4500
 
 
 @dataclass(frozen=True)
@@ -314,12 +319,22 @@ class ChildConfig:
     name: str
     local_ts: tuple[TrafficSelector, ...]
     remote_ts: tuple[TrafficSelector, ...]
-    esp_proposals: tuple[Proposal, ...]  # empty for manual peers
+    esp_proposals: tuple[Proposal, ...]  # empty for manual peers and AH children
     start: str = "initiate"  # initiate | respond | trap
     lifetime: ChildLifetime = ChildLifetime()
     # What follows when the peer deletes this child's CHILD_SA (or the IKE SA): start (set
     # it up again) | trap (the next packet does) | none; the loader derives it from start.
     close_action: str = "start"
+    # The CHILD_SA's IPsec mode (RFC 4301 §4.1: tunnel | transport) and protocol
+    # (esp | ah); AH children negotiate ``ah_proposals`` (integrity only, RFC 4302).
+    mode: str = "tunnel"
+    protocol: str = "esp"
+    ah_proposals: tuple[Proposal, ...] = ()
+
+    @property
+    def child_proposals(self) -> tuple[Proposal, ...]:
+        """What the CHILD_SA negotiates: the AH proposals for AH, else the ESP ones."""
+        return self.ah_proposals if self.protocol == "ah" else self.esp_proposals
 
 
 #: ``remote_host`` of a responder-only peer whose address is learned from IKE_AUTH.
@@ -349,6 +364,9 @@ class PeerConfig:
     # (0 = off); what to do when the peer does not answer: restart | clear | hold.
     dpd_delay: int = 30
     dpd_action: str = "restart"
+    # ESP/AH on the wire (RFC 7296 §2.23): always UDP-encapsulated (RFC 3948), or
+    # directly over IP (protocols 50/51) unless a NAT is detected.
+    encap: str = "always"
     remote_host: str = ""  # as written: the IP literal, a DNS name or ``any``
 
     @property
@@ -375,6 +393,11 @@ class PeerConfig:
     def esp_proposals(self) -> tuple[Proposal, ...]:
         """Every child's ESP proposals, in order (what ESP may carry for this peer)."""
         return _unique(p for c in self.children for p in c.esp_proposals)
+
+    @property
+    def transport(self) -> bool:
+        """A child of this peer uses transport mode (the gateways' own packets)."""
+        return any(c.mode == "transport" for c in self.children)
 
     @property
     def start(self) -> str:

@@ -79,8 +79,13 @@ from ipsecd.selectors import TrafficSelector
 
 DEFAULT_IKE_PROPOSALS = ("aes256gcm16-prfsha256-x25519", "aes128-sha256-ecp256")
 DEFAULT_ESP_PROPOSALS = ("aes256gcm16", "aes128-sha256")
+DEFAULT_AH_PROPOSALS = ("sha256",)
 DEFAULT_CONTROL_SOCKET = "/run/ipsecd/ipsecd.sock"
 
+# Transport mode routes the peer's own address into TUN, in a table of its own that
+# ipsecd's sockets (marked) skip: ``ip rule add not fwmark MARK table TABLE``.
+DEFAULT_FWMARK = 0x4500
+DEFAULT_ROUTE_TABLE = 4500
 MIN_FRAGMENT_SIZE = 128  # ipsecd.ike.fragments.MIN_FRAGMENT_SIZE (config imports no ike)
 PEER_NAME = r"[A-Za-z0-9_.-]+"
 TUN_NAME = r"[A-Za-z0-9_.-]+"  # at most IFNAMSIZ - 1 = 15; no '/', no whitespace
@@ -159,6 +164,23 @@ def remote_host() -> Any:
     return convert
 
 
+def route_table() -> Any:
+    """A routing table id for ipsecd's own routes; not main, local or default (253-255)."""
+    as_int = integer(1, 0xFFFFFFFF)
+
+    def convert(value: Any, at: At) -> int:
+        table: int = as_int(value, at)
+        if table in (253, 254, 255):
+            name = {253: "default", 254: "main", 255: "local"}[table]
+            raise at.error(
+                f"{table} is the kernel's {name!r} table; ipsecd needs a table of its own"
+                f" (e.g. {DEFAULT_ROUTE_TABLE})"
+            )
+        return table
+
+    return convert
+
+
 def fragmentation_mode() -> Any:
     """RFC 7383 use, strongSwan's words: ``yes``, ``accept`` or ``no`` (YAML booleans too)."""
     as_choice = choice("yes", "accept", "no")
@@ -202,10 +224,13 @@ GATEWAY = Section(
     Field("wakeup_interval_ms", integer(0, 1000), 0),
     Field("user", optional(account()), None),
     Field("set_forwarding", boolean(), False),
+    Field("fwmark", integer(1, 0xFFFFFFFF), DEFAULT_FWMARK),
+    Field("route_table", route_table(), DEFAULT_ROUTE_TABLE),
 )
 
 DEFAULT_IKE = tuple(parse_proposal(p, "ike") for p in DEFAULT_IKE_PROPOSALS)
 DEFAULT_ESP = tuple(parse_proposal(p, "esp") for p in DEFAULT_ESP_PROPOSALS)
+DEFAULT_AH = tuple(parse_proposal(p, "ah") for p in DEFAULT_AH_PROPOSALS)
 
 IKE = Section(
     Field("proposals", list_of(proposal("ike"), min_items=1), DEFAULT_IKE),
@@ -213,8 +238,12 @@ IKE = Section(
     Field("rand_time", optional(duration(0, 10 * 365 * 86400)), None),
     Field("reauth_time", duration(0, 10 * 365 * 86400), 0),
 )
+# The CHILD_SA: its protocol, mode, proposals and lifetimes (the peer's ``esp:`` section).
 ESP = Section(
+    Field("mode", choice("tunnel", "transport"), "tunnel"),
+    Field("protocol", choice("esp", "ah"), "esp"),
     Field("proposals", list_of(proposal("esp"), min_items=1), DEFAULT_ESP),
+    Field("ah_proposals", list_of(proposal("ah"), min_items=1), DEFAULT_AH),
     Field("rekey_time", duration(0, 10 * 365 * 86400), 3600),
     Field("life_time", optional(duration(1, 10 * 365 * 86400)), None),
     Field("rand_time", optional(duration(0, 10 * 365 * 86400)), None),
@@ -268,6 +297,7 @@ PEER = Section(
     Field("remote_address", remote_host(), REQUIRED),
     Field("remote_port", port(), 500),
     Field("local_address", ip_address(), None),
+    Field("encap", choice("auto", "always"), "always"),
     # The shorthand child: required (local_ts, remote_ts) unless children: is written.
     *(replace(f, default=None) if f.required else f for f in CHILD_FIELDS),
     Field("children", list_of(section(CHILD), min_items=1), None),
@@ -314,6 +344,8 @@ def _build_gateway(v: Values) -> GatewayConfig:
         wakeup_interval_ms=v["wakeup_interval_ms"],
         user=v["user"],
         set_forwarding=v["set_forwarding"],
+        fwmark=v["fwmark"],
+        route_table=v["route_table"],
     )
 
 
@@ -563,25 +595,92 @@ def _local_address(v: Values, gateway: GatewayConfig) -> IpAddress:
     return ip
 
 
-def _build_child(v: Values, name: str, *, manual: bool, responds_only: bool) -> ChildConfig:
-    """One child from its keys: a ``children:`` element, or the peer's own (shorthand)."""
+def _build_child(
+    v: Values, name: str, peer: Values, local: Any, remote: Any, *, manual: bool
+) -> ChildConfig:
+    """One child from its keys: a ``children:`` element, or the peer's own (shorthand),
+    with the checks that span keys.
+
+    AH cannot travel in UDP (RFC 3948 encapsulates ESP only), has no encryption
+    (RFC 4302), and transport mode protects the gateways' own packets (RFC 4301
+    §4.1), so its selectors are the two IKE addresses.
+    """
     esp = v["esp"]
+    responds_only = remote == ANY_ADDRESS
     start = v["start"] if v.given("start") else "respond" if responds_only else "initiate"
+    mode, protocol = (esp["mode"], esp["protocol"]) if esp is not None else ("tunnel", "esp")
+    who = f"peer {peer['name']!r}" + ("" if v is peer else f" child {name!r}")
+    if protocol == "ah":
+        if esp.given("proposals"):
+            raise esp.at("proposals").error(
+                f"{who} uses AH (protocol: ah), which has no encryption (RFC 4302): write its"
+                " integrity algorithms as ah_proposals (e.g. [sha256]) instead of proposals"
+            )
+        if peer["encap"] == "always":
+            raise esp.at("protocol").error(
+                f"{who}: AH cannot be carried in UDP (RFC 3948 encapsulates ESP only), and"
+                " encap is 'always'"
+                + ("" if peer.given("encap") else " (the default)")
+                + "; set encap: auto on the peer: AH then travels directly over IP"
+                " (protocol 51), and the CHILD_SA is refused when a NAT is detected"
+            )
+    elif esp is not None and esp.given("ah_proposals"):
+        raise esp.at("ah_proposals").error(
+            f"{who}: ah_proposals are for protocol: ah, but this CHILD_SA uses ESP"
+            + ("" if esp.given("protocol") else " (protocol: esp, the default)")
+            + "; add protocol: ah or remove ah_proposals"
+        )
+    if mode == "transport":
+        _check_transport_selectors(v, who, "local_ts", local, "this gateway's")
+        _check_transport_selectors(v, who, "remote_ts", remote, "the peer's")
+    esp_proposals: tuple[Proposal, ...] = ()
+    ah_proposals: tuple[Proposal, ...] = ()
+    if not manual:
+        if protocol == "ah":
+            ah_proposals = esp["ah_proposals"]
+        else:
+            esp_proposals = esp["proposals"] if esp is not None else DEFAULT_ESP
     return ChildConfig(
         name=name,
         local_ts=v["local_ts"],
         remote_ts=v["remote_ts"],
-        esp_proposals=() if manual else esp["proposals"] if esp is not None else DEFAULT_ESP,
+        esp_proposals=esp_proposals,
         start=start,
         lifetime=_build_child_lifetime(esp),
         close_action=v["close_action"] or CLOSE_ACTION_BY_START[start],
+        mode=mode,
+        protocol=protocol,
+        ah_proposals=ah_proposals,
     )
 
 
-def _build_children(v: Values, *, manual: bool) -> tuple[ChildConfig, ...]:
+def _check_transport_selectors(v: Values, who: str, key: str, address: Any, whose: str) -> None:
+    """Transport mode: every selector of ``key`` is exactly ``address`` (one host); for a
+    peer known by DNS name or ``any``, one host each (its address is learned later)."""
+    for i, ts in enumerate(v[key]):
+        if isinstance(address, str):  # a DNS name or any
+            if ts.start == ts.end and (ts.protocol, ts.start_port, ts.end_port) == (0, 0, 65535):
+                continue
+            raise v.item_at(key, i).error(
+                f"{who} uses transport mode (esp.mode: transport), which protects the"
+                f" gateways' own packets: each of {key} must be one host ({whose} address),"
+                f" not {ts}; use mode: tunnel for subnets"
+            )
+        host = TrafficSelector.from_prefix(str(address))
+        if ts != host:
+            bits = 32 if address.version == 4 else 128
+            raise v.item_at(key, i).error(
+                f"{who} uses transport mode (esp.mode: transport), which protects the"
+                f" gateways' own packets: {key} must be {whose} address {address}"
+                f" (write {key}: [{address}/{bits}]), not {ts}; use mode: tunnel for subnets"
+                " and other hosts"
+            )
+
+
+def _build_children(v: Values, local: Any, remote: Any, *, manual: bool) -> tuple[ChildConfig, ...]:
     """The peer's children: its ``children:`` list, or the one child its own keys make."""
     name = v["name"]
-    responds_only = v["remote_address"] == ANY_ADDRESS
+    responds_only = remote == ANY_ADDRESS
     if v["children"] is None:
         for key in ("local_ts", "remote_ts"):
             if v[key] is None:
@@ -623,9 +722,7 @@ def _build_children(v: Values, *, manual: bool) -> tuple[ChildConfig, ...]:
                     f" connects, so ipsecd cannot {child['start']} it; write start: respond"
                     " (the default for such a peer) or give the peer's address or DNS name"
                 )
-            built.append(
-                _build_child(child, child_name, manual=manual, responds_only=responds_only)
-            )
+            built.append(_build_child(child, child_name, v, local, remote, manual=manual))
     errors.raise_if_any()
     return tuple(built)
 
@@ -660,7 +757,7 @@ def _build_peer(v: Values, gateway: GatewayConfig, owners: frozenset[int]) -> Pe
     else:
         auth = _build_auth(v["auth"], name, local, remote, owners)
         ike = v["ike"]["proposals"] if v["ike"] is not None else DEFAULT_IKE
-    children = _build_children(v, manual=manual is not None)
+    children = _build_children(v, local, remote, manual=manual is not None)
     return PeerConfig(
         name=name,
         remote_address=None if isinstance(remote, str) else remote,
@@ -676,6 +773,7 @@ def _build_peer(v: Values, gateway: GatewayConfig, owners: frozenset[int]) -> Pe
         fragment_size=v["fragment_size"],
         dpd_delay=v["dpd_delay"],
         dpd_action=v["dpd_action"],
+        encap=v["encap"],
     )
 
 

@@ -11,11 +11,13 @@ wrong and what to write instead.  What is checked:
 - a TUN address outside every ``local_ts``: the gateway's own traffic into the tunnel
   leaves from it, and no SA covers it (``no_sa`` drops);
 - ``remote_ts`` over a peer's own address: ipsecd routes ``remote_ts`` into the tunnel, so
-  IKE and ESP to that peer would be routed into the tunnel too;
+  IKE and ESP to that peer would be routed into the tunnel too (not for a transport-mode
+  peer, whose route leaves ipsecd's own packets out: ``gateway.fwmark``);
 - ``remote_ts`` over a network this machine is connected to (with the gateway's own LAN
   address), as specific as that network's route or more: the tunnel takes it over;
 - ``local_ts`` over one of ``gateway.listen``: a peer that routes its ``remote_ts`` into
-  its tunnel, as ipsecd does, sends IKE and ESP for this gateway into the tunnel.
+  its tunnel, as ipsecd does, sends IKE and ESP for this gateway into the tunnel (again
+  not in transport mode, where that is the point).
 
 The routing-table checks need the machine's connected routes (:class:`ConnectedRoute`),
 which the caller reads (:func:`ipsecd.daemon.preflight.connected_routes`) and passes in:
@@ -29,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ipsecd.config.errors import format_problem
-from ipsecd.config.schema import Config, IpAddress, PeerConfig
+from ipsecd.config.schema import ChildConfig, Config, IpAddress, PeerConfig
 from ipsecd.selectors import TrafficSelector
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -77,15 +79,15 @@ def config_warnings(
 
 def _selectors_of(
     config: Config, n: int, peer: PeerConfig, side: str
-) -> Iterator[tuple[str, TrafficSelector]]:
+) -> Iterator[tuple[str, TrafficSelector, ChildConfig]]:
     """Each ``local_ts`` or ``remote_ts`` (``side``) selector of peer ``n``, with its key
-    path: in its child of a ``children:`` list, or on the peer (the shorthand)."""
+    path (in its child of a ``children:`` list, or on the peer: the shorthand) and child."""
     listed = f"peers[{n}].children" in config.key_lines
     for k, child in enumerate(peer.children):
         base = f"peers[{n}].children[{k}]" if listed else f"peers[{n}]"
         selectors: tuple[TrafficSelector, ...] = getattr(child, side)
         for i, ts in enumerate(selectors):
-            yield f"{base}.{side}[{i}]", ts
+            yield f"{base}.{side}[{i}]", ts, child
 
 
 def _selector_networks(selectors: Sequence[TrafficSelector]) -> Iterator[IpNetwork]:
@@ -152,11 +154,14 @@ def _remote_ts_warnings(
     config: Config, routes: Sequence[ConnectedRoute]
 ) -> Iterator[tuple[str, str]]:
     for n, peer in enumerate(config.peers):
-        for key, ts in _selectors_of(config, n, peer, "remote_ts"):
+        for key, ts, child in _selectors_of(config, n, peer, "remote_ts"):
+            transport = child.mode == "transport"
             for other in config.peers:
                 address = other.remote_address
                 if address is None:  # a DNS name or any: not known before it is used
                     continue
+                if transport and address == peer.remote_address:
+                    continue  # routed beside ipsecd's own packets (gateway.fwmark)
                 if ts.contains_address(address.version, int(address)) and not _reached_beside(
                     address, ts, routes
                 ):
@@ -170,6 +175,8 @@ def _remote_ts_warnings(
                         ),
                     )
             for route in routes:
+                if transport:
+                    break  # its own table: only the gateway's own packets go to the tunnel
                 for net in ts.networks():
                     if _overlaps(net, route.network) and net.prefixlen >= route.network.prefixlen:
                         yield (
@@ -197,7 +204,9 @@ def _reached_beside(
 
 def _local_ts_warnings(config: Config) -> Iterator[tuple[str, str]]:
     for n, peer in enumerate(config.peers):
-        for key, ts in _selectors_of(config, n, peer, "local_ts"):
+        for key, ts, child in _selectors_of(config, n, peer, "local_ts"):
+            if child.mode == "transport":
+                continue  # local_ts is this gateway's address by design
             for address in config.gateway.listen:
                 if ts.contains_address(address.version, int(address)):
                     yield (

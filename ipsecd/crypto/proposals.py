@@ -1,8 +1,9 @@
 """Proposal strings in strongSwan syntax -> typed proposals.
 
 Operators write ``aes256gcm16-prfsha384-x25519`` or ``aes128-sha256-ecp256``
-(IKE) and ``aes256gcm16`` or ``aes128-sha256-modp2048-esn`` (ESP), exactly as
-in swanctl.conf.  A token may repeat a transform type to offer alternatives
+(IKE), ``aes256gcm16`` or ``aes128-sha256-modp2048-esn`` (ESP) and ``sha256``
+or ``sha384-esn`` (AH: integrity only, swanctl's ``ah_proposals``), exactly as in
+swanctl.conf.  A token may repeat a transform type to offer alternatives
 (``aes128-aes256-sha256-ecp256-x25519``).  Parsing fails with a message that
 names the bad token and lists what is accepted.
 
@@ -46,10 +47,11 @@ class Proposal:
     For IKE: ``encryption`` and ``prf`` and ``ke`` are non-empty; ``integrity``
     is empty iff every encryption algorithm is an AEAD.  For ESP: ``prf`` is
     empty, ``ke`` is empty unless PFS is wanted, ``esn`` lists the accepted ESN
-    modes (False = 32-bit sequence numbers).
+    modes (False = 32-bit sequence numbers).  For AH (RFC 4302, integrity only):
+    ``encryption`` and ``prf`` are empty, ``integrity`` is not.
     """
 
-    protocol: str  # "ike" or "esp"
+    protocol: str  # "ike", "esp" or "ah"
     encryption: tuple[EncrAlgorithm, ...]
     integrity: tuple[IntegAlgorithm, ...]
     prf: tuple[PrfAlgorithm, ...]
@@ -70,7 +72,7 @@ class Proposal:
 
 
 def _known_tokens(protocol: str) -> str:
-    names = list(ENCRYPTION) + list(INTEGRITY) + list(KEY_EXCHANGE)
+    names = ([] if protocol == "ah" else list(ENCRYPTION)) + list(INTEGRITY) + list(KEY_EXCHANGE)
     names += list(PRF) if protocol == "ike" else ["esn", "noesn"]
     return ", ".join(names)
 
@@ -99,9 +101,9 @@ def _additional_ke(raw: str, text: str) -> tuple[int, KeAlgorithm]:
 
 
 def parse_proposal(text: str, protocol: str) -> Proposal:
-    """Parse one strongSwan-style proposal for ``protocol`` ("ike" or "esp")."""
-    if protocol not in ("ike", "esp"):
-        raise ValueError(f"protocol must be 'ike' or 'esp', not {protocol!r}")
+    """Parse one strongSwan-style proposal for ``protocol`` ("ike", "esp" or "ah")."""
+    if protocol not in ("ike", "esp", "ah"):
+        raise ValueError(f"protocol must be 'ike', 'esp' or 'ah', not {protocol!r}")
     if not isinstance(text, str) or not text.strip():
         raise ProposalError("empty proposal")
     encr: list[EncrAlgorithm] = []
@@ -121,6 +123,12 @@ def parse_proposal(text: str, protocol: str) -> Proposal:
                 f" key exchange after a classic one, e.g. x25519-ke1_{token}"
                 + (f"; {ML_KEM_UNAVAILABLE[token]}" if token in ML_KEM_UNAVAILABLE else "")
             )
+        elif token in ENCRYPTION and protocol == "ah":
+            raise ProposalError(
+                f"{raw!r} in AH proposal {text!r}: AH protects integrity only and has no"
+                " encryption (RFC 4302); name integrity algorithms only (e.g. sha256), or"
+                " use ESP to encrypt"
+            )
         elif token in ENCRYPTION:
             encr.append(ENCRYPTION[token])
         elif token in INTEGRITY:
@@ -129,13 +137,27 @@ def parse_proposal(text: str, protocol: str) -> Proposal:
             prf.append(PRF[token])
         elif token in KEY_EXCHANGE:
             ke.append(KEY_EXCHANGE[token])
-        elif token in ("esn", "noesn") and protocol == "esp":
+        elif token in ("esn", "noesn") and protocol != "ike":
             esn.append(token == "esn")
         else:
             raise ProposalError(
                 f"unknown {protocol.upper()} algorithm {raw!r} in proposal {text!r}"
                 f" (known: {_known_tokens(protocol)})"
             )
+    if protocol == "ah":
+        if not integ:
+            raise ProposalError(f"AH proposal {text!r} names no integrity algorithm (e.g. sha256)")
+        if additional:
+            raise ProposalError(f"AH proposal {text!r}: additional key exchanges are for IKE")
+        return Proposal(
+            protocol=protocol,
+            encryption=(),
+            integrity=tuple(dict.fromkeys(integ)),
+            prf=(),
+            ke=tuple(dict.fromkeys(ke)),
+            esn=tuple(dict.fromkeys(esn)) or (False,),
+            text=text.strip(),
+        )
     if not encr:
         raise ProposalError(f"proposal {text!r} names no encryption algorithm")
     aead = [a.aead for a in encr]

@@ -35,6 +35,8 @@ from ipsecd.daemon.resolver import SystemResolver
 from ipsecd.daemon.sdnotify import Notifier
 from ipsecd.daemon.status import DaemonStatus, DataplaneStatus
 from ipsecd.daemon.warmup import warm_up
+from ipsecd.dataplane.bypass import BypassRule
+from ipsecd.dataplane.raw import RawSocket
 from ipsecd.dataplane.sad import Address
 from ipsecd.dataplane.tun import TunDevice
 from ipsecd.dataplane.udp import UdpSocket
@@ -76,6 +78,9 @@ class Daemon:
         self.core = DaemonCore(config, time.monotonic(), resolver=self.resolver)
         self.tun: TunDevice | None = None
         self.sockets: dict[Address, UdpSocket] = {}
+        self.raw_sockets: dict[tuple[str, int], RawSocket] = {}  # (address, 50 | 51)
+        gw = config.gateway
+        self.bypass = BypassRule(gw.fwmark, gw.route_table)  # transport-mode routes
         self._ike_timer: asyncio.TimerHandle | None = None
         self._stop = asyncio.Event()
         self._control: ControlServer | None = None
@@ -99,9 +104,23 @@ class Daemon:
             await self.tun.configure(self.core.mtu(), gw.addresses)
         for address, port in self.core.endpoints():
             # GSO/GRO on the ESP port only: IKE messages come one at a time.
-            sock = UdpSocket(address, port, offload=offload and port == gw.port)
+            sock = UdpSocket(address, port, offload=offload and port == gw.port, mark=gw.fwmark)
             self.sockets[sock.local] = sock
             self._loop.add_reader(sock.fd, self._on_udp, sock)
+        for address, protocol in self.core.raw_endpoints():  # ESP/AH directly over IP
+            try:
+                raw = RawSocket(address, protocol, mark=gw.fwmark)
+            except OSError as exc:
+                if self.core.needs_raw():
+                    raise
+                # An old unit without CAP_NET_RAW, say: nothing configured needs it yet.
+                self.log.warning(
+                    "ESP/AH directly over IP unavailable (no peer has encap: auto)",
+                    error=str(exc),
+                )
+                break
+            self.raw_sockets[raw.local] = raw
+            self._loop.add_reader(raw.fd, self._on_raw, raw)
         self._loop.add_reader(self.tun.fd, self._on_tun)
         await self._change_routes()
 
@@ -119,11 +138,21 @@ class Daemon:
             self.core.from_udp(datagrams, sock.local, time.monotonic())
             self._flush()
 
+    def _on_raw(self, sock: RawSocket) -> None:
+        packets = sock.recv_batch(BURST)
+        if packets:
+            self.core.from_raw(packets, sock.protocol, time.monotonic())
+            self._flush()
+
     def _flush(self) -> None:
         """Carry out what the core asked for: send, write to TUN, answer the control
         commands whose outcome is known, re-arm the timer."""
         for local, remote, datagrams in self.core.datagrams_to_send():
             self.sockets[local].send_batch(datagrams, remote)
+        for local_ip, protocol, remote_ip, packets in self.core.raw_to_send():
+            raw = self.raw_sockets.get((local_ip, protocol))
+            if raw is not None:
+                raw.send_batch(packets, remote_ip)
         self._answer_waiting()
         to_tun = self.core.packets_to_tun()
         if to_tun and self.tun is not None:
@@ -149,10 +178,13 @@ class Daemon:
         assert self.tun is not None
         for change in self.core.routes_to_change():
             if change.add:
-                with naming(f"cannot add the route {change.network} into {self.tun.name}"):
-                    await self.tun.add_route(change.network)
+                where = "" if change.table is None else f" (table {change.table})"
+                with naming(f"cannot add the route {change.network} into {self.tun.name}{where}"):
+                    if change.table is not None:
+                        await self.bypass.ensure(change.network.version)
+                    await self.tun.add_route(change.network, change.table, change.source)
             else:
-                await self.tun.remove_route(change.network)
+                await self.tun.remove_route(change.network, change.table)
 
     # -- control ---------------------------------------------------------------------------
     def status(self) -> DaemonStatus:
@@ -333,11 +365,14 @@ class Daemon:
         if self._ike_timer is not None:
             self._ike_timer.cancel()
         self.resolver.close()
-        for sock in self.sockets.values():
+        sockets: list[UdpSocket | RawSocket] = [*self.sockets.values(), *self.raw_sockets.values()]
+        for sock in sockets:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(sock.fd)
             sock.close()
         self.sockets.clear()
+        self.raw_sockets.clear()
+        await self.bypass.close()
         if self.tun is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self.tun.fd)

@@ -4,12 +4,15 @@ The asyncio shell (:mod:`ipsecd.daemon.app`) owns the TUN device, the UDP socket
 the timers and the signals; it feeds this core what they deliver and carries out
 what the core asks for:
 
-* :meth:`DaemonCore.from_tun` / :meth:`DaemonCore.from_udp` take bursts with the
-  current time; :meth:`DaemonCore.datagrams_to_send` (ESP and IKE, framed for the
-  wire, in order) and :meth:`DaemonCore.packets_to_tun` give what goes out;
+* :meth:`DaemonCore.from_tun` / :meth:`DaemonCore.from_udp` /
+  :meth:`DaemonCore.from_raw` take bursts with the current time;
+  :meth:`DaemonCore.datagrams_to_send` (ESP and IKE, framed for the wire, in order),
+  :meth:`DaemonCore.raw_to_send` (ESP/AH directly over IP, whole IP packets) and
+  :meth:`DaemonCore.packets_to_tun` give what goes out;
 * :meth:`DaemonCore.get_timer` says when :meth:`DaemonCore.handle_timer` is due;
 * :meth:`DaemonCore.routes_to_change` lists the TUN routes to add or remove
-  (at start and after :meth:`DaemonCore.reload`);
+  (at start and after :meth:`DaemonCore.reload`); a transport-mode peer's address
+  goes into ``gateway.route_table``, which ipsecd's own (marked) packets skip;
 * :meth:`DaemonCore.control` runs ``ipsecctl up/down/rekey --no-wait``;
   :meth:`DaemonCore.control_wait` runs the same and answers with the outcome, by
   ticket, in :meth:`DaemonCore.control_answers` (:mod:`ipsecd.daemon.outcomes`);
@@ -31,10 +34,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ipsecd.addresses import format_address
+from ipsecd.ah.sa import InboundAhSa, OutboundAhSa
 from ipsecd.config import ChildConfig, Config, PeerConfig
 from ipsecd.config.schema import IpAddress
 from ipsecd.crypto.proposals import Proposal
-from ipsecd.crypto.registry import EncrAlgorithm, IntegAlgorithm
 from ipsecd.daemon import logs
 from ipsecd.daemon.ledger import Ledger
 from ipsecd.daemon.outcomes import Outcomes, Summary
@@ -52,13 +55,14 @@ from ipsecd.daemon.status import (
     every,
     peer_status,
 )
-from ipsecd.dataplane.mtu import tun_mtu
+from ipsecd.dataplane.mtu import sa_max_inner, tun_mtu
 from ipsecd.dataplane.processor import PacketProcessor
-from ipsecd.dataplane.sad import Address, InstalledChildSa, SaDatabase
+from ipsecd.dataplane.sad import Address, Inbound, InstalledChildSa, Outbound, SaDatabase
 from ipsecd.dataplane.trap import TrapQueue
 from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
 from ipsecd.esp.udp_encap import frame
 from ipsecd.ike import events as ev
+from ipsecd.ike.child import child_algorithm
 from ipsecd.ike.manager import IkeManager
 from ipsecd.ike.policy import PLAN_KINDS, Resolver
 from ipsecd.selectors import TrafficSelector, format_prefixes, format_selectors
@@ -68,16 +72,24 @@ if TYPE_CHECKING:
 
 #: ESP or IKE datagrams from one local endpoint to one remote endpoint, ready to send.
 Batch = tuple[Address, Address, list[bytes]]
+#: Whole IP packets for a raw socket: (local address, IP protocol 50/51, remote address).
+RawBatch = tuple[str, int, str, list[bytes]]
 
 IKE_SUMMARY_KEYS = ("local_spi", "remote_spi", "algorithm", "local", "remote")
 
 
 @dataclass(frozen=True)
 class RouteChange:
-    """Route ``network`` into the TUN device (``add``) or take the route away."""
+    """Route ``network`` into the TUN device (``add``) or take the route away; ``table``
+    None is the main table, else ``gateway.route_table`` (transport mode), which the
+    rule ``not fwmark gateway.fwmark`` consults; ``source`` the address the kernel gives
+    this gateway's own packets on the route (transport mode: the peer's
+    ``local_address``, which the selectors name)."""
 
     network: IpNetwork
     add: bool
+    table: int | None = None
+    source: str | None = None
 
 
 def manual_params(config: Config, peer: PeerConfig) -> ev.ChildSaParams:
@@ -100,29 +112,50 @@ def manual_params(config: Config, peer: PeerConfig) -> ev.ChildSaParams:
         remote_ts=peer.remote_ts,
         remote=(str(peer.remote_address), config.gateway.port),
         name=peer.children[0].name,
+        encap=peer.encap == "always",  # no IKE to detect a NAT: auto is directly over IP
     )
 
 
 def child_sa(peer: str, child: ev.ChildSaParams, local: Address, now: float) -> InstalledChildSa:
-    """The data-plane CHILD_SA for negotiated (or manual) parameters."""
-    inbound = InboundEspSa(
-        child.spi_in,
-        encr=child.encr,
-        integ=child.integ,
-        encr_keymat=child.encr_key_in,
-        integ_key=child.integ_key_in,
-        esn=child.esn,
-        src_selectors=child.remote_ts,
-        dst_selectors=child.local_ts,
-    )
-    outbound = OutboundEspSa(
-        child.spi_out,
-        encr=child.encr,
-        integ=child.integ,
-        encr_keymat=child.encr_key_out,
-        integ_key=child.integ_key_out,
-        esn=child.esn,
-    )
+    """The data-plane CHILD_SA for negotiated (or manual) parameters: ESP or AH, tunnel
+    or transport mode, in UDP or directly over IP.
+
+    A transport-mode ESP SA checks no selectors itself (its payload has no inner
+    header): the processor checks them on the rebuilt packet, as for AH.
+    """
+    inbound: Inbound
+    outbound: Outbound
+    version = 6 if ":" in child.remote[0] else 4
+    tunnel = child.mode == "tunnel"
+    overhead: Callable[[int], int]
+    if child.protocol == "ah":
+        assert child.integ is not None  # AH always has an integrity algorithm
+        inbound = InboundAhSa(child.spi_in, child.integ, child.integ_key_in, esn=child.esn)
+        ah = outbound = OutboundAhSa(child.spi_out, child.integ, child.integ_key_out, child.esn)
+        overhead = lambda n: ah.overhead(version)  # noqa: E731  (the same for every size)
+    else:
+        assert child.encr is not None  # ESP always has a cipher
+        inbound = InboundEspSa(
+            child.spi_in,
+            encr=child.encr,
+            integ=child.integ,
+            encr_keymat=child.encr_key_in,
+            integ_key=child.integ_key_in,
+            esn=child.esn,
+            src_selectors=child.remote_ts if tunnel else (),
+            dst_selectors=child.local_ts if tunnel else (),
+        )
+        outbound = OutboundEspSa(
+            child.spi_out,
+            encr=child.encr,
+            integ=child.integ,
+            encr_keymat=child.encr_key_out,
+            integ_key=child.integ_key_out,
+            esn=child.esn,
+        )
+        overhead = outbound.overhead
+    udp = child.encap and child.protocol == "esp"  # AH never travels in UDP
+    max_inner = sa_max_inner(overhead, version, transport=not tunnel, udp=udp)
     return InstalledChildSa(
         peer=peer,
         inbound=inbound,
@@ -133,24 +166,25 @@ def child_sa(peer: str, child: ev.ChildSaParams, local: Address, now: float) -> 
         remote=child.remote,
         installed_at=now,
         name=child.name,
+        mode=child.mode,
+        protocol=child.protocol,
+        encap=child.encap,
+        max_inner=max_inner,
+        nat=child.nat,
     )
 
 
 def esp_proposals(peer: PeerConfig) -> tuple[Proposal, ...]:
-    """What ESP may carry for ``peer``: its proposals, or its manual transform."""
+    """What the CHILD_SAs may carry for ``peer``: its children's ESP or AH proposals, or
+    its manual transform."""
     m = peer.manual
     if m is None:
-        return peer.esp_proposals
+        return tuple(dict.fromkeys(p for c in peer.children for p in c.child_proposals))
     return (Proposal("esp", (m.encr,), (m.integ,) if m.integ else (), (), ()),)
 
 
 def _ike_peers(config: Config) -> list[str]:
     return [p.name for p in config.peers if p.manual is None]
-
-
-def esp_algorithm(encr: EncrAlgorithm, integ: IntegAlgorithm | None) -> str:
-    """An ESP transform as logged and shown: ``aes256gcm16``, ``aes128-sha256``."""
-    return encr.name + (f"-{integ.name}" if integ else "")
 
 
 def child_summary(
@@ -186,10 +220,7 @@ def _split_trap_key(key: str) -> tuple[str, str]:
 
 
 def _installed_summary(sa: InstalledChildSa) -> Summary:
-    out = sa.outbound
-    return child_summary(
-        sa.inbound.spi, out.spi, esp_algorithm(out.encr, out.integ), sa.local_ts, sa.remote_ts
-    )
+    return child_summary(sa.inbound.spi, sa.outbound.spi, sa.algorithm, sa.local_ts, sa.remote_ts)
 
 
 class DaemonCore:
@@ -218,7 +249,7 @@ class DaemonCore:
         self.last_error: dict[str, str] = {}
         self.ledger = Ledger()  # per-peer totals across rekeys, last packet times (status)
         self.sad = SaDatabase()
-        self.processor = PacketProcessor(self.sad)
+        self.processor = PacketProcessor(self.sad, clock=lambda: self.now)
         # start: trap -- packets without SA wait here while their tunnel is negotiated.
         self.trap = TrapQueue(self.counters, clock=lambda: self.now)
         self.processor.no_sa = self.trap.offer
@@ -227,6 +258,7 @@ class DaemonCore:
         self._endpoints = [(str(a), port) for a in gw.listen for port in (gw.port, gw.ike_port)]
         self._sockets = frozenset(self._endpoints)
         self._outbox: list[Batch] = []
+        self._raw_outbox: list[RawBatch] = []
         self._to_tun: list[bytes] = []
         self._routes: list[RouteChange] = []
         self._status_line = ""
@@ -260,6 +292,18 @@ class DaemonCore:
         """The local UDP endpoints to listen on: each address, ESP (NAT-T) and IKE port."""
         return list(self._endpoints)
 
+    def raw_endpoints(self) -> list[tuple[str, int]]:
+        """The raw sockets to open: each listen address, for ESP (50) and AH (51) directly
+        over IP.  Opened whatever the peers say (a reload may add ``encap: auto``); they
+        also keep the kernel, which has no ESP/AH of its own here, from answering those
+        packets with ICMP "protocol unreachable"."""
+        return [(str(a), proto) for a in self.config.gateway.listen for proto in (50, 51)]
+
+    def needs_raw(self) -> bool:
+        """A peer may send ESP or AH directly over IP (``encap: auto``): without raw
+        sockets the daemon cannot start."""
+        return any(peer.encap == "auto" for peer in self.config.peers)
+
     def mtu(self) -> int:
         """The TUN MTU: configured, or the largest inner packet every ESP transform any
         peer may use fits into a 1500-byte path (RFC 4303 §2, RFC 3948 §2.1)."""
@@ -289,6 +333,11 @@ class DaemonCore:
     # -- what the shell carries out -------------------------------------------------------
     def datagrams_to_send(self) -> list[Batch]:
         out, self._outbox = self._outbox, []
+        return out
+
+    def raw_to_send(self) -> list[RawBatch]:
+        """ESP/AH packets directly over IP: whole IP packets, by raw socket and peer."""
+        out, self._raw_outbox = self._raw_outbox, []
         return out
 
     def packets_to_tun(self) -> list[bytes]:
@@ -403,13 +452,22 @@ class DaemonCore:
                     self.ike.peer_moved(peer, spi_in, remote, now)
                 self._pump(now)
 
+    def from_raw(self, packets: list[bytes], protocol: int, now: float) -> None:
+        """Whole IP packets a raw socket received for ``protocol`` (50 ESP, 51 AH)."""
+        self.now = now
+        self._to_tun += self.processor.from_raw(packets, protocol)
+
     def _send_inner(self, packets: list[bytes]) -> None:
         """Seal inner packets: a TUN burst, or the packets that waited for their CHILD_SA."""
-        for (local, remote), datagrams in self.processor.from_tun(packets).items():
+        processor = self.processor
+        for (local, remote), datagrams in processor.from_tun(packets).items():
             if local not in self._sockets:
                 self.counters["no_socket"] += len(datagrams)
                 continue
             self._outbox.append((local, remote, datagrams))
+        for (local_ip, protocol, remote_ip), raw in processor.raw_to_send().items():
+            self._raw_outbox.append((local_ip, protocol, remote_ip, raw))
+        self._to_tun += processor.packets_to_tun()  # ICMP "too big" for inner senders
 
     def _start_on_demand(self, now: float) -> None:
         """Initiate the trap peers whose first packet just arrived (once per negotiation)."""
@@ -500,7 +558,7 @@ class DaemonCore:
                     summary = child_summary(
                         child.spi_in,
                         child.spi_out,
-                        esp_algorithm(child.encr, child.integ),
+                        child_algorithm(child.protocol, child.encr, child.integ),
                         child.local_ts,
                         child.remote_ts,
                     )
@@ -635,9 +693,19 @@ class DaemonCore:
         return [key for key in self.trap.traps if key.startswith(prefix)]
 
     def _route(self, peer: PeerConfig, *, add: bool) -> None:
-        for ts in peer.remote_ts:
-            for net in ts.networks():
-                self._routes.append(RouteChange(net, add))
+        """Route each child's ``remote_ts`` into TUN; a transport-mode child's (the peer's
+        own address) in ``gateway.route_table``, beside ipsecd's own packets (fwmark)."""
+        seen: set[RouteChange] = set()
+        for child in peer.children:
+            transport = child.mode == "transport"
+            table = self.config.gateway.route_table if transport else None
+            source = str(peer.local_address) if transport else None
+            for ts in child.remote_ts:
+                for net in ts.networks():
+                    change = RouteChange(net, add, table, source)
+                    if change not in seen:
+                        seen.add(change)
+                        self._routes.append(change)
 
     def control(
         self, cmd: str, peer: str, now: float, *, rekey_ike: bool = False

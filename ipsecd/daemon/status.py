@@ -224,6 +224,8 @@ class ChildStatus:
     name: str  # the configured child it belongs to (peers[].children[].name)
     state: str  # installed | rekeying | rekeyed | deleting (the IKE side; manual: installed)
     algorithm: str
+    mode: str  # tunnel | transport (RFC 4301 §4.1)
+    encap: str  # udp (RFC 3948) | ip (ESP/AH directly over IP, protocol 50/51)
     local_ts: tuple[str, ...]
     remote_ts: tuple[str, ...]
     local: str
@@ -537,7 +539,9 @@ def child_status(
         spi_out=f"{sa.outbound.spi:08x}",
         name=sa.name,
         state=str(described.get("state") or "installed"),
-        algorithm=transform_name(sa.outbound.encr, sa.outbound.integ, sa.outbound.esn),
+        algorithm=sa.algorithm + ("-esn" if sa.outbound.esn else ""),
+        mode=sa.mode,
+        encap="udp" if sa.encap and sa.protocol == "esp" else "ip",
         local_ts=tuple(str(ts) for ts in sa.local_ts),
         remote_ts=tuple(str(ts) for ts in sa.remote_ts),
         local=format_address(sa.local),
@@ -707,6 +711,8 @@ class ConfiguredChild:
     rekey_packets: int
     manual_spi_in: str | None  # manual peers: the static SPIs
     manual_spi_out: str | None
+    mode: str = "tunnel"  # tunnel | transport (RFC 4301 §4.1)
+    protocol: str = "esp"  # esp | ah: esp_proposals are then AH proposals (integrity only)
 
     @classmethod
     def of(cls, peer: PeerConfig, child: ChildConfig) -> ConfiguredChild:
@@ -717,7 +723,7 @@ class ConfiguredChild:
             start=child.start if negotiated else "manual",
             local_ts=tuple(str(ts) for ts in child.local_ts),
             remote_ts=tuple(str(ts) for ts in child.remote_ts),
-            esp_proposals=tuple(str(p) for p in child.esp_proposals)
+            esp_proposals=tuple(str(p) for p in child.child_proposals)
             if manual is None
             else (transform_name(manual.encr, manual.integ, manual.esn),),
             rekey_seconds=life.rekey_time if negotiated else None,
@@ -727,6 +733,8 @@ class ConfiguredChild:
             rekey_packets=life.rekey_packets if negotiated else 0,
             manual_spi_in=f"{manual.spi_in:08x}" if manual is not None else None,
             manual_spi_out=f"{manual.spi_out:08x}" if manual is not None else None,
+            mode=child.mode,
+            protocol=child.protocol,
         )
 
 

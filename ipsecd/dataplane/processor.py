@@ -1,9 +1,24 @@
-"""The packet pipeline between TUN and UDP, sans-I/O.
+"""The packet pipeline between TUN and UDP (or raw IP), sans-I/O.
 
 ``from_tun`` takes a burst of inner IP packets and returns ESP datagrams grouped
 by UDP endpoint pair; ``from_udp`` takes a burst of datagrams received on the
 NAT-T port and returns inner packets for TUN plus IKE messages for the IKE
 layer (RFC 3948 §2.2 demultiplexing).  The asyncio shell only moves bytes.
+
+Tunnel-mode ESP in UDP is the burst path (``seal_burst``/``open_burst``).  The other
+CHILD_SAs take one packet at a time (:attr:`InstalledChildSa.fast` is False):
+
+* transport mode (RFC 4303 §3.1.1, RFC 4302 §3.1.1): ESP/AH goes behind the host's
+  own IP header (:mod:`ipsecd.esp.transport`); over UDP the receiver rebuilds the
+  header from the addresses and, behind a NAT, fixes the TCP/UDP checksum (RFC 3948
+  §3.1.2); the selectors are checked on the rebuilt packet;
+* AH (RFC 4302), tunnel or transport, always directly over IP;
+* ESP directly over IP (protocol 50): whole IP packets for the raw sockets, collected
+  in :meth:`raw_to_send`; :meth:`from_raw` opens what they received.
+
+A packet larger than its SA can carry within the path MTU gets an ICMP "too big"
+back into TUN (IPv6, IPv4 with DF) or is fragmented first (IPv4 without DF, tunnel
+mode): :mod:`ipsecd.dataplane.icmp`, collected in :meth:`packets_to_tun`.
 
 A packet from TUN that no SA covers goes to the ``no_sa`` hook (on-demand tunnels,
 :mod:`ipsecd.dataplane.trap`); it is counted as a ``no_sa`` drop unless the hook
@@ -12,26 +27,67 @@ takes it.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable
 
+from ipsecd.ah.sa import InboundAhSa, OutboundAhSa
+from ipsecd.dataplane.icmp import IPV6_MIN_MTU, fragment_ipv4, may_fragment, too_big
+from ipsecd.dataplane.rawip import OuterHeader, own_identification
 from ipsecd.dataplane.sad import Address, InstalledChildSa, SaDatabase
 from ipsecd.esp.counters import DropReason
-from ipsecd.esp.sa import SequenceNumberExhausted
+from ipsecd.esp.inner import next_header_for
+from ipsecd.esp.sa import InboundEspSa, OutboundEspSa, SequenceNumberExhausted
+from ipsecd.esp.transport import (
+    IPPROTO_AH,
+    IPPROTO_ESP,
+    IpFront,
+    TransportFramingError,
+    fix_transport_checksum,
+    locate_ipsec_header,
+    split_for_transport,
+)
 from ipsecd.esp.udp_encap import DatagramKind, classify
 
 # (packet, ip version, src, dst) -> True if taken (queued for an on-demand tunnel).
 NoSaHook = Callable[[bytes, int, int, int], bool]
+#: Packets for a raw socket: (local address, IP protocol 50/51, remote address).
+RawKey = tuple[str, int, str]
+
+ICMP_RATE = 100.0  # "too big" messages per second, in bursts of ICMP_BURST (RFC 4443 §2.4 f)
+ICMP_BURST = 20.0
+TOO_BIG = "too_big"  # drops: larger than the tunnel carries (an ICMP went back)
+
+
+def packed(address: str) -> bytes:
+    """An address as it sits in an IP header (4 or 16 bytes)."""
+    return ipaddress.ip_address(address).packed
 
 
 class PacketProcessor:
     """Moves packets through the SA database and counts every packet it drops."""
 
-    def __init__(self, sad: SaDatabase) -> None:
+    def __init__(self, sad: SaDatabase, clock: Callable[[], float] | None = None) -> None:
         self.sad = sad
         self.drops: Counter[str] = Counter()
         self.keepalives_received = 0
         self.no_sa: NoSaHook | None = None  # where a packet without SA goes (start: trap)
+        self.outer = OuterHeader()  # outer headers (IPv4 Identification) directly over IP
+        self._raw: dict[RawKey, list[bytes]] = {}
+        self._to_tun: list[bytes] = []  # ICMP "too big" for inner senders
+        self._clock = clock  # None: "too big" messages are not rate limited
+        self._icmp_tokens = ICMP_BURST
+        self._icmp_at = 0.0
+
+    def raw_to_send(self) -> dict[RawKey, list[bytes]]:
+        """Whole IP packets (ESP/AH directly over IP) sealed since the last call."""
+        out, self._raw = self._raw, {}
+        return out
+
+    def packets_to_tun(self) -> list[bytes]:
+        """ICMP messages for inner senders produced since the last call."""
+        out, self._to_tun = self._to_tun, []
+        return out
 
     def from_tun(self, packets: Iterable[bytes]) -> dict[tuple[Address, Address], list[bytes]]:
         """Encapsulate inner packets; returns {(local, remote): [esp, ...]}.
@@ -71,6 +127,9 @@ class PacketProcessor:
             if run_sa is None:
                 self._no_sa(packet, version, src, dst)
                 continue
+            if n > run_sa.max_inner:
+                self._too_big(run_sa, packet, run)
+                continue
             run.append(packet)
         if run:
             self._seal(run_sa, run, out)  # type: ignore[arg-type]  # a run has its SA
@@ -91,20 +150,102 @@ class PacketProcessor:
         if no_sa is None or not no_sa(packet, version, src, dst):
             self.drops[DropReason.NO_SA] += 1
 
+    def _too_big(self, sa: InstalledChildSa, packet: bytes, run: list[bytes]) -> None:
+        """``packet`` does not fit ``sa`` within the path: fragment it (IPv4 without DF,
+        tunnel mode), pass it (IPv6 up to 1280 bytes, which must always get through: the
+        kernel fragments the outer packet) or send ICMP "too big" back (RFC 4301 §8.1)."""
+        limit = sa.max_inner
+        if sa.mode == "tunnel" and may_fragment(packet):
+            run.extend(fragment_ipv4(packet, limit))
+            return
+        if packet[0] >> 4 == 6 and len(packet) <= IPV6_MIN_MTU:
+            run.append(packet)
+            return
+        self.drops[TOO_BIG] += 1
+        if not self._icmp_allowed():
+            return
+        message = too_big(packet, limit)
+        if message is not None:
+            self._to_tun.append(message)
+
+    def _icmp_allowed(self) -> bool:
+        """Token bucket for ICMP errors (RFC 4443 §2.4 f, RFC 1812 §4.3.2.8)."""
+        if self._clock is None:
+            return True
+        now = self._clock()
+        self._icmp_tokens = min(ICMP_BURST, self._icmp_tokens + (now - self._icmp_at) * ICMP_RATE)
+        self._icmp_at = now
+        if self._icmp_tokens < 1.0:
+            self.drops["icmp_rate_limited"] += 1
+            return False
+        self._icmp_tokens -= 1.0
+        return True
+
     def _seal(
         self,
         sa: InstalledChildSa,
         run: list[bytes],
         out: dict[tuple[Address, Address], list[bytes]],
     ) -> None:
+        if not sa.fast:
+            self._seal_one_by_one(sa, run, out)
+            return
         key = (sa.local, sa.remote)
         bucket = out.get(key)
         if bucket is None:
             bucket = out[key] = []
         try:
-            sa.outbound.seal_burst(run, bucket)
+            sa.outbound.seal_burst(run, bucket)  # type: ignore[union-attr]  # fast: ESP
         except SequenceNumberExhausted:
             self.drops["sequence_exhausted"] += len(run)
+
+    def _seal_one_by_one(
+        self,
+        sa: InstalledChildSa,
+        run: list[bytes],
+        out: dict[tuple[Address, Address], list[bytes]],
+    ) -> None:
+        """Transport mode, AH, ESP directly over IP: one packet at a time."""
+        if sa.encap:
+            bucket = out.setdefault((sa.local, sa.remote), [])
+        else:
+            bucket = self._raw.setdefault((sa.local[0], _protocol(sa), sa.remote[0]), [])
+        seal = self._sealer(sa)
+        for packet in run:
+            try:
+                bucket.append(seal(packet))
+            except SequenceNumberExhausted:
+                self.drops["sequence_exhausted"] += 1
+            except TransportFramingError as exc:  # a fragment (RFC 4301 §7), a bad header
+                self.drops[exc.reason] += 1
+            except ValueError:  # an IPv6 routing header AH cannot predict (RFC 4302 §3.3.3.1)
+                self.drops[DropReason.MALFORMED] += 1
+
+    def _sealer(self, sa: InstalledChildSa) -> Callable[[bytes], bytes]:
+        """What turns one packet from TUN into what ``sa`` sends (a UDP payload or a whole
+        IP packet for a raw socket)."""
+        out = sa.outbound
+        if isinstance(out, OutboundAhSa):
+            ah = out
+            if sa.mode == "transport":
+                return lambda p: ah.encapsulate_transport(own_identification(p, self.outer))
+            local, remote = packed(sa.local[0]), packed(sa.remote[0])
+            return lambda p: ah.encapsulate(
+                self.outer.front(local, remote), next_header_for(p) or 0, p
+            )
+        esp: OutboundEspSa = out
+        if sa.mode == "transport":
+
+            def transport(p: bytes) -> bytes:
+                front, next_header, payload = split_for_transport(p)
+                sealed = esp.encapsulate(payload, next_header)
+                return sealed if sa.encap else front.build(IPPROTO_ESP, sealed)
+
+            return transport
+        local, remote = packed(sa.local[0]), packed(sa.remote[0])
+        return lambda p: self.outer.front(local, remote).build(
+            IPPROTO_ESP, esp.encapsulate(p, next_header_for(p) or 0)
+        )
 
     def from_udp(
         self, datagrams: Iterable[tuple[bytes | memoryview, Address]]
@@ -152,12 +293,122 @@ class PacketProcessor:
         """Decapsulate consecutive datagrams with one SPI from one sender."""
         spi, remote = key
         sa = self.sad.by_spi.get(int.from_bytes(spi, "big"))
-        if sa is None:
+        if sa is None or sa.protocol != "esp":  # AH never travels in UDP (RFC 3948)
             self.drops[DropReason.UNKNOWN_SPI] += len(run)
             return
-        delivered = sa.inbound.open_burst(run, to_tun)
+        if sa.mode == "transport":
+            delivered = self._open_transport_udp(sa, run, remote, to_tun)
+        else:
+            delivered = sa.inbound.open_burst(run, to_tun)  # type: ignore[union-attr]  # ESP
         if delivered and remote != sa.remote:
             moved.extend([(sa, remote)] * delivered)
+
+    def _open_transport_udp(
+        self,
+        sa: InstalledChildSa,
+        run: list[bytes | memoryview],
+        remote: Address,
+        to_tun: list[bytes],
+    ) -> int:
+        """Transport-mode ESP from UDP: the IP header is rebuilt from the addresses the
+        socket saw.  Across a NAT the TCP/UDP checksum covers the addresses the sender
+        had, which neither side may know (each names itself, RFC 7296 §2.23.1): it is
+        recomputed, which RFC 3948 §3.1.2 allows since the ESP ICV vouches for the
+        payload.  Without a NAT the rebuilt packet must lie inside the selectors."""
+        inbound = sa.inbound
+        assert isinstance(inbound, InboundEspSa)
+        source, destination = packed(remote[0]), packed(sa.local[0])
+        front = IpFront.synthesize(source, destination)
+        natted = sa.nat or remote != sa.remote
+        delivered = 0
+        for data in run:
+            opened = inbound.decapsulate(bytes(data))
+            if opened is None:
+                continue
+            next_header, payload = opened
+            try:
+                packet = front.build(next_header, payload)
+            except TransportFramingError:
+                inbound.drops[DropReason.MALFORMED] += 1
+                continue
+            if natted:
+                packet = fix_transport_checksum(packet)
+            elif not _inside(sa, packet):
+                inbound.drops[DropReason.OUTSIDE_SELECTORS] += 1
+                continue
+            to_tun.append(packet)
+            delivered += 1
+        return delivered
+
+    def from_raw(self, packets: Iterable[bytes], protocol: int) -> list[bytes]:
+        """Open whole IP packets a raw socket received for ``protocol`` (50 ESP, 51 AH);
+        returns the packets for TUN.  Never raises on packet input."""
+        to_tun: list[bytes] = []
+        for packet in packets:
+            try:
+                front, offset = locate_ipsec_header(packet, protocol)
+            except TransportFramingError as exc:
+                self.drops[exc.reason] += 1
+                continue
+            if offset + 12 > len(packet):
+                self.drops[DropReason.TOO_SHORT] += 1
+                continue
+            at = offset + 4 if protocol == IPPROTO_AH else offset  # AH: SPI after 4 bytes
+            sa = self.sad.by_spi.get(int.from_bytes(packet[at : at + 4], "big"))
+            if sa is None or _protocol(sa) != protocol:
+                self.drops[DropReason.UNKNOWN_SPI] += 1
+                continue
+            opened = self._open_raw(sa, packet, front, offset)
+            if opened is not None:
+                to_tun.append(opened)
+        return to_tun
+
+    def _open_raw(
+        self, sa: InstalledChildSa, packet: bytes, front: IpFront, offset: int
+    ) -> bytes | None:
+        """One ESP/AH packet directly over IP for ``sa``: the packet for TUN, or None."""
+        inbound = sa.inbound
+        if isinstance(inbound, InboundAhSa):
+            opened = inbound.open(packet)
+            if opened is None:
+                return None
+            front, next_header, payload = opened
+        else:
+            result = inbound.decapsulate(packet[offset:])
+            if result is None:
+                return None
+            next_header, payload = result
+        if sa.mode == "tunnel":
+            if isinstance(inbound, InboundEspSa):
+                return payload  # the inner packet, its selectors checked by the SA
+            inner = payload
+        else:
+            try:
+                inner = front.build(next_header, payload)
+            except TransportFramingError:
+                inbound.drops[DropReason.MALFORMED] += 1
+                return None
+        if next_header_for(inner) is None or not _inside(sa, inner):
+            inbound.drops[DropReason.OUTSIDE_SELECTORS] += 1
+            return None
+        return inner
+
+
+def _protocol(sa: InstalledChildSa) -> int:
+    return IPPROTO_AH if sa.protocol == "ah" else IPPROTO_ESP
+
+
+def _inside(sa: InstalledChildSa, packet: bytes) -> bool:
+    """The packet from the peer lies inside the SA's selectors (RFC 4301 §5.2)."""
+    if packet[0] >> 4 == 4:
+        if len(packet) < 20:
+            return False
+        src, dst = int.from_bytes(packet[12:16], "big"), int.from_bytes(packet[16:20], "big")
+        return sa.allows_inbound(4, src, dst)
+    if len(packet) < 40:
+        return False
+    src, dst = int.from_bytes(packet[8:24], "big"), int.from_bytes(packet[24:40], "big")
+    return sa.allows_inbound(6, src, dst)
 
 
 def _link_scoped(src: int, dst: int) -> bool:

@@ -15,33 +15,45 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from ipsecd.ah.sa import InboundAhSa, OutboundAhSa
 from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
 from ipsecd.selectors import TrafficSelector
 
 Address = tuple[str, int]
+Inbound = InboundEspSa | InboundAhSa
+Outbound = OutboundEspSa | OutboundAhSa
 
 
 @dataclass(eq=False)
 class InstalledChildSa:
     """A CHILD_SA as the data plane holds it (RFC 7296 §2.17, RFC 4301 §4.1).
 
-    A CHILD_SA is a pair of unidirectional ESP SAs: ``inbound`` opens what the peer
-    sends (found by its SPI), ``outbound`` seals what we send (found by the negotiated
-    traffic selectors ``local_ts`` -> ``remote_ts``).  ``local``/``remote`` are the UDP
-    endpoints of ESP-in-UDP (RFC 3948); ``remote`` follows the peer behind a NAT.
-    Built by :meth:`ipsecd.daemon.core.DaemonCore` from the negotiated (or manual)
+    A CHILD_SA is a pair of unidirectional ESP (or AH) SAs: ``inbound`` opens what the
+    peer sends (found by its SPI), ``outbound`` seals what we send (found by the
+    negotiated traffic selectors ``local_ts`` -> ``remote_ts``).  ``local``/``remote`` are
+    the UDP endpoints of ESP-in-UDP (RFC 3948); ``remote`` follows the peer behind a NAT.
+    ``mode`` is ``tunnel`` or ``transport`` (RFC 4301 §4.1), ``protocol`` ``esp`` or
+    ``ah``; ``encap`` False sends directly over IP (protocol 50/51) from ``local[0]`` to
+    ``remote[0]``.  ``max_inner`` is the largest packet from TUN whose ESP/AH packet fits
+    the path (larger ones get ICMP "too big" or are fragmented first).
+    Built by :func:`ipsecd.daemon.core.child_sa` from the negotiated (or manual)
     parameters; the IKE side of the same CHILD_SA is :class:`ipsecd.ike.child.ChildSa`.
     """
 
     peer: str
-    inbound: InboundEspSa
-    outbound: OutboundEspSa
+    inbound: Inbound
+    outbound: Outbound
     local_ts: tuple[TrafficSelector, ...]
     remote_ts: tuple[TrafficSelector, ...]
     local: Address  # our UDP endpoint (address, port) for ESP-in-UDP
     remote: Address  # the peer's UDP endpoint
     installed_at: float = 0.0
     name: str = ""  # the configured child (peers[].children[].name)
+    mode: str = "tunnel"
+    protocol: str = "esp"
+    encap: bool = True
+    max_inner: int = 65535
+    nat: bool = False  # transport mode across a NAT: TCP/UDP checksums get fixed
     # (version, start, end) tuples flattened for a fast outbound match.
     _match: tuple[tuple[int, int, int, int, int, int], ...] = field(default=(), repr=False)
 
@@ -58,6 +70,24 @@ class InstalledChildSa:
             if v == version and ls <= src <= le and rs <= dst <= re:
                 return True
         return False
+
+    def allows_inbound(self, version: int, src: int, dst: int) -> bool:
+        """A packet from the peer is inside the selectors: ``remote_ts`` -> ``local_ts``
+        (RFC 4301 §5.2; what InboundEspSa checks itself in tunnel mode)."""
+        return self.matches(version, dst, src)
+
+    @property
+    def fast(self) -> bool:
+        """Tunnel-mode ESP in UDP: the burst path (``seal_burst`` / ``open_burst``)."""
+        return self.mode == "tunnel" and self.protocol == "esp" and self.encap
+
+    @property
+    def algorithm(self) -> str:
+        """The transform as shown: ``aes256gcm16``, ``aes128-sha256``, ``ah-sha256``."""
+        out = self.outbound
+        if isinstance(out, OutboundAhSa):
+            return f"ah-{out.integ.name}"
+        return out.encr.name + (f"-{out.integ.name}" if out.integ is not None else "")
 
 
 class SaDatabase:

@@ -83,7 +83,7 @@ class TunDevice:
         os.set_blocking(self.fd, False)
         self._ipr = AsyncIPRoute()
         self.index = 0
-        self._routes: list[IpNetwork] = []
+        self._routes: list[tuple[IpNetwork, int | None]] = []  # (prefix, table)
         self.write_errors = 0
         self.read_errors = 0  # malformed virtio header / super-segment
         self.super_segments = 0  # reads that carried a TCP super-segment (TSO)
@@ -121,20 +121,29 @@ class TunDevice:
     async def set_mtu(self, mtu: int) -> None:
         await self._ipr.link("set", index=self.index, mtu=mtu)
 
-    async def add_route(self, network: IpNetwork) -> None:
-        """Route ``network`` into the tunnel; replaces an existing route to the same prefix."""
+    async def add_route(
+        self, network: IpNetwork, table: int | None = None, source: str | None = None
+    ) -> None:
+        """Route ``network`` into the tunnel (in ``table``, default main; ``source``: the
+        preferred source address); replaces an existing route to the same prefix."""
         family = 2 if network.version == 4 else 10
+        extra: dict[str, object] = {}
+        if table is not None:
+            extra["table"] = table
+        if source is not None:
+            extra["prefsrc"] = source
         await self._ipr.route(
             "replace",
             dst=str(network.network_address),
             dst_len=network.prefixlen,
             oif=self.index,
             family=family,
+            **extra,
         )
-        if network not in self._routes:
-            self._routes.append(network)
+        if (network, table) not in self._routes:
+            self._routes.append((network, table))
 
-    async def remove_route(self, network: IpNetwork) -> None:
+    async def remove_route(self, network: IpNetwork, table: int | None = None) -> None:
         family = 2 if network.version == 4 else 10
         with contextlib.suppress(Exception):  # already gone (the link went down first)
             await self._ipr.route(
@@ -143,13 +152,14 @@ class TunDevice:
                 dst_len=network.prefixlen,
                 oif=self.index,
                 family=family,
+                **({"table": table} if table is not None else {}),
             )
-        if network in self._routes:
-            self._routes.remove(network)
+        if (network, table) in self._routes:
+            self._routes.remove((network, table))
 
     @property
     def routes(self) -> list[IpNetwork]:
-        return list(self._routes)
+        return [network for network, _ in self._routes]
 
     # -- packets -------------------------------------------------------------------------
     def read_batch(self, limit: int = 64, bufsize: int = MAX_READ) -> list[bytes]:
@@ -208,8 +218,8 @@ class TunDevice:
 
     async def close(self) -> None:
         """Remove our routes and the device (closing a non-persistent TUN deletes it)."""
-        for network in list(self._routes):
-            await self.remove_route(network)
+        for network, table in list(self._routes):
+            await self.remove_route(network, table)
         try:
             self._device.close()
         finally:

@@ -27,6 +27,7 @@ Address = tuple[str, int]
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+SO_MARK = getattr(socket, "SO_MARK", 36)
 BUFFER_BYTES = 8 * 1024 * 1024
 SOL_UDP = 17
 UDP_SEGMENT = 103  # include/uapi/linux/udp.h
@@ -91,8 +92,14 @@ def split_gro(data: bytes, segment: int) -> list[memoryview]:
 class UdpSocket:
     """A bound, non-blocking UDP socket."""
 
-    def __init__(self, address: str, port: int, offload: bool = True) -> None:
-        """Open and bind; an OSError names the endpoint (``cannot bind UDP ADDR:PORT: ...``)."""
+    def __init__(
+        self, address: str, port: int, offload: bool = True, mark: int | None = None
+    ) -> None:
+        """Open and bind; an OSError names the endpoint (``cannot bind UDP ADDR:PORT: ...``).
+
+        ``mark``: SO_MARK, so ipsecd's own packets skip the routing table of transport-mode
+        peers (``gateway.fwmark``).
+        """
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         where = format_address(address, port)
         try:
@@ -112,6 +119,8 @@ class UdpSocket:
                     self.sock.setsockopt(socket.SOL_SOCKET, plain, BUFFER_BYTES)
             if family == socket.AF_INET6:
                 self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if mark is not None:
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
             self.sock.bind((address, port))
         except OSError as exc:
             self.sock.close()

@@ -160,8 +160,8 @@ def derive_rekeyed_ike_keys_with_additional(
     """Keys of the IKE SA that replaces ``old`` after the rekey and its follow-up exchanges
     (RFC 9370 §2.2.4), with the algorithms of ``chosen``; ``nonce_i``/``spi_i`` belong to
     the rekey exchange's initiator.  With SK(0) alone this is RFC 7296 §2.18."""
-    if chosen.prf is None:
-        raise ValueError("IKE proposal without a PRF")
+    if chosen.prf is None or chosen.encryption is None:
+        raise ValueError("IKE proposal without a PRF or a cipher")
     seed = rekey_skeyseed_with_additional(old, shared, nonce_i, nonce_r)
     integ = chosen.integrity if not chosen.encryption.aead else None
     return derive_from_skeyseed(

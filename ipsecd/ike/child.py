@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ipsecd.config.schema import ChildConfig
 from ipsecd.crypto.registry import EncrAlgorithm, IntegAlgorithm
-from ipsecd.ike.errors import TsUnacceptable
+from ipsecd.ike.errors import NoProposalChosen, ProtocolError, TsUnacceptable
 from ipsecd.ike.events import Address, ChildSaParams
 from ipsecd.ike.lifecycle import (
     ChildEvent,
@@ -30,12 +30,17 @@ from ipsecd.selectors import TrafficSelector, format_selectors
 
 @dataclass(frozen=True)
 class ChildAlgorithms:
-    """The transforms selected for a CHILD_SA (ESP): one of each type."""
+    """The transforms selected for a CHILD_SA: one of each type.
 
-    encr: EncrAlgorithm
+    ESP has a cipher (and an integrity algorithm unless the cipher is an AEAD);
+    AH (``protocol`` "ah", RFC 4302) has an integrity algorithm and no cipher.
+    """
+
+    encr: EncrAlgorithm | None
     integ: IntegAlgorithm | None
     esn: bool
     ke: int | None = None  # PFS group id, if any
+    protocol: str = "esp"  # esp | ah
 
     @classmethod
     def from_chosen(cls, chosen: ChosenProposal) -> ChildAlgorithms:
@@ -44,7 +49,78 @@ class ChildAlgorithms:
             integ=chosen.integrity,
             esn=chosen.esn,
             ke=int(chosen.ke.transform_id) if chosen.ke is not None else None,
+            protocol=chosen.protocol,
         )
+
+    @property
+    def name(self) -> str:
+        """As logged and shown: ``aes256gcm16``, ``aes128-sha256``, ``ah-sha256``."""
+        return child_algorithm(self.protocol, self.encr, self.integ)
+
+
+def child_algorithm(protocol: str, encr: EncrAlgorithm | None, integ: IntegAlgorithm | None) -> str:
+    """A CHILD_SA's transform in words: the ESP cipher (``-integrity``), or ``ah-integrity``."""
+    names = [encr.name] if encr is not None else ["ah"] if protocol == "ah" else []
+    return "-".join(names + ([integ.name] if integ is not None else []))
+
+
+# ---- mode and protocol (RFC 7296 §1.3.1, §2.23) ---------------------------------------
+
+
+def check_mode_answer(wanted: str, transport_answered: bool, peer: str) -> None:
+    """Initiator: the responder's mode must be the one we asked for (RFC 7296 §1.3.1).
+
+    A responder may decline USE_TRANSPORT_MODE and answer in tunnel mode; our
+    config says transport, so the CHILD_SA fails, with both modes named.
+    """
+    if wanted == "transport" and not transport_answered:
+        raise ProtocolError(
+            f"peer {peer} answered the CHILD_SA in tunnel mode (no USE_TRANSPORT_MODE in its"
+            " response, RFC 7296 §1.3.1), but esp.mode is transport here; configure transport"
+            " mode on the peer too, or mode: tunnel here"
+        )
+    if wanted == "tunnel" and transport_answered:
+        raise ProtocolError(
+            f"peer {peer} answered the CHILD_SA in transport mode (USE_TRANSPORT_MODE), which"
+            " we did not ask for (esp.mode is tunnel here; RFC 7296 §1.3.1)"
+        )
+
+
+def responder_mode(configured: str, transport_requested: bool, peer: str) -> str:
+    """Responder: the mode of our answer (RFC 7296 §1.3.1), or NO_PROPOSAL_CHOSEN.
+
+    A request for transport mode when we are configured for tunnel mode is
+    answered in tunnel mode, as the RFC provides for (the initiator decides
+    whether that will do).  A request for tunnel mode when we are configured
+    for transport mode is refused: the responder cannot impose transport mode,
+    and our selectors are the gateways' own addresses.
+    """
+    if configured == "transport" and not transport_requested:
+        raise NoProposalChosen(
+            f"peer {peer} asked for a tunnel-mode CHILD_SA (no USE_TRANSPORT_MODE, RFC 7296"
+            " §1.3.1), but esp.mode is transport here; configure transport mode on the peer"
+            " too, or mode: tunnel here"
+        )
+    return "transport" if transport_requested and configured == "transport" else "tunnel"
+
+
+def check_ah_without_nat(protocol: str, nat_local: bool, nat_remote: bool, peer: str) -> None:
+    """AH cannot cross a NAT (RFC 4302 §3.3.3.1: the ICV covers the addresses it rewrites;
+    RFC 3948 encapsulates ESP only): refuse an AH CHILD_SA when IKE detected one.
+
+    Raises a plain :class:`ProtocolError`; a responder answers it as NO_PROPOSAL_CHOSEN.
+    """
+    if protocol != "ah" or not (nat_local or nat_remote):
+        return
+    where = "in front of us" if nat_local else f"in front of peer {peer}"
+    if nat_local and nat_remote:
+        where = "on both sides"
+    raise ProtocolError(
+        f"AH cannot cross a NAT, and IKE detected one {where} (RFC 7296 §2.23; or the peer"
+        " forces UDP encapsulation, like strongSwan's encap = yes): the AH ICV covers the IP"
+        " addresses a NAT rewrites, and only ESP can be carried in UDP (RFC 3948); use"
+        " protocol: esp with this peer"
+    )
 
 
 def new_child_spi(random_bytes: Callable[[int], bytes], taken: Container[int]) -> int:
@@ -68,6 +144,7 @@ class ChildSa:
     remote_ts: tuple[TrafficSelector, ...] = ()
     name: str = ""  # the configured child (peers[].children[].name) it belongs to
     algorithms: ChildAlgorithms | None = None
+    mode: str = "tunnel"  # tunnel | transport (RFC 7296 §1.3.1)
     params: ChildSaParams | None = field(default=None, repr=False)
     created_at: float = 0.0
     # Lifetimes (set by the manager when the child is installed; None = no limit).
@@ -104,10 +181,14 @@ class ChildSa:
             "rekey_at": self.rekey_at,
             "local_ts": format_selectors(self.local_ts),
             "remote_ts": format_selectors(self.remote_ts),
-            "algorithm": (
-                algs.encr.name + (f"-{algs.integ.name}" if algs.integ else "") if algs else ""
-            ),
+            "algorithm": algs.name if algs else "",
+            "mode": self.mode,
         }
+
+    @property
+    def protocol(self) -> str:
+        """esp | ah: the protocol of the SPIs in Delete and REKEY_SA (RFC 7296 §3.11)."""
+        return self.algorithms.protocol if self.algorithms is not None else "esp"
 
 
 def _dedupe(selectors: list[TrafficSelector]) -> tuple[TrafficSelector, ...]:
@@ -190,6 +271,32 @@ def select_child(
     )
 
 
+def transport_nat_selectors(
+    tsi: tuple[TrafficSelector, ...],
+    tsr: tuple[TrafficSelector, ...],
+    local: str,
+    remote: str,
+    peer: str,
+) -> tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]]:
+    """Responder, transport mode across a NAT (RFC 7296 §2.23.1): the data plane's
+    selectors ``(local_ts, remote_ts)``.
+
+    Each side names itself by the address it has, which a NAT changes on the way: the
+    initiator's TSi (or our own TSr) may be an address we never see.  A transport-mode SA
+    only ever carries packets between the two IKE endpoints, so any single-host TSi and
+    TSr are accepted as they are (and answered unchanged), and the SA is installed for
+    the endpoints' addresses as this side sees them.  Raises TS_UNACCEPTABLE otherwise.
+    """
+    hosts = [ts for ts in (*tsi, *tsr) if ts.start == ts.end]
+    if len(tsi) != 1 or len(tsr) != 1 or len(hosts) != 2:
+        raise TsUnacceptable(
+            f"peer {peer} asked for a transport-mode CHILD_SA across a NAT with"
+            f" TSi={format_selectors(tsi)} TSr={format_selectors(tsr)}: transport mode"
+            " takes one address on each side"
+        )
+    return (TrafficSelector.from_prefix(local),), (TrafficSelector.from_prefix(remote),)
+
+
 def check_narrowed_as_initiator(
     proposed_tsi: tuple[TrafficSelector, ...],
     proposed_tsr: tuple[TrafficSelector, ...],
@@ -216,9 +323,10 @@ def split_keymat(
     """Split child KEYMAT into ((encr_i, integ_i), (encr_r, integ_r)) (RFC 7296 §2.17).
 
     Keys for traffic from the exchange initiator to the responder come first,
-    encryption key (with AEAD salt) before integrity key.
+    encryption key (with AEAD salt) before integrity key; AH takes integrity
+    keys only (its encryption keys are empty).
     """
-    encr_len = algs.encr.keymat_len
+    encr_len = algs.encr.keymat_len if algs.encr is not None else 0
     integ_len = algs.integ.key_len if algs.integ else 0
     need = 2 * (encr_len + integ_len)
     if len(keymat) < need:
@@ -237,7 +345,8 @@ def split_keymat(
 
 
 def keymat_length(algs: ChildAlgorithms) -> int:
-    return 2 * (algs.encr.keymat_len + (algs.integ.key_len if algs.integ else 0))
+    encr_len = algs.encr.keymat_len if algs.encr is not None else 0
+    return 2 * (encr_len + (algs.integ.key_len if algs.integ else 0))
 
 
 def child_params(
@@ -252,8 +361,16 @@ def child_params(
     remote: Address,
     name: str = "",
     local: Address | None = None,
+    mode: str = "tunnel",
+    encap: bool = True,
+    nat: bool = False,
 ) -> ChildSaParams:
-    """Build the data-plane parameters; "in" keys are the ones the peer sends with."""
+    """Build the data-plane parameters; "in" keys are the ones the peer sends with.
+
+    ``encap``: ESP in UDP (RFC 3948); False: directly over IP (protocol 50/51).
+    ``nat``: IKE detected a NAT (RFC 7296 §2.23), so transport-mode TCP/UDP checksums
+    need the RFC 3948 §3.1.2 fix-up.
+    """
     i_to_r, r_to_i = split_keymat(keymat, algs)
     out_keys, in_keys = (i_to_r, r_to_i) if exchange_initiator else (r_to_i, i_to_r)
     return ChildSaParams(
@@ -271,4 +388,8 @@ def child_params(
         remote=remote,
         name=name,
         local=local,
+        mode=mode,
+        protocol=algs.protocol,
+        encap=encap,
+        nat=nat,
     )

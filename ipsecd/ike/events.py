@@ -43,12 +43,16 @@ class ChildSaParams:
 
     ``*_in`` keys protect what the peer sends to us (we decrypt with them);
     ``*_out`` keys protect what we send.  ``spi_in`` is the SPI we chose and
-    put in our SA payload; ``spi_out`` the one the peer chose.
+    put in our SA payload; ``spi_out`` the one the peer chose.  ``protocol``
+    ``ah`` has no cipher (``encr`` None, empty encryption keys).  ``mode`` is
+    ``tunnel`` or ``transport`` (RFC 4301 §4.1); ``encap`` True carries the
+    SA's packets in UDP (RFC 3948), False directly over IP (protocol 50/51);
+    ``nat``: IKE detected a NAT (or a peer forcing UDP encapsulation).
     """
 
     spi_in: int
     spi_out: int
-    encr: EncrAlgorithm
+    encr: EncrAlgorithm | None
     integ: IntegAlgorithm | None
     esn: bool
     encr_key_in: bytes = field(repr=False)
@@ -60,6 +64,10 @@ class ChildSaParams:
     remote: Address
     name: str = ""  # the configured child it was negotiated for (peers[].children[].name)
     local: Address | None = None  # our IKE endpoint; None: the peer's local_address
+    mode: str = "tunnel"
+    protocol: str = "esp"
+    encap: bool = True
+    nat: bool = False  # a NAT was detected: transport mode fixes TCP/UDP checksums
 
 
 class Event:

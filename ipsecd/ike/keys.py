@@ -118,8 +118,8 @@ def derive_from_skeyseed(
 
 
 def _algs(chosen: ChosenProposal) -> tuple[PrfAlgorithm, EncrAlgorithm, IntegAlgorithm | None]:
-    if chosen.prf is None:
-        raise ValueError("IKE proposal without a PRF")
+    if chosen.prf is None or chosen.encryption is None:
+        raise ValueError("IKE proposal without a PRF or a cipher")
     return chosen.prf, chosen.encryption, chosen.integrity
 
 

@@ -383,8 +383,10 @@ class IkeManager:
             CreateChildSa(
                 tuple(local_ts or cfg.local_ts),
                 tuple(remote_ts or cfg.remote_ts),
-                tuple(proposals or cfg.esp_proposals),
+                tuple(proposals or cfg.child_proposals),
                 name=cfg.name,
+                mode=cfg.mode,
+                protocol=cfg.protocol,
             ),
             now,
         )

@@ -7,7 +7,8 @@ Building (initiator, or any SA payload we send)::
         every alternative of every transform type.  IKE: protocol 1, SPI empty
         in IKE_SA_INIT, the 8-byte new SPI for an IKE rekey.  ESP: protocol 3,
         4-byte SPI; a KE transform only when the proposal has ``ke`` (PFS);
-        an ESN transform always.
+        an ESN transform always.  AH: protocol 2, 4-byte SPI, integrity (and
+        KE, ESN) transforms only, no ENCR (RFC 7296 §3.3.3).
     chosen_sa_payload(chosen, spi=b"") -> SecurityAssociation
         The responder's answer: the single selected proposal, keeping the
         number of the proposal it came from (§3.3.1), one transform per type.
@@ -82,7 +83,9 @@ __all__ = [
     "PROTOCOL_IDS",
 ]
 
-PROTOCOL_IDS = {"ike": ProtocolId.IKE, "esp": ProtocolId.ESP}
+PROTOCOL_IDS = {"ike": ProtocolId.IKE, "esp": ProtocolId.ESP, "ah": ProtocolId.AH}
+#: The protocol name of a CHILD_SA's SA proposal protocol id (RFC 7296 §3.3.1).
+CHILD_PROTOCOLS = {ProtocolId.ESP: "esp", ProtocolId.AH: "ah"}
 _TYPE_LABEL: dict[int, str] = {
     TransformType.ENCR: "ENCR",
     TransformType.PRF: "PRF",
@@ -108,7 +111,7 @@ def proposal_transforms(proposal: Proposal, include_ke: bool = True) -> tuple[Tr
     out += [Transform(TransformType.INTEG, a.transform_id) for a in proposal.integrity]
     if include_ke:
         out += [Transform(TransformType.KE, a.transform_id) for a in proposal.ke]
-    if proposal.protocol == "esp":
+    if proposal.protocol != "ike":
         out += [
             Transform(TransformType.ESN, EsnId.ESN if esn else EsnId.NO_ESN) for esn in proposal.esn
         ]
@@ -136,16 +139,17 @@ class ChosenProposal:
 
     ``number`` and ``spi`` come from the SA proposal it was selected from
     (for ESP, ``spi`` is the SPI the sender of that proposal wants to
-    receive with).  ``integrity`` is None for AEADs, ``prf`` None for ESP,
-    ``ke`` None without (or with NONE) key exchange.  ``additional_ke[n-1]`` is
-    the choice for ADDKEn (RFC 9370): None when the type was not offered,
-    ``ADDITIONAL_KE_NONE`` when NONE was chosen, else the key exchange method.
+    receive with).  ``integrity`` is None for AEADs, ``prf`` None for ESP and
+    AH, ``encryption`` None for AH, ``ke`` None without (or with NONE) key
+    exchange.  ``additional_ke[n-1]`` is the choice for ADDKEn (RFC 9370): None
+    when the type was not offered, ``ADDITIONAL_KE_NONE`` when NONE was chosen,
+    else the key exchange method.
     """
 
     protocol: str
     number: int
     spi: bytes
-    encryption: EncrAlgorithm
+    encryption: EncrAlgorithm | None
     integrity: IntegAlgorithm | None
     prf: PrfAlgorithm | None
     ke: KeAlgorithm | None
@@ -162,14 +166,14 @@ class ChosenProposal:
         )
 
     def transforms(self) -> tuple[Transform, ...]:
-        out = [_encr_transform(self.encryption)]
+        out = [_encr_transform(self.encryption)] if self.encryption is not None else []
         if self.prf is not None:
             out.append(Transform(TransformType.PRF, self.prf.transform_id))
         if self.integrity is not None:
             out.append(Transform(TransformType.INTEG, self.integrity.transform_id))
         if self.ke is not None:
             out.append(Transform(TransformType.KE, self.ke.transform_id))
-        if self.protocol == "esp":
+        if self.protocol != "ike":
             out.append(Transform(TransformType.ESN, EsnId.ESN if self.esn else EsnId.NO_ESN))
         for ttype, alg in zip(ADDITIONAL_KE_TYPES, self.additional_ke, strict=False):
             if alg is not None:
@@ -179,7 +183,7 @@ class ChosenProposal:
     def to_proposal(self) -> Proposal:
         return Proposal(
             protocol=self.protocol,
-            encryption=(self.encryption,),
+            encryption=(self.encryption,) if self.encryption else (),
             integrity=(self.integrity,) if self.integrity else (),
             prf=(self.prf,) if self.prf else (),
             ke=(self.ke,) if self.ke else (),
@@ -189,9 +193,9 @@ class ChosenProposal:
 
     def __str__(self) -> str:
         """strongSwan syntax; an additional key exchange chosen as NONE is not shown."""
-        names = [self.encryption.name]
+        names = [self.encryption.name] if self.encryption is not None else []
         names += [a.name for a in (self.integrity, self.prf, self.ke) if a is not None]
-        if self.protocol == "esp":
+        if self.protocol != "ike":
             names.append("esn" if self.esn else "noesn")
         names += [f"ke{n}_{alg.name}" for n, alg in self.additional_exchanges]
         return "-".join(names)
@@ -246,13 +250,18 @@ def _match(
     def has_none(ttype: int) -> bool:
         return any(t.transform_id == _NONE_ID and _usable(t) for t in by_type.get(ttype, ()))
 
-    encr = _pick(
-        ours.encryption,
-        algs(TransformType.ENCR, lambda t: encr_by_id(t.transform_id, t.key_length)),
-        prefer_ours,
-    )
-    if encr is None:
-        return None
+    if ours.protocol == "ah":
+        encr = None  # RFC 4302: integrity only; an offer with ENCR is no AH proposal
+        if TransformType.ENCR in by_type or not ours.integrity:
+            return None
+    else:
+        encr = _pick(
+            ours.encryption,
+            algs(TransformType.ENCR, lambda t: encr_by_id(t.transform_id, t.key_length)),
+            prefer_ours,
+        )
+        if encr is None:
+            return None
 
     def optional(
         ttype: int, mine: Sequence[object], lookup: Callable[[Transform], object | None]
@@ -284,7 +293,7 @@ def _match(
         esn = _pick(ours.esn, offered_esn, prefer_ours)
         if esn is None:
             return None
-    if integ is _MISSING or ke is _MISSING:
+    if integ is _MISSING or ke is _MISSING or (ours.protocol == "ah" and integ is None):
         return None
     addke: list[KeAlgorithm | None] = []
     for n, ttype in enumerate(ADDITIONAL_KE_TYPES, 1):
@@ -339,7 +348,7 @@ def select(
 ) -> ChosenProposal | None:
     """The first acceptable (our proposal, offered proposal) pair, or None (§2.7).
 
-    ``protocol`` ("ike"/"esp") restricts both sides; see the module docstring
+    ``protocol`` ("ike"/"esp"/"ah") restricts both sides; see the module docstring
     for ``prefer``, ``ignore_ke`` and ``additional``.
     """
     if prefer not in ("ours", "theirs"):
@@ -438,7 +447,7 @@ def _our_names(ours: Sequence[Proposal], ttype: int) -> list[str]:
             names += [a.name for a in p.prf]
         elif ttype == TransformType.KE:
             names += [a.name for a in p.ke] or ["none"]
-        elif ttype == TransformType.ESN and p.protocol == "esp":
+        elif ttype == TransformType.ESN and p.protocol != "ike":
             names += ["esn" if e else "noesn" for e in p.esn]
         elif ttype in ADDITIONAL_KE_TYPES:
             n = ADDITIONAL_KE_TYPES.index(TransformType(ttype)) + 1
@@ -465,8 +474,14 @@ def explain_no_match(
     mine = [p for p in ours if p.protocol == protocol]
     theirs = [o for o in offered if o.protocol_id == proto_id]
     if not theirs:
-        got = ", ".join(sorted({str(int(o.protocol_id)) for o in offered})) or "none"
-        return f"peer offered no {protocol.upper()} proposal (protocol ids offered: {got})"
+        names = {int(v): k.upper() for k, v in PROTOCOL_IDS.items()}
+        got = sorted({names.get(int(o.protocol_id), f"#{int(o.protocol_id)}") for o in offered})
+        if protocol != "ike" and set(got) & {"ESP", "AH"}:
+            return f"peer offered {', '.join(got)}, we are configured for {protocol.upper()}"
+        return (
+            f"peer offered no {protocol.upper()} proposal (protocols offered:"
+            f" {', '.join(got) or 'none'})"
+        )
     for ttype in (
         TransformType.ENCR,
         TransformType.INTEG,
@@ -477,7 +492,9 @@ def explain_no_match(
     ):
         if ignore_ke and _is_ke_type(ttype):
             continue
-        if protocol == "esp" and ttype == TransformType.PRF:
+        if protocol != "ike" and ttype == TransformType.PRF:
+            continue
+        if protocol == "ah" and ttype == TransformType.ENCR:
             continue
         if protocol == "ike" and ttype == TransformType.ESN:
             continue

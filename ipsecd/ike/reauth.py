@@ -159,8 +159,16 @@ def recreate(old: IkeSa, new: IkeSa, now: float) -> None:
     """Queue on ``new`` the CREATE_CHILD_SAs for ``old``'s other CHILD_SAs, then
     :class:`FinishReauth`, which deletes ``old`` when its turn comes."""
     for child in to_recreate(old, new):
-        proposals = new.child_config(child.name).esp_proposals  # its configured child's
-        new.queue(CreateChildSa(child.local_ts, child.remote_ts, proposals, name=child.name), now)
+        proposals = new.child_config(child.name).child_proposals  # its configured child's
+        task = CreateChildSa(
+            child.local_ts,
+            child.remote_ts,
+            proposals,
+            name=child.name,
+            mode=child.mode,
+            protocol=child.protocol,
+        )
+        new.queue(task, now)
     new.queue(FinishReauth(old), now)
 
 

@@ -520,6 +520,12 @@ class IkeSa:
         """Both sides announced RFC 7383 support and ours is ``fragmentation: yes``."""
         return self.fragmentation_peer and self.peer.fragmentation == "yes"
 
+    @property
+    def udp_encap(self) -> bool:
+        """ESP in UDP (RFC 3948): the peer's ``encap: always``, or a NAT detected (RFC 7296
+        §2.23, which is also what a peer forcing encapsulation makes us see)."""
+        return self.peer.encap == "always" or self.nat_local or self.nat_remote
+
     def float_to_natt(self) -> None:
         """Move IKE to the NAT-T port after IKE_SA_INIT (RFC 7296 §2.23, RFC 3948).
 

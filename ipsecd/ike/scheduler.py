@@ -247,9 +247,17 @@ class Scheduler:
             return
         child.rekey_queued = True
         child.rekey_at = None
-        proposals = sa.child_config(child.name).esp_proposals
+        proposals = sa.child_config(child.name).child_proposals
         sa.queue(
-            RekeyChildSa(child.spi_in, child.local_ts, child.remote_ts, proposals, name=child.name),
+            RekeyChildSa(
+                child.spi_in,
+                child.local_ts,
+                child.remote_ts,
+                proposals,
+                name=child.name,
+                mode=child.mode,
+                protocol=child.protocol,
+            ),
             now,
         )
 

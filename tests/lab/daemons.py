@@ -52,6 +52,9 @@ class GatewaySpec:
     gateway_extra: dict[str, Any] = field(default_factory=dict)
     # The auth: section instead of the PSK file (certificates, PPK: tests/netns/test_certs_pq.py).
     auth: dict[str, Any] | None = None
+    # More keys of the peer's esp: section (mode, protocol, ah_proposals); with
+    # ``protocol: ah`` the ESP ``proposals`` are left out.
+    child_extra: dict[str, Any] = field(default_factory=dict)
     log_level: str = "debug"  # the benchmark runs at "info"
 
 
@@ -192,6 +195,14 @@ def write_config(topo: Topology, spec: GatewaySpec, peer: dict[str, Any]) -> tup
     return path, socket
 
 
+def esp_section(spec: GatewaySpec) -> dict[str, Any]:
+    """The peer's esp: section: the ESP proposals, or none for AH, plus ``child_extra``."""
+    section: dict[str, Any] = {}
+    if spec.child_extra.get("protocol") != "ah":
+        section["proposals"] = spec.esp_proposals
+    return {**section, **spec.child_extra}
+
+
 def start_psk_pair(
     topo: Topology,
     a: GatewaySpec,
@@ -214,7 +225,7 @@ def start_psk_pair(
             "local_ts": spec.local_ts,
             "remote_ts": spec.remote_ts,
             "ike": {"proposals": spec.ike_proposals},
-            "esp": {"proposals": spec.esp_proposals},
+            "esp": esp_section(spec),
             "auth": dict(spec.auth) if spec.auth is not None else {"psk_file": str(psk_file)},
             **spec.peer_extra,
         }

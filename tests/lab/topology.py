@@ -24,7 +24,13 @@ daemon under test adds it through its TUN device.  :meth:`Topology.add_plain_rou
 adds static routes for the plain-routing baseline instead.
 
 IPv6 is disabled in every namespace so captures hold only the traffic a test makes
-(no router solicitations, no MLD reports).
+(no router solicitations, no MLD reports) -- unless ``ipv6=True``, which adds a second,
+IPv6 addressing of the same links (without NAT)::
+
+    hostA ---- gwA ====== internet 2001:db8::/64 ====== gwB ---- hostB
+    fd00:1::2  fd00:1::1 | 2001:db8::1    2001:db8::2 | fd00:2::1  fd00:2::2
+
+with duplicate address detection, router advertisements and solicitations off.
 
 Teardown (:meth:`Topology.close`) kills every spawned process by process group, kills
 whatever else still runs in the namespaces, and deletes them.  It runs from ``__exit__``
@@ -101,6 +107,36 @@ __all__ = [  # what tests and bench import from here besides the topology itself
 ]
 
 # --- addresses (the demo's sites, plus the NAT) ------------------------------------------
+
+# IPv6 (``Topology(ipv6=True)``): the internet link and the two sites.
+INTERNET6 = "2001:db8::/64"
+GW_A_WAN_IP6 = "2001:db8::1"
+GW_B_WAN_IP6 = "2001:db8::2"
+SITE_A6 = "fd00:1::/64"
+SITE_B6 = "fd00:2::/64"
+HOST_A_IP6 = "fd00:1::2"
+GW_A_LAN_IP6 = "fd00:1::1"
+GW_B_LAN_IP6 = "fd00:2::1"
+HOST_B_IP6 = "fd00:2::2"
+
+
+@dataclasses.dataclass(frozen=True)
+class Addressing:
+    """One address family of the topology: the gateways' uplinks, the sites, the hosts."""
+
+    gw_a_wan: str
+    gw_b_wan: str
+    site_a: str
+    site_b: str
+    host_a: str
+    host_b: str
+
+
+#: By IP version (IPv6: ``Topology(ipv6=True)``).
+ADDRESSING = {
+    4: Addressing(GW_A_WAN_IP, GW_B_WAN_IP, SITE_A, SITE_B, HOST_A_IP, HOST_B_IP),
+    6: Addressing(GW_A_WAN_IP6, GW_B_WAN_IP6, SITE_A6, SITE_B6, HOST_A_IP6, HOST_B_IP6),
+}
 
 NAT_INSIDE = "198.51.100.0/24"
 GW_A_NAT_IP = "198.51.100.2"  # gwA's uplink address behind the NAT
@@ -357,7 +393,8 @@ class Capture:
 
 _SINK_PY = r"""
 import hashlib, json, socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], 0)); s.listen(1); s.settimeout(float(sys.argv[2]))
 print(s.getsockname()[1], flush=True)
 c, _ = s.accept(); c.settimeout(float(sys.argv[2]))
@@ -413,10 +450,14 @@ class Topology:
         workdir: str | os.PathLike[str] | None = None,
         prefix: str | None = None,
         nat_random_ports: bool = False,
+        ipv6: bool = False,
     ) -> None:
         self.prefix = prefix or f"ipd{os.getpid() % 10000}{secrets.token_hex(2)}"
         self.with_nat = nat
         self.nat_random_ports = nat_random_ports
+        if ipv6 and nat:
+            raise ValueError("the IPv6 addressing has no NAT")
+        self.ipv6 = ipv6
         self.host_a = f"{self.prefix}-ha"
         self.gw_a = f"{self.prefix}-ga"
         self.gw_b = f"{self.prefix}-gb"
@@ -482,6 +523,8 @@ class Topology:
             self._created.append(ns)  # first: an interrupt may land while `ip netns add` runs
             add_namespace(ns)
         wire_sites(self.host_a, self.gw_a, self.gw_b, self.host_b, direct_wan=not self.nat)
+        if self.ipv6:
+            self._wire_ipv6()
         if self.nat:
             add_veth(self.gw_a, "wan", f"{GW_A_NAT_IP}/24", self.nat, "in", f"{NAT_INSIDE_IP}/24")
             add_veth(self.nat, "out", f"{NAT_OUTSIDE_IP}/24", self.gw_b, "wan", f"{GW_B_WAN_IP}/24")
@@ -500,6 +543,32 @@ class Topology:
                 "}\n"
             )
             run(self.nat, "nft", "-f", "-", input=ruleset)
+
+    def _wire_ipv6(self) -> None:
+        """Turn IPv6 on (no DAD, no RAs, no solicitations) and give the links addresses."""
+        for ns in self.namespaces:
+            for key in ("all", "default"):
+                for setting in (
+                    "disable_ipv6=0",
+                    "accept_dad=0",
+                    "accept_ra=0",
+                    "router_solicitations=0",
+                ):
+                    run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.{setting}")
+        links = (
+            (self.host_a, HOST_IFACE, f"{HOST_A_IP6}/64"),
+            (self.gw_a, LAN_IFACE, f"{GW_A_LAN_IP6}/64"),
+            (self.gw_a, WAN_IFACE, f"{GW_A_WAN_IP6}/64"),
+            (self.gw_b, WAN_IFACE, f"{GW_B_WAN_IP6}/64"),
+            (self.gw_b, LAN_IFACE, f"{GW_B_LAN_IP6}/64"),
+            (self.host_b, HOST_IFACE, f"{HOST_B_IP6}/64"),
+        )
+        for ns, iface, address in links:
+            run(ns, "ip", "-6", "addr", "add", address, "dev", iface, "nodad")
+        run(self.host_a, "ip", "-6", "route", "add", "default", "via", GW_A_LAN_IP6)
+        run(self.host_b, "ip", "-6", "route", "add", "default", "via", GW_B_LAN_IP6)
+        for gw in (self.gw_a, self.gw_b):
+            run(gw, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
 
     def close(self, keep_workdir: bool = False) -> None:
         """Kill spawned processes and everything left in the namespaces; delete them.
@@ -657,11 +726,36 @@ class Topology:
         """:func:`ipsecd.cli.sites.ping`: ICMP echo from ``src_ns``; never raises on loss."""
         return ping(src_ns, dst_ip, count, interval, wait)
 
+    def ping6(
+        self, src_ns: str, dst_ip: str, count: int = 5, interval: float = 0.05, size: int = 56
+    ) -> int:
+        """ICMPv6 echo from ``src_ns`` with iputils' ping; the number of replies."""
+        res = run(
+            src_ns,
+            "ping", "-6", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "1",
+            "-s", str(size), dst_ip,
+            check=False,
+            timeout=count * interval + 20,
+        )  # fmt: skip
+        for line in res.stdout.splitlines():
+            if " received" in line:
+                return int(line.split(",")[1].split()[0])
+        return 0
+
     def wait_ping(self, src_ns: str, dst_ip: str, timeout: float = 10.0) -> bool:
         """Ping once per attempt until a reply comes back or ``timeout`` passes."""
+        if ":" in dst_ip:
+
+            def one() -> int:
+                return self.ping6(src_ns, dst_ip, count=1)
+        else:
+
+            def one() -> int:
+                return self.ping(src_ns, dst_ip, count=1, wait=0.5).received
+
         try:
             wait_until(
-                lambda: self.ping(src_ns, dst_ip, count=1, wait=0.5).received,
+                one,
                 timeout,
                 what=f"a ping reply from {dst_ip} in {src_ns}",
                 step=0.0,
@@ -677,15 +771,20 @@ class Topology:
         dst_ip: str,
         nbytes: int,
         timeout: float = 60.0,
+        bind_ip: str | None = None,
     ) -> TransferResult:
         """Send ``nbytes`` random bytes over TCP from ``src_ns`` to ``dst_ip`` in ``dst_ns``.
 
-        Both ends hash what they saw (SHA-256); compare with ``result.ok``.  Raises
-        ``RuntimeError`` with the helper's log if either end fails.
+        The receiver listens on ``bind_ip`` (default ``dst_ip``; another address where
+        a NAT stands between).  Both ends hash what they saw (SHA-256); compare with
+        ``result.ok``.  Raises ``RuntimeError`` with the helper's log if either end fails.
         """
         log = self.log_path("tcp-sink.log")
         sink = self.spawn(
-            dst_ns, [sys.executable, "-c", _SINK_PY, dst_ip, str(timeout)], log, stdout_pipe=True
+            dst_ns,
+            [sys.executable, "-c", _SINK_PY, bind_ip or dst_ip, str(timeout)],
+            log,
+            stdout_pipe=True,
         )
         try:
             assert sink.stdout is not None

@@ -52,6 +52,8 @@ class Child:
     start: str | None = None  # None: the default (initiate; respond for remote_address any)
     esp: tuple[str, ...] | None = None  # None: the side's esp proposals
     close_action: str | None = None  # None: the default (from start)
+    mode: str | None = None  # esp.mode; None: the default (tunnel)
+    protocol: str | None = None  # esp.protocol; "ah" writes ah_proposals = esp
 
 
 @dataclass
@@ -95,6 +97,9 @@ class Side:
     auth_lines: tuple[str, ...] = ()
     use_psk: bool = True
     children: tuple[Child, ...] = ()  # written as children: instead of the peer's own keys
+    mode: str | None = None  # peers[].esp.mode; None: the default (tunnel)
+    protocol: str | None = None  # peers[].esp.protocol; "ah" writes ah_proposals = esp
+    encap: str | None = None  # peers[].encap; None: the default (always)
 
     def yaml(self, psk_file: Path) -> str:
         lines = [
@@ -124,10 +129,18 @@ class Side:
         def flow(items: tuple[str, ...]) -> str:
             return "[" + ", ".join(items) + "]"
 
-        def esp(indent: str, proposals: tuple[str, ...]) -> list[str]:
+        def esp(
+            indent: str,
+            proposals: tuple[str, ...],
+            mode: str | None = None,
+            protocol: str | None = None,
+        ) -> list[str]:
+            key = "ah_proposals" if protocol == "ah" else "proposals"
             return [
                 f"{indent}esp:",
-                f"{indent}  proposals: {flow(proposals)}",
+                *([f"{indent}  mode: {mode}"] if mode else []),
+                *([f"{indent}  protocol: {protocol}"] if protocol else []),
+                f"{indent}  {key}: {flow(proposals)}",
                 f"{indent}  rekey_time: {self.esp_rekey_time}",
                 *([f"{indent}  life_time: {self.esp_life_time}"] if self.esp_life_time else []),
                 *([f"{indent}  rand_time: {self.esp_rand_time}"] if self.esp_rand_time else []),
@@ -147,14 +160,14 @@ class Side:
                     f"        remote_ts: {flow(c.remote_ts)}",
                     *([f"        start: {c.start}"] if c.start else []),
                     *([f"        close_action: {c.close_action}"] if c.close_action else []),
-                    *esp("        ", c.esp or self.esp),
+                    *esp("        ", c.esp or self.esp, c.mode, c.protocol),
                 ]
         else:
             child_lines = [
                 *([f"    start: {self.start}"] if self.start else []),
                 f"    local_ts: {flow(self.local_ts)}",
                 f"    remote_ts: {flow(self.remote_ts)}",
-                *esp("    ", self.esp),
+                *esp("    ", self.esp, self.mode, self.protocol),
             ]
         lines = [
             f"  - name: {self.name}",
@@ -171,6 +184,8 @@ class Side:
         ]
         if self.remote_port is not None:
             lines.insert(2, f"    remote_port: {self.remote_port}")
+        if self.encap is not None:
+            lines.insert(2, f"    encap: {self.encap}")
         if self.fragmentation is not None:
             lines.insert(2, f"    fragmentation: {self.fragmentation}")
         if self.fragment_size is not None:

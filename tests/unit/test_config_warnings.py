@@ -139,3 +139,15 @@ def test_a_warning_about_a_child_names_the_child_line() -> None:
         "t.yaml:12: peers[0].children[1].remote_ts[1]: 192.0.2.0/24 contains 192.0.2.2,"
         " the address of peer 'site-b'"
     )
+
+
+def test_transport_mode_host_selectors_warn_nothing() -> None:
+    """Transport mode names the two gateways by design; its route has a table of its own."""
+    text = (
+        BASE.replace("local_ts: [10.1.0.0/24]", "local_ts: [192.0.2.1/32]").replace(
+            "remote_ts: [10.2.0.0/24]", "remote_ts: [192.0.2.2/32]"
+        )
+        + "    esp:\n      mode: transport\n"
+    )
+    assert warnings(text) == []
+    assert warnings(text, routes=None) == []

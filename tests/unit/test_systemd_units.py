@@ -122,12 +122,13 @@ def test_hardening(name: str) -> None:
         return _one(unit, "Service", key)
 
     assert one("User") == one("Group") == "ipsecd"  # scripts/install.sh creates it
-    assert set(one("AmbientCapabilities").split()) == {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"}
+    caps = {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"}  # raw: ESP/AH over IP
+    assert set(one("AmbientCapabilities").split()) == caps
     assert one("NoNewPrivileges") == "yes"
     assert one("ProtectSystem") == "strict"
     assert one("ProtectHome") == "yes"
     assert one("PrivateTmp") == "yes"
-    assert set(one("CapabilityBoundingSet").split()) == {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"}
+    assert set(one("CapabilityBoundingSet").split()) == caps
     assert set(one("RestrictAddressFamilies").split()) == {
         "AF_INET",
         "AF_INET6",

@@ -46,17 +46,22 @@ from ipsecd.ike.additional_ke import (
 from ipsecd.ike.child import (
     ChildAlgorithms,
     ChildSa,
+    check_ah_without_nat,
+    check_mode_answer,
     check_narrowed_as_initiator,
     child_params,
     keymat_length,
     new_child_spi,
+    responder_mode,
     select_child,
+    transport_nat_selectors,
 )
 from ipsecd.ike.constants import ExchangeType, NotifyType
 from ipsecd.ike.errors import (
     AUTHENTICATION_FAILED,
     AuthenticationFailed,
     InvalidSyntax,
+    NoProposalChosen,
     ProtocolError,
     notify_name,
 )
@@ -103,9 +108,20 @@ Selectors = tuple[TrafficSelector, ...]
 
 
 def without_ke(proposals: tuple[Proposal, ...]) -> tuple[Proposal, ...]:
-    """ESP proposals for IKE_AUTH: no KE transforms, additional ones neither (RFC 7296 §1.2,
-    RFC 9370 §2.2.3: the first CHILD_SA's keys come from the IKE SA's exchanges)."""
+    """ESP/AH proposals for IKE_AUTH: no KE transforms, additional ones neither (RFC 7296
+    §1.2, RFC 9370 §2.2.3: the first CHILD_SA's keys come from the IKE SA's exchanges)."""
     return tuple(replace(p, ke=(), additional_ke=()) for p in proposals)
+
+
+def transport_notify(mode: str) -> list[Payload]:
+    """N(USE_TRANSPORT_MODE) for a transport-mode CHILD_SA, in a request or its answer
+    (RFC 7296 §1.3.1); nothing for tunnel mode."""
+    return [Notify(NotifyType.USE_TRANSPORT_MODE)] if mode == "transport" else []
+
+
+def transport_requested(message: Message) -> bool:
+    """The message carries N(USE_TRANSPORT_MODE) (RFC 7296 §1.3.1)."""
+    return message.notify(NotifyType.USE_TRANSPORT_MODE) is not None
 
 
 def auth_value(sa: IkeSa, key: bytes, of_initiator: bool, id_type: int, id_data: bytes) -> bytes:
@@ -127,13 +143,15 @@ def negotiated_child(
     now: float,
     additional: Sequence[bytes] = (),
     name: str = "",
+    mode: str = "tunnel",
 ) -> ChildSa:
     """The CHILD_SA an exchange agreed on, with its keys (RFC 7296 §2.17).
 
     KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr), with the secrets of additional key
     exchanges after the nonces (RFC 9370 §2.2.4); ``chosen.spi`` is the SPI the peer
     receives with (our outbound SPI); ``name`` the configured child it is for.  Shared by
-    IKE_AUTH and CREATE_CHILD_SA, both roles.
+    IKE_AUTH and CREATE_CHILD_SA, both roles.  ``mode`` is the agreed one (RFC 7296
+    §1.3.1); ESP goes in UDP or directly over IP as :attr:`IkeSa.udp_encap` says.
     """
     assert sa.keys is not None
     algs = ChildAlgorithms.from_chosen(chosen)
@@ -155,6 +173,9 @@ def negotiated_child(
         remote=sa.remote,
         name=name,
         local=sa.local,
+        mode=mode,
+        encap=sa.udp_encap,
+        nat=sa.nat_local or sa.nat_remote,
     )
     return ChildSa(
         spi_in=spi_in,
@@ -163,6 +184,7 @@ def negotiated_child(
         remote_ts=remote_ts,
         name=name,
         algorithms=algs,
+        mode=mode,
         created_at=now,
         params=params,
     )
@@ -222,7 +244,7 @@ class IkeAuth:
         self.child: ChildConfig | None = None  # the configured child set up with IKE_AUTH
         self.local_ts: Selectors = ()
         self.remote_ts: Selectors = ()
-        self.esp_proposals: tuple[Proposal, ...] = ()
+        self.child_proposals: tuple[Proposal, ...] = ()  # ESP or AH (RFC 7296 §3.3.1)
         self.int_auth = b""
         self.ppk: PpkKeys | None = None  # the keys mixed with our PPK, if we offered it
         self.our_method = ""
@@ -255,9 +277,11 @@ class IkeAuth:
         self.child_spi = new_child_spi(sa.random_bytes, sa.children)
         # The first child the IKE SA was started for (the rest follow, CREATE_CHILD_SA).
         self.child = child = sa.child_config(next(iter(sa.wanted_children), ""))
+        # No IKE SA without its first CHILD_SA: AH through a NAT fails here, named.
+        check_ah_without_nat(child.protocol, sa.nat_local, sa.nat_remote, peer.name)
         self.local_ts = child.local_ts
         self.remote_ts = child.remote_ts
-        self.esp_proposals = without_ke(child.esp_proposals)  # no KE in IKE_AUTH
+        self.child_proposals = without_ke(child.child_proposals)  # no KE in IKE_AUTH
         sa.transition(IkeEvent.AUTH_SENT, now)
         # RFC 7296 §2.4: "we have no other IKE SA with you; forget any you still hold".
         contact = [Notify(NotifyType.INITIAL_CONTACT)] if sa.send_initial_contact else []
@@ -269,7 +293,8 @@ class IkeAuth:
             *contact,
             auth_payload,
             *ppk_notifies,
-            sa_payload(self.esp_proposals, spi=self.child_spi.to_bytes(4, "big")),
+            *transport_notify(child.mode),
+            sa_payload(self.child_proposals, spi=self.child_spi.to_bytes(4, "big")),
             TrafficSelectorsInitiator(self.local_ts),
             TrafficSelectorsResponder(self.remote_ts),
         ]
@@ -354,16 +379,24 @@ class IkeAuth:
         return keys, verified, ppk_used
 
     def _child(self, sa: IkeSa, message: Message, now: float) -> ChildSa:
+        assert self.child is not None
         error = message.error_notify()
+        protocol, mode = self.child.protocol, self.child.mode
         if error is not None:
             raise ProtocolError(
                 f"peer refused the CHILD_SA with {notify_name(error.notify_type)}; we proposed"
-                f" ESP {format_proposals(self.esp_proposals)},"
+                f" {protocol.upper()} {format_proposals(self.child_proposals)}"
+                f" in {mode} mode,"
                 f" TSi={format_selectors(self.local_ts)} TSr={format_selectors(self.remote_ts)}"
             )
         chosen = check_answer(
-            message.find(SecurityAssociation), self.esp_proposals, "esp", sa.peer_name, fatal=False
+            message.find(SecurityAssociation),
+            self.child_proposals,
+            protocol,
+            sa.peer_name,
+            fatal=False,
         )
+        check_mode_answer(mode, transport_requested(message), sa.peer_name)
         selectors = _selectors(message)
         if selectors is None:
             raise InvalidSyntax("IKE_AUTH response lacks TSi/TSr")
@@ -379,7 +412,8 @@ class IkeAuth:
             local_ts=tsi,
             remote_ts=tsr,
             now=now,
-            name=self.child.name if self.child is not None else "",
+            name=self.child.name,
+            mode=mode,
         )
 
     def failed(self, sa: IkeSa, reason: str, now: float) -> None:
@@ -495,20 +529,33 @@ def _responder_ppk(
 @dataclass(frozen=True)
 class ChildPlan:
     """A CHILD_SA the responder agreed to, before its keys (RFC 7296 §1.3, §2.9): the
-    chosen proposal, our inbound SPI and the narrowed selectors as answered."""
+    chosen proposal, our inbound SPI, the narrowed selectors as answered and the mode.
+
+    ``local_ts``/``remote_ts`` are what the data plane installs: ``tsr``/``tsi``, except
+    for transport mode across a NAT (RFC 7296 §2.23.1), where the selectors are answered
+    unchanged and the SA is installed for the endpoints as this side sees them.
+    """
 
     chosen: ChosenProposal
     spi_in: int
     tsi: Selectors
     tsr: Selectors
     name: str = ""  # the configured child it is for
+    mode: str = "tunnel"
+    local_ts: Selectors | None = None  # None: tsr
+    remote_ts: Selectors | None = None  # None: tsi
 
     def payloads(self, ke_payload: KeyExchange | None = None) -> list[Payload]:
-        """SA (with our SPI), [KEr,] TSi, TSr of the answer (the caller adds Nr)."""
+        """SA (with our SPI), [KEr,] TSi, TSr [, N(USE_TRANSPORT_MODE)] of the answer (the
+        caller adds Nr)."""
         out: list[Payload] = [chosen_sa_payload(self.chosen, spi=self.spi_in.to_bytes(4, "big"))]
         if ke_payload is not None:
             out.append(ke_payload)
-        return out + [TrafficSelectorsInitiator(self.tsi), TrafficSelectorsResponder(self.tsr)]
+        return out + [
+            TrafficSelectorsInitiator(self.tsi),
+            TrafficSelectorsResponder(self.tsr),
+            *transport_notify(self.mode),
+        ]
 
     def child(
         self,
@@ -527,11 +574,12 @@ class ChildPlan:
             exchange_initiator=False,
             shared=shared,
             nonces=(nonce_i, nonce_r),
-            local_ts=self.tsr,
-            remote_ts=self.tsi,
+            local_ts=self.tsr if self.local_ts is None else self.local_ts,
+            remote_ts=self.tsi if self.remote_ts is None else self.remote_ts,
             now=now,
             additional=additional,
             name=self.name,
+            mode=self.mode,
         )
 
 
@@ -541,32 +589,70 @@ def requested_child(
     """Responder: the configured child a CHILD_SA request is for, with TSi/TSr narrowed
     to its selectors (RFC 7296 §2.9).  A rekey stays with the child of the SA it replaces
     while that child is configured; a new CHILD_SA goes to the child its selectors fit
-    (:func:`~ipsecd.ike.child.select_child`)."""
+    (:func:`~ipsecd.ike.child.select_child`), among the children of the mode asked for
+    (USE_TRANSPORT_MODE, RFC 7296 §1.3.1) when there are such."""
     peer = sa.peer
     selectors = _selectors(message)
     if selectors is None:
         raise InvalidSyntax(f"peer {peer.name} proposed a CHILD_SA without TSi/TSr")
     tsi, tsr = selectors
     same = peer.child(rekeyed.name) if rekeyed is not None else None
-    return select_child((same,) if same is not None else peer.children, tsi, tsr, peer.name)
+    if same is not None:
+        return select_child((same,), tsi, tsr, peer.name)
+    wanted = "transport" if transport_requested(message) else "tunnel"
+    children = tuple(c for c in peer.children if c.mode == wanted) or peer.children
+    return select_child(children, tsi, tsr, peer.name)
+
+
+def _transport_across_nat(
+    sa: IkeSa, message: Message, rekeyed: ChildSa | None
+) -> ChildConfig | None:
+    """Responder: the transport-mode child a request across a NAT is for (RFC 7296
+    §2.23.1), whose selectors name addresses the NAT changed; None when this is not
+    such a request."""
+    if not (sa.nat_local or sa.nat_remote) or not transport_requested(message):
+        return None
+    peer = sa.peer
+    same = peer.child(rekeyed.name) if rekeyed is not None else None
+    candidates = (same,) if same is not None else peer.children
+    return next((c for c in candidates if c.mode == "transport"), None)
 
 
 def plan_child(
     sa: IkeSa, message: Message, *, in_ike_auth: bool = False, rekeyed: ChildSa | None = None
 ) -> ChildPlan:
     """Negotiate a CHILD_SA as responder: the configured child its selectors fit (TS
-    narrowing), SA selection among that child's proposals (without key exchanges in
-    IKE_AUTH), our SPI.
+    narrowing), the mode, SA selection among that child's ESP or AH proposals (without
+    key exchanges in IKE_AUTH), our SPI.
 
     Shared by IKE_AUTH and CREATE_CHILD_SA (RFC 7296 §1.3).  Raises a
     :class:`ProtocolError` (NO_PROPOSAL_CHOSEN, TS_UNACCEPTABLE) whose text
-    names both sides' offers.
+    names both sides' offers, a mode we cannot answer, or AH across a NAT.
     """
-    config, new_tsi, new_tsr = requested_child(sa, message, rekeyed)
-    proposals = without_ke(config.esp_proposals) if in_ike_auth else config.esp_proposals
-    chosen = choose(message.find(SecurityAssociation), proposals, "esp", sa.peer_name)
+    peer = sa.peer
+    local_ts: Selectors | None = None
+    remote_ts: Selectors | None = None
+    across_nat = _transport_across_nat(sa, message, rekeyed)
+    if across_nat is not None:
+        selectors = _selectors(message)
+        if selectors is None:
+            raise InvalidSyntax(f"peer {peer.name} proposed a CHILD_SA without TSi/TSr")
+        config, (new_tsi, new_tsr) = across_nat, selectors
+        # RFC 7296 §2.23.1: answered unchanged, installed for the endpoints we see.
+        local_ts, remote_ts = transport_nat_selectors(
+            new_tsi, new_tsr, sa.local[0], sa.remote[0], peer.name
+        )
+    else:
+        config, new_tsi, new_tsr = requested_child(sa, message, rekeyed)
+    mode = responder_mode(config.mode, transport_requested(message), peer.name)
+    proposals = without_ke(config.child_proposals) if in_ike_auth else config.child_proposals
+    chosen = choose(message.find(SecurityAssociation), proposals, config.protocol, peer.name)
+    try:
+        check_ah_without_nat(chosen.protocol, sa.nat_local, sa.nat_remote, peer.name)
+    except ProtocolError as exc:
+        raise NoProposalChosen(exc.reason) from None
     spi_in = new_child_spi(sa.random_bytes, sa.children)
-    return ChildPlan(chosen, spi_in, new_tsi, new_tsr, config.name)
+    return ChildPlan(chosen, spi_in, new_tsi, new_tsr, config.name, mode, local_ts, remote_ts)
 
 
 def respond_child(

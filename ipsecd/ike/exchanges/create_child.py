@@ -24,7 +24,13 @@ from __future__ import annotations
 from ipsecd.crypto import keyexchange
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.crypto.registry import KeAlgorithm
-from ipsecd.ike.child import ChildSa, check_narrowed_as_initiator, new_child_spi
+from ipsecd.ike.child import (
+    ChildSa,
+    check_ah_without_nat,
+    check_mode_answer,
+    check_narrowed_as_initiator,
+    new_child_spi,
+)
 from ipsecd.ike.constants import ExchangeType, NotifyType, ProtocolId
 from ipsecd.ike.errors import (
     INVALID_KE_PAYLOAD,
@@ -37,8 +43,15 @@ from ipsecd.ike.errors import (
     notify_name,
 )
 from ipsecd.ike.events import NegotiationFailed
-from ipsecd.ike.exchanges.auth import negotiated_child, plan_child, report_narrowing
+from ipsecd.ike.exchanges.auth import (
+    negotiated_child,
+    plan_child,
+    report_narrowing,
+    transport_notify,
+    transport_requested,
+)
 from ipsecd.ike.exchanges.followup import FollowupKe, link_notify, link_of, new_link
+from ipsecd.ike.exchanges.informational import DeleteUnusedChildSa
 from ipsecd.ike.handshake import PendingFollowup
 from ipsecd.ike.lifecycle import ChildEvent, ChildState
 from ipsecd.ike.message import Message
@@ -73,11 +86,15 @@ class CreateChildSa:
         attempts: int = 0,
         *,
         name: str = "",
+        mode: str = "tunnel",
+        protocol: str = "esp",
     ) -> None:
         self.local_ts = local_ts
         self.remote_ts = remote_ts
         self.proposals = proposals
         self.name_of_child = name  # the configured child (peers[].children[].name)
+        self.mode = mode  # tunnel | transport (RFC 7296 §1.3.1)
+        self.protocol = protocol  # esp | ah: what ``proposals`` are for
         pfs_groups = [g for p in proposals for g in p.ke]
         self.group = group if group is not None else (pfs_groups[0] if pfs_groups else None)
         self.attempts = attempts
@@ -97,11 +114,16 @@ class CreateChildSa:
         return []
 
     def build_request(self, sa: IkeSa, now: float) -> list[Payload] | None:
+        try:
+            check_ah_without_nat(self.protocol, sa.nat_local, sa.nat_remote, sa.peer_name)
+        except ProtocolError as exc:
+            raise exc.non_fatal() from None
         self.spi_in = new_child_spi(sa.random_bytes, sa.children)
         if not self.nonce:
             self.nonce = sa.random_bytes(NONCE_LEN)
         payloads = self.extra_payloads(sa)
         payloads += [
+            *transport_notify(self.mode),
             sa_payload(self.proposals, spi=self.spi_in.to_bytes(4, "big")),
             Nonce(self.nonce),
         ]
@@ -139,14 +161,24 @@ class CreateChildSa:
             self.error_type = error.notify_type
             raise ProtocolError(
                 f"peer {sa.peer_name} refused CREATE_CHILD_SA with"
-                f" {notify_name(error.notify_type)}; we proposed ESP"
-                f" {format_proposals(self.proposals)},"
+                f" {notify_name(error.notify_type)}; we proposed {self.protocol.upper()}"
+                f" {format_proposals(self.proposals)} in {self.mode} mode,"
                 f" TSi={format_selectors(self.local_ts)} TSr={format_selectors(self.remote_ts)}",
                 fatal=False,
             )
         chosen = check_answer(
-            message.find(SecurityAssociation), self.proposals, "esp", sa.peer_name, fatal=False
+            message.find(SecurityAssociation),
+            self.proposals,
+            self.protocol,
+            sa.peer_name,
+            fatal=False,
         )
+        try:
+            check_mode_answer(self.mode, transport_requested(message), sa.peer_name)
+        except ProtocolError as exc:
+            # The peer installed the SA in the other mode: delete it (RFC 7296 §1.4.1).
+            sa.tasks.insert(0, DeleteUnusedChildSa(self.spi_in, chosen.protocol))
+            raise exc.non_fatal() from None
         nonce_r = message.find(Nonce)
         tsi = message.find(TrafficSelectorsInitiator)
         tsr = message.find(TrafficSelectorsResponder)
@@ -181,6 +213,7 @@ class CreateChildSa:
                 now=when,
                 additional=secrets[1:],
                 name=self.name_of_child,
+                mode=self.mode,
             )
 
         if not chosen.additional_exchanges:
@@ -218,6 +251,8 @@ class CreateChildSa:
             group,
             self.attempts + 1,
             name=self.name_of_child,
+            mode=self.mode,
+            protocol=self.protocol,
         )
 
     def failed(self, sa: IkeSa, reason: str, now: float) -> None:
@@ -242,11 +277,14 @@ def mark_rekeyed(sa: IkeSa, child: ChildSa, now: float) -> None:
 def child_to_rekey(sa: IkeSa, message: Message) -> ChildSa | None:
     """Responder: the CHILD_SA a request's N(REKEY_SA) names, None if it is no rekey."""
     rekey = message.notify(NotifyType.REKEY_SA)
-    if rekey is None or rekey.protocol_id != ProtocolId.ESP:
+    if rekey is None or rekey.protocol_id not in (ProtocolId.ESP, ProtocolId.AH):
         return None
     spi = int.from_bytes(rekey.spi, "big") if rekey.spi else 0
+    protocol = "ah" if rekey.protocol_id == ProtocolId.AH else "esp"
     # The SPI is the peer's inbound SPI: our outbound one (§1.3.3).
-    old = next((c for c in sa.children.values() if c.spi_out == spi), None)
+    old = next(
+        (c for c in sa.children.values() if c.spi_out == spi and c.protocol == protocol), None
+    )
     if old is None:
         raise ChildSaNotFound(
             f"peer {sa.peer_name} asked to rekey CHILD_SA {spi:08x}, which we do not have",

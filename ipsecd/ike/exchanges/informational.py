@@ -5,8 +5,8 @@ strongSwan's ``child_delete``, ``ike_delete`` and ``ike_dpd`` tasks::
     HDR, SK {[N,] [D,] ...}  -->
                          <--  HDR, SK {[N,] [D,] ...}
 
-* Deleting CHILD_SAs (§1.4.1): a Delete payload for protocol ESP lists the
-  sender's *inbound* SPIs; the answer lists the responder's inbound SPIs of
+* Deleting CHILD_SAs (§1.4.1): a Delete payload for protocol ESP (or AH) lists
+  the sender's *inbound* SPIs; the answer lists the responder's inbound SPIs of
   the same pairs.
 * Deleting the IKE SA: a Delete payload for protocol IKE, no SPIs; the
   answer is empty and both sides then forget the IKE SA and its children.
@@ -15,6 +15,7 @@ strongSwan's ``child_delete``, ``ike_delete`` and ``ike_dpd`` tasks::
 
 from __future__ import annotations
 
+from ipsecd.ike.child import ChildSa
 from ipsecd.ike.constants import ExchangeType, ProtocolId
 from ipsecd.ike.errors import AUTHENTICATION_FAILED
 from ipsecd.ike.lifecycle import ChildEvent, ChildState, IkeEvent, IkeState
@@ -46,7 +47,7 @@ class DeleteChildSa:
             ):
                 sa.child_transition(sa.children[spi], ChildEvent.DELETE_SENT, now)
         self.spis_in = spis
-        return [Delete(ProtocolId.ESP, tuple(spis))]
+        return child_deletes([sa.children[spi] for spi in spis])
 
     def process_response(self, sa: IkeSa, message: Message | None, now: float) -> TaskResult:
         # Whatever the peer answers, our side of these CHILD_SAs is gone.
@@ -58,6 +59,39 @@ class DeleteChildSa:
 
     def failed(self, sa: IkeSa, reason: str, now: float) -> None:
         self.process_response(sa, None, now)
+
+    def timed_out(self, sa: IkeSa, reason: str, now: float) -> None:
+        sa.fail(reason, now)
+
+
+def child_deletes(children: list[ChildSa]) -> list[Payload]:
+    """Delete payloads for ``children``' inbound SPIs, one per protocol (ESP, AH; §3.11)."""
+    by_protocol: dict[ProtocolId, list[int]] = {}
+    for child in children:
+        protocol = ProtocolId.AH if child.protocol == "ah" else ProtocolId.ESP
+        by_protocol.setdefault(protocol, []).append(child.spi_in)
+    return [Delete(protocol, tuple(spis)) for protocol, spis in by_protocol.items()]
+
+
+class DeleteUnusedChildSa:
+    """Initiator: delete a CHILD_SA the peer created but we refused to install (its mode
+    was not the one we asked for, RFC 7296 §1.3.1); ``spi_in`` is the SPI we gave it."""
+
+    exchange_type = ExchangeType.INFORMATIONAL
+    name = "INFORMATIONAL (delete refused CHILD_SA)"
+
+    def __init__(self, spi_in: int, protocol: str) -> None:
+        self.spi_in = spi_in
+        self.protocol = ProtocolId.AH if protocol == "ah" else ProtocolId.ESP
+
+    def build_request(self, sa: IkeSa, now: float) -> list[Payload]:
+        return [Delete(self.protocol, (self.spi_in,))]
+
+    def process_response(self, sa: IkeSa, message: Message, now: float) -> TaskResult:
+        return TaskResult.DONE
+
+    def failed(self, sa: IkeSa, reason: str, now: float) -> None:
+        pass  # the peer keeps an SA nobody sends on, until its lifetime ends
 
     def timed_out(self, sa: IkeSa, reason: str, now: float) -> None:
         sa.fail(reason, now)
@@ -120,17 +154,25 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
         )
         return []
     delete_ike = False
-    ours: list[int] = []
+    ours: list[ChildSa] = []
     for delete in message.find_all(Delete):
         if delete.protocol_id == ProtocolId.IKE:
             delete_ike = True
-        elif delete.protocol_id == ProtocolId.ESP:
+        elif delete.protocol_id in (ProtocolId.ESP, ProtocolId.AH):
+            protocol = "ah" if delete.protocol_id == ProtocolId.AH else "esp"
             for spi_out in delete.spis:
-                child = next((c for c in sa.children.values() if c.spi_out == spi_out), None)
+                child = next(
+                    (
+                        c
+                        for c in sa.children.values()
+                        if c.spi_out == spi_out and c.protocol == protocol
+                    ),
+                    None,
+                )
                 if child is None:
                     continue  # already gone (simultaneous delete): nothing to answer, §1.4.1
                 if child.state is not ChildState.DELETING:
-                    ours.append(child.spi_in)
+                    ours.append(child)
                     closed = PeerDeletedChild(child.name)  # its close_action, if none left
                     if closed not in sa.signals:
                         sa.signals.append(closed)
@@ -144,4 +186,4 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
         sa.signals.append(PeerDeletedIkeSa())  # close_action, unless replaced
         sa.after_response = lambda: sa.deleted("deleted by peer", now)
         return []
-    return [Delete(ProtocolId.ESP, tuple(ours))] if ours else []
+    return child_deletes(ours)

@@ -122,8 +122,12 @@ class RekeyChildSa(CreateChildSa):
         attempts: int = 0,
         *,
         name: str = "",
+        mode: str = "tunnel",
+        protocol: str = "esp",
     ) -> None:
-        super().__init__(local_ts, remote_ts, proposals, group, attempts, name=name)
+        super().__init__(
+            local_ts, remote_ts, proposals, group, attempts, name=name, mode=mode, protocol=protocol
+        )
         self.old_spi = old_spi
 
     @property
@@ -132,10 +136,10 @@ class RekeyChildSa(CreateChildSa):
 
     def extra_payloads(self, sa: IkeSa) -> list[Payload]:
         # The SPI is the one we expect in inbound packets of the old SA (§1.3.3).
+        old = sa.children.get(self.old_spi)
+        protocol = ProtocolId.AH if old is not None and old.protocol == "ah" else ProtocolId.ESP
         return [
-            Notify(
-                NotifyType.REKEY_SA, protocol_id=ProtocolId.ESP, spi=self.old_spi.to_bytes(4, "big")
-            )
+            Notify(NotifyType.REKEY_SA, protocol_id=protocol, spi=self.old_spi.to_bytes(4, "big"))
         ]
 
     def build_request(self, sa: IkeSa, now: float) -> list[Payload] | None:
@@ -158,6 +162,8 @@ class RekeyChildSa(CreateChildSa):
             group,
             self.attempts + 1,
             name=self.name_of_child,
+            mode=self.mode,
+            protocol=self.protocol,
         )
 
     def install(self, sa: IkeSa, child: ChildSa, now: float) -> None:

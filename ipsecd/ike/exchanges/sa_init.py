@@ -17,12 +17,15 @@ N(IKEV2_FRAGMENTATION_SUPPORTED) unless the peer's ``fragmentation`` is ``no``
 (the responder only when the request carried it); messages after this one
 are fragmented when both sides sent it.
 
-NAT-T (§2.23): ESP only ever travels UDP-encapsulated in this daemon, so
-both roles always send a NAT_DETECTION_SOURCE_IP that cannot match (a random
-hash, as strongSwan does with ``encap = yes``): the peer then believes a NAT
-is present and encapsulates too.  The real detection result is still
-computed from the peer's hashes and reported as ``nat_local`` /
-``nat_remote``; IKE floats to port 4500 after this exchange in every case.
+NAT-T (§2.23): with the peer's ``encap: always`` (the default) ESP travels
+UDP-encapsulated whatever the path, so both roles send a
+NAT_DETECTION_SOURCE_IP that cannot match (a random hash, as strongSwan does
+with ``encap = yes``): the peer then believes a NAT is present and
+encapsulates too.  With ``encap: auto`` the hash is the real one, and ESP
+(or AH) goes directly over IP unless a NAT is detected
+(:attr:`IkeSa.udp_encap`).  The detection result is computed from the peer's
+hashes and reported as ``nat_local`` / ``nat_remote``; IKE floats to port
+4500 after this exchange in every case.
 
 What IKE_AUTH and the exchanges before it need is announced here and recorded in
 ``sa.handshake`` (:mod:`ipsecd.ike.handshake`):
@@ -83,11 +86,14 @@ MAX_COOKIE_LEN = 64  # RFC 7296 §2.6
 
 
 def natd_payloads(sa: IkeSa, spi_i: int, spi_r: int) -> list[Payload]:
-    """Our NAT_DETECTION_* notifies; the source hash is deliberately faked (module doc)."""
-    fake_source = sa.random_bytes(20)
+    """Our NAT_DETECTION_* notifies; the source hash is faked with ``encap: always``."""
+    if sa.peer.encap == "always":
+        source = sa.random_bytes(20)
+    else:
+        source = nat.natd_hash(spi_i, spi_r, sa.local[0], sa.local[1])
     real_destination = nat.natd_hash(spi_i, spi_r, sa.remote[0], sa.remote[1])
     return [
-        Notify(NotifyType.NAT_DETECTION_SOURCE_IP, fake_source),
+        Notify(NotifyType.NAT_DETECTION_SOURCE_IP, source),
         Notify(NotifyType.NAT_DETECTION_DESTINATION_IP, real_destination),
     ]
 
