@@ -44,6 +44,7 @@ class Daemon:
         self.tun: TunDevice | None = None
         self.sockets: dict[Address, UdpSocket] = {}
         self._ike_timer: asyncio.TimerHandle | None = None
+        self._ike_slice: asyncio.Handle | None = None  # queued IKE work (core.run_ike)
         self._stop = asyncio.Event()
         self._control: ControlServer | None = None
         self._metrics: MetricsServer | None = None
@@ -100,6 +101,15 @@ class Daemon:
         if when is not None:
             delay = max(0.0, when - time.monotonic())
             self._ike_timer = self._loop.call_later(delay, self._on_ike_timer)
+        if self._ike_slice is None and self.core.ike_pending():
+            # After what this burst sent and wrote: one slice of IKE work per loop turn,
+            # so ESP read meanwhile is never held behind it (issue 12).
+            self._ike_slice = self._loop.call_soon(self._on_ike_slice)
+
+    def _on_ike_slice(self) -> None:
+        self._ike_slice = None
+        self.core.run_ike(time.monotonic())
+        self._flush()
 
     def _on_ike_timer(self) -> None:
         self._ike_timer = None
@@ -257,6 +267,8 @@ class Daemon:
     async def _close(self) -> None:
         if self._ike_timer is not None:
             self._ike_timer.cancel()
+        if self._ike_slice is not None:
+            self._ike_slice.cancel()
         for sock in self.sockets.values():
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(sock.fd)

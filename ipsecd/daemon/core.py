@@ -7,6 +7,10 @@ what the core asks for:
 * :meth:`DaemonCore.from_tun` / :meth:`DaemonCore.from_udp` take bursts with the
   current time; :meth:`DaemonCore.datagrams_to_send` (ESP and IKE, framed for the
   wire, in order) and :meth:`DaemonCore.packets_to_tun` give what goes out;
+* IKE in a UDP burst is only queued (after cheap checks); while
+  :meth:`DaemonCore.ike_pending`, the shell calls :meth:`DaemonCore.run_ike`, which
+  works through the queue for at most :data:`IKE_SLICE` seconds, after the burst's ESP
+  went out: IKE work never holds up ESP (issue 12);
 * :meth:`DaemonCore.get_timer` says when :meth:`DaemonCore.handle_timer` is due;
 * :meth:`DaemonCore.routes_to_change` lists the TUN routes to add or remove
   (at start and after :meth:`DaemonCore.reload`);
@@ -23,6 +27,7 @@ Unit tests drive it with plain calls, fake devices and a fake clock.
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from ipsecd.config import Config, PeerConfig
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.daemon import logs
+from ipsecd.daemon.ikelog import IkeLog
 from ipsecd.daemon.status import (
     DaemonStatus,
     DataplaneStatus,
@@ -55,6 +61,8 @@ if TYPE_CHECKING:
 Batch = tuple[Address, Address, list[bytes]]
 
 PLAN_KINDS = ("added", "removed", "changed", "unchanged")
+# CPU seconds of IKE work per wake-up (run_ike); measured in docs/security.md.
+IKE_SLICE = 0.002
 
 
 @dataclass(frozen=True)
@@ -139,17 +147,24 @@ class DaemonCore:
     """One gateway's SAs, traps and IKE manager; see the module docstring.
 
     ``random_bytes`` is the source of SPIs, nonces and jitter, handed to the IKE
-    manager (tests fix it).
+    manager (tests fix it); ``work_clock`` measures the IKE slice of :meth:`run_ike`.
     """
 
     def __init__(
-        self, config: Config, now: float, *, random_bytes: Callable[[int], bytes] = os.urandom
+        self,
+        config: Config,
+        now: float,
+        *,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        work_clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.config = config
         self.random_bytes = random_bytes
+        self.work_clock = work_clock
         self.log = logs.get_logger()
         self.started_at = now
         self.now = now  # the time of the call being handled (the trap's clock)
+        self.ike_log = IkeLog(self.log, lambda: self.now)
         self.counters: Counter[str] = Counter()
         self.last_error: dict[str, str] = {}
         self.sad = SaDatabase()
@@ -169,8 +184,11 @@ class DaemonCore:
             self._route(peer, add=True)
             self._arm(peer, now)
         if _ike_peers(config):
-            self.ike = IkeManager(config, now, random_bytes=random_bytes)
+            self.ike = self._ike_manager(config, now)
         self._sas_changed()
+
+    def _ike_manager(self, config: Config, now: float) -> IkeManager:
+        return IkeManager(config, now, random_bytes=self.random_bytes, trace=self.ike_log.trace)
 
     # -- what the shell opens --------------------------------------------------------------
     def endpoints(self) -> list[Address]:
@@ -215,7 +233,10 @@ class DaemonCore:
         return out
 
     def get_timer(self) -> float | None:
-        return self.ike.get_timer() if self.ike is not None else None
+        times = [self.ike.get_timer() if self.ike is not None else None]
+        times.append(self.ike_log.next_summary())
+        due = [t for t in times if t is not None]
+        return min(due) if due else None
 
     def status_line(self) -> str:
         """One line for systemd's ``STATUS=`` (sd_notify); cheap enough for every burst."""
@@ -317,12 +338,12 @@ class DaemonCore:
         gw = self.config.gateway
         if local[1] == gw.ike_port and local[1] != gw.port:
             for data, remote in datagrams:
-                self._ike_receive(bytes(data), local, remote, now)
+                self._ike_receive(data, local, remote)
             return
         to_tun, ike, moved = self.processor.from_udp(datagrams)
         self._to_tun += to_tun
         for data, remote in ike:
-            self._ike_receive(data, local, remote, now)
+            self._ike_receive(data, local, remote)
         if moved:
             # Authentic ESP from an unexpected endpoint: counted; the endpoint itself only
             # follows authenticated IKE (PeerAddressChanged), as strongSwan does.
@@ -350,16 +371,31 @@ class DaemonCore:
         self._pump(now)
 
     # -- IKE ---------------------------------------------------------------------------------
-    def _ike_receive(self, data: bytes, local: Address, remote: Address, now: float) -> None:
+    def _ike_receive(self, data: bytes | memoryview, local: Address, remote: Address) -> None:
+        """Queue one IKE message after the cheap checks; :meth:`run_ike` processes it."""
         if self.ike is None:
             self.counters["ike_without_ike_peers"] += 1
             return
-        self.ike.receive_datagram(data, local, remote, now)
+        self.ike.enqueue_datagram(data, local, remote)
+
+    def ike_pending(self) -> bool:
+        """IKE messages wait for :meth:`run_ike`."""
+        return self.ike is not None and self.ike.pending() > 0
+
+    def run_ike(self, now: float) -> None:
+        """Process queued IKE messages for at most :data:`IKE_SLICE` seconds of work (at
+        least one message), then apply what they caused; the rest waits for the next call."""
+        self.now = now
+        if self.ike is None or not self.ike.pending():
+            return
+        deadline = self.work_clock() + IKE_SLICE
+        self.ike.process_queued(now, lambda: self.work_clock() < deadline)
         self._pump(now)
 
     def handle_timer(self, now: float) -> None:
         """The IKE timer fired: report data-plane usage, run the manager's timers."""
         self.now = now
+        self.ike_log.summarize(now)
         if self.ike is None:
             return
         self._report_usage(self.ike, now)
@@ -440,6 +476,12 @@ class DaemonCore:
                     # RFC 7296 §2.4 / strongSwan dpd_action=trap: down until traffic needs it.
                     config = self.config.peer(peer)
                     self.trap.watch(peer, config.local_ts, config.remote_ts)
+            case ev.UnauthenticatedFailure():
+                # Not the peer's: no last_error, no trap change (issue 12).
+                self.counters["unauthenticated_failures"] += 1
+                self.ike_log.unauthenticated_failure(event)
+            case ev.IkeRetransmit():
+                self.ike_log.retransmit(event)
             case ev.NegotiationFailed(peer=peer, reason=reason):
                 self.last_error[peer] = reason
                 self.counters["negotiation_failed"] += 1
@@ -532,7 +574,7 @@ class DaemonCore:
         else:
             kinds = {name: "added" for name in _ike_peers(new)}
             if kinds:
-                self.ike = IkeManager(new, now, random_bytes=self.random_bytes)
+                self.ike = self._ike_manager(new, now)
         # Manual peers, and peers that switch between manual and IKE (IKE's plan sees one
         # half of those: added or removed).
         for name in {p.name for p in (*self.config.peers, *new.peers) if p.manual is not None}:
