@@ -78,6 +78,8 @@ class IkeLog:
         return min(times) if times else None
 
     def summarize(self, now: float) -> None:
-        for what, limiter in (("warnings", self.failures), ("trace lines", self.traces)):
-            for summary in limiter.summaries(now):
-                self.log.warning(str(summary), suppressed=what, count=summary.count)
+        """Say what was held back, at the level of what was held back."""
+        for summary in self.failures.summaries(now):
+            self.log.warning(str(summary), suppressed="warnings", count=summary.count)
+        for summary in self.traces.summaries(now):
+            self.log.debug(str(summary), suppressed="trace lines", count=summary.count)
