@@ -17,7 +17,11 @@ from dataclasses import dataclass
 
 
 class TokenBucket:
-    """``burst`` tokens, refilled at ``rate`` per second; :meth:`take` spends one."""
+    """``burst`` tokens, refilled at ``rate`` per second; :meth:`take` spends one.
+
+    For a cost known only afterwards (CPU time, say) use :meth:`available` before and
+    :meth:`spend` after: the bucket may go into debt, which the refill pays off first.
+    """
 
     __slots__ = ("rate", "burst", "tokens", "stamp")
 
@@ -27,15 +31,28 @@ class TokenBucket:
         self.tokens = burst
         self.stamp = now
 
-    def take(self, now: float) -> bool:
-        """Spend a token if there is one (a clock going backwards refills nothing)."""
-        if now > self.stamp:
+    def _refill(self, now: float) -> None:
+        if now > self.stamp:  # a clock going backwards refills nothing
             self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
             self.stamp = now
+
+    def take(self, now: float) -> bool:
+        """Spend a token if there is one."""
+        self._refill(now)
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             return True
         return False
+
+    def available(self, now: float) -> bool:
+        """Whether anything is left (not in debt)."""
+        self._refill(now)
+        return self.tokens > 0.0
+
+    def spend(self, cost: float, now: float) -> None:
+        """Spend ``cost`` tokens, into debt if need be."""
+        self._refill(now)
+        self.tokens -= cost
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ class Daemon:
         self.sockets: dict[Address, UdpSocket] = {}
         self._ike_timer: asyncio.TimerHandle | None = None
         self._ike_slice: asyncio.Handle | None = None  # queued IKE work (core.run_ike)
+        self._ike_port_paused = False  # new requests used up their share (core.ike_port_pause)
         self._stop = asyncio.Event()
         self._control: ControlServer | None = None
         self._metrics: MetricsServer | None = None
@@ -82,6 +83,27 @@ class Daemon:
         if datagrams:
             self.core.from_udp(datagrams, sock.local, time.monotonic())
             self._flush()
+            self._pause_ike_port()
+
+    def _pause_ike_port(self) -> None:
+        """New requests used up their share of our time (a flood): leave the IKE port
+        unread until the share is back, so the kernel drops them at no cost to us.  Only
+        new requests arrive there; IKE moves to the NAT-T port after IKE_SA_INIT."""
+        pause = self.core.ike_port_pause()
+        if not pause or self._ike_port_paused:
+            return
+        gw = self.config.gateway
+        ike_ports = [s for s in self.sockets.values() if s.local[1] == gw.ike_port != gw.port]
+        for sock in ike_ports:
+            self._loop.remove_reader(sock.fd)
+        self._ike_port_paused = True
+        self._loop.call_later(pause, self._resume_ike_port, ike_ports)
+
+    def _resume_ike_port(self, ike_ports: list[UdpSocket]) -> None:
+        self._ike_port_paused = False
+        for sock in ike_ports:
+            if self.sockets.get(sock.local) is sock:
+                self._loop.add_reader(sock.fd, self._on_udp, sock)
 
     def _flush(self) -> None:
         """Carry out what the core asked for: send, write to TUN, re-arm the timer."""
@@ -110,6 +132,7 @@ class Daemon:
         self._ike_slice = None
         self.core.run_ike(time.monotonic())
         self._flush()
+        self._pause_ike_port()
 
     def _on_ike_timer(self) -> None:
         self._ike_timer = None

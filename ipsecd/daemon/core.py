@@ -188,7 +188,13 @@ class DaemonCore:
         self._sas_changed()
 
     def _ike_manager(self, config: Config, now: float) -> IkeManager:
-        return IkeManager(config, now, random_bytes=self.random_bytes, trace=self.ike_log.trace)
+        return IkeManager(
+            config,
+            now,
+            random_bytes=self.random_bytes,
+            trace=self.ike_log.trace,
+            work_clock=self.work_clock,
+        )
 
     # -- what the shell opens --------------------------------------------------------------
     def endpoints(self) -> list[Address]:
@@ -377,6 +383,12 @@ class DaemonCore:
             self.counters["ike_without_ike_peers"] += 1
             return
         self.ike.enqueue_datagram(data, local, remote)
+
+    def ike_port_pause(self) -> float:
+        """Seconds the shell may leave the IKE port unread: new requests would be dropped
+        meanwhile anyway (their share of the daemon's time is used up), and only new
+        requests arrive there (IKE moves to the NAT-T port after IKE_SA_INIT)."""
+        return self.ike.intake_paused_for() if self.ike is not None else 0.0
 
     def ike_pending(self) -> bool:
         """IKE messages wait for :meth:`run_ike`."""

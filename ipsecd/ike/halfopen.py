@@ -106,6 +106,7 @@ class Admission:
     retransmit_of: IkeSa | None = None  # answer from this SA's cache
     reply: bytes | None = None  # send this stateless answer (COOKIE) and keep nothing
     accept: bool = False  # create a responder SA
+    reply_notify: int = 0  # the one notify type the reply carries (for the trace)
 
     @property
     def drop(self) -> bool:
@@ -206,7 +207,8 @@ class HalfOpenTable:
         self._digests: dict[Key, bytes] = {}
         self._keys: dict[int, Key] = {}  # by our (responder) SPI
         self._per_source: Counter[str] = Counter()
-        self._replays: OrderedDict[bytes, float] = OrderedDict()
+        # Requests of SAs that were established: by SPIi, (digest, remembered until).
+        self._replays: OrderedDict[int, tuple[bytes, float]] = OrderedDict()
         self._cookies_until = float("-inf")  # calm-down: cookies stay on until then
         self._now = now
 
@@ -269,14 +271,14 @@ class HalfOpenTable:
     def admit(self, data: bytes, spi_i: int, message_id: int, source: str, now: float) -> Admission:
         """Decide about one IKE_SA_INIT request (SPIr 0) before anything is computed."""
         key = (source, spi_i)
-        digest = hashlib.sha256(data).digest()
+        # Hashing waits until an SPI matches: a flood of new SPIs costs no SHA-256.
         existing = self._sas.get(key)
         if existing is not None and existing.alive:
-            if hmac.compare_digest(self._digests[key], digest):
+            if hmac.compare_digest(self._digests[key], hashlib.sha256(data).digest()):
                 return Admission(retransmit_of=existing)
             self._count("init_request_mismatch")
             return DROP
-        if self._replayed(digest, now):
+        if self._replayed(spi_i, data, now):
             self._count("init_replays")
             return DROP
         if len(self._sas) >= self.limits.half_open_limit:
@@ -294,7 +296,7 @@ class HalfOpenTable:
             return self._stateless(
                 data,
                 unsupported_critical_answer(spi_i, message_id, scan.unsupported_critical),
-                "unsupported_critical_payload",
+                NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD,
                 error=True,
             )
         if not self._update_cookies(now):
@@ -312,14 +314,16 @@ class HalfOpenTable:
             if check is CookieCheck.STALE:
                 self._count("cookies_stale")
         answer = cookie_answer(spi_i, message_id, self.cookies.make(nonce, source, spi_i, now))
-        return self._stateless(data, answer, "cookies_sent", error=False)
+        return self._stateless(data, answer, NotifyType.COOKIE, error=False)
 
-    def _stateless(self, request: bytes, answer: bytes, counter: str, *, error: bool) -> Admission:
+    def _stateless(self, request: bytes, answer: bytes, notify: int, *, error: bool) -> Admission:
         """Send ``answer`` and keep nothing, unless it is larger than its bound allows."""
         if self.refuse_amplification(request, [answer], error=error):
             return DROP
-        self._count(counter)
-        return Admission(reply=answer)
+        self._count(
+            "cookies_sent" if notify == NotifyType.COOKIE else "unsupported_critical_payload"
+        )
+        return Admission(reply=answer, reply_notify=notify)
 
     def refuse_amplification(
         self, request: bytes, answers: list[bytes], *, error: bool = False
@@ -356,18 +360,19 @@ class HalfOpenTable:
         digest = self.discard(sa)
         if digest is None:
             return
-        self._replays[digest] = now + REPLAY_MEMORY_TIME
-        self._replays.move_to_end(digest)
+        self._replays[sa.spi_i] = (digest, now + REPLAY_MEMORY_TIME)
+        self._replays.move_to_end(sa.spi_i)
         while len(self._replays) > REPLAY_MEMORY_SIZE:
             self._replays.popitem(last=False)
 
-    def _replayed(self, digest: bytes, now: float) -> bool:
+    def _replayed(self, spi_i: int, data: bytes, now: float) -> bool:
         while self._replays:  # oldest first: drop what has expired
-            oldest, until = next(iter(self._replays.items()))
+            oldest, (_, until) = next(iter(self._replays.items()))
             if until > now:
                 break
             del self._replays[oldest]
-        return digest in self._replays
+        known = self._replays.get(spi_i)
+        return known is not None and hmac.compare_digest(known[0], hashlib.sha256(data).digest())
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

@@ -18,6 +18,15 @@ Messages for an IKE SA we hold (by our SPI) go to the *known* queue, everything 
 first, so a flood of new requests cannot delay the exchanges of established peers.
 Each queue holds at most :data:`QUEUE_DATAGRAMS` datagrams and :data:`QUEUE_BYTES`
 bytes; beyond, datagrams are dropped and counted (``ike_queue_full``).
+
+Work for the new queue (anyone can send it) may take at most :data:`NEW_WORK_SHARE`
+of the daemon's time, measured with the shell's work clock: while that budget is in
+debt, new datagrams are dropped as they arrive (``ike_busy_dropped``), before any work.
+A daemon flooded with IKE_SA_INIT then still sleeps most of the time, and the kernel
+wakes it at once for the next ESP packet instead of queueing it behind a busy process
+(measured in docs/security.md).  Meanwhile the shell stops reading the IKE port,
+which carries only new requests once IKE floated to the NAT-T port (:meth:`paused_for`):
+the kernel then drops the flood at no cost to the daemon.
 """
 
 from __future__ import annotations
@@ -29,10 +38,13 @@ from dataclasses import dataclass
 from ipsecd.ike import message as codec
 from ipsecd.ike.errors import MalformedMessage
 from ipsecd.ike.events import Address
+from ipsecd.ratelimit import TokenBucket
 
 DEFAULT_MAX_IKE_DATAGRAM = 10_000  # bytes, strongSwan's charon.max_packet
 QUEUE_DATAGRAMS = 256  # per queue
 QUEUE_BYTES = 2 * 1024 * 1024  # per queue
+NEW_WORK_SHARE = 0.05  # seconds per second: the daemon's time for the new queue at most
+NEW_WORK_BURST = 0.01  # seconds of it at once: short bursts keep the daemon a light sleeper
 
 
 @dataclass(frozen=True)
@@ -56,11 +68,21 @@ class _Queue:
 class IkeInbox:
     """The two bounded queues of received IKE datagrams; see the module docstring."""
 
-    def __init__(self, counters: dict[str, int], max_datagram: int) -> None:
+    def __init__(
+        self,
+        counters: dict[str, int],
+        max_datagram: int,
+        work_clock: Callable[[], float] | None = None,
+    ) -> None:
+        """``work_clock``: measures the new queue's work (None: no share limit)."""
         self.counters = counters
         self.max_datagram = max_datagram
         self._known = _Queue()
         self._new = _Queue()
+        self._clock = work_clock
+        self._new_work = (
+            TokenBucket(NEW_WORK_SHARE, NEW_WORK_BURST, work_clock()) if work_clock else None
+        )
 
     def __len__(self) -> int:
         return len(self._known.items) + len(self._new.items)
@@ -85,6 +107,9 @@ class IkeInbox:
         known: bool,
     ) -> None:
         """Queue a checked datagram (``known``: for an IKE SA we hold)."""
+        if not known and self._over_budget():
+            self._count("ike_busy_dropped")
+            return
         queue = self._known if known else self._new
         if len(queue.items) >= QUEUE_DATAGRAMS or queue.bytes + len(data) > QUEUE_BYTES:
             self._count("ike_queue_full")
@@ -92,21 +117,47 @@ class IkeInbox:
         queue.items.append(Received(data, header, local, remote))
         queue.bytes += len(data)
 
-    def take(self) -> Received | None:
-        """The next datagram: known SAs first, then the oldest."""
+    def paused_for(self) -> float:
+        """Seconds the shell may leave a socket that carries only new requests (the IKE
+        port) unread (0: none): while the share is in debt, and until half a burst is
+        back, so that a flooded daemon sleeps in long stretches, not between datagrams."""
+        bucket = self._new_work
+        if bucket is None or bucket.available(self._now()):
+            return 0.0
+        return (bucket.burst / 2 - bucket.tokens) / bucket.rate
+
+    def _over_budget(self) -> bool:
+        return self._new_work is not None and not self._new_work.available(self._now())
+
+    def _now(self) -> float:
+        assert self._clock is not None
+        return self._clock()
+
+    def take(self) -> tuple[Received, bool] | None:
+        """The next datagram and whether it is for a known SA: known SAs first."""
         for queue in (self._known, self._new):
             if queue.items:
                 item = queue.items.popleft()
                 queue.bytes -= len(item.data)
-                return item
+                return item, queue is self._known
         return None
 
     def drain(self, handle: Callable[[Received], None], more: Callable[[], bool]) -> int:
         """Hand queued datagrams to ``handle`` while ``more()`` (at least one); returns
-        how many were handled."""
+        how many were handled.  The new queue's work is charged to its budget."""
         handled = 0
-        while (item := self.take()) is not None:
-            handle(item)
+        while (taken := self.take()) is not None:
+            item, known = taken
+            if known or self._new_work is None:
+                handle(item)
+            elif self._over_budget():  # queued before the share ran out: not worked on
+                self._count("ike_busy_dropped")
+                continue
+            else:
+                start = self._now()
+                handle(item)
+                end = self._now()
+                self._new_work.spend(end - start, end)
             handled += 1
             if not more():
                 break

@@ -36,7 +36,7 @@ from ipsecd.config.schema import Config, PeerConfig
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.ike import dpd
 from ipsecd.ike import message as codec
-from ipsecd.ike.constants import ExchangeType
+from ipsecd.ike.constants import ExchangeType, NotifyType
 from ipsecd.ike.errors import MalformedMessage
 from ipsecd.ike.events import (
     Address,
@@ -71,7 +71,7 @@ from ipsecd.ike.sa import (
 from ipsecd.ike.satable import SaTable
 from ipsecd.ike.scheduler import NAT_KEEPALIVE_INTERVAL, Scheduler, seq_rekey_threshold
 from ipsecd.ike.status import peer_status
-from ipsecd.ike.trace import Trace, describe, payload_labels
+from ipsecd.ike.trace import Trace, describe, notify_label
 from ipsecd.selectors import TrafficSelector
 
 __all__ = ["IkeManager", "USAGE_INTERVAL", "seq_rekey_threshold"]
@@ -97,6 +97,7 @@ class IkeManager:
         keepalive_interval: float = NAT_KEEPALIVE_INTERVAL,
         random_bytes: RandomBytes = os.urandom,
         trace: Trace | None = None,
+        work_clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         gw = config.gateway
@@ -112,7 +113,8 @@ class IkeManager:
         self.counters: dict[str, int] = {}
         # Responder SAs before IKE_AUTH, by (remote ip, SPIi); cookies and limits (§2.6).
         self.half_open = HalfOpenTable(DosLimits.from_gateway(gw), self.counters, now)
-        self.inbox = IkeInbox(self.counters, gw.max_ike_datagram)
+        # work_clock: the shell's CPU clock, for the share of new requests (inbox.py).
+        self.inbox = IkeInbox(self.counters, gw.max_ike_datagram, work_clock)
         self.trace = trace
         self._outgoing: list[OutgoingDatagram] = []
         self._events: deque[Event] = deque()
@@ -250,6 +252,10 @@ class IkeManager:
             return
         item = Received(bytes(data), header, _address(local), _address(remote))
         self.inbox.offer(item.data, header, item.local, item.remote, self._for_known_sa(header))
+
+    def intake_paused_for(self) -> float:
+        """Seconds during which new requests would be dropped (:mod:`ipsecd.ike.inbox`)."""
+        return self.inbox.paused_for()
 
     def pending(self) -> int:
         """IKE messages queued by :meth:`enqueue_datagram`, not processed yet."""
@@ -491,7 +497,12 @@ class IkeManager:
                 )
                 self._count("invalid_ike_spi_sent" if answer else "invalid_ike_spi_suppressed")
                 if answer is not None:
-                    self._send_stateless(answer, ExchangeType.INFORMATIONAL, header.message_id)
+                    self._send_stateless(
+                        answer,
+                        ExchangeType.INFORMATIONAL,
+                        header.message_id,
+                        NotifyType.INVALID_IKE_SPI,
+                    )
             return
         if exchange == ExchangeType.IKE_SA_INIT and header.response and sa.spi_r == 0:
             pass  # our IKE_SA_INIT answered: the responder SPI is learned by the task
@@ -522,7 +533,9 @@ class IkeManager:
             # COOKIE (§2.6) or UNSUPPORTED_CRITICAL_PAYLOAD (§2.5): no state, no Diffie-Hellman.
             marker = local[1] == self.natt_port
             answer = OutgoingDatagram(admission.reply, local, remote, marker=marker)
-            self._send_stateless(answer, ExchangeType.IKE_SA_INIT, header.message_id)
+            self._send_stateless(
+                answer, ExchangeType.IKE_SA_INIT, header.message_id, admission.reply_notify
+            )
             return
         try:
             codec.parse_message(data)
@@ -551,12 +564,14 @@ class IkeManager:
             sa.deleted("IKE_SA_INIT request not answered", now)
         self._collect(sa, now)
 
-    def _send_stateless(self, answer: OutgoingDatagram, exchange: int, message_id: int) -> None:
-        """An answer no IKE SA keeps (COOKIE, UNSUPPORTED_CRITICAL_PAYLOAD, INVALID_IKE_SPI)."""
+    def _send_stateless(
+        self, answer: OutgoingDatagram, exchange: int, message_id: int, notify: int
+    ) -> None:
+        """An answer no IKE SA keeps, of one notify (COOKIE, UNSUPPORTED_CRITICAL_PAYLOAD,
+        INVALID_IKE_SPI)."""
         if self.trace is not None:
-            payloads = codec.parse_message(answer.data).payloads
             line = describe(
-                "sending", exchange, True, message_id, payload_labels(payloads),
+                "sending", exchange, True, message_id, [notify_label(notify)],
                 answer.local, answer.remote,
             )  # fmt: skip
             self.trace(line, answer.remote, False)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from ipsecd.ike import sk as _sk
 from ipsecd.ike.constants import (
@@ -312,11 +312,11 @@ class _Chain:
     sk_offset: int | None  # offset of the SK/SKF generic header, if the chain ends with one
 
 
-@dataclass(frozen=True)
-class PayloadHeader:
+class PayloadHeader(NamedTuple):
     """One generic payload header (RFC 7296 §3.2), located in its message.
 
-    ``start``/``end`` delimit the payload's body (after the 4-byte header).
+    ``start``/``end`` delimit the payload's body (after the 4-byte header).  A tuple,
+    not a dataclass: admission makes one per payload of every IKE_SA_INIT it sees.
     """
 
     payload_type: int

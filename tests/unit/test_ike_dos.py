@@ -371,17 +371,17 @@ def test_replay_memory_is_bounded(tmp_path, monkeypatch):
         def __init__(self, spi: int) -> None:
             self.spi_i = self.local_spi = spi
 
-    requests = [init_request(n) for n in range(10)]
+    requests = [init_request(n, spi_i=n + 1) for n in range(10)]
     for n, request in enumerate(requests):
         sa = FakeSa(n + 1)
         table.add(sa, request, "203.0.113.1")
         table.established(sa, float(n))
     assert len(table._replays) == 4
     assert len(table) == 0 and table.per_source("203.0.113.1") == 0
-    assert table.admit(requests[9], 99, 0, "203.0.113.1", 10.0).drop
-    assert table.admit(requests[0], 99, 0, "203.0.113.1", 10.0).accept  # forgotten
+    assert table.admit(requests[9], 10, 0, "203.0.113.1", 10.0).drop
+    assert table.admit(requests[0], 1, 0, "203.0.113.1", 10.0).accept  # forgotten
     # ... and by time.
-    assert table.admit(requests[9], 99, 0, "203.0.113.1", 10.0 + 3600.0).accept
+    assert table.admit(requests[9], 10, 0, "203.0.113.1", 10.0 + 3600.0).accept
 
 
 # ---- amplification ----------------------------------------------------------------------------

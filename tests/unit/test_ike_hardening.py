@@ -166,16 +166,24 @@ def test_inbox_is_bounded(tmp_path):
     assert pair.b.counters["malformed"] == 1 and pair.b.pending() == QUEUE_DATAGRAMS
 
 
-class StepClock:
-    """A work clock that advances by ``step`` at every reading."""
+class FakeWork:
+    """A work clock that moves only when the IKE layer handles a message (``cost`` each)."""
 
-    def __init__(self, step: float) -> None:
+    def __init__(self, cost: float) -> None:
         self.t = 0.0
-        self.step = step
+        self.cost = cost
 
     def __call__(self) -> float:
-        self.t += self.step
         return self.t
+
+    def charge(self, manager: Any) -> None:
+        handle = manager._handle
+
+        def costly(item: Any, now: float) -> None:
+            self.t += self.cost
+            handle(item, now)
+
+        manager._handle = costly
 
 
 def _peer_esp(rig: CoreRig, inner: bytes) -> bytes:
@@ -193,8 +201,9 @@ def _peer_esp(rig: CoreRig, inner: bytes) -> bytes:
 
 
 def test_esp_of_a_burst_is_not_held_behind_its_ike(tmp_path):
-    clock = StepClock(IKE_SLICE / 4)  # each IKE message "costs" a quarter slice
+    clock = FakeWork(IKE_SLICE / 4)  # each IKE message "costs" a quarter slice
     rig = CoreRig(tmp_path, side_a(start="respond"), side_b(start="initiate"), work_clock=clock)
+    clock.charge(rig.ike)
     rig.b.start(rig.now)
     rig.pump()
     assert rig.status_a()["state"] == "established"
@@ -207,8 +216,8 @@ def test_esp_of_a_burst_is_not_held_behind_its_ike(tmp_path):
     assert rig.core.packets_to_tun() == [inner]
     assert rig.core.ike_pending()
     rig.core.run_ike(rig.now)
-    assert rig.ike.pending() == 2  # four quarters fit one slice
-    clock.step = IKE_SLICE * 10  # a message far over the slice: still one per call
+    assert rig.ike.pending() == 2  # four quarters fill one slice
+    clock.cost = IKE_SLICE * 10  # a message far over the slice: still one per call
     rig.core.run_ike(rig.now)
     assert rig.ike.pending() == 1
 
@@ -403,7 +412,7 @@ def json_log() -> Iterator[io.StringIO]:
 
 def _responder_core(tmp_path) -> DaemonCore:
     pair = IkePair(tmp_path, start=False)
-    return DaemonCore(pair.b_config, pair.now)
+    return DaemonCore(pair.b_config, pair.now, work_clock=lambda: 0.0)  # no share limit
 
 
 def test_fifty_huge_refused_offers_make_bounded_logs_and_no_peer_error(tmp_path, json_log):
@@ -495,3 +504,29 @@ def test_retransmits_are_logged_at_info_with_number_and_next_timeout(tmp_path, j
     assert retransmits[0]["remote"] == "192.0.2.2:4500"
     traces = [r for r in records if r["level"] == "debug"]
     assert any(r["event"].startswith("sending CREATE_CHILD_SA request 2 [") for r in traces)
+
+
+def test_new_requests_get_a_bounded_share_of_the_daemons_time(tmp_path):
+    """Work on the new queue is charged to a budget of NEW_WORK_SHARE; in debt, new
+    datagrams are dropped as they arrive, known SAs are still served."""
+    from ipsecd.ike.inbox import NEW_WORK_BURST, NEW_WORK_SHARE
+    from ipsecd.ike.manager import IkeManager
+
+    pair = IkePair(tmp_path)
+    clock = FakeWork(NEW_WORK_BURST)  # each message costs the whole burst
+    b = IkeManager(pair.b_config, pair.now, work_clock=clock)
+    clock.charge(b)
+    b.enqueue_datagram(init_request(1, spi_i=1), (B_IP, 500), (ATTACKER, 500))
+    b.process_queued(pair.now)
+    assert "ike_busy_dropped" not in b.counters
+    b.enqueue_datagram(init_request(2, spi_i=2), (B_IP, 500), (ATTACKER, 500))
+    assert b.counters["ike_busy_dropped"] == 1 and b.pending() == 0
+    # The shell may leave the IKE port unread until half a burst is back.
+    assert b.intake_paused_for() == pytest.approx(NEW_WORK_BURST / 2 / NEW_WORK_SHARE)
+    header = codec.Header(5, 6, 46, 2, 0, INFORMATIONAL, 0, 1, 28).encode()
+    b.sas[5] = pair.b.ike_sa("a")  # a known SA by our SPI (the R-less header: SPIi)
+    b.enqueue_datagram(header, (B_IP, 4500), (A_IP, 4500))
+    assert b.pending() == 1  # a known SA's message is queued in debt too
+    clock.t += NEW_WORK_BURST / NEW_WORK_SHARE  # the debt is paid off
+    b.enqueue_datagram(init_request(3, spi_i=3), (B_IP, 500), (ATTACKER, 500))
+    assert b.pending() == 2
