@@ -24,9 +24,8 @@ import structlog
 
 from ipsecd.crypto.proposals import parse_proposal
 from ipsecd.daemon import logs
-from ipsecd.daemon.core import IKE_SLICE, DaemonCore
+from ipsecd.daemon.core import IKE_SLICE, DaemonCore, child_sa
 from ipsecd.daemon.ikelog import MAX_REASON, bounded
-from ipsecd.esp.sa import OutboundEspSa
 from ipsecd.esp.udp_encap import frame
 from ipsecd.ike import events as ev
 from ipsecd.ike import halfopen
@@ -189,15 +188,7 @@ class FakeWork:
 def _peer_esp(rig: CoreRig, inner: bytes) -> bytes:
     """ESP as gateway B would send it to A on its newest CHILD_SA."""
     child = rig.pair.established("b")[-1].child
-    out = OutboundEspSa(
-        child.spi_out,
-        encr=child.encr,
-        integ=child.integ,
-        encr_keymat=child.encr_key_out,
-        integ_key=child.integ_key_out,
-        esn=child.esn,
-    )
-    return out.encapsulate(inner, 4)
+    return child_sa("a", child, (B_IP, 4500), rig.now).outbound.encapsulate(inner, 4)
 
 
 def test_esp_of_a_burst_is_not_held_behind_its_ike(tmp_path):
