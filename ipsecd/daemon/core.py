@@ -489,8 +489,8 @@ class DaemonCore:
                     config = self.config.peer(peer)
                     self.trap.watch(peer, config.local_ts, config.remote_ts)
             case ev.UnauthenticatedFailure():
-                # Not the peer's: no last_error, no trap change (issue 12).
-                self.counters["unauthenticated_failures"] += 1
+                # Not the peer's: no last_error, no trap change (issue 12); counted by the
+                # IKE manager (ike_counters: unauthenticated_failures).
                 self.ike_log.unauthenticated_failure(event)
             case ev.IkeRetransmit():
                 self.ike_log.retransmit(event)

@@ -426,7 +426,7 @@ def test_fifty_huge_refused_offers_make_bounded_logs_and_no_peer_error(tmp_path,
     total = len(json_log.getvalue().encode())
     assert total < 64 * 1024, total  # 3.85 MB before
     assert core.last_error == {}
-    assert core.counters["unauthenticated_failures"] == 50
+    assert core.ike is not None and core.ike.counters["unauthenticated_failures"] == 50
     status = core.status(START_TIME + 12, tun=None, listen=[], dataplane=_dataplane())
     assert status.peers[0].last_error is None
 
