@@ -39,7 +39,6 @@ class IkeLog:
         now = clock()
         self.failures = SourceLimiter(now)
         self.traces = SourceLimiter(now, rate=5.0, burst=20.0, total_rate=50.0)
-        self.suppressed = 0  # lines held back in all (status counter)
 
     def retransmit(self, event: ev.IkeRetransmit) -> None:
         """charon's ``retransmit 2 of request with message ID 0``, with the next timeout."""
@@ -55,7 +54,6 @@ class IkeLog:
     def unauthenticated_failure(self, event: ev.UnauthenticatedFailure) -> None:
         source = format_address(event.source)
         if not self.failures.allow(event.source[0], self.clock()):
-            self.suppressed += 1
             return
         self.log.warning(
             "request from an unauthenticated source refused",
@@ -66,7 +64,6 @@ class IkeLog:
     def trace(self, line: str, remote: ev.Address, known: bool) -> None:
         """The IKE layer's trace sink (:data:`ipsecd.ike.trace.Trace`), at debug level."""
         if not known and not self.traces.allow(remote[0], self.clock()):
-            self.suppressed += 1
             return
         self.log.debug(line)
 
