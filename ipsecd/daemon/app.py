@@ -89,7 +89,7 @@ class Daemon:
         """New requests used up their share of our time (a flood): leave the IKE port
         unread until the share is back, so the kernel drops them at no cost to us.  Only
         new requests arrive there; IKE moves to the NAT-T port after IKE_SA_INIT."""
-        pause = self.core.ike_port_pause()
+        pause = self.core.ike_port_pause(time.monotonic())
         if not pause or self._ike_port_paused:
             return
         gw = self.config.gateway

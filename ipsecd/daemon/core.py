@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 Batch = tuple[Address, Address, list[bytes]]
 
 PLAN_KINDS = ("added", "removed", "changed", "unchanged")
-# CPU seconds of IKE work per wake-up (run_ike); measured in docs/security.md.
+# Seconds of IKE work per wake-up (run_ike, by the work clock): ESP waits no longer.
 IKE_SLICE = 0.002
 
 
@@ -147,7 +147,8 @@ class DaemonCore:
     """One gateway's SAs, traps and IKE manager; see the module docstring.
 
     ``random_bytes`` is the source of SPIs, nonces and jitter, handed to the IKE
-    manager (tests fix it); ``work_clock`` measures the IKE slice of :meth:`run_ike`.
+    manager (tests fix it); ``work_clock`` measures the IKE slice of :meth:`run_ike`,
+    ``cpu_clock`` the CPU time new requests take of their share (:mod:`ipsecd.ike.inbox`).
     """
 
     def __init__(
@@ -157,10 +158,12 @@ class DaemonCore:
         *,
         random_bytes: Callable[[int], bytes] = os.urandom,
         work_clock: Callable[[], float] = time.perf_counter,
+        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         self.config = config
         self.random_bytes = random_bytes
         self.work_clock = work_clock
+        self.cpu_clock = cpu_clock
         self.log = logs.get_logger()
         self.started_at = now
         self.now = now  # the time of the call being handled (the trap's clock)
@@ -193,7 +196,7 @@ class DaemonCore:
             now,
             random_bytes=self.random_bytes,
             trace=self.ike_log.trace,
-            work_clock=self.work_clock,
+            cpu_clock=self.cpu_clock,
         )
 
     # -- what the shell opens --------------------------------------------------------------
@@ -344,12 +347,12 @@ class DaemonCore:
         gw = self.config.gateway
         if local[1] == gw.ike_port and local[1] != gw.port:
             for data, remote in datagrams:
-                self._ike_receive(data, local, remote)
+                self._ike_receive(data, local, remote, now)
             return
         to_tun, ike, moved = self.processor.from_udp(datagrams)
         self._to_tun += to_tun
         for data, remote in ike:
-            self._ike_receive(data, local, remote)
+            self._ike_receive(data, local, remote, now)
         if moved:
             # Authentic ESP from an unexpected endpoint: counted; the endpoint itself only
             # follows authenticated IKE (PeerAddressChanged), as strongSwan does.
@@ -377,18 +380,20 @@ class DaemonCore:
         self._pump(now)
 
     # -- IKE ---------------------------------------------------------------------------------
-    def _ike_receive(self, data: bytes | memoryview, local: Address, remote: Address) -> None:
+    def _ike_receive(
+        self, data: bytes | memoryview, local: Address, remote: Address, now: float
+    ) -> None:
         """Queue one IKE message after the cheap checks; :meth:`run_ike` processes it."""
         if self.ike is None:
             self.counters["ike_without_ike_peers"] += 1
             return
-        self.ike.enqueue_datagram(data, local, remote)
+        self.ike.enqueue_datagram(data, local, remote, now)
 
-    def ike_port_pause(self) -> float:
+    def ike_port_pause(self, now: float) -> float:
         """Seconds the shell may leave the IKE port unread: new requests would be dropped
         meanwhile anyway (their share of the daemon's time is used up), and only new
         requests arrive there (IKE moves to the NAT-T port after IKE_SA_INIT)."""
-        return self.ike.intake_paused_for() if self.ike is not None else 0.0
+        return self.ike.intake_paused_for(now) if self.ike is not None else 0.0
 
     def ike_pending(self) -> bool:
         """IKE messages wait for :meth:`run_ike`."""

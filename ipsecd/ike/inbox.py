@@ -20,7 +20,8 @@ Each queue holds at most :data:`QUEUE_DATAGRAMS` datagrams and :data:`QUEUE_BYTE
 bytes; beyond, datagrams are dropped and counted (``ike_queue_full``).
 
 Work for the new queue (anyone can send it) may take at most :data:`NEW_WORK_SHARE`
-of the daemon's time, measured with the shell's work clock: while that budget is in
+of the daemon's time: its CPU time, read from the shell's CPU clock, is charged to a
+token bucket refilled by the clock the shell passes as ``now``.  While that budget is in
 debt, new datagrams are dropped as they arrive (``ike_busy_dropped``), before any work.
 A daemon flooded with IKE_SA_INIT then still sleeps most of the time, and the kernel
 wakes it at once for the next ESP packet instead of queueing it behind a busy process
@@ -72,17 +73,16 @@ class IkeInbox:
         self,
         counters: dict[str, int],
         max_datagram: int,
-        work_clock: Callable[[], float] | None = None,
+        now: float,
+        cpu_clock: Callable[[], float] | None = None,
     ) -> None:
-        """``work_clock``: measures the new queue's work (None: no share limit)."""
+        """``cpu_clock``: the CPU time the new queue's work takes (None: no share limit)."""
         self.counters = counters
         self.max_datagram = max_datagram
         self._known = _Queue()
         self._new = _Queue()
-        self._clock = work_clock
-        self._new_work = (
-            TokenBucket(NEW_WORK_SHARE, NEW_WORK_BURST, work_clock()) if work_clock else None
-        )
+        self._cpu = cpu_clock
+        self._new_work = TokenBucket(NEW_WORK_SHARE, NEW_WORK_BURST, now) if cpu_clock else None
 
     def __len__(self) -> int:
         return len(self._known.items) + len(self._new.items)
@@ -98,40 +98,29 @@ class IkeInbox:
             self._count("malformed")
             return None
 
-    def offer(
-        self,
-        data: bytes,
-        header: codec.Header,
-        local: Address,
-        remote: Address,
-        known: bool,
-    ) -> None:
+    def offer(self, item: Received, known: bool, now: float) -> None:
         """Queue a checked datagram (``known``: for an IKE SA we hold)."""
-        if not known and self._over_budget():
+        if not known and self._over_budget(now):
             self._count("ike_busy_dropped")
             return
         queue = self._known if known else self._new
-        if len(queue.items) >= QUEUE_DATAGRAMS or queue.bytes + len(data) > QUEUE_BYTES:
+        if len(queue.items) >= QUEUE_DATAGRAMS or queue.bytes + len(item.data) > QUEUE_BYTES:
             self._count("ike_queue_full")
             return
-        queue.items.append(Received(data, header, local, remote))
-        queue.bytes += len(data)
+        queue.items.append(item)
+        queue.bytes += len(item.data)
 
-    def paused_for(self) -> float:
+    def paused_for(self, now: float) -> float:
         """Seconds the shell may leave a socket that carries only new requests (the IKE
         port) unread (0: none): while the share is in debt, and until half a burst is
         back, so that a flooded daemon sleeps in long stretches, not between datagrams."""
         bucket = self._new_work
-        if bucket is None or bucket.available(self._now()):
+        if bucket is None or bucket.available(now):
             return 0.0
         return (bucket.burst / 2 - bucket.tokens) / bucket.rate
 
-    def _over_budget(self) -> bool:
-        return self._new_work is not None and not self._new_work.available(self._now())
-
-    def _now(self) -> float:
-        assert self._clock is not None
-        return self._clock()
+    def _over_budget(self, now: float) -> bool:
+        return self._new_work is not None and not self._new_work.available(now)
 
     def take(self) -> tuple[Received, bool] | None:
         """The next datagram and whether it is for a known SA: known SAs first."""
@@ -142,22 +131,23 @@ class IkeInbox:
                 return item, queue is self._known
         return None
 
-    def drain(self, handle: Callable[[Received], None], more: Callable[[], bool]) -> int:
+    def drain(
+        self, handle: Callable[[Received], None], more: Callable[[], bool], now: float
+    ) -> int:
         """Hand queued datagrams to ``handle`` while ``more()`` (at least one); returns
         how many were handled.  The new queue's work is charged to its budget."""
         handled = 0
         while (taken := self.take()) is not None:
             item, known = taken
-            if known or self._new_work is None:
+            if known or self._new_work is None or self._cpu is None:
                 handle(item)
-            elif self._over_budget():  # queued before the share ran out: not worked on
+            elif self._over_budget(now):  # queued before the share ran out: not worked on
                 self._count("ike_busy_dropped")
                 continue
             else:
-                start = self._now()
+                start = self._cpu()
                 handle(item)
-                end = self._now()
-                self._new_work.spend(end - start, end)
+                self._new_work.spend(self._cpu() - start, now)
             handled += 1
             if not more():
                 break

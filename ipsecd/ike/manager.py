@@ -97,7 +97,7 @@ class IkeManager:
         keepalive_interval: float = NAT_KEEPALIVE_INTERVAL,
         random_bytes: RandomBytes = os.urandom,
         trace: Trace | None = None,
-        work_clock: Callable[[], float] | None = None,
+        cpu_clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         gw = config.gateway
@@ -113,8 +113,8 @@ class IkeManager:
         self.counters: dict[str, int] = {}
         # Responder SAs before IKE_AUTH, by (remote ip, SPIi); cookies and limits (§2.6).
         self.half_open = HalfOpenTable(DosLimits.from_gateway(gw), self.counters, now)
-        # work_clock: the shell's CPU clock, for the share of new requests (inbox.py).
-        self.inbox = IkeInbox(self.counters, gw.max_ike_datagram, work_clock)
+        # cpu_clock: the process's CPU time, for the share of new requests (inbox.py).
+        self.inbox = IkeInbox(self.counters, gw.max_ike_datagram, now, cpu_clock)
         self.trace = trace
         self._outgoing: list[OutgoingDatagram] = []
         self._events: deque[Event] = deque()
@@ -242,7 +242,11 @@ class IkeManager:
             self._handle(Received(bytes(data), header, _address(local), _address(remote)), now)
 
     def enqueue_datagram(
-        self, data: bytes | memoryview, local: tuple[str, int], remote: tuple[str, int]
+        self,
+        data: bytes | memoryview,
+        local: tuple[str, int],
+        remote: tuple[str, int],
+        now: float,
     ) -> None:
         """Take one IKE message for later (:meth:`process_queued`) after the cheap checks
         only: its size and header (:mod:`ipsecd.ike.inbox`).  Messages for an IKE SA we
@@ -251,11 +255,11 @@ class IkeManager:
         if header is None:
             return
         item = Received(bytes(data), header, _address(local), _address(remote))
-        self.inbox.offer(item.data, header, item.local, item.remote, self._for_known_sa(header))
+        self.inbox.offer(item, self._for_known_sa(header), now)
 
-    def intake_paused_for(self) -> float:
+    def intake_paused_for(self, now: float) -> float:
         """Seconds during which new requests would be dropped (:mod:`ipsecd.ike.inbox`)."""
-        return self.inbox.paused_for()
+        return self.inbox.paused_for(now)
 
     def pending(self) -> int:
         """IKE messages queued by :meth:`enqueue_datagram`, not processed yet."""
@@ -264,7 +268,7 @@ class IkeManager:
     def process_queued(self, now: float, more: Callable[[], bool] = lambda: True) -> int:
         """Process queued messages while ``more()`` says so (at least one); returns how
         many.  The shell's ``more`` is its time budget for IKE work per wake-up."""
-        return self.inbox.drain(lambda item: self._handle(item, now), more)
+        return self.inbox.drain(lambda item: self._handle(item, now), more, now)
 
     def _handle(self, item: Received, now: float) -> None:
         try:

@@ -113,11 +113,13 @@ def test_malformed_inits_then_the_peer_restarts_within_one_handshake(
     forged = attack(topo, "--kind", "malformed", "--sources", FORGED,
                     "--count", "1000", "--rate", "0")  # fmt: skip
     assert (own["sent"], forged["sent"]) == (5, 1000)
+    # Each is dropped as malformed, or unread while new requests' share of the daemon's
+    # time is used up (ike_busy_dropped): no state either way.
     counters = wait_until(
         lambda: _counters(gw_b),
         10,
         what="gwB to count the malformed requests",
-        until=lambda c: c.get("malformed", 0) >= 1005,
+        until=lambda c: c.get("malformed", 0) + c.get("ike_busy_dropped", 0) >= 1005,
     )
     dos = _dos(gw_b)
     assert dos["half_open"] == 0 and not dos["cookies_required"], dos
@@ -140,7 +142,8 @@ def test_malformed_inits_then_the_peer_restarts_within_one_handshake(
     )
     print(
         f"item 1: 5 + 1000 malformed IKE_SA_INITs: gwB counted {counters.get('malformed')}"
-        f" malformed, half-open {dos['half_open']}, cookies {dos['cookies_required']};"
+        f" malformed and {counters.get('ike_busy_dropped', 0)} busy-dropped,"
+        f" half-open {dos['half_open']}, cookies {dos['cookies_required']};"
         f" gwA restarted and was up {back:.2f} s later with one handshake"
         f" (no retransmit, no cookie, no retry); half-open afterwards {half_open}"
     )
@@ -264,15 +267,16 @@ def test_refused_offers_blame_the_source_and_the_log_stays_small(
     hex_file = topo.workdir / "no_proposal.hex"
     hex_file.write_text(request.hex())
     size_before = gw_b.log.stat().st_size
+    # 5 per second: slow enough for the new requests' share of gwB's time (each costs
+    # milliseconds to decode and refuse), so that they are refused, not dropped unread.
     sent = attack(topo, "--kind", "replay", "--replay", str(hex_file), "--fresh-spi",
-                  "--sources", f"{GW_A_WAN_IP}/32", "--count", "50", "--rate", "100")  # fmt: skip
+                  "--sources", f"{GW_A_WAN_IP}/32", "--count", "50", "--rate", "5")  # fmt: skip
     assert sent["sent"] == 50, sent
     counters = wait_until(
         lambda: _counters(gw_b),
         20,
-        what="gwB to refuse the 50 offers",
-        until=lambda c: c.get("unauthenticated_failures", 0) >= 50,
-        context=lambda: topo.run(topo.gw_b, "nstat", "-az", check=False).stdout,
+        what="gwB to take the 50 offers",
+        until=lambda c: c.get("unauthenticated_failures", 0) + c.get("ike_busy_dropped", 0) >= 50,
     )
     time.sleep(11)  # the summary of what the per-source limit held back
     grown = gw_b.log.stat().st_size - size_before
@@ -284,11 +288,13 @@ def test_refused_offers_blame_the_source_and_the_log_stays_small(
         f"item 4: {sent['sent']} IKE_SA_INITs of {len(request)} bytes with 200 unacceptable"
         f" proposals forged from {GW_A_WAN_IP}:500: gwB log grew {grown} bytes"
         f" ({len(refused)} refusal lines, {len(summaries)} summary lines),"
-        f" unauthenticated_failures={counters['unauthenticated_failures']},"
+        f" unauthenticated_failures={counters.get('unauthenticated_failures', 0)},"
+        f" ike_busy_dropped={counters.get('ike_busy_dropped', 0)},"
         f" peer last_error={peer['last_error']!r}, state {peer['state']}"
     )
     assert peer["last_error"] is None and peer["up"], peer
-    assert len(refused) <= 10 and summaries, (refused, summaries)
+    assert counters.get("unauthenticated_failures", 0) >= 25, counters  # most were refused
+    assert len(refused) <= 15 and summaries, (refused, summaries)
     assert all(f'"source": "{GW_A_WAN_IP}:500"' in ln for ln in refused)
     assert grown < 64 * 1024, grown  # 3.85 MB before (77 KB per line)
     assert gw_a.peer_status()["up"]

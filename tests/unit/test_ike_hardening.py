@@ -145,8 +145,10 @@ def test_known_sas_are_served_before_new_requests(tmp_path):
     pair.a.check_liveness("b", pair.now)
     (liveness,) = [d for d in pair.a.datagrams_to_send()]
     for n in range(5):
-        pair.b.enqueue_datagram(init_request(n, spi_i=100 + n), (B_IP, 500), (ATTACKER, 500))
-    pair.b.enqueue_datagram(liveness.data, liveness.remote, liveness.local)
+        pair.b.enqueue_datagram(
+            init_request(n, spi_i=100 + n), (B_IP, 500), (ATTACKER, 500), pair.now
+        )
+    pair.b.enqueue_datagram(liveness.data, liveness.remote, liveness.local, pair.now)
     assert pair.b.pending() == 6
     assert pair.b.process_queued(pair.now, lambda: False) == 1  # one per call at least
     (answer,) = pair.b.datagrams_to_send()
@@ -158,15 +160,16 @@ def test_known_sas_are_served_before_new_requests(tmp_path):
 def test_inbox_is_bounded(tmp_path):
     pair = IkePair(tmp_path, start=False)
     for n in range(QUEUE_DATAGRAMS + 44):
-        pair.b.enqueue_datagram(init_request(n, spi_i=n + 1), (B_IP, 500), (ATTACKER, 500))
+        pair.b.enqueue_datagram(init_request(n, spi_i=n + 1), (B_IP, 500), (ATTACKER, 500), 0.0)
     assert pair.b.pending() == QUEUE_DATAGRAMS
     assert pair.b.counters["ike_queue_full"] == 44
-    pair.b.enqueue_datagram(b"\x00" * 12, (B_IP, 500), (ATTACKER, 500))  # checked first
+    pair.b.enqueue_datagram(b"\x00" * 12, (B_IP, 500), (ATTACKER, 500), 0.0)  # checked first
     assert pair.b.counters["malformed"] == 1 and pair.b.pending() == QUEUE_DATAGRAMS
 
 
 class FakeWork:
-    """A work clock that moves only when the IKE layer handles a message (``cost`` each)."""
+    """A work (or CPU) clock that moves only when the IKE layer handles a message, by
+    ``cost`` each."""
 
     def __init__(self, cost: float) -> None:
         self.t = 0.0
@@ -403,7 +406,7 @@ def json_log() -> Iterator[io.StringIO]:
 
 def _responder_core(tmp_path) -> DaemonCore:
     pair = IkePair(tmp_path, start=False)
-    return DaemonCore(pair.b_config, pair.now, work_clock=lambda: 0.0)  # no share limit
+    return DaemonCore(pair.b_config, pair.now, cpu_clock=lambda: 0.0)  # no share limit
 
 
 def test_fifty_huge_refused_offers_make_bounded_logs_and_no_peer_error(tmp_path, json_log):
@@ -504,20 +507,21 @@ def test_new_requests_get_a_bounded_share_of_the_daemons_time(tmp_path):
     from ipsecd.ike.manager import IkeManager
 
     pair = IkePair(tmp_path)
-    clock = FakeWork(NEW_WORK_BURST)  # each message costs the whole burst
-    b = IkeManager(pair.b_config, pair.now, work_clock=clock)
+    clock = FakeWork(NEW_WORK_BURST)  # each message costs the whole burst of CPU time
+    b = IkeManager(pair.b_config, pair.now, cpu_clock=clock)
     clock.charge(b)
-    b.enqueue_datagram(init_request(1, spi_i=1), (B_IP, 500), (ATTACKER, 500))
-    b.process_queued(pair.now)
+    now = pair.now
+    b.enqueue_datagram(init_request(1, spi_i=1), (B_IP, 500), (ATTACKER, 500), now)
+    b.process_queued(now)
     assert "ike_busy_dropped" not in b.counters
-    b.enqueue_datagram(init_request(2, spi_i=2), (B_IP, 500), (ATTACKER, 500))
+    b.enqueue_datagram(init_request(2, spi_i=2), (B_IP, 500), (ATTACKER, 500), now)
     assert b.counters["ike_busy_dropped"] == 1 and b.pending() == 0
     # The shell may leave the IKE port unread until half a burst is back.
-    assert b.intake_paused_for() == pytest.approx(NEW_WORK_BURST / 2 / NEW_WORK_SHARE)
+    assert b.intake_paused_for(now) == pytest.approx(NEW_WORK_BURST / 2 / NEW_WORK_SHARE)
     header = codec.Header(5, 6, 46, 2, 0, INFORMATIONAL, 0, 1, 28).encode()
     b.sas[5] = pair.b.ike_sa("a")  # a known SA by our SPI (the R-less header: SPIi)
-    b.enqueue_datagram(header, (B_IP, 4500), (A_IP, 4500))
+    b.enqueue_datagram(header, (B_IP, 4500), (A_IP, 4500), now)
     assert b.pending() == 1  # a known SA's message is queued in debt too
-    clock.t += NEW_WORK_BURST / NEW_WORK_SHARE  # the debt is paid off
-    b.enqueue_datagram(init_request(3, spi_i=3), (B_IP, 500), (ATTACKER, 500))
+    now += NEW_WORK_BURST / NEW_WORK_SHARE  # the debt is paid off as time passes
+    b.enqueue_datagram(init_request(3, spi_i=3), (B_IP, 500), (ATTACKER, 500), now)
     assert b.pending() == 2
