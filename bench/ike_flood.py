@@ -38,7 +38,12 @@ sys.path.insert(0, str(REPO))  # ahead of bench/ itself
 
 import tests.lab.daemons as daemons  # noqa: E402
 from tests.lab.daemons import site_specs, start_psk_pair  # noqa: E402
-from tests.lab.topology import HOST_B_IP, Topology, process_cpu_seconds  # noqa: E402
+from tests.lab.topology import (  # noqa: E402
+    HOST_B_IP,
+    Topology,
+    install_sigterm_handler,
+    process_cpu_seconds,
+)
 from tests.netns.test_ike_hardening import _env, _flood_cmd, _percentile  # noqa: E402
 
 SECONDS = 15
@@ -116,6 +121,7 @@ def main() -> None:
     parser.add_argument("--repo", help="run the daemons from this checkout instead")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
+    install_sigterm_handler()  # a killed run still tears its namespaces down
     if args.repo:
         daemons.REPO = Path(args.repo).resolve()
     rows = []

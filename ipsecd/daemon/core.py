@@ -147,8 +147,8 @@ class DaemonCore:
     """One gateway's SAs, traps and IKE manager; see the module docstring.
 
     ``random_bytes`` is the source of SPIs, nonces and jitter, handed to the IKE
-    manager (tests fix it); ``work_clock`` measures the IKE slice of :meth:`run_ike`,
-    ``cpu_clock`` the CPU time new requests take of their share (:mod:`ipsecd.ike.inbox`).
+    manager (tests fix it); ``work_clock`` measures how long IKE work takes: the slice of
+    :meth:`run_ike` and new requests' share of the time (:mod:`ipsecd.ike.inbox`).
     """
 
     def __init__(
@@ -158,12 +158,10 @@ class DaemonCore:
         *,
         random_bytes: Callable[[int], bytes] = os.urandom,
         work_clock: Callable[[], float] = time.perf_counter,
-        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         self.config = config
         self.random_bytes = random_bytes
         self.work_clock = work_clock
-        self.cpu_clock = cpu_clock
         self.log = logs.get_logger()
         self.started_at = now
         self.now = now  # the time of the call being handled (the trap's clock)
@@ -196,7 +194,7 @@ class DaemonCore:
             now,
             random_bytes=self.random_bytes,
             trace=self.ike_log.trace,
-            cpu_clock=self.cpu_clock,
+            work_clock=self.work_clock,
         )
 
     # -- what the shell opens --------------------------------------------------------------

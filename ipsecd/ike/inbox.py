@@ -19,8 +19,10 @@ first, so a flood of new requests cannot delay the exchanges of established peer
 Each queue holds at most :data:`QUEUE_DATAGRAMS` datagrams and :data:`QUEUE_BYTES`
 bytes; beyond, datagrams are dropped and counted (``ike_queue_full``).
 
-Work for the new queue (anyone can send it) may take at most :data:`NEW_WORK_SHARE`
-of the daemon's time: its CPU time, read from the shell's CPU clock, is charged to a
+Work for the new queue (anyone can send it) may keep the daemon busy at most
+:data:`NEW_WORK_SHARE` of the time: the time each such message takes, read from the
+shell's work clock (elapsed, not CPU time: being preempted in the middle of IKE work
+keeps ESP waiting just as much, so a loaded machine gets less of it), is charged to a
 token bucket refilled by the clock the shell passes as ``now``.  While that budget is in
 debt, new datagrams are dropped as they arrive (``ike_busy_dropped``), before any work.
 A daemon flooded with IKE_SA_INIT then still sleeps most of the time, and the kernel
@@ -44,7 +46,7 @@ from ipsecd.ratelimit import TokenBucket
 DEFAULT_MAX_IKE_DATAGRAM = 10_000  # bytes, strongSwan's charon.max_packet
 QUEUE_DATAGRAMS = 256  # per queue
 QUEUE_BYTES = 2 * 1024 * 1024  # per queue
-NEW_WORK_SHARE = 0.05  # seconds per second: the daemon's time for the new queue at most
+NEW_WORK_SHARE = 0.05  # seconds per second: the daemon busy with the new queue at most
 NEW_WORK_BURST = 0.01  # seconds of it at once: short bursts keep the daemon a light sleeper
 
 
@@ -74,15 +76,15 @@ class IkeInbox:
         counters: dict[str, int],
         max_datagram: int,
         now: float,
-        cpu_clock: Callable[[], float] | None = None,
+        work_clock: Callable[[], float] | None = None,
     ) -> None:
-        """``cpu_clock``: the CPU time the new queue's work takes (None: no share limit)."""
+        """``work_clock``: how long the new queue's work takes (None: no share limit)."""
         self.counters = counters
         self.max_datagram = max_datagram
         self._known = _Queue()
         self._new = _Queue()
-        self._cpu = cpu_clock
-        self._new_work = TokenBucket(NEW_WORK_SHARE, NEW_WORK_BURST, now) if cpu_clock else None
+        self._clock = work_clock
+        self._new_work = TokenBucket(NEW_WORK_SHARE, NEW_WORK_BURST, now) if work_clock else None
 
     def __len__(self) -> int:
         return len(self._known.items) + len(self._new.items)
@@ -139,15 +141,15 @@ class IkeInbox:
         handled = 0
         while (taken := self.take()) is not None:
             item, known = taken
-            if known or self._new_work is None or self._cpu is None:
+            if known or self._new_work is None or self._clock is None:
                 handle(item)
             elif self._over_budget(now):  # queued before the share ran out: not worked on
                 self._count("ike_busy_dropped")
                 continue
             else:
-                start = self._cpu()
+                start = self._clock()
                 handle(item)
-                self._new_work.spend(self._cpu() - start, now)
+                self._new_work.spend(self._clock() - start, now)
             handled += 1
             if not more():
                 break

@@ -97,7 +97,7 @@ class IkeManager:
         keepalive_interval: float = NAT_KEEPALIVE_INTERVAL,
         random_bytes: RandomBytes = os.urandom,
         trace: Trace | None = None,
-        cpu_clock: Callable[[], float] | None = None,
+        work_clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         gw = config.gateway
@@ -113,8 +113,9 @@ class IkeManager:
         self.counters: dict[str, int] = {}
         # Responder SAs before IKE_AUTH, by (remote ip, SPIi); cookies and limits (§2.6).
         self.half_open = HalfOpenTable(DosLimits.from_gateway(gw), self.counters, now)
-        # cpu_clock: the process's CPU time, for the share of new requests (inbox.py).
-        self.inbox = IkeInbox(self.counters, gw.max_ike_datagram, now, cpu_clock)
+        # work_clock: the shell's clock for how long work takes, for the share of new
+        # requests (inbox.py).
+        self.inbox = IkeInbox(self.counters, gw.max_ike_datagram, now, work_clock)
         self.trace = trace
         self._outgoing: list[OutgoingDatagram] = []
         self._events: deque[Event] = deque()

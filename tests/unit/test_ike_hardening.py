@@ -168,8 +168,7 @@ def test_inbox_is_bounded(tmp_path):
 
 
 class FakeWork:
-    """A work (or CPU) clock that moves only when the IKE layer handles a message, by
-    ``cost`` each."""
+    """A work clock that moves only when the IKE layer handles a message, by ``cost`` each."""
 
     def __init__(self, cost: float) -> None:
         self.t = 0.0
@@ -406,7 +405,7 @@ def json_log() -> Iterator[io.StringIO]:
 
 def _responder_core(tmp_path) -> DaemonCore:
     pair = IkePair(tmp_path, start=False)
-    return DaemonCore(pair.b_config, pair.now, cpu_clock=lambda: 0.0)  # no share limit
+    return DaemonCore(pair.b_config, pair.now, work_clock=lambda: 0.0)  # no share limit
 
 
 def test_fifty_huge_refused_offers_make_bounded_logs_and_no_peer_error(tmp_path, json_log):
@@ -507,8 +506,8 @@ def test_new_requests_get_a_bounded_share_of_the_daemons_time(tmp_path):
     from ipsecd.ike.manager import IkeManager
 
     pair = IkePair(tmp_path)
-    clock = FakeWork(NEW_WORK_BURST)  # each message costs the whole burst of CPU time
-    b = IkeManager(pair.b_config, pair.now, cpu_clock=clock)
+    clock = FakeWork(NEW_WORK_BURST)  # each message takes the whole burst
+    b = IkeManager(pair.b_config, pair.now, work_clock=clock)
     clock.charge(b)
     now = pair.now
     b.enqueue_datagram(init_request(1, spi_i=1), (B_IP, 500), (ATTACKER, 500), now)
