@@ -28,6 +28,7 @@ from ipsecd.daemon.privilege import drop_privileges
 from ipsecd.daemon.sdnotify import Notifier
 from ipsecd.daemon.status import DaemonStatus, DataplaneStatus
 from ipsecd.dataplane.sad import Address
+from ipsecd.dataplane.sockfilter import drop_larger_than
 from ipsecd.dataplane.tun import TunDevice
 from ipsecd.dataplane.udp import UdpSocket
 
@@ -66,9 +67,19 @@ class Daemon:
             # GSO/GRO on the ESP port only: IKE messages come one at a time.
             sock = UdpSocket(address, port, offload=offload and port == gw.port)
             self.sockets[sock.local] = sock
+            if port == gw.ike_port != gw.port:
+                self._drop_oversized(sock, gw.max_ike_datagram)
             self._loop.add_reader(sock.fd, self._on_udp, sock)
         self._loop.add_reader(self.tun.fd, self._on_tun)
         await self._change_routes()
+
+    def _drop_oversized(self, sock: UdpSocket, limit: int) -> None:
+        """IKE datagrams over ``gateway.max_ike_datagram`` die in the kernel, unread (the
+        IKE port has no GRO; the NAT-T port, which has, drops them after reading)."""
+        try:
+            drop_larger_than(sock.sock, limit)
+        except OSError as exc:
+            self.log.warning("no kernel filter for oversized IKE datagrams", error=str(exc))
 
     # -- packet paths ----------------------------------------------------------------------
     def _on_tun(self) -> None:

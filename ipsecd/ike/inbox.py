@@ -47,7 +47,7 @@ DEFAULT_MAX_IKE_DATAGRAM = 10_000  # bytes, strongSwan's charon.max_packet
 QUEUE_DATAGRAMS = 256  # per queue
 QUEUE_BYTES = 2 * 1024 * 1024  # per queue
 NEW_WORK_SHARE = 0.05  # seconds per second: the daemon busy with the new queue at most
-NEW_WORK_BURST = 0.01  # seconds of it at once: short bursts keep the daemon a light sleeper
+NEW_WORK_BURST = 0.002  # seconds of it at once: short bursts keep the daemon a light sleeper
 
 
 @dataclass(frozen=True)

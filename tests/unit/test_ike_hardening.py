@@ -193,7 +193,10 @@ def _peer_esp(rig: CoreRig, inner: bytes) -> bytes:
     return child_sa("a", child, (B_IP, 4500), rig.now).outbound.encapsulate(inner, 4)
 
 
-def test_esp_of_a_burst_is_not_held_behind_its_ike(tmp_path):
+def test_esp_of_a_burst_is_not_held_behind_its_ike(tmp_path, monkeypatch):
+    from ipsecd.ike import inbox
+
+    monkeypatch.setattr(inbox, "NEW_WORK_BURST", 1.0)  # the slices, not the share, here
     clock = FakeWork(IKE_SLICE / 4)  # each IKE message "costs" a quarter slice
     rig = CoreRig(tmp_path, side_a(start="respond"), side_b(start="initiate"), work_clock=clock)
     clock.charge(rig.ike)
@@ -524,3 +527,27 @@ def test_new_requests_get_a_bounded_share_of_the_daemons_time(tmp_path):
     now += NEW_WORK_BURST / NEW_WORK_SHARE  # the debt is paid off as time passes
     b.enqueue_datagram(init_request(3, spi_i=3), (B_IP, 500), (ATTACKER, 500), now)
     assert b.pending() == 2
+
+
+def test_the_kernel_drops_datagrams_over_the_limit_on_a_filtered_socket():
+    """ipsecd.dataplane.sockfilter on a loopback UDP socket: 100 bytes pass, 101 do not."""
+    import socket
+
+    from ipsecd.dataplane.sockfilter import drop_larger_than
+
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        drop_larger_than(rx, 100)
+        rx.settimeout(1.0)
+        for size in (101, 100, 65_000, 99):
+            tx.sendto(bytes(size), rx.getsockname())
+        assert len(rx.recv(70_000)) == 100
+        assert len(rx.recv(70_000)) == 99
+        rx.settimeout(0.05)
+        with pytest.raises(TimeoutError):
+            rx.recv(70_000)
+    finally:
+        rx.close()
+        tx.close()
