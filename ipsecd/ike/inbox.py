@@ -1,4 +1,4 @@
-"""Received IKE datagrams waiting for the IKE layer: checked cheaply, bounded, known SAs first.
+"""Received IKE datagrams waiting for the IKE layer: checked cheaply, bounded, in two queues.
 
 The shell reads UDP in bursts; ESP in a burst is handled at once, while its IKE
 datagrams only pass the cheap checks here and wait in :class:`IkeInbox` until the
@@ -13,11 +13,16 @@ Cheap checks, in order, before anything is decoded:
    their reassembly has its own budget (:mod:`ipsecd.ike.fragments`);
 2. the 28-byte IKE header parses and its length is the datagram's (RFC 7296 §3.1).
 
-Messages for an IKE SA we hold (by our SPI) go to the *known* queue, everything else
-(new IKE_SA_INIT requests, unknown SPIs) to the *new* one; the known queue is served
-first, so a flood of new requests cannot delay the exchanges of established peers.
-Each queue holds at most :data:`QUEUE_DATAGRAMS` datagrams and :data:`QUEUE_BYTES`
-bytes; beyond, datagrams are dropped and counted (``ike_queue_full``).
+Messages for an IKE SA we hold (by our SPI, or retransmissions of a half-open SA's
+IKE_SA_INIT) go to the *known* queue, everything else (new IKE_SA_INIT requests, unknown
+SPIs) to the *new* one.  Each queue holds at most :data:`QUEUE_DATAGRAMS` datagrams and
+:data:`QUEUE_BYTES` bytes; beyond, datagrams are dropped and counted (``ike_queue_full``),
+so a flood of new requests cannot crowd out the messages of existing IKE SAs.  Both are
+served in the order the datagrams arrived: the order of an IKE_SA_INIT request and the
+answer to our own crossing it decides which IKE SA carries N(INITIAL_CONTACT) first
+(RFC 7296 §2.4), as it would without the queues; a flood in the new queue delays a known
+message by little, as the share below drops what it cannot afford at a few microseconds
+each.
 
 Work for the new queue (anyone can send it) may keep the daemon busy at most
 :data:`NEW_WORK_SHARE` of the time: the time each such message takes, read from the
@@ -64,7 +69,7 @@ class _Queue:
     __slots__ = ("items", "bytes")
 
     def __init__(self) -> None:
-        self.items: deque[Received] = deque()
+        self.items: deque[tuple[int, Received]] = deque()  # (arrival number, datagram)
         self.bytes = 0
 
 
@@ -83,6 +88,7 @@ class IkeInbox:
         self.max_datagram = max_datagram
         self._known = _Queue()
         self._new = _Queue()
+        self._arrivals = 0
         self._clock = work_clock
         self._new_work = TokenBucket(NEW_WORK_SHARE, NEW_WORK_BURST, now) if work_clock else None
 
@@ -109,7 +115,8 @@ class IkeInbox:
         if len(queue.items) >= QUEUE_DATAGRAMS or queue.bytes + len(item.data) > QUEUE_BYTES:
             self._count("ike_queue_full")
             return
-        queue.items.append(item)
+        self._arrivals += 1
+        queue.items.append((self._arrivals, item))
         queue.bytes += len(item.data)
 
     def paused_for(self, now: float) -> float:
@@ -125,26 +132,33 @@ class IkeInbox:
         return self._new_work is not None and not self._new_work.available(now)
 
     def take(self) -> tuple[Received, bool] | None:
-        """The next datagram and whether it is for a known SA: known SAs first."""
-        for queue in (self._known, self._new):
-            if queue.items:
-                item = queue.items.popleft()
-                queue.bytes -= len(item.data)
-                return item, queue is self._known
-        return None
+        """The datagram that arrived first, and whether it is for a known SA."""
+        known, new = self._known.items, self._new.items
+        if not known and not new:
+            return None
+        queue = self._known if known and (not new or known[0][0] < new[0][0]) else self._new
+        _, item = queue.items.popleft()
+        queue.bytes -= len(item.data)
+        return item, queue is self._known
 
     def drain(
-        self, handle: Callable[[Received], None], more: Callable[[], bool], now: float
+        self,
+        handle: Callable[[Received], None],
+        more: Callable[[], bool],
+        now: float,
+        known_now: Callable[[Received], bool] = lambda _item: False,
     ) -> int:
         """Hand queued datagrams to ``handle`` while ``more()`` (at least one); returns
-        how many were handled.  The new queue's work is charged to its budget."""
+        how many were handled.  The new queue's work is charged to its budget;
+        ``known_now`` says whether a new one has become known meanwhile (the second copy
+        of an IKE_SA_INIT whose first copy, in the same burst, made a half-open SA)."""
         handled = 0
         while (taken := self.take()) is not None:
             item, known = taken
             if known or self._new_work is None or self._clock is None:
                 handle(item)
-            elif self._over_budget(now):  # queued before the share ran out: not worked on
-                self._count("ike_busy_dropped")
+            elif self._over_budget(now) and not known_now(item):
+                self._count("ike_busy_dropped")  # queued before the share ran out
                 continue
             else:
                 start = self._clock()

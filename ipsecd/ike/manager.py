@@ -251,15 +251,18 @@ class IkeManager:
     ) -> None:
         """Take one IKE message for later (:meth:`process_queued`) after the cheap checks
         only: its size and header (:mod:`ipsecd.ike.inbox`).  Messages for an IKE SA we
-        hold are queued ahead of new IKE_SA_INIT requests and unknown SPIs."""
+        hold are queued apart from new IKE_SA_INIT requests and unknown SPIs."""
         header = self.inbox.check(data)
         if header is None:
             return
         item = Received(bytes(data), header, _address(local), _address(remote))
-        self.inbox.offer(item, self._for_known_sa(header), now)
+        self.inbox.offer(item, self._for_known_sa(header, item.remote), now)
 
     def intake_paused_for(self, now: float) -> float:
-        """Seconds during which new requests would be dropped (:mod:`ipsecd.ike.inbox`)."""
+        """Seconds during which the IKE port may stay unread: new requests would be dropped
+        (:mod:`ipsecd.ike.inbox`), and no IKE_SA_INIT of ours waits for its answer there."""
+        if any(sa.state is IkeState.INIT_SENT for sa in self.sas.values()):
+            return 0.0
         return self.inbox.paused_for(now)
 
     def pending(self) -> int:
@@ -269,7 +272,12 @@ class IkeManager:
     def process_queued(self, now: float, more: Callable[[], bool] = lambda: True) -> int:
         """Process queued messages while ``more()`` says so (at least one); returns how
         many.  The shell's ``more`` is its time budget for IKE work per wake-up."""
-        return self.inbox.drain(lambda item: self._handle(item, now), more, now)
+        return self.inbox.drain(
+            lambda item: self._handle(item, now),
+            more,
+            now,
+            known_now=lambda item: self._for_known_sa(item.header, item.remote),
+        )
 
     def _handle(self, item: Received, now: float) -> None:
         try:
@@ -277,10 +285,11 @@ class IkeManager:
         except Exception:  # a bug or hostile input must not take the daemon down
             self._count("internal_error")
 
-    def _for_known_sa(self, header: codec.Header) -> bool:
-        """Whether a message belongs to an IKE SA we hold (by our SPI, RFC 7296 §2.6)."""
+    def _for_known_sa(self, header: codec.Header, remote: Address) -> bool:
+        """Whether a message belongs to an IKE SA we hold (by our SPI, RFC 7296 §2.6), or
+        retransmits the IKE_SA_INIT of a half-open one (answered from its cache)."""
         if header.exchange_type == ExchangeType.IKE_SA_INIT and header.spi_r == 0:
-            return False
+            return self.half_open.get((remote[0], header.spi_i)) is not None
         sa = self.sas.get(header.spi_r if header.initiator else header.spi_i)
         return sa is not None and sa.alive
 

@@ -139,22 +139,25 @@ def test_cheap_path_cost_does_not_grow_with_the_datagram():
         assert per_call < 0.005, per_call  # 67 ms before (a full decode), ~0.05 ms now
 
 
-def test_known_sas_are_served_before_new_requests(tmp_path):
+def test_a_flood_cannot_crowd_out_known_sas_and_arrival_order_is_kept(tmp_path):
     pair = IkePair(tmp_path)
     sa = pair.a.ike_sa("b")
     pair.a.check_liveness("b", pair.now)
     (liveness,) = [d for d in pair.a.datagrams_to_send()]
-    for n in range(5):
+    for n in range(QUEUE_DATAGRAMS + 10):
         pair.b.enqueue_datagram(
             init_request(n, spi_i=100 + n), (B_IP, 500), (ATTACKER, 500), pair.now
         )
+    assert pair.b.counters["ike_queue_full"] == 10  # the new queue is full ...
     pair.b.enqueue_datagram(liveness.data, liveness.remote, liveness.local, pair.now)
-    assert pair.b.pending() == 6
+    assert pair.b.pending() == QUEUE_DATAGRAMS + 1  # ... the known one has room
     assert pair.b.process_queued(pair.now, lambda: False) == 1  # one per call at least
-    (answer,) = pair.b.datagrams_to_send()
-    assert answer.data[18] == INFORMATIONAL and answer.remote == (A_IP, 4500)
-    assert pair.b.process_queued(pair.now) == 5 and pair.b.pending() == 0
-    assert sa.alive
+    (first,) = pair.b.datagrams_to_send()
+    assert first.data[18] == IKE_SA_INIT  # the one that came first
+    pair.b.process_queued(pair.now)
+    answers = pair.b.datagrams_to_send()
+    assert answers[-1].data[18] == INFORMATIONAL and answers[-1].remote == (A_IP, 4500)
+    assert pair.b.pending() == 0 and sa.alive
 
 
 def test_inbox_is_bounded(tmp_path):
