@@ -58,6 +58,8 @@ CONFIG_DOCS: dict[str, str] = {
     "gateway.half_open_limit": "At most this many half-open IKE SAs in all.",
     "gateway.fragment_size": "Largest IKE datagram sent to a peer that supports IKE "
     "fragmentation (RFC 7383); auto: 1280 towards IPv4 peers, 1232 towards IPv6 peers.",
+    "gateway.max_ike_datagram": "Largest IKE datagram accepted (bytes, after the non-ESP "
+    "marker), checked before anything is decoded; RFC 7383 fragments count one by one.",
     "gateway.offload": "TUN offloads (virtio-net header, TSO) and UDP GSO/GRO; false sends one "
     "packet per system call.",
     "gateway.user": "The account the daemon switches to once its devices and sockets exist, "

@@ -58,6 +58,7 @@ def _gateway(gw: GatewayConfig) -> dict[str, Any]:
         "half_open_per_source": gw.half_open_per_source,
         "half_open_limit": gw.half_open_limit,
         "fragment_size": _auto(gw.fragment_size),
+        "max_ike_datagram": gw.max_ike_datagram,
         "offload": gw.offload,
         "wakeup_interval_ms": gw.wakeup_interval_ms,
         "user": effective_user(gw.user),

@@ -158,6 +158,9 @@ class GatewayConfig:
     half_open_limit: int = 1000  # half-open IKE SAs in all; beyond, requests are dropped
     # Largest IKE datagram (UDP payload) before RFC 7383 fragmentation; None: by family.
     fragment_size: int | None = None
+    # Largest IKE datagram accepted, checked before anything is decoded (strongSwan's
+    # charon.max_packet); RFC 7383 fragments count one by one (ipsecd.ike.inbox).
+    max_ike_datagram: int = 10_000
     offload: bool = True  # TUN TSO/GRO (virtio-net header) and UDP GSO/GRO on the data plane
     # Wake the event loop this often even with nothing to do (0: never), so that an idle
     # tunnel's next packet does not meet a process and CPU gone cold (README "Performance").

@@ -38,6 +38,7 @@ from ipsecd.daemon.warmup import warm_up
 from ipsecd.dataplane.bypass import BypassRule
 from ipsecd.dataplane.raw import RawSocket
 from ipsecd.dataplane.sad import Address
+from ipsecd.dataplane.sockfilter import drop_larger_than
 from ipsecd.dataplane.tun import TunDevice
 from ipsecd.dataplane.udp import UdpSocket
 from ipsecd.oserrors import OSErrorAt
@@ -82,6 +83,8 @@ class Daemon:
         gw = config.gateway
         self.bypass = BypassRule(gw.fwmark, gw.route_table)  # transport-mode routes
         self._ike_timer: asyncio.TimerHandle | None = None
+        self._ike_slice: asyncio.Handle | None = None  # queued IKE work (core.run_ike)
+        self._ike_port_paused = False  # new requests used up their share (core.ike_port_pause)
         self._stop = asyncio.Event()
         self._control: ControlServer | None = None
         self._metrics: MetricsServer | None = None
@@ -106,6 +109,8 @@ class Daemon:
             # GSO/GRO on the ESP port only: IKE messages come one at a time.
             sock = UdpSocket(address, port, offload=offload and port == gw.port, mark=gw.fwmark)
             self.sockets[sock.local] = sock
+            if port == gw.ike_port != gw.port:
+                self._drop_oversized(sock, gw.max_ike_datagram)
             self._loop.add_reader(sock.fd, self._on_udp, sock)
         for address, protocol in self.core.raw_endpoints():  # ESP/AH directly over IP
             try:
@@ -124,6 +129,14 @@ class Daemon:
         self._loop.add_reader(self.tun.fd, self._on_tun)
         await self._change_routes()
 
+    def _drop_oversized(self, sock: UdpSocket, limit: int) -> None:
+        """IKE datagrams over ``gateway.max_ike_datagram`` die in the kernel, unread (the
+        IKE port has no GRO; the NAT-T port, which has, drops them after reading)."""
+        try:
+            drop_larger_than(sock.sock, limit)
+        except OSError as exc:
+            self.log.warning("no kernel filter for oversized IKE datagrams", error=str(exc))
+
     # -- packet paths ----------------------------------------------------------------------
     def _on_tun(self) -> None:
         assert self.tun is not None
@@ -137,6 +150,27 @@ class Daemon:
         if datagrams:
             self.core.from_udp(datagrams, sock.local, time.monotonic())
             self._flush()
+            self._pause_ike_port()
+
+    def _pause_ike_port(self) -> None:
+        """New requests used up their share of our time (a flood): leave the IKE port
+        unread until the share is back, so the kernel drops them at no cost to us.  Only
+        new requests arrive there; IKE moves to the NAT-T port after IKE_SA_INIT."""
+        pause = self.core.ike_port_pause(time.monotonic())
+        if not pause or self._ike_port_paused:
+            return
+        gw = self.config.gateway
+        ike_ports = [s for s in self.sockets.values() if s.local[1] == gw.ike_port != gw.port]
+        for sock in ike_ports:
+            self._loop.remove_reader(sock.fd)
+        self._ike_port_paused = True
+        self._loop.call_later(pause, self._resume_ike_port, ike_ports)
+
+    def _resume_ike_port(self, ike_ports: list[UdpSocket]) -> None:
+        self._ike_port_paused = False
+        for sock in ike_ports:
+            if self.sockets.get(sock.local) is sock:
+                self._loop.add_reader(sock.fd, self._on_udp, sock)
 
     def _on_raw(self, sock: RawSocket) -> None:
         packets = sock.recv_batch(BURST)
@@ -168,6 +202,16 @@ class Daemon:
         if when is not None:
             delay = max(0.0, when - time.monotonic())
             self._ike_timer = self._loop.call_later(delay, self._on_ike_timer)
+        if self._ike_slice is None and self.core.ike_pending():
+            # After what this burst sent and wrote: one slice of IKE work per loop turn,
+            # so ESP read meanwhile is never held behind it (issue 12).
+            self._ike_slice = self._loop.call_soon(self._on_ike_slice)
+
+    def _on_ike_slice(self) -> None:
+        self._ike_slice = None
+        self.core.run_ike(time.monotonic())
+        self._flush()
+        self._pause_ike_port()
 
     def _on_ike_timer(self) -> None:
         self._ike_timer = None
@@ -364,6 +408,8 @@ class Daemon:
     async def _close(self) -> None:
         if self._ike_timer is not None:
             self._ike_timer.cancel()
+        if self._ike_slice is not None:
+            self._ike_slice.cancel()
         self.resolver.close()
         sockets: list[UdpSocket | RawSocket] = [*self.sockets.values(), *self.raw_sockets.values()]
         for sock in sockets:

@@ -9,6 +9,10 @@ what the core asks for:
   :meth:`DaemonCore.datagrams_to_send` (ESP and IKE, framed for the wire, in order),
   :meth:`DaemonCore.raw_to_send` (ESP/AH directly over IP, whole IP packets) and
   :meth:`DaemonCore.packets_to_tun` give what goes out;
+* IKE in a UDP burst is only queued (after cheap checks); while
+  :meth:`DaemonCore.ike_pending`, the shell calls :meth:`DaemonCore.run_ike`, which
+  works through the queue for at most :data:`IKE_SLICE` seconds, after the burst's ESP
+  went out: IKE work never holds up ESP (issue 12);
 * :meth:`DaemonCore.get_timer` says when :meth:`DaemonCore.handle_timer` is due;
 * :meth:`DaemonCore.routes_to_change` lists the TUN routes to add or remove
   (at start and after :meth:`DaemonCore.reload`); a transport-mode peer's address
@@ -28,6 +32,7 @@ Unit tests drive it with plain calls, fake devices and a fake clock.
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -39,6 +44,7 @@ from ipsecd.config import ChildConfig, Config, PeerConfig
 from ipsecd.config.schema import IpAddress
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.daemon import logs
+from ipsecd.daemon.ikelog import IkeLog
 from ipsecd.daemon.ledger import Ledger
 from ipsecd.daemon.outcomes import Outcomes, Summary
 from ipsecd.daemon.status import (
@@ -76,6 +82,8 @@ Batch = tuple[Address, Address, list[bytes]]
 RawBatch = tuple[str, int, str, list[bytes]]
 
 IKE_SUMMARY_KEYS = ("local_spi", "remote_spi", "algorithm", "local", "remote")
+# Seconds of IKE work per wake-up (run_ike, by the work clock): ESP waits no longer.
+IKE_SLICE = 0.002
 
 
 @dataclass(frozen=True)
@@ -227,7 +235,8 @@ class DaemonCore:
     """One gateway's SAs, traps and IKE manager; see the module docstring.
 
     ``random_bytes`` is the source of SPIs, nonces and jitter, handed to the IKE
-    manager (tests fix it).
+    manager (tests fix it); ``work_clock`` measures how long IKE work takes: the slice of
+    :meth:`run_ike` and new requests' share of the time (:mod:`ipsecd.ike.inbox`).
     """
 
     def __init__(
@@ -236,15 +245,18 @@ class DaemonCore:
         now: float,
         *,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        work_clock: Callable[[], float] = time.perf_counter,
         resolver: Resolver | None = None,
     ) -> None:
         self.config = config
         self.random_bytes = random_bytes
+        self.work_clock = work_clock
         # DNS names in remote_address: the shell's lookup (tests fix it); None: none.
         self.resolver = resolver
         self.log = logs.get_logger()
         self.started_at = now
         self.now = now  # the time of the call being handled (the trap's clock)
+        self.ike_log = IkeLog(self.log, lambda: self.now)
         self.counters: Counter[str] = Counter()
         self.last_error: dict[str, str] = {}
         self.ledger = Ledger()  # per-peer totals across rekeys, last packet times (status)
@@ -271,7 +283,14 @@ class DaemonCore:
         self._sas_changed()
 
     def _ike_manager(self, config: Config, now: float) -> IkeManager:
-        return IkeManager(config, now, random_bytes=self.random_bytes, resolve=self._resolve)
+        return IkeManager(
+            config,
+            now,
+            random_bytes=self.random_bytes,
+            trace=self.ike_log.trace,
+            work_clock=self.work_clock,
+            resolve=self._resolve,
+        )
 
     def _resolve(self, name: str, version: int) -> list[IpAddress]:
         """The IKE layer asks for a peer's DNS name (at every initiation): the shell's
@@ -349,8 +368,13 @@ class DaemonCore:
         return out
 
     def get_timer(self) -> float | None:
-        """When :meth:`handle_timer` is due: the IKE layer's timers, waiting commands."""
-        due = [self.outcomes.deadline(), self.ike.get_timer() if self.ike is not None else None]
+        """When :meth:`handle_timer` is due: the IKE layer's timers, waiting commands, the
+        next summary of suppressed log lines."""
+        due = [
+            self.outcomes.deadline(),
+            self.ike.get_timer() if self.ike is not None else None,
+            self.ike_log.next_summary(),
+        ]
         return min((t for t in due if t is not None), default=None)
 
     def status_line(self) -> str:
@@ -436,7 +460,7 @@ class DaemonCore:
         gw = self.config.gateway
         if local[1] == gw.ike_port and local[1] != gw.port:
             for data, remote in datagrams:
-                self._ike_receive(bytes(data), local, remote, now)
+                self._ike_receive(data, local, remote, now)
             return
         to_tun, ike, moved = self.processor.from_udp(datagrams)
         self._to_tun += to_tun
@@ -486,17 +510,40 @@ class DaemonCore:
         self._pump(now)
 
     # -- IKE ---------------------------------------------------------------------------------
-    def _ike_receive(self, data: bytes, local: Address, remote: Address, now: float) -> None:
+    def _ike_receive(
+        self, data: bytes | memoryview, local: Address, remote: Address, now: float
+    ) -> None:
+        """Queue one IKE message after the cheap checks; :meth:`run_ike` processes it."""
         if self.ike is None:
             self.counters["ike_without_ike_peers"] += 1
             return
-        self.ike.receive_datagram(data, local, remote, now)
+        self.ike.enqueue_datagram(data, local, remote, now)
+
+    def ike_port_pause(self, now: float) -> float:
+        """Seconds the shell may leave the IKE port unread: new requests would be dropped
+        meanwhile anyway (their share of the daemon's time is used up), and only new
+        requests arrive there (IKE moves to the NAT-T port after IKE_SA_INIT)."""
+        return self.ike.intake_paused_for(now) if self.ike is not None else 0.0
+
+    def ike_pending(self) -> bool:
+        """IKE messages wait for :meth:`run_ike`."""
+        return self.ike is not None and self.ike.pending() > 0
+
+    def run_ike(self, now: float) -> None:
+        """Process queued IKE messages for at most :data:`IKE_SLICE` seconds of work (at
+        least one message), then apply what they caused; the rest waits for the next call."""
+        self.now = now
+        if self.ike is None or not self.ike.pending():
+            return
+        deadline = self.work_clock() + IKE_SLICE
+        self.ike.process_queued(now, lambda: self.work_clock() < deadline)
         self._pump(now)
 
     def handle_timer(self, now: float) -> None:
         """The timer fired: report data-plane usage, run the manager's timers, answer the
         control commands whose wait is over."""
         self.now = now
+        self.ike_log.summarize(now)
         if self.ike is not None:
             self._report_usage(self.ike, now)
             self.ike.handle_timer(now)
@@ -630,6 +677,12 @@ class DaemonCore:
                     # RFC 7296 §2.4 / strongSwan dpd_action=trap: down until traffic needs it.
                     for c in self.config.peer(peer).children:
                         self.trap.watch(trap_key(peer, c.name), c.local_ts, c.remote_ts)
+            case ev.UnauthenticatedFailure():
+                # Not the peer's: no last_error, no trap change (issue 12); counted by the
+                # IKE manager (ike_counters: unauthenticated_failures).
+                self.ike_log.unauthenticated_failure(event)
+            case ev.IkeRetransmit():
+                self.ike_log.retransmit(event)
             case ev.NegotiationFailed(peer=peer, reason=reason, child=child_name):
                 self.last_error[peer] = reason
                 self.counters["negotiation_failed"] += 1

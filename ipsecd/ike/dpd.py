@@ -36,6 +36,7 @@ from ipsecd.ike.events import Address, OutgoingDatagram
 from ipsecd.ike.exchanges.informational import LivenessCheck
 from ipsecd.ike.payloads import Notify
 from ipsecd.ike.sa import IkeSa, IkeState
+from ipsecd.ratelimit import TokenBucket
 
 INVALID_SPI_RATE = 10  # INVALID_IKE_SPI answers per second at most (all sources together)
 INVALID_SPI_RESPONSE_LEN = 36  # IKE header + a Notify without SPI or data
@@ -88,8 +89,7 @@ class InvalidSpiResponder:
 
     def __init__(self, rate: int = INVALID_SPI_RATE) -> None:
         self.rate = rate
-        self._second = -1
-        self._sent = 0
+        self._bucket: TokenBucket | None = None  # full at the first request
 
     def answer(
         self,
@@ -111,12 +111,10 @@ class InvalidSpiResponder:
             return None
         if request_len < INVALID_SPI_RESPONSE_LEN:
             return None
-        second = int(now)
-        if second != self._second:
-            self._second, self._sent = second, 0
-        if self._sent >= self.rate:
+        if self._bucket is None:
+            self._bucket = TokenBucket(self.rate, self.rate, now)
+        if not self._bucket.take(now):
             return None
-        self._sent += 1
         data = codec.encode(
             codec.Message(
                 spi_i=header.spi_i,

@@ -195,3 +195,35 @@ class PeerAddressChanged(Event):
     peer: str
     local: Address
     remote: Address
+
+
+@dataclass(frozen=True)
+class UnauthenticatedFailure(Event):
+    """A negotiation with an initiator that never authenticated failed (issue 12).
+
+    Before IKE_AUTH completes a responder knows only where a request came from, so
+    the failure is the source's (``source``: address and port), never a configured
+    peer's: the shell logs and counts it (rate-limited per source) and leaves every
+    peer's state and ``last_error`` alone.
+    """
+
+    source: Address
+    reason: str
+
+
+@dataclass(frozen=True)
+class IkeRetransmit(Event):
+    """Our request went unanswered and was sent again (RFC 7296 §2.1).
+
+    ``number`` counts the retransmissions of this request (1 for the first), of at
+    most ``limit``; ``next_timeout`` is how long we now wait before the next one (or
+    before giving up after the last).
+    """
+
+    peer: str
+    exchange: str
+    message_id: int
+    number: int
+    limit: int
+    next_timeout: float
+    remote: Address

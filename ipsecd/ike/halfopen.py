@@ -21,16 +21,29 @@ is created or any Diffie-Hellman is computed:
    (as in strongSwan), so the retransmissions of one initiator are not
    answered with and without a cookie in turn.
 
+Cheap checks first (issue 12): before any of this the request passed the
+size and header checks of :mod:`ipsecd.ike.inbox`; admission then reads only
+the generic payload headers (:func:`scan_init`: at most
+:data:`MAX_INIT_PAYLOADS` of them, bodies skipped but for the nonce and the
+first COOKIE notify) and decodes the whole message only once it is accepted.
+A request with an unknown critical payload is answered with
+UNSUPPORTED_CRITICAL_PAYLOAD (RFC 7296 §2.5), statelessly, cookies or not.
+
 No amplification: nothing is sent in answer to an unauthenticated request
-that is more than :data:`AMPLIFICATION_FACTOR` times its size; such an answer
-is dropped and counted (``amplification_refused``) and leaves no SA behind.
-Half-open SAs expire after ``RetransmitPolicy.half_open_timeout`` (30 s).
+that is larger than the request, except the IKE_SA_INIT answer and a COOKIE
+(at most :data:`AMPLIFICATION_FACTOR` times the request): error notifies
+(INVALID_KE_PAYLOAD, NO_PROPOSAL_CHOSEN, INVALID_SYNTAX,
+UNSUPPORTED_CRITICAL_PAYLOAD) are held to 1x (:func:`answer_limit`).  An
+answer beyond its bound is dropped and counted (``amplification_refused``) and
+leaves no SA behind.  Half-open SAs expire after
+``RetransmitPolicy.half_open_timeout`` (30 s).
 
 Counters (in the manager's ``counters``): ``cookies_sent``,
 ``cookies_valid``, ``cookies_invalid`` (``cookies_stale`` for the stale
 ones among them), ``half_open_dropped`` (global limit),
 ``half_open_source_dropped`` (per-source limit), ``init_replays``,
-``init_request_mismatch``, ``amplification_refused``.
+``init_request_mismatch``, ``amplification_refused``, ``malformed``,
+``unsupported_critical_payload``.
 """
 
 from __future__ import annotations
@@ -44,16 +57,24 @@ from typing import Any
 
 from ipsecd.config.schema import GatewayConfig
 from ipsecd.ike import message as codec
-from ipsecd.ike.constants import ExchangeType, NotifyType
+from ipsecd.ike.constants import (
+    IKE_HEADER_LEN,
+    IKE_MAJOR_VERSION,
+    ExchangeType,
+    NotifyType,
+    PayloadType,
+)
 from ipsecd.ike.cookies import CookieCheck, CookieSecrets
 from ipsecd.ike.errors import MalformedMessage
-from ipsecd.ike.payloads import KeyExchange, Nonce, Notify, SecurityAssociation
+from ipsecd.ike.payloads import Notify
 from ipsecd.ike.sa import IkeSa
 
 DEFAULT_COOKIE_THRESHOLD = 10  # like strongSwan's charon.cookie_threshold
 DEFAULT_HALF_OPEN_PER_SOURCE = 5  # like charon.block_threshold
 DEFAULT_HALF_OPEN_LIMIT = 1000
-AMPLIFICATION_FACTOR = 3  # an answer to an unauthenticated request: at most 3x its size
+AMPLIFICATION_FACTOR = 3  # an IKE_SA_INIT answer or COOKIE: at most 3x the request
+ERROR_ANSWER_FACTOR = 1  # an error notify answering an unauthenticated request: at most 1x
+MAX_INIT_PAYLOADS = 64  # payloads an IKE_SA_INIT request may carry (charon sends ~15)
 REPLAY_MEMORY_SIZE = 4096
 REPLAY_MEMORY_TIME = 3600.0
 COOKIE_CALMDOWN = 10.0  # seconds cookies stay on after the count fell below the threshold
@@ -85,6 +106,7 @@ class Admission:
     retransmit_of: IkeSa | None = None  # answer from this SA's cache
     reply: bytes | None = None  # send this stateless answer (COOKIE) and keep nothing
     accept: bool = False  # create a responder SA
+    reply_notify: int = 0  # the one notify type the reply carries (for the trace)
 
     @property
     def drop(self) -> bool:
@@ -95,13 +117,18 @@ DROP = Admission()
 ACCEPT = Admission(accept=True)
 
 
-def amplifies(request_len: int, answers: list[bytes]) -> bool:
-    """True if any answer is more than :data:`AMPLIFICATION_FACTOR` times the request."""
-    return any(len(a) > AMPLIFICATION_FACTOR * request_len for a in answers)
+def answer_limit(request_len: int, *, error: bool) -> int:
+    """The largest answer to an unauthenticated request of ``request_len`` bytes."""
+    return request_len * (ERROR_ANSWER_FACTOR if error else AMPLIFICATION_FACTOR)
 
 
-def cookie_answer(spi_i: int, message_id: int, cookie: bytes) -> bytes:
-    """``HDR(SPIi, 0), N(COOKIE)``: the whole stateless answer (RFC 7296 §2.6)."""
+def amplifies(request_len: int, answers: list[bytes], *, error: bool = False) -> bool:
+    """True if any answer is larger than :func:`answer_limit` allows."""
+    limit = answer_limit(request_len, error=error)
+    return any(len(a) > limit for a in answers)
+
+
+def _stateless_answer(spi_i: int, message_id: int, notify: Notify) -> bytes:
     return codec.encode(
         codec.Message(
             spi_i=spi_i,
@@ -109,24 +136,64 @@ def cookie_answer(spi_i: int, message_id: int, cookie: bytes) -> bytes:
             exchange_type=ExchangeType.IKE_SA_INIT,
             message_id=message_id,
             response=True,
-            payloads=(Notify(NotifyType.COOKIE, cookie),),
+            payloads=(notify,),
         )
     )
 
 
-def _nonce_and_cookie(data: bytes) -> tuple[bytes, bytes | None] | None:
-    """Ni and the COOKIE notify data of a request, or None when it is unusable."""
-    try:
-        msg = codec.decode(data)
-    except MalformedMessage:
-        return None
-    nonce = msg.find(Nonce)
-    if nonce is None or msg.find(KeyExchange) is None or msg.find(SecurityAssociation) is None:
-        return None
-    if not 16 <= len(nonce.data) <= 256:
-        return None
-    cookies = msg.notifies(NotifyType.COOKIE)
-    return bytes(nonce.data), (bytes(cookies[0].data) if cookies else None)
+def cookie_answer(spi_i: int, message_id: int, cookie: bytes) -> bytes:
+    """``HDR(SPIi, 0), N(COOKIE)``: the whole stateless answer (RFC 7296 §2.6)."""
+    return _stateless_answer(spi_i, message_id, Notify(NotifyType.COOKIE, cookie))
+
+
+def unsupported_critical_answer(spi_i: int, message_id: int, payload_type: int) -> bytes:
+    """``HDR(SPIi, 0), N(UNSUPPORTED_CRITICAL_PAYLOAD, type)`` (RFC 7296 §2.5, §3.10.1)."""
+    notify = Notify(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes([payload_type & 0xFF]))
+    return _stateless_answer(spi_i, message_id, notify)
+
+
+@dataclass(frozen=True)
+class InitScan:
+    """What admission needs of an IKE_SA_INIT request, read from its payload headers."""
+
+    nonce: bytes | None  # Ni, the first Nonce payload's body
+    cookie: bytes | None  # the data of the first N(COOKIE)
+    complete: bool  # SA, KE and Nonce are all there (RFC 7296 §1.2)
+    unsupported_critical: int | None  # the first unknown payload marked critical (§2.5)
+
+
+def scan_init(data: bytes) -> InitScan:
+    """Walk the payload chain of an IKE_SA_INIT request by its generic headers only.
+
+    Reads the body of the first Nonce and of Notify payloads up to their type, nothing
+    else: the cost is bounded by :data:`MAX_INIT_PAYLOADS`, not by the datagram's size.
+    Raises :class:`MalformedMessage` for a chain that does not fit, too many payloads,
+    or an IKE major version other than 2 (§2.5).
+    """
+    header = codec.parse_header(data)
+    if header.major_version != IKE_MAJOR_VERSION:
+        raise MalformedMessage(f"IKE major version {header.major_version}, expected 2")
+    nonce: bytes | None = None
+    cookie: bytes | None = None
+    seen: set[int] = set()
+    critical: int | None = None
+    chain = codec.walk_chain(data, IKE_HEADER_LEN, header.next_payload, MAX_INIT_PAYLOADS)
+    for h in chain:
+        kind = h.payload_type
+        seen.add(kind)
+        if kind == PayloadType.NONCE and nonce is None:
+            nonce = bytes(data[h.start : h.end])
+        elif kind == PayloadType.NOTIFY and cookie is None and h.end - h.start >= 4:
+            spi_size, notify_type = (
+                data[h.start + 1],
+                int.from_bytes(data[h.start + 2 : h.start + 4]),
+            )
+            if notify_type == NotifyType.COOKIE and h.start + 4 + spi_size <= h.end:
+                cookie = bytes(data[h.start + 4 + spi_size : h.end])
+        elif h.unknown_critical and critical is None:
+            critical = kind
+    complete = {PayloadType.SA, PayloadType.KE, PayloadType.NONCE} <= seen
+    return InitScan(nonce, cookie, complete, critical)
 
 
 class HalfOpenTable:
@@ -140,7 +207,8 @@ class HalfOpenTable:
         self._digests: dict[Key, bytes] = {}
         self._keys: dict[int, Key] = {}  # by our (responder) SPI
         self._per_source: Counter[str] = Counter()
-        self._replays: OrderedDict[bytes, float] = OrderedDict()
+        # Requests of SAs that were established: by SPIi, (digest, remembered until).
+        self._replays: OrderedDict[int, tuple[bytes, float]] = OrderedDict()
         self._cookies_until = float("-inf")  # calm-down: cookies stay on until then
         self._now = now
 
@@ -203,14 +271,14 @@ class HalfOpenTable:
     def admit(self, data: bytes, spi_i: int, message_id: int, source: str, now: float) -> Admission:
         """Decide about one IKE_SA_INIT request (SPIr 0) before anything is computed."""
         key = (source, spi_i)
-        digest = hashlib.sha256(data).digest()
+        # Hashing waits until an SPI matches: a flood of new SPIs costs no SHA-256.
         existing = self._sas.get(key)
         if existing is not None and existing.alive:
-            if hmac.compare_digest(self._digests[key], digest):
+            if hmac.compare_digest(self._digests[key], hashlib.sha256(data).digest()):
                 return Admission(retransmit_of=existing)
             self._count("init_request_mismatch")
             return DROP
-        if self._replayed(digest, now):
+        if self._replayed(spi_i, data, now):
             self._count("init_replays")
             return DROP
         if len(self._sas) >= self.limits.half_open_limit:
@@ -219,15 +287,26 @@ class HalfOpenTable:
         if self._per_source[source] >= self.limits.half_open_per_source:
             self._count("half_open_source_dropped")
             return DROP
+        try:
+            scan = scan_init(data)
+        except MalformedMessage:
+            self._count("malformed")  # nothing kept, nothing answered (§2.21.1)
+            return DROP
+        if scan.unsupported_critical is not None:
+            return self._stateless(
+                data,
+                unsupported_critical_answer(spi_i, message_id, scan.unsupported_critical),
+                NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD,
+                error=True,
+            )
         if not self._update_cookies(now):
             return ACCEPT
-        parsed = _nonce_and_cookie(data)
-        if parsed is None:
+        nonce = scan.nonce
+        if nonce is None or not scan.complete or not 16 <= len(nonce) <= 256:
             self._count("malformed")
             return DROP
-        nonce, cookie = parsed
-        if cookie is not None:
-            check = self.cookies.check(cookie, nonce, source, spi_i, now)
+        if scan.cookie is not None:
+            check = self.cookies.check(scan.cookie, nonce, source, spi_i, now)
             if check is CookieCheck.VALID:
                 self._count("cookies_valid")
                 return ACCEPT
@@ -235,15 +314,22 @@ class HalfOpenTable:
             if check is CookieCheck.STALE:
                 self._count("cookies_stale")
         answer = cookie_answer(spi_i, message_id, self.cookies.make(nonce, source, spi_i, now))
-        if amplifies(len(data), [answer]):
-            self._count("amplification_refused")
-            return DROP
-        self._count("cookies_sent")
-        return Admission(reply=answer)
+        return self._stateless(data, answer, NotifyType.COOKIE, error=False)
 
-    def refuse_amplification(self, request: bytes, answers: list[bytes]) -> bool:
-        """Count and report an answer that would amplify (the caller drops it)."""
-        if amplifies(len(request), answers):
+    def _stateless(self, request: bytes, answer: bytes, notify: int, *, error: bool) -> Admission:
+        """Send ``answer`` and keep nothing, unless it is larger than its bound allows."""
+        if self.refuse_amplification(request, [answer], error=error):
+            return DROP
+        self._count(
+            "cookies_sent" if notify == NotifyType.COOKIE else "unsupported_critical_payload"
+        )
+        return Admission(reply=answer, reply_notify=notify)
+
+    def refuse_amplification(
+        self, request: bytes, answers: list[bytes], *, error: bool = False
+    ) -> bool:
+        """Count and report an answer beyond :func:`answer_limit` (the caller drops it)."""
+        if amplifies(len(request), answers, error=error):
             self._count("amplification_refused")
             return True
         return False
@@ -274,18 +360,19 @@ class HalfOpenTable:
         digest = self.discard(sa)
         if digest is None:
             return
-        self._replays[digest] = now + REPLAY_MEMORY_TIME
-        self._replays.move_to_end(digest)
+        self._replays[sa.spi_i] = (digest, now + REPLAY_MEMORY_TIME)
+        self._replays.move_to_end(sa.spi_i)
         while len(self._replays) > REPLAY_MEMORY_SIZE:
             self._replays.popitem(last=False)
 
-    def _replayed(self, digest: bytes, now: float) -> bool:
+    def _replayed(self, spi_i: int, data: bytes, now: float) -> bool:
         while self._replays:  # oldest first: drop what has expired
-            oldest, until = next(iter(self._replays.items()))
+            oldest, (_, until) = next(iter(self._replays.items()))
             if until > now:
                 break
             del self._replays[oldest]
-        return digest in self._replays
+        known = self._replays.get(spi_i)
+        return known is not None and hmac.compare_digest(known[0], hashlib.sha256(data).digest())
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

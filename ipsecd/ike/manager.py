@@ -18,7 +18,10 @@ and :meth:`IkeManager.next_event`, and calls :meth:`IkeManager.handle_timer` at
 * :mod:`ipsecd.ike.halfopen`: cookies and half-open limits (§2.6).
 
 :meth:`receive_datagram` never raises: bad input is counted in
-:attr:`IkeManager.counters` and dropped.  Datagrams are
+:attr:`IkeManager.counters` and dropped.  The daemon uses the two-step form instead,
+so that IKE work never delays ESP (issue 12): :meth:`enqueue_datagram` does only the
+cheap checks and queues (:mod:`ipsecd.ike.inbox`), :meth:`process_queued` does the
+work for as long as the shell's time budget allows.  Datagrams are
 :class:`~ipsecd.ike.events.OutgoingDatagram`: ``marker`` tells the shell to prepend
 the 4-byte non-ESP marker (IKE on port 4500, RFC 3948 §2.2); keepalives
 (``b"\\xff"``, ``keepalive=True``) go out raw on port 4500.
@@ -29,13 +32,14 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ipsecd.config.schema import ChildConfig, Config, IpAddress, PeerConfig
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.ike import dpd, events, reauth
 from ipsecd.ike import message as codec
-from ipsecd.ike.constants import ExchangeType
+from ipsecd.ike.constants import ExchangeType, NotifyType
 from ipsecd.ike.errors import MalformedMessage
 from ipsecd.ike.events import (
     Address,
@@ -44,6 +48,7 @@ from ipsecd.ike.events import (
     OutgoingDatagram,
     PeerAddressChanged,
     PeerDead,
+    UnauthenticatedFailure,
 )
 from ipsecd.ike.exchanges import RESPONDERS
 from ipsecd.ike.exchanges.create_child import CreateChildSa
@@ -51,6 +56,7 @@ from ipsecd.ike.exchanges.informational import DeleteChildSa, DeleteIkeSa, Liven
 from ipsecd.ike.exchanges.sa_init import IkeSaInit
 from ipsecd.ike.fragments import ReassemblyBudget
 from ipsecd.ike.halfopen import DosLimits, HalfOpenTable
+from ipsecd.ike.inbox import IkeInbox, Received
 from ipsecd.ike.lifecycle import LIVE_STATES, ChildState
 from ipsecd.ike.policy import LastEvent, PeerPolicy, PeerState, Resolver, close_message
 from ipsecd.ike.sa import (
@@ -75,9 +81,16 @@ from ipsecd.ike.sa import (
 from ipsecd.ike.satable import SaTable
 from ipsecd.ike.scheduler import NAT_KEEPALIVE_INTERVAL, Scheduler, seq_rekey_threshold
 from ipsecd.ike.status import peer_status
+from ipsecd.ike.trace import Trace, describe, notify_label
 from ipsecd.selectors import TrafficSelector
 
 __all__ = ["IkeManager", "USAGE_INTERVAL", "seq_rekey_threshold"]
+
+
+def _address(address: tuple[str, int]) -> Address:
+    """A socket address as (text, int): the two first items of whatever the socket gave."""
+    return (str(address[0]), int(address[1]))
+
 
 USAGE_INTERVAL = 1.0  # how often the shell should report CHILD_SA usage (child_usage)
 
@@ -94,6 +107,8 @@ class IkeManager:
         keepalive_interval: float = NAT_KEEPALIVE_INTERVAL,
         random_bytes: RandomBytes = os.urandom,
         wall_clock: WallClock = utc_now,
+        trace: Trace | None = None,
+        work_clock: Callable[[], float] | None = None,
         resolve: Resolver | None = None,
     ) -> None:
         self.config = config
@@ -113,6 +128,10 @@ class IkeManager:
         self.counters: dict[str, int] = {}
         # Responder SAs before IKE_AUTH, by (remote ip, SPIi); cookies and limits (§2.6).
         self.half_open = HalfOpenTable(DosLimits.from_gateway(gw), self.counters, now)
+        # work_clock: the shell's clock for how long work takes, for the share of new
+        # requests (inbox.py).
+        self.inbox = IkeInbox(self.counters, gw.max_ike_datagram, now, work_clock)
+        self.trace = trace
         self._outgoing: list[OutgoingDatagram] = []
         self._events: deque[Event] = deque()
         self._retiring: set[int] = set()  # SPIs of SAs being deleted after a config change
@@ -129,6 +148,7 @@ class IkeManager:
             gateway_fragment_size=self.fragment_size,
             reassembly_budget=self.reassembly_budget,
             wall_clock=wall_clock,  # certificate validity (RFC 5280 §6.1.3)
+            trace=trace,
         )
         self._last_usage_check = now
         self._invalid_spi = dpd.InvalidSpiResponder()
@@ -297,13 +317,62 @@ class IkeManager:
     def receive_datagram(
         self, data: bytes, local: tuple[str, int], remote: tuple[str, int], now: float
     ) -> None:
-        """One IKE message (without non-ESP marker).  Never raises: drops are counted."""
-        local = (str(local[0]), int(local[1]))
-        remote = (str(remote[0]), int(remote[1]))
+        """One IKE message (without non-ESP marker), at once.  Never raises: drops are
+        counted."""
+        header = self.inbox.check(data)
+        if header is not None:
+            self._handle(Received(bytes(data), header, _address(local), _address(remote)), now)
+
+    def enqueue_datagram(
+        self,
+        data: bytes | memoryview,
+        local: tuple[str, int],
+        remote: tuple[str, int],
+        now: float,
+    ) -> None:
+        """Take one IKE message for later (:meth:`process_queued`) after the cheap checks
+        only: its size and header (:mod:`ipsecd.ike.inbox`).  Messages for an IKE SA we
+        hold are queued apart from new IKE_SA_INIT requests and unknown SPIs."""
+        header = self.inbox.check(data)
+        if header is None:
+            return
+        item = Received(bytes(data), header, _address(local), _address(remote))
+        self.inbox.offer(item, self._for_known_sa(header, item.remote), now)
+
+    def intake_paused_for(self, now: float) -> float:
+        """Seconds during which the IKE port may stay unread: new requests would be dropped
+        (:mod:`ipsecd.ike.inbox`), and no IKE_SA_INIT of ours waits for its answer there."""
+        if any(sa.state is IkeState.INIT_SENT for sa in self.sas.values()):
+            return 0.0
+        return self.inbox.paused_for(now)
+
+    def pending(self) -> int:
+        """IKE messages queued by :meth:`enqueue_datagram`, not processed yet."""
+        return len(self.inbox)
+
+    def process_queued(self, now: float, more: Callable[[], bool] = lambda: True) -> int:
+        """Process queued messages while ``more()`` says so (at least one); returns how
+        many.  The shell's ``more`` is its time budget for IKE work per wake-up."""
+        return self.inbox.drain(
+            lambda item: self._handle(item, now),
+            more,
+            now,
+            known_now=lambda item: self._for_known_sa(item.header, item.remote),
+        )
+
+    def _handle(self, item: Received, now: float) -> None:
         try:
-            self._receive(data, local, remote, now)
+            self._receive(item.data, item.header, item.local, item.remote, now)
         except Exception:  # a bug or hostile input must not take the daemon down
             self._count("internal_error")
+
+    def _for_known_sa(self, header: codec.Header, remote: Address) -> bool:
+        """Whether a message belongs to an IKE SA we hold (by our SPI, RFC 7296 §2.6), or
+        retransmits the IKE_SA_INIT of a half-open one (answered from its cache)."""
+        if header.exchange_type == ExchangeType.IKE_SA_INIT and header.spi_r == 0:
+            return self.half_open.get((remote[0], header.spi_i)) is not None
+        sa = self.sas.get(header.spi_r if header.initiator else header.spi_i)
+        return sa is not None and sa.alive
 
     def datagrams_to_send(self) -> list[OutgoingDatagram]:
         out = list(self._outgoing)
@@ -604,12 +673,9 @@ class IkeManager:
 
     # ---- dispatch ------------------------------------------------------------
 
-    def _receive(self, data: bytes, local: Address, remote: Address, now: float) -> None:
-        try:
-            header = codec.parse_header(data)
-        except MalformedMessage:
-            self._count("malformed")
-            return
+    def _receive(
+        self, data: bytes, header: codec.Header, local: Address, remote: Address, now: float
+    ) -> None:
         exchange = header.exchange_type
         if exchange == ExchangeType.IKE_SA_INIT and not header.response and header.spi_r == 0:
             self._receive_init_request(data, header, local, remote, now)
@@ -626,7 +692,12 @@ class IkeManager:
                 )
                 self._count("invalid_ike_spi_sent" if answer else "invalid_ike_spi_suppressed")
                 if answer is not None:
-                    self._outgoing.append(answer)
+                    self._send_stateless(
+                        answer,
+                        ExchangeType.INFORMATIONAL,
+                        header.message_id,
+                        NotifyType.INVALID_IKE_SPI,
+                    )
             return
         if exchange == ExchangeType.IKE_SA_INIT and header.response and sa.spi_r == 0:
             pass  # our IKE_SA_INIT answered: the responder SPI is learned by the task
@@ -653,9 +724,13 @@ class IkeManager:
         if not candidates:
             self._count("unknown_peer")
             return
-        if admission.reply is not None:  # COOKIE (§2.6): no state, no Diffie-Hellman
+        if admission.reply is not None:
+            # COOKIE (§2.6) or UNSUPPORTED_CRITICAL_PAYLOAD (§2.5): no state, no Diffie-Hellman.
             marker = local[1] == self.natt_port
-            self._outgoing.append(OutgoingDatagram(admission.reply, local, remote, marker=marker))
+            answer = OutgoingDatagram(admission.reply, local, remote, marker=marker)
+            self._send_stateless(
+                answer, ExchangeType.IKE_SA_INIT, header.message_id, admission.reply_notify
+            )
             return
         try:
             codec.parse_message(data)
@@ -672,7 +747,9 @@ class IkeManager:
             spi_i=header.spi_i,
         )
         sa.receive(data, header, local, remote, now)
-        if self.half_open.refuse_amplification(data, [d.data for d in sa.outgoing]):
+        # An answer is bounded by the request (3x), an error notify by 1x (halfopen.py).
+        error = sa.state is not IkeState.HALF_OPEN
+        if self.half_open.refuse_amplification(data, [d.data for d in sa.outgoing], error=error):
             sa.outgoing.clear()
             sa.deleted("answer would amplify the request", now)
         if sa.state is IkeState.HALF_OPEN:  # answered: half-open until IKE_AUTH
@@ -681,6 +758,19 @@ class IkeManager:
         elif sa.alive:  # nothing answered, nothing kept
             sa.deleted("IKE_SA_INIT request not answered", now)
         self._collect(sa, now)
+
+    def _send_stateless(
+        self, answer: OutgoingDatagram, exchange: int, message_id: int, notify: int
+    ) -> None:
+        """An answer no IKE SA keeps, of one notify (COOKIE, UNSUPPORTED_CRITICAL_PAYLOAD,
+        INVALID_IKE_SPI)."""
+        if self.trace is not None:
+            line = describe(
+                "sending", exchange, True, message_id, [notify_label(notify)],
+                answer.local, answer.remote,
+            )  # fmt: skip
+            self.trace(line, answer.remote, False)
+        self._outgoing.append(answer)
 
     # ---- after every step of an SA: datagrams, events, signals, the timer ------
 
@@ -711,6 +801,8 @@ class IkeManager:
             self._events.append(event)
             if isinstance(event, NegotiationFailed) and state is not None:
                 state.last_error = event.reason
+            elif isinstance(event, UnauthenticatedFailure):
+                self._count("unauthenticated_failures")  # the source's, not the peer's
         sa.events.clear()
         if sa.state is IkeState.ESTABLISHED:
             if state is not None and sa.last_error is None:

@@ -34,9 +34,9 @@ authenticates IKE_INTERMEDIATE messages by exactly these octets.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from ipsecd.ike import sk as _sk
 from ipsecd.ike.constants import (
@@ -74,6 +74,8 @@ __all__ = [
     "encode",
     "encode_payload_chain",
     "parse_inner_chain",
+    "PayloadHeader",
+    "walk_chain",
 ]
 
 P = TypeVar("P", bound=Payload)
@@ -121,7 +123,7 @@ class Header:
         )
 
 
-def parse_header(data: bytes) -> Header:
+def parse_header(data: bytes | memoryview) -> Header:
     """Parse the 28-byte IKE header and check the length field against ``len(data)``.
 
     The major version is not checked here (the caller may want to answer
@@ -320,14 +322,46 @@ class _Chain:
     sk_offset: int | None  # offset of the SK/SKF generic header, if the chain ends with one
 
 
-def _parse_chain(data: bytes, offset: int, first_type: int, inner: bool) -> _Chain:
-    """Parse payloads from ``offset`` to the end of ``data`` (RFC 7296 §3.2)."""
-    payloads: list[Payload] = []
-    critical_unknown: int | None = None
-    sk_offset: int | None = None
+class PayloadHeader(NamedTuple):
+    """One generic payload header (RFC 7296 §3.2), located in its message.
+
+    ``start``/``end`` delimit the payload's body (after the 4-byte header).  A tuple,
+    not a dataclass: admission makes one per payload of every IKE_SA_INIT it sees.
+    """
+
+    payload_type: int
+    critical: bool
+    start: int
+    end: int
+    next_type: int
+
+    @property
+    def unknown_critical(self) -> bool:
+        """A payload we do not know with the critical bit set (§2.5)."""
+        return (
+            self.critical
+            and self.payload_type not in PAYLOAD_CLASSES
+            and self.payload_type not in RAW_KNOWN_TYPES
+            and self.payload_type not in (PayloadType.SK, PayloadType.SKF)
+        )
+
+
+def walk_chain(
+    data: bytes, offset: int, first_type: int, max_payloads: int | None = None
+) -> Iterator[PayloadHeader]:
+    """The generic headers of the payloads from ``offset`` on, bodies not read (§3.2).
+
+    Checks that each announced payload fits the remaining bytes and that nothing
+    follows the last one (or an SK/SKF payload, which must be last, §3.14).  At most
+    ``max_payloads`` payloads (None: any number); raises :class:`MalformedMessage`.
+    """
     next_type = first_type
     end = len(data)
+    count = 0
     while next_type != PayloadType.NONE:
+        count += 1
+        if max_payloads is not None and count > max_payloads:
+            raise MalformedMessage(f"more than {max_payloads} payloads")
         if end - offset < GENERIC_PAYLOAD_HEADER_LEN:
             raise MalformedMessage(
                 f"payload type {next_type} announced at offset {offset}"
@@ -339,34 +373,48 @@ def _parse_chain(data: bytes, offset: int, first_type: int, inner: bool) -> _Cha
                 f"payload type {next_type} at offset {offset}: length {length} does not fit"
                 f" the {end - offset} remaining bytes"
             )
-        body = data[offset + GENERIC_PAYLOAD_HEADER_LEN : offset + length]
+        yield PayloadHeader(
+            next_type, bool(flags & _CRITICAL), offset + GENERIC_PAYLOAD_HEADER_LEN,
+            offset + length, following,
+        )  # fmt: skip
+        offset += length
         if next_type in (PayloadType.SK, PayloadType.SKF):
+            if offset != end:
+                raise MalformedMessage("the SK/SKF payload is not the last payload (§3.14)")
+            return
+        next_type = following
+    if offset != end:
+        raise MalformedMessage(f"{end - offset} bytes after the last payload")
+
+
+def _parse_chain(data: bytes, offset: int, first_type: int, inner: bool) -> _Chain:
+    """Parse payloads from ``offset`` to the end of ``data`` (RFC 7296 §3.2)."""
+    payloads: list[Payload] = []
+    critical_unknown: int | None = None
+    sk_offset: int | None = None
+    for h in walk_chain(data, offset, first_type):
+        body = data[h.start : h.end]
+        if h.payload_type in (PayloadType.SK, PayloadType.SKF):
             if inner:
                 raise MalformedMessage("an SK/SKF payload inside an SK payload")
-            if offset + length != end:
-                raise MalformedMessage("the SK/SKF payload is not the last payload (§3.14)")
-            sk_offset = offset
-            if next_type == PayloadType.SK:
-                payloads.append(Encrypted(enum_or_int(PayloadType, following), body))
+            sk_offset = h.start - GENERIC_PAYLOAD_HEADER_LEN
+            following = enum_or_int(PayloadType, h.next_type)
+            if h.payload_type == PayloadType.SK:
+                payloads.append(Encrypted(following, body))
             else:
-                payloads.append(decode_fragment(enum_or_int(PayloadType, following), body))
-            offset += length
-            break
-        cls = PAYLOAD_CLASSES.get(next_type)
+                payloads.append(decode_fragment(following, body))
+            continue
+        cls = PAYLOAD_CLASSES.get(h.payload_type)
         if cls is not None:
             try:
                 payloads.append(cls.decode_body(body))
             except MalformedMessage as exc:
-                raise MalformedMessage(f"{PayloadType(next_type).name} payload: {exc}") from None
+                name = PayloadType(h.payload_type).name
+                raise MalformedMessage(f"{name} payload: {exc}") from None
         else:
-            critical = bool(flags & _CRITICAL)
-            if critical and next_type not in RAW_KNOWN_TYPES and critical_unknown is None:
-                critical_unknown = next_type
-            payloads.append(RawPayload(enum_or_int(PayloadType, next_type), body, critical))
-        offset += length
-        next_type = following
-    if offset != end:
-        raise MalformedMessage(f"{end - offset} bytes after the last payload")
+            if h.unknown_critical and critical_unknown is None:
+                critical_unknown = h.payload_type
+            payloads.append(RawPayload(enum_or_int(PayloadType, h.payload_type), body, h.critical))
     return _Chain(payloads, critical_unknown, sk_offset)
 
 

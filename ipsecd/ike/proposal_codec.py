@@ -522,12 +522,12 @@ def explain_no_match(
             continue
         if not set(offered_names) & set(accepted):
             return (
-                f"no match for {_TYPE_LABEL[ttype]}: offered {', '.join(offered_names) or '-'},"
+                f"no match for {_TYPE_LABEL[ttype]}: offered {capped(offered_names) or '-'},"
                 f" we accept {', '.join(accepted) or '-'}"
             )
     return (
         "no single proposal matches in every transform type: offered "
-        + "; ".join(describe(o) for o in theirs)
+        + capped([describe(o) for o in theirs[:MAX_LISTED]], "; ", total=len(theirs))
         + ", we accept "
         + "; ".join(str(p) for p in mine)
     )
@@ -571,8 +571,32 @@ def _explain_additional(
 # ---- negotiation (RFC 7296 §2.7): selection with the operator's explanation -------
 
 
+MAX_LISTED = 8  # items of an offered list written into one message (issue 12)
+MAX_LISTED_CHARS = 400  # and characters
+
+
+def capped(items: Sequence[object], separator: str = ", ", total: int | None = None) -> str:
+    """``items`` joined, at most :data:`MAX_LISTED` of them and about
+    :data:`MAX_LISTED_CHARS` characters, saying how many were left out: a peer (or
+    anyone, before IKE_AUTH) decides how long its offer is, the log must not.
+    ``total``: how many there are when ``items`` is only the first of them."""
+    shown: list[str] = []
+    size = 0
+    for item in items[:MAX_LISTED]:
+        text = str(item)
+        if shown and size + len(text) > MAX_LISTED_CHARS:
+            break
+        shown.append(text[:MAX_LISTED_CHARS])
+        size += len(text) + len(separator)
+    out = separator.join(shown)
+    left_out = (len(items) if total is None else total) - len(shown)
+    if left_out > 0:
+        out += f"{separator}... and {left_out} more"
+    return out
+
+
 def format_proposals(proposals: Sequence[object]) -> str:
-    return ", ".join(str(p) for p in proposals) or "(none)"
+    return capped(proposals) or "(none)"
 
 
 def choose(
@@ -592,11 +616,12 @@ def choose(
     proposals = offered.proposals if offered is not None else ()
     chosen = select(proposals, ours, protocol, ignore_ke=ignore_ke, additional=additional)
     if chosen is None:
-        theirs = [to_proposal(p, protocol) for p in proposals]
+        theirs = [to_proposal(p, protocol) for p in proposals[:MAX_LISTED]]
+        offered_text = capped(theirs, total=len(proposals)) or "(none)"
         why = explain_no_match(proposals, ours, protocol, ignore_ke, additional)
         raise NoProposalChosen(
             f"no {protocol.upper()} proposal chosen with peer {peer}: {why}; peer offered"
-            f" {format_proposals(theirs)}, we accept {format_proposals(ours)}"
+            f" {offered_text}, we accept {format_proposals(ours)}"
         )
     return chosen
 

@@ -24,6 +24,8 @@ declared dead.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -32,8 +34,10 @@ from enum import Enum
 from itertools import count
 from typing import Protocol
 
+from ipsecd.addresses import format_address
 from ipsecd.config.schema import ChildConfig, PeerConfig
 from ipsecd.ike import message as codec
+from ipsecd.ike import trace
 from ipsecd.ike.child import ChildSa
 from ipsecd.ike.constants import ExchangeType, NotifyType, PayloadType
 from ipsecd.ike.errors import (
@@ -49,11 +53,13 @@ from ipsecd.ike.events import (
     ChildSaEstablished,
     ChildSaOutboundActivated,
     Event,
+    IkeRetransmit,
     IkeSaDeleted,
     IkeSaEstablished,
     NegotiationFailed,
     OutgoingDatagram,
     PeerAddressChanged,
+    UnauthenticatedFailure,
 )
 from ipsecd.ike.fragments import (
     Reassembler,
@@ -77,6 +83,7 @@ from ipsecd.ike.lifecycle import (
 )
 from ipsecd.ike.payloads import Notify, Payload
 from ipsecd.ike.proposal_codec import ChosenProposal
+from ipsecd.ratelimit import TokenBucket
 
 __all__ = [
     "IkeSa",
@@ -101,6 +108,9 @@ __all__ = [
 ]
 
 NON_ESP_MARKER_LEN = 4  # RFC 3948 §2.2: counts against fragment_size on the NAT-T port
+# Answers to retransmitted requests (RFC 7296 §2.1): a burst, then one per second per IKE SA.
+RETRANSMIT_ANSWER_BURST = 3
+RETRANSMIT_ANSWER_RATE = 1.0
 
 RandomBytes = Callable[[int], bytes]
 WallClock = Callable[[], datetime]  # UTC, for certificate validity (the SA clock is monotonic)
@@ -116,6 +126,11 @@ def new_ike_spi(random_bytes: RandomBytes) -> int:
         spi = int.from_bytes(random_bytes(8), "big")
         if spi:
             return spi
+
+
+def _digest(data: bytes) -> bytes:
+    """What a retransmitted request is compared by (RFC 7296 §2.1: the same message)."""
+    return hashlib.sha256(data).digest()
 
 
 def is_invalid_ike_spi(data: bytes) -> bool:
@@ -239,6 +254,21 @@ class _Outstanding:
 
 
 @dataclass(frozen=True)
+class CachedResponse:
+    """Our answer to the peer's last request, kept for its retransmissions (RFC 7296 §2.1).
+
+    A retransmission is answered only when it comes from ``source`` (address and port of
+    the request) and is the same request: the same bytes (SHA-256 ``digest``), or for an
+    RFC 7383 fragmented request its first fragment, verified with the SA's keys.
+    """
+
+    message_id: int
+    datagrams: list[bytes]
+    source: Address
+    digest: bytes
+
+
+@dataclass(frozen=True)
 class SaContext:
     """What every IKE SA of one manager shares (and a rekey passes on, RFC 7296 §2.18)."""
 
@@ -252,6 +282,7 @@ class SaContext:
     gateway_fragment_size: int | None = None  # gateway.fragment_size (None: by family)
     reassembly_budget: ReassemblyBudget = field(default_factory=ReassemblyBudget, repr=False)
     wall_clock: WallClock = field(default=utc_now, repr=False)
+    trace: trace.Trace | None = field(default=None, repr=False)  # debug trace sink (trace.py)
 
 
 @dataclass
@@ -279,7 +310,8 @@ class IkeSa:
     expected_request_id: int = 0
     outstanding: _Outstanding | None = None
     tasks: list[InitiatorTask] = field(default_factory=list)
-    cached_response: tuple[int, list[bytes]] | None = None  # (message id, datagrams)
+    cached_response: CachedResponse | None = None
+    retransmit_answers: TokenBucket | None = field(default=None, repr=False)
     # Negotiated state, filled by the exchanges.
     keys: IkeKeys | None = field(default=None, repr=False)
     ike_algorithms: ChosenProposal | None = None
@@ -378,6 +410,24 @@ class IkeSa:
     @property
     def alive(self) -> bool:
         return self.state is not IkeState.DELETED
+
+    @property
+    def peer_known(self) -> bool:
+        """Whether the other end is the configured peer: we initiated to it, or it
+        authenticated (IKE_AUTH, or a rekey of an authenticated SA).  Before that a
+        responder SA only knows a source address (issue 12: no blame on a peer)."""
+        return self.initiator or self.established_at is not None
+
+    @property
+    def who(self) -> str:
+        """The other end in messages: ``peer NAME``, or ``ADDR:PORT`` while unknown."""
+        return f"peer {self.peer_name}" if self.peer_known else format_address(self.remote)
+
+    def failure_event(self, reason: str) -> Event:
+        """A failure's event: the peer's, or the source address's before authentication."""
+        if self.peer_known:
+            return NegotiationFailed(self.peer_name, reason)
+        return UnauthenticatedFailure(self.remote, reason)
 
     # ---- lifecycle (the only writer of ``state``) -------------------------
 
@@ -556,6 +606,7 @@ class IkeSa:
             self.outstanding = _Outstanding(
                 task, mid, datagrams, sent_at=now, next_send=now + self.policy.initial
             )
+            self._trace_out(task.exchange_type, mid, False, payloads, datagrams=datagrams)
             self.send_all(datagrams)
 
     def resend_outstanding(self, task: InitiatorTask, now: float) -> None:
@@ -567,6 +618,7 @@ class IkeSa:
         self.outstanding = _Outstanding(
             task, mid, datagrams, sent_at=now, next_send=now + self.policy.initial
         )
+        self._trace_out(task.exchange_type, mid, False, payloads, datagrams=datagrams)
         self.send_all(datagrams)
 
     def send_one_way_informational(self, payloads: list[Payload]) -> None:
@@ -579,7 +631,49 @@ class IkeSa:
             mid = max(mid, self.outstanding.message_id + 1)
         datagrams = self.encode(ExchangeType.INFORMATIONAL, mid, False, payloads)
         self.next_request_id = mid + 1
+        self._trace_out(ExchangeType.INFORMATIONAL, mid, False, payloads, datagrams=datagrams)
         self.send_all(datagrams)
+
+    # ---- the debug trace (ipsecd.ike.trace) ------------------------------------
+
+    def _trace_out(
+        self,
+        exchange: int,
+        message_id: int,
+        response: bool,
+        payloads: list[Payload],
+        local: Address | None = None,
+        remote: Address | None = None,
+        datagrams: list[bytes] | None = None,
+    ) -> None:
+        sink = self.context.trace
+        if sink is None:
+            return
+        to = remote or self.remote
+        line = trace.describe(
+            "sending",
+            exchange,
+            response,
+            message_id,
+            trace.payload_labels(payloads),
+            local or self.local,
+            to,
+            fragments=len(datagrams or ()),
+        )
+        sink(line, to, self.peer_known)
+
+    def _trace_in(
+        self, header: codec.Header, message: codec.Message, local: Address, remote: Address
+    ) -> None:
+        sink = self.context.trace
+        if sink is None:
+            return
+        labels = trace.payload_labels(message.payloads)
+        line = trace.describe(
+            "received", header.exchange_type, header.response, header.message_id, labels,
+            local, remote,
+        )  # fmt: skip
+        sink(line, remote, self.peer_known)
 
     # ---- receiving -------------------------------------------------------
 
@@ -589,49 +683,81 @@ class IkeSa:
         """One IKE message for this SA (header already parsed by the manager).
 
         Requests are checked against the expected message id first (RFC 7296
-        §2.2): the previous id is a retransmission answered from the cache,
-        anything else is dropped and counted.  Messages that do not decrypt
-        or verify are dropped and counted, never answered (§2.21.1).
+        §2.2): the previous id is a retransmission answered from the cache
+        (:meth:`_answer_retransmit`), anything else is dropped and counted.
+        Messages that do not decrypt or verify are dropped and counted, never
+        answered (§2.21.1).
         """
         if header.response:
             self._receive_response(data, header, local, remote, now)
             return
         mid = header.message_id
-        if self.cached_response is not None and mid == self.cached_response[0]:
-            if header.next_payload == PayloadType.SKF:
-                # RFC 7383 §2.6.1: answer a fragmented retransmission once, on fragment 1,
-                # and only if it is authentic (the answer may be many datagrams).
-                if fragment_number(data) != 1:
-                    self.count("retransmit_fragment_ignored")
-                    return
-                if not self._fragment_authentic(data):
-                    self.count("retransmit_fragment_forged")
-                    return
-            for cached in self.cached_response[1]:
-                self.outgoing.append(
-                    OutgoingDatagram(cached, local, remote, marker=local[1] == self.natt_port)
-                )
-            self.count("retransmit_answered")
+        if self.cached_response is not None and mid == self.cached_response.message_id:
+            self._answer_retransmit(self.cached_response, data, header, local, remote, now)
             return
         if mid != self.expected_request_id:
             self.count("invalid_message_id")
             return
+        # Only a whole message is compared on retransmission; fragments by their ICV.
+        digest = b"" if header.next_payload == PayloadType.SKF else _digest(data)
         try:
             message = self._decode(data, header, now)
         except UnsupportedCriticalPayload as exc:
             self.count("unsupported_critical_payload")
             self._peer_address(local, remote, header)
             self.last_peer_activity = now
-            self._answer_request(header, None, exc.non_fatal(), local, remote, now)
+            self._answer_request(header, None, exc.non_fatal(), local, remote, now, digest)
             return
         except MalformedMessage:
             self.count("undecryptable")
             return
         if message is None:  # an IKE fragment; the message is not complete yet
             return
+        self._trace_in(header, message, local, remote)
         self._peer_address(local, remote, header)
         self.last_peer_activity = now
-        self._answer_request(header, message, None, local, remote, now)
+        self._answer_request(header, message, None, local, remote, now, digest)
+
+    def _answer_retransmit(
+        self,
+        cached: CachedResponse,
+        data: bytes,
+        header: codec.Header,
+        local: Address,
+        remote: Address,
+        now: float,
+    ) -> None:
+        """Resend our cached answer (RFC 7296 §2.1) only to the request's own source,
+        only for the same request, and at most :data:`RETRANSMIT_ANSWER_RATE` per
+        second after a burst: a forged or replayed "retransmission" from elsewhere must
+        not make us send anything to anyone (issue 12, reflection)."""
+        if remote != cached.source:
+            self.count("retransmit_wrong_source")
+            return
+        if header.next_payload == PayloadType.SKF:
+            # RFC 7383 §2.6.1: answer a fragmented retransmission once, on fragment 1,
+            # and only if it is authentic (the answer may be many datagrams).
+            if fragment_number(data) != 1:
+                self.count("retransmit_fragment_ignored")
+                return
+            if not self._fragment_authentic(data):
+                self.count("retransmit_fragment_forged")
+                return
+        elif not hmac.compare_digest(_digest(data), cached.digest):
+            self.count("retransmit_mismatch")
+            return
+        if self.retransmit_answers is None:
+            self.retransmit_answers = TokenBucket(
+                RETRANSMIT_ANSWER_RATE, RETRANSMIT_ANSWER_BURST, now
+            )
+        if not self.retransmit_answers.take(now):
+            self.count("retransmit_rate_limited")
+            return
+        for datagram in cached.datagrams:
+            self.outgoing.append(
+                OutgoingDatagram(datagram, local, remote, marker=local[1] == self.natt_port)
+            )
+        self.count("retransmit_answered")
 
     def _receive_response(
         self, data: bytes, header: codec.Header, local: Address, remote: Address, now: float
@@ -660,6 +786,7 @@ class IkeSa:
             return
         if message is None:  # an IKE fragment; the message is not complete yet
             return
+        self._trace_in(header, message, local, remote)
         self._peer_address(local, remote, header)
         self.last_peer_activity = now
         self._process_response(out, message, now)
@@ -672,6 +799,7 @@ class IkeSa:
         local: Address,
         remote: Address,
         now: float,
+        digest: bytes,
     ) -> None:
         fatal: ProtocolError | None = None
         payloads: list[Payload] = []
@@ -692,14 +820,15 @@ class IkeSa:
                 fatal = error
             elif error.notify_type not in (INVALID_KE_PAYLOAD, TEMPORARY_FAILURE):
                 self.last_error = error.reason
-                self.events.append(NegotiationFailed(self.peer_name, error.reason))
+                self.events.append(self.failure_event(error.reason))
         exchange = ExchangeType(header.exchange_type)
         responses = self.encode(exchange, header.message_id, True, payloads)
         if is_init and error is None:
             # The responder's AUTH signs its own IKE_SA_INIT response (RFC 7296 §2.15).
             self.init_response = responses[0]
         self.expected_request_id = header.message_id + 1
-        self.cached_response = (header.message_id, responses)
+        self.cached_response = CachedResponse(header.message_id, responses, remote, digest)
+        self._trace_out(exchange, header.message_id, True, payloads, local, remote, responses)
         for response in responses:
             self.outgoing.append(
                 OutgoingDatagram(response, local, remote, marker=local[1] == self.natt_port)
@@ -791,8 +920,20 @@ class IkeSa:
             self.kick(now)
             return
         out.retransmits += 1
-        out.next_send = now + self.policy.initial * self.policy.factor**out.retransmits
+        timeout = self.policy.initial * self.policy.factor**out.retransmits
+        out.next_send = now + timeout
         self.count("retransmits")
+        self.events.append(
+            IkeRetransmit(
+                self.peer_name,
+                trace.exchange_name(out.task.exchange_type),
+                out.message_id,
+                out.retransmits,
+                self.policy.max_retransmits,
+                timeout,
+                self.remote,
+            )
+        )
         self.send_all(out.datagrams)  # the same fragments again (RFC 7383 §2.6.1)
 
     def _deadline_passed(self, now: float) -> None:
@@ -825,7 +966,7 @@ class IkeSa:
     def fail(self, reason: str, now: float) -> None:
         """Negotiation or liveness failure: report it and drop everything (no half state)."""
         self.last_error = reason
-        self.events.append(NegotiationFailed(self.peer_name, reason))
+        self.events.append(self.failure_event(reason))
         self._end(IkeEvent.FAILED, reason, now)
 
     def deleted(self, reason: str, now: float) -> None:

@@ -9,6 +9,14 @@ Layout (``nat=False``)::
     hostA ---- gwA ====== internet 192.0.2.0/24 ====== gwB ---- hostB
     10.1.0.2   10.1.0.1 | 192.0.2.1      192.0.2.2 | 10.2.0.1   10.2.0.2
 
+With ``attacker=True`` the internet link is a bridge (in namespace ``inet``) that also
+holds an attacker (``atk``, 192.0.2.66) and a bystander (``vic``, 192.0.2.99: the third
+address a reflection would hit)::
+
+    gwA 192.0.2.1 ──┐                 ┌── 192.0.2.2 gwB
+                    └── br0 (inet) ───┤
+    atk 192.0.2.66 ─┘                 └── 192.0.2.99 vic
+
 With ``nat=True`` a NAT namespace sits between gwA and the internet::
 
     hostA -- gwA ==== 198.51.100.0/24 ==== nat ==== 192.0.2.0/24 ==== gwB -- hostB
@@ -142,6 +150,8 @@ NAT_INSIDE = "198.51.100.0/24"
 GW_A_NAT_IP = "198.51.100.2"  # gwA's uplink address behind the NAT
 NAT_INSIDE_IP = "198.51.100.1"
 NAT_OUTSIDE_IP = "192.0.2.3"
+ATTACKER_IP = "192.0.2.66"  # on the internet link (attacker=True)
+VICTIM_IP = "192.0.2.99"  # a third address on the internet link (attacker=True)
 
 _LIVE: weakref.WeakSet[Topology] = weakref.WeakSet()
 _OWNERS = Path("/run/ipsecd-netns")  # <prefix> -> owner pid, for cleanup_stale()
@@ -451,7 +461,10 @@ class Topology:
         prefix: str | None = None,
         nat_random_ports: bool = False,
         ipv6: bool = False,
+        attacker: bool = False,
     ) -> None:
+        if nat and attacker:
+            raise ValueError("attacker=True puts hosts on the internet link; not with nat=True")
         self.prefix = prefix or f"ipd{os.getpid() % 10000}{secrets.token_hex(2)}"
         self.with_nat = nat
         self.nat_random_ports = nat_random_ports
@@ -463,6 +476,9 @@ class Topology:
         self.gw_b = f"{self.prefix}-gb"
         self.host_b = f"{self.prefix}-hb"
         self.nat: str | None = f"{self.prefix}-nat" if nat else None
+        self.inet: str | None = f"{self.prefix}-inet" if attacker else None
+        self.attacker: str | None = f"{self.prefix}-atk" if attacker else None
+        self.victim: str | None = f"{self.prefix}-vic" if attacker else None
         self.gw_a_wan_ip = GW_A_NAT_IP if nat else GW_A_WAN_IP
         self.gw_a_public_ip = NAT_OUTSIDE_IP if nat else GW_A_WAN_IP
         self.gw_b_wan_ip = GW_B_WAN_IP
@@ -484,6 +500,7 @@ class Topology:
         names = [self.host_a, self.gw_a]
         if self.nat:
             names.append(self.nat)
+        names += [ns for ns in (self.inet, self.attacker, self.victim) if ns]
         return [*names, self.gw_b, self.host_b]
 
     @property
@@ -522,7 +539,12 @@ class Topology:
         for ns in self.namespaces:
             self._created.append(ns)  # first: an interrupt may land while `ip netns add` runs
             add_namespace(ns)
-        wire_sites(self.host_a, self.gw_a, self.gw_b, self.host_b, direct_wan=not self.nat)
+        bridged = self.inet is not None
+        wire_sites(
+            self.host_a, self.gw_a, self.gw_b, self.host_b, direct_wan=not (self.nat or bridged)
+        )
+        if self.inet is not None:
+            self._build_bridge(self.inet)
         if self.ipv6:
             self._wire_ipv6()
         if self.nat:
@@ -569,6 +591,26 @@ class Topology:
         run(self.host_b, "ip", "-6", "route", "add", "default", "via", GW_B_LAN_IP6)
         for gw in (self.gw_a, self.gw_b):
             run(gw, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+
+    def _build_bridge(self, inet: str) -> None:
+        """The internet link as a bridge: gwA, gwB, the attacker and the bystander on it."""
+        assert self.attacker is not None and self.victim is not None
+        run(None, "ip", "-n", inet, "link", "add", "br0", "type", "bridge")
+        ends = (
+            (self.gw_a, WAN_IFACE, f"{GW_A_WAN_IP}/24", "port-a"),
+            (self.gw_b, WAN_IFACE, f"{GW_B_WAN_IP}/24", "port-b"),
+            (self.attacker, "eth0", f"{ATTACKER_IP}/24", "port-atk"),
+            (self.victim, "eth0", f"{VICTIM_IP}/24", "port-vic"),
+        )
+        for ns, ifname, address, port in ends:
+            run(None, "ip", "-n", ns, "link", "add", ifname, "type", "veth", "peer", "name",
+                port, "netns", inet)  # fmt: skip
+            run(None, "ip", "-n", ns, "addr", "add", address, "dev", ifname)
+            run(None, "ip", "-n", ns, "link", "set", ifname, "up")
+            run(None, "ip", "-n", inet, "link", "set", "dev", port, "master", "br0", "up")
+        run(None, "ip", "-n", inet, "link", "set", "dev", "br0", "up")
+        for ns in (self.attacker, self.victim):
+            run(ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0")
 
     def close(self, keep_workdir: bool = False) -> None:
         """Kill spawned processes and everything left in the namespaces; delete them.

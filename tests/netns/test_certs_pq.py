@@ -501,11 +501,19 @@ def test_strongswan_61_offers_no_ml_kem(
         else:
             with pytest.raises(Exception):  # noqa: B017 - swanctl reports it its own way
                 charon.initiate(timeout=10)
-            message = _wait_error(ours, "NO_PROPOSAL_CHOSEN")
+            # The responder's refusal before IKE_AUTH is the source address's, in its log
+            # (issue 12): no peer's last_error is touched.
+            needle = "request from an unauthenticated source refused"
+            text = wait_until(
+                ours.log_text, 20, what="the refusal in ipsecd's log", until=lambda t: needle in t
+            )
+            message = next(ln for ln in text.splitlines() if needle in ln)
+            assert "NO_PROPOSAL_CHOSEN" in message, message
             assert (
                 "we require the post-quantum additional key exchange mlkem768 (RFC 9370),"
                 " the peer offers none" in message
             ), message
+            assert ours.peer_status()["last_error"] is None
         assert not ours.peer_status()["up"]
     finally:
         charon.stop()

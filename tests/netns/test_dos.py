@@ -213,7 +213,8 @@ def test_strongswan_demands_cookies_from_ipsecd(topology: Topology, strongswan: 
 
 @pytest.mark.timing  # a paced flood, and the responder's memory and CPU under it
 def test_flood_without_cookies_stops_at_the_half_open_limit(topology: Topology) -> None:
-    """Cookies effectively off: the global limit alone bounds the half-open state."""
+    """Cookies effectively off: the global limit bounds the half-open state (and the share
+    of the daemon's time for new requests, ipsecd.ike.inbox, may stop the flood earlier)."""
     limit = 500
     _, gw_b = _responder(topology, cookie_threshold=1_000_000, half_open_limit=limit)
     watch = _Watch(gw_b)
@@ -221,7 +222,8 @@ def test_flood_without_cookies_stops_at_the_half_open_limit(topology: Topology) 
     watch.until(flood, timeout=60)
     counters = gw_b.status()["ike_counters"]
     print(f"responder RSS {watch.base} -> {watch.peak} kB, {watch.cpu():.1f} s CPU; {counters}")
-    assert watch.half_open_peak == limit, (watch.half_open_peak, counters)
-    assert counters.get("half_open_dropped", 0) >= 1000, counters
+    assert 0 < watch.half_open_peak <= limit, (watch.half_open_peak, counters)
+    dropped = counters.get("half_open_dropped", 0) + counters.get("ike_busy_dropped", 0)
+    assert dropped >= 1000, counters
     assert counters["cookies_sent"] == 0, counters
     assert watch.peak - watch.base < RSS_BOUND_KB, (watch.base, watch.peak)

@@ -192,9 +192,21 @@ def test_no_common_proposal(topology: Topology, we_initiate: bool) -> None:
     if not we_initiate:
         a.start, b.start = "respond", "initiate"
     gw_a, gw_b = start_psk_pair(topology, a, b)
-    ours = gw_b if we_initiate else gw_a  # the responder explains what had no match
-    message = _wait_error(ours, "NO_PROPOSAL_CHOSEN")
-    assert "x25519" in message and "ecp256" in message
+    initiator, responder = (gw_a, gw_b) if we_initiate else (gw_b, gw_a)
+    message = _wait_error(initiator, "NO_PROPOSAL_CHOSEN")
+    assert "refused IKE_SA_INIT" in message
+    # The responder explains what had no match, in its log and for the source address:
+    # before IKE_AUTH nobody is authenticated, so no peer's last_error is touched.
+    explained = wait_until(
+        responder.log_text,
+        20,
+        what="the responder's refusal in its log",
+        until=lambda text: "request from an unauthenticated source refused" in text,
+    )
+    line = next(ln for ln in explained.splitlines() if "unauthenticated source refused" in ln)
+    assert "x25519" in line and "ecp256" in line and "NO_PROPOSAL_CHOSEN" in line
+    assert f'"source": "{initiator.spec.wan_ip}:500"' in line
+    assert responder.peer_status()["last_error"] is None
     _assert_no_child(gw_a)
     _assert_no_child(gw_b)
 

@@ -68,6 +68,8 @@ class CoreRig:
                 moved = True
                 if not self.drop:
                     self.core.from_udp([(frame(d.data, d.marker), d.local)], d.remote, self.now)
+            while self.core.ike_pending():  # the shell's IKE slices (DaemonCore.run_ike)
+                self.core.run_ike(self.now)
             while (event := self.b.next_event()) is not None:
                 self.pair.events["b"].append((self.now, event))
             self.tun += self.core.packets_to_tun()

@@ -347,6 +347,7 @@ class IkePair:
         keepalive_interval: float | None = None,
         random_bytes: Callable[[int], bytes] | None = None,
         wall_clock: Callable[[], datetime] | None = None,
+        trace: bool = False,
         resolve: Resolver | None = None,
     ) -> None:
         self.now = START
@@ -363,8 +364,17 @@ class IkePair:
             kwargs["wall_clock"] = wall_clock
         if resolve is not None:
             kwargs["resolve"] = resolve
-        self.a = IkeManager(self.a_config, self.now, **kwargs)
-        self.b = IkeManager(self.b_config, self.now, **kwargs)
+        # trace=True: each side's debug trace lines (ipsecd.ike.trace) with "known" flags.
+        self.traces: dict[str, list[tuple[str, bool]]] = {"a": [], "b": []}
+        managers = {}
+        for side, config in (("a", self.a_config), ("b", self.b_config)):
+            if trace:
+                lines = self.traces[side]
+                kwargs["trace"] = lambda line, _remote, known, lines=lines: lines.append(
+                    (line, known)
+                )
+            managers[side] = IkeManager(config, self.now, **kwargs)
+        self.a, self.b = managers["a"], managers["b"]
         self.net = Network()
         self.events: dict[str, list[tuple[float, ev.Event]]] = {"a": [], "b": []}
         self.event_log: list[tuple[str, ev.Event]] = []  # both sides, in order

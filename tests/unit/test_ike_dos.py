@@ -66,6 +66,22 @@ def with_cookie(request: bytes, cookie: bytes) -> bytes:
     )
 
 
+def init_request(n: int, *extra: pl.Payload, spi_i: int = 99) -> bytes:
+    """A well-formed IKE_SA_INIT request (SA, KE, Ni) whose nonce says ``n``."""
+    from ipsecd.crypto.proposals import parse_proposal
+    from ipsecd.ike import message as codec
+    from ipsecd.ike.proposal_codec import sa_payload
+
+    proposal = parse_proposal("aes256gcm16-prfsha256-x25519", "ike")
+    payloads = (
+        sa_payload((proposal,)),
+        pl.KeyExchange(31, bytes(32)),
+        pl.Nonce(n.to_bytes(32, "big")),
+        *extra,
+    )
+    return codec.encode(codec.Message(spi_i, 0, IKE_SA_INIT, 0, initiator=True, payloads=payloads))
+
+
 def init_requests(pair: IkePair, sender: str) -> list[bytes]:
     return [s.data for s in pair.sent_by(sender, keepalive=False) if s.data[18] == IKE_SA_INIT]
 
@@ -355,16 +371,17 @@ def test_replay_memory_is_bounded(tmp_path, monkeypatch):
         def __init__(self, spi: int) -> None:
             self.spi_i = self.local_spi = spi
 
-    for n in range(10):
+    requests = [init_request(n, spi_i=n + 1) for n in range(10)]
+    for n, request in enumerate(requests):
         sa = FakeSa(n + 1)
-        table.add(sa, b"request %d" % n, "203.0.113.1")
+        table.add(sa, request, "203.0.113.1")
         table.established(sa, float(n))
     assert len(table._replays) == 4
     assert len(table) == 0 and table.per_source("203.0.113.1") == 0
-    assert table.admit(b"request 9", 99, 0, "203.0.113.1", 10.0).drop
-    assert table.admit(b"request 0", 99, 0, "203.0.113.1", 10.0).accept  # forgotten
+    assert table.admit(requests[9], 10, 0, "203.0.113.1", 10.0).drop
+    assert table.admit(requests[0], 1, 0, "203.0.113.1", 10.0).accept  # forgotten
     # ... and by time.
-    assert table.admit(b"request 9", 99, 0, "203.0.113.1", 10.0 + 3600.0).accept
+    assert table.admit(requests[9], 10, 0, "203.0.113.1", 10.0 + 3600.0).accept
 
 
 # ---- amplification ----------------------------------------------------------------------------

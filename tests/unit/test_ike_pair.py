@@ -225,6 +225,17 @@ def failure_of(pair: IkePair, side: str) -> str:
     return failed.reason
 
 
+def source_failure_of(pair: IkePair, side: str, source: str = A_IP) -> str:
+    """A responder's failure before IKE_AUTH verified: the source's, never the peer's
+    (issue 12): no NegotiationFailed, no last_error."""
+    assert pair.of_type(side, ev.NegotiationFailed) == []
+    assert pair.status(side)["last_error"] is None
+    (failed,) = pair.of_type(side, ev.UnauthenticatedFailure)
+    assert failed.source[0] == source
+    assert pair.mgr(side).counters["unauthenticated_failures"] == 1
+    return failed.reason
+
+
 def test_wrong_psk_detected_by_the_responder(tmp_path):
     pair = IkePair(tmp_path, side_a(), side_b(psk="0x" + "66" * 32), start=False)
     pair.record_cleartext()
@@ -233,7 +244,7 @@ def test_wrong_psk_detected_by_the_responder(tmp_path):
     for side in "ab":
         assert_failed_cleanly(pair, side)
         assert pair.of_type(side, ev.IkeSaEstablished) == []
-    b_reason = failure_of(pair, "b")
+    b_reason = source_failure_of(pair, "b")
     assert "192.0.2.1" in b_reason and "does not verify with our PSK" in b_reason
     a_reason = failure_of(pair, "a")
     assert "AUTHENTICATION_FAILED" in a_reason and "192.0.2.1" in a_reason
@@ -288,7 +299,7 @@ def test_initiator_identity_unknown_to_the_responder(tmp_path):
     pair = IkePair(tmp_path, side_a(local_id="@a.example.org"), side_b())
     for side in "ab":
         assert_failed_cleanly(pair, side)
-    b_reason = failure_of(pair, "b")
+    b_reason = source_failure_of(pair, "b")
     assert "a.example.org" in b_reason and "192.0.2.1" in b_reason
     assert "AUTHENTICATION_FAILED" in failure_of(pair, "a")
 
@@ -312,7 +323,7 @@ def test_no_common_ike_proposal(tmp_path):
     for side in "ab":
         assert_failed_cleanly(pair, side)
         assert pair.of_type(side, ev.IkeSaEstablished) == []
-    b_reason = failure_of(pair, "b")
+    b_reason = source_failure_of(pair, "b")
     offers = ("aes128-sha256-prfsha256-x25519", "aes256gcm16-prfsha384-ecp384")
     for text in (*offers, "aes128-sha256-modp2048"):
         assert text in b_reason
@@ -397,8 +408,15 @@ def test_peer_not_answering_retransmits_gives_up_and_retries(tmp_path, timeout, 
     assert gaps == expected
     assert len({s.data for s in first_attempt}) == 1  # byte-identical retransmissions
     give_up = expected[-1] + timeout * 2**tries
-    (failed, *later) = pair.events["a"]
-    at, event = failed
+    # Each retransmission is reported with its number and the next timeout (issue 13).
+    retransmits = [(at, e) for at, e in pair.events["a"] if isinstance(e, ev.IkeRetransmit)]
+    assert [(e.number, e.limit, e.exchange, e.message_id) for _, e in retransmits[:tries]] == [
+        (n, tries, "IKE_SA_INIT", 0) for n in range(1, tries + 1)
+    ]
+    assert [e.next_timeout for _, e in retransmits[:tries]] == [
+        timeout * 2**n for n in range(1, tries + 1)
+    ]
+    at, event = next((at, e) for at, e in pair.events["a"] if not isinstance(e, ev.IkeRetransmit))
     assert isinstance(event, ev.NegotiationFailed) and at == pytest.approx(start + give_up)
     assert event.reason.startswith(f"no response from {B_IP}:500 after {tries} retransmits")
     assert "IKE_SA_INIT" in event.reason
@@ -769,6 +787,9 @@ ODD_COUNTERS = (
     "unknown_peer",
     "unsupported_critical_payload",
     "unknown_exchange",
+    # A mangled copy of the peer's last request: not the request answered (issue 12).
+    "retransmit_mismatch",
+    "retransmit_rate_limited",
 )
 
 

@@ -56,6 +56,8 @@ def test_peer_not_answering_schedule_gives_up_and_retries(tmp_path):
         times.append(now)
     assert times == [0.5, 1.5, 3.5]
     assert now == pytest.approx(7.5)  # 0.5 + 1 + 2 + 4
+    retransmits = [mgr.next_event() for _ in range(3)]  # each one told (issue 13)
+    assert [(r.number, r.next_timeout) for r in retransmits] == [(1, 1.0), (2, 2.0), (3, 4.0)]
     event = mgr.next_event()
     assert isinstance(event, ev.NegotiationFailed)
     assert f"no response from {B_IP}:500 after 3 retransmits" in event.reason

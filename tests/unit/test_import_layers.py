@@ -18,6 +18,7 @@ LAYERS = {
     "selectors": 0,
     "addresses": 0,
     "oserrors": 0,
+    "ratelimit": 0,  # token buckets: imports nothing of ipsecd
     "crypto": 1,
     "pki": 1,
     "config": 2,

@@ -313,21 +313,20 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
     if ke is None or nonce is None or offered is None:
         raise InvalidSyntax(f"IKE_SA_INIT request from {sa.remote[0]} lacks SA, KE or Nonce")
     intermediate = message.notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is not None
-    chosen = choose(offered, sa.peer.ike_proposals, "ike", sa.peer_name, additional=intermediate)
+    chosen = choose(offered, sa.peer.ike_proposals, "ike", sa.who, additional=intermediate)
     assert chosen.ke is not None  # every IKE proposal has a KE transform (config)
     if ke.group != chosen.ke.transform_id:
         raise InvalidKePayload(
-            f"peer {sa.peer_name} sent a KE payload for group {ke.group},"
-            f" we selected {chosen.ke.name}",
+            f"{sa.who} sent a KE payload for group {ke.group}, we selected {chosen.ke.name}",
             group=int(chosen.ke.transform_id),
         )
     if not NONCE_MIN_LEN <= len(nonce.data) <= NONCE_MAX_LEN:
-        raise InvalidSyntax(f"peer {sa.peer_name} sent a {len(nonce.data)}-octet nonce (§3.9)")
+        raise InvalidSyntax(f"{sa.who} sent a {len(nonce.data)}-octet nonce (§3.9)")
     key_exchange = keyexchange.new(chosen.ke)
     try:
         shared = key_exchange.shared_secret(ke.data)
     except ValueError as exc:
-        raise InvalidSyntax(f"peer {sa.peer_name} sent an invalid KE value: {exc}") from None
+        raise InvalidSyntax(f"{sa.who} sent an invalid KE value: {exc}") from None
     my_nonce = sa.random_bytes(NONCE_LEN)
     sa.spi_i = message.spi_i
     sa.spi_r = new_ike_spi(sa.random_bytes)

@@ -1,0 +1,173 @@
+"""Received IKE datagrams waiting for the IKE layer: checked cheaply, bounded, in two queues.
+
+The shell reads UDP in bursts; ESP in a burst is handled at once, while its IKE
+datagrams only pass the cheap checks here and wait in :class:`IkeInbox` until the
+shell gives the IKE layer a slice of time (:meth:`IkeManager.process_queued`).  So
+IKE work, which an attacker can make expensive, never holds up the ESP of the same
+burst or of later ones (issue 12, item 2).
+
+Cheap checks, in order, before anything is decoded:
+
+1. the datagram is at most ``gateway.max_ike_datagram`` bytes (default 10 000, like
+   strongSwan's ``charon.max_packet``); RFC 7383 fragments are checked one by one,
+   their reassembly has its own budget (:mod:`ipsecd.ike.fragments`);
+2. the 28-byte IKE header parses and its length is the datagram's (RFC 7296 §3.1).
+
+Messages for an IKE SA we hold (by our SPI, or retransmissions of a half-open SA's
+IKE_SA_INIT) go to the *known* queue, everything else (new IKE_SA_INIT requests, unknown
+SPIs) to the *new* one.  Each queue holds at most :data:`QUEUE_DATAGRAMS` datagrams and
+:data:`QUEUE_BYTES` bytes; beyond, datagrams are dropped and counted (``ike_queue_full``),
+so a flood of new requests cannot crowd out the messages of existing IKE SAs.  Both are
+served in the order the datagrams arrived: the order of an IKE_SA_INIT request and the
+answer to our own crossing it decides which IKE SA carries N(INITIAL_CONTACT) first
+(RFC 7296 §2.4), as it would without the queues; a flood in the new queue delays a known
+message by little, as the share below drops what it cannot afford at a few microseconds
+each.
+
+Work for the new queue (anyone can send it) may keep the daemon busy at most
+:data:`NEW_WORK_SHARE` of the time: the time each such message takes, read from the
+shell's work clock (elapsed, not CPU time: being preempted in the middle of IKE work
+keeps ESP waiting just as much, so a loaded machine gets less of it), is charged to a
+token bucket refilled by the clock the shell passes as ``now``.  While that budget is in
+debt, new datagrams are dropped as they arrive (``ike_busy_dropped``), before any work.
+A daemon flooded with IKE_SA_INIT then still sleeps most of the time, and the kernel
+wakes it at once for the next ESP packet instead of queueing it behind a busy process
+(measured in docs/security.md).  Meanwhile the shell stops reading the IKE port,
+which carries only new requests once IKE floated to the NAT-T port (:meth:`paused_for`):
+the kernel then drops the flood at no cost to the daemon.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ipsecd.ike import message as codec
+from ipsecd.ike.errors import MalformedMessage
+from ipsecd.ike.events import Address
+from ipsecd.ratelimit import TokenBucket
+
+DEFAULT_MAX_IKE_DATAGRAM = 10_000  # bytes, strongSwan's charon.max_packet
+QUEUE_DATAGRAMS = 256  # per queue
+QUEUE_BYTES = 2 * 1024 * 1024  # per queue
+NEW_WORK_SHARE = 0.05  # seconds per second: the daemon busy with the new queue at most
+NEW_WORK_BURST = 0.002  # seconds of it at once: short bursts keep the daemon a light sleeper
+
+
+@dataclass(frozen=True)
+class Received:
+    """One IKE datagram (without non-ESP marker) that passed the cheap checks."""
+
+    data: bytes
+    header: codec.Header
+    local: Address
+    remote: Address
+
+
+class _Queue:
+    __slots__ = ("items", "bytes")
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[int, Received]] = deque()  # (arrival number, datagram)
+        self.bytes = 0
+
+
+class IkeInbox:
+    """The two bounded queues of received IKE datagrams; see the module docstring."""
+
+    def __init__(
+        self,
+        counters: dict[str, int],
+        max_datagram: int,
+        now: float,
+        work_clock: Callable[[], float] | None = None,
+    ) -> None:
+        """``work_clock``: how long the new queue's work takes (None: no share limit)."""
+        self.counters = counters
+        self.max_datagram = max_datagram
+        self._known = _Queue()
+        self._new = _Queue()
+        self._arrivals = 0
+        self._clock = work_clock
+        self._new_work = TokenBucket(NEW_WORK_SHARE, NEW_WORK_BURST, now) if work_clock else None
+
+    def __len__(self) -> int:
+        return len(self._known.items) + len(self._new.items)
+
+    def check(self, data: bytes | memoryview) -> codec.Header | None:
+        """The header of an acceptable datagram, or None (dropped and counted)."""
+        if len(data) > self.max_datagram:
+            self._count("oversized")
+            return None
+        try:
+            return codec.parse_header(data)
+        except MalformedMessage:
+            self._count("malformed")
+            return None
+
+    def offer(self, item: Received, known: bool, now: float) -> None:
+        """Queue a checked datagram (``known``: for an IKE SA we hold)."""
+        if not known and self._over_budget(now):
+            self._count("ike_busy_dropped")
+            return
+        queue = self._known if known else self._new
+        if len(queue.items) >= QUEUE_DATAGRAMS or queue.bytes + len(item.data) > QUEUE_BYTES:
+            self._count("ike_queue_full")
+            return
+        self._arrivals += 1
+        queue.items.append((self._arrivals, item))
+        queue.bytes += len(item.data)
+
+    def paused_for(self, now: float) -> float:
+        """Seconds the shell may leave a socket that carries only new requests (the IKE
+        port) unread (0: none): while the share is in debt, and until half a burst is
+        back, so that a flooded daemon sleeps in long stretches, not between datagrams."""
+        bucket = self._new_work
+        if bucket is None or bucket.available(now):
+            return 0.0
+        return (bucket.burst / 2 - bucket.tokens) / bucket.rate
+
+    def _over_budget(self, now: float) -> bool:
+        return self._new_work is not None and not self._new_work.available(now)
+
+    def take(self) -> tuple[Received, bool] | None:
+        """The datagram that arrived first, and whether it is for a known SA."""
+        known, new = self._known.items, self._new.items
+        if not known and not new:
+            return None
+        queue = self._known if known and (not new or known[0][0] < new[0][0]) else self._new
+        _, item = queue.items.popleft()
+        queue.bytes -= len(item.data)
+        return item, queue is self._known
+
+    def drain(
+        self,
+        handle: Callable[[Received], None],
+        more: Callable[[], bool],
+        now: float,
+        known_now: Callable[[Received], bool] = lambda _item: False,
+    ) -> int:
+        """Hand queued datagrams to ``handle`` while ``more()`` (at least one); returns
+        how many were handled.  The new queue's work is charged to its budget;
+        ``known_now`` says whether a new one has become known meanwhile (the second copy
+        of an IKE_SA_INIT whose first copy, in the same burst, made a half-open SA)."""
+        handled = 0
+        while (taken := self.take()) is not None:
+            item, known = taken
+            if known or self._new_work is None or self._clock is None:
+                handle(item)
+            elif self._over_budget(now) and not known_now(item):
+                self._count("ike_busy_dropped")  # queued before the share ran out
+                continue
+            else:
+                start = self._clock()
+                handle(item)
+                self._new_work.spend(self._clock() - start, now)
+            handled += 1
+            if not more():
+                break
+        return handled
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
