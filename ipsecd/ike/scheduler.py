@@ -30,7 +30,7 @@ from ipsecd.ike.events import OutgoingDatagram
 from ipsecd.ike.exchanges.informational import DeleteChildSa, DeleteIkeSa
 from ipsecd.ike.exchanges.rekey import RekeyChildSa, RekeyIkeSa, random_unit
 from ipsecd.ike.lifecycle import LIVE_STATES, ChildState, IkeState
-from ipsecd.ike.reauth import REAUTH_GRACE
+from ipsecd.ike.reauth import CROSSING_GRACE, REAUTH_GRACE
 from ipsecd.ike.sa import IkeSa, RandomBytes, ReauthDue
 
 NAT_KEEPALIVE_INTERVAL = 20.0  # RFC 3948 §4: default 20 seconds
@@ -46,6 +46,8 @@ def replaced_delete_at(sa: IkeSa) -> float | None:
     peer should have deleted it by then)."""
     if sa.rekeyed_to is None or sa.rekeyed_at is None:
         return None
+    if sa.crossed:
+        return sa.rekeyed_at + CROSSING_GRACE
     return sa.rekeyed_at + (REAUTH_GRACE if sa.reauthenticated else REKEYED_IKE_GRACE)
 
 
@@ -221,8 +223,12 @@ class Scheduler:
             delete_at = replaced_delete_at(sa)
             if delete_at is not None and now >= delete_at:
                 sa.rekeyed_at = None
-                how = "a reauthentication" if sa.reauthenticated else "a rekey"
-                sa.queue(DeleteIkeSa(f"replaced by {how}, not deleted by the peer"), now)
+                if sa.crossed:
+                    why = "duplicate IKE SA (both ends initiated)"
+                else:
+                    how = "a reauthentication" if sa.reauthenticated else "a rekey"
+                    why = f"replaced by {how}, not deleted by the peer"
+                sa.queue(DeleteIkeSa(why), now)
             return
         for child in list(sa.children.values()):
             if child.expire_at is not None and now >= child.expire_at:
