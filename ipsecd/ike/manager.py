@@ -983,6 +983,10 @@ class IkeManager:
                 "IKE SA reauthenticated (reauth_time): the new IKE SA and CHILD_SAs replace"
                 " the old ones",
             )
+        self._delete_duplicates(sa, losers, now)
+
+    def _delete_duplicates(self, sa: IkeSa, losers: list[IkeSa], now: float) -> None:
+        """The losers of a crossing (``sa`` just authenticated) go, by a Delete each."""
         for loser in losers:
             self._count("duplicate_ike_sa_deleted")
             loser.queue(DeleteIkeSa("duplicate IKE SA (both ends initiated)"), now)
@@ -990,8 +994,13 @@ class IkeManager:
                 self._collect(loser, now)
 
     def _theirs_authenticated(self, sa: IkeSa, others: list[IkeSa], now: float) -> None:
-        """Rules 2 and 3: with no initiation of ours outstanding, the peer's new IKE SA
-        replaces ours (the peer deletes them); otherwise ours decides when it is up."""
+        """Rules 2 to 4: the peer's new IKE SA crossed one of ours that was just set up
+        (decided here, as the peer does, if it decides at all); with no initiation of
+        ours outstanding, it replaces ours (the peer deletes them); otherwise ours
+        decides when it is up."""
+        if reauth.crossed_ours(sa, others):
+            self._crossed_ours(sa, reauth.crossing_losers(sa, others), now)
+            return
         replaced = reauth.replaced_by_peer(sa, others)
         for old in replaced:
             reauth.replace(old, sa, now)
@@ -1005,6 +1014,21 @@ class IkeManager:
                 "the peer set up a new IKE SA beside ours (reauthentication): it replaces"
                 " the old one, which the peer deletes",
             )
+
+    def _crossed_ours(self, sa: IkeSa, losers: list[IkeSa], now: float) -> None:
+        """Rule 2: the peer's ``sa`` and one of ours crossed.  If ``sa`` loses, it goes at
+        once (the peer has ours up).  If ours loses, the peer may not have ``sa`` up
+        before our IKE_AUTH response arrives: ours keeps carrying traffic and is
+        deleted after CROSSING_GRACE, unless the peer deletes it first (rule 1)."""
+        if sa in losers:
+            self._delete_duplicates(sa, losers, now)
+            return
+        for loser in losers:
+            self._count("duplicate_ike_sa_deleted")
+            reauth.replace(loser, sa, now, crossed=True)
+            self.scheduler.reschedule(loser)
+        if losers:
+            self._hold_outbound(sa)
 
     def _hold_outbound(self, new: IkeSa) -> None:
         """The peer's reauthentication: keep sending with the old CHILD_SAs until the old

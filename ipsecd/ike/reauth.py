@@ -17,19 +17,31 @@ The rules, applied by the manager when an IKE SA authenticates (:func:`classify`
 1. an IKE SA we initiated: if it reauthenticates one of ours, that one is replaced by it;
    any other established IKE SA of the peer crossed it, and every pair but the largest
    is deleted (:func:`crossing_losers`);
-2. an IKE SA the peer initiated while no initiation of ours is outstanding: it replaces
-   our established IKE SAs with the peer (the peer reauthenticates; or it crossed an
-   initiation of ours that has finished, in which case the peer applies rule 1 to the
-   two, and we follow its Delete);
-3. an IKE SA the peer initiated while an initiation of ours is outstanding: a crossing,
+2. an IKE SA the peer initiated while no initiation of ours is outstanding, and that
+   began (its IKE_SA_INIT arrived) before, or less than :data:`CROSSING_WINDOW` seconds
+   after, an IKE SA we initiated was established: it crossed ours (its IKE_SA_INIT was a
+   retransmission of an initiation the peer began before ours was up), and we decide as
+   in rule 1 (:func:`crossed_ours`).  The peer may decide too: an ipsecd peer applies
+   rule 1 to the same two pairs and picks the same one; strongSwan with ``unique = no``
+   (swanctl's default) keeps every IKE SA and decides nothing, so we must;
+3. an IKE SA the peer initiated otherwise while no initiation of ours is outstanding:
+   it replaces our established IKE SAs with the peer (the peer reauthenticates: it
+   deletes the old ones once its new CHILD_SAs stand);
+4. an IKE SA the peer initiated while an initiation of ours is outstanding: a crossing,
    decided by rule 1 when ours authenticates (on this end, or on the peer's).
 
 Why both ends always end with the same pair: of the two crossing IKE SAs, each end
 authenticates the peer's before it gets the answer to its own unless the answers
 crossed; the IKE_AUTH response of one SA leaves its responder only after the request
 arrived, so at least one end authenticates its own SA last and applies rule 1 with
-both present.  The other end applied rule 2 (kept the new one, waits) or rule 3 (waits)
-and follows the Delete.
+both present.  The other end applied rule 2 (the same decision), rule 3 (kept the new
+one, waits: the crossing came late) or rule 4 (waits) and follows the Delete.
+
+Telling rule 2 from rule 3 takes a clock: on the wire, a crossing IKE_SA_INIT retransmitted
+after ours was established looks like a reauthentication's.  A peer does not reauthenticate
+an IKE SA seconds after setting it up, so an IKE SA that young was crossed.  A crossing that
+comes later still ends with one pair: rule 3 keeps the peer's, and the old one is deleted
+after :data:`REAUTH_GRACE` seconds when the peer does not.
 
 N(INITIAL_CONTACT) (§2.4) must not undo this: it is sent only while the sender has no
 other established IKE SA with us (decided when IKE_AUTH is built, :func:`no_initial_contact`),
@@ -52,6 +64,18 @@ from ipsecd.ike.sa import IkeSa, ReauthComplete, TaskResult
 #: Seconds a peer may take to delete the IKE SA its reauthentication replaced.  strongSwan
 #: deletes it as soon as the new CHILD_SAs stand; after this long we delete it ourselves.
 REAUTH_GRACE = 10.0
+
+#: Seconds after an IKE SA of ours was established within which an IKE SA the peer began
+#: crossed it rather than reauthenticates it (rule 2).  Longer than a peer's first
+#: retransmissions of IKE_SA_INIT (strongSwan: 4 s by default, 1 s in our tests) and far
+#: shorter than any reauth_time in use (ours and charon's are in minutes or hours; the
+#: interop tests use 8 s).
+CROSSING_WINDOW = 5.0
+
+#: Seconds we keep an IKE SA of ours that lost a crossing we decided as the responder of
+#: the winner (rule 2), so that the peer has our IKE_AUTH response, and the winner's
+#: CHILD_SAs, before the loser's go.  An ipsecd peer deletes it at once (rule 1).
+CROSSING_GRACE = 2.0
 
 #: An initiation of ours that has not authenticated yet.
 _INITIATING = (IkeState.CREATED, IkeState.INIT_SENT, IkeState.AUTH_SENT)
@@ -82,8 +106,8 @@ def current(sa: IkeSa) -> IkeSa:
 
 
 def crossing_losers(sa: IkeSa, others: Iterable[IkeSa]) -> list[IkeSa]:
-    """Rule 1: the IKE SAs to delete when ``sa``, ours, authenticated beside ``others``
-    of the same peer: all settled ones but the largest (SPIi, SPIr).  RFC 7296 allows
+    """Rules 1 and 2: the IKE SAs to delete when ``sa`` authenticated beside ``others``
+    of the same peer (a crossing): all settled ones but the largest (SPIi, SPIr).  RFC 7296 allows
     several; one is enough, and both ends pick the same one (§1.4.1: simultaneous
     Deletes of one SA are answered normally).  None while a rekey is under way."""
     if not settled(sa):
@@ -95,18 +119,42 @@ def crossing_losers(sa: IkeSa, others: Iterable[IkeSa]) -> list[IkeSa]:
     return [r for r in rivals if r is not keep]
 
 
-def replaced_by_peer(sa: IkeSa, others: list[IkeSa]) -> list[IkeSa]:
-    """Rules 2 and 3: our IKE SAs that ``sa``, authenticated by the peer, replaces;
-    none while an initiation of ours is outstanding (a crossing)."""
+def crossed_ours(sa: IkeSa, others: Iterable[IkeSa]) -> bool:
+    """Rule 2: ``sa``, authenticated by the peer, began before, or less than
+    :data:`CROSSING_WINDOW` seconds after, an established IKE SA that we initiated with
+    IKE_SA_INIT (not a rekey's successor) was established: both ends initiated at once.
+    Not while an initiation of ours is outstanding (rule 4 decides then)."""
     if sa.initiator or not settled(sa) or any(initiating(o) for o in others):
+        return False
+    return any(
+        o is not sa
+        and o.initiator
+        and o.init_request  # began with our IKE_SA_INIT (a rekey's successor did not)
+        and settled(o)
+        and o.established_at is not None
+        and sa.created_at < o.established_at + CROSSING_WINDOW
+        for o in others
+    )
+
+
+def replaced_by_peer(sa: IkeSa, others: list[IkeSa]) -> list[IkeSa]:
+    """Rules 3 and 4: our IKE SAs that ``sa``, authenticated by the peer, replaces;
+    none while an initiation of ours is outstanding (a crossing), or when ``sa`` crossed
+    one of ours (rule 2, :func:`crossed_ours`)."""
+    if sa.initiator or not settled(sa) or any(initiating(o) for o in others):
+        return []
+    if crossed_ours(sa, others):
         return []
     return [o for o in others if o is not sa and settled(o)]
 
 
-def replace(old: IkeSa, new: IkeSa, now: float) -> None:
+def replace(old: IkeSa, new: IkeSa, now: float, *, crossed: bool = False) -> None:
     """``new``, a reauthentication, takes over from ``old``: ``old`` keeps its CHILD_SAs
-    until it is deleted, but is no longer used, rekeyed or checked for liveness."""
+    until it is deleted, but is no longer used, rekeyed or checked for liveness.
+    ``crossed``: ``old`` lost a crossing to ``new`` (rule 2), deleted after
+    :data:`CROSSING_GRACE` unless the peer deletes it first."""
     old.rekeyed_to, old.rekeyed_at, old.reauthenticated = new, now, True
+    old.crossed = crossed
 
 
 def unreplace(old: IkeSa, survivor: IkeSa | None) -> None:
@@ -116,7 +164,7 @@ def unreplace(old: IkeSa, survivor: IkeSa | None) -> None:
         old.rekeyed_to = survivor
         return
     old.rekeyed_to = old.rekeyed_at = None
-    old.reauthenticated = False
+    old.reauthenticated = old.crossed = False
 
 
 def forgotten_by(sa: IkeSa, others: Iterable[IkeSa]) -> list[IkeSa]:

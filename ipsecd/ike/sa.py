@@ -349,6 +349,9 @@ class IkeSa:
     reauth_at: float | None = None
     reauth_of: IkeSa | None = None
     reauthenticated: bool = False
+    # Replaced because it lost a crossing that we decided as the new SA's responder
+    # (ike/reauth.py rule 2): deleted after reauth.CROSSING_GRACE unless the peer does.
+    crossed: bool = False
     # In which order this SA began and was established among the manager's SAs (serial
     # numbers of ``context.sequence``): an N(INITIAL_CONTACT) can only mean the IKE SAs
     # established before the SA carrying it began (RFC 7296 §2.4; ike/reauth.py).

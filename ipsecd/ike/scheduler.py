@@ -30,7 +30,7 @@ from ipsecd.ike.events import OutgoingDatagram
 from ipsecd.ike.exchanges.informational import DeleteChildSa, DeleteIkeSa
 from ipsecd.ike.exchanges.rekey import RekeyChildSa, RekeyIkeSa, random_unit
 from ipsecd.ike.lifecycle import LIVE_STATES, ChildState, IkeState
-from ipsecd.ike.reauth import REAUTH_GRACE
+from ipsecd.ike.reauth import CROSSING_GRACE, REAUTH_GRACE
 from ipsecd.ike.sa import IkeSa, RandomBytes, ReauthDue
 
 NAT_KEEPALIVE_INTERVAL = 20.0  # RFC 3948 §4: default 20 seconds
@@ -46,7 +46,14 @@ def replaced_delete_at(sa: IkeSa) -> float | None:
     peer should have deleted it by then)."""
     if sa.rekeyed_to is None or sa.rekeyed_at is None:
         return None
+    if sa.crossed:
+        return sa.rekeyed_at + CROSSING_GRACE
     return sa.rekeyed_at + (REAUTH_GRACE if sa.reauthenticated else REKEYED_IKE_GRACE)
+
+
+def rekey_under_way(child: ChildSa) -> bool:
+    """A rekey of ``child`` is queued or outstanding: its hard lifetime waits for it."""
+    return child.rekey_queued or child.state is ChildState.REKEYING
 
 
 def seq_rekey_threshold(esn: bool) -> int:
@@ -170,7 +177,11 @@ class Scheduler:
                 and not child.rekey_queued
             ):
                 times.append(child.rekey_at)
-            if child.expire_at is not None and child.state in LIVE_STATES:
+            if (
+                child.expire_at is not None
+                and child.state in LIVE_STATES
+                and not rekey_under_way(child)  # its end, or its failure, reschedules
+            ):
                 times.append(child.expire_at)
         return min(times) if times else None
 
@@ -221,21 +232,33 @@ class Scheduler:
             delete_at = replaced_delete_at(sa)
             if delete_at is not None and now >= delete_at:
                 sa.rekeyed_at = None
-                how = "a reauthentication" if sa.reauthenticated else "a rekey"
-                sa.queue(DeleteIkeSa(f"replaced by {how}, not deleted by the peer"), now)
+                if sa.crossed:
+                    why = "duplicate IKE SA (both ends initiated)"
+                else:
+                    how = "a reauthentication" if sa.reauthenticated else "a rekey"
+                    why = f"replaced by {how}, not deleted by the peer"
+                sa.queue(DeleteIkeSa(why), now)
             return
         for child in list(sa.children.values()):
-            if child.expire_at is not None and now >= child.expire_at:
-                child.expire_at = None
-                if child.state is not ChildState.DELETING:
-                    self._count("child_sa_expired")
-                    self.delete_child(sa, child, "hard lifetime (life_time) reached", now)
-            elif (
+            # Rekey first: after a stalled event loop the soft and the hard lifetime may
+            # both be past, and a rekey replaces the CHILD_SA without a gap where a
+            # Delete leaves none.  The hard lifetime deletes it only when no rekey is
+            # under way (it failed, or cannot start: redundant, replaced).
+            if (
                 child.state is ChildState.INSTALLED
                 and child.rekey_at is not None
                 and now >= child.rekey_at
             ):
                 self.rekey_child(sa, child, now)
+            if (
+                child.expire_at is not None
+                and now >= child.expire_at
+                and not rekey_under_way(child)
+            ):
+                child.expire_at = None
+                if child.state is not ChildState.DELETING:
+                    self._count("child_sa_expired")
+                    self.delete_child(sa, child, "hard lifetime (life_time) reached", now)
         if sa.rekey_at is not None and now >= sa.rekey_at and not sa.rekey_queued:
             self.rekey_ike(sa, now)
         if sa.reauth_at is not None and now >= sa.reauth_at:

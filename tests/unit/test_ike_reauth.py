@@ -21,7 +21,7 @@ from ipsecd.daemon.core import trap_key
 from ipsecd.ike import events as ev
 from ipsecd.ike import payloads as pl
 from ipsecd.ike.exchanges.informational import DeleteIkeSa
-from ipsecd.ike.reauth import REAUTH_GRACE
+from ipsecd.ike.reauth import CROSSING_GRACE, CROSSING_WINDOW, REAUTH_GRACE
 from ipsecd.ike.sa import IkeSa
 from ipsecd.selectors import TrafficSelector
 from tests.unit.core_rig import CoreRig
@@ -209,6 +209,69 @@ def test_initial_contact_of_a_crossing_spares_the_other_pair(tmp_path: Path) -> 
         assert INITIAL_CONTACT in notify_types(request.payloads)
     assert counter(pair, "a", "initial_contact_deleted") == 0
     assert counter(pair, "b", "initial_contact_deleted") == 0
+    assert_in_use(pair)
+
+
+# ---- 1b. a peer that decides nothing about a crossing (strongSwan, unique = no) -------------
+
+
+def decides_nothing(pair: IkePair, side: str) -> None:
+    """``side`` keeps every IKE SA of a crossing, as charon with ``unique = no`` does."""
+    pair.mgr(side)._delete_duplicates = lambda sa, losers, now: None  # type: ignore[method-assign]
+
+
+def test_late_crossing_with_a_peer_that_decides_nothing(tmp_path: Path) -> None:
+    """Issue 14's crossing with charon (tests/netns/test_restart.py): b's IKE_SA_INIT, a
+    retransmission, reaches a only after a's own IKE SA is up, so on a it looks like a
+    reauthentication (nothing of a's outstanding); b keeps both.  a decides the crossing
+    (reauth rule 2) and both ends keep one pair within CROSSING_GRACE, whichever pair wins."""
+    a_kept = set()
+    for seed in range(12):
+        pair = IkePair(
+            tmp_path / str(seed),
+            side_a(**FAST),
+            side_b(**FAST, start="initiate"),
+            start=False,
+            random_bytes=seeded(seed),
+        )
+        decides_nothing(pair, "b")
+        gaps = watch_continuity(pair)
+        hold = Holdback(pair)
+        pair.a.start(pair.now)
+        pair.b.start(pair.now)
+        pair.pump()
+        for chain in (1, 1, 1, 1):  # a's IKE SA is set up while b's IKE_SA_INIT is held
+            hold.release(chain)
+        (ours,) = ike_sas(pair, "a")
+        pair.advance(0.4)  # b's retransmission comes a little later
+        hold.open()
+        pair.pump()
+        pair.advance(CROSSING_GRACE + 0.5)
+        a_sa, _ = assert_in_use(pair)
+        a_kept.add(a_sa is ours)
+        assert counter(pair, "a", "duplicate_ike_sa_deleted") == 1
+        assert counter(pair, "a", "ike_sa_replaced_by_peer") == 0
+        assert gaps == [], seed
+    assert a_kept == {True, False}  # both orders of the SPI pairs were tried
+
+
+@pytest.mark.parametrize("after", [CROSSING_WINDOW - 1, CROSSING_WINDOW + 1])
+def test_a_peer_ike_sa_beside_a_young_one_of_ours_is_a_crossing(
+    tmp_path: Path, after: float
+) -> None:
+    """Within CROSSING_WINDOW of our IKE SA's establishment a second IKE SA from the peer
+    crossed ours (decided at once); later it is a reauthentication (kept, the old one
+    deleted by the peer or after REAUTH_GRACE)."""
+    quiet = {**FAST, "dpd_delay": "0"}
+    pair = IkePair(tmp_path, side_a(**quiet), side_b(**quiet))
+    decides_nothing(pair, "b")
+    pair.advance(after)
+    pair.b._initiate_sa(pair.b.peers["a"], pair.now, send_initial_contact=False, children=("a",))
+    pair.pump()
+    crossing = after < CROSSING_WINDOW
+    assert counter(pair, "a", "duplicate_ike_sa_deleted") == int(crossing)
+    assert counter(pair, "a", "ike_sa_replaced_by_peer") == int(not crossing)
+    pair.advance((CROSSING_GRACE if crossing else REAUTH_GRACE) + 0.5)
     assert_in_use(pair)
 
 

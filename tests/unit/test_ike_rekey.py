@@ -259,6 +259,53 @@ def test_hard_lifetime_deletes_when_rekey_is_impossible(tmp_path: Path) -> None:
     assert not pair.dataplane["a"].inbound and not pair.dataplane["b"].inbound
 
 
+def stall(pair: IkePair, seconds: float) -> None:
+    """The event loop stalled for ``seconds``: no timer fired meanwhile; then every one
+    that is due fires at once, as the daemon's loop does when it wakes up."""
+    pair.now += seconds
+    for mgr in pair.managers.values():
+        mgr.handle_timer(pair.now)
+    pair.pump()
+    pair.advance(0)  # and whatever that made due at once
+
+
+def test_stalled_loop_past_soft_and_hard_lifetime_rekeys(tmp_path: Path) -> None:
+    """After a stall both the soft (rekey_time) and the hard (life_time) lifetime of the
+    CHILD_SA are past: the rekey comes first, and replaces it without a gap, instead of
+    a Delete that leaves no CHILD_SA (test_child_rekey_with_strongswan under load)."""
+    lifetime = esp_lifetime(10, 11, 0)
+    pair = rekey_pair(tmp_path, lifetime, NO_REKEY)
+    (old,) = children(pair.a)
+    stall(pair, 15)
+    assert_one_pair(pair)
+    (new,) = children(pair.a)
+    assert new.spi_in != old.spi_in
+    assert counter(pair.a, "child_sa_rekeyed") == 1
+    assert counter(pair.a, "child_sa_expired") == 0
+    assert new.expire_at == pair.now + 11 and new.rekey_at == pair.now + 10
+    pair.advance(30)  # and the lifetimes go on from the new CHILD_SA
+    assert_one_pair(pair)
+    assert counter(pair.a, "child_sa_rekeyed") == 4
+    assert counter(pair.a, "child_sa_expired") == 0
+
+
+def test_stalled_loop_hard_lifetime_deletes_when_the_rekey_fails(tmp_path: Path) -> None:
+    """The same stall, but the peer refuses the rekey: the hard lifetime then deletes."""
+    lifetime = esp_lifetime(10, 11, 0)
+    pair = rekey_pair(tmp_path, lifetime, NO_REKEY, esp="aes256gcm16")
+    b_peer = pair.b.peers["a"]
+    (child,) = b_peer.children
+    weaker = replace(child, esp_proposals=(parse_proposal("aes128-sha256", "esp"),))
+    pair.b.peers["a"] = replace(b_peer, children=(weaker,))
+    pair.b.ike_sa("a").peer = pair.b.peers["a"]
+    pair.check_make_before_break = False  # a plain Delete, no make-before-break
+    stall(pair, 15)
+    assert counter(pair.a, "child_sa_rekeyed") == 0
+    assert counter(pair.a, "child_sa_expired") == 1
+    assert children(pair.a) == [] and children(pair.b) == []
+    assert not pair.dataplane["a"].inbound and not pair.dataplane["b"].inbound
+
+
 def test_volume_and_sequence_limits_start_a_rekey(tmp_path: Path) -> None:
     # close_action none: a does not re-create the CHILD_SA b deletes at the end.
     lifetime = {**NO_REKEY, "esp_rekey_bytes": 1000, "close_action": "none"}
