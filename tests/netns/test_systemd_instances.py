@@ -62,6 +62,7 @@ def _config(instance: str, role: str, etc: Path, wan: str, peer_wan: str, site: 
         "@WAN_ADDR@": wan,
         "@PEER_WAN_ADDR@": peer_wan,
         "@SITE_ADDR@": site,
+        "@AUTH@": f"psk_file: {etc}/psk.secret",
     }.items():
         text = text.replace(placeholder, value)
     text = text.replace("metrics: 127.0.0.1:9810", "metrics: null")
