@@ -68,13 +68,25 @@ class TunDevice:
         with contextlib.suppress(pytun.Error, OSError):
             device.persist(False)
         self._device = device
-        self.name: str = device.name
-        self.fd: int = fd
-        self.offload = offload
-        os.set_blocking(self.fd, False)
+        self._io(fd, device.name, offload)
         self._ipr = AsyncIPRoute()
         self.index = 0
         self._routes: list[IpNetwork] = []
+
+    @classmethod
+    def on_fd(cls, fd: int, offload: bool = True, name: str = "") -> TunDevice:
+        """Packet I/O on a descriptor that is already open, with no device to configure:
+        for tests and bench/hotpath.py (a socket pair stands in for /dev/net/tun)."""
+        tun = cls.__new__(cls)
+        tun._io(fd, name, offload)
+        return tun
+
+    def _io(self, fd: int, name: str, offload: bool) -> None:
+        """The packet side of the device: descriptor, offloads, counters."""
+        self.name = name
+        self.fd = fd
+        self.offload = offload
+        os.set_blocking(fd, False)
         self.write_errors = 0
         self.read_errors = 0  # malformed virtio header / super-segment
         self.super_segments = 0  # reads that carried a TCP super-segment (TSO)
