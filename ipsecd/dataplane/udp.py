@@ -20,6 +20,8 @@ import socket
 import struct
 from collections.abc import Iterable, Sequence
 
+from ipsecd.esp.udp_encap import DatagramRun
+
 Address = tuple[str, int]
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -79,10 +81,9 @@ def split_gro(data: bytes, segment: int) -> list[memoryview]:
 
     Views into ``data`` (immutable, so they stay valid), not copies.
     """
-    view = memoryview(data)
     if segment <= 0 or len(data) <= segment:
-        return [view]
-    return [view[i : i + segment] for i in range(0, len(data), segment)]
+        return [memoryview(data)]
+    return DatagramRun(data, segment).datagrams()
 
 
 class UdpSocket:
