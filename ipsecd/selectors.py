@@ -95,7 +95,9 @@ class TrafficSelector:
         return TrafficSelector(self.version, start, end, protocol, sport, eport)
 
     def __str__(self) -> str:
-        nets = self.networks()
+        # A peer may send a range that ends before it starts (it selects nothing, and
+        # narrowing refuses it); the log line naming it must still print.
+        nets = self.networks() if self.start <= self.end else []
         addr = str(nets[0]) if len(nets) == 1 else f"{self.first_address()}..{self.last_address()}"
         if self.protocol == 0 and self.start_port == 0 and self.end_port == 65535:
             return addr

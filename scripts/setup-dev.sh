@@ -44,4 +44,21 @@ if [ "$have" != "$want" ]; then
   "$PYTHON" -m venv .venv || die "$PYTHON -m venv failed (apt-get install python3-venv)"
 fi
 .venv/bin/python -m pip --disable-pip-version-check -q install -e '.[test]'
+
+# promtool, for `promtool check metrics` (tests/unit/test_metrics.py; it must not skip in CI).
+# Debian 12 ships it only inside the prometheus server package (19 MB, 5 s to fetch): only
+# promtool is taken out of it, into .venv/bin, so no server is installed or started.
+case "${IPSECD_NO_APT:-}" in
+  1|yes|true|on) ;;
+  *)
+    if [ ! -x .venv/bin/promtool ] && ! command -v promtool >/dev/null; then
+      say "apt: promtool from Debian's prometheus package"
+      deb=$(mktemp -d)
+      (cd "$deb" && apt-get -o APT::Sandbox::User=root -qq download prometheus >/dev/null)
+      dpkg-deb --fsys-tarfile "$deb"/prometheus_*.deb | tar -xO ./usr/bin/promtool >.venv/bin/promtool
+      chmod 755 .venv/bin/promtool
+      rm -rf "$deb"
+    fi
+    ;;
+esac
 say "ready: $(.venv/bin/ipsecd --version) in $(pwd)/.venv"

@@ -8,8 +8,10 @@ import os
 import sys
 from typing import Any
 
+from ipsecd.cli.control_text import format_outcome, format_plan, format_record
+from ipsecd.cli.status_text import Style, format_conns, format_status
 from ipsecd.cli.version import version_line
-from ipsecd.daemon.control import ControlReplyError, request
+from ipsecd.daemon.control import ControlReplyError, follow, request
 
 DEFAULT_SOCKET = "/run/ipsecd/ipsecd.sock"
 
@@ -20,149 +22,32 @@ EXIT_USAGE = 2  # bad command line (argparse)
 EXIT_UNREACHABLE = 3  # no daemon: no socket, connection refused, timeout
 EXIT_PERMISSION = 4  # the control socket is not ours to use (not root)
 EXIT_BAD_REPLY = 5  # empty, non-JSON or wrongly shaped reply
+EXIT_TIMEOUT = 6  # up/down/rekey: no outcome within --timeout (ipsecd goes on)
+EXIT_INTERRUPTED = 130  # Ctrl-C while waiting for an outcome (128 + SIGINT)
 EXIT_BROKEN_PIPE = 141  # stdout closed early (128 + SIGPIPE, what a shell reports)
-EPILOG = """exit status: 0 done; 1 the daemon refused or the command failed; 2 bad usage;
-3 ipsecd not reachable (not running, stale socket, timeout); 4 permission denied on the
-control socket; 5 a reply ipsecctl does not understand; 141 output pipe closed early."""
+DEFAULT_TIMEOUT = 30.0  # seconds up/down/rekey wait for their outcome
+MAX_TIMEOUT = 3600.0
+REPLY_MARGIN = 5.0  # the socket waits this much longer than the daemon may take
+EPILOG = """exit status: 0 done; 1 the daemon refused or the command failed (up, down and rekey
+wait for the outcome and print it); 2 bad usage; 3 ipsecd not reachable (not running,
+stale socket, timeout); 4 permission denied on the control socket; 5 a reply ipsecctl
+does not understand; 6 up, down or rekey saw no outcome within --timeout (ipsecd goes
+on trying); 130 interrupted while waiting (ipsecctl log ends with 0 on Ctrl-C); 141
+output pipe closed early."""
+PEER_COMMANDS = ("up", "down", "rekey")
 
 
-class Style:
-    """ANSI colours, only when writing to a terminal."""
-
-    def __init__(self, tty: bool) -> None:
-        self.tty = tty
-
-    def _c(self, code: str, text: str) -> str:
-        return f"\033[{code}m{text}\033[0m" if self.tty else text
-
-    def bold(self, t: str) -> str:
-        return self._c("1", t)
-
-    def good(self, t: str) -> str:
-        return self._c("32", t)
-
-    def bad(self, t: str) -> str:
-        return self._c("31", t)
-
-    def dim(self, t: str) -> str:
-        return self._c("2", t)
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"{text} is not from 0 to {MAX_TIMEOUT:g} seconds")
+    return value
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _rows(pairs: list[tuple[str, str]], indent: str) -> list[str]:
-    width = max((len(k) for k, _ in pairs), default=0)
-    return [f"{indent}{k + ':':<{width + 1}} {v}" for k, v in pairs]
-
-
-def format_dos(dos: dict[str, Any], counters: dict[str, Any], style: Style) -> str:
-    """The responder's DoS protection in one line: half-open SAs, cookies, drops."""
-    cookies = style.bad("on") if dos.get("cookies_required") else "off"
-    text = (
-        f"ike responder: {dos.get('half_open', 0)} half-open"
-        f" (at most {dos.get('half_open_per_source')} per source,"
-        f" {dos.get('half_open_limit')} in all), cookies {cookies}"
-        f" (from {dos.get('cookie_threshold')} half-open)"
-    )
-    shown = [
-        ("cookies_sent", "cookies sent"),
-        ("cookies_invalid", "invalid cookies"),
-        ("half_open_dropped", "dropped over the limit"),
-        ("half_open_source_dropped", "dropped per source"),
-        ("init_replays", "replays dropped"),
-    ]
-    extra = [f"{label} {counters[key]}" for key, label in shown if counters.get(key)]
-    return text + ("; " + ", ".join(extra) if extra else "")
-
-
-def format_status(status: dict[str, Any], style: Style) -> str:
-    lines = [
-        f"{style.bold('ipsecd')}  tun {status['tun']} (mtu {status['mtu']}), "
-        f"listening on {', '.join(status['listen'])}, up {status['uptime_seconds']:.0f}s"
-    ]
-    if status.get("ike_dos"):
-        lines.append(format_dos(status["ike_dos"], status.get("ike_counters") or {}, style))
-    for peer in status["peers"]:
-        state = peer["state"]
-        shown = style.good(state) if peer["up"] else style.bad(state)
-        lines.append("")
-        lines.append(
-            f"{style.bold('peer ' + peer['name'])}: {shown}  {peer['local']} <-> {peer['remote']}"
-        )
-        pairs = [("selectors", f"{peer['local_ts']} === {peer['remote_ts']}")]
-        ike = peer.get("ike") or {}
-        if ike.get("local_spi"):
-            pairs.append(
-                (
-                    "ike sa",
-                    f"{ike['local_spi']}_local {ike.get('remote_spi', '')}_remote"
-                    f"  {ike.get('algorithm', '')}  {ike.get('role', '')}"
-                    f"  {ike.get('local', '')} <-> {ike.get('remote', '')}"
-                    + (
-                        f"  rekey in {ike['rekey_in_seconds']:.0f}s"
-                        if ike.get("rekey_in_seconds") is not None
-                        else ""
-                    ),
-                )
-            )
-            if ike.get("dpd") and ike.get("last_seen_seconds") is not None:
-                pairs.append(
-                    (
-                        "dpd",
-                        f"{ike['dpd']}, peer last heard {ike['last_seen_seconds']:.0f}s ago"
-                        + (
-                            f" (liveness check after {ike['dpd_delay']}s of silence)"
-                            if ike.get("dpd_delay")
-                            else ""
-                        ),
-                    )
-                )
-            if ike.get("nat_local"):
-                pairs.append(("nat", "we are behind a NAT (sending keepalives)"))
-            elif ike.get("nat_remote"):
-                pairs.append(("nat", "peer behind a NAT or forcing UDP encapsulation"))
-        on_demand = peer.get("on_demand")
-        if on_demand:
-            words = {
-                "idle": "waiting for traffic to remote_ts",
-                "negotiating": f"negotiating, {on_demand.get('queued', 0)} packets queued",
-                "up": "started by traffic",
-            }
-            pairs.append(("on demand", words.get(on_demand["state"], on_demand["state"])))
-        if peer.get("last_error"):
-            pairs.append(("last error", style.bad(peer["last_error"])))
-        lines += _rows(pairs, "  ")
-        for child in peer["children"]:
-            lines.append(
-                f"  child {child['spi_in']}_in {child['spi_out']}_out  {child['algorithm']}  "
-                f"established {child['established_seconds']:.0f}s ago"
-                + (
-                    f", rekey in {child['rekey_in_seconds']:.0f}s"
-                    if child.get("rekey_in_seconds") is not None
-                    else ""
-                )
-            )
-            cpairs = [
-                ("in", f"{_size(child['bytes_in'])}, {child['packets_in']} packets"),
-                ("out", f"{_size(child['bytes_out'])}, {child['packets_out']} packets"),
-                ("selectors", f"{child['local_ts']} === {child['remote_ts']}"),
-            ]
-            if child["drops"]:
-                cpairs.append(("drops", ", ".join(f"{k} {v}" for k, v in child["drops"].items())))
-            lines += _rows(cpairs, "    ")
-    if status.get("drops"):
-        lines.append("")
-        lines.append("drops: " + ", ".join(f"{k} {v}" for k, v in status["drops"].items()))
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipsecctl",
         description="control a running ipsecd",
@@ -173,26 +58,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", "-s", default=DEFAULT_SOCKET, help="control socket path")
     sub = parser.add_subparsers(dest="command", required=True)
     st = sub.add_parser("status", help="show peers, SAs, counters")
-    st.add_argument("--json", action="store_true")
-    for name in ("up", "down", "rekey"):
-        p = sub.add_parser(name, help=f"{name} the tunnel to PEER")
+    st.add_argument(
+        "--json", action="store_true", help="the JSON document (docs/status.schema.json)"
+    )
+    cn = sub.add_parser("conns", help="show the configured peers and their proposals")
+    cn.add_argument("--json", action="store_true", help="the configured peers as JSON")
+    for name in PEER_COMMANDS:
+        p = sub.add_parser(name, help=f"{name} the tunnel to PEER and print the outcome")
         p.add_argument("peer")
         if name == "rekey":
             p.add_argument("--ike", action="store_true", help="rekey the IKE SA, not the CHILD_SAs")
-    sub.add_parser("reload", help="re-read the config file")
+        p.add_argument(
+            "--timeout",
+            type=_timeout,
+            default=DEFAULT_TIMEOUT,
+            metavar="SECONDS",
+            help=f"wait at most this long for the outcome (default {DEFAULT_TIMEOUT:g}; exit 6)",
+        )
+        p.add_argument(
+            "--no-wait",
+            action="store_true",
+            help="return once ipsecd has the request, without waiting for the outcome",
+        )
+    rl = sub.add_parser("reload", help="re-read the config file and print what changed")
+    rl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    lg = sub.add_parser("log", help="follow the daemon's log live (Ctrl-C ends)")
+    lg.add_argument(
+        "--level",
+        choices=["debug", "info", "warning", "error"],
+        help="show records at this level and above (default: the daemon's level)",
+    )
+    lg.add_argument("--json", action="store_true", help="one JSON object per record")
     lv = sub.add_parser("log-level", help="change the log level")
     lv.add_argument("level", choices=["debug", "info", "warning", "error"])
-    args = parser.parse_args(argv)
+    return parser
 
+
+def request_for(args: argparse.Namespace) -> dict[str, Any]:
+    """The control request for a parsed command line."""
     payload: dict[str, Any] = {"cmd": args.command}
-    if args.command in ("up", "down", "rekey"):
+    if args.command in PEER_COMMANDS:
         payload["peer"] = args.peer
+        if not args.no_wait:
+            payload["wait"] = args.timeout
     if args.command == "rekey" and args.ike:
         payload["ike"] = True
-    if args.command == "log-level":
+    if args.command in ("log-level", "log") and args.level:
         payload["level"] = args.level
+    return payload
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        code = _run(args, payload)
+        code = _run(args, request_for(args))
         sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
         return code
     except BrokenPipeError:
@@ -202,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        if args.command == "log":
+            return EXIT_OK  # the way to stop following
+        return _fail(EXIT_INTERRUPTED, "interrupted; the command goes on in ipsecd")
 
 
 def _fail(code: int, message: str) -> int:
@@ -211,7 +134,13 @@ def _fail(code: int, message: str) -> int:
 
 def _run(args: argparse.Namespace, payload: dict[str, Any]) -> int:
     try:
-        response = request(args.socket, payload)
+        if args.command == "log":
+            return _follow_log(args, payload)
+        wait = payload.get("wait")
+        if wait is None:
+            response = request(args.socket, payload)
+        else:  # the daemon answers within ``wait``; the socket waits a little longer
+            response = request(args.socket, payload, timeout=wait + REPLY_MARGIN)
     except PermissionError:
         return _fail(
             EXIT_PERMISSION,
@@ -237,25 +166,68 @@ def _run(args: argparse.Namespace, payload: dict[str, Any]) -> int:
         return _fail(EXIT_BAD_REPLY, f"bad reply from ipsecd at {args.socket}: {exc}")
     if not isinstance(response.get("ok"), bool):
         return _fail(EXIT_BAD_REPLY, f"bad reply from ipsecd at {args.socket}: no 'ok' field")
+    if args.command in PEER_COMMANDS and "outcome" in response:
+        return _print_outcome(response)
     if not response["ok"]:
-        error = response.get("error", "failed")
-        return _fail(EXIT_FAILED, " ".join(str(error).splitlines()) or "failed")
-    if args.command == "status":
-        status = response.get("status")
-        if not isinstance(status, dict):
-            return _fail(EXIT_BAD_REPLY, "bad reply from ipsecd: no status object")
+        error = str(response.get("error", "failed"))
+        if args.command == "reload":  # a refused file: one problem per line, each FILE:LINE
+            return _fail(EXIT_FAILED, "\n  ".join(error.splitlines()) or "failed")
+        return _fail(EXIT_FAILED, " ".join(error.splitlines()) or "failed")
+    if args.command in ("status", "conns"):
+        doc = response.get(args.command)
+        if not isinstance(doc, dict):
+            return _fail(EXIT_BAD_REPLY, f"bad reply from ipsecd: no {args.command} object")
         if args.json:
-            print(json.dumps(status, indent=2))
+            print(json.dumps(doc, indent=2))
             return EXIT_OK
+        formatter = format_status if args.command == "status" else format_conns
         try:
-            text = format_status(status, Style(sys.stdout.isatty()))
+            text = formatter(doc, Style(sys.stdout.isatty()))
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             what = f"missing {exc}" if isinstance(exc, KeyError) else type(exc).__name__
-            return _fail(EXIT_BAD_REPLY, f"bad reply from ipsecd: status not understood ({what})")
+            return _fail(
+                EXIT_BAD_REPLY, f"bad reply from ipsecd: {args.command} not understood ({what})"
+            )
         print(text)
     elif "plan" in response:
-        print(json.dumps(response["plan"], indent=2))
+        if args.json:
+            print(json.dumps(response["plan"], indent=2))
+        else:
+            print("\n".join(format_plan(response)))
     return EXIT_OK
+
+
+def _print_outcome(response: dict[str, Any]) -> int:
+    """A settled up/down/rekey: the SA summary on stdout, or the error on stderr."""
+    line = " ".join(format_outcome(response).splitlines())
+    if response.get("ok"):
+        print(line)
+        return EXIT_OK
+    code = EXIT_TIMEOUT if response.get("outcome") == "timeout" else EXIT_FAILED
+    return _fail(code, line)
+
+
+def _follow_log(args: argparse.Namespace, payload: dict[str, Any]) -> int:
+    """``ipsecctl log``: print records until Ctrl-C, a closed pipe or the daemon's end."""
+    stream = follow(args.socket, payload)
+    first = next(stream, None)
+    if first is None:
+        raise ControlReplyError("empty reply (the daemon closed the connection)")
+    if not first.get("ok"):
+        return _fail(EXIT_FAILED, " ".join(str(first.get("error", "failed")).splitlines()))
+    for message in stream:
+        if "log" in message and isinstance(message["log"], dict):
+            record = message["log"]
+            print(json.dumps(record) if args.json else format_record(record), flush=True)
+        elif "dropped" in message:
+            print(
+                f"ipsecctl: {message['dropped']} log records dropped (this reader fell behind)",
+                file=sys.stderr,
+            )
+        elif "end" in message:
+            print(f"ipsecctl: {message['end']}; end of the log", file=sys.stderr)
+            return EXIT_OK
+    return _fail(EXIT_UNREACHABLE, f"ipsecd at {args.socket} closed the log stream")
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@ DEFAULT_CONFIG = "/etc/ipsecd/ipsecd.yaml"
 
 
 def _check_one(path: str, show: bool) -> bool:
-    """Validate one file: every error on stderr, else a summary (or, with ``show``, the
-    effective config as YAML on stdout).  True if the file is valid."""
+    """Validate one file: every error on stderr, else its warnings on stderr and a summary
+    (or, with ``show``, the effective config as YAML) on stdout.  True if the file is valid:
+    warnings (ipsecd.config.warnings, ipsecd.daemon.preflight) do not count against it."""
     from ipsecd.config import load_config
     from ipsecd.config.effective import effective_yaml
     from ipsecd.config.errors import ConfigError
+    from ipsecd.daemon.preflight import preflight
 
     try:
         config = load_config(path)
@@ -25,6 +27,12 @@ def _check_one(path: str, show: bool) -> bool:
         count = len(exc.all)
         print(f"{path}: {count} error{'s' if count > 1 else ''}", file=sys.stderr)
         return False
+    findings = preflight(config)  # warnings do not fail the check: they go to stderr
+    for finding in findings:
+        print(
+            f"{'warning' if finding.level == 'warning' else 'note'}: {finding.message}",
+            file=sys.stderr,
+        )
     if show:
         print(f"# {path}: the effective configuration (defaults filled in, no secrets)")
         print(effective_yaml(config), end="")
@@ -32,7 +40,9 @@ def _check_one(path: str, show: bool) -> bool:
     for peer in config.peers:
         kind = "manual SAs" if peer.manual is not None else f"IKEv2, start={peer.start}"
         print(f"peer {peer.name}: {peer.local_address} -> {peer.remote_address} ({kind})")
-    print(f"{path}: OK, {len(config.peers)} peer(s)")
+    warnings = sum(f.level == "warning" for f in findings)
+    also = f", {warnings} warning{'s' if warnings > 1 else ''}" if warnings else ""
+    print(f"{path}: OK, {len(config.peers)} peer(s){also}")
     return True
 
 
@@ -55,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser(
         "check",
         help="validate config files without running",
-        description="Report every error found in each FILE (default %(default)s)."
-        " Exit status: 0 all files valid, 1 an error in at least one, 2 bad usage.",
+        description="Report every error found in each FILE (default %(default)s), and"
+        " warnings about what would break traffic on this machine (TUN addresses and"
+        " selectors against its connected networks, IP forwarding)."
+        " Exit status: 0 all files valid (warnings or not), 1 an error in at least one,"
+        " 2 bad usage.",
     )
     check.add_argument("config", nargs="*", metavar="FILE", default=[DEFAULT_CONFIG])
     check.add_argument(

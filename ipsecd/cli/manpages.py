@@ -63,6 +63,9 @@ CONFIG_DOCS: dict[str, str] = {
     "gateway.user": "The account the daemon switches to once its devices and sockets exist, "
     "keeping only CAP_NET_ADMIN; default ipsecd where scripts/install.sh created it, else nobody; "
     "root keeps root.  Under systemd the unit already runs it as ipsecd.",
+    "gateway.set_forwarding": "Turn IP forwarding on at start (net.ipv4.ip_forward; IPv6 "
+    "forwarding too with IPv6 selectors) instead of only warning that it is off.  Under "
+    "systemd's ProtectKernelTunables=yes /proc/sys is read-only: use /etc/sysctl.d/ instead.",
     "gateway.wakeup_interval_ms": "Wake the daemon this often (ms) even when idle, which keeps an "
     "idle tunnel's latency low on virtual machines; 0: never.",
     "peers": "The peers, at least one.",

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from ipsecd.config.fields import At
-from ipsecd.config.secretfiles import read_secret_file
+from ipsecd.config.secretfiles import read_secret_file, wipe
 from ipsecd.pki.certs import SigningKey, describe, load_certificate_file, load_private_key
 from ipsecd.pki.errors import PkiError
 from ipsecd.pki.trust import TrustStore
@@ -73,18 +73,26 @@ def decode_ppk(data: bytes, path: Path, at: At) -> bytes:
     return ppk
 
 
-def read_ppk_file(path: Path, at: At) -> bytes:
-    """Read and decode a PPK file after the PSK file permission checks."""
-    return decode_ppk(read_secret_file(path, "ppk", at), path, at)
-
-
-def read_private_key_file(path: Path, at: At) -> SigningKey:
-    """Our private key: PSK file permission rules, then PEM/DER parsing (no passphrase)."""
-    data = read_secret_file(path, "private key", at)
+def read_ppk_file(path: Path, at: At, owners: frozenset[int] | None = None) -> bytes:
+    """Read and decode a PPK file after the PSK file permission checks (``owners``: who
+    may own it, as for PSK files); the file's buffer is wiped once decoded."""
+    raw = read_secret_file(path, "ppk", at, owners)
     try:
-        return load_private_key(data, f"private key file {path}")
+        return decode_ppk(bytes(raw), path, at)
+    finally:
+        wipe(raw)
+
+
+def read_private_key_file(path: Path, at: At, owners: frozenset[int] | None = None) -> SigningKey:
+    """Our private key: PSK file permission rules, then PEM/DER parsing (no passphrase);
+    the file's buffer is wiped once parsed."""
+    raw = read_secret_file(path, "private key", at, owners)
+    try:
+        return load_private_key(bytes(raw), f"private key file {path}")
     except PkiError as exc:
         raise at.error(str(exc)) from None
+    finally:
+        wipe(raw)
 
 
 def _spki(public: CertificatePublicKeyTypes) -> bytes:

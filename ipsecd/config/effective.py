@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from ipsecd.addresses import format_address
 from ipsecd.config.schema import Config, GatewayConfig, ManualSaConfig, PeerConfig
 from ipsecd.config.users import KEEP_ROOT, service_account
 
@@ -22,10 +23,7 @@ def _auto(value: int | None) -> int | str:
 
 
 def _metrics(metrics: tuple[str, int] | None) -> str | None:
-    if metrics is None:
-        return None
-    host, port = metrics
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return None if metrics is None else format_address(metrics)
 
 
 def effective_user(name: str | None) -> str:
@@ -56,6 +54,7 @@ def _gateway(gw: GatewayConfig) -> dict[str, Any]:
         "offload": gw.offload,
         "wakeup_interval_ms": gw.wakeup_interval_ms,
         "user": effective_user(gw.user),
+        "set_forwarding": gw.set_forwarding,
     }
 
 

@@ -14,6 +14,12 @@ values written in the YAML file itself, which holds no secrets.
 from __future__ import annotations
 
 
+def format_problem(file: str, line: int | None, key: str | None, message: str) -> str:
+    """``FILE:LINE: key.path: message``, leaving out the parts that are None."""
+    where = file if line is None else f"{file}:{line}"
+    return f"{where}: {key}: {message}" if key else f"{where}: {message}"
+
+
 class ConfigError(Exception):
     """A config file problem at ``file:line`` under the key path ``key``.
 
@@ -30,8 +36,7 @@ class ConfigError(Exception):
         self.message = message
 
     def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        return format_problem(self.file, self.line, self.key, self.message)
 
     @property
     def all(self) -> list[ConfigError]:

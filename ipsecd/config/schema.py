@@ -9,6 +9,7 @@ object never prints them.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,6 +136,9 @@ class GatewayConfig:
     # The account the daemon switches to once its device, sockets and routes exist
     # (ipsecd.daemon.privilege); None: 'ipsecd' if it exists, else 'nobody'; 'root': stay.
     user: str | None = None
+    # Turn on IP forwarding at start (net.ipv4.ip_forward, and IPv6 forwarding when IPv6
+    # selectors are configured) instead of only warning that it is off (daemon.preflight).
+    set_forwarding: bool = False
 
 
 @dataclass(frozen=True)
@@ -239,6 +243,8 @@ class Config:
     log: LogConfig
     gateway: GatewayConfig
     peers: tuple[PeerConfig, ...]
+    # Key path (``peers[0].local_ts[1]``) -> line in ``path``, for warnings found later.
+    key_lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def peer(self, name: str) -> PeerConfig:
         """The peer called ``name``; KeyError if there is none."""

@@ -53,6 +53,7 @@ from ipsecd.config.schema import (
 )
 from ipsecd.config.secretfiles import decode_psk, read_key_file, read_secret_file, wipe
 from ipsecd.config.users import secret_owners, service_account
+from ipsecd.config.yamltree import key_lines
 from ipsecd.crypto.proposals import Proposal, parse_proposal
 from ipsecd.selectors import TrafficSelector
 
@@ -146,6 +147,7 @@ GATEWAY = Section(
     Field("offload", boolean(), True),
     Field("wakeup_interval_ms", integer(0, 1000), 0),
     Field("user", optional(account()), None),
+    Field("set_forwarding", boolean(), False),
 )
 
 DEFAULT_IKE = tuple(parse_proposal(p, "ike") for p in DEFAULT_IKE_PROPOSALS)
@@ -231,6 +233,7 @@ def _build_gateway(v: Values) -> GatewayConfig:
         offload=v["offload"],
         wakeup_interval_ms=v["wakeup_interval_ms"],
         user=v["user"],
+        set_forwarding=v["set_forwarding"],
     )
 
 
@@ -393,19 +396,23 @@ def _check_unique(peers: tuple[Values, ...], errors: ErrorCollector) -> None:
             errors.add(_also_used(v.at("name"), f"peer name {name!r}", names[name]))
         if name is not None:
             names.setdefault(name, v)
-        if remote is not None:
-            endpoint = (remote, v["remote_port"])
+        port = v.get("remote_port")  # None when the peer's remote_port did not read
+        if remote is not None and port is not None:
+            endpoint = (remote, port)
             if endpoint in remotes:
-                what = f"remote {remote} port {v['remote_port']}"
+                what = f"remote {remote} port {port}"
                 errors.add(_also_used(v.at("remote_address"), what, remotes[endpoint]))
             remotes.setdefault(endpoint, v)
         mv = v.get("manual")
         if mv is None:
             continue
-        spi_in, spi_out = mv["spi_in"], mv["spi_out"]
-        if spi_in in spis_in:
+        spi_in, spi_out = mv.get("spi_in"), mv.get("spi_out")  # None: did not read
+        if spi_in is not None and spi_in in spis_in:
             errors.add(_also_used(mv.at("spi_in"), f"spi_in {spi_in:#010x}", spis_in[spi_in]))
-        spis_in.setdefault(spi_in, v)
+        if spi_in is not None:
+            spis_in.setdefault(spi_in, v)
+        if spi_out is None:
+            continue
         out = (remote, spi_out)
         if remote is not None and out in spis_out:
             what = f"spi_out {spi_out:#010x} towards {remote}"
@@ -489,4 +496,5 @@ def build_config(tree: Any, file: str) -> Config:
         log=log,
         gateway=gateway,
         peers=tuple(p for p in peers if p is not None),
+        key_lines=key_lines(tree),
     )

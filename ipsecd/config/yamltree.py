@@ -107,8 +107,9 @@ def load_yaml(text: str, file: str, *, strings_only: bool = False) -> Any:
     quotes YAML's problem description but never the offending source line.
     """
     loader_class = StringLineLoader if strings_only else LineLoader
-    loader = loader_class(text)
+    loader: LineLoader | StringLineLoader | None = None
     try:
+        loader = loader_class(text)  # the reader refuses control characters right here
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -119,7 +120,33 @@ def load_yaml(text: str, file: str, *, strings_only: bool = False) -> Any:
         raise ConfigError(
             file, line, None, f"YAML syntax error: {problem}{context}{column}"
         ) from None
-    except yaml.YAMLError as exc:  # e.g. a reader error on bad characters
+    except yaml.reader.ReaderError as exc:  # a control character or invalid code point
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character
+        code = f"#x{char:04x}" if isinstance(char, int) else repr(char)
+        raise ConfigError(file, line, None, f"character {code} is not allowed in YAML") from None
+    except yaml.YAMLError as exc:
         raise ConfigError(file, None, None, f"YAML error: {exc}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+def key_lines(tree: Any, path: str = "") -> dict[str, int]:
+    """Every key path of a loaded tree (``peers[0].local_ts[1]``) -> its line.
+
+    So that what is found after loading (``ipsecd.config.warnings``) can still say
+    FILE:LINE, as a ``ConfigError`` does.
+    """
+    found: dict[str, int] = {}
+    if isinstance(tree, LineMap):
+        for key, value in tree.items():
+            sub = f"{path}.{key}" if path else key
+            found[sub] = tree.lines.get(key, tree.line)
+            found.update(key_lines(value, sub))
+    elif isinstance(tree, LineList):
+        for i, value in enumerate(tree):
+            sub = f"{path}[{i}]"
+            found[sub] = tree.lines[i] if i < len(tree.lines) else tree.line
+            found.update(key_lines(value, sub))
+    return found

@@ -22,7 +22,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from ipsecd.crypto.registry import EncrAlgorithm, EncrId, IntegAlgorithm
 
-__all__ = ["Aead", "CbcCipher", "Hmac", "AEAD_TAG_LEN", "AEAD_IV_LEN", "AEAD_SALT_LEN"]
+__all__ = ["Aead", "CbcCipher", "Hmac", "AEAD_TAG_LEN", "AEAD_IV_LEN", "AEAD_SALT_LEN", "Buffer"]
+
+# What the ciphers read from: the data plane hands them slices of received
+# datagrams as memoryviews instead of copying them into bytes.
+Buffer = bytes | bytearray | memoryview
 
 AEAD_TAG_LEN = 16  # RFC 4106 §6 (ICV 16 octets), RFC 7634 §2
 AEAD_IV_LEN = 8  # explicit IV carried in each packet (RFC 4106 §3.1, RFC 7634 §2)
@@ -69,11 +73,11 @@ class Aead:
             raise ValueError(f"AEAD explicit IV must be {AEAD_IV_LEN} bytes, got {len(iv)}")
         return self._salt + iv
 
-    def seal(self, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    def seal(self, iv: bytes, plaintext: Buffer, aad: Buffer) -> bytes:
         """Encrypt and authenticate; returns ``ciphertext || 16-byte tag``."""
         return self._aead.encrypt(self.nonce(iv), plaintext, aad)
 
-    def open(self, iv: bytes, data: bytes, aad: bytes) -> bytes:
+    def open(self, iv: bytes, data: Buffer, aad: Buffer) -> bytes:
         """Verify and decrypt ``ciphertext || tag``.
 
         Raises ``cryptography.exceptions.InvalidTag`` on a bad tag (also when
@@ -102,7 +106,7 @@ class CbcCipher:
         enc = Cipher(self._algorithm, modes.CBC(iv)).encryptor()
         return enc.update(plaintext) + enc.finalize()
 
-    def decrypt(self, iv: bytes, ciphertext: bytes) -> bytes:
+    def decrypt(self, iv: bytes, ciphertext: Buffer) -> bytes:
         """Decrypt ``ciphertext`` (a multiple of 16 bytes) under ``iv`` (16 bytes)."""
         if len(ciphertext) % CBC_BLOCK:
             raise ValueError(f"AES-CBC ciphertext length {len(ciphertext)} is not a multiple of 16")
@@ -130,13 +134,13 @@ class Hmac:
         self._icv_len = alg.icv_len
         self._base = _crypto_hmac.HMAC(bytes(key), hash_cls())
 
-    def compute(self, *chunks: bytes | bytearray | memoryview) -> bytes:
+    def compute(self, *chunks: Buffer) -> bytes:
         """HMAC over the concatenation of ``chunks``, truncated to ``alg.icv_len`` bytes."""
         h = self._base.copy()
         for chunk in chunks:
             h.update(chunk)
         return h.finalize()[: self._icv_len]
 
-    def verify(self, icv: bytes | memoryview, *chunks: bytes | bytearray | memoryview) -> bool:
+    def verify(self, icv: Buffer, *chunks: Buffer) -> bool:
         """Constant-time check of a received truncated ICV (RFC 4868 §2.1.1)."""
         return _stdlib_hmac.compare_digest(self.compute(*chunks), icv)

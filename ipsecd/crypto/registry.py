@@ -261,3 +261,148 @@ def additional_ke_by_id(transform_id: int) -> KeAlgorithm | None:
     return ke_by_id(transform_id) or next(
         (a for a in ML_KEM.values() if a.transform_id == transform_id), None
     )
+
+
+# ---- names of every IANA transform, supported or not (logs, NO_PROPOSAL_CHOSEN) ------------
+#
+# From the IANA registry "Internet Key Exchange Version 2 (IKEv2) Parameters", Transform
+# Types 1-5 (RFC 7296 §3.3.2; type 4 renamed by RFC 9370, type 5 by RFC 9827).  A name is
+# strongSwan's proposal keyword where strongSwan has one (what an operator writes in
+# swanctl.conf and ipsecd.yaml alike), else the IANA name in lower case without its type
+# prefix (ENCR_, PRF_, AUTH_).  ``{bits}`` stands for the Key Length attribute.
+
+TRANSFORM_TYPE_NAMES: dict[int, str] = {
+    TransformType.ENCR: "ENCR",
+    TransformType.PRF: "PRF",
+    TransformType.INTEG: "INTEG",
+    TransformType.KE: "KE",
+    TransformType.ESN: "ESN",
+    **{t: f"ADDKE{t - 5}" for t in ADDITIONAL_KE_TYPES},
+    13: "KWA",  # Key Wrap Algorithm (G-IKEv2)
+    14: "GCAUTH",  # Group Controller Authentication Method (G-IKEv2)
+}
+
+ENCR_NAMES: dict[int, str] = {
+    1: "des_iv64",
+    2: "des",
+    3: "3des",
+    4: "rc5",
+    5: "idea",
+    6: "cast128",
+    7: "blowfish{bits}",
+    8: "3idea",
+    9: "des_iv32",
+    11: "null",
+    12: "aes{bits}",
+    13: "aes{bits}ctr",
+    14: "aes{bits}ccm8",
+    15: "aes{bits}ccm12",
+    16: "aes{bits}ccm16",
+    18: "aes{bits}gcm8",
+    19: "aes{bits}gcm12",
+    20: "aes{bits}gcm16",
+    21: "aes{bits}gmac",
+    23: "camellia{bits}",
+    24: "camellia{bits}ctr",
+    25: "camellia{bits}ccm8",
+    26: "camellia{bits}ccm12",
+    27: "camellia{bits}ccm16",
+    28: "chacha20poly1305",
+    29: "aes_ccm_8_iiv",
+    30: "aes_gcm_16_iiv",
+    31: "chacha20_poly1305_iiv",
+    32: "kuznyechik_mgm_ktree",
+    33: "magma_mgm_ktree",
+    34: "kuznyechik_mgm_mac_ktree",
+    35: "magma_mgm_mac_ktree",
+}
+
+PRF_NAMES: dict[int, str] = {
+    1: "prfmd5",
+    2: "prfsha1",
+    3: "hmac_tiger",
+    4: "prfaesxcbc",
+    5: "prfsha256",
+    6: "prfsha384",
+    7: "prfsha512",
+    8: "prfaescmac",
+    9: "hmac_streebog_512",
+}
+
+INTEG_NAMES: dict[int, str] = {
+    0: "none",
+    1: "md5",
+    2: "sha1",
+    3: "des_mac",
+    4: "kpdk_md5",
+    5: "aesxcbc",
+    6: "md5_128",
+    7: "sha1_160",
+    8: "aescmac",
+    9: "aes_128_gmac",
+    10: "aes_192_gmac",
+    11: "aes_256_gmac",
+    12: "sha256",
+    13: "sha384",
+    14: "sha512",
+}
+
+KE_NAMES: dict[int, str] = {
+    0: "none",
+    1: "modp768",
+    2: "modp1024",
+    5: "modp1536",
+    14: "modp2048",
+    15: "modp3072",
+    16: "modp4096",
+    17: "modp6144",
+    18: "modp8192",
+    19: "ecp256",
+    20: "ecp384",
+    21: "ecp521",
+    22: "modp1024s160",
+    23: "modp2048s224",
+    24: "modp2048s256",
+    25: "ecp192",
+    26: "ecp224",
+    27: "ecp224bp",
+    28: "ecp256bp",
+    29: "ecp384bp",
+    30: "ecp512bp",
+    31: "x25519",
+    32: "x448",
+    33: "gost3410_2012_256",
+    34: "gost3410_2012_512",
+    35: "mlkem512",
+    36: "mlkem768",
+    37: "mlkem1024",
+}
+
+ESN_NAMES: dict[int, str] = {0: "noesn", 1: "esn"}
+
+_NAMES_BY_TYPE: dict[int, dict[int, str]] = {
+    TransformType.ENCR: ENCR_NAMES,
+    TransformType.PRF: PRF_NAMES,
+    TransformType.INTEG: INTEG_NAMES,
+    TransformType.KE: KE_NAMES,
+    TransformType.ESN: ESN_NAMES,
+    **{t: KE_NAMES for t in ADDITIONAL_KE_TYPES},  # RFC 9370 §2.2.1: the KE registry
+}
+
+
+def transform_name(transform_type: int, transform_id: int, key_bits: int | None = None) -> str:
+    """The name of any received transform, supported or not: ``sha1``, ``aes192ccm16``.
+
+    ``key_bits`` is the Key Length attribute (RFC 7296 §3.3.5).  A cipher that needs one
+    but came without shows ``(no key length)``; a Key Length on a cipher that takes none
+    is appended as ``/bits``.  Ids IANA has not assigned keep the form ``ENCR#1024``.
+    """
+    template = _NAMES_BY_TYPE.get(transform_type, {}).get(transform_id)
+    if template is None:
+        label = TRANSFORM_TYPE_NAMES.get(transform_type, f"TYPE{transform_type}")
+        return f"{label}#{transform_id}" + (f"/{key_bits}" if key_bits is not None else "")
+    if "{bits}" in template:
+        if key_bits is None:
+            return template.format(bits="") + "(no key length)"
+        return template.format(bits=key_bits)
+    return template + (f"/{key_bits}" if key_bits is not None else "")

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ipsecd.addresses import format_address
 from ipsecd.config import Config, load_config
 from ipsecd.config.errors import ConfigError
 from ipsecd.daemon import logs
@@ -24,14 +29,37 @@ from ipsecd.daemon.core import DaemonCore
 from ipsecd.daemon.instance import StartRefused, claim_instance
 from ipsecd.daemon.malloc import keep_heap_mapped
 from ipsecd.daemon.metrics import MetricsServer
+from ipsecd.daemon.outcomes import MAX_WAIT
+from ipsecd.daemon.preflight import log_findings
 from ipsecd.daemon.privilege import drop_privileges
 from ipsecd.daemon.sdnotify import Notifier
 from ipsecd.daemon.status import DaemonStatus, DataplaneStatus
 from ipsecd.dataplane.sad import Address
 from ipsecd.dataplane.tun import TunDevice
 from ipsecd.dataplane.udp import UdpSocket
+from ipsecd.oserrors import OSErrorAt
 
 BURST = 64
+
+
+@contextlib.contextmanager
+def naming(what: str) -> Iterator[None]:
+    """An OS or netlink error inside says ``what`` failed (the device, address, file)."""
+    try:
+        yield
+    except OSErrorAt:
+        raise
+    except OSError as exc:
+        raise OSErrorAt(what, exc) from exc
+    except NetlinkError as exc:  # pyroute2's: not an OSError, but carries the errno
+        raise OSErrorAt(what, OSError(exc.code, os.strerror(exc.code))) from exc
+
+
+def wait_seconds(value: Any) -> float:
+    """A request's ``wait``: seconds, more than 0 and at most ``MAX_WAIT``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_WAIT:
+        raise ValueError(f"wait must be a number of seconds from 0 to {MAX_WAIT:g}, not {value!r}")
+    return float(value)
 
 
 class Daemon:
@@ -48,6 +76,7 @@ class Daemon:
         self._control: ControlServer | None = None
         self._metrics: MetricsServer | None = None
         self._status_sent = ""
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}  # control tickets
         self._loop: asyncio.AbstractEventLoop  # set by run()
 
     @property
@@ -58,8 +87,11 @@ class Daemon:
     async def _open(self) -> None:
         gw = self.config.gateway
         offload = gw.offload
-        self.tun = TunDevice(gw.tun, offload=offload)
-        await self.tun.configure(self.core.mtu(), gw.addresses)
+        with naming(f"cannot open TUN device {gw.tun} (/dev/net/tun)"):
+            self.tun = TunDevice(gw.tun, offload=offload)
+        addresses = ", ".join(str(a) for a in gw.addresses) or "no address"
+        with naming(f"cannot configure TUN device {self.tun.name} (mtu, {addresses})"):
+            await self.tun.configure(self.core.mtu(), gw.addresses)
         for address, port in self.core.endpoints():
             # GSO/GRO on the ESP port only: IKE messages come one at a time.
             sock = UdpSocket(address, port, offload=offload and port == gw.port)
@@ -83,9 +115,11 @@ class Daemon:
             self._flush()
 
     def _flush(self) -> None:
-        """Carry out what the core asked for: send, write to TUN, re-arm the timer."""
+        """Carry out what the core asked for: send, write to TUN, answer the control
+        commands whose outcome is known, re-arm the timer."""
         for local, remote, datagrams in self.core.datagrams_to_send():
             self.sockets[local].send_batch(datagrams, remote)
+        self._answer_waiting()
         to_tun = self.core.packets_to_tun()
         if to_tun and self.tun is not None:
             self.tun.write_batch(to_tun)
@@ -110,7 +144,8 @@ class Daemon:
         assert self.tun is not None
         for change in self.core.routes_to_change():
             if change.add:
-                await self.tun.add_route(change.network)
+                with naming(f"cannot add the route {change.network} into {self.tun.name}"):
+                    await self.tun.add_route(change.network)
             else:
                 await self.tun.remove_route(change.network)
 
@@ -119,6 +154,7 @@ class Daemon:
         esp_port = self.config.gateway.port
         return self.core.status(
             time.monotonic(),
+            wall=time.time(),
             tun=self.tun.name if self.tun else None,
             listen=self.sockets,
             dataplane=DataplaneStatus.of(
@@ -130,18 +166,39 @@ class Daemon:
         cmd = request.get("cmd")
         if cmd == "status":
             return {"ok": True, "status": self.status().to_dict()}
+        if cmd == "conns":
+            return {"ok": True, "conns": self.core.conns().to_dict()}
         if cmd == "log-level":
             logs.set_level(str(request.get("level")))
             return {"ok": True}
         if cmd == "reload":
             return await self.reload()
         if cmd in ("up", "down", "rekey"):
-            now = time.monotonic()
-            peer = str(request.get("peer"))
-            response = self.core.control(cmd, peer, now, rekey_ike=bool(request.get("ike")))
+            return await self.control(cmd, request)
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    async def control(self, cmd: str, request: dict[str, Any]) -> dict[str, Any]:
+        """``up``/``down``/``rekey``: answered at once, or with the outcome when the request
+        says how long to ``wait`` (the core settles it; see :meth:`DaemonCore.control_wait`)."""
+        peer = str(request.get("peer"))
+        rekey_ike = bool(request.get("ike"))
+        if request.get("wait") is None:
+            response = self.core.control(cmd, peer, time.monotonic(), rekey_ike=rekey_ike)
             self._flush()
             return response
-        return {"ok": False, "error": f"unknown command {cmd!r}"}
+        timeout = wait_seconds(request["wait"])
+        ticket = self.core.control_wait(
+            cmd, peer, time.monotonic(), timeout=timeout, rekey_ike=rekey_ike
+        )
+        answer = self._waiting[ticket] = self._loop.create_future()
+        self._flush()  # sends the request, answers at once what is settled already
+        return await answer
+
+    def _answer_waiting(self) -> None:
+        for ticket, response in self.core.control_answers():
+            answer = self._waiting.pop(ticket, None)
+            if answer is not None and not answer.done():
+                answer.set_result(response)
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the config file and apply the difference (SIGHUP, ``ipsecctl reload``).
@@ -185,13 +242,21 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.stop)
         self._loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
-        self._control = ControlServer(Path(self.config.gateway.control_socket), self.handle_request)
-        await self._control.start()
+        path = Path(self.config.gateway.control_socket)
+        self._control = ControlServer(path, self.handle_request)
+        try:
+            with naming(f"cannot open the control socket {path}"):
+                await self._control.start()
+        except OSError as exc:
+            self.log.error("cannot open the control socket", error=str(exc))
+            await self._close()
+            return 1
         if self.config.gateway.metrics is not None:
             host, port = self.config.gateway.metrics
             self._metrics = MetricsServer(host, port, self.status)
             try:
-                await self._metrics.start()
+                with naming(f"cannot listen on {format_address(host, port)} (metrics)"):
+                    await self._metrics.start()
             except OSError as exc:
                 self.log.error("cannot open the metrics endpoint", error=str(exc))
                 await self._control.close()
@@ -217,7 +282,7 @@ class Daemon:
             "ipsecd running",
             tun=self.tun.name,
             mtu=self.core.mtu(),
-            listen=[f"{a}:{p}" for a, p in self.sockets],
+            listen=[format_address(local) for local in self.sockets],
             peers=[p.name for p in self.config.peers],
         )
         self.notifier.notify(ready=1, status=self.core.status_line())
@@ -248,6 +313,7 @@ class Daemon:
         self.core.shutdown(time.monotonic())
         for local, remote, datagrams in self.core.datagrams_to_send():
             self.sockets[local].send_batch(datagrams, remote)
+        self._answer_waiting()  # "ipsecd is stopping" to every command still waiting
         if self._control is not None:
             await self._control.close()
         if self._metrics is not None:
@@ -272,6 +338,7 @@ class Daemon:
 def run_daemon(config_path: str) -> int:
     config = load_config(config_path)
     logs.configure(config.log.level, config.log.format)
+    log_findings(config, logs.get_logger())  # routes vs. config, IP forwarding (still root)
     try:  # before any device, socket or route is touched; held until the process exits
         lock = claim_instance(config)
     except StartRefused as exc:

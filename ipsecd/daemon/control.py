@@ -10,6 +10,18 @@ formats what comes back (wireguard-go's uapi shape).
 A request is at most ``MAX_REQUEST`` bytes and nests JSON at most ``MAX_DEPTH``
 levels: both are checked before ``json.loads`` runs, so a 50 000-deep request
 costs one linear scan and never a RecursionError.  Every refusal is logged.
+
+``up``, ``down`` and ``rekey`` with ``"wait": SECONDS`` are answered once their outcome
+is known, at most SECONDS later: ``{"ok": true, "outcome": "up", "ike_sa": {...},
+"child_sas": [...]}`` or ``{"ok": false, "outcome": "failed", "error": "..."}`` (or
+``"timeout"``); see :mod:`ipsecd.daemon.outcomes`.  Without ``wait`` they are answered
+as soon as the request is sent.
+
+One request streams: ``{"cmd": "log", "level": "debug"}`` (``ipsecctl log``; without
+a level, the daemon's own) is answered with ``{"ok": true, "following": "debug"}``
+and then one line per log record, ``{"log": {...}}`` (``{"dropped": N}`` when the
+client fell more than ``logs.SUBSCRIBER_QUEUE`` records behind), until the client
+closes the connection or the daemon stops (``{"end": "..."}``).
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +95,9 @@ class ControlServer:
         self.handler = handler
         self.log = logs.get_logger()
         self._server: asyncio.AbstractServer | None = None
+        self._followers: set[asyncio.Event] = set()  # the wake-ups of ``log`` connections
+        self._busy: set[asyncio.Task[None]] = set()  # connections answering a request
+        self._closing = False
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -108,24 +123,31 @@ class ControlServer:
                     line = await reader.readline()
                 except (asyncio.LimitOverrunError, ValueError):  # no newline within the limit
                     response = self._refuse(f"request larger than {MAX_REQUEST} bytes")
-                    writer.write(json.dumps(response).encode() + b"\n")
-                    await writer.drain()
+                    await _send(writer, response)
                     return  # the rest of the line is still unread: end the connection
                 if not line:
                     return
-                response = await self._answer(line)
-                writer.write(json.dumps(response).encode() + b"\n")
-                await writer.drain()
+                try:
+                    request = parse_request(line)
+                except RequestRefused as exc:
+                    await _send(writer, self._refuse(str(exc)))
+                    continue
+                task = asyncio.current_task()
+                assert task is not None
+                self._busy.add(task)  # close() lets it finish its answer
+                try:
+                    if request.get("cmd") == "log":
+                        await self._follow(request, reader, writer)
+                        return
+                    await _send(writer, await self._answer(request))
+                finally:
+                    self._busy.discard(task)
         except ConnectionError:
             pass
         finally:
             writer.close()
 
-    async def _answer(self, line: bytes) -> dict[str, Any]:
-        try:
-            request = parse_request(line)
-        except RequestRefused as exc:
-            return self._refuse(str(exc))
+    async def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
             return await self.handler(request)
         except (ValueError, KeyError, TypeError) as exc:
@@ -134,7 +156,52 @@ class ControlServer:
             self.log.exception("control request failed", cmd=str(request.get("cmd"))[:40])
             return {"ok": False, "error": f"internal error: {type(exc).__name__}"}
 
-    async def close(self) -> None:
+    async def _follow(
+        self, request: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """``ipsecctl log``: stream log records until the client closes or the daemon stops.
+
+        The records wait in the subscriber's bounded queue while ``drain`` waits for a
+        slow client; the oldest are dropped there (and counted), never the daemon held up.
+        """
+        wake = asyncio.Event()
+        level = str(request.get("level") or logs.current_level())
+        try:
+            subscriber = logs.subscribe(level, wake.set)
+        except ValueError as exc:  # unknown level, too many followers
+            await _send(writer, {"ok": False, "error": str(exc)})
+            return
+        self._followers.add(wake)
+        closed = asyncio.ensure_future(reader.read(1))  # EOF (or any byte): the client is done
+        try:
+            await _send(writer, {"ok": True, "following": level})
+            while not closed.done() and not self._closing:
+                woken = asyncio.ensure_future(wake.wait())
+                await asyncio.wait({closed, woken}, return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+                wake.clear()
+                records, dropped = subscriber.take()
+                for record in records:
+                    writer.write(_line({"log": record}))
+                if dropped:
+                    writer.write(_line({"dropped": dropped}))
+                if self._closing:
+                    writer.write(_line({"end": "ipsecd is stopping"}))
+                await writer.drain()
+        finally:
+            logs.unsubscribe(subscriber)
+            self._followers.discard(wake)
+            closed.cancel()
+
+    async def close(self, grace: float = 2.0) -> None:
+        """Stop listening; followers are told the daemon stops, and requests being answered
+        (a command whose waiter the daemon has just answered) get ``grace`` seconds to
+        finish writing."""
+        self._closing = True
+        for wake in self._followers:
+            wake.set()  # each follower says "end" and returns
+        if self._busy:
+            await asyncio.wait(set(self._busy), timeout=grace)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -143,16 +210,49 @@ class ControlServer:
             self.path.unlink()
 
 
-def request(path: str | Path, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
-    """Blocking client used by ipsecctl and tests.
+def _line(message: dict[str, Any]) -> bytes:
+    """One reply line; values JSON does not know (a log field's object) become text."""
+    return json.dumps(message, default=str).encode() + b"\n"
 
-    Raises OSError when the daemon cannot be reached and ``ControlReplyError``
-    when its reply is empty, not JSON, or not a JSON object.
-    """
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+
+async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    writer.write(_line(message))
+    await writer.drain()
+
+
+def _connect(path: str | Path, payload: dict[str, Any], timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
         sock.settimeout(timeout)
         sock.connect(str(path))
         sock.sendall(json.dumps(payload).encode() + b"\n")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _reply(buf: bytes) -> dict[str, Any]:
+    if not buf.strip():
+        raise ControlReplyError("empty reply (the daemon closed the connection)")
+    try:
+        reply = json.loads(buf)
+    except (ValueError, RecursionError):
+        raise ControlReplyError("reply is not JSON") from None
+    if not isinstance(reply, dict):
+        raise ControlReplyError(f"reply is a JSON {type(reply).__name__}, not an object")
+    return reply
+
+
+def request(path: str | Path, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """Blocking client used by ipsecctl and tests.
+
+    ``timeout`` bounds each wait for the daemon (connect, each read): a command that
+    waits for its outcome needs its own wait plus a margin here.  Raises OSError when
+    the daemon cannot be reached and ``ControlReplyError`` when its reply is empty, not
+    JSON, or not a JSON object.
+    """
+    with _connect(path, payload, timeout) as sock:
         chunks: list[bytes] = []
         size = 0
         while not chunks or not chunks[-1].endswith(b"\n"):
@@ -163,13 +263,21 @@ def request(path: str | Path, payload: dict[str, Any], timeout: float = 10.0) ->
             size += len(chunk)
             if size > MAX_REPLY:
                 raise ControlReplyError(f"reply larger than {MAX_REPLY} bytes")
-    buf = b"".join(chunks)
-    if not buf.strip():
-        raise ControlReplyError("empty reply (the daemon closed the connection)")
-    try:
-        reply = json.loads(buf)
-    except (ValueError, RecursionError):
-        raise ControlReplyError("reply is not JSON") from None
-    if not isinstance(reply, dict):
-        raise ControlReplyError(f"reply is a JSON {type(reply).__name__}, not an object")
-    return reply
+    return _reply(b"".join(chunks))
+
+
+def follow(
+    path: str | Path, payload: dict[str, Any], timeout: float = 10.0
+) -> Iterator[dict[str, Any]]:
+    """Blocking client of the streaming request (``log``): the answer, then each line the
+    daemon sends, until it closes the connection.  The answer must come within
+    ``timeout``; the lines after it may take as long as they take."""
+    with _connect(path, payload, timeout) as sock, sock.makefile("rb") as lines:
+        while True:
+            line = lines.readline(MAX_REPLY + 1)
+            if not line:
+                return
+            if len(line) > MAX_REPLY:
+                raise ControlReplyError(f"reply larger than {MAX_REPLY} bytes")
+            yield _reply(line)
+            sock.settimeout(None)

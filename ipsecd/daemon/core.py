@@ -10,7 +10,9 @@ what the core asks for:
 * :meth:`DaemonCore.get_timer` says when :meth:`DaemonCore.handle_timer` is due;
 * :meth:`DaemonCore.routes_to_change` lists the TUN routes to add or remove
   (at start and after :meth:`DaemonCore.reload`);
-* :meth:`DaemonCore.control` runs ``ipsecctl up/down/rekey``,
+* :meth:`DaemonCore.control` runs ``ipsecctl up/down/rekey --no-wait``;
+  :meth:`DaemonCore.control_wait` runs the same and answers with the outcome, by
+  ticket, in :meth:`DaemonCore.control_answers` (:mod:`ipsecd.daemon.outcomes`);
   :meth:`DaemonCore.reload` applies a new config, :meth:`DaemonCore.status` gives
   the typed status model that ``ipsecctl`` and the metrics read.
 
@@ -28,15 +30,26 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ipsecd.addresses import format_address
 from ipsecd.config import Config, PeerConfig
 from ipsecd.crypto.proposals import Proposal
+from ipsecd.crypto.registry import EncrAlgorithm, IntegAlgorithm
 from ipsecd.daemon import logs
+from ipsecd.daemon.ledger import Ledger
+from ipsecd.daemon.outcomes import Outcomes, Summary
 from ipsecd.daemon.status import (
+    DAEMON_EVENTS,
+    DROP_REASONS,
+    IKE_EVENTS,
+    Clock,
+    ConnsStatus,
     DaemonStatus,
     DataplaneStatus,
+    IkeDosStatus,
     OnDemandStatus,
     PeerStatus,
-    child_status,
+    every,
+    peer_status,
 )
 from ipsecd.dataplane.mtu import tun_mtu
 from ipsecd.dataplane.processor import PacketProcessor
@@ -46,7 +59,7 @@ from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
 from ipsecd.esp.udp_encap import frame
 from ipsecd.ike import events as ev
 from ipsecd.ike.manager import IkeManager
-from ipsecd.selectors import format_selectors
+from ipsecd.selectors import TrafficSelector, format_selectors
 
 if TYPE_CHECKING:
     from ipsecd.dataplane.tun import IpNetwork
@@ -55,6 +68,7 @@ if TYPE_CHECKING:
 Batch = tuple[Address, Address, list[bytes]]
 
 PLAN_KINDS = ("added", "removed", "changed", "unchanged")
+IKE_SUMMARY_KEYS = ("local_spi", "remote_spi", "algorithm", "local", "remote")
 
 
 @dataclass(frozen=True)
@@ -127,19 +141,49 @@ def esp_proposals(peer: PeerConfig) -> tuple[Proposal, ...]:
     return (Proposal("esp", (m.encr,), (m.integ,) if m.integ else (), (), ()),)
 
 
-def _seconds_until(when: Any, now: float) -> float | None:
-    return round(max(0.0, when - now), 1) if isinstance(when, int | float) else None
-
-
 def _ike_peers(config: Config) -> list[str]:
     return [p.name for p in config.peers if p.manual is None]
+
+
+def esp_algorithm(encr: EncrAlgorithm, integ: IntegAlgorithm | None) -> str:
+    """An ESP transform as logged and shown: ``aes256gcm16``, ``aes128-sha256``."""
+    return encr.name + (f"-{integ.name}" if integ else "")
+
+
+def child_summary(
+    spi_in: int,
+    spi_out: int,
+    algorithm: str,
+    local_ts: Iterable[TrafficSelector],
+    remote_ts: Iterable[TrafficSelector],
+) -> Summary:
+    """A CHILD_SA as ``ipsecctl up|rekey`` print it (and the log line ``CHILD_SA installed``)."""
+    return {
+        "spi_in": f"{spi_in:08x}",
+        "spi_out": f"{spi_out:08x}",
+        "algorithm": algorithm,
+        "local_ts": format_selectors(tuple(local_ts)),
+        "remote_ts": format_selectors(tuple(remote_ts)),
+    }
+
+
+def _live_children(entry: dict[str, Any]) -> int:
+    """CHILD_SAs of an IKE status entry that carry traffic: installed, or being rekeyed."""
+    return sum(1 for c in entry.get("children", ()) if c.get("state") in ("installed", "rekeying"))
+
+
+def _installed_summary(sa: InstalledChildSa) -> Summary:
+    out = sa.outbound
+    return child_summary(
+        sa.inbound.spi, out.spi, esp_algorithm(out.encr, out.integ), sa.local_ts, sa.remote_ts
+    )
 
 
 class DaemonCore:
     """One gateway's SAs, traps and IKE manager; see the module docstring.
 
-    ``random_bytes`` is the source for SPIs and nonces, for the IKE manager to draw
-    from once it takes one (today it reads ``os.urandom`` itself).
+    ``random_bytes`` is the source of SPIs, nonces and jitter, handed to the IKE
+    manager (tests fix it).
     """
 
     def __init__(
@@ -152,6 +196,7 @@ class DaemonCore:
         self.now = now  # the time of the call being handled (the trap's clock)
         self.counters: Counter[str] = Counter()
         self.last_error: dict[str, str] = {}
+        self.ledger = Ledger()  # per-peer totals across rekeys, last packet times (status)
         self.sad = SaDatabase()
         self.processor = PacketProcessor(self.sad)
         # start: trap -- packets without SA wait here while their tunnel is negotiated.
@@ -165,11 +210,12 @@ class DaemonCore:
         self._to_tun: list[bytes] = []
         self._routes: list[RouteChange] = []
         self._status_line = ""
+        self.outcomes = Outcomes()  # control commands waiting for their outcome
         for peer in config.peers:
             self._route(peer, add=True)
             self._arm(peer, now)
         if _ike_peers(config):
-            self.ike = IkeManager(config, now)
+            self.ike = IkeManager(config, now, random_bytes=random_bytes)
         self._sas_changed()
 
     # -- what the shell opens --------------------------------------------------------------
@@ -195,8 +241,10 @@ class DaemonCore:
             self._pump(now)
 
     def shutdown(self, now: float) -> None:
-        """Delete every IKE SA; their Deletes are in :meth:`datagrams_to_send`."""
+        """Delete every IKE SA; their Deletes are in :meth:`datagrams_to_send`.  Waiting
+        control commands are answered (:meth:`control_answers`)."""
         self.now = now
+        self.outcomes.cancel_all("ipsecd is stopping", now)
         if self.ike is not None:
             self.ike.shutdown(now)
             self._send_ike()
@@ -215,7 +263,9 @@ class DaemonCore:
         return out
 
     def get_timer(self) -> float | None:
-        return self.ike.get_timer() if self.ike is not None else None
+        """When :meth:`handle_timer` is due: the IKE layer's timers, waiting commands."""
+        due = [self.outcomes.deadline(), self.ike.get_timer() if self.ike is not None else None]
+        return min((t for t in due if t is not None), default=None)
 
     def status_line(self) -> str:
         """One line for systemd's ``STATUS=`` (sd_notify); cheap enough for every burst."""
@@ -225,81 +275,60 @@ class DaemonCore:
         """SAs were installed or removed (events, start, reload): recount the tunnels."""
         up = len({sa.peer for sa in self.sad})
         self._status_line = f"{up} of {len(self.config.peers)} tunnels up"
+        self.ledger.observe(self.sad, self.now)
 
     def status(
-        self, now: float, *, tun: str | None, listen: Iterable[Address], dataplane: DataplaneStatus
+        self,
+        now: float,
+        *,
+        wall: float,
+        tun: str | None,
+        listen: Iterable[Address],
+        dataplane: DataplaneStatus,
     ) -> DaemonStatus:
-        """The status model at ``now``; the shell tells what only its devices know."""
+        """The status model at ``now`` (``wall``: the wall clock at the same instant, for
+        timestamps); the shell tells what only its devices know."""
+        self.ledger.observe(self.sad, now)
+        clock = Clock(now, wall)
         ike = self.ike
-        described, rekey_in = self._ike_status(now)
+        entries = {str(e.get("peer")): e for e in ike.status()} if ike is not None else {}
         return DaemonStatus(
+            generated_at=clock.iso(now),
+            started_at=clock.iso(self.started_at),
+            uptime_seconds=clock.age(self.started_at),
             tun=tun,
             mtu=self.mtu(),
-            uptime_seconds=round(now - self.started_at, 1),
-            listen=tuple(f"{a}:{p}" for a, p in listen),
+            listen=tuple(format_address(endpoint) for endpoint in listen),
             peers=tuple(
-                self._peer_status(peer, described.get(peer.name), rekey_in, now)
-                for peer in self.config.peers
+                self._peer_status(peer, entries.get(peer.name), clock) for peer in self.config.peers
             ),
-            drops={str(k): v for k, v in self.processor.drops.items() if v},
-            counters=dict(self.counters),
+            drops=every(DROP_REASONS, self.processor.drops),
+            counters=every(DAEMON_EVENTS, self.counters),
             dataplane=dataplane,
-            ike_counters=dict(ike.counters) if ike is not None else {},
-            ike_dos=ike.half_open.status(now) if ike is not None else None,
+            ike_counters=every(IKE_EVENTS, ike.counters if ike is not None else {}),
+            ike_dos=IkeDosStatus.of(ike.half_open.status(now)) if ike is not None else None,
         )
-
-    def _ike_status(self, now: float) -> tuple[dict[str, dict[str, Any]], dict[str, float | None]]:
-        """The IKE manager's entries by peer, times made relative to ``now``; and the
-        seconds to each CHILD_SA's rekey, by inbound SPI (hex)."""
-        entries: dict[str, dict[str, Any]] = {}
-        rekey_in: dict[str, float | None] = {}
-        if self.ike is None:
-            return entries, rekey_in
-        for described in self.ike.status():
-            entry = dict(described)
-            entry["rekey_in_seconds"] = _seconds_until(entry.pop("rekey_at", None), now)
-            last_seen = entry.pop("last_seen", None)
-            if isinstance(last_seen, int | float):  # DPD: how long the peer is silent
-                entry["last_seen_seconds"] = round(max(0.0, now - last_seen), 1)
-            for child in entry.get("children", []):
-                rekey_in[child["spi_in"]] = _seconds_until(child.pop("rekey_at", None), now)
-            entries[entry.get("peer", "")] = entry
-        return entries, rekey_in
 
     def _peer_status(
-        self,
-        peer: PeerConfig,
-        ike: dict[str, Any] | None,
-        rekey_in: dict[str, float | None],
-        now: float,
+        self, peer: PeerConfig, entry: dict[str, Any] | None, clock: Clock
     ) -> PeerStatus:
-        children = tuple(
-            child_status(sa, now, rekey_in.get(f"{sa.inbound.spi:08x}"))
-            for sa in self.sad.for_peer(peer.name)
-        )
-        if peer.manual is not None:
-            state = "manual" if children else "down"
-        elif ike is not None:
-            state = str(ike.get("state", "unknown"))
-        else:
-            state = "down"
         trap_state = self.trap.state(peer.name)
-        return PeerStatus(
-            name=peer.name,
-            mode="manual" if peer.manual is not None else "ike",
-            state=state,
-            up=bool(children),
-            remote=f"{peer.remote_address}:{peer.remote_port}",
-            local=str(peer.local_address),
-            local_ts=format_selectors(peer.local_ts),
-            remote_ts=format_selectors(peer.remote_ts),
-            ike=ike,
-            children=children,
-            last_error=self.last_error.get(peer.name) or (ike or {}).get("last_error"),
+        return peer_status(
+            peer,
+            entry,
+            self.sad.for_peer(peer.name),
+            natt_port=self.config.gateway.port,
+            ledger=self.ledger,
+            clock=clock,
+            last_error=self.last_error.get(peer.name),
             on_demand=None
             if trap_state is None
             else OnDemandStatus(trap_state.value, self.trap.queued(peer.name)),
         )
+
+    def conns(self) -> ConnsStatus:
+        """The configured peers and their proposals (``ipsecctl conns``)."""
+        return ConnsStatus.of(self.config)
 
     # -- packets -----------------------------------------------------------------------------
     def from_tun(self, packets: list[bytes], now: float) -> None:
@@ -358,13 +387,14 @@ class DaemonCore:
         self._pump(now)
 
     def handle_timer(self, now: float) -> None:
-        """The IKE timer fired: report data-plane usage, run the manager's timers."""
+        """The timer fired: report data-plane usage, run the manager's timers, answer the
+        control commands whose wait is over."""
         self.now = now
-        if self.ike is None:
-            return
-        self._report_usage(self.ike, now)
-        self.ike.handle_timer(now)
-        self._pump(now)
+        if self.ike is not None:
+            self._report_usage(self.ike, now)
+            self.ike.handle_timer(now)
+            self._pump(now)
+        self.outcomes.expire(now, self._describe_peer)
 
     def _pump(self, now: float) -> None:
         """Queue what the IKE layer sends, and apply its events."""
@@ -382,7 +412,7 @@ class DaemonCore:
             if d.local not in self._sockets:
                 self.counters["ike_no_socket"] += 1
                 continue
-            self._outbox.append((d.local, d.remote, [frame(d.data, d.marker)]))
+            self._outbox.append((d.local, d.remote, [frame(d.data, d.marker, d.keepalive)]))
 
     def _report_usage(self, ike: IkeManager, now: float) -> None:
         """Tell the IKE layer how much each CHILD_SA carried (soft/hard limits, RFC 7296
@@ -401,6 +431,7 @@ class DaemonCore:
             )
 
     def _apply(self, event: ev.Event, now: float) -> None:
+        self.ledger.event(event, now)
         log = self.log
         match event:
             case ev.ChildSaEstablished(peer=peer, child=child, outbound_active=outbound):
@@ -412,6 +443,17 @@ class DaemonCore:
                         self._send_inner(queued)
                     if self.config.peer(peer).start != "trap":
                         self.trap.unwatch(peer)  # back from dpd_action hold
+                if self.outcomes.waiting(peer):
+                    summary = child_summary(
+                        child.spi_in,
+                        child.spi_out,
+                        esp_algorithm(child.encr, child.integ),
+                        child.local_ts,
+                        child.remote_ts,
+                    )
+                    self.outcomes.child_established(
+                        peer, summary, outbound, lambda: self._ike_summary(peer), now
+                    )
             case ev.ChildSaOutboundActivated(peer=peer, spi_in=spi_in):
                 # RFC 7296 §2.8: the rekeyed SA is gone; the new one now carries our traffic.
                 if self.sad.activate_outbound(spi_in) is not None:
@@ -426,13 +468,25 @@ class DaemonCore:
                 # peer (reload, restart) may already have installed its own.
                 log.info("IKE SA deleted", peer=peer, reason=reason)
                 self.trap.failed(peer)  # only if still negotiating: drop what waited
-            case ev.IkeSaEstablished(peer=peer, remote=remote):
-                log.info("IKE SA established", peer=peer, remote=str(remote))
+                if self.outcomes.waiting(peer):
+                    gone = not self._ike_entry(peer).get("ike_sas")
+                    self.outcomes.ike_deleted(peer, reason, gone, now)
+            case ev.IkeSaEstablished(peer=peer, local=local, remote=remote):
+                log.info(
+                    "IKE SA established",
+                    peer=peer,
+                    local=format_address(local),
+                    remote=format_address(remote),
+                    spi_local=f"{event.local_spi:016x}",
+                    spi_remote=f"{event.remote_spi:016x}",
+                )
+                if self.outcomes.waiting(peer):
+                    self.outcomes.ike_established(peer, self._new_ike_summary(event), now)
             case ev.PeerAddressChanged(peer=peer, remote=remote):
                 # RFC 7296 §2.23: follow the peer behind a NAT, as learned from authenticated IKE.
                 for sa in self.sad.for_peer(peer):
                     sa.remote = remote
-                log.info("peer address changed", peer=peer, remote=f"{remote[0]}:{remote[1]}")
+                log.info("peer address changed", peer=peer, remote=format_address(remote))
             case ev.PeerDead(peer=peer, action=action):
                 self.counters["dead_peers"] += 1
                 log.warning("peer is dead", peer=peer, dpd_action=action)
@@ -445,6 +499,7 @@ class DaemonCore:
                 self.counters["negotiation_failed"] += 1
                 self.trap.failed(peer)  # packets that waited for it are dropped (counted)
                 log.warning("negotiation failed", peer=peer, reason=reason)
+                self.outcomes.failed(peer, reason, now)
 
     def _install(
         self, peer: str, child: ev.ChildSaParams, now: float, *, outbound: bool = True
@@ -459,16 +514,11 @@ class DaemonCore:
         """Count and log a negotiated CHILD_SA just installed."""
         self.last_error.pop(sa.peer, None)
         self.counters["child_sa_installed"] += 1
-        out = sa.outbound
         self.log.info(
             "CHILD_SA installed",
             peer=sa.peer,
-            spi_in=f"{sa.inbound.spi:08x}",
-            spi_out=f"{out.spi:08x}",
-            algorithm=out.encr.name + (f"-{out.integ.name}" if out.integ else ""),
-            local_ts=format_selectors(sa.local_ts),
-            remote_ts=format_selectors(sa.remote_ts),
-            remote=f"{sa.remote[0]}:{sa.remote[1]}",
+            **_installed_summary(sa),
+            remote=format_address(sa.remote),
             outbound="active" if outbound else "after the old SA is deleted",
         )
 
@@ -489,12 +539,56 @@ class DaemonCore:
     def control(
         self, cmd: str, peer: str, now: float, *, rekey_ike: bool = False
     ) -> dict[str, Any]:
-        """``ipsecctl up|down|rekey PEER`` (``rekey --ike``)."""
+        """``ipsecctl up|down|rekey PEER --no-wait`` (``rekey --ike``): answered as soon as
+        the request is on its way."""
         self.now = now
+        error = self._command(cmd, peer, now, rekey_ike=rekey_ike)
+        return {"ok": False, "error": error} if error else {"ok": True}
+
+    def control_wait(
+        self, cmd: str, peer: str, now: float, *, timeout: float, rekey_ike: bool = False
+    ) -> int:
+        """``ipsecctl up|down|rekey PEER``: the same command, answered with its outcome.
+
+        Returns a ticket; :meth:`control_answers` gives its answer once an event settles
+        it (:mod:`ipsecd.daemon.outcomes` says which), at once when there is nothing to
+        wait for (already up, already down, refused), or ``timeout`` seconds later on
+        this core's clock (:meth:`get_timer` includes the deadline).
+        """
+        self.now = now
+        outcomes = self.outcomes
+        ticket = outcomes.ticket()
+        command = "rekey-ike" if cmd == "rekey" and rekey_ike else cmd
+        entry = self._ike_entry(peer)
+        children = _live_children(entry)
+        waiter = outcomes.wait(ticket, command, peer, now, timeout, children=children)
+        if waiter is None:
+            return ticket
+        if command == "up" and entry.get("state") == "established" and children:
+            summaries = [_installed_summary(sa) for sa in self.sad.for_peer(peer)]
+            ike_sa = self._ike_summary(peer)
+            outcomes.succeed(waiter, "already up", now, ike_sa=ike_sa, child_sas=summaries)
+            return ticket
+        error = self._command(cmd, peer, now, rekey_ike=rekey_ike)  # events may settle it
+        if error:  # unknown peer, nothing to rekey
+            outcomes.fail(waiter, "failed", error, now)
+        elif command == "down" and not self._ike_entry(peer).get("ike_sas"):
+            # Nothing established to delete (down, or still negotiating): no Delete to wait for.
+            outcomes.succeed(waiter, "down", now, reason="terminated by operator")
+        return ticket
+
+    def control_answers(self) -> list[tuple[int, dict[str, Any]]]:
+        """``(ticket, response)`` of the waiting commands settled since the last call."""
+        return self.outcomes.answers()
+
+    def _command(self, cmd: str, peer: str, now: float, *, rekey_ike: bool) -> str | None:
+        """Run ``up``, ``down`` or ``rekey`` on ``peer``; the error in words, or None."""
         if self.ike is None or peer not in _ike_peers(self.config):
-            return {"ok": False, "error": f"no IKE peer named {peer!r}"}
+            return f"no IKE peer named {peer!r}"
         if cmd == "up":
-            self.ike.initiate(peer, now)
+            self.ike.initiate(peer, now)  # wanted from now on; a no-op if an IKE SA is there
+            # ... and an established one that lost its CHILD_SA gets a new one (once).
+            self.ike.initiate(peer, now, on_demand=True)
         elif cmd == "down":
             self.ike.terminate(peer, now)
         else:
@@ -502,11 +596,46 @@ class DaemonCore:
                 if rekey_ike:
                     self.ike.rekey_ike(peer, now)
                 else:
+                    entry = self._ike_entry(peer)
+                    if entry.get("state") == "established" and not _live_children(entry):
+                        return f"peer {peer!r} has no CHILD_SA to rekey"
                     self.ike.rekey(peer, now)
             except KeyError as exc:  # no established IKE SA with the peer
-                return {"ok": False, "error": str(exc.args[0])}
+                return str(exc.args[0])
         self._pump(now)
-        return {"ok": True}
+        return None
+
+    def _ike_entry(self, peer: str) -> dict[str, Any]:
+        """The IKE layer's status entry of ``peer`` (plain data; empty if unknown)."""
+        if self.ike is None:
+            return {}
+        return next((e for e in self.ike.status() if e.get("peer") == peer), {})
+
+    def _ike_summary(self, peer: str) -> Summary | None:
+        """The peer's established IKE SA as ``ipsecctl up`` prints it (None: none is)."""
+        entry = self._ike_entry(peer)
+        if entry.get("state") != "established":
+            return None
+        return {k: entry.get(k) for k in IKE_SUMMARY_KEYS}
+
+    def _new_ike_summary(self, event: ev.IkeSaEstablished) -> Summary:
+        """The IKE SA ``event`` announced (the algorithms from the IKE layer's status)."""
+        entry = self._ike_entry(event.peer)
+        local_spi = f"{event.local_spi:016x}"
+        return {
+            "local_spi": local_spi,
+            "remote_spi": f"{event.remote_spi:016x}",
+            "algorithm": entry.get("algorithm") if entry.get("local_spi") == local_spi else None,
+            "local": format_address(event.local),
+            "remote": format_address(event.remote),
+        }
+
+    def _describe_peer(self, peer: str) -> str:
+        """Where a peer stands, for a command that stopped waiting."""
+        entry = self._ike_entry(peer)
+        words = f"peer {peer} is {entry.get('state', 'unknown')}"
+        error = entry.get("last_error") or self.last_error.get(peer)
+        return f"{words}; last error: {error}" if error else words
 
     def reload(self, new: Config, now: float) -> dict[str, Any]:
         """Apply a reloaded config (SIGHUP, ``ipsecctl reload``), validated by the loader.
@@ -532,7 +661,7 @@ class DaemonCore:
         else:
             kinds = {name: "added" for name in _ike_peers(new)}
             if kinds:
-                self.ike = IkeManager(new, now)
+                self.ike = IkeManager(new, now, random_bytes=self.random_bytes)
         # Manual peers, and peers that switch between manual and IKE (IKE's plan sees one
         # half of those: added or removed).
         for name in {p.name for p in (*self.config.peers, *new.peers) if p.manual is not None}:
@@ -569,4 +698,4 @@ class DaemonCore:
         if self.ike is not None:
             self._pump(now)
         self._sas_changed()
-        return {"ok": True, "plan": plan}
+        return {"ok": True, "plan": plan, "config": str(new.path)}

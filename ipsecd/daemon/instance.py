@@ -28,7 +28,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from ipsecd.addresses import format_address
 from ipsecd.config import Config
+from ipsecd.oserrors import OSErrorAt
 
 LOCK_DIR = Path("/run/ipsecd")
 TUNSETIFF = 0x400454CA  # _IOW('T', 202, int), linux/if_tun.h
@@ -158,7 +160,7 @@ def check_ports_free(config: Config) -> None:
     for address in gw.listen:
         family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
         for port in (gw.ike_port, gw.port):
-            where = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+            where = format_address(address, port)
             with socket.socket(family, socket.SOCK_DGRAM) as probe:
                 if family == socket.AF_INET6:
                     probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -170,7 +172,7 @@ def check_ports_free(config: Config) -> None:
                             f"UDP {where} is already in use by another process (another ipsecd"
                             f" or IKE daemon? see: ss -ulpn 'sport = :{port}')"
                         ) from None
-                    raise StartRefused(f"cannot bind UDP {where}: {exc.strerror}") from None
+                    raise StartRefused(str(OSErrorAt(f"cannot bind UDP {where}", exc))) from None
 
 
 def check_control_socket_free(path: Path) -> None:

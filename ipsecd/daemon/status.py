@@ -1,46 +1,260 @@
-"""The status model: what ``ipsecctl status`` (JSON) and the metrics endpoint show.
+"""The status model: what ``ipsecctl status`` (text and JSON) and the metrics endpoint show.
 
 Typed, frozen dataclasses built by the daemon core (``DaemonCore.status``);
-:meth:`DaemonStatus.to_dict` is the JSON document on the control socket, which
-``ipsecctl`` only formats, and :func:`ipsecd.daemon.metrics.render_metrics` reads
-the same objects, so the two never disagree.  Never includes keys.
+:meth:`DaemonStatus.to_dict` is the JSON document on the control socket, version
+:data:`SCHEMA_VERSION`, described field by field in ``docs/status.schema.json``
+(tests check real documents against it).  ``ipsecctl`` only formats it, and
+:mod:`ipsecd.daemon.metrics` reads the same objects, so the three never disagree.
+Never includes keys.
 
-The IKE part of a peer (``PeerStatus.ike``) is the IKE manager's own description
-of its IKE SA, with times turned into "seconds from now".
+The contract, as an operator reads it:
+
+* every counter is always present (zero until it moves), over a fixed set of names
+  (:data:`DAEMON_EVENTS`, :data:`IKE_EVENTS`, every :class:`DropReason`), plus any
+  name the code counts that the set does not list yet;
+* times are wall-clock ISO 8601 (``..._at``, UTC) together with an age or a delay in
+  seconds (``..._seconds``), never the daemon's monotonic clock;
+* lists are lists (selectors are arrays of strings);
+* each CHILD_SA appears once, in its peer's ``children``: the data plane's installed
+  SA, with the IKE layer's view of it (state, rekey time) merged in;
+* :data:`PEER_STATES`: each state means one thing (an IKE SA without CHILD_SA is
+  ``established-no-child``; while ``connecting`` the peer was never heard, so
+  there is no "last heard", and an SPI not yet known is ``null``);
+* ``nat_local``/``nat_remote`` are NAT detected, not encapsulation forced.
+
+The IKE manager's own status (:meth:`IkeManager.status`, plain dicts) is read at
+this boundary only, by :func:`ike_sa_status` and :func:`peer_status`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ipsecd.selectors import format_selectors
+from ipsecd.addresses import format_address
+from ipsecd.daemon.ledger import Ledger, Transfer, sa_drops
+from ipsecd.esp.counters import DropReason
 
 if TYPE_CHECKING:
+    from ipsecd.config import Config, PeerConfig
+    from ipsecd.crypto.registry import EncrAlgorithm, IntegAlgorithm
     from ipsecd.dataplane.sad import InstalledChildSa
     from ipsecd.dataplane.tun import TunDevice
     from ipsecd.dataplane.udp import UdpSocket
 
+SCHEMA_VERSION = 1
+
+#: A peer's state, one meaning each (docs/status.schema.json lists the same words).
+PEER_STATES = (
+    "down",  # no IKE SA, none being set up (or a manual peer without its SA)
+    "connecting",  # an IKE SA is being negotiated, or the next attempt is scheduled
+    "established-no-child",  # IKE SA up, no CHILD_SA installed (yet, or refused)
+    "established",  # IKE SA up and at least one CHILD_SA installed
+    "deleting",  # our Delete of the IKE SA is outstanding
+    "held",  # dpd_action hold: down until traffic for remote_ts starts it again
+    "manual",  # a manual peer: its static SA is installed
+)
+
+#: The daemon's event counters (``counters``), each reported from start.
+DAEMON_EVENTS = (
+    "child_sa_installed",
+    "dead_peers",
+    "esp_from_new_address",
+    "ike_no_socket",
+    "ike_without_ike_peers",
+    "negotiation_failed",
+    "no_socket",
+    "trap_queue_dropped",
+    "trap_queue_overflow",
+    "trap_queue_sent",
+    "trap_queued",
+    "trap_retriggers",
+    "trap_triggers",
+    "wakeups",
+)
+
+#: The IKE layer's event counters (``ike_counters``), each reported from start.
+IKE_EVENTS = (
+    "amplification_refused",
+    "child_rekey_collisions",
+    "child_rekey_retries",
+    "child_sa_deadline_expired",
+    "child_sa_expired",
+    "child_sa_rekeyed",
+    "child_sa_rekeyed_not_deleted",
+    "child_sa_sequence_exhausted",
+    "connection_retries",
+    "cookies_invalid",
+    "cookies_received",
+    "cookies_sent",
+    "cookies_stale",
+    "cookies_valid",
+    "dpd_checks_sent",
+    "dpd_clear",
+    "dpd_hold",
+    "dpd_restart",
+    "duplicate_ike_sa_deleted",
+    "fragment_bad_icv",
+    "fragment_duplicates",
+    "fragment_malformed",
+    "fragment_memory_limit",
+    "fragment_out_of_range",
+    "fragment_oversized",
+    "fragment_reassembled_malformed",
+    "fragment_reassembly_timeouts",
+    "fragment_sets_abandoned",
+    "fragment_sets_restarted",
+    "fragment_too_many",
+    "fragment_total_mismatch",
+    "fragmented_messages_received",
+    "fragmented_messages_sent",
+    "fragments_received",
+    "fragments_sent",
+    "half_open_dropped",
+    "half_open_expired",
+    "half_open_source_dropped",
+    "ike_rekey_collisions",
+    "ike_rekey_retries",
+    "ike_sa_deadline_expired",
+    "ike_sa_rekeyed",
+    "init_replays",
+    "init_request_mismatch",
+    "initial_contact_deleted",
+    "internal_error",
+    "invalid_ike_spi_received",
+    "invalid_ike_spi_sent",
+    "invalid_ke_sent",
+    "invalid_message_id",
+    "malformed",
+    "nat_keepalives",
+    "peer_address_updated",
+    "restart_hints_followed",
+    "retransmit_answered",
+    "retransmit_fragment_forged",
+    "retransmit_fragment_ignored",
+    "retransmits",
+    "undecryptable",
+    "unexpected_response",
+    "unknown_exchange",
+    "unknown_peer",
+    "unknown_spi",
+    "unsupported_critical_payload",
+)
+
+DROP_REASONS = tuple(str(reason) for reason in DropReason)
+
+_CONNECTING_IKE_STATES = frozenset({"created", "init-sent", "half-open", "auth-sent"})
+
+
+def every(names: Iterable[str], counts: Mapping[str, int]) -> dict[str, int]:
+    """``counts`` over the fixed ``names`` (zeros included), then any other name counted."""
+    out = {name: int(counts.get(name, 0)) for name in names}
+    for name in sorted(set(counts) - set(out)):
+        out[str(name)] = int(counts[name])
+    return out
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The core's monotonic ``now`` at a status request, and the wall clock at that instant:
+    turns the core's times into ISO 8601 timestamps, ages and delays."""
+
+    now: float
+    wall: float
+
+    def iso(self, when: float) -> str:
+        moment = datetime.fromtimestamp(self.wall + (when - self.now), UTC)
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def age(self, when: float) -> float:
+        return round(max(0.0, self.now - when), 1)
+
+    def until(self, when: float) -> float:
+        return round(max(0.0, when - self.now), 1)
+
+    # The same for times that may be unknown (None stays None).
+    def iso_or_none(self, when: float | None) -> str | None:
+        return None if when is None else self.iso(when)
+
+    def age_or_none(self, when: float | None) -> float | None:
+        return None if when is None else self.age(when)
+
+    def until_or_none(self, when: float | None) -> float | None:
+        return None if when is None else self.until(when)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _endpoint(address: Any) -> tuple[str, int]:
+    """``"192.0.2.1:4500"``, ``"[2001:db8::1]:4500"`` or ``"2001:db8::1:4500"`` -> (address,
+    port)."""
+    host, _, port = str(address).rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port) if port.isdigit() else 0
+
+
+def _address(text: Any) -> str:
+    """An endpoint from the IKE layer written the one way (``[2001:db8::1]:4500``)."""
+    host, port = _endpoint(text)
+    return format_address(host, port) if host else ""
+
 
 @dataclass(frozen=True)
 class ChildStatus:
-    """One installed CHILD_SA and what it carried."""
+    """One installed CHILD_SA: the data plane's SA with the IKE layer's view of it."""
 
     spi_in: str
     spi_out: str
+    state: str  # installed | rekeying | rekeyed | deleting (the IKE side; manual: installed)
     algorithm: str
-    local_ts: str = ""
-    remote_ts: str = ""
-    local: str = ""
-    remote: str = ""
-    established_seconds: float = 0.0
-    packets_in: int = 0
-    bytes_in: int = 0
-    packets_out: int = 0
-    bytes_out: int = 0
-    drops: dict[str, int] = field(default_factory=dict)
-    rekey_in_seconds: float | None = None
+    local_ts: tuple[str, ...]
+    remote_ts: tuple[str, ...]
+    local: str
+    remote: str
+    established_at: str
+    established_seconds: float
+    rekey_at: str | None
+    rekey_in_seconds: float | None
+    expires_at: str | None  # hard lifetime (life_time): deleted then, rekeyed or not
+    expires_in_seconds: float | None
+    packets_in: int
+    bytes_in: int
+    packets_out: int
+    bytes_out: int
+    last_in_at: str | None  # when a packet last came in on it (None: never)
+    last_in_seconds: float | None
+    last_out_at: str | None
+    last_out_seconds: float | None
+    drops: dict[str, int]  # inbound, by reason (all reasons)
+
+
+@dataclass(frozen=True)
+class IkeSaStatus:
+    """The peer's current IKE SA, as the IKE manager describes it."""
+
+    state: str  # the IKE SA's own state: created | init-sent | half-open | auth-sent | ...
+    role: str  # initiator | responder
+    local: str
+    remote: str
+    local_spi: str | None
+    remote_spi: str | None  # None until the peer chose it
+    local_id: str | None
+    remote_id: str | None
+    algorithm: str
+    established_at: str | None
+    established_seconds: float | None
+    rekey_at: str | None
+    rekey_in_seconds: float | None
+    nat_local: bool  # a NAT in front of us was detected (RFC 7296 §2.23)
+    nat_remote: bool  # a NAT in front of the peer was detected
+    fragmentation: bool  # IKE fragmentation agreed (RFC 7383)
+    dpd: str  # off | idle | checking
+    dpd_delay_seconds: int
+    last_heard_at: str | None  # IKE or ESP last came in from the peer
+    last_heard_seconds: float | None
 
 
 @dataclass(frozen=True)
@@ -56,23 +270,26 @@ class PeerStatus:
     """One configured peer."""
 
     name: str
-    mode: str = "ike"  # ike | manual
-    state: str = "down"  # manual | down | the IKE SA's state
-    up: bool = False  # at least one CHILD_SA installed
-    remote: str = ""
-    local: str = ""
-    local_ts: str = ""
-    remote_ts: str = ""
-    ike: dict[str, Any] | None = None
-    children: tuple[ChildStatus, ...] = ()
-    last_error: str | None = None
+    mode: str  # ike | manual
+    start: str  # initiate | respond | trap (manual peers: manual)
+    state: str  # one of PEER_STATES
+    up: bool  # at least one CHILD_SA installed
+    local: str
+    remote: str
+    local_ts: tuple[str, ...]
+    remote_ts: tuple[str, ...]
+    ike_sas: int
+    retry_at: str | None
+    retry_in_seconds: float | None
+    ike: IkeSaStatus | None
+    children: tuple[ChildStatus, ...]
+    transfer: Transfer  # since the daemon started, across every CHILD_SA
+    drops: dict[str, int]  # inbound drops since the daemon started, by reason
+    handshake_failures: int
+    last_error: str | None
+    last_error_at: str | None
+    last_error_seconds: float | None
     on_demand: OnDemandStatus | None = None
-
-    @property
-    def last_seen_seconds(self) -> float | None:
-        """Seconds since IKE or ESP last came in from the peer (dead peer detection)."""
-        seen = (self.ike or {}).get("last_seen_seconds")
-        return float(seen) if seen is not None else None
 
 
 @dataclass(frozen=True)
@@ -104,56 +321,319 @@ class DataplaneStatus:
 
 
 @dataclass(frozen=True)
+class IkeDosStatus:
+    """The IKE responder's half-open SAs and cookies (RFC 7296 §2.6)."""
+
+    half_open: int
+    cookies_required: bool
+    cookie_threshold: int
+    half_open_per_source: int
+    half_open_limit: int
+
+    @classmethod
+    def of(cls, described: Mapping[str, Any]) -> IkeDosStatus:
+        return cls(
+            half_open=int(described.get("half_open") or 0),
+            cookies_required=bool(described.get("cookies_required")),
+            cookie_threshold=int(described.get("cookie_threshold") or 0),
+            half_open_per_source=int(described.get("half_open_per_source") or 0),
+            half_open_limit=int(described.get("half_open_limit") or 0),
+        )
+
+
+def _lists(value: Any) -> Any:
+    """asdict() output with tuples as lists (JSON arrays), recursively."""
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_lists(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
 class DaemonStatus:
     """The whole daemon: device, peers and their SAs, drops and counters."""
 
+    generated_at: str
+    started_at: str
+    uptime_seconds: float
     tun: str | None = None
     mtu: int | None = None
-    uptime_seconds: float | None = None
     listen: tuple[str, ...] = ()
     peers: tuple[PeerStatus, ...] = ()
-    drops: dict[str, int] = field(default_factory=dict)  # before or outside any SA
-    counters: dict[str, int] = field(default_factory=dict)  # the daemon's events
+    drops: dict[str, int] = field(default_factory=lambda: every(DROP_REASONS, {}))
+    counters: dict[str, int] = field(default_factory=lambda: every(DAEMON_EVENTS, {}))
     dataplane: DataplaneStatus = field(default_factory=DataplaneStatus)
-    ike_counters: dict[str, int] = field(default_factory=dict)  # the IKE layer's events
-    ike_dos: dict[str, Any] | None = None  # half-open IKE SAs, cookies (RFC 7296 §2.6)
+    ike_counters: dict[str, int] = field(default_factory=lambda: every(IKE_EVENTS, {}))
+    ike_dos: IkeDosStatus | None = None  # None: no IKE peer configured
+    version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document of ``ipsecctl status --json``."""
-        doc = asdict(self)
-        doc["listen"] = list(self.listen)
-        for peer in doc["peers"]:
-            peer["children"] = list(peer["children"])
-            if peer["on_demand"] is None:
-                del peer["on_demand"]
-        doc["peers"] = list(doc["peers"])
-        return doc
+        """The JSON document of ``ipsecctl status --json`` (docs/status.schema.json)."""
+        doc: dict[str, Any] = _lists(asdict(self))
+        return {"version": doc.pop("version"), **doc}
 
 
-def _algorithm(sa: InstalledChildSa) -> str:
-    out = sa.outbound
-    name = out.encr.name
-    if out.integ is not None:
-        name += f"-{out.integ.name}"
-    if out.esn:
-        name += "-esn"
-    return name
+# -- from the core's objects and the IKE manager's dicts -------------------------------------
+def _spi(value: Any) -> str | None:
+    """An SPI as hex, None while it is not known (all zeros)."""
+    text = str(value or "")
+    return text if text.strip("0") else None
 
 
-def child_status(sa: InstalledChildSa, now: float, rekey_in: float | None) -> ChildStatus:
+def nat_remote_detected(entry: Mapping[str, Any], peer: PeerConfig, natt_port: int) -> bool:
+    """A NAT in front of the peer, as far as can be told.
+
+    The peer's NAT_DETECTION_SOURCE_IP not matching (``nat_remote``) also happens when
+    the peer fakes it to force UDP encapsulation (ipsecd always does, strongSwan with
+    ``encap = yes``; RFC 7296 §2.23 allows it), so it counts only with evidence of
+    rewriting: the peer's packets come from another address than the configured one,
+    or from a port that is neither its IKE port nor the NAT-T port.
+    """
+    if not entry.get("nat_remote"):
+        return False
+    address, port = _endpoint(entry.get("remote", ""))
+    return address != str(peer.remote_address) or port not in (peer.remote_port, natt_port)
+
+
+def ike_sa_status(
+    entry: Mapping[str, Any], peer: PeerConfig, natt_port: int, clock: Clock
+) -> IkeSaStatus | None:
+    """The IKE manager's entry of ``peer`` as the typed IKE SA status; None without an SA."""
+    if not entry.get("local_spi"):
+        return None
+    state = str(entry.get("state", ""))
+    established = _number(entry.get("established_at"))
+    rekey = _number(entry.get("rekey_at"))
+    # The peer was heard only once the IKE SA is up: before, "last seen" is the SA's creation.
+    heard = _number(entry.get("last_seen")) if established is not None else None
+    auth = peer.auth
+    return IkeSaStatus(
+        state=state,
+        role=str(entry.get("role", "")),
+        local=_address(entry.get("local", "")),
+        remote=_address(entry.get("remote", "")),
+        local_spi=_spi(entry.get("local_spi")),
+        remote_spi=_spi(entry.get("remote_spi")),
+        local_id=str(auth.local_id) if auth is not None else None,
+        remote_id=str(auth.remote_id) if auth is not None else None,
+        algorithm=str(entry.get("algorithm") or ""),
+        established_at=clock.iso_or_none(established),
+        established_seconds=clock.age_or_none(established),
+        rekey_at=clock.iso_or_none(rekey),
+        rekey_in_seconds=clock.until_or_none(rekey),
+        nat_local=bool(entry.get("nat_local")),
+        nat_remote=nat_remote_detected(entry, peer, natt_port),
+        fragmentation=bool(entry.get("fragmentation")),
+        dpd=str(entry.get("dpd") or "off"),
+        dpd_delay_seconds=int(entry.get("dpd_delay") or 0),
+        last_heard_at=clock.iso_or_none(heard),
+        last_heard_seconds=clock.age_or_none(heard),
+    )
+
+
+def transform_name(encr: EncrAlgorithm, integ: IntegAlgorithm | None, esn: bool) -> str:
+    """An ESP transform in proposal words: ``aes256gcm16``, ``aes128-sha256-esn``."""
+    return encr.name + (f"-{integ.name}" if integ is not None else "") + ("-esn" if esn else "")
+
+
+def child_status(
+    sa: InstalledChildSa,
+    ike_child: Mapping[str, Any] | None,
+    life_time: float | None,
+    ledger: Ledger,
+    clock: Clock,
+) -> ChildStatus:
+    """One installed CHILD_SA; ``ike_child`` is the IKE manager's description of it, if
+    any; ``life_time`` its hard lifetime in seconds (None: none, as for manual SAs)."""
+    described = ike_child or {}
+    rekey = _number(described.get("rekey_at"))
+    expires = _number(described.get("expire_at"))
+    if expires is None and life_time:
+        expires = sa.installed_at + life_time  # what the manager sets at install (§2.8)
+    last_in, last_out = ledger.last_packets(sa)
+    transfer = Transfer.of(sa)
     return ChildStatus(
         spi_in=f"{sa.inbound.spi:08x}",
         spi_out=f"{sa.outbound.spi:08x}",
-        algorithm=_algorithm(sa),
-        local_ts=format_selectors(sa.local_ts),
-        remote_ts=format_selectors(sa.remote_ts),
-        local=f"{sa.local[0]}:{sa.local[1]}",
-        remote=f"{sa.remote[0]}:{sa.remote[1]}",
-        established_seconds=round(now - sa.installed_at, 1),
-        packets_in=sa.inbound.packets,
-        bytes_in=sa.inbound.bytes,
-        packets_out=sa.outbound.packets,
-        bytes_out=sa.outbound.bytes,
-        drops={str(k): v for k, v in sa.inbound.drops.items() if v},
-        rekey_in_seconds=rekey_in,
+        state=str(described.get("state") or "installed"),
+        algorithm=transform_name(sa.outbound.encr, sa.outbound.integ, sa.outbound.esn),
+        local_ts=tuple(str(ts) for ts in sa.local_ts),
+        remote_ts=tuple(str(ts) for ts in sa.remote_ts),
+        local=format_address(sa.local),
+        remote=format_address(sa.remote),
+        established_at=clock.iso(sa.installed_at),
+        established_seconds=clock.age(sa.installed_at),
+        rekey_at=clock.iso_or_none(rekey),
+        rekey_in_seconds=clock.until_or_none(rekey),
+        expires_at=clock.iso_or_none(expires),
+        expires_in_seconds=clock.until_or_none(expires),
+        packets_in=transfer.packets_in,
+        bytes_in=transfer.bytes_in,
+        packets_out=transfer.packets_out,
+        bytes_out=transfer.bytes_out,
+        last_in_at=clock.iso_or_none(last_in),
+        last_in_seconds=clock.age_or_none(last_in),
+        last_out_at=clock.iso_or_none(last_out),
+        last_out_seconds=clock.age_or_none(last_out),
+        drops=sa_drops(sa),
     )
+
+
+def peer_state(
+    peer: PeerConfig, entry: Mapping[str, Any] | None, ike: IkeSaStatus | None, up: bool
+) -> str:
+    """The peer's one-word state (:data:`PEER_STATES`)."""
+    if peer.manual is not None:
+        return "manual" if up else "down"
+    if ike is None:
+        manager_state = str((entry or {}).get("state", "down"))
+        return manager_state if manager_state in ("held", "connecting") else "down"
+    if ike.state == "deleting":
+        return "deleting"
+    if ike.state == "deleted":
+        return "down"
+    if ike.established_at is None or ike.state in _CONNECTING_IKE_STATES:
+        return "connecting"
+    return "established" if up else "established-no-child"
+
+
+def peer_status(
+    peer: PeerConfig,
+    entry: Mapping[str, Any] | None,
+    installed: Sequence[InstalledChildSa],
+    *,
+    natt_port: int,
+    ledger: Ledger,
+    clock: Clock,
+    last_error: str | None,
+    on_demand: OnDemandStatus | None,
+) -> PeerStatus:
+    """One peer from its config, the IKE manager's ``entry`` (None: no IKE) and its
+    installed CHILD_SAs; ``natt_port`` is ours (gateway.port), where the peer's IKE moves to
+    (RFC 3948); ``last_error`` as the core last recorded it."""
+    ike = ike_sa_status(entry, peer, natt_port, clock) if entry is not None else None
+    ike_children = {str(c.get("spi_in")): c for c in (entry or {}).get("children") or ()}
+    life_time = peer.child_lifetime.life_time if peer.manual is None else None
+    children = tuple(
+        child_status(sa, ike_children.get(f"{sa.inbound.spi:08x}"), life_time, ledger, clock)
+        for sa in installed
+    )
+    retry = _number((entry or {}).get("retry_at"))
+    error = last_error or (entry or {}).get("last_error") or None
+    recorded = ledger.last_error(peer.name)
+    error_at = recorded.at if recorded is not None and recorded.message == error else None
+    return PeerStatus(
+        name=peer.name,
+        mode="manual" if peer.manual is not None else "ike",
+        start="manual" if peer.manual is not None else peer.start,
+        state=peer_state(peer, entry, ike, bool(children)),
+        up=bool(children),
+        local=str(peer.local_address),
+        remote=format_address(peer.remote_address, peer.remote_port),
+        local_ts=tuple(str(ts) for ts in peer.local_ts),
+        remote_ts=tuple(str(ts) for ts in peer.remote_ts),
+        ike_sas=int((entry or {}).get("ike_sas") or 0),
+        retry_at=clock.iso_or_none(retry),
+        retry_in_seconds=clock.until_or_none(retry),
+        ike=ike,
+        children=children,
+        transfer=ledger.transfer(peer.name, installed),
+        drops=ledger.drops(peer.name, installed),
+        handshake_failures=ledger.handshake_failures(peer.name),
+        last_error=str(error) if error else None,
+        last_error_at=clock.iso_or_none(error_at),
+        last_error_seconds=clock.age_or_none(error_at),
+        on_demand=on_demand,
+    )
+
+
+# -- the configuration (ipsecctl conns) -------------------------------------------------------
+@dataclass(frozen=True)
+class ConfiguredChild:
+    """The CHILD_SA a peer negotiates (or its manual SA): selectors, proposals, lifetimes."""
+
+    local_ts: tuple[str, ...]
+    remote_ts: tuple[str, ...]
+    esp_proposals: tuple[str, ...]
+    rekey_seconds: int | None  # soft lifetime; minus up to rekey_random_seconds
+    rekey_random_seconds: int | None
+    life_seconds: float | None  # hard lifetime
+    rekey_bytes: int
+    rekey_packets: int
+    manual_spi_in: str | None  # manual peers: the static SPIs
+    manual_spi_out: str | None
+
+
+@dataclass(frozen=True)
+class ConfiguredPeer:
+    """One configured peer as ``ipsecctl conns`` shows it (like ``swanctl --list-conns``)."""
+
+    name: str
+    mode: str  # ike | manual
+    start: str  # initiate | respond | trap | manual
+    local: str
+    remote: str
+    local_id: str | None
+    remote_id: str | None
+    auth: str | None  # psk (manual peers: None)
+    ike_proposals: tuple[str, ...]
+    ike_rekey_seconds: int | None
+    ike_rekey_random_seconds: int | None
+    dpd_delay_seconds: int
+    dpd_action: str
+    fragmentation: str
+    child: ConfiguredChild
+
+    @classmethod
+    def of(cls, peer: PeerConfig) -> ConfiguredPeer:
+        manual, auth = peer.manual, peer.auth
+        ike, child = peer.ike_lifetime, peer.child_lifetime
+        negotiated = manual is None
+        return cls(
+            name=peer.name,
+            mode="ike" if negotiated else "manual",
+            start=peer.start if negotiated else "manual",
+            local=str(peer.local_address),
+            remote=format_address(peer.remote_address, peer.remote_port),
+            local_id=str(auth.local_id) if auth is not None else None,
+            remote_id=str(auth.remote_id) if auth is not None else None,
+            auth="psk" if auth is not None else None,
+            ike_proposals=tuple(str(p) for p in peer.ike_proposals),
+            ike_rekey_seconds=ike.rekey_time if negotiated else None,
+            ike_rekey_random_seconds=ike.rand_time if negotiated else None,
+            dpd_delay_seconds=peer.dpd_delay if negotiated else 0,
+            dpd_action=peer.dpd_action,
+            fragmentation=peer.fragmentation,
+            child=ConfiguredChild(
+                local_ts=tuple(str(ts) for ts in peer.local_ts),
+                remote_ts=tuple(str(ts) for ts in peer.remote_ts),
+                esp_proposals=tuple(str(p) for p in peer.esp_proposals)
+                if manual is None
+                else (transform_name(manual.encr, manual.integ, manual.esn),),
+                rekey_seconds=child.rekey_time if negotiated else None,
+                rekey_random_seconds=child.rand_time if negotiated else None,
+                life_seconds=child.life_time if negotiated else None,
+                rekey_bytes=child.rekey_bytes if negotiated else 0,
+                rekey_packets=child.rekey_packets if negotiated else 0,
+                manual_spi_in=f"{manual.spi_in:08x}" if manual is not None else None,
+                manual_spi_out=f"{manual.spi_out:08x}" if manual is not None else None,
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class ConnsStatus:
+    """The configured peers (``ipsecctl conns``), from the running config."""
+
+    config: str  # the file it was loaded from
+    peers: tuple[ConfiguredPeer, ...]
+    version: int = SCHEMA_VERSION
+
+    @classmethod
+    def of(cls, config: Config) -> ConnsStatus:
+        return cls(str(config.path), tuple(ConfiguredPeer.of(p) for p in config.peers))
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = _lists(asdict(self))
+        return {"version": doc.pop("version"), **doc}

@@ -80,8 +80,13 @@ class PacketProcessor:
         """An outbound packet that no installed SA covers (RFC 4301 §5.1).
 
         The one place for it: the ``no_sa`` hook (start: trap) may take it;
-        otherwise it is dropped and counted.
+        otherwise it is dropped and counted.  Link-scoped IPv6 the kernel sends on
+        the device by itself is counted apart (``ipv6_link_local``): it says nothing
+        about a tunnel being down.
         """
+        if version == 6 and _link_scoped(src, dst):
+            self.drops[DropReason.IPV6_LINK_LOCAL] += 1  # never a trigger for a tunnel
+            return
         no_sa = self.no_sa
         if no_sa is None or not no_sa(packet, version, src, dst):
             self.drops[DropReason.NO_SA] += 1
@@ -153,3 +158,15 @@ class PacketProcessor:
         delivered = sa.inbound.open_burst(run, to_tun)
         if delivered and remote != sa.remote:
             moved.extend([(sa, remote)] * delivered)
+
+
+def _link_scoped(src: int, dst: int) -> bool:
+    """An IPv6 packet that must not leave its link (RFC 4291 §2.5.6, §2.7): source
+    unspecified (``::``, MLD before any address) or link-local, destination link-local
+    or interface/link-scope multicast (``ff01::/16``, ``ff02::/16``)."""
+    return (
+        src == 0
+        or src >> 118 == 0x3FA  # fe80::/10
+        or dst >> 118 == 0x3FA
+        or (dst >> 120 == 0xFF and (dst >> 112) & 0xF in (1, 2))
+    )

@@ -18,13 +18,14 @@ device works as a plain TUN.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import ipaddress
 import os
 from collections.abc import Iterable
 
 import pytun
-from pyroute2 import AsyncIPRoute
+from pyroute2 import AsyncIPRoute, NetlinkError
 
 from ipsecd.dataplane.offload import (
     VNET_HDR_LEN,
@@ -42,11 +43,19 @@ TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 
+# include/uapi/linux/if_link.h: no IPv6 link-local address is generated on the device.
+IN6_ADDR_GEN_MODE_NONE = 1
+
 MAX_READ = 65535 + VNET_HDR_LEN
 READ_PACKET_LIMIT = 512  # stop a burst once this many packets are split out
 # A first read shorter than this ends the burst: interactive traffic saves a system
 # call per packet (epoll is level-triggered, so anything queued behind it still wakes us).
 SMALL_READ = 512
+
+
+_IPV6_NO_LINK_LOCAL = {
+    "attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", IN6_ADDR_GEN_MODE_NONE]]}]]
+}
 
 
 class TunDevice:
@@ -94,9 +103,24 @@ class TunDevice:
 
     # -- configuration (pyroute2) ---------------------------------------------------------
     async def configure(self, mtu: int, addresses: Iterable[IpInterface]) -> None:
-        """Set MTU and addresses, then bring the link up."""
+        """Set MTU and addresses, then bring the link up, without an IPv6 link-local address.
+
+        Left to itself the kernel gives the device a link-local address and sends router
+        solicitations from it, into the tunnel (issue 14: counted as ``no_sa`` drops on an
+        idle gateway).  ``addr_gen_mode none`` -- set over netlink, so it works where
+        systemd's ProtectKernelTunables makes /proc/sys read-only -- means no link-local
+        address, so no solicitations; routes through the device and addresses configured
+        on it work as before.  It must be set while the link is down: an adopted device
+        that is up is taken down first, which also drops its link-local address.
+        """
         self.index = (await self._ipr.link_lookup(ifname=self.name))[0]
+        await self._ipr.link("set", index=self.index, state="down")
         await self._ipr.link("set", index=self.index, mtu=mtu)
+        try:
+            await self._ipr.link("set", index=self.index, IFLA_AF_SPEC=_IPV6_NO_LINK_LOCAL)
+        except NetlinkError as exc:  # no IPv6 here (ipv6.disable=1, or an MTU under 1280)
+            if exc.code != errno.EAFNOSUPPORT:
+                raise
         for iface in addresses:
             await self._ipr.addr(
                 "replace",  # an adopted stale device may still carry the address

@@ -20,7 +20,9 @@ import socket
 import struct
 from collections.abc import Iterable, Sequence
 
+from ipsecd.addresses import format_address
 from ipsecd.esp.udp_encap import DatagramRun
+from ipsecd.oserrors import OSErrorAt
 
 Address = tuple[str, int]
 
@@ -90,21 +92,30 @@ class UdpSocket:
     """A bound, non-blocking UDP socket."""
 
     def __init__(self, address: str, port: int, offload: bool = True) -> None:
+        """Open and bind; an OSError names the endpoint (``cannot bind UDP ADDR:PORT: ...``)."""
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        where = format_address(address, port)
+        try:
+            self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise OSErrorAt(f"cannot open a UDP socket for {where}", exc) from exc
         # No SO_REUSEADDR: with it a second daemon could bind the same ports and take
         # half of the peers' datagrams (issue 12); UDP has no TIME_WAIT to wait out.
-        for force, plain in (
-            (SO_RCVBUFFORCE, socket.SO_RCVBUF),
-            (SO_SNDBUFFORCE, socket.SO_SNDBUF),
-        ):
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, force, BUFFER_BYTES)
-            except OSError:
-                self.sock.setsockopt(socket.SOL_SOCKET, plain, BUFFER_BYTES)
-        if family == socket.AF_INET6:
-            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        self.sock.bind((address, port))
+        try:
+            for force, plain in (
+                (SO_RCVBUFFORCE, socket.SO_RCVBUF),
+                (SO_SNDBUFFORCE, socket.SO_SNDBUF),
+            ):
+                try:
+                    self.sock.setsockopt(socket.SOL_SOCKET, force, BUFFER_BYTES)
+                except OSError:
+                    self.sock.setsockopt(socket.SOL_SOCKET, plain, BUFFER_BYTES)
+            if family == socket.AF_INET6:
+                self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            self.sock.bind((address, port))
+        except OSError as exc:
+            self.sock.close()
+            raise OSErrorAt(f"cannot bind UDP {where}", exc) from exc
         self.sock.setblocking(False)
         self.local: Address = (address, port)
         self.fd = self.sock.fileno()

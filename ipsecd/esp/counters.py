@@ -23,6 +23,9 @@ class DropReason(StrEnum):
     UNKNOWN_SPI = "unknown_spi"  # no SA for this SPI (RFC 4303 §3.4.2)
     OUTSIDE_SELECTORS = "outside_selectors"  # inner addresses not allowed (RFC 4301 §5.2)
     NO_SA = "no_sa"  # outbound: no SA covers the packet (RFC 4301 §5.1)
+    # outbound, no SA: link-scoped IPv6 the kernel itself sends on the TUN device (router
+    # solicitations, MLD reports); never tunnelled (RFC 4291 §2.5.6), so not a "no tunnel up".
+    IPV6_LINK_LOCAL = "ipv6_link_local"
     MALFORMED = "malformed"  # structurally invalid once authenticated/parsed
     DUMMY = "dummy"  # next header 59: dummy/TFC packet, dropped silently (RFC 4303 §2.6)
     FRAGMENT = "fragment"  # IP fragment offered to AH / transport mode (RFC 4302 §3.4.1)

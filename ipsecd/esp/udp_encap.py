@@ -86,8 +86,10 @@ def frame_ike(message: bytes) -> bytes:
     return NON_ESP_MARKER + message
 
 
-def frame(data: bytes, marker: bool) -> bytes:
+def frame(data: bytes, marker: bool, keepalive: bool = False) -> bytes:
     """The UDP payload for an outgoing IKE datagram: with the non-ESP marker when
-    ``marker`` (IKE on the NAT-T port), raw otherwise (IKE on port 500, and the
-    NAT-keepalive, which never carries it, RFC 3948 §2.3)."""
+    ``marker`` (IKE on the NAT-T port), raw otherwise (IKE on port 500); for a
+    NAT-keepalive the single 0xFF octet, which never carries the marker (RFC 3948 §2.3)."""
+    if keepalive:
+        return NAT_KEEPALIVE
     return frame_ike(data) if marker else data

@@ -4,68 +4,27 @@ Pure functions and one small state holder, used by the IKE_AUTH and
 CREATE_CHILD_SA exchanges (RFC 7296 §1.3, §2.9, §2.17).  Nothing here knows
 about messages; the exchanges translate payloads to these types.
 
-States of a CHILD_SA, in one table (h11 style)::
-
-    CREATING  --established-->  INSTALLED  --delete sent-->  DELETING
-    CREATING  --failed------->  DELETED
-    INSTALLED --delete rcvd-->  DELETED
-    DELETING  --response----->  DELETED
-    INSTALLED --rekey started-> REKEYING  --rekey failed-->  INSTALLED
-    REKEYING  --rekeyed------>  REKEYED   --delete sent/rcvd--> DELETING/DELETED
-    INSTALLED --rekeyed (by the peer)-->  REKEYED
-
-A REKEYED child has been replaced (RFC 7296 §2.8) and only waits for the
-Delete of whoever initiated the surviving rekey; it keeps decrypting until then.
+States and transitions of a CHILD_SA are in :mod:`ipsecd.ike.lifecycle`.
 """
 
 from __future__ import annotations
 
+import builtins
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
-from enum import Enum
 
-from ipsecd.crypto.proposals import Proposal
 from ipsecd.crypto.registry import EncrAlgorithm, IntegAlgorithm
 from ipsecd.ike.errors import TsUnacceptable
 from ipsecd.ike.events import Address, ChildSaParams
-from ipsecd.selectors import TrafficSelector, format_selectors
-
-
-class ChildState(Enum):
-    CREATING = "creating"
-    INSTALLED = "installed"
-    REKEYING = "rekeying"  # our CREATE_CHILD_SA with N(REKEY_SA) is outstanding
-    REKEYED = "rekeyed"  # replaced by a new CHILD_SA, waiting for the Delete
-    DELETING = "deleting"
-    DELETED = "deleted"
-
-
-CHILD_TRANSITIONS: dict[tuple[ChildState, str], ChildState] = {
-    (ChildState.CREATING, "established"): ChildState.INSTALLED,
-    (ChildState.CREATING, "failed"): ChildState.DELETED,
-    (ChildState.INSTALLED, "delete_sent"): ChildState.DELETING,
-    (ChildState.INSTALLED, "delete_received"): ChildState.DELETED,
-    (ChildState.DELETING, "delete_received"): ChildState.DELETED,
-    (ChildState.DELETING, "deleted"): ChildState.DELETED,
-    (ChildState.INSTALLED, "ike_gone"): ChildState.DELETED,
-    (ChildState.DELETING, "ike_gone"): ChildState.DELETED,
-    (ChildState.CREATING, "ike_gone"): ChildState.DELETED,
-    (ChildState.INSTALLED, "rekey_started"): ChildState.REKEYING,
-    (ChildState.REKEYING, "rekey_failed"): ChildState.INSTALLED,
-    (ChildState.REKEYING, "rekeyed"): ChildState.REKEYED,
-    (ChildState.INSTALLED, "rekeyed"): ChildState.REKEYED,
-    (ChildState.REKEYED, "rekeyed"): ChildState.REKEYED,
-    (ChildState.REKEYING, "delete_sent"): ChildState.DELETING,
-    (ChildState.REKEYED, "delete_sent"): ChildState.DELETING,
-    (ChildState.REKEYING, "delete_received"): ChildState.DELETED,
-    (ChildState.REKEYED, "delete_received"): ChildState.DELETED,
-    (ChildState.REKEYING, "ike_gone"): ChildState.DELETED,
-    (ChildState.REKEYED, "ike_gone"): ChildState.DELETED,
-}
-
-#: States in which the data plane holds the SA (it was announced by ChildSaEstablished).
-LIVE_STATES = frozenset(
-    {ChildState.INSTALLED, ChildState.REKEYING, ChildState.REKEYED, ChildState.DELETING}
+from ipsecd.ike.lifecycle import (
+    ChildEvent,
+    ChildState,
+    RetransmitPolicy,
+    child_deadline,
+    next_child_state,
 )
+from ipsecd.ike.proposal_codec import ChosenProposal
+from ipsecd.selectors import TrafficSelector, format_selectors
 
 
 @dataclass(frozen=True)
@@ -77,6 +36,23 @@ class ChildAlgorithms:
     esn: bool
     ke: int | None = None  # PFS group id, if any
 
+    @classmethod
+    def from_chosen(cls, chosen: ChosenProposal) -> ChildAlgorithms:
+        return cls(
+            encr=chosen.encryption,
+            integ=chosen.integrity,
+            esn=chosen.esn,
+            ke=int(chosen.ke.transform_id) if chosen.ke is not None else None,
+        )
+
+
+def new_child_spi(random_bytes: Callable[[int], bytes], taken: Container[int]) -> int:
+    """A random inbound ESP SPI, not in ``taken``, never 0..255 (RFC 4303 §2.1)."""
+    while True:
+        spi = int.from_bytes(random_bytes(4), "big")
+        if spi > 255 and spi not in taken:
+            return spi
+
 
 @dataclass
 class ChildSa:
@@ -84,7 +60,9 @@ class ChildSa:
 
     spi_in: int
     spi_out: int = 0
-    state: ChildState = ChildState.CREATING
+    # Written by transition() only; the deadline is when the state ends (lifecycle.py).
+    state: ChildState = field(default=ChildState.CREATING, init=False)
+    deadline: float | None = field(default=None, init=False)
     local_ts: tuple[TrafficSelector, ...] = ()
     remote_ts: tuple[TrafficSelector, ...] = ()
     algorithms: ChildAlgorithms | None = None
@@ -106,15 +84,13 @@ class ChildSa:
     was_rekeyed: bool = False
     # A rekey of this child the peer started while ours was outstanding (§2.8.1):
     # (spi_in of the child it created, lowest nonce of that exchange).
-    peer_rekey: tuple[int, bytes] | None = None
+    peer_rekey: tuple[int, builtins.bytes] | None = None
 
-    def transition(self, trigger: str) -> None:
-        try:
-            self.state = CHILD_TRANSITIONS[(self.state, trigger)]
-        except KeyError:
-            raise RuntimeError(
-                f"CHILD_SA {self.spi_in:08x}: no transition {trigger!r} from {self.state.value}"
-            ) from None
+    def transition(self, event: ChildEvent, now: float, policy: RetransmitPolicy) -> None:
+        """Apply ``event`` by the lifecycle table; entering a state sets its deadline."""
+        self.state = next_child_state(self.state, event, f"{self.spi_in:08x}")
+        seconds = child_deadline(self.state, policy)
+        self.deadline = None if seconds is None else now + seconds
 
     def describe(self) -> dict[str, object]:
         algs = self.algorithms
@@ -122,7 +98,7 @@ class ChildSa:
             "spi_in": f"{self.spi_in:08x}",
             "spi_out": f"{self.spi_out:08x}",
             "state": self.state.value,
-            "rekey_at": getattr(self, "rekey_at", None),
+            "rekey_at": self.rekey_at,
             "local_ts": format_selectors(self.local_ts),
             "remote_ts": format_selectors(self.remote_ts),
             "algorithm": (
@@ -257,7 +233,3 @@ def child_params(
         remote_ts=remote_ts,
         remote=remote,
     )
-
-
-def esp_proposals_text(proposals: tuple[Proposal, ...]) -> str:
-    return ", ".join(str(p) for p in proposals) or "(none)"

@@ -29,20 +29,16 @@ strongSwan's ``ike_dpd`` task and its ``dpd_delay``/``dpd_action`` settings:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
+from ipsecd.ike import message as codec
+from ipsecd.ike.constants import ExchangeType, NotifyType
 from ipsecd.ike.events import Address, OutgoingDatagram
+from ipsecd.ike.exchanges.informational import LivenessCheck
+from ipsecd.ike.payloads import Notify
 from ipsecd.ike.sa import IkeSa, IkeState
 
-DEFAULT_DPD_DELAY = 30
 INVALID_SPI_RATE = 10  # INVALID_IKE_SPI answers per second at most (all sources together)
-IKE_AUTH, INFORMATIONAL = 35, 37
 INVALID_SPI_RESPONSE_LEN = 36  # IKE header + a Notify without SPI or data
-N_INVALID_IKE_SPI = 4
-
-
-def dpd_delay(sa: IkeSa) -> int:
-    return int(getattr(sa.peer, "dpd_delay", DEFAULT_DPD_DELAY) or 0)
 
 
 def last_seen(sa: IkeSa) -> float:
@@ -55,7 +51,7 @@ def due(sa: IkeSa) -> float | None:
 
     An outstanding request already checks liveness through its retransmissions.
     """
-    delay = dpd_delay(sa)
+    delay = sa.peer.dpd_delay
     if (
         not delay
         or sa.state is not IkeState.ESTABLISHED
@@ -72,15 +68,16 @@ def check(sa: IkeSa, now: float) -> None:
     when = due(sa)
     if when is not None and now >= when:
         sa.count("dpd_checks_sent")
-        sa.queue_liveness_check(now)
+        sa.queue(LivenessCheck(), now)
 
 
-def describe(sa: IkeSa) -> dict[str, Any]:
+def describe(sa: IkeSa) -> dict[str, object]:
     """DPD part of ``IkeManager.status()``."""
-    checking = sa.outstanding is not None and type(sa.outstanding.task).__name__ == "LivenessCheck"
+    delay = sa.peer.dpd_delay
+    checking = sa.outstanding is not None and isinstance(sa.outstanding.task, LivenessCheck)
     return {
-        "dpd_delay": dpd_delay(sa),
-        "dpd": "off" if not dpd_delay(sa) else "checking" if checking else "idle",
+        "dpd_delay": delay,
+        "dpd": "off" if not delay else "checking" if checking else "idle",
         "last_seen": last_seen(sa),
     }
 
@@ -107,20 +104,6 @@ def duplicate(sa: IkeSa, others: Iterable[IkeSa]) -> IkeSa | None:
     return None
 
 
-def is_invalid_ike_spi(data: bytes) -> bool:
-    """An unprotected INFORMATIONAL carrying N(INVALID_IKE_SPI) (RFC 7296 §2.21.4)."""
-    from ipsecd.ike import message as codec
-    from ipsecd.ike.payloads import Notify
-
-    try:
-        msg = codec.parse_message(data)
-    except Exception:
-        return False
-    return int(msg.exchange_type) == INFORMATIONAL and any(
-        isinstance(p, Notify) and p.notify_type == N_INVALID_IKE_SPI for p in msg.payloads
-    )
-
-
 class InvalidSpiResponder:
     """Answers requests for unknown IKE SAs with N(INVALID_IKE_SPI), at most
     :data:`INVALID_SPI_RATE` per second so it never serves as a reflector."""
@@ -132,7 +115,7 @@ class InvalidSpiResponder:
 
     def answer(
         self,
-        header: Any,
+        header: codec.Header,
         request_len: int,
         local: Address,
         remote: Address,
@@ -146,10 +129,7 @@ class InvalidSpiResponder:
         set, I flag flipped (we answer as the other end), no SK payload: we have no
         keys (§2.21.4).
         """
-        from ipsecd.ike import message as codec
-        from ipsecd.ike.payloads import Notify
-
-        if not IKE_AUTH <= header.exchange <= INFORMATIONAL:
+        if not ExchangeType.IKE_AUTH <= header.exchange_type <= ExchangeType.INFORMATIONAL:
             return None
         if request_len < INVALID_SPI_RESPONSE_LEN:
             return None
@@ -163,11 +143,11 @@ class InvalidSpiResponder:
             codec.Message(
                 spi_i=header.spi_i,
                 spi_r=header.spi_r,
-                exchange_type=INFORMATIONAL,
-                initiator=not header.initiator_flag,
+                exchange_type=ExchangeType.INFORMATIONAL,
+                initiator=not header.initiator,
                 response=True,
                 message_id=header.message_id,
-                payloads=(Notify(protocol_id=0, spi=b"", notify_type=N_INVALID_IKE_SPI, data=b""),),
+                payloads=(Notify(NotifyType.INVALID_IKE_SPI),),
             )
         )
         return OutgoingDatagram(data, local, remote, marker=local[1] == natt_port)

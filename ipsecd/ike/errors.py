@@ -1,4 +1,9 @@
-"""The ProtocolError family: one exception per RFC 7296 error notify.
+"""The IKE error family: undecodable input and one exception per RFC 7296 error notify.
+
+:class:`MalformedMessage` is a datagram we cannot read (dropped and counted,
+never answered, RFC 7296 §2.21.1); :class:`ProtocolError` and its subclasses
+are messages we read and refuse.  :class:`UnsupportedCriticalPayload` is both:
+the codec raises it and the IKE SA answers it (§2.5).
 
 Exchanges raise these while processing a message; the IKE SA turns the error
 into the notify it must send back (RFC 7296 §3.10.1 error types) and into an
@@ -32,6 +37,18 @@ def notify_name(notify_type: int) -> str:
         return NotifyType(notify_type).name
     except ValueError:
         return f"notify {notify_type}"
+
+
+class MalformedMessage(Exception):
+    """An IKE message (or payload) that does not parse; ``reason`` says where and why.
+
+    The only exception the parser raises: callers count the datagram and drop it
+    (RFC 7296 §2.21.1 — nothing is answered for a message that cannot be read).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class ProtocolError(Exception):
@@ -71,10 +88,12 @@ class InvalidSyntax(ProtocolError):
     notify_type = INVALID_SYNTAX
 
 
-class UnsupportedCriticalPayload(ProtocolError):
+class UnsupportedCriticalPayload(ProtocolError, MalformedMessage):
     """RFC 7296 §2.5: a payload we do not know with the critical bit set.
 
-    The notification data is the one-octet payload type (§3.10.1).
+    Raised by the codec (a message we cannot process, hence a MalformedMessage)
+    and answered by the IKE SA (hence a ProtocolError).  The notification data is
+    the one-octet payload type (§3.10.1).
     """
 
     notify_type = UNSUPPORTED_CRITICAL_PAYLOAD

@@ -18,8 +18,6 @@ from ipsecd.selectors import TrafficSelector
 
 Address = tuple[str, int]
 
-NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3: a single octet 0xFF
-
 
 @dataclass(frozen=True)
 class OutgoingDatagram:
@@ -27,8 +25,9 @@ class OutgoingDatagram:
 
     ``marker`` says whether the shell must prepend the 4-byte non-ESP marker
     (RFC 3948 §2.2): True for IKE messages sent on the NAT-T port (4500),
-    False for IKE on port 500 and for NAT-keepalives (``data == b"\\xff"``,
-    ``keepalive`` True), which are sent raw.
+    False for IKE on port 500.  A NAT-keepalive has ``keepalive`` True and no
+    ``data``: its one octet is written by the NAT-T framing
+    (:func:`ipsecd.esp.udp_encap.frame`), the one place that knows it.
     """
 
     data: bytes

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 from ipsecd.ike import sk as _sk
 from ipsecd.ike.constants import IKE_HEADER_LEN, IKE_MAJOR_VERSION, PayloadType
+from ipsecd.ike.errors import MalformedMessage
 from ipsecd.ike.message import Header, Message, encode_payload_chain, parse_inner_chain
-from ipsecd.ike.payloads import MalformedMessage
+from ipsecd.ike.payloads import Payload
 from ipsecd.ike.sk import IntegrityCheckFailed, SkKeys
 
 __all__ = [
@@ -168,7 +169,7 @@ class _FragmentSet:
 class Reassembled:
     """A complete message: its decrypted payloads and any unknown critical payload."""
 
-    payloads: list[object]
+    payloads: list[Payload]
     unsupported_critical: int | None
 
 
@@ -209,10 +210,16 @@ class Reassembler:
         for response in list(self.sets):
             self._discard(response)
 
+    def next_expiry(self) -> float | None:
+        """When the oldest partial set times out (:meth:`expire` drops it then)."""
+        if not self.sets:
+            return None
+        return min(s.started for s in self.sets.values()) + self.timeout
+
     def expire(self, now: float) -> None:
         """Drop partial sets older than the timeout."""
         for response, partial in list(self.sets.items()):
-            if now - partial.started > self.timeout:
+            if now - partial.started >= self.timeout:
                 self._discard(response)
                 self._count("fragment_reassembly_timeouts")
 
@@ -232,7 +239,7 @@ class Reassembler:
         message_id = int(struct.unpack_from("!I", data, 20)[0])
         response = bool(data[19] & 0x20)
         partial = self.sets.get(response)
-        if partial is not None and now - partial.started > self.timeout:
+        if partial is not None and now - partial.started >= self.timeout:
             self._count("fragment_reassembly_timeouts")
             partial = None
         elif partial is not None and partial.message_id != message_id:

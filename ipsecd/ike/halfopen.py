@@ -40,12 +40,15 @@ import hmac
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ipsecd.config.schema import GatewayConfig
+from ipsecd.ike import message as codec
+from ipsecd.ike.constants import ExchangeType, NotifyType
 from ipsecd.ike.cookies import CookieCheck, CookieSecrets
-
-if TYPE_CHECKING:
-    from ipsecd.ike.sa import IkeSa
+from ipsecd.ike.errors import MalformedMessage
+from ipsecd.ike.payloads import KeyExchange, Nonce, Notify, SecurityAssociation
+from ipsecd.ike.sa import IkeSa
 
 DEFAULT_COOKIE_THRESHOLD = 10  # like strongSwan's charon.cookie_threshold
 DEFAULT_HALF_OPEN_PER_SOURCE = 5  # like charon.block_threshold
@@ -54,8 +57,6 @@ AMPLIFICATION_FACTOR = 3  # an answer to an unauthenticated request: at most 3x 
 REPLAY_MEMORY_SIZE = 4096
 REPLAY_MEMORY_TIME = 3600.0
 COOKIE_CALMDOWN = 10.0  # seconds cookies stay on after the count fell below the threshold
-N_COOKIE = 16390
-IKE_SA_INIT = 34
 
 Key = tuple[str, int]  # (source address, SPIi)
 
@@ -69,13 +70,11 @@ class DosLimits:
     half_open_limit: int = DEFAULT_HALF_OPEN_LIMIT
 
     @classmethod
-    def from_gateway(cls, gateway: Any) -> DosLimits:
+    def from_gateway(cls, gateway: GatewayConfig) -> DosLimits:
         return cls(
-            cookie_threshold=int(getattr(gateway, "cookie_threshold", DEFAULT_COOKIE_THRESHOLD)),
-            half_open_per_source=int(
-                getattr(gateway, "half_open_per_source", DEFAULT_HALF_OPEN_PER_SOURCE)
-            ),
-            half_open_limit=int(getattr(gateway, "half_open_limit", DEFAULT_HALF_OPEN_LIMIT)),
+            cookie_threshold=gateway.cookie_threshold,
+            half_open_per_source=gateway.half_open_per_source,
+            half_open_limit=gateway.half_open_limit,
         )
 
 
@@ -103,36 +102,30 @@ def amplifies(request_len: int, answers: list[bytes]) -> bool:
 
 def cookie_answer(spi_i: int, message_id: int, cookie: bytes) -> bytes:
     """``HDR(SPIi, 0), N(COOKIE)``: the whole stateless answer (RFC 7296 §2.6)."""
-    from ipsecd.ike import message as codec
-    from ipsecd.ike.payloads import Notify
-
     return codec.encode(
         codec.Message(
             spi_i=spi_i,
             spi_r=0,
-            exchange_type=IKE_SA_INIT,
+            exchange_type=ExchangeType.IKE_SA_INIT,
             message_id=message_id,
             response=True,
-            payloads=(Notify(N_COOKIE, cookie),),
+            payloads=(Notify(NotifyType.COOKIE, cookie),),
         )
     )
 
 
 def _nonce_and_cookie(data: bytes) -> tuple[bytes, bytes | None] | None:
     """Ni and the COOKIE notify data of a request, or None when it is unusable."""
-    from ipsecd.ike import message as codec
-    from ipsecd.ike.payloads import KeyExchange, Nonce, SecurityAssociation
-
     try:
         msg = codec.decode(data)
-    except Exception:  # noqa: BLE001 - any codec failure means malformed
+    except MalformedMessage:
         return None
     nonce = msg.find(Nonce)
     if nonce is None or msg.find(KeyExchange) is None or msg.find(SecurityAssociation) is None:
         return None
     if not 16 <= len(nonce.data) <= 256:
         return None
-    cookies = msg.notifies(N_COOKIE)
+    cookies = msg.notifies(NotifyType.COOKIE)
     return bytes(nonce.data), (bytes(cookies[0].data) if cookies else None)
 
 
@@ -167,7 +160,7 @@ class HalfOpenTable:
             return self._sas == other
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # a mutable mapping view: unhashable
 
     def get(self, key: Key) -> IkeSa | None:
         return self._sas.get(key)

@@ -29,10 +29,10 @@ attributes (a :class:`ipsecd.ike.proposal_codec.ChosenProposal`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from ipsecd.crypto.prf import Prf
 from ipsecd.crypto.registry import EncrAlgorithm, IntegAlgorithm, PrfAlgorithm
+from ipsecd.ike.proposal_codec import ChosenProposal
 from ipsecd.ike.sk import SkKeys
 
 __all__ = [
@@ -117,14 +117,14 @@ def derive_from_skeyseed(
     return IkeKeys(prf_alg, encr, integ if not encr.aead else None, *parts)
 
 
-def _algs(chosen: Any) -> tuple[PrfAlgorithm, EncrAlgorithm, IntegAlgorithm | None]:
+def _algs(chosen: ChosenProposal) -> tuple[PrfAlgorithm, EncrAlgorithm, IntegAlgorithm | None]:
     if chosen.prf is None:
         raise ValueError("IKE proposal without a PRF")
     return chosen.prf, chosen.encryption, chosen.integrity
 
 
 def derive_ike_keys(
-    chosen: Any,
+    chosen: ChosenProposal,
     shared: bytes,
     nonce_i: bytes,
     nonce_r: bytes,
@@ -139,7 +139,7 @@ def derive_ike_keys(
 
 def derive_rekeyed_ike_keys(
     old: IkeKeys,
-    chosen: Any,
+    chosen: ChosenProposal,
     shared: bytes,
     nonce_i: bytes,
     nonce_r: bytes,

@@ -20,7 +20,8 @@ Errors: every problem with the bytes raises :class:`MalformedMessage`
 critical bit set (§2.5) is not an error of :func:`parse_message`: the message
 comes back with ``unsupported_critical`` = that payload type so the caller can
 answer UNSUPPORTED_CRITICAL_PAYLOAD; :func:`decode` raises
-:class:`CriticalPayloadUnsupported` (a MalformedMessage) for it instead.
+:class:`~ipsecd.ike.errors.UnsupportedCriticalPayload` (a MalformedMessage) for it
+instead.
 
 ``Message.raw`` keeps the exact bytes a message was parsed from: the AUTH
 computation needs the first message as sent (§2.15 RealMessage1/2).
@@ -31,7 +32,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 
 from ipsecd.ike import sk as _sk
 from ipsecd.ike.constants import (
@@ -43,12 +44,12 @@ from ipsecd.ike.constants import (
     PayloadType,
     enum_or_int,
 )
+from ipsecd.ike.errors import MalformedMessage, UnsupportedCriticalPayload
 from ipsecd.ike.payloads import (
     PAYLOAD_CLASSES,
     RAW_KNOWN_TYPES,
     Encrypted,
     EncryptedFragment,
-    MalformedMessage,
     Notify,
     Payload,
     RawPayload,
@@ -61,7 +62,7 @@ __all__ = [
     "Message",
     "MalformedMessage",
     "IntegrityCheckFailed",
-    "CriticalPayloadUnsupported",
+    "UnsupportedCriticalPayload",
     "parse_header",
     "parse_message",
     "decrypt",
@@ -73,14 +74,6 @@ __all__ = [
 
 P = TypeVar("P", bound=Payload)
 _CRITICAL = 0x80
-
-
-class CriticalPayloadUnsupported(MalformedMessage):
-    """RFC 7296 §2.5: an unknown payload with the critical bit set (raised by :func:`decode`)."""
-
-    def __init__(self, payload_type: int) -> None:
-        super().__init__(f"unsupported critical payload type {payload_type}")
-        self.payload_type = payload_type
 
 
 @dataclass(frozen=True)
@@ -176,6 +169,31 @@ class Message:
         if not isinstance(self.payloads, tuple):
             object.__setattr__(self, "payloads", tuple(self.payloads))
 
+    @classmethod
+    def from_header(
+        cls,
+        header: Header,
+        payloads: Sequence[Payload],
+        *,
+        unsupported_critical: int | None = None,
+        encrypted: bool = False,
+        raw: bytes = b"",
+    ) -> Message:
+        """The message a parsed header announces, with ``payloads`` (RFC 7296 §3.1)."""
+        return cls(
+            spi_i=header.spi_i,
+            spi_r=header.spi_r,
+            exchange_type=header.exchange_type,
+            message_id=header.message_id,
+            initiator=header.initiator,
+            response=header.response,
+            payloads=tuple(payloads),
+            version_flag=header.version_flag,
+            unsupported_critical=unsupported_critical,
+            encrypted=encrypted,
+            raw=raw,
+        )
+
     @property
     def flags(self) -> int:
         return (
@@ -198,7 +216,15 @@ class Message:
             if isinstance(p, Notify) and (notify_type is None or p.notify_type == notify_type)
         ]
 
-    def encode(self, keys: Any = None, sender_is_initiator: bool | None = None) -> bytes:
+    def notify(self, notify_type: int) -> Notify | None:
+        """The first Notify of ``notify_type``, or None."""
+        return next(iter(self.notifies(notify_type)), None)
+
+    def error_notify(self) -> Notify | None:
+        """The first error notify (types below 16384, RFC 7296 §3.10.1), or None."""
+        return next((n for n in self.notifies() if n.is_error), None)
+
+    def encode(self, keys: Keys | None = None, sender_is_initiator: bool | None = None) -> bytes:
         return encode(self, keys, sender_is_initiator)
 
 
@@ -226,13 +252,24 @@ def _first_type(payloads: Sequence[Payload]) -> int:
     return payloads[0].payload_type if payloads else PayloadType.NONE
 
 
-def _resolve_keys(keys: Any, sender_is_initiator: bool) -> SkKeys:
+class KeySource(Protocol):
+    """The keys of an IKE SA (:class:`ipsecd.ike.keys.IkeKeys`): SK keys by direction."""
+
+    def sk_keys(self, sender_is_initiator: bool) -> SkKeys: ...
+
+
+Keys = SkKeys | KeySource
+
+
+def _resolve_keys(keys: Keys, sender_is_initiator: bool) -> SkKeys:
     if isinstance(keys, SkKeys):
         return keys
     return keys.sk_keys(sender_is_initiator)
 
 
-def encode(message: Message, keys: Any = None, sender_is_initiator: bool | None = None) -> bytes:
+def encode(
+    message: Message, keys: Keys | None = None, sender_is_initiator: bool | None = None
+) -> bytes:
     """Serialize ``message``; with ``keys`` every payload goes inside one SK payload.
 
     Without keys (IKE_SA_INIT, §3.14 exception) the payloads are sent in clear.
@@ -345,17 +382,10 @@ def parse_message(data: bytes) -> Message:
     if header.major_version != IKE_MAJOR_VERSION:
         raise MalformedMessage(f"IKE major version {header.major_version}, expected 2")
     chain = _parse_chain(data, IKE_HEADER_LEN, header.next_payload, inner=False)
-    return Message(
-        spi_i=header.spi_i,
-        spi_r=header.spi_r,
-        exchange_type=header.exchange_type,
-        message_id=header.message_id,
-        initiator=header.initiator,
-        response=header.response,
-        payloads=tuple(chain.payloads),
-        version_flag=header.version_flag,
+    return Message.from_header(
+        header,
+        chain.payloads,
         unsupported_critical=chain.unsupported_critical,
-        encrypted=False,
         raw=data,
     )
 
@@ -367,7 +397,7 @@ def _sk_offset(message: Message) -> int:
     return len(message.raw) - GENERIC_PAYLOAD_HEADER_LEN - len(last.data)
 
 
-def decrypt(message: Message, keys: Any, sender_is_initiator: bool | None = None) -> Message:
+def decrypt(message: Message, keys: Keys, sender_is_initiator: bool | None = None) -> Message:
     """Verify and open the SK payload of a parsed message (RFC 7296 §3.14).
 
     Returns a copy whose payloads are the clear payloads before SK (normally
@@ -400,15 +430,17 @@ def decrypt(message: Message, keys: Any, sender_is_initiator: bool | None = None
     )
 
 
-def decode(data: bytes, keys: Any = None, sender_is_initiator: bool | None = None) -> Message:
+def decode(
+    data: bytes, keys: Keys | None = None, sender_is_initiator: bool | None = None
+) -> Message:
     """:func:`parse_message`, then :func:`decrypt` when ``keys`` are given.
 
-    Raises :class:`CriticalPayloadUnsupported` if an unknown critical payload
+    Raises :class:`UnsupportedCriticalPayload` if an unknown critical payload
     was found (in clear or inside SK, after the ICV verified).
     """
     message = parse_message(data)
     if keys is not None:
         message = decrypt(message, keys, sender_is_initiator)
     if message.unsupported_critical is not None:
-        raise CriticalPayloadUnsupported(message.unsupported_critical)
+        raise UnsupportedCriticalPayload(message.unsupported_critical)
     return message

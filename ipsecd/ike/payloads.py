@@ -43,6 +43,7 @@ from ipsecd.ike.constants import (
     TsType,
     enum_or_int,
 )
+from ipsecd.ike.errors import MalformedMessage
 from ipsecd.selectors import TrafficSelector
 
 __all__ = [
@@ -74,18 +75,6 @@ __all__ = [
     "identity_from_text",
     "format_identity",
 ]
-
-
-class MalformedMessage(Exception):
-    """An IKE message (or payload) that does not parse; ``reason`` says where and why.
-
-    The only exception the parser raises: callers count the datagram and drop it
-    (RFC 7296 §2.21.1 — nothing is answered for a message that cannot be read).
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class _Reader:
@@ -335,7 +324,7 @@ class KeyExchange(Payload):
         return cls(group, r.rest())
 
 
-_ID_FIXED_LEN = {IdType.ID_IPV4_ADDR: 4, IdType.ID_IPV6_ADDR: 16}
+_ID_FIXED_LEN: dict[int, int] = {IdType.ID_IPV4_ADDR: 4, IdType.ID_IPV6_ADDR: 16}
 
 
 @dataclass(frozen=True)
@@ -359,7 +348,7 @@ class Identification(Payload):
         id_type = enum_or_int(IdType, r.u8())
         r.take(3)
         data = r.rest()
-        fixed = _ID_FIXED_LEN.get(id_type)  # type: ignore[call-overload]
+        fixed = _ID_FIXED_LEN.get(id_type)
         if fixed is not None and len(data) != fixed:
             raise MalformedMessage(f"{cls.__name__}: {IdType(id_type).name} of {len(data)} bytes")
         return cls(id_type, data)
@@ -513,6 +502,8 @@ class Delete(Payload):
         count = r.u16()
         if spi_size == 0 and count:
             raise MalformedMessage("Delete: SPI size 0 with a non-zero SPI count")
+        if spi_size != (0 if protocol_id == ProtocolId.IKE else 4):  # §3.11: MUST be 0 or 4
+            raise MalformedMessage(f"Delete: SPI size {spi_size} for protocol {protocol_id}")
         if spi_size * count != r.remaining:
             raise MalformedMessage(
                 f"Delete: {count} SPIs of {spi_size} bytes do not fill {r.remaining} bytes"

@@ -51,8 +51,10 @@ from ipsecd.crypto.registry import (
     integ_by_id,
     ke_by_id,
     prf_by_id,
+    transform_name,
 )
 from ipsecd.ike.constants import ProtocolId
+from ipsecd.ike.errors import NoProposalChosen
 from ipsecd.ike.payloads import SaProposal, SecurityAssociation, Transform
 
 __all__ = [
@@ -62,13 +64,16 @@ __all__ = [
     "proposal_transforms",
     "select",
     "explain_no_match",
+    "choose",
+    "check_answer",
+    "format_proposals",
     "to_proposal",
     "describe",
     "PROTOCOL_IDS",
 ]
 
 PROTOCOL_IDS = {"ike": ProtocolId.IKE, "esp": ProtocolId.ESP}
-_TYPE_LABEL = {
+_TYPE_LABEL: dict[int, str] = {
     TransformType.ENCR: "ENCR",
     TransformType.PRF: "PRF",
     TransformType.INTEG: "INTEG",
@@ -212,7 +217,9 @@ def _match(
     if encr is None:
         return None
 
-    def optional(ttype: int, mine: Sequence[object], lookup: Callable) -> object:
+    def optional(
+        ttype: int, mine: Sequence[object], lookup: Callable[[Transform], object | None]
+    ) -> object:
         """Select a type that may be absent: absent on both sides (or NONE offered) is fine."""
         if not mine:
             return None if ttype not in by_type or has_none(ttype) else _MISSING
@@ -246,10 +253,10 @@ def _match(
         protocol=ours.protocol,
         number=offered.number,
         spi=offered.spi,
-        encryption=encr,  # type: ignore[arg-type]
-        integrity=integ,  # type: ignore[arg-type]
-        prf=prf,  # type: ignore[arg-type]
-        ke=ke,  # type: ignore[arg-type]
+        encryption=encr,  # type: ignore[arg-type]  # _pick keeps the lookup's type
+        integrity=integ,  # type: ignore[arg-type]  # (object in _match's generic code)
+        prf=prf,  # type: ignore[arg-type]  # ditto
+        ke=ke,  # type: ignore[arg-type]  # ditto
         esn=bool(esn),
     )
 
@@ -284,31 +291,14 @@ def select(
 
 
 def _transform_name(t: Transform) -> str:
-    ttype, tid = t.transform_type, t.transform_id
-    alg: object | None = None
-    if ttype == TransformType.ENCR:
-        alg = encr_by_id(tid, t.key_length)
-    elif ttype == TransformType.PRF:
-        alg = prf_by_id(tid)
-    elif ttype == TransformType.INTEG:
-        alg = None if tid == _NONE_ID else integ_by_id(tid)
-    elif ttype == TransformType.KE:
-        alg = None if tid == _NONE_ID else ke_by_id(tid)
-    elif ttype == TransformType.ESN:
-        return "esn" if tid == EsnId.ESN else "noesn"
-    if ttype in (TransformType.INTEG, TransformType.KE) and tid == _NONE_ID:
-        name = "none"
-    elif alg is not None:
-        name = alg.name  # type: ignore[attr-defined]
-    else:
-        label = _TYPE_LABEL.get(ttype, f"TYPE{ttype}")  # type: ignore[call-overload]
-        name = f"{label}#{tid}" + (f"/{t.key_length}" if t.key_length is not None else "")
+    """strongSwan's keyword or the IANA name of any transform (``sha1``), never ``INTEG#2``."""
+    name = transform_name(t.transform_type, t.transform_id, t.key_length)
     if t.other_attributes:
         name += "(+attrs)"
     return name
 
 
-_DESCRIBE_ORDER = {
+_DESCRIBE_ORDER: dict[int, int] = {
     TransformType.ENCR: 0,
     TransformType.INTEG: 1,
     TransformType.PRF: 2,
@@ -318,7 +308,7 @@ _DESCRIBE_ORDER = {
 
 
 def describe(proposal: SaProposal) -> str:
-    """A received proposal in strongSwan syntax (encr-integ-prf-ke-esn), unknowns as ``ENCR#3``."""
+    """A received proposal in strongSwan syntax (encr-integ-prf-ke-esn), ``KE#99`` if unassigned."""
     ordered = sorted(proposal.transforms, key=lambda t: _DESCRIBE_ORDER.get(t.transform_type, 9))
     return "-".join(_transform_name(t) for t in ordered) or "(empty)"
 
@@ -417,3 +407,50 @@ def explain_no_match(
         + ", we accept "
         + "; ".join(str(p) for p in mine)
     )
+
+
+# ---- negotiation (RFC 7296 §2.7): selection with the operator's explanation -------
+
+
+def format_proposals(proposals: Sequence[object]) -> str:
+    return ", ".join(str(p) for p in proposals) or "(none)"
+
+
+def choose(
+    offered: SecurityAssociation | None, ours: Sequence[Proposal], protocol: str, peer: str
+) -> ChosenProposal:
+    """Responder: the first acceptable proposal of the peer's SA payload (RFC 7296 §2.7).
+
+    Raises :class:`NoProposalChosen` naming the first transform type without a match
+    (:func:`explain_no_match`) and both offers.
+    """
+    proposals = offered.proposals if offered is not None else ()
+    chosen = select(proposals, ours, protocol)
+    if chosen is None:
+        theirs = [to_proposal(p, protocol) for p in proposals]
+        raise NoProposalChosen(
+            f"no {protocol.upper()} proposal chosen with peer {peer}:"
+            f" {explain_no_match(proposals, ours, protocol)}; peer offered"
+            f" {format_proposals(theirs)}, we accept {format_proposals(ours)}"
+        )
+    return chosen
+
+
+def check_answer(
+    answer: SecurityAssociation | None,
+    ours: Sequence[Proposal],
+    protocol: str,
+    peer: str,
+    *,
+    fatal: bool,
+) -> ChosenProposal:
+    """Initiator: the responder's single proposal must be one we offered (RFC 7296 §2.7)."""
+    proposals = answer.proposals if answer is not None else ()
+    chosen = select(proposals, ours, protocol) if len(proposals) == 1 else None
+    if chosen is None:
+        raise NoProposalChosen(
+            f"peer {peer} answered with an {protocol.upper()} proposal we did not offer;"
+            f" we offered {format_proposals(ours)}",
+            fatal=fatal,
+        )
+    return chosen

@@ -1,17 +1,22 @@
-"""The IKE SA: states, message ids, retransmissions and the exchange queue.
+"""The IKE SA: message ids, retransmissions, the exchange queue and its lifecycle.
 
-Sans-I/O in the style of aioquic's connection: :class:`IkeSa` is fed decoded
-datagrams and a clock value, and leaves datagrams in :attr:`IkeSa.outgoing`
-and events in :attr:`IkeSa.events` for its manager to collect.
+Sans-I/O in the style of aioquic's connection: :class:`IkeSa` is fed datagrams
+and a clock value, and leaves datagrams in :attr:`IkeSa.outgoing`, events for
+the shell in :attr:`IkeSa.events` and signals for its manager in
+:attr:`IkeSa.signals`.
 
 Exchanges are tasks, as in strongSwan's libcharon (``sa/ikev2/tasks``): each
 module in :mod:`ipsecd.ike.exchanges` builds the request and processes the
 response as initiator (:class:`InitiatorTask`) and answers a request as
-responder.  The IKE SA runs one request at a time (window size 1, RFC 7296
-§2.3) from a FIFO of tasks.
+responder (the :data:`Responder` of its exchange type, from the ``responders``
+table the manager hands in: ``ipsecd.ike.exchanges.RESPONDERS``).  The IKE SA runs one
+request at a time (window size 1, RFC 7296 §2.3) from a FIFO of tasks.
+
+Every state change goes through :mod:`ipsecd.ike.lifecycle`, which also gives
+each state its deadline (enforced in :meth:`IkeSa.handle_timer`).
 
 Retransmissions (RFC 7296 §2.1): only the requester retransmits, with
-exponential backoff (0.5 s doubling, :class:`RetransmitPolicy`); the
+exponential backoff (:class:`~ipsecd.ike.lifecycle.RetransmitPolicy`); the
 responder answers a retransmitted request from its cached response and never
 processes it twice.  A peer that answers nothing for about two minutes is
 declared dead.
@@ -19,84 +24,137 @@ declared dead.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
-from ipsecd.ike.errors import INVALID_KE_PAYLOAD, TEMPORARY_FAILURE, ProtocolError
+from ipsecd.config.schema import PeerConfig
+from ipsecd.ike import message as codec
+from ipsecd.ike.child import ChildSa
+from ipsecd.ike.constants import ExchangeType, NotifyType, PayloadType
+from ipsecd.ike.errors import (
+    INVALID_KE_PAYLOAD,
+    TEMPORARY_FAILURE,
+    MalformedMessage,
+    ProtocolError,
+    UnsupportedCriticalPayload,
+)
 from ipsecd.ike.events import (
     Address,
     ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaOutboundActivated,
     Event,
     IkeSaDeleted,
+    IkeSaEstablished,
     NegotiationFailed,
     OutgoingDatagram,
+    PeerAddressChanged,
 )
+from ipsecd.ike.fragments import (
+    Reassembler,
+    ReassemblyBudget,
+    default_fragment_size,
+    fragment,
+    fragment_number,
+    open_fragment,
+)
+from ipsecd.ike.keys import IkeKeys
+from ipsecd.ike.lifecycle import (
+    LIVE_STATES,
+    ChildEvent,
+    ChildState,
+    IkeEvent,
+    IkeState,
+    RetransmitPolicy,
+    ike_deadline,
+    next_ike_state,
+)
+from ipsecd.ike.payloads import Notify, Payload
+from ipsecd.ike.proposal_codec import ChosenProposal
 
-if TYPE_CHECKING:
-    from ipsecd.ike.child import ChildSa
-    from ipsecd.ike.fragments import Reassembler, ReassemblyBudget
+__all__ = [
+    "IkeSa",
+    "SaContext",
+    "IkeState",
+    "RetransmitPolicy",
+    "InitiatorTask",
+    "Responder",
+    "TaskResult",
+    "RandomBytes",
+    "SaSignal",
+    "Authenticated",
+    "PeerUnresponsive",
+    "RestartHint",
+    "Successor",
+    "ChildExpired",
+    "new_ike_spi",
+]
+
+NON_ESP_MARKER_LEN = 4  # RFC 3948 §2.2: counts against fragment_size on the NAT-T port
+
+RandomBytes = Callable[[int], bytes]
 
 
-IKE_SA_INIT_EXCHANGE = 34  # RFC 7296 §3.1 exchange type
+def new_ike_spi(random_bytes: RandomBytes) -> int:
+    """A random, non-zero 8-octet IKE SPI (RFC 7296 §2.6)."""
+    while True:
+        spi = int.from_bytes(random_bytes(8), "big")
+        if spi:
+            return spi
 
 
-class IkeState(Enum):
-    """IKE SA states (RFC 7296 §1.2 exchange order)."""
-
-    CREATED = "created"  # initiator: nothing sent yet
-    INIT_SENT = "init-sent"  # initiator: IKE_SA_INIT request outstanding
-    HALF_OPEN = "half-open"  # responder: IKE_SA_INIT answered, waiting for IKE_AUTH
-    AUTH_SENT = "auth-sent"  # initiator: IKE_AUTH request outstanding
-    ESTABLISHED = "established"
-    DELETING = "deleting"  # we sent a Delete for the IKE SA
-    DELETED = "deleted"  # terminal: gone (deleted, failed or timed out)
-
-
-# The one table of IKE SA transitions: (state, trigger) -> next state.
-IKE_TRANSITIONS: dict[tuple[IkeState, str], IkeState] = {
-    (IkeState.CREATED, "init_sent"): IkeState.INIT_SENT,
-    (IkeState.INIT_SENT, "init_retry"): IkeState.INIT_SENT,  # COOKIE / INVALID_KE_PAYLOAD
-    (IkeState.INIT_SENT, "auth_sent"): IkeState.AUTH_SENT,
-    (IkeState.CREATED, "init_answered"): IkeState.HALF_OPEN,
-    (IkeState.AUTH_SENT, "auth_done"): IkeState.ESTABLISHED,
-    (IkeState.HALF_OPEN, "auth_done"): IkeState.ESTABLISHED,
-    (IkeState.ESTABLISHED, "delete_sent"): IkeState.DELETING,
-    (IkeState.ESTABLISHED, "delete_received"): IkeState.DELETED,
-    (IkeState.DELETING, "delete_received"): IkeState.DELETED,
-    (IkeState.DELETING, "deleted"): IkeState.DELETED,
-    (IkeState.CREATED, "rekey_done"): IkeState.ESTABLISHED,  # successor of a rekey (§2.18)
-    # Failures and timeouts end every state.
-    **{(s, "failed"): IkeState.DELETED for s in IkeState},
-    **{(s, "timeout"): IkeState.DELETED for s in IkeState},
-}
+def is_invalid_ike_spi(data: bytes) -> bool:
+    """An unprotected INFORMATIONAL carrying N(INVALID_IKE_SPI) (RFC 7296 §2.21.4)."""
+    try:
+        msg = codec.parse_message(data)
+    except MalformedMessage:
+        return False
+    return msg.exchange_type == ExchangeType.INFORMATIONAL and bool(
+        msg.notifies(NotifyType.INVALID_IKE_SPI)
+    )
 
 
-class IllegalTransition(RuntimeError):
-    """A bug: the code asked for a transition the table does not have."""
+# ---- what an IKE SA tells its manager (typed signals, never seen by the shell) ----
+
+
+class SaSignal:
+    """Base of the internal events an IKE SA raises for the manager to act on."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True)
-class RetransmitPolicy:
-    """RFC 7296 §2.1 retransmission timing.
+class Authenticated(SaSignal):
+    """IKE_AUTH done (RFC 7296 §1.2): look for duplicates, honour N(INITIAL_CONTACT)."""
 
-    The request is resent ``initial * factor**n`` seconds after the previous
-    send, ``max_retransmits`` times; after the last wait the peer is declared
-    dead.  Defaults: 0.5, 1, 2, ... 64 s, 7 retransmits, giving up after
-    127.5 s.  ``retry_pause`` is how long an initiating peer waits before the
-    next connection attempt; ``half_open_timeout`` how long a responder keeps
-    an SA that never saw IKE_AUTH.
-    """
+    initial_contact: bool
 
-    initial: float = 0.5
-    factor: float = 2.0
-    max_retransmits: int = 7
-    retry_pause: float = 30.0
-    half_open_timeout: float = 30.0
 
-    def give_up_after(self) -> float:
-        return sum(self.initial * self.factor**n for n in range(self.max_retransmits + 1))
+@dataclass(frozen=True)
+class PeerUnresponsive(SaSignal):
+    """An exchange of the established SA went unanswered (RFC 7296 §2.4): dpd_action."""
+
+
+@dataclass(frozen=True)
+class RestartHint(SaSignal):
+    """INVALID_IKE_SPI answered our request (RFC 7296 §2.21.4): the peer may have restarted."""
+
+
+@dataclass(frozen=True)
+class Successor(SaSignal):
+    """A new IKE SA made by a rekey of this one (RFC 7296 §2.18), for the SA table."""
+
+    sa: IkeSa
+
+
+@dataclass(frozen=True)
+class ChildExpired(SaSignal):
+    """A CHILD_SA stayed REKEYED past its deadline: the peer never deleted it (§2.8)."""
+
+    spi_in: int
 
 
 class TaskResult(Enum):
@@ -107,20 +165,23 @@ class TaskResult(Enum):
 class InitiatorTask(Protocol):
     """One exchange as initiator (strongSwan ``build_i`` / ``process_i``)."""
 
-    exchange_type: int
-    name: str
+    @property
+    def exchange_type(self) -> ExchangeType: ...
 
-    def build_request(self, sa: IkeSa, now: float) -> list[Any]: ...
+    @property
+    def name(self) -> str: ...
 
-    def process_response(self, sa: IkeSa, message: Any, now: float) -> TaskResult: ...
+    def build_request(self, sa: IkeSa, now: float) -> list[Payload] | None: ...
+
+    def process_response(self, sa: IkeSa, message: codec.Message, now: float) -> TaskResult: ...
 
     def failed(self, sa: IkeSa, reason: str, now: float) -> None: ...
 
     def timed_out(self, sa: IkeSa, reason: str, now: float) -> None: ...
 
 
-# A responder handler: (sa, decoded request, now) -> response payloads.
-Responder = Callable[["IkeSa", Any, float], list[Any]]
+# A responder: (sa, decoded request, now) -> response payloads (ike/exchanges/__init__.py).
+Responder = Callable[["IkeSa", codec.Message, float], list[Payload]]
 
 
 @dataclass
@@ -138,6 +199,19 @@ class _Outstanding:
         return self.datagrams[0]
 
 
+@dataclass(frozen=True)
+class SaContext:
+    """What every IKE SA of one manager shares (and a rekey passes on, RFC 7296 §2.18)."""
+
+    natt_port: int = 4500
+    policy: RetransmitPolicy = field(default_factory=RetransmitPolicy)
+    responders: Mapping[int, Responder] = field(default_factory=dict, repr=False)
+    random_bytes: RandomBytes = field(default=os.urandom, repr=False)
+    counters: dict[str, int] = field(default_factory=dict, repr=False)
+    gateway_fragment_size: int | None = None  # gateway.fragment_size (None: by family)
+    reassembly_budget: ReassemblyBudget = field(default_factory=ReassemblyBudget, repr=False)
+
+
 @dataclass
 class IkeSa:
     """One IKE SA with one peer (RFC 7296 §2).
@@ -147,16 +221,17 @@ class IkeSa:
     its own requester, which is whoever sends the request.
     """
 
-    peer: Any  # PeerConfig (the candidate; may be replaced after IKE_AUTH as responder)
+    peer: PeerConfig  # the candidate; may be replaced after IKE_AUTH as responder
     initiator: bool
     local: Address
     remote: Address
-    natt_port: int
-    policy: RetransmitPolicy
+    context: SaContext
     created_at: float
     spi_i: int = 0
     spi_r: int = 0
-    state: IkeState = IkeState.CREATED
+    # Written by transition() only; the deadline is when the state ends (lifecycle.py).
+    state: IkeState = field(default=IkeState.CREATED, init=False)
+    deadline: float | None = field(default=None, init=False)
     # Message ids (RFC 7296 §2.2): ours as requester, the peer's as requester.
     next_request_id: int = 0
     expected_request_id: int = 0
@@ -164,28 +239,31 @@ class IkeSa:
     tasks: list[InitiatorTask] = field(default_factory=list)
     cached_response: tuple[int, list[bytes]] | None = None  # (message id, datagrams)
     # Negotiated state, filled by the exchanges.
-    keys: Any = None
-    ike_algorithms: Any = None
+    keys: IkeKeys | None = field(default=None, repr=False)
+    ike_algorithms: ChosenProposal | None = None
     nat_local: bool = False
     nat_remote: bool = False
     established_at: float | None = None
     children: dict[int, ChildSa] = field(default_factory=dict)
-    candidates: tuple[Any, ...] = ()  # responder: peers this SA may belong to until IKE_AUTH
-    exchange_data: dict[str, Any] = field(default_factory=dict)  # shared between SA_INIT/AUTH
+    candidates: tuple[PeerConfig, ...] = ()  # responder: peers it may belong to until IKE_AUTH
+    # IKE_SA_INIT as sent and received, for the AUTH payloads of IKE_AUTH (RFC 7296 §2.15).
+    init_request: bytes = field(default=b"", repr=False)
+    init_response: bytes = field(default=b"", repr=False)
+    nonce_i: bytes = field(default=b"", repr=False)
+    nonce_r: bytes = field(default=b"", repr=False)
     last_error: str | None = None
     last_keepalive: float = 0.0
     last_peer_activity: float = 0.0
     after_response: Callable[[], None] | None = None  # run once the response is queued
     outgoing: list[OutgoingDatagram] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    counters: dict[str, int] = field(default_factory=dict)
+    signals: list[SaSignal] = field(default_factory=list)
     # Lifetime and rekeying (RFC 7296 §2.18), scheduled by the manager.
     rekey_at: float | None = None
     lifetime_set: bool = False
     rekey_queued: bool = False
     rekeyed_to: IkeSa | None = None  # the IKE SA that replaced this one
     rekeyed_at: float | None = None
-    spawned: list[IkeSa] = field(default_factory=list)  # new IKE SAs for the manager
     # Simultaneous IKE SA rekey (§2.8.2): the SA we created answering the peer's rekey
     # while ours was outstanding, and the lowest nonce of that exchange; decided by the
     # nonce rule once our own exchange ends.
@@ -193,22 +271,37 @@ class IkeSa:
     collision_pending: bool = False  # such an SA, not yet known to survive: not used
     # IKE fragmentation (RFC 7383): the peer announced it in IKE_SA_INIT (and we did).
     fragmentation_peer: bool = False
-    gateway_fragment_size: int | None = None  # gateway.fragment_size (None: by family)
     reassembler: Reassembler | None = None  # created at the first fragment received
-    reassembly_budget: ReassemblyBudget | None = None  # shared by the manager's IKE SAs
-    # Dead peers and restarts (RFC 7296 §2.4), acted on by the manager (ike/dpd.py).
-    peer_dead: bool = False  # an exchange of the established SA went unanswered
+    # Dead peers and restarts (RFC 7296 §2.4): settings of this SA, not one-shot flags.
     send_initial_contact: bool = False  # first IKE SA with this peer: N(INITIAL_CONTACT)
-    initial_contact_received: bool = False  # the peer forgot every other IKE SA with us
-    restart_hint: bool = False  # an INVALID_IKE_SPI answered our request (§2.21.4)
-    replace_others: bool = False  # started on such a hint: replaces the older IKE SAs
-    check_duplicates: bool = False  # just authenticated: another IKE SA with the peer?
+    replace_others: bool = False  # started on a restart hint: replaces the older IKE SAs
+
+    def __post_init__(self) -> None:
+        self.deadline = self._deadline_for(self.state, self.created_at)
+
+    # ---- shared with the manager's other SAs -------------------------------
+
+    @property
+    def natt_port(self) -> int:
+        return self.context.natt_port
+
+    @property
+    def policy(self) -> RetransmitPolicy:
+        return self.context.policy
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.context.counters
+
+    @property
+    def random_bytes(self) -> RandomBytes:
+        return self.context.random_bytes
 
     # ---- identity --------------------------------------------------------
 
     @property
     def peer_name(self) -> str:
-        return str(self.peer.name)
+        return self.peer.name
 
     @property
     def local_spi(self) -> int:
@@ -222,19 +315,114 @@ class IkeSa:
     def alive(self) -> bool:
         return self.state is not IkeState.DELETED
 
-    # ---- state table -----------------------------------------------------
+    # ---- lifecycle (the only writer of ``state``) -------------------------
 
-    def transition(self, trigger: str) -> IkeState:
-        try:
-            self.state = IKE_TRANSITIONS[(self.state, trigger)]
-        except KeyError:
-            raise IllegalTransition(
-                f"IKE SA {self.peer_name}: no transition {trigger!r} from {self.state.value}"
-            ) from None
+    def _deadline_for(self, state: IkeState, now: float) -> float | None:
+        seconds = ike_deadline(state, self.policy)
+        return None if seconds is None else now + seconds
+
+    def transition(self, event: IkeEvent, now: float) -> IkeState:
+        """Apply ``event`` by the lifecycle table; entering a state sets its deadline."""
+        self.state = next_ike_state(self.state, event, self.peer_name)
+        self.deadline = self._deadline_for(self.state, now)
         return self.state
+
+    def child_transition(self, child: ChildSa, event: ChildEvent, now: float) -> None:
+        child.transition(event, now, self.policy)
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
+
+    def established(self, now: float, *, initial_contact: bool) -> None:
+        """IKE_AUTH verified (RFC 7296 §1.2): tell the shell and the manager."""
+        self.transition(IkeEvent.AUTH_DONE, now)
+        self.established_at = now
+        self.last_error = None
+        self.events.append(self._established_event())
+        self.signals.append(Authenticated(initial_contact))
+
+    def _established_event(self) -> IkeSaEstablished:
+        return IkeSaEstablished(
+            self.peer_name,
+            self.local_spi,
+            self.remote_spi,
+            self.local,
+            self.remote,
+            self.nat_local,
+            self.nat_remote,
+        )
+
+    # ---- codec -------------------------------------------------------------
+
+    def _message(
+        self, exchange: ExchangeType, message_id: int, response: bool, payloads: list[Payload]
+    ) -> codec.Message:
+        return codec.Message(
+            spi_i=self.spi_i,
+            spi_r=self.spi_r,
+            exchange_type=exchange,
+            initiator=self.initiator,
+            response=response,
+            message_id=message_id,
+            payloads=payloads,
+        )
+
+    def encode(
+        self, exchange: ExchangeType, message_id: int, response: bool, payloads: list[Payload]
+    ) -> list[bytes]:
+        """One message as the datagrams to send: itself, or its RFC 7383 fragments.
+
+        SK-protected unless IKE_SA_INIT (RFC 7296 §3.14), which is never fragmented
+        (RFC 7383 §2.5.3).  :attr:`fragment_size` bounds the whole UDP payload, the
+        non-ESP marker included.
+        """
+        msg = self._message(exchange, message_id, response, payloads)
+        if exchange == ExchangeType.IKE_SA_INIT:
+            return [codec.encode(msg)]
+        keys = self._keys()
+        data = codec.encode(msg, keys=keys, sender_is_initiator=self.initiator)
+        if not self.fragmentation_active:
+            return [data]
+        limit = self.fragment_size - (NON_ESP_MARKER_LEN if self.local[1] == self.natt_port else 0)
+        if len(data) <= limit:
+            return [data]
+        out = fragment(msg, keys.sk_keys(self.initiator), limit)
+        self.count("fragmented_messages_sent")
+        self.counters["fragments_sent"] = self.counters.get("fragments_sent", 0) + len(out)
+        return out
+
+    def _keys(self) -> IkeKeys:
+        if self.keys is None:
+            raise MalformedMessage("encrypted message before keys")
+        return self.keys
+
+    def _decode(self, data: bytes, header: codec.Header, now: float) -> codec.Message | None:
+        """Decode (and verify) one message; SKF fragments go through reassembly first.
+
+        Returns None for a fragment that did not complete its message (RFC 7383).
+        Raises :class:`MalformedMessage` (or its subclass
+        :class:`UnsupportedCriticalPayload`, RFC 7296 §2.5).
+        """
+        if header.exchange_type == ExchangeType.IKE_SA_INIT:
+            return codec.decode(data)
+        keys = self._keys()
+        if header.next_payload != PayloadType.SKF:
+            return codec.decode(data, keys=keys, sender_is_initiator=not self.initiator)
+        if self.reassembler is None:
+            self.reassembler = Reassembler(self.counters, budget=self.context.reassembly_budget)
+        done = self.reassembler.add(data, keys.sk_keys(not self.initiator), now)
+        if done is None:
+            return None
+        if done.unsupported_critical is not None:
+            raise UnsupportedCriticalPayload(done.unsupported_critical)
+        return codec.Message.from_header(header, done.payloads, encrypted=True)
+
+    def _fragment_authentic(self, data: bytes) -> bool:
+        """An RFC 7383 fragment from the peer whose ICV verifies with this SA's keys."""
+        if self.keys is None:
+            return False
+        opened = open_fragment(data, self.keys.sk_keys(not self.initiator))
+        return not isinstance(opened, str)
 
     # ---- sending ---------------------------------------------------------
 
@@ -251,23 +439,13 @@ class IkeSa:
     @property
     def fragment_size(self) -> int:
         """Largest UDP payload we send (RFC 7383 §2.5.1): peer, gateway, or by family."""
-        from ipsecd.ike.fragments import default_fragment_size
-
-        size = getattr(self.peer, "fragment_size", None) or self.gateway_fragment_size
+        size = self.peer.fragment_size or self.context.gateway_fragment_size
         return int(size or default_fragment_size(self.remote[0]))
 
     @property
     def fragmentation_active(self) -> bool:
         """Both sides announced RFC 7383 support and ours is ``fragmentation: yes``."""
-        return self.fragmentation_peer and getattr(self.peer, "fragmentation", "yes") == "yes"
-
-    def encode(
-        self, exchange: int, message_id: int, response: bool, payloads: list[Any]
-    ) -> list[bytes]:
-        """One message as the datagrams to send: itself, or its fragments if too large."""
-        from ipsecd.ike.exchanges import base
-
-        return base.encode_datagrams(self, exchange, message_id, response, payloads)
+        return self.fragmentation_peer and self.peer.fragmentation == "yes"
 
     def float_to_natt(self) -> None:
         """Move IKE to the NAT-T port after IKE_SA_INIT (RFC 7296 §2.23, RFC 3948).
@@ -304,22 +482,30 @@ class IkeSa:
     def resend_outstanding(self, task: InitiatorTask, now: float) -> None:
         """Rebuild the outstanding request with the same message id (COOKIE, INVALID_KE)."""
         assert self.outstanding is not None
-        payloads = task.build_request(self, now)
+        payloads = task.build_request(self, now) or []
         mid = self.outstanding.message_id
         datagrams = self.encode(task.exchange_type, mid, False, payloads)
         self.outstanding = _Outstanding(
-            task,
-            self.outstanding.message_id,
-            datagrams,
-            sent_at=now,
-            next_send=now + self.policy.initial,
+            task, mid, datagrams, sent_at=now, next_send=now + self.policy.initial
         )
+        self.send_all(datagrams)
+
+    def send_one_way_informational(self, payloads: list[Payload]) -> None:
+        """An INFORMATIONAL request we send once and do not wait for (RFC 7296 §2.21.2)."""
+        # A new exchange: while a request is outstanding its id is still next_request_id
+        # (counted up when it completes), and the peer would take a reuse of that id for a
+        # retransmission and answer from its cache (§2.2).
+        mid = self.next_request_id
+        if self.outstanding is not None:
+            mid = max(mid, self.outstanding.message_id + 1)
+        datagrams = self.encode(ExchangeType.INFORMATIONAL, mid, False, payloads)
+        self.next_request_id = mid + 1
         self.send_all(datagrams)
 
     # ---- receiving -------------------------------------------------------
 
     def receive(
-        self, data: bytes, header: Any, local: Address, remote: Address, now: float
+        self, data: bytes, header: codec.Header, local: Address, remote: Address, now: float
     ) -> None:
         """One IKE message for this SA (header already parsed by the manager).
 
@@ -328,44 +514,18 @@ class IkeSa:
         anything else is dropped and counted.  Messages that do not decrypt
         or verify are dropped and counted, never answered (§2.21.1).
         """
-        from ipsecd.ike.exchanges import base
-
         if header.response:
-            out = self.outstanding
-            if out is None or header.message_id != out.message_id:
-                self.count("unexpected_response")
-                return
-            try:
-                message = self._decode(data, header, now)
-            except base.CriticalPayload as exc:
-                self.count("unsupported_critical_payload")
-                self._response_failed(out, f"response with {exc}", now)
-                return
-            except base.DecodeError:
-                from ipsecd.ike.dpd import is_invalid_ike_spi
-
-                # An unprotected INVALID_IKE_SPI (§2.21.4) is only a hint: this SA stays;
-                # the manager may set up a replacement beside it (dpd_action restart).
-                hint = is_invalid_ike_spi(data)
-                self.count("invalid_ike_spi_received" if hint else "undecryptable")
-                if hint and self.state is IkeState.ESTABLISHED and self.rekeyed_to is None:
-                    self.restart_hint = True
-                return
-            if message is None:  # an IKE fragment; the message is not complete yet
-                return
-            self._peer_address(local, remote, header, now)
-            self.last_peer_activity = now
-            self._process_response(out, message, now)
+            self._receive_response(data, header, local, remote, now)
             return
         mid = header.message_id
         if self.cached_response is not None and mid == self.cached_response[0]:
-            if header.first_payload == base.SKF:
+            if header.next_payload == PayloadType.SKF:
                 # RFC 7383 §2.6.1: answer a fragmented retransmission once, on fragment 1,
                 # and only if it is authentic (the answer may be many datagrams).
-                if base.fragment_number(data) != 1:
+                if fragment_number(data) != 1:
                     self.count("retransmit_fragment_ignored")
                     return
-                if not base.fragment_authentic(self, data):
+                if not self._fragment_authentic(data):
                     self.count("retransmit_fragment_forged")
                     return
             for cached in self.cached_response[1]:
@@ -377,54 +537,67 @@ class IkeSa:
         if mid != self.expected_request_id:
             self.count("invalid_message_id")
             return
-        critical: ProtocolError | None = None
         try:
             message = self._decode(data, header, now)
-            if message is None:  # an IKE fragment; the message is not complete yet
-                return
-        except base.CriticalPayload as exc:
-            from ipsecd.ike.errors import UnsupportedCriticalPayload
-
+        except UnsupportedCriticalPayload as exc:
             self.count("unsupported_critical_payload")
-            critical = UnsupportedCriticalPayload(exc.payload_type)
-            critical.fatal = False
-            message = None
-        except base.DecodeError:
+            self._peer_address(local, remote, header)
+            self.last_peer_activity = now
+            self._answer_request(header, None, exc.non_fatal(), local, remote, now)
+            return
+        except MalformedMessage:
             self.count("undecryptable")
             return
-        self._peer_address(local, remote, header, now)
+        if message is None:  # an IKE fragment; the message is not complete yet
+            return
+        self._peer_address(local, remote, header)
         self.last_peer_activity = now
-        self._answer_request(header, message, critical, local, remote, now)
+        self._answer_request(header, message, None, local, remote, now)
 
-    def _decode(self, data: bytes, header: Any, now: float) -> Any:
-        """Decode (and verify) one message; SKF fragments go through reassembly first.
-
-        Returns None for a fragment that did not complete its message (RFC 7383).
-        """
-        from ipsecd.ike.exchanges import base
-
-        if header.first_payload != base.SKF:
-            return base.decode(self, data, header)
-        if self.reassembler is None:
-            from ipsecd.ike.fragments import Reassembler
-
-            self.reassembler = Reassembler(self.counters, budget=self.reassembly_budget)
-        return base.reassemble(self, self.reassembler, data, header, now)
+    def _receive_response(
+        self, data: bytes, header: codec.Header, local: Address, remote: Address, now: float
+    ) -> None:
+        out = self.outstanding
+        if out is None or header.message_id != out.message_id:
+            self.count("unexpected_response")
+            return
+        try:
+            message = self._decode(data, header, now)
+        except UnsupportedCriticalPayload as exc:
+            self.count("unsupported_critical_payload")
+            self._response_failed(out, f"response with {exc.reason}", now)
+            return
+        except MalformedMessage:
+            # An unprotected INVALID_IKE_SPI (§2.21.4) is only a hint: this SA stays;
+            # the manager may set up a replacement beside it (dpd_action restart).
+            hint = is_invalid_ike_spi(data)
+            self.count("invalid_ike_spi_received" if hint else "undecryptable")
+            if hint and self.state is IkeState.DELETING:
+                # The peer no longer has the SA we are deleting: done.  A forged hint
+                # can only hasten what we asked for (RFC 7296 §1.4.1, §2.21.4).
+                self.deleted("deleted (the peer no longer had it: INVALID_IKE_SPI)", now)
+            elif hint and self.state is IkeState.ESTABLISHED and self.rekeyed_to is None:
+                self.signals.append(RestartHint())
+            return
+        if message is None:  # an IKE fragment; the message is not complete yet
+            return
+        self._peer_address(local, remote, header)
+        self.last_peer_activity = now
+        self._process_response(out, message, now)
 
     def _answer_request(
         self,
-        header: Any,
-        message: Any,
+        header: codec.Header,
+        message: codec.Message | None,
         error: ProtocolError | None,
         local: Address,
         remote: Address,
         now: float,
     ) -> None:
-        from ipsecd.ike.exchanges import base
-
         fatal: ProtocolError | None = None
-        if error is None:
-            handler = base.responder_for(header.exchange)
+        payloads: list[Payload] = []
+        if error is None and message is not None:
+            handler = self.context.responders.get(header.exchange_type)
             if handler is None:
                 self.count("unknown_exchange")
                 return
@@ -432,18 +605,20 @@ class IkeSa:
                 payloads = handler(self, message, now)
             except ProtocolError as exc:
                 error = exc
+        is_init = header.exchange_type == ExchangeType.IKE_SA_INIT
         if error is not None:
-            payloads = [base.p_notify(error.notify_type, error.notify_data)]
+            payloads = [Notify(error.notify_type, error.notify_data)]
             # A refused IKE_SA_INIT leaves no SA behind, whatever the error (§2.6).
-            if error.fatal or header.exchange == base.IKE_SA_INIT:
+            if error.fatal or is_init:
                 fatal = error
             elif error.notify_type not in (INVALID_KE_PAYLOAD, TEMPORARY_FAILURE):
                 self.last_error = error.reason
                 self.events.append(NegotiationFailed(self.peer_name, error.reason))
-        responses = self.encode(header.exchange, header.message_id, True, payloads)
-        if header.exchange == base.IKE_SA_INIT and error is None:
+        exchange = ExchangeType(header.exchange_type)
+        responses = self.encode(exchange, header.message_id, True, payloads)
+        if is_init and error is None:
             # The responder's AUTH signs its own IKE_SA_INIT response (RFC 7296 §2.15).
-            self.exchange_data["init_response"] = responses[0]
+            self.init_response = responses[0]
         self.expected_request_id = header.message_id + 1
         self.cached_response = (header.message_id, responses)
         for response in responses:
@@ -453,7 +628,7 @@ class IkeSa:
         if fatal is not None:
             if fatal.notify_type == INVALID_KE_PAYLOAD:
                 self.count("invalid_ke_sent")
-                self.state = IkeState.DELETED  # stateless answer, the initiator retries
+                self.transition(IkeEvent.DELETED, now)  # stateless answer, the peer retries
             else:
                 self.fail(fatal.reason, now)
         if self.after_response is not None:
@@ -461,18 +636,19 @@ class IkeSa:
             callback()
         self.kick(now)
 
-    def _peer_address(self, local: Address, remote: Address, header: Any, now: float) -> None:
+    def _peer_address(self, local: Address, remote: Address, header: codec.Header) -> None:
         """Follow the peer when its address/port changes behind a NAT (RFC 7296 §2.23).
 
         Only authenticated messages (everything after IKE_SA_INIT) may move the SA.
         """
-        if header.exchange == IKE_SA_INIT_EXCHANGE or (local, remote) == (self.local, self.remote):
+        if header.exchange_type == ExchangeType.IKE_SA_INIT or (local, remote) == (
+            self.local,
+            self.remote,
+        ):
             return
         self.local, self.remote = local, remote
         self.count("peer_address_updated")
         if self.state is IkeState.ESTABLISHED:
-            from ipsecd.ike.events import PeerAddressChanged
-
             self.events.append(PeerAddressChanged(self.peer_name, local, remote))
 
     def _response_failed(self, out: _Outstanding, reason: str, now: float) -> None:
@@ -481,7 +657,7 @@ class IkeSa:
         out.task.failed(self, reason, now)
         self.kick(now)
 
-    def _process_response(self, out: _Outstanding, message: Any, now: float) -> None:
+    def _process_response(self, out: _Outstanding, message: codec.Message, now: float) -> None:
         """A decoded, authenticated response to our outstanding request."""
         try:
             result = out.task.process_response(self, message, now)
@@ -495,64 +671,38 @@ class IkeSa:
         self.next_request_id += 1
         self.kick(now)
 
-    def send_one_way_informational(self, payloads: list[Any]) -> None:
-        """An INFORMATIONAL request we send once and do not wait for (RFC 7296 §2.21.2)."""
-        from ipsecd.ike.exchanges import base
-
-        # A new exchange: while a request is outstanding its id is still next_request_id
-        # (counted up when it completes), and the peer would take a reuse of that id for a
-        # retransmission and answer from its cache (§2.2).
-        mid = self.next_request_id
-        if self.outstanding is not None:
-            mid = max(mid, self.outstanding.message_id + 1)
-        datagrams = self.encode(base.INFORMATIONAL, mid, False, payloads)
-        self.next_request_id = mid + 1
-        self.send_all(datagrams)
-
-    def queue_liveness_check(self, now: float) -> None:
-        """An empty INFORMATIONAL request (RFC 7296 §2.4)."""
-        from ipsecd.ike.exchanges.informational import LivenessCheck
-
-        self.queue(LivenessCheck(), now)
-
-    def answer_retransmit(self) -> bool:
-        """Resend the cached response if nothing else is needed (RFC 7296 §2.1)."""
-        if self.cached_response is None:
-            return False
-        self.send_all(self.cached_response[1])
-        self.count("retransmit_answered")
-        return True
-
-    def cache_and_send_response(self, message_id: int, datagrams: list[bytes]) -> None:
-        self.cached_response = (message_id, list(datagrams))
-        self.send_all(datagrams)
-
     # ---- timers ----------------------------------------------------------
 
     def next_timer(self) -> float | None:
-        times: list[float] = []
-        if self.outstanding is not None and self.alive:
-            times.append(self.outstanding.next_send)
-        if self.state is IkeState.HALF_OPEN:
-            times.append(self.created_at + self.policy.half_open_timeout)
+        """The earliest of: retransmission, the state's deadline, a CHILD_SA deadline,
+        the expiry of a partial fragment set."""
+        if not self.alive:
+            return None
+        times = [t for t in (self.deadline, self._retransmit_due()) if t is not None]
+        times += [c.deadline for c in self.children.values() if c.deadline is not None]
+        if self.reassembler is not None and (expiry := self.reassembler.next_expiry()):
+            times.append(expiry)
         return min(times) if times else None
+
+    def _retransmit_due(self) -> float | None:
+        return self.outstanding.next_send if self.outstanding is not None else None
 
     def handle_timer(self, now: float) -> None:
         if self.reassembler is not None:
             self.reassembler.expire(now)
-        if (
-            self.state is IkeState.HALF_OPEN
-            and now >= self.created_at + self.policy.half_open_timeout
-        ):
-            self.count("half_open_expired")
-            self.transition("timeout")
+        if self.deadline is not None and now >= self.deadline:
+            self._deadline_passed(now)
             return
+        for child in list(self.children.values()):
+            if child.deadline is not None and now >= child.deadline:
+                self._child_deadline_passed(child, now)
         out = self.outstanding
         if out is None or now < out.next_send or not self.alive:
             return
         if out.retransmits >= self.policy.max_retransmits:
             self.outstanding = None
-            self.peer_dead = self.state is IkeState.ESTABLISHED and self.rekeyed_to is None
+            if self.state is IkeState.ESTABLISHED and self.rekeyed_to is None:
+                self.signals.append(PeerUnresponsive())
             reason = (
                 f"no response from {self.remote[0]}:{self.remote[1]}"
                 f" after {out.retransmits} retransmits"
@@ -566,30 +716,74 @@ class IkeSa:
         self.count("retransmits")
         self.send_all(out.datagrams)  # the same fragments again (RFC 7383 §2.6.1)
 
+    def _deadline_passed(self, now: float) -> None:
+        """The current state outlived its deadline (lifecycle.ike_deadline)."""
+        state = self.state
+        if state is IkeState.HALF_OPEN:
+            # Never authenticated: nothing to report to anyone (RFC 7296 §2.6).
+            self.count("half_open_expired")
+            self.transition(IkeEvent.TIMEOUT, now)
+            return
+        self.count("ike_sa_deadline_expired")
+        reason = f"IKE SA stayed {state.value} too long"
+        if state is IkeState.DELETING:
+            self.deleted(f"{reason} (the peer never confirmed our Delete)", now)
+        else:
+            self.fail(reason, now)
+
+    def _child_deadline_passed(self, child: ChildSa, now: float) -> None:
+        if child.state is ChildState.REKEYED:
+            # The peer initiated the surviving rekey but never deleted this pair (§2.8).
+            child.deadline = now + self.policy.exchange_deadline
+            self.signals.append(ChildExpired(child.spi_in))
+            return
+        self.count("child_sa_deadline_expired")
+        reason = f"CHILD_SA stayed {child.state.value} too long"
+        self.remove_child(child, reason, now, ChildEvent.TIMEOUT)
+
     # ---- teardown --------------------------------------------------------
 
-    def fail(self, reason: str, now: float, *, notify_peer: bool = False) -> None:
+    def fail(self, reason: str, now: float) -> None:
         """Negotiation or liveness failure: report it and drop everything (no half state)."""
         self.last_error = reason
-        was_established = self.state in (IkeState.ESTABLISHED, IkeState.DELETING)
         self.events.append(NegotiationFailed(self.peer_name, reason))
-        self.drop_children(reason)
-        self.transition("failed")
+        self._end(IkeEvent.FAILED, reason, now)
+
+    def deleted(self, reason: str, now: float) -> None:
+        """The IKE SA ended normally (Delete sent/received, RFC 7296 §1.4.1)."""
+        self._end(IkeEvent.DELETED, reason, now)
+
+    def _end(self, event: IkeEvent, reason: str, now: float) -> None:
+        was_established = self.state in (IkeState.ESTABLISHED, IkeState.DELETING)
+        self.drop_children(reason, now)
+        self.transition(event, now)
         self.tasks.clear()
         self.outstanding = None
         if was_established:
             self.events.append(IkeSaDeleted(self.peer_name, reason))
 
-    def drop_children(self, reason: str) -> None:
+    def drop_children(self, reason: str, now: float) -> None:
         for child in list(self.children.values()):
-            self.remove_child(child, reason)
+            self.remove_child(child, reason, now)
 
-    def remove_child(self, child: ChildSa, reason: str) -> None:
-        from ipsecd.ike.child import LIVE_STATES, ChildState
+    def install_child(self, child: ChildSa, now: float) -> None:
+        """The child is fully negotiated: record it and tell the shell (no half-installed SA)."""
+        self.child_transition(child, ChildEvent.ESTABLISHED, now)
+        self.children[child.spi_in] = child
+        assert child.params is not None
+        self.events.append(ChildSaEstablished(self.peer_name, child.params, child.outbound_active))
 
+    def remove_child(
+        self,
+        child: ChildSa,
+        reason: str,
+        now: float,
+        event: ChildEvent = ChildEvent.IKE_GONE,
+    ) -> None:
+        """Forget ``child`` after ``event`` (default: its IKE SA ends, RFC 7296 §1.4.1)."""
         was_installed = child.state in LIVE_STATES
         if child.state is not ChildState.DELETED:
-            child.transition("ike_gone")
+            self.child_transition(child, event, now)
         self.children.pop(child.spi_in, None)
         if was_installed:
             self.events.append(ChildSaDeleted(self.peer_name, child.spi_in, child.spi_out, reason))
@@ -603,20 +797,46 @@ class IkeSa:
                     self.activate_outbound(other)
 
     def activate_outbound(self, child: ChildSa) -> None:
-        from ipsecd.ike.child import LIVE_STATES
-        from ipsecd.ike.events import ChildSaOutboundActivated
-
         if child.outbound_active or child.state not in LIVE_STATES:
             return
         child.outbound_active = True
         self.events.append(ChildSaOutboundActivated(self.peer_name, child.spi_in))
 
-    def deleted(self, reason: str) -> None:
-        """The IKE SA ended normally (Delete sent/received, RFC 7296 §1.4.1)."""
-        was_established = self.state in (IkeState.ESTABLISHED, IkeState.DELETING)
-        self.drop_children(reason)
-        self.state = IkeState.DELETED
-        self.tasks.clear()
-        self.outstanding = None
-        if was_established:
-            self.events.append(IkeSaDeleted(self.peer_name, reason))
+    # ---- IKE SA rekey (RFC 7296 §2.18) ------------------------------------
+
+    def successor(
+        self,
+        *,
+        initiator: bool,
+        spi_i: int,
+        spi_r: int,
+        keys: IkeKeys,
+        chosen: ChosenProposal,
+        now: float,
+    ) -> IkeSa:
+        """The IKE SA replacing this one (§2.18), established, without children yet."""
+        new = IkeSa(self.peer, initiator, self.local, self.remote, self.context, now)
+        new.spi_i, new.spi_r = spi_i, spi_r
+        new.keys, new.ike_algorithms = keys, chosen
+        new.nat_local, new.nat_remote = self.nat_local, self.nat_remote
+        # Fragmentation (RFC 7383) is negotiated only in IKE_SA_INIT: the new SA keeps it.
+        new.fragmentation_peer = self.fragmentation_peer
+        new.last_keepalive = self.last_keepalive
+        new.last_peer_activity = new.established_at = now
+        new.transition(IkeEvent.REKEY_DONE, now)
+        return new
+
+    def adopt_successor(self, new: IkeSa, now: float) -> None:
+        """Move every CHILD_SA to ``new`` and hand it to the manager (§2.18)."""
+        new.children, self.children = self.children, {}
+        self.rekeyed_to = new
+        self.rekeyed_at = now
+        self.signals.append(Successor(new))
+        self.count("ike_sa_rekeyed")
+        new.events.append(new._established_event())
+
+    def yield_to(self, theirs: IkeSa, now: float) -> None:
+        """The SA the peer's rekey created replaces this one (the peer deletes this one)."""
+        theirs.collision_pending = False
+        self.adopt_successor(theirs, now)
+        theirs.tasks, self.tasks = self.tasks, []

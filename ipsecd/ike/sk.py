@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidTag
 
 from ipsecd.crypto.ciphers import Aead, CbcCipher, Hmac
 from ipsecd.crypto.registry import EncrAlgorithm, IntegAlgorithm
-from ipsecd.ike.payloads import MalformedMessage
+from ipsecd.ike.errors import MalformedMessage
 
 __all__ = ["SkKeys", "IntegrityCheckFailed", "seal", "open_sk", "body_length", "pad"]
 
@@ -61,7 +61,9 @@ class SkKeys:
 
     @property
     def icv_len(self) -> int:
-        return self.encr.icv_size if self.encr.aead else self.integ.icv_len  # type: ignore[union-attr]
+        if self.encr.aead or self.integ is None:  # __post_init__: integ is set iff not AEAD
+            return self.encr.icv_size
+        return self.integ.icv_len
 
     @property
     def block_size(self) -> int:

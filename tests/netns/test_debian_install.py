@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -230,7 +231,16 @@ def _durations(log: str) -> dict[str, float]:
     return took
 
 
-def test_readme_install_and_demo_on_stock_debian(tmp_path: Path) -> None:
+@pytest.fixture
+def one_run_at_a_time() -> Iterator[None]:
+    """The apt and pip caches under CACHE are shared: runs on one machine take turns."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def test_readme_install_and_demo_on_stock_debian(tmp_path: Path, one_run_at_a_time: None) -> None:
     started = time.monotonic()
     base, built_in = stock_root()
     assert not (base / "usr" / "bin" / "python3").exists(), "the cached root is not stock"

@@ -179,7 +179,7 @@ def test_ipsecd_demands_cookies_from_strongswan(topology: Topology) -> None:
     gw_b.wait_up()
     counters = gw_b.status()["ike_counters"]
     assert counters.get("cookies_sent", 0) >= 1 and counters.get("cookies_valid", 0) >= 1
-    assert "cookies_invalid" not in counters, counters
+    assert counters["cookies_invalid"] == 0, counters
     stats = topology.ping(topology.host_a, HOST_B_IP, count=5)
     assert stats.loss == 0.0, stats
 
@@ -221,5 +221,5 @@ def test_flood_without_cookies_stops_at_the_half_open_limit(topology: Topology) 
     print(f"responder RSS {watch.base} -> {watch.peak} kB, {watch.cpu():.1f} s CPU; {counters}")
     assert watch.half_open_peak == limit, (watch.half_open_peak, counters)
     assert counters.get("half_open_dropped", 0) >= 1000, counters
-    assert "cookies_sent" not in counters
+    assert counters["cookies_sent"] == 0, counters
     assert watch.peak - watch.base < RSS_BOUND_KB, (watch.base, watch.peak)

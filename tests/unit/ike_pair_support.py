@@ -13,6 +13,7 @@ Side ``a`` (192.0.2.1, 10.1.0.0/24) initiates; side ``b`` (192.0.2.2,
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import struct
 from collections.abc import Callable
@@ -23,7 +24,9 @@ from typing import Any
 from ipsecd.config import Config, parse_config
 from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
 from ipsecd.ike import events as ev
+from ipsecd.ike import message as codec
 from ipsecd.ike import payloads as pl
+from ipsecd.ike.constants import ExchangeType, PayloadType
 from ipsecd.ike.manager import IkeManager
 from ipsecd.ike.message import parse_message
 
@@ -57,6 +60,10 @@ class Side:
     retry_interval: str = "30s"
     esp_rekey_time: str = "1h"
     ike_rekey_time: str = "4h"
+    esp_life_time: str | None = None  # None: the default (rekey_time * 1.1)
+    esp_rand_time: str | None = None  # None: the default (rekey_time / 10)
+    esp_rekey_bytes: int | None = None
+    ike_rand_time: str | None = None
     fragmentation: str | None = None  # peers[].fragmentation (RFC 7383)
     fragment_size: int | None = None  # peers[].fragment_size
     gateway_fragment_size: int | None = None  # gateway.fragment_size
@@ -104,9 +111,13 @@ class Side:
             "    ike:",
             f"      proposals: {flow(self.ike)}",
             f"      rekey_time: {self.ike_rekey_time}",
+            *([f"      rand_time: {self.ike_rand_time}"] if self.ike_rand_time else []),
             "    esp:",
             f"      proposals: {flow(self.esp)}",
             f"      rekey_time: {self.esp_rekey_time}",
+            *([f"      life_time: {self.esp_life_time}"] if self.esp_life_time else []),
+            *([f"      rand_time: {self.esp_rand_time}"] if self.esp_rand_time else []),
+            *([f"      rekey_bytes: {self.esp_rekey_bytes}"] if self.esp_rekey_bytes else []),
             "    auth:",
             f"      psk_file: {psk_file}",
         ]
@@ -208,6 +219,35 @@ class Network:
         return None
 
 
+class DataPlaneModel:
+    """What the shell's SA database keeps, driven by the manager's events: inbound SAs by
+    SPI, outbound SAs newest first (the one in use at the front)."""
+
+    def __init__(self) -> None:
+        self.inbound: dict[int, ev.ChildSaParams] = {}
+        self.outbound: list[int] = []  # spi_in of SAs sending, newest first
+        self.installed = 0
+        self.removed = 0
+
+    def apply(self, event: ev.Event) -> None:
+        if isinstance(event, ev.ChildSaEstablished):
+            self.inbound[event.child.spi_in] = event.child
+            self.installed += 1
+            if event.outbound_active:
+                self.outbound.insert(0, event.child.spi_in)
+        elif isinstance(event, ev.ChildSaOutboundActivated):
+            assert event.spi_in in self.inbound
+            self.outbound.insert(0, event.spi_in)
+        elif isinstance(event, ev.ChildSaDeleted):
+            self.inbound.pop(event.spi_in, None)
+            self.outbound = [s for s in self.outbound if s != event.spi_in]
+            self.removed += 1
+
+    def sending_spi(self) -> int | None:
+        """The outbound SPI packets go out with right now."""
+        return self.inbound[self.outbound[0]].spi_out if self.outbound else None
+
+
 @dataclass
 class Cleartext:
     """One IKE message in flight, decrypted."""
@@ -230,6 +270,7 @@ class IkePair:
         *,
         start: bool = True,
         keepalive_interval: float | None = None,
+        random_bytes: Callable[[int], bytes] | None = None,
     ) -> None:
         self.now = START
         self.a_side = a or side_a()
@@ -239,10 +280,17 @@ class IkePair:
         kwargs: dict[str, Any] = {}
         if keepalive_interval is not None:
             kwargs["keepalive_interval"] = keepalive_interval
+        if random_bytes is not None:
+            kwargs["random_bytes"] = random_bytes
         self.a = IkeManager(self.a_config, self.now, **kwargs)
         self.b = IkeManager(self.b_config, self.now, **kwargs)
         self.net = Network()
         self.events: dict[str, list[tuple[float, ev.Event]]] = {"a": [], "b": []}
+        self.event_log: list[tuple[str, ev.Event]] = []  # both sides, in order
+        self.dataplane = {"a": DataPlaneModel(), "b": DataPlaneModel()}
+        # Make-before-break (RFC 7296 §2.8): after every delivery, each side only sends
+        # with an SPI the other side already has inbound.
+        self.check_make_before_break = False
         self.managers: dict[str, IkeManager] = {"a": self.a, "b": self.b}
         self.addresses = {A_IP: self.a, B_IP: self.b}
         self.cleartext: list[Cleartext] = []  # decoded messages, see record_cleartext()
@@ -289,6 +337,18 @@ class IkePair:
         for side, mgr in self.managers.items():
             while (event := mgr.next_event()) is not None:
                 self.events[side].append((self.now, event))
+                self.event_log.append((side, event))
+                if side in self.dataplane:
+                    self.dataplane[side].apply(event)
+
+    def _check_make_before_break(self) -> None:
+        if not self.check_make_before_break:
+            return
+        a, b = self.dataplane["a"], self.dataplane["b"]
+        for sender, receiver in ((a, b), (b, a)):
+            spi = sender.sending_spi()
+            if spi is not None:
+                assert spi in receiver.inbound, "ESP would hit an unknown SPI"
 
     def pump(self, limit: int = 500) -> int:
         """Deliver datagrams (in order of sending) until both sides are quiet."""
@@ -308,7 +368,7 @@ class IkePair:
     def _deliver(self, side: str, d: ev.OutgoingDatagram) -> int:
         # The shell frames: IKE on the NAT-T port gets the non-ESP marker (RFC 3948 §2.2).
         if d.keepalive:
-            assert d.data == ev.NAT_KEEPALIVE and not d.marker
+            assert d.keepalive and d.data == b"" and not d.marker
         else:
             assert d.marker == (d.local[1] == 4500), d
         src = self.net.translate_out(d.local)
@@ -324,6 +384,8 @@ class IkePair:
         receiver = self.addresses[dst[0]]
         sent.delivered = True
         receiver.receive_datagram(self.net.tamper(sent), dst, src, self.now)
+        self._drain_events()
+        self._check_make_before_break()
         return 1
 
     def inject(
@@ -343,8 +405,6 @@ class IkePair:
     def record_cleartext(self) -> None:
         """Decode every IKE message in flight (with the sender's SA keys) into
         :attr:`cleartext` (:class:`Cleartext`), before delivery."""
-        from ipsecd.ike import message as codec
-
         previous = self.net.tamper
 
         def tap(sent: Sent) -> bytes:
@@ -357,9 +417,11 @@ class IkePair:
                     sa = mgr.sas.get(spi)
                     if sa is not None and sa.keys is not None and sa.spi_i == header.spi_i:
                         keys = sa.keys
-            if header.exchange_type == 34:
+            if header.exchange_type == ExchangeType.IKE_SA_INIT:
                 msg = codec.decode(data)
-            elif header.next_payload == 53:  # an RFC 7383 fragment: opened on reassembly
+            elif (
+                header.next_payload == PayloadType.SKF
+            ):  # an RFC 7383 fragment: opened on reassembly
                 msg = codec.parse_message(data)
             elif keys is not None:
                 msg = codec.decode(data, keys=keys, sender_is_initiator=header.initiator)
@@ -409,7 +471,6 @@ class IkePair:
 
 def ipv4_packet(src: str, dst: str, payload: bytes = b"ping through the tunnel") -> bytes:
     """A minimal IPv4/UDP-less packet (protocol 253, experimental) with a valid checksum."""
-    import ipaddress
 
     total = 20 + len(payload)
     header = struct.pack(

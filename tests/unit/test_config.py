@@ -275,33 +275,57 @@ def test_secrets_never_in_repr(in_tmp):
 
 
 def _install_examples(tmp_path: Path) -> None:
-    """Copy etc/*.yaml with /etc/ipsecd/ pointing at tmp_path, plus their secret files."""
+    """Copy etc/*.yaml with /etc/ipsecd/ pointing at tmp_path, plus their secret files in
+    tmp_path/secrets/ (the install script's /etc/ipsecd/secrets/)."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
     for src in ETC.glob("*.yaml"):
         text = src.read_text().replace("/etc/ipsecd/", f"{tmp_path}/")
         (tmp_path / src.name).write_text(text)
     for name in ("site-b.psk", "site-a-b.psk"):
-        write_secret(tmp_path / name, "0x" + "5a" * 32)
+        write_secret(secrets / name, "0x" + "5a" * 32)
     example = (ETC / "site.keys.example").read_text()
-    write_secret(tmp_path / "site-a.keys", example)
+    write_secret(secrets / "site-a.keys", example)
     key_in = re.search(r"^in: (.*)$", example, re.M)[1]
     key_out = re.search(r"^out: (.*)$", example, re.M)[1]
-    write_secret(tmp_path / "site-b.keys", f"in: {key_out}\nout: {key_in}\n")
+    write_secret(secrets / "site-b.keys", f"in: {key_out}\nout: {key_in}\n")
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "ipsecd.yaml",
-        "site-a.psk.yaml",
-        "site-b.psk.yaml",
-        "site-a.manual.yaml",
-        "site-b.manual.yaml",
-    ],
-)
-def test_example_configs_load(tmp_path, name):
+EXAMPLES = sorted(p.name for p in ETC.glob("*.yaml"))
+
+
+def test_examples_are_all_there():
+    assert {"ipsecd.yaml", "site-a.psk.yaml", "site-b.psk.yaml"} <= set(EXAMPLES)
+    assert {"site-a.manual.yaml", "site-b.manual.yaml"} <= set(EXAMPLES)
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_configs_pass_ipsecd_check_without_warnings(tmp_path, monkeypatch, capsys, name):
+    """Every file in etc/ passes `ipsecd check`, and on a gateway connected to the LAN that
+    its local_ts names (address: the TUN's /32) and to the WAN, nothing warns."""
+    from ipsecd.cli.ipsecd import main
+    from ipsecd.config.warnings import ConnectedRoute, config_warnings
+    from ipsecd.daemon import preflight
+
     _install_examples(tmp_path)
+    monkeypatch.setattr(preflight, "connected_routes", list)
+    monkeypatch.setattr(preflight, "read_sysctl", lambda _name: "1")
+    assert main(["check", str(tmp_path / name)]) == 0
+    assert capsys.readouterr().err == ""
     config = load_config(tmp_path / name)
-    assert config.peers
+    tun = config.gateway.addresses
+    routes = [
+        ConnectedRoute(net, "lan", tun[0].ip if tun else None)
+        for net in config.peers[0].local_ts[0].networks()
+    ] + [
+        ConnectedRoute(ipaddress.ip_interface(f"{a}/24").network, "wan", a)
+        for a in config.gateway.listen
+    ]
+    assert config_warnings(config, routes) == []
+    assert all(a.network.prefixlen == a.max_prefixlen for a in tun), "a TUN prefix takes a route"
+    for peer in config.peers:  # secrets live in /etc/ipsecd/secrets/
+        secret = peer.auth.psk_file if peer.auth else peer.manual.key_file
+        assert secret.parent == tmp_path / "secrets"
 
 
 def test_example_sites_mirror_each_other(tmp_path):

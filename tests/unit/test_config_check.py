@@ -6,6 +6,7 @@ import pytest
 
 from ipsecd.cli.ipsecd import main
 from ipsecd.config.effective import effective_yaml
+from ipsecd.daemon import preflight
 from tests.unit.test_config_support import BASE, PSK, SECOND_PEER, parse, write_secret_files
 
 SECOND = SECOND_PEER.replace("10.3.0.0/24", "10.2.0.0/16")
@@ -13,6 +14,10 @@ SECOND = SECOND_PEER.replace("10.3.0.0/24", "10.2.0.0/16")
 
 @pytest.fixture(autouse=True)
 def in_tmp(tmp_path, monkeypatch):
+    # This machine's routes and sysctls are not the test's: no warnings from them here
+    # (tests/unit/test_preflight.py has those).
+    monkeypatch.setattr(preflight, "connected_routes", list)
+    monkeypatch.setattr(preflight, "read_sysctl", lambda _name: "1")
     monkeypatch.chdir(tmp_path)
     write_secret_files(tmp_path)
     (tmp_path / "good.yaml").write_text(BASE)

@@ -86,7 +86,7 @@ def test_unknown_key_without_close_match_lists_the_keys():
         "t.yaml:2: gateway.colour: unknown key 'colour'; expected one of: tun, mtu, addresses,"
         " listen, port, ike_port, control_socket, metrics, retransmit_timeout,"
         " retransmit_tries, retry_interval, cookie_threshold, half_open_per_source,"
-        " half_open_limit, fragment_size, offload, wakeup_interval_ms, user",
+        " half_open_limit, fragment_size, offload, wakeup_interval_ms, user, set_forwarding",
     )
 
 
@@ -170,7 +170,8 @@ def test_wrong_type_scalar_for_section():
         "t.yaml:1: gateway: expected a mapping with keys tun, mtu, addresses, listen, port,"
         " ike_port, control_socket, metrics, retransmit_timeout, retransmit_tries,"
         " retry_interval, cookie_threshold, half_open_per_source, half_open_limit,"
-        " fragment_size, offload, wakeup_interval_ms, user; got a string ('192.0.2.1')",
+        " fragment_size, offload, wakeup_interval_ms, user, set_forwarding;"
+        " got a string ('192.0.2.1')",
     )
 
 
@@ -693,7 +694,7 @@ def test_every_error_is_reported_with_its_line():
         "t.yaml:2: gateway.colour: unknown key 'colour'; expected one of: tun, mtu, addresses,"
         " listen, port, ike_port, control_socket, metrics, retransmit_timeout,"
         " retransmit_tries, retry_interval, cookie_threshold, half_open_per_source,"
-        " half_open_limit, fragment_size, offload, wakeup_interval_ms, user",
+        " half_open_limit, fragment_size, offload, wakeup_interval_ms, user, set_forwarding",
         "t.yaml:6: peers[0].remote_address: '192.0.2.999' is not an IPv4/IPv6 address",
         "t.yaml:7: peers[0].local_ts[0]: '10.1.0.0/33' is not an IPv4/IPv6 prefix",
     ]

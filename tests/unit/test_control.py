@@ -109,3 +109,146 @@ def test_client_reads_at_most_max_reply(tmp_path, monkeypatch) -> None:
     with pytest.raises(control.ControlReplyError, match="larger than 10 bytes"):
         control.request(tmp_path / "s.sock", {"cmd": "status"})
     server.close()
+
+
+# -- ipsecctl log: one request, a stream of records ---------------------------------------------
+
+
+def _follow_scenario(tmp_path, level: str, end_by: str):
+    """A follower reads its answer and two records; ``end_by`` the client or the server."""
+    import io
+    import threading
+
+    from ipsecd.daemon import logs
+
+    got: list = []
+    read_two = threading.Event()
+
+    def client(path):
+        stream = control.follow(path, {"cmd": "log", "level": level})
+        for message in stream:
+            got.append(message)
+            if len(got) == 3:
+                read_two.set()
+                if end_by == "client":
+                    stream.close()  # closes the socket: the daemon sees EOF
+                    return
+
+    async def handler(request):
+        return {"ok": True}
+
+    async def scenario():
+        logs.configure("info", stream=io.StringIO())
+        server = ControlServer(tmp_path / "c.sock", handler)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        reader = loop.run_in_executor(None, client, server.path)
+        while not logs._subscribers:
+            await asyncio.sleep(0.01)
+        log = logs.get_logger(peer="b")
+        log.info("below the follower's level")
+        log.warning("negotiation failed", reason="AUTHENTICATION_FAILED")
+        log.error("cannot bind", address="192.0.2.1:500")
+        await loop.run_in_executor(None, read_two.wait, 5)
+        if end_by == "server":
+            await server.close()
+        await asyncio.wait_for(reader, 5)
+        for _ in range(100):
+            if not logs._subscribers:
+                break
+            await asyncio.sleep(0.01)
+        subscribers = list(logs._subscribers)
+        await server.close()
+        return subscribers
+
+    try:
+        left = asyncio.run(scenario())
+    finally:
+        import structlog
+
+        structlog.reset_defaults()
+    return got, left
+
+
+def test_log_follower_streams_records_until_the_client_leaves(tmp_path) -> None:
+    got, left = _follow_scenario(tmp_path, "warning", "client")
+    first, warning, error = got
+    assert first == {"ok": True, "following": "warning"}
+    assert warning["log"]["event"] == "negotiation failed" and warning["log"]["peer"] == "b"
+    assert error["log"] | {"timestamp": None} == {
+        "event": "cannot bind",
+        "address": "192.0.2.1:500",
+        "peer": "b",
+        "level": "error",
+        "timestamp": None,
+    }
+    assert left == []  # the subscription ended with the connection
+
+
+def test_log_followers_are_told_when_the_daemon_stops(tmp_path) -> None:
+    got, left = _follow_scenario(tmp_path, "info", "server")
+    assert got[0] == {"ok": True, "following": "info"}
+    assert [m["log"]["event"] for m in got[1:4]] == [
+        "below the follower's level",
+        "negotiation failed",
+        "cannot bind",
+    ]
+    assert got[-1] == {"end": "ipsecd is stopping"} and left == []
+
+
+def test_log_request_with_a_bad_level_is_refused(tmp_path) -> None:
+    async def handler(request):
+        return {"ok": True}
+
+    async def scenario():
+        server = ControlServer(tmp_path / "c.sock", handler)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        reply = await loop.run_in_executor(
+            None, _exchange, server.path, b'{"cmd": "log", "level": "loud"}\n'
+        )
+        await server.close()
+        return json.loads(reply)
+
+    reply = asyncio.run(scenario())
+    assert reply["ok"] is False and "unknown log level 'loud'" in reply["error"]
+
+
+def test_close_lets_requests_being_answered_finish(tmp_path) -> None:
+    """At shutdown the daemon answers the commands still waiting, then closes the socket:
+    those answers and the followers' "end" must still reach the clients."""
+    import threading
+
+    from ipsecd.daemon import logs
+
+    followed: list = []
+    following = threading.Event()
+
+    def follower(path):
+        for message in control.follow(path, {"cmd": "log"}):
+            followed.append(message)
+            following.set()
+
+    async def scenario():
+        gate = asyncio.Event()
+
+        async def handler(request):
+            await gate.wait()  # a waiting "up", answered by the shutdown
+            return {"ok": False, "error": "ipsecd is stopping"}
+
+        server = ControlServer(tmp_path / "c.sock", handler)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        waiting = loop.run_in_executor(None, _exchange, server.path, b'{"cmd": "up"}\n')
+        loop.run_in_executor(None, follower, server.path)
+        await loop.run_in_executor(None, following.wait, 5)
+        while len(server._busy) < 2:
+            await asyncio.sleep(0.01)
+        gate.set()
+        await server.close()
+        assert server._busy == set() and logs._subscribers == []
+        return waiting  # the loop ends at once, as the daemon's does
+
+    waiting = asyncio.run(scenario())
+    assert json.loads(waiting.result()) == {"ok": False, "error": "ipsecd is stopping"}
+    assert followed[-1] == {"end": "ipsecd is stopping"}

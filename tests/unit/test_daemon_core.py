@@ -120,7 +120,9 @@ def test_negotiated_sa_status_and_framing(tmp_path: Path) -> None:
     inner = ipv4_packet("10.1.0.5", "10.2.0.5")
     r.from_tun([inner])
     assert r.decrypted_at_b() == [inner]
-    status = r.core.status(r.now + 2, tun="t0", listen=[LOCAL], dataplane=DataplaneStatus())
+    status = r.core.status(
+        r.now + 2, wall=0.0, tun="t0", listen=[LOCAL], dataplane=DataplaneStatus()
+    )
     (peer,) = status.peers
     assert (peer.state, peer.up, peer.mode) == ("established", True, "ike")
     (child,) = peer.children
@@ -128,7 +130,7 @@ def test_negotiated_sa_status_and_framing(tmp_path: Path) -> None:
     assert child.rekey_in_seconds is not None and child.established_seconds == 2.0
     doc = status.to_dict()
     assert doc["listen"] == ["192.0.2.1:4500"] and doc["tun"] == "t0"
-    assert "on_demand" not in doc["peers"][0]
+    assert doc["peers"][0]["on_demand"] is None
     assert doc["peers"][0]["ike"]["state"] == "established"
     assert doc["counters"]["child_sa_installed"] == 1
 
@@ -188,6 +190,7 @@ def test_reload_plan_follows_the_ike_manager_and_manual_peers(
     assert result == {
         "ok": True,
         "plan": {"added": ["c"], "removed": [], "changed": ["b"], "unchanged": []},
+        "config": str(path),
     }
     r.pump()
     assert {sa.inbound.spi for sa in r.core.sad} == {0x1001, 0x2001}

@@ -12,15 +12,16 @@ import os
 
 import pytest
 
+from ipsecd.crypto import keyexchange
 from ipsecd.ike import halfopen
 from ipsecd.ike import payloads as pl
+from ipsecd.ike.constants import ExchangeType
 from ipsecd.ike.cookies import COOKIE_LEN, CookieCheck, CookieSecrets
-from ipsecd.ike.exchanges import base
 from ipsecd.ike.halfopen import AMPLIFICATION_FACTOR, amplifies, cookie_answer
 from ipsecd.ike.message import parse_message
 from tests.unit.ike_pair_support import A_IP, B_IP, IkePair, side_a, side_b
 
-IKE_SA_INIT = 34
+IKE_SA_INIT = ExchangeType.IKE_SA_INIT
 N_COOKIE = 16390
 HALF_OPEN_TIMEOUT = 30.0
 
@@ -71,15 +72,15 @@ def init_requests(pair: IkePair, sender: str) -> list[bytes]:
 
 @pytest.fixture
 def dh_count(monkeypatch) -> list[int]:
-    """How many Diffie-Hellman key pairs were made (base.new_key_exchange calls)."""
+    """How many Diffie-Hellman key pairs were made (keyexchange.new calls)."""
     calls = [0]
-    real = base.new_key_exchange
+    real = keyexchange.new
 
     def counting(group):
         calls[0] += 1
         return real(group)
 
-    monkeypatch.setattr(base, "new_key_exchange", counting)
+    monkeypatch.setattr(keyexchange, "new", counting)
     return calls
 
 

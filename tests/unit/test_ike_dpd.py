@@ -509,3 +509,17 @@ def test_dead_trap_peer_is_restarted_once_not_kept_up(tmp_path):
     assert pair.a.peer_state["b"].wanted is False
     pair.advance(60)
     assert pair.status("a")["state"] == "down"
+
+
+def test_delete_answered_with_invalid_ike_spi_ends_at_once(tmp_path):
+    """Our Delete reaches a peer that no longer has the IKE SA (it deleted it first, or
+    restarted): its INVALID_IKE_SPI ends our deletion instead of two minutes of
+    retransmissions (RFC 7296 §1.4.1, §2.21.4)."""
+    pair = pair_with(tmp_path, {}, {})
+    restart(pair, "b")
+    pair.a.terminate("b", pair.now)
+    pair.pump()
+    assert pair.a.counters["invalid_ike_spi_received"] == 1
+    assert ike_sas(pair, "a") == [] and pair.a.get_timer() is None
+    deleted = [e for e in pair.of_type("a", ev.IkeSaDeleted)]
+    assert deleted and "INVALID_IKE_SPI" in deleted[-1].reason

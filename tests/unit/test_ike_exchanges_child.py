@@ -17,6 +17,7 @@ from ipsecd.ike.child import (
     split_keymat,
 )
 from ipsecd.ike.errors import TS_UNACCEPTABLE, TsUnacceptable
+from ipsecd.ike.lifecycle import ChildEvent, IllegalTransition, RetransmitPolicy
 from ipsecd.selectors import TrafficSelector as TS
 
 P = TS.from_prefix
@@ -85,8 +86,11 @@ def test_split_keymat_aead_includes_salt():
 
 
 def test_child_state_table():
+    policy = RetransmitPolicy()
     c = ChildSa(spi_in=5)
-    c.transition("established")
-    assert c.state is ChildState.INSTALLED
-    with pytest.raises(RuntimeError):
-        c.transition("established")
+    c.transition(ChildEvent.ESTABLISHED, 0.0, policy)
+    assert c.state is ChildState.INSTALLED and c.deadline is None  # steady: lifetimes
+    with pytest.raises(IllegalTransition):
+        c.transition(ChildEvent.ESTABLISHED, 0.0, policy)
+    c.transition(ChildEvent.REKEY_STARTED, 10.0, policy)
+    assert c.deadline == 10.0 + policy.exchange_deadline

@@ -17,7 +17,8 @@ import pytest
 from ipsecd.config import ConfigError
 from ipsecd.ike import fragments
 from ipsecd.ike import payloads as pl
-from ipsecd.ike.exchanges import auth, informational
+from ipsecd.ike.constants import ExchangeType
+from ipsecd.ike.exchanges import RESPONDERS, auth, informational, sa_init
 from ipsecd.ike.message import Message
 from tests.unit.ike_pair_support import (
     IkePair,
@@ -31,7 +32,11 @@ from tests.unit.ike_pair_support import (
     side_b,
 )
 
-IKE_SA_INIT, IKE_AUTH, INFORMATIONAL = 34, 35, 37
+IKE_SA_INIT, IKE_AUTH, INFORMATIONAL = (
+    ExchangeType.IKE_SA_INIT,
+    ExchangeType.IKE_AUTH,
+    ExchangeType.INFORMATIONAL,
+)
 FRAGMENTATION_SUPPORTED = 16430
 SKF = 53
 CBC = ("aes128-sha256-ecp256", "aes128-sha256")
@@ -88,7 +93,7 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> list[list[Any]]:
         record.append(list(message.payloads))
         return original(sa, message, now)
 
-    monkeypatch.setattr(informational, "respond", spy)
+    monkeypatch.setitem(RESPONDERS, ExchangeType.INFORMATIONAL, spy)
     return record
 
 
@@ -186,8 +191,8 @@ def test_twenty_kilobyte_ike_auth_both_directions(tmp_path, monkeypatch):
         received["b"] = list(message.payloads)
         return [pl.Certificate(4, cert[::-1]), *original_respond(sa, message, now)]
 
-    monkeypatch.setattr(auth, "IkeAuth", BigAuth)
-    monkeypatch.setattr(auth, "respond", big_respond)
+    monkeypatch.setattr(sa_init, "IkeAuth", BigAuth)
+    monkeypatch.setitem(RESPONDERS, ExchangeType.IKE_AUTH, big_respond)
     pair = IkePair(tmp_path)
     for side, expected in (("b", cert), ("a", cert[::-1])):
         certs = [p for p in received[side] if isinstance(p, pl.Certificate)]
@@ -265,7 +270,7 @@ def test_fragmentation_survives_ike_rekey(tmp_path):
     pair.a.rekey_ike("b", pair.now)
     pair.pump()
     new = pair.a.ike_sa("b")
-    assert new.fragmentation_active and new.gateway_fragment_size is None
+    assert new.fragmentation_active and new.context.gateway_fragment_size is None
     assert pair.b.ike_sa("a").fragmentation_active
     before = counter(pair, "b", "fragmented_messages_received")
     pair.a.check_liveness("b", pair.now)  # an empty request: small, not fragmented
@@ -460,7 +465,7 @@ def test_default_fragment_size_by_family(tmp_path):
 def test_partial_sets_share_one_memory_budget(tmp_path, seen):
     pair = IkePair(tmp_path)
     budget = pair.b.reassembly_budget
-    assert pair.b.ike_sa("a").reassembly_budget is budget
+    assert pair.b.ike_sa("a").context.reassembly_budget is budget
     budget.limit = 1500
     payloads = [notify(n, 60) for n in range(40)]  # about 2.7 KB
     frags = fragments_of(pair, "a", next_request_id(pair, "b"), payloads, 300)

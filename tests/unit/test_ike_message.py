@@ -10,8 +10,8 @@ import pytest
 from ipsecd.crypto.registry import ENCRYPTION, INTEGRITY
 from ipsecd.ike import message as codec
 from ipsecd.ike.constants import ExchangeType, NotifyType, PayloadType
+from ipsecd.ike.errors import UnsupportedCriticalPayload
 from ipsecd.ike.message import (
-    CriticalPayloadUnsupported,
     IntegrityCheckFailed,
     MalformedMessage,
     Message,
@@ -89,7 +89,7 @@ def test_unknown_critical_payload_reported() -> None:
     assert data[28 + 4 + 16 + 1] & 0x80  # critical bit on the wire
     parsed = parse_message(data)
     assert parsed.unsupported_critical == 222
-    with pytest.raises(CriticalPayloadUnsupported) as info:
+    with pytest.raises(UnsupportedCriticalPayload) as info:
         decode(data)
     assert info.value.payload_type == 222
     assert isinstance(info.value, MalformedMessage)
@@ -272,7 +272,7 @@ def test_inner_critical_payload_found_after_decryption() -> None:
     keys = sk_keys("aes128gcm16", None)
     data = Message(1, 2, 35, 1, True, payloads=[RawPayload(250, b"x", critical=True)]).encode(keys)
     assert decrypt(parse_message(data), keys).unsupported_critical == 250
-    with pytest.raises(CriticalPayloadUnsupported):
+    with pytest.raises(UnsupportedCriticalPayload):
         decode(data, keys)
 
 

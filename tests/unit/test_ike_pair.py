@@ -7,13 +7,16 @@ SK_d, and used for real ESP packets).  The helper lives in ``ike_pair_support``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import pytest
 
 from ipsecd.crypto.prf import Prf
 from ipsecd.ike import events as ev
+from ipsecd.ike import message as codec
 from ipsecd.ike import payloads as pl
+from ipsecd.ike.constants import ExchangeType
 from ipsecd.ike.errors import (
     AUTHENTICATION_FAILED,
     INVALID_KE_PAYLOAD,
@@ -21,7 +24,8 @@ from ipsecd.ike.errors import (
     TS_UNACCEPTABLE,
     UNSUPPORTED_CRITICAL_PAYLOAD,
 )
-from ipsecd.ike.message import parse_message
+from ipsecd.ike.exchanges.auth import auth_value
+from ipsecd.ike.message import decode, parse_message
 from ipsecd.selectors import TrafficSelector
 from tests.unit.ike_pair_support import (
     A_IP,
@@ -40,7 +44,12 @@ from tests.unit.ike_pair_support import (
     side_b,
 )
 
-IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA, INFORMATIONAL = 34, 35, 36, 37
+IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA, INFORMATIONAL = (
+    ExchangeType.IKE_SA_INIT,
+    ExchangeType.IKE_AUTH,
+    ExchangeType.CREATE_CHILD_SA,
+    ExchangeType.INFORMATIONAL,
+)
 
 
 def ts(*prefixes: str) -> tuple[TrafficSelector, ...]:
@@ -49,7 +58,6 @@ def ts(*prefixes: str) -> tuple[TrafficSelector, ...]:
 
 def inner_payloads(pair: IkePair, receiver: str, data: bytes) -> list[object]:
     """Decrypt a protected message with the receiver's IKE SA keys."""
-    from ipsecd.ike.message import decode
 
     sa = pair.mgr(receiver).ike_sa(pair.peer_of(receiver))
     assert sa is not None and sa.keys is not None
@@ -225,9 +233,9 @@ def test_wrong_psk_detected_by_the_responder(tmp_path):
         assert_failed_cleanly(pair, side)
         assert pair.of_type(side, ev.IkeSaEstablished) == []
     b_reason = failure_of(pair, "b")
-    assert "IPv4:192.0.2.1" in b_reason and "does not verify with our PSK" in b_reason
+    assert "192.0.2.1" in b_reason and "does not verify with our PSK" in b_reason
     a_reason = failure_of(pair, "a")
-    assert "AUTHENTICATION_FAILED" in a_reason and "IPv4:192.0.2.1" in a_reason
+    assert "AUTHENTICATION_FAILED" in a_reason and "192.0.2.1" in a_reason
     # The refusal is protected with the (valid) IKE SA keys: one AUTHENTICATION_FAILED.
     (answer,) = [m for m in pair.cleartext if m.sender == "b" and m.exchange_type == IKE_AUTH]
     assert [(p.notify_type, p.data) for p in answer.payloads] == [(AUTHENTICATION_FAILED, b"")]
@@ -237,8 +245,6 @@ def test_wrong_psk_detected_by_the_responder(tmp_path):
 
 def _resign_auth(pair: IkePair, psk: bytes):
     """A tamper hook: the responder's IKE_AUTH answer carries AUTH made with ``psk``."""
-    from ipsecd.ike import message as codec
-    from ipsecd.ike.exchanges import base
 
     def tamper(sent: Sent) -> bytes:
         if sent.sender != "b" or sent.data[18] != IKE_AUTH:
@@ -246,7 +252,7 @@ def _resign_auth(pair: IkePair, psk: bytes):
         sa = pair.b.ike_sa("a")
         msg = codec.decode(sent.data, keys=sa.keys, sender_is_initiator=False)
         me = sa.peer.auth.local_id
-        forged = base.psk_auth(sa, psk, False, me.id_type, me.data)
+        forged = auth_value(sa, psk, False, me.id_type, me.data)
         payloads = [
             pl.Authentication(method=2, data=forged) if isinstance(p, pl.Authentication) else p
             for p in msg.payloads
@@ -265,7 +271,7 @@ def test_wrong_psk_detected_by_the_initiator(tmp_path):
     assert_failed_cleanly(pair, "a")
     assert pair.of_type("a", ev.IkeSaEstablished) == []
     a_reason = failure_of(pair, "a")
-    assert "IPv4:192.0.2.2" in a_reason and "does not verify with our PSK" in a_reason
+    assert "192.0.2.2" in a_reason and "does not verify with our PSK" in a_reason
     # The responder believed the SA was up; the initiator's AUTHENTICATION_FAILED
     # (RFC 7296 §2.21.2) tears it and its CHILD_SA down again.
     (b_child,) = pair.established("b")
@@ -273,7 +279,7 @@ def test_wrong_psk_detected_by_the_initiator(tmp_path):
     assert (deleted.spi_in, deleted.spi_out) == (b_child.child.spi_in, b_child.child.spi_out)
     assert len(pair.of_type("b", ev.IkeSaDeleted)) == 1
     b_reason = failure_of(pair, "b")
-    assert "AUTHENTICATION_FAILED" in b_reason and "IPv4:192.0.2.2" in b_reason
+    assert "AUTHENTICATION_FAILED" in b_reason and "192.0.2.2" in b_reason
     assert pair.status("b")["state"] == "down" and pair.b.sas == {}
 
 
@@ -282,7 +288,7 @@ def test_initiator_identity_unknown_to_the_responder(tmp_path):
     for side in "ab":
         assert_failed_cleanly(pair, side)
     b_reason = failure_of(pair, "b")
-    assert "FQDN:a.example.org" in b_reason and "IPv4:192.0.2.1" in b_reason
+    assert "a.example.org" in b_reason and "192.0.2.1" in b_reason
     assert "AUTHENTICATION_FAILED" in failure_of(pair, "a")
 
 
@@ -290,7 +296,7 @@ def test_responder_identity_not_the_expected_one(tmp_path):
     pair = IkePair(tmp_path, side_a(), side_b(local_id="@b.example.org"))
     assert_failed_cleanly(pair, "a")
     a_reason = failure_of(pair, "a")
-    assert "FQDN:b.example.org" in a_reason and "IPv4:192.0.2.2" in a_reason
+    assert "b.example.org" in a_reason and "192.0.2.2" in a_reason
     assert pair.of_type("a", ev.IkeSaEstablished) == []
     assert pair.b.sas == {} and pair.status("b")["state"] == "down"
     assert len(pair.of_type("b", ev.ChildSaDeleted)) == len(pair.established("b"))
@@ -309,7 +315,7 @@ def test_no_common_ike_proposal(tmp_path):
     offers = ("aes128-sha256-prfsha256-x25519", "aes256gcm16-prfsha384-ecp384")
     for text in (*offers, "aes128-sha256-modp2048"):
         assert text in b_reason
-    assert "key exchange" in b_reason
+    assert "no match for KE" in b_reason
     a_reason = failure_of(pair, "a")
     assert "NO_PROPOSAL_CHOSEN" in a_reason and "aes128-sha256-x25519" in a_reason
     assert notify_types(messages(pair, "b", IKE_SA_INIT)[0].data) == [NO_PROPOSAL_CHOSEN]
@@ -326,7 +332,7 @@ def test_no_common_esp_proposal(tmp_path):
         )
     b_reason = failure_of(pair, "b")
     assert "aes256gcm16" in b_reason and "aes128-sha256" in b_reason
-    assert "encryption" in b_reason
+    assert "no match for ENCR" in b_reason
     a_reason = failure_of(pair, "a")
     assert "NO_PROPOSAL_CHOSEN" in a_reason and "aes256gcm16" in a_reason
 
@@ -700,7 +706,7 @@ def test_nat_keepalives_from_the_natted_side_only(tmp_path):
     keepalives = pair.sent_by("a", keepalive=True)
     assert [round(k.at - established, 6) for k in keepalives] == [20.0, 40.0, 60.0]
     for k in keepalives:
-        assert k.data == b"\xff" and not k.marker
+        assert k.data == b"" and not k.marker  # the framing adds the 0xFF octet
         assert k.original_src == (A_IP, 4500) and k.dst == (B_IP, 4500)
     assert pair.sent_by("b", keepalive=True) == []
     assert pair.a.counters["nat_keepalives"] == 3
@@ -786,8 +792,6 @@ def mutations(data: bytes) -> list[bytes]:
 
 
 def os_random(n: int) -> bytes:
-    import os
-
     return os.urandom(n)
 
 
@@ -860,7 +864,6 @@ def test_hostile_input_during_the_handshake(tmp_path):
 
 def protected_request(pair: IkePair, payloads: list[object], exchange: int = INFORMATIONAL):
     """A request from ``a`` with the next message id, protected with a's keys."""
-    from ipsecd.ike import message as codec
 
     sa = pair.a.ike_sa("b")
     msg = codec.Message(
@@ -895,7 +898,6 @@ def test_unknown_critical_payload_inside_sk(tmp_path):
 
 
 def test_unknown_critical_payload_in_ike_sa_init(tmp_path):
-    from ipsecd.ike import message as codec
 
     pair = IkePair(tmp_path, start=False)
     pair.a.start(pair.now)

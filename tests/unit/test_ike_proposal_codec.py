@@ -236,7 +236,7 @@ def test_to_proposal_and_describe() -> None:
     assert conf.integrity == (INTEGRITY["sha256"],) and conf.prf == (PRF["prfsha384"],)
     assert str(conf) == "aes128-aes256-sha256-prfsha384-x25519"
     odd = SaProposal(1, 1, b"", (Transform(1, 3), Transform(1, 12, 192), Transform(4, 99)))
-    assert describe(odd) == "ENCR#3-ENCR#12/192-KE#99"
+    assert describe(odd) == "3des-aes192-KE#99"  # named though unsupported
     assert to_proposal(odd, "ike").encryption == ()
 
 
@@ -266,3 +266,19 @@ def test_bad_arguments() -> None:
         sa_payload(())
     with pytest.raises(ValueError):
         select([], (), "ike", prefer="random")
+
+
+def test_no_match_names_unsupported_transforms() -> None:
+    """Issue 14 item 5: a strongSwan default like aes128-sha1-modp1024 reads by name."""
+    integ_sha1 = SaProposal(
+        1, 1, b"", (Transform(1, 12, 128), Transform(3, 2), Transform(2, 2), Transform(4, 2))
+    )
+    ours = (ike("aes128-sha256-x25519"),)
+    assert explain_no_match([integ_sha1], ours, "ike") == (
+        "no match for INTEG: offered sha1, we accept sha256"
+    )
+    assert describe(integ_sha1) == "aes128-sha1-prfsha1-modp1024"
+    only_prf = SaProposal(1, 1, b"", (Transform(1, 20, 256), Transform(2, 4), Transform(4, 31)))
+    assert explain_no_match([only_prf], (ike("aes256gcm16-prfsha256-x25519"),), "ike") == (
+        "no match for PRF: offered prfaesxcbc, we accept prfsha256"
+    )

@@ -1,4 +1,4 @@
-"""ipsecctl formats the daemon's status document; colours only on a TTY."""
+"""ipsecctl: requests, exit codes and failures (the status text: test_status_text.py)."""
 
 from __future__ import annotations
 
@@ -8,88 +8,7 @@ from pathlib import Path
 import pytest
 
 from ipsecd.cli import ipsecctl
-from ipsecd.cli.ipsecctl import Style, format_status
-
-STATUS = {
-    "tun": "ipsec0",
-    "mtu": 1438,
-    "uptime_seconds": 42.0,
-    "listen": ["192.0.2.1:4500", "192.0.2.1:500"],
-    "peers": [
-        {
-            "name": "site-b",
-            "mode": "ike",
-            "state": "established",
-            "up": True,
-            "remote": "192.0.2.2:500",
-            "local": "192.0.2.1",
-            "local_ts": "10.1.0.0/24",
-            "remote_ts": "10.2.0.0/24",
-            "ike": {
-                "local_spi": "00112233aabbccdd",
-                "remote_spi": "8899aabbccddeeff",
-                "algorithm": "aes256gcm16-prfsha256-x25519",
-                "role": "initiator",
-                "local": "192.0.2.1:4500",
-                "remote": "192.0.2.2:4500",
-                "nat_local": True,
-                "dpd": "idle",
-                "dpd_delay": 30,
-                "last_seen_seconds": 4.2,
-                "nat_remote": False,
-            },
-            "children": [
-                {
-                    "spi_in": "c0ffee01",
-                    "spi_out": "c0ffee02",
-                    "algorithm": "aes256gcm16",
-                    "local_ts": "10.1.0.0/24",
-                    "remote_ts": "10.2.0.0/24",
-                    "established_seconds": 12.0,
-                    "packets_in": 10,
-                    "bytes_in": 2048,
-                    "packets_out": 11,
-                    "bytes_out": 4096,
-                    "drops": {"replay": 2},
-                    "rekey_in_seconds": 300.0,
-                }
-            ],
-            "last_error": None,
-        },
-        {
-            "name": "site-c",
-            "mode": "ike",
-            "state": "connecting",
-            "up": False,
-            "remote": "192.0.2.3:500",
-            "local": "192.0.2.1",
-            "local_ts": "10.1.0.0/24",
-            "remote_ts": "10.3.0.0/24",
-            "ike": None,
-            "children": [],
-            "last_error": "AUTHENTICATION_FAILED: peer site-c rejected our authentication",
-        },
-    ],
-    "drops": {"no_sa": 3},
-}
-
-
-def test_plain_text_is_aligned_and_complete() -> None:
-    text = format_status(STATUS, Style(False))
-    assert "\033[" not in text
-    assert "peer site-b: established  192.0.2.1 <-> 192.0.2.2:500" in text
-    assert "00112233aabbccdd_local 8899aabbccddeeff_remote" in text
-    assert "we are behind a NAT" in text
-    assert "  dpd:       idle, peer last heard 4s ago (liveness check after 30s of silence)" in text
-    assert "child c0ffee01_in c0ffee02_out  aes256gcm16  established 12s ago, rekey in 300s" in text
-    assert "    in:        2.0 KiB, 10 packets" in text
-    assert "    drops:     replay 2" in text
-    assert "last error: AUTHENTICATION_FAILED" in text
-    assert text.rstrip().endswith("drops: no_sa 3")
-
-
-def test_colour_only_on_a_tty() -> None:
-    assert "\033[32mestablished\033[0m" in format_status(STATUS, Style(True))
+from tests.unit.status_docs import STATUS
 
 
 def test_json_output_and_unreachable_socket(monkeypatch, capsys, tmp_path) -> None:
@@ -101,58 +20,32 @@ def test_json_output_and_unreachable_socket(monkeypatch, capsys, tmp_path) -> No
     assert "cannot reach ipsecd" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("cmd", [["up", "b"], ["down", "b"], ["reload"], ["log-level", "debug"]])
+@pytest.mark.parametrize(
+    "cmd",
+    [["up", "b", "--no-wait"], ["down", "b", "--no-wait"], ["reload"], ["log-level", "debug"]],
+)
 def test_commands_send_requests(monkeypatch, cmd) -> None:
     sent = []
     monkeypatch.setattr(
-        ipsecctl, "request", lambda path, payload: sent.append(payload) or {"ok": True}
+        ipsecctl, "request", lambda path, payload, **_: sent.append(payload) or {"ok": True}
     )
     assert ipsecctl.main(cmd) == 0
-    assert sent[0]["cmd"] == cmd[0]
-
-
-def test_gateway_line_shows_half_open_sas_and_cookies() -> None:
-    status = dict(STATUS)
-    status["ike_dos"] = {
-        "half_open": 12,
-        "cookies_required": True,
-        "cookie_threshold": 10,
-        "half_open_per_source": 5,
-        "half_open_limit": 1000,
-    }
-    status["ike_counters"] = {"cookies_sent": 4000, "cookies_invalid": 2, "retransmits": 1}
-    text = format_status(status, Style(False))
-    assert (
-        "ike responder: 12 half-open (at most 5 per source, 1000 in all), cookies on"
-        " (from 10 half-open); cookies sent 4000, invalid cookies 2"
-    ) in text.splitlines()
-    assert "ike responder" not in format_status(STATUS, Style(False))
-
-
-@pytest.mark.parametrize(
-    ("state", "shown"),
-    [
-        ("idle", "waiting for traffic to remote_ts"),
-        ("negotiating", "negotiating, 3 packets queued"),
-        ("up", "started by traffic"),
-    ],
-)
-def test_on_demand_peer_state_is_shown(state, shown) -> None:
-    peer = dict(STATUS["peers"][1], on_demand={"state": state, "queued": 3})
-    text = format_status(dict(STATUS, peers=[peer]), Style(False))
-    assert f"\n  on demand:  {shown}\n" in text
+    assert sent[0]["cmd"] == cmd[0] and "wait" not in sent[0]
 
 
 @pytest.mark.parametrize(
     ("argv", "payload"),
     [
-        (["rekey", "b"], {"cmd": "rekey", "peer": "b"}),
-        (["rekey", "b", "--ike"], {"cmd": "rekey", "peer": "b", "ike": True}),
+        (["rekey", "b", "--no-wait"], {"cmd": "rekey", "peer": "b"}),
+        (["rekey", "b", "--ike", "--no-wait"], {"cmd": "rekey", "peer": "b", "ike": True}),
+        (["rekey", "b"], {"cmd": "rekey", "peer": "b", "wait": 30.0}),
+        (["rekey", "b", "--ike", "--timeout", "5"], {"cmd": "rekey", "peer": "b", "ike": True,
+                                                     "wait": 5.0}),
     ],
-)
+)  # fmt: skip
 def test_rekey_child_sas_or_the_ike_sa(monkeypatch, argv, payload) -> None:
     sent = []
-    monkeypatch.setattr(ipsecctl, "request", lambda path, p: sent.append(p) or {"ok": True})
+    monkeypatch.setattr(ipsecctl, "request", lambda path, p, **_: sent.append(p) or {"ok": True})
     assert ipsecctl.main(argv) == 0
     assert sent == [payload]
 

@@ -149,3 +149,141 @@ def test_no_secret_reaches_the_stream() -> None:
     records = _json_lines(stream)
     assert records[0]["psk"] == "<redacted>" and records[0]["keymat"] == "<redacted>"
     assert records[1]["spi_in"] == "c0000001"
+
+
+# -- priorities for journald (sd-daemon(3) "<N>" prefixes) ---------------------------------
+
+
+def test_journal_lines_carry_their_syslog_priority() -> None:
+    stream = io.StringIO()
+    logs.configure("debug", fmt="json", stream=stream, journal=True)
+    log = logs.get_logger(peer="b")
+    log.debug("d")
+    log.info("i")
+    log.warning("w")
+    log.error("e")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("x")
+    lines = stream.getvalue().splitlines()
+    assert [line[:3] for line in lines] == ["<7>", "<6>", "<4>", "<3>", "<3>"]
+    records = [json.loads(line[3:]) for line in lines]  # the JSON follows the prefix intact
+    assert [r["event"] for r in records] == ["d", "i", "w", "e", "x"]
+    assert "RuntimeError: boom" in records[-1]["exception"]
+
+
+def test_console_lines_in_the_journal_are_prefixed_line_by_line() -> None:
+    stream = io.StringIO()
+    logs.configure("info", fmt="console", stream=stream, journal=True)
+    try:
+        raise ValueError("multi")
+    except ValueError:
+        logs.get_logger().exception("failed")
+    lines = stream.getvalue().rstrip("\n").splitlines()
+    assert len(lines) > 1 and all(line.startswith("<3>") for line in lines)
+
+
+def test_no_prefix_off_the_journal() -> None:
+    stream = io.StringIO()
+    logs.configure("info", fmt="json", stream=stream)
+    logs.get_logger().warning("w")
+    assert stream.getvalue().startswith("{")
+
+
+def test_journal_stream_is_recognised_by_device_and_inode(tmp_path, monkeypatch) -> None:
+    import os
+
+    with open(tmp_path / "journal", "w") as ours, open(tmp_path / "other", "w") as other:
+        st = os.fstat(ours.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        assert logs.journal_stream(ours)
+        assert not logs.journal_stream(other)  # inherited variable, another stream
+        assert not logs.journal_stream(io.StringIO())
+        logs.configure("info", fmt="json", stream=ours)
+        logs.get_logger().warning("w")
+        ours.flush()
+        assert (tmp_path / "journal").read_text().startswith('<4>{"event": "w"')
+        monkeypatch.setenv("JOURNAL_STREAM", "garbage")
+        assert not logs.journal_stream(ours)
+        monkeypatch.delenv("JOURNAL_STREAM")
+        assert not logs.journal_stream(ours)
+
+
+def test_set_level_keeps_the_journal_prefix() -> None:
+    stream = io.StringIO()
+    logs.configure("info", fmt="json", stream=stream, journal=True)
+    logs.set_level("debug")
+    logs.get_logger().debug("d")
+    assert stream.getvalue().startswith("<7>")
+
+
+def test_exception_is_not_dropped_at_level_error() -> None:
+    stream = io.StringIO()
+    logs.configure("error", stream=stream)
+    logs.get_logger().exception("kept")
+    assert [r["event"] for r in _json_lines(stream)] == ["kept"]
+
+
+# -- followers (ipsecctl log) -----------------------------------------------------------------
+
+
+@pytest.fixture
+def followers() -> Iterator[list[logs.LogSubscriber]]:
+    made: list[logs.LogSubscriber] = []
+    yield made
+    for subscriber in made:
+        logs.unsubscribe(subscriber)
+    assert logs._subscribers == []
+
+
+def test_follower_gets_redacted_records_at_its_level(followers) -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream=stream)
+    woken = []
+    follower = logs.subscribe("warning", lambda: woken.append(1))
+    followers.append(follower)
+    log = logs.get_logger(peer="b")
+    log.info("not for the follower")
+    log.warning("negotiation failed", reason="x", psk="secret")
+    records, dropped = follower.take()
+    assert dropped == 0 and len(woken) == 1
+    (record,) = records
+    assert record["event"] == "negotiation failed" and record["peer"] == "b"
+    assert record["level"] == "warning" and record["timestamp"].endswith("Z")
+    assert record["psk"] == "<redacted>"
+    assert follower.take() == ([], 0)
+    assert len(_json_lines(stream)) == 2  # the daemon's own output is unchanged
+
+
+def test_follower_below_the_daemons_level_sees_what_the_stream_does_not(followers) -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream=stream)
+    follower = logs.subscribe("debug")
+    followers.append(follower)
+    logs.get_logger().debug("trace")
+    assert [r["event"] for r in follower.take()[0]] == ["trace"]
+    assert stream.getvalue() == ""
+    logs.unsubscribe(follower)
+    logs.get_logger().debug("nobody wants it")
+    assert follower.take() == ([], 0) and stream.getvalue() == ""
+
+
+def test_a_slow_follower_loses_the_oldest_records_and_counts_them(followers) -> None:
+    logs.configure("info", stream=io.StringIO())
+    follower = logs.subscribe("info", limit=3)
+    followers.append(follower)
+    for n in range(10):
+        logs.get_logger().info("n", n=n)
+    records, dropped = follower.take()
+    assert [r["n"] for r in records] == [7, 8, 9] and dropped == 7
+
+
+def test_followers_are_limited(followers) -> None:
+    logs.configure("info", stream=io.StringIO())
+    for _ in range(logs.MAX_SUBSCRIBERS):
+        followers.append(logs.subscribe())
+    with pytest.raises(logs.TooManySubscribers, match="already 8 log followers"):
+        logs.subscribe()
+    with pytest.raises(ValueError, match="unknown log level"):
+        logs.subscribe("verbose")

@@ -9,6 +9,7 @@ from ipsecd.esp.udp_encap import (
     NON_ESP_MARKER,
     DatagramKind,
     classify,
+    frame,
     frame_ike,
 )
 
@@ -69,3 +70,11 @@ def test_matches_scapy_framing() -> None:
     assert classify(payload(NON_ESP() / Raw(IKE_MSG))) == (DatagramKind.IKE, IKE_MSG)
     esp = payload(ESP(spi=0x1234, seq=9, data=bytes(32)))
     assert classify(esp) == (DatagramKind.ESP, esp)
+
+
+def test_frame_writes_marker_and_keepalive_once():
+    """IKE on port 4500 gets the non-ESP marker, port 500 none, a keepalive is 0xFF alone."""
+    assert frame(b"IKE", True) == NON_ESP_MARKER + b"IKE"
+    assert frame(b"IKE", False) == b"IKE"
+    assert frame(b"", False, keepalive=True) == NAT_KEEPALIVE == b"\xff"
+    assert classify(frame(b"", False, keepalive=True))[0] == "keepalive"

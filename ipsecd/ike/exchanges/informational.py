@@ -15,25 +15,25 @@ strongSwan's ``child_delete``, ``ike_delete`` and ``ike_dpd`` tasks::
 
 from __future__ import annotations
 
-from typing import Any
-
-from ipsecd.ike.child import ChildState
+from ipsecd.ike.constants import ExchangeType, ProtocolId
 from ipsecd.ike.errors import AUTHENTICATION_FAILED
-from ipsecd.ike.exchanges import base
-from ipsecd.ike.sa import IkeSa, IkeState, TaskResult
+from ipsecd.ike.lifecycle import ChildEvent, ChildState, IkeEvent, IkeState
+from ipsecd.ike.message import Message
+from ipsecd.ike.payloads import Delete, Payload
+from ipsecd.ike.sa import IkeSa, TaskResult
 
 
 class DeleteChildSa:
     """Initiator: delete CHILD_SAs identified by our inbound SPIs."""
 
-    exchange_type = base.INFORMATIONAL
+    exchange_type = ExchangeType.INFORMATIONAL
     name = "INFORMATIONAL (delete CHILD_SA)"
 
     def __init__(self, spis_in: list[int], reason: str = "deleted locally") -> None:
         self.spis_in = spis_in
         self.reason = reason
 
-    def build_request(self, sa: IkeSa, now: float) -> list[Any] | None:
+    def build_request(self, sa: IkeSa, now: float) -> list[Payload] | None:
         spis = [s for s in self.spis_in if s in sa.children]
         if not spis:
             return None
@@ -43,20 +43,20 @@ class DeleteChildSa:
                 ChildState.REKEYING,
                 ChildState.REKEYED,
             ):
-                sa.children[spi].transition("delete_sent")
+                sa.child_transition(sa.children[spi], ChildEvent.DELETE_SENT, now)
         self.spis_in = spis
-        return [base.p_delete(base.PROTO_ESP, spis)]
+        return [Delete(ProtocolId.ESP, tuple(spis))]
 
-    def process_response(self, sa: IkeSa, message: base.Incoming, now: float) -> TaskResult:
+    def process_response(self, sa: IkeSa, message: Message | None, now: float) -> TaskResult:
         # Whatever the peer answers, our side of these CHILD_SAs is gone.
         for spi in self.spis_in:
             child = sa.children.get(spi)
             if child is not None:
-                sa.remove_child(child, self.reason)
+                sa.remove_child(child, self.reason, now, ChildEvent.DELETED)
         return TaskResult.DONE
 
     def failed(self, sa: IkeSa, reason: str, now: float) -> None:
-        self.process_response(sa, None, now)  # type: ignore[arg-type]
+        self.process_response(sa, None, now)
 
     def timed_out(self, sa: IkeSa, reason: str, now: float) -> None:
         sa.fail(reason, now)
@@ -65,39 +65,39 @@ class DeleteChildSa:
 class DeleteIkeSa:
     """Initiator: delete the IKE SA (and implicitly all its CHILD_SAs, §1.4.1)."""
 
-    exchange_type = base.INFORMATIONAL
+    exchange_type = ExchangeType.INFORMATIONAL
     name = "INFORMATIONAL (delete IKE SA)"
 
     def __init__(self, reason: str = "deleted locally") -> None:
         self.reason = reason
 
-    def build_request(self, sa: IkeSa, now: float) -> list[Any] | None:
+    def build_request(self, sa: IkeSa, now: float) -> list[Payload] | None:
         if sa.state is IkeState.ESTABLISHED:
-            sa.transition("delete_sent")
-        return [base.p_delete(base.PROTO_IKE, [])]
+            sa.transition(IkeEvent.DELETE_SENT, now)
+        return [Delete(ProtocolId.IKE, ())]
 
-    def process_response(self, sa: IkeSa, message: base.Incoming, now: float) -> TaskResult:
-        sa.deleted(self.reason)
+    def process_response(self, sa: IkeSa, message: Message, now: float) -> TaskResult:
+        sa.deleted(self.reason, now)
         return TaskResult.DONE
 
     def failed(self, sa: IkeSa, reason: str, now: float) -> None:
-        sa.deleted(self.reason)
+        sa.deleted(self.reason, now)
 
     def timed_out(self, sa: IkeSa, reason: str, now: float) -> None:
         # The peer is gone; deleting is what we wanted anyway.
-        sa.deleted(f"{self.reason} (peer did not confirm: {reason})")
+        sa.deleted(f"{self.reason} (peer did not confirm: {reason})", now)
 
 
 class LivenessCheck:
     """Initiator: an empty INFORMATIONAL request (RFC 7296 §2.4, strongSwan ``ike_dpd``)."""
 
-    exchange_type = base.INFORMATIONAL
+    exchange_type = ExchangeType.INFORMATIONAL
     name = "INFORMATIONAL (liveness check)"
 
-    def build_request(self, sa: IkeSa, now: float) -> list[Any]:
+    def build_request(self, sa: IkeSa, now: float) -> list[Payload]:
         return []
 
-    def process_response(self, sa: IkeSa, message: base.Incoming, now: float) -> TaskResult:
+    def process_response(self, sa: IkeSa, message: Message, now: float) -> TaskResult:
         sa.last_peer_activity = now
         return TaskResult.DONE
 
@@ -108,42 +108,36 @@ class LivenessCheck:
         sa.fail(f"peer {sa.peer_name} is dead: {reason}", now)
 
 
-def respond(sa: IkeSa, message: base.Incoming, now: float) -> list[Any]:
+def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
     """Responder: process Delete payloads and notifies, answer (RFC 7296 §1.4.1)."""
-    response: list[Any] = []
-    if base.find_notify(message, AUTHENTICATION_FAILED) is not None:
+    if message.notify(AUTHENTICATION_FAILED) is not None:
         # The initiator could not verify our AUTH (RFC 7296 §2.21.2).
-        me = sa.peer.auth.local_id
+        me = sa.peer.auth.local_id if sa.peer.auth is not None else "?"
         sa.after_response = lambda: sa.fail(
             f"peer {sa.peer_name} rejected our authentication (AUTHENTICATION_FAILED):"
-            f" we are {base.format_identity(me.id_type, me.data)};"
-            " check the PSK and the identity the peer expects",
+            f" we are {me}; check the PSK and the identity the peer expects",
             now,
         )
-        return response
+        return []
     delete_ike = False
     ours: list[int] = []
-    for protocol, spis in base.find_deletes(message):
-        if protocol == base.PROTO_IKE:
+    for delete in message.find_all(Delete):
+        if delete.protocol_id == ProtocolId.IKE:
             delete_ike = True
-        elif protocol == base.PROTO_ESP:
-            for spi_out in spis:
+        elif delete.protocol_id == ProtocolId.ESP:
+            for spi_out in delete.spis:
                 child = next((c for c in sa.children.values() if c.spi_out == spi_out), None)
                 if child is None:
                     continue  # already gone (simultaneous delete): nothing to answer, §1.4.1
                 if child.state is not ChildState.DELETING:
                     ours.append(child.spi_in)
-                sa.remove_child(child, "deleted by peer")
+                sa.remove_child(child, "deleted by peer", now, ChildEvent.DELETE_RECEIVED)
     if delete_ike:
         if sa.rekey_collision is not None:
             # The peer won a simultaneous rekey (§2.8.2) and deletes the old SA before our
             # own exchange ended (its answer lost or late): its new SA takes the children.
-            from ipsecd.ike.exchanges.rekey import survives
-
-            survives(sa, sa.rekey_collision[0], now)
+            sa.yield_to(sa.rekey_collision[0], now)
             sa.rekey_collision = None
-        sa.after_response = lambda: sa.deleted("deleted by peer")
+        sa.after_response = lambda: sa.deleted("deleted by peer", now)
         return []
-    if ours:
-        response.append(base.p_delete(base.PROTO_ESP, ours))
-    return response
+    return [Delete(ProtocolId.ESP, tuple(ours))] if ours else []

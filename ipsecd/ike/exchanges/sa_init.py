@@ -27,9 +27,13 @@ computed from the peer's hashes and reported as ``nat_local`` /
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from collections.abc import Callable
 
+from ipsecd.crypto import keyexchange
+from ipsecd.crypto.proposals import Proposal
+from ipsecd.crypto.registry import KeAlgorithm
+from ipsecd.ike import keys, nat
+from ipsecd.ike.constants import NONCE_MAX_LEN, NONCE_MIN_LEN, ExchangeType, NotifyType
 from ipsecd.ike.errors import (
     INVALID_KE_PAYLOAD,
     InvalidKePayload,
@@ -37,33 +41,35 @@ from ipsecd.ike.errors import (
     NoProposalChosen,
     notify_name,
 )
-from ipsecd.ike.exchanges import base
-from ipsecd.ike.sa import IkeSa, IkeState, TaskResult
+from ipsecd.ike.exchanges.auth import IkeAuth
+from ipsecd.ike.lifecycle import IkeEvent, IkeState
+from ipsecd.ike.message import Message
+from ipsecd.ike.payloads import KeyExchange, Nonce, Notify, Payload, SecurityAssociation
+from ipsecd.ike.proposal_codec import (
+    check_answer,
+    choose,
+    chosen_sa_payload,
+    format_proposals,
+    sa_payload,
+)
+from ipsecd.ike.sa import IkeSa, TaskResult, new_ike_spi
 
 NONCE_LEN = 32  # at least half the PRF key size, >= 16 octets (RFC 7296 §2.10)
 MAX_INIT_RETRIES = 5  # COOKIE + INVALID_KE_PAYLOAD round trips before giving up
 MAX_COOKIE_LEN = 64  # RFC 7296 §2.6
 
 
-def new_spi() -> int:
-    """A random, non-zero 8-octet IKE SPI (RFC 7296 §2.6)."""
-    while True:
-        spi = int.from_bytes(os.urandom(8), "big")
-        if spi:
-            return spi
-
-
-def natd_payloads(sa: IkeSa, spi_i: int, spi_r: int) -> list[Any]:
+def natd_payloads(sa: IkeSa, spi_i: int, spi_r: int) -> list[Payload]:
     """Our NAT_DETECTION_* notifies; the source hash is deliberately faked (module doc)."""
-    fake_source = os.urandom(20)
-    real_destination = base.natd_hash(spi_i, spi_r, sa.remote)
+    fake_source = sa.random_bytes(20)
+    real_destination = nat.natd_hash(spi_i, spi_r, sa.remote[0], sa.remote[1])
     return [
-        base.p_notify(base.N_NAT_DETECTION_SOURCE_IP, fake_source),
-        base.p_notify(base.N_NAT_DETECTION_DESTINATION_IP, real_destination),
+        Notify(NotifyType.NAT_DETECTION_SOURCE_IP, fake_source),
+        Notify(NotifyType.NAT_DETECTION_DESTINATION_IP, real_destination),
     ]
 
 
-def detect_nat(sa: IkeSa, message: base.Incoming, local: tuple[str, int]) -> None:
+def detect_nat(sa: IkeSa, message: Message, local: tuple[str, int]) -> None:
     """Real NAT detection from the peer's hashes (RFC 7296 §2.23).
 
     ``nat_local``: the peer saw a destination that is not our address/port,
@@ -71,110 +77,113 @@ def detect_nat(sa: IkeSa, message: base.Incoming, local: tuple[str, int]) -> Non
     hashes is the address we received from (this is also True when the peer
     fakes its hash to force encapsulation, like we do).
     """
-    sources = base.find_notifies(message, base.N_NAT_DETECTION_SOURCE_IP)
-    dests = base.find_notifies(message, base.N_NAT_DETECTION_DESTINATION_IP)
+    sources = [n.data for n in message.notifies(NotifyType.NAT_DETECTION_SOURCE_IP)]
+    dests = [n.data for n in message.notifies(NotifyType.NAT_DETECTION_DESTINATION_IP)]
     if not sources and not dests:
         return
+    # The hashes use the SPIs of the message that carried them (SPIr = 0 in a request).
     if dests:
-        # The hashes use the SPIs of the message that carried them (SPIr = 0 in a request).
-        expected = base.natd_hash(message.spi_i, message.spi_r, local)
+        expected = nat.natd_hash(message.spi_i, message.spi_r, local[0], local[1])
         sa.nat_local = all(d != expected for d in dests)
     if sources:
-        expected = base.natd_hash(message.spi_i, message.spi_r, sa.remote)
+        expected = nat.natd_hash(message.spi_i, message.spi_r, sa.remote[0], sa.remote[1])
         sa.nat_remote = all(s != expected for s in sources)
 
 
 def announces_fragmentation(sa: IkeSa) -> bool:
     """We announce RFC 7383 support unless the peer's config says ``fragmentation: no``."""
-    return getattr(sa.peer, "fragmentation", "yes") != "no"
+    return sa.peer.fragmentation != "no"
 
 
 class IkeSaInit:
     """Initiator side (strongSwan ``ike_init`` ``build_i``/``process_i``)."""
 
-    exchange_type = base.IKE_SA_INIT
+    exchange_type = ExchangeType.IKE_SA_INIT
     name = "IKE_SA_INIT"
 
-    def __init__(self, proposals: tuple[Any, ...]) -> None:
+    def __init__(self, proposals: tuple[Proposal, ...]) -> None:
         self.proposals = proposals
-        self.group = proposals[0].ke[0]  # KeAlgorithm we guess first (RFC 7296 §1.2)
+        self.group: KeAlgorithm = proposals[0].ke[0]  # the group we guess first (§1.2)
         self.cookie: bytes | None = None
-        self.key_exchange: Any = None
-        self.nonce = os.urandom(NONCE_LEN)
+        self.key_exchange: keyexchange.KeyExchange | None = None
+        self.nonce = b""  # chosen once, kept across COOKIE/INVALID_KE retries (§2.6)
         self.retries = 0
 
-    def build_request(self, sa: IkeSa, now: float) -> list[Any]:
+    def build_request(self, sa: IkeSa, now: float) -> list[Payload]:
         if not sa.spi_i:
-            sa.spi_i = new_spi()
+            sa.spi_i = new_ike_spi(sa.random_bytes)
         sa.spi_r = 0
+        if not self.nonce:
+            self.nonce = sa.random_bytes(NONCE_LEN)
         if self.key_exchange is None:  # kept across a COOKIE retry, new for a new group
-            self.key_exchange = base.new_key_exchange(self.group)
-        payloads: list[Any] = []
+            self.key_exchange = keyexchange.new(self.group)
+        payloads: list[Payload] = []
         if self.cookie is not None:
-            payloads.append(base.p_notify(base.N_COOKIE, self.cookie))  # must come first (§2.6)
+            payloads.append(Notify(NotifyType.COOKIE, self.cookie))  # must come first (§2.6)
         payloads += [
-            base.p_sa_ike(self.proposals),
-            base.p_ke(self.group, self.key_exchange.public),
-            base.p_nonce(self.nonce),
+            sa_payload(self.proposals),
+            KeyExchange(int(self.group.transform_id), self.key_exchange.public),
+            Nonce(self.nonce),
         ]
         payloads += natd_payloads(sa, sa.spi_i, 0)
         if announces_fragmentation(sa):
-            payloads.append(base.p_notify(base.N_IKEV2_FRAGMENTATION_SUPPORTED))
+            payloads.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
         if sa.state is IkeState.CREATED:
-            sa.transition("init_sent")
+            sa.transition(IkeEvent.INIT_SENT, now)
         return payloads
 
-    def process_response(self, sa: IkeSa, message: base.Incoming, now: float) -> TaskResult:
-        cookie = base.find_notify(message, base.N_COOKIE)
+    def process_response(self, sa: IkeSa, message: Message, now: float) -> TaskResult:
+        cookie = message.notify(NotifyType.COOKIE)
         if cookie is not None:
-            if not 1 <= len(cookie) <= MAX_COOKIE_LEN:
+            if not 1 <= len(cookie.data) <= MAX_COOKIE_LEN:
                 raise InvalidSyntax(
-                    f"peer {sa.peer_name} sent a {len(cookie)}-octet COOKIE (1..64, §2.6)"
+                    f"peer {sa.peer_name} sent a {len(cookie.data)}-octet COOKIE (1..64, §2.6)"
                 )
             sa.count("cookies_received")
-            return self._retry(sa, "COOKIE", lambda: setattr(self, "cookie", cookie))
-        invalid_ke = base.find_notify(message, INVALID_KE_PAYLOAD)
+            return self._retry(sa, "COOKIE", lambda: setattr(self, "cookie", cookie.data), now)
+        invalid_ke = message.notify(INVALID_KE_PAYLOAD)
         if invalid_ke is not None:
-            return self._invalid_ke(sa, invalid_ke)
-        error = base.error_notify(message)
+            return self._invalid_ke(sa, invalid_ke.data, now)
+        error = message.error_notify()
         if error is not None:
-            kind, _ = error
             raise NoProposalChosen(
-                f"peer {sa.peer_name} refused IKE_SA_INIT with {notify_name(kind)};"
-                f" we offered {base.format_proposals(self.proposals)}"
+                f"peer {sa.peer_name} refused IKE_SA_INIT with {notify_name(error.notify_type)};"
+                f" we offered {format_proposals(self.proposals)}"
             )
-        chosen = base.select_ike_response(message, self.proposals, sa.peer_name)
-        ke = base.find_ke(message)
-        nonce = base.find_nonce(message)
+        chosen = check_answer(
+            message.find(SecurityAssociation), self.proposals, "ike", sa.peer_name, fatal=True
+        )
+        ke = message.find(KeyExchange)
+        nonce = message.find(Nonce)
         if ke is None or nonce is None:
             raise InvalidSyntax(f"IKE_SA_INIT response from {sa.peer_name} lacks KE or Nonce")
-        group, public = ke
-        if group != self.group.transform_id or chosen.ke.transform_id != group:
+        if (
+            ke.group != self.group.transform_id
+            or chosen.ke is None
+            or chosen.ke.transform_id != ke.group
+        ):
             raise InvalidSyntax(
-                f"IKE_SA_INIT response from {sa.peer_name}: KE group {group} is not the"
+                f"IKE_SA_INIT response from {sa.peer_name}: KE group {ke.group} is not the"
                 f" one we sent ({self.group.name})"
             )
+        assert self.key_exchange is not None
         sa.spi_r = message.spi_r
-        shared = self.key_exchange.shared_secret(public)
+        shared = self.key_exchange.shared_secret(ke.data)
         sa.ike_algorithms = chosen
-        sa.keys = base.derive_ike_keys(chosen, shared, self.nonce, nonce, sa.spi_i, sa.spi_r)
-        sa.exchange_data.update(
-            init_request=sa.outstanding.data if sa.outstanding else b"",
-            init_response=message.raw,
-            nonce_i=self.nonce,
-            nonce_r=nonce,
-        )
+        sa.keys = keys.derive_ike_keys(chosen, shared, self.nonce, nonce.data, sa.spi_i, sa.spi_r)
+        sa.init_request = sa.outstanding.data if sa.outstanding else b""
+        sa.init_response = message.raw
+        sa.nonce_i, sa.nonce_r = self.nonce, nonce.data
         detect_nat(sa, message, sa.local)
-        sa.fragmentation_peer = announces_fragmentation(sa) and (
-            base.find_notify(message, base.N_IKEV2_FRAGMENTATION_SUPPORTED) is not None
+        sa.fragmentation_peer = (
+            announces_fragmentation(sa)
+            and message.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
         )
         sa.float_to_natt()
-        from ipsecd.ike.exchanges.auth import IkeAuth
-
         sa.tasks.insert(0, IkeAuth())
         return TaskResult.DONE
 
-    def _retry(self, sa: IkeSa, why: str, apply: Any) -> TaskResult:
+    def _retry(self, sa: IkeSa, why: str, apply: Callable[[], None], now: float) -> TaskResult:
         self.retries += 1
         if self.retries > MAX_INIT_RETRIES:
             raise InvalidSyntax(
@@ -182,10 +191,10 @@ class IkeSaInit:
                 f" gave up after {MAX_INIT_RETRIES} attempts"
             )
         apply()
-        sa.transition("init_retry")
+        sa.transition(IkeEvent.INIT_RETRY, now)
         return TaskResult.RETRY
 
-    def _invalid_ke(self, sa: IkeSa, data: bytes) -> TaskResult:
+    def _invalid_ke(self, sa: IkeSa, data: bytes, now: float) -> TaskResult:
         """RFC 7296 §1.3: retry with the group the responder asks for, if we offer it."""
         wanted = int.from_bytes(data[:2], "big") if len(data) >= 2 else -1
         offered = [g for p in self.proposals for g in p.ke]
@@ -194,14 +203,14 @@ class IkeSaInit:
             raise NoProposalChosen(
                 f"peer {sa.peer_name} wants key exchange group {wanted}"
                 f" (INVALID_KE_PAYLOAD), which our IKE proposals"
-                f" {base.format_proposals(self.proposals)} do not allow"
+                f" {format_proposals(self.proposals)} do not allow"
             )
 
         def switch() -> None:
             self.group = match
             self.key_exchange = None  # the cookie does not cover KE: keep it (§2.6)
 
-        return self._retry(sa, "INVALID_KE_PAYLOAD", switch)
+        return self._retry(sa, "INVALID_KE_PAYLOAD", switch, now)
 
     def failed(self, sa: IkeSa, reason: str, now: float) -> None:
         sa.fail(reason, now)
@@ -210,48 +219,49 @@ class IkeSaInit:
         sa.fail(reason, now)
 
 
-def respond(sa: IkeSa, message: base.Incoming, now: float) -> list[Any]:
+def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
     """Responder side (strongSwan ``ike_init`` ``process_r``/``build_r``).
 
     Raises :class:`NoProposalChosen` naming both offers and the transform type
     without a match, or :class:`InvalidKePayload` carrying the group we want.
     """
-    ke = base.find_ke(message)
-    nonce = base.find_nonce(message)
-    if ke is None or nonce is None or not base.has_sa(message):
+    ke = message.find(KeyExchange)
+    nonce = message.find(Nonce)
+    offered = message.find(SecurityAssociation)
+    if ke is None or nonce is None or offered is None:
         raise InvalidSyntax(f"IKE_SA_INIT request from {sa.remote[0]} lacks SA, KE or Nonce")
-    proposals = tuple(sa.peer.ike_proposals)
-    chosen = base.select_ike_request(message, proposals, sa.peer_name)
-    group, public = ke
-    if group != chosen.ke.transform_id:
+    chosen = choose(offered, sa.peer.ike_proposals, "ike", sa.peer_name)
+    assert chosen.ke is not None  # every IKE proposal has a KE transform (config)
+    if ke.group != chosen.ke.transform_id:
         raise InvalidKePayload(
-            f"peer {sa.peer_name} sent a KE payload for group {group},"
+            f"peer {sa.peer_name} sent a KE payload for group {ke.group},"
             f" we selected {chosen.ke.name}",
             group=int(chosen.ke.transform_id),
         )
-    if len(nonce) < 16 or len(nonce) > 256:
-        raise InvalidSyntax(f"peer {sa.peer_name} sent a {len(nonce)}-octet nonce (§3.9)")
-    key_exchange = base.new_key_exchange(chosen.ke)
+    if not NONCE_MIN_LEN <= len(nonce.data) <= NONCE_MAX_LEN:
+        raise InvalidSyntax(f"peer {sa.peer_name} sent a {len(nonce.data)}-octet nonce (§3.9)")
+    key_exchange = keyexchange.new(chosen.ke)
     try:
-        shared = key_exchange.shared_secret(public)
+        shared = key_exchange.shared_secret(ke.data)
     except ValueError as exc:
         raise InvalidSyntax(f"peer {sa.peer_name} sent an invalid KE value: {exc}") from None
-    my_nonce = os.urandom(NONCE_LEN)
+    my_nonce = sa.random_bytes(NONCE_LEN)
     sa.spi_i = message.spi_i
-    sa.spi_r = new_spi()
+    sa.spi_r = new_ike_spi(sa.random_bytes)
     sa.ike_algorithms = chosen
-    sa.keys = base.derive_ike_keys(chosen, shared, nonce, my_nonce, sa.spi_i, sa.spi_r)
-    sa.exchange_data.update(init_request=message.raw, nonce_i=nonce, nonce_r=my_nonce)
+    sa.keys = keys.derive_ike_keys(chosen, shared, nonce.data, my_nonce, sa.spi_i, sa.spi_r)
+    sa.init_request = message.raw
+    sa.nonce_i, sa.nonce_r = nonce.data, my_nonce
     detect_nat(sa, message, sa.local)
-    payloads = [
-        base.p_sa_ike_chosen(chosen),
-        base.p_ke(chosen.ke, key_exchange.public),
-        base.p_nonce(my_nonce),
+    payloads: list[Payload] = [
+        chosen_sa_payload(chosen),
+        KeyExchange(int(chosen.ke.transform_id), key_exchange.public),
+        Nonce(my_nonce),
     ]
     payloads += natd_payloads(sa, sa.spi_i, sa.spi_r)
-    offered = base.find_notify(message, base.N_IKEV2_FRAGMENTATION_SUPPORTED) is not None
-    if offered and announces_fragmentation(sa):
+    wants_fragments = message.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+    if wants_fragments and announces_fragmentation(sa):
         sa.fragmentation_peer = True
-        payloads.append(base.p_notify(base.N_IKEV2_FRAGMENTATION_SUPPORTED))
-    sa.transition("init_answered")
+        payloads.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
+    sa.transition(IkeEvent.INIT_ANSWERED, now)
     return payloads

@@ -1,0 +1,144 @@
+"""How the cost of one IKE handshake grows with the number of established IKE SAs.
+
+Two in-process IkeManagers (sans-I/O, fake clock, no sockets) with N+1 peers each
+(FQDN identities, one shared PSK): N peers are brought up first, then one handshake
+(IKE_SA_INIT + IKE_AUTH with the first CHILD_SA, both sides' processing) is timed for
+the last peer, and deleted again.  The time is the CPU time of this process
+(``time.process_time``), so other load on the machine does not count.  After every
+datagram both managers are asked for their timer, as the daemon's loop does.  Rounds
+interleave the sizes; the medians are printed.  Never asserted anywhere (bench/README.md).
+
+    python3 bench/ike_scale.py                       # N = 0, 250, 1000; 15 rounds
+    python3 bench/ike_scale.py --sizes 0 250 --rounds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ipsecd.config import parse_config
+from ipsecd.ike.manager import IkeManager
+
+PSK = "0x" + "5a" * 32
+
+
+def address(side: str, i: int) -> str:
+    """Peer i's address on ``side``: every peer has its own pair of endpoints."""
+    return f"100.{64 if side == 'a' else 96}.{i // 250}.{i % 250 + 1}"
+
+
+def config_text(n: int, psk_file: Path, initiator: bool) -> str:
+    me, other = ("a", "b") if initiator else ("b", "a")
+    lines = [
+        "gateway:",
+        f"  listen: [{', '.join(address(me, i) for i in range(n))}]",
+        "peers:",
+    ]
+    for i in range(n):
+        local, remote = (f"a{i}.example", f"b{i}.example")
+        if not initiator:
+            local, remote = remote, local
+        lines += [
+            f"  - name: p{i}",
+            f"    local_address: {address(me, i)}",
+            f"    remote_address: {address(other, i)}",
+            f"    start: {'initiate' if initiator else 'respond'}",
+            f"    local_ts: [10.{1 if initiator else 2}.{i % 250}.0/24]",
+            f"    remote_ts: [10.{2 if initiator else 1}.{i % 250}.0/24]",
+            "    ike:",
+            "      proposals: [aes256gcm16-prfsha256-x25519]",
+            "    esp:",
+            "      proposals: [aes256gcm16]",
+            "    auth:",
+            f"      psk_file: {psk_file}",
+            f"      local_id: '@{local}'",
+            f"      remote_id: '@{remote}'",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+class Setup:
+    """Two managers with ``established`` IKE SAs up and one spare peer to time."""
+
+    def __init__(self, directory: Path, established: int) -> None:
+        psk_file = directory / "psk"
+        psk_file.write_text(PSK + "\n")
+        os.chmod(psk_file, 0o600)
+        peers = established + 1
+        a_yaml = config_text(peers, psk_file, True)
+        b_yaml = config_text(peers, psk_file, False)
+        self.now = 1000.0
+        self.a = IkeManager(parse_config(a_yaml, directory / "a.yaml"), self.now)
+        self.b = IkeManager(parse_config(b_yaml, directory / "b.yaml"), self.now)
+        self.spare = f"p{established}"
+        for i in range(established):
+            self.a.initiate(f"p{i}", self.now)
+            self.pump()
+        up = sum(s["state"] == "established" for s in self.a.status())
+        if up != established:
+            raise SystemExit(f"only {up} of {established} IKE SAs came up")
+
+    def pump(self) -> None:
+        moved = True
+        while moved:
+            moved = False
+            for mgr, other in ((self.a, self.b), (self.b, self.a)):
+                for d in mgr.datagrams_to_send():
+                    moved = True
+                    other.receive_datagram(d.data, d.remote, d.local, self.now)
+                    self.a.get_timer()
+                    self.b.get_timer()
+            for mgr in (self.a, self.b):
+                while mgr.next_event() is not None:
+                    pass
+
+    def handshake(self) -> float:
+        """CPU seconds for one IKE_SA_INIT + IKE_AUTH of the spare peer (then deleted again)."""
+        start = time.process_time()
+        self.a.initiate(self.spare, self.now)
+        self.pump()
+        elapsed = time.process_time() - start
+        sa = self.a.ike_sa(self.spare)
+        if sa is None or sa.state.value != "established":
+            raise SystemExit(f"the timed handshake failed: {self.a.status()[-1]}")
+        self.a.terminate(self.spare, self.now)
+        self.pump()
+        return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[0, 250, 1000])
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        setups = {}
+        for n in args.sizes:
+            directory = Path(tmp) / str(n)
+            directory.mkdir()
+            t0 = time.perf_counter()
+            setups[n] = Setup(directory, n)
+            print(f"set up {n} IKE SAs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        times: dict[int, list[float]] = {n: [] for n in args.sizes}
+        for _ in range(args.rounds):
+            for n in args.sizes:
+                times[n].append(setups[n].handshake())
+    base = statistics.median(times[args.sizes[0]])
+    print(f"{'established':>12} {'median ms':>10} {'min ms':>8} {'vs first':>9}")
+    for n in args.sizes:
+        median = statistics.median(times[n])
+        print(
+            f"{n:>12} {median * 1e3:>10.2f} {min(times[n]) * 1e3:>8.2f}"
+            f" {100 * (median / base - 1):>+8.1f}%"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
