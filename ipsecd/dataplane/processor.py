@@ -14,11 +14,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
+from typing import NamedTuple, cast
 
+from ipsecd.dataplane.offload import TcpSuperSegment, ToTun, TunRead, bulk
 from ipsecd.dataplane.sad import Address, InstalledChildSa, SaDatabase
+from ipsecd.dataplane.udp import Received
 from ipsecd.esp.counters import DropReason
 from ipsecd.esp.sa import SequenceNumberExhausted
-from ipsecd.esp.udp_encap import DatagramKind, classify
+from ipsecd.esp.udp_encap import DatagramKind, DatagramRun, classify
+
+Outgoing = bytes | DatagramRun  # an ESP or IKE datagram, or the bulk path's run of them
 
 # (packet, ip version, src, dst) -> True if taken (queued for an on-demand tunnel).
 NoSaHook = Callable[[bytes, int, int, int], bool]
@@ -33,14 +38,15 @@ class PacketProcessor:
         self.keepalives_received = 0
         self.no_sa: NoSaHook | None = None  # where a packet without SA goes (start: trap)
 
-    def from_tun(self, packets: Iterable[bytes]) -> dict[tuple[Address, Address], list[bytes]]:
+    def from_tun(self, packets: Iterable[TunRead]) -> dict[tuple[Address, Address], list[Outgoing]]:
         """Encapsulate inner packets; returns {(local, remote): [esp, ...]}.
 
         Consecutive packets between the same two addresses (the segments of
         one TCP super-segment, typically) share one SA lookup and are sealed
-        as one burst.
+        as one burst; a :class:`TcpSuperSegment` is cut and sealed in one go
+        by the bulk path and leaves as one :class:`DatagramRun`.
         """
-        out: dict[tuple[Address, Address], list[bytes]] = {}
+        out: dict[tuple[Address, Address], list[Outgoing]] = {}
         lookup = self.sad.lookup_outbound
         from_bytes = int.from_bytes
         src = dst = 0
@@ -48,6 +54,13 @@ class PacketProcessor:
         run_sa: InstalledChildSa | None = None
         last: bytes | None = None
         for packet in packets:
+            if not isinstance(packet, bytes):  # a super-segment for the bulk path
+                if run:
+                    self._seal(run_sa, run, out)  # type: ignore[arg-type]  # a run has its SA
+                    run = []
+                last = None
+                self._seal_segment(packet, out)
+                continue
             n = len(packet)
             if n < 20:
                 self.drops[DropReason.MALFORMED] += 1
@@ -76,6 +89,30 @@ class PacketProcessor:
             self._seal(run_sa, run, out)  # type: ignore[arg-type]  # a run has its SA
         return out
 
+    def _seal_segment(
+        self, seg: TcpSuperSegment, out: dict[tuple[Address, Address], list[Outgoing]]
+    ) -> None:
+        """A TCP super-segment: cut and sealed as one run where its SA allows (an AEAD),
+        else packet by packet like any burst."""
+        addrs = seg.addresses()
+        half = len(addrs) // 2
+        src, dst = int.from_bytes(addrs[:half], "big"), int.from_bytes(addrs[half:], "big")
+        sa = self.sad.lookup_outbound(seg.version, src, dst)
+        if sa is None:
+            for packet in seg.packets():
+                self._no_sa(packet, seg.version, src, dst)
+            return
+        fast = bulk()
+        try:
+            sealed = None if fast is None else fast.seal_segment(sa.outbound, seg)
+        except SequenceNumberExhausted:
+            self.drops["sequence_exhausted"] += seg.count
+            return
+        if sealed is None:
+            self._seal(sa, seg.packets(), out)
+        else:
+            out.setdefault((sa.local, sa.remote), []).append(sealed)
+
     def _no_sa(self, packet: bytes, version: int, src: int, dst: int) -> None:
         """An outbound packet that no installed SA covers (RFC 4301 §5.1).
 
@@ -95,28 +132,71 @@ class PacketProcessor:
         self,
         sa: InstalledChildSa,
         run: list[bytes],
-        out: dict[tuple[Address, Address], list[bytes]],
+        out: dict[tuple[Address, Address], list[Outgoing]],
     ) -> None:
-        key = (sa.local, sa.remote)
-        bucket = out.get(key)
-        if bucket is None:
-            bucket = out[key] = []
+        bucket = out.setdefault((sa.local, sa.remote), [])
         try:
-            sa.outbound.seal_burst(run, bucket)
+            # seal_burst only appends bytes; the bucket may also hold the bulk path's runs.
+            sa.outbound.seal_burst(run, cast(list[bytes], bucket))
         except SequenceNumberExhausted:
             self.drops["sequence_exhausted"] += len(run)
 
     def from_udp(
-        self, datagrams: Iterable[tuple[bytes | memoryview, Address]]
-    ) -> tuple[list[bytes], list[tuple[bytes, Address]], list[tuple[InstalledChildSa, Address]]]:
+        self, datagrams: Iterable[tuple[Received, Address]]
+    ) -> tuple[list[ToTun], list[tuple[bytes, Address]], list[tuple[InstalledChildSa, Address]]]:
         """Demultiplex and decapsulate datagrams received on the NAT-T port.
 
         Returns (inner packets for TUN, IKE messages without the non-ESP
         marker, SAs whose authenticated packets came from a new address).
+        Consecutive GRO runs of one sender and one datagram size are opened as
+        one by the bulk path; what it declines goes datagram by datagram.
         """
-        to_tun: list[bytes] = []
-        ike: list[tuple[bytes, Address]] = []
-        moved: list[tuple[InstalledChildSa, Address]] = []
+        out = _Received([], [], [])
+        singles: list[tuple[bytes | memoryview, Address]] = []
+        runs: list[DatagramRun] = []
+        runs_from: Address | None = None
+        for data, remote in datagrams:
+            if isinstance(data, DatagramRun):
+                if singles:
+                    self._datagrams(singles, out)
+                    singles = []
+                if runs and (remote != runs_from or not _continues(runs, data)):
+                    self._runs(runs, runs_from, out)  # type: ignore[arg-type]  # runs have a sender
+                    runs = []
+                runs.append(data)
+                runs_from = remote
+                continue
+            if runs:
+                self._runs(runs, runs_from, out)  # type: ignore[arg-type]  # runs have a sender
+                runs = []
+            singles.append((data, remote))
+        if runs:
+            self._runs(runs, runs_from, out)  # type: ignore[arg-type]  # runs have a sender
+        if singles:
+            self._datagrams(singles, out)
+        return out.to_tun, out.ike, out.moved
+
+    def _runs(self, runs: list[DatagramRun], remote: Address, out: _Received) -> None:
+        """GRO runs from one sender: opened as one where the bulk path takes them."""
+        spi = int.from_bytes(runs[0].data[:4], "big")
+        sa = self.sad.by_spi.get(spi) if spi else None
+        fast = bulk()
+        opened = None if sa is None or fast is None else fast.open_rows(sa.inbound, runs)
+        if opened is None:
+            self._datagrams([(d, remote) for run in runs for d in run.datagrams()], out)
+            return
+        assert sa is not None
+        if isinstance(opened, list):
+            out.to_tun.extend(opened)
+        elif opened:
+            out.to_tun.append(opened)
+        if opened and remote != sa.remote:
+            out.moved.extend([(sa, remote)] * len(opened))
+
+    def _datagrams(
+        self, datagrams: list[tuple[bytes | memoryview, Address]], out: _Received
+    ) -> None:
+        """Datagram by datagram: IKE, keepalives, and ESP in runs of one SPI and sender."""
         run: list[bytes | memoryview] = []
         run_key: tuple[bytes | memoryview, Address] | None = None
         esp = DatagramKind.ESP
@@ -124,7 +204,7 @@ class PacketProcessor:
             kind, payload = classify(data)  # RFC 3948 §2.2
             if kind is not esp:
                 if kind is DatagramKind.IKE:
-                    ike.append((bytes(payload), remote))
+                    out.ike.append((bytes(payload), remote))
                 elif kind is DatagramKind.KEEPALIVE:
                     self.keepalives_received += 1
                 else:
@@ -134,20 +214,18 @@ class PacketProcessor:
             key = (spi, remote)
             if key != run_key:
                 if run:
-                    self._open(run_key, run, to_tun, moved)  # type: ignore[arg-type]  # a run has its key
+                    self._open(run_key, run, out)  # type: ignore[arg-type]  # a run has its key
                     run = []
                 run_key = key
             run.append(data)
         if run:
-            self._open(run_key, run, to_tun, moved)  # type: ignore[arg-type]  # a run has its key
-        return to_tun, ike, moved
+            self._open(run_key, run, out)  # type: ignore[arg-type]  # a run has its key
 
     def _open(
         self,
         key: tuple[bytes | memoryview, Address],
         run: list[bytes | memoryview],
-        to_tun: list[bytes],
-        moved: list[tuple[InstalledChildSa, Address]],
+        out: _Received,
     ) -> None:
         """Decapsulate consecutive datagrams with one SPI from one sender."""
         spi, remote = key
@@ -155,9 +233,34 @@ class PacketProcessor:
         if sa is None:
             self.drops[DropReason.UNKNOWN_SPI] += len(run)
             return
-        delivered = sa.inbound.open_burst(run, to_tun)
+        # open_burst only appends bytes; to_tun may also hold the bulk path's rows.
+        delivered = sa.inbound.open_burst(run, cast(list[bytes], out.to_tun))
         if delivered and remote != sa.remote:
-            moved.extend([(sa, remote)] * delivered)
+            out.moved.extend([(sa, remote)] * delivered)
+
+
+class _Received(NamedTuple):
+    """What :meth:`PacketProcessor.from_udp` collects."""
+
+    to_tun: list[ToTun]
+    ike: list[tuple[bytes, Address]]
+    moved: list[tuple[InstalledChildSa, Address]]
+
+
+MAX_RUN_ROWS = 256  # datagrams opened as one run at most
+
+
+def _continues(runs: list[DatagramRun], nxt: DatagramRun) -> bool:
+    """True if ``nxt`` may be opened with ``runs`` as one: the same datagram size and SPI,
+    the runs before it whole (no short last datagram), not too many rows."""
+    prev = runs[-1]
+    size = prev.size
+    return (
+        nxt.size == size
+        and not len(prev.data) % size
+        and nxt.data[:4] == prev.data[:4]
+        and sum(len(r) for r in runs) + len(nxt) <= MAX_RUN_ROWS
+    )
 
 
 def _link_scoped(src: int, dst: int) -> bool:

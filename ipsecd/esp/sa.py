@@ -165,7 +165,7 @@ class OutboundEspSa:
         self.seq = seq
         return seq
 
-    def encapsulate(self, inner: bytes, next_header: int) -> bytes:
+    def encapsulate(self, inner: bytes | memoryview, next_header: int) -> bytes:
         """Build one ESP packet (RFC 4303 §3.3) carrying ``inner``.
 
         ``next_header`` is 4 (IPv4) or 41 (IPv6) in tunnel mode, 59 for a dummy

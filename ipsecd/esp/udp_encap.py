@@ -42,6 +42,10 @@ class DatagramRun:
     def __len__(self) -> int:
         return -(-len(self.data) // self.size)
 
+    def __bytes__(self) -> bytes:
+        """The datagrams back to back, as one buffer (what GSO sends)."""
+        return bytes(self.data)
+
     def datagrams(self) -> list[memoryview]:
         """Each datagram as a view into ``data`` (no copy)."""
         view = memoryview(self.data)
