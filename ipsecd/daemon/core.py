@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,9 +56,11 @@ from ipsecd.daemon.status import (
     peer_status,
 )
 from ipsecd.dataplane.mtu import sa_max_inner, tun_mtu
-from ipsecd.dataplane.processor import PacketProcessor
+from ipsecd.dataplane.offload import ToTun, TunRead
+from ipsecd.dataplane.processor import Outgoing, PacketProcessor
 from ipsecd.dataplane.sad import Address, Inbound, InstalledChildSa, Outbound, SaDatabase
 from ipsecd.dataplane.trap import TrapQueue
+from ipsecd.dataplane.udp import Received
 from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
 from ipsecd.esp.udp_encap import frame
 from ipsecd.ike import events as ev
@@ -71,7 +73,7 @@ if TYPE_CHECKING:
     from ipsecd.dataplane.tun import IpNetwork
 
 #: ESP or IKE datagrams from one local endpoint to one remote endpoint, ready to send.
-Batch = tuple[Address, Address, list[bytes]]
+Batch = tuple[Address, Address, list[Outgoing]]
 #: Whole IP packets for a raw socket: (local address, IP protocol 50/51, remote address).
 RawBatch = tuple[str, int, str, list[bytes]]
 
@@ -259,7 +261,7 @@ class DaemonCore:
         self._sockets = frozenset(self._endpoints)
         self._outbox: list[Batch] = []
         self._raw_outbox: list[RawBatch] = []
-        self._to_tun: list[bytes] = []
+        self._to_tun: list[ToTun] = []
         self._routes: list[RouteChange] = []
         self._status_line = ""
         self.outcomes = Outcomes()  # control commands waiting for their outcome
@@ -340,7 +342,7 @@ class DaemonCore:
         out, self._raw_outbox = self._raw_outbox, []
         return out
 
-    def packets_to_tun(self) -> list[bytes]:
+    def packets_to_tun(self) -> list[ToTun]:
         out, self._to_tun = self._to_tun, []
         return out
 
@@ -421,14 +423,14 @@ class DaemonCore:
         return ConnsStatus.of(self.config)
 
     # -- packets -----------------------------------------------------------------------------
-    def from_tun(self, packets: list[bytes], now: float) -> None:
+    def from_tun(self, packets: Sequence[TunRead], now: float) -> None:
         """A burst of inner packets: sealed for their CHILD_SA, or waiting for it (trap)."""
         self.now = now
         self._send_inner(packets)
         self._start_on_demand(now)
 
     def from_udp(
-        self, datagrams: list[tuple[bytes | memoryview, Address]], local: Address, now: float
+        self, datagrams: list[tuple[Received, Address]], local: Address, now: float
     ) -> None:
         """A burst received on ``local``: IKE on the IKE port, ESP/IKE/keepalives on the
         NAT-T port (RFC 3948 §2.2)."""
@@ -457,7 +459,7 @@ class DaemonCore:
         self.now = now
         self._to_tun += self.processor.from_raw(packets, protocol)
 
-    def _send_inner(self, packets: list[bytes]) -> None:
+    def _send_inner(self, packets: Sequence[TunRead]) -> None:
         """Seal inner packets: a TUN burst, or the packets that waited for their CHILD_SA."""
         processor = self.processor
         for (local, remote), datagrams in processor.from_tun(packets).items():
