@@ -423,23 +423,27 @@ class DaemonCore:
         return ConnsStatus.of(self.config)
 
     # -- packets -----------------------------------------------------------------------------
-    def from_tun(self, packets: Sequence[TunRead], now: float) -> None:
-        """A burst of inner packets: sealed for their CHILD_SA, or waiting for it (trap)."""
+    def from_tun(self, packets: Sequence[TunRead], now: float) -> bool:
+        """A burst of inner packets: sealed for their CHILD_SA, or waiting for it (trap).
+
+        True if the IKE layer ran (an on-demand start): then the timer, the status line
+        and the control answers may have changed; False for packets alone, so that the
+        shell's shortest path only sends (:meth:`Daemon._flush_packets`)."""
         self.now = now
         self._send_inner(packets)
-        self._start_on_demand(now)
+        return self._start_on_demand(now)
 
     def from_udp(
         self, datagrams: list[tuple[Received, Address]], local: Address, now: float
-    ) -> None:
+    ) -> bool:
         """A burst received on ``local``: IKE on the IKE port, ESP/IKE/keepalives on the
-        NAT-T port (RFC 3948 §2.2)."""
+        NAT-T port (RFC 3948 §2.2).  True if the IKE layer ran (as :meth:`from_tun`)."""
         self.now = now
         gw = self.config.gateway
         if local[1] == gw.ike_port and local[1] != gw.port:
             for data, remote in datagrams:
                 self._ike_receive(bytes(data), local, remote, now)
-            return
+            return True
         to_tun, ike, moved = self.processor.from_udp(datagrams)
         self._to_tun += to_tun
         for data, remote in ike:
@@ -453,6 +457,7 @@ class DaemonCore:
                 for (peer, spi_in), remote in last.items():
                     self.ike.peer_moved(peer, spi_in, remote, now)
                 self._pump(now)
+        return bool(ike or moved)
 
     def from_raw(self, packets: list[bytes], protocol: int, now: float) -> None:
         """Whole IP packets a raw socket received for ``protocol`` (50 ESP, 51 AH)."""
@@ -471,11 +476,12 @@ class DaemonCore:
             self._raw_outbox.append((local_ip, protocol, remote_ip, raw))
         self._to_tun += processor.packets_to_tun()  # ICMP "too big" for inner senders
 
-    def _start_on_demand(self, now: float) -> None:
-        """Initiate the trap peers whose first packet just arrived (once per negotiation)."""
+    def _start_on_demand(self, now: float) -> bool:
+        """Initiate the trap peers whose first packet just arrived (once per negotiation);
+        True if there were any."""
         triggers = self.trap.take_triggers()
         if not triggers:
-            return
+            return False
         for key in triggers:
             name, child = _split_trap_key(key)
             if self.ike is None or name not in _ike_peers(self.config):
@@ -486,6 +492,7 @@ class DaemonCore:
             )
             self.ike.initiate(name, now, on_demand=True, children=(child,))
         self._pump(now)
+        return True
 
     # -- IKE ---------------------------------------------------------------------------------
     def _ike_receive(self, data: bytes, local: Address, remote: Address, now: float) -> None:

@@ -239,22 +239,26 @@ def open_rows(sa: InboundEspSa, runs: Sequence[DatagramRun]) -> PacketRows | lis
     else:
         aad = _PACKETS.views(size, 0, 8, count)
     nonce = _NONCES.views(12, 0, 12, count)
-    decrypt = aead._aead.decrypt
+    decrypt_into = aead._aead.decrypt_into
     base = full * size
+    ptlen = size - HEADER_IV - ICV
+    memory = _PACKETS.memory
     try:
-        plaintexts = list(
+        # In place: each ciphertext becomes its plaintext (the ICV after it is left).
+        collections.deque(
             map(
-                decrypt,
+                decrypt_into,
                 nonce[:full],
                 _PACKETS.views(size, HEADER_IV, size - HEADER_IV, count)[:full],
                 aad[:full],
-            )
+                _PACKETS.views(size, HEADER_IV, ptlen, count)[:full],
+            ),
+            maxlen=0,
         )
-        plaintexts.append(
-            decrypt(nonce[full], _PACKETS.memory[base + HEADER_IV : base + last], aad[full])
-        )
+        last_pt = bytearray(last - HEADER_IV - ICV)
+        decrypt_into(nonce[full], memory[base + HEADER_IV : base + last], aad[full], last_pt)
     except InvalidTag:
-        return None
+        return None  # the runs' own bytes are untouched: the caller opens them one by one
     # RFC 4303 §3.4.3: every packet is authentic, the window moves past all of them.
     top = seq0 + full
     shift = top - replay.top
@@ -263,16 +267,16 @@ def open_rows(sa: InboundEspSa, runs: Sequence[DatagramRun]) -> PacketRows | lis
         window if shift >= replay.size else (replay._bitmap << shift) | window
     ) & replay._mask
     replay.top = top
-    return _deliver(sa, plaintexts, size - HEADER_IV - ICV)
+    # Copied out of the workspace once for the run: the next run reuses it.
+    plain = rows[:full, HEADER_IV : HEADER_IV + ptlen].copy()
+    return _deliver(sa, plain, bytes(last_pt))
 
 
-def _deliver(sa: InboundEspSa, plaintexts: list[bytes], ptlen: int) -> PacketRows | list[bytes]:
-    """The trailer and selector checks of authentic plaintexts, all rows of ``ptlen``
-    bytes but the last: vectorized where one pad length and next header hold for every
-    row, else one by one (:meth:`InboundEspSa._accept`)."""
-    full = len(plaintexts) - 1
-    joined = b"".join(plaintexts)
-    rows: Rows = np.frombuffer(joined, np.uint8, full * ptlen).reshape(full, ptlen)
+def _deliver(sa: InboundEspSa, rows: Rows, last: bytes) -> PacketRows | list[bytes]:
+    """The trailer and selector checks of authentic plaintexts, ``rows`` of one length
+    then ``last``: vectorized where one pad length and next header hold for every row,
+    else one by one (:meth:`InboundEspSa._accept`)."""
+    full, ptlen = rows.shape
     pad = int(rows[0, ptlen - 2])
     next_header = int(rows[0, ptlen - 1])
     length = ptlen - 2 - pad
@@ -297,7 +301,7 @@ def _deliver(sa: InboundEspSa, plaintexts: list[bytes], ptlen: int) -> PacketRow
     if not regular:
         out: list[bytes] = []
         passed: bytes | None = None
-        for plaintext in plaintexts:
+        for plaintext in [*(row.tobytes() for row in rows), last]:
             passed = sa._accept(plaintext, out, passed, None)
         return out
     allowed = True
@@ -310,7 +314,7 @@ def _deliver(sa: InboundEspSa, plaintexts: list[bytes], ptlen: int) -> PacketRow
             sa.drops[verdict] += full
             allowed = False
     tail: list[bytes] = []
-    sa._accept(plaintexts[-1], tail, passed, None)
+    sa._accept(last, tail, passed, None)
     if not allowed:
         return tail
     sa.packets += full
