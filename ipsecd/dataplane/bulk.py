@@ -272,7 +272,12 @@ def coalesce_rows(packets: PacketRows) -> list[list[bytes | memoryview]] | None:
         return None
     # Every segment's TCP checksum verifies: pseudo header + segment = 0 mod 0xFFFF.
     seg_len = length - ip_hlen
-    words = rows[:, ip_hlen : ip_hlen + (seg_len & ~1)].view("=u2").sum(axis=1, dtype=np.uint64)
+    # 32-bit words: a native u4 is w0 + w1 * 65536, the same as w0 + w1 mod 0xFFFF, so
+    # half the elements to widen and add for the same sum (RFC 1071 §2(A)).
+    quads = seg_len & ~3
+    words = rows[:, ip_hlen : ip_hlen + quads].view("=u4").sum(axis=1, dtype=np.uint64)
+    if seg_len & 2:
+        words += rows[:, ip_hlen + quads : ip_hlen + quads + 2].view("=u2")[:, 0]
     sums = _network_order(words)
     if seg_len & 1:
         sums = sums + (rows[:, length - 1].astype(np.uint64) << 8)
