@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, cast
 
 from ipsecd.ah.sa import InboundAhSa, OutboundAhSa
@@ -296,7 +296,7 @@ class PacketProcessor:
         )
 
     def from_udp(
-        self, datagrams: Iterable[tuple[Received, Address]]
+        self, datagrams: Sequence[tuple[Received, Address]]
     ) -> tuple[list[ToTun], list[tuple[bytes, Address]], list[tuple[InstalledChildSa, Address]]]:
         """Demultiplex and decapsulate datagrams received on the NAT-T port.
 
@@ -306,6 +306,14 @@ class PacketProcessor:
         one by the bulk path; what it declines goes datagram by datagram.
         """
         out = _Received([], [], [])
+        if len(datagrams) == 1:  # a lone datagram (a ping, an ACK): the shortest path
+            data, remote = datagrams[0]
+            if not isinstance(data, DatagramRun):
+                if classify(data)[0] is DatagramKind.ESP:
+                    self._open((data[:4], remote), [data], out)
+                else:
+                    self._datagrams([(data, remote)], out)
+                return out.to_tun, out.ike, out.moved
         singles: list[tuple[bytes | memoryview, Address]] = []
         runs: list[DatagramRun] = []
         runs_from: Address | None = None
