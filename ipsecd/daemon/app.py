@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -138,19 +139,25 @@ class Daemon:
             self.log.warning("no kernel filter for oversized IKE datagrams", error=str(exc))
 
     # -- packet paths ----------------------------------------------------------------------
+    # Packets alone (the core says whether the IKE layer ran) take the shortest path out:
+    # send and write, with no timer, status or control work (_flush_packets).
     def _on_tun(self) -> None:
         assert self.tun is not None
         packets = self.tun.read_batch(BURST)
         if packets:
-            self.core.from_tun(packets, time.monotonic())
-            self._flush()
+            if self.core.from_tun(packets, time.monotonic()):
+                self._flush()
+            else:
+                self._flush_packets()
 
     def _on_udp(self, sock: UdpSocket) -> None:
         datagrams = sock.recv_batch(BURST)
         if datagrams:
-            self.core.from_udp(datagrams, sock.local, time.monotonic())
-            self._flush()
-            self._pause_ike_port()
+            if self.core.from_udp(datagrams, sock.local, time.monotonic()):
+                self._flush()
+                self._pause_ike_port()
+            else:
+                self._flush_packets()
 
     def _pause_ike_port(self) -> None:
         """New requests used up their share of our time (a flood): leave the IKE port
@@ -176,21 +183,26 @@ class Daemon:
         packets = sock.recv_batch(BURST)
         if packets:
             self.core.from_raw(packets, sock.protocol, time.monotonic())
-            self._flush()
+            self._flush_packets()
+
+    def _flush_packets(self) -> None:
+        """Send and write to TUN what the core sealed and opened."""
+        core = self.core
+        for local, remote, datagrams in core.datagrams_to_send():
+            self.sockets[local].send_batch(datagrams, remote)
+        for local_ip, protocol, remote_ip, packets in core.raw_to_send():
+            raw = self.raw_sockets.get((local_ip, protocol))
+            if raw is not None:
+                raw.send_batch(packets, remote_ip)
+        to_tun = core.packets_to_tun()
+        if to_tun and self.tun is not None:
+            self.tun.write_batch(to_tun)
 
     def _flush(self) -> None:
         """Carry out what the core asked for: send, write to TUN, answer the control
         commands whose outcome is known, re-arm the timer."""
-        for local, remote, datagrams in self.core.datagrams_to_send():
-            self.sockets[local].send_batch(datagrams, remote)
-        for local_ip, protocol, remote_ip, packets in self.core.raw_to_send():
-            raw = self.raw_sockets.get((local_ip, protocol))
-            if raw is not None:
-                raw.send_batch(packets, remote_ip)
+        self._flush_packets()
         self._answer_waiting()
-        to_tun = self.core.packets_to_tun()
-        if to_tun and self.tun is not None:
-            self.tun.write_batch(to_tun)
         status = self.core.status_line()
         if status != self._status_sent:
             self._status_sent = status
@@ -371,6 +383,10 @@ class Daemon:
             peers=[p.name for p in self.config.peers],
         )
         self.notifier.notify(ready=1, status=self.core.status_line())
+        # Everything built so far (modules, config, IKE state) lives as long as the daemon:
+        # out of the collector's sight, so that no collection on the packet path walks it.
+        gc.collect()
+        gc.freeze()
         if self.config.gateway.wakeup_interval_ms:
             self._wakeup()
         watchdog = self.notifier.watchdog_interval()

@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -62,9 +62,11 @@ from ipsecd.daemon.status import (
     peer_status,
 )
 from ipsecd.dataplane.mtu import sa_max_inner, tun_mtu
-from ipsecd.dataplane.processor import PacketProcessor
+from ipsecd.dataplane.offload import ToTun, TunRead
+from ipsecd.dataplane.processor import Outgoing, PacketProcessor
 from ipsecd.dataplane.sad import Address, Inbound, InstalledChildSa, Outbound, SaDatabase
 from ipsecd.dataplane.trap import TrapQueue
+from ipsecd.dataplane.udp import Received
 from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
 from ipsecd.esp.udp_encap import frame
 from ipsecd.ike import events as ev
@@ -77,7 +79,7 @@ if TYPE_CHECKING:
     from ipsecd.dataplane.tun import IpNetwork
 
 #: ESP or IKE datagrams from one local endpoint to one remote endpoint, ready to send.
-Batch = tuple[Address, Address, list[bytes]]
+Batch = tuple[Address, Address, list[Outgoing]]
 #: Whole IP packets for a raw socket: (local address, IP protocol 50/51, remote address).
 RawBatch = tuple[str, int, str, list[bytes]]
 
@@ -271,7 +273,7 @@ class DaemonCore:
         self._sockets = frozenset(self._endpoints)
         self._outbox: list[Batch] = []
         self._raw_outbox: list[RawBatch] = []
-        self._to_tun: list[bytes] = []
+        self._to_tun: list[ToTun] = []
         self._routes: list[RouteChange] = []
         self._status_line = ""
         self.outcomes = Outcomes()  # control commands waiting for their outcome
@@ -359,7 +361,7 @@ class DaemonCore:
         out, self._raw_outbox = self._raw_outbox, []
         return out
 
-    def packets_to_tun(self) -> list[bytes]:
+    def packets_to_tun(self) -> list[ToTun]:
         out, self._to_tun = self._to_tun, []
         return out
 
@@ -445,23 +447,27 @@ class DaemonCore:
         return ConnsStatus.of(self.config)
 
     # -- packets -----------------------------------------------------------------------------
-    def from_tun(self, packets: list[bytes], now: float) -> None:
-        """A burst of inner packets: sealed for their CHILD_SA, or waiting for it (trap)."""
+    def from_tun(self, packets: Sequence[TunRead], now: float) -> bool:
+        """A burst of inner packets: sealed for their CHILD_SA, or waiting for it (trap).
+
+        True if the IKE layer ran (an on-demand start): then the timer, the status line
+        and the control answers may have changed; False for packets alone, so that the
+        shell's shortest path only sends (:meth:`Daemon._flush_packets`)."""
         self.now = now
         self._send_inner(packets)
-        self._start_on_demand(now)
+        return self._start_on_demand(now)
 
     def from_udp(
-        self, datagrams: list[tuple[bytes | memoryview, Address]], local: Address, now: float
-    ) -> None:
+        self, datagrams: list[tuple[Received, Address]], local: Address, now: float
+    ) -> bool:
         """A burst received on ``local``: IKE on the IKE port, ESP/IKE/keepalives on the
-        NAT-T port (RFC 3948 §2.2)."""
+        NAT-T port (RFC 3948 §2.2).  True if the IKE layer ran (as :meth:`from_tun`)."""
         self.now = now
         gw = self.config.gateway
         if local[1] == gw.ike_port and local[1] != gw.port:
             for data, remote in datagrams:
-                self._ike_receive(data, local, remote, now)
-            return
+                self._ike_receive(bytes(data), local, remote, now)
+            return True
         to_tun, ike, moved = self.processor.from_udp(datagrams)
         self._to_tun += to_tun
         for data, remote in ike:
@@ -475,13 +481,14 @@ class DaemonCore:
                 for (peer, spi_in), remote in last.items():
                     self.ike.peer_moved(peer, spi_in, remote, now)
                 self._pump(now)
+        return bool(ike or moved)
 
     def from_raw(self, packets: list[bytes], protocol: int, now: float) -> None:
         """Whole IP packets a raw socket received for ``protocol`` (50 ESP, 51 AH)."""
         self.now = now
         self._to_tun += self.processor.from_raw(packets, protocol)
 
-    def _send_inner(self, packets: list[bytes]) -> None:
+    def _send_inner(self, packets: Sequence[TunRead]) -> None:
         """Seal inner packets: a TUN burst, or the packets that waited for their CHILD_SA."""
         processor = self.processor
         for (local, remote), datagrams in processor.from_tun(packets).items():
@@ -493,11 +500,12 @@ class DaemonCore:
             self._raw_outbox.append((local_ip, protocol, remote_ip, raw))
         self._to_tun += processor.packets_to_tun()  # ICMP "too big" for inner senders
 
-    def _start_on_demand(self, now: float) -> None:
-        """Initiate the trap peers whose first packet just arrived (once per negotiation)."""
+    def _start_on_demand(self, now: float) -> bool:
+        """Initiate the trap peers whose first packet just arrived (once per negotiation);
+        True if there were any."""
         triggers = self.trap.take_triggers()
         if not triggers:
-            return
+            return False
         for key in triggers:
             name, child = _split_trap_key(key)
             if self.ike is None or name not in _ike_peers(self.config):
@@ -508,6 +516,7 @@ class DaemonCore:
             )
             self.ike.initiate(name, now, on_demand=True, children=(child,))
         self._pump(now)
+        return True
 
     # -- IKE ---------------------------------------------------------------------------------
     def _ike_receive(

@@ -26,18 +26,28 @@ the per-segment payload sums of a super-segment are taken in one numpy call.
 
 from __future__ import annotations
 
+import importlib
+import os
 import struct
+from types import ModuleType
+from typing import TYPE_CHECKING, TypeAlias
 
-import numpy as np
+if TYPE_CHECKING:
+    from ipsecd.esp.rows import PacketRows
 
 __all__ = [
     "VNET_HDR",
     "VNET_HDR_LEN",
     "ZERO_VNET_HDR",
+    "TcpSuperSegment",
+    "ToTun",
+    "TunRead",
+    "bulk",
     "complete_checksum",
     "checksum_ok",
     "coalesce",
     "ones_sum",
+    "parse_read",
     "split_super_segment",
 ]
 
@@ -66,6 +76,30 @@ _U16 = struct.Struct("!H")
 # TCP header up to the checksum: ports, seq, ack, data offset, flags, window, checksum.
 _TCP_HEAD = struct.Struct("!4sI4sBB2sH")
 _MOD = 0xFFFF
+
+
+_bulk: ModuleType | None | bool = False  # not tried yet
+
+
+def bulk() -> ModuleType | None:
+    """:mod:`ipsecd.dataplane.bulk`, the numpy-backed bulk path, imported on first use.
+
+    numpy costs some 13 MB of memory that a gateway without bulk traffic never needs, so
+    the first super-segment or GRO run imports it, not the start-up.  None, from then
+    on, where it cannot be imported (numpy missing, or an installation the service
+    account may not read after the privilege drop): every burst then takes the
+    one-packet paths, which need no numpy.
+    """
+    global _bulk
+    if _bulk is False:
+        # numpy's OpenBLAS would start a thread per core that the data plane never uses:
+        # memory, and a spin on the first burst.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        try:
+            _bulk = importlib.import_module("ipsecd.dataplane.bulk")
+        except ImportError:
+            _bulk = None
+    return _bulk  # type: ignore[return-value]  # the module or None once tried
 
 
 def ones_sum(data: bytes | bytearray | memoryview) -> int:
@@ -112,27 +146,68 @@ def complete_checksum(packet: bytes, csum_start: int, csum_offset: int) -> bytes
 
 
 def _payload_sums(payload: memoryview, mss: int) -> list[int]:
-    """Ones'-complement sums (unreduced) of each ``mss``-sized slice of ``payload``."""
-    n = len(payload)
-    full = n // mss
-    if full and not mss & 1:
-        words = np.frombuffer(payload, dtype=">u2", count=full * mss // 2)
-        sums: list[int] = words.reshape(full, mss // 2).sum(axis=1, dtype=np.uint64).tolist()
-    else:
-        sums = [ones_sum(payload[i * mss : (i + 1) * mss]) for i in range(full)]
-    if full * mss < n:
-        sums.append(ones_sum(payload[full * mss :]))
-    return sums
+    """Ones'-complement sums (reduced mod 0xFFFF) of each ``mss``-sized slice of ``payload``."""
+    fast = bulk()
+    if fast is not None:
+        sums: list[int] = fast.payload_sums(payload, mss)
+        return sums
+    return [ones_sum(payload[i : i + mss]) for i in range(0, len(payload), mss)]
 
 
-def split_super_segment(header: bytes | memoryview, packet: bytes) -> list[bytes] | None:
-    """Turn one TUN read (virtio header + IP packet) into ordinary IP packets.
+class TcpSuperSegment:
+    """One TUN read carrying a TCP super-segment (GSO_TCPV4/V6), parsed but not yet cut.
+
+    ``count`` packets of ``gso_size`` bytes of payload each but the last
+    (``last_size``), behind copies of the ``hlen`` bytes of IP and TCP header
+    (``csum_start`` of them IP).  :meth:`packets` cuts it one packet at a time;
+    the bulk path writes the packets straight into the rows it seals
+    (``ipsecd.dataplane.bulk.write_segments``).
+    """
+
+    __slots__ = (
+        "packet",
+        "version",
+        "csum_start",
+        "tcp_hlen",
+        "hlen",
+        "gso_size",
+        "count",
+        "last_size",
+    )
+
+    def __init__(self, packet: bytes, version: int, csum_start: int, gso_size: int) -> None:
+        self.packet = packet
+        self.version = version
+        self.csum_start = csum_start
+        self.tcp_hlen = (packet[csum_start + 12] >> 4) * 4
+        self.hlen = csum_start + self.tcp_hlen
+        self.gso_size = gso_size
+        payload = len(packet) - self.hlen
+        self.count = -(-payload // gso_size)
+        self.last_size = payload - (self.count - 1) * gso_size
+
+    def length(self, last: bool = False) -> int:
+        """The length of each packet but the last, or of the last one."""
+        return self.hlen + (self.last_size if last else self.gso_size)
+
+    def addresses(self) -> bytes:
+        """Source and destination address, as the outbound SA lookup reads them."""
+        return self.packet[12:20] if self.version == 4 else self.packet[8:40]
+
+    def packets(self) -> list[bytes]:
+        """The ordinary IP packets, each with its own IP id / length / header checksum,
+        sequence number, flags (CWR only on the first, FIN and PSH only on the last) and a
+        full TCP checksum (what the kernel's tcp_gso_segment produces)."""
+        return _cut(self)
+
+
+def parse_read(header: bytes | memoryview, packet: bytes) -> bytes | TcpSuperSegment | None:
+    """One TUN read (virtio header + IP packet): a packet, or a super-segment to cut.
 
     A GSO_NONE packet comes back as it is, with its checksum completed when the
-    header says ``NEEDS_CSUM``.  A TCP super-segment (GSO_TCPV4/V6) is cut into
-    ``gso_size`` payload pieces, each with a full TCP checksum.  Returns None
-    for anything malformed or of a GSO type we did not enable (the caller
-    counts it and drops it).
+    header says ``NEEDS_CSUM``.  A TCP super-segment (GSO_TCPV4/V6) comes back
+    as a :class:`TcpSuperSegment`.  None for anything malformed or of a GSO type
+    we did not enable (the caller counts it and drops it).
     """
     if len(header) != VNET_HDR_LEN:
         return None
@@ -141,9 +216,8 @@ def split_super_segment(header: bytes | memoryview, packet: bytes) -> list[bytes
     n = len(packet)
     if kind == VIRTIO_NET_HDR_GSO_NONE:
         if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-            done = complete_checksum(packet, csum_start, csum_offset)
-            return None if done is None else [done]
-        return [packet]
+            return complete_checksum(packet, csum_start, csum_offset)
+        return packet
     if kind == VIRTIO_NET_HDR_GSO_TCPV4:
         if n < 40 or packet[0] >> 4 != 4 or (packet[0] & 0x0F) * 4 != csum_start:
             return None
@@ -159,9 +233,35 @@ def split_super_segment(header: bytes | memoryview, packet: bytes) -> list[bytes
     if csum_start + 20 > n or gso_size == 0:
         return None
     tcp_hlen = (packet[csum_start + 12] >> 4) * 4
-    hlen = csum_start + tcp_hlen
-    if tcp_hlen < 20 or hlen >= n:
+    if tcp_hlen < 20 or csum_start + tcp_hlen >= n:
         return None
+    return TcpSuperSegment(packet, version, csum_start, gso_size)
+
+
+# What a TUN read gives: packets, and super-segments the bulk path seals whole.
+TunRead: TypeAlias = "bytes | TcpSuperSegment"
+# What a TUN write takes: packets, and the bulk path's opened rows.
+ToTun: TypeAlias = "bytes | PacketRows"
+
+
+def split_super_segment(header: bytes | memoryview, packet: bytes) -> list[bytes] | None:
+    """Turn one TUN read (virtio header + IP packet) into ordinary IP packets
+    (:func:`parse_read`, then :meth:`TcpSuperSegment.packets`)."""
+    read = parse_read(header, packet)
+    if read is None or isinstance(read, bytes):
+        return None if read is None else [read]
+    return read.packets()
+
+
+def _cut(seg: TcpSuperSegment) -> list[bytes]:
+    """:meth:`TcpSuperSegment.packets`, one packet at a time."""
+    packet = seg.packet
+    version = seg.version
+    csum_start = seg.csum_start
+    tcp_hlen = seg.tcp_hlen
+    hlen = seg.hlen
+    gso_size = seg.gso_size
+    n = len(packet)
     view = memoryview(packet)
     payload = view[hlen:]
     sums = _payload_sums(payload, gso_size)
@@ -393,49 +493,58 @@ def _merge(run: _Run) -> list[list[bytes | memoryview]]:
     ip_hlen = run.ip_hlen
     hlen = run.hlen
     first = packets[0]
-    version = 4 if ip_hlen == 20 else 6
-    addr_sum = int.from_bytes(first[12:20] if version == 4 else first[8:40], "big")
+    addr_sum = int.from_bytes(first[12:20] if ip_hlen == 20 else first[8:40], "big")
     count = len(packets)
     length = run.length
     payload = b"".join([memoryview(p)[hlen:] for p in packets])
     # Verify every segment's checksum with one reduction: each valid segment sums
-    # to 0 mod 0xFFFF, so their total does; the payloads are summed in one numpy call.
+    # to 0 mod 0xFFFF, so their total does; the payloads are summed in one go.
     from_bytes = int.from_bytes
     total = count * (addr_sum + IPPROTO_TCP + hlen - ip_hlen) + length - hlen
     for p in packets:
         total += from_bytes(p[ip_hlen:hlen], "big")
-    if run.gso_size & 1:
+    fast = bulk()
+    if run.gso_size & 1 or fast is None:
         for p in packets:
             total += ones_sum(memoryview(p)[hlen:])
     else:
-        total += int(np.frombuffer(payload, ">u2", len(payload) // 2).sum(dtype=np.uint64))
-        if len(payload) & 1:
-            total += payload[-1] << 8
+        total += fast.word_sum(payload)
     if total % _MOD:
         return [[ZERO_VNET_HDR, p] for p in packets]
+    psh = packets[-1][ip_hlen + 13] & TCP_PSH
+    return [[*gso_headers(first, ip_hlen, hlen, length, run.gso_size, psh), payload]]
+
+
+def gso_headers(
+    first: bytes | memoryview, ip_hlen: int, hlen: int, length: int, gso_size: int, psh: int
+) -> list[bytes]:
+    """Virtio header, IP and TCP header of one GSO write of ``length`` bytes in all, built
+    from the first segment's headers (``hlen`` bytes, ``ip_hlen`` of them IP) with the
+    total length, ``psh`` added to the flags and the TCP checksum left to the kernel
+    (``NEEDS_CSUM``: the field holds the folded pseudo-header sum)."""
     tcp_len = length - ip_hlen
-    if version == 4:
+    if ip_hlen == 20:
         b0, tos, _total, ip_id, frag, ttl, proto, _ = _IPV4_HEAD.unpack_from(first, 0)
+        addrs = bytes(first[12:20])
         head = _IPV4_HEAD.pack(b0, tos, length, ip_id, frag, ttl, proto, 0)
-        ip_check = _csum_field(ones_sum(head) + ones_sum(first[12:20]))
-        ip_head = _IPV4_HEAD.pack(b0, tos, length, ip_id, frag, ttl, proto, ip_check) + first[12:20]
+        ip_check = _csum_field(ones_sum(head) + ones_sum(addrs))
+        ip_head = _IPV4_HEAD.pack(b0, tos, length, ip_id, frag, ttl, proto, ip_check) + addrs
         gso_type = VIRTIO_NET_HDR_GSO_TCPV4
     else:
-        ip_head = first[:4] + _U16.pack(tcp_len) + first[6:40]
+        addrs = bytes(first[8:40])
+        ip_head = b"".join((first[:4], _U16.pack(tcp_len), first[6:40]))
         gso_type = VIRTIO_NET_HDR_GSO_TCPV6
-    flags = first[ip_hlen + 13] | (packets[-1][ip_hlen + 13] & TCP_PSH)
-    # NEEDS_CSUM: the field holds the folded pseudo-header sum; the kernel completes it.
-    pseudo = (addr_sum + IPPROTO_TCP + tcp_len) % _MOD or 0xFFFF
+    pseudo = (int.from_bytes(addrs, "big") + IPPROTO_TCP + tcp_len) % _MOD or 0xFFFF
     tcp_head = b"".join(
         (
             first[ip_hlen : ip_hlen + 13],
-            bytes((flags,)),
+            bytes((first[ip_hlen + 13] | psh,)),
             first[ip_hlen + 14 : ip_hlen + 16],
             _U16.pack(pseudo),
             first[ip_hlen + 18 : hlen],
         )
     )
     vnet = VNET_HDR.pack(
-        VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, hlen, run.gso_size, ip_hlen, TCP_CSUM_OFFSET
+        VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, hlen, gso_size, ip_hlen, TCP_CSUM_OFFSET
     )
-    return [[vnet, ip_head, tcp_head, payload]]
+    return [vnet, ip_head, tcp_head]

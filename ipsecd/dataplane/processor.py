@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple, cast
 
 from ipsecd.ah.sa import InboundAhSa, OutboundAhSa
 from ipsecd.dataplane.icmp import IPV6_MIN_MTU, fragment_ipv4, may_fragment, too_big
+from ipsecd.dataplane.offload import TcpSuperSegment, ToTun, TunRead, bulk
 from ipsecd.dataplane.rawip import OuterHeader, own_identification
 from ipsecd.dataplane.sad import Address, InstalledChildSa, SaDatabase
+from ipsecd.dataplane.udp import Received
 from ipsecd.esp.counters import DropReason
 from ipsecd.esp.inner import next_header_for
 from ipsecd.esp.sa import InboundEspSa, OutboundEspSa, SequenceNumberExhausted
@@ -47,7 +50,9 @@ from ipsecd.esp.transport import (
     locate_ipsec_header,
     split_for_transport,
 )
-from ipsecd.esp.udp_encap import DatagramKind, classify
+from ipsecd.esp.udp_encap import DatagramKind, DatagramRun, classify
+
+Outgoing = bytes | DatagramRun  # an ESP or IKE datagram, or the bulk path's run of them
 
 # (packet, ip version, src, dst) -> True if taken (queued for an on-demand tunnel).
 NoSaHook = Callable[[bytes, int, int, int], bool]
@@ -89,14 +94,15 @@ class PacketProcessor:
         out, self._to_tun = self._to_tun, []
         return out
 
-    def from_tun(self, packets: Iterable[bytes]) -> dict[tuple[Address, Address], list[bytes]]:
+    def from_tun(self, packets: Iterable[TunRead]) -> dict[tuple[Address, Address], list[Outgoing]]:
         """Encapsulate inner packets; returns {(local, remote): [esp, ...]}.
 
         Consecutive packets between the same two addresses (the segments of
         one TCP super-segment, typically) share one SA lookup and are sealed
-        as one burst.
+        as one burst; a :class:`TcpSuperSegment` is cut and sealed in one go
+        by the bulk path and leaves as one :class:`DatagramRun`.
         """
-        out: dict[tuple[Address, Address], list[bytes]] = {}
+        out: dict[tuple[Address, Address], list[Outgoing]] = {}
         lookup = self.sad.lookup_outbound
         from_bytes = int.from_bytes
         src = dst = 0
@@ -104,6 +110,13 @@ class PacketProcessor:
         run_sa: InstalledChildSa | None = None
         last: bytes | None = None
         for packet in packets:
+            if not isinstance(packet, bytes):  # a super-segment for the bulk path
+                if run:
+                    self._seal(run_sa, run, out)  # type: ignore[arg-type]  # a run has its SA
+                    run = []
+                last = None
+                self._seal_segment(packet, out)
+                continue
             n = len(packet)
             if n < 20:
                 self.drops[DropReason.MALFORMED] += 1
@@ -134,6 +147,40 @@ class PacketProcessor:
         if run:
             self._seal(run_sa, run, out)  # type: ignore[arg-type]  # a run has its SA
         return out
+
+    def _seal_segment(
+        self, seg: TcpSuperSegment, out: dict[tuple[Address, Address], list[Outgoing]]
+    ) -> None:
+        """A TCP super-segment: cut and sealed as one run where its SA allows (an AEAD),
+        else packet by packet like any burst."""
+        addrs = seg.addresses()
+        half = len(addrs) // 2
+        src, dst = int.from_bytes(addrs[:half], "big"), int.from_bytes(addrs[half:], "big")
+        sa = self.sad.lookup_outbound(seg.version, src, dst)
+        if sa is None:
+            for packet in seg.packets():
+                self._no_sa(packet, seg.version, src, dst)
+            return
+        fast = bulk() if sa.fast and seg.length() <= sa.max_inner else None
+        if fast is None:  # transport mode, AH, raw IP, too big: packet by packet
+            run: list[bytes] = []
+            for packet in seg.packets():
+                if len(packet) > sa.max_inner:
+                    self._too_big(sa, packet, run)
+                else:
+                    run.append(packet)
+            if run:
+                self._seal(sa, run, out)
+            return
+        try:
+            sealed = fast.seal_segment(sa.outbound, seg)
+        except SequenceNumberExhausted:
+            self.drops["sequence_exhausted"] += seg.count
+            return
+        if sealed is None:
+            self._seal(sa, seg.packets(), out)
+        else:
+            out.setdefault((sa.local, sa.remote), []).append(sealed)
 
     def _no_sa(self, packet: bytes, version: int, src: int, dst: int) -> None:
         """An outbound packet that no installed SA covers (RFC 4301 §5.1).
@@ -185,17 +232,17 @@ class PacketProcessor:
         self,
         sa: InstalledChildSa,
         run: list[bytes],
-        out: dict[tuple[Address, Address], list[bytes]],
+        out: dict[tuple[Address, Address], list[Outgoing]],
     ) -> None:
         if not sa.fast:
             self._seal_one_by_one(sa, run, out)
             return
-        key = (sa.local, sa.remote)
-        bucket = out.get(key)
+        bucket = out.get((sa.local, sa.remote))
         if bucket is None:
-            bucket = out[key] = []
+            bucket = out[sa.local, sa.remote] = []
         try:
-            sa.outbound.seal_burst(run, bucket)  # type: ignore[union-attr]  # fast: ESP
+            # seal_burst only appends bytes; the bucket may also hold the bulk path's runs.
+            sa.outbound.seal_burst(run, cast(list[bytes], bucket))  # type: ignore[union-attr]  # fast: ESP
         except SequenceNumberExhausted:
             self.drops["sequence_exhausted"] += len(run)
 
@@ -203,11 +250,12 @@ class PacketProcessor:
         self,
         sa: InstalledChildSa,
         run: list[bytes],
-        out: dict[tuple[Address, Address], list[bytes]],
+        out: dict[tuple[Address, Address], list[Outgoing]],
     ) -> None:
         """Transport mode, AH, ESP directly over IP: one packet at a time."""
-        if sa.encap:
-            bucket = out.setdefault((sa.local, sa.remote), [])
+        bucket: list[bytes]
+        if sa.encap:  # only bytes go in; the bucket may also hold the bulk path's runs
+            bucket = cast(list[bytes], out.setdefault((sa.local, sa.remote), []))
         else:
             bucket = self._raw.setdefault((sa.local[0], _protocol(sa), sa.remote[0]), [])
         seal = self._sealer(sa)
@@ -248,16 +296,69 @@ class PacketProcessor:
         )
 
     def from_udp(
-        self, datagrams: Iterable[tuple[bytes | memoryview, Address]]
-    ) -> tuple[list[bytes], list[tuple[bytes, Address]], list[tuple[InstalledChildSa, Address]]]:
+        self, datagrams: Sequence[tuple[Received, Address]]
+    ) -> tuple[list[ToTun], list[tuple[bytes, Address]], list[tuple[InstalledChildSa, Address]]]:
         """Demultiplex and decapsulate datagrams received on the NAT-T port.
 
         Returns (inner packets for TUN, IKE messages without the non-ESP
         marker, SAs whose authenticated packets came from a new address).
+        Consecutive GRO runs of one sender and one datagram size are opened as
+        one by the bulk path; what it declines goes datagram by datagram.
         """
-        to_tun: list[bytes] = []
-        ike: list[tuple[bytes, Address]] = []
-        moved: list[tuple[InstalledChildSa, Address]] = []
+        out = _Received([], [], [])
+        if len(datagrams) == 1:  # a lone datagram (a ping, an ACK): the shortest path
+            data, remote = datagrams[0]
+            if not isinstance(data, DatagramRun):
+                if classify(data)[0] is DatagramKind.ESP:
+                    self._open((data[:4], remote), [data], out)
+                else:
+                    self._datagrams([(data, remote)], out)
+                return out.to_tun, out.ike, out.moved
+        singles: list[tuple[bytes | memoryview, Address]] = []
+        runs: list[DatagramRun] = []
+        runs_from: Address | None = None
+        for data, remote in datagrams:
+            if isinstance(data, DatagramRun):
+                if singles:
+                    self._datagrams(singles, out)
+                    singles = []
+                if runs and (remote != runs_from or not _continues(runs, data)):
+                    self._runs(runs, runs_from, out)  # type: ignore[arg-type]  # runs have a sender
+                    runs = []
+                runs.append(data)
+                runs_from = remote
+                continue
+            if runs:
+                self._runs(runs, runs_from, out)  # type: ignore[arg-type]  # runs have a sender
+                runs = []
+            singles.append((data, remote))
+        if runs:
+            self._runs(runs, runs_from, out)  # type: ignore[arg-type]  # runs have a sender
+        if singles:
+            self._datagrams(singles, out)
+        return out.to_tun, out.ike, out.moved
+
+    def _runs(self, runs: list[DatagramRun], remote: Address, out: _Received) -> None:
+        """GRO runs from one sender: opened as one where the bulk path takes them."""
+        spi = int.from_bytes(runs[0].data[:4], "big")
+        sa = self.sad.by_spi.get(spi) if spi else None
+        fast = bulk() if sa is not None and sa.fast else None  # tunnel-mode ESP in UDP
+        opened = None if fast is None else fast.open_rows(sa.inbound, runs)  # type: ignore[union-attr]
+        if opened is None:
+            self._datagrams([(d, remote) for run in runs for d in run.datagrams()], out)
+            return
+        assert sa is not None
+        if isinstance(opened, list):
+            out.to_tun.extend(opened)
+        elif opened:
+            out.to_tun.append(opened)
+        if opened and remote != sa.remote:
+            out.moved.extend([(sa, remote)] * len(opened))
+
+    def _datagrams(
+        self, datagrams: list[tuple[bytes | memoryview, Address]], out: _Received
+    ) -> None:
+        """Datagram by datagram: IKE, keepalives, and ESP in runs of one SPI and sender."""
         run: list[bytes | memoryview] = []
         run_key: tuple[bytes | memoryview, Address] | None = None
         esp = DatagramKind.ESP
@@ -265,7 +366,7 @@ class PacketProcessor:
             kind, payload = classify(data)  # RFC 3948 §2.2
             if kind is not esp:
                 if kind is DatagramKind.IKE:
-                    ike.append((bytes(payload), remote))
+                    out.ike.append((bytes(payload), remote))
                 elif kind is DatagramKind.KEEPALIVE:
                     self.keepalives_received += 1
                 else:
@@ -275,20 +376,18 @@ class PacketProcessor:
             key = (spi, remote)
             if key != run_key:
                 if run:
-                    self._open(run_key, run, to_tun, moved)  # type: ignore[arg-type]  # a run has its key
+                    self._open(run_key, run, out)  # type: ignore[arg-type]  # a run has its key
                     run = []
                 run_key = key
             run.append(data)
         if run:
-            self._open(run_key, run, to_tun, moved)  # type: ignore[arg-type]  # a run has its key
-        return to_tun, ike, moved
+            self._open(run_key, run, out)  # type: ignore[arg-type]  # a run has its key
 
     def _open(
         self,
         key: tuple[bytes | memoryview, Address],
         run: list[bytes | memoryview],
-        to_tun: list[bytes],
-        moved: list[tuple[InstalledChildSa, Address]],
+        out: _Received,
     ) -> None:
         """Decapsulate consecutive datagrams with one SPI from one sender."""
         spi, remote = key
@@ -296,12 +395,14 @@ class PacketProcessor:
         if sa is None or sa.protocol != "esp":  # AH never travels in UDP (RFC 3948)
             self.drops[DropReason.UNKNOWN_SPI] += len(run)
             return
+        # Both only append bytes; to_tun may also hold the bulk path's rows.
+        to_tun = cast(list[bytes], out.to_tun)
         if sa.mode == "transport":
             delivered = self._open_transport_udp(sa, run, remote, to_tun)
         else:
             delivered = sa.inbound.open_burst(run, to_tun)  # type: ignore[union-attr]  # ESP
         if delivered and remote != sa.remote:
-            moved.extend([(sa, remote)] * delivered)
+            out.moved.extend([(sa, remote)] * delivered)
 
     def _open_transport_udp(
         self,
@@ -392,6 +493,30 @@ class PacketProcessor:
             inbound.drops[DropReason.OUTSIDE_SELECTORS] += 1
             return None
         return inner
+
+
+class _Received(NamedTuple):
+    """What :meth:`PacketProcessor.from_udp` collects."""
+
+    to_tun: list[ToTun]
+    ike: list[tuple[bytes, Address]]
+    moved: list[tuple[InstalledChildSa, Address]]
+
+
+MAX_RUN_ROWS = 256  # datagrams opened as one run at most
+
+
+def _continues(runs: list[DatagramRun], nxt: DatagramRun) -> bool:
+    """True if ``nxt`` may be opened with ``runs`` as one: the same datagram size and SPI,
+    the runs before it whole (no short last datagram), not too many rows."""
+    prev = runs[-1]
+    size = prev.size
+    return (
+        nxt.size == size
+        and not len(prev.data) % size
+        and nxt.data[:4] == prev.data[:4]
+        and sum(len(r) for r in runs) + len(nxt) <= MAX_RUN_ROWS
+    )
 
 
 def _protocol(sa: InstalledChildSa) -> int:

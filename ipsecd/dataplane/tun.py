@@ -22,7 +22,7 @@ import errno
 import fcntl
 import ipaddress
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import pytun
 from pyroute2 import AsyncIPRoute, NetlinkError
@@ -30,8 +30,11 @@ from pyroute2 import AsyncIPRoute, NetlinkError
 from ipsecd.dataplane.offload import (
     VNET_HDR_LEN,
     ZERO_VNET_HDR,
+    ToTun,
+    TunRead,
+    bulk,
     coalesce,
-    split_super_segment,
+    parse_read,
 )
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -77,13 +80,25 @@ class TunDevice:
         with contextlib.suppress(pytun.Error, OSError):
             device.persist(False)
         self._device = device
-        self.name: str = device.name
-        self.fd: int = fd
-        self.offload = offload
-        os.set_blocking(self.fd, False)
+        self._io(fd, device.name, offload)
         self._ipr = AsyncIPRoute()
         self.index = 0
         self._routes: list[tuple[IpNetwork, int | None]] = []  # (prefix, table)
+
+    @classmethod
+    def on_fd(cls, fd: int, offload: bool = True, name: str = "") -> TunDevice:
+        """Packet I/O on a descriptor that is already open, with no device to configure:
+        for tests and bench/hotpath.py (a socket pair stands in for /dev/net/tun)."""
+        tun = cls.__new__(cls)
+        tun._io(fd, name, offload)
+        return tun
+
+    def _io(self, fd: int, name: str, offload: bool) -> None:
+        """The packet side of the device: descriptor, offloads, counters."""
+        self.name = name
+        self.fd = fd
+        self.offload = offload
+        os.set_blocking(fd, False)
         self.write_errors = 0
         self.read_errors = 0  # malformed virtio header / super-segment
         self.super_segments = 0  # reads that carried a TCP super-segment (TSO)
@@ -162,9 +177,14 @@ class TunDevice:
         return [network for network, _ in self._routes]
 
     # -- packets -------------------------------------------------------------------------
-    def read_batch(self, limit: int = 64, bufsize: int = MAX_READ) -> list[bytes]:
-        """Read up to ``limit`` times (ordinary IP packets come back); never blocks."""
-        packets: list[bytes] = []
+    def read_batch(self, limit: int = 64, bufsize: int = MAX_READ) -> list[TunRead]:
+        """Read up to ``limit`` times; never blocks.
+
+        Ordinary IP packets come back, and TCP super-segments either cut into them or,
+        where the bulk path is there to seal it whole (:func:`offload.bulk`), as one
+        :class:`TcpSuperSegment`.
+        """
+        packets: list[TunRead] = []
         read = os.read
         fd = self.fd
         if not self.offload:
@@ -174,6 +194,7 @@ class TunDevice:
                 except BlockingIOError:
                     break
             return packets
+        count = 0
         for _ in range(limit):
             try:
                 data = read(fd, bufsize)
@@ -181,34 +202,66 @@ class TunDevice:
                 break
             if data[1] == 0 and data[0] == 0:  # no GSO, no checksum to complete
                 packets.append(data[VNET_HDR_LEN:])
-                if len(data) < SMALL_READ and len(packets) == 1:
+                if len(data) < SMALL_READ and not count:
                     break  # a lone small packet (a ping, say): no extra read for EAGAIN
+                count += 1
                 continue
-            split = split_super_segment(data[:VNET_HDR_LEN], data[VNET_HDR_LEN:])
-            if split is None:
+            read_ = parse_read(data[:VNET_HDR_LEN], data[VNET_HDR_LEN:])
+            if read_ is None:
                 self.read_errors += 1
                 continue
-            if data[1]:
-                self.super_segments += 1
-            packets.extend(split)
-            if len(packets) >= READ_PACKET_LIMIT:
+            if isinstance(read_, bytes):
+                packets.append(read_)
+                count += 1
+                continue
+            self.super_segments += 1
+            count += read_.count
+            if read_.count > 1 and bulk() is not None:
+                packets.append(read_)
+            else:
+                packets.extend(read_.packets())
+            if count >= READ_PACKET_LIMIT:
                 break
         return packets
 
-    def write_batch(self, packets: list[bytes]) -> None:
-        """Write packets; a packet the kernel refuses is counted, never raised."""
+    def write_batch(self, packets: Sequence[ToTun]) -> None:
+        """Write packets, in order; a packet the kernel refuses is counted, never raised.
+
+        With offloads, consecutive segments of a TCP flow are merged into GSO writes:
+        the bulk path's :class:`PacketRows` in one go (``coalesce_rows``), other
+        packets one by one (:func:`coalesce`).
+        """
         if not self.offload:
             write = os.write
             fd = self.fd
-            for packet in packets:
-                try:
-                    write(fd, packet)
-                except OSError:
-                    self.write_errors += 1
+            for item in packets:
+                for packet in [item] if isinstance(item, bytes) else item.packets():
+                    try:
+                        write(fd, packet)
+                    except OSError:
+                        self.write_errors += 1
             return
+        if len(packets) == 1 and isinstance(packets[0], bytes):  # an idle tunnel's packet
+            self._writev([[ZERO_VNET_HDR, packets[0]]])
+            return
+        pending: list[bytes] = []
+        for item in packets:
+            if isinstance(item, bytes):
+                pending.append(item)
+                continue
+            if pending:
+                self._writev(coalesce(pending))
+                pending = []
+            fast = bulk()
+            writes = None if fast is None else fast.coalesce_rows(item)
+            self._writev(coalesce(item.packets()) if writes is None else writes)
+        if pending:
+            self._writev(coalesce(pending))
+
+    def _writev(self, writes: list[list[bytes | memoryview]]) -> None:
         writev = os.writev
         fd = self.fd
-        for buffers in coalesce(packets):
+        for buffers in writes:
             if buffers[0] is not ZERO_VNET_HDR:
                 self.gso_writes += 1
             try:

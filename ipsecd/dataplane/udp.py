@@ -21,9 +21,12 @@ import struct
 from collections.abc import Iterable, Sequence
 
 from ipsecd.addresses import format_address
+from ipsecd.dataplane.offload import bulk
+from ipsecd.esp.udp_encap import DatagramRun
 from ipsecd.oserrors import OSErrorAt
 
 Address = tuple[str, int]
+Received = bytes | memoryview | DatagramRun  # a datagram, or a GRO run of them
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
@@ -83,10 +86,9 @@ def split_gro(data: bytes, segment: int) -> list[memoryview]:
 
     Views into ``data`` (immutable, so they stay valid), not copies.
     """
-    view = memoryview(data)
     if segment <= 0 or len(data) <= segment:
-        return [view]
-    return [view[i : i + segment] for i in range(0, len(data), segment)]
+        return [memoryview(data)]
+    return DatagramRun(data, segment).datagrams()
 
 
 class UdpSocket:
@@ -142,13 +144,17 @@ class UdpSocket:
         self._rbuf = bytearray(GRO_BUFFER if self.gro else 65536)
         self._rview = memoryview(self._rbuf)
 
-    def recv_batch(
-        self, limit: int = 64, bufsize: int = 65535
-    ) -> list[tuple[bytes | memoryview, Address]]:
-        """Receive up to ``limit`` times (a GRO receive may hold many datagrams); never blocks."""
+    def recv_batch(self, limit: int = 64, bufsize: int = 65535) -> list[tuple[Received, Address]]:
+        """Receive up to ``limit`` times; never blocks.
+
+        A GRO receive of several datagrams comes back as one :class:`DatagramRun`
+        where the bulk path is there to open it whole (:func:`offload.bulk`), else
+        as its datagrams.
+        """
         if not self.gro:
             return self._recv_plain(limit, bufsize)
-        out: list[tuple[bytes | memoryview, Address]] = []
+        out: list[tuple[Received, Address]] = []
+        whole = bulk() is not None
         recvmsg_into = self.sock.recvmsg_into
         buffers = [self._rbuf]
         view = self._rview
@@ -166,15 +172,18 @@ class UdpSocket:
                     segment = _GRO_SIZE.unpack_from(cdata)[0]
             if segment and n > segment:
                 self.gro_receives += 1
-                out.extend([(d, remote) for d in split_gro(bytes(view[:n]), segment)])
+                if whole:
+                    out.append((DatagramRun(bytes(view[:n]), segment), remote))
+                else:
+                    out.extend([(d, remote) for d in split_gro(bytes(view[:n]), segment)])
             else:
                 out.append((bytes(view[:n]), remote))
                 if n < SMALL_RECEIVE and len(out) == 1:
                     break  # a lone small datagram (a ping, say): no extra receive for EAGAIN
         return out
 
-    def _recv_plain(self, limit: int, bufsize: int) -> list[tuple[bytes | memoryview, Address]]:
-        out: list[tuple[bytes | memoryview, Address]] = []
+    def _recv_plain(self, limit: int, bufsize: int) -> list[tuple[Received, Address]]:
+        out: list[tuple[Received, Address]] = []
         recvfrom = self.sock.recvfrom
         for _ in range(limit):
             try:
@@ -192,8 +201,49 @@ class UdpSocket:
         except OSError:
             self.send_errors += 1
 
-    def send_batch(self, datagrams: Sequence[bytes], remote: Address) -> None:
-        """Send a burst to one peer, runs of equal-sized datagrams as one GSO send."""
+    def send_batch(self, datagrams: Sequence[bytes | DatagramRun], remote: Address) -> None:
+        """Send a burst to one peer, in order: runs of equal-sized datagrams as one GSO
+        send each, a :class:`DatagramRun` (the bulk path's) in as few as the kernel takes."""
+        plain: list[bytes] = []
+        for data in datagrams:
+            if isinstance(data, DatagramRun):
+                if plain:
+                    self._send_plain(plain, remote)
+                    plain = []
+                self._send_run(data, remote)
+            else:
+                plain.append(data)
+        if plain:
+            self._send_plain(plain, remote)
+
+    def _send_run(self, run: DatagramRun, remote: Address) -> None:
+        """One UDP_SEGMENT send per slice of ``run`` the kernel takes at once (at most
+        GSO_MAX_SEGMENTS datagrams and GSO_MAX_BYTES), the slices of equal length so that
+        the receiver's GRO runs are too."""
+        size = run.size
+        if not self.gso:
+            self._send_each(run.datagrams(), remote)
+            return
+        count = len(run)
+        most = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
+        sends = -(-count // most)
+        step = -(-count // sends) * size
+        view = memoryview(run.data)
+        segment = [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))]
+        sendmsg = self.sock.sendmsg
+        for at in range(0, len(view), step):
+            part = view[at : at + step]
+            try:
+                sendmsg([part], segment, 0, remote)
+                self.gso_sends += len(part) > size
+            except OSError as exc:
+                if exc.errno in _GSO_FATAL:
+                    self.gso = False
+                    self._send_each(DatagramRun(part, size).datagrams(), remote)
+                else:  # buffer full and the like: the run is lost, as a plain send's would be
+                    self.send_errors += -(-len(part) // size)
+
+    def _send_plain(self, datagrams: Sequence[bytes], remote: Address) -> None:
         if not self.gso or len(datagrams) < 2:
             self._send_each(datagrams, remote)
             return
@@ -212,7 +262,7 @@ class UdpSocket:
                 else:  # buffer full and the like: the run is lost, as a plain send's would be
                     self.send_errors += len(run)
 
-    def _send_each(self, datagrams: Iterable[bytes], remote: Address) -> None:
+    def _send_each(self, datagrams: Iterable[bytes | memoryview], remote: Address) -> None:
         sendto = self.sock.sendto
         for data in datagrams:
             try:

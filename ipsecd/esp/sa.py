@@ -57,12 +57,21 @@ _PAD_BYTES = bytes(range(1, 256))
 # Padding then pad length, by pad length: what the plaintext must end with before
 # the next header byte.
 _PAD_TAILS = [_PAD_BYTES[:pad] + bytes((pad,)) for pad in range(256)]
-# Padding, pad length and next header for an inner IPv4 ([False]) or IPv6 ([True])
-# packet, by pad length (the send hot path looks them up instead of building them).
-_TRAILERS = {
-    v6: [_PAD_BYTES[:pad] + bytes((pad, 41 if v6 else 4)) for pad in range(256)]
-    for v6 in (False, True)
-}
+# Padding, pad length and next header, by next header then pad length (the send hot
+# path looks them up instead of building them); tunnel mode's 4 and 41 from the start.
+_TRAILERS: dict[int, list[bytes]] = {}
+
+
+def trailers(next_header: int) -> list[bytes]:
+    """The ESP trailers (RFC 4303 §2.4-2.6) ending in ``next_header``, by pad length."""
+    table = _TRAILERS.get(next_header)
+    if table is None:
+        table = _TRAILERS[next_header] = [tail + bytes((next_header,)) for tail in _PAD_TAILS]
+    return table
+
+
+trailers(4)
+trailers(41)
 
 
 class SequenceNumberExhausted(Exception):
@@ -156,7 +165,7 @@ class OutboundEspSa:
         self.seq = seq
         return seq
 
-    def encapsulate(self, inner: bytes, next_header: int) -> bytes:
+    def encapsulate(self, inner: bytes | memoryview, next_header: int) -> bytes:
         """Build one ESP packet (RFC 4303 §3.3) carrying ``inner``.
 
         ``next_header`` is 4 (IPv4) or 41 (IPv6) in tunnel mode, 59 for a dummy
@@ -187,22 +196,31 @@ class OutboundEspSa:
         self.bytes += len(inner)
         return out
 
-    def seal_burst(self, inners: Sequence[bytes], out: list[bytes]) -> None:
-        """Encapsulate a burst of IPv4/IPv6 packets in order, appending to ``out``.
+    def seal_burst(
+        self,
+        inners: Sequence[bytes | memoryview],
+        out: list[bytes],
+        next_headers: Sequence[int] | None = None,
+    ) -> None:
+        """Encapsulate a burst of packets in order, appending to ``out``.
 
-        The data plane's send hot path: the same packets as :meth:`encapsulate`
-        (next header 4 or 41 from the version nibble, which the caller has
-        checked), with the AEAD work inlined.  Raises
+        The data plane's send path: the same packets as :meth:`encapsulate`,
+        with the AEAD work inlined.  Tunnel mode (``next_headers`` None): IPv4
+        or IPv6 packets, next header 4 or 41 from the version nibble, which the
+        caller has checked.  Transport mode (RFC 4303 §3.1.1): ``next_headers``
+        gives each payload's upper protocol.  Raises
         :class:`SequenceNumberExhausted` before sending anything if the burst
         does not fit in the remaining sequence space.
         """
         count = len(inners)
         if self.seq + count > self.max_seq:
             raise SequenceNumberExhausted(self.spi, self.seq)
+        if next_headers is None:
+            next_headers = [41 if inner[0] >> 4 == 6 else 4 for inner in inners]
         t = self._t
         if t.aead is None:
-            for inner in inners:
-                out.append(self.encapsulate(inner, 41 if inner[0] >> 4 == 6 else 4))
+            for inner, nh in zip(inners, next_headers, strict=True):
+                out.append(self.encapsulate(inner, nh))
             return
         encrypt = t.aead._aead.encrypt
         salt = t.aead._salt
@@ -214,14 +232,14 @@ class OutboundEspSa:
         append = out.append
         seq = self.seq
         inner_bytes = 0
-        for inner in inners:
+        for inner, nh in zip(inners, next_headers, strict=True):
             seq += 1
             n = len(inner)
-            trailer = _TRAILERS[inner[0] >> 4 == 6][-(n + 2) % align]
+            trailer = (_TRAILERS.get(nh) or trailers(nh))[-(n + 2) % align]
             header = header_pack(spi, seq & _MASK32)
             iv = iv_pack(seq)
             aad = _AAD_ESN.pack(spi, seq >> 32, seq & _MASK32) if esn else header
-            append(header + iv + encrypt(salt + iv, inner + trailer, aad))
+            append(header + iv + encrypt(salt + iv, b"".join((inner, trailer)), aad))
             inner_bytes += n
         self.seq = seq
         self.packets += count
@@ -288,22 +306,24 @@ class InboundEspSa:
         # payload (pad length + next header, padded to the alignment), ICV.
         self._min_len = ESP_HEADER_LEN + t.iv_len + t.align + t.icv_len
         self._ct_start = ESP_HEADER_LEN + t.iv_len
+        self._spi_bytes = spi.to_bytes(4, "big")
 
-    def decapsulate(self, packet: bytes) -> tuple[int, bytes] | None:
+    def decapsulate(self, packet: bytes, transport: bool = False) -> tuple[int, bytes] | None:
         """Open one ESP packet (RFC 4303 §3.4): ``(next_header, inner)`` or None.
 
         Order of checks: length, SPI, replay window (no state change), ICV,
         then window update (only after the ICV verified, RFC 4303 §3.4.3),
         then padding (RFC 4303 §2.4), dummy packets (next header 59, §2.6)
-        and the inner addresses against the selectors (RFC 4301 §5.2).
+        and, in tunnel mode, the inner addresses against the selectors (RFC
+        4301 §5.2); in ``transport`` mode there is no inner IP header.
         """
         try:
-            return self._decapsulate(packet)
+            return self._decapsulate(packet, transport)
         except Exception:  # hostile input must never escape as an exception
             self.drops[DropReason.MALFORMED] += 1
             return None
 
-    def _decapsulate(self, packet: bytes) -> tuple[int, bytes] | None:
+    def _decapsulate(self, packet: bytes, transport: bool = False) -> tuple[int, bytes] | None:
         drops = self.drops
         n = len(packet)
         if n < ESP_HEADER_LEN:
@@ -371,44 +391,43 @@ class InboundEspSa:
             drops[DropReason.DUMMY] += 1  # RFC 4303 §2.6: discard silently
             return None
         inner = plaintext[:inner_len]
-        if self.src_selectors or self.dst_selectors:
-            addrs = inner_addresses(inner, next_header)
-            if addrs is None:
-                drops[DropReason.MALFORMED] += 1
-                return None
-            version, src, dst = addrs
-            if (
-                self.src_selectors
-                and not any(ts.contains_address(version, src) for ts in self.src_selectors)
-            ) or (
-                self.dst_selectors
-                and not any(ts.contains_address(version, dst) for ts in self.dst_selectors)
-            ):
-                drops[DropReason.OUTSIDE_SELECTORS] += 1
+        if not transport and (self.src_selectors or self.dst_selectors):
+            verdict = self._selectors_allow(inner, next_header)
+            if verdict is not None:
+                drops[verdict] += 1
                 return None
         self.packets += 1
         self.bytes += inner_len
         return next_header, inner
 
-    def open_burst(self, packets: Sequence[bytes | memoryview], out: list[bytes]) -> int:
+    def open_burst(
+        self,
+        packets: Sequence[bytes | memoryview],
+        out: list[bytes],
+        next_headers: list[int] | None = None,
+    ) -> int:
         """Decapsulate a burst for the data plane; inner packets are appended to ``out``.
 
         The same checks in the same order as :meth:`decapsulate` (length,
         SPI, replay window, ICV, window update only after the ICV verified,
         padding, dummy packets, selectors), with the per-packet work of the
-        AEAD transforms inlined: this is the receive hot path.  Returns the
-        number of packets delivered; every other packet is counted in
-        :attr:`drops`.  Never raises on packet input.
+        AEAD transforms inlined: this is the receive path.  Tunnel mode
+        (``next_headers`` None): the inner IP addresses are checked against the
+        selectors.  Transport mode (RFC 4303 §3.1.1): the next header of each
+        payload delivered is appended to ``next_headers`` and there is no inner
+        IP header to check.  Returns the number of packets delivered; every
+        other packet is counted in :attr:`drops`.  Never raises on packet input.
         """
         t = self._t
+        delivered = self.packets
         if t.aead is None:
-            delivered = 0
             for packet in packets:
-                result = self.decapsulate(bytes(packet))
+                result = self.decapsulate(bytes(packet), next_headers is not None)
                 if result is not None:
                     out.append(result[1])
-                    delivered += 1
-            return delivered
+                    if next_headers is not None:
+                        next_headers.append(result[0])
+            return self.packets - delivered
         drops = self.drops
         decrypt = t.aead._aead.decrypt
         salt = t.aead._salt
@@ -420,24 +439,19 @@ class InboundEspSa:
         top = replay.top
         bitmap = replay._bitmap
         min_len = self._min_len
-        spi_bytes = self.spi.to_bytes(4, "big")
-        selectors = bool(self.src_selectors or self.dst_selectors)
+        spi_bytes = self._spi_bytes
+        accept = self._accept
         passed: bytes | None = None  # inner address bytes that last passed the selectors
-        delivered = 0
-        inner_bytes = 0
-        append = out.append
-        from_bytes = int.from_bytes
         for data in packets:
             try:
-                n = len(data)
-                if n < min_len:
+                if len(data) < min_len:
                     drops[DropReason.TOO_SHORT] += 1
                     continue
                 header = data[:8]
                 if header[:4] != spi_bytes:
                     drops[DropReason.UNKNOWN_SPI] += 1
                     continue
-                seq_low = from_bytes(header[4:], "big")
+                seq_low = int.from_bytes(header[4:], "big")
                 seq = infer(seq_low) if esn else seq_low
                 if seq <= 0 or (seq <= top and (top - seq >= size or (bitmap >> (top - seq)) & 1)):
                     drops[DropReason.REPLAY] += 1
@@ -458,45 +472,62 @@ class InboundEspSa:
                 if esn:  # infer() reads the window
                     replay.top = top
                     replay._bitmap = bitmap
-                plen = len(plaintext)
-                if plen < 2:
-                    drops[DropReason.MALFORMED] += 1
-                    continue
-                pad_len = plaintext[-2]
-                next_header = plaintext[-1]
-                # Padding 1, 2, 3, ... then the pad length itself (RFC 4303 §2.4).
-                if not plaintext.endswith(_PAD_TAILS[pad_len], 0, plen - 1):
-                    drops[DropReason.BAD_PADDING] += 1
-                    continue
-                inner_len = plen - 2 - pad_len
-                if next_header == IPPROTO_NONE:
-                    drops[DropReason.DUMMY] += 1
-                    continue
-                inner = plaintext[:inner_len]
-                if selectors:
-                    b0 = inner[0] if inner_len else 0
-                    if next_header == 4 and inner_len >= 20 and b0 >> 4 == 4:
-                        key = inner[12:20]
-                    elif next_header == 41 and inner_len >= 40 and b0 >> 4 == 6:
-                        key = inner[8:40]
-                    else:
-                        key = None
-                    if key is None or key != passed:
-                        verdict = self._selectors_allow(inner, next_header)
-                        if verdict is not None:
-                            drops[verdict] += 1
-                            continue
-                        passed = key
-                append(inner)
-                delivered += 1
-                inner_bytes += inner_len
+                passed = accept(plaintext, out, passed, next_headers)
             except Exception:  # hostile input must never escape as an exception
                 drops[DropReason.MALFORMED] += 1
         replay.top = top
         replay._bitmap = bitmap
-        self.packets += delivered
-        self.bytes += inner_bytes
-        return delivered
+        return self.packets - delivered
+
+    def _accept(
+        self,
+        plaintext: bytes,
+        out: list[bytes],
+        passed: bytes | None,
+        next_headers: list[int] | None,
+    ) -> bytes | None:
+        """The checks once the ICV verified, for one plaintext (RFC 4303 §2.4-2.6, RFC
+        4301 §5.2): padding, dummy packets, the inner addresses against the selectors
+        (tunnel mode).  Appends the inner packet to ``out`` (its next header to
+        ``next_headers`` in transport mode) or counts the drop.  ``passed`` is the
+        address bytes of the last packet that passed the selectors, returned updated:
+        the next packet between the same hosts needs no selector lookup."""
+        drops = self.drops
+        plen = len(plaintext)
+        if plen < 2:
+            drops[DropReason.MALFORMED] += 1
+            return passed
+        pad_len = plaintext[-2]
+        next_header = plaintext[-1]
+        # Padding 1, 2, 3, ... then the pad length itself (RFC 4303 §2.4).
+        if not plaintext.endswith(_PAD_TAILS[pad_len], 0, plen - 1):
+            drops[DropReason.BAD_PADDING] += 1
+            return passed
+        if next_header == IPPROTO_NONE:
+            drops[DropReason.DUMMY] += 1
+            return passed
+        inner_len = plen - 2 - pad_len
+        inner = plaintext[:inner_len]
+        if next_headers is not None:
+            next_headers.append(next_header)
+        elif self.src_selectors or self.dst_selectors:
+            b0 = inner[0] if inner_len else 0
+            if next_header == 4 and inner_len >= 20 and b0 >> 4 == 4:
+                key: bytes | None = inner[12:20]
+            elif next_header == 41 and inner_len >= 40 and b0 >> 4 == 6:
+                key = inner[8:40]
+            else:
+                key = None
+            if key is None or key != passed:
+                verdict = self._selectors_allow(inner, next_header)
+                if verdict is not None:
+                    drops[verdict] += 1
+                    return passed
+                passed = key
+        out.append(inner)
+        self.packets += 1
+        self.bytes += inner_len
+        return passed
 
     def _selectors_allow(self, inner: bytes, next_header: int) -> DropReason | None:
         """None if the inner addresses are inside the SA's selectors (RFC 4301 §5.2)."""

@@ -14,6 +14,7 @@ is the one place that knows these rules: the packet processor demultiplexes with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 NAT_T_PORT = 4500
@@ -24,6 +25,32 @@ ESP_HEADER_LEN = 8  # SPI + sequence number, RFC 4303 §2
 
 
 Buffer = bytes | memoryview  # a received datagram; GRO hands out memoryviews
+
+
+@dataclass(frozen=True, slots=True)
+class DatagramRun:
+    """Datagrams of ``size`` bytes back to back in ``data``, the last one maybe shorter.
+
+    What one UDP GSO send takes (``UDP_SEGMENT``: the kernel cuts ``data`` every
+    ``size`` bytes) and one UDP GRO receive returns; the bulk path seals and opens a
+    run of ESP packets as one buffer.  ``len()`` is the number of datagrams.
+    """
+
+    data: Buffer
+    size: int
+
+    def __len__(self) -> int:
+        return -(-len(self.data) // self.size)
+
+    def __bytes__(self) -> bytes:
+        """The datagrams back to back, as one buffer (what GSO sends)."""
+        return bytes(self.data)
+
+    def datagrams(self) -> list[memoryview]:
+        """Each datagram as a view into ``data`` (no copy)."""
+        view = memoryview(self.data)
+        size = self.size
+        return [view[i : i + size] for i in range(0, len(view), size)]
 
 
 class DatagramKind(StrEnum):

@@ -1,0 +1,343 @@
+"""TSO and GRO in userspace for whole runs of TCP segments, with numpy (the bulk path).
+
+The companion of :mod:`ipsecd.dataplane.offload`, which cuts and merges one packet at a
+time: here a TCP super-segment read from TUN is cut straight into the rows that ESP
+seals (:func:`write_segments`, :func:`seal_segment`), and a run of opened inner packets
+(:class:`~ipsecd.esp.rows.PacketRows`) is merged for one GSO write to TUN without being
+cut into packets first (:func:`coalesce_rows`).  Every header field that differs per
+segment (IP id, length and checksum; TCP sequence number, flags and checksum) is
+computed for all segments at once, and the checksums are sums of native-order 16-bit
+words, byte-swapped once at the end (RFC 1071 §2(B): the sum does not care for byte
+order).  The packets are those of :func:`offload.split_super_segment` and the writes
+those of :func:`offload.coalesce` (tests/unit/test_bulk.py holds them to it).
+
+Imported on first use (:func:`ipsecd.dataplane.offload.bulk`): numpy costs memory an
+idle gateway does not need.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ipsecd.dataplane.offload import (
+    IPPROTO_TCP,
+    MAX_IP_PAYLOAD,
+    TCP_ACK,
+    TCP_CWR,
+    TCP_FIN,
+    TCP_PSH,
+    ZERO_VNET_HDR,
+    TcpSuperSegment,
+    gso_headers,
+    ones_sum,
+)
+from ipsecd.esp.rows import PacketRows, Rows, open_rows, seal_rows
+from ipsecd.esp.udp_encap import DatagramRun
+
+if TYPE_CHECKING:
+    from ipsecd.esp.sa import OutboundEspSa
+
+__all__ = [
+    "coalesce_rows",
+    "open_rows",
+    "payload_sums",
+    "seal_segment",
+    "word_sum",
+    "write_segments",
+]
+
+_MOD = 0xFFFF
+_SWAP = sys.byteorder == "little"  # native 16-bit words are byte-swapped network words
+Sums = NDArray[np.uint64]
+
+
+def _network_order(sums: Sums) -> Sums:
+    """Sums of native-order words, reduced mod 0xFFFF and turned into network order."""
+    sums = sums % np.uint64(_MOD)
+    if _SWAP:
+        sums = ((sums & np.uint64(0xFF)) << np.uint64(8)) | (sums >> np.uint64(8))
+    return sums
+
+
+def _fields(total: Sums) -> Sums:
+    """Checksum fields for sums of everything but the field (0xFFFF - (s or 0xFFFF))."""
+    rest = total % _MOD
+    out: Sums = np.where(rest == 0, 0, _MOD - rest).astype(np.uint64)
+    return out
+
+
+def word_sum(data: bytes | memoryview) -> int:
+    """RFC 1071 sum of ``data`` (odd length padded with zero), reduced mod 0xFFFF."""
+    n = len(data)
+    words = np.frombuffer(data, "=u2", n // 2)
+    total = _network_order(np.array([words.sum(dtype=np.uint64)], np.uint64))
+    return (int(total[0]) + (data[n - 1] << 8 if n & 1 else 0)) % _MOD
+
+
+def payload_sums(payload: memoryview, mss: int) -> list[int]:
+    """RFC 1071 sums (mod 0xFFFF) of each ``mss``-byte slice of ``payload``, the last
+    maybe shorter."""
+    n = len(payload)
+    full = n // mss
+    data = np.frombuffer(payload, np.uint8)
+    if mss & 1:  # segments start on odd bytes: high and low bytes summed apart
+        blocks = data[: full * mss].reshape(full, mss)
+        high = blocks[:, 0::2].sum(axis=1, dtype=np.uint64)
+        sums = (high << 8) + blocks[:, 1::2].sum(axis=1, dtype=np.uint64)
+        out: list[int] = (sums % _MOD).tolist()
+    else:
+        words = data[: full * mss].view("=u2").reshape(full, mss // 2)
+        out = _network_order(words.sum(axis=1, dtype=np.uint64)).tolist()
+    if full * mss < n:
+        out.append(ones_sum(payload[full * mss :]))
+    return out
+
+
+def _complement(sums: Sums, extra: int) -> Sums:
+    """Checksum fields for native-order sums (plus ``extra``) of everything but the field:
+    0xFFFF - (s mod 0xFFFF, 0 taken as 0xFFFF), written in native order (RFC 1071 §2(B))."""
+    out: Sums = 0xFFFE - (sums + (extra + 0xFFFE) % _MOD) % _MOD
+    return out
+
+
+def _native(value: int) -> int:
+    """A network-order sum term in native order, mod 0xFFFF (a byte swap is * 256)."""
+    return value * 256 % _MOD if _SWAP else value % _MOD
+
+
+_INDEX: dict[int, NDArray[np.uint64]] = {}
+_RECORDS: dict[tuple[int, int, int, int], np.dtype[np.void]] = {}
+
+
+def _index(count: int) -> NDArray[np.uint64]:
+    index = _INDEX.get(count)
+    if index is None:
+        index = _INDEX[count] = np.arange(count, dtype=np.uint64)
+    return index
+
+
+def _records(stride: int, col: int, cs: int, version: int) -> np.dtype[np.void]:
+    """The per-segment header fields of a row as a numpy record: IPv4 total length, id and
+    header checksum (IPv6 payload length), TCP sequence number and checksum; checksums in
+    native order (computed from native-order sums)."""
+    key = (stride, col, cs, version)
+    record = _RECORDS.get(key)
+    if record is None:
+        t = col + cs
+        fields = {"seq": (">u4", t + 4), "tcp_check": ("=u2", t + 16)}
+        if version == 4:
+            fields |= {
+                "total": (">u2", col + 2),
+                "id": (">u2", col + 4),
+                "ip_check": ("=u2", col + 10),
+            }
+        else:
+            fields["total"] = (">u2", col + 4)
+        record = _RECORDS[key] = np.dtype(
+            {
+                "names": list(fields),
+                "formats": [f for f, _ in fields.values()],
+                "offsets": [o for _, o in fields.values()],
+                "itemsize": stride,
+            }
+        )
+    return record
+
+
+def write_segments(seg: TcpSuperSegment, rows: Rows, col: int) -> None:
+    """Cut ``seg`` into its packets, packet ``i`` at ``rows[i, col:]`` (TSO in userspace).
+
+    The same packets as :meth:`TcpSuperSegment.packets`: each with its IP id, length
+    and header checksum, sequence number, flags (CWR on the first only, FIN and PSH on
+    the last only) and a full TCP checksum.  Rows must hold a packet and 3 bytes more
+    (payloads are summed in 4-byte words, zero-padded).  The checksums are the
+    complements of native-order word sums over the rows as written, so that sequence
+    numbers, flags and options need no arithmetic of their own.
+    """
+    packet = seg.packet
+    count, mss, last = seg.count, seg.gso_size, seg.last_size
+    hlen, cs, version = seg.hlen, seg.csum_start, seg.version
+    full = count - 1
+    words = (mss + 3) & ~3
+    source = np.frombuffer(packet, np.uint8)
+    template = bytearray(packet[:hlen])
+    template[cs + 16 : cs + 18] = b"\0\0"  # the checksums are summed as zero
+    if version == 4:
+        template[10:12] = b"\0\0"
+    out = rows[:, col : col + hlen + words]
+    out[:, :hlen] = np.frombuffer(template, np.uint8)
+    body = out[:, hlen:]
+    body[:full, :mss] = source[hlen : hlen + full * mss].reshape(full, mss)
+    body[:full, mss:] = 0
+    body[full, :last] = source[hlen + full * mss :]
+    body[full, last:] = 0
+    # Flags: CWR on the first segment only, FIN and PSH on the last only.
+    flags = packet[cs + 13]
+    first = flags & ~(TCP_FIN | TCP_PSH)
+    out[:, cs + 13] = first & ~TCP_CWR
+    out[0, cs + 13] = first
+    out[full, cs + 13] = flags & ~TCP_CWR
+    fields = rows.reshape(-1).view(_records(rows.shape[1], col, cs, version))
+    index = _index(count)
+    seq0 = int.from_bytes(packet[cs + 4 : cs + 8], "big")
+    fields["seq"] = (index * mss + seq0) & 0xFFFFFFFF
+    tcp_len = seg.tcp_hlen + mss
+    if version == 4:
+        total = fields["total"]
+        total[:] = cs + tcp_len
+        total[full] = cs + seg.tcp_hlen + last
+        ip_id = int.from_bytes(packet[4:6], "big")
+        fields["id"] = (index + ip_id) & 0xFFFF
+        ip_sums = rows[:, col : col + cs].view("=u4").sum(axis=1, dtype=np.uint64)
+        fields["ip_check"] = _complement(ip_sums, 0)
+        addrs = packet[12:20]
+    else:
+        total = fields["total"]
+        total[:] = cs - 40 + tcp_len
+        total[full] = cs - 40 + seg.tcp_hlen + last
+        addrs = packet[8:40]
+    # TCP: the segment as written, plus the pseudo header (RFC 9293 §3.1, RFC 8200 §8.1).
+    sums = out[:, cs:].view("=u4").sum(axis=1, dtype=np.uint64)
+    sums[full] += _native(last - mss)  # the last segment's TCP length
+    pseudo = int.from_bytes(addrs, "big") + IPPROTO_TCP + tcp_len
+    fields["tcp_check"] = _complement(sums, _native(pseudo))
+
+
+def seal_segment(sa: OutboundEspSa, seg: TcpSuperSegment) -> DatagramRun | None:
+    """The ESP datagrams of ``seg``'s packets, cut and sealed in one run
+    (:func:`ipsecd.esp.rows.seal_rows`); None where that does not apply."""
+    return seal_rows(
+        sa,
+        seg.count,
+        seg.length(),
+        seg.length(last=True),
+        4 if seg.version == 4 else 41,
+        lambda rows, col: write_segments(seg, rows, col),
+    )
+
+
+# Header bytes that may differ between segments of one flow: IPv4 total length, id and
+# checksum; TCP sequence number, flags and checksum.  Everything else must be equal.
+_VARYING_V4 = {2, 3, 4, 5, 10, 11}
+_VARYING_TCP = {4, 5, 6, 7, 13, 16, 17}
+_same_columns: dict[tuple[int, int], NDArray[np.intp]] = {}
+
+
+def _fixed(ip_hlen: int, hlen: int) -> NDArray[np.intp]:
+    """The header columns that must be equal in every segment of a merged write."""
+    key = (ip_hlen, hlen)
+    cols = _same_columns.get(key)
+    if cols is None:
+        varying = (_VARYING_V4 if ip_hlen == 20 else set()) | {ip_hlen + i for i in _VARYING_TCP}
+        cols = _same_columns[key] = np.array([c for c in range(hlen) if c not in varying], np.intp)
+    return cols
+
+
+def coalesce_rows(packets: PacketRows) -> list[list[bytes | memoryview]] | None:
+    """GSO writes for a run of opened packets that are the segments of one TCP flow.
+
+    The regular case of :func:`offload.coalesce`: every row an in-order segment of one
+    flow with ACK only, the same headers and a TCP checksum that verifies, the tail
+    (if any) the flow's next segment, no longer.  Writes of at most 64 KiB, each one
+    virtio header, IP and TCP header and the payloads in one buffer.  None for anything
+    else: the caller merges the packets one by one.
+    """
+    rows, length = packets.rows, packets.length
+    first = rows[0]
+    if first[0] == 0x45 and first[9] == IPPROTO_TCP and not (first[6] & 0x3F or first[7]):
+        ip_hlen = 20
+        if (int(first[2]) << 8 | int(first[3])) != length:
+            return None
+    elif first[0] >> 4 == 6 and first[6] == IPPROTO_TCP:
+        ip_hlen = 40
+        if (int(first[4]) << 8 | int(first[5])) != length - 40:
+            return None
+    else:
+        return None
+    hlen = ip_hlen + (int(first[ip_hlen + 12]) >> 4) * 4
+    mss = length - hlen
+    if mss <= 0 or hlen < ip_hlen + 20 or first[ip_hlen + 13] != TCP_ACK:
+        return None
+    cols = _fixed(ip_hlen, hlen)
+    if not (rows[:, cols] == first[cols]).all() or not (rows[:, ip_hlen + 13] == TCP_ACK).all():
+        return None
+    count = len(rows)
+    seq0 = int.from_bytes(first[ip_hlen + 4 : ip_hlen + 8].tobytes(), "big")
+    seqs = rows[:, ip_hlen + 4 : ip_hlen + 8].view(">u4")[:, 0].astype(np.uint64)
+    if not (seqs == (np.arange(count, dtype=np.uint64) * mss + seq0) & 0xFFFFFFFF).all():
+        return None
+    # Every segment's TCP checksum verifies: pseudo header + segment = 0 mod 0xFFFF.
+    seg_len = length - ip_hlen
+    # 32-bit words: a native u4 is w0 + w1 * 65536, the same as w0 + w1 mod 0xFFFF, so
+    # half the elements to widen and add for the same sum (RFC 1071 §2(A)).
+    quads = seg_len & ~3
+    words = rows[:, ip_hlen : ip_hlen + quads].view("=u4").sum(axis=1, dtype=np.uint64)
+    if seg_len & 2:
+        words += rows[:, ip_hlen + quads : ip_hlen + quads + 2].view("=u2")[:, 0]
+    sums = _network_order(words)
+    if seg_len & 1:
+        sums = sums + (rows[:, length - 1].astype(np.uint64) << 8)
+    addrs = first[12:20] if ip_hlen == 20 else first[8:40]
+    pseudo = (int.from_bytes(addrs.tobytes(), "big") + IPPROTO_TCP + seg_len) % _MOD
+    if ((sums + pseudo) % _MOD).any():
+        return None
+    tail = packets.tail
+    psh = 0
+    extra: list[list[bytes | memoryview]] = []
+    if tail is not None:
+        next_seq = (seq0 + count * mss) & 0xFFFFFFFF
+        if _follows(tail, first.tobytes()[:hlen], ip_hlen, hlen, mss, next_seq):
+            psh = tail[ip_hlen + 13] & TCP_PSH
+        else:
+            extra = [[ZERO_VNET_HDR, tail]]
+            tail = None
+    per_write = (MAX_IP_PAYLOAD - hlen) // mss
+    payload = rows[:, hlen:length]
+    writes: list[list[bytes | memoryview]] = []
+    for start in range(0, count, per_write):
+        part = payload[start : start + per_write]
+        body = np.ascontiguousarray(part).data
+        n = len(part)
+        last_write = start + per_write >= count
+        headers = rows[start, :hlen].tobytes()
+        if last_write and tail is not None and (n + 1) * mss + hlen <= MAX_IP_PAYLOAD:
+            size = n * mss + len(tail)  # the tail brings its own headers' worth
+            writes.append([*gso_headers(headers, ip_hlen, hlen, size, mss, psh), body, tail[hlen:]])
+            tail = None
+        else:
+            writes.append([*gso_headers(headers, ip_hlen, hlen, hlen + n * mss, mss, 0), body])
+    if tail is not None:
+        writes.append([ZERO_VNET_HDR, tail])
+    return writes + extra
+
+
+def _follows(tail: bytes, head: bytes, ip_hlen: int, hlen: int, mss: int, seq: int) -> bool:
+    """True if ``tail`` is the next segment of the flow whose headers are ``head``:
+    same headers but the varying fields, sequence number ``seq``, ACK or ACK|PSH, no
+    more than ``mss`` bytes of payload and a TCP checksum that verifies."""
+    n = len(tail)
+    if not hlen < n <= hlen + mss or tail[ip_hlen + 13] | TCP_PSH != TCP_ACK | TCP_PSH:
+        return False
+    if ip_hlen == 20:
+        same = tail[:2] == head[:2] and tail[6:10] == head[6:10] and tail[12:20] == head[12:20]
+        same = same and (tail[2] << 8 | tail[3]) == n
+    else:
+        same = tail[:4] == head[:4] and tail[6:40] == head[6:40]
+        same = same and (tail[4] << 8 | tail[5]) == n - 40
+    t = ip_hlen
+    if not (
+        same
+        and tail[t : t + 4] == head[t : t + 4]
+        and tail[t + 8 : t + 13] == head[t + 8 : t + 13]
+        and tail[t + 14 : t + 16] == head[t + 14 : t + 16]
+        and tail[t + 18 : hlen] == head[t + 18 : hlen]
+        and int.from_bytes(tail[t + 4 : t + 8], "big") == seq
+    ):
+        return False
+    addrs = tail[12:20] if ip_hlen == 20 else tail[8:40]
+    total = int.from_bytes(addrs, "big") + IPPROTO_TCP + (n - t) + ones_sum(memoryview(tail)[t:])
+    return total % _MOD == 0
