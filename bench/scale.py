@@ -119,6 +119,10 @@ def _env() -> dict[str, str]:
 
 def _daemon(ns: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "ipsecd.cli.ipsecd", "run", "--config", str(config)]
+    profile = os.environ.get("SCALE_PROFILE")  # a directory: cProfile each daemon into it
+    if profile:
+        out = Path(profile) / f"{log.stem}-{time.time():.0f}.prof"
+        cmd[1:2] = ["-m", "cProfile", "-o", str(out), "-m"]
     with open(log, "wb") as fh:
         return subprocess.Popen(netns_cmd(ns, cmd), stdout=fh, stderr=subprocess.STDOUT, env=_env())
 
