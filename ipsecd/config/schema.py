@@ -121,9 +121,10 @@ class Identity:
             return self.der or parse_dn(self.value).public_bytes()
         return self.value.encode("utf-8")
 
-    @property
+    @functools.cached_property
     def ike_identity(self) -> IkeIdentity:
-        """The same identity for :mod:`ipsecd.pki` (certificate and DN matching)."""
+        """The same identity for :mod:`ipsecd.pki` (certificate and DN matching; computed
+        once: a responder compares it for every IKE_AUTH)."""
         return IkeIdentity(self.id_type, self.data)
 
     def __str__(self) -> str:

@@ -211,19 +211,22 @@ def _reached_beside(
 
 
 def _local_ts_warnings(config: Config) -> Iterator[tuple[str, str]]:
+    listen = sorted((a.version, int(a), i) for i, a in enumerate(config.gateway.listen))
     for n, peer in enumerate(config.peers):
         for key, ts, child in _selectors_of(config, n, peer, "local_ts"):
             if child.mode == "transport":
                 continue  # local_ts is this gateway's address by design
-            for address in config.gateway.listen:
-                if ts.contains_address(address.version, int(address)):
-                    yield (
-                        key,
-                        (
-                            f"{ts} contains {address}, this gateway's own address (gateway.listen):"
-                            f" a peer that routes its remote_ts into its tunnel, as ipsecd does,"
-                            f" sends IKE and ESP for {address} into the tunnel.  List the networks"
-                            " behind this gateway instead (the peer needs a route to"
-                            f" {address} outside the tunnel otherwise)"
-                        ),
-                    )
+            lo = bisect.bisect_left(listen, (ts.version, ts.start, -1))
+            hi = bisect.bisect_right(listen, (ts.version, ts.end, len(listen)))
+            for _, _, i in sorted(listen[lo:hi], key=lambda k: k[2]):  # in config order
+                address = config.gateway.listen[i]
+                yield (
+                    key,
+                    (
+                        f"{ts} contains {address}, this gateway's own address (gateway.listen):"
+                        f" a peer that routes its remote_ts into its tunnel, as ipsecd does,"
+                        f" sends IKE and ESP for {address} into the tunnel.  List the networks"
+                        " behind this gateway instead (the peer needs a route to"
+                        f" {address} outside the tunnel otherwise)"
+                    ),
+                )

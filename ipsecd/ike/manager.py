@@ -673,7 +673,7 @@ class IkeManager:
             local=local,
             remote=remote,
             now=now,
-            candidates=tuple(candidates),
+            candidates=candidates,
             spi_i=header.spi_i,
         )
         sa.receive(data, header, local, remote, now)

@@ -56,3 +56,31 @@ def test_status_document_is_what_asdict_gave(tmp_path: Path) -> None:
     r = CoreRig(tmp_path, side_a(), side_b())
     status = r.core.status(r.now + 2, wall=0.0, tun="t0", listen=[], dataplane=DataplaneStatus())
     assert _lists(status) == _old_lists(dataclasses.asdict(status))
+
+
+def test_candidates_index_finds_what_the_scan_found(tmp_path: Path) -> None:
+    """IKE_AUTH's peer lookup by IDi through the index: the first matching candidate,
+    as the linear scan with ``same_id`` chose it (names case-insensitive, duplicates
+    resolved by order, unknown ids not found)."""
+    from bench.scale import PSK, responder_config
+    from ipsecd.config import load_config
+    from ipsecd.ike.candidates import Candidates, first_with_id
+    from ipsecd.ike.peer_auth import same_id
+
+    (tmp_path / "psk").write_text(PSK + "\n")
+    (tmp_path / "psk").chmod(0o600)
+    text = responder_config(40, tmp_path, ["192.0.2.2"], any_peer=True)
+    text = text.replace("remote_id: '@a7.example'", "remote_id: 'ops@a7.example'")
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    peers = load_config(path).peers
+    indexed = Candidates(peers)
+    for ident in (b"a3.example", b"A3.EXAMPLE", b"ops@A7.example", b"a7.example", b"zz"):
+        for id_type in (2, 3):  # ID_FQDN, ID_RFC822_ADDR
+            theirs = (id_type, ident)
+            scan = next(
+                (p for p in peers if p.auth is not None and same_id(p.auth.remote_id, theirs)),
+                None,
+            )
+            assert indexed.first_with_id(theirs) is scan
+            assert first_with_id(list(peers), theirs) is scan
