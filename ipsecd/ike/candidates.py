@@ -29,6 +29,7 @@ class Candidates(tuple[PeerConfig, ...]):
     _by_id: dict[IdPair, PeerConfig]
     _dns: list[PeerConfig]
     _auths: list[AuthConfig]
+    _certs: list[AuthConfig]
 
     def __new__(cls, peers: Sequence[PeerConfig]) -> Candidates:
         return super().__new__(cls, peers)
@@ -44,6 +45,14 @@ class Candidates(tuple[PeerConfig, ...]):
                 self._dns.append(peer)
             else:
                 self._by_id.setdefault(id_key(ident.id_type, ident.data), peer)
+
+    def certificate_auths(self) -> list[AuthConfig]:
+        """The candidates' auth sections that verify a certificate (CERTREQ, §3.7)."""
+        if not hasattr(self, "_certs"):
+            self._certs = [
+                a for a in self.auths() if a.remote_auth == "pubkey" and a.trust is not None
+            ]
+        return self._certs
 
     def auths(self) -> list[AuthConfig]:
         """The candidates' auth sections, in order."""
@@ -76,3 +85,9 @@ def auths_of(peers: Sequence[PeerConfig]) -> list[AuthConfig]:
     if isinstance(peers, Candidates):
         return peers.auths()
     return [p.auth for p in peers if p.auth is not None]
+
+
+def certificate_auths_of(peers: Sequence[PeerConfig]) -> list[AuthConfig]:
+    if isinstance(peers, Candidates):
+        return peers.certificate_auths()
+    return [a for a in auths_of(peers) if a.remote_auth == "pubkey" and a.trust is not None]

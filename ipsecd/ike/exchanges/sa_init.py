@@ -55,7 +55,7 @@ from ipsecd.crypto.proposals import Proposal
 from ipsecd.crypto.registry import KeAlgorithm
 from ipsecd.ike import keys, nat
 from ipsecd.ike.additional_ke import IntAuthChain
-from ipsecd.ike.candidates import auths_of
+from ipsecd.ike.candidates import auths_of, certificate_auths_of
 from ipsecd.ike.constants import NONCE_MAX_LEN, NONCE_MIN_LEN, ExchangeType, NotifyType
 from ipsecd.ike.errors import (
     INVALID_KE_PAYLOAD,
@@ -370,8 +370,8 @@ def _responder_announcements(sa: IkeSa, message: Message) -> list[Payload]:
         out.append(Notify(NotifyType.USE_PPK))
     hashes = {
         h
-        for a in auths
-        if a.remote_auth == "pubkey" and a.trust is not None
+        for a in certificate_auths_of(candidates)
+        if a.trust is not None
         for h in a.trust.store().certreq_hashes()
     }
     if hashes:
