@@ -27,7 +27,7 @@ from ipsecd.daemon import logs
 from ipsecd.daemon.control import ControlServer
 from ipsecd.daemon.core import DaemonCore
 from ipsecd.daemon.instance import StartRefused, claim_instance
-from ipsecd.daemon.malloc import keep_heap_mapped, trim_heap
+from ipsecd.daemon.malloc import keep_heap_mapped
 from ipsecd.daemon.outcomes import MAX_WAIT
 from ipsecd.daemon.preflight import log_findings
 from ipsecd.daemon.privilege import drop_privileges
@@ -262,8 +262,6 @@ class Daemon:
             logs.set_level(new.log.level)
             await self._change_routes()
         self._flush()
-        del new
-        trim_heap()  # the old config and the parser's garbage
         return result
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -328,7 +326,6 @@ class Daemon:
             listen=[format_address(local) for local in self.sockets],
             peers=[p.name for p in self.config.peers],
         )
-        trim_heap()  # what start-up freed goes back to the kernel (ipsecd.daemon.malloc)
         self.notifier.notify(ready=1, status=self.core.status_line())
         if self.config.gateway.wakeup_interval_ms:
             self._wakeup()

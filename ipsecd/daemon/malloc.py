@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import gc
 
 M_TRIM_THRESHOLD = -1  # malloc.h
 M_TOP_PAD = -2
@@ -44,24 +43,4 @@ def keep_heap_mapped() -> bool:
                 (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
             )
         )
-    return False
-
-
-def trim_heap() -> bool:
-    """Give the heap's free memory back to the kernel once, after start-up or a reload.
-
-    With the thresholds above nothing is ever trimmed by itself, so what the config
-    parser, the route set-up and the warm-up freed would stay resident for the life of
-    the daemon (most of the memory per configured peer).  The data plane's burst
-    buffers are allocated later and keep their pages.  False where there is no
-    ``malloc_trim`` (musl, other systems).
-    """
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        malloc_trim = libc.malloc_trim
-        malloc_trim.argtypes = [ctypes.c_size_t]
-        malloc_trim.restype = ctypes.c_int
-        malloc_trim(0)
-        return True
     return False
