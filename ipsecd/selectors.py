@@ -8,6 +8,7 @@ plain integer comparisons, which is why addresses are kept as ints.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -95,6 +96,9 @@ class TrafficSelector:
         return TrafficSelector(self.version, start, end, protocol, sport, eport)
 
     def __str__(self) -> str:
+        return _text(self)
+
+    def _format(self) -> str:
         # A peer may send a range that ends before it starts (it selects nothing, and
         # narrowing refuses it); the log line naming it must still print.
         nets = self.networks() if self.start <= self.end else []
@@ -109,6 +113,13 @@ class TrafficSelector:
             else f"/{self.start_port}-{self.end_port}"
         )
         return f"{addr}[{self.protocol}{ports}]"
+
+
+@functools.lru_cache(maxsize=16384)
+def _text(ts: TrafficSelector) -> str:
+    """``str(ts)``, remembered: the status prints every peer's selectors on every request,
+    and summarising a range into prefixes is most of a peer's status otherwise."""
+    return ts._format()
 
 
 def format_selectors(selectors: tuple[TrafficSelector, ...] | list[TrafficSelector]) -> str:

@@ -121,9 +121,10 @@ class Identity:
             return self.der or parse_dn(self.value).public_bytes()
         return self.value.encode("utf-8")
 
-    @property
+    @functools.cached_property
     def ike_identity(self) -> IkeIdentity:
-        """The same identity for :mod:`ipsecd.pki` (certificate and DN matching)."""
+        """The same identity for :mod:`ipsecd.pki` (certificate and DN matching; computed
+        once: a responder compares it for every IKE_AUTH)."""
         return IkeIdentity(self.id_type, self.data)
 
     def __str__(self) -> str:
@@ -434,9 +435,17 @@ class Config:
     # Key path (``peers[0].local_ts[1]``) -> line in ``path``, for warnings found later.
     key_lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
-    def peer(self, name: str) -> PeerConfig:
-        """The peer called ``name``; KeyError if there is none."""
+    @functools.cached_property
+    def _peers_by_name(self) -> dict[str, PeerConfig]:
+        found: dict[str, PeerConfig] = {}
         for peer in self.peers:
-            if peer.name == name:
-                return peer
-        raise KeyError(f"no peer named {name!r}")
+            found.setdefault(peer.name, peer)  # the first of a name, as the scan found it
+        return found
+
+    def peer(self, name: str) -> PeerConfig:
+        """The peer called ``name``; KeyError if there is none (O(1): the core asks for
+        every IKE event)."""
+        try:
+            return self._peers_by_name[name]
+        except KeyError:
+            raise KeyError(f"no peer named {name!r}") from None

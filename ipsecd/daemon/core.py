@@ -233,6 +233,54 @@ def _installed_summary(sa: InstalledChildSa) -> Summary:
     return child_summary(sa.inbound.spi, sa.outbound.spi, sa.algorithm, sa.local_ts, sa.remote_ts)
 
 
+class PeerIndex:
+    """The installed CHILD_SAs by peer, kept beside the SA database so that no IKE event
+    and no peer's status scans every SA: :meth:`of` gives a peer's SAs in the database's
+    order (:meth:`SaDatabase.for_peer`: the sending ones newest first, then the
+    inbound-only ones), :attr:`up` the number of peers with at least one."""
+
+    __slots__ = ("_sas", "_sending", "_serial")
+
+    def __init__(self) -> None:
+        self._sas: dict[str, dict[int, InstalledChildSa]] = {}  # peer -> inbound SPI -> SA
+        self._sending: dict[int, int] = {}  # inbound SPI -> when it began sending
+        self._serial = 0
+
+    @property
+    def up(self) -> int:
+        return len(self._sas)
+
+    def installed(self, sa: InstalledChildSa, outbound: bool) -> None:
+        self._sas.setdefault(sa.peer, {})[sa.inbound.spi] = sa
+        if outbound:
+            self.sending(sa.inbound.spi)
+
+    def sending(self, spi_in: int) -> None:
+        if spi_in not in self._sending:
+            self._serial += 1
+            self._sending[spi_in] = self._serial
+
+    def removed(self, sa: InstalledChildSa) -> None:
+        spi = sa.inbound.spi
+        self._sending.pop(spi, None)
+        sas = self._sas.get(sa.peer)
+        if sas is not None and sas.get(spi) is sa:
+            del sas[spi]
+            if not sas:
+                del self._sas[sa.peer]
+
+    def of(self, peer: str) -> list[InstalledChildSa]:
+        sas = self._sas.get(peer)
+        if not sas:
+            return []
+        serial = self._sending
+        sending = sorted(
+            (s for s in sas.values() if s.inbound.spi in serial),
+            key=lambda s: -serial[s.inbound.spi],
+        )
+        return sending + [s for s in sas.values() if s.inbound.spi not in serial]
+
+
 class DaemonCore:
     """One gateway's SAs, traps and IKE manager; see the module docstring.
 
@@ -263,6 +311,7 @@ class DaemonCore:
         self.last_error: dict[str, str] = {}
         self.ledger = Ledger()  # per-peer totals across rekeys, last packet times (status)
         self.sad = SaDatabase()
+        self.by_peer = PeerIndex()  # self.sad by peer (O(1) per IKE event, not O(SAs))
         self.processor = PacketProcessor(self.sad, clock=lambda: self.now)
         # start: trap -- packets without SA wait here while their tunnel is negotiated.
         self.trap = TrapQueue(self.counters, clock=lambda: self.now)
@@ -384,10 +433,9 @@ class DaemonCore:
         return self._status_line
 
     def _sas_changed(self) -> None:
-        """SAs were installed or removed (events, start, reload): recount the tunnels."""
-        up = len({sa.peer for sa in self.sad})
-        self._status_line = f"{up} of {len(self.config.peers)} tunnels up"
-        self.ledger.observe(self.sad, self.now)
+        """SAs were installed or removed (events, start, reload): recount the tunnels
+        (O(1): the ledger and the peer index follow each SA as it comes and goes)."""
+        self._status_line = f"{self.by_peer.up} of {len(self.config.peers)} tunnels up"
 
     def status(
         self,
@@ -433,7 +481,7 @@ class DaemonCore:
         return peer_status(
             peer,
             entry,
-            self.sad.for_peer(peer.name),
+            self.by_peer.of(peer.name),
             natt_port=self.config.gateway.port,
             ledger=self.ledger,
             clock=clock,
@@ -554,7 +602,9 @@ class DaemonCore:
         self.now = now
         self.ike_log.summarize(now)
         if self.ike is not None:
-            self._report_usage(self.ike, now)
+            if self.ike.usage_due(now):  # O(SAs): once per USAGE_INTERVAL, not per timer
+                self._report_usage(self.ike, now)
+                self.ledger.observe(self.sad, now)
             self.ike.handle_timer(now)
             self._pump(now)
         self.outcomes.expire(now, self._describe_peer)
@@ -624,9 +674,12 @@ class DaemonCore:
             case ev.ChildSaOutboundActivated(peer=peer, spi_in=spi_in):
                 # RFC 7296 §2.8: the rekeyed SA is gone; the new one now carries our traffic.
                 if self.sad.activate_outbound(spi_in) is not None:
+                    self.by_peer.sending(spi_in)
                     log.info("CHILD_SA outbound active", peer=peer, spi_in=f"{spi_in:08x}")
             case ev.ChildSaDeleted(peer=peer, spi_in=spi_in, reason=reason, name=name):
-                if self.sad.remove(spi_in) is not None:
+                if (removed := self.sad.remove(spi_in)) is not None:
+                    self.by_peer.removed(removed)
+                    self.ledger.retire(removed)
                     log.info(
                         "CHILD_SA removed",
                         peer=peer,
@@ -634,7 +687,7 @@ class DaemonCore:
                         spi_in=f"{spi_in:08x}",
                         reason=reason,
                     )
-                if not any(sa.name == name for sa in self.sad.for_peer(peer)):
+                if not any(sa.name == name for sa in self.by_peer.of(peer)):
                     self.trap.down(trap_key(peer, name))  # the next packet brings it up again
             case ev.IkeSaDeleted(peer=peer, reason=reason):
                 # Its CHILD_SAs came as ChildSaDeleted events first; a new IKE SA of the same
@@ -676,7 +729,7 @@ class DaemonCore:
                         self._watch(peer, c)
             case ev.PeerAddressChanged(peer=peer, remote=remote):
                 # RFC 7296 §2.23: follow the peer behind a NAT, as learned from authenticated IKE.
-                for sa in self.sad.for_peer(peer):
+                for sa in self.by_peer.of(peer):
                     sa.remote = remote
                 log.info("peer address changed", peer=peer, remote=format_address(remote))
             case ev.PeerDead(peer=peer, action=action):
@@ -721,6 +774,8 @@ class DaemonCore:
         local = (address, self.config.gateway.port)
         sa = child_sa(peer, child, local, now)
         self.sad.install(sa, outbound=outbound)
+        self.by_peer.installed(sa, outbound)
+        self.ledger.watch(sa, now)
         return sa
 
     def _installed(self, sa: InstalledChildSa, outbound: bool) -> None:
@@ -798,7 +853,7 @@ class DaemonCore:
         if waiter is None:
             return ticket
         if command == "up" and entry.get("state") == "established" and self._all_up(peer):
-            summaries = [_installed_summary(sa) for sa in self.sad.for_peer(peer)]
+            summaries = [_installed_summary(sa) for sa in self.by_peer.of(peer)]
             ike_sa = self._ike_summary(peer)
             outcomes.succeed(waiter, "already up", now, ike_sa=ike_sa, child_sas=summaries)
             return ticket
@@ -844,7 +899,7 @@ class DaemonCore:
 
     def _all_up(self, peer: str) -> bool:
         """Every configured child of ``peer`` has a CHILD_SA installed."""
-        names = {sa.name for sa in self.sad.for_peer(peer)}
+        names = {sa.name for sa in self.by_peer.of(peer)}
         return peer in _ike_peers(self.config) and all(
             c.name in names for c in self.config.peer(peer).children
         )
@@ -949,7 +1004,9 @@ class DaemonCore:
             for key in self._trap_keys(name):
                 self.trap.unwatch(key)
             if old.manual is not None:
-                self.sad.remove_peer(name)
+                for static in self.sad.remove_peer(name):
+                    self.by_peer.removed(static)
+                    self.ledger.retire(static)
             self._route(old, add=False)
         for name in plan["updated"]:
             self._update_children(old_peers[name], new_peers[name], children[name])

@@ -8,13 +8,15 @@ its counters go with it when it is rekeyed (RFC 7296 §2.8) or deleted.  The
 * the transfer of every CHILD_SA that is gone (:class:`Transfer`), so a peer's
   totals are those plus the installed SAs' and never go down across rekeys;
 * when each installed SA last carried a packet each way, sampled whenever the
-  core looks (after each IKE exchange, at each IKE timer — at least every
+  core looks (when it is installed, when the IKE timer reports usage — every
   ``USAGE_INTERVAL`` second while CHILD_SAs exist — and at each status request):
   a packet is dated to the look that first saw its counter move;
 * the handshake failures (``NegotiationFailed``) and when the last one happened.
 
 Sans-I/O: it is told the time and shown the SA objects; the core calls
-:meth:`Ledger.observe` whenever SAs may have come or gone, before it reports.
+:meth:`Ledger.watch` and :meth:`Ledger.retire` as SAs come and go (O(1) per IKE
+event) and :meth:`Ledger.observe` (O(SAs)) at most once per ``USAGE_INTERVAL``
+and before it reports.
 """
 
 from __future__ import annotations
@@ -123,6 +125,28 @@ class Ledger:
                 seen.packets_in, seen.last_in = packets_in, now
             if packets_out != seen.packets_out:
                 seen.packets_out, seen.last_out = packets_out, now
+
+    def watch(self, sa: InstalledChildSa, now: float) -> None:
+        """``sa`` was just installed: date its counters from now (what :meth:`observe`
+        does for a new SA, without looking at every other one)."""
+        if id(sa) not in self._watched:
+            packets_in, packets_out = sa.inbound.packets, sa.outbound.packets
+            self._watched[id(sa)] = _Watched(
+                sa,
+                packets_in,
+                packets_out,
+                now if packets_in else None,
+                now if packets_out else None,
+            )
+
+    def retire(self, sa: InstalledChildSa) -> None:
+        """``sa`` was removed: its final counts join its peer's totals."""
+        seen = self._watched.get(id(sa))
+        if seen is not None and seen.sa is sa:
+            del self._watched[id(sa)]
+            peer = self._peer(sa.peer)
+            peer.retired += Transfer.of(sa)
+            peer.retired_drops.update(sa_drops(sa))
 
     def event(self, event: ev.Event, now: float) -> None:
         """Count what the status reports per peer from the IKE layer's events."""

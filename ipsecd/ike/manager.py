@@ -667,6 +667,11 @@ class IkeManager:
             raise KeyError(f"no established IKE SA for peer {peer!r}")
         return sa
 
+    def usage_due(self, now: float) -> bool:
+        """Whether :meth:`handle_timer` at ``now`` wants CHILD_SA usage (``child_usage``)
+        first: every ``USAGE_INTERVAL`` while CHILD_SAs exist, not at every timer."""
+        return self.scheduler.usage_reported and now >= self._usage_due
+
     @property
     def _usage_due(self) -> float:
         return self._last_usage_check + USAGE_INTERVAL
@@ -743,7 +748,7 @@ class IkeManager:
             local=local,
             remote=remote,
             now=now,
-            candidates=tuple(candidates),
+            candidates=candidates,
             spi_i=header.spi_i,
         )
         sa.receive(data, header, local, remote, now)
@@ -789,8 +794,13 @@ class IkeManager:
             self._drain(sa, now)
         if not sa.alive:
             self._gone(sa, seen, now)
+        elif self.half_open.holds(sa):
+            # Its peer is a guess until IKE_AUTH (every half-open SA of a burst from
+            # ``remote_address: any`` peers guesses the first): it has no relatives yet,
+            # and rescheduling the guess's SAs made each step O(burst).
+            self.scheduler.reschedule(sa)
         elif self.table.holds(sa):
-            self._reschedule_peer(sa.peer_name)
+            self._reschedule_peer(sa.peer_name, sa)
 
     def _drain(self, sa: IkeSa, now: float) -> None:
         if sa.outgoing:
@@ -811,11 +821,13 @@ class IkeManager:
                 sa.last_keepalive = now
             self.half_open.established(sa, now)
 
-    def _reschedule_peer(self, peer: str) -> None:
-        """Recompute the timers of every SA of ``peer``: a step of one IKE SA can change
-        its relatives (rekey successors and collisions, RFC 7296 §2.8.2)."""
+    def _reschedule_peer(self, peer: str, sa: IkeSa | None = None) -> None:
+        """Recompute the timers of every SA of ``peer``: a step of one IKE SA (``sa``) can
+        change its relatives (rekey successors and collisions, RFC 7296 §2.8.2), never
+        a half-open SA that only guesses it belongs to ``peer``."""
         for other in self._of_peer(peer):
-            self.scheduler.reschedule(other)
+            if other is sa or not self.half_open.holds(other):
+                self.scheduler.reschedule(other)
 
     def _signal(self, sa: IkeSa, signal: SaSignal, now: float) -> None:
         if isinstance(signal, Authenticated):

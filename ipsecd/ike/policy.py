@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ipsecd.config.schema import Config, Identity, IpAddress, PeerConfig
+from ipsecd.ike.candidates import Candidates
 from ipsecd.ike.scheduler import TimerHeap
 
 #: The shell's DNS lookup: (name, IP version) -> addresses, empty when it fails.
@@ -122,9 +123,13 @@ class PeerPolicy:
                 self._by_address.setdefault(peer.remote_address, []).append(peer)
             if peer.auth is not None:
                 self._by_remote_id.setdefault(peer.auth.remote_id, []).append(peer.name)
-        self._authenticated = [p for p in peers.values() if p.auth is not None]
+        self._authenticated = Candidates([p for p in peers.values() if p.auth is not None])
         # remote_address any: any source may be theirs; IKE_AUTH tells by the ID (§2.15).
-        self._anywhere = [p for p in self._authenticated if p.responds_only]
+        self._anywhere = Candidates([p for p in self._authenticated if p.responds_only])
+        # Candidates by source address, for the addresses some peer has (bounded by the
+        # peers): the same object for every request, so its index is built once.
+        self._candidates: dict[IpAddress, Candidates] = {}
+        self._resolved_at: dict[IpAddress, list[PeerConfig]] | None = None
 
     def to_start(self) -> list[str]:
         return [name for name, peer in self.peers.items() if peer.start == "initiate"]
@@ -217,8 +222,10 @@ class PeerPolicy:
     def resolved(self, name: str, address: IpAddress) -> None:
         """The DNS name of peer ``name`` resolved to ``address`` (used from now on)."""
         self.state[name].resolved = address
+        self._candidates.clear()
+        self._resolved_at = None
 
-    def candidates(self, address: str) -> list[PeerConfig]:
+    def candidates(self, address: str) -> Candidates:
         """Peers an IKE_SA_INIT from ``address`` may belong to (confirmed by ID in IKE_AUTH):
         the peers at that address (written or resolved), then those with
         ``remote_address: any``; every authenticated peer when none of them fits."""
@@ -226,14 +233,25 @@ class PeerPolicy:
             source: IpAddress | None = ipaddress.ip_address(address)
         except ValueError:
             source = None
-        by_address = list(self._by_address.get(source, [])) if source is not None else []
-        by_address += [
-            p
-            for p in self.peers.values()
-            if p.remote_address is None and source is not None and self.address_of(p) == source
-        ]
-        found = by_address + [p for p in self._anywhere if p not in by_address]
-        return found or list(self._authenticated)
+        if source is None:
+            return self._anywhere or self._authenticated
+        cached = self._candidates.get(source)
+        if cached is not None:
+            return cached
+        by_address = list(self._by_address.get(source, []))
+        if self._resolved_at is None:  # what the DNS names resolved to, by address
+            self._resolved_at = {}
+            for name, state in self.state.items():
+                peer = self.peers.get(name)
+                if state.resolved is not None and peer is not None and peer.remote_address is None:
+                    self._resolved_at.setdefault(state.resolved, []).append(peer)
+        by_address += self._resolved_at.get(source, [])
+        if not by_address:
+            return self._anywhere or self._authenticated
+        here = {id(p) for p in by_address}
+        found = Candidates(by_address + [p for p in self._anywhere if id(p) not in here])
+        self._candidates[source] = found
+        return found
 
     def same_remote_id(self, identity: Identity) -> list[str]:
         """Peers whose ``remote_id`` is ``identity`` (N(INITIAL_CONTACT), RFC 7296 §2.4)."""
@@ -269,6 +287,7 @@ class PeerPolicy:
                 self.retries.set(name, None)
         self._set_peers(new)
         self.state = {name: self.state[name] if name in kept else PeerState() for name in new}
+        self._resolved_at = None
         for name in plan["updated"]:  # children no longer configured are no longer kept up
             state, names = self.state[name], {c.name for c in new[name].children}
             state.children = tuple(c for c in state.children if c in names)

@@ -43,6 +43,7 @@ from ipsecd.ike.additional_ke import (
     mix_ppk,
     same_ppk_id,
 )
+from ipsecd.ike.candidates import first_with_id
 from ipsecd.ike.child import (
     ChildAlgorithms,
     ChildSa,
@@ -433,10 +434,7 @@ def respond(sa: IkeSa, message: Message, now: float) -> list[Payload]:
     theirs = (ident.id_type, ident.data)
     their_id = format_identity(*theirs)
     candidates = sa.candidates or (sa.peer,)
-    peer = next(
-        (p for p in candidates if p.auth is not None and same_id(p.auth.remote_id, theirs)),
-        None,
-    )
+    peer = first_with_id(candidates, theirs)
     if peer is None or peer.auth is None:
         expected = ", ".join(
             f"{p.name}: {p.auth.remote_id}" for p in candidates if p.auth is not None

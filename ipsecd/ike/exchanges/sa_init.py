@@ -55,6 +55,7 @@ from ipsecd.crypto.proposals import Proposal
 from ipsecd.crypto.registry import KeAlgorithm
 from ipsecd.ike import keys, nat
 from ipsecd.ike.additional_ke import IntAuthChain
+from ipsecd.ike.candidates import auths_of, certificate_auths_of
 from ipsecd.ike.constants import NONCE_MAX_LEN, NONCE_MIN_LEN, ExchangeType, NotifyType
 from ipsecd.ike.errors import (
     INVALID_KE_PAYLOAD,
@@ -357,7 +358,7 @@ def _responder_announcements(sa: IkeSa, message: Message) -> list[Payload]:
     """The answers to the initiator's announcements, for the peers it may turn out to be
     (the candidates until IKE_AUTH names one), and our CERTREQ."""
     candidates = sa.candidates or (sa.peer,)
-    auths = [p.auth for p in candidates if p.auth is not None]
+    auths = auths_of(candidates)
     asked = {n.notify_type for n in message.notifies()}
     out: list[Payload] = []
     if NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED in asked:
@@ -368,8 +369,8 @@ def _responder_announcements(sa: IkeSa, message: Message) -> list[Payload]:
         out.append(Notify(NotifyType.USE_PPK))
     hashes = {
         h
-        for a in auths
-        if a.remote_auth == "pubkey" and a.trust is not None
+        for a in certificate_auths_of(candidates)
+        if a.trust is not None
         for h in a.trust.store().certreq_hashes()
     }
     if hashes:
