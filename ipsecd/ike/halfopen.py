@@ -246,6 +246,11 @@ class HalfOpenTable:
         """Whether a new request must carry a COOKIE (as of the last request or clock)."""
         return len(self._sas) >= self.limits.cookie_threshold or self._now < self._cookies_until
 
+    def cookies_required_at(self, now: float) -> bool:
+        """Whether a new request must carry a COOKIE, the calm-down judged at ``now``."""
+        self._now = max(self._now, now)
+        return self.cookies_required
+
     def _update_cookies(self, now: float) -> bool:
         self._now = max(self._now, now)
         if len(self._sas) >= self.limits.cookie_threshold:

@@ -29,7 +29,15 @@ Work for the new queue (anyone can send it) may keep the daemon busy at most
 shell's work clock (elapsed, not CPU time: being preempted in the middle of IKE work
 keeps ESP waiting just as much, so a loaded machine gets less of it), is charged to a
 token bucket refilled by the clock the shell passes as ``now``.  While that budget is in
-debt, new datagrams are dropped as they arrive (``ike_busy_dropped``), before any work.
+debt *and the daemon is under pressure*, new datagrams are dropped as they arrive
+(``ike_busy_dropped``), before any work.  Under pressure means: the half-open table
+demands cookies (its threshold reached, or its calm-down not over: the ``pressure``
+callback), or at least :data:`NEW_BACKLOG_PRESSURE` datagrams wait in the new queue.
+Without pressure the share is charged but not enforced: one handshake takes 1-2 ms, as
+much as the whole burst, and one preempted for a few hundred milliseconds put the budget
+in debt for seconds (20 times as long at 5 %), so that a peer's next reauthentication's
+IKE_SA_INIT was dropped and waited for its retransmission.  A flood turns cookies on
+within ``cookie_threshold`` half-open SAs, or fills the queue, and so still gets the share.
 A daemon flooded with IKE_SA_INIT then still sleeps most of the time, and the kernel
 wakes it at once for the next ESP packet instead of queueing it behind a busy process
 (measured in docs/security.md).  Meanwhile the shell stops reading the IKE port,
@@ -53,6 +61,7 @@ QUEUE_DATAGRAMS = 256  # per queue
 QUEUE_BYTES = 2 * 1024 * 1024  # per queue
 NEW_WORK_SHARE = 0.05  # seconds per second: the daemon busy with the new queue at most
 NEW_WORK_BURST = 0.002  # seconds of it at once: short bursts keep the daemon a light sleeper
+NEW_BACKLOG_PRESSURE = 16  # datagrams in the new queue from which on the share is enforced
 
 
 @dataclass(frozen=True)
@@ -82,8 +91,11 @@ class IkeInbox:
         max_datagram: int,
         now: float,
         work_clock: Callable[[], float] | None = None,
+        pressure: Callable[[float], bool] = lambda _now: False,
     ) -> None:
-        """``work_clock``: how long the new queue's work takes (None: no share limit)."""
+        """``work_clock``: how long the new queue's work takes (None: no share limit);
+        ``pressure(now)``: whether new requests are pressing besides a deep backlog (the
+        half-open table demands cookies), so that the share is enforced."""
         self.counters = counters
         self.max_datagram = max_datagram
         self._known = _Queue()
@@ -91,6 +103,7 @@ class IkeInbox:
         self._arrivals = 0
         self._clock = work_clock
         self._new_work = TokenBucket(NEW_WORK_SHARE, NEW_WORK_BURST, now) if work_clock else None
+        self._pressure = pressure
 
     def __len__(self) -> int:
         return len(self._known.items) + len(self._new.items)
@@ -121,15 +134,24 @@ class IkeInbox:
 
     def paused_for(self, now: float) -> float:
         """Seconds the shell may leave a socket that carries only new requests (the IKE
-        port) unread (0: none): while the share is in debt, and until half a burst is
-        back, so that a flooded daemon sleeps in long stretches, not between datagrams."""
+        port) unread (0: none): while the share is in debt under pressure, and until half
+        a burst is back, so that a flooded daemon sleeps in long stretches, not between
+        datagrams."""
         bucket = self._new_work
-        if bucket is None or bucket.available(now):
+        if bucket is None or not self._over_budget(now):
             return 0.0
         return (bucket.burst / 2 - bucket.tokens) / bucket.rate
 
+    def under_pressure(self, now: float) -> bool:
+        """Whether the share is enforced: cookies demanded, or a deep new queue."""
+        return len(self._new.items) >= NEW_BACKLOG_PRESSURE or self._pressure(now)
+
     def _over_budget(self, now: float) -> bool:
-        return self._new_work is not None and not self._new_work.available(now)
+        return (
+            self._new_work is not None
+            and not self._new_work.available(now)
+            and self.under_pressure(now)
+        )
 
     def take(self) -> tuple[Received, bool] | None:
         """The datagram that arrived first, and whether it is for a known SA."""

@@ -129,8 +129,14 @@ class IkeManager:
         # Responder SAs before IKE_AUTH, by (remote ip, SPIi); cookies and limits (§2.6).
         self.half_open = HalfOpenTable(DosLimits.from_gateway(gw), self.counters, now)
         # work_clock: the shell's clock for how long work takes, for the share of new
-        # requests (inbox.py).
-        self.inbox = IkeInbox(self.counters, gw.max_ike_datagram, now, work_clock)
+        # requests (inbox.py), enforced under pressure: while cookies are demanded.
+        self.inbox = IkeInbox(
+            self.counters,
+            gw.max_ike_datagram,
+            now,
+            work_clock,
+            pressure=self.half_open.cookies_required_at,
+        )
         self.trace = trace
         self._outgoing: list[OutgoingDatagram] = []
         self._events: deque[Event] = deque()

@@ -39,7 +39,7 @@ from ipsecd.ike.trace import MAX_LABELS, describe
 from ipsecd.ratelimit import SourceLimiter, TokenBucket
 from tests.unit.core_rig import CoreRig
 from tests.unit.ike_pair_support import A_IP, B_IP, IkePair, ipv4_packet, side_a, side_b
-from tests.unit.test_ike_dos import init_request
+from tests.unit.test_ike_dos import first_request, forged, init_request
 
 IKE_SA_INIT = ExchangeType.IKE_SA_INIT
 INFORMATIONAL = ExchangeType.INFORMATIONAL
@@ -506,12 +506,13 @@ def test_retransmits_are_logged_at_info_with_number_and_next_timeout(tmp_path, j
 
 
 def test_new_requests_get_a_bounded_share_of_the_daemons_time(tmp_path):
-    """Work on the new queue is charged to a budget of NEW_WORK_SHARE; in debt, new
-    datagrams are dropped as they arrive, known SAs are still served."""
+    """Work on the new queue is charged to a budget of NEW_WORK_SHARE; in debt and under
+    pressure (cookies demanded), new datagrams are dropped as they arrive, known SAs are
+    still served."""
     from ipsecd.ike.inbox import NEW_WORK_BURST, NEW_WORK_SHARE
     from ipsecd.ike.manager import IkeManager
 
-    pair = IkePair(tmp_path)
+    pair = IkePair(tmp_path, b=side_b(cookie_threshold=0))  # cookies always: pressure
     clock = FakeWork(NEW_WORK_BURST)  # each message takes the whole burst
     b = IkeManager(pair.b_config, pair.now, work_clock=clock)
     clock.charge(b)
@@ -530,6 +531,93 @@ def test_new_requests_get_a_bounded_share_of_the_daemons_time(tmp_path):
     now += NEW_WORK_BURST / NEW_WORK_SHARE  # the debt is paid off as time passes
     b.enqueue_datagram(init_request(3, spi_i=3), (B_IP, 500), (ATTACKER, 500), now)
     assert b.pending() == 2
+
+
+def test_without_pressure_a_stalled_handshake_does_not_drop_the_next_request(tmp_path):
+    """A peer's IKE_SA_INIT that took long (preempted: 0.5 s, 10 s of debt at 5 %) must
+    not get the next one (its next reauthentication's) dropped, nor the IKE port paused:
+    below the cookie threshold, with a short new queue, the share is charged, not
+    enforced."""
+    from ipsecd.ike.manager import IkeManager
+
+    pair, init = first_request(tmp_path)  # cookie_threshold 10
+    clock = FakeWork(0.5)
+    b = IkeManager(pair.b_config, pair.now, work_clock=clock)
+    clock.charge(b)
+    now = pair.now
+    b.enqueue_datagram(init, (B_IP, 4500), (A_IP, 4500), now)
+    b.process_queued(now)
+    assert len(b.half_open) == 1
+    now += 1.0  # long before the debt is paid off
+    assert b.intake_paused_for(now) == 0.0
+    b.enqueue_datagram(forged(init), (B_IP, 4500), (A_IP, 4500), now)
+    assert b.pending() == 1
+    assert b.process_queued(now) == 1
+    assert "ike_busy_dropped" not in b.counters
+    assert len(b.half_open) == 2  # both answered
+
+
+def test_the_share_is_enforced_under_pressure_only():
+    """IkeInbox: in debt, new datagrams pass while there is no pressure; with pressure
+    (the callback: cookies demanded) or a new queue NEW_BACKLOG_PRESSURE deep, they are
+    dropped and the IKE port may pause."""
+    from ipsecd.ike.inbox import NEW_BACKLOG_PRESSURE, NEW_WORK_BURST, IkeInbox, Received
+
+    pressed = False
+    clock = FakeWork(1.0)
+    counters: dict[str, int] = {}
+    inbox = IkeInbox(counters, 10_000, 0.0, clock, pressure=lambda _now: pressed)
+
+    def item(n: int) -> Received:
+        data = init_request(n, spi_i=n)
+        return Received(data, codec.parse_header(data), (B_IP, 500), (ATTACKER, 500))
+
+    def handle(_item: Received) -> None:
+        clock.t += clock.cost
+
+    inbox.offer(item(1), False, 0.0)
+    assert inbox.drain(handle, lambda: True, 0.0) == 1  # 1 s of work: deep in debt
+    assert not inbox.under_pressure(0.0) and inbox.paused_for(0.0) == 0.0
+    for n in range(2, 2 + NEW_BACKLOG_PRESSURE):
+        inbox.offer(item(n), False, 0.0)
+    assert len(inbox) == NEW_BACKLOG_PRESSURE and "ike_busy_dropped" not in counters
+    assert inbox.under_pressure(0.0) and inbox.paused_for(0.0) > 0.0
+    inbox.offer(item(99), False, 0.0)  # the queue is deep: the share applies
+    assert counters["ike_busy_dropped"] == 1 and len(inbox) == NEW_BACKLOG_PRESSURE
+    clock.cost = 0.0
+    assert inbox.drain(handle, lambda: True, 0.0) == NEW_BACKLOG_PRESSURE  # none more
+    assert counters["ike_busy_dropped"] == 1  # behind the first, the backlog is short
+    assert not inbox.under_pressure(0.0)
+    pressed = True  # cookies demanded (or their calm-down): the share applies again
+    assert inbox.paused_for(0.0) > NEW_WORK_BURST
+    inbox.offer(item(100), False, 0.0)
+    assert counters["ike_busy_dropped"] == 2 and len(inbox) == 0
+    pressed = False
+    inbox.offer(item(101), False, 0.0)
+    assert len(inbox) == 1
+
+
+def test_cookies_calm_down_is_judged_by_the_clock_for_the_share(tmp_path):
+    """The manager's pressure is HalfOpenTable.cookies_required_at: on at the threshold,
+    on through the calm-down, then off even with no request in between."""
+    from ipsecd.ike.manager import IkeManager
+
+    pair, init = first_request(tmp_path, cookie_threshold=1)
+    b = IkeManager(pair.b_config, pair.now, work_clock=FakeWork(0.0))
+    now = pair.now
+    assert not b.inbox.under_pressure(now)
+    b.enqueue_datagram(init, (B_IP, 500), (A_IP, 500), now)
+    b.process_queued(now)
+    assert len(b.half_open) == 1 and b.inbox.under_pressure(now)  # at the threshold
+    b.enqueue_datagram(forged(init), (B_IP, 500), (ATTACKER, 500), now)
+    b.process_queued(now)  # answered with a COOKIE: the calm-down starts
+    assert b.half_open.cookies_required and b.inbox.under_pressure(now)
+    for key in list(b.half_open):
+        sa = b.half_open.get(key)
+        assert sa is not None
+        b.half_open.discard(sa)
+    assert b.inbox.under_pressure(now + 1.0)  # calm-down
+    assert not b.inbox.under_pressure(now + halfopen.COOKIE_CALMDOWN + 1.0)
 
 
 def test_the_kernel_drops_datagrams_over_the_limit_on_a_filtered_socket():
