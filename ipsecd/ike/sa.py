@@ -214,6 +214,7 @@ class ReauthComplete(SaSignal):
 class TaskResult(Enum):
     DONE = "done"  # exchange complete; move to the next message id
     RETRY = "retry"  # rebuild and resend the request with the same message id (IKE_SA_INIT)
+    STALE = "stale"  # an answer to an earlier copy of the request: keep waiting for ours
 
 
 class InitiatorTask(Protocol):
@@ -878,6 +879,8 @@ class IkeSa:
         if result is TaskResult.RETRY:
             self.resend_outstanding(out.task, now)
             return
+        if result is TaskResult.STALE:
+            return  # the request stays outstanding; its retransmission timer runs on
         self.outstanding = None
         self.next_request_id += 1
         self.kick(now)

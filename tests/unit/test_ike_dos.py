@@ -518,3 +518,25 @@ def test_forged_half_open_sa_does_not_stop_retries(tmp_path):
     pair.net.drop = lambda sent: False
     pair.advance(15)
     assert pair.status("a")["state"] == "established"
+
+
+def test_a_second_cookie_answer_for_a_retransmitted_request_is_not_acted_on(tmp_path):
+    # The initiator retransmitted its first IKE_SA_INIT before the COOKIE answer came, so
+    # two COOKIE answers arrive; the request with the cookie went out after the first.
+    # The second must not send it again (a second copy earned the same answer twice and,
+    # with a slow responder, crossed its IKE_SA_INIT response).
+    pair, init = first_request(tmp_path, cookie_threshold=0)
+    first, second = to_b(pair, init) + to_b(pair, init)
+    assert cookie_of(first) == cookie_of(second)
+    pair.a.receive_datagram(first, (A_IP, 500), (B_IP, 500), pair.now)
+    (retry,) = pair.a.datagrams_to_send()
+    assert notifies(retry.data)[0].notify_type == N_COOKIE
+    pair.a.receive_datagram(second, (A_IP, 500), (B_IP, 500), pair.now)
+    assert pair.a.datagrams_to_send() == []
+    assert pair.a.counters["cookies_received"] == 1
+    # The retry is answered and the handshake completes as usual.
+    pair.b.receive_datagram(retry.data, (B_IP, 500), (A_IP, 500), pair.now)
+    for answer in pair.b.datagrams_to_send():
+        pair.a.receive_datagram(answer.data, (A_IP, 500), (B_IP, 500), pair.now)
+    pair.pump()
+    assert pair.status("a")["state"] == pair.status("b")["state"] == "established"

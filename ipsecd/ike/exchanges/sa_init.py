@@ -46,6 +46,7 @@ What IKE_AUTH and the exchanges before it need is announced here and recorded in
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 
 from ipsecd.config.schema import PeerConfig
@@ -214,6 +215,11 @@ class IkeSaInit:
                 raise InvalidSyntax(
                     f"peer {sa.peer_name} sent a {len(cookie.data)}-octet COOKIE (1..64, §2.6)"
                 )
+            if self.cookie is not None and hmac.compare_digest(cookie.data, self.cookie):
+                # The COOKIE answer to a copy sent before we had the cookie (a retransmission
+                # crossed it): our request with this cookie is already on its way, and
+                # sending it again would only earn the same answer twice.
+                return TaskResult.STALE
             sa.count("cookies_received")
             return self._retry(sa, "COOKIE", lambda: setattr(self, "cookie", cookie.data), now)
         invalid_ke = message.notify(INVALID_KE_PAYLOAD)
