@@ -168,11 +168,12 @@ class SaDatabase:
     def for_peer(self, peer: str) -> list[InstalledChildSa]:
         """The peer's SAs, the ones in outbound use first (newest first), then inbound-only."""
         sending = [s for s in self._outbound if s.peer == peer]
-        return sending + [s for s in self.by_spi.values() if s.peer == peer and s not in sending]
+        seen = {id(s) for s in sending}
+        return sending + [s for s in self.by_spi.values() if s.peer == peer and id(s) not in seen]
 
     def __iter__(self) -> Iterator[InstalledChildSa]:
-        sending = list(self._outbound)
-        return iter(sending + [s for s in self.by_spi.values() if s not in sending])
+        seen = {id(s) for s in self._outbound}  # identity, one look-up each (not a list scan)
+        return iter([*self._outbound, *(s for s in self.by_spi.values() if id(s) not in seen)])
 
     def __len__(self) -> int:
         return len(self.by_spi)
