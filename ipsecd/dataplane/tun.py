@@ -83,7 +83,8 @@ class TunDevice:
         self._io(fd, device.name, offload)
         self._ipr = AsyncIPRoute()
         self.index = 0
-        self._routes: list[tuple[IpNetwork, int | None]] = []  # (prefix, table)
+        # (prefix, table) -> None: an ordered set, looked up once per route change
+        self._routes: dict[tuple[IpNetwork, int | None], None] = {}
 
     @classmethod
     def on_fd(cls, fd: int, offload: bool = True, name: str = "") -> TunDevice:
@@ -155,8 +156,7 @@ class TunDevice:
             family=family,
             **extra,
         )
-        if (network, table) not in self._routes:
-            self._routes.append((network, table))
+        self._routes[(network, table)] = None
 
     async def remove_route(self, network: IpNetwork, table: int | None = None) -> None:
         family = 2 if network.version == 4 else 10
@@ -169,8 +169,7 @@ class TunDevice:
                 family=family,
                 **({"table": table} if table is not None else {}),
             )
-        if (network, table) in self._routes:
-            self._routes.remove((network, table))
+        self._routes.pop((network, table), None)
 
     @property
     def routes(self) -> list[IpNetwork]:
