@@ -16,6 +16,7 @@ import pytest
 
 from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
 from tests.lab.topology import Topology
+from tests.lab.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 IPSECCTL = [sys.executable, "-m", "ipsecd.cli.ipsecctl"]
@@ -92,6 +93,16 @@ def test_up_rekey_down_reload_and_log_in_words(topology: Topology) -> None:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
+        # ipsecctl log shows what is logged from when it connects (as swanctl --log): let it
+        # connect before the records it is to show (its start-up takes seconds under load).
+        wait_until(
+            lambda: (
+                f"pid={follower.pid},"
+                in subprocess.run(["ss", "-xp"], capture_output=True, text=True).stdout
+            ),
+            10,
+            what="ipsecctl log connected to the control socket",
+        )
         up = ipsecctl(gw_a, "up", "b")
         assert up.returncode == 0, (up, gw_a.log_text())
         peer = gw_a.peer_status()
