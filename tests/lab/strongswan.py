@@ -381,6 +381,12 @@ class HandshakeTiming:
     log_seconds: float | None  # charon log: "initiating IKE_SA" to "CHILD_SA ... established"
 
 
+# "1796175503.571 16[IKE] <gw|2> retransmit 1 of request with message ID 0" (time_format %s)
+_FIRST_RETRANSMIT = re.compile(
+    r"^(\d+\.\d+) \S+ (?:<[^>]*> )?retransmit 1 of request with message ID (\d+)", re.M
+)
+
+
 class Charon:
     """One charon daemon of installation ``swan`` inside namespace ``ns`` of ``topo``; files
     in ``directory``.
@@ -402,6 +408,7 @@ class Charon:
         swan: StrongSwan = HOST,
     ) -> None:
         self.topo, self.ns, self.swan = topo, ns, swan
+        self.retransmit_timeout = retransmit_timeout
         self.dir = Path(directory or topo.log_path(f"charon-{ns.rsplit('-', 1)[-1]}"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf_path = self.dir / "strongswan.conf"
@@ -505,6 +512,16 @@ class Charon:
     def log_text(self) -> str:
         """charon's whole log so far ("" before it wrote one)."""
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def first_retransmits(self, since: float = 0.0) -> list[tuple[float, int]]:
+        """(when, message ID) of charon's first retransmission of each request it sent
+        again after ``since`` (its log's epoch seconds): the original had then gone
+        unanswered for ``retransmit_timeout`` in charon's eyes."""
+        found = (
+            (float(m.group(1)), int(m.group(2)))
+            for m in _FIRST_RETRANSMIT.finditer(self.log_text())
+        )
+        return [(when, mid) for when, mid in found if when >= since]
 
     def load(self, *conns: SwanConnection) -> None:
         """Write swanctl.conf for ``conns`` and load it (connections and secrets)."""

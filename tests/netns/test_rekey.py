@@ -17,6 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.lab.daemons import IpsecdProcess, site_specs, start_psk_pair
+from tests.lab.retransmits import charon_retransmit_allowance
 from tests.lab.strongswan import Charon, StrongSwan, site_to_site
 from tests.lab.topology import HOST_A_IP, HOST_B_IP, Topology
 from tests.lab.wait import wait_until
@@ -345,9 +346,14 @@ def test_reauthentication_by_strongswan_with_its_defaults(
     try:
         first = charon.list_sas()[0]["uniqueid"]
         count = int(REAUTH_TIME * (REAUTHS + 0.5) / 0.2)
+        since = time.time()
         stats = topology.ping(topology.host_a, HOST_B_IP, count=count, interval=0.2, wait=1.0)
-        print(f"{strongswan}: {stats.loss:.1%} of pings lost")
-        assert stats.loss <= 0.02, (stats, gw_a.peer_status(), charon.tail())
+        lost = stats.transmitted - stats.received
+        # charon 5.9 may drop our (early) IKE_SA_INIT answer and retransmit: its second.
+        extra, unanswered = charon_retransmit_allowance(gw_a.log_text(), charon, since, 0.2)
+        print(f"{strongswan}: {lost} of {stats.transmitted} pings lost, {extra} allowed extra")
+        assert not unanswered, (unanswered, gw_a.log_text()[-3000:], charon.tail())
+        assert lost <= int(0.02 * count) + extra, (stats, gw_a.peer_status(), charon.tail())
         sas = _one_swan_ike_sa(charon)
         reauths = int(str(sas[0]["uniqueid"])) - int(str(first))
         assert reauths >= REAUTHS, charon.tail()
