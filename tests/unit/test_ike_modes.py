@@ -241,6 +241,39 @@ def test_ah_is_refused_behind_a_nat(tmp_path):
     assert pair.established("a") == pair.established("b") == []
 
 
+def test_ah_child_first_behind_a_nat_fails_alone_and_the_esp_child_comes_up(tmp_path):
+    """The first configured child is AH, the second ESP, and IKE finds a NAT: IKE_AUTH
+    carries the ESP child, the AH one fails by itself, named; the IKE SA stays."""
+    a = side_a(
+        encap="auto",
+        children=(
+            Child("mgmt", ("10.1.9.0/24",), ("10.2.9.0/24",), protocol="ah", esp=("sha256",)),
+            Child("lan", ("10.1.0.0/24",), ("10.2.0.0/24",)),
+        ),
+    )
+    b = side_b(
+        remote_address=NAT_PUBLIC_IP,
+        remote_id=A_IP,
+        encap="auto",
+        children=(
+            Child(
+                "mgmt", ("10.2.9.0/24",), ("10.1.9.0/24",), "respond", ("sha256",), protocol="ah"
+            ),
+            Child("lan", ("10.2.0.0/24",), ("10.1.0.0/24",), "respond"),
+        ),
+    )
+    pair = IkePair(tmp_path, a, b, start=False)
+    pair.net.nat = {(A_IP, 500): (NAT_PUBLIC_IP, 40500), (A_IP, 4500): (NAT_PUBLIC_IP, 40501)}
+    pair.a.start(pair.now)
+    pair.pump()
+    assert [e.child.name for e in pair.established("a")] == ["lan"]
+    assert [e.child.protocol for e in pair.established("b")] == ["esp"]
+    (failed,) = pair.of_type("a", ev.NegotiationFailed)
+    assert failed.child == "mgmt" and failed.reason.startswith("AH cannot cross a NAT"), failed
+    assert len(pair.a.sas) == len(pair.b.sas) == 1
+    assert pair.status("a")["state"] == "established"
+
+
 def test_responder_refuses_ah_when_the_initiator_forces_udp(tmp_path):
     """A peer that fakes its NAT-D source hash (encap = yes) cannot get AH from us."""
     a = side_a(**ah())

@@ -211,6 +211,16 @@ def _selectors(message: Message) -> tuple[Selectors, Selectors] | None:
     return tuple(tsi.selectors), tuple(tsr.selectors)
 
 
+def _first_child(sa: IkeSa) -> ChildConfig:
+    """The child IKE_AUTH carries: the first one wanted, unless it is AH, IKE found a NAT
+    and another wanted child can cross it. The AH child then fails alone, named, when its
+    CREATE_CHILD_SA comes (an IKE SA is not given up for it)."""
+    wanted = [sa.child_config(name) for name in sa.wanted_children] or [sa.child_config("")]
+    if sa.nat_local or sa.nat_remote:
+        return next((c for c in wanted if c.protocol != "ah"), wanted[0])
+    return wanted[0]
+
+
 def _initial_contact(message: Message) -> bool:
     return message.notify(NotifyType.INITIAL_CONTACT) is not None
 
@@ -277,8 +287,9 @@ class IkeAuth:
                 ppk_notifies.append(Notify(NotifyType.NO_PPK_AUTH, fallback.data))
         self.child_spi = new_child_spi(sa.random_bytes, sa.children)
         # The first child the IKE SA was started for (the rest follow, CREATE_CHILD_SA).
-        self.child = child = sa.child_config(next(iter(sa.wanted_children), ""))
-        # No IKE SA without its first CHILD_SA: AH through a NAT fails here, named.
+        self.child = child = _first_child(sa)
+        # No IKE SA without its first CHILD_SA: AH through a NAT (every wanted child AH)
+        # fails here, named.
         check_ah_without_nat(child.protocol, sa.nat_local, sa.nat_remote, peer.name)
         self.local_ts = child.local_ts
         self.remote_ts = child.remote_ts
