@@ -211,6 +211,13 @@ class ReauthComplete(SaSignal):
     old: IkeSa
 
 
+# A replaced IKE SA (rekeyed, reauthenticated, redundant after a collision) has only its
+# Delete left to send, a courtesy: the peer lives on the successor, or has already dropped
+# this SA unannounced (charon 5.9 after a rekey collision whose answer it ignored). Three
+# retransmissions (0.5 + 1 + 2 + 4 s by default), not the full budget of a live SA.
+REPLACED_SA_RETRANSMITS = 3
+
+
 class TaskResult(Enum):
     DONE = "done"  # exchange complete; move to the next message id
     RETRY = "retry"  # rebuild and resend the request with the same message id (IKE_SA_INIT)
@@ -913,7 +920,10 @@ class IkeSa:
         out = self.outstanding
         if out is None or now < out.next_send or not self.alive:
             return
-        if out.retransmits >= self.policy.max_retransmits:
+        limit = self.policy.max_retransmits
+        if self.rekeyed_to is not None:
+            limit = min(limit, REPLACED_SA_RETRANSMITS)
+        if out.retransmits >= limit:
             self.outstanding = None
             if self.state is IkeState.ESTABLISHED and self.rekeyed_to is None:
                 self.signals.append(PeerUnresponsive())

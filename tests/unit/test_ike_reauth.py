@@ -22,7 +22,7 @@ from ipsecd.ike import events as ev
 from ipsecd.ike import payloads as pl
 from ipsecd.ike.exchanges.informational import DeleteIkeSa
 from ipsecd.ike.reauth import CROSSING_GRACE, CROSSING_WINDOW, REAUTH_GRACE
-from ipsecd.ike.sa import IkeSa
+from ipsecd.ike.sa import REPLACED_SA_RETRANSMITS, IkeSa
 from ipsecd.selectors import TrafficSelector
 from tests.unit.core_rig import CoreRig
 from tests.unit.ike_pair_support import (
@@ -399,6 +399,28 @@ def test_failed_reauthentication_keeps_the_old_ike_sa_and_tries_again(tmp_path: 
     assert_in_use(pair)
 
 
+def test_replaced_ike_sa_whose_delete_goes_unanswered_is_gone_after_three_retransmits(
+    tmp_path: Path,
+) -> None:
+    """The peer neither deletes the replaced IKE SA nor answers our Delete for it (charon
+    5.9 drops its side of a rekey collision unannounced): our courtesy Delete gives up after
+    REPLACED_SA_RETRANSMITS (0.5 + 1 + 2 + 4 s), not the seven of a live SA (~2 min)."""
+    quiet = {**FAST, "dpd_delay": "0", "retransmit_tries": 7}
+    pair = IkePair(tmp_path, side_a(**quiet), side_b(**quiet, **REAUTH))
+    (old,) = ike_sas(pair, "a")
+    pair.net.drop = lambda s: s.sender == "b" and s.data[18] == INFORMATIONAL
+    pair.advance(601 + REAUTH_GRACE)
+    assert old.alive and old.outstanding is not None  # our Delete, unanswered so far
+    pair.advance(sum(0.5 * 2**n for n in range(REPLACED_SA_RETRANSMITS + 1)) + 0.1)
+    assert not old.alive
+    (gone,) = [e for e in pair.of_type("a", ev.IkeSaDeleted)]
+    assert "not deleted by the peer (peer did not confirm" in gone.reason
+    assert counter(pair, "a", "retransmits") == REPLACED_SA_RETRANSMITS
+    pair.net.drop = lambda s: False
+    pair.advance(60)
+    assert_in_use(pair)
+
+
 def test_peer_that_never_deletes_the_old_ike_sa(tmp_path: Path) -> None:
     """The peer's reauthentication Delete for the old IKE SA is lost: we delete it
     ourselves after REAUTH_GRACE seconds."""
@@ -412,7 +434,9 @@ def test_peer_that_never_deletes_the_old_ike_sa(tmp_path: Path) -> None:
     pair.advance(REAUTH_GRACE)
     assert not old.alive
     (gone,) = [e for e in pair.of_type("a", ev.IkeSaDeleted)]
-    assert "replaced by a reauthentication, not deleted by the peer" in gone.reason
+    # b gave its unanswered Delete up after REPLACED_SA_RETRANSMITS and forgot the SA: it
+    # answers ours with INVALID_IKE_SPI.
+    assert gone.reason == "deleted (the peer no longer had it: INVALID_IKE_SPI)", gone
     pair.net.drop = lambda s: False
     pair.advance(60)
     assert_in_use(pair)
