@@ -85,3 +85,21 @@ def test_without_key_lines_keeps_everything_else(tmp_path: Path) -> None:
     assert kept == config  # key_lines never take part in comparing configs
     assert kept.peers is config.peers
     assert kept.without_key_lines() is kept
+
+
+def test_idle_daemon_imports_none_of_what_it_loads_lazily(tmp_path: Path) -> None:
+    """After the daemon's imports and its start-up handshake (warm_up): no numpy (the
+    bulk data path), no prometheus_client (the metrics endpoint), no pyroute2 package
+    ``__init__`` (NDB, sqlite3: lazyimports.py)."""
+    path = _config(tmp_path)
+    code = f"""
+import json, sys
+from ipsecd.config import load_config
+config = load_config({str(path)!r})
+from ipsecd.daemon.app import serve
+from ipsecd.daemon.warmup import warm_up
+assert warm_up(config) is not None
+lazy = ("numpy", "prometheus_client", "pyroute2.ndb", "sqlite3")
+print(json.dumps([m for m in lazy if m in sys.modules]))
+"""
+    assert json.loads(_python(code).splitlines()[-1]) == []
