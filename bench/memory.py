@@ -160,6 +160,25 @@ def table(results: dict[tuple[str, int], list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def run(
+    repos: list[Path], peers: list[int], rounds: int, reload: bool
+) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """Every (tree, peers) measured once per round, interleaved: the results by both."""
+    results: dict[tuple[str, int], list[dict[str, Any]]] = {
+        (str(r), n): [] for r in repos for n in peers
+    }
+    with tempfile.TemporaryDirectory(prefix="ipsecd-memory-") as tmp:
+        work = Path(tmp)
+        (work / "psk").write_text(PSK + "\n")
+        (work / "psk").chmod(0o600)
+        for r in range(rounds):
+            for n in peers:
+                for repo in repos:
+                    print(f"round {r + 1}: {repo}, {n} peers", file=sys.stderr)
+                    results[(str(repo), n)].append(measure(repo, n, work, reload))
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--peers", type=int, nargs="+", default=[1, 100, 1000])
@@ -171,19 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/memory.py: root only", file=sys.stderr)
         return 2
-    repos = [r.resolve() for r in args.repo]
-    results: dict[tuple[str, int], list[dict[str, Any]]] = {
-        (str(r), n): [] for r in repos for n in args.peers
-    }
-    with tempfile.TemporaryDirectory(prefix="ipsecd-memory-") as tmp:
-        work = Path(tmp)
-        (work / "psk").write_text(PSK + "\n")
-        (work / "psk").chmod(0o600)
-        for r in range(args.rounds):
-            for n in args.peers:
-                for repo in repos:
-                    print(f"round {r + 1}: {repo}, {n} peers", file=sys.stderr)
-                    results[(str(repo), n)].append(measure(repo, n, work, args.reload))
+    results = run([r.resolve() for r in args.repo], args.peers, args.rounds, args.reload)
     print(table(results))
     loads = [x for rs in results.values() for r in rs for x in r["load"]]
     print(
