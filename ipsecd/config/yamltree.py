@@ -19,7 +19,7 @@ class LineMap(dict[str, Any]):
     """A YAML mapping: ``lines[key]`` is the 1-based line of the key."""
 
     # No instance __dict__: a 1000-peer config has 8000 of these at once while it is
-    # validated, and that peak is what the daemon's memory keeps the shape of (issue 17).
+    # validated, and the arenas that peak needs stay with the daemon after it (issue 17).
     __slots__ = ("line", "lines", "duplicates")
 
     def __init__(self, line: int) -> None:

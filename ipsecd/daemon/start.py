@@ -4,9 +4,9 @@ Parsing and validating the config allocates about three times what the resulting
 ``Config`` keeps (a 13 MB peak for 4 MB with 1000 peers).  The small objects it frees
 leave holes in pymalloc's arenas, and an idle daemon never fills them: with every module
 imported first, 1000 peers cost 20 MB of resident memory.  Loaded before the daemon's
-other modules (asyncio, pyroute2, structlog, the IKE core and the data plane), the holes
-are filled by those modules' objects instead: 8 MB less (bench/README.md, "Memory").
-So this module imports nothing of the daemon until the config is loaded.
+other modules (asyncio, pyroute2, structlog, the IKE manager, the shell and the data
+plane), the holes are filled by those modules' objects instead: 8 MB less (bench/README.md,
+"Memory round").  So this module imports nothing of the daemon until the config is loaded.
 """
 
 from __future__ import annotations

@@ -17,8 +17,14 @@ from ipsecd.config import load_config
 REPO = Path(__file__).resolve().parents[2]
 
 #: Imported by the daemon, and not by the config loader: they must come after parsing.
-#: (The IKE core is not among them: the config's validation imports part of it.)
-DAEMON_MODULES = ("asyncio", "structlog", "pyroute2.iproute", "ipsecd.daemon.app")
+#: (Not all of the IKE core: the config's validation imports its codecs and proposals.)
+DAEMON_MODULES = (
+    "asyncio",
+    "structlog",
+    "pyroute2.iproute",
+    "ipsecd.ike.manager",
+    "ipsecd.daemon.app",
+)
 
 
 def _python(code: str) -> str:
