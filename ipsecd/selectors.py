@@ -16,7 +16,7 @@ TS_IPV4_ADDR_RANGE = 7
 TS_IPV6_ADDR_RANGE = 8
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class TrafficSelector:
     """An inclusive address range with protocol and port range."""
 

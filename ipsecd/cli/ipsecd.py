@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_demo(keep=args.keep, auth=args.auth, pq=args.pq)
     from ipsecd.config.errors import ConfigError
-    from ipsecd.daemon.app import run_daemon
+    from ipsecd.daemon.start import run_daemon
 
     try:
         return run_daemon(args.config)

@@ -28,7 +28,7 @@ from ipsecd.crypto.proposals import Proposal, ProposalError, parse_proposal
 from ipsecd.selectors import TrafficSelector
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per key while a config is read: kept small
 class At:
     """Where a value sits: file, key path (``peers[0].esp.proposals[1]``) and line."""
 
@@ -76,6 +76,8 @@ class Field:
 
 class Values(Mapping[str, Any]):
     """A read section: converted values by key, plus where each one was written."""
+
+    __slots__ = ("_values", "_where", "_raw", "here")  # one per section while reading
 
     def __init__(
         self, values: dict[str, Any], where: dict[str, At], here: At, raw: Any = None

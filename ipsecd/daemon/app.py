@@ -30,7 +30,6 @@ from ipsecd.daemon.core import DaemonCore
 from ipsecd.daemon.instance import StartRefused, claim_instance
 from ipsecd.daemon.malloc import keep_heap_mapped
 from ipsecd.daemon.outcomes import MAX_WAIT
-from ipsecd.daemon.preflight import log_findings
 from ipsecd.daemon.privilege import drop_privileges
 from ipsecd.daemon.resolver import SystemResolver
 from ipsecd.daemon.sdnotify import Notifier
@@ -313,7 +312,7 @@ class Daemon:
         except ConfigError as exc:
             self.log.error("reload refused, keeping the running config", error=str(exc))
             return {"ok": False, "error": f"reload refused, running config kept: {exc}"}
-        result = self.core.reload(new, time.monotonic())
+        result = self.core.reload(new.without_key_lines(), time.monotonic())
         if result["ok"]:
             logs.set_level(new.log.level)
             await self._change_routes()
@@ -442,10 +441,9 @@ class Daemon:
             self.tun = None
 
 
-def run_daemon(config_path: str) -> int:
-    config = load_config(config_path)
-    logs.configure(config.log.level, config.log.format)
-    log_findings(config, logs.get_logger())  # routes vs. config, IP forwarding (still root)
+def serve(config: Config) -> int:
+    """Run the daemon for ``config`` (loaded, logging configured, checked by
+    :func:`ipsecd.daemon.start.run_daemon`) until SIGTERM; the exit status."""
     try:  # before any device, socket or route is touched; held until the process exits
         lock = claim_instance(config)
     except StartRefused as exc:

@@ -30,7 +30,7 @@ from ipsecd.esp.counters import DropReason
 from ipsecd.ike import events as ev
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Transfer:
     """Packets and inner bytes each way (``in``: opened from the peer, ``out``: sealed to it)."""
 
@@ -70,13 +70,13 @@ class _Watched:
     last_out: float | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LastError:
     message: str
     at: float  # the core's clock
 
 
-@dataclass
+@dataclass(slots=True)
 class _Peer:
     retired: Transfer = Transfer()
     retired_drops: Counter[str] = field(default_factory=Counter)

@@ -11,9 +11,9 @@ Two things a valid config cannot tell by itself:
   what to run -- or turns it on when ``gateway.set_forwarding: true`` says so.
 
 ``ipsecd check`` prints the findings (it never writes a sysctl); the daemon logs them at
-start (:func:`log_findings`, called from ``run_daemon``), while it is still root and
-before any device exists.  Every read degrades to a note: without netlink or /proc the
-checks that need them are skipped, never the start.
+start (:func:`log_findings`, called from :func:`ipsecd.daemon.start.run_daemon`), while it
+is still root and before any device exists.  Every read degrades to a note: without
+netlink or /proc the checks that need them are skipped, never the start.
 """
 
 from __future__ import annotations

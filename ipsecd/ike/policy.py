@@ -68,7 +68,7 @@ def close_message(what: str, action: str) -> str:
     return f"{_CLOSED[what]}; close_action {action}: {_NEXT[(what, action)]}"
 
 
-@dataclass
+@dataclass(slots=True)
 class PeerState:
     retry_at: float | None = None
     last_error: str | None = None

@@ -280,7 +280,7 @@ def test_responder_refuses_ah_when_the_initiator_forces_udp(tmp_path):
     pair = IkePair(tmp_path, a, side_b(**ah()), start=False)
     # a fakes the hash as encap: always would (a itself allows AH: it detects no NAT).
     peer = pair.a.config.peers[0]
-    forcing = type(peer)(**{**peer.__dict__, "encap": "always"})
+    forcing = dataclasses.replace(peer, encap="always")
     pair.a.peers[peer.name] = forcing
     pair.a.start(pair.now)
     pair.pump()

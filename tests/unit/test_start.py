@@ -1,0 +1,111 @@
+"""``ipsecd run``'s start-up order (ipsecd.daemon.start): the config is parsed before the
+daemon's modules are imported, and the running daemon keeps no ``key_lines``.
+
+Each check runs in a fresh interpreter: this one has imported the daemon already.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.scale import PSK, responder_config
+from ipsecd.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: Imported by the daemon, and not by the config loader: they must come after parsing.
+#: (Not all of the IKE core: the config's validation imports its codecs and proposals.)
+DAEMON_MODULES = (
+    "asyncio",
+    "structlog",
+    "pyroute2.iproute",
+    "ipsecd.ike.manager",
+    "ipsecd.daemon.app",
+)
+
+
+def _python(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _config(tmp_path: Path) -> Path:
+    (tmp_path / "psk").write_text(PSK + "\n")
+    (tmp_path / "psk").chmod(0o600)
+    path = tmp_path / "c.yaml"
+    path.write_text(responder_config(3, tmp_path, ["192.0.2.2"], any_peer=False))
+    return path
+
+
+def test_start_imports_none_of_the_daemon() -> None:
+    code = (
+        "import sys, json, ipsecd.daemon.start\n"
+        f"print(json.dumps([m for m in {DAEMON_MODULES!r} if m in sys.modules]))\n"
+    )
+    assert json.loads(_python(code)) == []
+
+
+def test_config_is_parsed_before_the_daemon_modules_and_kept_without_key_lines(
+    tmp_path: Path,
+) -> None:
+    """run_daemon with the real loader and preflight, and a stand-in for serve (the
+    daemon itself): what was imported when the loader ran, what serve was given."""
+    path = _config(tmp_path)
+    code = f"""
+import json, sys, types
+import ipsecd.daemon.start as start
+
+seen = {{}}
+load = start.load_config
+def load_config(path):
+    # Without ipsecd.daemon.app: the stand-in below is in sys.modules from the start.
+    seen["imported"] = [m for m in {DAEMON_MODULES[:-1]!r} if m in sys.modules]
+    return load(path)
+start.load_config = load_config
+
+def serve(config):
+    seen["key_lines"] = len(config.key_lines)
+    seen["peers"] = len(config.peers)
+    return 7
+app = types.ModuleType("ipsecd.daemon.app")  # not the real one: it would run the daemon
+app.serve = serve
+sys.modules["ipsecd.daemon.app"] = app
+seen["exit"] = start.run_daemon({str(path)!r})
+print(json.dumps(seen))
+"""
+    seen = json.loads(_python(code).splitlines()[-1])
+    assert seen == {"imported": [], "key_lines": 0, "peers": 3, "exit": 7}
+
+
+def test_without_key_lines_keeps_everything_else(tmp_path: Path) -> None:
+    config = load_config(_config(tmp_path))
+    assert config.key_lines["peers[2].remote_ts"] > 0
+    kept = config.without_key_lines()
+    assert kept.key_lines == {}
+    assert kept == config  # key_lines never take part in comparing configs
+    assert kept.peers is config.peers
+    assert kept.without_key_lines() is kept
+
+
+def test_idle_daemon_imports_none_of_what_it_loads_lazily(tmp_path: Path) -> None:
+    """After the daemon's imports and its start-up handshake (warm_up): no numpy (the
+    bulk data path), no prometheus_client (the metrics endpoint), no pyroute2 package
+    ``__init__`` (NDB, sqlite3: lazyimports.py)."""
+    path = _config(tmp_path)
+    code = f"""
+import json, sys
+from ipsecd.config import load_config
+config = load_config({str(path)!r})
+from ipsecd.daemon.app import serve
+from ipsecd.daemon.warmup import warm_up
+assert warm_up(config) is not None
+lazy = ("numpy", "prometheus_client", "pyroute2.ndb", "sqlite3")
+print(json.dumps([m for m in lazy if m in sys.modules]))
+"""
+    assert json.loads(_python(code).splitlines()[-1]) == []
