@@ -780,9 +780,10 @@ def _build_peer(v: Values, gateway: GatewayConfig, owners: frozenset[int]) -> Pe
 
 
 def _also_used(at: At, what: str, first: Values) -> ConfigError:
-    return at.error(
-        f"{what} is also used by peer {first['name']!r} ({first.here.path}, line {first.here.line})"
-    )
+    # The first peer's name may itself be missing or misspelt (reported on its own).
+    name = first.get("name")
+    who = f"peer {name!r}" if name is not None else "another peer"
+    return at.error(f"{what} is also used by {who} ({first.here.path}, line {first.here.line})")
 
 
 def _check_unique(peers: tuple[Values, ...], errors: ErrorCollector) -> None:

@@ -75,3 +75,16 @@ def test_unreadable_peer_key_beside_the_cross_checks_is_a_config_error(bad: str)
     )
     with pytest.raises(ConfigError):
         parse_config(text, targets._config_files())
+
+
+def test_peer_without_a_name_whose_endpoint_another_peer_reuses_is_a_config_error() -> None:
+    """The "also used by peer NAME" message read the first peer's name with [] although
+    that peer's `name:` was misspelt (so absent): KeyError instead of the ConfigError;
+    found by the config target (a helper's run on 2026-12-02)."""
+    peer = "    remote_address: 192.0.2.2\n    auth:\n      psk_file: site.psk\n"
+    text = (
+        "gateway:\n  listen: [192.0.2.1]\npeers:\n"
+        + "  - njme: a\n" + peer + "  - name: b\n" + peer
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"also used by another peer \(peers\[0\], line 4\)"):
+        parse_config(text, targets._config_files())
