@@ -19,7 +19,12 @@ is created or any Diffie-Hellman is computed:
    COOKIE gets only a COOKIE answer (:mod:`ipsecd.ike.cookies`); cookies
    stay on until no request needed one for :data:`COOKIE_CALMDOWN` seconds
    (as in strongSwan), so the retransmissions of one initiator are not
-   answered with and without a cookie in turn.
+   answered with and without a cookie in turn.  They are also demanded while
+   new requests pile up in the inbox (``backlogged``: at least
+   ``inbox.NEW_BACKLOG_PRESSURE`` waiting), whatever ``cookie_threshold`` says:
+   the inbox then limits anonymous requests to a small share of the daemon's
+   time, and a cookie answer is what costs least in it, while the requests that
+   come back with the cookie have a share of their own (:mod:`ipsecd.ike.inbox`).
 
 Cheap checks first (issue 12): before any of this the request passed the
 size and header checks of :mod:`ipsecd.ike.inbox`; admission then reads only
@@ -251,9 +256,9 @@ class HalfOpenTable:
         self._now = max(self._now, now)
         return self.cookies_required
 
-    def _update_cookies(self, now: float) -> bool:
+    def _update_cookies(self, now: float, backlogged: bool = False) -> bool:
         self._now = max(self._now, now)
-        if len(self._sas) >= self.limits.cookie_threshold:
+        if backlogged or len(self._sas) >= self.limits.cookie_threshold:
             self._cookies_until = self._now + COOKIE_CALMDOWN
             return True
         return self._now < self._cookies_until
@@ -273,8 +278,18 @@ class HalfOpenTable:
 
     # ---- admission ----------------------------------------------------------
 
-    def admit(self, data: bytes, spi_i: int, message_id: int, source: str, now: float) -> Admission:
-        """Decide about one IKE_SA_INIT request (SPIr 0) before anything is computed."""
+    def admit(
+        self,
+        data: bytes,
+        spi_i: int,
+        message_id: int,
+        source: str,
+        now: float,
+        *,
+        backlogged: bool = False,
+    ) -> Admission:
+        """Decide about one IKE_SA_INIT request (SPIr 0) before anything is computed
+        (``backlogged``: new requests pile up in the inbox; cookies are demanded)."""
         key = (source, spi_i)
         # Hashing waits until an SPI matches: a flood of new SPIs costs no SHA-256.
         existing = self._sas.get(key)
@@ -304,7 +319,7 @@ class HalfOpenTable:
                 NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD,
                 error=True,
             )
-        if not self._update_cookies(now):
+        if not self._update_cookies(now, backlogged):
             return ACCEPT
         nonce = scan.nonce
         if nonce is None or not scan.complete or not 16 <= len(nonce) <= 256:
@@ -320,6 +335,21 @@ class HalfOpenTable:
                 self._count("cookies_stale")
         answer = cookie_answer(spi_i, message_id, self.cookies.make(nonce, source, spi_i, now))
         return self._stateless(data, answer, NotifyType.COOKIE, error=False)
+
+    def carries_valid_cookie(self, data: bytes, spi_i: int, source: str, now: float) -> bool:
+        """Whether an IKE_SA_INIT request brings a valid COOKIE while cookies are demanded:
+        its source is real, so the inbox gives it the verified share. A scan and an HMAC,
+        nothing kept or counted (:meth:`admit` decides and counts when it is handled)."""
+        if not self.cookies_required_at(now):
+            return False
+        try:
+            scan = scan_init(data)
+        except MalformedMessage:
+            return False
+        if scan.cookie is None or scan.nonce is None or not 16 <= len(scan.nonce) <= 256:
+            return False
+        check = self.cookies.check(scan.cookie, scan.nonce, source, spi_i, now)
+        return check is CookieCheck.VALID
 
     def _stateless(self, request: bytes, answer: bytes, notify: int, *, error: bool) -> Admission:
         """Send ``answer`` and keep nothing, unless it is larger than its bound allows."""

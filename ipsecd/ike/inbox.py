@@ -43,6 +43,13 @@ wakes it at once for the next ESP packet instead of queueing it behind a busy pr
 (measured in docs/security.md).  Meanwhile the shell stops reading the IKE port,
 which carries only new requests once IKE floated to the NAT-T port (:meth:`paused_for`):
 the kernel then drops the flood at no cost to the daemon.
+
+An IKE_SA_INIT that carries a valid COOKIE (RFC 7296 §2.6) comes from an address that
+received our answer: no spoofed flood can send it. It is charged to a share of its own,
+:data:`VERIFIED_WORK_SHARE` (half the time, so ESP keeps the other half), not to the
+5 % of the anonymous requests: otherwise 250 peers coming back at once (a hub restarting)
+got their cookies but then waited behind the 5 %, about 50 Diffie-Hellman computations a
+second, with every synchronized retransmission wave dropped again for minutes.
 """
 
 from __future__ import annotations
@@ -62,6 +69,8 @@ QUEUE_BYTES = 2 * 1024 * 1024  # per queue
 NEW_WORK_SHARE = 0.05  # seconds per second: the daemon busy with the new queue at most
 NEW_WORK_BURST = 0.002  # seconds of it at once: short bursts keep the daemon a light sleeper
 NEW_BACKLOG_PRESSURE = 16  # datagrams in the new queue from which on the share is enforced
+VERIFIED_WORK_SHARE = 0.5  # the same for IKE_SA_INIT with a valid cookie (a real source)
+VERIFIED_WORK_BURST = 0.02  # seconds of it at once
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,7 @@ class Received:
     header: codec.Header
     local: Address
     remote: Address
+    verified: bool = False  # an IKE_SA_INIT with a valid cookie: its own share
 
 
 class _Queue:
@@ -103,6 +113,9 @@ class IkeInbox:
         self._arrivals = 0
         self._clock = work_clock
         self._new_work = TokenBucket(NEW_WORK_SHARE, NEW_WORK_BURST, now) if work_clock else None
+        self._verified_work = (
+            TokenBucket(VERIFIED_WORK_SHARE, VERIFIED_WORK_BURST, now) if work_clock else None
+        )
         self._pressure = pressure
 
     def __len__(self) -> int:
@@ -121,7 +134,7 @@ class IkeInbox:
 
     def offer(self, item: Received, known: bool, now: float) -> None:
         """Queue a checked datagram (``known``: for an IKE SA we hold)."""
-        if not known and self._over_budget(now):
+        if not known and self._over_budget(now, item.verified):
             self._count("ike_busy_dropped")
             return
         queue = self._known if known else self._new
@@ -142,16 +155,20 @@ class IkeInbox:
             return 0.0
         return (bucket.burst / 2 - bucket.tokens) / bucket.rate
 
+    def backlogged(self) -> bool:
+        """Whether new requests pile up: NEW_BACKLOG_PRESSURE of them or more wait."""
+        return len(self._new.items) >= NEW_BACKLOG_PRESSURE
+
     def under_pressure(self, now: float) -> bool:
         """Whether the share is enforced: cookies demanded, or a deep new queue."""
-        return len(self._new.items) >= NEW_BACKLOG_PRESSURE or self._pressure(now)
+        return self.backlogged() or self._pressure(now)
 
-    def _over_budget(self, now: float) -> bool:
-        return (
-            self._new_work is not None
-            and not self._new_work.available(now)
-            and self.under_pressure(now)
-        )
+    def _bucket(self, verified: bool) -> TokenBucket | None:
+        return self._verified_work if verified else self._new_work
+
+    def _over_budget(self, now: float, verified: bool = False) -> bool:
+        bucket = self._bucket(verified)
+        return bucket is not None and not bucket.available(now) and self.under_pressure(now)
 
     def take(self) -> tuple[Received, bool] | None:
         """The datagram that arrived first, and whether it is for a known SA."""
@@ -177,15 +194,16 @@ class IkeInbox:
         handled = 0
         while (taken := self.take()) is not None:
             item, known = taken
-            if known or self._new_work is None or self._clock is None:
+            bucket = self._bucket(item.verified)
+            if known or bucket is None or self._clock is None:
                 handle(item)
-            elif self._over_budget(now) and not known_now(item):
+            elif self._over_budget(now, item.verified) and not known_now(item):
                 self._count("ike_busy_dropped")  # queued before the share ran out
                 continue
             else:
                 start = self._clock()
                 handle(item)
-                self._new_work.spend(self._clock() - start, now)
+                bucket.spend(self._clock() - start, now)
             handled += 1
             if not more():
                 break

@@ -342,8 +342,17 @@ class IkeManager:
         header = self.inbox.check(data)
         if header is None:
             return
-        item = Received(bytes(data), header, _address(local), _address(remote))
-        self.inbox.offer(item, self._for_known_sa(header, item.remote), now)
+        remote = _address(remote)
+        known = self._for_known_sa(header, remote)
+        data = bytes(data)
+        verified = (
+            not known
+            and header.exchange_type == ExchangeType.IKE_SA_INIT
+            and not header.response
+            and header.spi_r == 0
+            and self.half_open.carries_valid_cookie(data, header.spi_i, remote[0], now)
+        )
+        self.inbox.offer(Received(data, header, _address(local), remote, verified), known, now)
 
     def intake_paused_for(self, now: float) -> float:
         """Seconds during which the IKE port may stay unread: new requests would be dropped
@@ -723,7 +732,14 @@ class IkeManager:
     ) -> None:
         """A new IKE_SA_INIT (SPIr 0).  Nothing is kept for a request that does not decode,
         and only a responder SA that sent its answer counts as half-open (§2.6)."""
-        admission = self.half_open.admit(data, header.spi_i, header.message_id, remote[0], now)
+        admission = self.half_open.admit(
+            data,
+            header.spi_i,
+            header.message_id,
+            remote[0],
+            now,
+            backlogged=self.inbox.backlogged(),
+        )
         if admission.retransmit_of is not None:
             existing = admission.retransmit_of
             existing.receive(data, header, local, remote, now)  # retransmit -> cached answer

@@ -33,7 +33,7 @@ from ipsecd.ike import message as codec
 from ipsecd.ike import payloads as pl
 from ipsecd.ike.constants import ExchangeType, NotifyType
 from ipsecd.ike.errors import MalformedMessage
-from ipsecd.ike.inbox import QUEUE_DATAGRAMS
+from ipsecd.ike.inbox import NEW_BACKLOG_PRESSURE, QUEUE_DATAGRAMS
 from ipsecd.ike.proposal_codec import MAX_LISTED, capped, sa_payload
 from ipsecd.ike.trace import MAX_LABELS, describe
 from ipsecd.ratelimit import SourceLimiter, TokenBucket
@@ -531,6 +531,69 @@ def test_new_requests_get_a_bounded_share_of_the_daemons_time(tmp_path):
     now += NEW_WORK_BURST / NEW_WORK_SHARE  # the debt is paid off as time passes
     b.enqueue_datagram(init_request(3, spi_i=3), (B_IP, 500), (ATTACKER, 500), now)
     assert b.pending() == 2
+
+
+@pytest.mark.parametrize("burst", [NEW_BACKLOG_PRESSURE - 6, NEW_BACKLOG_PRESSURE + 4])
+def test_a_backlog_of_new_requests_demands_cookies(tmp_path, burst):
+    """cookie_threshold far away, but NEW_BACKLOG_PRESSURE new requests or more waiting:
+    they are answered with cookies (cheap, and their retries get the verified share)
+    instead of being dropped over the anonymous share; a shorter burst is answered."""
+    from ipsecd.ike.manager import IkeManager
+
+    side = side_b(cookie_threshold=1000, half_open_per_source=1000)
+    pair = IkePair(tmp_path, b=side, start=False)
+    b = IkeManager(pair.b_config, pair.now, work_clock=FakeWork(0.0))
+    for n in range(1, 1 + burst):
+        b.enqueue_datagram(init_request(n, spi_i=n), (B_IP, 500), (A_IP, 500), pair.now)
+    assert b.process_queued(pair.now) == burst
+    if burst >= NEW_BACKLOG_PRESSURE:
+        assert b.counters["cookies_sent"] == burst and len(b.half_open) == 0
+        assert b.half_open.cookies_required_at(pair.now + 1)  # the calm-down runs
+    else:
+        # Each one went on to its Diffie-Hellman (an all-zero x25519 value: refused).
+        assert "cookies_sent" not in b.counters
+        assert b.counters["unauthenticated_failures"] == burst
+
+
+def test_requests_with_a_valid_cookie_have_a_share_of_their_own(tmp_path):
+    """Cookies demanded and the anonymous share in debt: an IKE_SA_INIT that brings a
+    valid cookie (its source got our COOKIE answer: no spoofed flood can) is queued and
+    handled, charged to VERIFIED_WORK_SHARE; the same request without it, or with a forged
+    one, is dropped. So peers coming back at once get their handshakes at half the
+    daemon's time, not at the 5 % left to anonymous requests."""
+    from ipsecd.ike.inbox import NEW_WORK_BURST, VERIFIED_WORK_BURST, VERIFIED_WORK_SHARE
+    from ipsecd.ike.manager import IkeManager
+
+    pair = IkePair(tmp_path, b=side_b(cookie_threshold=0))  # cookies always: pressure
+    clock = FakeWork(NEW_WORK_BURST)  # each message takes the whole anonymous burst
+    b = IkeManager(pair.b_config, pair.now, work_clock=clock)
+    clock.charge(b)
+    now = pair.now
+    wan, source = (B_IP, 500), (ATTACKER, 500)
+
+    def with_cookie(n: int, cookie: bytes) -> bytes:
+        return init_request(n, pl.Notify(NotifyType.COOKIE, cookie), spi_i=n)
+
+    b.enqueue_datagram(init_request(1, spi_i=1), wan, source, now)
+    b.process_queued(now)  # answered with a COOKIE: the anonymous share is used up
+    b.enqueue_datagram(init_request(2, spi_i=2), wan, source, now)
+    b.enqueue_datagram(with_cookie(3, b"\0" * 36), wan, source, now)  # forged
+    assert b.counters["ike_busy_dropped"] == 2 and b.pending() == 0
+    for n in (4, 5):
+        valid = b.half_open.cookies.make(n.to_bytes(32, "big"), ATTACKER, n, now)
+        b.enqueue_datagram(with_cookie(n, valid), wan, source, now)
+    assert b.pending() == 2 and b.counters["ike_busy_dropped"] == 2
+    assert b.process_queued(now) == 2 and b.counters["cookies_valid"] == 2
+    # The verified share has its own bound: in debt, valid cookies wait too.
+    clock.cost = VERIFIED_WORK_BURST * 2
+    for n in (6, 7):
+        valid = b.half_open.cookies.make(n.to_bytes(32, "big"), ATTACKER, n, now)
+        b.enqueue_datagram(with_cookie(n, valid), wan, source, now)
+    assert b.process_queued(now) == 1 and b.counters["ike_busy_dropped"] == 3
+    now += 2 * VERIFIED_WORK_BURST * 2 / VERIFIED_WORK_SHARE  # paid off
+    valid = b.half_open.cookies.make((8).to_bytes(32, "big"), ATTACKER, 8, now)
+    b.enqueue_datagram(with_cookie(8, valid), wan, source, now)
+    assert b.pending() == 1
 
 
 def test_without_pressure_a_stalled_handshake_does_not_drop_the_next_request(tmp_path):
