@@ -10,11 +10,14 @@ interleave the sizes; the medians are printed.  Never asserted anywhere (bench/R
 
     python3 bench/ike_scale.py                       # N = 0, 250, 1000; 15 rounds
     python3 bench/ike_scale.py --sizes 0 250 --rounds 30
+    python3 bench/ike_scale.py --daemon              # DaemonCore both sides: up and down
+    python3 bench/ike_scale.py --daemon --profile /tmp/ike.prof   # cProfile the largest N
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
 import statistics
 import sys
@@ -23,6 +26,8 @@ import time
 from pathlib import Path
 
 from ipsecd.config import parse_config
+from ipsecd.daemon import logs
+from ipsecd.daemon.core import DaemonCore
 from ipsecd.ike.manager import IkeManager
 
 PSK = "0x" + "5a" * 32
@@ -31,6 +36,12 @@ PSK = "0x" + "5a" * 32
 def address(side: str, i: int) -> str:
     """Peer i's address on ``side``: every peer has its own pair of endpoints."""
     return f"100.{64 if side == 'a' else 96}.{i // 250}.{i % 250 + 1}"
+
+
+def subnet(side: str, i: int) -> str:
+    """Peer i's protected network on ``side``: disjoint for every peer (the config
+    refuses two peers claiming the same traffic)."""
+    return f"10.{(16 if side == 'a' else 32) + i // 250}.{i % 250}.0/24"
 
 
 def config_text(n: int, psk_file: Path, initiator: bool) -> str:
@@ -49,8 +60,8 @@ def config_text(n: int, psk_file: Path, initiator: bool) -> str:
             f"    local_address: {address(me, i)}",
             f"    remote_address: {address(other, i)}",
             f"    start: {'initiate' if initiator else 'respond'}",
-            f"    local_ts: [10.{1 if initiator else 2}.{i % 250}.0/24]",
-            f"    remote_ts: [10.{2 if initiator else 1}.{i % 250}.0/24]",
+            f"    local_ts: [{subnet(me, i)}]",
+            f"    remote_ts: [{subnet(other, i)}]",
             "    ike:",
             "      proposals: [aes256gcm16-prfsha256-x25519]",
             "    esp:",
@@ -112,31 +123,122 @@ class Setup:
         return elapsed
 
 
+class CoreSetup:
+    """The same, with both gateways as :class:`DaemonCore` (``--daemon``): the IKE manager
+    plus what the daemon's loop does around it (SA database, peer index, ledger, logs at
+    info, the status line and the timer after every burst, as :meth:`Daemon._flush`)."""
+
+    def __init__(self, directory: Path, established: int) -> None:
+        psk_file = directory / "psk"
+        psk_file.write_text(PSK + "\n")
+        os.chmod(psk_file, 0o600)
+        peers = established + 1
+        self.now = 1000.0
+        self.a = DaemonCore(
+            parse_config(config_text(peers, psk_file, True), directory / "a.yaml"), self.now
+        )
+        self.b = DaemonCore(
+            parse_config(config_text(peers, psk_file, False), directory / "b.yaml"), self.now
+        )
+        self.spare = f"p{established}"
+        for i in range(established):
+            self.a.control("up", f"p{i}", self.now)
+            self.pump()
+        if len(self.a.sad) != established or len(self.b.sad) != established:
+            raise SystemExit(f"only {len(self.a.sad)} of {established} CHILD_SAs came up")
+
+    def pump(self) -> None:
+        cores = (self.a, self.b)
+        moved = True
+        while moved:
+            moved = False
+            for core, other in ((self.a, self.b), (self.b, self.a)):
+                for local, remote, datagrams in core.datagrams_to_send():
+                    moved = True
+                    other.from_udp([(d, local) for d in datagrams], remote, self.now)
+                    while other.ike_pending():  # the shell's IKE slices
+                        other.run_ike(self.now)
+                    for c in cores:  # Daemon._flush after every burst
+                        c.status_line()
+                        c.get_timer()
+                        c.packets_to_tun()
+                        c.raw_to_send()
+
+    def handshake(self) -> tuple[float, float]:
+        """CPU seconds for ``up`` of the spare peer until both gateways installed its
+        CHILD_SA, and for ``down`` until both removed it."""
+        start = time.process_time()
+        self.a.control("up", self.spare, self.now)
+        self.pump()
+        up = time.process_time() - start
+        if len(self.a.sad) != len(self.b.sad) or not self.a.by_peer.of(self.spare):
+            raise SystemExit("the timed handshake failed")
+        start = time.process_time()
+        self.a.control("down", self.spare, self.now)
+        self.pump()
+        down = time.process_time() - start
+        if self.a.by_peer.of(self.spare) or self.b.by_peer.of(self.spare):
+            raise SystemExit("the timed delete failed")
+        return up, down
+
+
+def _row(label: str, n: int, times: list[float], base: float) -> str:
+    median = statistics.median(times)
+    return (
+        f"{n:>12} {label:>5} {median * 1e3:>10.2f} {min(times) * 1e3:>8.2f}"
+        f" {max(times) * 1e3:>8.2f} {100 * (median / base - 1):>+8.1f}%"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[0, 250, 1000])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--daemon", action="store_true", help="both gateways as DaemonCore (up and down timed)"
+    )
+    parser.add_argument(
+        "--profile", metavar="FILE", help="cProfile the timed rounds of the largest size to FILE"
+    )
     args = parser.parse_args(argv)
+    if args.daemon:
+        logs.configure("info", "json", stream=open(os.devnull, "w"))  # noqa: SIM115 - kept open
+    kind = CoreSetup if args.daemon else Setup
+    profiler = cProfile.Profile() if args.profile else None
     with tempfile.TemporaryDirectory() as tmp:
-        setups = {}
+        setups: dict[int, Setup | CoreSetup] = {}
         for n in args.sizes:
             directory = Path(tmp) / str(n)
             directory.mkdir()
             t0 = time.perf_counter()
-            setups[n] = Setup(directory, n)
-            print(f"set up {n} IKE SAs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        times: dict[int, list[float]] = {n: [] for n in args.sizes}
+            setups[n] = kind(directory, n)
+            print(f"set up {n} SAs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        up: dict[int, list[float]] = {n: [] for n in args.sizes}
+        down: dict[int, list[float]] = {n: [] for n in args.sizes}
+        profiled = max(args.sizes)
         for _ in range(args.rounds):
             for n in args.sizes:
-                times[n].append(setups[n].handshake())
-    base = statistics.median(times[args.sizes[0]])
-    print(f"{'established':>12} {'median ms':>10} {'min ms':>8} {'vs first':>9}")
-    for n in args.sizes:
-        median = statistics.median(times[n])
-        print(
-            f"{n:>12} {median * 1e3:>10.2f} {min(times[n]) * 1e3:>8.2f}"
-            f" {100 * (median / base - 1):>+8.1f}%"
-        )
+                if profiler is not None and n == profiled:
+                    profiler.enable()
+                result = setups[n].handshake()
+                if profiler is not None and n == profiled:
+                    profiler.disable()
+                if isinstance(result, tuple):
+                    up[n].append(result[0])
+                    down[n].append(result[1])
+                else:
+                    up[n].append(result)
+    if profiler is not None:
+        profiler.dump_stats(args.profile)
+    print(
+        f"{'established':>12} {'':>5} {'median ms':>10} {'min ms':>8} {'max ms':>8} {'vs first':>9}"
+    )
+    for label, times in (("up", up), ("down", down)):
+        if not times[args.sizes[0]]:
+            continue
+        base = statistics.median(times[args.sizes[0]])
+        for n in args.sizes:
+            print(_row(label, n, times[n], base))
     return 0
 
 
