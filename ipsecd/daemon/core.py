@@ -306,13 +306,15 @@ class DaemonCore:
         random_bytes: Callable[[int], bytes] = os.urandom,
         work_clock: Callable[[], float] = time.perf_counter,
         resolver: Resolver | None = None,
+        log: Any = None,
     ) -> None:
         self.config = config
         self.random_bytes = random_bytes
         self.work_clock = work_clock
         # DNS names in remote_address: the shell's lookup (tests fix it); None: none.
         self.resolver = resolver
-        self.log = logs.get_logger()
+        # The daemon's log; the start-up warm-up's cores log nowhere (logs.nowhere).
+        self.log = logs.get_logger() if log is None else log
         self.started_at = now
         self.now = now  # the time of the call being handled (the trap's clock)
         self.ike_log = IkeLog(self.log, lambda: self.now)

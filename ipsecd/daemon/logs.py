@@ -226,3 +226,25 @@ def set_level(level: str) -> None:
 
 def get_logger(**bind: Any) -> Any:
     return structlog.get_logger("ipsecd").bind(**bind)
+
+
+class _Nowhere:
+    """A file that keeps nothing."""
+
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def nowhere() -> Any:
+    """A logger that runs the configured processors (level, renderer) and writes
+    nothing, to nobody: the start-up warm-up's (:mod:`ipsecd.daemon.warmup`), so that the first
+    real records are not the first rendered, and the throwaway peer is not logged."""
+    config = structlog.get_config()
+    return structlog.wrap_logger(
+        structlog.WriteLogger(_Nowhere()),  # type: ignore[arg-type]  # write and flush only
+        processors=[p for p in config["processors"] if p is not _broadcast],  # no followers
+        wrapper_class=config["wrapper_class"],
+    )
