@@ -12,6 +12,7 @@ interleave the sizes; the medians are printed.  Never asserted anywhere (bench/R
     python3 bench/ike_scale.py --sizes 0 250 --rounds 30
     python3 bench/ike_scale.py --daemon              # DaemonCore both sides: up and down
     python3 bench/ike_scale.py --daemon --profile /tmp/ike.prof   # cProfile the largest N
+    python3 bench/ike_scale.py --sad --sizes 250 1000   # the SA database alone
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ import time
 from pathlib import Path
 
 from ipsecd.config import parse_config
+from ipsecd.crypto.registry import ENCRYPTION
 from ipsecd.daemon import logs
 from ipsecd.daemon.core import DaemonCore
+from ipsecd.dataplane.sad import InstalledChildSa, SaDatabase
+from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
 from ipsecd.ike.manager import IkeManager
+from ipsecd.selectors import TrafficSelector
 
 PSK = "0x" + "5a" * 32
 
@@ -182,6 +187,31 @@ class CoreSetup:
         return up, down
 
 
+def sad_sas(n: int) -> list[InstalledChildSa]:
+    """``n`` CHILD_SAs as the data plane holds them, each for its own pair of subnets."""
+    gcm, key = ENCRYPTION["aes128gcm16"], bytes(20)
+    out = []
+    for i in range(n):
+        lts = (TrafficSelector.from_prefix(subnet("a", i)),)
+        rts = (TrafficSelector.from_prefix(subnet("b", i)),)
+        inbound = InboundEspSa(2 * i + 1, gcm, None, key, b"", src_selectors=rts, dst_selectors=lts)
+        outbound = OutboundEspSa(2 * i + 2, gcm, None, key, b"")
+        out.append(InstalledChildSa(f"p{i}", inbound, outbound, lts, rts, ("a", 4500), ("b", 4500)))
+    return out
+
+
+def sad_round(sas: list[InstalledChildSa]) -> tuple[float, float]:
+    """CPU seconds to install ``sas`` one by one into an empty SaDatabase, then remove them."""
+    sad = SaDatabase()
+    start = time.process_time()
+    for sa in sas:
+        sad.install(sa)
+    installed = time.process_time()
+    for sa in sas:
+        sad.remove(sa.inbound.spi)
+    return installed - start, time.process_time() - installed
+
+
 def _row(label: str, n: int, times: list[float], base: float) -> str:
     median = statistics.median(times)
     return (
@@ -200,7 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", metavar="FILE", help="cProfile the timed rounds of the largest size to FILE"
     )
+    parser.add_argument(
+        "--sad",
+        action="store_true",
+        help="the SA database alone: install N SAs one by one, then remove them (all N)",
+    )
     args = parser.parse_args(argv)
+    if args.sad:
+        return sad_main(args.sizes, args.rounds)
     if args.daemon:
         logs.configure("info", "json", stream=open(os.devnull, "w"))  # noqa: SIM115 - kept open
     kind = CoreSetup if args.daemon else Setup
@@ -239,6 +276,23 @@ def main(argv: list[str] | None = None) -> int:
         base = statistics.median(times[args.sizes[0]])
         for n in args.sizes:
             print(_row(label, n, times[n], base))
+    return 0
+
+
+def sad_main(sizes: list[int], rounds: int) -> int:
+    sets = {n: sad_sas(n) for n in sizes}
+    times: dict[int, list[tuple[float, float]]] = {n: [] for n in sizes}
+    for _ in range(rounds):
+        for n in sizes:
+            times[n].append(sad_round(sets[n]))
+    print(f"{'SAs':>6} {'install all ms':>15} {'remove all ms':>14}  (median, min-max)")
+    for n in sizes:
+        ins = [t[0] * 1e3 for t in times[n]]
+        rem = [t[1] * 1e3 for t in times[n]]
+        print(
+            f"{n:>6} {statistics.median(ins):>7.2f} ({min(ins):.2f}-{max(ins):.2f})"
+            f" {statistics.median(rem):>6.2f} ({min(rem):.2f}-{max(rem):.2f})"
+        )
     return 0
 
 
