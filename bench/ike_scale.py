@@ -10,11 +10,15 @@ interleave the sizes; the medians are printed.  Never asserted anywhere (bench/R
 
     python3 bench/ike_scale.py                       # N = 0, 250, 1000; 15 rounds
     python3 bench/ike_scale.py --sizes 0 250 --rounds 30
+    python3 bench/ike_scale.py --daemon              # DaemonCore both sides: up and down
+    python3 bench/ike_scale.py --daemon --profile /tmp/ike.prof   # cProfile the largest N
+    python3 bench/ike_scale.py --sad --sizes 250 1000   # the SA database alone
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
 import statistics
 import sys
@@ -23,7 +27,13 @@ import time
 from pathlib import Path
 
 from ipsecd.config import parse_config
+from ipsecd.crypto.registry import ENCRYPTION
+from ipsecd.daemon import logs
+from ipsecd.daemon.core import DaemonCore
+from ipsecd.dataplane.sad import InstalledChildSa, SaDatabase
+from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
 from ipsecd.ike.manager import IkeManager
+from ipsecd.selectors import TrafficSelector
 
 PSK = "0x" + "5a" * 32
 
@@ -31,6 +41,12 @@ PSK = "0x" + "5a" * 32
 def address(side: str, i: int) -> str:
     """Peer i's address on ``side``: every peer has its own pair of endpoints."""
     return f"100.{64 if side == 'a' else 96}.{i // 250}.{i % 250 + 1}"
+
+
+def subnet(side: str, i: int) -> str:
+    """Peer i's protected network on ``side``: disjoint for every peer (the config
+    refuses two peers claiming the same traffic)."""
+    return f"10.{(16 if side == 'a' else 32) + i // 250}.{i % 250}.0/24"
 
 
 def config_text(n: int, psk_file: Path, initiator: bool) -> str:
@@ -49,8 +65,8 @@ def config_text(n: int, psk_file: Path, initiator: bool) -> str:
             f"    local_address: {address(me, i)}",
             f"    remote_address: {address(other, i)}",
             f"    start: {'initiate' if initiator else 'respond'}",
-            f"    local_ts: [10.{1 if initiator else 2}.{i % 250}.0/24]",
-            f"    remote_ts: [10.{2 if initiator else 1}.{i % 250}.0/24]",
+            f"    local_ts: [{subnet(me, i)}]",
+            f"    remote_ts: [{subnet(other, i)}]",
             "    ike:",
             "      proposals: [aes256gcm16-prfsha256-x25519]",
             "    esp:",
@@ -112,30 +128,170 @@ class Setup:
         return elapsed
 
 
+class CoreSetup:
+    """The same, with both gateways as :class:`DaemonCore` (``--daemon``): the IKE manager
+    plus what the daemon's loop does around it (SA database, peer index, ledger, logs at
+    info, the status line and the timer after every burst, as :meth:`Daemon._flush`)."""
+
+    def __init__(self, directory: Path, established: int) -> None:
+        psk_file = directory / "psk"
+        psk_file.write_text(PSK + "\n")
+        os.chmod(psk_file, 0o600)
+        peers = established + 1
+        self.now = 1000.0
+        self.a = DaemonCore(
+            parse_config(config_text(peers, psk_file, True), directory / "a.yaml"), self.now
+        )
+        self.b = DaemonCore(
+            parse_config(config_text(peers, psk_file, False), directory / "b.yaml"), self.now
+        )
+        self.spare = f"p{established}"
+        for i in range(established):
+            self.a.control("up", f"p{i}", self.now)
+            self.pump()
+        if len(self.a.sad) != established or len(self.b.sad) != established:
+            raise SystemExit(f"only {len(self.a.sad)} of {established} CHILD_SAs came up")
+
+    def pump(self) -> None:
+        cores = (self.a, self.b)
+        moved = True
+        while moved:
+            moved = False
+            for core, other in ((self.a, self.b), (self.b, self.a)):
+                for local, remote, datagrams in core.datagrams_to_send():
+                    moved = True
+                    other.from_udp([(d, local) for d in datagrams], remote, self.now)
+                    while other.ike_pending():  # the shell's IKE slices
+                        other.run_ike(self.now)
+                    for c in cores:  # Daemon._flush after every burst
+                        c.status_line()
+                        c.get_timer()
+                        c.packets_to_tun()
+                        c.raw_to_send()
+
+    def handshake(self) -> tuple[float, float]:
+        """CPU seconds for ``up`` of the spare peer until both gateways installed its
+        CHILD_SA, and for ``down`` until both removed it."""
+        start = time.process_time()
+        self.a.control("up", self.spare, self.now)
+        self.pump()
+        up = time.process_time() - start
+        if len(self.a.sad) != len(self.b.sad) or not self.a.by_peer.of(self.spare):
+            raise SystemExit("the timed handshake failed")
+        start = time.process_time()
+        self.a.control("down", self.spare, self.now)
+        self.pump()
+        down = time.process_time() - start
+        if self.a.by_peer.of(self.spare) or self.b.by_peer.of(self.spare):
+            raise SystemExit("the timed delete failed")
+        return up, down
+
+
+def sad_sas(n: int) -> list[InstalledChildSa]:
+    """``n`` CHILD_SAs as the data plane holds them, each for its own pair of subnets."""
+    gcm, key = ENCRYPTION["aes128gcm16"], bytes(20)
+    out = []
+    for i in range(n):
+        lts = (TrafficSelector.from_prefix(subnet("a", i)),)
+        rts = (TrafficSelector.from_prefix(subnet("b", i)),)
+        inbound = InboundEspSa(2 * i + 1, gcm, None, key, b"", src_selectors=rts, dst_selectors=lts)
+        outbound = OutboundEspSa(2 * i + 2, gcm, None, key, b"")
+        out.append(InstalledChildSa(f"p{i}", inbound, outbound, lts, rts, ("a", 4500), ("b", 4500)))
+    return out
+
+
+def sad_round(sas: list[InstalledChildSa]) -> tuple[float, float]:
+    """CPU seconds to install ``sas`` one by one into an empty SaDatabase, then remove them."""
+    sad = SaDatabase()
+    start = time.process_time()
+    for sa in sas:
+        sad.install(sa)
+    installed = time.process_time()
+    for sa in sas:
+        sad.remove(sa.inbound.spi)
+    return installed - start, time.process_time() - installed
+
+
+def _row(label: str, n: int, times: list[float], base: float) -> str:
+    median = statistics.median(times)
+    return (
+        f"{n:>12} {label:>5} {median * 1e3:>10.2f} {min(times) * 1e3:>8.2f}"
+        f" {max(times) * 1e3:>8.2f} {100 * (median / base - 1):>+8.1f}%"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[0, 250, 1000])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--daemon", action="store_true", help="both gateways as DaemonCore (up and down timed)"
+    )
+    parser.add_argument(
+        "--profile", metavar="FILE", help="cProfile the timed rounds of the largest size to FILE"
+    )
+    parser.add_argument(
+        "--sad",
+        action="store_true",
+        help="the SA database alone: install N SAs one by one, then remove them (all N)",
+    )
     args = parser.parse_args(argv)
+    if args.sad:
+        return sad_main(args.sizes, args.rounds)
+    if args.daemon:
+        logs.configure("info", "json", stream=open(os.devnull, "w"))  # noqa: SIM115 - kept open
+    kind = CoreSetup if args.daemon else Setup
+    profiler = cProfile.Profile() if args.profile else None
     with tempfile.TemporaryDirectory() as tmp:
-        setups = {}
+        setups: dict[int, Setup | CoreSetup] = {}
         for n in args.sizes:
             directory = Path(tmp) / str(n)
             directory.mkdir()
             t0 = time.perf_counter()
-            setups[n] = Setup(directory, n)
-            print(f"set up {n} IKE SAs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        times: dict[int, list[float]] = {n: [] for n in args.sizes}
+            setups[n] = kind(directory, n)
+            print(f"set up {n} SAs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        up: dict[int, list[float]] = {n: [] for n in args.sizes}
+        down: dict[int, list[float]] = {n: [] for n in args.sizes}
+        profiled = max(args.sizes)
         for _ in range(args.rounds):
             for n in args.sizes:
-                times[n].append(setups[n].handshake())
-    base = statistics.median(times[args.sizes[0]])
-    print(f"{'established':>12} {'median ms':>10} {'min ms':>8} {'vs first':>9}")
-    for n in args.sizes:
-        median = statistics.median(times[n])
+                if profiler is not None and n == profiled:
+                    profiler.enable()
+                result = setups[n].handshake()
+                if profiler is not None and n == profiled:
+                    profiler.disable()
+                if isinstance(result, tuple):
+                    up[n].append(result[0])
+                    down[n].append(result[1])
+                else:
+                    up[n].append(result)
+    if profiler is not None:
+        profiler.dump_stats(args.profile)
+    print(
+        f"{'established':>12} {'':>5} {'median ms':>10} {'min ms':>8} {'max ms':>8} {'vs first':>9}"
+    )
+    for label, times in (("up", up), ("down", down)):
+        if not times[args.sizes[0]]:
+            continue
+        base = statistics.median(times[args.sizes[0]])
+        for n in args.sizes:
+            print(_row(label, n, times[n], base))
+    return 0
+
+
+def sad_main(sizes: list[int], rounds: int) -> int:
+    sets = {n: sad_sas(n) for n in sizes}
+    times: dict[int, list[tuple[float, float]]] = {n: [] for n in sizes}
+    for _ in range(rounds):
+        for n in sizes:
+            times[n].append(sad_round(sets[n]))
+    print(f"{'SAs':>6} {'install all ms':>15} {'remove all ms':>14}  (median, min-max)")
+    for n in sizes:
+        ins = [t[0] * 1e3 for t in times[n]]
+        rem = [t[1] * 1e3 for t in times[n]]
         print(
-            f"{n:>12} {median * 1e3:>10.2f} {min(times[n]) * 1e3:>8.2f}"
-            f" {100 * (median / base - 1):>+8.1f}%"
+            f"{n:>6} {statistics.median(ins):>7.2f} ({min(ins):.2f}-{max(ins):.2f})"
+            f" {statistics.median(rem):>6.2f} ({min(rem):.2f}-{max(rem):.2f})"
         )
     return 0
 

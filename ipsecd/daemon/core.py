@@ -197,6 +197,15 @@ def _ike_peers(config: Config) -> list[str]:
     return [p.name for p in config.peers if p.manual is None]
 
 
+def _is_ike_peer(config: Config, name: str) -> bool:
+    """``name`` is a configured peer that IKE negotiates (not manual): O(1), as the
+    commands and on-demand starts ask it."""
+    try:
+        return config.peer(name).manual is None
+    except KeyError:
+        return False
+
+
 def child_summary(
     spi_in: int,
     spi_out: int,
@@ -297,13 +306,15 @@ class DaemonCore:
         random_bytes: Callable[[int], bytes] = os.urandom,
         work_clock: Callable[[], float] = time.perf_counter,
         resolver: Resolver | None = None,
+        log: Any = None,
     ) -> None:
         self.config = config
         self.random_bytes = random_bytes
         self.work_clock = work_clock
         # DNS names in remote_address: the shell's lookup (tests fix it); None: none.
         self.resolver = resolver
-        self.log = logs.get_logger()
+        # The daemon's log; the start-up warm-up's cores log nowhere (logs.nowhere).
+        self.log = logs.get_logger() if log is None else log
         self.started_at = now
         self.now = now  # the time of the call being handled (the trap's clock)
         self.ike_log = IkeLog(self.log, lambda: self.now)
@@ -556,7 +567,7 @@ class DaemonCore:
             return False
         for key in triggers:
             name, child = _split_trap_key(key)
-            if self.ike is None or name not in _ike_peers(self.config):
+            if self.ike is None or not _is_ike_peer(self.config, name):
                 self.trap.failed(key)
                 continue
             self.log.info(
@@ -871,7 +882,7 @@ class DaemonCore:
 
     def _command(self, cmd: str, peer: str, now: float, *, rekey_ike: bool) -> str | None:
         """Run ``up``, ``down`` or ``rekey`` on ``peer``; the error in words, or None."""
-        if self.ike is None or peer not in _ike_peers(self.config):
+        if self.ike is None or not _is_ike_peer(self.config, peer):
             return f"no IKE peer named {peer!r}"
         if cmd == "up":
             # Wanted from now on, every child; an established IKE SA gets the CHILD_SAs it
@@ -900,7 +911,7 @@ class DaemonCore:
     def _all_up(self, peer: str) -> bool:
         """Every configured child of ``peer`` has a CHILD_SA installed."""
         names = {sa.name for sa in self.by_peer.of(peer)}
-        return peer in _ike_peers(self.config) and all(
+        return _is_ike_peer(self.config, peer) and all(
             c.name in names for c in self.config.peer(peer).children
         )
 
@@ -908,7 +919,7 @@ class DaemonCore:
         """The IKE layer's status entry of ``peer`` (plain data; empty if unknown)."""
         if self.ike is None:
             return {}
-        return next((e for e in self.ike.status() if e.get("peer") == peer), {})
+        return self.ike.peer_status(peer) or {}
 
     def _ike_summary(self, peer: str) -> Summary | None:
         """The peer's established IKE SA as ``ipsecctl up`` prints it (None: none is)."""

@@ -12,6 +12,7 @@ decrypting until it is removed.  Sans-I/O: no sockets, only objects and ints.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -91,24 +92,51 @@ class InstalledChildSa:
 
 
 class SaDatabase:
-    """Installed CHILD_SAs, by inbound SPI and by outbound selectors."""
+    """Installed CHILD_SAs, by inbound SPI and by outbound selectors.
+
+    The outbound selector pairs are kept sorted as SAs come and go (a bisect per pair,
+    not a re-sort of every pair per install): each pair's rank is (remote range width,
+    local range width, -serial, index), where ``serial`` counts the SAs that began
+    sending, so the newest of equally specific pairs comes first.
+    """
 
     def __init__(self) -> None:
         self.by_spi: dict[int, InstalledChildSa] = {}
-        self._outbound: list[InstalledChildSa] = []  # newest first
-        # Every outbound selector pair, most specific first (see the module docstring).
+        self._sending: dict[InstalledChildSa, int] = {}  # SA -> serial; oldest first
+        self._serial = 0
+        # Every outbound selector pair, most specific first (see the module docstring),
+        # and its rank (_rank), in the same order.
+        self._ranks: list[tuple[int, int, int, int]] = []
         self._rules: list[tuple[tuple[int, int, int, int, int, int], InstalledChildSa]] = []
         self._cache: dict[tuple[int, int, int], InstalledChildSa | None] = {}
 
-    def _outbound_changed(self) -> None:
-        """Re-sort the selector pairs after an SA started or stopped sending."""
-        ranked = [
-            ((m[4] - m[3], m[2] - m[1], newest), m, sa)
-            for newest, sa in enumerate(self._outbound)
-            for m in sa._match
-        ]
-        ranked.sort(key=lambda r: r[0])
-        self._rules = [(m, sa) for _, m, sa in ranked]
+    @staticmethod
+    def _rank(
+        m: tuple[int, int, int, int, int, int], serial: int, index: int
+    ) -> tuple[int, int, int, int]:
+        return (m[4] - m[3], m[2] - m[1], -serial, index)
+
+    def _start_sending(self, sa: InstalledChildSa) -> None:
+        """File ``sa``'s selector pairs as the newest sender."""
+        self._stop_sending(sa)
+        self._serial += 1
+        self._sending[sa] = self._serial
+        ranks, rules = self._ranks, self._rules
+        for index, m in enumerate(sa._match):
+            rank = self._rank(m, self._serial, index)
+            at = bisect_left(ranks, rank)
+            ranks.insert(at, rank)
+            rules.insert(at, (m, sa))
+        self._cache.clear()
+
+    def _stop_sending(self, sa: InstalledChildSa) -> None:
+        serial = self._sending.pop(sa, None)
+        if serial is None:
+            return
+        ranks, rules = self._ranks, self._rules
+        for index, m in enumerate(sa._match):
+            at = bisect_left(ranks, self._rank(m, serial, index))
+            del ranks[at], rules[at]
         self._cache.clear()
 
     def install(self, sa: InstalledChildSa, outbound: bool = True) -> None:
@@ -119,22 +147,19 @@ class SaDatabase:
         """
         self.by_spi[sa.inbound.spi] = sa
         if outbound:
-            self._outbound.insert(0, sa)
-            self._outbound_changed()
+            self._start_sending(sa)
 
     def activate_outbound(self, spi_in: int) -> InstalledChildSa | None:
         """Start sending with an SA installed with ``outbound=False``."""
         sa = self.by_spi.get(spi_in)
-        if sa is not None and all(s is not sa for s in self._outbound):
-            self._outbound.insert(0, sa)
-            self._outbound_changed()
+        if sa is not None and sa not in self._sending:
+            self._start_sending(sa)
         return sa
 
     def remove(self, spi_in: int) -> InstalledChildSa | None:
         sa = self.by_spi.pop(spi_in, None)
         if sa is not None:
-            self._outbound = [s for s in self._outbound if s is not sa]
-            self._outbound_changed()
+            self._stop_sending(sa)
         return sa
 
     def remove_peer(self, peer: str) -> list[InstalledChildSa]:
@@ -167,13 +192,15 @@ class SaDatabase:
 
     def for_peer(self, peer: str) -> list[InstalledChildSa]:
         """The peer's SAs, the ones in outbound use first (newest first), then inbound-only."""
-        sending = [s for s in self._outbound if s.peer == peer]
-        seen = {id(s) for s in sending}
-        return sending + [s for s in self.by_spi.values() if s.peer == peer and id(s) not in seen]
+        sending = [s for s in reversed(self._sending) if s.peer == peer]
+        return sending + [
+            s for s in self.by_spi.values() if s.peer == peer and s not in self._sending
+        ]
 
     def __iter__(self) -> Iterator[InstalledChildSa]:
-        seen = {id(s) for s in self._outbound}  # identity, one look-up each (not a list scan)
-        return iter([*self._outbound, *(s for s in self.by_spi.values() if id(s) not in seen)])
+        """The SAs in outbound use (newest first), then the inbound-only ones."""
+        sending = self._sending
+        return iter([*reversed(sending), *(s for s in self.by_spi.values() if s not in sending)])
 
     def __len__(self) -> int:
         return len(self.by_spi)

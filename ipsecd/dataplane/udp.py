@@ -149,12 +149,14 @@ class UdpSocket:
 
         A GRO receive of several datagrams comes back as one :class:`DatagramRun`
         where the bulk path is there to open it whole (:func:`offload.bulk`), else
-        as its datagrams.
+        as its datagrams.  Only a GRO run asks for the bulk path: importing it (numpy)
+        on the first IKE message over the NAT-T port cost the first handshake after
+        start some 40-60 ms at each end.
         """
         if not self.gro:
             return self._recv_plain(limit, bufsize)
         out: list[tuple[Received, Address]] = []
-        whole = bulk() is not None
+        whole: bool | None = None  # the bulk path is there (asked at the first GRO run)
         recvmsg_into = self.sock.recvmsg_into
         buffers = [self._rbuf]
         view = self._rview
@@ -172,6 +174,8 @@ class UdpSocket:
                     segment = _GRO_SIZE.unpack_from(cdata)[0]
             if segment and n > segment:
                 self.gro_receives += 1
+                if whole is None:
+                    whole = bulk() is not None
                 if whole:
                     out.append((DatagramRun(bytes(view[:n]), segment), remote))
                 else:

@@ -424,16 +424,21 @@ class IkeManager:
     def status(self, now: float | None = None) -> list[dict[str, Any]]:
         """One entry per IKE peer, for ipsecctl (plain data, no objects); ``now`` gives
         ``next_attempt_in_seconds`` (ipsecd.ike.status)."""
-        return [
-            peer_status(
-                name,
-                self.peer_state[name],
-                self._sa_for(name),
-                ike_sas=sum(s.alive and not self.half_open.holds(s) for s in self._of_peer(name)),
-                now=now,
-            )
-            for name in self.peers
-        ]
+        return [self._peer_status(name, now) for name in self.peers]
+
+    def peer_status(self, name: str, now: float | None = None) -> dict[str, Any] | None:
+        """The :meth:`status` entry of one IKE peer (None: no IKE peer of that name),
+        without building every peer's (the daemon asks per event of a waiting command)."""
+        return self._peer_status(name, now) if name in self.peers else None
+
+    def _peer_status(self, name: str, now: float | None) -> dict[str, Any]:
+        return peer_status(
+            name,
+            self.peer_state[name],
+            self._sa_for(name),
+            ike_sas=sum(s.alive and not self.half_open.holds(s) for s in self._of_peer(name)),
+            now=now,
+        )
 
     # ---- beyond the contract (tests, ipsecctl rekey/extra children) --------
 

@@ -968,3 +968,19 @@ def test_shutdown_deletes_every_ike_sa_of_a_daemon_with_two_peers(tmp_path):
     assert len(pair.of_type("a", ev.IkeSaDeleted)) == 2
     assert pair.a.sas == {} and pair.a.get_timer() is None
     assert {e["peer"]: e["state"] for e in pair.a.status()} == {"b": "down", "c": "down"}
+
+
+def test_one_peers_status_entry_is_its_entry_of_the_whole_status(tmp_path):
+    """``peer_status`` (asked per event of a waiting command) gives what ``status()`` says
+    of that peer alone, at any ``now``; None for a name that is no IKE peer."""
+    c_ip, net_c = "192.0.2.3", "10.3.0.0/24"
+    to_c = side_a(name="c", remote_address=c_ip, remote_ts=(net_c,))
+    pair = IkePair(tmp_path, side_a(extra_peers=(to_c,)), side_b(), start=False)
+    pair.a.initiate("b", pair.now)
+    pair.pump()
+    for now in (None, pair.now + 5):
+        entries = {e["peer"]: e for e in pair.a.status(now)}
+        assert entries["b"]["state"] == "established" and entries["c"]["state"] == "down"
+        for name in ("b", "c"):
+            assert pair.a.peer_status(name, now) == entries[name]
+    assert pair.a.peer_status("nobody") is None

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import select
 import socket
+import struct
 
 import pytest
 
+from ipsecd.dataplane import udp
 from ipsecd.dataplane.offload import ZERO_VNET_HDR
 from ipsecd.dataplane.tun import TunDevice
 from ipsecd.dataplane.udp import SMALL_RECEIVE, UdpSocket
@@ -81,3 +83,26 @@ def test_single_packet_write_error_is_counted() -> None:
         assert tun.write_errors == 1
     finally:
         os.close(w)
+
+
+def test_only_a_gro_run_asks_for_the_bulk_path(pair, monkeypatch) -> None:
+    """The bulk path (numpy) loads on the first GRO run, not on the first datagram: an IKE
+    message on the NAT-T port must not pay for it (the first handshake after start)."""
+    ours, sender = pair
+    asked: list[int] = []
+    monkeypatch.setattr(udp, "bulk", lambda: asked.append(1))  # "not there": None
+    sender.sendto(b"a" * 84, ours.local)
+    sender.sendto(b"b" * 1400, ours.local)
+    sender.sendto(b"c" * 1400, ours.local)
+    for _ in range(2):
+        _wait_readable(ours.sock)
+        ours.recv_batch()
+    assert asked == []
+    if not ours.gro:
+        pytest.skip("no UDP_GRO on this kernel")
+    segment = struct.pack("=H", 100)
+    sender.sendmsg([b"d" * 300], [(socket.SOL_UDP, udp.UDP_SEGMENT, segment)], 0, ours.local)
+    _wait_readable(ours.sock)
+    got = ours.recv_batch()
+    assert [bytes(d) for d, _ in got] == [b"d" * 100] * 3  # split: no bulk path
+    assert asked == [1]
