@@ -384,7 +384,13 @@ class IkeManager:
     def _for_known_sa(self, header: codec.Header, remote: Address) -> bool:
         """Whether a message belongs to an IKE SA we hold (by our SPI, RFC 7296 §2.6), or
         retransmits the IKE_SA_INIT of a half-open one (answered from its cache)."""
-        if header.exchange_type == ExchangeType.IKE_SA_INIT and header.spi_r == 0:
+        # An answer to our own IKE_SA_INIT may have SPIr 0 too (COOKIE, INVALID_KE_PAYLOAD):
+        # it is for our SA, found below by SPIi, not a new request.
+        if (
+            header.exchange_type == ExchangeType.IKE_SA_INIT
+            and header.spi_r == 0
+            and not header.response
+        ):
             return self.half_open.get((remote[0], header.spi_i)) is not None
         sa = self.sas.get(header.spi_r if header.initiator else header.spi_i)
         return sa is not None and sa.alive

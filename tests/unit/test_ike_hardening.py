@@ -555,6 +555,32 @@ def test_a_backlog_of_new_requests_demands_cookies(tmp_path, burst):
         assert b.counters["unauthenticated_failures"] == burst
 
 
+def test_a_cookie_answer_to_our_own_request_is_for_a_known_sa(tmp_path):
+    """An answer to our IKE_SA_INIT with SPIr 0 (a COOKIE) goes to the known queue, not to
+    the new requests' share: an initiator of 250 tunnels whose own new queue was deep
+    dropped 69 of the COOKIE answers it had asked for (bench --scale, 250 at once)."""
+    from ipsecd.ike.manager import IkeManager
+
+    pair = IkePair(tmp_path, b=side_b(cookie_threshold=0), start=False)
+    clock = FakeWork(1.0)
+    a = IkeManager(pair.a_config, pair.now, work_clock=clock)
+    clock.charge(a)
+    a.start(pair.now)
+    (request,) = [d for d in a.datagrams_to_send() if not d.keepalive]
+    pair.b.receive_datagram(request.data, (B_IP, 500), (A_IP, 500), pair.now)
+    (cookie,) = answers(pair)
+    assert codec.parse_header(cookie.data).spi_r == 0
+    a.enqueue_datagram(init_request(99, spi_i=99), (A_IP, 500), (ATTACKER, 500), pair.now)
+    a.process_queued(pair.now)  # a second of work: the new requests' share is in debt
+    for n in range(1, 1 + NEW_BACKLOG_PRESSURE):  # a's new queue under pressure
+        a.enqueue_datagram(init_request(n, spi_i=n), (A_IP, 500), (ATTACKER, 500), pair.now)
+    a.enqueue_datagram(cookie.data, (A_IP, 500), (B_IP, 500), pair.now)
+    assert a.inbox.under_pressure(pair.now)
+    assert a.pending() == NEW_BACKLOG_PRESSURE + 1
+    a.process_queued(pair.now)
+    assert a.counters.get("cookies_received") == 1
+
+
 def test_requests_with_a_valid_cookie_have_a_share_of_their_own(tmp_path):
     """Cookies demanded and the anonymous share in debt: an IKE_SA_INIT that brings a
     valid cookie (its source got our COOKIE answer: no spoofed flood can) is queued and
