@@ -337,11 +337,9 @@ class HalfOpenTable:
         return self._stateless(data, answer, NotifyType.COOKIE, error=False)
 
     def carries_valid_cookie(self, data: bytes, spi_i: int, source: str, now: float) -> bool:
-        """Whether an IKE_SA_INIT request brings a valid COOKIE while cookies are demanded:
+        """Whether an IKE_SA_INIT request brings a valid COOKIE (asked while they are demanded):
         its source is real, so the inbox gives it the verified share. A scan and an HMAC,
         nothing kept or counted (:meth:`admit` decides and counts when it is handled)."""
-        if not self.cookies_required_at(now):
-            return False
         try:
             scan = scan_init(data)
         except MalformedMessage:

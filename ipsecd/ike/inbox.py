@@ -50,6 +50,12 @@ received our answer: no spoofed flood can send it. It is charged to a share of i
 5 % of the anonymous requests: otherwise 250 peers coming back at once (a hub restarting)
 got their cookies but then waited behind the 5 %, about 50 Diffie-Hellman computations a
 second, with every synchronized retransmission wave dropped again for minutes.
+
+And the COOKIE answers themselves must not wait behind the 5 %: when the share is used up,
+an IKE_SA_INIT without a cookie while cookies are demanded (``cookie_bound``) is still let
+in for its answer, up to :data:`COOKIE_ANSWER_RATE` a second in bursts of
+:data:`COOKIE_ANSWER_BURST` (tens of microseconds each, and still charged to the share),
+so a wave of 250 initiators gets its 250 cookies at once instead of 40 per retransmission.
 """
 
 from __future__ import annotations
@@ -71,6 +77,8 @@ NEW_WORK_BURST = 0.002  # seconds of it at once: short bursts keep the daemon a 
 NEW_BACKLOG_PRESSURE = 16  # datagrams in the new queue from which on the share is enforced
 VERIFIED_WORK_SHARE = 0.5  # the same for IKE_SA_INIT with a valid cookie (a real source)
 VERIFIED_WORK_BURST = 0.02  # seconds of it at once
+COOKIE_ANSWER_RATE = 2000.0  # IKE_SA_INIT per second let past a used-up share for a COOKIE
+COOKIE_ANSWER_BURST = 250.0  # of them at once (within the QUEUE_DATAGRAMS of a queue)
 
 
 @dataclass(frozen=True)
@@ -82,13 +90,15 @@ class Received:
     local: Address
     remote: Address
     verified: bool = False  # an IKE_SA_INIT with a valid cookie: its own share
+    cookie_bound: bool = False  # an IKE_SA_INIT without one while cookies are demanded
 
 
 class _Queue:
     __slots__ = ("items", "bytes")
 
     def __init__(self) -> None:
-        self.items: deque[tuple[int, Received]] = deque()  # (arrival number, datagram)
+        # (arrival number, datagram, whether the share is checked for it)
+        self.items: deque[tuple[int, Received, bool]] = deque()
         self.bytes = 0
 
 
@@ -116,6 +126,7 @@ class IkeInbox:
         self._verified_work = (
             TokenBucket(VERIFIED_WORK_SHARE, VERIFIED_WORK_BURST, now) if work_clock else None
         )
+        self._cookie_answers = TokenBucket(COOKIE_ANSWER_RATE, COOKIE_ANSWER_BURST, now)
         self._pressure = pressure
 
     def __len__(self) -> int:
@@ -134,15 +145,18 @@ class IkeInbox:
 
     def offer(self, item: Received, known: bool, now: float) -> None:
         """Queue a checked datagram (``known``: for an IKE SA we hold)."""
-        if not known and self._over_budget(now, item.verified):
-            self._count("ike_busy_dropped")
-            return
+        checked = not known
+        if checked and self._over_budget(now, item.verified):
+            if not (item.cookie_bound and self._cookie_answers.take(now)):
+                self._count("ike_busy_dropped")
+                return
+            checked = False  # let past for its COOKIE answer
         queue = self._known if known else self._new
         if len(queue.items) >= QUEUE_DATAGRAMS or queue.bytes + len(item.data) > QUEUE_BYTES:
             self._count("ike_queue_full")
             return
         self._arrivals += 1
-        queue.items.append((self._arrivals, item))
+        queue.items.append((self._arrivals, item, checked))
         queue.bytes += len(item.data)
 
     def paused_for(self, now: float) -> float:
@@ -171,14 +185,15 @@ class IkeInbox:
         return bucket is not None and not bucket.available(now) and self.under_pressure(now)
 
     def take(self) -> tuple[Received, bool] | None:
-        """The datagram that arrived first, and whether it is for a known SA."""
+        """The datagram that arrived first, and whether it goes past the share check (for
+        a known SA, or let past for a COOKIE answer when it came)."""
         known, new = self._known.items, self._new.items
         if not known and not new:
             return None
         queue = self._known if known and (not new or known[0][0] < new[0][0]) else self._new
-        _, item = queue.items.popleft()
+        _, item, checked = queue.items.popleft()
         queue.bytes -= len(item.data)
-        return item, queue is self._known
+        return item, not checked
 
     def drain(
         self,
@@ -193,14 +208,14 @@ class IkeInbox:
         of an IKE_SA_INIT whose first copy, in the same burst, made a half-open SA)."""
         handled = 0
         while (taken := self.take()) is not None:
-            item, known = taken
+            item, unchecked = taken
             bucket = self._bucket(item.verified)
-            if known or bucket is None or self._clock is None:
-                handle(item)
-            elif self._over_budget(now, item.verified) and not known_now(item):
+            if bucket is None or self._clock is None or (unchecked and not item.cookie_bound):
+                handle(item)  # a known SA's (or no share at all)
+            elif not unchecked and self._over_budget(now, item.verified) and not known_now(item):
                 self._count("ike_busy_dropped")  # queued before the share ran out
                 continue
-            else:
+            else:  # within the share, or let past for a COOKIE answer: charged either way
                 start = self._clock()
                 handle(item)
                 bucket.spend(self._clock() - start, now)

@@ -345,14 +345,18 @@ class IkeManager:
         remote = _address(remote)
         known = self._for_known_sa(header, remote)
         data = bytes(data)
-        verified = (
+        verified = cookie_bound = False
+        if (
             not known
             and header.exchange_type == ExchangeType.IKE_SA_INIT
             and not header.response
             and header.spi_r == 0
-            and self.half_open.carries_valid_cookie(data, header.spi_i, remote[0], now)
-        )
-        self.inbox.offer(Received(data, header, _address(local), remote, verified), known, now)
+            and (self.half_open.cookies_required_at(now) or self.inbox.backlogged())
+        ):
+            verified = self.half_open.carries_valid_cookie(data, header.spi_i, remote[0], now)
+            cookie_bound = not verified
+        item = Received(data, header, _address(local), remote, verified, cookie_bound)
+        self.inbox.offer(item, known, now)
 
     def intake_paused_for(self, now: float) -> float:
         """Seconds during which the IKE port may stay unread: new requests would be dropped

@@ -517,10 +517,14 @@ def test_new_requests_get_a_bounded_share_of_the_daemons_time(tmp_path):
     b = IkeManager(pair.b_config, pair.now, work_clock=clock)
     clock.charge(b)
     now = pair.now
+
+    def unknown_spi(spi: int) -> bytes:  # new queue, and no IKE_SA_INIT to answer a cookie
+        return codec.Header(spi, 6, 46, 2, 0, INFORMATIONAL, 0x08, 1, 28).encode()
+
     b.enqueue_datagram(init_request(1, spi_i=1), (B_IP, 500), (ATTACKER, 500), now)
     b.process_queued(now)
     assert "ike_busy_dropped" not in b.counters
-    b.enqueue_datagram(init_request(2, spi_i=2), (B_IP, 500), (ATTACKER, 500), now)
+    b.enqueue_datagram(unknown_spi(2), (B_IP, 500), (ATTACKER, 500), now)
     assert b.counters["ike_busy_dropped"] == 1 and b.pending() == 0
     # The shell may leave the IKE port unread until half a burst is back.
     assert b.intake_paused_for(now) == pytest.approx(NEW_WORK_BURST / 2 / NEW_WORK_SHARE)
@@ -529,8 +533,35 @@ def test_new_requests_get_a_bounded_share_of_the_daemons_time(tmp_path):
     b.enqueue_datagram(header, (B_IP, 4500), (A_IP, 4500), now)
     assert b.pending() == 1  # a known SA's message is queued in debt too
     now += NEW_WORK_BURST / NEW_WORK_SHARE  # the debt is paid off as time passes
-    b.enqueue_datagram(init_request(3, spi_i=3), (B_IP, 500), (ATTACKER, 500), now)
+    b.enqueue_datagram(unknown_spi(3), (B_IP, 500), (ATTACKER, 500), now)
     assert b.pending() == 2
+
+
+def test_cookie_answers_go_past_a_used_up_share_up_to_their_own_rate(tmp_path):
+    """Cookies demanded and the share in debt: an IKE_SA_INIT without a cookie is still let
+    in for its COOKIE answer (a wave of initiators gets all its cookies at once), up to
+    COOKIE_ANSWER_BURST at once and COOKIE_ANSWER_RATE a second; beyond, dropped. Their
+    work is charged to the share all the same."""
+    from ipsecd.ike.inbox import COOKIE_ANSWER_BURST, COOKIE_ANSWER_RATE, NEW_WORK_BURST
+    from ipsecd.ike.manager import IkeManager
+
+    pair = IkePair(tmp_path, b=side_b(cookie_threshold=0, half_open_per_source=10_000))
+    clock = FakeWork(NEW_WORK_BURST)
+    b = IkeManager(pair.b_config, pair.now, work_clock=clock)
+    clock.charge(b)
+    now = pair.now
+    burst = int(COOKIE_ANSWER_BURST)
+    b.enqueue_datagram(init_request(1, spi_i=1), (B_IP, 500), (ATTACKER, 500), now)
+    b.process_queued(now)  # its COOKIE answer uses the share up
+    for n in range(2, burst + 4):
+        b.enqueue_datagram(init_request(n, spi_i=n), (B_IP, 500), (ATTACKER, 500), now)
+    assert b.pending() == burst and b.counters["ike_busy_dropped"] == 2
+    assert b.process_queued(now) == burst and b.counters["cookies_sent"] == burst + 1
+    assert b.inbox.paused_for(now) > 1.0  # deep in debt: charged all the same
+    now += 10.5 / COOKIE_ANSWER_RATE  # ten more tokens
+    for n in range(1000, 1012):
+        b.enqueue_datagram(init_request(n, spi_i=n), (B_IP, 500), (ATTACKER, 500), now)
+    assert b.pending() == 10 and b.counters["ike_busy_dropped"] == 4
 
 
 @pytest.mark.parametrize("burst", [NEW_BACKLOG_PRESSURE - 6, NEW_BACKLOG_PRESSURE + 4])
@@ -584,9 +615,9 @@ def test_a_cookie_answer_to_our_own_request_is_for_a_known_sa(tmp_path):
 def test_requests_with_a_valid_cookie_have_a_share_of_their_own(tmp_path):
     """Cookies demanded and the anonymous share in debt: an IKE_SA_INIT that brings a
     valid cookie (its source got our COOKIE answer: no spoofed flood can) is queued and
-    handled, charged to VERIFIED_WORK_SHARE; the same request without it, or with a forged
-    one, is dropped. So peers coming back at once get their handshakes at half the
-    daemon's time, not at the 5 % left to anonymous requests."""
+    handled, charged to VERIFIED_WORK_SHARE, not to the anonymous share (a forged cookie
+    only gets a new COOKIE). So peers coming back at once get their handshakes at half
+    the daemon's time, not at the 5 % left to anonymous requests."""
     from ipsecd.ike.inbox import NEW_WORK_BURST, VERIFIED_WORK_BURST, VERIFIED_WORK_SHARE
     from ipsecd.ike.manager import IkeManager
 
@@ -602,20 +633,21 @@ def test_requests_with_a_valid_cookie_have_a_share_of_their_own(tmp_path):
 
     b.enqueue_datagram(init_request(1, spi_i=1), wan, source, now)
     b.process_queued(now)  # answered with a COOKIE: the anonymous share is used up
-    b.enqueue_datagram(init_request(2, spi_i=2), wan, source, now)
-    b.enqueue_datagram(with_cookie(3, b"\0" * 36), wan, source, now)  # forged
-    assert b.counters["ike_busy_dropped"] == 2 and b.pending() == 0
+    b.enqueue_datagram(with_cookie(3, b"\0" * 36), wan, source, now)  # forged: a new COOKIE
+    assert b.pending() == 1 and not b.inbox._verified_work.tokens < VERIFIED_WORK_BURST
+    b.process_queued(now)
+    assert b.counters["cookies_invalid"] == 1 and b.counters["cookies_sent"] == 2
     for n in (4, 5):
         valid = b.half_open.cookies.make(n.to_bytes(32, "big"), ATTACKER, n, now)
         b.enqueue_datagram(with_cookie(n, valid), wan, source, now)
-    assert b.pending() == 2 and b.counters["ike_busy_dropped"] == 2
+    assert b.pending() == 2 and "ike_busy_dropped" not in b.counters
     assert b.process_queued(now) == 2 and b.counters["cookies_valid"] == 2
     # The verified share has its own bound: in debt, valid cookies wait too.
     clock.cost = VERIFIED_WORK_BURST * 2
     for n in (6, 7):
         valid = b.half_open.cookies.make(n.to_bytes(32, "big"), ATTACKER, n, now)
         b.enqueue_datagram(with_cookie(n, valid), wan, source, now)
-    assert b.process_queued(now) == 1 and b.counters["ike_busy_dropped"] == 3
+    assert b.process_queued(now) == 1 and b.counters["ike_busy_dropped"] == 1
     now += 2 * VERIFIED_WORK_BURST * 2 / VERIFIED_WORK_SHARE  # paid off
     valid = b.half_open.cookies.make((8).to_bytes(32, "big"), ATTACKER, 8, now)
     b.enqueue_datagram(with_cookie(8, valid), wan, source, now)
