@@ -226,6 +226,9 @@ def test_spoofed_retransmissions_reach_no_third_address(attack_topology: Topolog
     ]
     request = topo.workdir / "ike_auth_request.hex"
     request.write_text(auth.hex())
+    # A legitimate retransmission during the set-up (a slow machine) is answered: count
+    # only what the attack earns.
+    answered_before = _counters(gw_b).get("retransmit_answered", 0)
     watch = topo.start_capture(topo.victim, "eth0", f"udp and src host {GW_B_WAN_IP}")
     base = ["--kind", "replay", "--replay", str(request), "--marker", "--port", "4500"]
     spoof = ["--sources", f"{VICTIM_IP}/32", "--sport", "4500", "--rate", "1000"]
@@ -246,7 +249,7 @@ def test_spoofed_retransmissions_reach_no_third_address(attack_topology: Topolog
     assert answers == []
     dropped = counters.get("retransmit_wrong_source", 0) + counters.get("ike_queue_full", 0)
     assert dropped >= 4500, counters
-    assert counters.get("retransmit_answered", 0) == 0, counters
+    assert counters.get("retransmit_answered", 0) == answered_before, counters
     assert gw_a.peer_status()["up"] and gw_b.peer_status()["up"]
 
 
