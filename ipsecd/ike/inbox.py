@@ -45,17 +45,21 @@ which carries only new requests once IKE floated to the NAT-T port (:meth:`pause
 the kernel then drops the flood at no cost to the daemon.
 
 An IKE_SA_INIT that carries a valid COOKIE (RFC 7296 §2.6) comes from an address that
-received our answer: no spoofed flood can send it. It is charged to a share of its own,
-:data:`VERIFIED_WORK_SHARE` (half the time, so ESP keeps the other half), not to the
-5 % of the anonymous requests: otherwise 250 peers coming back at once (a hub restarting)
-got their cookies but then waited behind the 5 %, about 50 Diffie-Hellman computations a
-second, with every synchronized retransmission wave dropped again for minutes.
+received our answer: no spoofed flood can send it. It is not held to the 5 % of the
+anonymous requests; like a known SA's message it is bounded by the queue, the half-open
+limits and the IKE slices alone (one slice per turn of the event loop, after the ESP
+burst: ESP keeps at least half the daemon when both press). Held to the 5 %, 250 peers
+coming back at once (a hub restarting) got their cookies, then only about 50
+Diffie-Hellman computations a second, every synchronized retransmission wave dropped
+again: 7.5-15 s for 250 tunnels instead of 1.5.
 
 And the COOKIE answers themselves must not wait behind the 5 %: when the share is used up,
-an IKE_SA_INIT without a cookie while cookies are demanded (``cookie_bound``) is still let
-in for its answer, up to :data:`COOKIE_ANSWER_RATE` a second in bursts of
-:data:`COOKIE_ANSWER_BURST` (tens of microseconds each, and still charged to the share),
-so a wave of 250 initiators gets its 250 cookies at once instead of 40 per retransmission.
+an IKE_SA_INIT without a valid cookie (demanded, as the share is enforced only under
+pressure) is still let in for its answer, up to :data:`COOKIE_ANSWER_RATE` a second in bursts of
+:data:`COOKIE_ANSWER_BURST` (tens of microseconds each: a few per cent of a core at most,
+not charged to the share, whose debt would keep the IKE port unread for the initiators'
+returns), so a wave of 250 initiators gets its 250 cookies at once instead of 40 per
+retransmission.
 """
 
 from __future__ import annotations
@@ -65,18 +69,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ipsecd.ike import message as codec
+from ipsecd.ike.constants import ExchangeType
 from ipsecd.ike.errors import MalformedMessage
 from ipsecd.ike.events import Address
 from ipsecd.ratelimit import TokenBucket
 
+_IKE_SA_INIT = ExchangeType.IKE_SA_INIT
 DEFAULT_MAX_IKE_DATAGRAM = 10_000  # bytes, strongSwan's charon.max_packet
 QUEUE_DATAGRAMS = 256  # per queue
 QUEUE_BYTES = 2 * 1024 * 1024  # per queue
 NEW_WORK_SHARE = 0.05  # seconds per second: the daemon busy with the new queue at most
 NEW_WORK_BURST = 0.002  # seconds of it at once: short bursts keep the daemon a light sleeper
 NEW_BACKLOG_PRESSURE = 16  # datagrams in the new queue from which on the share is enforced
-VERIFIED_WORK_SHARE = 0.5  # the same for IKE_SA_INIT with a valid cookie (a real source)
-VERIFIED_WORK_BURST = 0.02  # seconds of it at once
 COOKIE_ANSWER_RATE = 2000.0  # IKE_SA_INIT per second let past a used-up share for a COOKIE
 COOKIE_ANSWER_BURST = 250.0  # of them at once (within the QUEUE_DATAGRAMS of a queue)
 
@@ -89,8 +93,13 @@ class Received:
     header: codec.Header
     local: Address
     remote: Address
-    verified: bool = False  # an IKE_SA_INIT with a valid cookie: its own share
-    cookie_bound: bool = False  # an IKE_SA_INIT without one while cookies are demanded
+    verified: bool = False  # an IKE_SA_INIT with a valid cookie: not held to the share
+
+    @property
+    def init_request(self) -> bool:
+        """A new IKE_SA_INIT request (SPIr 0): under pressure, answered with a COOKIE."""
+        h = self.header
+        return h.exchange_type == _IKE_SA_INIT and not h.response and h.spi_r == 0
 
 
 class _Queue:
@@ -123,9 +132,6 @@ class IkeInbox:
         self._arrivals = 0
         self._clock = work_clock
         self._new_work = TokenBucket(NEW_WORK_SHARE, NEW_WORK_BURST, now) if work_clock else None
-        self._verified_work = (
-            TokenBucket(VERIFIED_WORK_SHARE, VERIFIED_WORK_BURST, now) if work_clock else None
-        )
         self._cookie_answers = TokenBucket(COOKIE_ANSWER_RATE, COOKIE_ANSWER_BURST, now)
         self._pressure = pressure
 
@@ -145,9 +151,9 @@ class IkeInbox:
 
     def offer(self, item: Received, known: bool, now: float) -> None:
         """Queue a checked datagram (``known``: for an IKE SA we hold)."""
-        checked = not known
-        if checked and self._over_budget(now, item.verified):
-            if not (item.cookie_bound and self._cookie_answers.take(now)):
+        checked = not known and not item.verified
+        if checked and self._over_budget(now):
+            if not self._cookie_answer(item, now):
                 self._count("ike_busy_dropped")
                 return
             checked = False  # let past for its COOKIE answer
@@ -177,11 +183,14 @@ class IkeInbox:
         """Whether the share is enforced: cookies demanded, or a deep new queue."""
         return self.backlogged() or self._pressure(now)
 
-    def _bucket(self, verified: bool) -> TokenBucket | None:
-        return self._verified_work if verified else self._new_work
+    def _cookie_answer(self, item: Received, now: float) -> bool:
+        """Whether ``item``, over the share under pressure, is let past for the COOKIE
+        answer it gets then (an IKE_SA_INIT request without a valid cookie), within
+        COOKIE_ANSWER_RATE; not charged to the share."""
+        return item.init_request and not item.verified and self._cookie_answers.take(now)
 
-    def _over_budget(self, now: float, verified: bool = False) -> bool:
-        bucket = self._bucket(verified)
+    def _over_budget(self, now: float) -> bool:
+        bucket = self._new_work
         return bucket is not None and not bucket.available(now) and self.under_pressure(now)
 
     def take(self) -> tuple[Received, bool] | None:
@@ -209,13 +218,16 @@ class IkeInbox:
         handled = 0
         while (taken := self.take()) is not None:
             item, unchecked = taken
-            bucket = self._bucket(item.verified)
-            if bucket is None or self._clock is None or (unchecked and not item.cookie_bound):
-                handle(item)  # a known SA's (or no share at all)
-            elif not unchecked and self._over_budget(now, item.verified) and not known_now(item):
-                self._count("ike_busy_dropped")  # queued before the share ran out
-                continue
-            else:  # within the share, or let past for a COOKIE answer: charged either way
+            bucket = self._new_work
+            if bucket is None or self._clock is None or unchecked:
+                handle(item)  # a known SA's, a verified one's, or let past for a COOKIE answer
+            elif self._over_budget(now) and not known_now(item):
+                if self._cookie_answer(item, now):
+                    handle(item)  # queued before the share ran out: let past all the same
+                else:
+                    self._count("ike_busy_dropped")  # queued before the share ran out
+                    continue
+            else:
                 start = self._clock()
                 handle(item)
                 bucket.spend(self._clock() - start, now)

@@ -345,17 +345,14 @@ class IkeManager:
         remote = _address(remote)
         known = self._for_known_sa(header, remote)
         data = bytes(data)
-        verified = cookie_bound = False
+        item = Received(data, header, _address(local), remote)
         if (
             not known
-            and header.exchange_type == ExchangeType.IKE_SA_INIT
-            and not header.response
-            and header.spi_r == 0
+            and item.init_request
             and (self.half_open.cookies_required_at(now) or self.inbox.backlogged())
+            and self.half_open.carries_valid_cookie(data, header.spi_i, remote[0], now)
         ):
-            verified = self.half_open.carries_valid_cookie(data, header.spi_i, remote[0], now)
-            cookie_bound = not verified
-        item = Received(data, header, _address(local), remote, verified, cookie_bound)
+            item = Received(data, header, item.local, remote, verified=True)
         self.inbox.offer(item, known, now)
 
     def intake_paused_for(self, now: float) -> float:
