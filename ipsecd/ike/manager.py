@@ -358,9 +358,10 @@ class IkeManager:
     def intake_paused_for(self, now: float) -> float:
         """Seconds during which the IKE port may stay unread: new requests would be dropped
         (:mod:`ipsecd.ike.inbox`), and no IKE_SA_INIT of ours waits for its answer there."""
-        if any(sa.state is IkeState.INIT_SENT for sa in self.sas.values()):
-            return 0.0
-        return self.inbox.paused_for(now)
+        pause = self.inbox.paused_for(now)
+        if pause and any(sa.state is IkeState.INIT_SENT for sa in self.sas.values()):
+            return 0.0  # O(SAs), but only while paused: not per event
+        return pause
 
     def pending(self) -> int:
         """IKE messages queued by :meth:`enqueue_datagram`, not processed yet."""
