@@ -76,13 +76,13 @@ from ipsecd.ratelimit import TokenBucket
 
 _IKE_SA_INIT = ExchangeType.IKE_SA_INIT
 DEFAULT_MAX_IKE_DATAGRAM = 10_000  # bytes, strongSwan's charon.max_packet
-QUEUE_DATAGRAMS = 256  # per queue
+QUEUE_DATAGRAMS = 1024  # per queue (QUEUE_BYTES bounds the memory)
 QUEUE_BYTES = 2 * 1024 * 1024  # per queue
 NEW_WORK_SHARE = 0.05  # seconds per second: the daemon busy with the new queue at most
 NEW_WORK_BURST = 0.002  # seconds of it at once: short bursts keep the daemon a light sleeper
-NEW_BACKLOG_PRESSURE = 16  # datagrams in the new queue from which on the share is enforced
+NEW_BACKLOG_PRESSURE = 128  # datagrams in the new queue from which on the share is enforced
 COOKIE_ANSWER_RATE = 2000.0  # IKE_SA_INIT per second let past a used-up share for a COOKIE
-COOKIE_ANSWER_BURST = 250.0  # of them at once (within the QUEUE_DATAGRAMS of a queue)
+COOKIE_ANSWER_BURST = 1000.0  # of them at once (in the 2 ms IKE slices between ESP bursts)
 
 
 @dataclass(frozen=True)
