@@ -38,6 +38,9 @@ much as the whole burst, and one preempted for a few hundred milliseconds put th
 in debt for seconds (20 times as long at 5 %), so that a peer's next reauthentication's
 IKE_SA_INIT was dropped and waited for its retransmission.  A flood turns cookies on
 within ``cookie_threshold`` half-open SAs, or fills the queue, and so still gets the share.
+The backlog counts only from 128 on: from 16, a legitimate burst of 250 initiators (the
+operator having raised ``cookie_threshold``) ran at the share, 150 handshakes a second
+instead of 1000-1500.
 A daemon flooded with IKE_SA_INIT then still sleeps most of the time, and the kernel
 wakes it at once for the next ESP packet instead of queueing it behind a busy process
 (measured in docs/security.md).  Meanwhile the shell stops reading the IKE port,
@@ -58,7 +61,7 @@ an IKE_SA_INIT without a valid cookie (demanded, as the share is enforced only u
 pressure) is still let in for its answer, up to :data:`COOKIE_ANSWER_RATE` a second in bursts of
 :data:`COOKIE_ANSWER_BURST` (tens of microseconds each: a few per cent of a core at most,
 not charged to the share, whose debt would keep the IKE port unread for the initiators'
-returns), so a wave of 250 initiators gets its 250 cookies at once instead of 40 per
+returns), so a wave of initiators gets all its cookies at once instead of 40 per
 retransmission.
 """
 
