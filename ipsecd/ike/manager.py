@@ -39,7 +39,7 @@ from ipsecd.config.schema import ChildConfig, Config, IpAddress, PeerConfig
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.ike import dpd, events, reauth
 from ipsecd.ike import message as codec
-from ipsecd.ike.constants import ExchangeType, NotifyType
+from ipsecd.ike.constants import ExchangeType, NotifyType, ProtocolId
 from ipsecd.ike.errors import MalformedMessage
 from ipsecd.ike.events import (
     Address,
@@ -58,6 +58,7 @@ from ipsecd.ike.fragments import ReassemblyBudget
 from ipsecd.ike.halfopen import DosLimits, HalfOpenTable
 from ipsecd.ike.inbox import IkeInbox, Received
 from ipsecd.ike.lifecycle import LIVE_STATES, ChildState
+from ipsecd.ike.payloads import Delete
 from ipsecd.ike.policy import LastEvent, PeerPolicy, PeerState, Resolver, close_message
 from ipsecd.ike.sa import (
     Authenticated,
@@ -1033,10 +1034,21 @@ class IkeManager:
         self._delete_duplicates(sa, losers, now)
 
     def _delete_duplicates(self, sa: IkeSa, losers: list[IkeSa], now: float) -> None:
-        """The losers of a crossing (``sa`` just authenticated) go, by a Delete each."""
+        """The losers of a crossing (``sa`` just authenticated) go, by a Delete each.
+
+        One the peer initiated, when ours (``sa``) carried N(INITIAL_CONTACT): a peer that
+        acts on it (RFC 7296 §2.4; strongSwan does: "destroying duplicate IKE_SA ...,
+        received INITIAL_CONTACT") has dropped that SA already, silently, and would leave
+        our Delete unanswered through all its retransmissions, two IKE SAs shown all the
+        while. It is told once (one-way, for a peer that kept it) and ends here."""
         for loser in losers:
             self._count("duplicate_ike_sa_deleted")
-            loser.queue(DeleteIkeSa("duplicate IKE SA (both ends initiated)"), now)
+            reason = "duplicate IKE SA (both ends initiated)"
+            if loser is not sa and not loser.initiator and sa.initiator and sa.send_initial_contact:
+                loser.send_one_way_informational([Delete(ProtocolId.IKE, ())])
+                loser.deleted(f"{reason}; the peer dropped it on our INITIAL_CONTACT", now)
+            else:
+                loser.queue(DeleteIkeSa(reason), now)
             if loser is not sa:
                 self._collect(loser, now)
 

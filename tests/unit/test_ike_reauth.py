@@ -212,6 +212,34 @@ def test_initial_contact_of_a_crossing_spares_the_other_pair(tmp_path: Path) -> 
     assert_in_use(pair)
 
 
+def test_a_duplicate_the_peer_dropped_on_our_initial_contact_ends_at_once(tmp_path: Path) -> None:
+    """Our IKE_AUTH carried INITIAL_CONTACT and won the crossing: charon drops its own
+    duplicate on it ("destroying duplicate IKE_SA ..., received INITIAL_CONTACT") and never
+    answers a Delete for it; seen in CI, two IKE SAs for 10 s and more. Here b's answers to
+    a's Deletes are lost: in every order where a deletes b's SA on that ground, a is left
+    with one IKE SA at once, not after its retransmissions."""
+    seen = 0
+    for n, order in enumerate(ORDERS):
+        pair = IkePair(
+            tmp_path / str(n), side_a(**FAST), side_b(**FAST, start="initiate"), start=False
+        )
+        hold = Holdback(pair)
+        pair.a.start(pair.now)
+        pair.b.start(pair.now)
+        pair.pump()
+        for chain in order:
+            hold.release(chain)
+        pair.net.drop = lambda s: s.sender == "b" and s.data[18] == INFORMATIONAL
+        pair.pump()
+        assert len(ike_sas(pair, "a")) == 1, order
+        deleted = pair.of_type("a", ev.IkeSaDeleted)
+        if any(e.reason.endswith("the peer dropped it on our INITIAL_CONTACT") for e in deleted):
+            seen += 1
+            (kept,) = ike_sas(pair, "a")
+            assert kept.initiator and kept.send_initial_contact, order
+    assert seen > 0  # the orders where ours won with INITIAL_CONTACT (12 of 70)
+
+
 # ---- 1b. a peer that decides nothing about a crossing (strongSwan, unique = no) -------------
 
 
