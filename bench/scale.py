@@ -557,7 +557,7 @@ def table(
 ) -> str:
     """Rows: each size, a line per daemon and a line per ratio ipsecd / strongSwan."""
     swans = [d for d in idle if d != "ipsecd"]
-    width = max(len(LABELS[d]) for d in idle) + len("ipsecd/")
+    width = max(len(LABELS[d]) for d in (*idle, *shakes, "ipsecd")) + len("ipsecd/")
     lines = [
         f"{'configured peers':>16}  {'':<{width}}  {'start-up':>22}  {'RSS idle':>22}"
         f"  {'status':>22}",
@@ -721,11 +721,9 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/scale.py: root only", file=sys.stderr)
         return 2
     install_sigterm_handler()
-    meta = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "loadavg_at_start": list(os.getloadavg()),
-        "argv": argv,
-    }
+    from bench.bench import environment  # the same machine and versions as bench.py's
+
+    meta = {**environment(), "argv": argv}
     result = run(args)
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, **result}, indent=1))
