@@ -13,8 +13,9 @@ subsystem at level 1 and strongSwan's default retransmission (4 s, base 1.8, 5 t
   (a veth as uplink): from spawning ``python -m ipsecd.cli.ipsecd run`` to the first
   answer on its control socket.  charon (gwB of a topology): from spawning charon to
   ``swanctl --load-all`` of the N connections done (the vici socket is polled every
-  10 ms before that).  RSS (``/proc/PID/smaps_rollup``) 2 s later; for ipsecd then the
-  median of 5 ``status`` requests on the control socket (status latency).
+  10 ms before that).  RSS (``/proc/PID/smaps_rollup``) 2 s later, then the median of 5
+  status requests from this process (status latency): ipsecd ``status`` on the control
+  socket, charon vici ``list-conns`` (a ``list-conn`` message per connection).
 * Handshakes per second with 250 and 1000 tunnels coming up at once: gwB responds for N
   peers (ipsecd: ``remote_address: any``; charon: ``remote_addrs`` %any; told apart by
   their identities) on N addresses of its uplink; gwA has N peers, one gwB address each.
@@ -397,11 +398,22 @@ def swan_idle(n: int, swan: StrongSwan) -> dict[str, Any]:
         time.sleep(2)
         rollup = Path(f"/proc/{charon.pid}/smaps_rollup").read_text().split()
         rss_mb = int(rollup[rollup.index("Rss:") + 1]) / 1024
-        loaded = len(re.findall(r"^\s*p\d+: IKEv2", charon.swanctl("--list-conns").stdout, re.M))
+        latencies = []
+        for _ in range(5):  # as ipsecd's status: every configured peer, from this process
+            t = time.monotonic()
+            with ViciClient(charon.socket, timeout=120) as vici:
+                loaded = len(vici.stream("list-conns", "list-conn"))
+            latencies.append(time.monotonic() - t)
         if loaded != n:
             raise RuntimeError(f"{swan}: {loaded} of {n} connections loaded")
         charon.stop()
-        return {"peers": n, "start_s": start_s, "rss_mb": rss_mb, "load": [before, loadavg()]}
+        return {
+            "peers": n,
+            "start_s": start_s,
+            "rss_mb": rss_mb,
+            "status_ms": statistics.median(latencies) * 1e3,
+            "load": [before, loadavg()],
+        }
 
 
 def _log_stamps(text: str, pattern: str) -> list[float]:
@@ -578,6 +590,7 @@ def table(
                 lines.append(
                     f"{n:>16}  {label:<{width}}  {_ratio_cells(mine, theirs, 'start_s'):>22}"
                     f"  {_ratio_cells(mine, theirs, 'rss_mb'):>22}"
+                    f"  {_ratio_cells(mine, theirs, 'status_ms'):>22}"
                 )
     lines += [
         "",
