@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -64,6 +65,20 @@ STREAMS = (1, 4)
 LOAD_STREAMS = 4  # the run the under-load ping rides along with
 DEFAULT_IKE = "aes128gcm16-prfsha256-x25519"
 DEFAULT_ESP = "aes128gcm16"
+#: The TUN MTU both daemons use: charon's kernel-libipsec sets its TUN to 1400 and has no
+#: setting for it (5.9.8 and 6.1), so ipsecd gets ``gateway.mtu: 1400`` (its ``auto``
+#: would be larger) and both carry the same TCP segments (bench/README.md).
+TUN_MTU = 1400
+#: charon's log level for the bench (every subsystem): the tests' ike/cfg/knl/chd at 2
+#: cost charon time per message that the handshake figure would count.
+CHARON_LOG_LEVEL = 1
+_TOPOLOGIES = itertools.count(1)
+
+
+def topology() -> Topology:
+    """A fresh topology whose namespaces are ``bh<pid>x<n>-*``: this run's own, so two
+    runs (or a run and the tests) never share a name."""
+    return Topology(prefix=f"bh{os.getpid()}x{next(_TOPOLOGIES)}")
 
 
 class BackendUnavailable(RuntimeError):
@@ -74,7 +89,8 @@ class Tunnel(Protocol):
     """What the bench needs from a running backend on a topology."""
 
     def pids(self) -> list[int]:
-        """Daemon processes whose CPU time counts (empty for plain routing)."""
+        """Daemon processes whose CPU time counts, gwA's then gwB's (empty for plain
+        routing)."""
         ...
 
     def handshake(self) -> tuple[float, float | None] | None:
@@ -119,7 +135,9 @@ class StrongSwanTunnel:
     def __init__(self, topo: Topology, ike: str, esp: str, root: Path | None = None) -> None:
         try:
             if root is None:
-                self.a, self.b = start_pair(topo, ike_proposals=ike, esp_proposals=esp)
+                self.a, self.b = start_pair(
+                    topo, log_level=CHARON_LOG_LEVEL, ike_proposals=ike, esp_proposals=esp
+                )
             else:  # another installation, e.g. strongSwan 6.1 with ML-KEM (--strongswan-root)
                 self.a, self.b = start_pair_in(topo, root, ike, esp)
             self.a.initiate(via="vici")
@@ -140,7 +158,9 @@ class StrongSwanTunnel:
 def start_pair_in(topo: Topology, root: Path, ike: str, esp: str) -> tuple[Charon, Charon]:
     """charon ↔ charon of the strongSwan installed in ``root`` (``--strongswan-root``)."""
     swan = StrongSwan(root.name, root)
-    pair = start_pair(topo, swan=swan, ike_proposals=ike, esp_proposals=esp)
+    pair = start_pair(
+        topo, swan=swan, log_level=CHARON_LOG_LEVEL, ike_proposals=ike, esp_proposals=esp
+    )
     log(f"strongSwan {swan.version} from {root}")
     return pair
 
@@ -165,7 +185,7 @@ class IpsecdTunnel:
         specs = site_specs(topo)
         for spec in specs:
             spec.ike_proposals, spec.esp_proposals, spec.log_level = [ike], [esp], "info"
-            spec.gateway_extra = dict(gateway_extra or {})
+            spec.gateway_extra = {"mtu": TUN_MTU, **(gateway_extra or {})}
         self.keying = keying
         try:
             if keying == "manual":
@@ -246,6 +266,16 @@ class Run:
     bytes: int  # received by the server
     cpu_seconds: float  # daemons (process trees), over the run
     series: list[tuple[float, float]]  # (s, Gbit/s) per iperf3 interval
+    reverse: bool = False  # hostB -> hostA (iperf3 -R): gwB encrypts, gwA decrypts
+    cpu_gateways: list[float] = dataclasses.field(default_factory=list)  # gwA, gwB
+
+    def cpu_roles(self) -> tuple[float, float]:
+        """(CPU seconds of the gateway that encrypted the data, of the one that decrypted
+        it); each also handles the TCP ACKs the other way."""
+        if len(self.cpu_gateways) != 2:
+            return 0.0, 0.0
+        a, b = self.cpu_gateways
+        return (b, a) if self.reverse else (a, b)
 
 
 @dataclasses.dataclass
@@ -256,7 +286,9 @@ class Result:
     error: str | None = None
     idle: dict[str, float] | None = None
     load: dict[str, float] | None = None
-    runs: dict[int, Run] = dataclasses.field(default_factory=dict)
+    runs: dict[int, Run] = dataclasses.field(default_factory=dict)  # hostA -> hostB
+    reverse_runs: dict[int, Run] = dataclasses.field(default_factory=dict)  # hostB -> hostA
+    tun_mtu: dict[str, int] = dataclasses.field(default_factory=dict)  # "gwA ipsec0": 1400
     handshakes_ms: list[float] = dataclasses.field(default_factory=list)
     handshakes_log_ms: list[float] = dataclasses.field(default_factory=list)
     has_daemons: bool = False
@@ -286,11 +318,22 @@ def cpu_total(pids: list[int]) -> float:
     return total
 
 
-def iperf_run(topo: Topology, tunnel: Tunnel, streams: int, seconds: float) -> Run:
-    """iperf3 hostA -> hostB, with the daemons' CPU time before and after."""
-    before = cpu_total(tunnel.pids())
-    res = topo.iperf3(topo.host_a, topo.host_b, HOST_B_IP, seconds=seconds, streams=streams)
-    cpu = cpu_total(tunnel.pids()) - before
+def iperf_run(
+    topo: Topology, tunnel: Tunnel, streams: int, seconds: float, reverse: bool = False
+) -> Run:
+    """iperf3 hostA -> hostB (``reverse``: hostB -> hostA, ``iperf3 -R``: the client on
+    hostA receives), with each daemon's CPU time before and after."""
+    pids = tunnel.pids()
+    before = [cpu_total([pid]) for pid in pids]
+    res = topo.iperf3(
+        topo.host_a,
+        topo.host_b,
+        HOST_B_IP,
+        seconds=seconds,
+        streams=streams,
+        extra=("-R",) if reverse else (),
+    )
+    cpu = [cpu_total([pid]) - b for pid, b in zip(pids, before, strict=True)]
     end = res.raw["end"]
     assert isinstance(end, dict)
     return Run(
@@ -298,9 +341,22 @@ def iperf_run(topo: Topology, tunnel: Tunnel, streams: int, seconds: float) -> R
         gbps=res.gbits_per_second,
         retransmits=res.retransmits,
         bytes=int(end["sum_received"]["bytes"]),
-        cpu_seconds=cpu,
+        cpu_seconds=sum(cpu),
         series=iperf_series(res.raw),
+        reverse=reverse,
+        cpu_gateways=cpu,
     )
+
+
+def tun_mtus(topo: Topology) -> dict[str, int]:
+    """The TUN devices in the gateways and their MTU ("gwA ipsec0": 1400), to show that
+    both daemons carry the same packet sizes."""
+    found = {}
+    for label, ns in (("gwA", topo.gw_a), ("gwB", topo.gw_b)):
+        out = topo.run(None, "ip", "-n", ns, "-o", "link", "show", "type", "tun", check=False)
+        for m in re.finditer(r"^\d+: ([^:@]+)[^\n]*? mtu (\d+)", out.stdout, re.M):
+            found[f"{label} {m.group(1)}"] = int(m.group(2))
+    return found
 
 
 def loaded_ping(topo: Topology, seconds: float, out: list[PingStats]) -> threading.Thread:
@@ -326,18 +382,24 @@ def measure(topo: Topology, tunnel: Tunnel, result: Result, args: argparse.Names
     if not idle.received:
         raise BackendUnavailable("hostA gets no ping reply from hostB")
     result.idle = ping_summary(idle)
-    for streams in STREAMS:
-        pinged: list[PingStats] = []
-        thread = loaded_ping(topo, args.seconds, pinged) if streams == LOAD_STREAMS else None
-        run = iperf_run(topo, tunnel, streams, args.seconds)
-        if thread is not None:
-            thread.join(args.seconds + 30)
-            result.load = ping_summary(pinged[0]) if pinged and pinged[0].received else None
-        result.runs[streams] = run
-        log(
-            f"  {LABELS[result.backend]}: {streams} stream(s) {run.gbps:.3f} Gbit/s, "
-            f"{run.retransmits} retransmits, daemon CPU {run.cpu_seconds:.2f} s"
-        )
+    result.tun_mtu = tun_mtus(topo)
+    for reverse in (False, True):
+        for streams in STREAMS:
+            pinged: list[PingStats] = []
+            ride = streams == LOAD_STREAMS and not reverse
+            thread = loaded_ping(topo, args.seconds, pinged) if ride else None
+            run = iperf_run(topo, tunnel, streams, args.seconds, reverse)
+            if thread is not None:
+                thread.join(args.seconds + 30)
+                result.load = ping_summary(pinged[0]) if pinged and pinged[0].received else None
+            (result.reverse_runs if reverse else result.runs)[streams] = run
+            log(
+                f"  {LABELS[result.backend]}: {streams} stream(s) "
+                f"{'B->A' if reverse else 'A->B'} {run.gbps:.3f} Gbit/s, "
+                f"{run.retransmits} retransmits, daemon CPU "
+                + " + ".join(f"{c:.2f}" for c in run.cpu_gateways)
+                + " s"
+            )
     for _ in range(args.handshakes):
         timing = tunnel.handshake()
         if timing is None:
@@ -353,7 +415,7 @@ def run_backend(name: str, args: argparse.Namespace, round_no: int = 1) -> Resul
     """Build a fresh topology, bring ``name`` up, measure, tear everything down."""
     result = Result(name, round=round_no)
     log(f"{LABELS[name]} (round {round_no}) ...")
-    with Topology() as topo:
+    with topology() as topo:
         try:
             with backend(name, topo, args) as tunnel:
                 measure(topo, tunnel, result, args)
@@ -384,12 +446,19 @@ def figures_of(results: dict[str, Result]) -> dict[str, dict[str, float | None]]
     for name, res in results.items():
         ok = res.error is None
         runs = res.runs if ok else {}
-        gb = sum(r.bytes for r in runs.values()) / 1e9
-        cpu = sum(r.cpu_seconds for r in runs.values())
+        rev = res.reverse_runs if ok else {}
+        every = [*runs.values(), *rev.values()]
+        gb = sum(r.bytes for r in every) / 1e9
+        cpu = sum(r.cpu_seconds for r in every)
+        enc = sum(r.cpu_roles()[0] for r in every)
+        dec = sum(r.cpu_roles()[1] for r in every)
+        per_gb = ok and res.has_daemons and gb
         rtt = res.idle["avg"] if ok and res.idle else None
         out[name] = {
             "tcp1_gbps": runs[1].gbps if 1 in runs else None,
             "tcp4_gbps": runs[4].gbps if 4 in runs else None,
+            "tcp1_rev_gbps": rev[1].gbps if 1 in rev else None,
+            "tcp4_rev_gbps": rev[4].gbps if 4 in rev else None,
             "rtt_idle_ms": rtt,
             "rtt_added_ms": rtt - plain_rtt
             if rtt is not None and plain_rtt is not None and name != "plain"
@@ -398,7 +467,9 @@ def figures_of(results: dict[str, Result]) -> dict[str, dict[str, float | None]]
             "handshake_ms": statistics.median(res.handshakes_ms)
             if ok and res.handshakes_ms
             else None,
-            "cpu_s_per_gb": cpu / gb if ok and res.has_daemons and gb else None,
+            "cpu_s_per_gb": cpu / gb if per_gb else None,
+            "cpu_enc_s_per_gb": enc / gb if per_gb else None,
+            "cpu_dec_s_per_gb": dec / gb if per_gb else None,
         }
     return out
 
@@ -500,15 +571,29 @@ def notes(rounds: list[dict[str, Result]], args: argparse.Namespace, meta: dict[
     before = ", ".join(f"{x:.2f}" for x in meta["loadavg_at_start"])
     during = sorted(r.loadavg[0] for rnd in rounds for r in rnd.values() if r.loadavg)
     lines = [
-        f"iperf3 TCP hostA -> hostB, {args.seconds:g} s per run; RTT load: ping during the "
-        f"{LOAD_STREAMS}-stream run; handshake: median of {args.handshakes}"
+        f"iperf3 TCP hostA -> hostB and hostB -> hostA (rev: iperf3 -R), {args.seconds:g} s "
+        f"per run; RTT load: ping during the {LOAD_STREAMS}-stream A->B run; handshake: "
+        f"median of {args.handshakes}"
         + (" (none for ipsecd with manual keys)" if args.keying == "manual" else "")
         + f"; figures: median of {len(rounds)} interleaved round(s)",
         f"ESP {args.esp}, IKE {args.ike}, ipsecd keying {args.keying}; "
         f"{meta['nproc']} CPUs ({meta['cpu_model']})",
         f"load average (1, 5, 15 min) before: {before}; 1-min during (after each backend): "
         + (f"{during[0]:.2f}-{during[-1]:.2f}" if during else "-"),
+        "CPU: daemon CPU s per GB received over all four runs; encr: the gateway on the "
+        "sending side (encrypts the data, decrypts the ACKs), decr: the other; charon "
+        f"logs at level {CHARON_LOG_LEVEL}",
     ]
+    mtus = sorted(
+        {
+            f"{LABELS[n]} {k} {v}"
+            for rnd in rounds
+            for n, r in rnd.items()
+            for k, v in r.tun_mtu.items()
+        }
+    )
+    if mtus:
+        lines.append("TUN MTU: " + ", ".join(mtus))
     log_ms = [
         ms for rnd in rounds if "strongswan" in rnd for ms in rnd["strongswan"].handshakes_log_ms
     ]
@@ -523,7 +608,10 @@ def notes(rounds: list[dict[str, Result]], args: argparse.Namespace, meta: dict[
             if res.error:
                 lines.append(f"{tag}: not measured: {short_error(res.error)}")
             retr = ", ".join(
-                f"{s} str. {r.retransmits}" for s, r in res.runs.items() if r.retransmits
+                f"{s} str. {'B->A' if r.reverse else 'A->B'} {r.retransmits}"
+                for r in (*res.runs.values(), *res.reverse_runs.values())
+                for s in (r.streams,)
+                if r.retransmits
             )
             if retr:
                 lines.append(f"{tag} TCP retransmits: {retr}")
@@ -539,6 +627,8 @@ def details(res: Result) -> dict[str, Any]:
         "ping_idle_ms": res.idle,
         "ping_load_ms": res.load,
         "iperf3": {str(s): dataclasses.asdict(r) for s, r in res.runs.items()},
+        "iperf3_reverse": {str(s): dataclasses.asdict(r) for s, r in res.reverse_runs.items()},
+        "tun_mtu": res.tun_mtu,
         "handshakes_ms": res.handshakes_ms,
         "handshakes_daemon_log_ms": res.handshakes_log_ms,
     }
@@ -564,6 +654,8 @@ def to_json(
             "handshakes": args.handshakes,
             "pings": args.pings,
             "rounds": args.rounds,
+            "tun_mtu_ipsecd": TUN_MTU,
+            "charon_log_level": CHARON_LOG_LEVEL,
         },
         "figures": figures,
         "ratios": ratios(figures),

@@ -35,6 +35,7 @@ import re
 import shlex
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -269,14 +270,27 @@ def strongswan_conf(
     socket: Path | None = None,
     fragment_size: int | None = None,
     plugin_dir: Path = PLUGIN_DIR,
+    log_level: int | None = None,
+    retransmit_base: float = 1.4,
+    settings: Mapping[str, object] | None = None,
 ) -> str:
     """A self-contained strongswan.conf for a test charon whose files live in ``directory``
     (the vici socket at ``socket``, default ``directory/charon.vici``; both paths as charon
     sees them).  ``fragment_size`` is ``charon.fragment_size``: the largest IKE fragment as
-    a whole IP datagram (RFC 7383).  Only plugins found in ``plugin_dir`` are loaded."""
+    a whole IP datagram (RFC 7383).  Only plugins found in ``plugin_dir`` are loaded.
+
+    ``log_level`` None logs what the tests read (``ike``, ``knl``, ``cfg``, ``chd`` at 2);
+    a number puts every subsystem at that level (the benchmarks use 1: level 2 costs
+    charon time per message).  ``settings`` adds ``charon.KEY = VALUE`` lines."""
     socket = socket or directory / "charon.vici"
     fragments = f"  fragment_size = {fragment_size}\n" if fragment_size is not None else ""
+    fragments += "".join(f"  {key} = {value}\n" for key, value in (settings or {}).items())
     plugins = [p for p in PLUGINS if (plugin_dir / f"libstrongswan-{p}.so").exists()]
+    if log_level is None:
+        levels = {"default": 1, "ike": 2, "knl": 2, "cfg": 2, "net": 1, "esp": 1, "chd": 2}
+    else:
+        levels = {"default": log_level}
+    log_lines = "".join(f"      {group} = {level}\n" for group, level in levels.items())
     return f"""\
 charon {{
   load = {" ".join(plugins)}
@@ -284,7 +298,7 @@ charon {{
   port_nat_t = 4500
   retransmit_tries = {retransmit_tries}
   retransmit_timeout = {retransmit_timeout}
-  retransmit_base = 1.4
+  retransmit_base = {retransmit_base}
   install_virtual_ip = no
 {fragments}  filelog {{
     charon {{
@@ -294,14 +308,7 @@ charon {{
       time_format = %s
       time_add_ms = yes
       ike_name = yes
-      default = 1
-      ike = 2
-      knl = 2
-      cfg = 2
-      net = 1
-      esp = 1
-      chd = 2
-    }}
+{log_lines}    }}
   }}
   syslog {{
     daemon {{
@@ -406,6 +413,9 @@ class Charon:
         retransmit_timeout: float = 1.0,
         fragment_size: int | None = None,
         swan: StrongSwan = HOST,
+        log_level: int | None = None,
+        retransmit_base: float = 1.4,
+        settings: Mapping[str, object] | None = None,
     ) -> None:
         self.topo, self.ns, self.swan = topo, ns, swan
         self.retransmit_timeout = retransmit_timeout
@@ -434,6 +444,9 @@ class Charon:
                 seen_socket,
                 fragment_size,
                 swan.plugin_dir,
+                log_level,
+                retransmit_base,
+                settings,
             )
         )
         self.env = {**os.environ, "STRONGSWAN_CONF": str(self._seen(self.conf_path))}
@@ -526,8 +539,13 @@ class Charon:
     def load(self, *conns: SwanConnection) -> None:
         """Write swanctl.conf for ``conns`` and load it (connections and secrets)."""
         self.connections = list(conns)
-        self.swanctl_path.write_text("".join(c.swanctl_conf() for c in conns))
-        self.swanctl("--load-all", "--file", str(self._seen(self.swanctl_path)))
+        self.load_conf("".join(c.swanctl_conf() for c in conns))
+
+    def load_conf(self, text: str, timeout: float = 30.0) -> None:
+        """Write ``text`` as swanctl.conf and ``swanctl --load-all`` it (what :meth:`load`
+        does with connections; the scale bench writes a thousand of its own)."""
+        self.swanctl_path.write_text(text)
+        self.swanctl("--load-all", "--file", str(self._seen(self.swanctl_path)), timeout=timeout)
 
     def _conn(self, name: str | None) -> SwanConnection:
         if not self.connections:
@@ -653,12 +671,13 @@ class Charon:
 
 
 def start_pair(
-    topo: Topology, swan: StrongSwan = HOST, **conn_kwargs: object
+    topo: Topology, swan: StrongSwan = HOST, log_level: int | None = None, **conn_kwargs: object
 ) -> tuple[Charon, Charon]:
-    """charon on gwA and on gwB with matching site-to-site connections loaded (not up)."""
+    """charon on gwA and on gwB with matching site-to-site connections loaded (not up);
+    ``log_level``: see :func:`strongswan_conf` (None: the tests' levels)."""
     conn_a, conn_b = site_to_site(topo, **conn_kwargs)
-    a = Charon(topo, topo.gw_a, swan=swan).start()
-    b = Charon(topo, topo.gw_b, swan=swan).start()
+    a = Charon(topo, topo.gw_a, swan=swan, log_level=log_level).start()
+    b = Charon(topo, topo.gw_b, swan=swan, log_level=log_level).start()
     a.load(conn_a)
     b.load(conn_b)
     return a, b

@@ -8,8 +8,9 @@ bench, the answer back on the same connection.
 Wire format (strongSwan's ``src/libcharon/plugins/vici/README.md``): a packet is a 32-bit
 big-endian length, a type byte, for named types a 1-byte length and the name, then the
 message: elements ``SECTION_START name``, ``SECTION_END``, ``KEY_VALUE name len16 value``,
-``LIST_START name``, ``LIST_ITEM len16 value``, ``LIST_END``.  Only command requests are
-sent; event packets (none are registered for) would be skipped.
+``LIST_START name``, ``LIST_ITEM len16 value``, ``LIST_END``.  Command requests, and
+for commands that stream their answer (``list-conns``) a registration for that event
+while the command runs; other event packets are skipped.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 CMD_REQUEST, CMD_RESPONSE, CMD_UNKNOWN = 0, 1, 2
+EVENT_REGISTER, EVENT_UNREGISTER, EVENT_CONFIRM, EVENT_UNKNOWN = 3, 4, 5, 6
 EVENT = 7
 SECTION_START, SECTION_END, KEY_VALUE, LIST_START, LIST_ITEM, LIST_END = range(1, 7)
 
@@ -133,23 +135,61 @@ class ViciClient:
             buf += chunk
         return bytes(buf)
 
+    def _send(self, packet: bytes) -> None:
+        self.sock.sendall(struct.pack("!I", len(packet)) + packet)
+
+    def _receive(self) -> bytes:
+        (length,) = struct.unpack("!I", self._recv_exact(4))
+        packet = self._recv_exact(length)
+        if not packet:
+            raise ViciError("empty vici packet")
+        return packet
+
+    def _request(self, cmd: str, args: dict[str, Any]) -> None:
+        body = bytes([CMD_REQUEST]) + _name(cmd)
+        self._send(body + encode_message({k.replace("_", "-"): v for k, v in args.items()}))
+
+    @staticmethod
+    def _response(cmd: str, packet: bytes) -> dict[str, Any]:
+        if packet[0] == CMD_UNKNOWN:
+            raise ViciError(f"charon does not know the vici command {cmd!r}")
+        if packet[0] != CMD_RESPONSE:
+            raise ViciError(f"unexpected vici packet type {packet[0]}")
+        response = decode_message(packet[1:])
+        if response.get("success", "yes") != "yes":
+            raise ViciError(f"vici {cmd}: {response.get('errmsg', response)}")
+        return response
+
     def command(self, cmd: str, **args: Any) -> dict[str, Any]:
         """Run ``cmd`` with ``args`` (``-`` for ``_`` in names); raises unless it succeeded."""
-        body = bytes([CMD_REQUEST]) + _name(cmd)
-        body += encode_message({k.replace("_", "-"): v for k, v in args.items()})
-        self.sock.sendall(struct.pack("!I", len(body)) + body)
+        self._request(cmd, args)
         while True:
-            (length,) = struct.unpack("!I", self._recv_exact(4))
-            packet = self._recv_exact(length)
-            if not packet:
-                raise ViciError("empty vici packet")
+            packet = self._receive()
             if packet[0] == EVENT:  # not registered for any, but skip one if it comes
                 continue
-            if packet[0] == CMD_UNKNOWN:
-                raise ViciError(f"charon does not know the vici command {cmd!r}")
-            if packet[0] != CMD_RESPONSE:
-                raise ViciError(f"unexpected vici packet type {packet[0]}")
-            response = decode_message(packet[1:])
-            if response.get("success", "yes") != "yes":
-                raise ViciError(f"vici {cmd}: {response.get('errmsg', response)}")
-            return response
+            return self._response(cmd, packet)
+
+    def _registration(self, kind: int, event: str) -> None:
+        self._send(bytes([kind]) + _name(event))
+        packet = self._receive()
+        if packet[0] != EVENT_CONFIRM:
+            raise ViciError(f"charon did not confirm (un)registering for {event!r}")
+
+    def stream(self, cmd: str, event: str, **args: Any) -> list[dict[str, Any]]:
+        """Run a command that answers with ``event`` messages before its response
+        (``list-conns`` sends a ``list-conn`` per connection); returns those messages.
+        Registered for ``event`` only while the command runs."""
+        self._registration(EVENT_REGISTER, event)
+        try:
+            self._request(cmd, args)
+            found: list[dict[str, Any]] = []
+            while True:
+                packet = self._receive()
+                if packet[0] != EVENT:
+                    self._response(cmd, packet)
+                    return found
+                size = packet[1]
+                if packet[2 : 2 + size].decode() == event:
+                    found.append(decode_message(packet[2 + size :]))
+        finally:
+            self._registration(EVENT_UNREGISTER, event)

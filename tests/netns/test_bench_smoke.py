@@ -25,14 +25,19 @@ def test_bench_measures_every_backend(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "ipsecd/strongSwan" in printed and "ipsecd/plain" in printed
     figures = doc["figures"]
     for name in BACKENDS:
-        for key in ("tcp1_gbps", "tcp4_gbps", "rtt_idle_ms", "rtt_load_ms"):
+        for key in ("tcp1_gbps", "tcp4_gbps", "tcp1_rev_gbps", "tcp4_rev_gbps"):
+            assert figures[name][key] > 0, (name, key)
+        for key in ("rtt_idle_ms", "rtt_load_ms"):
             assert figures[name][key] > 0, (name, key)
     for name in ("strongswan", "ipsecd"):
-        for key in ("rtt_added_ms", "handshake_ms", "cpu_s_per_gb"):
+        for key in ("rtt_added_ms", "handshake_ms", "cpu_s_per_gb", "cpu_enc_s_per_gb"):
             assert figures[name][key] is not None, (name, key)
         assert len(doc["details"][name]["handshakes_ms"]) == 2
         assert doc["ratios"]["ipsecd/strongswan"]["tcp1_gbps"] > 0
     assert figures["plain"]["handshake_ms"] is None
     assert figures["plain"]["cpu_s_per_gb"] is None
+    # both daemons on the same TUN MTU (bench.TUN_MTU), read from the gateways
+    mtus = {n: set(doc["details"][n]["tun_mtu"].values()) for n in ("strongswan", "ipsecd")}
+    assert mtus == {"strongswan": {bench.TUN_MTU}, "ipsecd": {bench.TUN_MTU}}
     assert doc["meta"]["nproc"] and doc["meta"]["versions"]["python"]
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -22,29 +22,41 @@ def bench_doc() -> dict[str, Any]:
         "plain": {
             "tcp1_gbps": 15.0,
             "tcp4_gbps": 40.0,
+            "tcp1_rev_gbps": 14.0,
+            "tcp4_rev_gbps": 38.0,
             "rtt_idle_ms": 0.1,
             "rtt_added_ms": None,
             "rtt_load_ms": 0.2,
             "handshake_ms": None,
             "cpu_s_per_gb": None,
+            "cpu_enc_s_per_gb": None,
+            "cpu_dec_s_per_gb": None,
         },
         "strongswan": {
             "tcp1_gbps": 0.5,
             "tcp4_gbps": 0.5,
+            "tcp1_rev_gbps": 0.5,
+            "tcp4_rev_gbps": 0.5,
             "rtt_idle_ms": 0.5,
             "rtt_added_ms": 0.4,
             "rtt_load_ms": 12.0,
             "handshake_ms": 4.0,
             "cpu_s_per_gb": 40.0,
+            "cpu_enc_s_per_gb": 21.0,
+            "cpu_dec_s_per_gb": 19.0,
         },
         "ipsecd": {
             "tcp1_gbps": 2.0,
             "tcp4_gbps": 2.4,
+            "tcp1_rev_gbps": 1.9,
+            "tcp4_rev_gbps": 2.3,
             "rtt_idle_ms": 0.3,
             "rtt_added_ms": 0.2,
             "rtt_load_ms": 8.0,
             "handshake_ms": 3.0,
             "cpu_s_per_gb": 10.0,
+            "cpu_enc_s_per_gb": 5.5,
+            "cpu_dec_s_per_gb": 4.5,
         },
     }
     return {
@@ -161,11 +173,14 @@ def test_unreadable_files_exit_2(tmp_path: Path) -> None:
 
 
 def test_table_has_a_row_per_backend_and_ratio() -> None:
-    text = table(bench_doc()["figures"])
-    rows = [line.split()[0] for line in text.splitlines()[3:]]
-    assert rows == ["plain", "strongSwan", "ipsecd", "ipsecd/strongSwan", "ipsecd/plain"]
-    ipsecd_vs_swan = text.splitlines()[6].split()
+    blocks = table(bench_doc()["figures"]).split("\n\n")
+    assert len(blocks) == 2  # throughput and CPU, then times
+    for text in blocks:
+        rows = [line.split()[0] for line in text.splitlines()[3:]]
+        assert rows == ["plain", "strongSwan", "ipsecd", "ipsecd/strongSwan", "ipsecd/plain"]
+    ipsecd_vs_swan = blocks[0].splitlines()[6].split()
     assert ipsecd_vs_swan[1:3] == ["4.00x", "4.80x"]
+    assert blocks[1].splitlines()[6].split()[-1] == "0.75x"  # handshake 3.0 / 4.0 ms
 
 
 # --- plot ----------------------------------------------------------------------------------

@@ -10,9 +10,13 @@ from pathlib import Path
 import pytest
 
 from tests.lab.vici import (
+    CMD_REQUEST,
     CMD_RESPONSE,
     CMD_UNKNOWN,
     EVENT,
+    EVENT_CONFIRM,
+    EVENT_REGISTER,
+    EVENT_UNREGISTER,
     ViciClient,
     ViciError,
     decode_message,
@@ -94,3 +98,48 @@ def test_client_command_answers(tmp_path: Path, packets: list[bytes], error: str
                         client.command("initiate", child="net", ike="gw")
         finally:
             thread.join(5)
+
+
+def _serve_stream(server: socket.socket, answers: list[list[bytes]], seen: list[bytes]) -> None:
+    """For each request received, send the next list of packets."""
+    conn, _ = server.accept()
+    with conn:
+        for packets in answers:
+            (length,) = struct.unpack("!I", conn.recv(4))
+            data = b""
+            while len(data) < length:
+                data += conn.recv(length - len(data))
+            seen.append(data)
+            for packet in packets:
+                conn.sendall(struct.pack("!I", len(packet)) + packet)
+
+
+def test_stream_collects_the_events_of_one_command(tmp_path: Path) -> None:
+    path = tmp_path / "vici.sock"
+    confirm = [bytes([EVENT_CONFIRM])]
+    conn = b"\x09list-conn"
+    answers = [
+        confirm,  # register list-conn
+        [
+            bytes([EVENT]) + conn + encode_message({"p0": {"version": "IKEv2"}}),
+            bytes([EVENT]) + b"\x03log" + encode_message({"msg": "x"}),  # not ours: skipped
+            bytes([EVENT]) + conn + encode_message({"p1": {"version": "IKEv2"}}),
+            bytes([CMD_RESPONSE]) + encode_message({}),
+        ],
+        confirm,  # unregister
+    ]
+    seen: list[bytes] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen(1)
+        thread = threading.Thread(target=_serve_stream, args=(server, answers, seen))
+        thread.start()
+        try:
+            with ViciClient(path, timeout=5) as client:
+                found = client.stream("list-conns", "list-conn")
+        finally:
+            thread.join(5)
+    assert [list(m) for m in found] == [["p0"], ["p1"]]
+    assert seen[0] == bytes([EVENT_REGISTER]) + conn
+    assert seen[1].startswith(bytes([CMD_REQUEST]) + b"\x0alist-conns")
+    assert seen[2] == bytes([EVENT_UNREGISTER]) + conn
