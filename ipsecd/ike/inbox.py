@@ -38,14 +38,13 @@ much as the whole burst, and one preempted for a few hundred milliseconds put th
 in debt for seconds (20 times as long at 5 %), so that a peer's next reauthentication's
 IKE_SA_INIT was dropped and waited for its retransmission.  A flood turns cookies on
 within ``cookie_threshold`` half-open SAs, or fills the queue, and so still gets the share.
-The backlog counts only from 128 on: from 16, a legitimate burst of 250 initiators (the
-operator having raised ``cookie_threshold``) ran at the share, 150 handshakes a second
-instead of 1000-1500.
 A daemon flooded with IKE_SA_INIT then still sleeps most of the time, and the kernel
 wakes it at once for the next ESP packet instead of queueing it behind a busy process
 (measured in docs/security.md).  Meanwhile the shell stops reading the IKE port,
 which carries only new requests once IKE floated to the NAT-T port (:meth:`paused_for`):
-the kernel then drops the flood at no cost to the daemon.
+the kernel then drops the flood at no cost to the daemon.  The backlog counts only from
+128 on: from 16, a legitimate burst of 250 initiators (the operator having raised
+``cookie_threshold``) ran at the share, 150 handshakes a second instead of 1000-1500.
 
 An IKE_SA_INIT that carries a valid COOKIE (RFC 7296 §2.6) comes from an address that
 received our answer: no spoofed flood can send it. It is not held to the 5 % of the
@@ -77,7 +76,6 @@ from ipsecd.ike.errors import MalformedMessage
 from ipsecd.ike.events import Address
 from ipsecd.ratelimit import TokenBucket
 
-_IKE_SA_INIT = ExchangeType.IKE_SA_INIT
 DEFAULT_MAX_IKE_DATAGRAM = 10_000  # bytes, strongSwan's charon.max_packet
 QUEUE_DATAGRAMS = 1024  # per queue (QUEUE_BYTES bounds the memory)
 QUEUE_BYTES = 2 * 1024 * 1024  # per queue
@@ -86,6 +84,16 @@ NEW_WORK_BURST = 0.002  # seconds of it at once: short bursts keep the daemon a 
 NEW_BACKLOG_PRESSURE = 128  # datagrams in the new queue from which on the share is enforced
 COOKIE_ANSWER_RATE = 2000.0  # IKE_SA_INIT per second let past a used-up share for a COOKIE
 COOKIE_ANSWER_BURST = 1000.0  # of them at once (in the 2 ms IKE slices between ESP bursts)
+
+
+def is_init_request(header: codec.Header) -> bool:
+    """A new IKE_SA_INIT request (SPIr 0), not an answer to ours (which may have SPIr 0
+    too: COOKIE, INVALID_KE_PAYLOAD); under pressure it is answered with a COOKIE."""
+    return (
+        header.exchange_type == ExchangeType.IKE_SA_INIT
+        and not header.response
+        and header.spi_r == 0
+    )
 
 
 @dataclass(frozen=True)
@@ -97,12 +105,6 @@ class Received:
     local: Address
     remote: Address
     verified: bool = False  # an IKE_SA_INIT with a valid cookie: not held to the share
-
-    @property
-    def init_request(self) -> bool:
-        """A new IKE_SA_INIT request (SPIr 0): under pressure, answered with a COOKIE."""
-        h = self.header
-        return h.exchange_type == _IKE_SA_INIT and not h.response and h.spi_r == 0
 
 
 class _Queue:
@@ -190,22 +192,22 @@ class IkeInbox:
         """Whether ``item``, over the share under pressure, is let past for the COOKIE
         answer it gets then (an IKE_SA_INIT request without a valid cookie), within
         COOKIE_ANSWER_RATE; not charged to the share."""
-        return item.init_request and not item.verified and self._cookie_answers.take(now)
+        return is_init_request(item.header) and self._cookie_answers.take(now)
 
     def _over_budget(self, now: float) -> bool:
         bucket = self._new_work
         return bucket is not None and not bucket.available(now) and self.under_pressure(now)
 
     def take(self) -> tuple[Received, bool] | None:
-        """The datagram that arrived first, and whether it goes past the share check (for
-        a known SA, or let past for a COOKIE answer when it came)."""
+        """The datagram that arrived first, and whether the share is checked for it (not
+        for a known SA's, a verified one's, or one let past for a COOKIE answer)."""
         known, new = self._known.items, self._new.items
         if not known and not new:
             return None
         queue = self._known if known and (not new or known[0][0] < new[0][0]) else self._new
         _, item, checked = queue.items.popleft()
         queue.bytes -= len(item.data)
-        return item, not checked
+        return item, checked
 
     def drain(
         self,
@@ -220,9 +222,9 @@ class IkeInbox:
         of an IKE_SA_INIT whose first copy, in the same burst, made a half-open SA)."""
         handled = 0
         while (taken := self.take()) is not None:
-            item, unchecked = taken
+            item, checked = taken
             bucket = self._new_work
-            if bucket is None or self._clock is None or unchecked:
+            if bucket is None or self._clock is None or not checked:
                 handle(item)  # a known SA's, a verified one's, or let past for a COOKIE answer
             elif self._over_budget(now) and not known_now(item):
                 if self._cookie_answer(item, now):

@@ -56,7 +56,7 @@ from ipsecd.ike.exchanges.informational import DeleteChildSa, DeleteIkeSa, Liven
 from ipsecd.ike.exchanges.sa_init import IkeSaInit
 from ipsecd.ike.fragments import ReassemblyBudget
 from ipsecd.ike.halfopen import DosLimits, HalfOpenTable
-from ipsecd.ike.inbox import IkeInbox, Received
+from ipsecd.ike.inbox import IkeInbox, Received, is_init_request
 from ipsecd.ike.lifecycle import LIVE_STATES, ChildState
 from ipsecd.ike.payloads import Delete
 from ipsecd.ike.policy import LastEvent, PeerPolicy, PeerState, Resolver, close_message
@@ -346,15 +346,13 @@ class IkeManager:
         remote = _address(remote)
         known = self._for_known_sa(header, remote)
         data = bytes(data)
-        item = Received(data, header, _address(local), remote)
-        if (
+        verified = (
             not known
-            and item.init_request
+            and is_init_request(header)
             and (self.half_open.cookies_required_at(now) or self.inbox.backlogged())
             and self.half_open.carries_valid_cookie(data, header.spi_i, remote[0], now)
-        ):
-            item = Received(data, header, item.local, remote, verified=True)
-        self.inbox.offer(item, known, now)
+        )
+        self.inbox.offer(Received(data, header, _address(local), remote, verified), known, now)
 
     def intake_paused_for(self, now: float) -> float:
         """Seconds during which the IKE port may stay unread: new requests would be dropped
@@ -389,11 +387,7 @@ class IkeManager:
         retransmits the IKE_SA_INIT of a half-open one (answered from its cache)."""
         # An answer to our own IKE_SA_INIT may have SPIr 0 too (COOKIE, INVALID_KE_PAYLOAD):
         # it is for our SA, found below by SPIi, not a new request.
-        if (
-            header.exchange_type == ExchangeType.IKE_SA_INIT
-            and header.spi_r == 0
-            and not header.response
-        ):
+        if is_init_request(header):
             return self.half_open.get((remote[0], header.spi_i)) is not None
         sa = self.sas.get(header.spi_r if header.initiator else header.spi_i)
         return sa is not None and sa.alive
