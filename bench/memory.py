@@ -30,7 +30,15 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.scale import PSK, loadavg, responder_config  # noqa: E402
+from bench.scale import (  # noqa: E402
+    PSK,
+    loadavg,
+    responder_config,
+    status_ms,
+    stop_daemon,
+    wait_for_control,
+    wire_wan,
+)
 from ipsecd.cli.sites import add_namespace, delete_namespace, netns_cmd  # noqa: E402
 from ipsecd.daemon.control import request  # noqa: E402
 
@@ -57,30 +65,13 @@ def rollup(pid: int) -> dict[str, int]:
     return out
 
 
-def _wait_for_control(sock: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
-    t0 = time.monotonic()
-    while True:
-        try:
-            request(sock, {"cmd": "status"})
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() - t0 > 300:
-                raise RuntimeError(log.read_text()[-2000:]) from None
-            time.sleep(0.01)
-
-
 def measure(repo: Path, n: int, workdir: Path, reload: bool) -> dict[str, Any]:
     """One daemon of source tree ``repo`` with ``n`` peers: start-up, memory, status."""
     ns = f"mem{os.getpid() % 100000}"
     add_namespace(ns)
     proc = None
     try:
-        for cmd in (
-            ["link", "add", "wan", "type", "veth", "peer", "name", "wanp"],
-            ["addr", "add", "192.0.2.2/24", "dev", "wan"],
-            ["link", "set", "wan", "up"],
-        ):
-            subprocess.run(["ip", "-n", ns, *cmd], check=True)
+        wire_wan(ns)
         config = workdir / f"idle-{n}.yaml"
         config.write_text(responder_config(n, workdir, ["192.0.2.2"], any_peer=False))
         log = workdir / f"idle-{n}.log"
@@ -94,15 +85,11 @@ def measure(repo: Path, n: int, workdir: Path, reload: bool) -> dict[str, Any]:
                 netns_cmd(ns, cmd), stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=repo
             )
         sock = workdir / "ctl.sock"
-        _wait_for_control(sock, proc, log)
+        wait_for_control(sock, proc, log)
         start_s = time.monotonic() - t0
         time.sleep(2)
         mem, maps = rollup(proc.pid), mappings(proc.pid)
-        latencies = []
-        for _ in range(5):
-            t = time.monotonic()
-            request(sock, {"cmd": "status"}, timeout=120)
-            latencies.append(time.monotonic() - t)
+        status = status_ms(sock)
         result: dict[str, Any] = {
             "peers": n,
             "start_s": start_s,
@@ -110,7 +97,7 @@ def measure(repo: Path, n: int, workdir: Path, reload: bool) -> dict[str, Any]:
             "anon_mb": mem["Anonymous"] / 1024,
             "heap_mb": maps.get("[heap]", 0) / 1024,
             "arenas_mb": maps.get("[anon]", 0) / 1024,
-            "status_ms": statistics.median(latencies) * 1e3,
+            "status_ms": status,
             "top": sorted(maps.items(), key=lambda kv: -kv[1])[:12],
         }
         if reload:
@@ -122,12 +109,7 @@ def measure(repo: Path, n: int, workdir: Path, reload: bool) -> dict[str, Any]:
         return result
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_daemon(proc)
         delete_namespace(ns)
 
 

@@ -160,7 +160,42 @@ def _daemon(ns: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(netns_cmd(ns, cmd), stdout=fh, stderr=subprocess.STDOUT, env=_env())
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def wire_wan(ns: str) -> None:
+    """Give namespace ``ns`` its uplink: veth ``wan`` at 192.0.2.2/24, up, and ``lo`` up."""
+    for cmd in (
+        ["link", "add", "wan", "type", "veth", "peer", "name", "wanp"],
+        ["addr", "add", "192.0.2.2/24", "dev", "wan"],
+        ["link", "set", "wan", "up"],
+        ["link", "set", "lo", "up"],
+    ):
+        subprocess.run(["ip", "-n", ns, *cmd], check=True)
+
+
+def wait_for_control(sock: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Until the daemon answers on its control socket (its end of start-up); its log's
+    end in the error if it exits or takes 300 s."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            request(sock, {"cmd": "status"})
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() - t0 > 300:
+                raise RuntimeError(log.read_text()[-2000:]) from None
+            time.sleep(0.01)
+
+
+def status_ms(sock: Path) -> float:
+    """Median of 5 ``status`` requests, in milliseconds."""
+    latencies = []
+    for _ in range(5):
+        t = time.monotonic()
+        request(sock, {"cmd": "status"}, timeout=120)
+        latencies.append(time.monotonic() - t)
+    return statistics.median(latencies) * 1e3
+
+
+def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
         proc.wait(30)
@@ -175,46 +210,28 @@ def measure_idle(n: int, workdir: Path) -> dict[str, Any]:
     add_namespace(ns)
     proc = None
     try:
-        for cmd in (
-            ["link", "add", "wan", "type", "veth", "peer", "name", "wanp"],
-            ["addr", "add", "192.0.2.2/24", "dev", "wan"],
-            ["link", "set", "wan", "up"],
-            ["link", "set", "lo", "up"],
-        ):
-            subprocess.run(["ip", "-n", ns, *cmd], check=True)
+        wire_wan(ns)
         config = workdir / f"idle-{n}.yaml"
         config.write_text(responder_config(n, workdir, ["192.0.2.2"], any_peer=False))
         before = loadavg()
         t0 = time.monotonic()
         proc = _daemon(ns, config, workdir / f"idle-{n}.log")
         sock = workdir / "ctl.sock"
-        while True:
-            try:
-                request(sock, {"cmd": "status"})
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() - t0 > 300:
-                    raise RuntimeError((workdir / f"idle-{n}.log").read_text()[-2000:]) from None
-                time.sleep(0.01)
+        wait_for_control(sock, proc, workdir / f"idle-{n}.log")
         start_s = time.monotonic() - t0
         time.sleep(2)
         rollup = Path(f"/proc/{proc.pid}/smaps_rollup").read_text().split()
         rss_mb = int(rollup[rollup.index("Rss:") + 1]) / 1024
-        latencies = []
-        for _ in range(5):
-            t = time.monotonic()
-            request(sock, {"cmd": "status"}, timeout=120)
-            latencies.append(time.monotonic() - t)
         return {
             "peers": n,
             "start_s": start_s,
             "rss_mb": rss_mb,
-            "status_ms": statistics.median(latencies) * 1e3,
+            "status_ms": status_ms(sock),
             "load": [before, loadavg()],
         }
     finally:
         if proc is not None:
-            _stop(proc)
+            stop_daemon(proc)
         delete_namespace(ns)
 
 
@@ -306,8 +323,8 @@ def measure_handshakes(n: int) -> dict[str, Any]:
             }
         except (OSError, KeyError, TypeError):
             pass
-        _stop(a)
-        _stop(b)
+        stop_daemon(a)
+        stop_daemon(b)
         if os.environ.get("SCALE_KEEP_LOGS"):  # for reading what happened
             keep = Path(os.environ["SCALE_KEEP_LOGS"])
             keep.mkdir(parents=True, exist_ok=True)
