@@ -4,24 +4,14 @@ between two throwaway daemon cores, silent, for the configured proposals."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from ipsecd.config import Config, parse_config
 from ipsecd.daemon import logs, warmup
 from ipsecd.daemon.warmup import warm_up
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    saved = dict(logs._state)
-    yield
-    logs._state.clear()
-    logs._state.update(saved)
-    structlog.reset_defaults()
+from tests.unit.test_logs import _restore_logging  # noqa: F401 (autouse: each test's own logging)
 
 
 def configured(tmp_path: Path, ike: str, esp: str) -> Config:
