@@ -65,6 +65,8 @@ from ipsecd.ike import message as codec
 from ipsecd.ike.constants import (
     IKE_HEADER_LEN,
     IKE_MAJOR_VERSION,
+    NONCE_MAX_LEN,
+    NONCE_MIN_LEN,
     ExchangeType,
     NotifyType,
     PayloadType,
@@ -165,6 +167,11 @@ class InitScan:
     cookie: bytes | None  # the data of the first N(COOKIE)
     complete: bool  # SA, KE and Nonce are all there (RFC 7296 §1.2)
     unsupported_critical: int | None  # the first unknown payload marked critical (§2.5)
+
+
+def _nonce_fits(nonce: bytes) -> bool:
+    """The Ni a cookie is computed over has the lengths RFC 7296 §3.9 allows."""
+    return NONCE_MIN_LEN <= len(nonce) <= NONCE_MAX_LEN
 
 
 def scan_init(data: bytes) -> InitScan:
@@ -322,7 +329,7 @@ class HalfOpenTable:
         if not self._update_cookies(now, backlogged):
             return ACCEPT
         nonce = scan.nonce
-        if nonce is None or not scan.complete or not 16 <= len(nonce) <= 256:
+        if nonce is None or not scan.complete or not _nonce_fits(nonce):
             self._count("malformed")
             return DROP
         if scan.cookie is not None:
@@ -344,7 +351,7 @@ class HalfOpenTable:
             scan = scan_init(data)
         except MalformedMessage:
             return False
-        if scan.cookie is None or scan.nonce is None or not 16 <= len(scan.nonce) <= 256:
+        if scan.cookie is None or scan.nonce is None or not _nonce_fits(scan.nonce):
             return False
         check = self.cookies.check(scan.cookie, scan.nonce, source, spi_i, now)
         return check is CookieCheck.VALID
