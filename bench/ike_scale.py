@@ -200,16 +200,28 @@ def sad_sas(n: int) -> list[InstalledChildSa]:
     return out
 
 
-def sad_round(sas: list[InstalledChildSa]) -> tuple[float, float]:
-    """CPU seconds to install ``sas`` one by one into an empty SaDatabase, then remove them."""
+LOOKUPS = 2000  # new flows looked up per round, each missing the flow cache
+
+
+def sad_round(sas: list[InstalledChildSa]) -> tuple[float, float, float]:
+    """CPU seconds to install ``sas`` one by one into an empty SaDatabase, then per
+    outbound lookup of a new flow (a cache miss) to the first SA's subnet (the oldest
+    of equally specific pairs: last in line for a scan), then to remove them."""
     sad = SaDatabase()
     start = time.process_time()
     for sa in sas:
         sad.install(sa)
     installed = time.process_time()
+    if sas:
+        first = sas[0]
+        src, dst = first.local_ts[0].start, first.remote_ts[0].start
+        for i in range(LOOKUPS):
+            if sad.lookup_outbound(4, src + 1 + i % 250, dst + 1 + i // 250) is not first:
+                raise SystemExit("the lookup found the wrong SA")
+    looked_up = time.process_time()
     for sa in sas:
         sad.remove(sa.inbound.spi)
-    return installed - start, time.process_time() - installed
+    return installed - start, (looked_up - installed) / LOOKUPS, time.process_time() - looked_up
 
 
 def _row(label: str, n: int, times: list[float], base: float) -> str:
@@ -233,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sad",
         action="store_true",
-        help="the SA database alone: install N SAs one by one, then remove them (all N)",
+        help="the SA database alone: install N SAs one by one, look up new flows, remove them",
     )
     args = parser.parse_args(argv)
     if args.sad:
@@ -281,16 +293,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def sad_main(sizes: list[int], rounds: int) -> int:
     sets = {n: sad_sas(n) for n in sizes}
-    times: dict[int, list[tuple[float, float]]] = {n: [] for n in sizes}
+    times: dict[int, list[tuple[float, float, float]]] = {n: [] for n in sizes}
     for _ in range(rounds):
         for n in sizes:
             times[n].append(sad_round(sets[n]))
-    print(f"{'SAs':>6} {'install all ms':>15} {'remove all ms':>14}  (median, min-max)")
+    print(
+        f"{'SAs':>6} {'install all ms':>15} {'lookup us':>16} {'remove all ms':>16}"
+        "  (median, min-max)"
+    )
     for n in sizes:
         ins = [t[0] * 1e3 for t in times[n]]
-        rem = [t[1] * 1e3 for t in times[n]]
+        look = [t[1] * 1e6 for t in times[n]]
+        rem = [t[2] * 1e3 for t in times[n]]
         print(
             f"{n:>6} {statistics.median(ins):>7.2f} ({min(ins):.2f}-{max(ins):.2f})"
+            f" {statistics.median(look):>6.2f} ({min(look):.2f}-{max(look):.2f})"
             f" {statistics.median(rem):>6.2f} ({min(rem):.2f}-{max(rem):.2f})"
         )
     return 0

@@ -12,11 +12,11 @@ decrypting until it is removed.  Sans-I/O: no sockets, only objects and ints.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ipsecd.ah.sa import InboundAhSa, OutboundAhSa
+from ipsecd.dataplane.selector_index import SelectorIndex
 from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
 from ipsecd.selectors import TrafficSelector
 
@@ -94,20 +94,18 @@ class InstalledChildSa:
 class SaDatabase:
     """Installed CHILD_SAs, by inbound SPI and by outbound selectors.
 
-    The outbound selector pairs are kept sorted as SAs come and go (a bisect per pair,
-    not a re-sort of every pair per install): each pair's rank is (remote range width,
-    local range width, -serial, index), where ``serial`` counts the SAs that began
-    sending, so the newest of equally specific pairs comes first.
+    The outbound selector pairs are filed by destination prefix as SAs come and go
+    (:class:`~ipsecd.dataplane.selector_index.SelectorIndex`: a lookup asks a few dicts,
+    however many SAs there are): each pair's rank is (remote range width, local range
+    width, -serial, index), where ``serial`` counts the SAs that began sending, so the
+    newest of equally specific pairs comes first.
     """
 
     def __init__(self) -> None:
         self.by_spi: dict[int, InstalledChildSa] = {}
         self._sending: dict[InstalledChildSa, int] = {}  # SA -> serial; oldest first
         self._serial = 0
-        # Every outbound selector pair, most specific first (see the module docstring),
-        # and its rank (_rank), in the same order.
-        self._ranks: list[tuple[int, int, int, int]] = []
-        self._rules: list[tuple[tuple[int, int, int, int, int, int], InstalledChildSa]] = []
+        self._index: SelectorIndex[InstalledChildSa] = SelectorIndex()
         self._cache: dict[tuple[int, int, int], InstalledChildSa | None] = {}
 
     @staticmethod
@@ -121,22 +119,17 @@ class SaDatabase:
         self._stop_sending(sa)
         self._serial += 1
         self._sending[sa] = self._serial
-        ranks, rules = self._ranks, self._rules
         for index, m in enumerate(sa._match):
             rank = self._rank(m, self._serial, index)
-            at = bisect_left(ranks, rank)
-            ranks.insert(at, rank)
-            rules.insert(at, (m, sa))
+            self._index.add(m[0], (m[1], m[2]), (m[3], m[4]), rank, sa)
         self._cache.clear()
 
     def _stop_sending(self, sa: InstalledChildSa) -> None:
         serial = self._sending.pop(sa, None)
         if serial is None:
             return
-        ranks, rules = self._ranks, self._rules
         for index, m in enumerate(sa._match):
-            at = bisect_left(ranks, self._rank(m, serial, index))
-            del ranks[at], rules[at]
+            self._index.remove(m[0], self._rank(m, serial, index), sa)
         self._cache.clear()
 
     def install(self, sa: InstalledChildSa, outbound: bool = True) -> None:
@@ -174,14 +167,7 @@ class SaDatabase:
             return self._cache[key]
         except KeyError:
             pass
-        found = next(
-            (
-                sa
-                for (v, ls, le, rs, re, _), sa in self._rules
-                if v == version and ls <= src <= le and rs <= dst <= re
-            ),
-            None,
-        )
+        found = self._index.lookup(version, src, dst)
         if len(self._cache) > 65536:
             self._cache.clear()
         self._cache[key] = found

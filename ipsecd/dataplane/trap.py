@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ipsecd.dataplane.selector_index import SelectorIndex
 from ipsecd.selectors import TrafficSelector
 
 MAX_PACKETS = 64
@@ -56,6 +57,8 @@ class _Trap:
     queue: deque[bytes] = field(default_factory=deque)
     queued_bytes: int = 0
     triggered_at: float = 0.0
+    serial: int = 0  # the order of the first watch: the first watched trap wins a packet
+    filed: bool = False  # in the index: every trap not UP
 
     def matches(self, version: int, src: int, dst: int) -> bool:
         for v, sl, sh, dl, dh in self.ranges:
@@ -95,6 +98,22 @@ class TrapQueue:
         self.clock = clock
         self.traps: dict[str, _Trap] = {}
         self._triggers: list[str] = []
+        # Every trap not UP, by its selectors: a packet finds its trap in a few dict
+        # lookups however many peers are trapped.
+        self._index: SelectorIndex[_Trap] = SelectorIndex()
+        self._serial = 0
+
+    def _file(self, trap: _Trap) -> None:
+        if not trap.filed:
+            for i, (v, sl, sh, dl, dh) in enumerate(trap.ranges):
+                self._index.add(v, (sl, sh), (dl, dh), (trap.serial, i), trap)
+            trap.filed = True
+
+    def _unfile(self, trap: _Trap) -> None:
+        if trap.filed:
+            for i, (v, *_) in enumerate(trap.ranges):
+                self._index.remove(v, (trap.serial, i), trap)
+            trap.filed = False
 
     def _count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -108,12 +127,21 @@ class TrapQueue:
         old = self.traps.get(name)
         trap = _Trap(name, _ranges(local_ts, remote_ts))
         if old is not None:
+            self._unfile(old)
             trap.state, trap.queue, trap.queued_bytes = old.state, old.queue, old.queued_bytes
+            trap.triggered_at, trap.serial = old.triggered_at, old.serial
+        else:
+            self._serial += 1
+            trap.serial = self._serial
         self.traps[name] = trap
+        if trap.state is not TrapState.UP:
+            self._file(trap)
 
     def unwatch(self, name: str) -> None:
         """Forget peer ``name`` (removed from the config); its queue is dropped."""
         trap = self.traps.pop(name, None)
+        if trap is not None:
+            self._unfile(trap)
         if trap is not None and trap.queue:
             self._count("trap_queue_dropped", len(trap.queue))
         self._triggers = [t for t in self._triggers if t != name]
@@ -134,27 +162,26 @@ class TrapQueue:
         Taken means queued, or dropped as queue overflow (counted here); a packet
         not taken is the processor's ``no_sa`` drop.
         """
-        for trap in self.traps.values():
-            if trap.state is TrapState.UP or not trap.matches(version, src, dst):
-                continue
-            if trap.state is TrapState.IDLE:
-                trap.state = TrapState.NEGOTIATING
-                trap.triggered_at = self.clock()
-                self._triggers.append(trap.name)
-                self._count("trap_triggers")
-            elif self.clock() - trap.triggered_at > self.retrigger_after:
-                trap.triggered_at = self.clock()
-                self._triggers.append(trap.name)
-                self._count("trap_retriggers")
-            n = len(packet)
-            if len(trap.queue) >= self.max_packets or trap.queued_bytes + n > self.max_bytes:
-                self._count("trap_queue_overflow")
-                return True
-            trap.queue.append(packet)
-            trap.queued_bytes += n
-            self._count("trap_queued")
+        trap = self._index.lookup(version, src, dst)
+        if trap is None:
+            return False
+        if trap.state is TrapState.IDLE:
+            trap.state = TrapState.NEGOTIATING
+            trap.triggered_at = self.clock()
+            self._triggers.append(trap.name)
+            self._count("trap_triggers")
+        elif self.clock() - trap.triggered_at > self.retrigger_after:
+            trap.triggered_at = self.clock()
+            self._triggers.append(trap.name)
+            self._count("trap_retriggers")
+        n = len(packet)
+        if len(trap.queue) >= self.max_packets or trap.queued_bytes + n > self.max_bytes:
+            self._count("trap_queue_overflow")
             return True
-        return False
+        trap.queue.append(packet)
+        trap.queued_bytes += n
+        self._count("trap_queued")
+        return True
 
     def take_triggers(self) -> list[str]:
         """Peers to initiate now (each once per negotiation)."""
@@ -169,6 +196,7 @@ class TrapQueue:
         if trap is None:
             return []
         trap.state = TrapState.UP
+        self._unfile(trap)
         packets = list(trap.queue)
         trap.queue.clear()
         trap.queued_bytes = 0
@@ -192,3 +220,4 @@ class TrapQueue:
         trap = self.traps.get(name)
         if trap is not None and trap.state is TrapState.UP:
             trap.state = TrapState.IDLE
+            self._file(trap)

@@ -299,3 +299,27 @@ def test_ike_sa_without_child_gets_a_new_child_on_traffic(tmp_path):
     assert r.decrypted_at_b()[-1] == packet("10.1.0.5", "10.2.0.7", ident=7)
     r.from_tun([packet("10.1.0.5", "10.2.0.7", ident=8)])  # SA there: no new exchange
     assert len(r.ike.ike_sa("b").children) == 1
+
+
+def test_overlapping_traps_first_watched_wins_until_it_is_up() -> None:
+    """The trap index keeps the loop's order: the first watched of overlapping traps
+    takes a packet; once it is up the next one does; down and re-watch file it again."""
+    wide = (TrafficSelector.from_prefix("10.2.0.0/16"),)
+    q = TrapQueue()
+    q.watch("wide", SITE_A, wide)
+    q.watch("narrow", SITE_A, SITE_B)
+    assert offer(q, packet("10.1.0.5", "10.2.0.9"))
+    assert q.take_triggers() == ["wide"]
+    q.installed("wide")
+    assert offer(q, packet("10.1.0.5", "10.2.0.9"))
+    assert q.take_triggers() == ["narrow"]
+    assert not offer(q, packet("10.1.0.5", "10.2.9.9"))
+    q.watch("wide", SITE_A, (TrafficSelector.from_prefix("10.2.0.0/20"),))  # reload, still up
+    assert not offer(q, packet("10.1.0.5", "10.2.9.9"))
+    q.down("wide")
+    assert offer(q, packet("10.1.0.5", "10.2.9.9"))
+    assert q.take_triggers() == ["wide"]
+    q.unwatch("wide")
+    q.unwatch("narrow")
+    assert not offer(q, packet("10.1.0.5", "10.2.0.9"))
+    assert not q._index._buckets
