@@ -817,8 +817,7 @@ class DaemonCore:
 
     def _trap_keys(self, peer: str) -> list[str]:
         """The traps of ``peer``'s children that exist (start: trap, dpd_action hold)."""
-        prefix = trap_key(peer, "")
-        return [key for key in self.trap.traps if key.startswith(prefix)]
+        return self.trap.with_prefix(trap_key(peer, ""))
 
     def _route(self, peer: PeerConfig, *, add: bool) -> None:
         """Route each child's ``remote_ts`` into TUN; a transport-mode child's (the peer's

@@ -28,6 +28,7 @@ given at construction (the daemon's own counters).
 from __future__ import annotations
 
 import time
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
@@ -102,6 +103,7 @@ class TrapQueue:
         # lookups however many peers are trapped.
         self._index: SelectorIndex[_Trap] = SelectorIndex()
         self._serial = 0
+        self._names: list[str] = []  # sorted, for with_prefix
 
     def _file(self, trap: _Trap) -> None:
         if not trap.filed:
@@ -133,6 +135,7 @@ class TrapQueue:
         else:
             self._serial += 1
             trap.serial = self._serial
+            insort(self._names, name)
         self.traps[name] = trap
         if trap.state is not TrapState.UP:
             self._file(trap)
@@ -142,9 +145,20 @@ class TrapQueue:
         trap = self.traps.pop(name, None)
         if trap is not None:
             self._unfile(trap)
+            del self._names[bisect_left(self._names, name)]
         if trap is not None and trap.queue:
             self._count("trap_queue_dropped", len(trap.queue))
         self._triggers = [t for t in self._triggers if t != name]
+
+    def with_prefix(self, prefix: str) -> list[str]:
+        """The watched names that start with ``prefix`` (one peer's traps), in a bisection
+        and not a walk over every trap."""
+        names = self._names
+        at = bisect_left(names, prefix)
+        end = at
+        while end < len(names) and names[end].startswith(prefix):
+            end += 1
+        return names[at:end]
 
     def state(self, name: str) -> TrapState | None:
         trap = self.traps.get(name)

@@ -323,3 +323,13 @@ def test_overlapping_traps_first_watched_wins_until_it_is_up() -> None:
     q.unwatch("narrow")
     assert not offer(q, packet("10.1.0.5", "10.2.0.9"))
     assert not q._index._buckets
+
+
+def test_with_prefix_lists_one_peers_traps() -> None:
+    q = TrapQueue()
+    for name in ("b/x", "bb/x", "b/y", "a/x", "c/z"):
+        q.watch(name, SITE_A, SITE_B)
+    q.watch("b/x", SITE_A, SITE_C)  # re-watched: listed once
+    assert q.with_prefix("b/") == ["b/x", "b/y"]
+    q.unwatch("b/x")
+    assert q.with_prefix("b/") == ["b/y"] and q.with_prefix("d/") == []
