@@ -1,7 +1,8 @@
 """Where an idle ipsecd's memory goes, with 1/100/1000 configured peers (root only).
 
 Issue 17's measure, broken down: one daemon per measurement in a namespace of its own
-(``mem<pid>``, a veth as uplink), every peer a responder (``bench.scale``'s config).
+(``mem<pid>``, or ``--netns-prefix``'s, a veth as uplink), every peer a responder
+(``bench.scale``'s config).
 Start-up: from spawning ``python -m ipsecd.cli.ipsecd run`` to the first answer on its
 control socket; 2 s later RSS, its anonymous part, the ``[heap]`` (glibc malloc) and
 the other anonymous mappings (mostly pymalloc's 1 MiB arenas) from ``/proc/PID/smaps``;
@@ -65,9 +66,9 @@ def rollup(pid: int) -> dict[str, int]:
     return out
 
 
-def measure(repo: Path, n: int, workdir: Path, reload: bool) -> dict[str, Any]:
+def measure(repo: Path, n: int, workdir: Path, reload: bool, prefix: str = "mem") -> dict[str, Any]:
     """One daemon of source tree ``repo`` with ``n`` peers: start-up, memory, status."""
-    ns = f"mem{os.getpid() % 100000}"
+    ns = f"{prefix}{os.getpid() % 100000}"
     add_namespace(ns)
     proc = None
     try:
@@ -143,7 +144,7 @@ def table(results: dict[tuple[str, int], list[dict[str, Any]]]) -> str:
 
 
 def run(
-    repos: list[Path], peers: list[int], rounds: int, reload: bool
+    repos: list[Path], peers: list[int], rounds: int, reload: bool, prefix: str = "mem"
 ) -> dict[tuple[str, int], list[dict[str, Any]]]:
     """Every (tree, peers) measured once per round, interleaved: the results by both."""
     results: dict[tuple[str, int], list[dict[str, Any]]] = {
@@ -157,7 +158,7 @@ def run(
             for n in peers:
                 for repo in repos:
                     print(f"round {r + 1}: {repo}, {n} peers", file=sys.stderr)
-                    results[(str(repo), n)].append(measure(repo, n, work, reload))
+                    results[(str(repo), n)].append(measure(repo, n, work, reload, prefix))
     return results
 
 
@@ -168,11 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repo", type=Path, nargs="+", default=[REPO], help="source trees to run")
     ap.add_argument("--reload", action="store_true", help="also RSS after a reload")
     ap.add_argument("--mappings", action="store_true", help="the largest mappings, last round")
+    ap.add_argument("--netns-prefix", default="mem", help="namespace names: PREFIX<pid>")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/memory.py: root only", file=sys.stderr)
         return 2
-    results = run([r.resolve() for r in args.repo], args.peers, args.rounds, args.reload)
+    results = run(
+        [r.resolve() for r in args.repo], args.peers, args.rounds, args.reload, args.netns_prefix
+    )
     print(table(results))
     loads = [x for rs in results.values() for r in rs for x in r["load"]]
     print(
