@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyroute2.netlink.exceptions import NetlinkError  # the submodule: lazyimports.py
+
 from ipsecd.addresses import format_address
 from ipsecd.config import Config, load_config
 from ipsecd.config.errors import ConfigError
@@ -35,7 +37,6 @@ from ipsecd.daemon.status import DaemonStatus, DataplaneStatus
 from ipsecd.daemon.warmup import warm_up
 from ipsecd.dataplane.bypass import BypassRule
 from ipsecd.dataplane.raw import RawSocket
-from ipsecd.dataplane.rtnetlink import NetlinkError
 from ipsecd.dataplane.sad import Address
 from ipsecd.dataplane.sockfilter import drop_larger_than
 from ipsecd.dataplane.tun import TunDevice

@@ -3,7 +3,7 @@
 Two things a valid config cannot tell by itself:
 
 - the routing table: :func:`connected_routes` reads the networks this machine is connected
-  to (rtnetlink), for :func:`ipsecd.config.warnings.config_warnings` to compare the TUN
+  to (pyroute2), for :func:`ipsecd.config.warnings.config_warnings` to compare the TUN
   addresses and selectors against;
 - IP forwarding: a gateway that does not forward decrypts packets for its LAN and then
   drops them.  :func:`forwarding_findings` checks ``net.ipv4.ip_forward`` (and
@@ -49,29 +49,32 @@ class Finding:
 
 def connected_routes() -> list[ConnectedRoute]:
     """The main table's routes the kernel made for addresses on interfaces, with this
-    machine's address on each; raises OSError (a refused dump: NetlinkError, an OSError)
+    machine's address on each; raises OSError (or pyroute2's NetlinkError, an OSError)
     when netlink cannot be read."""
-    from ipsecd.dataplane.rtnetlink import Rtnetlink
+    from pyroute2 import IPRoute
 
-    with Rtnetlink() as rtnl:
-        names = {link.index: link.name for link in rtnl.links()}
-        addresses = [(a.index, a.address) for a in rtnl.addresses()]
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get("ifname") for link in ipr.get_links()}
+        addresses = [
+            (a["index"], ipaddress.ip_address(a.get("address")))
+            for a in ipr.get_addr()
+            if a.get("address")
+        ]
         found = []
-        for route in rtnl.routes(table=RT_TABLE_MAIN):
-            if route.proto != RTPROT_KERNEL or route.type != RTN_UNICAST:
+        for route in ipr.get_routes(table=RT_TABLE_MAIN):
+            if route["proto"] != RTPROT_KERNEL or route["type"] != RTN_UNICAST:
                 continue
-            if route.gateway or route.dst is None:
+            if route.get("gateway") or route.get("dst") is None:
                 continue
-            network = route.dst
+            network = ipaddress.ip_network(f"{route.get('dst')}/{route['dst_len']}")
             if network.version == 6 and network.network_address.is_link_local:
                 continue  # fe80::/64 on every IPv6 interface
-            index = route.oif
-            own = route.prefsrc
+            index = route.get("oif")
+            own = route.get("prefsrc")
             address = ipaddress.ip_address(own) if own else None
             if address is None:  # IPv6 routes carry no preferred source: find the address
                 address = next((a for i, a in addresses if i == index and a in network), None)
-            name = names.get(index, f"if{index}") if index is not None else "?"
-            found.append(ConnectedRoute(network, name, address))
+            found.append(ConnectedRoute(network, str(names.get(index, f"if{index}")), address))
     return found
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import socket
 
-from ipsecd.dataplane.rtnetlink import AsyncIPRoute
+from pyroute2 import AsyncIPRoute
 
 __all__ = ["RULE_PRIORITY", "BypassRule"]
 

@@ -71,7 +71,7 @@ def test_wait_must_be_seconds(value: Any) -> None:
 
 
 def test_naming_turns_os_and_netlink_errors_into_errors_that_say_where() -> None:
-    from ipsecd.dataplane.rtnetlink import NetlinkError
+    from pyroute2.netlink.exceptions import NetlinkError
 
     route = "cannot add the route 10.2.0.0/24 into t0"
     with pytest.raises(OSErrorAt, match=rf"^{route}: \[Errno 17\]"), naming(route):

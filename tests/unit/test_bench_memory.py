@@ -13,7 +13,7 @@ def test_imports_counted_by_top_level_package(tmp_path: Path) -> None:
         "import time: self [us] | cumulative | imported package\n"
         "import time:       120 |        120 |   yaml.error\n"
         "import time:       300 |        420 | yaml\n"
-        "import time:        40 |         40 |       ipsecd.dataplane.rtnetlink\n"
+        "import time:        40 |         40 |       ipsecd.dataplane.tun\n"
         '{"event": "ipsecd running", "level": "info"}\n'
         "import time:        12 |         12 | asyncio\n"
     )
