@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 DAEMON_MODULES = (
     "asyncio",
     "structlog",
-    "pyroute2.iproute",
+    "pyroute2.netlink.nlsocket",
     "ipsecd.ike.manager",
     "ipsecd.daemon.app",
 )
@@ -107,8 +107,10 @@ def test_without_key_lines_keeps_everything_else(tmp_path: Path) -> None:
 def test_idle_daemon_imports_none_of_what_it_loads_lazily(tmp_path: Path) -> None:
     """After the daemon's imports and its start-up handshake (warm_up): no numpy (the
     bulk data path), no prometheus_client (the metrics endpoint), no pyroute2 package
-    ``__init__`` (NDB, sqlite3: lazyimports.py), and with pre-shared keys no X.509
-    (``X509_MODULES``).  (Not difflib: pyroute2.iproute imports it.)"""
+    ``__init__`` (NDB, sqlite3: lazyimports.py) nor ``pyroute2.iproute`` (IPRoute: with
+    unittest.mock and difflib; the daemon uses pyroute2's socket and messages, rtnl.py),
+    no difflib of its own (suggestions for a config's typos), and with pre-shared keys no
+    X.509 (``X509_MODULES``)."""
     path = _config(tmp_path)
     code = f"""
 import json, sys
@@ -117,7 +119,8 @@ config = load_config({str(path)!r})
 from ipsecd.daemon.app import serve
 from ipsecd.daemon.warmup import warm_up
 assert warm_up(config) is not None
-lazy = ("numpy", "prometheus_client", "pyroute2.ndb", "sqlite3")
+lazy = ("numpy", "prometheus_client", "pyroute2.ndb", "sqlite3", "pyroute2.iproute")
+lazy += ("unittest", "difflib")
 lazy += {X509_MODULES!r}
 print(json.dumps([m for m in lazy if m in sys.modules]))
 """
