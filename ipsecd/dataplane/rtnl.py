@@ -74,10 +74,11 @@ class _Marshal(Marshal):  # type: ignore[misc]  # pyroute2 has no types
 
 
 class _RouteSocket(AsyncNetlinkSocket):  # type: ignore[misc]  # pyroute2 has no types
-    marshal_class = _Marshal
-
     def __init__(self) -> None:
         super().__init__(NETLINK_ROUTE)
+        # pyroute2's own way to change it (the attribute refuses a second value; 0.9.1,
+        # the lowest version we allow, has no marshal_class to set instead)
+        self.set_marshal(_Marshal())
 
 
 def _short_table(table: int) -> int:

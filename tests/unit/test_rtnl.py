@@ -124,3 +124,15 @@ def test_calls_it_does_not_know_are_refused() -> None:
             asyncio.run(ipr.link("add", index=2, kind="dummy"))
     finally:
         ipr.close()
+
+
+def test_answers_are_parsed_as_the_four_message_classes() -> None:
+    """pyroute2's socket refuses a second ``marshal`` quietly; without ours a dump's
+    messages would have no fields (connected_routes: KeyError 'index')."""
+    ipr = rtnl.AsyncIPRoute()
+    try:
+        marshal = ipr._sock.marshal
+        assert isinstance(marshal, rtnl._Marshal)
+        assert marshal.msg_map[16] is rtnl.ifinfmsg and marshal.msg_map[24] is rtnl.rtmsg
+    finally:
+        ipr.close()
