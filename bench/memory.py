@@ -1,12 +1,16 @@
 """Where an idle ipsecd's memory goes, with 1/100/1000 configured peers (root only).
 
 Issue 17's measure, broken down: one daemon per measurement in a namespace of its own
-(``mem<pid>``, a veth as uplink), every peer a responder (``bench.scale``'s config).
+(``mem<pid>``, or ``--netns-prefix``'s, a veth as uplink), every peer a responder
+(``bench.scale``'s config).
 Start-up: from spawning ``python -m ipsecd.cli.ipsecd run`` to the first answer on its
 control socket; 2 s later RSS, its anonymous part, the ``[heap]`` (glibc malloc) and
 the other anonymous mappings (mostly pymalloc's 1 MiB arenas) from ``/proc/PID/smaps``;
 then the median of 5 ``status`` requests.  With ``--reload``, RSS again 2 s after an
 ``ipsecctl reload`` of the same file (the config parsed a second time, at run time).
+With ``--modules`` the daemons run with ``python -X importtime``: the imports each one had
+made when RSS was read, by top-level package (the last round's, from its log; optional
+imports that failed, ``nt`` or ``msvcrt`` say, count too).
 
 ``--repo`` takes several source trees (say, main's and a branch's): rounds interleave
 the trees and the sizes, and the table gives the median and range per tree.  Figures
@@ -65,9 +69,26 @@ def rollup(pid: int) -> dict[str, int]:
     return out
 
 
-def measure(repo: Path, n: int, workdir: Path, reload: bool) -> dict[str, Any]:
+def imported(log: Path) -> dict[str, int]:
+    """Modules by top-level package, from ``-X importtime`` lines in a daemon's log."""
+    found: dict[str, int] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("import time:") and "|" in line and "self [us]" not in line:
+            top = line.rsplit("|", 1)[1].strip().split(".")[0]
+            found[top] = found.get(top, 0) + 1
+    return found
+
+
+def measure(
+    repo: Path,
+    n: int,
+    workdir: Path,
+    reload: bool,
+    prefix: str = "mem",
+    modules: bool = False,
+) -> dict[str, Any]:
     """One daemon of source tree ``repo`` with ``n`` peers: start-up, memory, status."""
-    ns = f"mem{os.getpid() % 100000}"
+    ns = f"{prefix}{os.getpid() % 100000}"
     add_namespace(ns)
     proc = None
     try:
@@ -76,7 +97,8 @@ def measure(repo: Path, n: int, workdir: Path, reload: bool) -> dict[str, Any]:
         config.write_text(responder_config(n, workdir, ["192.0.2.2"], any_peer=False))
         log = workdir / f"idle-{n}.log"
         before = loadavg()
-        cmd = [sys.executable, "-m", "ipsecd.cli.ipsecd", "run", "--config", str(config)]
+        python = [sys.executable, *(["-X", "importtime"] if modules else [])]
+        cmd = [*python, "-m", "ipsecd.cli.ipsecd", "run", "--config", str(config)]
         env = dict(os.environ, PYTHONPATH=str(repo), PYTHONUNBUFFERED="1")
         t0 = time.monotonic()
         with open(log, "wb") as fh:
@@ -100,6 +122,8 @@ def measure(repo: Path, n: int, workdir: Path, reload: bool) -> dict[str, Any]:
             "status_ms": status,
             "top": sorted(maps.items(), key=lambda kv: -kv[1])[:12],
         }
+        if modules:
+            result["modules"] = imported(log)
         if reload:
             answer = request(sock, {"cmd": "reload"}, timeout=300)
             assert answer.get("ok"), answer
@@ -143,7 +167,12 @@ def table(results: dict[tuple[str, int], list[dict[str, Any]]]) -> str:
 
 
 def run(
-    repos: list[Path], peers: list[int], rounds: int, reload: bool
+    repos: list[Path],
+    peers: list[int],
+    rounds: int,
+    reload: bool,
+    prefix: str = "mem",
+    modules: bool = False,
 ) -> dict[tuple[str, int], list[dict[str, Any]]]:
     """Every (tree, peers) measured once per round, interleaved: the results by both."""
     results: dict[tuple[str, int], list[dict[str, Any]]] = {
@@ -157,7 +186,7 @@ def run(
             for n in peers:
                 for repo in repos:
                     print(f"round {r + 1}: {repo}, {n} peers", file=sys.stderr)
-                    results[(str(repo), n)].append(measure(repo, n, work, reload))
+                    results[(str(repo), n)].append(measure(repo, n, work, reload, prefix, modules))
     return results
 
 
@@ -168,11 +197,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repo", type=Path, nargs="+", default=[REPO], help="source trees to run")
     ap.add_argument("--reload", action="store_true", help="also RSS after a reload")
     ap.add_argument("--mappings", action="store_true", help="the largest mappings, last round")
+    ap.add_argument("--modules", action="store_true", help="imported modules, last round")
+    ap.add_argument("--netns-prefix", default="mem", help="namespace names: PREFIX<pid>")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/memory.py: root only", file=sys.stderr)
         return 2
-    results = run([r.resolve() for r in args.repo], args.peers, args.rounds, args.reload)
+    results = run(
+        [r.resolve() for r in args.repo],
+        args.peers,
+        args.rounds,
+        args.reload,
+        args.netns_prefix,
+        args.modules,
+    )
     print(table(results))
     loads = [x for rs in results.values() for r in rs for x in r["load"]]
     print(
@@ -184,6 +222,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{tree}, {n} peers: resident kB by mapping (last round)")
             for name, kb in rs[-1]["top"]:
                 print(f"  {kb:8d}  {name}")
+    if args.modules:
+        for (tree, n), rs in results.items():
+            found = rs[-1]["modules"]
+            top = sorted(found.items(), key=lambda kv: -kv[1])
+            print(f"\n{tree}, {n} peers: {sum(found.values())} imports (last round)")
+            print("  " + ", ".join(f"{name} {count}" for name, count in top if count > 1))
+            print(f"  and {sum(1 for _, count in top if count == 1)} single modules")
     return 0
 
 

@@ -24,16 +24,18 @@ import binascii
 import re
 from collections.abc import Sequence
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from typing import TYPE_CHECKING
 
 from ipsecd.config.fields import At
 from ipsecd.config.secretfiles import read_secret_file, wipe
-from ipsecd.pki.certs import SigningKey, describe, load_certificate_file, load_private_key
 from ipsecd.pki.errors import PkiError
-from ipsecd.pki.trust import TrustStore
+
+if TYPE_CHECKING:  # imported by the functions that load them: a PSK config needs none
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+
+    from ipsecd.pki.certs import SigningKey
+    from ipsecd.pki.trust import TrustStore
 
 __all__ = [
     "MIN_PPK_BYTES",
@@ -86,6 +88,8 @@ def read_ppk_file(path: Path, at: At, owners: frozenset[int] | None = None) -> b
 def read_private_key_file(path: Path, at: At, owners: frozenset[int] | None = None) -> SigningKey:
     """Our private key: PSK file permission rules, then PEM/DER parsing (no passphrase);
     the file's buffer is wiped once parsed."""
+    from ipsecd.pki.certs import load_private_key
+
     raw = read_secret_file(path, "private key", at, owners)
     try:
         return load_private_key(bytes(raw), f"private key file {path}")
@@ -96,6 +100,8 @@ def read_private_key_file(path: Path, at: At, owners: frozenset[int] | None = No
 
 
 def _spki(public: CertificatePublicKeyTypes) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return public.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -105,6 +111,8 @@ def read_certificate_file(
     path: Path, at: At, key: SigningKey | None = None
 ) -> tuple[x509.Certificate, list[x509.Certificate]]:
     """Our certificate and the intermediates after it in the file; checked against ``key``."""
+    from ipsecd.pki.certs import describe, load_certificate_file
+
     try:
         certs = load_certificate_file(path)
     except PkiError as exc:
@@ -120,6 +128,8 @@ def read_certificate_file(
 
 def load_trust_store(cacerts: Sequence[Path], crls: Sequence[Path], at: At) -> TrustStore:
     """Trust anchors (files or directories) and CRL files -> TrustStore, or ConfigError."""
+    from ipsecd.pki.trust import TrustStore
+
     try:
         return TrustStore.from_paths(cacerts, crls)
     except PkiError as exc:

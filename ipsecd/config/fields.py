@@ -12,7 +12,6 @@ kinds, so a new option is one ``Field`` line plus a dataclass field::
 
 from __future__ import annotations
 
-import difflib
 import functools
 import ipaddress
 import re
@@ -113,6 +112,8 @@ class Values(Mapping[str, Any]):
 
 def closest(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
     """The choice ``word`` is most likely a misspelling of, if any."""
+    import difflib  # only for a config with a mistake: not kept by every running daemon
+
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     if not close and len(word) >= 3:  # `psk` for `psk_file`, `proposal` for `proposals`
         close = [c for c in choices if c.startswith(word) or word.startswith(c)][:1]

@@ -13,17 +13,19 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
-
-from cryptography import x509
+from typing import TYPE_CHECKING, TypeVar
 
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.crypto.registry import EncrAlgorithm, IntegAlgorithm
-from ipsecd.pki.certs import SigningKey, name_text
 from ipsecd.pki.errors import PkiError
 from ipsecd.pki.identity import IkeIdentity, parse_dn
-from ipsecd.pki.trust import TrustStore
 from ipsecd.selectors import TrafficSelector
+
+if TYPE_CHECKING:  # X.509 is imported where a DN or a certificate is used (pki/identity.py)
+    from cryptography import x509
+
+    from ipsecd.pki.certs import SigningKey
+    from ipsecd.pki.trust import TrustStore
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -68,6 +70,8 @@ class Identity:
         if not text:
             raise ValueError("identity is empty")
         if "=" in text and not text.startswith("@"):
+            from ipsecd.pki.certs import name_text
+
             try:
                 return cls("DER_ASN1_DN", name_text(parse_dn(text)))
             except PkiError as exc:
@@ -194,6 +198,8 @@ class Credential:
     private_key_file: Path
 
     def __repr__(self) -> str:
+        from ipsecd.pki.certs import name_text
+
         return f"Credential({name_text(self.certificate.subject)!r}, {self.certificate_file})"
 
 
@@ -208,6 +214,8 @@ class TrustConfig:
     crl_fingerprints: tuple[bytes, ...] = ()  # the CRLs compared by content (reload)
 
     def store(self) -> TrustStore:
+        from ipsecd.pki.trust import TrustStore
+
         return TrustStore(list(self.anchors), list(self.crls))
 
 

@@ -73,7 +73,6 @@ from ipsecd.config.secretfiles import decode_psk, read_key_file, read_secret_fil
 from ipsecd.config.users import secret_owners, service_account
 from ipsecd.config.yamltree import key_lines
 from ipsecd.crypto.proposals import Proposal, parse_proposal
-from ipsecd.pki.certs import describe, key_description, name_text
 from ipsecd.pki.identity import identities_of, match_identity
 from ipsecd.selectors import TrafficSelector
 
@@ -477,6 +476,9 @@ def _read_psk(v: Values, owners: frozenset[int]) -> bytes:
 
 
 def _read_credential(v: Values, owners: frozenset[int]) -> Credential:
+    # pki.certs needs cryptography.x509: loaded by the configs with a certificate only.
+    from ipsecd.pki.certs import key_description
+
     key = read_private_key_file(v["private_key"], v.at("private_key"), owners)
     if v["rsa_pss"] and not isinstance(key, rsa.RSAPrivateKey):
         raise v.at("rsa_pss").error(
@@ -505,6 +507,8 @@ def _local_identity(v: Values, local: Any, credential: Credential | None) -> Ide
     given: Identity | None = v["local_id"]
     if credential is None:
         return given or Identity.from_address(local)
+    from ipsecd.pki.certs import describe, name_text  # a certificate is configured
+
     cert = credential.certificate
     if given is None:
         address = Identity.from_address(local)

@@ -49,32 +49,32 @@ class Finding:
 
 def connected_routes() -> list[ConnectedRoute]:
     """The main table's routes the kernel made for addresses on interfaces, with this
-    machine's address on each; raises OSError (or pyroute2's NetlinkError, an OSError)
-    when netlink cannot be read."""
-    from pyroute2 import IPRoute
+    machine's address on each; raises OSError (or pyroute2's NetlinkError) when netlink
+    cannot be read."""
+    from ipsecd.dataplane.rtnl import dump
 
-    with IPRoute() as ipr:
-        names = {link["index"]: link.get("ifname") for link in ipr.get_links()}
-        addresses = [
-            (a["index"], ipaddress.ip_address(a.get("address")))
-            for a in ipr.get_addr()
-            if a.get("address")
-        ]
-        found = []
-        for route in ipr.get_routes(table=RT_TABLE_MAIN):
-            if route["proto"] != RTPROT_KERNEL or route["type"] != RTN_UNICAST:
-                continue
-            if route.get("gateway") or route.get("dst") is None:
-                continue
-            network = ipaddress.ip_network(f"{route.get('dst')}/{route['dst_len']}")
-            if network.version == 6 and network.network_address.is_link_local:
-                continue  # fe80::/64 on every IPv6 interface
-            index = route.get("oif")
-            own = route.get("prefsrc")
-            address = ipaddress.ip_address(own) if own else None
-            if address is None:  # IPv6 routes carry no preferred source: find the address
-                address = next((a for i, a in addresses if i == index and a in network), None)
-            found.append(ConnectedRoute(network, str(names.get(index, f"if{index}")), address))
+    links, addrs, routes = dump()
+    names = {link["index"]: link.get("ifname") for link in links}
+    addresses = [
+        (a["index"], ipaddress.ip_address(a.get("address"))) for a in addrs if a.get("address")
+    ]
+    found = []
+    for route in routes:
+        if (route.get_attr("RTA_TABLE") or route["table"]) != RT_TABLE_MAIN:
+            continue
+        if route["proto"] != RTPROT_KERNEL or route["type"] != RTN_UNICAST:
+            continue
+        if route.get("gateway") or route.get("dst") is None:
+            continue
+        network = ipaddress.ip_network(f"{route.get('dst')}/{route['dst_len']}")
+        if network.version == 6 and network.network_address.is_link_local:
+            continue  # fe80::/64 on every IPv6 interface
+        index = route.get("oif")
+        own = route.get("prefsrc")
+        address = ipaddress.ip_address(own) if own else None
+        if address is None:  # IPv6 routes carry no preferred source: find the address
+            address = next((a for i, a in addresses if i == index and a in network), None)
+        found.append(ConnectedRoute(network, str(names.get(index, f"if{index}")), address))
     return found
 
 

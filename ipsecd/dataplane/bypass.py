@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import socket
 
-from pyroute2 import AsyncIPRoute
+from ipsecd.dataplane.rtnl import AsyncIPRoute
 
 __all__ = ["RULE_PRIORITY", "BypassRule"]
 

@@ -25,7 +25,6 @@ import os
 from collections.abc import Iterable, Sequence
 
 import pytun
-from pyroute2 import AsyncIPRoute, NetlinkError
 
 from ipsecd.dataplane.offload import (
     VNET_HDR_LEN,
@@ -36,6 +35,7 @@ from ipsecd.dataplane.offload import (
     coalesce,
     parse_read,
 )
+from ipsecd.dataplane.rtnl import AsyncIPRoute, NetlinkError
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface

@@ -25,9 +25,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from typing import TYPE_CHECKING
 
 from ipsecd.config.schema import AuthConfig, Identity, TrustConfig
 from ipsecd.ike.auth import psk_auth, signed_octets
@@ -44,17 +42,14 @@ from ipsecd.ike.payloads import (
 )
 from ipsecd.ike.sa import IkeSa
 from ipsecd.ike.signature_auth import SignatureAuthError, sign, verify
-from ipsecd.pki.certs import describe, key_description, name_text
 from ipsecd.pki.errors import CertificateError, PkiError
 from ipsecd.pki.identity import IkeIdentity, check_identity, same_identity
-from ipsecd.pki.payloads import (
-    CERT_X509_SIGNATURE,
-    UnsupportedCertEncoding,
-    certreq_data,
-    decode_cert_payload,
-    decode_certreq_payload,
-)
-from ipsecd.pki.validate import validate_chain
+
+# The certificate half (pki.certs, .payloads, .validate) needs cryptography.x509, 2 MB of
+# an idle daemon (issue 17): the functions that handle certificates import it, so a
+# PSK-only gateway never loads it.
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = [
     "PeerAuthenticated",
@@ -128,6 +123,8 @@ def our_auth(
     if auth.local_auth == "psk":
         value = psk_auth_value(sa, keys, auth.psk, of_initiator, me, int_auth)
         return Authentication(AuthMethod.SHARED_KEY_MIC, value), "psk"
+    from ipsecd.pki.certs import describe, key_description  # pubkey: X.509 (see the top)
+
     credential = auth.credential
     assert credential is not None  # local_auth pubkey: the loader required one
     octets = auth_octets(sa, keys, of_initiator, me, int_auth)
@@ -159,6 +156,10 @@ def cert_payloads(auth: AuthConfig) -> list[Payload]:
     credential = auth.credential
     if auth.local_auth != "pubkey" or credential is None:
         return []
+    from cryptography.hazmat.primitives.serialization import Encoding  # X.509 (the top)
+
+    from ipsecd.pki.payloads import CERT_X509_SIGNATURE  # X.509 (see the top)
+
     return [
         Certificate(CERT_X509_SIGNATURE, cert.public_bytes(Encoding.DER))
         for cert in (credential.certificate, *credential.chain)
@@ -172,6 +173,8 @@ def certreq_payload(trust: TrustConfig | None) -> list[Payload]:
 
 def certreq_payload_of(hashes: Iterable[bytes]) -> list[Payload]:
     """CERTREQ with these CA key hashes (none: no payload)."""
+    from ipsecd.pki.payloads import certreq_data  # X.509 (see the top)
+
     data = certreq_data(hashes)
     return [CertificateRequest(data[0], data[1:])] if len(data) > 1 else []
 
@@ -181,6 +184,8 @@ def peer_certreq(message: Message) -> tuple[bytes, ...] | None:
     requests = message.find_all(CertificateRequest)
     if not requests:
         return None
+    from ipsecd.pki.payloads import decode_certreq_payload  # X.509 (see the top)
+
     hashes: list[bytes] = []
     for req in requests:
         try:
@@ -193,6 +198,8 @@ def peer_certreq(message: Message) -> tuple[bytes, ...] | None:
 def _peer_certificates(
     sa: IkeSa, message: Message, of_initiator: bool, their_id: str
 ) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    from ipsecd.pki.payloads import UnsupportedCertEncoding, decode_cert_payload  # X.509
+
     decoded: list[x509.Certificate] = []
     for payload in message.find_all(Certificate):
         try:
@@ -248,6 +255,9 @@ def verify_peer(
             f"peer {sa.peer_name} ({role}, {their_id}) authenticated with a pre-shared key,"
             " but remote_auth is pubkey (a certificate signature)"
         )
+    from ipsecd.pki.certs import describe, key_description, name_text  # X.509 (the top)
+    from ipsecd.pki.validate import validate_chain  # X.509 (see the top)
+
     trust = auth.trust
     assert trust is not None  # remote_auth pubkey: the loader required anchors
     end_entity, intermediates = _peer_certificates(sa, message, of_initiator, their_id)
@@ -281,6 +291,8 @@ def refusal_hint(sa: IkeSa, auth: AuthConfig) -> str:
     if auth.local_auth == "psk":
         why = f"we are {auth.local_id}; check the PSK and the identity the peer expects"
     else:
+        from ipsecd.pki.certs import describe  # X.509 (see the top)
+
         assert auth.credential is not None
         cert = auth.credential.certificate
         why = f"we are {auth.local_id} with our {describe(cert)}"

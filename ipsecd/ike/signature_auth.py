@@ -32,8 +32,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -44,6 +44,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 
 from ipsecd.ike.auth import signed_octets  # RFC 7296 §2.15 | IntAuth, shared with PSK
 from ipsecd.ike.constants import AuthMethod
+
+if TYPE_CHECKING:  # certificates are only passed in: cryptography.x509 costs 2 MB (issue 17)
+    from cryptography import x509
 
 __all__ = [
     "HashAlgorithm",
@@ -329,6 +332,7 @@ def _names(algs: Iterable[int]) -> str:
 # --- verification -------------------------------------------------------------------
 
 _PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+_PUBLIC_KEYS = (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)
 
 
 def verify(
@@ -344,7 +348,7 @@ def verify(
     Raises :class:`SignatureAuthError` saying what did not fit: the method, the
     algorithm against the certificate's key type, or the signature itself.
     """
-    public = certificate.public_key() if isinstance(certificate, x509.Certificate) else certificate
+    public = certificate if isinstance(certificate, _PUBLIC_KEYS) else certificate.public_key()
     if not isinstance(
         public, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
     ):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from cryptography import x509
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 
 class PkiError(ValueError):

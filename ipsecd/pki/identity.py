@@ -15,15 +15,21 @@ DN text is written as strongSwan writes it, most significant RDN first:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-
-from ipsecd.pki.certs import describe, name_text
 from ipsecd.pki.errors import CertificateError, PkiError
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.x509.oid import ObjectIdentifier
+
+# cryptography.x509 (and this package's certs module, which needs it) is imported by the
+# functions that parse DNs and certificates, not here: IKE IDs of other types, which a PSK
+# gateway uses, do without its 2 MB (issue 17).
 
 __all__ = [
     "ID_IPV4_ADDR",
@@ -54,17 +60,22 @@ _TYPE_NAMES = {
     ID_DER_ASN1_DN: "ID_DER_ASN1_DN",
 }
 
-# strongSwan's attribute names that RFC 4514 spells differently.
-_DN_NAMES = {
-    "E": NameOID.EMAIL_ADDRESS,
-    "EMAIL": NameOID.EMAIL_ADDRESS,
-    "EMAILADDRESS": NameOID.EMAIL_ADDRESS,
-    "SN": NameOID.SURNAME,
-    "SERIALNUMBER": NameOID.SERIAL_NUMBER,
-    "G": NameOID.GIVEN_NAME,
-    "GN": NameOID.GIVEN_NAME,
-    "T": NameOID.TITLE,
-}
+
+@functools.cache
+def _dn_names() -> dict[str, ObjectIdentifier]:
+    """strongSwan's attribute names that RFC 4514 spells differently."""
+    from cryptography.x509.oid import NameOID
+
+    return {
+        "E": NameOID.EMAIL_ADDRESS,
+        "EMAIL": NameOID.EMAIL_ADDRESS,
+        "EMAILADDRESS": NameOID.EMAIL_ADDRESS,
+        "SN": NameOID.SURNAME,
+        "SERIALNUMBER": NameOID.SERIAL_NUMBER,
+        "G": NameOID.GIVEN_NAME,
+        "GN": NameOID.GIVEN_NAME,
+        "T": NameOID.TITLE,
+    }
 
 
 def parse_dn(text: str) -> x509.Name:
@@ -72,6 +83,8 @@ def parse_dn(text: str) -> x509.Name:
 
     Commas inside values are escaped as in RFC 4514 (``O=Foo\\, Inc``).
     """
+    from cryptography import x509
+
     parts = [p.strip() for p in re.split(r"(?<!\\),", text)]
     if not parts or any(not p or "=" not in p for p in parts):
         raise PkiError(f"distinguished name {text!r} is not of the form 'C=CH, O=Org, CN=name'")
@@ -80,7 +93,7 @@ def parse_dn(text: str) -> x509.Name:
         key, value = part.split("=", 1)
         normalized.append(f"{key.strip()}={value.strip()}")
     try:
-        name = x509.Name.from_rfc4514_string(",".join(reversed(normalized)), _DN_NAMES)
+        name = x509.Name.from_rfc4514_string(",".join(reversed(normalized)), _dn_names())
     except ValueError:
         raise PkiError(
             f"distinguished name {text!r} does not parse (attribute names:"
@@ -142,6 +155,8 @@ class IkeIdentity:
         if self.id_type in (ID_FQDN, ID_RFC822_ADDR):
             return self.data.decode("utf-8", "replace")
         if self.id_type == ID_DER_ASN1_DN:
+            from ipsecd.pki.certs import name_text
+
             name = self.dn()
             return name_text(name) if name is not None else f"DN:{self.data.hex()}"
         return f"{self.type_name}:{self.data.hex()}"
@@ -168,6 +183,8 @@ def _der_name(der: bytes) -> x509.Name:
     the subject of a minimal, unsigned PKCS#10 request (RFC 2986 §4.1) whose
     parsing never checks the signature; ``ValueError`` if it is not one Name.
     """
+    from cryptography import x509
+
     if len(der) > 0xFFFF:
         raise ValueError("DN too long")
     info = _tlv(0x30, b"\x02\x01\x00" + der + _DUMMY_SPKI + b"\xa0\x00")
@@ -180,6 +197,8 @@ def _der_name(der: bytes) -> x509.Name:
 
 def identities_of(cert: x509.Certificate) -> list[IkeIdentity]:
     """Every IKE identity the certificate backs: its SANs, then its subject DN."""
+    from cryptography import x509
+
     out: list[IkeIdentity] = []
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -227,6 +246,8 @@ def check_identity(
 
     Raises :class:`CertificateError` (reason ``identity``) saying which is the case.
     """
+    from ipsecd.pki.certs import describe
+
     if not match_identity(cert, peer_id):
         have = ", ".join(f"{i.type_name} {i}" for i in identities_of(cert)) or "none"
         raise CertificateError(
@@ -250,5 +271,7 @@ def default_identity(cert: x509.Certificate) -> IkeIdentity:
         return IkeIdentity.from_dn(cert.subject)
     ids = identities_of(cert)
     if not ids:
+        from ipsecd.pki.certs import describe
+
         raise PkiError(f"{describe(cert)} has neither a subject DN nor a subjectAltName")
     return ids[0]

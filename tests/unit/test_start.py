@@ -21,9 +21,20 @@ REPO = Path(__file__).resolve().parents[2]
 DAEMON_MODULES = (
     "asyncio",
     "structlog",
-    "pyroute2.iproute",
+    "pyroute2.netlink.nlsocket",
     "ipsecd.ike.manager",
     "ipsecd.daemon.app",
+)
+
+
+#: What a certificate (or our key) in the config loads, and a PSK-only daemon never does:
+#: 2 MB of an idle one-peer daemon (bench/README.md, "Memory round 2").
+X509_MODULES = (
+    "cryptography.x509",
+    "ipsecd.pki.certs",
+    "ipsecd.pki.trust",
+    "ipsecd.pki.validate",
+    "ipsecd.pki.payloads",
 )
 
 
@@ -96,7 +107,10 @@ def test_without_key_lines_keeps_everything_else(tmp_path: Path) -> None:
 def test_idle_daemon_imports_none_of_what_it_loads_lazily(tmp_path: Path) -> None:
     """After the daemon's imports and its start-up handshake (warm_up): no numpy (the
     bulk data path), no prometheus_client (the metrics endpoint), no pyroute2 package
-    ``__init__`` (NDB, sqlite3: lazyimports.py)."""
+    ``__init__`` (NDB, sqlite3: lazyimports.py) nor ``pyroute2.iproute`` (IPRoute: with
+    unittest.mock and difflib; the daemon uses pyroute2's socket and messages, rtnl.py),
+    no difflib of its own (suggestions for a config's typos), and with pre-shared keys no
+    X.509 (``X509_MODULES``)."""
     path = _config(tmp_path)
     code = f"""
 import json, sys
@@ -105,7 +119,50 @@ config = load_config({str(path)!r})
 from ipsecd.daemon.app import serve
 from ipsecd.daemon.warmup import warm_up
 assert warm_up(config) is not None
-lazy = ("numpy", "prometheus_client", "pyroute2.ndb", "sqlite3")
+lazy = ("numpy", "prometheus_client", "pyroute2.ndb", "sqlite3", "pyroute2.iproute")
+lazy += ("unittest", "difflib")
+lazy += {X509_MODULES!r}
 print(json.dumps([m for m in lazy if m in sys.modules]))
 """
     assert json.loads(_python(code).splitlines()[-1]) == []
+
+
+def test_a_certificate_in_the_config_loads_x509_when_it_is_read(tmp_path: Path) -> None:
+    """At start or at a reload (both run load_config): a PSK config leaves X.509 out, the
+    same daemon loading a config with certificates then has it, and the certificate half
+    of the IKE authentication (peer_auth, whose imports are inside its functions) works."""
+    from tests.unit.pki_support import ca, gateway, write_credentials
+
+    psk = _config(tmp_path)
+    root = ca()
+    own = gateway(root, ("192.0.2.2", "b.example"), "C=CH, O=Test, CN=b")
+    lines = write_credentials(tmp_path / "creds", "b", own, (root,))
+    auth = "{" + ", ".join(lines) + ", remote_id: '@a0.example'}"
+    text = psk.read_text()
+    certs = tmp_path / "certs.yaml"
+    certs.write_text(
+        "".join(
+            f"    auth: {auth}\n" if line.startswith("    auth:") else line + "\n"
+            for line in text.splitlines()
+        )
+    )
+    code = f"""
+import json, sys
+from ipsecd.config import load_config
+from ipsecd.daemon.app import serve
+from ipsecd.ike.peer_auth import cert_payloads, certreq_payload
+x509 = {X509_MODULES!r}
+seen = {{"psk": [m for m in x509 if m in sys.modules]}}
+config = load_config({str(certs)!r})
+seen["certificates"] = [m for m in x509 if m in sys.modules]
+auth = config.peers[0].auth
+seen["payloads"] = [len(cert_payloads(auth)), len(certreq_payload(auth.trust))]
+print(json.dumps(seen))
+"""
+    seen = json.loads(_python(code).splitlines()[-1])
+    # (pki.validate and pki.payloads: at the first certificate handshake)
+    assert seen == {
+        "psk": [],
+        "certificates": ["cryptography.x509", "ipsecd.pki.certs", "ipsecd.pki.trust"],
+        "payloads": [1, 1],
+    }
