@@ -109,15 +109,21 @@ def _native(value: int) -> int:
     return value * 256 % _MOD if _SWAP else value % _MOD
 
 
-_INDEX: dict[int, NDArray[np.uint64]] = {}
+_STEPS: dict[tuple[int, int], tuple[NDArray[np.uint32], NDArray[np.uint16]]] = {}
 _RECORDS: dict[tuple[int, int, int, int], np.dtype[np.void]] = {}
 
 
-def _index(count: int) -> NDArray[np.uint64]:
-    index = _INDEX.get(count)
-    if index is None:
-        index = _INDEX[count] = np.arange(count, dtype=np.uint64)
-    return index
+def _steps(count: int, mss: int) -> tuple[NDArray[np.uint32], NDArray[np.uint16]]:
+    """Per segment, what its sequence number and IP id add to the first one's: in the
+    fields' own widths, so that adding wraps around as they do (one numpy call each)."""
+    steps = _STEPS.get((count, mss))
+    if steps is None:
+        if len(_STEPS) >= 64:
+            _STEPS.clear()
+        index = np.arange(count, dtype=np.uint64)
+        seq = ((index * mss) & 0xFFFFFFFF).astype(np.uint32)
+        steps = _STEPS[(count, mss)] = (seq, (index & 0xFFFF).astype(np.uint16))
+    return steps
 
 
 def _records(stride: int, col: int, cs: int, version: int) -> np.dtype[np.void]:
@@ -182,16 +188,14 @@ def write_segments(seg: TcpSuperSegment, rows: Rows, col: int) -> None:
     out[0, cs + 13] = first
     out[full, cs + 13] = flags & ~TCP_CWR
     fields = rows.reshape(-1).view(_records(rows.shape[1], col, cs, version))
-    index = _index(count)
-    seq0 = int.from_bytes(packet[cs + 4 : cs + 8], "big")
-    fields["seq"] = (index * mss + seq0) & 0xFFFFFFFF
+    seq_steps, id_steps = _steps(count, mss)
+    fields["seq"] = seq_steps + np.uint32(int.from_bytes(packet[cs + 4 : cs + 8], "big"))
     tcp_len = seg.tcp_hlen + mss
     if version == 4:
         total = fields["total"]
         total[:] = cs + tcp_len
         total[full] = cs + seg.tcp_hlen + last
-        ip_id = int.from_bytes(packet[4:6], "big")
-        fields["id"] = (index + ip_id) & 0xFFFF
+        fields["id"] = id_steps + np.uint16(int.from_bytes(packet[4:6], "big"))
         ip_sums = rows[:, col : col + cs].view("=u4").sum(axis=1, dtype=np.uint64)
         fields["ip_check"] = _complement(ip_sums, 0)
         addrs = packet[12:20]
