@@ -224,9 +224,10 @@ def seal_segment(sa: OutboundEspSa, seg: TcpSuperSegment) -> DatagramRun | None:
     )
 
 
-# Header bytes that may differ between segments of one flow: IPv4 total length, id and
-# checksum; TCP sequence number, flags and checksum.  Everything else must be equal.
-_VARYING_V4 = {2, 3, 4, 5, 10, 11}
+# Header bytes that may differ between segments of one flow: IPv4 id and checksum; TCP
+# sequence number, flags and checksum.  Everything else must be equal (the rows of a
+# PacketRows have one length, so the IP length is equal too).
+_VARYING_V4 = {4, 5, 10, 11}
 _VARYING_TCP = {4, 5, 6, 7, 13, 16, 17}
 _SHAPE_V4 = np.array([0, 2, 3, 6, 7, 9, 32], np.intp)  # 0x45, length, no fragment, TCP
 _SHAPE_V6 = np.array([4, 5, 6, 52], np.intp)  # payload length, TCP, data offset
@@ -279,35 +280,38 @@ def coalesce_rows(packets: PacketRows) -> list[list[bytes | memoryview]] | None:
     flags = rows[:, ip_hlen + 13]
     if not ((flags | TCP_PSH) == TCP_ACK | TCP_PSH).all():
         return None
-    # The first row's checks hold for every row: version, header length, fragment bits,
-    # protocol, IP length and TCP data offset.
-    shape = _SHAPE_V4 if ip_hlen == 20 else _SHAPE_V6
-    if not (rows[:, shape] == first[shape]).all():
-        return None
-    if ip_hlen == 40 and not (rows[:, 0] >> 4 == 6).all():
-        return None
     # Every segment's TCP checksum verifies: pseudo header + segment = 0 mod 0xFFFF.  The
     # addresses sit right before the TCP header, so one sum per row covers both.
     # 32-bit words: a native u4 is w0 + w1 * 65536, the same as w0 + w1 mod 0xFFFF, so
-    # half the elements to widen and add for the same sum (RFC 1071 §2(A)).
+    # half the elements to widen and add for the same sum (RFC 1071 §2(A)); the sums
+    # stay in native order, the constant part is brought to it (RFC 1071 §2(B)).
     span = length - addr
     quads = span & ~3
-    words = rows[:, addr : addr + quads].view("=u4").sum(axis=1, dtype=np.uint64)
+    sums = rows[:, addr : addr + quads].view("=u4").sum(axis=1, dtype=np.uint64)
     if span & 2:
-        words += rows[:, addr + quads : addr + quads + 2].view("=u2")[:, 0]
-    sums = _network_order(words)
-    if span & 1:
-        sums = sums + (rows[:, length - 1].astype(np.uint64) << 8)
-    if ((sums + (IPPROTO_TCP + length - ip_hlen)) % _MOD).any():
+        sums += rows[:, addr + quads : addr + quads + 2].view("=u2")[:, 0]
+    if span & 1:  # the last byte is the high byte of a zero-padded word
+        odd = rows[:, length - 1].astype(np.uint64)
+        sums += odd if _SWAP else odd << np.uint64(8)
+    if ((sums + _native(IPPROTO_TCP + length - ip_hlen)) % _MOD).any():
         return None
     # A group starts where the headers change, the sequence numbers do not follow or
     # the row before carried PSH.
     head = rows[:, _fixed(ip_hlen, hlen)]
-    seqs = rows[:, ip_hlen + 4 : ip_hlen + 8].view(">u4")[:, 0].astype(np.int64)
+    seqs = rows[:, ip_hlen + 4 : ip_hlen + 8].view(">u4")[:, 0].astype(np.uint32)
     breaks = (head[1:] != head[:-1]).any(axis=1)
-    breaks |= (seqs[1:] - seqs[:-1]) % (1 << 32) != mss
+    breaks |= seqs[1:] - seqs[:-1] != mss  # (uint32: wraps as sequence numbers do)
     breaks |= (flags[:-1] & TCP_PSH) != 0
     starts = [0, *(np.flatnonzero(breaks) + 1).tolist()]
+    if len(starts) > 1:
+        # The first row's checks hold for the first of every group, so for all: version,
+        # header length, fragment bits, protocol, IP length and TCP data offset.
+        shape = _SHAPE_V4 if ip_hlen == 20 else _SHAPE_V6
+        leads = rows[starts]
+        if not (leads[:, shape] == first[shape]).all():
+            return None
+        if ip_hlen == 40 and not (leads[:, 0] >> 4 == 6).all():
+            return None
     count = len(rows)
     per_write = (MAX_IP_PAYLOAD - hlen) // mss
     payload = rows[:, hlen:length]
