@@ -299,9 +299,10 @@ def coalesce_rows(packets: PacketRows) -> list[list[bytes | memoryview]] | None:
     # the row before carried PSH.
     head = rows[:, _fixed(ip_hlen, hlen)]
     seqs = rows[:, ip_hlen + 4 : ip_hlen + 8].view(">u4")[:, 0].astype(np.uint32)
-    breaks = (head[1:] != head[:-1]).any(axis=1)
-    breaks |= seqs[1:] - seqs[:-1] != mss  # (uint32: wraps as sequence numbers do)
+    breaks = seqs[1:] - seqs[:-1] != mss  # (uint32: wraps as sequence numbers do)
     breaks |= (flags[:-1] & TCP_PSH) != 0
+    if not (head == head[0]).all():  # (one flow and one timestamp is the common case)
+        breaks |= (head[1:] != head[:-1]).any(axis=1)
     starts = [0, *(np.flatnonzero(breaks) + 1).tolist()]
     if len(starts) > 1:
         # The first row's checks hold for the first of every group, so for all: version,
