@@ -12,13 +12,15 @@ descriptors but without devices or namespaces:
 * gateway B receives it on loopback with UDP GRO, opens it, coalesces the segments and
   writes them to its own TUN socket pair, where the harness drains them.
 
-So one *burst* is one super-segment, about 47 packets each way.  ``--side encrypt``
+So one *burst* is one super-segment, about 47 packets each way (``--stream N``: N of
+them, as a bulk sender's kernel hands them over, which B's GRO may join).  ``--side encrypt``
 runs gateway A alone (B's socket is never read; the kernel drops what overflows).
 
     python3 bench/hotpath.py                         # wall-clock ns per packet (noisy)
     python3 bench/hotpath.py --instructions          # instructions per packet (callgrind)
     python3 bench/hotpath.py --profile               # cProfile of the two gateways
     python3 bench/hotpath.py --lone                  # a lone small packet each way
+    python3 bench/hotpath.py --stream 3              # 3 super-segments of a stream per burst
 
 ``--instructions`` runs this script under ``valgrind --tool=callgrind`` with two burst
 counts per side and divides the difference by the packets carried, so start-up does
@@ -112,7 +114,9 @@ class Gateway:
         return self.daemon.core.mtu()
 
 
-def super_segment(mtu: int, payload: int = SUPER_SEGMENT) -> bytes:
+def super_segment(
+    mtu: int, payload: int = SUPER_SEGMENT, seq: int = 1000, flags: int = 0x10, tsval: int = 0
+) -> bytes:
     """What a TUN reader with TSO gets for one TCP stream: virtio header + IPv4/TCP GSO packet
     (MSS from the TUN MTU, timestamps option, checksum partial as the kernel leaves it)."""
     tcp_hlen = 20 + len(TCP_OPTIONS)
@@ -122,9 +126,18 @@ def super_segment(mtu: int, payload: int = SUPER_SEGMENT) -> bytes:
         "!BBHHHBBH4s4s", 0x45, 0, min(total, 65535), 1, 0x4000, 64, 6, 0, HOST_A, HOST_B
     )
     pseudo = (int.from_bytes(HOST_A + HOST_B, "big") + 6 + tcp_hlen + payload) % 0xFFFF
-    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, 1000, 2000, tcp_hlen << 2, 0x10, 502, pseudo, 0)
+    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, seq, 2000, tcp_hlen << 2, flags, 502, pseudo, 0)
+    options = TCP_OPTIONS[:4] + (123456 + tsval).to_bytes(4, "big") + TCP_OPTIONS[8:]
     vnet = VNET_HDR.pack(1, 1, 20 + tcp_hlen, mss, 20, 16)
-    return vnet + ip + tcp + TCP_OPTIONS + os.urandom(payload)
+    return vnet + ip + tcp + options + os.urandom(payload)
+
+
+def stream(mtu: int, reads: int) -> list[bytes]:
+    """``reads`` super-segments as a bulk sender's kernel hands them over: whole MSS
+    multiples (tcp_tso_autosize), PSH on each, a new timestamp each."""
+    mss = mtu - 20 - 20 - len(TCP_OPTIONS)
+    size = (SUPER_SEGMENT // mss) * mss
+    return [super_segment(mtu, size, 1000 + i * size, 0x18, i) for i in range(reads)]
 
 
 def lone_packet() -> bytes:
@@ -135,7 +148,7 @@ def lone_packet() -> bytes:
 
 
 class Harness:
-    def __init__(self, esp: str, lone: bool) -> None:
+    def __init__(self, esp: str, lone: bool, stream_reads: int = 0) -> None:
         logs.configure("warning", "json")
         self._tmp = tempfile.TemporaryDirectory(prefix="hotpath-")
         tmp = Path(self._tmp.name)
@@ -146,14 +159,20 @@ class Harness:
         keys = (secrets.token_hex(encr.keymat_len), secrets.token_hex(encr.keymat_len))
         self.a = Gateway(_config(tmp, "a", port, esp, keys))
         self.b = Gateway(_config(tmp, "b", port, esp, keys))
-        self.read = lone_packet() if lone else super_segment(self.a.mtu())
+        if lone:
+            self.reads = [lone_packet()]
+        elif stream_reads:
+            self.reads = stream(self.a.mtu(), stream_reads)
+        else:
+            self.reads = [super_segment(self.a.mtu())]
         self.drained = 0
 
     def burst(self, decrypt: bool, check: bool = False) -> int:
         """One TUN read through gateway A (and B); the packets A sealed.  ``check``:
         B's TUN writes must carry the TCP payload A read, in order."""
         a, b = self.a, self.b
-        a.kernel.send(self.read)
+        for read in self.reads:
+            a.kernel.send(read)
         sent = a.daemon.core.sad.by_spi[0x2002].outbound.packets
         a.daemon._on_tun()
         if decrypt:
@@ -166,11 +185,13 @@ class Harness:
                 except BlockingIOError:
                     break
                 self.drained += len(write)
-                hlen = VNET_HDR_LEN + 20 + (write[VNET_HDR_LEN + 32] >> 4) * 4
-                payload.append(write[hlen:])
+                if check:  # (the slice is the harness's work, not B's: only when checking)
+                    hlen = VNET_HDR_LEN + 20 + (write[VNET_HDR_LEN + 32] >> 4) * 4
+                    payload.append(write[hlen:])
             if check:
-                sent_hlen = VNET_HDR_LEN + 20 + (self.read[VNET_HDR_LEN + 32] >> 4) * 4
-                assert b"".join(payload) == self.read[sent_hlen:], "B's TUN got other bytes"
+                hlen = VNET_HDR_LEN + 20 + (self.reads[0][VNET_HDR_LEN + 32] >> 4) * 4
+                expected = b"".join(read[hlen:] for read in self.reads)
+                assert b"".join(payload) == expected, "B's TUN got other bytes"
         return a.daemon.core.sad.by_spi[0x2002].outbound.packets - sent
 
     def run(self, bursts: int, decrypt: bool) -> int:
@@ -223,12 +244,14 @@ def instructions(args: argparse.Namespace) -> None:
     """Instructions per packet for each gateway: the encrypting one alone, then both."""
     base = ["--esp", args.esp, "--bursts", str(args.bursts), "--quiet"]
     base += ["--lone"] if args.lone else []
+    base += ["--stream", str(args.stream)] if args.stream else []
     per: dict[str, float] = {}
     for side in ("encrypt", "both"):
         keep = Path(f"{args.keep}.{side}") if args.keep else None
         count = _callgrind([*base, "--side", side], keep)
         per[side] = count / (args.bursts * args.packets_per_burst)
     what = "lone 52-byte ACK" if args.lone else "TCP super-segments"
+    what += f", {args.stream} per burst as a stream" if args.stream else ""
     print(
         f"instructions per packet ({args.esp}, {what}, {args.packets_per_burst} packets per"
         f" burst, {args.bursts} bursts): encrypting gateway {per['encrypt']:.0f},"
@@ -242,12 +265,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--esp", default="aes128gcm16")
     ap.add_argument("--side", choices=("both", "encrypt"), default="both")
     ap.add_argument("--lone", action="store_true", help="a lone 52-byte TCP ACK per burst")
+    ap.add_argument(
+        "--stream",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N super-segments per burst of whole MSS multiples, PSH and a new timestamp each",
+    )
     ap.add_argument("--instructions", action="store_true", help="callgrind counts per packet")
     ap.add_argument("--keep", metavar="PREFIX", help="--instructions: keep the profiles")
     ap.add_argument("--profile", action="store_true", help="cProfile, sorted by own time")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    harness = Harness(args.esp, args.lone)
+    harness = Harness(args.esp, args.lone, args.stream)
     decrypt = args.side == "both"
     packets = sum(harness.burst(decrypt, check=decrypt) for _ in range(3))  # warm-up, check
     args.packets_per_burst = packets // 3

@@ -109,15 +109,21 @@ def _native(value: int) -> int:
     return value * 256 % _MOD if _SWAP else value % _MOD
 
 
-_INDEX: dict[int, NDArray[np.uint64]] = {}
+_STEPS: dict[tuple[int, int], tuple[NDArray[np.uint32], NDArray[np.uint16]]] = {}
 _RECORDS: dict[tuple[int, int, int, int], np.dtype[np.void]] = {}
 
 
-def _index(count: int) -> NDArray[np.uint64]:
-    index = _INDEX.get(count)
-    if index is None:
-        index = _INDEX[count] = np.arange(count, dtype=np.uint64)
-    return index
+def _steps(count: int, mss: int) -> tuple[NDArray[np.uint32], NDArray[np.uint16]]:
+    """Per segment, what its sequence number and IP id add to the first one's: in the
+    fields' own widths, so that adding wraps around as they do (one numpy call each)."""
+    steps = _STEPS.get((count, mss))
+    if steps is None:
+        if len(_STEPS) >= 64:
+            _STEPS.clear()
+        index = np.arange(count, dtype=np.uint64)
+        seq = ((index * mss) & 0xFFFFFFFF).astype(np.uint32)
+        steps = _STEPS[(count, mss)] = (seq, (index & 0xFFFF).astype(np.uint16))
+    return steps
 
 
 def _records(stride: int, col: int, cs: int, version: int) -> np.dtype[np.void]:
@@ -182,16 +188,14 @@ def write_segments(seg: TcpSuperSegment, rows: Rows, col: int) -> None:
     out[0, cs + 13] = first
     out[full, cs + 13] = flags & ~TCP_CWR
     fields = rows.reshape(-1).view(_records(rows.shape[1], col, cs, version))
-    index = _index(count)
-    seq0 = int.from_bytes(packet[cs + 4 : cs + 8], "big")
-    fields["seq"] = (index * mss + seq0) & 0xFFFFFFFF
+    seq_steps, id_steps = _steps(count, mss)
+    fields["seq"] = seq_steps + np.uint32(int.from_bytes(packet[cs + 4 : cs + 8], "big"))
     tcp_len = seg.tcp_hlen + mss
     if version == 4:
         total = fields["total"]
         total[:] = cs + tcp_len
         total[full] = cs + seg.tcp_hlen + last
-        ip_id = int.from_bytes(packet[4:6], "big")
-        fields["id"] = (index + ip_id) & 0xFFFF
+        fields["id"] = id_steps + np.uint16(int.from_bytes(packet[4:6], "big"))
         ip_sums = rows[:, col : col + cs].view("=u4").sum(axis=1, dtype=np.uint64)
         fields["ip_check"] = _complement(ip_sums, 0)
         addrs = packet[12:20]
@@ -220,10 +224,13 @@ def seal_segment(sa: OutboundEspSa, seg: TcpSuperSegment) -> DatagramRun | None:
     )
 
 
-# Header bytes that may differ between segments of one flow: IPv4 total length, id and
-# checksum; TCP sequence number, flags and checksum.  Everything else must be equal.
-_VARYING_V4 = {2, 3, 4, 5, 10, 11}
+# Header bytes that may differ between segments of one flow: IPv4 id and checksum; TCP
+# sequence number, flags and checksum.  Everything else must be equal (the rows of a
+# PacketRows have one length, so the IP length is equal too).
+_VARYING_V4 = {4, 5, 10, 11}
 _VARYING_TCP = {4, 5, 6, 7, 13, 16, 17}
+_SHAPE_V4 = np.array([0, 2, 3, 6, 7, 9, 32], np.intp)  # 0x45, length, no fragment, TCP
+_SHAPE_V6 = np.array([4, 5, 6, 52], np.intp)  # payload length, TCP, data offset
 _same_columns: dict[tuple[int, int], NDArray[np.intp]] = {}
 
 
@@ -238,81 +245,110 @@ def _fixed(ip_hlen: int, hlen: int) -> NDArray[np.intp]:
 
 
 def coalesce_rows(packets: PacketRows) -> list[list[bytes | memoryview]] | None:
-    """GSO writes for a run of opened packets that are the segments of one TCP flow.
+    """GSO writes for a run of opened packets that are TCP segments.
 
-    The regular case of :func:`offload.coalesce`: every row an in-order segment of one
-    flow with ACK only, the same headers and a TCP checksum that verifies, the tail
-    (if any) the flow's next segment, no longer.  Writes of at most 64 KiB, each one
-    virtio header, IP and TCP header and the payloads in one buffer.  None for anything
+    The regular case of :func:`offload.coalesce`, for rows of one length: every row a
+    TCP segment with ACK or ACK|PSH, IPv4 without options or fragments or IPv6 without
+    extension headers, the headers of the first row's length, and a TCP checksum that
+    verifies.  The rows fall into groups, each the in-order segments of one flow with
+    the same headers (a sender's super-segment: its timestamp option differs from the
+    next one's), a PSH ending a group; each group becomes GSO writes of at most
+    64 KiB, each one virtio header, IP and TCP header and the payloads in one buffer.
+    The tail (if any) joins the last group when it is that flow's next segment, no
+    longer.  Rows without payload (ACKs) are written one by one.  None for anything
     else: the caller merges the packets one by one.
     """
     rows, length = packets.rows, packets.length
     first = rows[0]
     if first[0] == 0x45 and first[9] == IPPROTO_TCP and not (first[6] & 0x3F or first[7]):
-        ip_hlen = 20
+        ip_hlen, addr = 20, 12
         if (int(first[2]) << 8 | int(first[3])) != length:
             return None
     elif first[0] >> 4 == 6 and first[6] == IPPROTO_TCP:
-        ip_hlen = 40
+        ip_hlen, addr = 40, 8
         if (int(first[4]) << 8 | int(first[5])) != length - 40:
             return None
     else:
         return None
     hlen = ip_hlen + (int(first[ip_hlen + 12]) >> 4) * 4
     mss = length - hlen
-    if mss <= 0 or hlen < ip_hlen + 20 or first[ip_hlen + 13] != TCP_ACK:
+    if hlen < ip_hlen + 20:
         return None
-    cols = _fixed(ip_hlen, hlen)
-    if not (rows[:, cols] == first[cols]).all() or not (rows[:, ip_hlen + 13] == TCP_ACK).all():
+    if mss <= 0:  # ACKs: nothing to merge, each written as it is
+        alone: list[list[bytes | memoryview]] = [[ZERO_VNET_HDR, p] for p in packets.packets()]
+        return alone
+    flags = rows[:, ip_hlen + 13]
+    if not ((flags | TCP_PSH) == TCP_ACK | TCP_PSH).all():
         return None
-    count = len(rows)
-    seq0 = int.from_bytes(first[ip_hlen + 4 : ip_hlen + 8].tobytes(), "big")
-    seqs = rows[:, ip_hlen + 4 : ip_hlen + 8].view(">u4")[:, 0].astype(np.uint64)
-    if not (seqs == (np.arange(count, dtype=np.uint64) * mss + seq0) & 0xFFFFFFFF).all():
-        return None
-    # Every segment's TCP checksum verifies: pseudo header + segment = 0 mod 0xFFFF.
-    seg_len = length - ip_hlen
+    # Every segment's TCP checksum verifies: pseudo header + segment = 0 mod 0xFFFF.  The
+    # addresses sit right before the TCP header, so one sum per row covers both.
     # 32-bit words: a native u4 is w0 + w1 * 65536, the same as w0 + w1 mod 0xFFFF, so
-    # half the elements to widen and add for the same sum (RFC 1071 §2(A)).
-    quads = seg_len & ~3
-    words = rows[:, ip_hlen : ip_hlen + quads].view("=u4").sum(axis=1, dtype=np.uint64)
-    if seg_len & 2:
-        words += rows[:, ip_hlen + quads : ip_hlen + quads + 2].view("=u2")[:, 0]
-    sums = _network_order(words)
-    if seg_len & 1:
-        sums = sums + (rows[:, length - 1].astype(np.uint64) << 8)
-    addrs = first[12:20] if ip_hlen == 20 else first[8:40]
-    pseudo = (int.from_bytes(addrs.tobytes(), "big") + IPPROTO_TCP + seg_len) % _MOD
-    if ((sums + pseudo) % _MOD).any():
+    # half the elements to widen and add for the same sum (RFC 1071 §2(A)); the sums
+    # stay in native order, the constant part is brought to it (RFC 1071 §2(B)).
+    span = length - addr
+    quads = span & ~3
+    sums = rows[:, addr : addr + quads].view("=u4").sum(axis=1, dtype=np.uint64)
+    if span & 2:
+        sums += rows[:, addr + quads : addr + quads + 2].view("=u2")[:, 0]
+    if span & 1:  # the last byte is the high byte of a zero-padded word
+        odd = rows[:, length - 1].astype(np.uint64)
+        sums += odd if _SWAP else odd << np.uint64(8)
+    if ((sums + _native(IPPROTO_TCP + length - ip_hlen)) % _MOD).any():
         return None
-    tail = packets.tail
-    psh = 0
-    extra: list[list[bytes | memoryview]] = []
-    if tail is not None:
-        next_seq = (seq0 + count * mss) & 0xFFFFFFFF
-        if _follows(tail, first.tobytes()[:hlen], ip_hlen, hlen, mss, next_seq):
-            psh = tail[ip_hlen + 13] & TCP_PSH
-        else:
-            extra = [[ZERO_VNET_HDR, tail]]
-            tail = None
+    # A group starts where the headers change, the sequence numbers do not follow or
+    # the row before carried PSH.
+    head = rows[:, _fixed(ip_hlen, hlen)]
+    seqs = rows[:, ip_hlen + 4 : ip_hlen + 8].view(">u4")[:, 0].astype(np.uint32)
+    breaks = seqs[1:] - seqs[:-1] != mss  # (uint32: wraps as sequence numbers do)
+    breaks |= (flags[:-1] & TCP_PSH) != 0
+    if not (head == head[0]).all():  # (one flow and one timestamp is the common case)
+        breaks |= (head[1:] != head[:-1]).any(axis=1)
+    starts = [0, *(np.flatnonzero(breaks) + 1).tolist()]
+    if len(starts) > 1:
+        # The first row's checks hold for the first of every group, so for all: version,
+        # header length, fragment bits, protocol, IP length and TCP data offset.
+        shape = _SHAPE_V4 if ip_hlen == 20 else _SHAPE_V6
+        leads = rows[starts]
+        if not (leads[:, shape] == first[shape]).all():
+            return None
+        if ip_hlen == 40 and not (leads[:, 0] >> 4 == 6).all():
+            return None
+    count = len(rows)
     per_write = (MAX_IP_PAYLOAD - hlen) // mss
     payload = rows[:, hlen:length]
     writes: list[list[bytes | memoryview]] = []
-    for start in range(0, count, per_write):
-        part = payload[start : start + per_write]
-        body = np.ascontiguousarray(part).data
-        n = len(part)
-        last_write = start + per_write >= count
-        headers = rows[start, :hlen].tobytes()
-        if last_write and tail is not None and (n + 1) * mss + hlen <= MAX_IP_PAYLOAD:
-            size = n * mss + len(tail)  # the tail brings its own headers' worth
-            writes.append([*gso_headers(headers, ip_hlen, hlen, size, mss, psh), body, tail[hlen:]])
-            tail = None
-        else:
-            writes.append([*gso_headers(headers, ip_hlen, hlen, hlen + n * mss, mss, 0), body])
-    if tail is not None:
+    for group, start in enumerate(starts):
+        end = starts[group + 1] if group + 1 < len(starts) else count
+        for at in range(start, end, per_write):
+            stop = min(at + per_write, end)
+            if stop - at == 1:
+                writes.append([ZERO_VNET_HDR, rows[at, :length].tobytes()])
+                continue
+            body = np.ascontiguousarray(payload[at:stop]).data
+            psh = int(flags[stop - 1]) & TCP_PSH
+            size = hlen + (stop - at) * mss
+            headers = rows[at, :hlen].tobytes()
+            writes.append([*gso_headers(headers, ip_hlen, hlen, size, mss, psh), body])
+    tail = packets.tail
+    if tail is None:
+        return writes
+    last = rows[count - 1]
+    next_seq = (int(seqs[count - 1]) + mss) & 0xFFFFFFFF
+    lead = starts[-1] + (count - starts[-1] - 1) // per_write * per_write  # the last write's
+    n = count - lead
+    if (
+        not flags[count - 1] & TCP_PSH
+        and (n + 1) * mss + hlen <= MAX_IP_PAYLOAD
+        and _follows(tail, last.tobytes()[:hlen], ip_hlen, hlen, mss, next_seq)
+    ):
+        psh = tail[ip_hlen + 13] & TCP_PSH
+        headers = rows[lead, :hlen].tobytes()
+        size = hlen + n * mss + len(tail) - hlen
+        body = np.ascontiguousarray(payload[lead:count]).data
+        writes[-1] = [*gso_headers(headers, ip_hlen, hlen, size, mss, psh), body, tail[hlen:]]
+    else:
         writes.append([ZERO_VNET_HDR, tail])
-    return writes + extra
+    return writes
 
 
 def _follows(tail: bytes, head: bytes, ip_hlen: int, hlen: int, mss: int, seq: int) -> bool:

@@ -175,7 +175,9 @@ class TcpSuperSegment:
         "last_size",
     )
 
-    def __init__(self, packet: bytes, version: int, csum_start: int, gso_size: int) -> None:
+    def __init__(
+        self, packet: bytes | memoryview, version: int, csum_start: int, gso_size: int
+    ) -> None:
         self.packet = packet
         self.version = version
         self.csum_start = csum_start
@@ -190,7 +192,7 @@ class TcpSuperSegment:
         """The length of each packet but the last, or of the last one."""
         return self.hlen + (self.last_size if last else self.gso_size)
 
-    def addresses(self) -> bytes:
+    def addresses(self) -> bytes | memoryview:
         """Source and destination address, as the outbound SA lookup reads them."""
         return self.packet[12:20] if self.version == 4 else self.packet[8:40]
 
@@ -201,8 +203,12 @@ class TcpSuperSegment:
         return _cut(self)
 
 
-def parse_read(header: bytes | memoryview, packet: bytes) -> bytes | TcpSuperSegment | None:
+def parse_read(
+    header: bytes | memoryview, packet: bytes | memoryview
+) -> bytes | TcpSuperSegment | None:
     """One TUN read (virtio header + IP packet): a packet, or a super-segment to cut.
+
+    ``packet`` may be a view into the read (a super-segment is not copied again).
 
     A GSO_NONE packet comes back as it is, with its checksum completed when the
     header says ``NEEDS_CSUM``.  A TCP super-segment (GSO_TCPV4/V6) comes back
@@ -215,6 +221,7 @@ def parse_read(header: bytes | memoryview, packet: bytes) -> bytes | TcpSuperSeg
     kind = gso_type & ~VIRTIO_NET_HDR_GSO_ECN
     n = len(packet)
     if kind == VIRTIO_NET_HDR_GSO_NONE:
+        packet = packet if isinstance(packet, bytes) else bytes(packet)
         if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
             return complete_checksum(packet, csum_start, csum_offset)
         return packet

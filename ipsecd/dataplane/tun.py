@@ -205,7 +205,9 @@ class TunDevice:
                     break  # a lone small packet (a ping, say): no extra read for EAGAIN
                 count += 1
                 continue
-            read_ = parse_read(data[:VNET_HDR_LEN], data[VNET_HDR_LEN:])
+            # A super-segment (GSO type set) is read through a view: no 64 KiB copy.
+            packet = memoryview(data)[VNET_HDR_LEN:] if data[1] else data[VNET_HDR_LEN:]
+            read_ = parse_read(data[:VNET_HDR_LEN], packet)
             if read_ is None:
                 self.read_errors += 1
                 continue

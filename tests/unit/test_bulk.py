@@ -13,6 +13,8 @@ import os
 import struct
 
 import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
 
 from ipsecd.crypto.registry import ENCRYPTION, INTEGRITY
 from ipsecd.dataplane import bulk
@@ -277,9 +279,84 @@ def test_a_bad_checksum_or_a_gap_is_left_to_the_one_packet_merge() -> None:
     broken[3] = broken[3][:-1] + bytes([broken[3][-1] ^ 0xFF])
     rows = bulk.np.frombuffer(b"".join(broken), bulk.np.uint8).reshape(-1, width)
     assert bulk.coalesce_rows(PacketRows(rows, width)) is None
+    # A gap ends a group: the segments on either side are merged apart.
     gap = packets[:3] + packets[4:]
     rows = bulk.np.frombuffer(b"".join(gap), bulk.np.uint8).reshape(-1, width)
-    assert bulk.coalesce_rows(PacketRows(rows, width)) is None
+    writes = bulk.coalesce_rows(PacketRows(rows, width))
+    assert writes is not None and len(writes) == 2
+    assert writes_as_packets(writes) == gap
+
+
+def restamped(packet: bytes, tsval: int = 0, sport: int = 40000, flags: str = "") -> bytes:
+    """``packet`` with another timestamp, source port or flags (checksums redone)."""
+    pkt = IP(packet) if packet[0] >> 4 == 4 else IPv6(packet)
+    tcp = pkt[TCP]
+    tcp.options = [("NOP", None), ("NOP", None), ("Timestamp", (tsval, 0))]
+    tcp.sport = sport
+    if flags:
+        tcp.flags = flags
+    del tcp.chksum
+    if packet[0] >> 4 == 4:
+        del pkt.chksum
+    return bytes(pkt)
+
+
+def segments(version: int, mss: int, count: int, seq: int, **kw: object) -> list[bytes]:
+    """A sender's super-segment of ``count`` full segments (PSH on the last), cut."""
+    seg = super_segment(version, mss, mss * count, seq=seq, flags="PA")
+    return [restamped(p, **kw) for p in seg.packets()]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_super_segments_of_a_stream_are_merged_each_apart(version: int) -> None:
+    # What a bulk receiver sees: full segments only, a new timestamp and PSH at the end
+    # of each sender's super-segment, then another flow's, then the first again.
+    mss = 1000
+    packets = (
+        segments(version, mss, 5, 1000, tsval=1)
+        + segments(version, mss, 7, 1000 + 5 * mss, tsval=2)
+        + segments(version, mss, 3, 9, tsval=2, sport=40001)
+        + segments(version, mss, 1, 1000 + 12 * mss, tsval=3)
+        + segments(version, mss, 4, 1000 + 13 * mss, tsval=3)
+    )
+    width = len(packets[0])
+    rows = bulk.np.frombuffer(b"".join(packets), bulk.np.uint8).reshape(-1, width)
+    tail = segments(version, mss, 1, 1000 + 17 * mss, tsval=3)[0]
+    writes = bulk.coalesce_rows(PacketRows(rows, width, tail))
+    assert writes is not None
+    assert [w[0] is ZERO_VNET_HDR for w in writes] == [False, False, False, True, False, True]
+    assert writes_as_packets(writes) == [*packets, tail]
+    assert writes_as_packets(writes) == writes_as_packets(coalesce([*packets, tail]))
+
+
+def test_a_tail_joins_the_last_write_of_its_flow() -> None:
+    packets = segments(4, 1000, 6, 1000, tsval=1)
+    packets[-1] = restamped(packets[-1], tsval=1, flags="A")
+    tail = restamped(tcp_ip(4, b"t" * 300, seq=7000, flags="PA", id=106), tsval=1)
+    width = len(packets[0])
+    rows = bulk.np.frombuffer(b"".join(packets), bulk.np.uint8).reshape(-1, width)
+    writes = bulk.coalesce_rows(PacketRows(rows, width, tail))
+    assert writes is not None and len(writes) == 1
+    assert writes_as_packets(writes) == [*packets, tail]
+
+
+def test_acks_are_written_one_by_one() -> None:
+    acks = [tcp_ip(4, b"", seq=1000) for _ in range(3)]
+    rows = bulk.np.frombuffer(b"".join(acks), bulk.np.uint8).reshape(3, -1)
+    writes = bulk.coalesce_rows(PacketRows(rows[:2], len(acks[0]), acks[2]))
+    assert writes == [[ZERO_VNET_HDR, p] for p in acks]
+
+
+def test_rows_unlike_the_first_are_left_to_the_one_packet_merge() -> None:
+    packets = segments(4, 1000, 4, 1000, tsval=1)
+    width = len(packets[0])
+    fragment = bytearray(packets[2])
+    fragment[6] |= 0x20  # more fragments
+    for odd in (bytes(fragment), restamped(packets[2], tsval=1, flags="FA")):
+        rows = bulk.np.frombuffer(b"".join([*packets[:2], odd, packets[3]]), bulk.np.uint8).reshape(
+            -1, width
+        )
+        assert bulk.coalesce_rows(PacketRows(rows, width)) is None
 
 
 def test_a_tail_that_does_not_follow_is_written_alone() -> None:
