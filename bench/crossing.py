@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import statistics
 import subprocess
@@ -69,6 +70,7 @@ SPANS = {  # name: (first event, last event) in CHAIN
     "total": (0, 11),
 }
 KERNEL_SPANS = {"gwA lan->tun": (0, 1), "gwB tun->lan": (4, 5)}
+_TOPOLOGIES = itertools.count(1)
 
 
 def tun_name(ns: str) -> str:
@@ -141,8 +143,11 @@ def chains(timeline: list[tuple[float, str, str, str]]) -> list[list[float]]:
 def one_round(name: str, repo: Path, args: argparse.Namespace) -> dict[str, float]:
     """Median microseconds per span for backend ``name`` of source tree ``repo``."""
     daemons.REPO = repo  # IpsecdProcess.start runs the daemon from this tree
-    prefix = f"lat{os.getpid() % 10000}x{time.monotonic_ns() % 1000}"
+    prefix = f"{args.prefix}{next(_TOPOLOGIES)}"
     with Topology(prefix=prefix) as topo, contextlib.ExitStack() as stack:
+        # ``python -m`` puts the working directory first on sys.path: in a source tree it
+        # would run that tree's ipsecd whatever ``repo`` says.
+        stack.enter_context(contextlib.chdir(topo.workdir))
         if name == "forwarder":
             start_forwarders(topo)
         else:
@@ -194,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--esp", default=DEFAULT_ESP)
     ap.add_argument("--repo", type=Path, nargs="+", default=[REPO], help="ipsecd source trees")
     ap.add_argument("--no-forwarder", action="store_true", help="ipsecd only")
+    ap.add_argument("--prefix", default=f"cx{os.getpid() % 10000}x", help="namespace prefix")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("crossing.py needs root (network namespaces)", file=sys.stderr)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -68,6 +69,7 @@ LABELS = {
 WAKEUP_MS = 10  # the "-wakeup" rows: gateway.wakeup_interval_ms, forwarder.py's WAKEUP_MS
 FORWARDER = REPO / "bench" / "forwarder.py"
 FORWARDER_PORT = "4600"
+_TOPOLOGIES = itertools.count(1)  # --prefix: one namespace prefix per round and backend
 
 
 def start_forwarders(topo: Topology, wakeup_ms: int = 0) -> None:
@@ -87,7 +89,11 @@ def one_round(name: str, args: argparse.Namespace, repo: Path = REPO) -> float:
     """Bring ``name`` up on a fresh topology; the median RTT (ms) of ``args.pings`` pings.
     ipsecd runs from source tree ``repo``."""
     daemons.REPO = repo  # IpsecdProcess.start runs the daemon from this tree
-    with Topology() as topo, contextlib.ExitStack() as stack:
+    prefix = f"{args.prefix}{next(_TOPOLOGIES)}" if args.prefix else None
+    with Topology(prefix=prefix) as topo, contextlib.ExitStack() as stack:
+        # ``python -m`` puts the working directory first on sys.path: in a source tree it
+        # would run that tree's ipsecd whatever ``repo`` says.
+        stack.enter_context(contextlib.chdir(topo.workdir))
         wakeup = WAKEUP_MS if name.endswith("-wakeup") else 0
         if name.startswith("forwarder"):
             start_forwarders(topo, wakeup)
@@ -183,6 +189,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--repo", type=Path, nargs="+", default=[REPO], help="ipsecd source trees (default: this)"
     )
+    ap.add_argument("--prefix", help="namespace name prefix (default: the topology's own)")
     args = ap.parse_args(argv)
     args.repo = [r.resolve() for r in args.repo]
     if args.rounds < 1 or args.pings < 1:
