@@ -15,6 +15,10 @@ which keeps a virtual machine's process and CPU from going cold between packets.
 
     sudo python3 bench/latency.py                     # 3 rounds of 200 pings
     sudo python3 bench/latency.py --rounds 5 --json latency.json
+    sudo python3 bench/latency.py --repo /work/main .  # ipsecd of two source trees
+
+With ``--repo`` the ipsecd rows run once per source tree (say, main's and a branch's),
+in the same alternating rounds.
 
 Figures are printed (and written with --json), never asserted.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -33,6 +38,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # ahead of bench/ itself
 
+import tests.lab.daemons as daemons  # noqa: E402
 from bench.bench import (  # noqa: E402
     DEFAULT_ESP,
     DEFAULT_IKE,
@@ -63,6 +69,7 @@ LABELS = {
 WAKEUP_MS = 10  # the "-wakeup" rows: gateway.wakeup_interval_ms, forwarder.py's WAKEUP_MS
 FORWARDER = REPO / "bench" / "forwarder.py"
 FORWARDER_PORT = "4600"
+_TOPOLOGIES = itertools.count(1)  # --prefix: one namespace prefix per round and backend
 
 
 def start_forwarders(topo: Topology, wakeup_ms: int = 0) -> None:
@@ -78,9 +85,15 @@ def start_forwarders(topo: Topology, wakeup_ms: int = 0) -> None:
         topo.spawn(ns, cmd, log_path=topo.workdir / f"forwarder-{ns}.log")
 
 
-def one_round(name: str, args: argparse.Namespace) -> float:
-    """Bring ``name`` up on a fresh topology; the median RTT (ms) of ``args.pings`` pings."""
-    with Topology() as topo, contextlib.ExitStack() as stack:
+def one_round(name: str, args: argparse.Namespace, repo: Path = REPO) -> float:
+    """Bring ``name`` up on a fresh topology; the median RTT (ms) of ``args.pings`` pings.
+    ipsecd runs from source tree ``repo``."""
+    daemons.REPO = repo  # IpsecdProcess.start runs the daemon from this tree
+    prefix = f"{args.prefix}{next(_TOPOLOGIES)}" if args.prefix else None
+    with Topology(prefix=prefix) as topo, contextlib.ExitStack() as stack:
+        # ``python -m`` puts the working directory first on sys.path: in a source tree it
+        # would run that tree's ipsecd whatever ``repo`` says.
+        stack.enter_context(contextlib.chdir(topo.workdir))
         wakeup = WAKEUP_MS if name.endswith("-wakeup") else 0
         if name.startswith("forwarder"):
             start_forwarders(topo, wakeup)
@@ -115,22 +128,42 @@ def summary(rounds: dict[str, list[float]]) -> dict[str, dict[str, float | None]
     return out
 
 
+def runs(args: argparse.Namespace) -> list[tuple[str, str, Path]]:
+    """(row key, backend, source tree) of one round, in order: the ipsecd rows once per
+    ``--repo`` tree (keyed ``ipsecd@TREE`` when there are several)."""
+    out = []
+    for name in BACKENDS:
+        if name not in args.only:
+            continue
+        if not name.startswith("ipsecd") or len(args.repo) == 1:
+            out.append((name, name, args.repo[0]))
+            continue
+        out += [(f"{name}@{repo}", name, repo) for repo in args.repo]
+    return out
+
+
+def label(key: str) -> str:
+    """A row's label: the backend's, with the source tree if there are several."""
+    name, _, repo = key.partition("@")
+    return f"{LABELS[name]} ({repo})" if repo else LABELS[name]
+
+
 def table(figures: dict[str, dict[str, float | None]], rounds: dict[str, list[float]]) -> str:
-    """The printed table: one row per backend."""
+    """The printed table: one row per backend (and source tree), in BACKENDS' order."""
 
     def cell(value: float | None, digits: int) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
     head = ("backend", "RTT ms", "added ms", "added/strongSwan", "round medians ms")
     rows = [head]
-    for name in BACKENDS:
+    for name in sorted(rounds, key=lambda key: BACKENDS.index(key.partition("@")[0])):
         if name not in figures:
             continue
         f = figures[name]
         per_round = " ".join(f"{v:.3f}" for v in rounds[name])
         rows.append(
             (
-                LABELS[name],
+                label(name),
                 cell(f["rtt_ms"], 3),
                 cell(f["added_ms"], 3),
                 cell(f["added_vs_strongswan"], 2),
@@ -153,7 +186,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--esp", default=DEFAULT_ESP, help=f"ESP proposal (default {DEFAULT_ESP})")
     ap.add_argument("--ike", default=DEFAULT_IKE, help=f"IKE proposal (default {DEFAULT_IKE})")
     ap.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
+    ap.add_argument(
+        "--repo", type=Path, nargs="+", default=[REPO], help="ipsecd source trees (default: this)"
+    )
+    ap.add_argument("--prefix", help="namespace name prefix (default: the topology's own)")
     args = ap.parse_args(argv)
+    args.repo = [r.resolve() for r in args.repo]
     if args.rounds < 1 or args.pings < 1:
         ap.error("--rounds and --pings must be at least 1")
     return args
@@ -166,27 +204,28 @@ def main(argv: list[str] | None = None) -> int:
         print("latency.py needs root (network namespaces)", file=sys.stderr)
         return 2
     install_sigterm_handler()
-    order = [n for n in BACKENDS if n in args.only]
-    rounds: dict[str, list[float]] = {name: [] for name in order}
+    order = runs(args)
+    rounds: dict[str, list[float]] = {key: [] for key, _, _ in order}
     errors: dict[str, str] = {}
     for number in range(1, args.rounds + 1):
-        for name in order:
-            if name in errors:
+        for key, name, repo in order:
+            if key in errors:
                 continue
             try:
-                rounds[name].append(one_round(name, args))
-                log(f"round {number}: {LABELS[name]} median {rounds[name][-1]:.3f} ms")
+                rounds[key].append(one_round(name, args, repo))
+                log(f"round {number}: {label(key)} median {rounds[key][-1]:.3f} ms")
             except (BackendUnavailable, RuntimeError, OSError) as exc:
-                errors[name] = f"{type(exc).__name__}: {exc}"
-                log(f"round {number}: {LABELS[name]} failed: {errors[name]}")
+                errors[key] = f"{type(exc).__name__}: {exc}"
+                log(f"round {number}: {label(key)} failed: {errors[key]}")
     figures = summary(rounds)
     print(table(figures, rounds))
     print(
         f"\nidle ping hostA -> hostB, {args.pings} pings 20 ms apart per round, "
         f"{args.rounds} round(s); RTT: median of the round medians; ESP {args.esp}"
     )
+    print(f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     for name, error in errors.items():
-        print(f"{LABELS[name]}: not measured: {error}")
+        print(f"{label(name)}: not measured: {error}")
     if args.json:
         doc: dict[str, Any] = {
             "schema": 1,
@@ -196,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 "pings": args.pings,
                 "esp": args.esp,
                 "ike": args.ike,
+                "repos": [str(r) for r in args.repo],
             },
             "figures": figures,
             "round_medians_ms": rounds,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import os
 import signal
@@ -27,6 +28,7 @@ from ipsecd.config.errors import ConfigError
 from ipsecd.daemon import logs
 from ipsecd.daemon.control import ControlServer
 from ipsecd.daemon.core import DaemonCore
+from ipsecd.daemon.eventloop import PacketSelector
 from ipsecd.daemon.instance import StartRefused, claim_instance
 from ipsecd.daemon.malloc import keep_heap_mapped
 from ipsecd.daemon.outcomes import MAX_WAIT
@@ -72,7 +74,14 @@ def wait_seconds(value: Any) -> float:
 class Daemon:
     """One running ipsecd: the file descriptors, timers and signals of a :class:`DaemonCore`."""
 
-    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        notifier: Notifier | None = None,
+        selector: PacketSelector | None = None,
+    ) -> None:
+        """``selector``: the running loop's, if it is a :class:`PacketSelector` (serve);
+        the packet readers are then called straight from it."""
         self.notifier = notifier or Notifier()
         self.log = logs.get_logger()
         self.resolver = SystemResolver()  # DNS names in remote_address
@@ -91,6 +100,7 @@ class Daemon:
         self._status_sent = ""
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}  # control tickets
         self._loop: asyncio.AbstractEventLoop  # set by run()
+        self._selector = selector
 
     @property
     def config(self) -> Config:
@@ -112,6 +122,8 @@ class Daemon:
             if port == gw.ike_port != gw.port:
                 self._drop_oversized(sock, gw.max_ike_datagram)
             self._loop.add_reader(sock.fd, self._on_udp, sock)
+            if port == gw.port and self._selector is not None:
+                self._selector.direct(sock.fd, functools.partial(self._on_udp, sock))
         for address, protocol in self.core.raw_endpoints():  # ESP/AH directly over IP
             try:
                 raw = RawSocket(address, protocol, mark=gw.fwmark)
@@ -127,6 +139,8 @@ class Daemon:
             self.raw_sockets[raw.local] = raw
             self._loop.add_reader(raw.fd, self._on_raw, raw)
         self._loop.add_reader(self.tun.fd, self._on_tun)
+        if self._selector is not None:
+            self._selector.direct(self.tun.fd, self._on_tun)
         await self._change_routes()
 
     def _drop_oversized(self, sock: UdpSocket, limit: int) -> None:
@@ -138,25 +152,47 @@ class Daemon:
             self.log.warning("no kernel filter for oversized IKE datagrams", error=str(exc))
 
     # -- packet paths ----------------------------------------------------------------------
-    # Packets alone (the core says whether the IKE layer ran) take the shortest path out:
-    # send and write, with no timer, status or control work (_flush_packets).
-    def _on_tun(self) -> None:
-        assert self.tun is not None
-        packets = self.tun.read_batch(BURST)
-        if packets:
-            if self.core.from_tun(packets, time.monotonic()):
-                self._flush()
-            else:
-                self._flush_packets()
+    # A packet alone (an idle tunnel's ping or ACK) meets a process gone cold, where every
+    # step costs many times its warm price (issue 17): it goes straight from the read to
+    # the send or write (core.seal_lone, core.open_lone), with no clock, no outbox and no
+    # burst machinery.  Other packets (the core says whether the IKE layer ran) take the
+    # packet path with no timer, status or control work (_flush_packets).
+    # Both return True if they only moved packets (PacketSelector polls on), False if
+    # they left work for the loop (_flush: timers, IKE slices, control answers).
+    def _on_tun(self) -> bool:
+        tun = self.tun
+        assert tun is not None
+        packets = tun.read_batch(BURST)
+        if len(packets) == 1:
+            sealed = self.core.seal_lone(packets[0])
+            if sealed is not None:
+                self.sockets[sealed[0]].send(sealed[2], sealed[1])
+                return True
+        if not packets:
+            return True
+        if self.core.from_tun(packets, time.monotonic()):
+            self._flush()
+            return False
+        self._flush_packets()
+        return True
 
-    def _on_udp(self, sock: UdpSocket) -> None:
+    def _on_udp(self, sock: UdpSocket) -> bool:
         datagrams = sock.recv_batch(BURST)
-        if datagrams:
-            if self.core.from_udp(datagrams, sock.local, time.monotonic()):
-                self._flush()
-                self._pause_ike_port()
-            else:
-                self._flush_packets()
+        if len(datagrams) == 1:
+            data, remote = datagrams[0]
+            opened = self.core.open_lone(data, sock.local, remote)
+            if opened is not None:
+                if opened:
+                    self.tun.write_batch(opened)  # type: ignore[union-attr]  # open
+                return True
+        if not datagrams:
+            return True
+        if self.core.from_udp(datagrams, sock.local, time.monotonic()):
+            self._flush()
+            self._pause_ike_port()
+            return False
+        self._flush_packets()
+        return True
 
     def _pause_ike_port(self) -> None:
         """New requests used up their share of our time (a flood): leave the IKE port
@@ -325,6 +361,8 @@ class Daemon:
 
     async def run(self) -> int:
         self._loop = asyncio.get_running_loop()
+        if self._selector is not None:
+            self._selector.on_error = self._reader_failed
         try:
             await self._open()
         except OSError as exc:
@@ -397,6 +435,13 @@ class Daemon:
         await self._shutdown()
         return 0
 
+    def _reader_failed(self, exc: BaseException) -> None:
+        """A packet reader called by the selector raised: logged as asyncio logs a
+        failed callback, and the loop goes on."""
+        self._loop.call_exception_handler(
+            {"message": "Exception in a packet reader", "exception": exc}
+        )
+
     def _wakeup(self) -> None:
         """Wake the loop every ``gateway.wakeup_interval_ms`` though there is nothing to do.
 
@@ -454,7 +499,9 @@ def serve(config: Config) -> int:
     logs.get_logger().debug(
         "warm-up handshake", ms=None if warmed is None else round(warmed * 1e3, 1)
     )
+    selector = PacketSelector()
     try:
-        return asyncio.run(Daemon(config).run())
+        with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selector)) as runner:
+            return runner.run(Daemon(config, selector=selector).run())
     finally:
         lock.release()

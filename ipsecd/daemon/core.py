@@ -331,6 +331,7 @@ class DaemonCore:
         gw = config.gateway  # the same for the daemon's lifetime (reload refuses changes)
         self._endpoints = [(str(a), port) for a in gw.listen for port in (gw.port, gw.ike_port)]
         self._sockets = frozenset(self._endpoints)
+        self._esp_port = gw.port  # ESP arrives here; on a separate IKE port all is IKE
         self._outbox: list[Batch] = []
         self._raw_outbox: list[RawBatch] = []
         self._to_tun: list[ToTun] = []
@@ -506,6 +507,23 @@ class DaemonCore:
         return ConnsStatus.of(self.config)
 
     # -- packets -----------------------------------------------------------------------------
+    def seal_lone(self, packet: TunRead) -> tuple[Address, Address, bytes] | None:
+        """A packet alone from TUN: ``(local, remote, datagram)`` for the shell to send,
+        or None for :meth:`from_tun` (:meth:`PacketProcessor.seal_lone`).  No clock, no
+        timer, no IKE: an idle tunnel's packet takes the shortest path out (issue 17)."""
+        sealed = self.processor.seal_lone(packet)
+        if sealed is None or sealed[0] not in self._sockets:
+            return None  # from_tun counts what has no socket
+        return sealed
+
+    def open_lone(self, data: Received, local: Address, remote: Address) -> list[bytes] | None:
+        """A datagram alone on ``local``: the inner packets for TUN (maybe none: dropped and
+        counted), or None for :meth:`from_udp` (the IKE port, IKE, keepalives, a peer at a
+        new address: :meth:`PacketProcessor.open_lone`)."""
+        if local[1] != self._esp_port:
+            return None
+        return self.processor.open_lone(data, remote)
+
     def from_tun(self, packets: Sequence[TunRead], now: float) -> bool:
         """A burst of inner packets: sealed for their CHILD_SA, or waiting for it (trap).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.latency import summary, table
+from bench.latency import parse_args, runs, summary, table
 
 
 def test_summary_takes_median_of_rounds_and_subtracts_plain() -> None:
@@ -35,3 +35,13 @@ def test_table_rows_in_fixed_order_with_dashes_for_missing() -> None:
     assert lines[0].split()[:3] == ["backend", "RTT", "ms"]
     assert lines[1].startswith("plain routing") and lines[2].startswith("ipsecd")
     assert "0.300" in lines[2] and lines[1].split()[3] == "-"
+
+
+def test_rows_per_source_tree_with_repo() -> None:
+    args = parse_args(["--only", "plain", "ipsecd", "--repo", "/a", "/b"])
+    keys = [key for key, _, _ in runs(args)]
+    assert keys == ["plain", "ipsecd@/a", "ipsecd@/b"]
+    rounds = {"ipsecd@/b": [0.5], "plain": [0.1], "ipsecd@/a": [0.4]}
+    lines = table(summary(rounds), rounds).splitlines()
+    assert lines[1].startswith("plain routing")
+    assert lines[2].startswith("ipsecd (/b)") and lines[3].startswith("ipsecd (/a)")
