@@ -39,7 +39,7 @@ from ipsecd.config.schema import ChildConfig, Config, IpAddress, PeerConfig
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.ike import dpd, events, reauth
 from ipsecd.ike import message as codec
-from ipsecd.ike.constants import ExchangeType, NotifyType, ProtocolId
+from ipsecd.ike.constants import ExchangeType, NotifyType
 from ipsecd.ike.errors import MalformedMessage
 from ipsecd.ike.events import (
     Address,
@@ -58,7 +58,6 @@ from ipsecd.ike.fragments import ReassemblyBudget
 from ipsecd.ike.halfopen import DosLimits, HalfOpenTable
 from ipsecd.ike.inbox import IkeInbox, Received, is_init_request
 from ipsecd.ike.lifecycle import LIVE_STATES, ChildState
-from ipsecd.ike.payloads import Delete
 from ipsecd.ike.policy import LastEvent, PeerPolicy, PeerState, Resolver, close_message
 from ipsecd.ike.sa import (
     Authenticated,
@@ -1032,17 +1031,20 @@ class IkeManager:
 
         One the peer initiated, when ours (``sa``) carried N(INITIAL_CONTACT): a peer that
         acts on it (RFC 7296 §2.4; strongSwan does: "destroying duplicate IKE_SA ...,
-        received INITIAL_CONTACT") has dropped that SA already, silently, and would leave
-        our Delete unanswered through all its retransmissions, two IKE SAs shown all the
-        while. It is told once (one-way, for a peer that kept it) and ends here."""
+        received INITIAL_CONTACT") drops that SA silently if it was up when the notify
+        came, and then never answers our Delete; but if the notify came while it was
+        still setting that SA up (our IKE_AUTH answer crossed our request), it keeps the
+        SA, sends through its CHILD_SA, and ignores a Delete that overtakes our answer
+        (charon: "ignoring INFORMATIONAL in IKE_SA state CONNECTING").  We cannot tell
+        which: the Delete goes with one retransmission (DUPLICATE_DELETE_RETRANSMITS),
+        the loser's CHILD_SAs stay installed inbound until it ends, and silence ends it
+        without taking the peer for dead."""
         for loser in losers:
             self._count("duplicate_ike_sa_deleted")
             reason = "duplicate IKE SA (both ends initiated)"
             if loser is not sa and not loser.initiator and sa.initiator and sa.send_initial_contact:
-                loser.send_one_way_informational([Delete(ProtocolId.IKE, ())])
-                loser.deleted(f"{reason}; the peer dropped it on our INITIAL_CONTACT", now)
-            else:
-                loser.queue(DeleteIkeSa(reason), now)
+                loser.duplicate_delete = True
+            loser.queue(DeleteIkeSa(reason), now)
             if loser is not sa:
                 self._collect(loser, now)
 

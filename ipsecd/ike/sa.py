@@ -216,6 +216,13 @@ class ReauthComplete(SaSignal):
 # this SA unannounced (charon 5.9 after a rekey collision whose answer it ignored). Three
 # retransmissions (0.5 + 1 + 2 + 4 s by default), not the full budget of a live SA.
 REPLACED_SA_RETRANSMITS = 3
+# The Delete of a crossing's loser that the peer initiated, when ours carried
+# N(INITIAL_CONTACT) (IkeManager._delete_duplicates): the peer dropped it on that notify
+# and answers nothing, or was still setting it up and ignored a first Delete that came
+# before our IKE_AUTH answer (charon: "ignoring INFORMATIONAL in IKE_SA state
+# CONNECTING"); one retransmission serves the second case without keeping a dead SA
+# shown for the first.
+DUPLICATE_DELETE_RETRANSMITS = 1
 
 
 class TaskResult(Enum):
@@ -365,6 +372,9 @@ class IkeSa:
     # established before the SA carrying it began (RFC 7296 §2.4; ike/reauth.py).
     began_seq: int = field(default=0, init=False)
     established_seq: int | None = field(default=None, init=False)
+    # Deleted as the peer's half of a crossing we won with INITIAL_CONTACT: its Delete
+    # is retransmitted DUPLICATE_DELETE_RETRANSMITS times, silence is no sign of death.
+    duplicate_delete: bool = False
     # Simultaneous IKE SA rekey (§2.8.2): the SA we created answering the peer's rekey
     # while ours was outstanding, and the lowest nonce of that exchange; decided by the
     # nonce rule once our own exchange ends.
@@ -923,9 +933,15 @@ class IkeSa:
         limit = self.policy.max_retransmits
         if self.rekeyed_to is not None:
             limit = min(limit, REPLACED_SA_RETRANSMITS)
+        if self.duplicate_delete:
+            limit = min(limit, DUPLICATE_DELETE_RETRANSMITS)
         if out.retransmits >= limit:
             self.outstanding = None
-            if self.state is IkeState.ESTABLISHED and self.rekeyed_to is None:
+            if (
+                self.state is IkeState.ESTABLISHED
+                and self.rekeyed_to is None
+                and not self.duplicate_delete
+            ):
                 self.signals.append(PeerUnresponsive())
             reason = (
                 f"no response from {self.remote[0]}:{self.remote[1]}"

@@ -212,32 +212,90 @@ def test_initial_contact_of_a_crossing_spares_the_other_pair(tmp_path: Path) -> 
     assert_in_use(pair)
 
 
-def test_a_duplicate_the_peer_dropped_on_our_initial_contact_ends_at_once(tmp_path: Path) -> None:
-    """Our IKE_AUTH carried INITIAL_CONTACT and won the crossing: charon drops its own
-    duplicate on it ("destroying duplicate IKE_SA ..., received INITIAL_CONTACT") and never
-    answers a Delete for it; seen in CI, two IKE SAs for 10 s and more. Here b's answers to
-    a's Deletes are lost: in every order where a deletes b's SA on that ground, a is left
-    with one IKE SA at once, not after its retransmissions."""
-    seen = 0
+def _won_with_initial_contact(tmp_path: Path, drop: Any) -> Iterator[tuple[IkePair, tuple]]:
+    """Every crossing order where a's IKE SA won carrying INITIAL_CONTACT and a deletes
+    b's, b deciding nothing itself (as charon, ``unique = no``), ``drop`` deciding which
+    datagrams are lost from then on."""
     for n, order in enumerate(ORDERS):
         pair = IkePair(
             tmp_path / str(n), side_a(**FAST), side_b(**FAST, start="initiate"), start=False
         )
+        decides_nothing(pair, "b")
+        marked: list[IkeSa] = []
+        mgr = pair.mgr("a")
+        decide = mgr._delete_duplicates
+
+        def recording(
+            sa: IkeSa, losers: list[IkeSa], now: float, decide: Any = decide, marked: Any = marked
+        ) -> None:
+            decide(sa, losers, now)
+            marked.extend(x for x in losers if x.duplicate_delete)
+
+        mgr._delete_duplicates = recording  # type: ignore[method-assign]
         hold = Holdback(pair)
+        pair.net.drop = lambda s, hold=hold: hold._hold(s) or drop(s)
         pair.a.start(pair.now)
         pair.b.start(pair.now)
         pair.pump()
         for chain in order:
             hold.release(chain)
-        pair.net.drop = lambda s: s.sender == "b" and s.data[18] == INFORMATIONAL
         pair.pump()
-        assert len(ike_sas(pair, "a")) == 1, order
-        deleted = pair.of_type("a", ev.IkeSaDeleted)
-        if any(e.reason.endswith("the peer dropped it on our INITIAL_CONTACT") for e in deleted):
-            seen += 1
-            (kept,) = ike_sas(pair, "a")
-            assert kept.initiator and kept.send_initial_contact, order
+        if marked:
+            yield pair, order
+
+
+def test_a_duplicate_the_peer_dropped_on_our_initial_contact_ends_after_one_retransmit(
+    tmp_path: Path,
+) -> None:
+    """Our IKE_AUTH carried INITIAL_CONTACT and won the crossing: charon drops its own
+    duplicate on it ("destroying duplicate IKE_SA ..., received INITIAL_CONTACT") and never
+    answers a Delete for it; seen in CI, two IKE SAs for 10 s and more.  Here b's answers
+    to a's Deletes are lost: a is left with one IKE SA after one retransmission (0.5 +
+    1 s), not its whole budget, and does not take the peer for dead."""
+    seen = 0
+    for pair, order in _won_with_initial_contact(
+        tmp_path, lambda s: s.sender == "b" and s.data[18] == INFORMATIONAL
+    ):
+        seen += 1
+        assert len(ike_sas(pair, "a")) == 2, order  # the Delete is out, unanswered
+        pair.advance(0.6)
+        assert len(ike_sas(pair, "a")) == 2, order  # retransmitted once
+        pair.advance(1.1)
+        (kept,) = ike_sas(pair, "a")
+        assert kept.initiator and kept.send_initial_contact, order
+        assert counter(pair, "a", "retransmits") >= 1
+        assert kept.state.value == "established"  # silence did not count as a dead peer
+        assert counter(pair, "a", "connection_retries") == 0
     assert seen > 0  # the orders where ours won with INITIAL_CONTACT (12 of 70)
+
+
+def test_a_duplicate_the_peer_still_set_up_goes_on_the_retransmitted_delete(
+    tmp_path: Path,
+) -> None:
+    """CI, charon 6.1: our INITIAL_CONTACT reached charon while its own SA was still
+    being set up (our IKE_AUTH answer crossed our request), so charon kept it, and our
+    Delete overtook the answer and was ignored ("ignoring INFORMATIONAL in IKE_SA state
+    CONNECTING"); a one-way Delete left charon sending through a CHILD_SA we had
+    removed.  Here a's first Delete is lost: the retransmission reaches b, and both ends
+    keep one and the same pair."""
+    first: list[bool] = []
+
+    def lose_first_delete(s: Any) -> bool:
+        if s.sender == "a" and s.data[18] == INFORMATIONAL and not first:
+            first.append(True)
+            return True
+        return False
+
+    seen = 0
+    for pair, order in _won_with_initial_contact(tmp_path, lose_first_delete):
+        seen += 1
+        pair.net.drop = lambda s: False
+        pair.advance(0.6)
+        pair.pump()
+        assert_in_use(pair)
+        assert len(ike_sas(pair, "a")) == len(ike_sas(pair, "b")) == 1, order
+        first.clear()
+    assert seen > 0
 
 
 # ---- 1b. a peer that decides nothing about a crossing (strongSwan, unique = no) -------------
