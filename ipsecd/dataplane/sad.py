@@ -129,7 +129,7 @@ class SaDatabase:
         if serial is None:
             return
         for index, m in enumerate(sa._match):
-            self._index.remove(m[0], self._rank(m, serial, index), sa)
+            self._index.remove(self._rank(m, serial, index), sa)
         self._cache.clear()
 
     def install(self, sa: InstalledChildSa, outbound: bool = True) -> None:

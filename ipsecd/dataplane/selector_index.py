@@ -59,26 +59,26 @@ class SelectorIndex(Generic[T]):
             key = (version, length, network)
             insort(self._buckets.setdefault(key, []), entry, key=lambda e: e[0])
             keys.append(key)
-            lengths[length] = lengths.get(length, 0) + 1
+            if length not in lengths:
+                lengths[length] = 0
+                self._order[version] = tuple(sorted(lengths, reverse=True))
+            lengths[length] += 1
         self._keys[(id(value), rank)] = keys
-        self._order[version] = tuple(sorted(lengths, reverse=True))
 
-    def remove(self, version: int, rank: Rank, value: T) -> None:
+    def remove(self, rank: Rank, value: T) -> None:
         """Take out what :meth:`add` filed for ``value`` at ``rank``."""
         keys = self._keys.pop((id(value), rank), [])
-        lengths = self._lengths[version]
         for key in keys:
+            version, length, _ = key
             bucket = self._buckets[key]
-            at = bisect_left(bucket, rank, key=lambda e: e[0])
-            del bucket[at]
+            del bucket[bisect_left(bucket, rank, key=lambda e: e[0])]
             if not bucket:
                 del self._buckets[key]
-            length = key[1]
+            lengths = self._lengths[version]
             lengths[length] -= 1
             if not lengths[length]:
                 del lengths[length]
-        if keys:
-            self._order[version] = tuple(sorted(lengths, reverse=True))
+                self._order[version] = tuple(sorted(lengths, reverse=True))
 
     def lookup(self, version: int, src: int, dst: int) -> T | None:
         """The best-ranked value whose pair holds ``src`` -> ``dst``, or None."""

@@ -113,8 +113,8 @@ class TrapQueue:
 
     def _unfile(self, trap: _Trap) -> None:
         if trap.filed:
-            for i, (v, *_) in enumerate(trap.ranges):
-                self._index.remove(v, (trap.serial, i), trap)
+            for i in range(len(trap.ranges)):
+                self._index.remove((trap.serial, i), trap)
             trap.filed = False
 
     def _count(self, name: str, n: int = 1) -> None:

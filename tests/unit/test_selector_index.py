@@ -63,8 +63,8 @@ def test_lookup_is_the_best_ranked_match_through_adds_and_removes(seed: int) -> 
     for step in range(400):
         if pairs and rng.random() < 0.35:
             key = rng.choice(list(pairs))
-            v, _, _, _, _, rank = pairs.pop(key)
-            index.remove(v, rank, key)
+            *_, rank = pairs.pop(key)
+            index.remove(rank, key)
         else:
             v = rng.choice((4, 6))
             (ls, le), (rs, re) = some_range(v), some_range(v)
@@ -84,8 +84,8 @@ def test_removing_everything_leaves_nothing_behind() -> None:
     index.add(4, (0, 255), (10, 200), (1,), "a")
     index.add(4, (0, 255), (10, 200), (2,), "b")
     assert index.lookup(4, 5, 100) == "a"
-    index.remove(4, (1,), "a")
+    index.remove((1,), "a")
     assert index.lookup(4, 5, 100) == "b"
-    index.remove(4, (2,), "b")
+    index.remove((2,), "b")
     assert index.lookup(4, 5, 100) is None
     assert not index._buckets and not index._lengths[4] and not index._order[4]
