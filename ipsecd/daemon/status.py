@@ -91,6 +91,7 @@ IKE_EVENTS = (
     "child_sa_rekeyed",
     "child_sa_rekeyed_not_deleted",
     "child_sa_sequence_exhausted",
+    "closed_retransmit_answered",
     "connection_retries",
     "cookies_invalid",
     "cookies_received",

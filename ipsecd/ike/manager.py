@@ -39,6 +39,7 @@ from ipsecd.config.schema import ChildConfig, Config, IpAddress, PeerConfig
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.ike import dpd, events, reauth
 from ipsecd.ike import message as codec
+from ipsecd.ike.closed import ClosedAnswers
 from ipsecd.ike.constants import ExchangeType, NotifyType
 from ipsecd.ike.errors import MalformedMessage
 from ipsecd.ike.events import (
@@ -158,6 +159,7 @@ class IkeManager:
         )
         self._last_usage_check = now
         self._invalid_spi = dpd.InvalidSpiResponder()
+        self.closed = ClosedAnswers()  # answers to the Deletes of gone IKE SAs (closed.py)
         self.scheduler = Scheduler(
             keepalive_interval=keepalive_interval,
             natt_port=self.natt_port,
@@ -711,6 +713,8 @@ class IkeManager:
         spi = header.spi_r if header.initiator else header.spi_i
         sa = self.sas.get(spi)
         if sa is None or not sa.alive:
+            if not header.response and self._answer_closed(data, header, spi, remote, now):
+                return
             self._count("unknown_spi")
             if not header.response and exchange != ExchangeType.IKE_SA_INIT:
                 # Perhaps we restarted and the peer did not: tell it (RFC 7296 §2.21.4).
@@ -733,6 +737,24 @@ class IkeManager:
             return
         sa.receive(data, header, local, remote, now)
         self._collect(sa, now)
+
+    def _answer_closed(
+        self, data: bytes, header: codec.Header, spi: int, remote: Address, now: float
+    ) -> bool:
+        """A retransmitted Delete of an IKE SA that is gone: answered again from
+        :attr:`closed` (True), or not about such a Delete at all (False)."""
+        remote_spi = header.spi_i if header.initiator else header.spi_r
+        outcome, entry = self.closed.answer(spi, remote_spi, header.message_id, data, remote, now)
+        if outcome == "unknown_spi":
+            return False
+        self._count(outcome)
+        if entry is not None:
+            marker = entry.local[1] == self.natt_port
+            self._outgoing.extend(
+                OutgoingDatagram(datagram, entry.local, entry.source, marker=marker)
+                for datagram in entry.datagrams
+            )
+        return True
 
     def _receive_init_request(
         self, data: bytes, header: codec.Header, local: Address, remote: Address, now: float
@@ -902,6 +924,18 @@ class IkeManager:
             self.scheduler.reschedule(orphan)
         if sa.reassembler is not None:
             sa.reassembler.clear()  # its partial fragments no longer count
+        cached = sa.cached_response
+        if cached is not None and any(isinstance(s, PeerDeletedIkeSa) for s in signals):
+            self.closed.keep(
+                sa.local_spi,
+                sa.remote_spi,
+                cached.message_id,
+                cached.datagrams,
+                sa.local,
+                cached.source,
+                cached.digest,
+                now,
+            )
         if self.table.remove(sa):
             self.scheduler.forget(sa)
         retiring = sa.local_spi in self._retiring

@@ -15,6 +15,7 @@ from ipsecd.ike import events as ev
 from ipsecd.ike import payloads as pl
 from ipsecd.ike.manager import IkeManager
 from ipsecd.ike.message import parse_message
+from ipsecd.ike.sa import IkeSa
 from tests.unit.ike_pair_support import (
     A_IP,
     B_IP,
@@ -502,3 +503,72 @@ def test_delete_answered_with_invalid_ike_spi_ends_at_once(tmp_path):
     assert ike_sas(pair, "a") == [] and pair.a.get_timer() is None
     deleted = [e for e in pair.of_type("a", ev.IkeSaDeleted)]
     assert deleted and "INVALID_IKE_SPI" in deleted[-1].reason
+
+
+# ---- a Delete whose answer was lost (RFC 7296 §2.1) ---------------------------------------
+
+
+def delete_with_lost_answer(pair: IkePair) -> tuple[Sent, IkeSa]:
+    """a deletes its IKE SA; b answers and forgets it, the answer is lost once."""
+    lost: list[Sent] = []
+
+    def drop_first_answer(sent: Sent) -> bool:
+        if sent.sender == "b" and sent.data[18] == INFORMATIONAL and not lost:
+            lost.append(sent)
+            return True
+        return False
+
+    old = pair.a.ike_sa("b")
+    pair.net.drop = drop_first_answer
+    pair.a.terminate("b", pair.now)
+    pair.pump()
+    assert len(lost) == 1 and ike_sas(pair, "b") == [] and ike_sas(pair, "a") == [old]
+    (delete,) = informational(pair, "a")
+    return delete, old
+
+
+def test_retransmitted_delete_of_a_gone_ike_sa_gets_the_same_answer(tmp_path):
+    """charon does not believe an INVALID_IKE_SPI (unauthenticated, §2.21.4) and would
+    keep its IKE SA for as long as it retransmits: the lost answer is sent again."""
+    pair = pair_with(tmp_path, {}, {})
+    _, old = delete_with_lost_answer(pair)
+    pair.advance(1.0)  # a's first retransmission (0.5 s), answered from b's closed cache
+    assert pair.b.counters["closed_retransmit_answered"] == 1
+    assert "invalid_ike_spi_sent" not in pair.b.counters
+    answers = informational(pair, "b", response=True)
+    assert len(answers) == 2 and answers[0].data == answers[1].data
+    assert ike_sas(pair, "a") == [] and "invalid_ike_spi_received" not in pair.a.counters
+    gone = pair.of_type("a", ev.IkeSaDeleted)
+    assert gone and all("INVALID_IKE_SPI" not in e.reason for e in gone)
+    assert not old.alive
+
+
+def test_closed_answers_go_only_to_the_same_request_a_few_times(tmp_path):
+    pair = pair_with(tmp_path, {}, {})
+    delete, _ = delete_with_lost_answer(pair)
+    sent_before = len(informational(pair, "b", response=True))
+    forged = bytearray(delete.data)
+    forged[-1] ^= 1  # same SPIs and message ID, other bytes
+    pair.inject("b", bytes(forged))
+    pair.inject("b", delete.data, src=("203.0.113.9", 4500))  # from elsewhere
+    assert pair.b.counters["retransmit_mismatch"] == 1
+    assert pair.b.counters["retransmit_wrong_source"] == 1
+    for _ in range(6):
+        pair.inject("b", delete.data)  # a replay, as often as anyone likes
+    assert pair.b.counters["closed_retransmit_answered"] == 4
+    assert pair.b.counters["retransmit_rate_limited"] == 2
+    answers = informational(pair, "b", response=True)[sent_before:]
+    assert len(answers) == 4 and all(len(a.data) <= len(delete.data) for a in answers)
+    assert "invalid_ike_spi_sent" not in pair.b.counters
+
+
+def test_closed_answers_expire(tmp_path):
+    pair = pair_with(tmp_path, {}, {})
+    pair.a.terminate("b", pair.now)
+    pair.pump()
+    (delete,) = informational(pair, "a")
+    assert len(pair.b.closed) == 1
+    pair.now += 61.0
+    pair.inject("b", delete.data)  # too late: an unknown SPI like any other
+    assert pair.b.counters["invalid_ike_spi_sent"] == 1
+    assert "closed_retransmit_answered" not in pair.b.counters and len(pair.b.closed) == 0
