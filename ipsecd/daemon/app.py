@@ -30,7 +30,7 @@ from ipsecd.daemon.control import ControlServer
 from ipsecd.daemon.core import DaemonCore
 from ipsecd.daemon.eventloop import PacketSelector
 from ipsecd.daemon.instance import StartRefused, claim_instance
-from ipsecd.daemon.malloc import keep_heap_mapped
+from ipsecd.daemon.malloc import keep_heap_mapped, release_free_memory
 from ipsecd.daemon.outcomes import MAX_WAIT
 from ipsecd.daemon.privilege import drop_privileges
 from ipsecd.daemon.resolver import SystemResolver
@@ -424,6 +424,7 @@ class Daemon:
         # out of the collector's sight, so that no collection on the packet path walks it.
         gc.collect()
         gc.freeze()
+        release_free_memory()  # what start-up freed goes back to the kernel (malloc.py)
         if self.config.gateway.wakeup_interval_ms:
             self._wakeup()
         watchdog = self.notifier.watchdog_interval()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import pwd
 import resource
@@ -66,7 +65,8 @@ class _CapData(ctypes.Structure):
     ]
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The interpreter's own C library (dlopen(NULL), as malloc.py): no ldconfig subprocess.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _prctl(option: int, arg: int = 0, what: str = "prctl") -> None:
