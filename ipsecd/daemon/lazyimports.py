@@ -12,9 +12,15 @@ X`` still works, at the old price).  :func:`install_lazy_structlog` does the sam
 ``structlog``, whose ``__init__`` imports its stdlib, testing, threadlocal (with
 ``uuid``), twisted and types modules: 0.3 MB that the daemon never uses.
 
-``asyncio`` imports ``ssl`` for TLS transports, which the daemon never opens: 1.2 MB
-(``_ssl`` and libssl).  :func:`import_asyncio_without_ssl` imports asyncio as on a
-Python built without ``ssl`` (the daemon's entry point only, ``ipsecd.daemon.start``).
+The stdlib's OpenSSL bindings load the system's libssl and libcrypto next to the OpenSSL
+that cryptography carries (statically linked): ``asyncio`` imports ``ssl`` for TLS
+transports, which the daemon never opens (1.2 MB), and ``hashlib``/``hmac`` import
+``_hashlib`` (3.6 MB resident, most of it libcrypto's pages) where the daemon hashes a
+few IKE messages and compares MACs; its HMACs come from cryptography
+(``ipsecd.crypto.prf``, ``ciphers``).  :func:`import_stdlib_without_openssl` imports
+those three modules as on a Python built without OpenSSL (the daemon's entry point only,
+``ipsecd.daemon.start``): hashlib's built-in SHA-1/SHA-2 and ``hmac``'s
+``compare_digest`` from ``_operator`` (constant-time as well).
 """
 
 from __future__ import annotations
@@ -92,21 +98,31 @@ def install_lazy_structlog() -> bool:
     return install_lazy_package("structlog", STRUCTLOG_NAMES)
 
 
-def import_asyncio_without_ssl() -> bool:
-    """Import asyncio with ``ssl`` unavailable to it; False if asyncio or ssl was
-    already imported and nothing changed.
+#: What :func:`import_stdlib_without_openssl` imports, and what it hides from them.
+WITHOUT_OPENSSL = ("asyncio", "hashlib", "hmac")
+OPENSSL_BINDINGS = ("ssl", "_hashlib")
 
-    A ``None`` in ``sys.modules`` makes ``import ssl`` raise ``ModuleNotFoundError``
-    (the import system's documented rule), which asyncio's modules catch: they keep
-    ``ssl = None``, and a TLS transport then raises ``RuntimeError`` ("ssl module not
-    available") instead of running.  The block ends with the import: a later ``import
-    ssl`` (prometheus_client's exposition, for the metrics endpoint) loads it as usual.
+
+def import_stdlib_without_openssl() -> bool:
+    """Import asyncio, hashlib and hmac with ``ssl`` and ``_hashlib`` unavailable to them;
+    False if any of these was already imported and nothing changed.
+
+    A ``None`` in ``sys.modules`` makes an import raise ``ModuleNotFoundError`` (the
+    import system's documented rule), which these modules catch: asyncio keeps ``ssl =
+    None`` and a TLS transport then raises ``RuntimeError`` ("ssl module not
+    available"); hashlib offers its built-in algorithms (an OpenSSL-only one, say
+    ``hashlib.new("ripemd160")``, raises ``ValueError``); hmac computes in Python.  The
+    block ends with the imports: a later ``import ssl`` (prometheus_client's
+    exposition, for the metrics endpoint) loads it as usual.
     """
-    if "asyncio" in sys.modules or "ssl" in sys.modules:
+    if any(name in sys.modules for name in (*WITHOUT_OPENSSL, *OPENSSL_BINDINGS)):
         return False
-    sys.modules["ssl"] = None  # type: ignore[assignment]
+    for name in OPENSSL_BINDINGS:
+        sys.modules[name] = None  # type: ignore[assignment]
     try:
-        importlib.import_module("asyncio")
+        for name in WITHOUT_OPENSSL:
+            importlib.import_module(name)
     finally:
-        del sys.modules["ssl"]
+        for name in OPENSSL_BINDINGS:
+            del sys.modules[name]
     return True

@@ -1,5 +1,5 @@
-"""What the daemon leaves unimported (ipsecd.daemon.lazyimports): asyncio without ssl,
-and pyroute2 and structlog as empty packages whose names load on first use.
+"""What the daemon leaves unimported (ipsecd.daemon.lazyimports): the stdlib without its
+OpenSSL bindings, and pyroute2 and structlog as empty packages whose names load on first use.
 
 Each check runs in a fresh interpreter: this one has imported asyncio and ssl already.
 """
@@ -23,13 +23,13 @@ def _python(code: str) -> dict[str, object]:
     return result
 
 
-def test_asyncio_without_ssl_refuses_tls_loudly_and_ssl_still_loads_later() -> None:
+def test_stdlib_without_openssl_refuses_tls_loudly_and_ssl_still_loads_later() -> None:
     seen = _python("""
 import json, socket, sys
-from ipsecd.daemon.lazyimports import import_asyncio_without_ssl
-seen = {"first": import_asyncio_without_ssl(), "again": import_asyncio_without_ssl()}
-import asyncio
-seen["ssl imported"] = "ssl" in sys.modules
+from ipsecd.daemon.lazyimports import import_stdlib_without_openssl
+seen = {"first": import_stdlib_without_openssl(), "again": import_stdlib_without_openssl()}
+import asyncio, hashlib, hmac, _operator
+seen["bindings"] = [m for m in ("ssl", "_ssl", "_hashlib") if m in sys.modules]
 seen["asyncio's ssl"] = [m.ssl for m in (asyncio.base_events, asyncio.sslproto)]
 
 async def tls() -> str:
@@ -45,6 +45,15 @@ async def tls() -> str:
     return "connected"
 
 seen["tls"] = asyncio.run(tls())
+# hashlib's built-in SHA-2 and hmac's constant-time compare from _operator
+seen["sha256"] = hashlib.sha256(b"abc").hexdigest()[:16]
+seen["hmac"] = hmac.digest(b"key", b"abc", "sha256").hex()[:16]
+seen["compare_digest"] = hmac.compare_digest is _operator._compare_digest
+try:
+    hashlib.new("ripemd160")  # OpenSSL's only
+    seen["ripemd160"] = "made"
+except ValueError:
+    seen["ripemd160"] = "refused"
 import ssl  # the metrics endpoint's prometheus_client imports it at module level
 import prometheus_client.exposition
 seen["ssl later"] = ssl.OPENSSL_VERSION.startswith("OpenSSL")
@@ -53,20 +62,24 @@ print(json.dumps(seen))
     assert seen == {
         "first": True,
         "again": False,
-        "ssl imported": False,
+        "bindings": [],
         "asyncio's ssl": [None, None],
         "tls": "stdlib ssl module not available",
+        "sha256": "ba7816bf8f01cfea",  # FIPS 180-2 B.1
+        "hmac": "9c196e32dc0175f8",
+        "compare_digest": True,
+        "ripemd160": "refused",
         "ssl later": True,
     }
 
 
-def test_asyncio_is_left_alone_once_imported() -> None:
+def test_stdlib_is_left_alone_once_imported() -> None:
     seen = _python("""
-import asyncio, json, sys
-from ipsecd.daemon.lazyimports import import_asyncio_without_ssl
-print(json.dumps({"done": import_asyncio_without_ssl(), "ssl": asyncio.sslproto.ssl is not None}))
+import hashlib, json, sys
+from ipsecd.daemon.lazyimports import import_stdlib_without_openssl
+print(json.dumps({"done": import_stdlib_without_openssl(), "asyncio": "asyncio" in sys.modules}))
 """)
-    assert seen == {"done": False, "ssl": True}
+    assert seen == {"done": False, "asyncio": False}
 
 
 def test_structlog_loads_what_the_daemon_logs_with_and_the_rest_on_first_use() -> None:

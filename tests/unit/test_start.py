@@ -110,8 +110,9 @@ def test_idle_daemon_imports_none_of_what_it_loads_lazily(tmp_path: Path) -> Non
     pyroute2 package ``__init__`` (NDB, sqlite3: lazyimports.py) nor ``pyroute2.iproute``
     (IPRoute: with unittest.mock and difflib; the daemon uses pyroute2's socket and
     messages, rtnl.py), no difflib of its own (suggestions for a config's typos), no ssl
-    (asyncio's TLS: lazyimports.py), no structlog parts beyond what it logs with, and
-    with pre-shared keys no X.509 (``X509_MODULES``), no signatures, no key serialization."""
+    or _hashlib (the stdlib's OpenSSL: lazyimports.py), no structlog parts beyond what it
+    logs with, and with pre-shared keys no X.509 (``X509_MODULES``), no signatures, no
+    key serialization."""
     path = _config(tmp_path)
     code = f"""
 import json, sys, types
@@ -124,10 +125,11 @@ def serve(config):
     from ipsecd.daemon.warmup import warm_up
     assert warm_up(config) is not None
     lazy = ("numpy", "prometheus_client", "pyroute2.ndb", "sqlite3", "pyroute2.iproute")
-    lazy += ("unittest", "difflib", "ssl", "_ssl")
+    lazy += ("unittest", "difflib", "ssl", "_ssl", "_hashlib")
     lazy += ("structlog.stdlib", "structlog.testing", "structlog.threadlocal", "uuid")
     # signatures (RSA, ECDSA, Ed25519) and cryptography's key serialization: certificates
     lazy += ("ipsecd.ike.signature_auth", "cryptography.hazmat.primitives.serialization")
+    lazy += ("concurrent.futures.thread",)  # the resolver's pool: no host name configured
     lazy += {X509_MODULES!r}
     print(json.dumps([m for m in lazy if m in sys.modules]))
     return 0
