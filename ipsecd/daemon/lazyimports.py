@@ -105,7 +105,9 @@ OPENSSL_BINDINGS = ("ssl", "_hashlib")
 
 def import_stdlib_without_openssl() -> bool:
     """Import asyncio, hashlib and hmac with ``ssl`` and ``_hashlib`` unavailable to them;
-    False if any of these was already imported and nothing changed.
+    what is already imported stays as it is (a config with certificates has imported
+    hashlib for the ``pki`` modules: asyncio still comes without ssl).  False if nothing
+    changed.
 
     A ``None`` in ``sys.modules`` makes an import raise ``ModuleNotFoundError`` (the
     import system's documented rule), which these modules catch: asyncio keeps ``ssl =
@@ -115,14 +117,16 @@ def import_stdlib_without_openssl() -> bool:
     block ends with the imports: a later ``import ssl`` (prometheus_client's
     exposition, for the metrics endpoint) loads it as usual.
     """
-    if any(name in sys.modules for name in (*WITHOUT_OPENSSL, *OPENSSL_BINDINGS)):
+    blocked = [name for name in OPENSSL_BINDINGS if name not in sys.modules]
+    missing = [name for name in WITHOUT_OPENSSL if name not in sys.modules]
+    if not blocked or not missing:
         return False
-    for name in OPENSSL_BINDINGS:
+    for name in blocked:
         sys.modules[name] = None  # type: ignore[assignment]
     try:
-        for name in WITHOUT_OPENSSL:
+        for name in missing:
             importlib.import_module(name)
     finally:
-        for name in OPENSSL_BINDINGS:
+        for name in blocked:
             del sys.modules[name]
     return True

@@ -73,13 +73,19 @@ print(json.dumps(seen))
     }
 
 
-def test_stdlib_is_left_alone_once_imported() -> None:
+def test_what_is_imported_already_stays_and_the_rest_comes_without_openssl() -> None:
+    """A config with certificates has imported hashlib (pki): asyncio still has no ssl."""
     seen = _python("""
 import hashlib, json, sys
 from ipsecd.daemon.lazyimports import import_stdlib_without_openssl
-print(json.dumps({"done": import_stdlib_without_openssl(), "asyncio": "asyncio" in sys.modules}))
+seen = {"done": import_stdlib_without_openssl()}
+import asyncio
+seen["asyncio's ssl"] = asyncio.sslproto.ssl
+seen["bindings"] = [m for m in ("ssl", "_ssl", "_hashlib") if m in sys.modules]
+seen["again"] = import_stdlib_without_openssl()
+print(json.dumps(seen))
 """)
-    assert seen == {"done": False, "asyncio": False}
+    assert seen == {"done": True, "asyncio's ssl": None, "bindings": ["_hashlib"], "again": False}
 
 
 def test_structlog_loads_what_the_daemon_logs_with_and_the_rest_on_first_use() -> None:
