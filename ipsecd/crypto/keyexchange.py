@@ -25,7 +25,6 @@ CSPRNG).
 from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric import dh, ec, x25519
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ipsecd.crypto.registry import KeAlgorithm, KeId
 
@@ -125,12 +124,16 @@ class KeyExchange:
         elif kind == "ecp":
             key = private or ec.generate_private_key(_CURVES[alg.transform_id])
             assert isinstance(key, ec.EllipticCurvePrivateKey)
-            point = key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-            self.public_bytes = point[1:]  # RFC 5903 §7: x | y without the 0x04 octet
+            # RFC 5903 §7: x | y, each as long as the field (no X9.62 0x04 octet).  From
+            # the numbers: cryptography's serialization package (its SSH key format with
+            # RSA, DSA and Ed25519) is not needed by a gateway without certificates.
+            point = key.public_key().public_numbers()
+            size = (key.curve.key_size + 7) // 8
+            self.public_bytes = point.x.to_bytes(size, "big") + point.y.to_bytes(size, "big")
         elif kind == "x25519":
             key = private or x25519.X25519PrivateKey.generate()
             assert isinstance(key, x25519.X25519PrivateKey)
-            self.public_bytes = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+            self.public_bytes = key.public_key().public_bytes_raw()
         else:
             raise ValueError(f"unsupported key exchange kind {kind!r}")
         self._private = key

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 
 M_TRIM_THRESHOLD = -1  # malloc.h
 M_TOP_PAD = -2
@@ -31,7 +30,9 @@ def keep_heap_mapped() -> bool:
     (musl, other systems) or refuses.
     """
     with contextlib.suppress(OSError, AttributeError, TypeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The C library the interpreter runs on (dlopen(NULL)): ctypes.util.find_library
+        # would run ldconfig in a subprocess and import tempfile (0.2 MB) to find it.
+        libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
         mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         mallopt.restype = ctypes.c_int
@@ -43,4 +44,22 @@ def keep_heap_mapped() -> bool:
                 (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
             )
         )
+    return False
+
+
+def release_free_memory() -> bool:
+    """Give the pages of glibc's free chunks back to the kernel, once, after start-up.
+
+    Start-up frees much of what it allocated (the source of each module read, the
+    config's parse, the warm-up handshake's two cores), and with the thresholds above
+    glibc keeps those pages for good.  ``malloc_trim(0)`` hands them back (a few
+    milliseconds); the data plane's bursts map what they need again, and from then on
+    the thresholds keep it.  False where the C library has no ``malloc_trim`` or
+    nothing was released.
+    """
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+        malloc_trim.argtypes = [ctypes.c_size_t]
+        malloc_trim.restype = ctypes.c_int
+        return bool(malloc_trim(0))
     return False

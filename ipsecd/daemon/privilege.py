@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import pwd
 import resource
@@ -66,7 +65,8 @@ class _CapData(ctypes.Structure):
     ]
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The interpreter's own C library (dlopen(NULL), as malloc.py): no ldconfig subprocess.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _prctl(option: int, arg: int = 0, what: str = "prctl") -> None:
@@ -105,8 +105,9 @@ PRELOAD_EXTRA = (
 )
 
 
-def preload_modules() -> None:
-    """Import every daemon module now, while the code is still readable.
+def preload_modules(skip: tuple[str, ...] = ()) -> None:
+    """Import every daemon module now, while the code is still readable, but those
+    named in ``skip`` (and the modules under them).
 
     Several are imported lazily (the IKE manager, key exchanges, status); after
     the drop the service account may not be able to read the installation (a
@@ -117,10 +118,14 @@ def preload_modules() -> None:
     import pkgutil
 
     import ipsecd
+    from ipsecd.dataplane.offload import bulk
 
+    # numpy's bulk path through its accessor, which keeps OpenBLAS to one thread (the
+    # walk below would import it bare: a thread per core).
+    bulk()
     names = [m.name for m in pkgutil.walk_packages(ipsecd.__path__, "ipsecd.")]
     for name in [*names, *PRELOAD_EXTRA]:
-        if not name.startswith(PRELOAD_SKIP):
+        if not name.startswith((*PRELOAD_SKIP, *skip)):
             with contextlib.suppress(ImportError):
                 importlib.import_module(name)
 
@@ -163,8 +168,9 @@ def _account_name(uid: int) -> str:
         return str(uid)
 
 
-def drop_privileges(user: str | None) -> Dropped:
-    """Become ``user`` (None: the default service account) keeping only CAP_NET_ADMIN.
+def drop_privileges(user: str | None, skip: tuple[str, ...] = ()) -> Dropped:
+    """Become ``user`` (None: the default service account) keeping only CAP_NET_ADMIN;
+    the daemon's modules are imported first (:func:`preload_modules`), but ``skip``.
 
     ``root`` (or no account at all) keeps root but still disables core dumps.  A
     root without CAP_SETUID/CAP_SETGID (a systemd ``CapabilityBoundingSet=`` that
@@ -177,7 +183,7 @@ def drop_privileges(user: str | None) -> Dropped:
     account = service_account(user) if user != KEEP_ROOT else None
     if account is None:
         return Dropped(user or KEEP_ROOT, os.geteuid(), os.getegid(), "unchanged")
-    preload_modules()
+    preload_modules(skip)
     effective, permitted = _capability_sets()
     root = os.geteuid() == 0
     switch = (

@@ -42,7 +42,9 @@ class SystemResolver:
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.timeout = timeout
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ipsecd-dns")
+        # Made by the first lookup: most configs name no host, and the pool's module
+        # (concurrent.futures.thread, with queue) then stays unimported.
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._last: dict[tuple[str, int], list[IpAddress]] = {}
         self._running: dict[tuple[str, int], concurrent.futures.Future[list[IpAddress]]] = {}
@@ -52,6 +54,10 @@ class SystemResolver:
         with self._lock:
             future = self._running.get(key)
             if future is None:
+                if self._pool is None:
+                    self._pool = concurrent.futures.ThreadPoolExecutor(
+                        1, thread_name_prefix="ipsecd-dns"
+                    )
                 future = self._pool.submit(lookup, name, version)
                 self._running[key] = future
         future.add_done_callback(lambda done: self._done(key, done))
@@ -80,4 +86,5 @@ class SystemResolver:
                 self._last[key] = future.result()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)

@@ -41,13 +41,12 @@ from ipsecd.ike.payloads import (
     format_identity,
 )
 from ipsecd.ike.sa import IkeSa
-from ipsecd.ike.signature_auth import SignatureAuthError, sign, verify
 from ipsecd.pki.errors import CertificateError, PkiError
 from ipsecd.pki.identity import IkeIdentity, check_identity, same_identity
 
 # The certificate half (pki.certs, .payloads, .validate) needs cryptography.x509, 2 MB of
-# an idle daemon (issue 17): the functions that handle certificates import it, so a
-# PSK-only gateway never loads it.
+# an idle daemon (issue 17), and signature_auth cryptography's RSA, ECDSA and Ed25519:
+# the functions that handle certificates import them, so a PSK-only gateway never does.
 if TYPE_CHECKING:
     from cryptography import x509
 
@@ -123,6 +122,7 @@ def our_auth(
     if auth.local_auth == "psk":
         value = psk_auth_value(sa, keys, auth.psk, of_initiator, me, int_auth)
         return Authentication(AuthMethod.SHARED_KEY_MIC, value), "psk"
+    from ipsecd.ike.signature_auth import SignatureAuthError, sign  # pubkey (the top)
     from ipsecd.pki.certs import describe, key_description  # pubkey: X.509 (see the top)
 
     credential = auth.credential
@@ -255,6 +255,7 @@ def verify_peer(
             f"peer {sa.peer_name} ({role}, {their_id}) authenticated with a pre-shared key,"
             " but remote_auth is pubkey (a certificate signature)"
         )
+    from ipsecd.ike.signature_auth import SignatureAuthError, verify  # pubkey (the top)
     from ipsecd.pki.certs import describe, key_description, name_text  # X.509 (the top)
     from ipsecd.pki.validate import validate_chain  # X.509 (see the top)
 

@@ -13,7 +13,9 @@ Methods:
   (RFC 4754): signature r | s, fixed length.
 
 SIGNATURE_HASH_ALGORITHMS (RFC 7427 §4, notify 16431) carries 2-octet hash
-ids; a peer that sent it accepts method 14 with one of those hashes.
+ids; a peer that sent it accepts method 14 with one of those hashes.  Its codec is
+:mod:`ipsecd.ike.hash_algorithms` (every IKE_SA_INIT has it; this module loads with a
+certificate), re-exported here.
 
 The signed octets are RFC 7296 §2.15's followed by RFC 9242's IntAuth when
 IKE_INTERMEDIATE exchanges took place: :func:`ipsecd.ike.auth.signed_octets`, the
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature
@@ -44,6 +45,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 
 from ipsecd.ike.auth import signed_octets  # RFC 7296 §2.15 | IntAuth, shared with PSK
 from ipsecd.ike.constants import AuthMethod
+from ipsecd.ike.hash_algorithms import (  # the notify's codec, re-exported
+    SUPPORTED_HASHES,
+    HashAlgorithm,
+    decode_hash_algorithms,
+    encode_hash_algorithms,
+)
 
 if TYPE_CHECKING:  # certificates are only passed in: cryptography.x509 costs 2 MB (issue 17)
     from cryptography import x509
@@ -62,24 +69,6 @@ __all__ = [
     "ALGORITHM_IDENTIFIERS",
 ]
 
-
-class HashAlgorithm(IntEnum):
-    """IANA "IKEv2 Hash Algorithms" (RFC 7427 §4, RFC 8420)."""
-
-    SHA1 = 1
-    SHA2_256 = 2
-    SHA2_384 = 3
-    SHA2_512 = 4
-    IDENTITY = 5
-
-
-# What we announce in SIGNATURE_HASH_ALGORITHMS.
-SUPPORTED_HASHES: tuple[HashAlgorithm, ...] = (
-    HashAlgorithm.SHA2_256,
-    HashAlgorithm.SHA2_384,
-    HashAlgorithm.SHA2_512,
-    HashAlgorithm.IDENTITY,
-)
 
 _HASH_CLASSES: dict[
     HashAlgorithm, type[hashes.SHA1 | hashes.SHA256 | hashes.SHA384 | hashes.SHA512]
@@ -192,31 +181,6 @@ def _identifier_for(key: str, h: HashAlgorithm) -> bytes:
     if key == "rsa-pss":
         return _pss_identifier(h, with_null=True)
     return next(der for der, a in ALGORITHM_IDENTIFIERS.items() if a.key == key and a.hash == h)
-
-
-# --- SIGNATURE_HASH_ALGORITHMS (RFC 7427 §4) -------------------------------------------
-
-
-def encode_hash_algorithms(algs: Iterable[int] = SUPPORTED_HASHES) -> bytes:
-    """Notification data: 2 octets per hash algorithm."""
-    return b"".join(int(a).to_bytes(2, "big") for a in algs)
-
-
-def decode_hash_algorithms(data: bytes) -> tuple[int, ...]:
-    """The peer's list (unknown ids kept as ints); ValueError if the length is odd."""
-    data = bytes(data)
-    if len(data) % 2:
-        raise ValueError(
-            f"SIGNATURE_HASH_ALGORITHMS data of {len(data)} bytes is not a list of 2-byte ids"
-        )
-    out: list[int] = []
-    for i in range(0, len(data), 2):
-        value = int.from_bytes(data[i : i + 2], "big")
-        try:
-            out.append(HashAlgorithm(value))
-        except ValueError:
-            out.append(value)
-    return tuple(out)
 
 
 # --- signing ------------------------------------------------------------------------

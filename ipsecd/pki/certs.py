@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
@@ -143,7 +142,7 @@ def _when(t: datetime) -> str:
 
 def fingerprint_sha256(cert: x509.Certificate) -> str:
     """SHA-256 of the DER certificate, colon-separated hex (``openssl x509 -fingerprint``)."""
-    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    digest = cert.fingerprint(hashes.SHA256()).hex()
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2)).upper()
 
 

@@ -8,13 +8,12 @@ CERTREQ names trust anchors by the SHA-1 hash of their SubjectPublicKeyInfo
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from ipsecd.pki.certs import describe, load_certificates, load_crls
 from ipsecd.pki.errors import PkiError
@@ -29,7 +28,11 @@ def spki_sha1(cert: x509.Certificate) -> bytes:
     spki = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return hashlib.sha1(spki, usedforsecurity=False).digest()
+    # cryptography's SHA-1, not hashlib's: the daemon does without the stdlib's OpenSSL
+    # (ipsecd.daemon.lazyimports), and a config with certificates imports this module.
+    digest = hashes.Hash(hashes.SHA1())
+    digest.update(spki)
+    return digest.finalize()
 
 
 def _files(path: Path) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import subprocess
@@ -78,3 +79,31 @@ def test_root_without_cap_setuid_keeps_uid_0_but_only_cap_net_admin():
     assert lines[1] == "root cap_net_admin"
     assert "CapEff 0000000000001000" in lines and "CapPrm 0000000000001000" in lines
     assert "NoNewPrivs 1" in lines and "dumpable 0" in lines
+
+
+def test_preload_imports_the_daemon_but_what_it_is_told_to_skip():
+    """Before the drop every module is imported (the service account may not read them
+    later); the metrics module (prometheus_client) only if metrics are configured; numpy
+    (the bulk path) with OpenBLAS kept to the one thread (offload.bulk)."""
+    code = """
+import json, os, sys
+from ipsecd.daemon import privilege
+privilege.preload_modules(sys.argv[1:] and tuple(sys.argv[1:]))
+names = ("ipsecd.daemon.metrics", "prometheus_client", "ipsecd.pki.validate", "ipsecd.cli.ipsecd")
+print(json.dumps([m for m in names if m in sys.modules] + [len(os.listdir("/proc/self/task"))]))
+"""
+
+    def preloaded(*skip: str) -> list[object]:
+        done = subprocess.run(
+            [sys.executable, "-c", code, *skip],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2])),
+            timeout=120,
+            check=True,
+        )
+        return json.loads(done.stdout.splitlines()[-1])
+
+    everything = ["ipsecd.daemon.metrics", "prometheus_client", "ipsecd.pki.validate", 1]
+    assert preloaded() == everything
+    assert preloaded("ipsecd.daemon.metrics") == ["ipsecd.pki.validate", 1]

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: (Not all of the IKE core: the config's validation imports its codecs and proposals.)
 DAEMON_MODULES = (
     "asyncio",
-    "structlog",
+    "structlog._config",  # not the package: lazyimports.py puts an empty one first
     "pyroute2.netlink.nlsocket",
     "ipsecd.ike.manager",
     "ipsecd.daemon.app",
@@ -105,24 +105,38 @@ def test_without_key_lines_keeps_everything_else(tmp_path: Path) -> None:
 
 
 def test_idle_daemon_imports_none_of_what_it_loads_lazily(tmp_path: Path) -> None:
-    """After the daemon's imports and its start-up handshake (warm_up): no numpy (the
-    bulk data path), no prometheus_client (the metrics endpoint), no pyroute2 package
-    ``__init__`` (NDB, sqlite3: lazyimports.py) nor ``pyroute2.iproute`` (IPRoute: with
-    unittest.mock and difflib; the daemon uses pyroute2's socket and messages, rtnl.py),
-    no difflib of its own (suggestions for a config's typos), and with pre-shared keys no
-    X.509 (``X509_MODULES``)."""
+    """After ``run_daemon``'s imports, the daemon's and its start-up handshake (warm_up):
+    no numpy (the bulk data path), no prometheus_client (the metrics endpoint), no
+    pyroute2 package ``__init__`` (NDB, sqlite3: lazyimports.py) nor ``pyroute2.iproute``
+    (IPRoute: with unittest.mock and difflib; the daemon uses pyroute2's socket and
+    messages, rtnl.py), no difflib of its own (suggestions for a config's typos), no ssl
+    or _hashlib (the stdlib's OpenSSL: lazyimports.py), no structlog parts beyond what it
+    logs with, and with pre-shared keys no X.509 (``X509_MODULES``), no signatures, no
+    key serialization."""
     path = _config(tmp_path)
     code = f"""
-import json, sys
-from ipsecd.config import load_config
-config = load_config({str(path)!r})
-from ipsecd.daemon.app import serve
-from ipsecd.daemon.warmup import warm_up
-assert warm_up(config) is not None
-lazy = ("numpy", "prometheus_client", "pyroute2.ndb", "sqlite3", "pyroute2.iproute")
-lazy += ("unittest", "difflib")
-lazy += {X509_MODULES!r}
-print(json.dumps([m for m in lazy if m in sys.modules]))
+import json, sys, types
+import ipsecd.daemon.start as start
+
+def serve(config):
+    # run_daemon has made its imports: now the real shell's (this stand-in runs nothing).
+    del sys.modules["ipsecd.daemon.app"]
+    import ipsecd.daemon.app
+    from ipsecd.daemon.warmup import warm_up
+    assert warm_up(config) is not None
+    lazy = ("numpy", "prometheus_client", "pyroute2.ndb", "sqlite3", "pyroute2.iproute")
+    lazy += ("unittest", "difflib", "ssl", "_ssl", "_hashlib")
+    lazy += ("structlog.stdlib", "structlog.testing", "structlog.threadlocal", "uuid")
+    # signatures (RSA, ECDSA, Ed25519) and cryptography's key serialization: certificates
+    lazy += ("ipsecd.ike.signature_auth", "cryptography.hazmat.primitives.serialization")
+    lazy += ("concurrent.futures.thread",)  # the resolver's pool: no host name configured
+    lazy += {X509_MODULES!r}
+    print(json.dumps([m for m in lazy if m in sys.modules]))
+    return 0
+app = types.ModuleType("ipsecd.daemon.app")
+app.serve = serve
+sys.modules["ipsecd.daemon.app"] = app
+start.run_daemon({str(path)!r})
 """
     assert json.loads(_python(code).splitlines()[-1]) == []
 

@@ -67,6 +67,7 @@ from ipsecd.ike.errors import (
 )
 from ipsecd.ike.exchanges.auth import IkeAuth
 from ipsecd.ike.exchanges.intermediate import IkeIntermediate
+from ipsecd.ike.hash_algorithms import decode_hash_algorithms, encode_hash_algorithms
 from ipsecd.ike.lifecycle import IkeEvent, IkeState
 from ipsecd.ike.message import Message
 from ipsecd.ike.payloads import KeyExchange, Nonce, Notify, Payload, SecurityAssociation
@@ -80,7 +81,6 @@ from ipsecd.ike.proposal_codec import (
     sa_payload,
 )
 from ipsecd.ike.sa import IkeSa, TaskResult, new_ike_spi
-from ipsecd.ike.signature_auth import decode_hash_algorithms, encode_hash_algorithms
 
 NONCE_LEN = 32  # at least half the PRF key size, >= 16 octets (RFC 7296 §2.10)
 MAX_INIT_RETRIES = 5  # COOKIE + INVALID_KE_PAYLOAD round trips before giving up
