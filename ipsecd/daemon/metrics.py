@@ -167,8 +167,15 @@ def status_families(status: DaemonStatus) -> list[Metric]:
     offload = _gauge("dataplane_offload", "1 while TUN and UDP offloads (TSO/GSO/GRO) are on.")
     dp = status.dataplane
     offload.add_metric([], 1 if dp.offload else 0)
+    bulk_path = _gauge(
+        "dataplane_bulk_path",
+        "1 for the status of numpy's bulk path (not-loaded, loaded, unavailable).",
+        ["status"],
+    )
+    for bulk_state in ("not-loaded", "loaded", "unavailable"):
+        bulk_path.add_metric([bulk_state], 1 if dp.bulk_path == bulk_state else 0)
     for name, value in vars(dp).items():
-        if name != "offload":
+        if name not in ("offload", "bulk_path"):
             dataplane.add_metric([name], value)
     dos = status.ike_dos
     half_open = _gauge("ike_half_open_sas", "Responder IKE SAs waiting for IKE_AUTH (half-open).")
@@ -195,6 +202,7 @@ def status_families(status: DaemonStatus) -> list[Metric]:
         daemon_events,
         ike_events,
         dataplane,
+        bulk_path,
         offload,
         half_open,
         cookies,

@@ -96,6 +96,10 @@ def _last_capability() -> int:
 
 
 PRELOAD_SKIP = ("ipsecd.cli",)  # the front ends: not the daemon's
+# numpy's bulk path: 13 MB that a gateway without bulk traffic never needs; it loads at
+# the first burst (``offload.bulk``), and where it then cannot be read the one-packet
+# paths carry everything (status: ``dataplane.bulk_path: unavailable``).
+BULK_PATH = ("ipsecd.dataplane.bulk", "ipsecd.esp.rows")
 # Imported lazily by libraries on first use (cryptography's key generation, the
 # default executor of asyncio, IDNA for host names).
 PRELOAD_EXTRA = (
@@ -112,20 +116,17 @@ def preload_modules(skip: tuple[str, ...] = ()) -> None:
     Several are imported lazily (the IKE manager, key exchanges, status); after
     the drop the service account may not be able to read the installation (a
     Python under /root, a 0700 venv), and a daemon should not read code from a
-    disk that an upgrade may be changing under it anyway.
+    disk that an upgrade may be changing under it anyway.  The exception is numpy's
+    bulk path (:data:`BULK_PATH`), which has a fallback and is most of the memory.
     """
     import importlib
     import pkgutil
 
     import ipsecd
-    from ipsecd.dataplane.offload import bulk
 
-    # numpy's bulk path through its accessor, which keeps OpenBLAS to one thread (the
-    # walk below would import it bare: a thread per core).
-    bulk()
     names = [m.name for m in pkgutil.walk_packages(ipsecd.__path__, "ipsecd.")]
     for name in [*names, *PRELOAD_EXTRA]:
-        if not name.startswith((*PRELOAD_SKIP, *skip)):
+        if not name.startswith((*PRELOAD_SKIP, *BULK_PATH, *skip)):
             with contextlib.suppress(ImportError):
                 importlib.import_module(name)
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ipsecd.addresses import format_address
 from ipsecd.daemon.ledger import Ledger, Transfer, sa_drops
+from ipsecd.dataplane.offload import bulk_state
 from ipsecd.esp.counters import DropReason
 from ipsecd.selectors import TrafficSelector, uncovered
 
@@ -367,6 +368,7 @@ class DataplaneStatus:
     """How the TUN device and the ESP sockets moved packets (offloads in use, errors)."""
 
     offload: bool = False
+    bulk_path: str = "not-loaded"  # offload.bulk_state()
     tun_super_segments_read: int = 0
     tun_gso_writes: int = 0
     tun_read_errors: int = 0
@@ -380,6 +382,7 @@ class DataplaneStatus:
         """Read the counters of the TUN device (if open) and of the ESP sockets."""
         return cls(
             offload=bool(tun is not None and tun.offload),
+            bulk_path=bulk_state(),
             tun_super_segments_read=tun.super_segments if tun else 0,
             tun_gso_writes=tun.gso_writes if tun else 0,
             tun_read_errors=tun.read_errors if tun else 0,

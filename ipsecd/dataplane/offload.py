@@ -102,6 +102,12 @@ def bulk() -> ModuleType | None:
     return _bulk  # type: ignore[return-value]  # the module or None once tried
 
 
+def bulk_state() -> str:
+    """For the status: ``not-loaded`` (no bulk traffic yet), ``loaded`` or
+    ``unavailable`` (bursts take the one-packet paths, see :func:`bulk`)."""
+    return "not-loaded" if _bulk is False else ("loaded" if _bulk else "unavailable")
+
+
 def ones_sum(data: bytes | bytearray | memoryview) -> int:
     """RFC 1071 sum of ``data`` (odd length padded with a zero byte), reduced mod 0xFFFF."""
     value = int.from_bytes(data, "big")

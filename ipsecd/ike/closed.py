@@ -16,11 +16,11 @@ its own request (the same SPIs, message ID, source address and bytes) at most
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from ipsecd.crypto.digests import sha256
 from ipsecd.ike.events import Address
 
 LINGER = 60.0  # seconds: charon's first four retransmissions (4, 7.2, 13, 23.3 s apart)
@@ -102,7 +102,7 @@ class ClosedAnswers:
             return "unknown_spi", None
         if source != entry.source:
             return "retransmit_wrong_source", None
-        if not hmac.compare_digest(hashlib.sha256(data).digest(), entry.digest):
+        if not hmac.compare_digest(sha256(data), entry.digest):
             return "retransmit_mismatch", None
         if entry.answers_left <= 0:
             return "retransmit_rate_limited", None

@@ -53,7 +53,6 @@ ones among them), ``half_open_dropped`` (global limit),
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
@@ -61,6 +60,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipsecd.config.schema import GatewayConfig
+from ipsecd.crypto.digests import sha256
 from ipsecd.ike import message as codec
 from ipsecd.ike.constants import (
     IKE_HEADER_LEN,
@@ -301,7 +301,7 @@ class HalfOpenTable:
         # Hashing waits until an SPI matches: a flood of new SPIs costs no SHA-256.
         existing = self._sas.get(key)
         if existing is not None and existing.alive:
-            if hmac.compare_digest(self._digests[key], hashlib.sha256(data).digest()):
+            if hmac.compare_digest(self._digests[key], sha256(data)):
                 return Admission(retransmit_of=existing)
             self._count("init_request_mismatch")
             return DROP
@@ -380,7 +380,7 @@ class HalfOpenTable:
         """``sa`` answered ``request`` and waits for IKE_AUTH."""
         key = (source, sa.spi_i)
         self._sas[key] = sa
-        self._digests[key] = hashlib.sha256(request).digest()
+        self._digests[key] = sha256(request)
         self._keys[sa.local_spi] = key
         self._per_source[source] += 1
 
@@ -412,7 +412,7 @@ class HalfOpenTable:
                 break
             del self._replays[oldest]
         known = self._replays.get(spi_i)
-        return known is not None and hmac.compare_digest(known[0], hashlib.sha256(data).digest())
+        return known is not None and hmac.compare_digest(known[0], sha256(data))
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

@@ -16,10 +16,11 @@ API::
 from __future__ import annotations
 
 import functools
-import hashlib
 import hmac
 import ipaddress
 from collections.abc import Iterable
+
+from ipsecd.crypto.digests import sha1
 
 __all__ = ["natd_hash", "hash_matches"]
 
@@ -49,10 +50,7 @@ def _spi(spi: int | bytes) -> bytes:
 
 def natd_hash(spi_i: int | bytes, spi_r: int | bytes, ip: Ip, port: int) -> bytes:
     """SHA-1(SPIi | SPIr | IP | port), the 20-byte NAT_DETECTION_* data (§2.23)."""
-    return hashlib.sha1(
-        _spi(spi_i) + _spi(spi_r) + _packed(ip) + port.to_bytes(2, "big"),
-        usedforsecurity=False,
-    ).digest()
+    return sha1(_spi(spi_i) + _spi(spi_r) + _packed(ip) + port.to_bytes(2, "big"))
 
 
 def hash_matches(

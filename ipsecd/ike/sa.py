@@ -24,7 +24,6 @@ declared dead.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -36,6 +35,7 @@ from typing import Protocol
 
 from ipsecd.addresses import format_address
 from ipsecd.config.schema import ChildConfig, PeerConfig
+from ipsecd.crypto.digests import sha256
 from ipsecd.ike import message as codec
 from ipsecd.ike import trace
 from ipsecd.ike.child import ChildSa
@@ -130,7 +130,7 @@ def new_ike_spi(random_bytes: RandomBytes) -> int:
 
 def _digest(data: bytes) -> bytes:
     """What a retransmitted request is compared by (RFC 7296 §2.1: the same message)."""
-    return hashlib.sha256(data).digest()
+    return sha256(data)
 
 
 def is_invalid_ike_spi(data: bytes) -> bool:

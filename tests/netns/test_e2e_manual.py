@@ -60,6 +60,7 @@ def test_manual_tunnel_carries_ping_and_tcp(topology: Topology, algorithm: str) 
     assert data_b["tun_super_segments_read"] > 0 and data_b["udp_gso_sends"] > 0, data_b
     assert data_a["udp_gro_receives"] > 0 and data_a["tun_gso_writes"] > 0, data_a
     assert data_a["tun_write_errors"] == data_b["tun_read_errors"] == 0
+    assert data_a["bulk_path"] == data_b["bulk_path"] == "loaded"  # numpy after the drop
     assert gw_b.peer_status()["children"][0]["spi_in"] == "00001001"
 
 

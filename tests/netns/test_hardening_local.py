@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from tests.lab.daemons import REPO, IpsecdProcess, site_specs, start_psk_pair
-from tests.lab.topology import HOST_B_IP, Topology, netns_cmd
+from tests.lab.topology import HOST_A_IP, HOST_B_IP, Topology, netns_cmd
 
 CAP_NET_ADMIN_ONLY = "0000000000001000"
 PINGS = 200  # 10 s at 50 ms: the whole series of refused starts happens inside it
@@ -166,6 +166,11 @@ def test_daemon_runs_unprivileged_and_ipsecctl_still_works(topology: Topology) -
     assert gw_a.control({"cmd": "rekey", "peer": "b"})["ok"]
     assert gw_a.control({"cmd": "rekey", "peer": "b", "ike": True})["ok"]
     assert topo.ping(topo.host_a, HOST_B_IP, count=40, interval=0.05).received == 40
+    # numpy's bulk path is not imported before the drop; the first bursts load it after.
+    assert gw_a.status()["dataplane"]["bulk_path"] == "not-loaded"
+    result = topo.tcp_transfer(topo.host_b, topo.host_a, HOST_A_IP, 20 * 1024 * 1024)
+    assert result.ok, result
+    assert gw_a.status()["dataplane"]["bulk_path"] == "loaded"
     assert gw_a.stop() == 0
     log = gw_a.log_text()
     assert "privileges dropped" in log

@@ -160,6 +160,7 @@ STATUS: dict[str, Any] = {
     "counters": zeros(DAEMON_EVENTS, child_sa_installed=1),
     "dataplane": {
         "offload": True,
+        "bulk_path": "loaded",
         "tun_super_segments_read": 0,
         "tun_gso_writes": 0,
         "tun_read_errors": 0,

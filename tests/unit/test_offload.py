@@ -14,6 +14,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 
+from ipsecd.dataplane import offload
 from ipsecd.dataplane.offload import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_NONE,
@@ -277,3 +278,18 @@ def test_ones_sum_matches_rfc1071_word_sum() -> None:
         padded = data + b"\x00" * (n & 1)
         words = sum(int.from_bytes(padded[i : i + 2], "big") for i in range(0, len(padded), 2))
         assert ones_sum(data) == words % 0xFFFF
+
+
+def test_bulk_state_says_whether_the_bulk_path_loaded(monkeypatch):
+    """The status field an operator reads when bulk traffic is slow (docs/security.md)."""
+    monkeypatch.setattr(offload, "_bulk", False)
+    assert offload.bulk_state() == "not-loaded"
+    monkeypatch.setattr(offload.importlib, "import_module", _unreadable)
+    assert offload.bulk() is None and offload.bulk_state() == "unavailable"
+    monkeypatch.undo()
+    monkeypatch.setattr(offload, "_bulk", False)
+    assert offload.bulk() is not None and offload.bulk_state() == "loaded"
+
+
+def _unreadable(name: str) -> object:
+    raise ImportError(f"{name}: permission denied")

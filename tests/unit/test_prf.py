@@ -135,3 +135,14 @@ def test_cavp_through_key_derivation_api() -> None:
     assert derived.sk_pi == dkm[60:80] and derived.sk_pr == dkm[80:100]
     assert keys.child_keymat(derived, None, _v("ni"), _v("nr"), 132) == _v("dkm_child")
     assert keys.child_keymat(derived, _v("gir_new"), _v("ni"), _v("nr"), 132) == _v("dkm_child_dh")
+
+
+def test_digests_known_answers():
+    """FIPS 180-2 appendix examples ("abc") for the IKE message and NAT detection hashes."""
+    from ipsecd.crypto.digests import sha1, sha256
+
+    assert sha256(b"abc").hex() == (
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )
+    assert sha1(b"abc").hex() == "a9993e364706816aba3e25717850c26c9cd0d89d"
+    assert sha256(memoryview(b"")).hex().startswith("e3b0c442")

@@ -83,13 +83,14 @@ def test_root_without_cap_setuid_keeps_uid_0_but_only_cap_net_admin():
 
 def test_preload_imports_the_daemon_but_what_it_is_told_to_skip():
     """Before the drop every module is imported (the service account may not read them
-    later); the metrics module (prometheus_client) only if metrics are configured; numpy
-    (the bulk path) with OpenBLAS kept to the one thread (offload.bulk)."""
+    later); the metrics module (prometheus_client) only if metrics are configured; not
+    numpy's bulk path, which loads at the first burst and has a fallback (offload.bulk)."""
     code = """
 import json, os, sys
 from ipsecd.daemon import privilege
 privilege.preload_modules(sys.argv[1:] and tuple(sys.argv[1:]))
-names = ("ipsecd.daemon.metrics", "prometheus_client", "ipsecd.pki.validate", "ipsecd.cli.ipsecd")
+names = ("ipsecd.daemon.metrics", "prometheus_client", "ipsecd.pki.validate", "ipsecd.cli.ipsecd",
+         "numpy", "ipsecd.dataplane.bulk", "ipsecd.esp.rows")
 print(json.dumps([m for m in names if m in sys.modules] + [len(os.listdir("/proc/self/task"))]))
 """
 
