@@ -86,15 +86,21 @@ def measure(
     reload: bool,
     prefix: str = "mem",
     modules: bool = False,
+    service_account: bool = False,
 ) -> dict[str, Any]:
-    """One daemon of source tree ``repo`` with ``n`` peers: start-up, memory, status."""
+    """One daemon of source tree ``repo`` with ``n`` peers: start-up, memory, status;
+    ``service_account``: without the config's ``user: root``, as a default install runs
+    (the daemon drops to the service account after importing what it may need)."""
     ns = f"{prefix}{os.getpid() % 100000}"
     add_namespace(ns)
     proc = None
     try:
         wire_wan(ns)
         config = workdir / f"idle-{n}.yaml"
-        config.write_text(responder_config(n, workdir, ["192.0.2.2"], any_peer=False))
+        text = responder_config(n, workdir, ["192.0.2.2"], any_peer=False)
+        if service_account:
+            text = text.replace("  user: root\n", "")
+        config.write_text(text)
         log = workdir / f"idle-{n}.log"
         before = loadavg()
         python = [sys.executable, *(["-X", "importtime"] if modules else [])]
@@ -173,6 +179,7 @@ def run(
     reload: bool,
     prefix: str = "mem",
     modules: bool = False,
+    service_account: bool = False,
 ) -> dict[tuple[str, int], list[dict[str, Any]]]:
     """Every (tree, peers) measured once per round, interleaved: the results by both."""
     results: dict[tuple[str, int], list[dict[str, Any]]] = {
@@ -186,7 +193,9 @@ def run(
             for n in peers:
                 for repo in repos:
                     print(f"round {r + 1}: {repo}, {n} peers", file=sys.stderr)
-                    results[(str(repo), n)].append(measure(repo, n, work, reload, prefix, modules))
+                    results[(str(repo), n)].append(
+                        measure(repo, n, work, reload, prefix, modules, service_account)
+                    )
     return results
 
 
@@ -199,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mappings", action="store_true", help="the largest mappings, last round")
     ap.add_argument("--modules", action="store_true", help="imported modules, last round")
     ap.add_argument("--netns-prefix", default="mem", help="namespace names: PREFIX<pid>")
+    ap.add_argument(
+        "--service-account",
+        action="store_true",
+        help="run the daemons as a default install does (no 'user: root')",
+    )
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/memory.py: root only", file=sys.stderr)
@@ -210,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         args.reload,
         args.netns_prefix,
         args.modules,
+        args.service_account,
     )
     print(table(results))
     loads = [x for rs in results.values() for r in rs for x in r["load"]]
