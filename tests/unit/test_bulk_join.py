@@ -1,0 +1,207 @@
+"""Super-segments of one burst sealed as one run (issue 17) against sealing them one by one.
+
+A stream's kernel hands the TUN reader several super-segments per burst; those that join
+(TcpSuperSegment.joins) are cut into one row array and sealed in one pass.  The datagrams
+must be byte for byte those of the old path: each super-segment cut by
+TcpSuperSegment.packets() and sealed by seal_burst in turn, with the same sequence
+numbers, and the same drops at the end of the sequence space.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+
+from ipsecd.crypto.registry import ENCRYPTION
+from ipsecd.dataplane import bulk
+from ipsecd.dataplane.offload import TcpSuperSegment, parse_read
+from ipsecd.dataplane.processor import PacketProcessor
+from ipsecd.dataplane.sad import InstalledChildSa, SaDatabase
+from ipsecd.esp.sa import MAX_SEQ_32, InboundEspSa, OutboundEspSa
+from ipsecd.esp.udp_encap import DatagramRun
+from ipsecd.selectors import TrafficSelector
+from tests.lab.packets import ipv4
+from tests.unit.test_offload import as_super_segment
+
+GCM = ENCRYPTION["aes128gcm16"]
+LOCAL, REMOTE = ("192.0.2.1", 4500), ("192.0.2.2", 4500)
+SITES = {
+    4: (TrafficSelector.from_prefix("10.1.0.0/24"), TrafficSelector.from_prefix("10.2.0.0/24")),
+    6: (TrafficSelector.from_prefix("fd00:1::/64"), TrafficSelector.from_prefix("fd00:2::/64")),
+}
+HOSTS = {4: ("10.1.0.{}", "10.2.0.2"), 6: ("fd00:1::{}", "fd00:2::2")}
+
+
+def seg(
+    version: int,
+    mss: int,
+    total: int,
+    seq: int,
+    flags: str = "PA",
+    tsval: int = 1,
+    host: int = 2,
+    sport: int = 40000,
+    ip_id: int = 100,
+    options: bool = True,
+) -> TcpSuperSegment:
+    """A super-segment as the kernel hands it over: ``total`` bytes of payload in packets
+    of ``mss`` bytes, its own timestamp (the headers differ from the next one's)."""
+    src, dst = HOSTS[version][0].format(host), HOSTS[version][1]
+    opts = [("NOP", None), ("NOP", None), ("Timestamp", (tsval, 7))] if options else []
+    tcp = TCP(sport=sport, dport=5201, seq=seq, ack=777, flags=flags, options=opts)
+    ip = IP(src=src, dst=dst, id=ip_id) if version == 4 else IPv6(src=src, dst=dst)
+    header, raw = as_super_segment(bytes(ip / tcp / os.urandom(total)), mss)
+    read = parse_read(header, raw)
+    assert isinstance(read, TcpSuperSegment)
+    return read
+
+
+def stream(version: int, mss: int, reads: int, seq: int = 1000, last: int = 0) -> list:
+    """``reads`` super-segments of whole MSS multiples, PSH and a new timestamp each, the
+    sequence numbers and IP ids following on; ``last`` bytes short at the very end."""
+    out = []
+    for i in range(reads):
+        count = 5 + i
+        total = count * mss - (last if i == reads - 1 else 0)
+        out.append(seg(version, mss, total, seq, tsval=i + 1, ip_id=(0xFFF0 + 6 * i) & 0xFFFF))
+        seq = (seq + total) & 0xFFFFFFFF
+    return out
+
+
+def twins(esn: bool = False) -> tuple[OutboundEspSa, OutboundEspSa]:
+    key = os.urandom(GCM.keymat_len)
+    return OutboundEspSa(0x1234, GCM, None, key, esn=esn), OutboundEspSa(
+        0x1234, GCM, None, key, esn=esn
+    )
+
+
+def one_by_one(sa: OutboundEspSa, segs: list[TcpSuperSegment]) -> list[bytes]:
+    """The old path: each super-segment cut into packets and sealed in turn."""
+    out: list[bytes] = []
+    for s in segs:
+        sa.seal_burst(s.packets(), out)
+    return out
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("last", [0, 1, 700])
+def test_rows_of_joined_segments_are_their_packets_in_turn(version: int, last: int) -> None:
+    segs = stream(version, 1000, 3, seq=0xFFFFF000, last=last)  # sequence numbers wrap
+    assert all(a.joins(b) for a, b in zip(segs, segs[1:], strict=False))
+    packets = [p for s in segs for p in s.packets()]
+    rows = bulk.np.zeros((len(packets), segs[0].length() + 40), bulk.np.uint8)
+    bulk.write_segments(segs, rows, 16)
+    for i, packet in enumerate(packets):
+        assert rows[i, 16 : 16 + len(packet)].tobytes() == packet, i
+
+
+def test_flags_of_each_segment_stay_its_own() -> None:
+    """CWR on each super-segment's first packet, FIN and PSH on its last only; the
+    segments of other flows (ports) between the same hosts join too."""
+    segs = [
+        seg(4, 999, 999 * 4, 5, flags="CA", ip_id=0xFFFF),  # odd MSS, IP id wraps
+        seg(4, 999, 999 * 3, 9, flags="PA", sport=40001, tsval=9),
+        seg(4, 999, 999 * 2 + 5, 70_000, flags="FPA", tsval=3),
+    ]
+    assert segs[0].joins(segs[1]) and segs[1].joins(segs[2])
+    a, b = twins()
+    run = bulk.seal_segments(a, segs)
+    assert run is not None and [bytes(d) for d in run.datagrams()] == one_by_one(b, segs)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("esn", [False, True])
+def test_joined_segments_seal_to_the_datagrams_of_each_in_turn(version: int, esn: bool) -> None:
+    segs = stream(version, 1348, 3, last=100)
+    a, b = twins(esn)
+    if esn:
+        a.seq = b.seq = (1 << 32) - 8  # the high half changes inside the run
+    run = bulk.seal_segments(a, segs)
+    assert run is not None and [bytes(d) for d in run.datagrams()] == one_by_one(b, segs)
+    assert (a.seq, a.packets, a.bytes) == (b.seq, b.packets, b.bytes)
+
+
+def test_segments_that_do_not_join() -> None:
+    first = seg(4, 1000, 4500, 1000)  # its last packet is short
+    assert not first.joins(seg(4, 1000, 5000, 5500))
+    whole = seg(4, 1000, 5000, 1000)
+    assert whole.joins(seg(4, 1000, 3000, 6000, tsval=2))
+    assert not whole.joins(seg(4, 1000, 5000, 6000, host=3))  # other addresses
+    assert not whole.joins(seg(4, 900, 5000, 6000))  # another MSS
+    assert not whole.joins(seg(4, 1000, 5000, 6000, options=False))  # another header length
+    assert not whole.joins(seg(6, 1000, 5000, 6000))
+
+
+def processor(esn: bool = False) -> tuple[PacketProcessor, OutboundEspSa]:
+    """A gateway's processor with one tunnel-mode SA for both address families' sites,
+    and a twin of its outbound SA for the old path."""
+    out, twin = twins(esn)
+    inbound = InboundEspSa(0x4321, GCM, None, os.urandom(GCM.keymat_len))
+    local = (SITES[4][0], SITES[6][0])
+    remote = (SITES[4][1], SITES[6][1])
+    sad = SaDatabase()
+    sad.install(InstalledChildSa("b", inbound, out, local, remote, LOCAL, REMOTE))
+    return PacketProcessor(sad), twin
+
+
+def sent(out: dict) -> tuple[list[bytes], int]:
+    """The datagrams for the peer in order, and how many sends (runs or datagrams)."""
+    items = out.get((LOCAL, REMOTE), [])
+    flat = [
+        bytes(d)
+        for item in items
+        for d in (item.datagrams() if isinstance(item, DatagramRun) else [item])
+    ]
+    return flat, len(items)
+
+
+def test_a_stream_in_one_burst_leaves_as_one_run() -> None:
+    proc, twin = processor()
+    segs = stream(4, 1348, 3, last=1)
+    datagrams, sends = sent(proc.from_tun(segs))
+    assert datagrams == one_by_one(twin, segs)
+    assert sends == 1
+
+
+def test_interleaved_flows_and_packets_keep_their_order() -> None:
+    """Hosts 2 and 3 interleaved (other addresses: never joined), a lone ACK between
+    super-segments, a short last packet in the middle, IPv6 after IPv4: the datagrams
+    are those of the old path, in the same order."""
+    proc, twin = processor()
+    a1, a2 = seg(4, 1000, 3000, 1000), seg(4, 1000, 2000, 4000, tsval=2)
+    b1 = seg(4, 1000, 3000, 50, host=3)
+    a3 = seg(4, 1000, 2500, 6000, tsval=3)  # short last: a4 cannot join it
+    a4 = seg(4, 1000, 2000, 8500, tsval=4)
+    ack = ipv4("10.1.0.2", "10.2.0.2")
+    v6 = stream(6, 1000, 2)
+    burst = [a1, a2, b1, a3, a4, ack, *v6]
+    expected: list[bytes] = []
+    for item in burst:
+        twin.seal_burst(item.packets() if isinstance(item, TcpSuperSegment) else [item], expected)
+    datagrams, sends = sent(proc.from_tun(burst))
+    assert datagrams == expected
+    assert sends == 6  # a1+a2, b1, a3, a4, the ACK, both IPv6 super-segments
+
+
+@pytest.mark.parametrize("spare", [0, 3, 12])
+def test_the_end_of_the_sequence_space_drops_what_it_dropped_before(spare: int) -> None:
+    """Near MAX_SEQ_32 the super-segments that still fit are sealed (as they were one at
+    a time), the rest dropped and counted; a run that fits exactly goes whole."""
+    proc, twin = processor()
+    segs = stream(4, 1000, 3)  # 5 + 6 + 7 packets
+    start = MAX_SEQ_32 - (18 - spare if spare else 18)
+    proc.sad.by_spi[0x4321].outbound.seq = twin.seq = start  # type: ignore[union-attr]
+    datagrams, _ = sent(proc.from_tun(segs))
+    expected: list[bytes] = []
+    dropped = 0
+    for s in segs:
+        if twin.seq + s.count > twin.max_seq:
+            dropped += s.count
+        else:
+            twin.seal_burst(s.packets(), expected)
+    assert datagrams == expected
+    assert proc.drops["sequence_exhausted"] == dropped
+    assert (dropped > 0) == (spare > 0)
