@@ -205,3 +205,26 @@ def test_the_end_of_the_sequence_space_drops_what_it_dropped_before(spare: int) 
     assert datagrams == expected
     assert proc.drops["sequence_exhausted"] == dropped
     assert (dropped > 0) == (spare > 0)
+
+
+def test_a_run_in_flight_keeps_its_bytes_while_others_are_sealed() -> None:
+    """Sealed runs are views of a sealing workspace, not copies: a workspace is taken
+    again only when no view of its last run is left, so what waits to be sent never
+    changes, however many runs are sealed meanwhile (more than there are workspaces)."""
+    a, b = twins()
+    held: list[tuple[object, bytes]] = []
+    expected: list[list[bytes]] = []
+    for i in range(7):
+        segs = [seg(4, 1000, 4000 + i, 1000 * i)]
+        run = bulk.seal_segments(a, segs)
+        assert run is not None
+        # Held as the run, or only as views made from it (the sender's slices).
+        held.append((run if i % 2 else run.datagrams(), bytes(run)))
+        expected.append(one_by_one(b, segs))
+    for (kept, sealed), datagrams in zip(held, expected, strict=True):
+        views = kept.datagrams() if isinstance(kept, DatagramRun) else kept
+        assert [bytes(v) for v in views] == datagrams
+        assert b"".join(datagrams) == sealed
+    held.clear()
+    run = bulk.seal_segments(a, [seg(4, 1000, 3000, 0)])
+    assert run is not None and isinstance(run.data, memoryview)  # a workspace is free again
