@@ -1,4 +1,5 @@
-"""Super-segments of one burst sealed as one run (issue 17) against sealing them one by one.
+"""Super-segments of one burst sealed as one run, and runs that leave as views of the
+workspace they were sealed or opened in (issue 17), against the paths they replace.
 
 A stream's kernel hands the TUN reader several super-segments per burst; those that join
 (TcpSuperSegment.joins) are cut into one row array and sealed in one pass.  The datagrams
@@ -20,6 +21,7 @@ from ipsecd.dataplane import bulk
 from ipsecd.dataplane.offload import TcpSuperSegment, parse_read
 from ipsecd.dataplane.processor import PacketProcessor
 from ipsecd.dataplane.sad import InstalledChildSa, SaDatabase
+from ipsecd.esp.rows import PacketRows, open_rows
 from ipsecd.esp.sa import MAX_SEQ_32, InboundEspSa, OutboundEspSa
 from ipsecd.esp.udp_encap import DatagramRun
 from ipsecd.selectors import TrafficSelector
@@ -228,3 +230,54 @@ def test_a_run_in_flight_keeps_its_bytes_while_others_are_sealed() -> None:
     held.clear()
     run = bulk.seal_segments(a, [seg(4, 1000, 3000, 0)])
     assert run is not None and isinstance(run.data, memoryview)  # a workspace is free again
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_a_joined_run_opens_at_the_replay_window_edge_across_the_esn_wrap(version: int) -> None:
+    """The peer opens a joined run whose sequence numbers cross 2^32 (ESN), right of a
+    window whose top is the number before the run: every inner packet comes out, in
+    order, and the window moves to the run's last number."""
+    segs = stream(version, 1000, 3, last=10)
+    key = os.urandom(GCM.keymat_len)
+    out = OutboundEspSa(0x1234, GCM, None, key, esn=True)
+    out.seq = (1 << 32) - 7
+    run = bulk.seal_segments(out, segs)
+    assert run is not None
+    src, dst = SITES[version]
+    inb = InboundEspSa(0x1234, GCM, None, key, esn=True, src_selectors=(src,), dst_selectors=(dst,))
+    inb.replay.top, inb.replay._bitmap = (1 << 32) - 7, 1  # the number before the run
+    delivered: list[bytes] = []
+    inb.open_burst(run.datagrams(), delivered)
+    assert delivered == [p for s in segs for p in s.packets()]
+    assert inb.replay.top == out.seq and inb.packets == len(delivered)
+
+
+def test_opened_rows_in_flight_keep_their_bytes_while_others_are_opened() -> None:
+    """Opened rows are views of a workspace too, lent until they are written: rows held
+    (as PacketRows, or only as a view made from them) keep their packets however many
+    runs are opened meanwhile, and a workspace is lent again once nothing holds it."""
+    key = os.urandom(GCM.keymat_len)
+    out = OutboundEspSa(0x1234, GCM, None, key)
+    src, dst = SITES[4]
+    inb = InboundEspSa(0x1234, GCM, None, key, src_selectors=(src,), dst_selectors=(dst,))
+    held: list[tuple[object, list[bytes]]] = []
+    for i in range(9):
+        segs = [seg(4, 1000, 5000 + i, 1000 * i, tsval=i)]
+        run = bulk.seal_segments(out, segs)
+        assert run is not None
+        opened = open_rows(inb, [DatagramRun(bytes(run), run.size)])
+        assert isinstance(opened, PacketRows)
+        packets = [p for s in segs for p in s.packets()]
+        assert opened.packets() == packets
+        held.append((opened if i % 2 else opened.rows[1:3, :100], packets))
+    for kept, packets in held:
+        if isinstance(kept, PacketRows):
+            assert kept.packets() == packets
+        else:
+            assert [bytes(r) for r in kept] == [p[:100] for p in packets[1:3]]
+    held.clear()
+    run = bulk.seal_segments(out, [seg(4, 1000, 3000, 0)])
+    assert run is not None
+    opened = open_rows(inb, [DatagramRun(bytes(run), run.size)])
+    assert isinstance(opened, PacketRows) and opened.rows.base is not None
+    assert not opened.rows.flags.owndata  # lent, not copied: a workspace was free again
