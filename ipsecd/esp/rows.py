@@ -118,7 +118,8 @@ class LentSpace(Workspace):
         return out
 
 
-_LENT_SPACES = [LentSpace() for _ in range(6)]
+_LENT_SPACES: list[LentSpace] = []  # made as bursts need them (memory), up to _MAX_LENT
+_MAX_LENT = 6  # a burst's sealed runs plus a burst's opened runs, with room to spare
 
 
 def _lent_space() -> LentSpace | None:
@@ -127,6 +128,10 @@ def _lent_space() -> LentSpace | None:
     for space in _LENT_SPACES:
         if space.free():
             return space
+    if len(_LENT_SPACES) < _MAX_LENT:
+        space = LentSpace()
+        _LENT_SPACES.append(space)
+        return space
     return None
 
 
