@@ -157,20 +157,22 @@ class PacketProcessor:
         run_sa: InstalledChildSa | None = None
         last: bytes | None = None
         segs: list[TcpSuperSegment] = []  # super-segments that join, sealed as one run
+        rows = 0  # their packets
         for packet in packets:
             if not isinstance(packet, bytes):  # a super-segment for the bulk path
                 if run:
                     self._seal(run_sa, run, out)  # type: ignore[arg-type]  # a run has its SA
                     run = []
                 last = None
-                if segs and not segs[-1].joins(packet):
+                if segs and (not segs[-1].joins(packet) or rows + packet.count > MAX_RUN_ROWS):
                     self._seal_segments(segs, out)
-                    segs = []
+                    segs, rows = [], 0
                 segs.append(packet)
+                rows += packet.count
                 continue
             if segs:
                 self._seal_segments(segs, out)
-                segs = []
+                segs, rows = [], 0
             n = len(packet)
             if n < 20:
                 self.drops[DropReason.MALFORMED] += 1
@@ -572,7 +574,7 @@ class _Received(NamedTuple):
     moved: list[tuple[InstalledChildSa, Address]]
 
 
-MAX_RUN_ROWS = 256  # datagrams opened as one run at most
+MAX_RUN_ROWS = 256  # datagrams sealed or opened as one run at most (the workspaces' size)
 
 
 def _continues(runs: list[DatagramRun], nxt: DatagramRun) -> bool:

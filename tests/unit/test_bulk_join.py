@@ -19,7 +19,7 @@ from scapy.layers.inet6 import IPv6
 from ipsecd.crypto.registry import ENCRYPTION
 from ipsecd.dataplane import bulk
 from ipsecd.dataplane.offload import TcpSuperSegment, parse_read
-from ipsecd.dataplane.processor import PacketProcessor
+from ipsecd.dataplane.processor import MAX_RUN_ROWS, PacketProcessor
 from ipsecd.dataplane.sad import InstalledChildSa, SaDatabase
 from ipsecd.esp.rows import PacketRows, open_rows
 from ipsecd.esp.sa import MAX_SEQ_32, InboundEspSa, OutboundEspSa
@@ -281,3 +281,18 @@ def test_opened_rows_in_flight_keep_their_bytes_while_others_are_opened() -> Non
     opened = open_rows(inb, [DatagramRun(bytes(run), run.size)])
     assert isinstance(opened, PacketRows) and opened.rows.base is not None
     assert not opened.rows.flags.owndata  # lent, not copied: a workspace was free again
+
+
+def test_a_long_stream_is_cut_into_runs_of_at_most_max_run_rows() -> None:
+    """Super-segments join until a run would pass MAX_RUN_ROWS packets (the workspaces'
+    size): 6 of 47 packets leave as runs of 235 and 47, the same datagrams in order."""
+    proc, twin = processor()
+    mss = 1348
+    segs = []
+    seq = 1000
+    for i in range(6):
+        segs.append(seg(4, mss, 47 * mss, seq, tsval=i))
+        seq += 47 * mss
+    datagrams, sends = sent(proc.from_tun(segs))
+    assert datagrams == one_by_one(twin, segs)
+    assert sends == 2 and MAX_RUN_ROWS == 256
