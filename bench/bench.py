@@ -46,6 +46,7 @@ from bench.figures import (  # noqa: E402
     table,
 )
 from bench.plot import iperf_series, write_plot  # noqa: E402
+from tests.lab import daemons  # noqa: E402
 from tests.lab.daemons import site_specs, start_manual_pair, start_psk_pair  # noqa: E402
 from tests.lab.strongswan import (  # noqa: E402
     Charon,
@@ -75,10 +76,11 @@ CHARON_LOG_LEVEL = 1
 _TOPOLOGIES = itertools.count(1)
 
 
-def topology() -> Topology:
-    """A fresh topology whose namespaces are ``bh<pid>x<n>-*``: this run's own, so two
-    runs (or a run and the tests) never share a name."""
-    return Topology(prefix=f"bh{os.getpid()}x{next(_TOPOLOGIES)}")
+def topology(prefix: str | None = None) -> Topology:
+    """A fresh topology whose namespaces are ``bh<pid>x<n>-*`` (``--prefix P``:
+    ``P<n>-*``): this run's own, so two runs (or a run and the tests) never share a name."""
+    n = next(_TOPOLOGIES)
+    return Topology(prefix=f"{prefix}{n}" if prefix else f"bh{os.getpid()}x{n}")
 
 
 class BackendUnavailable(RuntimeError):
@@ -415,7 +417,10 @@ def run_backend(name: str, args: argparse.Namespace, round_no: int = 1) -> Resul
     """Build a fresh topology, bring ``name`` up, measure, tear everything down."""
     result = Result(name, round=round_no)
     log(f"{LABELS[name]} (round {round_no}) ...")
-    with topology() as topo:
+    with topology(getattr(args, "prefix", None)) as topo, contextlib.ExitStack() as stack:
+        # ``python -m`` puts the working directory first on sys.path: from a source tree
+        # it would run that tree's ipsecd whatever ``--repo`` says.
+        stack.enter_context(contextlib.chdir(topo.workdir))
         try:
             with backend(name, topo, args) as tunnel:
                 measure(topo, tunnel, result, args)
@@ -529,7 +534,7 @@ def environment() -> dict[str, Any]:
                 cpu_model = line.split(":", 1)[1].strip()
                 break
     swan = re.search(r"strongSwan (\S+)", _output("swanctl", "--version"))
-    commit = _output("git", "-C", str(REPO), "rev-parse", "--short", "HEAD").strip()
+    commit = _output("git", "-C", str(daemons.REPO), "rev-parse", "--short", "HEAD").strip()
     try:
         from importlib.metadata import version
 
@@ -654,6 +659,7 @@ def to_json(
             "handshakes": args.handshakes,
             "pings": args.pings,
             "rounds": args.rounds,
+            "repo": str(daemons.REPO),
             "tun_mtu_ipsecd": TUN_MTU,
             "charon_log_level": CHARON_LOG_LEVEL,
         },
@@ -696,6 +702,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=3,
         help="interleaved rounds, each measuring every backend once (default 3)",
     )
+    ap.add_argument(
+        "--repo",
+        type=Path,
+        metavar="TREE",
+        help="run ipsecd from this source tree (default: this one): a before/after",
+    )
+    ap.add_argument("--prefix", help="namespace name prefix (default bh<pid>x)")
     ap.add_argument("--json", type=Path, metavar="FILE", help="write all figures as JSON")
     ap.add_argument("--plot", type=Path, metavar="FILE.png", help="throughput over time (PNG)")
     args = ap.parse_args(argv)
@@ -718,6 +731,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.py needs root (network namespaces)", file=sys.stderr)
         return 2
     install_sigterm_handler()
+    if args.repo is not None:
+        daemons.REPO = args.repo.resolve()  # IpsecdProcess.start runs the daemon from it
     meta = environment()
     if args.strongswan_root is not None:  # swanctl --version above is the host's own
         meta["versions"]["strongswan"] = StrongSwan("root", args.strongswan_root).version

@@ -2,7 +2,7 @@
 
 The companion of :mod:`ipsecd.dataplane.offload`, which cuts and merges one packet at a
 time: here a TCP super-segment read from TUN is cut straight into the rows that ESP
-seals (:func:`write_segments`, :func:`seal_segment`), and a run of opened inner packets
+seals (:func:`write_segments`, :func:`seal_segments`), and a run of opened inner packets
 (:class:`~ipsecd.esp.rows.PacketRows`) is merged for one GSO write to TUN without being
 cut into packets first (:func:`coalesce_rows`).  Every header field that differs per
 segment (IP id, length and checksum; TCP sequence number, flags and checksum) is
@@ -18,6 +18,7 @@ idle gateway does not need.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,7 +46,7 @@ __all__ = [
     "coalesce_rows",
     "open_rows",
     "payload_sums",
-    "seal_segment",
+    "seal_segments",
     "word_sum",
     "write_segments",
 ]
@@ -154,73 +155,89 @@ def _records(stride: int, col: int, cs: int, version: int) -> np.dtype[np.void]:
     return record
 
 
-def write_segments(seg: TcpSuperSegment, rows: Rows, col: int) -> None:
-    """Cut ``seg`` into its packets, packet ``i`` at ``rows[i, col:]`` (TSO in userspace).
+def write_segments(segs: Sequence[TcpSuperSegment], rows: Rows, col: int) -> None:
+    """Cut ``segs`` into their packets, one after the other, packet ``i`` at
+    ``rows[i, col:]`` (TSO in userspace).
 
-    The same packets as :meth:`TcpSuperSegment.packets`: each with its IP id, length
-    and header checksum, sequence number, flags (CWR on the first only, FIN and PSH on
-    the last only) and a full TCP checksum.  Rows must hold a packet and 3 bytes more
-    (payloads are summed in 4-byte words, zero-padded).  The checksums are the
-    complements of native-order word sums over the rows as written, so that sequence
-    numbers, flags and options need no arithmetic of their own.
+    The same packets as :meth:`TcpSuperSegment.packets` of each: each with its IP id,
+    length and header checksum, sequence number, flags (CWR on a super-segment's first
+    only, FIN and PSH on its last only) and a full TCP checksum.  Several super-segments
+    (a stream's, read in one burst) must join (:meth:`TcpSuperSegment.joins`): then
+    their rows are of one length but the very last, and everything but the copies of
+    their headers and payloads is done once for all (issue 17: a fixed cost per numpy
+    call).  Rows must hold a packet and 3 bytes more (payloads are summed in 4-byte
+    words, zero-padded).  The checksums are the complements of native-order word sums
+    over the rows as written, so that sequence numbers, flags and options need no
+    arithmetic of their own.
     """
-    packet = seg.packet
-    count, mss, last = seg.count, seg.gso_size, seg.last_size
-    hlen, cs, version = seg.hlen, seg.csum_start, seg.version
+    seg = segs[0]
+    mss, hlen, cs, version = seg.gso_size, seg.hlen, seg.csum_start, seg.version
+    count = sum(s.count for s in segs)
     full = count - 1
+    last = segs[-1].last_size
     words = (mss + 3) & ~3
-    source = np.frombuffer(packet, np.uint8)
-    template = bytearray(packet[:hlen])
-    template[cs + 16 : cs + 18] = b"\0\0"  # the checksums are summed as zero
-    if version == 4:
-        template[10:12] = b"\0\0"
-    out = rows[:, col : col + hlen + words]
-    out[:, :hlen] = np.frombuffer(template, np.uint8)
+    out = rows[:count, col : col + hlen + words]
     body = out[:, hlen:]
-    body[:full, :mss] = source[hlen : hlen + full * mss].reshape(full, mss)
-    body[:full, mss:] = 0
-    body[full, :last] = source[hlen + full * mss :]
-    body[full, last:] = 0
-    # Flags: CWR on the first segment only, FIN and PSH on the last only.
-    flags = packet[cs + 13]
-    first = flags & ~(TCP_FIN | TCP_PSH)
-    out[:, cs + 13] = first & ~TCP_CWR
-    out[0, cs + 13] = first
-    out[full, cs + 13] = flags & ~TCP_CWR
     fields = rows.reshape(-1).view(_records(rows.shape[1], col, cs, version))
-    seq_steps, id_steps = _steps(count, mss)
-    fields["seq"] = seq_steps + np.uint32(int.from_bytes(packet[cs + 4 : cs + 8], "big"))
+    seq_steps, id_steps = _steps(max(s.count for s in segs), mss)
+    seqs, ids = fields["seq"], fields["id"] if version == 4 else None
+    at = 0
+    for seg in segs:
+        packet = seg.packet
+        n = seg.count
+        end = at + n
+        template = bytearray(packet[:hlen])
+        template[cs + 16 : cs + 18] = b"\0\0"  # the checksums are summed as zero
+        if version == 4:
+            template[10:12] = b"\0\0"
+        out[at:end, :hlen] = np.frombuffer(template, np.uint8)
+        source = np.frombuffer(packet, np.uint8)
+        whole = n if end < count else n - 1  # rows of mss bytes (all but the run's last)
+        body[at : at + whole, :mss] = source[hlen : hlen + whole * mss].reshape(whole, mss)
+        # Flags: CWR on the first segment only, FIN and PSH on the last only.
+        flags = packet[cs + 13]
+        first = flags & ~(TCP_FIN | TCP_PSH)
+        out[at:end, cs + 13] = first & ~TCP_CWR
+        out[at, cs + 13] = first if n > 1 else flags
+        out[end - 1, cs + 13] = flags & ~TCP_CWR if n > 1 else flags
+        seqs[at:end] = seq_steps[:n] + np.uint32(int.from_bytes(packet[cs + 4 : cs + 8], "big"))
+        if ids is not None:
+            ids[at:end] = id_steps[:n] + np.uint16(int.from_bytes(packet[4:6], "big"))
+        at = end
+    body[:full, mss:] = 0
+    body[full, :last] = np.frombuffer(segs[-1].packet, np.uint8)[-last:]
+    body[full, last:] = 0
     tcp_len = seg.tcp_hlen + mss
+    total = fields["total"]
     if version == 4:
-        total = fields["total"]
-        total[:] = cs + tcp_len
+        total[:count] = cs + tcp_len
         total[full] = cs + seg.tcp_hlen + last
-        fields["id"] = id_steps + np.uint16(int.from_bytes(packet[4:6], "big"))
-        ip_sums = rows[:, col : col + cs].view("=u4").sum(axis=1, dtype=np.uint64)
-        fields["ip_check"] = _complement(ip_sums, 0)
-        addrs = packet[12:20]
+        ip_sums = rows[:count, col : col + cs].view("=u4").sum(axis=1, dtype=np.uint64)
+        fields["ip_check"][:count] = _complement(ip_sums, 0)
+        addrs = seg.packet[12:20]
     else:
-        total = fields["total"]
-        total[:] = cs - 40 + tcp_len
+        total[:count] = cs - 40 + tcp_len
         total[full] = cs - 40 + seg.tcp_hlen + last
-        addrs = packet[8:40]
+        addrs = seg.packet[8:40]
     # TCP: the segment as written, plus the pseudo header (RFC 9293 §3.1, RFC 8200 §8.1).
     sums = out[:, cs:].view("=u4").sum(axis=1, dtype=np.uint64)
     sums[full] += _native(last - mss)  # the last segment's TCP length
     pseudo = int.from_bytes(addrs, "big") + IPPROTO_TCP + tcp_len
-    fields["tcp_check"] = _complement(sums, _native(pseudo))
+    fields["tcp_check"][:count] = _complement(sums, _native(pseudo))
 
 
-def seal_segment(sa: OutboundEspSa, seg: TcpSuperSegment) -> DatagramRun | None:
-    """The ESP datagrams of ``seg``'s packets, cut and sealed in one run
-    (:func:`ipsecd.esp.rows.seal_rows`); None where that does not apply."""
+def seal_segments(sa: OutboundEspSa, segs: Sequence[TcpSuperSegment]) -> DatagramRun | None:
+    """The ESP datagrams of the packets of ``segs`` (super-segments that join, see
+    :func:`write_segments`), cut and sealed in one run (:func:`ipsecd.esp.rows.seal_rows`);
+    None where that does not apply."""
+    seg = segs[0]
     return seal_rows(
         sa,
-        seg.count,
+        sum(s.count for s in segs),
         seg.length(),
-        seg.length(last=True),
+        segs[-1].length(last=True),
         4 if seg.version == 4 else 41,
-        lambda rows, col: write_segments(seg, rows, col),
+        lambda rows, col: write_segments(segs, rows, col),
     )
 
 

@@ -198,6 +198,19 @@ class TcpSuperSegment:
         """The length of each packet but the last, or of the last one."""
         return self.hlen + (self.last_size if last else self.gso_size)
 
+    def joins(self, seg: TcpSuperSegment) -> bool:
+        """True if ``seg``'s packets may follow this one's in one run of rows sealed
+        together (``ipsecd.dataplane.bulk.write_segments``): this one's last packet is
+        full, and both have the same addresses (so one SA, one pseudo-header sum) and
+        header and segment sizes.  A stream's super-segments, read in one burst, do."""
+        return (
+            self.last_size == self.gso_size == seg.gso_size
+            and self.hlen == seg.hlen
+            and self.csum_start == seg.csum_start
+            and self.version == seg.version
+            and self.addresses() == seg.addresses()
+        )
+
     def addresses(self) -> bytes | memoryview:
         """Source and destination address, as the outbound SA lookup reads them."""
         return self.packet[12:20] if self.version == 4 else self.packet[8:40]

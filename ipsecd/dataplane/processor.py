@@ -156,14 +156,23 @@ class PacketProcessor:
         run: list[bytes] = []
         run_sa: InstalledChildSa | None = None
         last: bytes | None = None
+        segs: list[TcpSuperSegment] = []  # super-segments that join, sealed as one run
+        rows = 0  # their packets
         for packet in packets:
             if not isinstance(packet, bytes):  # a super-segment for the bulk path
                 if run:
                     self._seal(run_sa, run, out)  # type: ignore[arg-type]  # a run has its SA
                     run = []
                 last = None
-                self._seal_segment(packet, out)
+                if segs and (not segs[-1].joins(packet) or rows + packet.count > MAX_RUN_ROWS):
+                    self._seal_segments(segs, out)
+                    segs, rows = [], 0
+                segs.append(packet)
+                rows += packet.count
                 continue
+            if segs:
+                self._seal_segments(segs, out)
+                segs, rows = [], 0
             n = len(packet)
             if n < 20:
                 self.drops[DropReason.MALFORMED] += 1
@@ -191,41 +200,56 @@ class PacketProcessor:
                 self._too_big(run_sa, packet, run)
                 continue
             run.append(packet)
+        if segs:
+            self._seal_segments(segs, out)
         if run:
             self._seal(run_sa, run, out)  # type: ignore[arg-type]  # a run has its SA
         return out
 
-    def _seal_segment(
-        self, seg: TcpSuperSegment, out: dict[tuple[Address, Address], list[Outgoing]]
+    def _seal_segments(
+        self, segs: list[TcpSuperSegment], out: dict[tuple[Address, Address], list[Outgoing]]
     ) -> None:
-        """A TCP super-segment: cut and sealed as one run where its SA allows (an AEAD),
-        else packet by packet like any burst."""
+        """TCP super-segments that join (:meth:`TcpSuperSegment.joins`: one SA): cut and
+        sealed as one run where their SA allows (an AEAD), else packet by packet like any
+        burst.  The datagrams are those of sealing each super-segment in turn."""
+        seg = segs[0]
         addrs = seg.addresses()
         half = len(addrs) // 2
         src, dst = int.from_bytes(addrs[:half], "big"), int.from_bytes(addrs[half:], "big")
         sa = self.sad.lookup_outbound(seg.version, src, dst)
         if sa is None:
-            for packet in seg.packets():
-                self._no_sa(packet, seg.version, src, dst)
+            for s in segs:
+                for packet in s.packets():
+                    self._no_sa(packet, seg.version, src, dst)
             return
         fast = bulk() if sa.fast and seg.length() <= sa.max_inner else None
         if fast is None:  # transport mode, AH, raw IP, too big: packet by packet
-            run: list[bytes] = []
-            for packet in seg.packets():
-                if len(packet) > sa.max_inner:
-                    self._too_big(sa, packet, run)
-                else:
-                    run.append(packet)
-            if run:
-                self._seal(sa, run, out)
+            for s in segs:
+                run: list[bytes] = []
+                for packet in s.packets():
+                    if len(packet) > sa.max_inner:
+                        self._too_big(sa, packet, run)
+                    else:
+                        run.append(packet)
+                if run:
+                    self._seal(sa, run, out)
+            return
+        outbound = sa.outbound
+        assert isinstance(outbound, OutboundEspSa)  # fast: ESP
+        if len(segs) > 1 and outbound.seq + sum(s.count for s in segs) > outbound.max_seq:
+            # The sequence space ends inside the run: each super-segment alone, so that
+            # those before the end still go (as they would one read at a time).
+            for s in segs:
+                self._seal_segments([s], out)
             return
         try:
-            sealed = fast.seal_segment(sa.outbound, seg)
+            sealed = fast.seal_segments(outbound, segs)
         except SequenceNumberExhausted:
             self.drops["sequence_exhausted"] += seg.count
             return
         if sealed is None:
-            self._seal(sa, seg.packets(), out)
+            for s in segs:
+                self._seal(sa, s.packets(), out)
         else:
             out.setdefault((sa.local, sa.remote), []).append(sealed)
 
@@ -550,7 +574,7 @@ class _Received(NamedTuple):
     moved: list[tuple[InstalledChildSa, Address]]
 
 
-MAX_RUN_ROWS = 256  # datagrams opened as one run at most
+MAX_RUN_ROWS = 256  # datagrams sealed or opened as one run at most (the workspaces' size)
 
 
 def _continues(runs: list[DatagramRun], nxt: DatagramRun) -> bool:

@@ -7,7 +7,8 @@ a 2-D array, the per-packet work of RFC 4303 other than the cipher (header, sequ
 numbers, IVs and nonces, padding, the trailer checks, the inner addresses) is done for
 every row at once by numpy, and the memoryviews handed to the AEAD are made once per
 layout and reused (:class:`Workspace`): the one per-packet Python call left is the
-AEAD's, driven by ``map``.
+AEAD's, driven by ``map``.  The sealed datagrams and the opened rows leave as views of
+the workspace they were made in (:class:`LentSpace`), not as copies.
 
 The results are those of :meth:`OutboundEspSa.seal_burst` and
 :meth:`InboundEspSa.open_burst` packet for packet (tests/unit/test_esp_rows.py holds
@@ -22,6 +23,7 @@ imported with the first run that needs it (:func:`ipsecd.dataplane.offload.bulk`
 from __future__ import annotations
 
 import collections
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -90,13 +92,57 @@ _NONCES = Workspace(12 * 128)
 _AADS = Workspace(12 * 128)
 
 
+class LentSpace(Workspace):
+    """A workspace whose run leaves without a copy: what :meth:`lend` gives is a view of
+    its buffer, and the buffer is taken again only once nothing refers to that view or
+    to any view made from it (:meth:`free`).
+
+    What a burst seals is sent, and what it opens written, once the whole burst is
+    done, so a burst with several runs needs several of these (:func:`_lent_space`);
+    the 64 KiB copy per run they save is issue 17's "copies" item.
+    """
+
+    def __init__(self, size: int = 1 << 16) -> None:
+        super().__init__(size)
+        self._out: Rows | None = None
+
+    def free(self) -> bool:
+        # ``_out`` is made from a memoryview, so every numpy view made from it refers to
+        # it (numpy's base chain stops there) and every memoryview made from those holds
+        # them: no other reference to ``_out``, no view of the run left.
+        return self._out is None or sys.getrefcount(self._out) <= 2
+
+    def lend(self, length: int) -> Rows:
+        out: Rows = np.frombuffer(self.memory[:length], np.uint8)
+        self._out = out
+        return out
+
+
+_LENT_SPACES: list[LentSpace] = []  # made as bursts need them (memory), up to _MAX_LENT
+_MAX_LENT = 6  # a burst's sealed runs plus a burst's opened runs, with room to spare
+
+
+def _lent_space() -> LentSpace | None:
+    """A workspace no run in flight uses, or None (then :data:`_PACKETS`, and the run is
+    copied out)."""
+    for space in _LENT_SPACES:
+        if space.free():
+            return space
+    if len(_LENT_SPACES) < _MAX_LENT:
+        space = LentSpace()
+        _LENT_SPACES.append(space)
+        return space
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class PacketRows:
     """Inner packets: the first ``length`` bytes of each row of ``rows``, then ``tail``.
 
     What :func:`open_rows` delivers for a regular run (one inner length, one next
     header), ready for the TUN writer to merge (``coalesce_rows``) without cutting it
-    into packets first.  ``packets()`` gives them one by one.
+    into packets first.  ``packets()`` gives them one by one.  ``rows`` is usually a
+    view of a :class:`LentSpace`, lent until nothing refers to it.
     """
 
     rows: Rows
@@ -141,7 +187,9 @@ def seal_rows(
     last_ptlen = last_length + 2 + (-(last_length + 2) % align)
     stride = HEADER_IV + ptlen + ICV
     full = count - 1
-    rows = _PACKETS.rows(count, stride)
+    space = _lent_space()
+    work = _PACKETS if space is None else space
+    rows = work.rows(count, stride)
     write(rows, HEADER_IV)
     table = trailers(next_header)
     tail = table[ptlen - length - 2]
@@ -163,7 +211,7 @@ def seal_rows(
         aads[:, 8:12] = rows[:, 4:8]
         aad = _AADS.views(12, 0, 12, count)
     else:  # AAD = SPI, sequence number: the packet's first 8 bytes
-        aad = _PACKETS.views(stride, 0, 8, count)
+        aad = work.views(stride, 0, 8, count)
     nonce = _NONCES.views(12, 0, 12, count)
     encrypt_into = aead._aead.encrypt_into
     # In place: each plaintext becomes its ciphertext and is followed by the ICV.
@@ -171,21 +219,24 @@ def seal_rows(
         map(
             encrypt_into,
             nonce[:full],
-            _PACKETS.views(stride, HEADER_IV, ptlen, count)[:full],
+            work.views(stride, HEADER_IV, ptlen, count)[:full],
             aad[:full],
-            _PACKETS.views(stride, HEADER_IV, ptlen + ICV, count)[:full],
+            work.views(stride, HEADER_IV, ptlen + ICV, count)[:full],
         ),
         maxlen=0,
     )
     at = full * stride + HEADER_IV
-    memory = _PACKETS.memory
+    memory = work.memory
     encrypt_into(
         nonce[full], memory[at : at + last_ptlen], aad[full], memory[at : at + last_ptlen + ICV]
     )
     sa.seq = seq0 + count
     sa.packets += count
     sa.bytes += full * length + last_length
-    return DatagramRun(_PACKETS.array[: at + last_ptlen + ICV].tobytes(), stride)
+    end = at + last_ptlen + ICV
+    if space is None:  # every sealing workspace still in flight: copied out
+        return DatagramRun(_PACKETS.array[:end].tobytes(), stride)
+    return DatagramRun(space.lend(end).data, stride)
 
 
 def open_rows(sa: InboundEspSa, runs: Sequence[DatagramRun]) -> PacketRows | list[bytes] | None:
@@ -205,7 +256,9 @@ def open_rows(sa: InboundEspSa, runs: Sequence[DatagramRun]) -> PacketRows | lis
     if aead is None or size < sa._min_len:
         return None
     count = sum(len(run) for run in runs)
-    rows = _PACKETS.rows(count, size)
+    space = _lent_space()
+    work = _PACKETS if space is None else space
+    rows = work.rows(count, size)
     flat = rows.reshape(-1)
     at = 0
     for run in runs:
@@ -237,21 +290,21 @@ def open_rows(sa: InboundEspSa, runs: Sequence[DatagramRun]) -> PacketRows | lis
         aads[:, 8:12] = rows[:, 4:8]
         aad = _AADS.views(12, 0, 12, count)
     else:
-        aad = _PACKETS.views(size, 0, 8, count)
+        aad = work.views(size, 0, 8, count)
     nonce = _NONCES.views(12, 0, 12, count)
     decrypt_into = aead._aead.decrypt_into
     base = full * size
     ptlen = size - HEADER_IV - ICV
-    memory = _PACKETS.memory
+    memory = work.memory
     try:
         # In place: each ciphertext becomes its plaintext (the ICV after it is left).
         collections.deque(
             map(
                 decrypt_into,
                 nonce[:full],
-                _PACKETS.views(size, HEADER_IV, size - HEADER_IV, count)[:full],
+                work.views(size, HEADER_IV, size - HEADER_IV, count)[:full],
                 aad[:full],
-                _PACKETS.views(size, HEADER_IV, ptlen, count)[:full],
+                work.views(size, HEADER_IV, ptlen, count)[:full],
             ),
             maxlen=0,
         )
@@ -267,8 +320,11 @@ def open_rows(sa: InboundEspSa, runs: Sequence[DatagramRun]) -> PacketRows | lis
         window if shift >= replay.size else (replay._bitmap << shift) | window
     ) & replay._mask
     replay.top = top
-    # Copied out of the workspace once for the run: the next run reuses it.
-    plain = rows[:full, HEADER_IV : HEADER_IV + ptlen].copy()
+    if space is None:  # every workspace still in flight: copied out, _PACKETS is reused
+        plain = rows[:full, HEADER_IV : HEADER_IV + ptlen].copy()
+    else:  # lent until the rows are written to TUN
+        lent = space.lend(count * size).reshape(count, size)
+        plain = lent[:full, HEADER_IV : HEADER_IV + ptlen]
     return _deliver(sa, plain, bytes(last_pt))
 
 

@@ -1,7 +1,7 @@
 """The bulk path (numpy) against the one-packet paths it stands in for.
 
 write_segments must cut a super-segment into the bytes TcpSuperSegment.packets() gives
-(which test_offload.py holds to the kernel's TCP GSO and to scapy), seal_segment must
+(which test_offload.py holds to the kernel's TCP GSO and to scapy), seal_segments must
 give the datagrams seal_burst gives for those packets, open_rows what open_burst gives
 (inner packets, counters, replay window) or decline, and coalesce_rows writes that cut
 back into the same packets.
@@ -85,7 +85,7 @@ def test_rows_hold_the_packets_the_one_packet_cut_gives(
     packets = seg.packets()
     stride = seg.length() + 40
     rows = bulk.np.zeros((seg.count, stride), bulk.np.uint8)
-    bulk.write_segments(seg, rows, 16)
+    bulk.write_segments([seg], rows, 16)
     assert len(packets) == seg.count
     for i, packet in enumerate(packets):
         assert rows[i, 16 : 16 + len(packet)].tobytes() == packet, i
@@ -100,7 +100,7 @@ def test_sealed_segment_is_what_seal_burst_gives(
     bulk_sa, one_sa, _, _ = sas(esn=esn)
     if esn:
         bulk_sa.seq = one_sa.seq = (1 << 32) - 5  # the high half changes inside the run
-    run = bulk.seal_segment(bulk_sa, seg)
+    run = bulk.seal_segments(bulk_sa, [seg])
     expected: list[bytes] = []
     one_sa.seal_burst(seg.packets(), expected)
     assert run is not None and [bytes(d) for d in run.datagrams()] == expected
@@ -115,7 +115,7 @@ def test_sealed_segment_is_what_seal_burst_gives(
 def test_other_aeads_seal_the_same(name: str) -> None:
     seg = super_segment(4, 1386, 1386 * 10 + 3)
     bulk_sa, one_sa, _, _ = sas(name)
-    run = bulk.seal_segment(bulk_sa, seg)
+    run = bulk.seal_segments(bulk_sa, [seg])
     expected: list[bytes] = []
     one_sa.seal_burst(seg.packets(), expected)
     assert run is not None and [bytes(d) for d in run.datagrams()] == expected
@@ -123,7 +123,7 @@ def test_other_aeads_seal_the_same(name: str) -> None:
 
 def test_cbc_segments_are_left_to_the_one_packet_path() -> None:
     bulk_sa, _, _, _ = sas("aes128")
-    assert bulk.seal_segment(bulk_sa, super_segment(4, 1000, 5000)) is None
+    assert bulk.seal_segments(bulk_sa, [super_segment(4, 1000, 5000)]) is None
     assert bulk_sa.seq == 0
 
 
