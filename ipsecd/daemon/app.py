@@ -49,6 +49,10 @@ if TYPE_CHECKING:
     from ipsecd.daemon.metrics import MetricsServer
 
 BURST = 64
+# Seconds after a key pair made ahead was used before the next is made: past the rest of
+# the handshake, whose steps would otherwise wait for it (the daemons of a handshake
+# often share one CPU).
+PREPARE_DELAY = 0.05
 
 
 @contextlib.contextmanager
@@ -94,6 +98,7 @@ class Daemon:
         self._ike_timer: asyncio.TimerHandle | None = None
         self._ike_slice: asyncio.Handle | None = None  # queued IKE work (core.run_ike)
         self._ike_port_paused = False  # new requests used up their share (core.ike_port_pause)
+        self._prepare_timer: asyncio.TimerHandle | None = None  # core.prepare_key_pairs
         self._stop = asyncio.Event()
         self._control: ControlServer | None = None
         self._metrics: MetricsServer | None = None
@@ -187,8 +192,14 @@ class Daemon:
                 return True
         if not datagrams:
             return True
-        if self.core.from_udp(datagrams, sock.local, time.monotonic()):
-            self._flush()
+        now = time.monotonic()
+        if self.core.from_udp(datagrams, sock.local, now):
+            if len(datagrams) == 1 and self._ike_slice is None:
+                # One IKE message on an idle queue (a handshake's next step, not a flood):
+                # processed now rather than one loop turn later (_run_ike).
+                self._run_ike(now)
+            else:
+                self._flush()
             self._pause_ike_port()
             return False
         self._flush_packets()
@@ -253,12 +264,25 @@ class Daemon:
             # After what this burst sent and wrote: one slice of IKE work per loop turn,
             # so ESP read meanwhile is never held behind it (issue 12).
             self._ike_slice = self._loop.call_soon(self._on_ike_slice)
+        if self._prepare_timer is None and self.core.key_pairs_missing():
+            self._prepare_timer = self._loop.call_later(PREPARE_DELAY, self._prepare_key_pairs)
+
+    def _prepare_key_pairs(self) -> None:
+        self._prepare_timer = None
+        self.core.prepare_key_pairs()
 
     def _on_ike_slice(self) -> None:
         self._ike_slice = None
-        self.core.run_ike(time.monotonic())
-        self._flush()
+        self._run_ike(time.monotonic())
         self._pause_ike_port()
+
+    def _run_ike(self, now: float) -> None:
+        """One slice of IKE work (DaemonCore.run_ike): its answers are sent before its
+        events are applied (DaemonCore.answer_ike), then the rest of :meth:`_flush`."""
+        if self.core.answer_ike(now):
+            self._flush_packets()
+            self.core.apply_ike(now)
+        self._flush()
 
     def _on_ike_timer(self) -> None:
         self._ike_timer = None
@@ -352,6 +376,7 @@ class Daemon:
         if result["ok"]:
             logs.set_level(new.log.level)
             await self._change_routes()
+            self.core.prepare_key_pairs()  # the methods the new proposals use
         self._flush()
         return result
 
@@ -410,6 +435,7 @@ class Daemon:
             warning=dropped.warning,
         )
         self.core.start(time.monotonic())
+        self.core.prepare_key_pairs()  # for the first IKE_SA_INIT, sent or answered
         self._flush()
         assert self.tun is not None
         self.log.info(
@@ -470,6 +496,8 @@ class Daemon:
             self._ike_timer.cancel()
         if self._ike_slice is not None:
             self._ike_slice.cancel()
+        if self._prepare_timer is not None:
+            self._prepare_timer.cancel()
         self.resolver.close()
         sockets: list[UdpSocket | RawSocket] = [*self.sockets.values(), *self.raw_sockets.values()]
         for sock in sockets:

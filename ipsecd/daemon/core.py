@@ -42,6 +42,7 @@ from ipsecd.addresses import format_address
 from ipsecd.ah.sa import InboundAhSa, OutboundAhSa
 from ipsecd.config import ChildConfig, Config, PeerConfig
 from ipsecd.config.schema import IpAddress
+from ipsecd.crypto import keyexchange
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.daemon import logs
 from ipsecd.daemon.ikelog import IkeLog
@@ -86,6 +87,7 @@ RawBatch = tuple[str, int, str, list[bytes]]
 IKE_SUMMARY_KEYS = ("local_spi", "remote_spi", "algorithm", "local", "remote")
 # Seconds of IKE work per wake-up (run_ike, by the work clock): ESP waits no longer.
 IKE_SLICE = 0.002
+PREPARED_METHODS = 4  # key exchange methods with a key pair made ahead (prepare_key_pairs)
 
 
 @dataclass(frozen=True)
@@ -440,6 +442,24 @@ class DaemonCore:
         ]
         return min((t for t in due if t is not None), default=None)
 
+    def key_pairs_missing(self) -> bool:
+        """A key pair made ahead was used (:data:`ipsecd.crypto.keyexchange.PREPARED`):
+        the shell calls :meth:`prepare_key_pairs` when it has nothing else to do."""
+        return keyexchange.PREPARED.missing()
+
+    def prepare_key_pairs(self) -> None:
+        """Make ahead one key pair for the first key exchange method of each IKE proposal
+        configured (the initiator's guess, the responder's likely choice; at most
+        :data:`PREPARED_METHODS`), so that IKE_SA_INIT does not wait for it."""
+        methods = dict.fromkeys(
+            proposal.ke[0]
+            for peer in self.config.peers
+            for proposal in peer.ike_proposals
+            if proposal.ke
+        )
+        keyexchange.PREPARED.want(tuple(methods)[:PREPARED_METHODS])
+        keyexchange.PREPARED.prepare()
+
     def status_line(self) -> str:
         """One line for systemd's ``STATUS=`` (sd_notify); cheap enough for every burst."""
         return self._status_line
@@ -618,11 +638,26 @@ class DaemonCore:
     def run_ike(self, now: float) -> None:
         """Process queued IKE messages for at most :data:`IKE_SLICE` seconds of work (at
         least one message), then apply what they caused; the rest waits for the next call."""
+        if self.answer_ike(now):
+            self.apply_ike(now)
+
+    def answer_ike(self, now: float) -> bool:
+        """The first half of :meth:`run_ike`: process queued IKE messages and queue what
+        the IKE layer sends, but leave its events to :meth:`apply_ike`, so that the shell
+        can send the answers first (the peer works on them meanwhile: an installed
+        CHILD_SA and its log lines no longer delay the last IKE_AUTH answer).  Nothing is
+        read in between, so no packet can meet the CHILD_SA before it is installed.
+        False if nothing was queued."""
         self.now = now
         if self.ike is None or not self.ike.pending():
-            return
+            return False
         deadline = self.work_clock() + IKE_SLICE
         self.ike.process_queued(now, lambda: self.work_clock() < deadline)
+        self._send_ike()
+        return True
+
+    def apply_ike(self, now: float) -> None:
+        """The second half of :meth:`run_ike`: apply the events of what was processed."""
         self._pump(now)
 
     def handle_timer(self, now: float) -> None:

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+import ipsecd.crypto.keyexchange as keyexchange
 from ipsecd.config import load_config, parse_config
-from ipsecd.crypto.registry import ENCRYPTION
+from ipsecd.crypto.registry import ENCRYPTION, KEY_EXCHANGE
 from ipsecd.daemon.core import DaemonCore, RouteChange
 from ipsecd.daemon.status import DataplaneStatus
 from ipsecd.esp.sa import OutboundEspSa
-from ipsecd.esp.udp_encap import NON_ESP_MARKER
+from ipsecd.esp.udp_encap import NON_ESP_MARKER, frame
 from tests.unit.core_rig import CoreRig
 from tests.unit.ike_pair_support import A_IP, B_IP, ipv4_packet, side_a, side_b
 from tests.unit.test_config_support import KEY_IN, KEY_OUT, write_keys
@@ -253,3 +254,43 @@ def test_reload_starts_ike_when_the_first_ike_peer_appears(
 def test_random_bytes_is_injectable(manual: DaemonCore) -> None:
     core = DaemonCore(manual.config, 0.0, random_bytes=lambda n: bytes(n))
     assert core.random_bytes(4) == bytes(4)
+
+
+def test_answers_leave_before_their_events_are_applied(tmp_path: Path) -> None:
+    """answer_ike queues the answer with the CHILD_SA not yet installed (the shell sends it
+    first); apply_ike installs it; run_ike does both."""
+    r = CoreRig(tmp_path, side_a(start="respond"), side_b(start="initiate"))
+    r.b.initiate("a", r.now)
+    installed_at_answer = []
+    for _ in range(10):
+        for d in r.b.datagrams_to_send():
+            r.core.from_udp([(frame(d.data, d.marker), d.local)], d.remote, r.now)
+        if not r.core.answer_ike(r.now):
+            break
+        answers = r.core.datagrams_to_send()
+        installed_at_answer.append(len(r.core.by_peer.of("b")))
+        r.core.apply_ike(r.now)
+        for local, remote, datagrams in answers + r.core.datagrams_to_send():
+            for data in datagrams:
+                r._sent_by_a(data, local, remote)
+    assert installed_at_answer == [0, 0]  # IKE_SA_INIT, IKE_AUTH
+    assert len(r.core.by_peer.of("b")) == 1
+    assert not r.core.answer_ike(r.now)  # nothing queued
+
+
+def test_key_pairs_made_ahead_for_the_configured_methods(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = keyexchange.PreparedKeyPairs()
+    monkeypatch.setattr(keyexchange, "PREPARED", pool)
+    ike = ("aes128gcm16-prfsha256-ecp256", "aes256gcm16-prfsha256-x25519-ecp256")
+    r = CoreRig(tmp_path, side_a(ike=ike), side_b(ike=ike))
+    assert r.core.key_pairs_missing() is False  # nothing wanted yet
+    r.core.prepare_key_pairs()
+    assert pool.ready == (KEY_EXCHANGE["ecp256"], KEY_EXCHANGE["x25519"])
+    r.core.control("down", "b", r.now)
+    r.pump()
+    r.core.control("up", "b", r.now)  # IKE_SA_INIT takes the ecp256 pair
+    assert pool.ready == (KEY_EXCHANGE["x25519"],) and r.core.key_pairs_missing()
+    r.pump()
+    assert r.status_a()["state"] == "established"
