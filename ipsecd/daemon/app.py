@@ -332,12 +332,10 @@ class Daemon:
     async def control(self, cmd: str, request: dict[str, Any]) -> dict[str, Any]:
         """``up``/``down``/``rekey``: answered at once, or with the outcome when the request
         says how long to ``wait`` (the core settles it; see :meth:`DaemonCore.control_wait`)."""
+        if request.get("wait") is None:
+            return self._control_now(cmd, request)
         peer = str(request.get("peer"))
         rekey_ike = bool(request.get("ike"))
-        if request.get("wait") is None:
-            response = self.core.control(cmd, peer, time.monotonic(), rekey_ike=rekey_ike)
-            self._flush()
-            return response
         timeout = wait_seconds(request["wait"])
         ticket = self.core.control_wait(
             cmd, peer, time.monotonic(), timeout=timeout, rekey_ike=rekey_ike
@@ -345,6 +343,22 @@ class Daemon:
         answer = self._waiting[ticket] = self._loop.create_future()
         self._flush()  # sends the request, answers at once what is settled already
         return await answer
+
+    def quick_request(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """:meth:`handle_request`'s answer if it needs no waiting: ``up``, ``down`` and
+        ``rekey`` without ``wait``, answered in the loop's turn that read them
+        (:class:`ControlServer`); None for every other request."""
+        cmd = request.get("cmd")
+        if cmd in ("up", "down", "rekey") and request.get("wait") is None:
+            return self._control_now(str(cmd), request)
+        return None
+
+    def _control_now(self, cmd: str, request: dict[str, Any]) -> dict[str, Any]:
+        response = self.core.control(
+            cmd, str(request.get("peer")), time.monotonic(), rekey_ike=bool(request.get("ike"))
+        )
+        self._flush()
+        return response
 
     def _answer_waiting(self) -> None:
         for ticket, response in self.core.control_answers():
@@ -398,7 +412,7 @@ class Daemon:
             self._loop.add_signal_handler(sig, self.stop)
         self._loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         path = Path(self.config.gateway.control_socket)
-        self._control = ControlServer(path, self.handle_request)
+        self._control = ControlServer(path, self.handle_request, self.quick_request)
         try:
             with naming(f"cannot open the control socket {path}"):
                 await self._control.start()
