@@ -194,9 +194,9 @@ class Daemon:
             return True
         now = time.monotonic()
         if self.core.from_udp(datagrams, sock.local, now):
-            if len(datagrams) == 1 and self._ike_slice is None:
-                # One IKE message on an idle queue (a handshake's next step, not a flood):
-                # processed now rather than one loop turn later (_run_ike).
+            if len(datagrams) == 1 and self._ike_slice is None and self.core.ike_step_waiting():
+                # A handshake's next step on an idle queue: processed now rather than one
+                # loop turn later (a new request, a flood's, still waits for its turn).
                 self._run_ike(now)
             else:
                 self._flush()

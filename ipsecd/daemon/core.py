@@ -641,6 +641,12 @@ class DaemonCore:
         if self.answer_ike(now):
             self.apply_ike(now)
 
+    def ike_step_waiting(self) -> bool:
+        """One IKE message waits, the next step of an exchange with a peer we hold an IKE
+        SA with: the shell processes it in the turn that read it (a new request waits
+        for the next turn, as a flood's do)."""
+        return self.ike is not None and self.ike.next_step_waiting()
+
     def answer_ike(self, now: float) -> bool:
         """The first half of :meth:`run_ike`: process queued IKE messages and queue what
         the IKE layer sends, but leave its events to :meth:`apply_ike`, so that the shell

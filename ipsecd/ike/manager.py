@@ -365,6 +365,11 @@ class IkeManager:
         """IKE messages queued by :meth:`enqueue_datagram`, not processed yet."""
         return len(self.inbox)
 
+    def next_step_waiting(self) -> bool:
+        """Exactly one message waits, for an IKE SA we hold: an exchange's next step,
+        never a new request (those wait for their share of the time, ike/inbox.py)."""
+        return len(self.inbox) == 1 and self.inbox.only_known()
+
     def process_queued(self, now: float, more: Callable[[], bool] = lambda: True) -> int:
         """Process queued messages while ``more()`` says so (at least one); returns how
         many.  The shell's ``more`` is its time budget for IKE work per wake-up."""

@@ -258,13 +258,15 @@ def test_random_bytes_is_injectable(manual: DaemonCore) -> None:
 
 def test_answers_leave_before_their_events_are_applied(tmp_path: Path) -> None:
     """answer_ike queues the answer with the CHILD_SA not yet installed (the shell sends it
-    first); apply_ike installs it; run_ike does both."""
+    first); apply_ike installs it."""
     r = CoreRig(tmp_path, side_a(start="respond"), side_b(start="initiate"))
     r.b.initiate("a", r.now)
     installed_at_answer = []
+    step_waiting = []  # the shell's test for processing a message in the turn that read it
     for _ in range(10):
         for d in r.b.datagrams_to_send():
             r.core.from_udp([(frame(d.data, d.marker), d.local)], d.remote, r.now)
+        step_waiting.append(r.core.ike_step_waiting())
         if not r.core.answer_ike(r.now):
             break
         answers = r.core.datagrams_to_send()
@@ -274,6 +276,8 @@ def test_answers_leave_before_their_events_are_applied(tmp_path: Path) -> None:
             for data in datagrams:
                 r._sent_by_a(data, local, remote)
     assert installed_at_answer == [0, 0]  # IKE_SA_INIT, IKE_AUTH
+    # A new request waits for its turn (as a flood's); the IKE_AUTH of our half-open SA not.
+    assert step_waiting == [False, True, False]
     assert len(r.core.by_peer.of("b")) == 1
     assert not r.core.answer_ike(r.now)  # nothing queued
 
