@@ -16,6 +16,7 @@ from ipsecd.daemon.core import DaemonCore, RouteChange
 from ipsecd.daemon.status import DataplaneStatus
 from ipsecd.esp.sa import OutboundEspSa
 from ipsecd.esp.udp_encap import NON_ESP_MARKER, frame
+from ipsecd.ike.manager import USAGE_INTERVAL
 from tests.unit.core_rig import CoreRig
 from tests.unit.ike_pair_support import A_IP, B_IP, ipv4_packet, side_a, side_b
 from tests.unit.test_config_support import KEY_IN, KEY_OUT, write_keys
@@ -153,6 +154,18 @@ def test_usage_reaches_the_ike_layer_on_timer(tmp_path: Path) -> None:
     r.advance(2)  # the manager's usage interval passed: the core reported on the timer
     (sa,) = r.core.sad
     assert r.ike.ike_sa("b").children[sa.inbound.spi].packets == 3
+
+
+def test_first_child_sa_of_an_idle_daemon_arms_no_timer_at_once(tmp_path: Path) -> None:
+    """Usage is reported every USAGE_INTERVAL while CHILD_SAs exist: the first one after
+    a time without any is due an interval after it came, not at once."""
+    r = CoreRig(tmp_path, side_a(start="respond"), side_b())
+    r.pair.now += 60.0  # idle, no CHILD_SA
+    r.core.control("up", "b", r.now)
+    r.pump()
+    assert len(r.core.by_peer.of("b")) == 1
+    timer = r.core.get_timer()
+    assert timer is not None and timer >= r.now + USAGE_INTERVAL
 
 
 def test_shutdown_sends_a_delete(tmp_path: Path) -> None:
