@@ -194,9 +194,9 @@ class Daemon:
             return True
         now = time.monotonic()
         if self.core.from_udp(datagrams, sock.local, now):
-            if len(datagrams) == 1 and self._ike_slice is None and self.core.ike_step_waiting():
-                # A handshake's next step on an idle queue: processed now rather than one
-                # loop turn later (a new request, a flood's, still waits for its turn).
+            if len(datagrams) == 1 and self._ike_slice is None and self.core.ike_step_waiting(now):
+                # A handshake's step on an idle queue: processed now rather than one loop
+                # turn later (while cookies are demanded, new requests wait for their turn).
                 self._run_ike(now)
             else:
                 self._flush()
@@ -281,7 +281,7 @@ class Daemon:
         events are applied (DaemonCore.answer_ike), then the rest of :meth:`_flush`."""
         if self.core.answer_ike(now):
             self._flush_packets()
-            self.core.apply_ike(now)
+        self.core.apply_ike(now)
         self._flush()
 
     def _on_ike_timer(self) -> None:

@@ -339,6 +339,7 @@ class DaemonCore:
         self._to_tun: list[ToTun] = []
         self._routes: list[RouteChange] = []
         self._status_line = ""
+        self._ike_ran = False  # answer_ike processed messages whose events apply_ike applies
         self.outcomes = Outcomes()  # control commands waiting for their outcome
         for peer in config.peers:
             self._route(peer, add=True)
@@ -638,14 +639,14 @@ class DaemonCore:
     def run_ike(self, now: float) -> None:
         """Process queued IKE messages for at most :data:`IKE_SLICE` seconds of work (at
         least one message), then apply what they caused; the rest waits for the next call."""
-        if self.answer_ike(now):
-            self.apply_ike(now)
+        self.answer_ike(now)
+        self.apply_ike(now)
 
-    def ike_step_waiting(self) -> bool:
-        """One IKE message waits, the next step of an exchange with a peer we hold an IKE
-        SA with: the shell processes it in the turn that read it (a new request waits
-        for the next turn, as a flood's do)."""
-        return self.ike is not None and self.ike.next_step_waiting()
+    def ike_step_waiting(self, now: float) -> bool:
+        """One IKE message waits, the next step of an exchange, or a new request of a quiet
+        daemon (IkeManager.next_step_waiting): the shell processes it in the turn that read
+        it; otherwise it waits for the next turn, as a flood's requests do."""
+        return self.ike is not None and self.ike.next_step_waiting(now)
 
     def answer_ike(self, now: float) -> bool:
         """The first half of :meth:`run_ike`: process queued IKE messages and queue what
@@ -653,18 +654,21 @@ class DaemonCore:
         can send the answers first (the peer works on them meanwhile: an installed
         CHILD_SA and its log lines no longer delay the last IKE_AUTH answer).  Nothing is
         read in between, so no packet can meet the CHILD_SA before it is installed.
-        False if nothing was queued."""
+        True if answers wait ahead of events: only then is sending first worth a call."""
         self.now = now
         if self.ike is None or not self.ike.pending():
             return False
         deadline = self.work_clock() + IKE_SLICE
         self.ike.process_queued(now, lambda: self.work_clock() < deadline)
         self._send_ike()
-        return True
+        self._ike_ran = True
+        return bool(self._outbox) and self.ike.events_waiting()
 
     def apply_ike(self, now: float) -> None:
         """The second half of :meth:`run_ike`: apply the events of what was processed."""
-        self._pump(now)
+        if self._ike_ran:
+            self._ike_ran = False
+            self._pump(now)
 
     def handle_timer(self, now: float) -> None:
         """The timer fired: report data-plane usage, run the manager's timers, answer the

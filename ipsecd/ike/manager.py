@@ -365,10 +365,15 @@ class IkeManager:
         """IKE messages queued by :meth:`enqueue_datagram`, not processed yet."""
         return len(self.inbox)
 
-    def next_step_waiting(self) -> bool:
-        """Exactly one message waits, for an IKE SA we hold: an exchange's next step,
-        never a new request (those wait for their share of the time, ike/inbox.py)."""
-        return len(self.inbox) == 1 and self.inbox.only_known()
+    def next_step_waiting(self, now: float) -> bool:
+        """Exactly one message waits, and it is an exchange's next step for an IKE SA we
+        hold, or a new request while nothing presses (no COOKIE demanded, no backlog): a
+        quiet daemon's.  A flood's requests wait for their share of the time (ike/inbox.py)."""
+        if len(self.inbox) != 1:
+            return False
+        if self.inbox.only_known():
+            return True
+        return not (self.inbox.backlogged() or self.half_open.cookies_required_at(now))
 
     def process_queued(self, now: float, more: Callable[[], bool] = lambda: True) -> int:
         """Process queued messages while ``more()`` says so (at least one); returns how
@@ -400,6 +405,10 @@ class IkeManager:
         out = list(self._outgoing)
         self._outgoing.clear()  # the scheduler appends to this very list
         return out
+
+    def events_waiting(self) -> bool:
+        """:meth:`next_event` has one."""
+        return bool(self._events)
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None

@@ -269,30 +269,35 @@ def test_random_bytes_is_injectable(manual: DaemonCore) -> None:
     assert core.random_bytes(4) == bytes(4)
 
 
-def test_answers_leave_before_their_events_are_applied(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cookies", [False, True])
+def test_answers_leave_before_their_events_are_applied(tmp_path: Path, cookies: bool) -> None:
     """answer_ike queues the answer with the CHILD_SA not yet installed (the shell sends it
     first); apply_ike installs it."""
-    r = CoreRig(tmp_path, side_a(start="respond"), side_b(start="initiate"))
+    a = side_a(start="respond", cookie_threshold=0 if cookies else None)
+    r = CoreRig(tmp_path, a, side_b(start="initiate"))
     r.b.initiate("a", r.now)
     installed_at_answer = []
     step_waiting = []  # the shell's test for processing a message in the turn that read it
     for _ in range(10):
         for d in r.b.datagrams_to_send():
             r.core.from_udp([(frame(d.data, d.marker), d.local)], d.remote, r.now)
-        step_waiting.append(r.core.ike_step_waiting())
-        if not r.core.answer_ike(r.now):
+        step_waiting.append(r.core.ike_step_waiting(r.now))
+        if not r.core.ike_pending():
             break
+        ahead = r.core.answer_ike(r.now)  # answers wait ahead of events
         answers = r.core.datagrams_to_send()
-        installed_at_answer.append(len(r.core.by_peer.of("b")))
+        installed_at_answer.append((ahead, len(answers), len(r.core.by_peer.of("b"))))
         r.core.apply_ike(r.now)
         for local, remote, datagrams in answers + r.core.datagrams_to_send():
             for data in datagrams:
                 r._sent_by_a(data, local, remote)
-    assert installed_at_answer == [0, 0]  # IKE_SA_INIT, IKE_AUTH
-    # A new request waits for its turn (as a flood's); the IKE_AUTH of our half-open SA not.
-    assert step_waiting == [False, True, False]
+    # IKE_SA_INIT (answered with a COOKIE first when cookies are demanded), IKE_AUTH
+    init, auth = (False, 1, 0), (True, 1, 0)
+    assert installed_at_answer == ([init, init, auth] if cookies else [init, auth])
+    # A new request waits for its turn while cookies are demanded (as a flood's); the
+    # IKE_AUTH of our half-open SA never does, nor a request to a quiet daemon.
+    assert step_waiting == ([False, False, True, False] if cookies else [True, True, False])
     assert len(r.core.by_peer.of("b")) == 1
-    assert not r.core.answer_ike(r.now)  # nothing queued
 
 
 def test_key_pairs_made_ahead_for_the_configured_methods(
