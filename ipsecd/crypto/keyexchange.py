@@ -17,6 +17,13 @@ Wire formats and shared secrets:
 * Curve25519 (RFC 8031 §2): 32-byte u-coordinate; an all-zero shared secret
   (a low-order peer point) is rejected (RFC 8031 §2.3).
 
+**Key pairs made ahead.**  Making a key pair is a tenth of a handshake's CPU time on a
+daemon woken from idle (bench/README.md, "First handshake round 2"), and nothing in it
+depends on the peer.  :data:`PREPARED` holds at most one key pair per method, made by
+:meth:`PreparedKeyPairs.prepare` when the daemon has nothing else to do; ``new`` hands it
+out (once: it leaves the pool) or makes one on the spot.  Libreswan's pluto did the same
+with its crypto helpers.
+
 Bad peer input raises :class:`KeyExchangeError` (a ValueError) naming the
 group and the problem.  Private values come from ``cryptography`` (OpenSSL's
 CSPRNG).
@@ -28,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import dh, ec, x25519
 
 from ipsecd.crypto.registry import KeAlgorithm, KeId
 
-__all__ = ["KeyExchange", "KeyExchangeError", "new", "MODP_PRIMES"]
+__all__ = ["KeyExchange", "KeyExchangeError", "new", "MODP_PRIMES", "PREPARED", "PreparedKeyPairs"]
 
 
 class KeyExchangeError(ValueError):
@@ -225,6 +232,43 @@ class KeyExchange:
         return f"KeyExchange({self.alg.name}, public={self.public_bytes[:8].hex()}...)"
 
 
+class PreparedKeyPairs:
+    """Key pairs made ahead, at most one per method, each handed out once (module doc)."""
+
+    def __init__(self) -> None:
+        self._ready: dict[KeAlgorithm, KeyExchange] = {}
+        self._wanted: tuple[KeAlgorithm, ...] = ()
+
+    def want(self, algs: tuple[KeAlgorithm, ...]) -> None:
+        """The methods to keep a key pair ready for; pairs of any other are dropped."""
+        self._wanted = algs
+        for alg in [a for a in self._ready if a not in algs]:
+            del self._ready[alg]
+
+    @property
+    def ready(self) -> tuple[KeAlgorithm, ...]:
+        """The methods with a key pair ready."""
+        return tuple(self._ready)
+
+    def missing(self) -> bool:
+        """A wanted method has no key pair ready (one was handed out)."""
+        return len(self._ready) < len(self._wanted)
+
+    def prepare(self) -> None:
+        """Make the missing key pairs (the caller's idle time)."""
+        for alg in self._wanted:
+            if alg not in self._ready:
+                self._ready[alg] = KeyExchange(alg)
+
+    def take(self, alg: KeAlgorithm) -> KeyExchange:
+        """The key pair made ahead for ``alg`` (it leaves the pool), or a new one."""
+        ready = self._ready.pop(alg, None)
+        return ready if ready is not None else KeyExchange(alg)
+
+
+PREPARED = PreparedKeyPairs()
+
+
 def new(alg: KeAlgorithm) -> KeyExchange:
-    """A fresh ephemeral key pair for ``alg``."""
-    return KeyExchange(alg)
+    """A fresh ephemeral key pair for ``alg``: made ahead (:data:`PREPARED`) or now."""
+    return PREPARED.take(alg)

@@ -49,6 +49,10 @@ if TYPE_CHECKING:
     from ipsecd.daemon.metrics import MetricsServer
 
 BURST = 64
+# Seconds after a key pair made ahead was used before the next is made: past the rest of
+# the handshake, whose steps would otherwise wait for it (the daemons of a handshake
+# often share one CPU).
+PREPARE_DELAY = 0.05
 
 
 @contextlib.contextmanager
@@ -94,6 +98,7 @@ class Daemon:
         self._ike_timer: asyncio.TimerHandle | None = None
         self._ike_slice: asyncio.Handle | None = None  # queued IKE work (core.run_ike)
         self._ike_port_paused = False  # new requests used up their share (core.ike_port_pause)
+        self._prepare_timer: asyncio.TimerHandle | None = None  # core.prepare_key_pairs
         self._stop = asyncio.Event()
         self._control: ControlServer | None = None
         self._metrics: MetricsServer | None = None
@@ -187,8 +192,14 @@ class Daemon:
                 return True
         if not datagrams:
             return True
-        if self.core.from_udp(datagrams, sock.local, time.monotonic()):
-            self._flush()
+        now = time.monotonic()
+        if self.core.from_udp(datagrams, sock.local, now):
+            if len(datagrams) == 1 and self._ike_slice is None and self.core.ike_step_waiting(now):
+                # A handshake's step on an idle queue: processed now rather than one loop
+                # turn later (while cookies are demanded, new requests wait for their turn).
+                self._run_ike(now)
+            else:
+                self._flush()
             self._pause_ike_port()
             return False
         self._flush_packets()
@@ -253,12 +264,25 @@ class Daemon:
             # After what this burst sent and wrote: one slice of IKE work per loop turn,
             # so ESP read meanwhile is never held behind it (issue 12).
             self._ike_slice = self._loop.call_soon(self._on_ike_slice)
+        if self._prepare_timer is None and self.core.key_pairs_missing():
+            self._prepare_timer = self._loop.call_later(PREPARE_DELAY, self._prepare_key_pairs)
+
+    def _prepare_key_pairs(self) -> None:
+        self._prepare_timer = None
+        self.core.prepare_key_pairs()
 
     def _on_ike_slice(self) -> None:
         self._ike_slice = None
-        self.core.run_ike(time.monotonic())
-        self._flush()
+        self._run_ike(time.monotonic())
         self._pause_ike_port()
+
+    def _run_ike(self, now: float) -> None:
+        """One slice of IKE work (DaemonCore.run_ike): its answers are sent before its
+        events are applied (DaemonCore.answer_ike), then the rest of :meth:`_flush`."""
+        if self.core.answer_ike(now):
+            self._flush_packets()
+        self.core.apply_ike(now)
+        self._flush()
 
     def _on_ike_timer(self) -> None:
         self._ike_timer = None
@@ -308,12 +332,10 @@ class Daemon:
     async def control(self, cmd: str, request: dict[str, Any]) -> dict[str, Any]:
         """``up``/``down``/``rekey``: answered at once, or with the outcome when the request
         says how long to ``wait`` (the core settles it; see :meth:`DaemonCore.control_wait`)."""
+        if request.get("wait") is None:
+            return self._control_now(cmd, request)
         peer = str(request.get("peer"))
         rekey_ike = bool(request.get("ike"))
-        if request.get("wait") is None:
-            response = self.core.control(cmd, peer, time.monotonic(), rekey_ike=rekey_ike)
-            self._flush()
-            return response
         timeout = wait_seconds(request["wait"])
         ticket = self.core.control_wait(
             cmd, peer, time.monotonic(), timeout=timeout, rekey_ike=rekey_ike
@@ -321,6 +343,22 @@ class Daemon:
         answer = self._waiting[ticket] = self._loop.create_future()
         self._flush()  # sends the request, answers at once what is settled already
         return await answer
+
+    def quick_request(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """:meth:`handle_request`'s answer if it needs no waiting: ``up``, ``down`` and
+        ``rekey`` without ``wait``, answered in the loop's turn that read them
+        (:class:`ControlServer`); None for every other request."""
+        cmd = request.get("cmd")
+        if cmd in ("up", "down", "rekey") and request.get("wait") is None:
+            return self._control_now(str(cmd), request)
+        return None
+
+    def _control_now(self, cmd: str, request: dict[str, Any]) -> dict[str, Any]:
+        response = self.core.control(
+            cmd, str(request.get("peer")), time.monotonic(), rekey_ike=bool(request.get("ike"))
+        )
+        self._flush()
+        return response
 
     def _answer_waiting(self) -> None:
         for ticket, response in self.core.control_answers():
@@ -352,6 +390,7 @@ class Daemon:
         if result["ok"]:
             logs.set_level(new.log.level)
             await self._change_routes()
+            self.core.prepare_key_pairs()  # the methods the new proposals use
         self._flush()
         return result
 
@@ -373,7 +412,7 @@ class Daemon:
             self._loop.add_signal_handler(sig, self.stop)
         self._loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         path = Path(self.config.gateway.control_socket)
-        self._control = ControlServer(path, self.handle_request)
+        self._control = ControlServer(path, self.handle_request, self.quick_request)
         try:
             with naming(f"cannot open the control socket {path}"):
                 await self._control.start()
@@ -414,6 +453,7 @@ class Daemon:
             warning=dropped.warning,
         )
         self.core.start(time.monotonic())
+        self.core.prepare_key_pairs()  # for the first IKE_SA_INIT, sent or answered
         self._flush()
         assert self.tun is not None
         self.log.info(
@@ -475,6 +515,8 @@ class Daemon:
             self._ike_timer.cancel()
         if self._ike_slice is not None:
             self._ike_slice.cancel()
+        if self._prepare_timer is not None:
+            self._prepare_timer.cancel()
         self.resolver.close()
         sockets: list[UdpSocket | RawSocket] = [*self.sockets.values(), *self.raw_sockets.values()]
         for sock in sockets:

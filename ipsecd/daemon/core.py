@@ -42,6 +42,7 @@ from ipsecd.addresses import format_address
 from ipsecd.ah.sa import InboundAhSa, OutboundAhSa
 from ipsecd.config import ChildConfig, Config, PeerConfig
 from ipsecd.config.schema import IpAddress
+from ipsecd.crypto import keyexchange
 from ipsecd.crypto.proposals import Proposal
 from ipsecd.daemon import logs
 from ipsecd.daemon.ikelog import IkeLog
@@ -86,6 +87,7 @@ RawBatch = tuple[str, int, str, list[bytes]]
 IKE_SUMMARY_KEYS = ("local_spi", "remote_spi", "algorithm", "local", "remote")
 # Seconds of IKE work per wake-up (run_ike, by the work clock): ESP waits no longer.
 IKE_SLICE = 0.002
+PREPARED_METHODS = 4  # key exchange methods with a key pair made ahead (prepare_key_pairs)
 
 
 @dataclass(frozen=True)
@@ -337,6 +339,7 @@ class DaemonCore:
         self._to_tun: list[ToTun] = []
         self._routes: list[RouteChange] = []
         self._status_line = ""
+        self._ike_ran = False  # answer_ike processed messages whose events apply_ike applies
         self.outcomes = Outcomes()  # control commands waiting for their outcome
         for peer in config.peers:
             self._route(peer, add=True)
@@ -439,6 +442,24 @@ class DaemonCore:
             self.ike_log.next_summary(),
         ]
         return min((t for t in due if t is not None), default=None)
+
+    def key_pairs_missing(self) -> bool:
+        """A key pair made ahead was used (:data:`ipsecd.crypto.keyexchange.PREPARED`):
+        the shell calls :meth:`prepare_key_pairs` when it has nothing else to do."""
+        return keyexchange.PREPARED.missing()
+
+    def prepare_key_pairs(self) -> None:
+        """Make ahead one key pair for the first key exchange method of each IKE proposal
+        configured (the initiator's guess, the responder's likely choice; at most
+        :data:`PREPARED_METHODS`), so that IKE_SA_INIT does not wait for it."""
+        methods = dict.fromkeys(
+            proposal.ke[0]
+            for peer in self.config.peers
+            for proposal in peer.ike_proposals
+            if proposal.ke
+        )
+        keyexchange.PREPARED.want(tuple(methods)[:PREPARED_METHODS])
+        keyexchange.PREPARED.prepare()
 
     def status_line(self) -> str:
         """One line for systemd's ``STATUS=`` (sd_notify); cheap enough for every burst."""
@@ -618,12 +639,36 @@ class DaemonCore:
     def run_ike(self, now: float) -> None:
         """Process queued IKE messages for at most :data:`IKE_SLICE` seconds of work (at
         least one message), then apply what they caused; the rest waits for the next call."""
+        self.answer_ike(now)
+        self.apply_ike(now)
+
+    def ike_step_waiting(self, now: float) -> bool:
+        """One IKE message waits, the next step of an exchange, or a new request of a quiet
+        daemon (IkeManager.next_step_waiting): the shell processes it in the turn that read
+        it; otherwise it waits for the next turn, as a flood's requests do."""
+        return self.ike is not None and self.ike.next_step_waiting(now)
+
+    def answer_ike(self, now: float) -> bool:
+        """The first half of :meth:`run_ike`: process queued IKE messages and queue what
+        the IKE layer sends, but leave its events to :meth:`apply_ike`, so that the shell
+        can send the answers first (the peer works on them meanwhile: an installed
+        CHILD_SA and its log lines no longer delay the last IKE_AUTH answer).  Nothing is
+        read in between, so no packet can meet the CHILD_SA before it is installed.
+        True if answers wait ahead of events: only then is sending first worth a call."""
         self.now = now
         if self.ike is None or not self.ike.pending():
-            return
+            return False
         deadline = self.work_clock() + IKE_SLICE
         self.ike.process_queued(now, lambda: self.work_clock() < deadline)
-        self._pump(now)
+        self._send_ike()
+        self._ike_ran = True
+        return bool(self._outbox) and self.ike.events_waiting()
+
+    def apply_ike(self, now: float) -> None:
+        """The second half of :meth:`run_ike`: apply the events of what was processed."""
+        if self._ike_ran:
+            self._ike_ran = False
+            self._pump(now)
 
     def handle_timer(self, now: float) -> None:
         """The timer fired: report data-plane usage, run the manager's timers, answer the

@@ -143,6 +143,10 @@ class IkeInbox:
     def __len__(self) -> int:
         return len(self._known.items) + len(self._new.items)
 
+    def only_known(self) -> bool:
+        """Messages wait, all for IKE SAs we hold (no new request among them)."""
+        return bool(self._known.items) and not self._new.items
+
     def check(self, data: bytes | memoryview) -> codec.Header | None:
         """The header of an acceptable datagram, or None (dropped and counted)."""
         if len(data) > self.max_datagram:

@@ -252,3 +252,130 @@ def test_close_lets_requests_being_answered_finish(tmp_path) -> None:
     waiting = asyncio.run(scenario())
     assert json.loads(waiting.result()) == {"ok": False, "error": "ipsecd is stopping"}
     assert followed[-1] == {"end": "ipsecd is stopping"}
+
+
+def _quick_server(tmp_path, calls, logged=None):
+    async def handler(request):
+        calls.append(("handler", request["cmd"]))
+        return {"ok": True, "waited": request["cmd"]}
+
+    def quick(request):
+        calls.append(("quick", request["cmd"]))
+        if request["cmd"] == "boom":
+            raise RuntimeError("bug")
+        if request["cmd"] == "bad":
+            raise ValueError("no such peer")
+        return {"ok": True, "at_once": request["cmd"]} if request["cmd"] == "up" else None
+
+    server = ControlServer(tmp_path / "c.sock", handler, quick)
+    if logged is not None:
+
+        class Log:
+            def warning(self, event, **fields):
+                logged.append(event)
+
+            def exception(self, event, **fields):
+                logged.append(event)
+
+        server.log = Log()
+    return server
+
+
+def test_quick_answers_then_the_streams(tmp_path) -> None:
+    """A whole line the quick handler answers is answered at once, and the connection
+    stays open for the next; a request it leaves (None), or several lines at once, go
+    to the asyncio handler, which serves the connection from then on."""
+    calls: list = []
+
+    def conversation(path):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(path))
+            lines = sock.makefile("rb")
+            replies = []
+            for request in (b'{"cmd": "up"}\n', b'{"cmd": "up"}\n', b'{"cmd": "status"}\n'):
+                sock.sendall(request)
+                replies.append(json.loads(lines.readline()))
+            sock.sendall(b'{"cmd": "up"}\n{"cmd": "down"}\n')
+            replies += [json.loads(lines.readline()), json.loads(lines.readline())]
+            return replies
+
+    async def scenario():
+        server = _quick_server(tmp_path, calls)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        replies = await loop.run_in_executor(None, conversation, server.path)
+        await server.close()
+        return replies
+
+    assert asyncio.run(scenario()) == [
+        {"ok": True, "at_once": "up"},
+        {"ok": True, "at_once": "up"},
+        {"ok": True, "waited": "status"},
+        {"ok": True, "waited": "up"},
+        {"ok": True, "waited": "down"},
+    ]
+    assert calls == [
+        ("quick", "up"),
+        ("quick", "up"),
+        ("quick", "status"),
+        ("handler", "status"),
+        ("handler", "up"),
+        ("handler", "down"),
+    ]
+
+
+def test_quick_path_refuses_and_reports_as_the_streams_do(tmp_path) -> None:
+    calls: list = []
+    logged: list = []
+
+    async def scenario():
+        server = _quick_server(tmp_path, calls, logged)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        replies = [
+            await loop.run_in_executor(None, _exchange, server.path, line)
+            for line in (
+                b'{"cmd":' + b"[" * 40 + b"\n",
+                b'{"cmd": "boom"}\n',
+                b'{"cmd": "bad"}\n',
+            )
+        ]
+        await server.close()
+        return [json.loads(r) for r in replies]
+
+    too_deep, bug, bad = asyncio.run(scenario())
+    assert too_deep == {"ok": False, "error": "refused: request nests JSON deeper than 16 levels"}
+    assert bug == {"ok": False, "error": "internal error: RuntimeError"}
+    assert bad == {"ok": False, "error": "no such peer"}
+    assert logged == ["control request refused", "control request failed"]
+    assert calls == [("quick", "boom"), ("quick", "bad")]
+
+
+def test_close_ends_connections_answered_at_once(tmp_path) -> None:
+    def client(path, answered, closed):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(path))
+            sock.sendall(b'{"cmd": "up"}\n')
+            lines = sock.makefile("rb")
+            reply = json.loads(lines.readline())
+            answered.set()
+            closed.wait(5)
+            return reply, lines.readline()
+
+    async def scenario():
+        import threading
+
+        answered, closed = threading.Event(), threading.Event()
+        server = _quick_server(tmp_path, [])
+        await server.start()
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(None, client, server.path, answered, closed)
+        await loop.run_in_executor(None, answered.wait, 5)
+        await server.close()
+        closed.set()
+        return await done, server.path.exists()
+
+    (reply, after), exists = asyncio.run(scenario())
+    assert reply == {"ok": True, "at_once": "up"} and after == b"" and not exists

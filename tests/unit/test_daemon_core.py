@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
+import ipsecd.crypto.keyexchange as keyexchange
 from ipsecd.config import load_config, parse_config
-from ipsecd.crypto.registry import ENCRYPTION
+from ipsecd.crypto.registry import ENCRYPTION, KEY_EXCHANGE
 from ipsecd.daemon.core import DaemonCore, RouteChange
 from ipsecd.daemon.status import DataplaneStatus
 from ipsecd.esp.sa import OutboundEspSa
-from ipsecd.esp.udp_encap import NON_ESP_MARKER
+from ipsecd.esp.udp_encap import NON_ESP_MARKER, frame
+from ipsecd.ike.manager import USAGE_INTERVAL
 from tests.unit.core_rig import CoreRig
 from tests.unit.ike_pair_support import A_IP, B_IP, ipv4_packet, side_a, side_b
 from tests.unit.test_config_support import KEY_IN, KEY_OUT, write_keys
@@ -154,6 +156,18 @@ def test_usage_reaches_the_ike_layer_on_timer(tmp_path: Path) -> None:
     assert r.ike.ike_sa("b").children[sa.inbound.spi].packets == 3
 
 
+def test_first_child_sa_of_an_idle_daemon_arms_no_timer_at_once(tmp_path: Path) -> None:
+    """Usage is reported every USAGE_INTERVAL while CHILD_SAs exist: the first one after
+    a time without any is due an interval after it came, not at once."""
+    r = CoreRig(tmp_path, side_a(start="respond"), side_b())
+    r.pair.now += 60.0  # idle, no CHILD_SA
+    r.core.control("up", "b", r.now)
+    r.pump()
+    assert len(r.core.by_peer.of("b")) == 1
+    timer = r.core.get_timer()
+    assert timer is not None and timer >= r.now + USAGE_INTERVAL
+
+
 def test_shutdown_sends_a_delete(tmp_path: Path) -> None:
     r = CoreRig(tmp_path, side_a(), side_b())
     sent = len(r.ike_sent)
@@ -253,3 +267,52 @@ def test_reload_starts_ike_when_the_first_ike_peer_appears(
 def test_random_bytes_is_injectable(manual: DaemonCore) -> None:
     core = DaemonCore(manual.config, 0.0, random_bytes=lambda n: bytes(n))
     assert core.random_bytes(4) == bytes(4)
+
+
+@pytest.mark.parametrize("cookies", [False, True])
+def test_answers_leave_before_their_events_are_applied(tmp_path: Path, cookies: bool) -> None:
+    """answer_ike queues the answer with the CHILD_SA not yet installed (the shell sends it
+    first); apply_ike installs it."""
+    a = side_a(start="respond", cookie_threshold=0 if cookies else None)
+    r = CoreRig(tmp_path, a, side_b(start="initiate"))
+    r.b.initiate("a", r.now)
+    installed_at_answer = []
+    step_waiting = []  # the shell's test for processing a message in the turn that read it
+    for _ in range(10):
+        for d in r.b.datagrams_to_send():
+            r.core.from_udp([(frame(d.data, d.marker), d.local)], d.remote, r.now)
+        step_waiting.append(r.core.ike_step_waiting(r.now))
+        if not r.core.ike_pending():
+            break
+        ahead = r.core.answer_ike(r.now)  # answers wait ahead of events
+        answers = r.core.datagrams_to_send()
+        installed_at_answer.append((ahead, len(answers), len(r.core.by_peer.of("b"))))
+        r.core.apply_ike(r.now)
+        for local, remote, datagrams in answers + r.core.datagrams_to_send():
+            for data in datagrams:
+                r._sent_by_a(data, local, remote)
+    # IKE_SA_INIT (answered with a COOKIE first when cookies are demanded), IKE_AUTH
+    init, auth = (False, 1, 0), (True, 1, 0)
+    assert installed_at_answer == ([init, init, auth] if cookies else [init, auth])
+    # A new request waits for its turn while cookies are demanded (as a flood's); the
+    # IKE_AUTH of our half-open SA never does, nor a request to a quiet daemon.
+    assert step_waiting == ([False, False, True, False] if cookies else [True, True, False])
+    assert len(r.core.by_peer.of("b")) == 1
+
+
+def test_key_pairs_made_ahead_for_the_configured_methods(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = keyexchange.PreparedKeyPairs()
+    monkeypatch.setattr(keyexchange, "PREPARED", pool)
+    ike = ("aes128gcm16-prfsha256-ecp256", "aes256gcm16-prfsha256-x25519-ecp256")
+    r = CoreRig(tmp_path, side_a(ike=ike), side_b(ike=ike))
+    assert r.core.key_pairs_missing() is False  # nothing wanted yet
+    r.core.prepare_key_pairs()
+    assert pool.ready == (KEY_EXCHANGE["ecp256"], KEY_EXCHANGE["x25519"])
+    r.core.control("down", "b", r.now)
+    r.pump()
+    r.core.control("up", "b", r.now)  # IKE_SA_INIT takes the ecp256 pair
+    assert pool.ready == (KEY_EXCHANGE["x25519"],) and r.core.key_pairs_missing()
+    r.pump()
+    assert r.status_a()["state"] == "established"

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from ipsecd.crypto.keyexchange import MODP_PRIMES, KeyExchange, KeyExchangeError, new
+import ipsecd.crypto.keyexchange as keyexchange
+from ipsecd.crypto.keyexchange import (
+    MODP_PRIMES,
+    KeyExchange,
+    KeyExchangeError,
+    PreparedKeyPairs,
+    new,
+)
 from ipsecd.crypto.registry import KEY_EXCHANGE, KeId
 
 # RFC 5903 §8.1 (256-bit random ECP group) and §8.2 (384-bit): i, g^i, g^r, g^ir x.
@@ -133,3 +140,33 @@ def test_x25519_low_order_point_rejected() -> None:
 
 def test_key_exchange_error_is_value_error() -> None:
     assert issubclass(KeyExchangeError, ValueError)
+
+
+def test_prepared_key_pairs_are_handed_out_once() -> None:
+    """A key pair made ahead leaves the pool when taken; without one, take makes one."""
+    x25519, ecp256 = KEY_EXCHANGE["x25519"], KEY_EXCHANGE["ecp256"]
+    pool = PreparedKeyPairs()
+    pool.want((x25519, ecp256))
+    assert pool.missing() and pool.ready == ()
+    pool.prepare()
+    assert not pool.missing() and set(pool.ready) == {x25519, ecp256}
+    prepared = pool.ready
+    first = pool.take(x25519)
+    assert pool.missing() and pool.ready == (ecp256,)
+    second = pool.take(x25519)  # none ready: made on the spot
+    pool.prepare()
+    third = pool.take(x25519)
+    assert len({first.public, second.public, third.public}) == 3
+    assert first.alg == second.alg == third.alg == x25519
+    assert third.compute(first.public) == first.compute(third.public)
+    pool.want((x25519,))  # ecp256 no longer configured: its pair goes
+    assert pool.ready == () and prepared
+
+
+def test_new_takes_from_the_module_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = PreparedKeyPairs()
+    monkeypatch.setattr(keyexchange, "PREPARED", pool)
+    x25519 = KEY_EXCHANGE["x25519"]
+    pool.want((x25519,))
+    pool.prepare()
+    assert new(x25519).alg == x25519 and pool.missing()
