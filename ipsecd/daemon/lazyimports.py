@@ -25,6 +25,7 @@ those three modules as on a Python built without OpenSSL (the daemon's entry poi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
@@ -72,11 +73,15 @@ def install_lazy_package(name: str, names: dict[str, str]) -> bool:
         if attribute.startswith("__") and attribute not in ("__all__", "__version__"):
             raise AttributeError(attribute)  # a probe (``__wrapped__``…): not worth 13 MB
         where = names.get(attribute)
+        value: object = None
         if where is not None:
-            value = getattr(importlib.import_module(where), attribute)
+            # Another version of the package may keep the name elsewhere (structlog
+            # 23.1, Debian 12's, has no ``_native``): then the whole package, as below.
+            with contextlib.suppress(ImportError, AttributeError):
+                value = getattr(importlib.import_module(where), attribute)
         elif importlib.util.find_spec(f"{name}.{attribute}") is not None:
             value = importlib.import_module(f"{name}.{attribute}")  # `from pyroute2 import config`
-        else:  # anything else: the whole package, as `import name` gives it
+        if value is None:  # anything else: the whole package, as `import name` gives it
             del package.__dict__["__getattr__"]
             loader.exec_module(package)
             return getattr(package, attribute)
