@@ -295,7 +295,7 @@ def test_answers_leave_before_their_events_are_applied(tmp_path: Path, cookies: 
     init, auth = (False, 1, 0), (True, 1, 0)
     assert installed_at_answer == ([init, init, auth] if cookies else [init, auth])
     # A new request waits for its turn while cookies are demanded (as a flood's); the
-    # IKE_AUTH of our half-open SA never does, nor a request to a quiet daemon.
+    # IKE_AUTH of our half-open SA never does, nor a request to an idle responder.
     assert step_waiting == ([False, False, True, False] if cookies else [True, True, False])
     assert len(r.core.by_peer.of("b")) == 1
 

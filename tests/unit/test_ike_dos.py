@@ -540,3 +540,32 @@ def test_a_second_cookie_answer_for_a_retransmitted_request_is_not_acted_on(tmp_
         pair.a.receive_datagram(answer.data, (A_IP, 500), (B_IP, 500), pair.now)
     pair.pump()
     assert pair.status("a")["state"] == pair.status("b")["state"] == "established"
+
+
+def test_only_an_idle_responder_takes_a_new_request_in_the_readers_turn(tmp_path):
+    """The shell processes a lone message at once (DaemonCore.ike_step_waiting) only if it
+    is a handshake's next step, or a new request to a responder with nothing half-open: a
+    burst of new requests waits for its share of the time (ike/inbox.py)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from ipsecd.ike.manager import IkeManager
+
+    pair = IkePair(tmp_path, side_a(), side_b())
+    b = IkeManager(pair.b_config, pair.now)
+
+    def request(n: int) -> bytes:
+        from ipsecd.crypto.proposals import parse_proposal
+        from ipsecd.ike import message as codec
+        from ipsecd.ike.proposal_codec import sa_payload
+
+        public = X25519PrivateKey.generate().public_key().public_bytes_raw()
+        proposal = parse_proposal("aes256gcm16-prfsha256-x25519", "ike")
+        payloads = (sa_payload((proposal,)), pl.KeyExchange(31, public), pl.Nonce(bytes(32)))
+        return codec.encode(codec.Message(n, 0, IKE_SA_INIT, 0, initiator=True, payloads=payloads))
+
+    b.enqueue_datagram(request(1), (B_IP, 500), (A_IP, 500), pair.now)
+    assert b.next_step_waiting(pair.now)  # idle: the first handshake is not held back
+    b.process_queued(pair.now)
+    assert len(b.half_open) == 1
+    b.enqueue_datagram(request(2), (B_IP, 500), (A_IP, 500), pair.now)
+    assert not b.next_step_waiting(pair.now)  # one half-open already: a burst's turn
