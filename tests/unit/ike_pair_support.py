@@ -266,6 +266,23 @@ class Sent:
 
 
 @dataclass
+class DropFirst:
+    """A :attr:`Network.drop` that loses the first datagram ``sender`` sends of IKE
+    exchange ``exchange`` (a lost request or answer), kept in :attr:`lost`; clear
+    :attr:`lost` to lose the next one."""
+
+    sender: str
+    exchange: int
+    lost: list[Sent] = field(default_factory=list)
+
+    def __call__(self, sent: Sent) -> bool:
+        if sent.sender == self.sender and sent.data[18] == self.exchange and not self.lost:
+            self.lost.append(sent)
+            return True
+        return False
+
+
+@dataclass
 class Network:
     """Delivers datagrams between managers by destination IP.
 

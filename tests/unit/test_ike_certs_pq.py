@@ -21,6 +21,7 @@ from ipsecd.pki.issue import make_crl
 from tests.unit.ike_pair_support import (
     A_IP,
     B_IP,
+    DropFirst,
     IkePair,
     esp_roundtrip,
     ipv4_packet,
@@ -353,26 +354,19 @@ def test_we_require_ml_kem_the_peer_offers_none(tmp_path):
 def test_lost_intermediate_response_is_answered_again_from_the_cache(tmp_path):
     """A retransmitted (fragmented) IKE_INTERMEDIATE request still authenticates at the
     responder after it switched to the next keys (RFC 7383 §2.6.1, RFC 9370 §2.2.2)."""
-    lost = []
-
-    def drop_first_response(sent) -> bool:
-        if sent.sender == "b" and sent.data[18] == ExchangeType.IKE_INTERMEDIATE and not lost:
-            lost.append(sent)
-            return True
-        return False
-
+    drop = DropFirst("b", ExchangeType.IKE_INTERMEDIATE)
     pair = IkePair(
         tmp_path,
         side_a(ike=(HYBRID_1024,), gateway_fragment_size=1280),
         side_b(ike=(HYBRID_1024,), gateway_fragment_size=1280),
         start=False,
     )
-    pair.net.drop = drop_first_response
+    pair.net.drop = drop
     pair.a.start(pair.now)
     pair.pump()
     assert not pair.established("a")
     pair.advance(1.0)  # the initiator retransmits its fragments
-    assert lost and pair.b.counters.get("retransmit_answered", 0) >= 1
+    assert drop.lost and pair.b.counters.get("retransmit_answered", 0) >= 1
     assert_tunnel(pair)
 
 

@@ -19,6 +19,7 @@ from ipsecd.ike.sa import IkeSa
 from tests.unit.ike_pair_support import (
     A_IP,
     B_IP,
+    DropFirst,
     IkePair,
     Sent,
     assert_one_working_pair,
@@ -510,19 +511,11 @@ def test_delete_answered_with_invalid_ike_spi_ends_at_once(tmp_path):
 
 def delete_with_lost_answer(pair: IkePair) -> tuple[Sent, IkeSa]:
     """a deletes its IKE SA; b answers and forgets it, the answer is lost once."""
-    lost: list[Sent] = []
-
-    def drop_first_answer(sent: Sent) -> bool:
-        if sent.sender == "b" and sent.data[18] == INFORMATIONAL and not lost:
-            lost.append(sent)
-            return True
-        return False
-
     old = pair.a.ike_sa("b")
-    pair.net.drop = drop_first_answer
+    pair.net.drop = drop = DropFirst("b", INFORMATIONAL)
     pair.a.terminate("b", pair.now)
     pair.pump()
-    assert len(lost) == 1 and ike_sas(pair, "b") == [] and ike_sas(pair, "a") == [old]
+    assert len(drop.lost) == 1 and ike_sas(pair, "b") == [] and ike_sas(pair, "a") == [old]
     (delete,) = informational(pair, "a")
     return delete, old
 

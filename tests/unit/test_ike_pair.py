@@ -33,6 +33,7 @@ from tests.unit.ike_pair_support import (
     NAT_PUBLIC_IP,
     NET_A,
     NET_B,
+    DropFirst,
     IkePair,
     Sent,
     behind_nat,
@@ -470,15 +471,7 @@ def test_peer_dies_after_establishment(tmp_path):
 @pytest.mark.parametrize("lost", [IKE_SA_INIT, IKE_AUTH])
 def test_lost_response_answered_from_cache(tmp_path, lost):
     pair = IkePair(tmp_path, start=False)
-    dropped: list[Sent] = []
-
-    def drop_first_answer(sent: Sent) -> bool:
-        if sent.sender == "b" and sent.data[18] == lost and not dropped:
-            dropped.append(sent)
-            return True
-        return False
-
-    pair.net.drop = drop_first_answer
+    pair.net.drop = DropFirst("b", lost)
     pair.a.start(pair.now)
     pair.pump()
     assert pair.established("a") == []
@@ -498,15 +491,7 @@ def test_lost_response_answered_from_cache(tmp_path, lost):
 def test_lost_informational_response_answered_from_cache(tmp_path):
     pair = IkePair(tmp_path)
     (b_child,) = pair.established("b")
-    dropped: list[Sent] = []
-
-    def drop_first_answer(sent: Sent) -> bool:
-        if sent.sender == "b" and sent.data[18] == INFORMATIONAL and not dropped:
-            dropped.append(sent)
-            return True
-        return False
-
-    pair.net.drop = drop_first_answer
+    pair.net.drop = DropFirst("b", INFORMATIONAL)
     pair.a.delete_child("b", only_child(pair, "a").spi_in, pair.now)
     pair.pump()
     assert len(pair.of_type("b", ev.ChildSaDeleted)) == 1

@@ -26,6 +26,7 @@ from ipsecd.ike.sa import REPLACED_SA_RETRANSMITS, IkeSa
 from ipsecd.selectors import TrafficSelector
 from tests.unit.core_rig import CoreRig
 from tests.unit.ike_pair_support import (
+    DropFirst,
     IkePair,
     Sent,
     assert_one_working_pair,
@@ -278,14 +279,7 @@ def test_a_duplicate_the_peer_still_set_up_goes_on_the_retransmitted_delete(
     CONNECTING"); a one-way Delete left charon sending through a CHILD_SA we had
     removed.  Here a's first Delete is lost: the retransmission reaches b, and both ends
     keep one and the same pair."""
-    first: list[bool] = []
-
-    def lose_first_delete(s: Any) -> bool:
-        if s.sender == "a" and s.data[18] == INFORMATIONAL and not first:
-            first.append(True)
-            return True
-        return False
-
+    lose_first_delete = DropFirst("a", INFORMATIONAL)
     seen = 0
     for pair, order in _won_with_initial_contact(tmp_path, lose_first_delete):
         seen += 1
@@ -294,7 +288,7 @@ def test_a_duplicate_the_peer_still_set_up_goes_on_the_retransmitted_delete(
         pair.pump()
         assert_in_use(pair)
         assert len(ike_sas(pair, "a")) == len(ike_sas(pair, "b")) == 1, order
-        first.clear()
+        lose_first_delete.lost.clear()
     assert seen > 0
 
 
