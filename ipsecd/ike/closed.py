@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ipsecd.crypto.digests import sha256
 from ipsecd.ike.events import Address
+from ipsecd.ike.sa import CachedResponse
 
 LINGER = 60.0  # seconds: charon's first four retransmissions (4, 7.2, 13, 23.3 s apart)
 CAPACITY = 1024  # entries, all peers together
@@ -30,14 +31,12 @@ ANSWERS = 4  # resends per entry
 
 @dataclass
 class ClosedAnswer:
-    """Our answer to the request that deleted an IKE SA."""
+    """Our answer to the request that deleted an IKE SA (the SA's cache, sent from
+    ``local``)."""
 
     remote_spi: int
-    message_id: int
-    datagrams: list[bytes]
+    cached: CachedResponse
     local: Address
-    source: Address
-    digest: bytes
     expires: float
     answers_left: int = field(default=ANSWERS)
 
@@ -57,24 +56,19 @@ class ClosedAnswers:
         self,
         local_spi: int,
         remote_spi: int,
-        message_id: int,
-        datagrams: list[bytes],
+        cached: CachedResponse,
         local: Address,
-        source: Address,
-        digest: bytes,
         now: float,
     ) -> None:
-        """Remember the answer to the Delete (``digest``: SHA-256 of its request) of the
-        IKE SA ``local_spi``; an empty ``digest`` (a fragmented request) is not kept."""
+        """Remember the answer to the Delete of the IKE SA ``local_spi`` (its cached
+        response); one to a fragmented request (no digest) is not kept."""
         self.expire(now)
-        if not digest or not datagrams:
+        if not cached.digest or not cached.datagrams:
             return
         self._answers.pop(local_spi, None)
         while len(self._answers) >= self.capacity:
             self._answers.popitem(last=False)
-        self._answers[local_spi] = ClosedAnswer(
-            remote_spi, message_id, list(datagrams), local, source, digest, now + self.linger
-        )
+        self._answers[local_spi] = ClosedAnswer(remote_spi, cached, local, now + self.linger)
 
     def expire(self, now: float) -> None:
         """Drop the entries whose time is up (all entries linger equally: oldest first)."""
@@ -98,11 +92,11 @@ class ClosedAnswers:
         about this request at all, so that the caller goes on as for any unknown SPI."""
         self.expire(now)
         entry = self._answers.get(local_spi)
-        if entry is None or entry.remote_spi != remote_spi or entry.message_id != message_id:
+        if entry is None or entry.remote_spi != remote_spi or entry.cached.message_id != message_id:
             return "unknown_spi", None
-        if source != entry.source:
+        if source != entry.cached.source:
             return "retransmit_wrong_source", None
-        if not hmac.compare_digest(sha256(data), entry.digest):
+        if not hmac.compare_digest(sha256(data), entry.cached.digest):
             return "retransmit_mismatch", None
         if entry.answers_left <= 0:
             return "retransmit_rate_limited", None

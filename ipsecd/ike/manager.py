@@ -771,8 +771,8 @@ class IkeManager:
         if entry is not None:
             marker = entry.local[1] == self.natt_port
             self._outgoing.extend(
-                OutgoingDatagram(datagram, entry.local, entry.source, marker=marker)
-                for datagram in entry.datagrams
+                OutgoingDatagram(datagram, entry.local, entry.cached.source, marker=marker)
+                for datagram in entry.cached.datagrams
             )
         return True
 
@@ -955,16 +955,7 @@ class IkeManager:
             sa.reassembler.clear()  # its partial fragments no longer count
         cached = sa.cached_response
         if cached is not None and any(isinstance(s, PeerDeletedIkeSa) for s in signals):
-            self.closed.keep(
-                sa.local_spi,
-                sa.remote_spi,
-                cached.message_id,
-                cached.datagrams,
-                sa.local,
-                cached.source,
-                cached.digest,
-                now,
-            )
+            self.closed.keep(sa.local_spi, sa.remote_spi, cached, sa.local, now)
         if self.table.remove(sa):
             self.scheduler.forget(sa)
         retiring = sa.local_spi in self._retiring
