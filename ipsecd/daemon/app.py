@@ -196,7 +196,8 @@ class Daemon:
         if self.core.from_udp(datagrams, sock.local, now):
             if len(datagrams) == 1 and self._ike_slice is None and self.core.ike_step_waiting(now):
                 # A handshake's step on an idle queue: processed now rather than one loop
-                # turn later (while cookies are demanded, new requests wait for their turn).
+                # turn later (a new request only by an idle responder: no half-open SA,
+                # no COOKIE demanded, no backlog; others wait for their turn).
                 self._run_ike(now)
             else:
                 self._flush()

@@ -643,9 +643,9 @@ class DaemonCore:
         self.apply_ike(now)
 
     def ike_step_waiting(self, now: float) -> bool:
-        """One IKE message waits, the next step of an exchange, or a new request of a quiet
-        daemon (IkeManager.next_step_waiting): the shell processes it in the turn that read
-        it; otherwise it waits for the next turn, as a flood's requests do."""
+        """One IKE message waits, the next step of an exchange, or a new request to an idle
+        responder (IkeManager.next_step_waiting): the shell processes it in the turn that
+        read it; otherwise it waits for the next turn, as a burst's or flood's do."""
         return self.ike is not None and self.ike.next_step_waiting(now)
 
     def answer_ike(self, now: float) -> bool:

@@ -44,6 +44,7 @@ from prometheus_client.registry import Collector
 
 from ipsecd.daemon import logs
 from ipsecd.daemon.status import PEER_STATES, DaemonStatus
+from ipsecd.dataplane.offload import BULK_STATES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_REQUEST = 8 * 1024  # request line + headers; a scrape needs a few hundred bytes
@@ -172,7 +173,7 @@ def status_families(status: DaemonStatus) -> list[Metric]:
         "1 for the status of numpy's bulk path (not-loaded, loaded, unavailable).",
         ["status"],
     )
-    for bulk_state in ("not-loaded", "loaded", "unavailable"):
+    for bulk_state in BULK_STATES:
         bulk_path.add_metric([bulk_state], 1 if dp.bulk_path == bulk_state else 0)
     for name, value in vars(dp).items():
         if name not in ("offload", "bulk_path"):

@@ -102,10 +102,14 @@ def bulk() -> ModuleType | None:
     return _bulk  # type: ignore[return-value]  # the module or None once tried
 
 
+BULK_STATES = ("not-loaded", "loaded", "unavailable")  # what bulk_state() says
+
+
 def bulk_state() -> str:
     """For the status: ``not-loaded`` (no bulk traffic yet), ``loaded`` or
     ``unavailable`` (bursts take the one-packet paths, see :func:`bulk`)."""
-    return "not-loaded" if _bulk is False else ("loaded" if _bulk else "unavailable")
+    not_loaded, loaded, unavailable = BULK_STATES
+    return not_loaded if _bulk is False else (loaded if _bulk else unavailable)
 
 
 def ones_sum(data: bytes | bytearray | memoryview) -> int:
