@@ -34,16 +34,21 @@ print("core", resource.getrlimit(resource.RLIMIT_CORE))
 """
 
 
-def _run(*args: str) -> list[str]:
+def _python(code: str, *args: str, timeout: float = 60) -> list[str]:
+    """The output lines of ``code`` run in a fresh interpreter (this tree's ipsecd)."""
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, *args],
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2])),
-        timeout=60,
+        timeout=timeout,
         check=True,
     )
     return proc.stdout.splitlines()
+
+
+def _run(*args: str) -> list[str]:
+    return _python(CHILD, *args)
 
 
 def test_drop_to_nobody_keeps_only_cap_net_admin():
@@ -95,15 +100,7 @@ print(json.dumps([m for m in names if m in sys.modules] + [len(os.listdir("/proc
 """
 
     def preloaded(*skip: str) -> list[object]:
-        done = subprocess.run(
-            [sys.executable, "-c", code, *skip],
-            capture_output=True,
-            text=True,
-            env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2])),
-            timeout=120,
-            check=True,
-        )
-        return json.loads(done.stdout.splitlines()[-1])
+        return json.loads(_python(code, *skip, timeout=120)[-1])
 
     everything = ["ipsecd.daemon.metrics", "prometheus_client", "ipsecd.pki.validate", 1]
     assert preloaded() == everything
