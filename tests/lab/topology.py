@@ -567,16 +567,20 @@ class Topology:
             run(self.nat, "nft", "-f", "-", input=ruleset)
 
     def _wire_ipv6(self) -> None:
-        """Turn IPv6 on (no DAD, no RAs, no solicitations) and give the links addresses."""
+        """Turn IPv6 on (no DAD, no RAs, no solicitations) and give the links addresses.
+
+        The settings go on every existing interface too, before IPv6 is enabled: an
+        interface keeps the defaults it was created with, and with its own ``accept_dad``
+        at 1 its link-local address stayed tentative for a second after start-up, in which
+        the host ignored neighbour solicitations (the first pings were lost).
+        """
+        quiet = ("accept_dad=0", "accept_ra=0", "router_solicitations=0")
         for ns in self.namespaces:
-            for key in ("all", "default"):
-                for setting in (
-                    "disable_ipv6=0",
-                    "accept_dad=0",
-                    "accept_ra=0",
-                    "router_solicitations=0",
-                ):
-                    run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.{setting}")
+            keys = ["all", "default", *run(ns, "ls", "/proc/sys/net/ipv6/conf").stdout.split()]
+            settings = [f"net.ipv6.conf.{key}.{s}" for key in dict.fromkeys(keys) for s in quiet]
+            run(ns, "sysctl", "-qw", *settings)
+            run(ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=0",
+                "net.ipv6.conf.all.disable_ipv6=0")  # fmt: skip
         links = (
             (self.host_a, HOST_IFACE, f"{HOST_A_IP6}/64"),
             (self.gw_a, LAN_IFACE, f"{GW_A_LAN_IP6}/64"),
