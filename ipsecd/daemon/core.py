@@ -65,7 +65,14 @@ from ipsecd.daemon.status import (
 from ipsecd.dataplane.mtu import sa_max_inner, tun_mtu
 from ipsecd.dataplane.offload import ToTun, TunRead
 from ipsecd.dataplane.processor import Outgoing, PacketProcessor
-from ipsecd.dataplane.sad import Address, Inbound, InstalledChildSa, Outbound, SaDatabase
+from ipsecd.dataplane.sad import (
+    REKEYED_INBOUND_GRACE,
+    Address,
+    Inbound,
+    InstalledChildSa,
+    Outbound,
+    SaDatabase,
+)
 from ipsecd.dataplane.trap import TrapQueue
 from ipsecd.dataplane.udp import Received
 from ipsecd.esp.sa import InboundEspSa, OutboundEspSa
@@ -440,6 +447,7 @@ class DaemonCore:
             self.outcomes.deadline(),
             self.ike.get_timer() if self.ike is not None else None,
             self.ike_log.next_summary(),
+            self.sad.next_expiry(),
         ]
         return min((t for t in due if t is not None), default=None)
 
@@ -481,7 +489,7 @@ class DaemonCore:
     ) -> DaemonStatus:
         """The status model at ``now`` (``wall``: the wall clock at the same instant, for
         timestamps); the shell tells what only its devices know."""
-        self.ledger.observe(self.sad, now)
+        self.ledger.observe(self.sad.with_retired(), now)
         clock = Clock(now, wall)
         ike = self.ike
         entries = {str(e.get("peer")): e for e in ike.status(now)} if ike is not None else {}
@@ -521,6 +529,7 @@ class DaemonCore:
             last_error=self.last_error.get(peer.name),
             on_demand=next(iter(traps.values()), None),
             child_traps=traps,
+            retired=self.sad.retired_of(peer.name),
         )
 
     def conns(self) -> ConnsStatus:
@@ -678,10 +687,12 @@ class DaemonCore:
         if self.ike is not None:
             if self.ike.usage_due(now):  # O(SAs): once per USAGE_INTERVAL, not per timer
                 self._report_usage(self.ike, now)
-                self.ledger.observe(self.sad, now)
+                self.ledger.observe(self.sad.with_retired(), now)
             self.ike.handle_timer(now)
             self._pump(now)
         self.outcomes.expire(now, self._describe_peer)
+        for sa in self.sad.expire(now):  # rekeyed SAs at the end of their inbound grace
+            self.ledger.retire(sa)
 
     def _pump(self, now: float) -> None:
         """Queue what the IKE layer sends, and apply its events."""
@@ -751,15 +762,19 @@ class DaemonCore:
                     self.by_peer.sending(spi_in)
                     log.info("CHILD_SA outbound active", peer=peer, spi_in=f"{spi_in:08x}")
             case ev.ChildSaDeleted(peer=peer, spi_in=spi_in, reason=reason, name=name):
-                if (removed := self.sad.remove(spi_in)) is not None:
-                    self.by_peer.removed(removed)
+                if event.rekeyed:  # its inbound side opens late packets a while longer
+                    removed = self.sad.retire(spi_in, now)
+                elif (removed := self.sad.remove(spi_in)) is not None:
                     self.ledger.retire(removed)
+                if removed is not None:
+                    self.by_peer.removed(removed)
                     log.info(
                         "CHILD_SA removed",
                         peer=peer,
                         child=name,
                         spi_in=f"{spi_in:08x}",
                         reason=reason,
+                        **({"inbound_grace_s": REKEYED_INBOUND_GRACE} if event.rekeyed else {}),
                     )
                 if not any(sa.name == name for sa in self.by_peer.of(peer)):
                     self.trap.down(trap_key(peer, name))  # the next packet brings it up again

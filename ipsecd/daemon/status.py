@@ -652,11 +652,13 @@ def peer_status(
     last_error: str | None,
     on_demand: OnDemandStatus | None,
     child_traps: Mapping[str, OnDemandStatus] | None = None,
+    retired: Sequence[InstalledChildSa] = (),
 ) -> PeerStatus:
     """One peer from its config, the IKE manager's ``entry`` (None: no IKE) and its
     installed CHILD_SAs; ``natt_port`` is ours (gateway.port), where the peer's IKE moves to
     (RFC 3948); ``last_error`` as the core last recorded it; ``child_traps`` the trap of
-    each configured child that has one, by name (``on_demand``: the peer's, one of them)."""
+    each configured child that has one, by name (``on_demand``: the peer's, one of them);
+    ``retired``: its rekeyed SAs still open for late packets (counted, not listed)."""
     ike = ike_sa_status(entry, peer, natt_port, clock) if entry is not None else None
     ike_children = {str(c.get("spi_in")): c for c in (entry or {}).get("children") or ()}
 
@@ -707,8 +709,8 @@ def peer_status(
         ike=ike,
         children=children,
         configured_children=configured,
-        transfer=ledger.transfer(peer.name, installed),
-        drops=ledger.drops(peer.name, installed),
+        transfer=ledger.transfer(peer.name, (*installed, *retired)),
+        drops=ledger.drops(peer.name, (*installed, *retired)),
         handshake_failures=ledger.handshake_failures(peer.name),
         last_error=str(error) if error else None,
         last_error_at=clock.iso_or_none(error_at),

@@ -7,7 +7,9 @@ then the narrowest local range: a CHILD_SA for 10.2.5.0/24 wins over one for
 10.2.0.0/16 of the same or another child, RFC 4301 §4.4.1 ordering), and among
 equally specific ones the most recently installed first, so a rekeyed SA takes
 over the moment it is installed (make-before-break) while the old one keeps
-decrypting until it is removed.  Sans-I/O: no sockets, only objects and ints.
+decrypting until it is removed.  A rekeyed SA's inbound side outlives its Delete by
+:data:`REKEYED_INBOUND_GRACE` seconds (:meth:`SaDatabase.retire`): what the peer sent on
+it before it switched may still be on the way.  Sans-I/O: no sockets, only objects and ints.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from ipsecd.selectors import TrafficSelector
 Address = tuple[str, int]
 Inbound = InboundEspSa | InboundAhSa
 Outbound = OutboundEspSa | OutboundAhSa
+
+#: Seconds a rekeyed CHILD_SA still decrypts after its Delete (strongSwan's
+#: ``charon.delete_rekeyed_delay``, 5 s by default): a peer that sends from a queue (charon's
+#: libipsec) can put packets on the old SA after the exchange that ended it.
+REKEYED_INBOUND_GRACE = 5.0
 
 
 @dataclass(eq=False)
@@ -107,6 +114,9 @@ class SaDatabase:
         self._serial = 0
         self._index: SelectorIndex[InstalledChildSa] = SelectorIndex()
         self._cache: dict[tuple[int, int, int], InstalledChildSa | None] = {}
+        # Inbound-only SAs kept after a rekey's Delete, by inbound SPI -> (until, SA); the
+        # grace is the same for all, so insertion order is expiry order.
+        self._retiring: dict[int, tuple[float, InstalledChildSa]] = {}
 
     @staticmethod
     def _rank(
@@ -139,6 +149,7 @@ class SaDatabase:
         sending on the old SA); :meth:`activate_outbound` adds the outbound side later.
         """
         self.by_spi[sa.inbound.spi] = sa
+        self._retiring.pop(sa.inbound.spi, None)
         if outbound:
             self._start_sending(sa)
 
@@ -153,7 +164,39 @@ class SaDatabase:
         sa = self.by_spi.pop(spi_in, None)
         if sa is not None:
             self._stop_sending(sa)
+            self._retiring.pop(spi_in, None)
         return sa
+
+    def retire(self, spi_in: int, now: float) -> InstalledChildSa | None:
+        """The CHILD_SA was rekeyed and deleted: stop sending with it at once, keep opening
+        what arrives for it until ``now + REKEYED_INBOUND_GRACE`` (:meth:`expire`)."""
+        sa = self.by_spi.get(spi_in)
+        if sa is not None:
+            self._stop_sending(sa)
+            self._retiring.pop(spi_in, None)  # (re-inserted: expiry order stays)
+            self._retiring[spi_in] = (now + REKEYED_INBOUND_GRACE, sa)
+        return sa
+
+    def retiring(self, spi_in: int) -> bool:
+        return spi_in in self._retiring
+
+    def next_expiry(self) -> float | None:
+        """When the oldest retired SA's grace ends, None with none."""
+        for until, _ in self._retiring.values():
+            return until
+        return None
+
+    def expire(self, now: float) -> list[InstalledChildSa]:
+        """Remove the retired SAs whose grace is over; the ones removed."""
+        gone: list[InstalledChildSa] = []
+        for spi, (until, sa) in list(self._retiring.items()):
+            if until > now:
+                break
+            del self._retiring[spi]
+            if self.by_spi.get(spi) is sa:  # (an SA installed since under the same SPI stays)
+                del self.by_spi[spi]
+                gone.append(sa)
+        return gone
 
     def remove_peer(self, peer: str) -> list[InstalledChildSa]:
         gone = [s for s in self.by_spi.values() if s.peer == peer]
@@ -177,16 +220,30 @@ class SaDatabase:
         return self.by_spi.get(spi)
 
     def for_peer(self, peer: str) -> list[InstalledChildSa]:
-        """The peer's SAs, the ones in outbound use first (newest first), then inbound-only."""
-        sending = [s for s in reversed(self._sending) if s.peer == peer]
-        return sending + [
-            s for s in self.by_spi.values() if s.peer == peer and s not in self._sending
-        ]
+        """The peer's SAs, the ones in outbound use first (newest first), then inbound-only
+        (not the retired ones)."""
+        return [s for s in self if s.peer == peer]
 
     def __iter__(self) -> Iterator[InstalledChildSa]:
-        """The SAs in outbound use (newest first), then the inbound-only ones."""
-        sending = self._sending
-        return iter([*reversed(sending), *(s for s in self.by_spi.values() if s not in sending)])
+        """The SAs in outbound use (newest first), then the inbound-only ones; not the
+        retired ones (:meth:`retire`), which IKE and the status know no more."""
+        sending, retiring = self._sending, self._retiring
+        return iter(
+            [
+                *reversed(sending),
+                *(s for spi, s in self.by_spi.items() if s not in sending and spi not in retiring),
+            ]
+        )
+
+    def with_retired(self) -> Iterator[InstalledChildSa]:
+        """Every SA that still opens packets: :meth:`__iter__`'s, then the retired ones."""
+        yield from self
+        for _, sa in self._retiring.values():
+            yield sa
+
+    def retired_of(self, peer: str) -> list[InstalledChildSa]:
+        """The peer's retired SAs (a few at most: each lasts the grace)."""
+        return [sa for _, sa in self._retiring.values() if sa.peer == peer]
 
     def __len__(self) -> int:
-        return len(self.by_spi)
+        return len(self.by_spi) - len(self._retiring)

@@ -118,13 +118,18 @@ class ChildSaOutboundActivated(Event):
 
 @dataclass(frozen=True)
 class ChildSaDeleted(Event):
-    """A CHILD_SA was deleted (RFC 7296 §1.4.1) and must be removed from the data plane."""
+    """A CHILD_SA was deleted (RFC 7296 §1.4.1) and must be removed from the data plane.
+
+    ``rekeyed``: a new CHILD_SA replaced it (§2.8), so its inbound side may still get what
+    the peer sent before switching (the data plane keeps it a few seconds).
+    """
 
     peer: str
     spi_in: int
     spi_out: int
     reason: str
     name: str = ""  # the configured child (peers[].children[].name)
+    rekeyed: bool = False
 
 
 @dataclass(frozen=True)

@@ -1039,7 +1039,15 @@ class IkeSa:
         self.children.pop(child.spi_in, None)
         if was_installed:
             self.events.append(
-                ChildSaDeleted(self.peer_name, child.spi_in, child.spi_out, reason, child.name)
+                ChildSaDeleted(
+                    self.peer_name,
+                    child.spi_in,
+                    child.spi_out,
+                    reason,
+                    child.name,
+                    # (not when the IKE SA ends: everything it made goes with it)
+                    rekeyed=child.was_rekeyed and event is not ChildEvent.IKE_GONE,
+                )
             )
         if child.was_rekeyed:
             self.count("child_sa_rekeyed")

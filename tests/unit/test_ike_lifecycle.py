@@ -272,3 +272,24 @@ def test_timer_heap_keeps_one_time_per_key_and_stays_small():
     assert timers.next() == 1103.0  # key 4 (3 is gone)
     timers.set(9, 500.0)  # earlier than everything
     assert timers.pop_due(600.0) == [9]
+
+
+def test_a_rekeyed_child_gone_with_its_ike_sa_is_not_kept_for_late_packets(tmp_path, monkeypatch):
+    """Only a rekey's Delete leaves the old inbound SA a grace (``rekeyed``); when the IKE
+    SA ends first, its every CHILD_SA goes at once (RFC 7296 §1.4.1)."""
+
+    def install_without_delete(self, sa, child, now):
+        old = sa.children[self.old_spi]
+        sa.install_child(child, now)
+        rekey.mark_rekeyed(sa, old, now)
+
+    monkeypatch.setattr(rekey.RekeyChildSa, "install", install_without_delete)
+    pair = IkePair(tmp_path)
+    (old,) = pair.b.ike_sa("a").children.values()
+    pair.a.rekey("b", pair.now)
+    pair.pump()
+    assert old.state is ChildState.REKEYED
+    pair.b.terminate("a", pair.now)
+    pair.pump()
+    deleted = {e.spi_in: e.rekeyed for _, e in pair.events["b"] if isinstance(e, ev.ChildSaDeleted)}
+    assert len(deleted) == 2 and deleted[old.spi_in] is False and not any(deleted.values())

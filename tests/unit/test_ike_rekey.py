@@ -132,6 +132,8 @@ def test_child_rekey_by_either_side(tmp_path: Path, initiator: str, esp: str) ->
     assert kinds.count(("a", "ChildSaEstablished")) == 2
     assert kinds.count(("a", "ChildSaDeleted")) == 1
     assert kinds.count(("b", "ChildSaDeleted")) == 1
+    # Both sides' data planes keep the old inbound SA a few seconds (late packets).
+    assert all(e.rekeyed for side in "ab" for e in pair.of_type(side, ev.ChildSaDeleted))
     responder = "b" if initiator == "a" else "a"
     # The rekey responder started sending on the new SA only when the old one was deleted.
     assert (responder, "ChildSaOutboundActivated") in kinds

@@ -186,3 +186,42 @@ def test_many_sas_installed_activated_and_removed_keep_the_reference_order() -> 
             for peer in "xyz":
                 assert sad.for_peer(peer) == [s for s in ref.order() if s.peer == peer]
     assert len(sad) == len(ref.by_spi) > 100
+
+
+def test_a_retired_sa_stops_sending_at_once_and_opens_until_its_grace_ends() -> None:
+    """A rekeyed CHILD_SA after its Delete: no outbound use, inbound for the grace only."""
+    from ipsecd.dataplane.sad import REKEYED_INBOUND_GRACE
+
+    db = SaDatabase()
+    old = child(0x1000, ["10.1.0.0/16"], ["10.2.0.0/16"])
+    new = child(0x2000, ["10.1.0.0/16"], ["10.2.0.0/16"])
+    db.install(old)
+    db.install(new)
+    src, dst = ip("10.1.0.5"), ip("10.2.0.7")
+    assert db.retire(0x1000, now=100.0) is old
+    assert db.lookup_outbound(4, src, dst) is new
+    db.remove(0x2000)
+    assert db.lookup_outbound(4, src, dst) is None  # the retired SA never sends again
+    assert db.lookup_inbound(0x1000) is old and db.retiring(0x1000)
+    assert db.next_expiry() == 100.0 + REKEYED_INBOUND_GRACE
+    assert db.expire(100.0 + REKEYED_INBOUND_GRACE - 0.001) == []
+    assert db.lookup_inbound(0x1000) is old
+    assert db.expire(100.0 + REKEYED_INBOUND_GRACE) == [old]
+    assert db.lookup_inbound(0x1000) is None and len(db) == 0 and db.next_expiry() is None
+    assert db.retire(0x1000, now=200.0) is None  # unknown SPI: nothing to keep
+
+
+def test_retired_sas_expire_oldest_first_and_an_sa_installed_under_the_spi_stays() -> None:
+    db = SaDatabase()
+    sas = [child(spi, ["10.1.0.0/16"], ["10.2.0.0/16"]) for spi in (0x10, 0x20, 0x30)]
+    for sa in sas:
+        db.install(sa)
+    db.retire(0x10, now=1.0)
+    db.retire(0x20, now=2.0)
+    db.retire(0x30, now=3.0)
+    again = child(0x20, ["10.1.0.0/16"], ["10.2.0.0/16"])
+    db.install(again)  # (a new SA drew the same random SPI: 1 in 2**32 per SA)
+    db.remove(0x30)  # removed outright (its IKE SA went): no longer retiring
+    assert not db.retiring(0x30)
+    assert db.expire(100.0) == [sas[0]]
+    assert db.lookup_inbound(0x20) is again and db.next_expiry() is None
