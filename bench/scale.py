@@ -31,6 +31,8 @@ subsystem at level 1 and strongSwan's default retransmission (4 s, base 1.8, 5 t
   not complete after 40 s + N/20 s (:func:`burst_wait`) is reported as incomplete, with
   how many tunnels came up.  For ipsecd the JSON also has gwA's retransmissions and
   gwB's ``ike_busy_dropped`` (IKE_SA_INITs its inbox dropped unread, under pressure).
+  Then both daemons hold N idle tunnels: their CPU over 10 s from 1 s after the last one
+  came up (:func:`idle_cpu`; percent of one core) is what N tunnels cost doing nothing.
 * Rounds interleave the sizes and the daemons (default 3; the daemons' order reversed in
   every other round); the table shows the median and the range, and ratios ipsecd /
   strongSwan taken within each round.  The load average (1 min) is read before and after
@@ -51,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +244,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+#: Seconds of idle CPU measured after a burst is up (``idle_cpu_*``), from 1 s after the
+#: last CHILD_SA: both daemons hold ``n`` tunnels and no traffic (timers, usage checks).
+IDLE_WINDOW = 10.0
+
+
+def idle_cpu(cpu: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+    """Percent of one core each daemon used over :data:`IDLE_WINDOW` seconds, its tunnels
+    up and idle (``cpu``: both daemons' CPU seconds so far)."""
+    time.sleep(1.0)
+    a0, b0 = cpu()
+    time.sleep(IDLE_WINDOW)
+    a1, b1 = cpu()
+    return 100 * (a1 - a0) / IDLE_WINDOW, 100 * (b1 - b0) / IDLE_WINDOW
+
+
 def burst_wait(n: int) -> float:
     """How long a burst of ``n`` tunnels may take before it counts as incomplete (both
     daemons need well under half of it on an idle machine)."""
@@ -313,6 +331,9 @@ def measure_handshakes(n: int) -> dict[str, Any]:
                 cpu_ms_initiator=a_cpu / n * 1e3,
                 cpu_ms_responder=b_cpu / n * 1e3,
                 retransmits=len(_stamps(a_log, "retransmit", prefix=True)),
+            )
+            result["idle_cpu_initiator"], result["idle_cpu_responder"] = idle_cpu(
+                lambda: (cpu_seconds(a.pid), cpu_seconds(b.pid))
             )
         try:  # why a burst is slow: what gwB dropped unread (its IKE inbox's time share)
             status = request(work / "ctl-b.sock", {"cmd": "status"}, timeout=60)["status"]
@@ -524,6 +545,9 @@ def swan_handshakes(n: int, swan: StrongSwan) -> dict[str, Any]:
                 cpu_ms_responder=b_cpu / n * 1e3,
                 retransmits=len(_log_stamps(a.log_text(), r"retransmit \d+ of request")),
             )
+            result["idle_cpu_initiator"], result["idle_cpu_responder"] = idle_cpu(
+                lambda: (a.cpu_seconds(), b.cpu_seconds())
+            )
         if os.environ.get("SCALE_KEEP_LOGS"):
             keep = Path(os.environ["SCALE_KEEP_LOGS"])
             keep.mkdir(parents=True, exist_ok=True)
@@ -613,7 +637,7 @@ def table(
         "",
         f"{'tunnels at once':>16}  {'':<{width}}  {'handshakes/s':>22}  {'all up after':>22}"
         f"  {'CPU/handshake initiator':>24}  {'CPU/handshake responder':>24}"
-        f"  {'retransmits':>16}",
+        f"  {'retransmits':>16}  {'idle CPU % A / B':>18}",
     ]
     sizes = next(iter(shakes.values())).keys() if shakes else []
     for n in sizes:
@@ -625,8 +649,8 @@ def table(
                 f"  {_fmt([r['seconds'] for r in ok], 's', 2):>22}"
                 f"  {_fmt([r['cpu_ms_initiator'] for r in ok], 'ms', 2):>24}"
                 f"  {_fmt([r['cpu_ms_responder'] for r in ok], 'ms', 2):>24}"
-                f"  {_fmt([r['retransmits'] for r in ok], '', 0):>16}{_loaded(rs)}"
-                + _incomplete(n, rs, ok)
+                f"  {_fmt([r['retransmits'] for r in ok], '', 0):>16}"
+                f"  {_idle_cells(ok):>18}{_loaded(rs)}" + _incomplete(n, rs, ok)
             )
         if "ipsecd" in shakes:
             for d in (d for d in shakes if d != "ipsecd"):
@@ -639,6 +663,15 @@ def table(
                     f"  {_ratio_cells(mine, theirs, 'cpu_ms_responder'):>24}"
                 )
     return "\n".join(lines)
+
+
+def _idle_cells(ok: list[dict[str, Any]]) -> str:
+    """Median idle CPU (percent of a core) of initiator and responder after the burst."""
+    a = [r["idle_cpu_initiator"] for r in ok if "idle_cpu_initiator" in r]
+    b = [r["idle_cpu_responder"] for r in ok if "idle_cpu_responder" in r]
+    if not a or not b:
+        return "-"
+    return f"{statistics.median(a):.2f} / {statistics.median(b):.2f}"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

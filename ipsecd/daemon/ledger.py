@@ -126,6 +126,20 @@ class Ledger:
             if packets_out != seen.packets_out:
                 seen.packets_out, seen.last_out = packets_out, now
 
+    def moved(self, sa: InstalledChildSa, now: float) -> None:
+        """Date ``sa``'s counters that moved since the last look (what :meth:`observe`
+        does for one SA: the core's usage pass calls it for the SAs that moved only)."""
+        seen = self._watched.get(id(sa))
+        if seen is None or seen.sa is not sa:
+            self._watched.pop(id(sa), None)
+            self.watch(sa, now)
+            return
+        packets_in, packets_out = sa.inbound.packets, sa.outbound.packets
+        if packets_in != seen.packets_in:
+            seen.packets_in, seen.last_in = packets_in, now
+        if packets_out != seen.packets_out:
+            seen.packets_out, seen.last_out = packets_out, now
+
     def watch(self, sa: InstalledChildSa, now: float) -> None:
         """``sa`` was just installed: date its counters from now (what :meth:`observe`
         does for a new SA, without looking at every other one)."""

@@ -62,6 +62,8 @@ class InstalledChildSa:
     encap: bool = True
     max_inner: int = 65535
     nat: bool = False  # transport mode across a NAT: TCP/UDP checksums get fixed
+    # (inbound, outbound) packets when the usage was last told to IKE (DaemonCore).
+    usage_told: tuple[int, int] = field(default=(0, 0), repr=False)
     # (version, start, end) tuples flattened for a fast outbound match.
     _match: tuple[tuple[int, int, int, int, int, int], ...] = field(default=(), repr=False)
 
