@@ -160,7 +160,12 @@ def _daemon(ns: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
         out = Path(profile) / f"{log.stem}-{time.time():.0f}.prof"
         cmd[1:2] = ["-m", "cProfile", "-o", str(out), "-m"]
     with open(log, "wb") as fh:
-        return subprocess.Popen(netns_cmd(ns, cmd), stdout=fh, stderr=subprocess.STDOUT, env=_env())
+        # From REPO: ``python -m`` puts the working directory first on the path, so a run
+        # from another tree would run that tree's ipsecd (a before/after would compare one
+        # tree with itself).
+        return subprocess.Popen(
+            netns_cmd(ns, cmd), stdout=fh, stderr=subprocess.STDOUT, env=_env(), cwd=REPO
+        )
 
 
 def wire_wan(ns: str) -> None:

@@ -94,6 +94,7 @@ def _address(address: tuple[str, int]) -> Address:
 
 
 USAGE_INTERVAL = 1.0  # how often the shell should report CHILD_SA usage (child_usage)
+TIMER_SLICE = 64  # due IKE SAs (and due peer retries) handle_timer takes on per call
 
 
 class IkeManager:
@@ -433,7 +434,11 @@ class IkeManager:
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
-        for spi in self.scheduler.timers.pop_due(now):
+        """The IKE SAs and peer retries due at ``now``: at most :data:`TIMER_SLICE` of
+        each per call, the rest stay due (:meth:`get_timer` says so at once), so that the
+        shell reads its sockets between slices (1000 tunnels up at once have their DPD due
+        at once: some 160 ms of work in one piece otherwise, ESP waiting behind it)."""
+        for spi in self.scheduler.timers.pop_due(now, TIMER_SLICE):
             sa = self.sas.get(spi)
             if sa is None:
                 continue
@@ -441,7 +446,7 @@ class IkeManager:
             self._collect(sa, now)
         if now >= self._usage_due:  # the shell reports usage when we wake it (child_usage)
             self._last_usage_check = now
-        for name in self.peer_policy.due_retries(now):
+        for name in self.peer_policy.due_retries(now, TIMER_SLICE):
             self._count("connection_retries")
             self.initiate(name, now)
 

@@ -173,8 +173,8 @@ class PeerPolicy:
         if state is not None and state.wanted and state.retry_at is None:
             self.set_retry(name, now + self.retry_pause)
 
-    def due_retries(self, now: float) -> list[str]:
-        due = self.retries.pop_due(now)
+    def due_retries(self, now: float, limit: int | None = None) -> list[str]:
+        due = self.retries.pop_due(now, limit)
         for name in due:
             self.state[name].retry_at = None
         return due

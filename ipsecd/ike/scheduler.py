@@ -102,16 +102,18 @@ class TimerHeap(Generic[K]):
         self._drop_outdated()
         return self._heap[0][0] if self._heap else None
 
-    def pop_due(self, now: float) -> list[K]:
-        """Every key due at ``now`` or earlier, earliest first; they are unscheduled."""
+    def pop_due(self, now: float, limit: int | None = None) -> list[K]:
+        """The keys due at ``now`` or earlier, earliest first, at most ``limit`` of them;
+        they are unscheduled (the rest stay due)."""
         due: list[K] = []
-        while True:
+        while limit is None or len(due) < limit:
             self._drop_outdated()
             if not self._heap or self._heap[0][0] > now:
                 return due
             _, _, key = heapq.heappop(self._heap)
             del self._due[key]
             due.append(key)
+        return due
 
 
 class Scheduler:

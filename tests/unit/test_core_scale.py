@@ -88,7 +88,7 @@ def test_candidates_index_finds_what_the_scan_found(tmp_path: Path) -> None:
 
 def test_usage_goes_to_ike_for_the_sas_that_moved_only(tmp_path: Path) -> None:
     """Every USAGE_INTERVAL the core tells IKE what each CHILD_SA carried; an idle SA is
-    skipped (it cost an IKE update per second each: 2.8 % of a core with 1000 tunnels)."""
+    skipped (it cost an IKE update per second each: 1.8 % of a core with 1000 tunnels)."""
     from tests.unit.ike_pair_support import ipv4_packet
 
     r = CoreRig(tmp_path, side_a(), side_b())

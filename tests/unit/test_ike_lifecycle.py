@@ -274,6 +274,35 @@ def test_timer_heap_keeps_one_time_per_key_and_stays_small():
     assert timers.pop_due(600.0) == [9]
 
 
+def test_timer_heap_gives_at_most_the_limit_and_keeps_the_rest_due():
+    timers: TimerHeap[int] = TimerHeap()
+    for key in range(5):
+        timers.set(key, 10.0 + key)
+    assert timers.pop_due(20.0, limit=2) == [0, 1]
+    assert timers.next() == 12.0 and len(timers) == 3
+    assert timers.pop_due(20.0, limit=10) == [2, 3, 4]
+
+
+def test_handle_timer_takes_a_slice_of_the_due_sas_and_says_the_rest_are_due(tmp_path, monkeypatch):
+    """A thousand DPDs due at once are handled TIMER_SLICE at a time, the shell reading its
+    sockets in between: get_timer() stays at or before now until none is left."""
+    from ipsecd.ike import manager
+
+    monkeypatch.setattr(manager, "TIMER_SLICE", 2)
+    pair = IkePair(tmp_path)
+    timers = pair.a.scheduler.timers
+    now = pair.now + 1.0
+    for key in range(1, 6):  # keys of no SA: popped and skipped, as an SA deleted meanwhile
+        timers.set(key, now - key / 100)
+    due_before = len(timers)
+    pair.a.handle_timer(now)
+    assert len(timers) == due_before - 2 and pair.a.get_timer() <= now
+    pair.a.handle_timer(now)
+    pair.a.handle_timer(now)
+    assert all(key not in timers._due for key in range(1, 6))
+    assert pair.a.get_timer() > now  # the fake keys were the earliest; the SA's own is later
+
+
 def test_a_rekeyed_child_gone_with_its_ike_sa_is_not_kept_for_late_packets(tmp_path, monkeypatch):
     """Only a rekey's Delete leaves the old inbound SA a grace (``rekeyed``); when the IKE
     SA ends first, its every CHILD_SA goes at once (RFC 7296 §1.4.1)."""
