@@ -42,7 +42,7 @@ from ipsecd.dataplane.raw import RawSocket
 from ipsecd.dataplane.sad import Address
 from ipsecd.dataplane.sockfilter import drop_larger_than
 from ipsecd.dataplane.tun import TunDevice
-from ipsecd.dataplane.udp import UdpSocket
+from ipsecd.dataplane.udp import UdpSocket, natt_sockets
 from ipsecd.oserrors import OSErrorAt
 
 if TYPE_CHECKING:
@@ -92,6 +92,8 @@ class Daemon:
         self.core = DaemonCore(config, time.monotonic(), resolver=self.resolver)
         self.tun: TunDevice | None = None
         self.sockets: dict[Address, UdpSocket] = {}
+        # The NAT-T port's IKE sockets (natt_sockets): read only; sent from self.sockets.
+        self.natt_ike_sockets: list[UdpSocket] = []
         self.raw_sockets: dict[tuple[str, int], RawSocket] = {}  # (address, 50 | 51)
         gw = config.gateway
         self.bypass = BypassRule(gw.fwmark, gw.route_table)  # transport-mode routes
@@ -121,8 +123,13 @@ class Daemon:
         with naming(f"cannot configure TUN device {self.tun.name} (mtu, {addresses})"):
             await self.tun.configure(self.core.mtu(), gw.addresses)
         for address, port in self.core.endpoints():
-            # GSO/GRO on the ESP port only: IKE messages come one at a time.
-            sock = UdpSocket(address, port, offload=offload and port == gw.port, mark=gw.fwmark)
+            if port == gw.port:  # ESP and IKE read from queues of their own
+                sock, marked = natt_sockets(address, port, offload, gw.fwmark)
+                if marked is not None:
+                    self.natt_ike_sockets.append(marked)
+                    self._loop.add_reader(marked.fd, self._on_udp, marked)
+            else:  # GSO/GRO on the ESP port only: IKE messages come one at a time.
+                sock = UdpSocket(address, port, offload=False, mark=gw.fwmark)
             self.sockets[sock.local] = sock
             if port == gw.ike_port != gw.port:
                 self._drop_oversized(sock, gw.max_ike_datagram)
@@ -519,12 +526,17 @@ class Daemon:
         if self._prepare_timer is not None:
             self._prepare_timer.cancel()
         self.resolver.close()
-        sockets: list[UdpSocket | RawSocket] = [*self.sockets.values(), *self.raw_sockets.values()]
+        sockets: list[UdpSocket | RawSocket] = [
+            *self.sockets.values(),
+            *self.natt_ike_sockets,
+            *self.raw_sockets.values(),
+        ]
         for sock in sockets:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(sock.fd)
             sock.close()
         self.sockets.clear()
+        self.natt_ike_sockets.clear()
         self.raw_sockets.clear()
         await self.bypass.close()
         if self.tun is not None:

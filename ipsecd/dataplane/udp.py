@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 
 from ipsecd.addresses import format_address
 from ipsecd.dataplane.offload import bulk
+from ipsecd.dataplane.sockfilter import steer_non_esp
 from ipsecd.esp.udp_encap import DatagramRun
 from ipsecd.oserrors import OSErrorAt
 
@@ -96,12 +97,19 @@ class UdpSocket:
     """A bound, non-blocking UDP socket."""
 
     def __init__(
-        self, address: str, port: int, offload: bool = True, mark: int | None = None
+        self,
+        address: str,
+        port: int,
+        offload: bool = True,
+        mark: int | None = None,
+        *,
+        reuseport: bool = False,
     ) -> None:
         """Open and bind; an OSError names the endpoint (``cannot bind UDP ADDR:PORT: ...``).
 
         ``mark``: SO_MARK, so ipsecd's own packets skip the routing table of transport-mode
-        peers (``gateway.fwmark``).
+        peers (``gateway.fwmark``).  ``reuseport``: SO_REUSEPORT, for :func:`natt_sockets`
+        only.
         """
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         where = format_address(address, port)
@@ -124,6 +132,8 @@ class UdpSocket:
                 self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if mark is not None:
                 self.sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+            if reuseport:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             self.sock.bind((address, port))
         except OSError as exc:
             self.sock.close()
@@ -279,3 +289,30 @@ class UdpSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def natt_sockets(
+    address: str, port: int, offload: bool, mark: int | None
+) -> tuple[UdpSocket, UdpSocket | None]:
+    """The NAT-T port (RFC 3948) as two sockets: ESP and keepalives to the first, IKE (the
+    non-ESP marker) to the second, sorted by the kernel (:func:`steer_non_esp`).
+
+    One socket held both: a flood of IKE datagrams (cookies demanded or not, each must be
+    read to be dropped) queued ESP behind megabytes of it, and an idle tunnel's ping
+    waited 25-55 ms in that queue.  With its own queue, ESP waits one loop turn at most.
+    The port is bound once without SO_REUSEPORT first, so that a port another process
+    holds fails as it always did (a second ipsecd may not take half of the peers'
+    datagrams, issue 12) and ours cannot join someone else's group.  Where the kernel
+    refuses any of it, one socket (None for the second), as before.
+    """
+    UdpSocket(address, port, offload=False, mark=mark).close()  # raises if taken
+    esp = UdpSocket(address, port, offload, mark, reuseport=True)
+    ike: UdpSocket | None = None
+    try:
+        ike = UdpSocket(address, port, offload, mark, reuseport=True)
+        steer_non_esp(esp.sock)
+    except OSError:
+        if ike is not None:
+            ike.close()
+        return esp, None
+    return esp, ike

@@ -106,3 +106,74 @@ def test_only_a_gro_run_asks_for_the_bulk_path(pair, monkeypatch) -> None:
     got = ours.recv_batch()
     assert [bytes(d) for d, _ in got] == [b"d" * 100] * 3  # split: no bulk path
     assert asked == [1]
+
+
+def _free_port() -> int:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = int(probe.getsockname()[1])
+    probe.close()
+    return port
+
+
+def _drain(sock: UdpSocket) -> list[bytes]:
+    got: list[bytes] = []
+    while select.select([sock.sock], [], [], 0.2)[0]:
+        got += [bytes(d) for d, _ in sock.recv_batch()]  # type: ignore[arg-type]
+    return got
+
+
+@pytest.mark.parametrize("offload", [True, False])
+def test_the_natt_port_sorts_ike_from_esp_in_the_kernel(offload: bool) -> None:
+    """natt_sockets: the non-ESP marker (IKE) to the second socket, ESP and keepalives to
+    the first (RFC 3948 §2.2), so that an IKE flood never queues ahead of ESP."""
+    port = _free_port()
+    esp, ike = udp.natt_sockets("127.0.0.1", port, offload, None)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert ike is not None
+        sent = {
+            "ike": [b"\x00\x00\x00\x00" + b"IKE header", b"\x00\x00\x00\x00"],
+            "esp": [b"\x12\x34\x56\x78" + b"\x00" * 20, b"\xff", b"\x00\x00", b"\x00\x00\x00\x01"],
+        }
+        for datagram in (*sent["ike"], *sent["esp"]):
+            sender.sendto(datagram, ("127.0.0.1", port))
+        assert _drain(esp) == sent["esp"]
+        assert _drain(ike) == sent["ike"]
+        # Taken is taken: a second daemon (or anyone) is refused as with one socket.
+        with pytest.raises(OSError, match=rf"^cannot bind UDP 127\.0\.0\.1:{port}: \[Errno 98\]"):
+            udp.natt_sockets("127.0.0.1", port, offload, None)
+    finally:
+        sender.close()
+        esp.close()
+        if ike is not None:
+            ike.close()
+
+
+def test_the_natt_port_never_joins_a_group_another_socket_holds() -> None:
+    port = _free_port()
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    other.bind(("127.0.0.1", port))
+    try:
+        with pytest.raises(OSError, match=r"\[Errno 98\]"):
+            udp.natt_sockets("127.0.0.1", port, True, None)
+    finally:
+        other.close()
+
+
+def test_the_natt_port_is_one_socket_where_the_kernel_refuses_the_selector(monkeypatch) -> None:
+    def refuse(sock: socket.socket) -> None:
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(udp, "steer_non_esp", refuse)
+    port = _free_port()
+    esp, ike = udp.natt_sockets("127.0.0.1", port, True, None)
+    try:
+        assert ike is None
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.sendto(b"\x00\x00\x00\x00IKE", ("127.0.0.1", port))
+        sender.close()
+        assert _drain(esp) == [b"\x00\x00\x00\x00IKE"]  # all on the one socket
+    finally:
+        esp.close()
