@@ -128,6 +128,12 @@ class Daemon:
                 if marked is not None:
                     self.natt_ike_sockets.append(marked)
                     self._loop.add_reader(marked.fd, self._on_udp, marked)
+                else:
+                    self.log.warning(
+                        "no kernel selector for IKE on the NAT-T port: ESP and IKE share one"
+                        " socket, and an IKE flood there can delay ESP",
+                        listen=format_address(address, port),
+                    )
             else:  # GSO/GRO on the ESP port only: IKE messages come one at a time.
                 sock = UdpSocket(address, port, offload=False, mark=gw.fwmark)
             self.sockets[sock.local] = sock
