@@ -128,6 +128,10 @@ class Daemon:
                 if marked is not None:
                     self.natt_ike_sockets.append(marked)
                     self._loop.add_reader(marked.fd, self._on_udp, marked)
+                    if self._selector is not None:
+                        # Read in the order epoll reports: an IKE_AUTH answer before the
+                        # ESP its sender puts behind it (the one socket kept that order).
+                        self._selector.direct(marked.fd, functools.partial(self._on_udp, marked))
                 else:
                     self.log.warning(
                         "no kernel selector for IKE on the NAT-T port: ESP and IKE share one"
