@@ -126,12 +126,10 @@ class Daemon:
             if port == gw.port:  # ESP and IKE read from queues of their own
                 sock, marked = natt_sockets(address, port, offload, gw.fwmark)
                 if marked is not None:
+                    # Both read from epoll, in the order it reports them: an IKE_AUTH answer
+                    # before the ESP its sender puts behind it (the one socket kept that order).
                     self.natt_ike_sockets.append(marked)
-                    self._loop.add_reader(marked.fd, self._on_udp, marked)
-                    if self._selector is not None:
-                        # Read in the order epoll reports: an IKE_AUTH answer before the
-                        # ESP its sender puts behind it (the one socket kept that order).
-                        self._selector.direct(marked.fd, functools.partial(self._on_udp, marked))
+                    self._read_udp(marked, direct=True)
                 else:
                     self.log.warning(
                         "no kernel selector for IKE on the NAT-T port: ESP and IKE share one"
@@ -143,9 +141,7 @@ class Daemon:
             self.sockets[sock.local] = sock
             if port == gw.ike_port != gw.port:
                 self._drop_oversized(sock, gw.max_ike_datagram)
-            self._loop.add_reader(sock.fd, self._on_udp, sock)
-            if port == gw.port and self._selector is not None:
-                self._selector.direct(sock.fd, functools.partial(self._on_udp, sock))
+            self._read_udp(sock, direct=port == gw.port)
         for address, protocol in self.core.raw_endpoints():  # ESP/AH directly over IP
             try:
                 raw = RawSocket(address, protocol, mark=gw.fwmark)
@@ -164,6 +160,12 @@ class Daemon:
         if self._selector is not None:
             self._selector.direct(self.tun.fd, self._on_tun)
         await self._change_routes()
+
+    def _read_udp(self, sock: UdpSocket, *, direct: bool) -> None:
+        """Read ``sock`` from the loop; ``direct``: straight from epoll (PacketSelector)."""
+        self._loop.add_reader(sock.fd, self._on_udp, sock)
+        if direct and self._selector is not None:
+            self._selector.direct(sock.fd, functools.partial(self._on_udp, sock))
 
     def _drop_oversized(self, sock: UdpSocket, limit: int) -> None:
         """IKE datagrams over ``gateway.max_ike_datagram`` die in the kernel, unread (the

@@ -109,26 +109,13 @@ class Ledger:
             peer = self._peer(sa.peer)
             peer.retired += Transfer.of(sa)
             peer.retired_drops.update(sa_drops(sa))
-        for key, sa in live.items():
-            packets_in, packets_out = sa.inbound.packets, sa.outbound.packets
-            seen = self._watched.get(key)
-            if seen is None:
-                self._watched[key] = _Watched(
-                    sa,
-                    packets_in,
-                    packets_out,
-                    now if packets_in else None,
-                    now if packets_out else None,
-                )
-                continue
-            if packets_in != seen.packets_in:
-                seen.packets_in, seen.last_in = packets_in, now
-            if packets_out != seen.packets_out:
-                seen.packets_out, seen.last_out = packets_out, now
+        for sa in live.values():
+            self.moved(sa, now)
 
     def moved(self, sa: InstalledChildSa, now: float) -> None:
-        """Date ``sa``'s counters that moved since the last look (what :meth:`observe`
-        does for one SA: the core's usage pass calls it for the SAs that moved only)."""
+        """Date ``sa``'s counters that moved since the last look, or start watching it
+        (:meth:`observe` does this for every SA; the core's usage pass for the SAs that
+        moved only)."""
         seen = self._watched.get(id(sa))
         if seen is None or seen.sa is not sa:
             self._watched.pop(id(sa), None)

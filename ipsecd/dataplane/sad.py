@@ -191,13 +191,13 @@ class SaDatabase:
     def expire(self, now: float) -> list[InstalledChildSa]:
         """Remove the retired SAs whose grace is over; the ones removed."""
         gone: list[InstalledChildSa] = []
-        for spi, (until, sa) in list(self._retiring.items()):
+        # Every retiring SPI is in by_spi with that SA: install() and remove() end its grace.
+        while self._retiring:
+            spi, (until, sa) = next(iter(self._retiring.items()))
             if until > now:
                 break
-            del self._retiring[spi]
-            if self.by_spi.get(spi) is sa:  # (an SA installed since under the same SPI stays)
-                del self.by_spi[spi]
-                gone.append(sa)
+            del self._retiring[spi], self.by_spi[spi]
+            gone.append(sa)
         return gone
 
     def remove_peer(self, peer: str) -> list[InstalledChildSa]:

@@ -221,9 +221,8 @@ def test_child_deadline_while_waiting_for_an_exchange(tmp_path, state):
     assert [e for _, e in pair.events["a"] if isinstance(e, ev.ChildSaDeleted)]
 
 
-def test_rekeyed_child_the_peer_never_deletes_is_deleted_by_us(tmp_path, monkeypatch):
-    """The rekey initiator (a) installs the new pair but never deletes the old one (RFC
-    7296 §2.8 says it must): b, left with a REKEYED pair, deletes it at its deadline."""
+def _rekeys_without_delete(monkeypatch):
+    """The rekey initiator installs the new pair but never deletes the old one."""
 
     def install_without_delete(self, sa, child, now):
         old = sa.children[self.old_spi]
@@ -231,6 +230,12 @@ def test_rekeyed_child_the_peer_never_deletes_is_deleted_by_us(tmp_path, monkeyp
         rekey.mark_rekeyed(sa, old, now)
 
     monkeypatch.setattr(rekey.RekeyChildSa, "install", install_without_delete)
+
+
+def test_rekeyed_child_the_peer_never_deletes_is_deleted_by_us(tmp_path, monkeypatch):
+    """The rekey initiator (a) installs the new pair but never deletes the old one (RFC
+    7296 §2.8 says it must): b, left with a REKEYED pair, deletes it at its deadline."""
+    _rekeys_without_delete(monkeypatch)
     pair = IkePair(tmp_path)
     b_sa = pair.b.ike_sa("a")
     (old,) = b_sa.children.values()
@@ -306,13 +311,7 @@ def test_handle_timer_takes_a_slice_of_the_due_sas_and_says_the_rest_are_due(tmp
 def test_a_rekeyed_child_gone_with_its_ike_sa_is_not_kept_for_late_packets(tmp_path, monkeypatch):
     """Only a rekey's Delete leaves the old inbound SA a grace (``rekeyed``); when the IKE
     SA ends first, its every CHILD_SA goes at once (RFC 7296 §1.4.1)."""
-
-    def install_without_delete(self, sa, child, now):
-        old = sa.children[self.old_spi]
-        sa.install_child(child, now)
-        rekey.mark_rekeyed(sa, old, now)
-
-    monkeypatch.setattr(rekey.RekeyChildSa, "install", install_without_delete)
+    _rekeys_without_delete(monkeypatch)
     pair = IkePair(tmp_path)
     (old,) = pair.b.ike_sa("a").children.values()
     pair.a.rekey("b", pair.now)
