@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """Where an idle ping's time goes: each gateway crossing, from kernel time stamps.
 
-Root only.  For each backend (the bare forwarder of bench/forwarder.py, ipsecd of one or
-more source trees) it builds a fresh namespace topology, sends ``--pings`` echoes from
-hostA to hostB 20 ms apart, twice.  The first run gives the ping RTT and each gateway's
-CPU time per ping (/proc/PID/schedstat).  The second captures, with nanosecond kernel time
-stamps, the LAN, TUN and WAN interfaces of both gateways (tcpdump's own wake-ups slow
-everything a little): a crossing is the time from a packet appearing on one interface to
-its counterpart leaving the other, encrypting (TUN -> WAN) and decrypting (WAN -> TUN) at
-gwA and gwB.  Medians over the pings, per round; rounds alternate the backends.
+Root only.  For each backend (the bare forwarder of bench/forwarder.py, the same with
+AES-GCM (``--aead``), ipsecd of one or more source trees) it builds a fresh namespace
+topology, sends ``--pings`` echoes from hostA to hostB 20 ms apart, twice.  The first run
+gives the ping RTT and each gateway's CPU time per ping (/proc/PID/schedstat).  The second
+captures, with nanosecond kernel time stamps, the LAN, TUN and WAN interfaces of both
+gateways (tcpdump's own wake-ups slow everything a little): a crossing is the time from a
+packet appearing on one interface to its counterpart leaving the other, encrypting (TUN ->
+WAN) and decrypting (WAN -> TUN) at gwA and gwB.  Medians over the pings, per round;
+rounds alternate the backends.
 
-    sudo python3 bench/crossing.py                               # forwarder and ipsecd
+    sudo python3 bench/crossing.py                               # forwarders and ipsecd
     sudo python3 bench/crossing.py --rounds 3 --repo /work/main .   # two trees, interleaved
 
 Figures are printed, never asserted.
@@ -148,8 +149,8 @@ def one_round(name: str, repo: Path, args: argparse.Namespace) -> dict[str, floa
         # ``python -m`` puts the working directory first on sys.path: in a source tree it
         # would run that tree's ipsecd whatever ``repo`` says.
         stack.enter_context(contextlib.chdir(topo.workdir))
-        if name == "forwarder":
-            start_forwarders(topo)
+        if name.startswith("forwarder"):
+            start_forwarders(topo, aead=name == "forwarder-aead")
         else:
             tunnel = argparse.Namespace(
                 ike=DEFAULT_IKE, esp=args.esp, keying="psk", gateway_extra=None
@@ -205,12 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         print("crossing.py needs root (network namespaces)", file=sys.stderr)
         return 2
     install_sigterm_handler()
-    runs = [] if args.no_forwarder else [("forwarder", REPO)]
+    runs = [] if args.no_forwarder else [("forwarder", REPO), ("forwarder-aead", REPO)]
     runs += [("ipsecd", r.resolve()) for r in args.repo]
     results: dict[str, list[dict[str, float]]] = {}
     for number in range(1, args.rounds + 1):
         for name, repo in runs:
-            label = name if name == "forwarder" else f"ipsecd {repo}"
+            label = name if name.startswith("forwarder") else f"ipsecd {repo}"
             results.setdefault(label, []).append(one_round(name, repo, args))
             print(f"round {number}: {label}: {results[label][-1]}", file=sys.stderr)
     spans = ["ping RTT", *SPANS, *KERNEL_SPANS, "gwA CPU/ping", "gwB CPU/ping"]

@@ -9,9 +9,12 @@ alternate the backends so that a slow minute of a shared machine hits all of the
 Besides plain routing, strongSwan and ipsecd, it measures ``bench/forwarder.py``: a bare
 Python TUN <-> UDP loop with no crypto and no SA logic.  Its added RTT is what one
 Python process per gateway costs on this machine before any IPsec work is done: the
-floor under any Python data plane here.  The "-wakeup" rows run the forwarder and ipsecd
-again with a wake-up every 10 ms while idle (ipsecd: ``gateway.wakeup_interval_ms: 10``),
-which keeps a virtual machine's process and CPU from going cold between packets.
+floor under any Python data plane here.  "forwarder-aead" is that loop sealing and
+opening each packet with AES-128-GCM from ``cryptography`` (``forwarder.py --aead``): the
+floor under a Python data plane built on that library.  The "-wakeup" rows run the
+forwarder and ipsecd again with a wake-up every 10 ms while idle (ipsecd:
+``gateway.wakeup_interval_ms: 10``), which keeps a virtual machine's process and CPU from
+going cold between packets.
 
     sudo python3 bench/latency.py                     # 3 rounds of 200 pings
     sudo python3 bench/latency.py --rounds 5 --json latency.json
@@ -57,10 +60,19 @@ from tests.lab.topology import (  # noqa: E402
     install_sigterm_handler,
 )
 
-BACKENDS = ("plain", "forwarder", "forwarder-wakeup", "strongswan", "ipsecd", "ipsecd-wakeup")
+BACKENDS = (
+    "plain",
+    "forwarder",
+    "forwarder-aead",
+    "forwarder-wakeup",
+    "strongswan",
+    "ipsecd",
+    "ipsecd-wakeup",
+)
 LABELS = {
     "plain": "plain routing",
     "forwarder": "bare Python forwarder",
+    "forwarder-aead": "forwarder with AES-GCM",
     "forwarder-wakeup": "forwarder, 10 ms wake-ups",
     "strongswan": "strongSwan",
     "ipsecd": "ipsecd",
@@ -72,14 +84,16 @@ FORWARDER_PORT = "4600"
 _TOPOLOGIES = itertools.count(1)  # --prefix: one namespace prefix per round and backend
 
 
-def start_forwarders(topo: Topology, wakeup_ms: int = 0) -> None:
-    """bench/forwarder.py in both gateways, each routing the other site into its TUN."""
+def start_forwarders(topo: Topology, wakeup_ms: int = 0, aead: bool = False) -> None:
+    """bench/forwarder.py in both gateways, each routing the other site into its TUN
+    (``aead``: sealing each packet with AES-GCM, forwarder.py's ``--aead``)."""
     sides = (
         (topo.gw_a, GW_A_WAN_IP, GW_B_WAN_IP, SITE_B),
         (topo.gw_b, GW_B_WAN_IP, GW_A_WAN_IP, SITE_A),
     )
     for ns, local, peer, prefix in sides:
-        cmd = [sys.executable, str(FORWARDER), "fwd0", local, peer, FORWARDER_PORT, prefix]
+        cmd = [sys.executable, str(FORWARDER), *(["--aead"] if aead else [])]
+        cmd += ["fwd0", local, peer, FORWARDER_PORT, prefix]
         if wakeup_ms:
             cmd.append(str(wakeup_ms))
         topo.spawn(ns, cmd, log_path=topo.workdir / f"forwarder-{ns}.log")
@@ -96,7 +110,7 @@ def one_round(name: str, args: argparse.Namespace, repo: Path = REPO) -> float:
         stack.enter_context(contextlib.chdir(topo.workdir))
         wakeup = WAKEUP_MS if name.endswith("-wakeup") else 0
         if name.startswith("forwarder"):
-            start_forwarders(topo, wakeup)
+            start_forwarders(topo, wakeup, aead=name == "forwarder-aead")
         else:
             tunnel_args = argparse.Namespace(
                 ike=args.ike,

@@ -359,6 +359,11 @@ def test_reauthentication_by_strongswan_with_its_defaults(
         lost = stats.transmitted - stats.received
         # charon 5.9 may drop our (early) IKE_SA_INIT answer and retransmit: its second.
         extra, unanswered = charon_retransmit_allowance(gw_a.log_text(), charon, since, 0.2)
+        if strongswan.version.startswith("5."):
+            # Break-before-make: from its Delete until the new CHILD_SA is up (two round
+            # trips, 5-10 ms, more on a loaded machine) neither side has an SA, and a ping
+            # in that gap is lost by design (test_reauth.py allows 2 of 140 for the same).
+            extra += REAUTHS
         print(f"{strongswan}: {lost} of {stats.transmitted} pings lost, {extra} allowed extra")
         assert not unanswered, (unanswered, gw_a.log_text()[-3000:], charon.tail())
         assert lost <= int(0.02 * count) + extra, (stats, gw_a.peer_status(), charon.tail())
