@@ -25,6 +25,7 @@ for a before/after comparison.  Figures are printed, never asserted::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -66,7 +67,9 @@ READER = (
 
 def run_row(row: str) -> dict[str, Any]:
     flood_args, sink = ROWS[row]
-    with Topology(attacker=True) as topo:
+    with Topology(attacker=True) as topo, contextlib.chdir(topo.workdir):
+        # ``python -m`` puts the working directory first on sys.path: in a source tree it
+        # would run that tree's ipsecd whatever ``--repo`` says.
         assert topo.attacker is not None
         a, b = site_specs(topo)
         b.gateway_extra = {"cookie_threshold": 0}

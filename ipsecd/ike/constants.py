@@ -7,6 +7,7 @@ the wire; the codec keeps unknown values as plain ``int`` (see
 
 from __future__ import annotations
 
+import functools
 from enum import IntEnum, IntFlag
 
 IKE_MAJOR_VERSION = 2  # RFC 7296 §3.1
@@ -198,8 +199,13 @@ class TsType(IntEnum):
 
 
 def enum_or_int(enum: type[IntEnum], value: int) -> int:
-    """``enum(value)`` when known, else the plain int (unknown values survive parsing)."""
-    try:
-        return enum(value)
-    except ValueError:
-        return value
+    """``enum(value)`` when known, else the plain int (unknown values survive parsing).
+
+    By a dict made once per enum: ``enum(value)`` costs a few microseconds, and a
+    received header needs it for its exchange type (a flood's every datagram)."""
+    return _members(enum).get(value, value)
+
+
+@functools.cache
+def _members(enum: type[IntEnum]) -> dict[int, IntEnum]:
+    return {int(member): member for member in enum}

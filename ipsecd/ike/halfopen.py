@@ -169,6 +169,17 @@ class InitScan:
     unsupported_critical: int | None  # the first unknown payload marked critical (§2.5)
 
 
+def _cookie_first(data: bytes) -> bool:
+    """The header announces a Notify first, and that Notify's type is COOKIE (RFC 7296
+    §3.1, §3.10: next payload at byte 16; the Notify's type at bytes 6-7 of its body)."""
+    at = IKE_HEADER_LEN + 4  # the Notify's generic header, then protocol and SPI size
+    return (
+        len(data) >= at + 4
+        and data[16] == PayloadType.NOTIFY
+        and int.from_bytes(data[at + 2 : at + 4], "big") == NotifyType.COOKIE
+    )
+
+
 def _nonce_fits(nonce: bytes) -> bool:
     """The Ni a cookie is computed over has the lengths RFC 7296 §3.9 allows."""
     return NONCE_MIN_LEN <= len(nonce) <= NONCE_MAX_LEN
@@ -346,7 +357,14 @@ class HalfOpenTable:
     def carries_valid_cookie(self, data: bytes, spi_i: int, source: str, now: float) -> bool:
         """Whether an IKE_SA_INIT request brings a valid COOKIE (asked while they are demanded):
         its source is real, so the inbox gives it the verified share. A scan and an HMAC,
-        nothing kept or counted (:meth:`admit` decides and counts when it is handled)."""
+        nothing kept or counted (:meth:`admit` decides and counts when it is handled).
+
+        Only a request whose first payload is N(COOKIE), where RFC 7296 §2.6 puts it, is
+        scanned: the rest of a flood costs a look at two fields (a request with the
+        COOKIE elsewhere is still admitted by :meth:`admit`, without the verified share).
+        """
+        if not _cookie_first(data):
+            return False
         try:
             scan = scan_init(data)
         except MalformedMessage:

@@ -80,6 +80,9 @@ __all__ = [
 
 P = TypeVar("P", bound=Payload)
 _CRITICAL = 0x80
+_INITIATOR = int(HeaderFlag.INITIATOR)
+_RESPONSE = int(HeaderFlag.RESPONSE)
+_VERSION = int(HeaderFlag.VERSION)
 
 
 @dataclass(frozen=True)
@@ -96,18 +99,20 @@ class Header:
     message_id: int
     length: int
 
+    # The flags as plain ints: ``int & IntFlag`` builds an IntFlag through enum's
+    # machinery (some 2 us), and every datagram of a flood asks these several times.
     @property
     def initiator(self) -> bool:
         """I flag: sent by the original initiator of the IKE SA."""
-        return bool(self.flags & HeaderFlag.INITIATOR)
+        return bool(self.flags & _INITIATOR)
 
     @property
     def response(self) -> bool:
-        return bool(self.flags & HeaderFlag.RESPONSE)
+        return bool(self.flags & _RESPONSE)
 
     @property
     def version_flag(self) -> bool:
-        return bool(self.flags & HeaderFlag.VERSION)
+        return bool(self.flags & _VERSION)
 
     def encode(self) -> bytes:
         return struct.pack(

@@ -204,6 +204,26 @@ def test_cookie_retry_combined_with_invalid_ke(tmp_path):
     assert pair.b.counters["invalid_ke_sent"] == 1
 
 
+def test_only_a_request_with_its_cookie_first_is_verified_on_arrival():
+    """The inbox's verified share (carries_valid_cookie) looks at the first payload only,
+    where RFC 7296 §2.6 puts N(COOKIE): the rest of a flood costs no scan and no HMAC.
+    A request with the cookie elsewhere is still admitted when it is handled."""
+    from ipsecd.ike.halfopen import ACCEPT, DosLimits, HalfOpenTable
+
+    table = HalfOpenTable(DosLimits(cookie_threshold=0), {}, 0.0)
+    request = init_request(7)
+    cookie = table.cookies.make((7).to_bytes(32, "big"), A_IP, 99, 1.0)
+    assert table.carries_valid_cookie(with_cookie(request, cookie), 99, A_IP, 1.0)
+    assert not table.carries_valid_cookie(request, 99, A_IP, 1.0)
+    assert not table.carries_valid_cookie(request[:35], 99, A_IP, 1.0)  # truncated
+    assert not table.carries_valid_cookie(with_cookie(request, bytes(COOKIE_LEN)), 99, A_IP, 1.0)
+    assert not table.carries_valid_cookie(with_cookie(request, cookie), 99, "192.0.2.9", 1.0)
+    last = init_request(7, pl.Notify(N_COOKIE, cookie))  # after SA, KE and Ni
+    assert not table.carries_valid_cookie(last, 99, A_IP, 1.0)
+    assert table.admit(last, 99, 0, A_IP, 1.0) is ACCEPT
+    assert table.counters["cookies_valid"] == 1
+
+
 # ---- invalid and stale cookies ------------------------------------------------------
 
 
