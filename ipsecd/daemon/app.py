@@ -40,7 +40,7 @@ from ipsecd.daemon.warmup import warm_up
 from ipsecd.dataplane.bypass import BypassRule
 from ipsecd.dataplane.raw import RawSocket
 from ipsecd.dataplane.sad import Address
-from ipsecd.dataplane.sockfilter import drop_larger_than
+from ipsecd.dataplane.sockfilter import detach, drop_init_requests, drop_larger_than
 from ipsecd.dataplane.tun import TunDevice
 from ipsecd.dataplane.udp import UdpSocket, natt_sockets
 from ipsecd.oserrors import OSErrorAt
@@ -228,7 +228,9 @@ class Daemon:
     def _pause_ike_port(self) -> None:
         """New requests used up their share of our time (a flood): leave the IKE port
         unread until the share is back, so the kernel drops them at no cost to us.  Only
-        new requests arrive there; IKE moves to the NAT-T port after IKE_SA_INIT."""
+        new requests arrive there; IKE moves to the NAT-T port after IKE_SA_INIT.  On the
+        NAT-T port, whose IKE socket also carries the messages of established IKE SAs,
+        the kernel drops only the IKE_SA_INIT requests meanwhile (drop_init_requests)."""
         pause = self.core.ike_port_pause(time.monotonic())
         if not pause or self._ike_port_paused:
             return
@@ -236,14 +238,20 @@ class Daemon:
         ike_ports = [s for s in self.sockets.values() if s.local[1] == gw.ike_port != gw.port]
         for sock in ike_ports:
             self._loop.remove_reader(sock.fd)
+        natt = list(self.natt_ike_sockets)
+        for sock in natt:
+            with contextlib.suppress(OSError):  # not filtered: read and dropped, as before
+                drop_init_requests(sock.sock)
         self._ike_port_paused = True
-        self._loop.call_later(pause, self._resume_ike_port, ike_ports)
+        self._loop.call_later(pause, self._resume_ike_port, ike_ports, natt)
 
-    def _resume_ike_port(self, ike_ports: list[UdpSocket]) -> None:
+    def _resume_ike_port(self, ike_ports: list[UdpSocket], natt: list[UdpSocket]) -> None:
         self._ike_port_paused = False
         for sock in ike_ports:
             if self.sockets.get(sock.local) is sock:
                 self._loop.add_reader(sock.fd, self._on_udp, sock)
+        for sock in natt:
+            detach(sock.sock)  # (a socket closed meanwhile: nothing to do)
 
     def _on_raw(self, sock: RawSocket) -> None:
         packets = sock.recv_batch(BURST)

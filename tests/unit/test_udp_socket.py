@@ -11,6 +11,7 @@ import pytest
 
 from ipsecd.dataplane import udp
 from ipsecd.dataplane.offload import ZERO_VNET_HDR
+from ipsecd.dataplane.sockfilter import detach, drop_init_requests
 from ipsecd.dataplane.tun import TunDevice
 from ipsecd.dataplane.udp import SMALL_RECEIVE, UdpSocket
 
@@ -143,6 +144,46 @@ def test_the_natt_port_sorts_ike_from_esp_in_the_kernel(offload: bool) -> None:
         # Taken is taken: a second daemon (or anyone) is refused as with one socket.
         with pytest.raises(OSError, match=rf"^cannot bind UDP 127\.0\.0\.1:{port}: \[Errno 98\]"):
             udp.natt_sockets("127.0.0.1", port, offload, None)
+    finally:
+        sender.close()
+        esp.close()
+        if ike is not None:
+            ike.close()
+
+
+def _ike(spi_r: int, exchange: int, flags: int) -> bytes:
+    """A non-ESP marker and an IKE header (RFC 7296 §3.1) with no payload."""
+    return b"\x00" * 4 + struct.pack("!QQBBBBII", 7, spi_r, 0, 0x20, exchange, flags, 0, 28)
+
+
+@pytest.mark.parametrize("offload", [True, False])
+def test_under_a_flood_the_kernel_drops_only_new_requests_on_the_natt_port(offload: bool) -> None:
+    """drop_init_requests on the NAT-T port's IKE socket (while new requests are over their
+    share): IKE_SA_INIT requests are dropped unread; established IKE SAs' messages,
+    answers to our own IKE_SA_INIT and ESP still arrive; after detach all arrive again."""
+    port = _free_port()
+    esp, ike = udp.natt_sockets("127.0.0.1", port, offload, None)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert ike is not None
+        drop_init_requests(ike.sock)
+        request = _ike(0, 34, 0x08)
+        kept = [
+            _ike(0, 34, 0x20),  # an answer to our IKE_SA_INIT (COOKIE, INVALID_KE_PAYLOAD)
+            _ike(0x1122, 35, 0x08),  # IKE_AUTH
+            _ike(1, 37, 0x28),  # INFORMATIONAL answer, SPIr's low half only
+            _ike(1 << 40, 34, 0x08),  # SPIr's high half only
+        ]
+        short = b"\x00" * 4 + b"IKE"
+        for datagram in (request, *kept, short):
+            sender.sendto(datagram, ("127.0.0.1", port))
+        sender.sendto(b"\x12\x34\x56\x78" + b"\x00" * 20, ("127.0.0.1", port))
+        assert _drain(ike) == kept
+        assert _drain(esp) == [b"\x12\x34\x56\x78" + b"\x00" * 20]
+        detach(ike.sock)
+        detach(ike.sock)  # none attached: fine
+        sender.sendto(request, ("127.0.0.1", port))
+        assert _drain(ike) == [request]
     finally:
         sender.close()
         esp.close()
