@@ -83,3 +83,56 @@ def test_naming_turns_os_and_netlink_errors_into_errors_that_say_where() -> None
     with pytest.raises(OSErrorAt) as info, naming("outer"):
         raise inner
     assert info.value is inner  # already says where: not wrapped twice
+
+
+def test_a_flood_pause_filters_new_requests_on_the_natt_ike_socket(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """While new requests are over their share (core.ike_port_pause), the NAT-T port's IKE
+    socket drops IKE_SA_INIT requests in the kernel; an established SA's message still
+    arrives, and after the pause the requests do again (real sockets on loopback)."""
+    import select
+    import socket
+    import struct
+
+    from ipsecd.dataplane import udp
+
+    def ike(spi_r: int, exchange: int) -> bytes:
+        return b"\x00" * 4 + struct.pack("!QQBBBBII", 7, spi_r, 0, 0x20, exchange, 0x08, 0, 28)
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = int(probe.getsockname()[1])
+    probe.close()
+    esp, natt_ike = udp.natt_sockets("127.0.0.1", port, False, None)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    d = daemon(tmp_path)
+    assert natt_ike is not None
+    d.natt_ike_sockets = [natt_ike]
+    monkeypatch.setattr(d.core, "ike_port_pause", lambda now: 0.2)
+
+    def arrived() -> list[bytes]:
+        got = []
+        while select.select([natt_ike.sock], [], [], 0.1)[0]:
+            got.append(natt_ike.sock.recv(2048))
+        return got
+
+    async def scenario() -> tuple[list[bytes], list[bytes]]:
+        d._loop = asyncio.get_running_loop()
+        d._pause_ike_port()
+        for datagram in (ike(0, 34), ike(0x55, 37)):
+            sender.sendto(datagram, ("127.0.0.1", port))
+        during = arrived()
+        await asyncio.sleep(0.3)  # the pause ends
+        sender.sendto(ike(0, 34), ("127.0.0.1", port))
+        return during, arrived()
+
+    try:
+        during, after = asyncio.run(scenario())
+    finally:
+        sender.close()
+        esp.close()
+        natt_ike.close()
+    assert during == [ike(0x55, 37)]
+    assert after == [ike(0, 34)]
+    assert d._ike_port_paused is False
