@@ -98,11 +98,26 @@ class TrafficSelector:
     def __str__(self) -> str:
         return _text(self)
 
+    def prefix_length(self) -> int | None:
+        """The prefix length if the address range is one prefix (the usual case), else None."""
+        size = self.end - self.start + 1
+        if size <= 0 or size & (size - 1) or self.start & (size - 1):
+            return None
+        return (32 if self.version == 4 else 128) - (size.bit_length() - 1)
+
     def _format(self) -> str:
         # A peer may send a range that ends before it starts (it selects nothing, and
-        # narrowing refuses it); the log line naming it must still print.
-        nets = self.networks() if self.start <= self.end else []
-        addr = str(nets[0]) if len(nets) == 1 else f"{self.first_address()}..{self.last_address()}"
+        # narrowing refuses it); the log line naming it must still print.  One prefix is
+        # written from the integers: summarising the range costs ten times as much, and
+        # the status prints every configured selector of every peer.
+        length = self.prefix_length()
+        if length is not None:
+            addr = f"{self.first_address()}/{length}"
+        else:
+            nets = self.networks() if self.start <= self.end else []
+            addr = (
+                str(nets[0]) if len(nets) == 1 else f"{self.first_address()}..{self.last_address()}"
+            )
         if self.protocol == 0 and self.start_port == 0 and self.end_port == 65535:
             return addr
         ports = (

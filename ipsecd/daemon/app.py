@@ -29,6 +29,7 @@ from ipsecd.daemon import logs
 from ipsecd.daemon.control import ControlServer
 from ipsecd.daemon.core import DaemonCore
 from ipsecd.daemon.eventloop import PacketSelector
+from ipsecd.daemon.gcpause import collector_paused
 from ipsecd.daemon.instance import StartRefused, claim_instance
 from ipsecd.daemon.malloc import keep_heap_mapped, release_free_memory
 from ipsecd.daemon.outcomes import MAX_WAIT
@@ -345,7 +346,8 @@ class Daemon:
     async def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")
         if cmd == "status":
-            return {"ok": True, "status": self.status().to_dict()}
+            with collector_paused():
+                return {"ok": True, "status": self.status().to_dict()}
         if cmd == "conns":
             return {"ok": True, "conns": self.core.conns().to_dict()}
         if cmd == "log-level":

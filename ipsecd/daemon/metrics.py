@@ -43,6 +43,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from ipsecd.daemon import logs
+from ipsecd.daemon.gcpause import collector_paused
 from ipsecd.daemon.status import PEER_STATES, DaemonStatus
 from ipsecd.dataplane.offload import BULK_STATES
 
@@ -344,7 +345,8 @@ class MetricsServer:
         if method not in (b"GET", b"HEAD"):
             return _response(405, b"method not allowed\n")
         try:
-            body = generate_latest(self.registry)
+            with collector_paused():
+                body = generate_latest(self.registry)
         except Exception as exc:  # a broken status must not kill the endpoint
             self.log.error("metrics: cannot build status", error=str(exc))
             return _response(500, b"cannot build status\n")

@@ -89,3 +89,18 @@ def test_removing_everything_leaves_nothing_behind() -> None:
     index.remove((2,), "b")
     assert index.lookup(4, 5, 100) is None
     assert not index._buckets and not index._lengths[4] and not index._order[4]
+
+
+def test_a_selector_prints_as_its_prefix_or_its_range() -> None:
+    """str() of a selector: one prefix written from the integers (the status prints every
+    configured selector), anything else as the range, as summarising it would say."""
+    from ipsecd.selectors import TrafficSelector
+
+    assert str(TrafficSelector.from_prefix("10.200.3.4/32")) == "10.200.3.4/32"
+    assert str(TrafficSelector.from_prefix("0.0.0.0/0")) == "0.0.0.0/0"
+    assert str(TrafficSelector.from_prefix("2001:db8::/32")) == "2001:db8::/32"
+    assert str(TrafficSelector.from_prefix("::/0")) == "::/0"
+    assert str(TrafficSelector.from_range("10.0.0.1", "10.0.0.6")) == "10.0.0.1..10.0.0.6"
+    assert str(TrafficSelector(4, 10, 9)) == "0.0.0.10..0.0.0.9"  # ends before it starts
+    assert TrafficSelector.from_prefix("10.1.0.0/16").prefix_length() == 16
+    assert TrafficSelector.from_range("10.0.0.1", "10.0.0.2").prefix_length() is None
