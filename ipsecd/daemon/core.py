@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +94,9 @@ RawBatch = tuple[str, int, str, list[bytes]]
 IKE_SUMMARY_KEYS = ("local_spi", "remote_spi", "algorithm", "local", "remote")
 # Seconds of IKE work per wake-up (run_ike, by the work clock): ESP waits no longer.
 IKE_SLICE = 0.002
+# Peers per step of a status built between packets (status_steps): ~25 ms with 256 peers
+# on the test VM, where 10 000 in one piece kept the loop 0.6 s from the sockets.
+STATUS_STEP = 256
 PREPARED_METHODS = 4  # key exchange methods with a key pair made ahead (prepare_key_pairs)
 
 
@@ -488,21 +491,45 @@ class DaemonCore:
         dataplane: DataplaneStatus,
     ) -> DaemonStatus:
         """The status model at ``now`` (``wall``: the wall clock at the same instant, for
-        timestamps); the shell tells what only its devices know."""
+        timestamps); the shell tells what only its devices know.  In one piece: the
+        shell's answers use :meth:`status_steps`."""
+        for step in self.status_steps(now, wall=wall, tun=tun, listen=listen, dataplane=dataplane):
+            if step is not None:
+                return step
+        raise AssertionError("status_steps ends with the status")
+
+    def status_steps(
+        self,
+        now: float,
+        *,
+        wall: float,
+        tun: str | None,
+        listen: Iterable[Address],
+        dataplane: DataplaneStatus,
+        step: int | None = None,
+    ) -> Iterator[DaemonStatus | None]:
+        """:meth:`status` made ``step`` peers (default :data:`STATUS_STEP`) at a time: None
+        after each step (the shell reads its sockets then), the status last.  Each peer's
+        part is taken in one piece; the whole spans the steps, as peers come and go
+        meanwhile (the peers are those configured when it began, its time ``now``)."""
+        step = step or STATUS_STEP
         self.ledger.observe(self.sad.with_retired(), now)
         clock = Clock(now, wall)
         ike = self.ike
-        entries = {str(e.get("peer")): e for e in ike.status(now)} if ike is not None else {}
-        return DaemonStatus(
+        peers: list[PeerStatus] = []
+        for number, peer in enumerate(self.config.peers, 1):
+            entry = ike.peer_status(peer.name, now) if ike is not None else None
+            peers.append(self._peer_status(peer, entry, clock))
+            if number % step == 0:
+                yield None
+        yield DaemonStatus(
             generated_at=clock.iso(now),
             started_at=clock.iso(self.started_at),
             uptime_seconds=clock.age(self.started_at),
             tun=tun,
             mtu=self.mtu(),
             listen=tuple(format_address(endpoint) for endpoint in listen),
-            peers=tuple(
-                self._peer_status(peer, entries.get(peer.name), clock) for peer in self.config.peers
-            ),
+            peers=tuple(peers),
             drops=every(DROP_REASONS, self.processor.drops),
             counters=every(DAEMON_EVENTS, self.counters),
             dataplane=dataplane,

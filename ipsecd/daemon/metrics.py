@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import platform
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib import metadata
 from typing import cast
 
@@ -271,10 +271,20 @@ class MetricsServer:
     (malformed or oversized head), then the connection is closed.
     """
 
-    def __init__(self, host: str, port: int, get_status: Callable[[], DaemonStatus]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        get_status: Callable[[], DaemonStatus],
+        prepare: Callable[[], Awaitable[DaemonStatus]] | None = None,
+    ) -> None:
+        """``prepare``: the status built the daemon's way, a few peers at a time with its
+        sockets read between (Daemon.status_stepwise); without it, ``get_status()`` in one
+        piece."""
         self.host = host
         self.port = port
         self.registry = metrics_registry(get_status)
+        self._prepare = prepare
         self.log = logs.get_logger(component="metrics")
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()
@@ -331,23 +341,38 @@ class MetricsServer:
             head = exc.partial  # HTTP/0.9-ish clients that close after the request line
             if not head.strip():
                 raise ConnectionResetError from exc
-        return self._dispatch(head)
-
-    def _dispatch(self, head: bytes) -> bytes:
-        request_line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
-        parts = request_line.split()
-        if len(parts) not in (2, 3):
-            return _response(400, b"bad request line\n")
-        method, target = parts[0], parts[1]
-        path = target.split(b"?", 1)[0]
-        if path != METRICS_PATH.encode():
-            return _response(404, b"not found; try /metrics\n")
-        if method not in (b"GET", b"HEAD"):
-            return _response(405, b"method not allowed\n")
+        method = _metrics_request(head)
+        if isinstance(method, bytes):
+            return method  # the error's answer
         try:
             with collector_paused():
-                body = generate_latest(self.registry)
+                if self._prepare is None:
+                    body = generate_latest(self.registry)
+                else:
+                    # Rendered in a worker thread from the finished snapshot (frozen
+                    # dataclasses, nothing of the daemon's live state): the text of 10 000
+                    # peers takes prometheus_client ~1.4 s of Python, which the interpreter
+                    # interrupts every 5 ms for the loop's thread, so packets still move.
+                    status = await self._prepare()
+                    registry = metrics_registry(lambda: status)
+                    body = await asyncio.to_thread(generate_latest, registry)
         except Exception as exc:  # a broken status must not kill the endpoint
             self.log.error("metrics: cannot build status", error=str(exc))
             return _response(500, b"cannot build status\n")
-        return _response(200, body, CONTENT_TYPE, head=method == b"HEAD")
+        return _response(200, body, CONTENT_TYPE, head=method == "HEAD")
+
+
+def _metrics_request(head: bytes) -> str | bytes:
+    """The method of a request for the metrics ("GET" or "HEAD"), or the answer to any
+    other request (400, 404, 405)."""
+    request_line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
+    parts = request_line.split()
+    if len(parts) not in (2, 3):
+        return _response(400, b"bad request line\n")
+    method, target = parts[0], parts[1]
+    path = target.split(b"?", 1)[0]
+    if path != METRICS_PATH.encode():
+        return _response(404, b"not found; try /metrics\n")
+    if method not in (b"GET", b"HEAD"):
+        return _response(405, b"method not allowed\n")
+    return method.decode()

@@ -30,8 +30,8 @@ this boundary only, by :func:`ike_sa_status` and :func:`peer_status`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -455,8 +455,23 @@ class DaemonStatus:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of ``ipsecctl status --json`` (docs/status.schema.json)."""
-        doc: dict[str, Any] = _lists(self)
-        return {"version": doc.pop("version"), **doc}
+        for step in document_steps(self, len(self.peers) + 1):
+            if step is not None:
+                return step
+        raise AssertionError("document_steps ends with the document")
+
+
+def document_steps(status: DaemonStatus, step: int) -> Iterator[dict[str, Any] | None]:
+    """:meth:`DaemonStatus.to_dict` made ``step`` peers at a time: None after each step
+    (the shell reads its sockets then), the document last."""
+    peers: list[Any] = []
+    for number, peer in enumerate(status.peers, 1):
+        peers.append(_lists(peer))
+        if number % step == 0:
+            yield None
+    doc: dict[str, Any] = _lists(replace(status, peers=()))
+    doc["peers"] = peers  # (where the field stands)
+    yield {"version": doc.pop("version"), **doc}
 
 
 # -- from the core's objects and the IKE manager's dicts -------------------------------------

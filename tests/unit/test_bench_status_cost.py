@@ -9,9 +9,11 @@ from bench import status_cost
 
 
 def test_status_cost_prints_both_rows(capsys: pytest.CaptureFixture[str]) -> None:
-    assert status_cost.main(["--peers", "3", "--rounds", "1"]) == 0
+    assert status_cost.main(["--peers", "3", "--rounds", "1", "--scrape"]) == 0
     out = capsys.readouterr().out
     assert "collector running" in out and "collector held off" in out
+    assert "longest step" in out
+    assert "scrape, one piece" in out and "scrape, stepwise" in out
     assert "3 peers" in out
 
 

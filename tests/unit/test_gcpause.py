@@ -32,16 +32,18 @@ def test_a_collector_that_was_off_stays_off() -> None:
         gc.enable()
 
 
-def test_the_status_command_is_answered_with_the_collector_off(tmp_path: Path) -> None:
+def test_the_status_command_is_answered_with_the_collector_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     d = daemon(tmp_path)
     seen: list[bool] = []
-    real = d.status
+    real = d.core._peer_status
 
-    def status():  # type: ignore[no-untyped-def]
+    def peer_status(*args, **kwargs):  # type: ignore[no-untyped-def]
         seen.append(gc.isenabled())
-        return real()
+        return real(*args, **kwargs)
 
-    d.status = status  # type: ignore[method-assign]
+    monkeypatch.setattr(d.core, "_peer_status", peer_status)
     response = asyncio.run(d.handle_request({"cmd": "status"}))
     assert response["ok"] and response["status"]["peers"]
     assert seen == [False] and gc.isenabled()

@@ -330,6 +330,34 @@ def test_each_scrape_reads_a_fresh_status() -> None:
     assert b"\nipsecd_uptime_seconds 2.0\n" in second
 
 
+def test_a_scrape_awaits_the_stepwise_status_when_given() -> None:
+    """With ``prepare`` (the daemon's status_stepwise, which reads packets between its
+    steps) each scrape awaits it, and the one-piece ``get_status`` is not called."""
+    awaited = {"n": 0}
+
+    def one_piece() -> DaemonStatus:
+        raise AssertionError("the one-piece status was built")
+
+    async def stepwise() -> DaemonStatus:
+        awaited["n"] += 1
+        await asyncio.sleep(0)
+        return replace(_status(), uptime_seconds=41.0 + awaited["n"])
+
+    async def main() -> bytes:
+        server = MetricsServer("127.0.0.1", 0, one_piece, stepwise)
+        await server.start()
+        try:
+            [(_, port)] = server.addresses
+            return await asyncio.to_thread(_raw, port, b"GET /metrics HTTP/1.0\r\n\r\n")
+        finally:
+            await server.close()
+
+    answer = asyncio.run(main())
+    assert answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200"), answer[:40]
+    assert b"\nipsecd_uptime_seconds 42.0\n" in answer
+    assert awaited["n"] == 1
+
+
 def test_raw_get_closes_after_one_answer() -> None:
     answer = _with_server(lambda port: _raw(port, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"))
     head, _, body = answer.partition(b"\r\n\r\n")
