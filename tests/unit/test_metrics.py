@@ -358,6 +358,30 @@ def test_a_scrape_awaits_the_stepwise_status_when_given() -> None:
     assert awaited["n"] == 1
 
 
+def test_a_scrape_without_a_worker_thread_is_rendered_in_the_loop(monkeypatch) -> None:
+    async def stepwise() -> DaemonStatus:
+        return _status()
+
+    async def no_thread(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(asyncio, "to_thread", no_thread)
+
+    async def main() -> bytes:
+        server = MetricsServer("127.0.0.1", 0, _status, stepwise)
+        await server.start()
+        try:
+            [(_, port)] = server.addresses
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, _raw, port, b"GET /metrics HTTP/1.0\r\n\r\n")
+        finally:
+            await server.close()
+
+    answer = asyncio.run(main())
+    assert b" 200 " in answer.split(b"\r\n", 1)[0]
+    assert value(answer.decode().partition("\r\n\r\n")[2], "ipsecd_tunnel_up", peer="site-b") == 1
+
+
 def test_raw_get_closes_after_one_answer() -> None:
     answer = _with_server(lambda port: _raw(port, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"))
     head, _, body = answer.partition(b"\r\n\r\n")
