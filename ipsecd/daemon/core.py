@@ -61,6 +61,7 @@ from ipsecd.daemon.status import (
     PeerStatus,
     every,
     peer_status,
+    run_through,
 )
 from ipsecd.dataplane.mtu import sa_max_inner, tun_mtu
 from ipsecd.dataplane.offload import ToTun, TunRead
@@ -493,10 +494,9 @@ class DaemonCore:
         """The status model at ``now`` (``wall``: the wall clock at the same instant, for
         timestamps); the shell tells what only its devices know.  In one piece: the
         shell's answers use :meth:`status_steps`."""
-        for step in self.status_steps(now, wall=wall, tun=tun, listen=listen, dataplane=dataplane):
-            if step is not None:
-                return step
-        raise AssertionError("status_steps ends with the status")
+        return run_through(
+            self.status_steps(now, wall=wall, tun=tun, listen=listen, dataplane=dataplane)
+        )
 
     def status_steps(
         self,

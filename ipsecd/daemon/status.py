@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ipsecd.addresses import format_address
 from ipsecd.daemon.ledger import Ledger, Transfer, sa_drops
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from ipsecd.dataplane.sad import InstalledChildSa
     from ipsecd.dataplane.tun import TunDevice
     from ipsecd.dataplane.udp import UdpSocket
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 Selectors = tuple[TrafficSelector, ...]
@@ -455,10 +457,17 @@ class DaemonStatus:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of ``ipsecctl status --json`` (docs/status.schema.json)."""
-        for step in document_steps(self, len(self.peers) + 1):
-            if step is not None:
-                return step
-        raise AssertionError("document_steps ends with the document")
+        return run_through(document_steps(self, len(self.peers) + 1))
+
+
+def run_through(steps: Iterable[T | None]) -> T:
+    """The result of a stepwise build (None after each step, the result last) in one
+    piece: what :meth:`DaemonCore.status_steps` and :func:`document_steps` make for tests
+    and one-off callers, where the daemon's answers give the loop a turn per step."""
+    for step in steps:
+        if step is not None:
+            return step
+    raise AssertionError("the steps end with their result")
 
 
 def document_steps(status: DaemonStatus, step: int) -> Iterator[dict[str, Any] | None]:
