@@ -52,6 +52,7 @@ QuickHandler = Callable[[dict[str, Any]], dict[str, Any] | None]
 MAX_REQUEST = 64 * 1024  # bytes per request line
 MAX_DEPTH = 16  # nesting of JSON arrays and objects in a request (ours use 1)
 MAX_REPLY = 64 * 1024 * 1024  # what the client reads at most (a status of many peers)
+PEERS_PER_PIECE = 256  # a status reply's peers encoded at a time (_line_pieces)
 
 
 class RequestRefused(ValueError):
@@ -344,8 +345,44 @@ def _line(message: dict[str, Any]) -> bytes:
     return json.dumps(message, default=str).encode() + b"\n"
 
 
+def _line_pieces(message: dict[str, Any]) -> Iterator[bytes]:
+    """:func:`_line` in pieces: a status document's ``peers`` :data:`PEERS_PER_PIECE` at a
+    time (the JSON of 10 000 peers is 0.16 s of encoding in one piece, the loop held), the
+    same bytes joined; any other message in one piece."""
+    status = message.get("status")
+    peers = status.get("peers") if isinstance(status, dict) else None
+    if not isinstance(status, dict) or not isinstance(peers, list) or len(peers) <= PEERS_PER_PIECE:
+        yield _line(message)
+        return
+
+    def encode(value: Any) -> str:
+        return json.dumps(value, default=str)
+
+    yield b"{"
+    for number, (key, value) in enumerate(message.items()):
+        yield f"{', ' if number else ''}{encode(key)}: ".encode()
+        if key != "status":
+            yield encode(value).encode()
+            continue
+        yield b"{"
+        for inner, (field, part) in enumerate(status.items()):
+            yield f"{', ' if inner else ''}{encode(field)}: ".encode()
+            if field != "peers":
+                yield encode(part).encode()
+                continue
+            for at in range(0, len(peers), PEERS_PER_PIECE):
+                chunk = encode(peers[at : at + PEERS_PER_PIECE])[1:-1]  # without [ ]
+                yield f"{'[' if at == 0 else ', '}{chunk}".encode()
+            yield b"]"
+        yield b"}"
+    yield b"}\n"
+
+
 async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
-    writer.write(_line(message))
+    for number, piece in enumerate(_line_pieces(message)):
+        if number:
+            await asyncio.sleep(0)  # the loop's turn: packets are read between pieces
+        writer.write(piece)
     await writer.drain()
 
 

@@ -379,3 +379,59 @@ def test_close_ends_connections_answered_at_once(tmp_path) -> None:
 
     (reply, after), exists = asyncio.run(scenario())
     assert reply == {"ok": True, "at_once": "up"} and after == b"" and not exists
+
+
+def _status_reply(peers: int) -> dict[str, object]:
+    return {
+        "ok": True,
+        "status": {
+            "version": 1,
+            "generated_at": "2026-12-02T00:00:00Z",
+            "peers": [{"name": f"p{i}", "children": [], "note": 'é"\\'} for i in range(peers)],
+            "drops": {"replay": 0},
+            "odd": object(),  # what JSON does not know becomes text, as in one piece
+        },
+    }
+
+
+@pytest.mark.parametrize("peers", [0, control.PEERS_PER_PIECE, control.PEERS_PER_PIECE + 1, 1000])
+def test_a_status_reply_in_pieces_is_the_same_line(peers: int) -> None:
+    """A status with many peers is encoded PEERS_PER_PIECE peers at a time; joined, the
+    pieces are the one-piece line, byte for byte."""
+    reply = _status_reply(peers)
+    pieces = list(control._line_pieces(reply))
+    assert b"".join(pieces) == control._line(reply)
+    assert len(pieces) == 1 if peers <= control.PEERS_PER_PIECE else len(pieces) > 2
+
+
+def test_the_loop_runs_between_the_pieces_of_a_status_reply() -> None:
+    """_send gives the loop a turn between pieces (packets are read then); a short reply
+    is written at once."""
+    events: list[str] = []
+
+    class Writer:
+        def write(self, data: bytes) -> None:
+            events.append("write")
+
+        async def drain(self) -> None:
+            events.append("drain")
+
+    async def scenario(reply: dict[str, object]) -> None:
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            while not done.is_set():
+                events.append("tick")
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        events.clear()
+        await control._send(Writer(), reply)  # type: ignore[arg-type]
+        done.set()
+        await task
+
+    asyncio.run(scenario(_status_reply(1000)))
+    assert "tick" in events[events.index("write") : events.index("drain")]
+    asyncio.run(scenario({"ok": True}))
+    assert events[:2] == ["write", "drain"]
