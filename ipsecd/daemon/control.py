@@ -342,7 +342,7 @@ class ControlServer:
 
 def _line(message: dict[str, Any]) -> bytes:
     """One reply line; values JSON does not know (a log field's object) become text."""
-    return json.dumps(message, default=str).encode() + b"\n"
+    return _encode(message) + b"\n"
 
 
 def _line_pieces(message: dict[str, Any]) -> Iterator[bytes]:
@@ -355,27 +355,33 @@ def _line_pieces(message: dict[str, Any]) -> Iterator[bytes]:
         yield _line(message)
         return
 
-    def encode(value: Any) -> str:
-        return json.dumps(value, default=str)
+    yield from _object_pieces(
+        message, "status", lambda doc: _object_pieces(doc, "peers", _peers_pieces)
+    )
+    yield b"\n"
 
+
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, default=str).encode()
+
+
+def _object_pieces(
+    obj: dict[str, Any], key: str, pieces: Callable[[Any], Iterator[bytes]]
+) -> Iterator[bytes]:
+    """A JSON object as :func:`json.dumps` writes it, the value under ``key`` in
+    ``pieces``."""
     yield b"{"
-    for number, (key, value) in enumerate(message.items()):
-        yield f"{', ' if number else ''}{encode(key)}: ".encode()
-        if key != "status":
-            yield encode(value).encode()
-            continue
-        yield b"{"
-        for inner, (field, part) in enumerate(status.items()):
-            yield f"{', ' if inner else ''}{encode(field)}: ".encode()
-            if field != "peers":
-                yield encode(part).encode()
-                continue
-            for at in range(0, len(peers), PEERS_PER_PIECE):
-                chunk = encode(peers[at : at + PEERS_PER_PIECE])[1:-1]  # without [ ]
-                yield f"{'[' if at == 0 else ', '}{chunk}".encode()
-            yield b"]"
-        yield b"}"
-    yield b"}\n"
+    for number, (name, value) in enumerate(obj.items()):
+        yield (b", " if number else b"") + _encode(name) + b": "
+        yield from pieces(value) if name == key else (_encode(value),)
+    yield b"}"
+
+
+def _peers_pieces(peers: list[Any]) -> Iterator[bytes]:
+    for at in range(0, len(peers), PEERS_PER_PIECE):
+        chunk = _encode(peers[at : at + PEERS_PER_PIECE])[1:-1]  # without [ ]
+        yield (b"[" if at == 0 else b", ") + chunk
+    yield b"]"
 
 
 async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from ipsecd.daemon import control
 from ipsecd.daemon.control import ControlServer, RequestRefused, json_depth_exceeds, parse_request
+from tests.unit.loop_support import ticking
 
 
 def test_depth_scan_skips_strings() -> None:
@@ -417,19 +418,9 @@ def test_the_loop_runs_between_the_pieces_of_a_status_reply() -> None:
             events.append("drain")
 
     async def scenario(reply: dict[str, object]) -> None:
-        done = asyncio.Event()
-
-        async def ticker() -> None:
-            while not done.is_set():
-                events.append("tick")
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(ticker())
-        await asyncio.sleep(0)
-        events.clear()
-        await control._send(Writer(), reply)  # type: ignore[arg-type]
-        done.set()
-        await task
+        async with ticking(events):
+            events.clear()
+            await control._send(Writer(), reply)  # type: ignore[arg-type]
 
     asyncio.run(scenario(_status_reply(1000)))
     assert "tick" in events[events.index("write") : events.index("drain")]

@@ -14,6 +14,7 @@ from ipsecd.daemon import core as daemon_core
 from ipsecd.daemon.core import DaemonCore
 from ipsecd.daemon.status import DataplaneStatus, document_steps
 from tests.unit.ike_pair_support import build_config, side_a
+from tests.unit.loop_support import ticking
 from tests.unit.test_app_control import daemon
 
 
@@ -58,18 +59,9 @@ def test_the_loop_reads_packets_between_the_steps_of_a_status(
 
     async def scenario() -> dict[str, object]:
         d._loop = asyncio.get_running_loop()
-        done = asyncio.Event()
-
-        async def ticker() -> None:
-            while not done.is_set():
-                events.append("tick")
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(ticker())
-        response = await d.handle_request({"cmd": "status"})
-        events.append("done")
-        done.set()
-        await task
+        async with ticking(events):
+            response = await d.handle_request({"cmd": "status"})
+            events.append("done")
         return response
 
     response = asyncio.run(scenario())
