@@ -52,6 +52,7 @@ import atexit
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import secrets
 import shutil
@@ -775,10 +776,16 @@ class Topology:
     def ping6(
         self, src_ns: str, dst_ip: str, count: int = 5, interval: float = 0.05, size: int = 56
     ) -> int:
-        """ICMPv6 echo from ``src_ns`` with iputils' ping; the number of replies."""
+        """ICMPv6 echo from ``src_ns`` with iputils' ping; the number of replies.
+
+        With more than one echo a deadline (``-w``) bounds the wait instead of ``-W``:
+        once any reply came, iputils waits only two round trips after the last echo, and a
+        reply a few milliseconds late on a loaded machine counted as lost (a CI failure
+        of test_pmtu, 2 of 3)."""
+        wait = ["-w", str(math.ceil(count * interval) + 2)] if count > 1 else ["-W", "1"]
         res = run(
             src_ns,
-            "ping", "-6", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "1",
+            "ping", "-6", "-n", "-q", "-c", str(count), "-i", str(interval), *wait,
             "-s", str(size), dst_ip,
             check=False,
             timeout=count * interval + 20,

@@ -44,6 +44,10 @@ from tests.unit.test_systemd_units import parse_unit
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "ipsecd@.service"
 SECCOMP_EXEC = Path(__file__).resolve().parent / "seccomp_exec.py"
+SCRAPE = (
+    "import urllib.request; "
+    "print(urllib.request.urlopen('http://127.0.0.1:9810/metrics', timeout=20).read().decode())"
+)
 SERVICE_UID = SERVICE_GID = 61377  # stands in for User=ipsecd / Group=ipsecd
 
 
@@ -65,7 +69,8 @@ def _config(instance: str, role: str, etc: Path, wan: str, peer_wan: str, site: 
         "@AUTH@": f"psk_file: {etc}/psk.secret",
     }.items():
         text = text.replace(placeholder, value)
-    text = text.replace("metrics: 127.0.0.1:9810", "metrics: null")
+    if instance != "left":  # left serves metrics: scraped once under the sandbox below
+        text = text.replace("metrics: 127.0.0.1:9810", "metrics: null")
     path = etc / f"{instance}.yaml"
     path.write_text(text)
     return path
@@ -290,6 +295,14 @@ def test_two_instances_under_the_units_sandbox(topology: Topology, tmp_path: Pat
         )
         stats = topology.ping(topology.host_a, HOST_B_IP, count=3)
         assert stats.loss == 0.0
+        # A scrape renders its text in a worker thread: the unit's filter lets one start.
+        scrape = subprocess.run(
+            ["ip", "netns", "exec", topology.gw_a, sys.executable, "-c", SCRAPE],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert 'ipsecd_tunnel_up{peer="right"} 1' in scrape.stdout, scrape.stderr
         # The sandbox held: nothing but the runtime directories was written in the shared /run
         # (mount/ is util-linux's utab, written by the emulation's own mount calls).
         written = sorted(p.name for p in run_root.iterdir() if p.name != "mount")
