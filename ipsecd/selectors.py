@@ -106,18 +106,13 @@ class TrafficSelector:
         return (32 if self.version == 4 else 128) - (size.bit_length() - 1)
 
     def _format(self) -> str:
-        # A peer may send a range that ends before it starts (it selects nothing, and
-        # narrowing refuses it); the log line naming it must still print.  One prefix is
-        # written from the integers: summarising the range costs ten times as much, and
-        # the status prints every configured selector of every peer.
+        # One prefix is written from the integers (summarising the range costs ten times
+        # as much, and the status prints every configured selector of every peer); any
+        # other range as first..last, also one that ends before it starts (a peer may send
+        # it: it selects nothing, narrowing refuses it, the log line naming it must print).
         length = self.prefix_length()
-        if length is not None:
-            addr = f"{self.first_address()}/{length}"
-        else:
-            nets = self.networks() if self.start <= self.end else []
-            addr = (
-                str(nets[0]) if len(nets) == 1 else f"{self.first_address()}..{self.last_address()}"
-            )
+        first = self.first_address()
+        addr = f"{first}/{length}" if length is not None else f"{first}..{self.last_address()}"
         if self.protocol == 0 and self.start_port == 0 and self.end_port == 65535:
             return addr
         ports = (

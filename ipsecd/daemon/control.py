@@ -351,7 +351,7 @@ def _line_pieces(message: dict[str, Any]) -> Iterator[bytes]:
     same bytes joined; any other message in one piece."""
     status = message.get("status")
     peers = status.get("peers") if isinstance(status, dict) else None
-    if not isinstance(status, dict) or not isinstance(peers, list) or len(peers) <= PEERS_PER_PIECE:
+    if not isinstance(peers, list) or len(peers) <= PEERS_PER_PIECE:  # (None: no status)
         yield _line(message)
         return
 

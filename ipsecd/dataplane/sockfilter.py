@@ -26,13 +26,13 @@ import ctypes
 import socket
 import struct
 
+from ipsecd.esp.udp_encap import NON_ESP_MARKER
+from ipsecd.ike.constants import ExchangeType, HeaderFlag
+
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
 SO_ATTACH_REUSEPORT_CBPF = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)
 SO_DETACH_FILTER = getattr(socket, "SO_DETACH_FILTER", 27)
 UDP_HEADER_LEN = 8
-NON_ESP_MARKER_LEN = 4  # RFC 3948 §2.2
-IKE_SA_INIT = 34  # RFC 7296 §3.1 exchange type
-IKE_RESPONSE_FLAG = 0x20  # RFC 7296 §3.1 R flag
 _LD_LEN = 0x80  # BPF_LD | BPF_W | BPF_LEN: A = the packet's length
 _JGT_K = 0x25  # BPF_JMP | BPF_JGT | BPF_K: A > k ? jt : jf
 _RET_K = 0x06  # BPF_RET | BPF_K: keep k bytes (0: drop)
@@ -89,16 +89,16 @@ def drop_init_requests(sock: socket.socket) -> None:
     dropped too (a load past the end ends the program with 0).  Raises
     :class:`OSError` where the kernel refuses the filter.
     """
-    ike = UDP_HEADER_LEN + NON_ESP_MARKER_LEN  # the IKE header, from the UDP header on
+    ike = UDP_HEADER_LEN + len(NON_ESP_MARKER)  # the IKE header, from the UDP header on
     program = [
         (_LD_ABS_W, 0, 0, ike + 8),  # SPIr, first half
         (_JEQ_K, 0, 7, 0),  # not 0: keep
         (_LD_ABS_W, 0, 0, ike + 12),  # SPIr, second half
         (_JEQ_K, 0, 5, 0),
         (_LD_ABS_B, 0, 0, ike + 18),  # exchange type
-        (_JEQ_K, 0, 3, IKE_SA_INIT),
+        (_JEQ_K, 0, 3, ExchangeType.IKE_SA_INIT),
         (_LD_ABS_B, 0, 0, ike + 19),  # flags
-        (_JSET_K, 1, 0, IKE_RESPONSE_FLAG),  # an answer: keep
+        (_JSET_K, 1, 0, HeaderFlag.RESPONSE),  # an answer: keep
         (_RET_K, 0, 0, 0),  # a new IKE_SA_INIT request: drop
         (_RET_K, 0, 0, 0xFFFFFFFF),
     ]
